@@ -1,0 +1,117 @@
+/*
+ * tm_testtool.c - lets the Python tests drive engine code on files:
+ *   tm_testtool dequant TYPE BLOCKS.bin OUT.f32       dequantize raw blocks (scalar reference)
+ *   tm_testtool dot TYPE ROWS.bin X.f32 OUT.f32       per row: dot_f32, dot_q8 (scalar), and the
+ *                                                    active (SIMD) dot_q8/dot_f32, 3 floats a row
+ *   tm_testtool quantize TYPE X.f32 OUT.bin           quantize floats (activation types, f16/bf16)
+ *   tm_testtool copy IN.gguf OUT.gguf                 read with our reader, rewrite with our writer
+ * Exit status 0 on success, 1 with a message on failure.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gguf.h"
+#include "quant.h"
+
+static void *read_file(const char *path, long *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *data = malloc((size_t)*size + 1);
+    if (data && fread(data, 1, (size_t)*size, f) != (size_t)*size) {
+        free(data);
+        data = NULL;
+    }
+    fclose(f);
+    return data;
+}
+
+static int write_file(const char *path, const void *data, size_t size) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, size, f) != size) {
+        fprintf(stderr, "cannot write %s\n", path);
+        if (f) fclose(f);
+        return 1;
+    }
+    return fclose(f) != 0;
+}
+
+static int fail(const char *message) {
+    fprintf(stderr, "tm_testtool: %s\n", message);
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "copy")) {
+        tm_gguf *g;
+        tm_error_t error = {0};
+        if (tm_gguf_open(argv[2], &g, &error)) return fail(error.message);
+        tm_gguf_writer *w = tm_gguf_writer_create(g->version, g->alignment);
+        for (uint64_t i = 0; i < g->n_kv; i++)
+            if (strcmp(g->kvs[i].key, "general.alignment") != 0 && tm_gguf_writer_add_kv(w, g->kvs[i].key, &g->kvs[i].value))
+                return fail("cannot add a key");
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+            if (tm_gguf_writer_add_tensor(w, g->tensors[i].name, g->tensors[i].type, g->tensors[i].n_dims, g->tensors[i].dims,
+                                          g->tensors[i].data, &error))
+                return fail(error.message);
+        int status = tm_gguf_writer_to_file(w, argv[3], NULL, NULL, NULL, &error) ? fail(error.message) : 0;
+        tm_gguf_writer_free(w);
+        tm_gguf_close(g);
+        return status;
+    }
+    if (argc < 5) return fail("usage: dequant|dot|quantize TYPE IN... OUT, or copy IN OUT");
+    tm_type type;
+    if (!tm_type_from_name(argv[2], &type) && strcmp(argv[2], "q8_k") != 0) return fail("unknown type");
+    if (!strcmp(argv[2], "q8_k")) type = TM_TYPE_Q8_K;
+    const tm_type_traits *scalar = tm_type_traits_scalar(type), *active = tm_type_traits_get(type);
+    long size;
+    uint8_t *input = read_file(argv[3], &size);
+    if (!input) return fail("cannot read input");
+    int status = 0;
+    if (!strcmp(argv[1], "dequant") && argc == 5) {
+        int64_t n = size / scalar->block_bytes * scalar->block_size;
+        float *out = malloc((size_t)n * sizeof *out + 1);
+        scalar->dequantize_row(input, out, n);
+        status = write_file(argv[4], out, (size_t)n * sizeof *out);
+        free(out);
+    } else if (!strcmp(argv[1], "quantize") && argc == 5) {
+        int64_t n = size / 4;
+        uint64_t bytes;
+        if (!scalar->quantize_row || !tm_type_row_bytes(type, (uint64_t)n, &bytes)) return fail("cannot quantize to this type");
+        uint8_t *out = malloc(bytes + 1);
+        scalar->quantize_row((const float *)input, out, n);
+        status = write_file(argv[4], out, bytes);
+        free(out);
+    } else if (!strcmp(argv[1], "dot") && argc == 6) {
+        long x_size;
+        float *x = read_file(argv[4], &x_size);
+        if (!x) return fail("cannot read x");
+        int64_t n = x_size / 4;
+        uint64_t row_bytes;
+        if (!tm_type_row_bytes(type, (uint64_t)n, &row_bytes)) return fail("x length is not whole blocks");
+        int64_t rows = size / (long)row_bytes;
+        float *out = calloc((size_t)rows * 3, sizeof *out);
+        void *xq = NULL;
+        if (scalar->activation_type != TM_TYPE_F32) {
+            uint64_t xq_bytes;
+            tm_type_row_bytes(scalar->activation_type, (uint64_t)n, &xq_bytes);
+            xq = malloc(xq_bytes);
+            tm_type_traits_scalar(scalar->activation_type)->quantize_row(x, xq, n);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t *row = input + r * (int64_t)row_bytes;
+            out[3 * r] = scalar->dot_f32(row, x, n);
+            out[3 * r + 1] = xq ? scalar->dot_q8(row, xq, n) : scalar->dot_f32(row, x, n);
+            out[3 * r + 2] = xq ? active->dot_q8(row, xq, n) : active->dot_f32(row, x, n);
+        }
+        status = write_file(argv[5], out, (size_t)rows * 3 * sizeof *out);
+        free(out), free(x), free(xq);
+    } else {
+        status = fail("bad arguments");
+    }
+    free(input);
+    return status;
+}
