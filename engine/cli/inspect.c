@@ -13,15 +13,23 @@ static void usage(FILE *out) {
             "usage: tensormesh inspect FILE [--json] [--hash] [--all]\n"
             "       tensormesh inspect --synthetic PRESET:TYPE [--json]\n\n"
             "  --json       machine-readable output: every metadata value in full, every tensor\n"
-            "  --hash       with --json: add an FNV-1a 64-bit hash of each tensor's bytes (reads the whole file)\n"
+            "  --hash       with --json: add the CRC-32 (zlib's) of each tensor's bytes (reads the whole file)\n"
             "  --all        print long arrays in full in the text output (default: first 8 items)\n"
             "  --synthetic  inspect an in-memory synthetic model instead of a file\n");
 }
 
-static uint64_t fnv1a64(const uint8_t *p, uint64_t n) {
-    uint64_t hash = 0xcbf29ce484222325ull;
-    for (uint64_t i = 0; i < n; i++) hash = (hash ^ p[i]) * 0x100000001b3ull;
-    return hash;
+/* CRC-32 as zlib computes it (reflected polynomial 0xEDB88320), so Python can check it. */
+static uint32_t crc32_of(const uint8_t *p, uint64_t n) {
+    static uint32_t table[256];
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+    uint32_t crc = 0xFFFFFFFFu;
+    for (uint64_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    return crc ^ 0xFFFFFFFFu;
 }
 
 /* ---- JSON -------------------------------------------------------------------------------- */
@@ -113,7 +121,7 @@ static void print_json(const tm_gguf *g, bool hash) {
         printf(", \"type\": \"%s\", \"type_id\": %d, \"shape\": [", tm_type_name(t->type), (int)t->type);
         for (uint32_t d = 0; d < t->n_dims; d++) printf("%s%" PRIu64, d ? ", " : "", t->dims[d]);
         printf("], \"offset\": %" PRIu64 ", \"bytes\": %" PRIu64, t->offset, t->n_bytes);
-        if (hash) printf(", \"fnv1a64\": \"%016" PRIx64 "\"", fnv1a64(t->data, t->n_bytes));
+        if (hash) printf(", \"crc32\": %" PRIu32, crc32_of(t->data, t->n_bytes));
         printf("}%s\n", i + 1 < g->n_tensors ? "," : "");
     }
     printf(" ]\n}\n");

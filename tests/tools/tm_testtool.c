@@ -5,6 +5,7 @@
  *                                                    active (SIMD) dot_q8/dot_f32, 3 floats a row
  *   tm_testtool quantize TYPE X.f32 OUT.bin           quantize floats (activation types, f16/bf16)
  *   tm_testtool copy IN.gguf OUT.gguf                 read with our reader, rewrite with our writer
+ *   tm_testtool seeds DIR                             small valid GGUF files: a fuzzing seed corpus
  * Exit status 0 on success, 1 with a message on failure.
  */
 #include <stdio.h>
@@ -44,7 +45,54 @@ static int fail(const char *message) {
     return 1;
 }
 
+/* A few small valid files covering every value type, nested arrays and several tensor types. */
+static int write_seeds(const char *dir) {
+    tm_rng_t rng;
+    tm_rng_seed(&rng, 1);
+    for (int variant = 0; variant < 3; variant++) {
+        tm_gguf_writer *w = tm_gguf_writer_create(variant == 2 ? 2 : 3, variant == 1 ? 64 : 32);
+        tm_error_t error = {0};
+        uint8_t *payloads[3] = {NULL, NULL, NULL};
+        if (variant >= 1) {
+            uint8_t u8s[4] = {1, 2, 3, 4};
+            double f64s[2] = {1.5, -2.5};
+            const char *strings[3] = {"<s>", "\xe2\x96\x81the", "</s>"};
+            int32_t inner_values[2] = {7, 8};
+            tm_gguf_value inner = {.type = TM_GGUF_ARRAY, .array = {TM_GGUF_INT32, 2, inner_values, NULL}};
+            tm_gguf_value nested = {.type = TM_GGUF_ARRAY, .array = {TM_GGUF_ARRAY, 1, NULL, &inner}};
+            tm_gguf_writer_set_string(w, "general.architecture", "llama");
+            tm_gguf_writer_set_u32(w, "llama.block_count", 1);
+            tm_gguf_writer_set_i32(w, "a.i32", -5);
+            tm_gguf_writer_set_f32(w, "a.f32", 0.5f);
+            tm_gguf_writer_set_bool(w, "a.bool", true);
+            tm_gguf_writer_set_array(w, "a.u8s", TM_GGUF_UINT8, u8s, 4);
+            tm_gguf_writer_set_array(w, "a.f64s", TM_GGUF_FLOAT64, f64s, 2);
+            tm_gguf_writer_set_string_array(w, "tokenizer.ggml.tokens", strings, 3);
+            tm_gguf_writer_add_kv(w, "a.nested", &nested);
+            const tm_type types[3] = {TM_TYPE_F32, TM_TYPE_Q4_0, TM_TYPE_Q4_K};
+            int n_tensors = variant == 1 ? 3 : 1;
+            for (int t = 0; t < n_tensors; t++) { /* the writer keeps the pointers until it writes */
+                uint64_t dims[2] = {256, 2}, bytes;
+                tm_type_row_bytes(types[t], 256, &bytes);
+                payloads[t] = malloc(bytes * 2);
+                tm_rng_fill(&rng, payloads[t], bytes * 2);
+                char name[32];
+                snprintf(name, sizeof name, "blk.0.%s.weight", tm_type_name(types[t]));
+                tm_gguf_writer_add_tensor(w, name, types[t], 2, dims, payloads[t], &error);
+            }
+        }
+        char path[4096];
+        snprintf(path, sizeof path, "%s/seed-%d.gguf", dir, variant);
+        tm_status status = tm_gguf_writer_to_file(w, path, NULL, NULL, NULL, &error);
+        tm_gguf_writer_free(w);
+        for (int t = 0; t < 3; t++) free(payloads[t]);
+        if (status) return fail(error.message);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "seeds")) return write_seeds(argv[2]);
     if (argc == 4 && !strcmp(argv[1], "copy")) {
         tm_gguf *g;
         tm_error_t error = {0};

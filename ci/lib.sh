@@ -1,0 +1,55 @@
+# ci/lib.sh - shared by the ci/ scripts (sourced, not run): package installation on a fresh
+# Debian/Ubuntu machine, the Python environment for the tests, and the build.
+# Everything is idempotent: a second run installs nothing and reuses the build folders.
+
+TM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TM_CACHE=${TM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tensormesh}
+TM_JOBS=${TM_JOBS:-$(nproc 2>/dev/null || echo 2)}
+
+tm_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# tm_need_packages CMD:PACKAGE ... : apt-get install the packages whose command is missing.
+tm_need_packages() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  tm_log "installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+tm_build_tools() {
+  tm_need_packages cmake:cmake cc:gcc c++:g++ make:make git:git
+}
+
+# A virtual environment with the test dependencies, cached outside the repository.
+tm_python_env() {
+  tm_need_packages python3:python3
+  local venv=$TM_CACHE/venv
+  if ! "$venv/bin/python" -c 'import gguf, numpy, pytest' >/dev/null 2>&1; then
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      tm_need_packages python3:python3-venv
+      local minor
+      minor=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+      apt-get install -y -qq "python${minor}-venv" >/dev/null 2>&1 || apt-get install -y -qq python3-venv >/dev/null
+      python3 -m venv "$venv"
+    fi
+    tm_log "installing Python test packages into $venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$venv/bin/python" -m pip install -q -r "$TM_ROOT/tests/python/requirements.txt"
+  fi
+  TM_PYTHON=$venv/bin/python
+}
+
+# tm_configure_build DIR [cmake args...]
+tm_configure_build() {
+  local dir=$1
+  shift
+  cmake -S "$TM_ROOT" -B "$dir" -DCMAKE_BUILD_TYPE="${TM_BUILD_TYPE:-Release}" "$@" >"$dir.configure.log" 2>&1 ||
+    { cat "$dir.configure.log" >&2; return 1; }
+  cmake --build "$dir" -j "$TM_JOBS" >"$dir.build.log" 2>&1 || { tail -50 "$dir.build.log" >&2; return 1; }
+}
