@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define CHUNK_BLOCKS 8192
 
@@ -426,11 +427,14 @@ static void report_progress(void *user, uint64_t done, uint64_t total, uint64_t 
     double elapsed = tm_time_seconds() - m->started;
     double rate = elapsed > 0 ? (double)bytes_done / elapsed : 0;
     double eta = rate > 0 ? (double)(bytes_total - bytes_done) / rate : 0;
-    if (done == total || done % 16 == 0)
-        fprintf(stderr, "\rsynth: tensor %llu/%llu  %.2f/%.2f GB  %.2f GB/s  ETA %.0f s   ",
+    bool terminal = isatty(STDERR_FILENO);
+    /* a terminal gets a line redrawn in place; a log gets a line per tenth of the tensors */
+    uint64_t every = terminal ? 16 : TM_MAX(total / 10, 1);
+    if (done == total || done % every == 0)
+        fprintf(stderr, "%ssynth: tensor %llu/%llu  %.2f/%.2f GB  %.2f GB/s  ETA %.0f s%s", terminal ? "\r" : "",
                 (unsigned long long)done, (unsigned long long)total, (double)bytes_done / 1e9, (double)bytes_total / 1e9,
-                rate / 1e9, eta);
-    if (done == total) fputc('\n', stderr);
+                rate / 1e9, eta, terminal ? "   " : "\n");
+    if (done == total && terminal) fputc('\n', stderr);
 }
 
 static tm_status check_options(const tm_synth_options *options, tm_error_t *error) {
