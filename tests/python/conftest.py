@@ -38,3 +38,12 @@ def testtool():
 
 def inspect_json(tensormesh, path):
     return json.loads(run(tensormesh, "inspect", path, "--json", "--hash").stdout)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Path of the real SmolLM2-135M-Instruct Q4_1 GGUF (ci/test fetches it into the cache)."""
+    path = os.environ.get("TM_SMOLLM2")
+    if not path or not pathlib.Path(path).exists():
+        pytest.skip("TM_SMOLLM2 is not set to the SmolLM2 GGUF: run ci/test, which fetches it")
+    return pathlib.Path(path)

@@ -103,6 +103,13 @@ def test_synth_read_by_gguf_package(spec, tensormesh, tmp_path):
             assert left in vocab and right in vocab and left + right in vocab, merge
 
 
+def test_real_model_read_like_gguf_package(tensormesh, smollm2):
+    """The real SmolLM2-135M-Instruct file: every key, every tensor, every tensor's bytes."""
+    ours = inspect_json(tensormesh, smollm2)
+    check_same_as_reader(ours, smollm2)
+    assert len(ours["tensors"]) == 272
+
+
 def test_gguf_package_file_read_by_us(tensormesh, testtool, tmp_path):
     path = tmp_path / "theirs.gguf"
     writer = GGUFWriter(str(path), "llama")
