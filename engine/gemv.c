@@ -1,59 +1,75 @@
 /*
- * gemv.c - see gemv.h. The activation row is quantized on the calling thread (O(cols)), then
- * each thread runs the table's dot over its share of rows (O(rows * cols), memory bound).
+ * gemv.c - see gemv.h. Activation rows are quantized on the calling thread (O(tokens * cols));
+ * each thread then runs the table's dot over its share of rows for every token
+ * (O(rows * cols * tokens), memory bound at one token, compute bound at many).
  */
 #include "gemv.h"
 
 #include <stdlib.h>
 
-typedef struct gemv_task {
+#define ROW_TILE 8 /* weight rows kept hot in L1/L2 while every token passes over them */
+
+typedef struct matmul_task {
     const tm_type_traits *traits;
     const uint8_t *weights;
     uint64_t row_bytes;
-    int64_t rows, cols;
+    int64_t rows, cols, n_tokens;
     const float *x;
-    const void *x_quantized;
+    const uint8_t *x_quantized; /* NULL: float activations */
+    uint64_t x_row_bytes;
     float *y;
-} gemv_task;
+} matmul_task;
 
-static void gemv_part(void *arg, int thread_index, int n_threads) {
-    const gemv_task *t = arg;
+static void matmul_part(void *arg, int thread_index, int n_threads) {
+    const matmul_task *t = arg;
     long long begin, end;
-    tm_split_range(t->rows, 4, thread_index, n_threads, &begin, &end);
-    const uint8_t *row = t->weights + (uint64_t)begin * t->row_bytes;
-    if (t->x_quantized)
-        for (long long r = begin; r < end; r++, row += t->row_bytes) t->y[r] = t->traits->dot_q8(row, t->x_quantized, t->cols);
-    else
-        for (long long r = begin; r < end; r++, row += t->row_bytes) t->y[r] = t->traits->dot_f32(row, t->x, t->cols);
+    tm_split_range(t->rows, ROW_TILE, thread_index, n_threads, &begin, &end);
+    for (long long tile = begin; tile < end; tile += ROW_TILE) {
+        long long tile_end = TM_MIN(tile + ROW_TILE, end);
+        for (int64_t token = 0; token < t->n_tokens; token++) {
+            float *y = t->y + token * t->rows;
+            const uint8_t *row = t->weights + (uint64_t)tile * t->row_bytes;
+            if (t->x_quantized) {
+                const uint8_t *xq = t->x_quantized + (uint64_t)token * t->x_row_bytes;
+                for (long long r = tile; r < tile_end; r++, row += t->row_bytes) y[r] = t->traits->dot_q8(row, xq, t->cols);
+            } else {
+                const float *x = t->x + token * t->cols;
+                for (long long r = tile; r < tile_end; r++, row += t->row_bytes) y[r] = t->traits->dot_f32(row, x, t->cols);
+            }
+        }
+    }
 }
 
-uint64_t tm_gemv_scratch_bytes(tm_type type, int64_t cols) {
+uint64_t tm_matmul_scratch_bytes(tm_type type, int64_t cols, int64_t n_tokens) {
     const tm_type_traits *traits = tm_type_traits_get(type);
     uint64_t bytes = 0;
     if (traits && traits->activation_type != TM_TYPE_F32) tm_type_row_bytes(traits->activation_type, (uint64_t)cols, &bytes);
-    return bytes;
+    return bytes * (uint64_t)n_tokens;
 }
 
-tm_status tm_gemv(tm_threadpool *pool, tm_type type, const void *weights, int64_t rows, int64_t cols, const float *x,
-                  float *y, void *scratch, tm_error_t *error) {
+tm_status tm_matmul(tm_threadpool *pool, tm_type type, const void *weights, int64_t rows, int64_t cols, const float *x,
+                    int64_t n_tokens, float *y, bool float_activations, void *scratch, tm_error_t *error) {
     const tm_type_traits *traits = tm_type_traits_get(type);
     if (!traits || !traits->random_blocks)
-        return tm_error_set(error, TM_ERR_UNSUPPORTED, "gemv: weight type %s is not supported", tm_type_name(type));
-    gemv_task task = {traits, weights, 0, rows, cols, x, NULL, y};
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "matmul: weight type %s is not supported", tm_type_name(type));
+    matmul_task task = {traits, weights, 0, rows, cols, n_tokens, x, NULL, 0, y};
     if (!tm_type_row_bytes(type, (uint64_t)cols, &task.row_bytes))
-        return tm_error_set(error, TM_ERR_INVALID_ARG, "gemv: %lld columns is not a multiple of the %s block size %d",
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "matmul: %lld columns is not a multiple of the %s block size %d",
                             (long long)cols, traits->name, traits->block_size);
     void *owned = NULL;
-    if (traits->activation_type != TM_TYPE_F32) {
-        if (!scratch && !(scratch = owned = malloc(tm_gemv_scratch_bytes(type, cols))))
-            return tm_error_set(error, TM_ERR_NO_MEMORY, "gemv: out of memory for the activation row");
-        tm_type_traits_get(traits->activation_type)->quantize_row(x, scratch, cols);
+    if (traits->activation_type != TM_TYPE_F32 && !float_activations) {
+        if (!scratch && !(scratch = owned = malloc(tm_matmul_scratch_bytes(type, cols, n_tokens))))
+            return tm_error_set(error, TM_ERR_NO_MEMORY, "matmul: out of memory for the activation rows");
+        const tm_type_traits *activation = tm_type_traits_get(traits->activation_type);
+        tm_type_row_bytes(traits->activation_type, (uint64_t)cols, &task.x_row_bytes);
+        for (int64_t t = 0; t < n_tokens; t++)
+            activation->quantize_row(x + t * cols, (uint8_t *)scratch + (uint64_t)t * task.x_row_bytes, cols);
         task.x_quantized = scratch;
     }
     if (pool)
-        tm_threadpool_run(pool, gemv_part, &task);
+        tm_threadpool_run(pool, matmul_part, &task);
     else
-        gemv_part(&task, 0, 1);
+        matmul_part(&task, 0, 1);
     free(owned);
     return TM_OK;
 }

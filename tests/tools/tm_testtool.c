@@ -6,12 +6,16 @@
  *   tm_testtool quantize TYPE X.f32 OUT.bin           quantize floats (activation types, f16/bf16)
  *   tm_testtool copy IN.gguf OUT.gguf                 read with our reader, rewrite with our writer
  *   tm_testtool seeds DIR                             small valid GGUF files: a fuzzing seed corpus
+ *   tm_testtool logits MODEL IDS OUT.f32 [exact|fast] [f32|f16] [THREADS] [CHUNK]
+ *                                                    logits of every position of the comma-separated
+ *                                                    token ids, fed CHUNK tokens per forward call
  * Exit status 0 on success, 1 with a message on failure.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "gguf.h"
 #include "quant.h"
 
@@ -91,8 +95,50 @@ static int write_seeds(const char *dir) {
     return 0;
 }
 
+static int logits_command(int argc, char **argv) {
+    tm_error_t error = {0};
+    tm_model *model;
+    int threads = argc > 7 ? atoi(argv[7]) : 2;
+    if (tm_model_open(argv[2], NULL, threads, &model, &error)) return fail(error.message);
+    int32_t tokens[4096];
+    int n = 0;
+    for (char *p = argv[3]; *p && n < 4096; n++) {
+        tokens[n] = (int32_t)strtol(p, &p, 10);
+        if (*p == ',') p++;
+    }
+    tm_kv_layout layout = {model->config.n_layer, model->config.n_head_kv, model->config.head_dim,
+                           argc > 6 && !strcmp(argv[6], "f16") ? TM_KV_F16 : TM_KV_F32, TM_KV_DEFAULT_PAGE_SIZE};
+    tm_kv_cache *kv;
+    if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, n) * layout.n_layer, 1, true, &kv, &error))
+        return fail(error.message);
+    tm_threadpool *pool = tm_threadpool_create(threads);
+    tm_backend_cpu_options options = {pool, argc > 5 && !strcmp(argv[5], "fast") ? TM_PRECISION_FAST : TM_PRECISION_EXACT};
+    tm_backend *backend;
+    if (tm_backend_cpu_create(model, &options, &backend, &error)) return fail(error.message);
+    int seq = tm_kv_seq_new(kv), chunk = argc > 8 ? atoi(argv[8]) : n;
+    int vocab = model->config.n_vocab;
+    float *logits = malloc((size_t)n * (size_t)vocab * sizeof *logits);
+    int32_t positions[4096], seqs[4096];
+    uint8_t want[4096];
+    for (int i = 0; i < n; i++) positions[i] = i, seqs[i] = seq, want[i] = 1;
+    if (tm_kv_reserve(kv, seq, n)) return fail("kv cache full");
+    for (int start = 0; start < n; start += chunk) {
+        int count = TM_MIN(chunk, n - start);
+        tm_batch batch = {count, tokens + start, positions + start, seqs + start, want + start};
+        if (backend->forward(backend, &batch, kv, logits + (size_t)start * vocab, &error)) return fail(error.message);
+    }
+    int status = write_file(argv[4], logits, (size_t)n * (size_t)vocab * sizeof *logits);
+    free(logits);
+    backend->free(backend);
+    tm_kv_free(kv);
+    tm_threadpool_free(pool);
+    tm_model_free(model);
+    return status;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "seeds")) return write_seeds(argv[2]);
+    if (argc >= 5 && !strcmp(argv[1], "logits")) return logits_command(argc, argv);
     if (argc == 4 && !strcmp(argv[1], "copy")) {
         tm_gguf *g;
         tm_error_t error = {0};

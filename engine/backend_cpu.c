@@ -1,0 +1,294 @@
+/*
+ * backend_cpu.c - the reference backend: the whole llama forward pass in plain C (+ the weight
+ * table's SIMD dots), threaded over matrix rows and attention heads.
+ *
+ * DESIGN: like llama2.c, small named blocks (rmsnorm, rope, attention, swiglu, matmul) composed
+ * top to bottom in forward(); the batch is a flat list of tokens from any number of sequences,
+ * so prefill chunks and decode steps of several sequences share every weight read. Run state
+ * (activations for the batch) grows to the largest batch seen and is reused.
+ * Guarantees: see backend.h. Attention reads keys/values only through tm_kv_key/tm_kv_value.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "backend.h"
+#include "gemv.h"
+
+typedef struct run_state {
+    int capacity;       /* tokens the buffers below hold */
+    float *x;           /* (T, n_embd) residual stream */
+    float *xb;          /* (T, n_embd) normed input of a block */
+    float *q;           /* (T, n_head*head_dim) */
+    float *k;           /* (T, n_head_kv*head_dim) */
+    float *v;           /* (T, n_head_kv*head_dim) */
+    float *att_out;     /* (T, n_head*head_dim) */
+    float *delta;       /* (T, n_embd) block output added to x */
+    float *gate;        /* (T, n_ff) */
+    float *up;          /* (T, n_ff) */
+    float *logits_in;   /* (T, n_embd) final-normed rows of the tokens that want logits */
+    uint8_t *scratch;   /* quantized activation rows for matmul */
+    uint64_t scratch_bytes;
+    int scores_capacity;
+    float *scores;      /* (threads, scores_capacity) attention weights, one row per thread */
+} run_state;
+
+typedef struct cpu_backend {
+    const tm_model *model;
+    tm_threadpool *pool;
+    tm_precision precision;
+    run_state state;
+} cpu_backend;
+
+/* ---- small blocks ------------------------------------------------------------------------ */
+
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    double sum_sq = 0;
+    for (int i = 0; i < n; i++) sum_sq += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(sum_sq / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * weight[i];
+}
+
+/* llama.cpp's "normal" rope: rotate pairs (2i, 2i+1) of the first n_rot dims of each head by
+ * theta = pos * freq_scale * base^(-2i/n_rot) / freq_factor[i]. */
+static void rope(float *vec, int n_heads, const tm_model *m, int position) {
+    const tm_model_config *c = &m->config;
+    for (int i = 0; i < c->n_rot / 2; i++) {
+        double theta = position * (double)c->rope_freq_scale * pow(c->rope_freq_base, -2.0 * i / c->n_rot);
+        if (m->rope_freqs) theta /= m->rope_freqs[i];
+        float cos_theta = (float)cos(theta), sin_theta = (float)sin(theta);
+        for (int h = 0; h < n_heads; h++) {
+            float *pair = vec + h * c->head_dim + 2 * i;
+            float a = pair[0], b = pair[1];
+            pair[0] = a * cos_theta - b * sin_theta;
+            pair[1] = a * sin_theta + b * cos_theta;
+        }
+    }
+}
+
+static void swiglu(float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+static tm_status matmul(cpu_backend *b, const tm_weight *w, const float *x, int n_tokens, float *y, tm_error_t *error) {
+    return tm_matmul(b->pool, w->type, w->data, w->rows, w->cols, x, n_tokens, y, b->precision == TM_PRECISION_EXACT,
+                     b->state.scratch, error);
+}
+
+static void store_vector(void *dst, const float *src, int n, tm_kv_type type) {
+    if (type == TM_KV_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    tm_f16_t *h = dst;
+    for (int i = 0; i < n; i++) h[i] = tm_f32_to_f16(src[i]);
+}
+
+/* ---- attention --------------------------------------------------------------------------- */
+
+typedef struct attention_task {
+    cpu_backend *backend;
+    const tm_batch *batch;
+    const tm_kv_cache *kv;
+    int layer;
+} attention_task;
+
+/* out (head_dim) = softmax(q . K[0..pos] / sqrt(d)) V[0..pos] for one (token, head). */
+static void attend_one(const attention_task *t, int token, int head, float *scores) {
+    const tm_model_config *c = &t->backend->model->config;
+    const run_state *s = &t->backend->state;
+    const tm_kv_type type = tm_kv_get_layout(t->kv)->type;
+    const tm_type_traits *key_dot = tm_type_traits_get(type == TM_KV_F32 ? TM_TYPE_F32 : TM_TYPE_F16);
+    int seq = t->batch->seq[token], n_keys = t->batch->positions[token] + 1;
+    int kv_head = head / (c->n_head / c->n_head_kv);
+    const float *q = s->q + (int64_t)token * c->n_head * c->head_dim + head * c->head_dim;
+    float scale = 1.0f / sqrtf((float)c->head_dim), max_score = -INFINITY;
+    for (int p = 0; p < n_keys; p++) {
+        scores[p] = key_dot->dot_f32(tm_kv_key(t->kv, seq, t->layer, p, kv_head), q, c->head_dim) * scale;
+        max_score = fmaxf(max_score, scores[p]);
+    }
+    double sum = 0;
+    for (int p = 0; p < n_keys; p++) {
+        scores[p] = expf(scores[p] - max_score);
+        sum += scores[p];
+    }
+    float *out = s->att_out + (int64_t)token * c->n_head * c->head_dim + head * c->head_dim;
+    memset(out, 0, (size_t)c->head_dim * sizeof *out);
+    float inverse = (float)(1.0 / sum);
+    for (int p = 0; p < n_keys; p++) {
+        const void *value = tm_kv_value(t->kv, seq, t->layer, p, kv_head);
+        float weight = scores[p] * inverse;
+        if (type == TM_KV_F32) {
+            const float *v = value;
+            for (int i = 0; i < c->head_dim; i++) out[i] += weight * v[i];
+        } else {
+            const tm_f16_t *v = value;
+            for (int i = 0; i < c->head_dim; i++) out[i] += weight * tm_f16_to_f32(v[i]);
+        }
+    }
+}
+
+static void attention_part(void *arg, int thread_index, int n_threads) {
+    const attention_task *t = arg;
+    const tm_model_config *c = &t->backend->model->config;
+    float *scores = t->backend->state.scores + (int64_t)thread_index * t->backend->state.scores_capacity;
+    long long total = (long long)t->batch->n_tokens * c->n_head, begin, end;
+    tm_split_range(total, 1, thread_index, n_threads, &begin, &end);
+    for (long long i = begin; i < end; i++) attend_one(t, (int)(i / c->n_head), (int)(i % c->n_head), scores);
+}
+
+/* ---- run state ----------------------------------------------------------------------------- */
+
+/* Buffers sized by the batch's token count (everything but the attention scores). */
+static void free_token_buffers(run_state *s) {
+    free(s->x), free(s->xb), free(s->q), free(s->k), free(s->v), free(s->att_out), free(s->delta);
+    free(s->gate), free(s->up), free(s->logits_in), free(s->scratch);
+    s->x = s->xb = s->q = s->k = s->v = s->att_out = s->delta = s->gate = s->up = s->logits_in = NULL;
+    s->scratch = NULL;
+    s->capacity = 0;
+}
+
+static tm_status ensure_state(cpu_backend *b, const tm_batch *batch, tm_error_t *error) {
+    const tm_model_config *c = &b->model->config;
+    run_state *s = &b->state;
+    if (batch->n_tokens > s->capacity) {
+        free_token_buffers(s);
+        size_t T = (size_t)batch->n_tokens, q_dim = (size_t)c->n_head * c->head_dim, kv_dim = (size_t)c->n_head_kv * c->head_dim;
+        s->x = malloc(T * c->n_embd * sizeof(float));
+        s->xb = malloc(T * c->n_embd * sizeof(float));
+        s->q = malloc(T * q_dim * sizeof(float));
+        s->k = malloc(T * kv_dim * sizeof(float));
+        s->v = malloc(T * kv_dim * sizeof(float));
+        s->att_out = malloc(T * q_dim * sizeof(float));
+        s->delta = malloc(T * c->n_embd * sizeof(float));
+        s->gate = malloc(T * c->n_ff * sizeof(float));
+        s->up = malloc(T * c->n_ff * sizeof(float));
+        s->logits_in = malloc(T * c->n_embd * sizeof(float));
+        int64_t widest = TM_MAX(TM_MAX(c->n_embd, c->n_ff), (int64_t)q_dim);
+        /* the larger of the two activation formats (Q8_K rows are bigger than Q8_0 rows) */
+        s->scratch_bytes = TM_MAX(tm_matmul_scratch_bytes(TM_TYPE_Q4_K, widest, (int64_t)T),
+                                  tm_matmul_scratch_bytes(TM_TYPE_Q8_0, widest, (int64_t)T));
+        s->scratch = malloc(s->scratch_bytes + 64);
+        if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att_out || !s->delta || !s->gate || !s->up ||
+            !s->logits_in || !s->scratch) {
+            free_token_buffers(s);
+            return tm_error_set(error, TM_ERR_NO_MEMORY, "cpu backend: out of memory for a batch of %d tokens",
+                                batch->n_tokens);
+        }
+        s->capacity = batch->n_tokens;
+    }
+    int max_position = 0;
+    for (int i = 0; i < batch->n_tokens; i++) max_position = TM_MAX(max_position, batch->positions[i]);
+    if (max_position + 1 > s->scores_capacity) {
+        int threads = b->pool ? tm_threadpool_size(b->pool) : 1;
+        int capacity = TM_MAX(max_position + 1, 2 * s->scores_capacity);
+        float *grown = realloc(s->scores, (size_t)threads * (size_t)capacity * sizeof *grown);
+        if (!grown) return tm_error_set(error, TM_ERR_NO_MEMORY, "cpu backend: out of memory for attention scores");
+        s->scores = grown;
+        s->scores_capacity = capacity;
+    }
+    return TM_OK;
+}
+
+/* ---- the forward pass ---------------------------------------------------------------------- */
+
+static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache *kv, float *logits, tm_error_t *error) {
+    cpu_backend *b = backend->context;
+    const tm_model *m = b->model;
+    const tm_model_config *c = &m->config;
+    run_state *s = &b->state;
+    const int T = batch->n_tokens, D = c->n_embd;
+    const int q_dim = c->n_head * c->head_dim, kv_dim = c->n_head_kv * c->head_dim;
+    const tm_kv_type kv_type = tm_kv_get_layout(kv)->type;
+    tm_status status;
+    for (int t = 0; t < T; t++) {
+        if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab)
+            return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token id %d out of range [0, %d)", batch->tokens[t],
+                                c->n_vocab);
+        if (!tm_kv_seq_active(kv, batch->seq[t]) || batch->positions[t] < 0 ||
+            batch->positions[t] >= tm_kv_seq_capacity(kv, batch->seq[t]))
+            return tm_error_set(error, TM_ERR_INTERNAL, "forward: position %d of sequence %d has no KV room", batch->positions[t],
+                                batch->seq[t]);
+    }
+    if ((status = ensure_state(b, batch, error))) return status;
+
+    /* token embeddings */
+    uint64_t embd_row_bytes;
+    tm_type_row_bytes(m->token_embd.type, (uint64_t)D, &embd_row_bytes);
+    const tm_type_traits *embd = tm_type_traits_get(m->token_embd.type);
+    for (int t = 0; t < T; t++)
+        embd->dequantize_row((const uint8_t *)m->token_embd.data + (uint64_t)batch->tokens[t] * embd_row_bytes,
+                             s->x + (int64_t)t * D, D);
+
+    for (int l = 0; l < c->n_layer; l++) {
+        const tm_layer_weights *w = &m->layers[l];
+
+        /* attention block: x += wo . attention(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->attn_norm.data, D, c->rms_norm_eps);
+        if ((status = matmul(b, &w->wq, s->xb, T, s->q, error))) return status;
+        if ((status = matmul(b, &w->wk, s->xb, T, s->k, error))) return status;
+        if ((status = matmul(b, &w->wv, s->xb, T, s->v, error))) return status;
+        for (int t = 0; t < T; t++) {
+            rope(s->q + (int64_t)t * q_dim, c->n_head, m, batch->positions[t]);
+            rope(s->k + (int64_t)t * kv_dim, c->n_head_kv, m, batch->positions[t]);
+            for (int h = 0; h < c->n_head_kv; h++) {
+                store_vector(tm_kv_key(kv, batch->seq[t], l, batch->positions[t], h), s->k + (int64_t)t * kv_dim + h * c->head_dim,
+                             c->head_dim, kv_type);
+                store_vector(tm_kv_value(kv, batch->seq[t], l, batch->positions[t], h),
+                             s->v + (int64_t)t * kv_dim + h * c->head_dim, c->head_dim, kv_type);
+            }
+        }
+        attention_task attention = {b, batch, kv, l};
+        if (b->pool) tm_threadpool_run(b->pool, attention_part, &attention);
+        else attention_part(&attention, 0, 1);
+        if ((status = matmul(b, &w->wo, s->att_out, T, s->delta, error))) return status;
+        for (int64_t i = 0; i < (int64_t)T * D; i++) s->x[i] += s->delta[i];
+
+        /* feed-forward block: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
+        for (int t = 0; t < T; t++) rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->ffn_norm.data, D, c->rms_norm_eps);
+        if ((status = matmul(b, &w->w_gate, s->xb, T, s->gate, error))) return status;
+        if ((status = matmul(b, &w->w_up, s->xb, T, s->up, error))) return status;
+        swiglu(s->gate, s->up, (int64_t)T * c->n_ff);
+        if ((status = matmul(b, &w->w_down, s->gate, T, s->delta, error))) return status;
+        for (int64_t i = 0; i < (int64_t)T * D; i++) s->x[i] += s->delta[i];
+    }
+
+    /* final norm and LM head, only for the tokens that want logits */
+    int n_out = 0;
+    for (int t = 0; t < T; t++)
+        if (batch->want_logits[t])
+            rmsnorm(s->logits_in + (int64_t)n_out++ * D, s->x + (int64_t)t * D, m->output_norm.data, D, c->rms_norm_eps);
+    if (n_out == 0) return TM_OK;
+    return matmul(b, &m->output, s->logits_in, n_out, logits, error);
+}
+
+static void backend_free(tm_backend *backend) {
+    if (!backend) return;
+    cpu_backend *b = backend->context;
+    if (b) {
+        free_token_buffers(&b->state);
+        free(b->state.scores);
+    }
+    free(b);
+    free(backend);
+}
+
+tm_status tm_backend_cpu_create(const tm_model *model, const tm_backend_cpu_options *options, tm_backend **out,
+                                tm_error_t *error) {
+    *out = NULL;
+    tm_backend *backend = calloc(1, sizeof *backend);
+    cpu_backend *b = calloc(1, sizeof *b);
+    if (!backend || !b) {
+        free(backend);
+        free(b);
+        return tm_error_set(error, TM_ERR_NO_MEMORY, "cpu backend: out of memory");
+    }
+    b->model = model;
+    b->pool = options ? options->pool : NULL;
+    b->precision = options ? options->precision : TM_PRECISION_FAST;
+    backend->name = "cpu";
+    backend->context = b;
+    backend->forward = forward;
+    backend->free = backend_free;
+    *out = backend;
+    return TM_OK;
+}

@@ -1,0 +1,240 @@
+/*
+ * kv_cache.c - the paged key/value cache (see kv_cache.h).
+ *
+ * DESIGN: a free list (a stack of page ids) and, per sequence slot, one page table per layer
+ * (a growable array of page ids in stream order). Reserving first counts the pages needed in
+ * every layer and checks the free list, then takes them, so failure changes nothing.
+ * Cost: reserve/truncate are O(pages moved); tm_kv_key is O(1).
+ */
+#include "kv_cache.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct page_table {
+    int32_t *pages;
+    int64_t n_pages, capacity;
+} page_table;
+
+typedef struct sequence_slot {
+    bool active;
+    int64_t n_tokens;       /* capacity reserved, in tokens */
+    page_table *layers;     /* n_layer */
+} sequence_slot;
+
+struct tm_kv_cache {
+    tm_kv_layout layout;
+    uint64_t row_bytes;         /* bytes of one token in one layer: K and V of every kv head */
+    uint64_t head_bytes;        /* bytes of one head's vector */
+    int64_t rows_per_page;      /* > 0 when a row fits in a page */
+    int64_t pages_per_row;      /* > 0 when it does not */
+    int64_t n_pages;
+    int32_t *free_pages;        /* stack */
+    int64_t n_free;
+    uint8_t *storage;           /* n_pages * page_size host bytes, or NULL */
+    int max_sequences;
+    sequence_slot *sequences;
+};
+
+static uint64_t element_bytes(tm_kv_type type) { return type == TM_KV_F32 ? 4 : 2; }
+
+uint64_t tm_kv_row_bytes(const tm_kv_layout *layout) {
+    return 2ull * (uint64_t)layout->n_head_kv * (uint64_t)layout->head_dim * element_bytes(layout->type);
+}
+
+int64_t tm_kv_pages_for_tokens(const tm_kv_layout *layout, int64_t n_tokens) {
+    uint64_t row = tm_kv_row_bytes(layout);
+    if (row <= layout->page_size) {
+        int64_t per_page = (int64_t)(layout->page_size / row);
+        return (n_tokens + per_page - 1) / per_page;
+    }
+    return n_tokens * (int64_t)((row + layout->page_size - 1) / layout->page_size);
+}
+
+tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequences, bool host_storage,
+                       tm_kv_cache **out, tm_error_t *error) {
+    *out = NULL;
+    if (layout->n_layer <= 0 || layout->n_head_kv <= 0 || layout->head_dim <= 0 || layout->page_size < 64 ||
+        n_pages <= 0 || n_pages > INT32_MAX || max_sequences <= 0)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "kv cache: invalid layout or sizes (%lld pages of %u bytes)",
+                            (long long)n_pages, layout->page_size);
+    uint64_t head_bytes = (uint64_t)layout->head_dim * element_bytes(layout->type);
+    uint64_t row = tm_kv_row_bytes(layout);
+    if (row > layout->page_size && layout->page_size % head_bytes)
+        return tm_error_set(error, TM_ERR_INVALID_ARG,
+                            "kv cache: page size %u is smaller than a token row (%llu bytes) and not a multiple of "
+                            "one head's %llu bytes", layout->page_size, (unsigned long long)row, (unsigned long long)head_bytes);
+    tm_kv_cache *kv = calloc(1, sizeof *kv);
+    if (!kv) return tm_error_set(error, TM_ERR_NO_MEMORY, "kv cache: out of memory");
+    kv->layout = *layout;
+    kv->row_bytes = row;
+    kv->head_bytes = head_bytes;
+    if (row <= layout->page_size) kv->rows_per_page = (int64_t)(layout->page_size / row);
+    else kv->pages_per_row = (int64_t)((row + layout->page_size - 1) / layout->page_size);
+    kv->n_pages = n_pages;
+    kv->max_sequences = max_sequences;
+    kv->free_pages = malloc((size_t)n_pages * sizeof *kv->free_pages);
+    kv->sequences = calloc((size_t)max_sequences, sizeof *kv->sequences);
+    if (host_storage) kv->storage = malloc((size_t)n_pages * layout->page_size);
+    if (!kv->free_pages || !kv->sequences || (host_storage && !kv->storage)) {
+        tm_kv_free(kv);
+        return tm_error_set(error, TM_ERR_NO_MEMORY, "kv cache: out of memory for %lld pages of %u bytes",
+                            (long long)n_pages, layout->page_size);
+    }
+    /* pop order 0, 1, 2, ...: fresh sequences get ascending pages */
+    for (int64_t i = 0; i < n_pages; i++) kv->free_pages[i] = (int32_t)(n_pages - 1 - i);
+    kv->n_free = n_pages;
+    *out = kv;
+    return TM_OK;
+}
+
+void tm_kv_free(tm_kv_cache *kv) {
+    if (!kv) return;
+    for (int s = 0; kv->sequences && s < kv->max_sequences; s++) {
+        for (int l = 0; kv->sequences[s].layers && l < kv->layout.n_layer; l++) free(kv->sequences[s].layers[l].pages);
+        free(kv->sequences[s].layers);
+    }
+    free(kv->sequences);
+    free(kv->free_pages);
+    free(kv->storage);
+    free(kv);
+}
+
+int tm_kv_seq_new(tm_kv_cache *kv) {
+    for (int s = 0; s < kv->max_sequences; s++) {
+        sequence_slot *slot = &kv->sequences[s];
+        if (slot->active) continue;
+        if (!slot->layers && !(slot->layers = calloc((size_t)kv->layout.n_layer, sizeof *slot->layers))) return -1;
+        slot->active = true;
+        slot->n_tokens = 0;
+        return s;
+    }
+    return -1;
+}
+
+tm_status tm_kv_reserve(tm_kv_cache *kv, int seq, int64_t n_tokens) {
+    sequence_slot *slot = &kv->sequences[seq];
+    if (n_tokens <= slot->n_tokens) return TM_OK;
+    int64_t need = tm_kv_pages_for_tokens(&kv->layout, n_tokens);
+    int64_t have = slot->layers[0].n_pages; /* every layer has the same count */
+    int64_t extra = (need - have) * kv->layout.n_layer;
+    if (extra > kv->n_free) return TM_ERR_NO_MEMORY;
+    for (int l = 0; l < kv->layout.n_layer; l++) {
+        page_table *table = &slot->layers[l];
+        if (need > table->capacity) {
+            int64_t capacity = TM_MAX(need, 2 * table->capacity);
+            int32_t *grown = realloc(table->pages, (size_t)capacity * sizeof *grown);
+            if (!grown) return TM_ERR_NO_MEMORY; /* earlier layers keep spare capacity only: consistent */
+            table->pages = grown;
+            table->capacity = capacity;
+        }
+    }
+    for (int l = 0; l < kv->layout.n_layer; l++) {
+        page_table *table = &slot->layers[l];
+        while (table->n_pages < need) table->pages[table->n_pages++] = kv->free_pages[--kv->n_free];
+    }
+    slot->n_tokens = n_tokens;
+    return TM_OK;
+}
+
+void tm_kv_truncate(tm_kv_cache *kv, int seq, int64_t n_tokens) {
+    sequence_slot *slot = &kv->sequences[seq];
+    if (n_tokens >= slot->n_tokens) return;
+    int64_t keep = tm_kv_pages_for_tokens(&kv->layout, n_tokens);
+    for (int l = 0; l < kv->layout.n_layer; l++) {
+        page_table *table = &slot->layers[l];
+        while (table->n_pages > keep) kv->free_pages[kv->n_free++] = table->pages[--table->n_pages];
+    }
+    slot->n_tokens = n_tokens;
+}
+
+void tm_kv_seq_free(tm_kv_cache *kv, int seq) {
+    if (seq < 0 || seq >= kv->max_sequences || !kv->sequences[seq].active) return;
+    tm_kv_truncate(kv, seq, 0);
+    kv->sequences[seq].active = false;
+}
+
+int64_t tm_kv_seq_capacity(const tm_kv_cache *kv, int seq) { return kv->sequences[seq].n_tokens; }
+bool tm_kv_seq_active(const tm_kv_cache *kv, int seq) {
+    return seq >= 0 && seq < kv->max_sequences && kv->sequences[seq].active;
+}
+
+/* Byte address of `offset_in_row` within token `token`'s row of the stream (seq, layer). */
+static uint8_t *row_address(const tm_kv_cache *kv, int seq, int layer, int64_t token, uint64_t offset_in_row) {
+    const page_table *table = &kv->sequences[seq].layers[layer];
+    uint64_t page_size = kv->layout.page_size;
+    if (kv->rows_per_page) {
+        int32_t page = table->pages[token / kv->rows_per_page];
+        uint64_t in_page = (uint64_t)(token % kv->rows_per_page) * kv->row_bytes + offset_in_row;
+        return kv->storage + (uint64_t)page * page_size + in_page;
+    }
+    int32_t page = table->pages[token * kv->pages_per_row + (int64_t)(offset_in_row / page_size)];
+    return kv->storage + (uint64_t)page * page_size + offset_in_row % page_size;
+}
+
+void *tm_kv_key(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head) {
+    return row_address(kv, seq, layer, token, (uint64_t)head * kv->head_bytes);
+}
+
+void *tm_kv_value(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head) {
+    return row_address(kv, seq, layer, token, (uint64_t)(kv->layout.n_head_kv + head) * kv->head_bytes);
+}
+
+void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats) {
+    memset(stats, 0, sizeof *stats);
+    stats->pages_total = kv->n_pages;
+    stats->pages_free = kv->n_free;
+    stats->pages_used = kv->n_pages - kv->n_free;
+    stats->page_size = kv->layout.page_size;
+    stats->bytes_allocated = (uint64_t)stats->pages_used * kv->layout.page_size;
+    for (int s = 0; s < kv->max_sequences; s++)
+        if (kv->sequences[s].active) {
+            stats->sequences_active++;
+            stats->bytes_used += (uint64_t)kv->sequences[s].n_tokens * kv->row_bytes * (uint64_t)kv->layout.n_layer;
+        }
+}
+
+const tm_kv_layout *tm_kv_get_layout(const tm_kv_cache *kv) { return &kv->layout; }
+uint8_t *tm_kv_storage(const tm_kv_cache *kv) { return kv->storage; }
+
+bool tm_kv_sanity(const tm_kv_cache *kv, char *message, size_t message_size) {
+    uint8_t *owner_count = calloc((size_t)kv->n_pages, 1);
+    bool ok = owner_count != NULL;
+    if (!ok) snprintf(message, message_size, "out of memory checking the kv cache");
+    int64_t owned = 0;
+    for (int64_t i = 0; ok && i < kv->n_free; i++) {
+        int32_t page = kv->free_pages[i];
+        if (page < 0 || page >= kv->n_pages || owner_count[page]++) {
+            snprintf(message, message_size, "free list entry %lld: page %d out of range or listed twice", (long long)i, page);
+            ok = false;
+        }
+    }
+    for (int s = 0; ok && s < kv->max_sequences; s++) {
+        const sequence_slot *slot = &kv->sequences[s];
+        int64_t want = slot->active ? tm_kv_pages_for_tokens(&kv->layout, slot->n_tokens) : 0;
+        for (int l = 0; ok && slot->layers && l < kv->layout.n_layer; l++) {
+            const page_table *table = &slot->layers[l];
+            if (table->n_pages != want || table->n_pages > table->capacity) {
+                snprintf(message, message_size, "sequence %d layer %d: %lld pages for %lld tokens, expected %lld", s, l,
+                         (long long)table->n_pages, (long long)slot->n_tokens, (long long)want);
+                ok = false;
+            }
+            for (int64_t i = 0; ok && i < table->n_pages; i++) {
+                int32_t page = table->pages[i];
+                if (page < 0 || page >= kv->n_pages || owner_count[page]++) {
+                    snprintf(message, message_size, "sequence %d layer %d slot %lld: page %d out of range or owned twice", s,
+                             l, (long long)i, page);
+                    ok = false;
+                }
+            }
+            owned += table->n_pages;
+        }
+    }
+    if (ok && owned + kv->n_free != kv->n_pages) {
+        snprintf(message, message_size, "%lld owned + %lld free pages != %lld total", (long long)owned,
+                 (long long)kv->n_free, (long long)kv->n_pages);
+        ok = false;
+    }
+    free(owner_count);
+    return ok;
+}

@@ -1,0 +1,85 @@
+/*
+ * kv_cache.h - the paged key/value cache.
+ *
+ * A pool of fixed-size pages (default 4 KiB) holds the keys and values of every sequence. Each
+ * (sequence, layer) pair is a stream: a logical array of token rows, row = [K of every kv head]
+ * [V of every kv head]; the stream's page table maps it onto pages. When a row fits in a page,
+ * a page holds page_size / row_bytes whole rows; when it does not, a row spans
+ * ceil(row_bytes / page_size) pages, and the page size must be a multiple of one head's vector,
+ * so no head vector ever straddles two pages. Attention reads through tm_kv_key/tm_kv_value,
+ * never assuming contiguous KV.
+ *
+ * Guarantees: tm_kv_reserve either gives a sequence room for the requested tokens in every
+ * layer or changes nothing and returns TM_ERR_NO_MEMORY (the scheduler's "cache full" signal);
+ * freeing returns every page; tm_kv_sanity checks that every page is free exactly once or owned
+ * by exactly one stream slot, and that the counts agree. Not thread-safe: one owner (the
+ * scheduler) changes it; the forward pass only reads page tables and writes rows.
+ */
+#ifndef TM_KV_CACHE_H
+#define TM_KV_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+#define TM_KV_DEFAULT_PAGE_SIZE 4096
+
+typedef enum tm_kv_type {
+    TM_KV_F16 = 0, /* default, as llama.cpp */
+    TM_KV_F32 = 1, /* exact: for reference comparisons */
+} tm_kv_type;
+
+typedef struct tm_kv_layout {
+    int n_layer;
+    int n_head_kv;
+    int head_dim;
+    tm_kv_type type;
+    uint32_t page_size;     /* bytes */
+} tm_kv_layout;
+
+typedef struct tm_kv_cache tm_kv_cache;
+
+/* n_pages pages of layout.page_size; storage: allocate host memory for them (CPU backend). */
+tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequences, bool host_storage,
+                       tm_kv_cache **out, tm_error_t *error);
+void tm_kv_free(tm_kv_cache *kv);
+
+/* Sizing helpers. */
+uint64_t tm_kv_row_bytes(const tm_kv_layout *layout);
+/* Pages one stream needs to hold n_tokens. */
+int64_t tm_kv_pages_for_tokens(const tm_kv_layout *layout, int64_t n_tokens);
+
+/* A free sequence slot (its length 0), or -1 when all max_sequences are in use. */
+int tm_kv_seq_new(tm_kv_cache *kv);
+/* Grow the sequence's capacity to n_tokens in every layer; TM_ERR_NO_MEMORY (nothing changed)
+ * when the free pages do not suffice. */
+tm_status tm_kv_reserve(tm_kv_cache *kv, int seq, int64_t n_tokens);
+/* Shrink to n_tokens (returning whole pages no longer needed). */
+void tm_kv_truncate(tm_kv_cache *kv, int seq, int64_t n_tokens);
+/* Return every page of the sequence and its slot. */
+void tm_kv_seq_free(tm_kv_cache *kv, int seq);
+int64_t tm_kv_seq_capacity(const tm_kv_cache *kv, int seq);
+bool tm_kv_seq_active(const tm_kv_cache *kv, int seq);
+
+/* Pointer to the key (value) vector of kv head `head` of token `token` in layer `layer`:
+ * head_dim elements of the layout's type. The token must be < the sequence's capacity. */
+void *tm_kv_key(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
+void *tm_kv_value(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
+
+typedef struct tm_kv_stats {
+    int64_t pages_total, pages_free, pages_used;
+    uint64_t page_size;
+    uint64_t bytes_used;      /* bytes of rows actually holding tokens (capacity) */
+    uint64_t bytes_allocated; /* pages in use x page size */
+    int sequences_active;
+} tm_kv_stats;
+void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats);
+const tm_kv_layout *tm_kv_get_layout(const tm_kv_cache *kv);
+uint8_t *tm_kv_storage(const tm_kv_cache *kv);
+
+/* Check every invariant; on failure write what is wrong into message and return false. O(pages). */
+bool tm_kv_sanity(const tm_kv_cache *kv, char *message, size_t message_size);
+
+#endif /* TM_KV_CACHE_H */
