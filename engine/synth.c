@@ -370,7 +370,7 @@ static tm_status build_writer(synth_model *m, tm_gguf_writer **out, tm_error_t *
         tm_gguf_writer_free(w);
         return tm_error_set(error, s, "synth: cannot build metadata (%s)", tm_status_name(s));
     }
-    for (uint32_t i = 0; i < m->n_tensors; i++) {
+    for (uint32_t i = 0; i < m->n_tensors && !m->options->vocab_only; i++) {
         s = tm_gguf_writer_add_tensor(w, m->tensors[i].name, m->tensors[i].type, m->tensors[i].n_dims,
                                       m->tensors[i].dims, NULL, error);
         if (s) {

@@ -50,6 +50,7 @@ typedef struct tm_synth_options {
     uint64_t seed;
     tm_threadpool *pool; /* NULL: single thread */
     bool progress;       /* print progress to stderr */
+    bool vocab_only;     /* metadata and vocabulary, no tensors (llama.cpp's vocab-only files) */
 } tm_synth_options;
 
 /* Preset by name, NULL when unknown; the list is NULL-terminated. */

@@ -18,13 +18,14 @@ static void usage(FILE *out) {
             "  --preset P   tiny, smollm2-135m, llama2-7b, llama2-13b, llama2-70b, llama3-8b, llama3-70b\n"
             "  --type T     q4_k_m (default), q8_0, f16\n"
             "  --seed N     random seed (default 1); the same seed gives the same bytes\n"
-            "  --threads N  generator threads (default: all CPUs)\n");
+            "  --threads N  generator threads (default: all CPUs)\n"
+            "  --vocab-only metadata and tokenizer only, no tensors (for tokenizer work)\n");
 }
 
 int tm_cli_synth(int argc, char **argv) {
     const char *preset_name = NULL, *type_name = "q4_k_m", *output = NULL;
     long long seed = 1, threads = 0;
-    bool size_only = false;
+    bool size_only = false, vocab_only = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -38,6 +39,8 @@ int tm_cli_synth(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--size")) {
             size_only = true;
+        } else if (!strcmp(a, "--vocab-only")) {
+            vocab_only = true;
         } else if (!strcmp(a, "--preset")) {
             if (!(preset_name = tm_cli_flag_value(argc, argv, &i))) return 2;
         } else if (!strcmp(a, "--type")) {
@@ -59,7 +62,7 @@ int tm_cli_synth(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    tm_synth_options options = {.seed = (uint64_t)seed, .progress = true};
+    tm_synth_options options = {.seed = (uint64_t)seed, .progress = true, .vocab_only = vocab_only};
     tm_error_t error = {0};
     char spec[128];
     snprintf(spec, sizeof spec, "%s:%s", preset_name, type_name);

@@ -6,6 +6,9 @@
  *   tm_testtool quantize TYPE X.f32 OUT.bin           quantize floats (activation types, f16/bf16)
  *   tm_testtool copy IN.gguf OUT.gguf                 read with our reader, rewrite with our writer
  *   tm_testtool seeds DIR                             small valid GGUF files: a fuzzing seed corpus
+ *   tm_testtool tokenize MODEL IN OUT                 IN: strings separated by NUL bytes; OUT: a JSON
+ *                                                    line per string: ids (no BOS, special tokens
+ *                                                    parsed) and whether decode(encode(s)) == s
  *   tm_testtool logits MODEL IDS OUT.f32 [exact|fast] [f32|f16] [THREADS] [CHUNK]
  *                                                    logits of every position of the comma-separated
  *                                                    token ids, fed CHUNK tokens per forward call
@@ -17,6 +20,7 @@
 
 #include "backend.h"
 #include "gguf.h"
+#include "tokenizer.h"
 #include "quant.h"
 
 static void *read_file(const char *path, long *size) {
@@ -136,8 +140,43 @@ static int logits_command(int argc, char **argv) {
     return status;
 }
 
+static int tokenize_command(const char *model_path, const char *in_path, const char *out_path) {
+    tm_error_t error = {0};
+    tm_gguf *g;
+    if (tm_gguf_open(model_path, &g, &error)) return fail(error.message);
+    tm_tokenizer *t;
+    if (tm_tokenizer_load(g, &t, &error)) return fail(error.message);
+    long size;
+    char *input = read_file(in_path, &size);
+    FILE *out = fopen(out_path, "w");
+    if (!input || !out) return fail("cannot read input or write output");
+    for (long start = 0; start < size;) {
+        long end = start;
+        while (end < size && input[end]) end++;
+        int32_t *ids;
+        int n;
+        if (tm_tokenizer_encode(t, input + start, (size_t)(end - start), false, true, &ids, &n, &error)) return fail(error.message);
+        char *text;
+        size_t length;
+        if (tm_tokenizer_decode(t, ids, n, true, &text, &length, &error)) return fail(error.message);
+        bool roundtrip = length == (size_t)(end - start) && !memcmp(text, input + start, length);
+        fprintf(out, "{\"ids\": [");
+        for (int i = 0; i < n; i++) fprintf(out, "%s%d", i ? ", " : "", ids[i]);
+        fprintf(out, "], \"roundtrip\": %s}\n", roundtrip ? "true" : "false");
+        free(ids);
+        free(text);
+        start = end + 1;
+    }
+    fclose(out);
+    free(input);
+    tm_tokenizer_free(t);
+    tm_gguf_close(g);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "seeds")) return write_seeds(argv[2]);
+    if (argc == 5 && !strcmp(argv[1], "tokenize")) return tokenize_command(argv[2], argv[3], argv[4]);
     if (argc >= 5 && !strcmp(argv[1], "logits")) return logits_command(argc, argv);
     if (argc == 4 && !strcmp(argv[1], "copy")) {
         tm_gguf *g;
