@@ -423,7 +423,7 @@ static tm_status fill_tensor(void *user, uint64_t index, void *dst, uint64_t n_b
 
 static void report_progress(void *user, uint64_t done, uint64_t total, uint64_t bytes_done, uint64_t bytes_total) {
     const synth_model *m = user;
-    if (!m->options->progress) return;
+    if (!m->options->progress || bytes_total < (256u << 20)) return; /* small models build in a blink */
     double elapsed = tm_time_seconds() - m->started;
     double rate = elapsed > 0 ? (double)bytes_done / elapsed : 0;
     double eta = rate > 0 ? (double)(bytes_total - bytes_done) / rate : 0;

@@ -17,6 +17,7 @@ typedef struct tm_cli_command {
     int (*run)(int argc, char **argv); /* argv[0] is the command name */
 } tm_cli_command;
 
+int tm_cli_generate(int argc, char **argv);
 int tm_cli_synth(int argc, char **argv);
 int tm_cli_inspect(int argc, char **argv);
 int tm_cli_bench(int argc, char **argv);

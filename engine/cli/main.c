@@ -11,6 +11,7 @@
 #include "cli.h"
 
 static const tm_cli_command commands[] = {
+    {"generate", "generate text from a prompt (streams it, then prints tokens/s)", tm_cli_generate},
     {"synth", "write a synthetic llama GGUF with random weights of a real model's shapes", tm_cli_synth},
     {"inspect", "print a GGUF file's metadata, tensor table and totals", tm_cli_inspect},
     {"bench", "measure CPU kernels (gemv per weight type)", tm_cli_bench},

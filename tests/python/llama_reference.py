@@ -55,13 +55,15 @@ class Llama:
         out[..., 1::2] = even * sin + odd * cos
         return out
 
-    def forward(self, tokens, layer_callback=None):
-        """Logits (T, vocab) for every position of `tokens`."""
+    def forward(self, tokens, layer_callback=None, cache=None):
+        """Logits (T, vocab) for every position of `tokens`. With `cache` (a dict this method
+        fills), tokens continue the sequence held there instead of starting a new one."""
         T = len(tokens)
-        positions = np.arange(T, dtype=np.float64)
+        past = cache.get("length", 0) if cache is not None else 0
+        positions = np.arange(past, past + T, dtype=np.float64)
         x = self.weight("token_embd.weight")[np.asarray(tokens)]
         group = self.n_head // self.n_head_kv
-        mask = np.triu(np.full((T, T), -np.inf), k=1)
+        mask = np.triu(np.full((T, past + T), -np.inf), k=past + 1)
         for layer in range(self.n_layer):
             p = f"blk.{layer}."
             h = self.rmsnorm(x, p + "attn_norm.weight")
@@ -69,6 +71,11 @@ class Llama:
             k = (h @ self.weight(p + "attn_k.weight").T).reshape(T, self.n_head_kv, self.head_dim)
             v = (h @ self.weight(p + "attn_v.weight").T).reshape(T, self.n_head_kv, self.head_dim)
             q, k = self.rope(q, positions), self.rope(k, positions)
+            if cache is not None:
+                if layer in cache:
+                    k = np.concatenate([cache[layer][0], k])
+                    v = np.concatenate([cache[layer][1], v])
+                cache[layer] = (k, v)
             out = np.empty((T, self.n_head, self.head_dim))
             for head in range(self.n_head):
                 kv = head // group
@@ -83,6 +90,18 @@ class Llama:
             x = x + (gate / (1 + np.exp(-gate)) * up) @ self.weight(p + "ffn_down.weight").T
             if layer_callback:
                 layer_callback(layer, x)
+        if cache is not None:
+            cache["length"] = past + T
         x = self.rmsnorm(x, "output_norm.weight")
         head = "output.weight" if "output.weight" in self.tensors else "token_embd.weight"
         return x @ self.weight(head).T
+
+    def greedy(self, tokens, n):
+        """n greedy tokens after `tokens` (argmax, lowest id on ties), decoding with a cache."""
+        cache = {}
+        logits = self.forward(tokens, cache=cache)[-1]
+        out = []
+        for _ in range(n):
+            out.append(int(np.argmax(logits)))
+            logits = self.forward([out[-1]], cache=cache)[-1]
+        return out

@@ -9,6 +9,8 @@
  *   tm_testtool tokenize MODEL IN OUT                 IN: strings separated by NUL bytes; OUT: a JSON
  *                                                    line per string: ids (no BOS, special tokens
  *                                                    parsed) and whether decode(encode(s)) == s
+ *   tm_testtool generate MODEL IDS N [exact|fast] [f32|f16]
+ *                                                    greedy ids after the prompt ids, via the engine API
  *   tm_testtool logits MODEL IDS OUT.f32 [exact|fast] [f32|f16] [THREADS] [CHUNK]
  *                                                    logits of every position of the comma-separated
  *                                                    token ids, fed CHUNK tokens per forward call
@@ -19,6 +21,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "tensormesh.h"
 #include "gguf.h"
 #include "tokenizer.h"
 #include "quant.h"
@@ -174,8 +177,44 @@ static int tokenize_command(const char *model_path, const char *in_path, const c
     return 0;
 }
 
+static int generate_command(int argc, char **argv) {
+    tm_engine_options options;
+    tm_engine_options_default(&options);
+    options.model_path = argv[2];
+    options.n_threads = 2;
+    options.precision = argc > 5 && !strcmp(argv[5], "exact");
+    options.kv_type = argc > 6 && !strcmp(argv[6], "f32");
+    options.max_sequences = 1;
+    tm_engine *engine;
+    tm_error_t error = {0};
+    if (tm_engine_create(&options, &engine, &error)) return fail(error.message);
+    int32_t tokens[4096];
+    int n = 0;
+    for (char *p = argv[3]; *p && n < 4096; n++) {
+        tokens[n] = (int32_t)strtol(p, &p, 10);
+        if (*p == ',') p++;
+    }
+    tm_request_params params;
+    tm_request_params_default(&params);
+    params.prompt_tokens = tokens;
+    params.n_prompt_tokens = n;
+    params.max_tokens = atoi(argv[4]);
+    params.ignore_eos = true;
+    int id;
+    if (tm_engine_submit(engine, &params, &id, &error)) return fail(error.message);
+    while (tm_engine_busy(engine))
+        if (tm_engine_step(engine, &error)) return fail(error.message);
+    const int32_t *generated;
+    int count = tm_engine_request_tokens(engine, id, &generated);
+    for (int i = 0; i < count; i++) printf("%s%d", i ? "," : "", generated[i]);
+    printf("\n");
+    tm_engine_free(engine);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "seeds")) return write_seeds(argv[2]);
+    if (argc >= 5 && !strcmp(argv[1], "generate")) return generate_command(argc, argv);
     if (argc == 5 && !strcmp(argv[1], "tokenize")) return tokenize_command(argv[2], argv[3], argv[4]);
     if (argc >= 5 && !strcmp(argv[1], "logits")) return logits_command(argc, argv);
     if (argc == 4 && !strcmp(argv[1], "copy")) {

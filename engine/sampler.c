@@ -1,0 +1,108 @@
+/*
+ * sampler.c - see sampler.h. The filters run in llama.cpp's order: penalties, top-k, top-p,
+ * min-p, temperature; each keeps at least one candidate.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static int compare_candidates(const void *a, const void *b) {
+    const tm_sampler_candidate *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Keep the k best candidates, sorted best first: a min-heap of size k over all n. */
+static int top_k(tm_sampler_candidate *c, int n, int k) {
+    if (k >= n) {
+        qsort(c, (size_t)n, sizeof *c, compare_candidates);
+        return n;
+    }
+    /* heap in c[0..k): the worst kept candidate at the root */
+    for (int i = 0; i < n; i++) {
+        tm_sampler_candidate item = c[i];
+        int size = i < k ? i : k;
+        if (i >= k) {
+            if (compare_candidates(&item, &c[0]) >= 0) continue; /* not better than the worst kept */
+            /* replace the root and sift down */
+            int j = 0;
+            for (;;) {
+                int child = 2 * j + 1;
+                if (child >= k) break;
+                if (child + 1 < k && compare_candidates(&c[child + 1], &c[child]) > 0) child++;
+                if (compare_candidates(&c[child], &item) <= 0) break;
+                c[j] = c[child];
+                j = child;
+            }
+            c[j] = item;
+        } else {
+            int j = size;
+            while (j > 0 && compare_candidates(&c[(j - 1) / 2], &item) < 0) {
+                c[j] = c[(j - 1) / 2];
+                j = (j - 1) / 2;
+            }
+            c[j] = item;
+        }
+    }
+    qsort(c, (size_t)k, sizeof *c, compare_candidates);
+    return k;
+}
+
+int32_t tm_sample(const tm_sampling *p, float *logits, int n_vocab, const int32_t *history, int n_history, tm_rng_t *rng,
+                  tm_sampler_candidate *c) {
+    /* repetition penalty over the last penalty_last_n tokens (each token once) */
+    if (p->repetition_penalty != 1.0f && p->repetition_penalty > 0) {
+        int start = p->penalty_last_n > 0 && n_history > p->penalty_last_n ? n_history - p->penalty_last_n : 0;
+        for (int i = start; i < n_history; i++) {
+            int32_t id = history[i];
+            if (id < 0 || id >= n_vocab) continue;
+            bool seen = false;
+            for (int j = start; j < i && !seen; j++) seen = history[j] == id;
+            if (seen) continue;
+            logits[id] = logits[id] > 0 ? logits[id] / p->repetition_penalty : logits[id] * p->repetition_penalty;
+        }
+    }
+    if (p->temperature <= 0) {
+        int32_t best = 0;
+        for (int i = 1; i < n_vocab; i++)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    int n = n_vocab;
+    for (int i = 0; i < n; i++) c[i] = (tm_sampler_candidate){i, logits[i]};
+    n = top_k(c, n, p->top_k > 0 ? p->top_k : n);
+    /* softmax over the survivors (sorted best first), at temperature 1 for the filters */
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += exp((double)c[i].logit - c[0].logit);
+    if (p->top_p > 0 && p->top_p < 1) {
+        double cumulative = 0;
+        int keep = n;
+        for (int i = 0; i < n; i++) {
+            cumulative += exp((double)c[i].logit - c[0].logit) / sum;
+            if (cumulative >= p->top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        n = keep;
+    }
+    if (p->min_p > 0) {
+        /* keep tokens whose probability is at least min_p times the best one's */
+        float threshold = c[0].logit + logf(p->min_p);
+        int keep = 1;
+        while (keep < n && c[keep].logit >= threshold) keep++;
+        n = keep;
+    }
+    double total = 0, best = c[0].logit;
+    for (int i = 0; i < n; i++) {
+        c[i].logit = (float)exp(((double)c[i].logit - best) / p->temperature);
+        total += c[i].logit;
+    }
+    double draw = tm_rng_uniform(rng) * total, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += c[i].logit;
+        if (draw < acc) return c[i].id;
+    }
+    return c[n - 1].id;
+}

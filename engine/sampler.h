@@ -1,0 +1,24 @@
+/*
+ * sampler.h - choose the next token from logits: repetition penalty, top-k, top-p, min-p,
+ * temperature, then a seeded draw; temperature 0 is greedy (argmax, lowest id on ties).
+ *
+ * Guarantees: the same logits, history, parameters and generator state give the same token on
+ * every platform; the returned id is in [0, n_vocab); the logits array is used as scratch.
+ * Cost: O(n_vocab) plus O(n_vocab log k) with top-k, O(n_vocab log n_vocab) for top-p without it.
+ */
+#ifndef TM_SAMPLER_H
+#define TM_SAMPLER_H
+
+#include "common.h"
+#include "tensormesh.h"
+
+typedef struct tm_sampler_candidate {
+    int32_t id;
+    float logit; /* then probability */
+} tm_sampler_candidate;
+
+/* candidates: scratch of n_vocab entries. */
+int32_t tm_sample(const tm_sampling *params, float *logits, int n_vocab, const int32_t *history, int n_history,
+                  tm_rng_t *rng, tm_sampler_candidate *candidates);
+
+#endif /* TM_SAMPLER_H */

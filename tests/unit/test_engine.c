@@ -1,0 +1,252 @@
+/*
+ * test_engine.c - the request API, scheduler and sampler on the tiny synthetic model:
+ *  - batched decode of 6 sequences gives exactly the tokens each gets alone (greedy);
+ *  - with a KV pool too small for all of them, requests are preempted and recomputed, and the
+ *    tokens are still exactly the solo ones; the pool ends empty;
+ *  - chunked prefill (3 tokens a step) gives the same tokens as whole prefill;
+ *  - stop strings cut the text before them; max_tokens; cancel; bad prompts are refused;
+ *  - sampler: greedy = argmax; top_k 1 = greedy; the same seed repeats, another seed differs;
+ *    temperature sampling follows softmax (chi-square over 20000 draws); top-p and min-p keep
+ *    only the allowed tokens; repetition penalty lowers repeated tokens.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "check.h"
+#include "sampler.h"
+#include "tensormesh.h"
+
+static tm_engine *make_engine(int max_sequences, int64_t kv_pages, int max_batch_tokens) {
+    tm_engine_options options;
+    tm_engine_options_default(&options);
+    options.synthetic = "tiny:q4_k_m";
+    options.n_threads = 2;
+    options.max_sequences = max_sequences;
+    options.kv_pages = kv_pages;
+    options.kv_page_size = 512; /* one 512-byte row per page: pages run out quickly */
+    options.max_batch_tokens = max_batch_tokens;
+    tm_engine *engine = NULL;
+    tm_error_t error = {0};
+    CHECK(!tm_engine_create(&options, &engine, &error), "engine: %s", error.message);
+    return engine;
+}
+
+static const char *prompts[6] = {"hello world", "the quick brown fox", "a", "one two three four five six seven",
+                                 "xyz", "tiny models say things"};
+
+/* Run every request to the end; returns generated tokens per prompt (malloc'ed, 32 each). */
+static int run_all(tm_engine *engine, const int *which, int n, int32_t out[][32], int max_tokens) {
+    int preemptions = 0;
+    int ids[6];
+    tm_error_t error = {0};
+    for (int i = 0; i < n; i++) {
+        tm_request_params params;
+        tm_request_params_default(&params);
+        params.prompt = prompts[which[i]];
+        params.max_tokens = max_tokens;
+        params.ignore_eos = true;
+        CHECK(!tm_engine_submit(engine, &params, &ids[i], &error), "submit: %s", error.message);
+    }
+    int steps = 0;
+    while (tm_engine_busy(engine) && steps++ < 10000) CHECK(!tm_engine_step(engine, &error), "step: %s", error.message);
+    for (int i = 0; i < n; i++) {
+        const int32_t *tokens;
+        int count = tm_engine_request_tokens(engine, ids[i], &tokens);
+        CHECK(count == max_tokens, "request %d generated %d tokens", i, count);
+        memcpy(out[which[i]], tokens, (size_t)TM_MIN(count, 32) * sizeof(int32_t));
+        tm_request_info info;
+        tm_engine_request_info(engine, ids[i], &info);
+        preemptions += info.preemptions;
+        tm_engine_release(engine, ids[i]);
+    }
+    return preemptions;
+}
+
+static void test_batched_equals_solo(void) {
+    int32_t solo[6][32], batched[6][32], preempted[6][32], chunked[6][32];
+    tm_engine *engine = make_engine(8, 0, 512);
+    if (!engine) return;
+    for (int i = 0; i < 6; i++) run_all(engine, &i, 1, solo, 24);
+    int all[6] = {0, 1, 2, 3, 4, 5};
+    run_all(engine, all, 6, batched, 24);
+    for (int i = 0; i < 6; i++) CHECK(!memcmp(solo[i], batched[i], 24 * sizeof(int32_t)), "prompt %d: batched differs", i);
+    tm_engine_stats stats;
+    tm_engine_get_stats(engine, &stats);
+    CHECK(stats.kv_pages_used == 0, "finished requests return their pages");
+    tm_engine_free(engine);
+
+    /* 4 layers x ~40 tokens per sequence: 6 sequences need ~960 pages; give 400 */
+    engine = make_engine(8, 400, 512);
+    int preemptions = run_all(engine, all, 6, preempted, 24);
+    CHECK(preemptions > 0, "the small pool forced preemptions (%d)", preemptions);
+    for (int i = 0; i < 6; i++) CHECK(!memcmp(solo[i], preempted[i], 24 * sizeof(int32_t)), "prompt %d: preempted differs", i);
+    tm_engine_free(engine);
+
+    engine = make_engine(8, 0, 3);
+    run_all(engine, all, 6, chunked, 24);
+    for (int i = 0; i < 6; i++) CHECK(!memcmp(solo[i], chunked[i], 24 * sizeof(int32_t)), "prompt %d: chunked differs", i);
+    tm_engine_free(engine);
+}
+
+static void test_requests(void) {
+    tm_engine *engine = make_engine(4, 0, 512);
+    if (!engine) return;
+    tm_error_t error = {0};
+    tm_request_params params;
+    tm_request_params_default(&params);
+    params.prompt = prompts[1];
+    params.max_tokens = 40;
+    params.ignore_eos = true;
+    int id;
+    tm_engine_submit(engine, &params, &id, &error);
+    while (tm_engine_busy(engine)) tm_engine_step(engine, &error);
+    const char *text;
+    size_t length;
+    tm_engine_request_text(engine, id, &text, &length);
+    char full[4096];
+    snprintf(full, sizeof full, "%.*s", (int)length, text);
+    tm_engine_release(engine, id);
+    CHECK(length > 8, "generated text (%zu bytes)", length);
+    /* stop at a substring from the middle of that text */
+    char stop[8];
+    memcpy(stop, full + length / 2, 3);
+    stop[3] = 0;
+    const char *stops[1] = {stop};
+    params.stop = stops;
+    params.n_stop = 1;
+    tm_engine_submit(engine, &params, &id, &error);
+    while (tm_engine_busy(engine)) tm_engine_step(engine, &error);
+    tm_request_info info;
+    tm_engine_request_info(engine, id, &info);
+    tm_engine_request_text(engine, id, &text, &length);
+    const char *first = strstr(full, stop);
+    CHECK(info.finish_reason == TM_FINISH_STOP && first && length == (size_t)(first - full) && !memcmp(text, full, length),
+          "stop string '%s': reason %d, %zu bytes, expected %td", stop, info.finish_reason, length, first ? first - full : -1);
+    tm_engine_release(engine, id);
+
+    params.n_stop = 0;
+    params.max_tokens = 5;
+    tm_engine_submit(engine, &params, &id, &error);
+    while (tm_engine_busy(engine)) tm_engine_step(engine, &error);
+    tm_engine_request_info(engine, id, &info);
+    CHECK(info.n_generated == 5 && info.finish_reason == TM_FINISH_LENGTH, "max_tokens: %d", info.n_generated);
+    CHECK(info.first_token_at >= info.submitted_at && info.finished_at >= info.first_token_at, "timestamps ordered");
+    tm_engine_release(engine, id);
+
+    params.max_tokens = 1000;
+    tm_engine_submit(engine, &params, &id, &error);
+    tm_engine_step(engine, &error);
+    tm_engine_step(engine, &error);
+    CHECK(tm_engine_cancel(engine, id) == TM_OK, "cancel");
+    tm_engine_request_info(engine, id, &info);
+    CHECK(info.state == TM_REQUEST_FINISHED && info.finish_reason == TM_FINISH_CANCELLED, "cancelled");
+    CHECK(!tm_engine_busy(engine), "nothing left running");
+    tm_engine_release(engine, id);
+
+    params.prompt = "";
+    params.add_bos = false;
+    CHECK(tm_engine_submit(engine, &params, &id, &error) == TM_ERR_INVALID_ARG && strstr(error.message, "empty"),
+          "empty prompt refused: %s", error.message);
+    int32_t bad_tokens[2] = {5, 99999};
+    params.prompt = NULL;
+    params.prompt_tokens = bad_tokens;
+    params.n_prompt_tokens = 2;
+    CHECK(tm_engine_submit(engine, &params, &id, &error) == TM_ERR_INVALID_ARG && strstr(error.message, "99999"),
+          "out-of-range token refused: %s", error.message);
+    static char long_prompt[40000];
+    memset(long_prompt, 'a', sizeof long_prompt - 1);
+    for (size_t i = 0; i < sizeof long_prompt - 1; i += 2) long_prompt[i] = ' ';
+    params.prompt = long_prompt;
+    CHECK(tm_engine_submit(engine, &params, &id, &error) == TM_ERR_INVALID_ARG && strstr(error.message, "context"),
+          "over-long prompt refused: %s", error.message);
+    const char invalid_utf8[] = "ok \xff\xfe \xc3";
+    params.prompt = invalid_utf8;
+    params.max_tokens = 3;
+    CHECK(!tm_engine_submit(engine, &params, &id, &error), "invalid UTF-8 is tokenized: %s", error.message);
+    while (tm_engine_busy(engine)) tm_engine_step(engine, &error);
+    tm_engine_free(engine);
+}
+
+static void test_sampler(void) {
+    enum { V = 8 };
+    const float base[V] = {1.0f, 3.0f, 2.5f, -1.0f, 0.5f, 3.0f, 0.0f, 2.0f};
+    float logits[V];
+    tm_sampler_candidate scratch[V];
+    tm_rng_t rng;
+    tm_sampling p;
+    tm_sampling_default(&p);
+    memcpy(logits, base, sizeof logits);
+    tm_rng_seed(&rng, 1);
+    CHECK(tm_sample(&p, logits, V, NULL, 0, &rng, scratch) == 1, "greedy picks the first maximum");
+    p.temperature = 1.0f;
+    p.top_k = 1;
+    memcpy(logits, base, sizeof logits);
+    CHECK(tm_sample(&p, logits, V, NULL, 0, &rng, scratch) == 1, "top_k 1 is greedy");
+
+    /* temperature 1, no filters: frequencies follow softmax */
+    tm_sampling_default(&p);
+    p.temperature = 1.0f;
+    int counts[V] = {0};
+    const int draws = 20000;
+    tm_rng_seed(&rng, 42);
+    for (int i = 0; i < draws; i++) {
+        memcpy(logits, base, sizeof logits);
+        counts[tm_sample(&p, logits, V, NULL, 0, &rng, scratch)]++;
+    }
+    double z = 0, chi2 = 0;
+    for (int i = 0; i < V; i++) z += exp(base[i]);
+    for (int i = 0; i < V; i++) {
+        double expected = draws * exp(base[i]) / z;
+        chi2 += (counts[i] - expected) * (counts[i] - expected) / expected;
+    }
+    CHECK(chi2 < 24.3, "chi-square %.2f over 7 degrees of freedom (p = 0.001 threshold 24.3)", chi2);
+
+    /* the same seed repeats; another differs somewhere */
+    int first[50], second[50], other[50], differ = 0;
+    for (int run = 0; run < 3; run++) {
+        tm_rng_seed(&rng, run == 2 ? 8 : 7);
+        for (int i = 0; i < 50; i++) {
+            memcpy(logits, base, sizeof logits);
+            int token = tm_sample(&p, logits, V, NULL, 0, &rng, scratch);
+            (run == 0 ? first : run == 1 ? second : other)[i] = token;
+        }
+    }
+    for (int i = 0; i < 50; i++) differ += first[i] != other[i];
+    CHECK(!memcmp(first, second, sizeof first) && differ > 0, "seeded draws repeat (and differ across seeds: %d)", differ);
+
+    /* top-p 0.5: tokens 1 and 5 (equal best, about 0.27 each) cover it; nothing else appears */
+    p.top_p = 0.5f;
+    int outside = 0;
+    for (int i = 0; i < 2000; i++) {
+        memcpy(logits, base, sizeof logits);
+        int token = tm_sample(&p, logits, V, NULL, 0, &rng, scratch);
+        outside += token != 1 && token != 5;
+    }
+    CHECK(outside == 0, "top-p: %d draws outside the nucleus", outside);
+    /* min-p 0.5: keeps tokens with p >= 0.5 p_max: logits >= 3 - ln 2 = 2.31 -> 1, 5, 2 */
+    tm_sampling_default(&p);
+    p.temperature = 1.0f;
+    p.min_p = 0.5f;
+    outside = 0;
+    for (int i = 0; i < 2000; i++) {
+        memcpy(logits, base, sizeof logits);
+        int token = tm_sample(&p, logits, V, NULL, 0, &rng, scratch);
+        outside += token != 1 && token != 5 && token != 2;
+    }
+    CHECK(outside == 0, "min-p: %d draws below the threshold", outside);
+    /* repetition penalty: token 1 seen, penalty 2 -> 1.5 < 2.5, so greedy picks 5 then 2 */
+    tm_sampling_default(&p);
+    p.repetition_penalty = 2.0f;
+    int32_t history[2] = {1, 5};
+    memcpy(logits, base, sizeof logits);
+    CHECK(tm_sample(&p, logits, V, history, 1, &rng, scratch) == 5, "penalised token 1 loses to 5");
+    memcpy(logits, base, sizeof logits);
+    CHECK(tm_sample(&p, logits, V, history, 2, &rng, scratch) == 2, "penalised 1 and 5 lose to 2");
+}
+
+int main(void) {
+    test_sampler();
+    test_batched_equals_solo();
+    test_requests();
+    return check_report("test_engine");
+}
