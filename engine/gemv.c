@@ -22,6 +22,8 @@ typedef struct matmul_task {
 
 static void matmul_part(void *arg, int thread_index, int n_threads) {
     const matmul_task *t = arg;
+    /* one contiguous range per thread: each thread streams its weights in order, which the
+     * hardware prefetcher follows (handing out interleaved tiles measured 30 % slower) */
     long long begin, end;
     tm_split_range(t->rows, ROW_TILE, thread_index, n_threads, &begin, &end);
     for (long long tile = begin; tile < end; tile += ROW_TILE) {

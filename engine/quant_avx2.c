@@ -26,6 +26,12 @@ TM_AVX2 static inline float hsum_f32x8(__m256 v) {
 /* Half to float with the F16C instruction (the scalar helper branches; this is one op). */
 TM_AVX2 static inline float half(tm_f16_t h) { return _cvtsh_ss(h); }
 
+TM_AVX2 static inline float hsum_f32x4(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_movehdup_ps(v));
+    return _mm_cvtss_f32(v);
+}
+
 /* u8 x i8 products, summed in groups of four into int32 lanes. */
 TM_AVX2 static inline __m256i dot_u8_i8(__m256i unsigned_bytes, __m256i signed_bytes) {
     __m256i pairs = _mm256_maddubs_epi16(unsigned_bytes, signed_bytes);
@@ -173,42 +179,72 @@ TM_AVX2 static float dot_q8_q8_0(const void *blocks, const void *xq, int64_t n) 
 
 /* ---- k-quants x Q8_K --------------------------------------------------------------------- */
 
-/* sum over sub-blocks of min_j * (activation sum of sub-block j), from the 16-element bsums. */
-static inline int32_t k_min_correction(const uint8_t *scales, const int16_t *bsums) {
-    int32_t total = 0;
-    for (int sub = 0; sub < 8; sub++) {
-        uint8_t sc, m;
-        tm_q4k_scale_min(sub, scales, &sc, &m);
-        total += m * (bsums[2 * sub] + bsums[2 * sub + 1]);
-    }
-    return total;
+/* The eight 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a q4_k/q5_k block, unpacked
+ * with 32-bit operations: the same mapping as tm_q4k_scale_min, without a branch per value. */
+static inline void unpack_k_scales(const uint8_t packed[12], uint32_t out[4]) {
+    const uint32_t low6 = 0x3f3f3f3f, low4 = 0x0f0f0f0f, low2 = 0x03030303;
+    uint32_t word[3];
+    memcpy(word, packed, 12);
+    out[0] = word[0] & low6;                                         /* scales 0..3 */
+    out[1] = (word[2] & low4) | (((word[0] >> 6) & low2) << 4);      /* scales 4..7 */
+    out[2] = word[1] & low6;                                         /* mins 0..3 */
+    out[3] = ((word[2] >> 4) & low4) | (((word[1] >> 6) & low2) << 4); /* mins 4..7 */
+}
+
+/* Shuffle masks that broadcast 16-bit lane s of a vector to all 16 lanes. */
+static const uint8_t broadcast_lane[8][32] = {
+#define LANE(s) {2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, \
+                 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, \
+                 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1, 2 * s, 2 * s + 1}
+    LANE(0), LANE(1), LANE(2), LANE(3), LANE(4), LANE(5), LANE(6), LANE(7),
+#undef LANE
+};
+
+/* Scales as 16-bit lanes (both 128-bit halves), and sum_j min_j * (activation sum of sub-block j). */
+TM_AVX2 static inline __m128i pair_sums(const int16_t *bsums) {
+    return _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums), _mm_loadu_si128((const __m128i *)(bsums + 8)));
+}
+TM_AVX2 static inline __m256i k_scales_and_mins(const uint8_t packed[12], __m128i sums, __m128i *min_products) {
+    uint32_t unpacked[4];
+    unpack_k_scales(packed, unpacked);
+    /* built from registers: a vector load of the four just-stored words would stall on store forwarding */
+    __m128i scales_mins = _mm_set_epi32((int)unpacked[3], (int)unpacked[2], (int)unpacked[1], (int)unpacked[0]);
+    __m128i mins16 = _mm_cvtepu8_epi16(_mm_srli_si128(scales_mins, 8));
+    *min_products = _mm_madd_epi16(mins16, sums); /* 4 int32 partial sums */
+    __m128i scales16 = _mm_cvtepu8_epi16(scales_mins);
+    return _mm256_set_m128i(scales16, scales16);
 }
 
 TM_AVX2 static float dot_q8_q4_k(const void *blocks, const void *xq, int64_t n) {
     const tm_block_q4_k *b = blocks;
     const tm_block_q8_k *a = xq;
     const __m256i low_mask = _mm256_set1_epi8(0x0F);
-    float sum = 0;
     __m256 acc = _mm256_setzero_ps();
+    __m128 acc_min = _mm_setzero_ps();
     for (int64_t i = 0; i < n / TM_QK_K; i++) {
+        /* the next blocks' 144 bytes, a few blocks ahead (measured +10-20 % single-threaded) */
+        const char *ahead = (const char *)(b + i + 8);
+        _mm_prefetch(ahead, _MM_HINT_T0);
+        _mm_prefetch(ahead + 64, _MM_HINT_T0);
+        _mm_prefetch(ahead + 128, _MM_HINT_T0);
+        __m128i min_products;
+        __m256i scales = k_scales_and_mins(b[i].scales, pair_sums(a[i].bsums), &min_products);
         __m256i sumi = _mm256_setzero_si256();
         for (int chunk = 0; chunk < 4; chunk++) {
-            uint8_t sc1, m1, sc2, m2;
-            tm_q4k_scale_min(2 * chunk, b[i].scales, &sc1, &m1);
-            tm_q4k_scale_min(2 * chunk + 1, b[i].scales, &sc2, &m2);
             __m256i q = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * chunk));
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * chunk));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * chunk + 32));
             __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(q, low_mask), x1);
             __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask), x2);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc1)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p2, _mm256_set1_epi16(sc2)));
+            __m256i s1 = _mm256_shuffle_epi8(scales, _mm256_loadu_si256((const __m256i *)broadcast_lane[2 * chunk]));
+            __m256i s2 = _mm256_shuffle_epi8(scales, _mm256_loadu_si256((const __m256i *)broadcast_lane[2 * chunk + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(p1, s1), _mm256_madd_epi16(p2, s2)));
         }
-        float d = a[i].d * half(b[i].d);
+        float d = a[i].d * half(b[i].d), dmin = a[i].d * half(b[i].dmin);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        sum -= a[i].d * half(b[i].dmin) * (float)k_min_correction(b[i].scales, a[i].bsums);
+        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(min_products), acc_min);
     }
-    return sum + hsum_f32x8(acc);
+    return hsum_f32x8(acc) - hsum_f32x4(acc_min);
 }
 
 TM_AVX2 static float dot_q8_q5_k(const void *blocks, const void *xq, int64_t n) {
@@ -216,33 +252,33 @@ TM_AVX2 static float dot_q8_q5_k(const void *blocks, const void *xq, int64_t n) 
     const tm_block_q8_k *a = xq;
     const __m256i low_mask = _mm256_set1_epi8(0x0F);
     const __m256i one = _mm256_set1_epi8(1);
-    float sum = 0;
     __m256 acc = _mm256_setzero_ps();
+    __m128 acc_min = _mm_setzero_ps();
     for (int64_t i = 0; i < n / TM_QK_K; i++) {
+        __m128i min_products;
+        __m256i scales = k_scales_and_mins(b[i].scales, pair_sums(a[i].bsums), &min_products);
         __m256i qh = _mm256_loadu_si256((const __m256i *)b[i].qh);
         __m256i sumi = _mm256_setzero_si256();
         for (int chunk = 0; chunk < 4; chunk++) {
-            uint8_t sc1, m1, sc2, m2;
-            tm_q4k_scale_min(2 * chunk, b[i].scales, &sc1, &m1);
-            tm_q4k_scale_min(2 * chunk + 1, b[i].scales, &sc2, &m2);
             __m256i q = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * chunk));
-            /* bit (2*chunk) and (2*chunk+1) of each qh byte are the fifth bits; the 16-bit
-             * shifts cannot move a bit across bytes into position 0 of the low byte */
+            /* bits 2*chunk and 2*chunk+1 of each qh byte are the fifth bits; the 16-bit shifts
+             * cannot move a bit across bytes into position 0 of a byte */
             __m256i high1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * chunk)), one);
             __m256i high2 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * chunk + 1)), one);
             __m256i q1 = _mm256_or_si256(_mm256_and_si256(q, low_mask), _mm256_slli_epi16(high1, 4));
-            __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask),
-                                         _mm256_slli_epi16(high2, 4));
+            __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low_mask), _mm256_slli_epi16(high2, 4));
             __m256i x1 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * chunk));
             __m256i x2 = _mm256_loadu_si256((const __m256i *)(a[i].qs + 64 * chunk + 32));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q1, x1), _mm256_set1_epi16(sc1)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q2, x2), _mm256_set1_epi16(sc2)));
+            __m256i s1 = _mm256_shuffle_epi8(scales, _mm256_loadu_si256((const __m256i *)broadcast_lane[2 * chunk]));
+            __m256i s2 = _mm256_shuffle_epi8(scales, _mm256_loadu_si256((const __m256i *)broadcast_lane[2 * chunk + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q1, x1), s1));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q2, x2), s2));
         }
-        float d = a[i].d * half(b[i].d);
+        float d = a[i].d * half(b[i].d), dmin = a[i].d * half(b[i].dmin);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        sum -= a[i].d * half(b[i].dmin) * (float)k_min_correction(b[i].scales, a[i].bsums);
+        acc_min = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(min_products), acc_min);
     }
-    return sum + hsum_f32x8(acc);
+    return hsum_f32x8(acc) - hsum_f32x4(acc_min);
 }
 
 TM_AVX2 static float dot_q8_q6_k(const void *blocks, const void *xq, int64_t n) {
@@ -250,39 +286,41 @@ TM_AVX2 static float dot_q8_q6_k(const void *blocks, const void *xq, int64_t n) 
     const tm_block_q8_k *a = xq;
     const __m256i low_mask = _mm256_set1_epi8(0x0F);
     const __m256i two_bits = _mm256_set1_epi8(3);
-    float sum = 0;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / TM_QK_K; i++) {
-        __m256i sumi = _mm256_setzero_si256();
-        int32_t offset = 0; /* 32 * sum(scale_g * activation sum of group g) */
-        for (int g = 0; g < 16; g++) offset += b[i].scales[g] * a[i].bsums[g];
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = b[i].ql + 64 * half;
-            __m256i qh = _mm256_loadu_si256((const __m256i *)(b[i].qh + 32 * half));
+        /* 16 signed scales as 16-bit lanes; the q-32 offset: 32 * sum_g scale_g * bsum_g */
+        __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b[i].scales));
+        __m256i offset = _mm256_madd_epi16(scales16, _mm256_loadu_si256((const __m256i *)a[i].bsums));
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));
+        for (int half_index = 0; half_index < 2; half_index++) {
+            const uint8_t *ql = b[i].ql + 64 * half_index;
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(b[i].qh + 32 * half_index));
             __m256i ql0 = _mm256_loadu_si256((const __m256i *)ql);
             __m256i ql1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low_mask),
-                                   _mm256_slli_epi16(_mm256_and_si256(qh, two_bits), 4));
+            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low_mask), _mm256_slli_epi16(_mm256_and_si256(qh, two_bits), 4));
             q[1] = _mm256_or_si256(_mm256_and_si256(ql1, low_mask),
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two_bits), 4));
             q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low_mask),
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two_bits), 4));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low_mask),
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two_bits), 4));
+            /* the scales of this half: lanes 8*half .. 8*half+7 of scales16, in both 128-bit halves */
+            __m128i half_scales = half_index ? _mm256_extracti128_si256(scales16, 1) : _mm256_castsi256_si128(scales16);
+            __m256i scales = _mm256_set_m128i(half_scales, half_scales);
             for (int group = 0; group < 4; group++) {
-                const int8_t *x = a[i].qs + 128 * half + 32 * group;
-                const int8_t *scale = b[i].scales + 8 * half + 2 * group; /* two 16-element groups */
+                const int8_t *x = a[i].qs + 128 * half_index + 32 * group;
                 __m256i pairs = _mm256_maddubs_epi16(q[group], _mm256_loadu_si256((const __m256i *)x));
-                __m256i scales = _mm256_set_m128i(_mm_set1_epi16(scale[1]), _mm_set1_epi16(scale[0]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pairs, scales));
+                /* elements 0..15 take scale 2*group, 16..31 take 2*group+1 */
+                __m256i first = _mm256_shuffle_epi8(scales, _mm256_loadu_si256((const __m256i *)broadcast_lane[2 * group]));
+                __m256i second = _mm256_shuffle_epi8(scales, _mm256_loadu_si256((const __m256i *)broadcast_lane[2 * group + 1]));
+                __m256i group_scales = _mm256_blend_epi32(first, second, 0xF0);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pairs, group_scales));
             }
         }
-        float d = a[i].d * half(b[i].d);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        sum -= 32.0f * d * (float)offset;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(a[i].d * half(b[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return sum + hsum_f32x8(acc);
+    return hsum_f32x8(acc);
 }
 
 void tm_quant_install_avx2(tm_type_traits *table) {
