@@ -8,18 +8,22 @@ TM_JOBS=${TM_JOBS:-$(nproc 2>/dev/null || echo 2)}
 
 tm_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# tm_need_packages CMD:PACKAGE ... : apt-get install the packages whose command is missing.
+# tm_install_packages PACKAGE ... : apt-get install them (as root, or through sudo).
+tm_install_packages() {
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  tm_log "installing $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# tm_need_packages CMD:PACKAGE ... : install the packages whose command is missing.
 tm_need_packages() {
   local missing=() pair
   for pair in "$@"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  tm_log "installing ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  [ ${#missing[@]} -eq 0 ] || tm_install_packages "${missing[@]}"
 }
 
 tm_build_tools() {
@@ -29,18 +33,19 @@ tm_build_tools() {
 # A virtual environment with the test dependencies, cached outside the repository.
 tm_python_env() {
   tm_need_packages python3:python3
-  local venv=$TM_CACHE/venv
-  if ! "$venv/bin/python" -c 'import gguf, numpy, pytest' >/dev/null 2>&1; then
-    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-      tm_need_packages python3:python3-venv
+  local venv=$TM_CACHE/venv requirements=$TM_ROOT/tests/python/requirements.txt
+  # reinstall whenever requirements.txt changed since the venv was filled
+  if ! cmp -s "$requirements" "$venv/.requirements" || ! "$venv/bin/python" -c 'import gguf' >/dev/null 2>&1; then
+    if ! "$venv/bin/python" -c 'pass' >/dev/null 2>&1 && ! python3 -m venv "$venv" >/dev/null 2>&1; then
       local minor
       minor=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-      apt-get install -y -qq "python${minor}-venv" >/dev/null 2>&1 || apt-get install -y -qq python3-venv >/dev/null
+      tm_install_packages "python${minor}-venv"
       python3 -m venv "$venv"
     fi
     tm_log "installing Python test packages into $venv"
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q -r "$TM_ROOT/tests/python/requirements.txt"
+    "$venv/bin/python" -m pip install -q -r "$requirements"
+    cp "$requirements" "$venv/.requirements"
   fi
   TM_PYTHON=$venv/bin/python
 }
