@@ -146,9 +146,10 @@ static void test_paged_forward_equals_contiguous(void) {
     tm_synth_options options = {.seed = 11};
     tm_error_t error = {0};
     tm_synth_parse_spec("tiny:q4_k_m", &options, &error);
-    tm_gguf *g;
-    tm_model *model;
+    tm_gguf *g = NULL;
+    tm_model *model = NULL;
     CHECK(!tm_synth_open_memory(&options, &g, &error) && !tm_model_load(g, &model, &error), "%s", error.message);
+    if (!model) return;
     tm_threadpool *pool = tm_threadpool_create(2);
     const int n_tokens = 40;
     /* tiny: 4 kv heads x 32 dims x f16 x (K+V) = 512-byte rows */
