@@ -15,18 +15,42 @@
 #include "../gemv.h"
 #include "cli.h"
 
+static int compare_doubles(const void *a, const void *b);
+
 static void usage(FILE *out) {
     fprintf(out,
             "usage: tensormesh bench gemv [--type T[,T...]|all] [--rows R] [--cols C] [--threads N]\n"
             "                             [--min-reps N] [--min-time SECONDS] [--working-set MB]\n\n"
             "Measures y = W x on the CPU for each weight type and prints GB/s of weights read:\n"
-            "median, p10, p90 and spread ((p90-p10)/median) over the repetitions.\n"
+            "median, p10, p90 and spread ((p90-p10)/median) over the repetitions, and the median as a\n"
+            "percentage of the memory-read ceiling measured first with the same threads and working set.\n"
             "  --type         types to measure (default all: f32 f16 bf16 q4_0 q4_1 q5_0 q5_1 q8_0 q4_k q5_k q6_k)\n"
             "  --rows/--cols  matrix shape (default 14336 x 4096, a llama3-8b ffn_up)\n"
             "  --threads      worker threads (default: all CPUs)\n"
             "  --min-reps     at least this many timed repetitions (default 20)\n"
             "  --min-time     and at least this long in seconds (default 1.0)\n"
             "  --working-set  replicate W to at least this many MB so it streams from DRAM (default 512)\n");
+}
+
+typedef struct read_task {
+    const uint64_t *data;
+    long long n_words;
+    uint64_t sums[64];
+} read_task;
+
+/* The memory-read ceiling: each thread sums its contiguous share of 64-bit words. */
+static void read_part(void *arg, int thread_index, int n_threads) {
+    read_task *t = arg;
+    long long begin, end;
+    tm_split_range(t->n_words, 8, thread_index, n_threads, &begin, &end);
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (long long i = begin; i + 4 <= end; i += 4) {
+        s0 += t->data[i];
+        s1 += t->data[i + 1];
+        s2 += t->data[i + 2];
+        s3 += t->data[i + 3];
+    }
+    if (thread_index < 64) t->sums[thread_index] = s0 + s1 + s2 + s3;
 }
 
 static int compare_doubles(const void *a, const void *b) {
@@ -41,8 +65,29 @@ static double percentile(const double *sorted, int n, double p) {
     return sorted[low] + (position - low) * (sorted[high] - sorted[low]);
 }
 
+/* Median GB/s of reading `megabytes` of memory with the pool's threads (after a warm-up pass). */
+static double read_ceiling(tm_threadpool *pool, long long megabytes, double min_time) {
+    long long n_words = megabytes * 1000000 / 8;
+    uint64_t *data = malloc((size_t)n_words * 8);
+    if (!data) return 0;
+    for (long long i = 0; i < n_words; i++) data[i] = (uint64_t)i;
+    read_task task = {data, n_words, {0}};
+    double samples[256];
+    int n = 0;
+    tm_threadpool_run(pool, read_part, &task);
+    double started = tm_time_seconds();
+    while (n < 256 && (n < 10 || tm_time_seconds() - started < min_time)) {
+        double t0 = tm_time_seconds();
+        tm_threadpool_run(pool, read_part, &task);
+        samples[n++] = (double)n_words * 8 / (tm_time_seconds() - t0) / 1e9;
+    }
+    qsort(samples, (size_t)n, sizeof *samples, compare_doubles);
+    free(data);
+    return samples[n / 2];
+}
+
 static int bench_one(tm_threadpool *pool, tm_type type, long long rows, long long cols, long long min_reps,
-                     double min_time, long long working_set_mb) {
+                     double min_time, long long working_set_mb, double ceiling) {
     const tm_type_traits *traits = tm_type_traits_get(type);
     uint64_t row_bytes;
     if (!tm_type_row_bytes(type, (uint64_t)cols, &row_bytes)) {
@@ -86,9 +131,9 @@ static int bench_one(tm_threadpool *pool, tm_type type, long long rows, long lon
     double gbps_p10 = (double)matrix_bytes / percentile(seconds, n, 0.9) / 1e9; /* slow tail */
     double gbps_p90 = (double)matrix_bytes / percentile(seconds, n, 0.1) / 1e9;
     double flops = 2.0 * (double)rows * (double)cols / median;
-    printf("%-6s %8lld %8lld %10.1f %10.3f %9.2f %9.2f %9.2f %7.1f%% %8.2f %5d\n", traits->name, rows, cols,
-           (double)matrix_bytes / 1e6, median * 1e3, gbps, gbps_p10, gbps_p90, 100.0 * (gbps_p90 - gbps_p10) / gbps,
-           flops / 1e9, n);
+    printf("%-6s %8lld %8lld %10.1f %10.3f %9.2f %6.0f%% %9.2f %9.2f %7.1f%% %8.2f %5d\n", traits->name, rows, cols,
+           (double)matrix_bytes / 1e6, median * 1e3, gbps, ceiling > 0 ? 100.0 * gbps / ceiling : 0.0, gbps_p10, gbps_p90,
+           100.0 * (gbps_p90 - gbps_p10) / gbps, flops / 1e9, n);
     fflush(stdout);
     free(weights), free(x), free(y), free(scratch), free(seconds);
     return 0;
@@ -155,13 +200,16 @@ int tm_cli_bench(int argc, char **argv) {
         fprintf(stderr, "tensormesh bench: cannot create threads\n");
         return 1;
     }
+    double ceiling = read_ceiling(pool, working_set > 0 ? working_set : 512, min_time);
     printf("# gemv on the CPU: %d threads, %s kernels, working set >= %lld MB\n", tm_threadpool_size(pool),
            tm_type_simd_name(), working_set);
-    printf("%-6s %8s %8s %10s %10s %9s %9s %9s %8s %8s %5s\n", "type", "rows", "cols", "MB", "ms(med)", "GB/s", "p10",
-           "p90", "spread", "GFLOP/s", "reps");
+    printf("# ceiling: reading memory with %d threads: %.2f GB/s (median); %%ceil = GB/s of weights / that\n",
+           tm_threadpool_size(pool), ceiling);
+    printf("%-6s %8s %8s %10s %10s %9s %7s %9s %9s %8s %8s %5s\n", "type", "rows", "cols", "MB", "ms(med)", "GB/s", "%ceil",
+           "p10", "p90", "spread", "GFLOP/s", "reps");
     int status = 0;
     for (int i = 0; i < n_selected && !status; i++)
-        status = bench_one(pool, selected[i], rows, cols, min_reps, min_time, working_set);
+        status = bench_one(pool, selected[i], rows, cols, min_reps, min_time, working_set, ceiling);
     tm_threadpool_free(pool);
     return status;
 }
