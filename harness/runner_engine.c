@@ -1,0 +1,238 @@
+/*
+ * runner_engine.c - the `throughput` and `memory` runners: both drive the engine through its
+ * public API only (tensormesh.h), with `batch` requests of `prompt_tokens` random prompt tokens
+ * generating `gen_tokens` tokens each (end-of-generation ignored), all submitted at once.
+ *
+ * throughput metrics per repetition: decode tokens/s over all sequences (engine decode time),
+ * prompt tokens/s (engine prefill time), decode step latency p50/p90/p99 (wall time of each
+ * step that processed no prompt tokens), and time to first token (median over the requests).
+ * memory metrics: weight bytes, KV bytes allocated at the peak and in use, their sum, and the
+ * process's resident set (VmRSS) and peak (VmHWM) from /proc.
+ * The engine is kept between cases whose engine options are equal (model load is not measured).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "runner.h"
+#include "stats.h"
+
+struct tm_runner_state {
+    char *model;
+    char *device;
+    tm_engine_options options;
+    tm_engine *engine;
+    int batch, prompt_tokens, gen_tokens;
+    bool memory_kind;
+    uint64_t seed;
+};
+
+static const tm_metric_spec throughput_metrics[] = {
+    {"decode_tokens_per_s", "tokens/s", true},
+    {"prompt_tokens_per_s", "tokens/s", true},
+    {"step_latency_p50_ms", "ms", false},
+    {"step_latency_p90_ms", "ms", false},
+    {"step_latency_p99_ms", "ms", false},
+    {"time_to_first_token_ms", "ms", false},
+};
+static const tm_metric_spec memory_metrics[] = {
+    {"total_bytes", "bytes", false},
+    {"weight_bytes", "bytes", false},
+    {"kv_bytes_allocated", "bytes", false},
+    {"kv_bytes_used", "bytes", false},
+    {"process_rss_bytes", "bytes", false},
+    {"process_peak_rss_bytes", "bytes", false},
+};
+
+static bool parse_int_param(const tm_suite_case *c, const char *name, long long fallback, long long min, long long max,
+                            long long *out, tm_error_t *error) {
+    const char *text = tm_case_param(c, name, NULL);
+    if (!text) {
+        *out = fallback;
+        return true;
+    }
+    char *end;
+    long long value = strtoll(text, &end, 10);
+    if (end == text || *end || value < min || value > max) {
+        tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: parameter %s = '%s' is not an integer in [%lld, %lld]", c->name, name,
+                     text, min, max);
+        return false;
+    }
+    *out = value;
+    return true;
+}
+
+static void release(tm_runner_state *s) {
+    if (!s) return;
+    tm_engine_free(s->engine);
+    free(s->model);
+    free(s->device);
+    free(s);
+}
+
+static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, bool memory_kind,
+                         tm_error_t *error) {
+    long long batch, prompt, gen, threads, max_batch_tokens, ctx;
+    if (!parse_int_param(c, "batch", 1, 1, 1024, &batch, error) ||
+        !parse_int_param(c, "prompt_tokens", 128, 1, 1 << 20, &prompt, error) ||
+        !parse_int_param(c, "gen_tokens", 32, 1, 1 << 20, &gen, error) ||
+        !parse_int_param(c, "threads", 0, 0, 1024, &threads, error) ||
+        !parse_int_param(c, "max_batch_tokens", 512, 1, 1 << 20, &max_batch_tokens, error) ||
+        !parse_int_param(c, "ctx", 0, 0, 1 << 24, &ctx, error))
+        return TM_ERR_INVALID_ARG;
+    const char *precision = tm_case_param(c, "precision", "fast"), *kv_type = tm_case_param(c, "kv_type", "f16");
+    const char *device = tm_case_param(c, "device", "cpu");
+    if (strcmp(precision, "fast") && strcmp(precision, "exact"))
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: precision '%s' (fast or exact)", c->name, precision);
+    if (strcmp(kv_type, "f16") && strcmp(kv_type, "f32"))
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: kv_type '%s' (f16 or f32)", c->name, kv_type);
+    if (!suite->model) return tm_error_set(error, TM_ERR_INVALID_ARG, "%s: a %s suite needs a 'model'", suite->path, suite->kind);
+    tm_engine_options options;
+    tm_engine_options_default(&options);
+    options.n_threads = (int)threads;
+    options.precision = !strcmp(precision, "exact");
+    options.kv_type = !strcmp(kv_type, "f32");
+    options.max_sequences = (int)batch;
+    options.max_batch_tokens = (int)max_batch_tokens;
+    options.n_ctx = ctx ? (int)ctx : (int)(prompt + gen + 1);
+    options.device = device;
+    tm_runner_state *s = *state;
+    bool reuse = s && !strcmp(s->model, suite->model) && s->options.n_threads == options.n_threads &&
+                 s->options.precision == options.precision && s->options.kv_type == options.kv_type &&
+                 s->options.max_sequences == options.max_sequences && s->options.n_ctx == options.n_ctx &&
+                 s->options.max_batch_tokens == options.max_batch_tokens && !strcmp(s->options.device, device);
+    if (!reuse) {
+        release(s);
+        *state = s = calloc(1, sizeof *s);
+        if (!s || !(s->model = strdup(suite->model))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
+        s->options = options;
+        if (!(s->device = strdup(device))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
+        s->options.device = s->device;
+        if (!strncmp(suite->model, "synthetic:", 10)) s->options.synthetic = s->model + 10;
+        else s->options.model_path = s->model;
+        tm_status status = tm_engine_create(&s->options, &s->engine, error);
+        if (status) {
+            release(s);
+            *state = NULL;
+            return status;
+        }
+    }
+    s->batch = (int)batch;
+    s->prompt_tokens = (int)prompt;
+    s->gen_tokens = (int)gen;
+    s->memory_kind = memory_kind;
+    s->seed = 1;
+    return TM_OK;
+}
+
+static tm_status prepare_throughput(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, tm_error_t *error) {
+    return prepare(state, suite, c, false, error);
+}
+static tm_status prepare_memory(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, tm_error_t *error) {
+    return prepare(state, suite, c, true, error);
+}
+
+/* VmRSS and VmHWM of this process in bytes (0 when /proc is unavailable). */
+static void process_memory(double *rss, double *peak) {
+    *rss = *peak = 0;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        long long kb;
+        if (sscanf(line, "VmRSS: %lld kB", &kb) == 1) *rss = (double)kb * 1024;
+        if (sscanf(line, "VmHWM: %lld kB", &kb) == 1) *peak = (double)kb * 1024;
+    }
+    fclose(f);
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
+    int vocab = tm_engine_vocab_size(s->engine);
+    int32_t *prompt = malloc((size_t)s->prompt_tokens * sizeof *prompt);
+    int *ids = malloc((size_t)s->batch * sizeof *ids);
+    double *latencies = malloc((size_t)(s->gen_tokens + 8) * sizeof *latencies);
+    if (!prompt || !ids || !latencies) {
+        free(prompt), free(ids), free(latencies);
+        return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
+    }
+    tm_rng_t rng;
+    tm_rng_seed(&rng, s->seed++);
+    tm_engine_stats before, after;
+    tm_engine_get_stats(s->engine, &before);
+    tm_status status = TM_OK;
+    for (int r = 0; r < s->batch && !status; r++) {
+        for (int i = 0; i < s->prompt_tokens; i++) prompt[i] = (int32_t)(tm_rng_next(&rng) % (uint64_t)vocab);
+        tm_request_params params;
+        tm_request_params_default(&params);
+        params.prompt_tokens = prompt;
+        params.n_prompt_tokens = s->prompt_tokens;
+        params.max_tokens = s->gen_tokens;
+        params.ignore_eos = true;
+        status = tm_engine_submit(s->engine, &params, &ids[r], error);
+    }
+    int n_latencies = 0;
+    uint64_t kv_peak = 0, kv_used_peak = 0;
+    while (!status && tm_engine_busy(s->engine)) {
+        tm_engine_stats step_before, step_after;
+        tm_engine_get_stats(s->engine, &step_before);
+        double t0 = tm_time_seconds();
+        status = tm_engine_step(s->engine, error);
+        double elapsed = tm_time_seconds() - t0;
+        tm_engine_get_stats(s->engine, &step_after);
+        if (step_after.prompt_tokens == step_before.prompt_tokens && step_after.steps > step_before.steps &&
+            n_latencies < s->gen_tokens + 8)
+            latencies[n_latencies++] = elapsed * 1e3;
+        kv_peak = TM_MAX(kv_peak, step_after.kv_bytes_allocated);
+        kv_used_peak = TM_MAX(kv_used_peak, step_after.kv_bytes_used);
+    }
+    tm_engine_get_stats(s->engine, &after);
+    double ttft[1024];
+    int n_ttft = 0;
+    for (int r = 0; r < s->batch; r++) {
+        tm_request_info info;
+        if (!status && tm_engine_request_info(s->engine, ids[r], &info) == TM_OK && n_ttft < 1024)
+            ttft[n_ttft++] = (info.first_token_at - info.submitted_at) * 1e3;
+        tm_engine_release(s->engine, ids[r]);
+    }
+    if (!status && s->memory_kind) {
+        values[1] = (double)after.weight_bytes;
+        values[2] = (double)kv_peak;
+        values[3] = (double)kv_used_peak;
+        values[0] = values[1] + values[2];
+        process_memory(&values[4], &values[5]);
+    } else if (!status) {
+        /* the first token of each sequence comes out of prefill: decode made the rest */
+        double decode_tokens = (double)(after.generated_tokens - before.generated_tokens) - s->batch;
+        double decode_seconds = after.decode_seconds - before.decode_seconds;
+        double prefill_seconds = after.prefill_seconds - before.prefill_seconds;
+        values[0] = decode_seconds > 0 ? decode_tokens / decode_seconds : 0;
+        values[1] = prefill_seconds > 0 ? (double)(after.prompt_tokens - before.prompt_tokens) / prefill_seconds : 0;
+        qsort(latencies, (size_t)n_latencies, sizeof *latencies, compare_doubles);
+        values[2] = tm_percentile_sorted(latencies, (size_t)n_latencies, 0.50);
+        values[3] = tm_percentile_sorted(latencies, (size_t)n_latencies, 0.90);
+        values[4] = tm_percentile_sorted(latencies, (size_t)n_latencies, 0.99);
+        qsort(ttft, (size_t)n_ttft, sizeof *ttft, compare_doubles);
+        values[5] = tm_percentile_sorted(ttft, (size_t)n_ttft, 0.5);
+    }
+    free(prompt), free(ids), free(latencies);
+    return status;
+}
+
+static const tm_runner runners[] = {
+    {"throughput", throughput_metrics, (int)(sizeof throughput_metrics / sizeof throughput_metrics[0]), prepare_throughput,
+     repeat, release},
+    {"memory", memory_metrics, (int)(sizeof memory_metrics / sizeof memory_metrics[0]), prepare_memory, repeat, release},
+};
+
+const tm_runner *tm_runner_for_kind(const char *kind) {
+    for (size_t i = 0; i < sizeof runners / sizeof runners[0]; i++)
+        if (!strcmp(runners[i].kind, kind)) return &runners[i];
+    return NULL;
+}
