@@ -59,7 +59,10 @@ static size_t edit_distance(const char *a, const char *b) {
 static void suggestion(const char *key, const char *const *valid, char *out, size_t size) {
     const char *best = NULL;
     size_t best_distance = 4;
-    for (int i = 0; valid[i]; i++) {
+    for (int i = 0; valid[i] && !best; i++) /* an abbreviation of a valid key */
+        if (strlen(key) >= 3 && (!strncmp(valid[i], key, strlen(key) - 1) || !strncmp(valid[i], key, 3)))
+            if (edit_distance(key, valid[i]) < strlen(valid[i])) best = valid[i], best_distance = 0;
+    for (int i = 0; valid[i] && best_distance; i++) {
         size_t d = edit_distance(key, valid[i]);
         if (d < best_distance) {
             best_distance = d;

@@ -11,6 +11,8 @@
  *                                                    parsed) and whether decode(encode(s)) == s
  *   tm_testtool generate MODEL IDS N [exact|fast] [f32|f16]
  *                                                    greedy ids after the prompt ids, via the engine API
+ *   tm_testtool stats VALUES.f64                      JSON summary (tm_summarize, 2000 bootstrap rounds)
+ *   tm_testtool mannwhitney A.f64 B.f64               two-sided Mann-Whitney U p-value
  *   tm_testtool logits MODEL IDS OUT.f32 [exact|fast] [f32|f16] [THREADS] [CHUNK]
  *                                                    logits of every position of the comma-separated
  *                                                    token ids, fed CHUNK tokens per forward call
@@ -23,6 +25,7 @@
 #include "backend.h"
 #include "tensormesh.h"
 #include "gguf.h"
+#include "stats.h"
 #include "tokenizer.h"
 #include "quant.h"
 
@@ -212,8 +215,30 @@ static int generate_command(int argc, char **argv) {
     return 0;
 }
 
+static int stats_command(int argc, char **argv) {
+    long size_a, size_b = 0;
+    double *a = read_file(argv[2], &size_a), *b = argc > 3 ? read_file(argv[3], &size_b) : NULL;
+    if (!a || (argc > 3 && !b)) return fail("cannot read values");
+    if (!strcmp(argv[1], "mannwhitney")) {
+        printf("%.17g\n", tm_mann_whitney_p(a, (size_t)size_a / 8, b, (size_t)size_b / 8));
+    } else {
+        tm_summary s;
+        tm_summarize(a, (size_t)size_a / 8, 2000, 1, &s);
+        printf("{\"n\": %zu, \"median\": %.17g, \"mean\": %.17g, \"stdev\": %.17g, \"min\": %.17g, \"max\": %.17g, "
+               "\"p10\": %.17g, \"p90\": %.17g, \"p99\": %.17g, \"relative_noise\": %.17g, \"median_low\": %.17g, "
+               "\"median_high\": %.17g}\n",
+               s.n, s.median, s.mean, s.stdev, s.min, s.max, s.p10, s.p90, s.p99, s.relative_noise, s.median_low,
+               s.median_high);
+    }
+    free(a);
+    free(b);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "seeds")) return write_seeds(argv[2]);
+    if ((argc == 3 && !strcmp(argv[1], "stats")) || (argc == 4 && !strcmp(argv[1], "mannwhitney")))
+        return stats_command(argc, argv);
     if (argc >= 5 && !strcmp(argv[1], "generate")) return generate_command(argc, argv);
     if (argc == 5 && !strcmp(argv[1], "tokenize")) return tokenize_command(argv[2], argv[3], argv[4]);
     if (argc >= 5 && !strcmp(argv[1], "logits")) return logits_command(argc, argv);

@@ -1,0 +1,128 @@
+"""tmbench: statistics against numpy/scipy, and the store surviving SIGKILL.
+
+- summary statistics equal numpy's (median, mean, sample stdev, min/max, linear-interpolated
+  percentiles) to 1e-12 relative; the bootstrap interval contains the median and narrows with n;
+- the Mann-Whitney U p-value equals scipy.stats.mannwhitneyu (two-sided, asymptotic, continuity
+  correction) to 1e-9, ties included;
+- a child running a suite is killed with SIGKILL at 24 random moments; every time the database
+  passes PRAGMA integrity_check, the killed run is left with status 'running' (reported as
+  incomplete) and `tmbench runs` leaves it out unless --all.
+"""
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from conftest import BIN, ROOT, run
+
+
+@pytest.fixture(scope="module")
+def tmbench():
+    path = BIN / "tmbench"
+    assert path.exists(), f"{path} not built"
+    return path
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 30, 501])
+def test_summary_matches_numpy(n, testtool, tmp_path):
+    rng = np.random.default_rng(n)
+    values = rng.lognormal(3.0, 0.4, n)
+    values.astype(np.float64).tofile(tmp_path / "v.f64")
+    ours = json.loads(run(testtool, "stats", tmp_path / "v.f64").stdout)
+    expected = {
+        "median": np.median(values), "mean": np.mean(values), "stdev": np.std(values, ddof=1) if n > 1 else 0.0,
+        "min": values.min(), "max": values.max(), "p10": np.percentile(values, 10), "p90": np.percentile(values, 90),
+        "p99": np.percentile(values, 99),
+    }
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    assert ours["relative_noise"] == pytest.approx(expected["stdev"] / expected["mean"], rel=1e-12)
+    assert ours["median_low"] <= ours["median"] <= ours["median_high"]
+    if n >= 30:
+        assert ours["median_high"] - ours["median_low"] < values.max() - values.min()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mann_whitney_matches_scipy(seed, testtool, tmp_path):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(100, 2, 5 + seed * 3)
+    b = rng.normal(100 + seed * 0.7, 2, 4 + seed * 4)
+    if seed % 2:  # ties
+        a, b = np.round(a), np.round(b)
+    a.tofile(tmp_path / "a.f64")
+    b.tofile(tmp_path / "b.f64")
+    ours = float(run(testtool, "mannwhitney", tmp_path / "a.f64", tmp_path / "b.f64").stdout)
+    expected = scipy_stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True).pvalue
+    assert ours == pytest.approx(min(expected, 1.0), rel=1e-9, abs=1e-12)
+
+
+def test_store_survives_sigkill(tmbench, tmp_path):
+    suite = tmp_path / "kill.yaml"
+    suite.write_text(
+        "name: kill\nkind: throughput\nmodel: synthetic:tiny:q8_0\nparams: {threads: 1, gen_tokens: 4, prompt_tokens: 8}\n"
+        "axes: {batch: [1, 2, 3, 4]}\nwarmup: 0\nstop: {min_repetitions: 40, max_relative_noise: 0, timeout_seconds: 0.5}\n")
+    db = tmp_path / "results.db"
+    rng = random.Random(5)
+    killed = 0
+    for trial in range(24):
+        child = subprocess.Popen([str(tmbench), "run", str(suite), "--db", str(db)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, cwd=ROOT)
+        time.sleep(rng.uniform(0.0, 1.2))
+        finished = child.poll() is not None
+        if not finished:
+            os.kill(child.pid, signal.SIGKILL)
+            killed += 1
+        child.wait()
+        connection = sqlite3.connect(db)
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok", f"trial {trial}"
+        row = connection.execute("SELECT id, status FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        connection.close()
+        if row is None:  # killed before the run row was written
+            continue
+        assert row[1] == ("complete" if finished else "running"), (trial, finished, row)
+        listed = run(tmbench, "runs", "--db", db).stdout
+        listed_all = run(tmbench, "runs", "--db", db, "--all").stdout
+        line_of = lambda text: [l for l in text.splitlines() if l.split() and l.split()[0] == str(row[0])]
+        assert bool(line_of(listed)) == finished, listed
+        assert line_of(listed_all) and ("incomplete" in line_of(listed_all)[0]) == (not finished)
+    assert killed >= 20
+
+
+def test_interrupt_marks_run_interrupted(tmbench, tmp_path):
+    suite = tmp_path / "int.yaml"
+    suite.write_text("name: int\nkind: throughput\nmodel: synthetic:tiny:q8_0\nparams: {threads: 1, gen_tokens: 4}\n"
+                     "axes: {batch: [1, 2]}\nwarmup: 0\nstop: {min_repetitions: 100000, timeout_seconds: 30}\n")
+    db = tmp_path / "int.db"
+    child = subprocess.Popen([str(tmbench), "run", str(suite), "--db", str(db)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGINT)
+    assert child.wait(timeout=30) == 130
+    connection = sqlite3.connect(db)
+    assert connection.execute("SELECT status FROM runs").fetchone()[0] == "interrupted"
+    assert connection.execute("SELECT status, message FROM cases ORDER BY id DESC LIMIT 1").fetchone() == ("failed", "interrupted")
+    assert connection.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+    connection.close()
+
+
+def test_bad_database_is_refused_and_untouched(tmbench, tmp_path):
+    db = tmp_path / "other.db"
+    connection = sqlite3.connect(db)
+    connection.execute("CREATE TABLE mine (x)")
+    connection.commit()
+    connection.close()
+    before = db.read_bytes()
+    result = subprocess.run([str(tmbench), "runs", "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 1 and "not a TensorMesh results database" in result.stderr
+    assert db.read_bytes() == before
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    result = subprocess.run([str(tmbench), "runs", "--db", str(garbage)], capture_output=True, text=True)
+    assert result.returncode == 1 and "garbage.db" in result.stderr
