@@ -203,3 +203,55 @@ tm_status tm_store_finish_case(tm_store *store, int64_t case_id, const char *sta
     return execute(store, error, NULL, "UPDATE cases SET status = ?, message = ?, finished_at = ? WHERE id = ?", "ttti",
                    status, message, now, case_id);
 }
+
+tm_status tm_store_resolve_run(tm_store *store, const char *spec, bool include_incomplete, int64_t *run_id,
+                               tm_error_t *error) {
+    static const char *const queries[] = {
+        "SELECT id FROM runs WHERE CAST(id AS TEXT) = ?1 AND (?2 OR status = 'complete')",
+        "SELECT id FROM runs WHERE length(?1) >= 4 AND git_commit LIKE ?1 || '%' AND (?2 OR status = 'complete') "
+        "ORDER BY id DESC LIMIT 1",
+        "SELECT id FROM runs WHERE git_branch = ?1 AND (?2 OR status = 'complete') ORDER BY id DESC LIMIT 1",
+    };
+    for (size_t q = 0; q < sizeof queries / sizeof queries[0]; q++) {
+        sqlite3_stmt *statement;
+        if (sqlite3_prepare_v2(store->db, queries[q], -1, &statement, NULL) != SQLITE_OK)
+            return db_error(store, error, "query runs");
+        sqlite3_bind_text(statement, 1, spec, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(statement, 2, include_incomplete);
+        int rc = sqlite3_step(statement);
+        if (rc == SQLITE_ROW) *run_id = sqlite3_column_int64(statement, 0);
+        sqlite3_finalize(statement);
+        if (rc == SQLITE_ROW) return TM_OK;
+    }
+    return tm_error_set(error, TM_ERR_NOT_FOUND, "%s: no %srun matches '%s' (a run id, a commit prefix or a branch)",
+                        store->path, include_incomplete ? "" : "complete ", spec);
+}
+
+tm_status tm_store_samples(tm_store *store, int64_t case_id, const char *metric, double **values, size_t *n,
+                           tm_error_t *error) {
+    *values = NULL;
+    *n = 0;
+    sqlite3_stmt *statement;
+    if (sqlite3_prepare_v2(store->db, "SELECT value FROM samples WHERE case_id = ? AND metric = ? ORDER BY repetition", -1,
+                           &statement, NULL) != SQLITE_OK)
+        return db_error(store, error, "query samples");
+    sqlite3_bind_int64(statement, 1, case_id);
+    sqlite3_bind_text(statement, 2, metric, -1, SQLITE_TRANSIENT);
+    size_t capacity = 0;
+    while (sqlite3_step(statement) == SQLITE_ROW) {
+        if (*n == capacity) {
+            capacity = capacity ? 2 * capacity : 64;
+            double *grown = realloc(*values, capacity * sizeof *grown);
+            if (!grown) {
+                sqlite3_finalize(statement);
+                free(*values);
+                *values = NULL;
+                return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory reading samples");
+            }
+            *values = grown;
+        }
+        (*values)[(*n)++] = sqlite3_column_double(statement, 0);
+    }
+    sqlite3_finalize(statement);
+    return TM_OK;
+}

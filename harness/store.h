@@ -45,6 +45,13 @@ tm_status tm_store_add_sample(tm_store *store, int64_t case_id, const char *metr
                               tm_error_t *error);
 tm_status tm_store_put_metric(tm_store *store, int64_t case_id, const char *metric, const char *unit,
                               bool higher_is_better, const tm_summary *summary, double ceiling, tm_error_t *error);
+/* A run named by id ("12"), git commit prefix or branch (then its latest complete run). */
+tm_status tm_store_resolve_run(tm_store *store, const char *spec, bool include_incomplete, int64_t *run_id,
+                               tm_error_t *error);
+/* Sample values of one metric of one case, in repetition order (malloc'ed). */
+tm_status tm_store_samples(tm_store *store, int64_t case_id, const char *metric, double **values, size_t *n,
+                           tm_error_t *error);
+
 /* status: "complete", "failed", "timeout" or "skipped"; message may be NULL. */
 tm_status tm_store_finish_case(tm_store *store, int64_t case_id, const char *status, const char *message,
                                tm_error_t *error);

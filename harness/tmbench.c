@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "commands.h"
 #include "common.h"
 #include "environment.h"
 #include "runner.h"
@@ -24,7 +25,7 @@
 #include "store.h"
 #include "suite.h"
 
-#define DEFAULT_DB "results/tensormesh.db"
+#define DEFAULT_DB TM_DEFAULT_DB
 #define MAX_REPETITIONS 10000
 
 static volatile sig_atomic_t interrupted;
@@ -37,11 +38,13 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--dry-run]\n"
             "       tmbench list SUITE.yaml...\n"
-            "       tmbench runs [--db PATH] [--all]\n\n"
+            "       tmbench runs [--db PATH] [--all]\n"
+            "       tmbench diff BASE HEAD [--threshold PCT] [--alpha P] [--format md|csv|json] [--db PATH]\n\n"
             "  run      run every case of the suites (cases whose name matches GLOB with --filter),\n"
             "           storing each sample in the database (default " DEFAULT_DB ")\n"
             "  list     print the expanded cases of suite files\n"
             "  runs     print the stored runs (--all: incomplete ones too)\n"
+            "  diff     compare two runs case by case (Mann-Whitney U); exit 1 when anything is SLOWER\n"
             "A case's name is SUITE/axis=value,...; suites are YAML (see suites/README.md).\n");
 }
 
@@ -361,6 +364,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "run")) return command_run(argc - 1, argv + 1);
     if (!strcmp(argv[1], "list")) return command_list(argc - 1, argv + 1);
     if (!strcmp(argv[1], "runs")) return command_runs(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "diff")) return tm_command_diff(argc - 1, argv + 1);
     fprintf(stderr, "tmbench: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
