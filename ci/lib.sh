@@ -27,7 +27,9 @@ tm_need_packages() {
 }
 
 tm_build_tools() {
-  tm_need_packages cmake:cmake cc:gcc c++:g++ make:make git:git
+  tm_need_packages cmake:cmake cc:gcc c++:g++ make:make git:git pkg-config:pkg-config
+  # libraries of tmbench: SQLite (results store) and libyaml (suite files)
+  pkg-config --exists sqlite3 yaml-0.1 || tm_install_packages libsqlite3-dev libyaml-dev
 }
 
 # A virtual environment with the test dependencies, cached outside the repository.

@@ -38,13 +38,17 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--dry-run]\n"
             "       tmbench list SUITE.yaml...\n"
-            "       tmbench runs [--db PATH] [--all]\n"
-            "       tmbench diff BASE HEAD [--threshold PCT] [--alpha P] [--format md|csv|json] [--db PATH]\n\n"
+            "       tmbench runs [--db PATH] [--all] [--branch B] [--tag K=V] [--ids]\n"
+            "       tmbench report [--run ID|--branch B|--commit C] [-o DIR] [--db PATH]\n"
+            "       tmbench diff BASE HEAD [--threshold PCT] [--alpha P] [--format md|csv|json] [--db PATH]\n"
+            "       tmbench export --format csv|json|md|sql [--db PATH] [--all]\n\n"
             "  run      run every case of the suites (cases whose name matches GLOB with --filter),\n"
             "           storing each sample in the database (default " DEFAULT_DB ")\n"
             "  list     print the expanded cases of suite files\n"
-            "  runs     print the stored runs (--all: incomplete ones too)\n"
+            "  runs     print the stored runs (--all: incomplete ones too; --ids: their ids only)\n"
+            "  report   regenerate the performance guide (DIR/PERFORMANCE.md, gnuplot charts) from a run\n"
             "  diff     compare two runs case by case (Mann-Whitney U); exit 1 when anything is SLOWER\n"
+            "  export   metric summaries as csv/json/markdown, or the whole database as SQL\n"
             "A case's name is SUITE/axis=value,...; suites are YAML (see suites/README.md).\n");
 }
 
@@ -316,15 +320,28 @@ static int command_run(int argc, char **argv) {
 }
 
 static int command_runs(int argc, char **argv) {
-    const char *db_path = DEFAULT_DB;
-    bool all = false;
+    const char *db_path = DEFAULT_DB, *branch = NULL, *tag = NULL;
+    bool all = false, ids_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--db") && i + 1 < argc) db_path = argv[++i];
+        else if (!strcmp(argv[i], "--branch") && i + 1 < argc) branch = argv[++i];
+        else if (!strcmp(argv[i], "--tag") && i + 1 < argc) tag = argv[++i];
         else if (!strcmp(argv[i], "--all")) all = true;
+        else if (!strcmp(argv[i], "--ids")) ids_only = true;
         else {
             usage(stderr);
             return 2;
         }
+    }
+    char tag_key[256] = "", tag_value[256] = "";
+    if (tag) {
+        const char *equals = strchr(tag, '=');
+        if (!equals || equals == tag || (size_t)(equals - tag) >= sizeof tag_key - 3) {
+            fprintf(stderr, "tmbench runs: --tag '%s' must be KEY=VALUE\n", tag);
+            return 2;
+        }
+        snprintf(tag_key, sizeof tag_key, "$.%.*s", (int)(equals - tag), tag);
+        snprintf(tag_value, sizeof tag_value, "%s", equals + 1);
     }
     tm_error_t error = {0};
     tm_store *store;
@@ -335,17 +352,26 @@ static int command_runs(int argc, char **argv) {
     sqlite3_stmt *statement;
     const char *sql = "SELECT r.id, r.status, r.started_at, r.suite_names, coalesce(r.git_branch, '-'), "
                       "coalesce(substr(r.git_commit, 1, 10), '-'), r.git_dirty, (SELECT count(*) FROM cases c WHERE c.run_id = r.id) "
-                      "FROM runs r WHERE ?1 OR r.status = 'complete' ORDER BY r.id";
+                      "FROM runs r WHERE (?1 OR r.status = 'complete') AND (?2 IS NULL OR r.git_branch = ?2) "
+                      "AND (?3 = '' OR json_extract(r.tags, ?3) = ?4) ORDER BY r.id";
     if (sqlite3_prepare_v2(tm_store_db(store), sql, -1, &statement, NULL) != SQLITE_OK) {
         fprintf(stderr, "tmbench runs: %s: %s\n", db_path, sqlite3_errmsg(tm_store_db(store)));
         tm_store_close(store);
         return 1;
     }
     sqlite3_bind_int(statement, 1, all);
-    printf("%5s  %-11s  %-20s  %-24s  %-16s  %-10s  %s\n", "run", "status", "started (UTC)", "suites", "branch", "commit",
-           "cases");
+    if (branch) sqlite3_bind_text(statement, 2, branch, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(statement, 3, tag_key, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(statement, 4, tag_value, -1, SQLITE_TRANSIENT);
+    if (!ids_only)
+        printf("%5s  %-11s  %-20s  %-24s  %-16s  %-10s  %s\n", "run", "status", "started (UTC)", "suites", "branch", "commit",
+               "cases");
     while (sqlite3_step(statement) == SQLITE_ROW) {
         const char *status = (const char *)sqlite3_column_text(statement, 1);
+        if (ids_only) {
+            printf("%lld\n", (long long)sqlite3_column_int64(statement, 0));
+            continue;
+        }
         printf("%5lld  %-11s  %-20s  %-24s  %-16s  %-10s%s  %d\n", (long long)sqlite3_column_int64(statement, 0),
                strcmp(status, "running") ? status : "incomplete", sqlite3_column_text(statement, 2),
                sqlite3_column_text(statement, 3), sqlite3_column_text(statement, 4), sqlite3_column_text(statement, 5),
@@ -365,6 +391,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "list")) return command_list(argc - 1, argv + 1);
     if (!strcmp(argv[1], "runs")) return command_runs(argc - 1, argv + 1);
     if (!strcmp(argv[1], "diff")) return tm_command_diff(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "report")) return tm_command_report(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "export")) return tm_command_export(argc - 1, argv + 1);
     fprintf(stderr, "tmbench: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;

@@ -126,3 +126,31 @@ def test_bad_database_is_refused_and_untouched(tmbench, tmp_path):
     garbage.write_bytes(b"this is not sqlite" * 100)
     result = subprocess.run([str(tmbench), "runs", "--db", str(garbage)], capture_output=True, text=True)
     assert result.returncode == 1 and "garbage.db" in result.stderr
+
+
+def test_run_diff_export_round_trip(tmbench, tmp_path):
+    suite = tmp_path / "pair.yaml"
+    suite.write_text("name: pair\nkind: throughput\nmodel: synthetic:tiny:q8_0\nparams: {threads: 1, gen_tokens: 4}\n"
+                     "axes: {batch: [1, 2]}\nwarmup: 0\nstop: {min_repetitions: 5, timeout_seconds: 5}\n")
+    db = tmp_path / "pair.db"
+    for _ in range(2):
+        run(tmbench, "run", suite, "--db", db, "--tag", "job=test")
+    ids = run(tmbench, "runs", "--db", db, "--tag", "job=test", "--ids").stdout.split()
+    assert ids == ["1", "2"]
+    diff = subprocess.run([str(tmbench), "diff", "1", "2", "--db", str(db), "--format", "json"], capture_output=True, text=True)
+    result = json.loads(diff.stdout)
+    assert diff.returncode == (1 if result["slower"] else 0)
+    assert len(result["rows"]) == 2 * 6 and result["same_hardware"]
+    same = subprocess.run([str(tmbench), "diff", "2", "2", "--db", str(db)], capture_output=True, text=True)
+    assert same.returncode == 0 and "0 SLOWER" in same.stdout and "12 SAME" in same.stdout
+    missing = subprocess.run([str(tmbench), "diff", "1", "no-such-branch", "--db", str(db)], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no-such-branch" in missing.stderr
+    dump = run(tmbench, "export", "--format", "sql", "--db", db).stdout
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    copy.executescript(dump)
+    original = sqlite3.connect(db)
+    for table in ("runs", "cases", "samples", "metrics"):
+        assert copy.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() == \
+            original.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall(), table
+    csv = run(tmbench, "export", "--format", "csv", "--db", db).stdout.splitlines()
+    assert len(csv) == 1 + 2 * 2 * 6

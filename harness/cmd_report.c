@@ -1,0 +1,303 @@
+/*
+ * cmd_report.c - `tmbench report`: regenerate the performance guide (reports/PERFORMANCE.md and
+ * its gnuplot charts) from one stored run, reading nothing but the database.
+ *
+ * Guarantees: the output depends only on the database (and reports/ROADMAP.md): the same run
+ * gives the same bytes; a section or row with no data says "not measured", never a number;
+ * figures show medians with the measured ceiling's percentage when the metric has one. Charts
+ * are drawn when gnuplot is installed, as SVG and PNG, and linked from the markdown.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "commands.h"
+#include "store.h"
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: tmbench report [--run ID | --branch B | --commit C] [-o DIR] [--db PATH] [--include-incomplete]\n"
+                 "                      [--roadmap FILE]\n\n"
+                 "Writes DIR/PERFORMANCE.md (default DIR: reports) from one run (default: the latest complete one),\n"
+                 "with gnuplot charts in DIR/charts/ when gnuplot is installed.\n");
+}
+
+/* Column text or a dash. */
+static const char *text_or(sqlite3_stmt *s, int column, const char *fallback) {
+    const unsigned char *t = sqlite3_column_text(s, column);
+    return t ? (const char *)t : fallback;
+}
+
+/* A byte count as "12.3 MB" / "4.08 GB". */
+static void format_bytes(double bytes, char *out, size_t size) {
+    if (bytes >= 1e9) snprintf(out, size, "%.2f GB", bytes / 1e9);
+    else if (bytes >= 1e6) snprintf(out, size, "%.1f MB", bytes / 1e6);
+    else snprintf(out, size, "%.0f kB", bytes / 1e3);
+}
+
+static bool have_gnuplot(void) { return system("gnuplot --version > /dev/null 2>&1") == 0; }
+
+static void hardware_block(FILE *md, sqlite3 *db, int64_t run) {
+    sqlite3_stmt *s;
+    sqlite3_prepare_v2(db,
+                       "SELECT id, status, started_at, coalesce(git_branch, '-'), coalesce(git_commit, '-'), git_dirty, "
+                       "cpu_model, cpu_count, gpu_names, gpu_count, gpu_driver, cuda_version, gpu_sm_clock_mhz, "
+                       "gpu_memory_clock_mhz, gpu_power_limit_w, build_type, host_name, suite_names FROM runs WHERE id = ?",
+                       -1, &s, NULL);
+    sqlite3_bind_int64(s, 1, run);
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        fprintf(md, "Numbers in this guide come from run %lld (%s, started %s) of suites %s, on branch %s at commit "
+                    "%.10s%s, measured by `tmbench` and stored in its SQLite database; regenerate with "
+                    "`tmbench report --run %lld`.\n\n",
+                (long long)sqlite3_column_int64(s, 0), text_or(s, 1, "?"), text_or(s, 2, "?"), text_or(s, 17, "?"),
+                text_or(s, 3, "-"), text_or(s, 4, "-"), sqlite3_column_int(s, 5) ? " (with uncommitted changes)" : "",
+                (long long)sqlite3_column_int64(s, 0));
+        fprintf(md, "- CPU: %s (%d logical cores)\n", text_or(s, 6, "unknown"), sqlite3_column_int(s, 7));
+        if (sqlite3_column_int(s, 9) > 0)
+            fprintf(md, "- GPU: %d × %s; driver %s, CUDA %s; max SM clock %d MHz, memory clock %d MHz, power limit %.0f W\n",
+                    sqlite3_column_int(s, 9), text_or(s, 8, "?"), text_or(s, 10, "?"), text_or(s, 11, "?"),
+                    sqlite3_column_int(s, 12), sqlite3_column_int(s, 13), sqlite3_column_double(s, 14));
+        else
+            fprintf(md, "- GPU: none\n");
+        fprintf(md, "- Build: %s; host %s\n\n", text_or(s, 15, "?"), text_or(s, 16, "?"));
+    }
+    sqlite3_finalize(s);
+}
+
+/* Section 1: throughput cases; writes the chart data when charts_dir is set (one block per prompt
+ * length, whose lengths go into prompts[]). Returns rows. */
+static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, long long prompts[16],
+                              int *n_prompts) {
+    *n_prompts = 0;
+    sqlite3_stmt *s;
+    const char *sql =
+        "SELECT c.suite, coalesce(c.model, '-'), json_extract(c.params, '$.prompt_tokens'), json_extract(c.params, '$.batch'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'step_latency_p50_ms'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'step_latency_p90_ms'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'step_latency_p99_ms'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'time_to_first_token_ms'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'prompt_tokens_per_s'), "
+        "(SELECT relative_noise FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), "
+        "(SELECT ceiling FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), c.status "
+        "FROM cases c WHERE c.run_id = ? AND c.kind = 'throughput' ORDER BY c.model, 3, 4, c.id";
+    sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+    sqlite3_bind_int64(s, 1, run);
+    FILE *data = NULL;
+    if (charts_dir) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/throughput.dat", charts_dir);
+        data = fopen(path, "w");
+    }
+    int rows = 0;
+    long long last_prompt = -1;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (rows++ == 0)
+            fprintf(md, "| model | seq_len (prompt) | batch | decode tokens/s (all sequences) | step latency p50 / p90 / p99 (ms) "
+                        "| time to first token (ms) | prompt tokens/s |\n|---|---|---|---|---|---|---|\n");
+        if (sqlite3_column_type(s, 4) == SQLITE_NULL) {
+            fprintf(md, "| %s | %s | %s | not measured (%s) | not measured | not measured | not measured |\n", text_or(s, 1, "-"),
+                    text_or(s, 2, "-"), text_or(s, 3, "-"), text_or(s, 12, "?"));
+            continue;
+        }
+        char ceiling[48] = "";
+        if (sqlite3_column_type(s, 11) != SQLITE_NULL && sqlite3_column_double(s, 11) > 0)
+            snprintf(ceiling, sizeof ceiling, " (%.0f %% of %.4g)", 100 * sqlite3_column_double(s, 4) / sqlite3_column_double(s, 11),
+                     sqlite3_column_double(s, 11));
+        fprintf(md, "| %s | %s | %s | %.4g ± %.0f %%%s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
+                text_or(s, 2, "-"), text_or(s, 3, "-"), sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), ceiling,
+                sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
+                sqlite3_column_double(s, 8), sqlite3_column_double(s, 9));
+        if (data) { /* gnuplot data: one block per prompt length, two blank lines between blocks */
+            long long prompt = sqlite3_column_int64(s, 2);
+            if (prompt != last_prompt && *n_prompts < 16) {
+                fprintf(data, "%s# prompt_tokens=%lld\n", last_prompt >= 0 ? "\n\n" : "", prompt);
+                prompts[(*n_prompts)++] = prompt;
+                last_prompt = prompt;
+            }
+            fprintf(data, "%lld %.6g %.6g %.6g %.6g\n", sqlite3_column_int64(s, 3), sqlite3_column_double(s, 4),
+                    sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7));
+        }
+    }
+    sqlite3_finalize(s);
+    if (data) fclose(data);
+    if (!rows) fprintf(md, "not measured: this run has no throughput cases.\n");
+    return rows;
+}
+
+static int memory_section(FILE *md, sqlite3 *db, int64_t run) {
+    sqlite3_stmt *s;
+    const char *sql =
+        "SELECT coalesce(c.model, '-'), json_extract(c.params, '$.batch'), json_extract(c.params, '$.prompt_tokens'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'weight_bytes'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'kv_bytes_allocated'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'kv_bytes_used'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'total_bytes'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'process_peak_rss_bytes') "
+        "FROM cases c WHERE c.run_id = ? AND c.kind = 'memory' ORDER BY c.model, 2, 3, c.id";
+    sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+    sqlite3_bind_int64(s, 1, run);
+    int rows = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (rows++ == 0)
+            fprintf(md, "| model | batch | prompt | weights | KV cache (allocated / used) | total | process peak RSS |\n"
+                        "|---|---|---|---|---|---|---|\n");
+        if (sqlite3_column_type(s, 6) == SQLITE_NULL) {
+            fprintf(md, "| %s | %s | %s | not measured | not measured | not measured | not measured |\n", text_or(s, 0, "-"),
+                    text_or(s, 1, "-"), text_or(s, 2, "-"));
+            continue;
+        }
+        char weights[32], kv[32], kv_used[32], total[32], rss[32];
+        format_bytes(sqlite3_column_double(s, 3), weights, sizeof weights);
+        format_bytes(sqlite3_column_double(s, 4), kv, sizeof kv);
+        format_bytes(sqlite3_column_double(s, 5), kv_used, sizeof kv_used);
+        format_bytes(sqlite3_column_double(s, 6), total, sizeof total);
+        format_bytes(sqlite3_column_double(s, 7), rss, sizeof rss);
+        fprintf(md, "| %s | %s | %s | %s | %s / %s | %s | %s |\n", text_or(s, 0, "-"), text_or(s, 1, "-"), text_or(s, 2, "-"),
+                weights, kv, kv_used, total, rss);
+    }
+    sqlite3_finalize(s);
+    if (!rows) fprintf(md, "not measured: this run has no memory cases.\n");
+    return rows;
+}
+
+/* gnuplot: decode tokens/s vs batch (a line per prompt length) and latency percentiles vs batch. */
+static bool draw_charts(const char *charts_dir, const long long *prompts, int n_prompts) {
+    char script_path[4200];
+    snprintf(script_path, sizeof script_path, "%s/charts.gp", charts_dir);
+    FILE *script = fopen(script_path, "w");
+    if (!script) return false;
+    const char *formats[2][2] = {{"svg size 800,480 dynamic", "svg"}, {"png size 800,480", "png"}};
+    for (int f = 0; f < 2; f++) {
+        fprintf(script,
+                "set terminal %s\nset grid\nset key left top\nset xlabel 'batch (sequences)'\n"
+                "set output '%s/throughput_vs_batch.%s'\nset title 'Decode throughput vs batch'\n"
+                "set ylabel 'decode tokens/s (all sequences)'\nset logscale x 2\n"
+                "plot ",
+                formats[f][0], charts_dir, formats[f][1]);
+        for (int p = 0; p < n_prompts; p++)
+            fprintf(script, "%s'%s/throughput.dat' index %d using 1:2 with linespoints title 'prompt %lld'", p ? ", " : "",
+                    charts_dir, p, prompts[p]);
+        fprintf(script,
+                "\nset output '%s/latency_percentiles.%s'\nset title 'Decode step latency, prompt %lld'\n"
+                "set ylabel 'ms per step'\n"
+                "plot '%s/throughput.dat' index 0 using 1:3 with linespoints title 'p50', '' index 0 using 1:4 with "
+                "linespoints title 'p90', '' index 0 using 1:5 with linespoints title 'p99'\nunset logscale x\n",
+                charts_dir, formats[f][1], prompts[0], charts_dir);
+    }
+    fclose(script);
+    char command[8600];
+    snprintf(command, sizeof command, "gnuplot '%s' > '%s/gnuplot.log' 2>&1", script_path, charts_dir);
+    return system(command) == 0;
+}
+
+int tm_command_report(int argc, char **argv) {
+    const char *db_path = TM_DEFAULT_DB, *out_dir = "reports", *run_spec = NULL, *roadmap = NULL;
+    bool include_incomplete = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--include-incomplete")) {
+            include_incomplete = true;
+        } else if ((!strcmp(a, "--run") || !strcmp(a, "--branch") || !strcmp(a, "--commit") || !strcmp(a, "-o") ||
+                    !strcmp(a, "--db") || !strcmp(a, "--roadmap")) && i + 1 < argc) {
+            const char *v = argv[++i];
+            if (!strcmp(a, "-o")) out_dir = v;
+            else if (!strcmp(a, "--db")) db_path = v;
+            else if (!strcmp(a, "--roadmap")) roadmap = v;
+            else run_spec = v;
+        } else {
+            fprintf(stderr, "tmbench report: unknown option '%s'\n\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    tm_error_t error = {0};
+    tm_store *store;
+    if (tm_store_open(db_path, &store, &error)) {
+        fprintf(stderr, "tmbench report: %s\n", error.message);
+        return 1;
+    }
+    sqlite3 *db = tm_store_db(store);
+    int64_t run = -1;
+    if (run_spec) {
+        if (tm_store_resolve_run(store, run_spec, include_incomplete, &run, &error)) {
+            fprintf(stderr, "tmbench report: %s\n", error.message);
+            tm_store_close(store);
+            return 1;
+        }
+    } else {
+        sqlite3_stmt *s;
+        sqlite3_prepare_v2(db, "SELECT max(id) FROM runs WHERE ?1 OR status = 'complete'", -1, &s, NULL);
+        sqlite3_bind_int(s, 1, include_incomplete);
+        if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) run = sqlite3_column_int64(s, 0);
+        sqlite3_finalize(s);
+        if (run < 0) {
+            fprintf(stderr, "tmbench report: %s holds no complete run (run a suite first, or --include-incomplete)\n", db_path);
+            tm_store_close(store);
+            return 1;
+        }
+    }
+    char charts_dir[4096], md_path[4096];
+    snprintf(charts_dir, sizeof charts_dir, "%s/charts", out_dir);
+    snprintf(md_path, sizeof md_path, "%s/PERFORMANCE.md", out_dir);
+    if ((mkdir(out_dir, 0755) != 0 && errno != EEXIST) || (mkdir(charts_dir, 0755) != 0 && errno != EEXIST)) {
+        fprintf(stderr, "tmbench report: cannot create %s: %s\n", charts_dir, strerror(errno));
+        tm_store_close(store);
+        return 1;
+    }
+    FILE *md = fopen(md_path, "w");
+    if (!md) {
+        fprintf(stderr, "tmbench report: cannot write %s: %s\n", md_path, strerror(errno));
+        tm_store_close(store);
+        return 1;
+    }
+    fprintf(md, "# TensorMesh Performance Guide\n\n<!-- generated by tmbench report from %s; edit the suites or "
+                "reports/ROADMAP.md, not this file -->\n\n", db_path);
+    hardware_block(md, db, run);
+    fprintf(md, "---\n\n## 1. End-to-end throughput\n\n");
+    long long prompts[16];
+    int n_prompts;
+    int throughput_rows = throughput_section(md, db, run, charts_dir, prompts, &n_prompts);
+    bool charts = n_prompts > 0 && have_gnuplot() && draw_charts(charts_dir, prompts, n_prompts);
+    if (charts)
+        fprintf(md, "\n![decode throughput vs batch](charts/throughput_vs_batch.svg) "
+                    "![decode step latency percentiles](charts/latency_percentiles.svg)\n\n"
+                    "Charts: [throughput vs batch](charts/throughput_vs_batch.svg) "
+                    "([PNG](charts/throughput_vs_batch.png)), [latency percentiles](charts/latency_percentiles.svg) "
+                    "([PNG](charts/latency_percentiles.png)).\n");
+    else if (throughput_rows)
+        fprintf(md, "\nCharts: not drawn (gnuplot is not installed).\n");
+    fprintf(md, "\nDecode tokens/s counts every sequence's tokens; ± is the relative noise (stdev/mean) over the "
+                "repetitions.\n\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\nnot measured: this run has no kernels "
+                "cases.\n\n### 2.2 Zero-copy IPC latency\n\nnot measured: this run has no ipc cases.\n\n---\n\n"
+                "## 3. Memory efficiency\n\n");
+    memory_section(md, db, run);
+    fprintf(md, "\n---\n\n## 4. Scaling study\n\nnot measured: this run has no scaling cases.\n\n---\n\n"
+                "## 5. Profiling with this project\n\n"
+                "```bash\n"
+                "build/bin/tmbench run suites/smoke.yaml --filter 'smoke/batch=1*'   # one case, every sample stored\n"
+                "build/bin/tmbench diff main HEAD                                     # regressions between two runs\n"
+                "build/bin/tensormesh bench gemv --threads 2                          # CPU kernels vs the memory-read ceiling\n"
+                "perf record -g build/bin/tensormesh generate -m MODEL.gguf -p hi -n 32 && perf report   # CPU hot spots\n"
+                "```\n\nEvery sample lives in the results database (`%s`): `sqlite3 %s 'SELECT * FROM metrics'`.\n\n"
+                "---\n\n## 6. Road-map\n\n", TM_DEFAULT_DB, TM_DEFAULT_DB);
+    FILE *road = fopen(roadmap ? roadmap : "reports/ROADMAP.md", "r");
+    if (road) {
+        char line[1024];
+        while (fgets(line, sizeof line, road))
+            if (line[0] != '#') fputs(line, md); /* the file's own heading is replaced by ours */
+        fclose(road);
+    } else {
+        fprintf(md, "not written: %s is missing.\n", roadmap ? roadmap : "reports/ROADMAP.md");
+    }
+    fclose(md);
+    tm_store_close(store);
+    printf("%s written from run %lld%s\n", md_path, (long long)run, charts ? " (with charts)" : "");
+    return 0;
+}

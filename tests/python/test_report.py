@@ -1,0 +1,93 @@
+"""tmbench report: a golden-file test of the markdown for a fixed database, and charts when
+gnuplot exists. The database is built here from results/schema.sql with fixed runs, cases,
+samples and metrics, so the expected guide (tests/golden/PERFORMANCE.md) is exact; rows without
+data must say "not measured". Set TM_UPDATE_GOLDEN=1 to rewrite the golden file after a reviewed
+change of the report's format.
+"""
+import os
+import shutil
+import sqlite3
+
+from conftest import BIN, ROOT, run
+
+GOLDEN = ROOT / "tests" / "golden" / "PERFORMANCE.md"
+
+
+def fixed_database(path):
+    connection = sqlite3.connect(path)
+    connection.executescript((ROOT / "results" / "schema.sql").read_text())
+    connection.execute(
+        "INSERT INTO runs (id, status, started_at, finished_at, suite_names, suite_hash, command_line, git_commit, git_branch, "
+        "git_dirty, build_type, host_name, cpu_model, cpu_count, gpu_names, gpu_count, gpu_driver, cuda_version, "
+        "gpu_sm_clock_mhz, gpu_memory_clock_mhz, gpu_power_limit_w) VALUES (7, 'complete', '2026-11-25T06:00:00Z', "
+        "'2026-11-25T06:05:00Z', 'guide', '0123456789abcdef', 'tmbench run suites/guide.yaml', "
+        "'0123456789abcdef0123456789abcdef01234567', 'main', 0, 'Release', 'rig', 'AMD Ryzen 9 7950X', 32, "
+        "'NVIDIA GeForce RTX 4090', 4, '550.54.15', '12.4', 2520, 10501, 450.0)")
+    connection.execute("INSERT INTO runs (id, status, started_at, suite_names, suite_hash, command_line) "
+                       "VALUES (8, 'running', '2026-11-25T07:00:00Z', 'guide', 'x', 'killed run')")
+    cases = [
+        (1, "throughput", "guide/prompt_tokens=128,batch=1", '{"prompt_tokens": 128, "batch": 1}', "complete"),
+        (2, "throughput", "guide/prompt_tokens=512,batch=4", '{"prompt_tokens": 512, "batch": 4}', "complete"),
+        (3, "throughput", "guide/prompt_tokens=2048,batch=8", '{"prompt_tokens": 2048, "batch": 8}', "failed"),
+        (4, "memory", "guide-memory/batch=8", '{"prompt_tokens": 4096, "batch": 8}', "complete"),
+    ]
+    for case_id, kind, name, params, status in cases:
+        connection.execute("INSERT INTO cases (id, run_id, suite, kind, name, params, model, status, started_at) "
+                           "VALUES (?, 7, 'guide', ?, ?, ?, 'synthetic:llama2-70b:q4_k_m', ?, '2026-11-25T06:00:00Z')",
+                           (case_id, kind, name, params, status))
+    metrics = {
+        1: {"decode_tokens_per_s": (61.2, 0.012, 72.0), "step_latency_p50_ms": (16.3, 0, None),
+            "step_latency_p90_ms": (16.9, 0, None), "step_latency_p99_ms": (17.4, 0, None),
+            "time_to_first_token_ms": (51.0, 0, None), "prompt_tokens_per_s": (2510.0, 0, None)},
+        2: {"decode_tokens_per_s": (230.5, 0.02, None), "step_latency_p50_ms": (17.3, 0, None),
+            "step_latency_p90_ms": (18.0, 0, None), "step_latency_p99_ms": (19.2, 0, None),
+            "time_to_first_token_ms": (820.0, 0, None), "prompt_tokens_per_s": (2497.0, 0, None)},
+        4: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (10.74e9, 0, None),
+            "kv_bytes_used": (10.73e9, 0, None), "total_bytes": (52.12e9, 0, None),
+            "process_peak_rss_bytes": (1.2e9, 0, None)},
+    }
+    for case_id, by_metric in metrics.items():
+        for metric, (median, noise, ceiling) in by_metric.items():
+            connection.execute(
+                "INSERT INTO metrics (case_id, metric, unit, higher_is_better, n, median, mean, stdev, min, max, p10, p90, "
+                "p99, relative_noise, median_low, median_high, ceiling) VALUES (?, ?, 'u', 1, 5, ?, ?, 0, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?)", (case_id, metric, median, median, median, median, median, median, median, noise, median, median,
+                             ceiling))
+    connection.commit()
+    connection.close()
+
+
+def test_report_matches_golden(tmp_path):
+    db = tmp_path / "fixed.db"
+    fixed_database(db)
+    out = tmp_path / "report"
+    run(BIN / "tmbench", "report", "--db", db, "-o", out, "--roadmap", ROOT / "reports" / "ROADMAP.md", cwd=ROOT)
+    text = (out / "PERFORMANCE.md").read_text().replace(str(db), "DATABASE")
+    charts = shutil.which("gnuplot") is not None
+    if charts:
+        for name in ("throughput_vs_batch", "latency_percentiles"):
+            for extension in ("svg", "png"):
+                chart = out / "charts" / f"{name}.{extension}"
+                assert chart.exists() and chart.stat().st_size > 1000, chart
+    else:  # the same guide, with the line that says charts were not drawn
+        text = text.replace("Charts: not drawn (gnuplot is not installed).\n", "CHARTS\n")
+    if os.environ.get("TM_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    expected = GOLDEN.read_text()
+    if not charts:
+        start = expected.index("![decode throughput")
+        end = expected.index("Decode tokens/s counts")
+        expected = expected[:start] + "CHARTS\n\n" + expected[end:]
+    assert text == expected
+    assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1 % (85 % of 72) |" in text
+
+
+def test_report_refuses_when_nothing_complete(tmp_path):
+    db = tmp_path / "empty.db"
+    connection = sqlite3.connect(db)
+    connection.executescript((ROOT / "results" / "schema.sql").read_text())
+    connection.close()
+    import subprocess
+    result = subprocess.run([str(BIN / "tmbench"), "report", "--db", str(db), "-o", str(tmp_path / "r")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "no complete run" in result.stderr
