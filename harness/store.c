@@ -208,8 +208,7 @@ tm_status tm_store_resolve_run(tm_store *store, const char *spec, bool include_i
                                tm_error_t *error) {
     static const char *const queries[] = {
         "SELECT id FROM runs WHERE CAST(id AS TEXT) = ?1 AND (?2 OR status = 'complete')",
-        "SELECT id FROM runs WHERE length(?1) >= 4 AND git_commit LIKE ?1 || '%' AND (?2 OR status = 'complete') "
-        "ORDER BY id DESC LIMIT 1",
+        "SELECT id FROM runs WHERE length(?1) >= 4 AND git_commit LIKE ?1 || '%' AND (?2 OR status = 'complete') ORDER BY id DESC LIMIT 1",
         "SELECT id FROM runs WHERE git_branch = ?1 AND (?2 OR status = 'complete') ORDER BY id DESC LIMIT 1",
     };
     for (size_t q = 0; q < sizeof queries / sizeof queries[0]; q++) {
