@@ -16,6 +16,7 @@
 
 #include "commands.h"
 #include "compare.h"
+#include "format.h"
 #include "store.h"
 
 typedef enum format { FORMAT_MD, FORMAT_CSV, FORMAT_JSON } format;
@@ -44,15 +45,6 @@ static char *hardware_of(sqlite3 *db, int64_t run) {
     }
     sqlite3_finalize(s);
     return out;
-}
-
-static void print_cell_csv(const char *text) {
-    putchar('"');
-    for (; *text; text++) {
-        if (*text == '"') putchar('"');
-        putchar(*text);
-    }
-    putchar('"');
 }
 
 int tm_command_diff(int argc, char **argv) {
@@ -160,13 +152,16 @@ int tm_command_diff(int argc, char **argv) {
                    100 * c.change, c.p_value, c.verdict == TM_SLOWER || c.verdict == TM_FASTER ? "**" : "", verdict,
                    c.verdict == TM_SLOWER || c.verdict == TM_FASTER ? "**" : "");
         else if (fmt == FORMAT_CSV) {
-            print_cell_csv(name);
+            tm_print_csv_field(name);
             printf(",%s,%s,%.17g,%.17g,%.6f,%.6g,%s\n", metric, unit, c.base_median, c.head_median, 100 * c.change, c.p_value,
                    verdict);
-        } else
-            printf("%s\n  {\"case\": \"%s\", \"metric\": \"%s\", \"unit\": \"%s\", \"base_median\": %.17g, \"head_median\": %.17g, "
+        } else {
+            printf("%s\n  {\"case\": ", rows ? "," : "");
+            tm_print_json_string(name);
+            printf(", \"metric\": \"%s\", \"unit\": \"%s\", \"base_median\": %.17g, \"head_median\": %.17g, "
                    "\"change_percent\": %.6f, \"p_value\": %.6g, \"verdict\": \"%s\"}",
-                   rows ? "," : "", name, metric, unit, c.base_median, c.head_median, 100 * c.change, c.p_value, verdict);
+                   metric, unit, c.base_median, c.head_median, 100 * c.change, c.p_value, verdict);
+        }
         rows++;
         free(b), free(h);
     }
@@ -185,11 +180,13 @@ int tm_command_diff(int argc, char **argv) {
             const char *name = (const char *)sqlite3_column_text(s, 0);
             if (fmt == FORMAT_MD) printf("%s%s", listed++ ? ", " : (side ? "\nOnly in head: " : "\nOnly in base: "), name);
             else if (fmt == FORMAT_CSV) {
-                print_cell_csv(name);
+                tm_print_csv_field(name);
                 printf(",,,,,,,%s\n", side ? "ONLY_IN_HEAD" : "ONLY_IN_BASE");
-            } else
-                printf("%s\n  {\"case\": \"%s\", \"verdict\": \"%s\"}", rows++ ? "," : "", name,
-                       side ? "ONLY_IN_HEAD" : "ONLY_IN_BASE");
+            } else {
+                printf("%s\n  {\"case\": ", rows++ ? "," : "");
+                tm_print_json_string(name);
+                printf(", \"verdict\": \"%s\"}", side ? "ONLY_IN_HEAD" : "ONLY_IN_BASE");
+            }
         }
         if (listed && fmt == FORMAT_MD) printf("\n");
         sqlite3_finalize(s);

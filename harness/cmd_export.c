@@ -10,31 +10,13 @@
 #include <string.h>
 
 #include "commands.h"
+#include "format.h"
 #include "store.h"
 
 extern const unsigned char tm_schema_sql[];
 
 static void usage(FILE *out) {
     fprintf(out, "usage: tmbench export --format csv|json|md|sql [--db PATH] [--all]\n");
-}
-
-static void json_string(const char *s) {
-    putchar('"');
-    for (; s && *s; s++) {
-        if (*s == '"' || *s == '\\') printf("\\%c", *s);
-        else if ((unsigned char)*s < 0x20) printf("\\u%04x", *s);
-        else putchar(*s);
-    }
-    putchar('"');
-}
-
-static void csv_string(const char *s) {
-    putchar('"');
-    for (; s && *s; s++) {
-        if (*s == '"') putchar('"');
-        putchar(*s);
-    }
-    putchar('"');
 }
 
 static int export_sql(sqlite3 *db) {
@@ -114,13 +96,13 @@ int tm_command_export(int argc, char **argv) {
         for (int k = 0; k < 6; k++) values[k] = sqlite3_column_double(s, 9 + k);
         if (csv) {
             printf("%lld", (long long)sqlite3_column_int64(s, 0));
-            for (int k = 1; k <= 7; k++) putchar(','), csv_string(text[k]);
+            for (int k = 1; k <= 7; k++) putchar(','), tm_print_csv_field(text[k]);
             printf(",%d,%.17g,%.17g,%.17g,%.17g,%.17g,%.17g\n", sqlite3_column_int(s, 8), values[0], values[1], values[2],
                    values[3], values[4], values[5]);
         } else if (json) {
             static const char *const keys[8] = {"", "branch", "commit", "status", "suite", "case", "metric", "unit"};
             printf("%s\n  {\"run\": %lld", rows ? "," : "", (long long)sqlite3_column_int64(s, 0));
-            for (int k = 1; k <= 7; k++) printf(", \"%s\": ", keys[k]), json_string(text[k]);
+            for (int k = 1; k <= 7; k++) printf(", \"%s\": ", keys[k]), tm_print_json_string(text[k]);
             printf(", \"n\": %d, \"median\": %.17g, \"p10\": %.17g, \"p90\": %.17g, \"relative_noise\": %.17g, "
                    "\"median_low\": %.17g, \"median_high\": %.17g}",
                    sqlite3_column_int(s, 8), values[0], values[1], values[2], values[3], values[4], values[5]);
