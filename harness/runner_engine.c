@@ -148,11 +148,6 @@ static void process_memory(double *rss, double *peak) {
     fclose(f);
 }
 
-static int compare_doubles(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     int vocab = tm_engine_vocab_size(s->engine);
     int32_t *prompt = malloc((size_t)s->prompt_tokens * sizeof *prompt);
@@ -214,11 +209,11 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         double prefill_seconds = after.prefill_seconds - before.prefill_seconds;
         values[0] = decode_seconds > 0 ? decode_tokens / decode_seconds : 0;
         values[1] = prefill_seconds > 0 ? (double)(after.prompt_tokens - before.prompt_tokens) / prefill_seconds : 0;
-        qsort(latencies, (size_t)n_latencies, sizeof *latencies, compare_doubles);
+        tm_sort_doubles(latencies, (size_t)n_latencies);
         values[2] = tm_percentile_sorted(latencies, (size_t)n_latencies, 0.50);
         values[3] = tm_percentile_sorted(latencies, (size_t)n_latencies, 0.90);
         values[4] = tm_percentile_sorted(latencies, (size_t)n_latencies, 0.99);
-        qsort(ttft, (size_t)n_ttft, sizeof *ttft, compare_doubles);
+        tm_sort_doubles(ttft, (size_t)n_ttft);
         values[5] = tm_percentile_sorted(ttft, (size_t)n_ttft, 0.5);
     }
     free(prompt), free(ids), free(latencies);

@@ -14,6 +14,8 @@ static int compare_doubles(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+void tm_sort_doubles(double *values, size_t n) { qsort(values, n, sizeof *values, compare_doubles); }
+
 double tm_percentile_sorted(const double *sorted, size_t n, double p) {
     if (n == 0) return 0;
     double position = p * (double)(n - 1);

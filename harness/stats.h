@@ -19,6 +19,8 @@ typedef struct tm_summary {
     double median_low, median_high; /* 95 % bootstrap confidence interval of the median */
 } tm_summary;
 
+/* Sort ascending in place. */
+void tm_sort_doubles(double *values, size_t n);
 /* Percentile p in [0, 1] of sorted values. */
 double tm_percentile_sorted(const double *sorted, size_t n, double p);
 /* Everything in tm_summary; bootstrap_rounds resamples (0: no interval) seeded by seed. */
