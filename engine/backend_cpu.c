@@ -2,7 +2,7 @@
  * backend_cpu.c - the reference backend: the whole llama forward pass in plain C (+ the weight
  * table's SIMD dots), threaded over matrix rows and attention heads.
  *
- * DESIGN: like llama2.c, small named blocks (rmsnorm, rope, attention, swiglu, matmul) composed
+ * DESIGN: like llama2.c, small named blocks (rmsnorm, rope, swiglu from ops_cpu.c; attention, matmul) composed
  * top to bottom in forward(); the batch is a flat list of tokens from any number of sequences,
  * so prefill chunks and decode steps of several sequences share every weight read. Run state
  * (activations for the batch) grows to the largest batch seen and is reused.
@@ -13,6 +13,7 @@
 
 #include "backend.h"
 #include "gemv.h"
+#include "ops_cpu.h"
 
 typedef struct run_state {
     int capacity;       /* tokens the buffers below hold */
@@ -40,34 +41,6 @@ typedef struct cpu_backend {
 } cpu_backend;
 
 /* ---- small blocks ------------------------------------------------------------------------ */
-
-static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
-    double sum_sq = 0;
-    for (int i = 0; i < n; i++) sum_sq += (double)x[i] * x[i];
-    float scale = (float)(1.0 / sqrt(sum_sq / n + eps));
-    for (int i = 0; i < n; i++) out[i] = x[i] * scale * weight[i];
-}
-
-/* llama.cpp's "normal" rope: rotate pairs (2i, 2i+1) of the first n_rot dims of each head by
- * theta = pos * freq_scale * base^(-2i/n_rot) / freq_factor[i]. */
-static void rope(float *vec, int n_heads, const tm_model *m, int position) {
-    const tm_model_config *c = &m->config;
-    for (int i = 0; i < c->n_rot / 2; i++) {
-        double theta = position * (double)c->rope_freq_scale * pow(c->rope_freq_base, -2.0 * i / c->n_rot);
-        if (m->rope_freqs) theta /= m->rope_freqs[i];
-        float cos_theta = (float)cos(theta), sin_theta = (float)sin(theta);
-        for (int h = 0; h < n_heads; h++) {
-            float *pair = vec + h * c->head_dim + 2 * i;
-            float a = pair[0], b = pair[1];
-            pair[0] = a * cos_theta - b * sin_theta;
-            pair[1] = a * sin_theta + b * cos_theta;
-        }
-    }
-}
-
-static void swiglu(float *gate, const float *up, int64_t n) {
-    for (int64_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-}
 
 static tm_status matmul(cpu_backend *b, const tm_weight *w, const float *x, int n_tokens, float *y, tm_error_t *error) {
     return tm_matmul(b->pool, w->type, w->data, w->rows, w->cols, x, n_tokens, y, b->precision == TM_PRECISION_EXACT,
@@ -199,6 +172,7 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     const int T = batch->n_tokens, D = c->n_embd;
     const int q_dim = c->n_head * c->head_dim, kv_dim = c->n_head_kv * c->head_dim;
     const tm_kv_type kv_type = tm_kv_get_layout(kv)->type;
+    const tm_rope_params rope = {c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, m->rope_freqs};
     tm_status status;
     for (int t = 0; t < T; t++) {
         if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab)
@@ -223,13 +197,13 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
         const tm_layer_weights *w = &m->layers[l];
 
         /* attention block: x += wo . attention(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
-        for (int t = 0; t < T; t++) rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->attn_norm.data, D, c->rms_norm_eps);
+        for (int t = 0; t < T; t++) tm_cpu_rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->attn_norm.data, D, c->rms_norm_eps);
         if ((status = matmul(b, &w->wq, s->xb, T, s->q, error))) return status;
         if ((status = matmul(b, &w->wk, s->xb, T, s->k, error))) return status;
         if ((status = matmul(b, &w->wv, s->xb, T, s->v, error))) return status;
         for (int t = 0; t < T; t++) {
-            rope(s->q + (int64_t)t * q_dim, c->n_head, m, batch->positions[t]);
-            rope(s->k + (int64_t)t * kv_dim, c->n_head_kv, m, batch->positions[t]);
+            tm_cpu_rope(s->q + (int64_t)t * q_dim, c->n_head, &rope, batch->positions[t]);
+            tm_cpu_rope(s->k + (int64_t)t * kv_dim, c->n_head_kv, &rope, batch->positions[t]);
             for (int h = 0; h < c->n_head_kv; h++) {
                 store_vector(tm_kv_key(kv, batch->seq[t], l, batch->positions[t], h), s->k + (int64_t)t * kv_dim + h * c->head_dim,
                              c->head_dim, kv_type);
@@ -244,10 +218,10 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
         for (int64_t i = 0; i < (int64_t)T * D; i++) s->x[i] += s->delta[i];
 
         /* feed-forward block: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
-        for (int t = 0; t < T; t++) rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->ffn_norm.data, D, c->rms_norm_eps);
+        for (int t = 0; t < T; t++) tm_cpu_rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->ffn_norm.data, D, c->rms_norm_eps);
         if ((status = matmul(b, &w->w_gate, s->xb, T, s->gate, error))) return status;
         if ((status = matmul(b, &w->w_up, s->xb, T, s->up, error))) return status;
-        swiglu(s->gate, s->up, (int64_t)T * c->n_ff);
+        tm_cpu_swiglu(s->gate, s->up, (int64_t)T * c->n_ff);
         if ((status = matmul(b, &w->w_down, s->gate, T, s->delta, error))) return status;
         for (int64_t i = 0; i < (int64_t)T * D; i++) s->x[i] += s->delta[i];
     }
@@ -256,7 +230,7 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     int n_out = 0;
     for (int t = 0; t < T; t++)
         if (batch->want_logits[t])
-            rmsnorm(s->logits_in + (int64_t)n_out++ * D, s->x + (int64_t)t * D, m->output_norm.data, D, c->rms_norm_eps);
+            tm_cpu_rmsnorm(s->logits_in + (int64_t)n_out++ * D, s->x + (int64_t)t * D, m->output_norm.data, D, c->rms_norm_eps);
     if (n_out == 0) return TM_OK;
     return matmul(b, &m->output, s->logits_in, n_out, logits, error);
 }
