@@ -17,6 +17,19 @@ extern "C" {
  * float32 accumulation). Types: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k. */
 int tm_cuda_gemv(int type, const void *weights, int64_t rows, int64_t cols, const float *x, float *y, void *stream);
 
+/* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats. */
+int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out, void *stream);
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for n_rows rows of n floats (out may be x). */
+int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream);
+/* Rope (llama.cpp's "normal", as engine/ops_cpu.c) in place on n_tokens x n_heads x head_dim floats;
+ * positions: one per token (device); freq_factors: n_rot/2 floats (device) or NULL. */
+int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim, int n_rot, float freq_base, float freq_scale,
+                 const float *freq_factors, const int32_t *positions, void *stream);
+/* gate[i] = silu(gate[i]) * up[i]. */
+int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
+/* x[i] += delta[i]. */
+int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
+
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);
 

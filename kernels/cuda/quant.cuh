@@ -1,0 +1,88 @@
+/*
+ * quant.cuh - device-side decoding of one element of a block of every weight type, in the
+ * GGUF layouts of engine/quant.h (kept in step with it; the parity tests compare against the
+ * CPU's dequantization). traits<TYPE>: elements and bytes per block.
+ */
+#ifndef TM_CUDA_QUANT_CUH
+#define TM_CUDA_QUANT_CUH
+
+#include "common.cuh"
+
+enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
+
+__device__ __forceinline__ float half_at(const uint8_t *p) { return __half2float(*reinterpret_cast<const __half *>(p)); }
+__device__ __forceinline__ uint32_t u32_at(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+/* 4-bit quant j (0..31) of a 32-element block: low nibbles first, then high nibbles. */
+__device__ __forceinline__ int nibble(const uint8_t *qs, int j) { return j < 16 ? (qs[j] & 0xF) : (qs[j - 16] >> 4); }
+/* Sub-block scale and min (6 bits each) of a q4_k/q5_k block. */
+__device__ __forceinline__ void k_scale_min(int j, const uint8_t *s, int *scale, int *min) {
+    if (j < 4) {
+        *scale = s[j] & 63;
+        *min = s[j + 4] & 63;
+    } else {
+        *scale = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *min = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+template <int TYPE> struct traits;
+template <> struct traits<F32> { static constexpr int block = 1, bytes = 4; };
+template <> struct traits<F16> { static constexpr int block = 1, bytes = 2; };
+template <> struct traits<BF16> { static constexpr int block = 1, bytes = 2; };
+template <> struct traits<Q4_0> { static constexpr int block = 32, bytes = 18; };
+template <> struct traits<Q4_1> { static constexpr int block = 32, bytes = 20; };
+template <> struct traits<Q5_0> { static constexpr int block = 32, bytes = 22; };
+template <> struct traits<Q5_1> { static constexpr int block = 32, bytes = 24; };
+template <> struct traits<Q8_0> { static constexpr int block = 32, bytes = 34; };
+template <> struct traits<Q4_K> { static constexpr int block = 256, bytes = 144; };
+template <> struct traits<Q5_K> { static constexpr int block = 256, bytes = 176; };
+template <> struct traits<Q6_K> { static constexpr int block = 256, bytes = 210; };
+
+/* Element j of block b. */
+template <int TYPE> __device__ __forceinline__ float decode(const uint8_t *b, int j);
+template <> __device__ __forceinline__ float decode<F32>(const uint8_t *b, int) { return *reinterpret_cast<const float *>(b); }
+template <> __device__ __forceinline__ float decode<F16>(const uint8_t *b, int) { return half_at(b); }
+template <> __device__ __forceinline__ float decode<BF16>(const uint8_t *b, int) {
+    return __uint_as_float((uint32_t)(b[0] | b[1] << 8) << 16);
+}
+template <> __device__ __forceinline__ float decode<Q4_0>(const uint8_t *b, int j) { return (nibble(b + 2, j) - 8) * half_at(b); }
+template <> __device__ __forceinline__ float decode<Q4_1>(const uint8_t *b, int j) {
+    return nibble(b + 4, j) * half_at(b) + half_at(b + 2);
+}
+template <> __device__ __forceinline__ float decode<Q5_0>(const uint8_t *b, int j) {
+    int q = nibble(b + 6, j) | (int)((u32_at(b + 2) >> j) & 1) << 4;
+    return (q - 16) * half_at(b);
+}
+template <> __device__ __forceinline__ float decode<Q5_1>(const uint8_t *b, int j) {
+    int q = nibble(b + 8, j) | (int)((u32_at(b + 4) >> j) & 1) << 4;
+    return q * half_at(b) + half_at(b + 2);
+}
+template <> __device__ __forceinline__ float decode<Q8_0>(const uint8_t *b, int j) {
+    return (float)(int8_t)b[2 + j] * half_at(b);
+}
+template <> __device__ __forceinline__ float decode<Q4_K>(const uint8_t *b, int j) {
+    int sub = j / 32, l = j % 32, scale, min;
+    k_scale_min(sub, b + 4, &scale, &min);
+    uint8_t byte = b[16 + 32 * (sub / 2) + l];
+    int q = (sub & 1) ? (byte >> 4) : (byte & 0xF);
+    return half_at(b) * scale * q - half_at(b + 2) * min;
+}
+template <> __device__ __forceinline__ float decode<Q5_K>(const uint8_t *b, int j) {
+    int sub = j / 32, l = j % 32, scale, min;
+    k_scale_min(sub, b + 4, &scale, &min);
+    uint8_t byte = b[48 + 32 * (sub / 2) + l];
+    int q = ((sub & 1) ? (byte >> 4) : (byte & 0xF)) | ((b[16 + l] >> sub) & 1) << 4;
+    return half_at(b) * scale * q - half_at(b + 2) * min;
+}
+template <> __device__ __forceinline__ float decode<Q6_K>(const uint8_t *b, int j) {
+    int half = j / 128, e = j % 128, group = e / 32, k = e % 32;
+    const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
+    int low = (group & 1) ? ql[k + 32] : ql[k];
+    low = group >= 2 ? (low >> 4) : (low & 0xF);
+    int q = (low | ((qh[k] >> (2 * group)) & 3) << 4) - 32;
+    return half_at(b + 208) * (float)(int8_t)b[192 + j / 16] * q;
+}
+
+#endif /* TM_CUDA_QUANT_CUH */
