@@ -65,39 +65,13 @@ typedef struct attention_task {
     int layer;
 } attention_task;
 
-/* out (head_dim) = softmax(q . K[0..pos] / sqrt(d)) V[0..pos] for one (token, head). */
+/* Attention of one (token, head) of the batch, through the sequence's pages (ops_cpu.c). */
 static void attend_one(const attention_task *t, int token, int head, float *scores) {
     const tm_model_config *c = &t->backend->model->config;
     const run_state *s = &t->backend->state;
-    const tm_kv_type type = tm_kv_get_layout(t->kv)->type;
-    const tm_type_traits *key_dot = tm_type_traits_get(type == TM_KV_F32 ? TM_TYPE_F32 : TM_TYPE_F16);
-    int seq = t->batch->seq[token], n_keys = t->batch->positions[token] + 1;
-    int kv_head = head / (c->n_head / c->n_head_kv);
-    const float *q = s->q + (int64_t)token * c->n_head * c->head_dim + head * c->head_dim;
-    float scale = 1.0f / sqrtf((float)c->head_dim), max_score = -INFINITY;
-    for (int p = 0; p < n_keys; p++) {
-        scores[p] = key_dot->dot_f32(tm_kv_key(t->kv, seq, t->layer, p, kv_head), q, c->head_dim) * scale;
-        max_score = fmaxf(max_score, scores[p]);
-    }
-    double sum = 0;
-    for (int p = 0; p < n_keys; p++) {
-        scores[p] = expf(scores[p] - max_score);
-        sum += scores[p];
-    }
-    float *out = s->att_out + (int64_t)token * c->n_head * c->head_dim + head * c->head_dim;
-    memset(out, 0, (size_t)c->head_dim * sizeof *out);
-    float inverse = (float)(1.0 / sum);
-    for (int p = 0; p < n_keys; p++) {
-        const void *value = tm_kv_value(t->kv, seq, t->layer, p, kv_head);
-        float weight = scores[p] * inverse;
-        if (type == TM_KV_F32) {
-            const float *v = value;
-            for (int i = 0; i < c->head_dim; i++) out[i] += weight * v[i];
-        } else {
-            const tm_f16_t *v = value;
-            for (int i = 0; i < c->head_dim; i++) out[i] += weight * tm_f16_to_f32(v[i]);
-        }
-    }
+    int64_t offset = (int64_t)token * c->n_head * c->head_dim + head * c->head_dim;
+    tm_cpu_attention(s->q + offset, t->kv, t->batch->seq[token], t->layer, t->batch->positions[token] + 1,
+                     head / (c->n_head / c->n_head_kv), c->head_dim, s->att_out + offset, scores);
 }
 
 static void attention_part(void *arg, int thread_index, int n_threads) {

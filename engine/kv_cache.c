@@ -180,6 +180,12 @@ void *tm_kv_value(const tm_kv_cache *kv, int seq, int layer, int64_t token, int 
     return row_address(kv, seq, layer, token, (uint64_t)(kv->layout.n_head_kv + head) * kv->head_bytes);
 }
 
+const int32_t *tm_kv_page_table(const tm_kv_cache *kv, int seq, int layer, int64_t *n_pages) {
+    const page_table *table = &kv->sequences[seq].layers[layer];
+    *n_pages = table->n_pages;
+    return table->pages;
+}
+
 void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats) {
     memset(stats, 0, sizeof *stats);
     stats->pages_total = kv->n_pages;

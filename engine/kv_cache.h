@@ -68,6 +68,9 @@ bool tm_kv_seq_active(const tm_kv_cache *kv, int seq);
 void *tm_kv_key(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
 void *tm_kv_value(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
 
+/* The page table of stream (seq, layer): n_pages page ids in stream order (for device mirrors). */
+const int32_t *tm_kv_page_table(const tm_kv_cache *kv, int seq, int layer, int64_t *n_pages);
+
 typedef struct tm_kv_stats {
     int64_t pages_total, pages_free, pages_used;
     uint64_t page_size;

@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include "kv_cache.h"
+
 /* out = x / sqrt(mean(x^2) + eps) * weight, over n elements (float64 sum of squares). */
 void tm_cpu_rmsnorm(float *out, const float *x, const float *weight, int n, float eps);
 
@@ -25,5 +27,11 @@ void tm_cpu_rope(float *vec, int n_heads, const tm_rope_params *p, int position)
 
 /* gate[i] = silu(gate[i]) * up[i]. */
 void tm_cpu_swiglu(float *gate, const float *up, int64_t n);
+
+/* out (head_dim) = softmax(q . K[0..n_keys) / sqrt(head_dim)) V[0..n_keys) for one query head,
+ * reading keys and values of kv head `kv_head` through the pages of stream (seq, layer).
+ * scores: n_keys floats of scratch. Softmax in float with a float64 normaliser. */
+void tm_cpu_attention(const float *q, const tm_kv_cache *kv, int seq, int layer, int n_keys, int kv_head, int head_dim,
+                      float *out, float *scores);
 
 #endif /* TM_OPS_CPU_H */
