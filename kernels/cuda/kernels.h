@@ -30,6 +30,15 @@ int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
 /* x[i] += delta[i]. */
 int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
 
+/* Decode attention through the paged KV cache (layout of engine/kv_cache.h: rows [K heads][V heads],
+ * page_size bytes per page, f16 or f32): for query token t and head h,
+ * out[t][h] = softmax(q[t][h] . K[0..n_keys[t]) / sqrt(head_dim)) V[0..n_keys[t]) of kv head
+ * h / (n_head / n_head_kv), reading token t's stream through pages[page_offsets[t]...].
+ * All pointers are device pointers; head_dim <= 256. */
+int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
+                            const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
+                            const int64_t *page_offsets, const int32_t *n_keys, void *stream);
+
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);
 

@@ -1,0 +1,119 @@
+/*
+ * test_attention_cuda.c - paged decode attention on the GPU against the CPU reference
+ * (tm_cpu_attention), reading the same pages: the host KV cache (random keys/values, several
+ * sequences of 1 to 900 tokens, layer 1 of 2) is copied to the device with its page tables.
+ * Layouts cover several rows per page, one row per page and a row spanning several pages, f16
+ * and f32, head dims 32..256, grouped-query ratios 1..4. Outputs poisoned with NaN first; each
+ * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order).
+ * Without a CUDA device it reports itself skipped (exit 77).
+ */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "check.h"
+#include "kernels.h"
+#include "ops_cpu.h"
+
+#define SKIPPED 77
+
+typedef struct layout_case {
+    int n_head_kv, group, head_dim;
+    tm_kv_type type;
+    uint32_t page_size;
+} layout_case;
+
+static void run_case(const layout_case *lc, tm_rng_t *rng) {
+    const int lengths[3] = {1, 37, 900}, n_seq = 3, layer = 1;
+    const int n_head = lc->n_head_kv * lc->group;
+    tm_kv_layout layout = {2, lc->n_head_kv, lc->head_dim, lc->type, lc->page_size};
+    int64_t pages = 0;
+    for (int s = 0; s < n_seq; s++) pages += tm_kv_pages_for_tokens(&layout, lengths[s]) * 2;
+    tm_kv_cache *kv;
+    tm_error_t error = {0};
+    if (tm_kv_create(&layout, pages, n_seq, true, &kv, &error)) {
+        CHECK(0, "%s", error.message);
+        return;
+    }
+    int seqs[3];
+    for (int s = 0; s < n_seq; s++) {
+        seqs[s] = tm_kv_seq_new(kv);
+        tm_kv_reserve(kv, seqs[s], lengths[s]);
+        for (int l = 0; l < 2; l++)
+            for (int p = 0; p < lengths[s]; p++)
+                for (int h = 0; h < lc->n_head_kv; h++)
+                    for (int kind = 0; kind < 2; kind++) {
+                        void *vector = kind ? tm_kv_value(kv, seqs[s], l, p, h) : tm_kv_key(kv, seqs[s], l, p, h);
+                        for (int i = 0; i < lc->head_dim; i++) {
+                            float value = 2.0f * tm_rng_uniform(rng) - 1.0f;
+                            if (lc->type == TM_KV_F32) ((float *)vector)[i] = value;
+                            else ((tm_f16_t *)vector)[i] = tm_f32_to_f16(value);
+                        }
+                    }
+    }
+    /* one query token per sequence, at its last position */
+    int64_t q_floats = (int64_t)n_seq * n_head * lc->head_dim;
+    float *q = malloc(q_floats * sizeof(float)), *expected = malloc(q_floats * sizeof(float)), *got = malloc(q_floats * sizeof(float));
+    float *scores = malloc(1024 * sizeof(float));
+    for (int64_t i = 0; i < q_floats; i++) q[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+    int32_t *tables = malloc((size_t)pages * sizeof(int32_t)), n_keys[3];
+    int64_t offsets[3], used = 0;
+    for (int s = 0; s < n_seq; s++) {
+        int64_t n;
+        const int32_t *table = tm_kv_page_table(kv, seqs[s], layer, &n);
+        offsets[s] = used;
+        memcpy(tables + used, table, (size_t)n * sizeof(int32_t));
+        used += n;
+        n_keys[s] = lengths[s];
+        for (int h = 0; h < n_head; h++) {
+            int64_t at = ((int64_t)s * n_head + h) * lc->head_dim;
+            tm_cpu_attention(q + at, kv, seqs[s], layer, lengths[s], h / lc->group, lc->head_dim, expected + at, scores);
+        }
+    }
+    void *d_pool, *d_q, *d_out, *d_tables, *d_offsets, *d_keys;
+    cudaMalloc(&d_pool, (size_t)pages * lc->page_size);
+    cudaMalloc(&d_q, q_floats * 4), cudaMalloc(&d_out, q_floats * 4);
+    cudaMalloc(&d_tables, (size_t)used * 4), cudaMalloc(&d_offsets, sizeof offsets), cudaMalloc(&d_keys, sizeof n_keys);
+    cudaMemcpy(d_pool, tm_kv_storage(kv), (size_t)pages * lc->page_size, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_q, q, q_floats * 4, cudaMemcpyHostToDevice);
+    cudaMemset(d_out, 0xff, q_floats * 4);
+    cudaMemcpy(d_tables, tables, (size_t)used * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_offsets, offsets, sizeof offsets, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_keys, n_keys, sizeof n_keys, cudaMemcpyHostToDevice);
+    CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
+                                  lc->page_size, d_tables, d_offsets, d_keys, NULL) == 0, "launch");
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
+    cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
+    int bad = 0;
+    double worst = 0;
+    for (int64_t i = 0; i < q_floats; i++) {
+        double difference = fabs(got[i] - expected[i]);
+        bad += !(difference <= 2e-5);
+        if (!(difference <= worst)) worst = difference;
+    }
+    CHECK(bad == 0, "kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)", lc->n_head_kv,
+          lc->group, lc->head_dim, lc->type == TM_KV_F32 ? "f32" : "f16", lc->page_size, bad, (long long)q_floats, worst);
+    cudaFree(d_pool), cudaFree(d_q), cudaFree(d_out), cudaFree(d_tables), cudaFree(d_offsets), cudaFree(d_keys);
+    free(q), free(expected), free(got), free(scores), free(tables);
+    tm_kv_free(kv);
+}
+
+int main(void) {
+    char device[256];
+    if (!tm_cuda_device_name(device, sizeof device)) {
+        printf("test_attention_cuda: skipped: no CUDA device\n");
+        return SKIPPED;
+    }
+    printf("device: %s\n", device);
+    const layout_case cases[] = {
+        {4, 2, 32, TM_KV_F16, 512},   /* 512-byte rows: one row per page */
+        {2, 1, 64, TM_KV_F32, 4096},  /* 1 KiB rows: four rows per page */
+        {8, 4, 128, TM_KV_F16, 4096}, /* 4 KiB rows: llama 70B's layout */
+        {8, 4, 128, TM_KV_F16, 1024}, /* a row spans four pages */
+        {2, 2, 256, TM_KV_F16, 4096}, /* head dim 256 */
+    };
+    tm_rng_t rng;
+    tm_rng_seed(&rng, 21);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], &rng);
+    return check_report("test_attention_cuda");
+}
