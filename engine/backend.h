@@ -46,4 +46,10 @@ typedef struct tm_backend_cpu_options {
 tm_status tm_backend_cpu_create(const tm_model *model, const tm_backend_cpu_options *options, tm_backend **out,
                                 tm_error_t *error);
 
+#ifdef TM_CUDA
+/* The CUDA backend on device `device`: uploads the weights; the KV pool is allocated on the
+ * device at the first forward (the kv cache must be created without host storage). */
+tm_status tm_backend_cuda_create(const tm_model *model, int device, tm_backend **out, tm_error_t *error);
+#endif
+
 #endif /* TM_BACKEND_H */

@@ -128,8 +128,15 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
     if (!o->kv_page_size) o->kv_page_size = TM_KV_DEFAULT_PAGE_SIZE;
     if (o->max_batch_tokens <= 0) o->max_batch_tokens = 512;
     tm_status s = TM_OK;
-    if (strcmp(o->device, "cpu") != 0) {
-        s = tm_error_set(error, TM_ERR_UNSUPPORTED, "engine: device '%s' is not available in this build (cpu)", o->device);
+    int cuda_device = -1;
+    if (!strncmp(o->device, "cuda", 4) && (o->device[4] == 0 || o->device[4] == ':')) {
+        cuda_device = o->device[4] == ':' ? atoi(o->device + 5) : 0;
+#ifndef TM_CUDA
+        s = tm_error_set(error, TM_ERR_UNSUPPORTED, "engine: device '%s': this build has no CUDA backend (cpu)", o->device);
+        goto fail;
+#endif
+    } else if (strcmp(o->device, "cpu") != 0) {
+        s = tm_error_set(error, TM_ERR_INVALID_ARG, "engine: unknown device '%s' (cpu, cuda, cuda:N)", o->device);
         goto fail;
     }
     double started = tm_time_seconds();
@@ -155,9 +162,15 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         pages = TM_MIN(pages, (int64_t)(cap / o->kv_page_size));
         pages = TM_MAX(pages, tm_kv_pages_for_tokens(&layout, TM_MIN(o->n_ctx, 64)) * c->n_layer);
     }
-    if ((s = tm_kv_create(&layout, pages, o->max_sequences, true, &e->kv, error))) goto fail;
-    tm_backend_cpu_options cpu = {e->pool, o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST};
-    if ((s = tm_backend_cpu_create(e->model, &cpu, &e->backend, error))) goto fail;
+    if ((s = tm_kv_create(&layout, pages, o->max_sequences, cuda_device < 0, &e->kv, error))) goto fail;
+    if (cuda_device >= 0) {
+#ifdef TM_CUDA
+        if ((s = tm_backend_cuda_create(e->model, cuda_device, &e->backend, error))) goto fail;
+#endif
+    } else {
+        tm_backend_cpu_options cpu = {e->pool, o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST};
+        if ((s = tm_backend_cpu_create(e->model, &cpu, &e->backend, error))) goto fail;
+    }
     int batch_capacity = o->max_batch_tokens + o->max_sequences;
     e->batch_tokens = malloc((size_t)batch_capacity * sizeof(int32_t));
     e->batch_positions = malloc((size_t)batch_capacity * sizeof(int32_t));

@@ -113,3 +113,42 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
+
+/* One thread per element: key and value of each (token, kv head, dim) into its page. */
+template <bool HALF>
+__global__ void kv_append_kernel(const float *k, const float *v, int n_tokens, kv_addressing a, int head_dim,
+                                 const int32_t *pages, const int64_t *page_offsets, const int32_t *positions) {
+    int64_t index = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t per_token = (int64_t)a.n_head_kv * head_dim;
+    if (index >= n_tokens * per_token) return;
+    int token = (int)(index / per_token), head = (int)(index % per_token / head_dim), d = (int)(index % head_dim);
+    const int32_t *table = pages + page_offsets[token];
+    uint8_t *key = const_cast<uint8_t *>(kv_address(a, table, positions[token], head, false));
+    uint8_t *value = const_cast<uint8_t *>(kv_address(a, table, positions[token], head, true));
+    if (HALF) {
+        reinterpret_cast<__half *>(key)[d] = __float2half_rn(k[index]);
+        reinterpret_cast<__half *>(value)[d] = __float2half_rn(v[index]);
+    } else {
+        reinterpret_cast<float *>(key)[d] = k[index];
+        reinterpret_cast<float *>(value)[d] = v[index];
+    }
+}
+
+extern "C" int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, void *pool,
+                                 int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
+                                 const int32_t *positions, void *stream) {
+    int64_t element = kv_is_f32 ? 4 : 2;
+    kv_addressing a = {(const uint8_t *)pool, 2 * (int64_t)n_head_kv * head_dim * element, (int64_t)head_dim * element,
+                       (int64_t)page_size, 0, 0, n_head_kv};
+    if (a.row_bytes <= a.page_size) a.rows_per_page = a.page_size / a.row_bytes;
+    else a.pages_per_row = (a.row_bytes + a.page_size - 1) / a.page_size;
+    int64_t total = (int64_t)n_tokens * n_head_kv * head_dim;
+    if (total == 0) return cudaSuccess;
+    unsigned blocks = (unsigned)((total + 255) / 256);
+    if (kv_is_f32)
+        kv_append_kernel<false><<<blocks, 256, 0, (cudaStream_t)stream>>>(k, v, n_tokens, a, head_dim, pages, page_offsets, positions);
+    else
+        kv_append_kernel<true><<<blocks, 256, 0, (cudaStream_t)stream>>>(k, v, n_tokens, a, head_dim, pages, page_offsets, positions);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}

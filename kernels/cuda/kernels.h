@@ -39,6 +39,12 @@ int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head
                             const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                             const int64_t *page_offsets, const int32_t *n_keys, void *stream);
 
+/* Write the keys and values of n_tokens tokens (n_head_kv x head_dim floats each, from k and v)
+ * at positions[t] of token t's stream (pages[page_offsets[t]...]), converted to the cache type. */
+int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, void *pool, int kv_is_f32,
+                      uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
+                      void *stream);
+
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);
 

@@ -9,11 +9,11 @@
  *   tm_testtool tokenize MODEL IN OUT                 IN: strings separated by NUL bytes; OUT: a JSON
  *                                                    line per string: ids (no BOS, special tokens
  *                                                    parsed) and whether decode(encode(s)) == s
- *   tm_testtool generate MODEL IDS N [exact|fast] [f32|f16]
+ *   tm_testtool generate MODEL IDS N [exact|fast] [f32|f16] [cpu|cuda]
  *                                                    greedy ids after the prompt ids, via the engine API
  *   tm_testtool stats VALUES.f64                      JSON summary (tm_summarize, 2000 bootstrap rounds)
  *   tm_testtool mannwhitney A.f64 B.f64               two-sided Mann-Whitney U p-value
- *   tm_testtool logits MODEL IDS OUT.f32 [exact|fast] [f32|f16] [THREADS] [CHUNK]
+ *   tm_testtool logits MODEL IDS OUT.f32 [exact|fast] [f32|f16] [THREADS] [CHUNK] [cpu|cuda]
  *                                                    logits of every position of the comma-separated
  *                                                    token ids, fed CHUNK tokens per forward call
  * Exit status 0 on success, 1 with a message on failure.
@@ -119,13 +119,21 @@ static int logits_command(int argc, char **argv) {
     tm_kv_layout layout = {model->config.n_layer, model->config.n_head_kv, model->config.head_dim,
                            argc > 6 && !strcmp(argv[6], "f16") ? TM_KV_F16 : TM_KV_F32, TM_KV_DEFAULT_PAGE_SIZE};
     tm_kv_cache *kv;
-    if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, n) * layout.n_layer, 1, true, &kv, &error))
+    bool cuda = argc > 9 && !strcmp(argv[9], "cuda");
+    if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, n) * layout.n_layer, 1, !cuda, &kv, &error))
         return fail(error.message);
     tm_threadpool *pool = tm_threadpool_create(threads);
     tm_backend_cpu_options options = {pool, argc > 5 && !strcmp(argv[5], "fast") ? TM_PRECISION_FAST : TM_PRECISION_EXACT};
     tm_backend *backend;
+#ifdef TM_CUDA
+    if (cuda ? tm_backend_cuda_create(model, 0, &backend, &error) : tm_backend_cpu_create(model, &options, &backend, &error))
+        return fail(error.message);
+#else
+    if (cuda) return fail("this build has no CUDA backend");
     if (tm_backend_cpu_create(model, &options, &backend, &error)) return fail(error.message);
+#endif
     int seq = tm_kv_seq_new(kv), chunk = argc > 8 ? atoi(argv[8]) : n;
+    if (chunk <= 0) chunk = n;
     int vocab = model->config.n_vocab;
     float *logits = malloc((size_t)n * (size_t)vocab * sizeof *logits);
     int32_t positions[4096], seqs[4096];
@@ -188,6 +196,7 @@ static int generate_command(int argc, char **argv) {
     options.precision = argc > 5 && !strcmp(argv[5], "exact");
     options.kv_type = argc > 6 && !strcmp(argv[6], "f32");
     options.max_sequences = 1;
+    if (argc > 7) options.device = argv[7];
     tm_engine *engine;
     tm_error_t error = {0};
     if (tm_engine_create(&options, &engine, &error)) return fail(error.message);
