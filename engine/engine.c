@@ -21,6 +21,9 @@
 
 #include "backend.h"
 #include "kv_cache.h"
+#ifdef TM_CUDA
+#include "kernels.h"
+#endif
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -71,7 +74,7 @@ struct tm_engine {
 
 void tm_engine_options_default(tm_engine_options *o) {
     memset(o, 0, sizeof *o);
-    o->device = "cpu";
+    o->device = "auto";
     o->max_sequences = 16;
     o->kv_page_size = TM_KV_DEFAULT_PAGE_SIZE;
     o->max_batch_tokens = 512;
@@ -122,13 +125,19 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
     tm_engine_options_default(&e->options);
     if (options) e->options = *options;
     tm_engine_options *o = &e->options;
-    if (!o->device) o->device = "cpu";
+    if (!o->device) o->device = "auto";
     if (o->max_sequences <= 0) o->max_sequences = 16;
     if (o->max_sequences > 1024) o->max_sequences = 1024; /* the scheduler's per-step arrays */
     if (!o->kv_page_size) o->kv_page_size = TM_KV_DEFAULT_PAGE_SIZE;
     if (o->max_batch_tokens <= 0) o->max_batch_tokens = 512;
     tm_status s = TM_OK;
     int cuda_device = -1;
+#ifdef TM_CUDA
+    char gpu_name[256];
+    if (!strcmp(o->device, "auto")) o->device = tm_cuda_device_name(gpu_name, sizeof gpu_name) ? "cuda" : "cpu";
+#else
+    if (!strcmp(o->device, "auto")) o->device = "cpu";
+#endif
     if (!strncmp(o->device, "cuda", 4) && (o->device[4] == 0 || o->device[4] == ':')) {
         cuda_device = o->device[4] == ':' ? atoi(o->device + 5) : 0;
 #ifndef TM_CUDA
@@ -136,7 +145,7 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         goto fail;
 #endif
     } else if (strcmp(o->device, "cpu") != 0) {
-        s = tm_error_set(error, TM_ERR_INVALID_ARG, "engine: unknown device '%s' (cpu, cuda, cuda:N)", o->device);
+        s = tm_error_set(error, TM_ERR_INVALID_ARG, "engine: unknown device '%s' (auto, cpu, cuda, cuda:N)", o->device);
         goto fail;
     }
     double started = tm_time_seconds();

@@ -83,7 +83,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         !parse_int_param(c, "ctx", 0, 0, 1 << 24, &ctx, error))
         return TM_ERR_INVALID_ARG;
     const char *precision = tm_case_param(c, "precision", "fast"), *kv_type = tm_case_param(c, "kv_type", "f16");
-    const char *device = tm_case_param(c, "device", "cpu");
+    const char *device = tm_case_param(c, "device", "auto");
     if (strcmp(precision, "fast") && strcmp(precision, "exact"))
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: precision '%s' (fast or exact)", c->name, precision);
     if (strcmp(kv_type, "f16") && strcmp(kv_type, "f32"))

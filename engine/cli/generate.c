@@ -32,7 +32,7 @@ static void usage(FILE *out) {
             "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
             "  --kv-type f16|f32      KV cache precision (default f16)\n"
             "  --exact                float activations against quantized weights (slow, the reference)\n"
-            "  --device cpu           where to run (default cpu)\n");
+            "  --device D             auto (default: the GPU when CUDA finds one), cpu, cuda or cuda:N\n");
 }
 
 static char *read_text_file(const char *path) {

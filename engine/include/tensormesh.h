@@ -46,7 +46,7 @@ typedef struct tm_engine tm_engine;
 typedef struct tm_engine_options {
     const char *model_path;  /* a GGUF file, or "synthetic:PRESET:TYPE" */
     const char *synthetic;   /* or a synthetic spec "PRESET:TYPE" (exactly one of the two) */
-    const char *device;      /* "cpu" (default), "cuda" or "cuda:N" (builds with CUDA) */
+    const char *device;      /* "auto" (default: CUDA when a device is present, else CPU), "cpu", "cuda", "cuda:N" */
     int n_threads;           /* CPU threads; 0 = all */
     int max_sequences;       /* sequences decoded together (default 16) */
     int n_ctx;               /* most tokens one sequence may hold; 0 = the model's trained length, at most 4096 */
