@@ -28,12 +28,70 @@ __global__ void gemv_kernel(const uint8_t *weights, int64_t rows, int64_t cols, 
     if (lane == 0) y[row] = sum;
 }
 
+/* k-quants, one warp per row: lane l takes 32-element sub-block l % 8 of blocks l / 8, l / 8 + 4,
+ * ... so scale unpacking happens once per sub-block (not per element) and the quants and
+ * activations come in 16-byte loads. */
+__device__ __forceinline__ float q4k_subblock_dot(const uint8_t *b, int sub, const float *x) {
+    int scale, min;
+    k_scale_min(sub, b + 4, &scale, &min);
+    const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (sub / 2)); /* 16-byte aligned: 144 = 9 x 16 */
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    const int shift = (sub & 1) * 4;
+    float qx = 0, xs = 0;
+    for (int half = 0; half < 2; half++) {
+        uint4 packed = qs[half];
+        uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+        for (int w = 0; w < 4; w++) {
+            float4 xv = x4[half * 4 + w];
+            uint32_t q = words[w] >> shift;
+            qx += (q & 0xF) * xv.x + ((q >> 8) & 0xF) * xv.y + ((q >> 16) & 0xF) * xv.z + ((q >> 24) & 0xF) * xv.w;
+            xs += xv.x + xv.y + xv.z + xv.w;
+        }
+    }
+    return half_at(b) * scale * qx - half_at(b + 2) * min * xs;
+}
+
+__device__ __forceinline__ float q6k_subblock_dot(const uint8_t *b, int sub, const float *x) {
+    /* sub-block sub (32 elements) = group (sub % 4) of half (sub / 4); two 16-element scales */
+    int half = sub / 4, group = sub % 4;
+    const uint8_t *ql = b + 64 * half + ((group & 1) ? 32 : 0), *qh = b + 128 + 32 * half;
+    const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
+    float sums[2] = {0, 0};
+    for (int k = 0; k < 32; k++) {
+        int q = (((ql[k] >> low_shift) & 0xF) | ((qh[k] >> high_shift) & 3) << 4) - 32;
+        sums[k / 16] += q * x[k];
+    }
+    const int8_t *scales = reinterpret_cast<const int8_t *>(b + 192);
+    return half_at(b + 208) * (scales[2 * sub] * sums[0] + scales[2 * sub + 1] * sums[1]);
+}
+
+template <int TYPE>
+__global__ void gemv_k_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, float *y) {
+    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int64_t blocks = cols / 256;
+    const uint8_t *w = weights + row * blocks * traits<TYPE>::bytes;
+    float sum = 0;
+    for (int64_t block = lane / 8; block < blocks; block += 4) {
+        int sub = lane % 8;
+        const float *xs = x + block * 256 + 32 * sub;
+        if (TYPE == Q4_K) sum += q4k_subblock_dot(w + block * traits<TYPE>::bytes, sub, xs);
+        else sum += q6k_subblock_dot(w + block * traits<TYPE>::bytes, sub, xs);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    if (lane == 0) y[row] = sum;
+}
+
 template <int TYPE>
 static cudaError_t launch(const void *weights, int64_t rows, int64_t cols, const float *x, float *y, cudaStream_t stream) {
     if (cols % traits<TYPE>::block) return cudaErrorInvalidValue;
     const int threads = 256; /* 8 rows per block */
     int64_t blocks = (rows * 32 + threads - 1) / threads;
-    gemv_kernel<TYPE><<<(unsigned)blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, y);
+    if ((TYPE == Q4_K || TYPE == Q6_K) && ((uintptr_t)x % 16 == 0))
+        gemv_k_kernel<TYPE><<<(unsigned)blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, y);
+    else
+        gemv_kernel<TYPE><<<(unsigned)blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, y);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
