@@ -17,6 +17,17 @@ struct kv_addressing {
     int n_head_kv;
 };
 
+/* The cache geometry of kv_cache.c: a row is [K heads][V heads]; whole rows per page when a row
+ * fits, else whole pages per row. */
+static kv_addressing make_addressing(const void *pool, int kv_is_f32, uint32_t page_size, int n_head_kv, int head_dim) {
+    int64_t element = kv_is_f32 ? 4 : 2;
+    kv_addressing a = {(const uint8_t *)pool, 2 * (int64_t)n_head_kv * head_dim * element, (int64_t)head_dim * element,
+                       (int64_t)page_size, 0, 0, n_head_kv};
+    if (a.row_bytes <= a.page_size) a.rows_per_page = a.page_size / a.row_bytes;
+    else a.pages_per_row = (a.row_bytes + a.page_size - 1) / a.page_size;
+    return a;
+}
+
 /* Address of the key (value: is_value) vector of kv head `head` of token p in a stream. */
 __device__ __forceinline__ const uint8_t *kv_address(const kv_addressing &a, const int32_t *pages, int64_t p, int head,
                                                      bool is_value) {
@@ -97,11 +108,7 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
                                        const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                                        const int64_t *page_offsets, const int32_t *n_keys, void *stream) {
     if (head_dim > MAX_HEAD_DIM || n_head % n_head_kv) return cudaErrorInvalidValue;
-    int64_t element = kv_is_f32 ? 4 : 2;
-    kv_addressing a = {(const uint8_t *)pool, 2 * (int64_t)n_head_kv * head_dim * element, (int64_t)head_dim * element,
-                       (int64_t)page_size, 0, 0, n_head_kv};
-    if (a.row_bytes <= a.page_size) a.rows_per_page = a.page_size / a.row_bytes;
-    else a.pages_per_row = (a.row_bytes + a.page_size - 1) / a.page_size;
+    kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
     float scale = 1.0f / sqrtf((float)head_dim);
     dim3 grid((unsigned)(n_tokens * n_head)), block(32 * WARPS);
     if (kv_is_f32)
@@ -137,11 +144,7 @@ __global__ void kv_append_kernel(const float *k, const float *v, int n_tokens, k
 extern "C" int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, void *pool,
                                  int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
                                  const int32_t *positions, void *stream) {
-    int64_t element = kv_is_f32 ? 4 : 2;
-    kv_addressing a = {(const uint8_t *)pool, 2 * (int64_t)n_head_kv * head_dim * element, (int64_t)head_dim * element,
-                       (int64_t)page_size, 0, 0, n_head_kv};
-    if (a.row_bytes <= a.page_size) a.rows_per_page = a.page_size / a.row_bytes;
-    else a.pages_per_row = (a.row_bytes + a.page_size - 1) / a.page_size;
+    kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
     int64_t total = (int64_t)n_tokens * n_head_kv * head_dim;
     if (total == 0) return cudaSuccess;
     unsigned blocks = (unsigned)((total + 255) / 256);

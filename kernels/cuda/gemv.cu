@@ -97,21 +97,7 @@ static cudaError_t launch(const void *weights, int64_t rows, int64_t cols, const
 }
 
 extern "C" int tm_cuda_gemv(int type, const void *weights, int64_t rows, int64_t cols, const float *x, float *y, void *stream) {
-    cudaStream_t s = (cudaStream_t)stream;
-    switch (type) {
-    case F32: return launch<F32>(weights, rows, cols, x, y, s);
-    case F16: return launch<F16>(weights, rows, cols, x, y, s);
-    case BF16: return launch<BF16>(weights, rows, cols, x, y, s);
-    case Q4_0: return launch<Q4_0>(weights, rows, cols, x, y, s);
-    case Q4_1: return launch<Q4_1>(weights, rows, cols, x, y, s);
-    case Q5_0: return launch<Q5_0>(weights, rows, cols, x, y, s);
-    case Q5_1: return launch<Q5_1>(weights, rows, cols, x, y, s);
-    case Q8_0: return launch<Q8_0>(weights, rows, cols, x, y, s);
-    case Q4_K: return launch<Q4_K>(weights, rows, cols, x, y, s);
-    case Q5_K: return launch<Q5_K>(weights, rows, cols, x, y, s);
-    case Q6_K: return launch<Q6_K>(weights, rows, cols, x, y, s);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_weight_type(type, [&](auto t) { return launch<decltype(t)::value>(weights, rows, cols, x, y, (cudaStream_t)stream); });
 }
 
 extern "C" int tm_cuda_device_name(char *name, int capacity) {

@@ -26,21 +26,9 @@ static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *to
 
 extern "C" int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out,
                              void *stream) {
-    cudaStream_t s = (cudaStream_t)stream;
-    switch (type) {
-    case F32: return launch_embed<F32>(table, n_embd, tokens, n_tokens, out, s);
-    case F16: return launch_embed<F16>(table, n_embd, tokens, n_tokens, out, s);
-    case BF16: return launch_embed<BF16>(table, n_embd, tokens, n_tokens, out, s);
-    case Q4_0: return launch_embed<Q4_0>(table, n_embd, tokens, n_tokens, out, s);
-    case Q4_1: return launch_embed<Q4_1>(table, n_embd, tokens, n_tokens, out, s);
-    case Q5_0: return launch_embed<Q5_0>(table, n_embd, tokens, n_tokens, out, s);
-    case Q5_1: return launch_embed<Q5_1>(table, n_embd, tokens, n_tokens, out, s);
-    case Q8_0: return launch_embed<Q8_0>(table, n_embd, tokens, n_tokens, out, s);
-    case Q4_K: return launch_embed<Q4_K>(table, n_embd, tokens, n_tokens, out, s);
-    case Q5_K: return launch_embed<Q5_K>(table, n_embd, tokens, n_tokens, out, s);
-    case Q6_K: return launch_embed<Q6_K>(table, n_embd, tokens, n_tokens, out, s);
-    default: return cudaErrorInvalidValue;
-    }
+    return dispatch_weight_type(type, [&](auto t) {
+        return launch_embed<decltype(t)::value>(table, n_embd, tokens, n_tokens, out, (cudaStream_t)stream);
+    });
 }
 
 /* One block per row: float64 sum of squares, reduced through shared memory. */

@@ -6,6 +6,8 @@
 #ifndef TM_CUDA_QUANT_CUH
 #define TM_CUDA_QUANT_CUH
 
+#include <type_traits>
+
 #include "common.cuh"
 
 enum { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14, BF16 = 30 };
@@ -83,6 +85,25 @@ template <> __device__ __forceinline__ float decode<Q6_K>(const uint8_t *b, int 
     low = group >= 2 ? (low >> 4) : (low & 0xF);
     int q = (low | ((qh[k] >> (2 * group)) & 3) << 4) - 32;
     return half_at(b + 208) * (float)(int8_t)b[192 + j / 16] * q;
+}
+
+/* Call launch(std::integral_constant<int, TYPE>{}) for a runtime type id: one switch for every
+ * launcher that is templated on the weight type; an unknown id is cudaErrorInvalidValue. */
+template <typename Launch> static cudaError_t dispatch_weight_type(int type, Launch &&launch) {
+    switch (type) {
+    case F32: return launch(std::integral_constant<int, F32>{});
+    case F16: return launch(std::integral_constant<int, F16>{});
+    case BF16: return launch(std::integral_constant<int, BF16>{});
+    case Q4_0: return launch(std::integral_constant<int, Q4_0>{});
+    case Q4_1: return launch(std::integral_constant<int, Q4_1>{});
+    case Q5_0: return launch(std::integral_constant<int, Q5_0>{});
+    case Q5_1: return launch(std::integral_constant<int, Q5_1>{});
+    case Q8_0: return launch(std::integral_constant<int, Q8_0>{});
+    case Q4_K: return launch(std::integral_constant<int, Q4_K>{});
+    case Q5_K: return launch(std::integral_constant<int, Q5_K>{});
+    case Q6_K: return launch(std::integral_constant<int, Q6_K>{});
+    default: return cudaErrorInvalidValue;
+    }
 }
 
 #endif /* TM_CUDA_QUANT_CUH */
