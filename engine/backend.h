@@ -7,13 +7,15 @@
  * its K/V are written at that position of every layer, and attention sees positions
  * 0..positions[i] of its own sequence (tokens earlier in the same batch included); the
  * sequence's KV capacity must already cover positions[i]. Logits (n_vocab floats) are written
- * for each token whose want_logits[i] is set, in batch order, one row after another.
+ * for each token whose want_logits[i] is set, in batch order, one row after another; a backend
+ * with `sample` may be given logits == NULL, and then keeps them for the next `sample` call.
  */
 #ifndef TM_BACKEND_H
 #define TM_BACKEND_H
 
 #include "kv_cache.h"
 #include "model.h"
+#include "tensormesh.h"
 #include "threadpool.h"
 
 typedef struct tm_batch {
@@ -30,12 +32,37 @@ typedef enum tm_precision {
     TM_PRECISION_EXACT = 1, /* float activations against dequantized weights: the reference */
 } tm_precision;
 
+/* Device memory a backend holds, by purpose (bytes; all 0 for the CPU backend). */
+typedef struct tm_backend_memory {
+    uint64_t weights;     /* the weight arena */
+    uint64_t kv;          /* KV pages and the device page tables */
+    uint64_t activations; /* per-token buffers of the forward pass and the step's inputs */
+    uint64_t workspace;   /* GEMM tiles, attention partials, sampling buffers */
+} tm_backend_memory;
+
+/* One logits row to sample on the device: the CPU sampler's parameters, the uniform draw the
+ * host took from the request's generator (temperature > 0 only), the distinct token ids of the
+ * repetition-penalty window. */
+typedef struct tm_sample_row {
+    const tm_sampling *params;
+    double uniform;
+    const int32_t *penalized;
+    int n_penalized;
+    int penalized_start;    /* the caller's bookkeeping; ignored by backends */
+} tm_sample_row;
+
 typedef struct tm_backend tm_backend;
 struct tm_backend {
     const char *name;
     void *context;
     tm_status (*forward)(tm_backend *backend, const tm_batch *batch, tm_kv_cache *kv, float *logits, tm_error_t *error);
     void (*free)(tm_backend *backend);
+    /* optional: device memory in use */
+    void (*memory)(const tm_backend *backend, tm_backend_memory *memory);
+    /* optional: sample the logits rows kept by the last forward (logits == NULL), one row per
+     * tm_sample_row; rows with temperature > 0 need 1 <= top_k <= sample_max_top_k. */
+    tm_status (*sample)(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error);
+    int sample_max_top_k;
 };
 
 typedef struct tm_backend_cpu_options {
@@ -47,9 +74,18 @@ tm_status tm_backend_cpu_create(const tm_model *model, const tm_backend_cpu_opti
                                 tm_error_t *error);
 
 #ifdef TM_CUDA
-/* The CUDA backend on device `device`: uploads the weights; the KV pool is allocated on the
- * device at the first forward (the kv cache must be created without host storage). */
-tm_status tm_backend_cuda_create(const tm_model *model, int device, tm_backend **out, tm_error_t *error);
+typedef struct tm_backend_cuda_options {
+    int device;           /* CUDA device index */
+    int max_context;      /* longest sequence (tokens) the device page tables and the decode key
+                           * splits are sized for; 0: all the KV pool could give one sequence */
+    bool graphs;          /* capture decode steps as CUDA graphs, one per batch size (default on) */
+} tm_backend_cuda_options;
+void tm_backend_cuda_options_default(tm_backend_cuda_options *options);
+
+/* The CUDA backend: uploads the weights; the KV pool is allocated on the device at the first
+ * forward (the kv cache must be created without host storage). */
+tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_options *options, tm_backend **out,
+                                 tm_error_t *error);
 #endif
 
 #endif /* TM_BACKEND_H */

@@ -2,18 +2,35 @@
  * backend_cuda.c - the CUDA backend: the llama forward pass on one GPU, composed of the kernels
  * of kernels/cuda (C-linkage launchers), behind the same interface as the CPU backend.
  *
- * DESIGN: weights are uploaded once into one device allocation (the weight arena), tensor by
- * tensor; the KV pool (pages x page size) lives on the device while the page bookkeeping stays
- * in kv_cache.c on the host: each forward copies the batch's page tables (per layer) to the
- * device. This first version runs every matrix product as one GEMV per token with float
- * activations (the correctness baseline; batched GEMM, fused ops and CUDA graphs come with the
- * speed work), and returns logits to the host, where the engine samples.
+ * DESIGN
+ * - Memory, by purpose (tm_backend_memory): the weight arena (every tensor, 256-byte aligned,
+ *   uploaded once); the KV pool (pages) plus a device mirror of the page tables laid out
+ *   [sequence][layer][max_pages]; activations (one allocation carved into the per-token buffers,
+ *   sized for the largest batch seen) plus the step's inputs; workspace (GEMM tiles, decode
+ *   attention partials, sampling). A failed allocation is TM_ERR_NO_MEMORY naming the purpose,
+ *   the bytes and the device's free memory.
+ * - One stream per backend. Each forward writes its inputs (tokens, positions, key counts, page
+ *   offsets, logits rows, attention tiles) into one pinned staging buffer and copies it with one
+ *   transfer; page tables are mirrored incrementally (tm_kv_seq_take_unchanged: only entries
+ *   that changed are copied, one 2-D copy per sequence).
+ * - Matrix products: one token: GEMV; 2..16 tokens: the batched GEMV reading each weight once;
+ *   more: cuBLAS GEMM on tensor cores (quantized weights dequantized to f16 in row tiles).
+ * - Attention: a batch whose tokens are each alone in their sequence (decode) uses the paged
+ *   decode kernel split over keys; a batch with runs of tokens of one sequence (prefill) uses
+ *   flash attention over tiles of those runs.
+ * - CUDA graphs: a decode batch of n <= 16 tokens (one per sequence, every one wanting logits)
+ *   is captured once per n and replayed; the graph reads everything that changes per step from
+ *   the staging buffer and the page mirror, whose addresses are fixed until a buffer grows (which
+ *   drops the graphs).
+ * - Logits go back to the host, or stay on the device for `sample` (GPU sampling).
  * Guarantees: see backend.h; every CUDA call is checked and a failure becomes a status whose
- * message names the call; an allocation that does not fit is TM_ERR_NO_MEMORY naming the bytes.
+ * message names the call, file and line.
  */
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 #include "kernels.h"
@@ -28,9 +45,16 @@
     } while (0)
 #define CHECK_KERNEL(call)                                                                                           \
     do {                                                                                                             \
-        if ((call) != 0)                                                                                             \
-            return tm_error_set(error, TM_ERR_INTERNAL, "CUDA: %s failed (%s:%d)", #call, __FILE__, __LINE__);      \
+        int kernel_status_ = (call);                                                                                 \
+        if (kernel_status_ != 0)                                                                                     \
+            return tm_error_set(error, TM_ERR_INTERNAL, "CUDA: %s failed (%s %d; %s:%d)", #call,                    \
+                                kernel_status_ < 0 ? "cuBLAS status" : "cudaError", kernel_status_ < 0 ? -kernel_status_ : kernel_status_, \
+                                __FILE__, __LINE__);                                                                 \
     } while (0)
+
+#define GEMM_TILE_BYTES (64ull << 20) /* dequantized f16 weight tile of the prefill GEMM */
+#define SPLIT_KEYS_MIN 256            /* decode attention: keys per split at least this */
+#define MAX_SPLITS 32
 
 typedef struct device_weight {
     const void *data; /* in the weight arena */
@@ -38,31 +62,101 @@ typedef struct device_weight {
     int64_t rows, cols;
 } device_weight;
 
+/* The step's inputs, at fixed offsets of the staging buffers (host pinned and device). */
+typedef struct step_inputs {
+    int64_t *page_offsets;  /* (capacity) start of each token's page table in the mirror (layer 0) */
+    int32_t *tokens, *positions, *n_keys, *logit_rows; /* (capacity) each */
+    int32_t *tiles;         /* (2 x capacity) flash-attention tiles */
+} step_inputs;
+
 typedef struct cuda_backend {
     const tm_model *model;
-    int device;
-    uint8_t *arena;            /* all weights */
-    uint64_t arena_bytes;
+    tm_backend_cuda_options options;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    tm_backend_memory memory;
+    /* weights */
+    uint8_t *arena;
     device_weight token_embd, output_norm, output;
     device_weight *layers;     /* n_layer x 9 in tm_layer_weights order */
-    void *kv_pool;             /* pages x page size */
-    int64_t kv_pool_pages;
-    int capacity;              /* tokens the run buffers hold */
-    float *x, *xb, *q, *k, *v, *att, *delta, *gate, *up, *logits;
-    int32_t *tokens, *positions, *n_keys, *page_tables;
-    int64_t *page_offsets;
-    int64_t page_table_capacity;
-    int32_t *host_page_tables;
-    int64_t *host_offsets;
-    int32_t *host_n_keys;
+    float *rope_freqs;         /* in the arena, or NULL */
+    /* KV */
+    void *kv_pool;
+    int64_t max_pages;         /* per stream: the mirror's row stride */
+    int max_sequences;
+    int32_t *page_mirror, *host_page_mirror; /* [seq][layer][max_pages] */
+    int n_splits, keys_per_split;
+    /* activations, for `capacity` tokens */
+    int capacity;
+    void *activation_block;
+    float *x, *xb, *q, *k, *v, *att, *delta, *gate, *up, *logits, *xo;
+    void *host_staging, *device_staging;
+    step_inputs host_in, device_in;
+    /* workspace */
+    void *gemm_workspace;
+    uint64_t gemm_workspace_bytes;
+    float *partials;
+    tm_cuda_sampling *sample_rows, *host_sample_rows;
+    int32_t *sampled, *penalized, *host_penalized;
+    int penalized_capacity;
+    /* per forward */
+    int n_out;                 /* logits rows kept on the device by the last forward */
+    uint64_t *seen_step;       /* (max_sequences) step stamp: sequence already synced this step */
+    uint64_t step;
+    cudaGraphExec_t graphs[TM_CUDA_GEMV_MAX_TOKENS + 1];
 } cuda_backend;
 
+void tm_backend_cuda_options_default(tm_backend_cuda_options *options) {
+    options->device = 0;
+    options->max_context = 0;
+    options->graphs = true;
+}
+
+/* ---- memory -------------------------------------------------------------------------------- */
+
+static tm_status device_alloc(cuda_backend *b, void **out, uint64_t bytes, uint64_t *account, const char *purpose,
+                              tm_error_t *error) {
+    *out = NULL;
+    if (bytes == 0) return TM_OK;
+    cudaError_t status = cudaMalloc(out, bytes);
+    if (status != cudaSuccess) {
+        cudaGetLastError();
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaMemGetInfo(&free_bytes, &total_bytes);
+        return tm_error_set(error, status == cudaErrorMemoryAllocation ? TM_ERR_NO_MEMORY : TM_ERR_INTERNAL,
+                            "cuda backend: cannot allocate %llu bytes of %s on device %d: %s (%llu of %llu bytes free)",
+                            (unsigned long long)bytes, purpose, b->options.device, cudaGetErrorString(status),
+                            (unsigned long long)free_bytes, (unsigned long long)total_bytes);
+    }
+    *account += bytes;
+    return TM_OK;
+}
+
+static void drop_graphs(cuda_backend *b) {
+    for (int i = 0; i <= TM_CUDA_GEMV_MAX_TOKENS; i++)
+        if (b->graphs[i]) cudaGraphExecDestroy(b->graphs[i]), b->graphs[i] = NULL;
+}
+
+static void free_activations(cuda_backend *b) {
+    drop_graphs(b);
+    cudaFree(b->activation_block), cudaFree(b->device_staging), cudaFreeHost(b->host_staging);
+    cudaFree(b->gemm_workspace), cudaFree(b->partials), cudaFree(b->sample_rows), cudaFree(b->sampled);
+    free(b->host_sample_rows);
+    b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = NULL;
+    b->partials = NULL, b->sample_rows = b->host_sample_rows = NULL, b->sampled = NULL;
+    b->memory.activations = b->memory.workspace = 0;
+    b->capacity = 0;
+    /* the penalized-id buffers are workspace too */
+    cudaFree(b->penalized), free(b->host_penalized);
+    b->penalized = b->host_penalized = NULL, b->penalized_capacity = 0;
+}
+
 static void release(cuda_backend *b) {
-    cudaFree(b->arena), cudaFree(b->kv_pool);
-    cudaFree(b->x), cudaFree(b->xb), cudaFree(b->q), cudaFree(b->k), cudaFree(b->v), cudaFree(b->att);
-    cudaFree(b->delta), cudaFree(b->gate), cudaFree(b->up), cudaFree(b->logits);
-    cudaFree(b->tokens), cudaFree(b->positions), cudaFree(b->n_keys), cudaFree(b->page_tables), cudaFree(b->page_offsets);
-    free(b->layers), free(b->host_page_tables), free(b->host_offsets), free(b->host_n_keys);
+    free_activations(b);
+    cudaFree(b->arena), cudaFree(b->kv_pool), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror);
+    if (b->cublas) cublasDestroy(b->cublas);
+    if (b->stream) cudaStreamDestroy(b->stream);
+    free(b->layers), free(b->seen_step);
     free(b);
 }
 
@@ -72,144 +166,307 @@ static uint64_t weight_bytes(const tm_weight *w) {
     return row_bytes * (uint64_t)w->rows;
 }
 
+static uint64_t aligned(uint64_t bytes) { return (bytes + 255) / 256 * 256; }
+
 /* Copy one weight into the arena at *offset (256-byte aligned). */
 static tm_status upload(cuda_backend *b, const tm_weight *w, device_weight *out, uint64_t *offset, tm_error_t *error) {
     uint64_t bytes = weight_bytes(w);
     CHECK_CUDA(cudaMemcpy(b->arena + *offset, w->data, bytes, cudaMemcpyHostToDevice));
     *out = (device_weight){b->arena + *offset, (int)w->type, w->rows, w->cols};
-    *offset += (bytes + 255) / 256 * 256;
+    *offset += aligned(bytes);
     return TM_OK;
 }
 
-static tm_status gemv_tokens(const device_weight *w, const float *x, int n_tokens, float *y, tm_error_t *error) {
-    for (int t = 0; t < n_tokens; t++)
-        CHECK_KERNEL(tm_cuda_gemv(w->type, w->data, w->rows, w->cols, x + (int64_t)t * w->cols, y + (int64_t)t * w->rows, NULL));
-    return TM_OK;
-}
-
-static tm_status ensure_buffers(cuda_backend *b, const tm_batch *batch, tm_kv_cache *kv, tm_error_t *error) {
+/* The KV pool, the page-table mirror and the decode split geometry: at the first forward. */
+static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) {
+    if (b->kv_pool) return TM_OK;
     const tm_model_config *c = &b->model->config;
-    if (!b->kv_pool) {
-        tm_kv_stats stats;
-        tm_kv_get_stats(kv, &stats);
-        b->kv_pool_pages = stats.pages_total;
-        CHECK_CUDA(cudaMalloc(&b->kv_pool, (size_t)stats.pages_total * stats.page_size));
+    tm_kv_stats stats;
+    tm_kv_get_stats(kv, &stats);
+    const tm_kv_layout *layout = tm_kv_get_layout(kv);
+    if (layout->n_layer != c->n_layer || layout->n_head_kv != c->n_head_kv || layout->head_dim != c->head_dim)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: the KV cache's layout does not match the model");
+    b->max_pages = stats.pages_total / c->n_layer;
+    if (b->options.max_context > 0) b->max_pages = TM_MIN(b->max_pages, tm_kv_pages_for_tokens(layout, b->options.max_context));
+    b->max_sequences = stats.max_sequences;
+    /* the longest stream the mirror can hold, in tokens */
+    int64_t max_tokens = layout->page_size >= tm_kv_row_bytes(layout)
+                             ? b->max_pages * (int64_t)(layout->page_size / tm_kv_row_bytes(layout))
+                             : b->max_pages / tm_kv_pages_for_tokens(layout, 1);
+    b->n_splits = (int)TM_MIN((int64_t)MAX_SPLITS, TM_MAX((int64_t)1, (max_tokens + SPLIT_KEYS_MIN - 1) / SPLIT_KEYS_MIN));
+    b->keys_per_split = (int)((max_tokens + b->n_splits - 1) / b->n_splits);
+    tm_status s;
+    uint64_t pool_bytes = (uint64_t)stats.pages_total * stats.page_size;
+    uint64_t mirror_bytes = (uint64_t)b->max_sequences * c->n_layer * b->max_pages * sizeof(int32_t);
+    if ((s = device_alloc(b, &b->kv_pool, pool_bytes, &b->memory.kv, "KV pages", error))) return s;
+    if ((s = device_alloc(b, (void **)&b->page_mirror, mirror_bytes, &b->memory.kv, "KV page tables", error))) return s;
+    CHECK_CUDA(cudaMallocHost((void **)&b->host_page_mirror, mirror_bytes));
+    if (!(b->seen_step = calloc((size_t)b->max_sequences, sizeof *b->seen_step)))
+        return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
+    return TM_OK;
+}
+
+/* Per-token buffers for n_tokens: grown (never shrunk) to the largest batch seen. */
+static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *error) {
+    if (n_tokens <= b->capacity) return TM_OK;
+    const tm_model_config *c = &b->model->config;
+    free_activations(b);
+    const uint64_t T = (uint64_t)n_tokens, q_dim = (uint64_t)c->n_head * c->head_dim,
+                   kv_dim = (uint64_t)c->n_head_kv * c->head_dim;
+    /* x xb delta xo: n_embd; q att: q_dim; k v: kv_dim; gate up: n_ff; logits: n_vocab */
+    const uint64_t widths[] = {c->n_embd, c->n_embd, q_dim, kv_dim, kv_dim, q_dim, c->n_embd, c->n_ff, c->n_ff, c->n_vocab, c->n_embd};
+    float **buffers[] = {&b->x, &b->xb, &b->q, &b->k, &b->v, &b->att, &b->delta, &b->gate, &b->up, &b->logits, &b->xo};
+    uint64_t total = 0;
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) total += aligned(T * widths[i] * sizeof(float));
+    tm_status s;
+    if ((s = device_alloc(b, &b->activation_block, total, &b->memory.activations, "activations", error))) return s;
+    uint64_t offset = 0;
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) {
+        *buffers[i] = (float *)((uint8_t *)b->activation_block + offset);
+        offset += aligned(T * widths[i] * sizeof(float));
     }
-    if (batch->n_tokens > b->capacity) {
-        size_t T = (size_t)batch->n_tokens, q_dim = (size_t)c->n_head * c->head_dim, kv_dim = (size_t)c->n_head_kv * c->head_dim;
-        cudaFree(b->x), cudaFree(b->xb), cudaFree(b->q), cudaFree(b->k), cudaFree(b->v), cudaFree(b->att);
-        cudaFree(b->delta), cudaFree(b->gate), cudaFree(b->up), cudaFree(b->logits);
-        cudaFree(b->tokens), cudaFree(b->positions), cudaFree(b->n_keys), cudaFree(b->page_offsets);
-        b->capacity = 0;
-        CHECK_CUDA(cudaMalloc((void **)&b->x, T * c->n_embd * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->xb, T * c->n_embd * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->q, T * q_dim * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->k, T * kv_dim * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->v, T * kv_dim * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->att, T * q_dim * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->delta, T * c->n_embd * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->gate, T * c->n_ff * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->up, T * c->n_ff * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->logits, T * c->n_vocab * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->tokens, T * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->positions, T * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->n_keys, T * 4));
-        CHECK_CUDA(cudaMalloc((void **)&b->page_offsets, T * 8));
-        free(b->host_offsets), free(b->host_n_keys);
-        b->host_offsets = malloc(T * 8);
-        b->host_n_keys = malloc(T * 4);
-        if (!b->host_offsets || !b->host_n_keys) return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
-        b->capacity = batch->n_tokens;
+    /* step inputs: page offsets (8 bytes), four int32 arrays and the tile pairs */
+    uint64_t staging = T * 8 + 4 * T * 4 + 2 * T * 4;
+    if ((s = device_alloc(b, &b->device_staging, staging, &b->memory.activations, "step inputs", error))) return s;
+    CHECK_CUDA(cudaMallocHost(&b->host_staging, staging));
+    step_inputs *ins[2] = {&b->host_in, &b->device_in};
+    uint8_t *bases[2] = {b->host_staging, b->device_staging};
+    for (int i = 0; i < 2; i++) {
+        ins[i]->page_offsets = (int64_t *)bases[i];
+        ins[i]->tokens = (int32_t *)(bases[i] + T * 8);
+        ins[i]->positions = ins[i]->tokens + T;
+        ins[i]->n_keys = ins[i]->positions + T;
+        ins[i]->logit_rows = ins[i]->n_keys + T;
+        ins[i]->tiles = ins[i]->logit_rows + T;
+    }
+    /* workspace */
+    if (n_tokens > TM_CUDA_GEMV_MAX_TOKENS) {
+        uint64_t widest = (uint64_t)TM_MAX(TM_MAX(c->n_embd, c->n_ff), (int)q_dim);
+        b->gemm_workspace_bytes = aligned(T * widest * 2) + TM_MAX(GEMM_TILE_BYTES, tm_cuda_gemm_min_workspace((int64_t)widest, 1));
+        if ((s = device_alloc(b, &b->gemm_workspace, b->gemm_workspace_bytes, &b->memory.workspace, "GEMM workspace", error)))
+            return s;
+    }
+    uint64_t decode_tokens = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS);
+    uint64_t partial_bytes = decode_tokens * c->n_head * b->n_splits * (c->head_dim + 2) * sizeof(float);
+    if ((s = device_alloc(b, (void **)&b->partials, partial_bytes, &b->memory.workspace, "attention partials", error))) return s;
+    if ((s = device_alloc(b, (void **)&b->sample_rows, T * sizeof(tm_cuda_sampling), &b->memory.workspace, "sampling", error)) ||
+        (s = device_alloc(b, (void **)&b->sampled, T * sizeof(int32_t), &b->memory.workspace, "sampling", error)))
+        return s;
+    if (!(b->host_sample_rows = malloc(T * sizeof(tm_cuda_sampling))))
+        return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
+    b->capacity = n_tokens;
+    return TM_OK;
+}
+
+/* Bring the device mirror of every batch sequence's page tables up to date (changed entries only). */
+static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_cache *kv, tm_error_t *error) {
+    const int n_layer = b->model->config.n_layer;
+    b->step++;
+    for (int t = 0; t < batch->n_tokens; t++) {
+        int seq = batch->seq[t];
+        if (b->seen_step[seq] == b->step) continue;
+        b->seen_step[seq] = b->step;
+        int64_t unchanged = tm_kv_seq_take_unchanged(kv, seq), n_pages = 0;
+        tm_kv_page_table(kv, seq, 0, &n_pages);
+        if (n_pages > b->max_pages)
+            return tm_error_set(error, TM_ERR_INVALID_ARG,
+                                "cuda backend: sequence %d needs %lld KV pages per layer, more than the %lld its context "
+                                "(max_context) was sized for",
+                                seq, (long long)n_pages, (long long)b->max_pages);
+        if (n_pages <= unchanged) continue;
+        int32_t *host = b->host_page_mirror + (int64_t)seq * n_layer * b->max_pages;
+        for (int l = 0; l < n_layer; l++) {
+            int64_t n;
+            const int32_t *table = tm_kv_page_table(kv, seq, l, &n);
+            memcpy(host + (int64_t)l * b->max_pages + unchanged, table + unchanged, (size_t)(n_pages - unchanged) * 4);
+        }
+        int32_t *device = b->page_mirror + (int64_t)seq * n_layer * b->max_pages;
+        size_t pitch = (size_t)b->max_pages * 4;
+        CHECK_CUDA(cudaMemcpy2DAsync(device + unchanged, pitch, host + unchanged, pitch, (size_t)(n_pages - unchanged) * 4,
+                                     (size_t)n_layer, cudaMemcpyHostToDevice, b->stream));
     }
     return TM_OK;
 }
 
-/* Concatenate the page tables of every batch token's stream for `layer` and copy them over. */
-static tm_status upload_page_tables(cuda_backend *b, const tm_batch *batch, const tm_kv_cache *kv, int layer, tm_error_t *error) {
-    int64_t total = 0;
-    for (int t = 0; t < batch->n_tokens; t++) {
-        int64_t n;
-        tm_kv_page_table(kv, batch->seq[t], layer, &n);
-        total += n;
+/* ---- the forward pass ------------------------------------------------------------------------ */
+
+static tm_status matmul(cuda_backend *b, const device_weight *w, const float *x, int n, float *y, tm_error_t *error) {
+    if (n <= TM_CUDA_GEMV_MAX_TOKENS)
+        CHECK_KERNEL(tm_cuda_gemv_batched(w->type, w->data, w->rows, w->cols, x, n, y, b->stream));
+    else
+        CHECK_KERNEL(tm_cuda_gemm(b->cublas, w->type, w->data, w->rows, w->cols, x, n, y, b->gemm_workspace,
+                                  b->gemm_workspace_bytes, b->stream));
+    return TM_OK;
+}
+
+/* Every launch of one forward pass over T tokens (n_tiles > 0: flash attention over the tiles,
+ * else decode attention) and the LM head over n_out gathered rows: what a graph captures. */
+static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, int kv_f32, uint32_t page_size, tm_error_t *error) {
+    const tm_model_config *c = &b->model->config;
+    const int D = c->n_embd;
+    const step_inputs *in = &b->device_in;
+    cudaStream_t stream = b->stream;
+    tm_status s;
+    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, in->tokens, T, b->x, stream));
+    for (int l = 0; l < c->n_layer; l++) {
+        const device_weight *w = &b->layers[(size_t)l * 9];
+        const float *attn_norm = w[0].data, *ffn_norm = w[5].data;
+        const int32_t *pages = b->page_mirror + (int64_t)l * b->max_pages;
+        /* attention block */
+        CHECK_KERNEL(tm_cuda_rmsnorm(b->xb, b->x, attn_norm, T, D, c->rms_norm_eps, stream));
+        if ((s = matmul(b, &w[1], b->xb, T, b->q, error)) || (s = matmul(b, &w[2], b->xb, T, b->k, error)) ||
+            (s = matmul(b, &w[3], b->xb, T, b->v, error)))
+            return s;
+        CHECK_KERNEL(tm_cuda_rope(b->q, T, c->n_head, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
+                                  in->positions, stream));
+        CHECK_KERNEL(tm_cuda_rope(b->k, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
+                                  in->positions, stream));
+        CHECK_KERNEL(tm_cuda_kv_append(b->k, b->v, T, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size, pages,
+                                       in->page_offsets, in->positions, stream));
+        if (n_tiles)
+            CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
+                                                 pages, in->page_offsets, in->positions, in->tiles, n_tiles, stream));
+        else
+            CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
+                                                 pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
+                                                 b->keys_per_split, b->partials, stream));
+        if ((s = matmul(b, &w[4], b->att, T, b->delta, error))) return s;
+        CHECK_KERNEL(tm_cuda_add(b->x, b->delta, (int64_t)T * D, stream));
+        /* feed-forward block */
+        CHECK_KERNEL(tm_cuda_rmsnorm(b->xb, b->x, ffn_norm, T, D, c->rms_norm_eps, stream));
+        if ((s = matmul(b, &w[6], b->xb, T, b->gate, error)) || (s = matmul(b, &w[7], b->xb, T, b->up, error))) return s;
+        CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
+        if ((s = matmul(b, &w[8], b->gate, T, b->delta, error))) return s;
+        CHECK_KERNEL(tm_cuda_add(b->x, b->delta, (int64_t)T * D, stream));
     }
-    if (total > b->page_table_capacity) {
-        cudaFree(b->page_tables);
-        free(b->host_page_tables);
-        b->page_table_capacity = 0;
-        b->host_page_tables = malloc((size_t)total * 4);
-        if (!b->host_page_tables) return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
-        CHECK_CUDA(cudaMalloc((void **)&b->page_tables, (size_t)total * 4));
-        b->page_table_capacity = total;
+    /* final norm and LM head over the rows that want logits */
+    if (n_out) {
+        CHECK_KERNEL(tm_cuda_gather_rows(b->x, in->logit_rows, n_out, D, b->xo, stream));
+        CHECK_KERNEL(tm_cuda_rmsnorm(b->xo, b->xo, b->output_norm.data, n_out, D, c->rms_norm_eps, stream));
+        if ((s = matmul(b, &b->output, b->xo, n_out, b->logits, error))) return s;
     }
-    int64_t used = 0;
-    for (int t = 0; t < batch->n_tokens; t++) {
-        int64_t n;
-        const int32_t *table = tm_kv_page_table(kv, batch->seq[t], layer, &n);
-        b->host_offsets[t] = used;
-        memcpy(b->host_page_tables + used, table, (size_t)n * 4);
-        used += n;
+    return TM_OK;
+}
+
+/* Replay the decode graph for T tokens, capturing it first if needed. */
+static tm_status run_graph(cuda_backend *b, int T, int kv_f32, uint32_t page_size, tm_error_t *error) {
+    if (!b->graphs[T]) {
+        cudaGraph_t graph = NULL;
+        CHECK_CUDA(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
+        tm_status s = launch_forward(b, T, 0, T, kv_f32, page_size, error);
+        cudaError_t end = cudaStreamEndCapture(b->stream, &graph);
+        if (s) {
+            if (graph) cudaGraphDestroy(graph);
+            return s;
+        }
+        CHECK_CUDA(end);
+        cudaError_t made = cudaGraphInstantiate(&b->graphs[T], graph, 0);
+        cudaGraphDestroy(graph);
+        CHECK_CUDA(made);
     }
-    CHECK_CUDA(cudaMemcpy(b->page_tables, b->host_page_tables, (size_t)used * 4, cudaMemcpyHostToDevice));
-    CHECK_CUDA(cudaMemcpy(b->page_offsets, b->host_offsets, (size_t)batch->n_tokens * 8, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaGraphLaunch(b->graphs[T], b->stream));
     return TM_OK;
 }
 
 static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache *kv, float *logits, tm_error_t *error) {
     cuda_backend *b = backend->context;
     const tm_model_config *c = &b->model->config;
-    const int T = batch->n_tokens, D = c->n_embd;
+    const int T = batch->n_tokens;
     const tm_kv_layout *layout = tm_kv_get_layout(kv);
     const int kv_f32 = layout->type == TM_KV_F32;
     tm_status s;
+    b->n_out = 0;
+    if (T <= 0) return TM_OK;
     for (int t = 0; t < T; t++)
-        if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab || batch->positions[t] >= tm_kv_seq_capacity(kv, batch->seq[t]))
+        if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab || batch->positions[t] < 0 ||
+            batch->positions[t] >= tm_kv_seq_capacity(kv, batch->seq[t]))
             return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token %d (id %d, position %d) is out of range", t,
                                 batch->tokens[t], batch->positions[t]);
-    if ((s = ensure_buffers(b, batch, kv, error))) return s;
-    CHECK_CUDA(cudaSetDevice(b->device));
-    for (int t = 0; t < T; t++) b->host_n_keys[t] = batch->positions[t] + 1;
-    CHECK_CUDA(cudaMemcpy(b->tokens, batch->tokens, (size_t)T * 4, cudaMemcpyHostToDevice));
-    CHECK_CUDA(cudaMemcpy(b->positions, batch->positions, (size_t)T * 4, cudaMemcpyHostToDevice));
-    CHECK_CUDA(cudaMemcpy(b->n_keys, b->host_n_keys, (size_t)T * 4, cudaMemcpyHostToDevice));
-
-    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, b->tokens, T, b->x, NULL));
-    for (int l = 0; l < c->n_layer; l++) {
-        const device_weight *w = &b->layers[(size_t)l * 9];
-        const float *attn_norm = w[0].data, *ffn_norm = w[5].data;
-        if ((s = upload_page_tables(b, batch, kv, l, error))) return s;
-        /* attention block */
-        CHECK_KERNEL(tm_cuda_rmsnorm(b->xb, b->x, attn_norm, T, D, c->rms_norm_eps, NULL));
-        if ((s = gemv_tokens(&w[1], b->xb, T, b->q, error)) || (s = gemv_tokens(&w[2], b->xb, T, b->k, error)) ||
-            (s = gemv_tokens(&w[3], b->xb, T, b->v, error)))
-            return s;
-        CHECK_KERNEL(tm_cuda_rope(b->q, T, c->n_head, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, NULL,
-                                  b->positions, NULL));
-        CHECK_KERNEL(tm_cuda_rope(b->k, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, NULL,
-                                  b->positions, NULL));
-        CHECK_KERNEL(tm_cuda_kv_append(b->k, b->v, T, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, layout->page_size,
-                                       b->page_tables, b->page_offsets, b->positions, NULL));
-        CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32,
-                                             layout->page_size, b->page_tables, b->page_offsets, b->n_keys, NULL));
-        if ((s = gemv_tokens(&w[4], b->att, T, b->delta, error))) return s;
-        CHECK_KERNEL(tm_cuda_add(b->x, b->delta, (int64_t)T * D, NULL));
-        /* feed-forward block */
-        CHECK_KERNEL(tm_cuda_rmsnorm(b->xb, b->x, ffn_norm, T, D, c->rms_norm_eps, NULL));
-        if ((s = gemv_tokens(&w[6], b->xb, T, b->gate, error)) || (s = gemv_tokens(&w[7], b->xb, T, b->up, error))) return s;
-        CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, NULL));
-        if ((s = gemv_tokens(&w[8], b->gate, T, b->delta, error))) return s;
-        CHECK_KERNEL(tm_cuda_add(b->x, b->delta, (int64_t)T * D, NULL));
-    }
-    /* final norm and LM head for the tokens that want logits */
-    int n_out = 0;
-    CHECK_KERNEL(tm_cuda_rmsnorm(b->xb, b->x, b->output_norm.data, T, D, c->rms_norm_eps, NULL));
+    CHECK_CUDA(cudaSetDevice(b->options.device));
+    CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* the previous step's copies have left the staging buffers */
+    if ((s = ensure_kv(b, kv, error)) || (s = ensure_activations(b, T, error))) return s;
     for (int t = 0; t < T; t++)
-        if (batch->want_logits[t])
-            CHECK_KERNEL(tm_cuda_gemv(b->output.type, b->output.data, b->output.rows, b->output.cols, b->xb + (int64_t)t * D,
-                                      b->logits + (int64_t)n_out++ * c->n_vocab, NULL));
-    if (n_out) CHECK_CUDA(cudaMemcpy(logits, b->logits, (size_t)n_out * c->n_vocab * 4, cudaMemcpyDeviceToHost));
-    CHECK_CUDA(cudaDeviceSynchronize());
+        if (batch->seq[t] < 0 || batch->seq[t] >= b->max_sequences)
+            return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token %d has sequence %d", t, batch->seq[t]);
+    if ((s = sync_page_tables(b, batch, kv, error))) return s;
+
+    /* the step's inputs; tiles: runs of consecutive tokens of one sequence */
+    step_inputs *in = &b->host_in;
+    const int tile_tokens = tm_cuda_flash_tile_tokens(c->head_dim, c->n_head, c->n_head_kv);
+    int n_tiles = 0, n_out = 0;
+    bool prefill = false;
+    for (int t = 0; t < T; t++) {
+        in->tokens[t] = batch->tokens[t];
+        in->positions[t] = batch->positions[t];
+        in->n_keys[t] = batch->positions[t] + 1;
+        in->page_offsets[t] = (int64_t)batch->seq[t] * c->n_layer * b->max_pages;
+        if (batch->want_logits[t]) in->logit_rows[n_out++] = t;
+        bool extends = n_tiles && batch->seq[t] == batch->seq[t - 1] && in->tiles[2 * n_tiles - 1] < tile_tokens;
+        if (extends) in->tiles[2 * n_tiles - 1]++, prefill = true;
+        else in->tiles[2 * n_tiles] = t, in->tiles[2 * n_tiles + 1] = 1, n_tiles++;
+    }
+    /* flash attention for runs of tokens (and for more single tokens than the decode partials
+     * hold); head dims flash does not cover fall back to the decode kernel, which is exact for
+     * any batch since every token's keys are appended before attention */
+    if (T > TM_CUDA_GEMV_MAX_TOKENS) prefill = true;
+    if (tile_tokens < 1) prefill = false;
+    CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)((uint8_t *)(in->tiles + 2 * n_tiles) - (uint8_t *)b->host_staging),
+                               cudaMemcpyHostToDevice, b->stream));
+    const bool graph = b->options.graphs && !prefill && n_out == T && T <= TM_CUDA_GEMV_MAX_TOKENS;
+    if (graph) s = run_graph(b, T, kv_f32, layout->page_size, error);
+    else s = launch_forward(b, T, prefill ? n_tiles : 0, n_out, kv_f32, layout->page_size, error);
+    if (s) return s;
+    b->n_out = n_out;
+    if (logits) {
+        if (n_out)
+            CHECK_CUDA(cudaMemcpyAsync(logits, b->logits, (size_t)n_out * c->n_vocab * 4, cudaMemcpyDeviceToHost, b->stream));
+        CHECK_CUDA(cudaStreamSynchronize(b->stream));
+    }
     return TM_OK;
 }
+
+/* ---- sampling ------------------------------------------------------------------------------ */
+
+static tm_status sample(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error) {
+    cuda_backend *b = backend->context;
+    if (n_rows != b->n_out)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: %d rows to sample but the last forward kept %d", n_rows, b->n_out);
+    int n_penalized = 0;
+    for (int r = 0; r < n_rows; r++) {
+        const tm_sampling *p = rows[r].params;
+        if (p->temperature > 0 && (p->top_k < 1 || p->top_k > TM_CUDA_SAMPLE_MAX_TOP_K))
+            return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: GPU sampling needs top_k in 1..%d (row %d has %d)",
+                                TM_CUDA_SAMPLE_MAX_TOP_K, r, p->top_k);
+        n_penalized += rows[r].n_penalized;
+    }
+    if (n_penalized > b->penalized_capacity) {
+        cudaFree(b->penalized), free(b->host_penalized);
+        b->memory.workspace -= (uint64_t)b->penalized_capacity * 4;
+        b->penalized = b->host_penalized = NULL, b->penalized_capacity = 0;
+        tm_status s = device_alloc(b, (void **)&b->penalized, (uint64_t)n_penalized * 4, &b->memory.workspace, "sampling", error);
+        if (s) return s;
+        if (!(b->host_penalized = malloc((size_t)n_penalized * 4))) return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
+        b->penalized_capacity = n_penalized;
+    }
+    int offset = 0;
+    for (int r = 0; r < n_rows; r++) {
+        const tm_sampling *p = rows[r].params;
+        b->host_sample_rows[r] = (tm_cuda_sampling){p->temperature, p->top_p, p->min_p, p->repetition_penalty, p->top_k,
+                                                    rows[r].n_penalized, offset, 0, rows[r].uniform};
+        memcpy(b->host_penalized + offset, rows[r].penalized, (size_t)rows[r].n_penalized * 4);
+        offset += rows[r].n_penalized;
+    }
+    CHECK_CUDA(cudaMemcpyAsync(b->sample_rows, b->host_sample_rows, (size_t)n_rows * sizeof(tm_cuda_sampling), cudaMemcpyHostToDevice,
+                               b->stream));
+    if (offset) CHECK_CUDA(cudaMemcpyAsync(b->penalized, b->host_penalized, (size_t)offset * 4, cudaMemcpyHostToDevice, b->stream));
+    CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, b->sample_rows, b->penalized, b->sampled, b->stream));
+    CHECK_CUDA(cudaMemcpyAsync(tokens, b->sampled, (size_t)n_rows * 4, cudaMemcpyDeviceToHost, b->stream));
+    CHECK_CUDA(cudaStreamSynchronize(b->stream));
+    b->n_out = 0; /* penalties changed the rows: sample each forward once */
+    return TM_OK;
+}
+
+static void memory(const tm_backend *backend, tm_backend_memory *out) { *out = ((const cuda_backend *)backend->context)->memory; }
 
 static void backend_free(tm_backend *backend) {
     if (!backend) return;
@@ -217,19 +474,20 @@ static void backend_free(tm_backend *backend) {
     free(backend);
 }
 
-tm_status tm_backend_cuda_create(const tm_model *model, int device, tm_backend **out, tm_error_t *error) {
+tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_options *options, tm_backend **out, tm_error_t *error) {
     *out = NULL;
+    tm_backend_cuda_options defaults;
+    tm_backend_cuda_options_default(&defaults);
+    if (!options) options = &defaults;
     char name[256];
     if (!tm_cuda_device_name(name, sizeof name))
         return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: no CUDA device is available");
     int count = 0;
     CHECK_CUDA(cudaGetDeviceCount(&count));
-    if (device < 0 || device >= count)
-        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: device %d does not exist (%d present)", device, count);
-    CHECK_CUDA(cudaSetDevice(device));
+    if (options->device < 0 || options->device >= count)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: device %d does not exist (%d present)", options->device, count);
+    CHECK_CUDA(cudaSetDevice(options->device));
     const tm_model_config *c = &model->config;
-    if (model->rope_freqs)
-        return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: llama3 rope frequency factors are not supported yet");
     cuda_backend *b = calloc(1, sizeof *b);
     tm_backend *backend = calloc(1, sizeof *backend);
     if (!b || !backend || !(b->layers = calloc((size_t)c->n_layer * 9, sizeof *b->layers))) {
@@ -238,31 +496,37 @@ tm_status tm_backend_cuda_create(const tm_model *model, int device, tm_backend *
         return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
     }
     b->model = model;
-    b->device = device;
-    /* the arena: every tensor, 256-byte aligned */
+    b->options = *options;
+    tm_status s = TM_OK;
+    cudaError_t status = cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking);
+    if (status != cudaSuccess)
+        s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaStreamCreateWithFlags failed: %s", cudaGetErrorString(status));
+    cublasStatus_t blas = s ? CUBLAS_STATUS_SUCCESS : cublasCreate(&b->cublas);
+    if (!s && blas != CUBLAS_STATUS_SUCCESS)
+        s = tm_error_set(error, TM_ERR_INTERNAL, "cuBLAS: cublasCreate failed: %s", cublasGetStatusString(blas));
+    /* the arena: every tensor, 256-byte aligned, then the rope frequency factors */
     uint64_t total = 0;
     const tm_weight *top[3] = {&model->token_embd, &model->output_norm, &model->output};
-    for (int i = 0; i < (c->tied_embeddings ? 2 : 3); i++) total += (weight_bytes(top[i]) + 255) / 256 * 256;
+    for (int i = 0; i < (c->tied_embeddings ? 2 : 3); i++) total += aligned(weight_bytes(top[i]));
     for (int l = 0; l < c->n_layer; l++) { /* tm_layer_weights is nine tm_weight fields in a row */
         const tm_weight *w = (const tm_weight *)&model->layers[l];
-        for (int k = 0; k < 9; k++) total += (weight_bytes(&w[k]) + 255) / 256 * 256;
+        for (int k = 0; k < 9; k++) total += aligned(weight_bytes(&w[k]));
     }
-    cudaError_t status = cudaMalloc((void **)&b->arena, total);
-    if (status != cudaSuccess) {
-        release(b);
-        free(backend);
-        return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: %llu bytes of weights do not fit on %s: %s",
-                            (unsigned long long)total, name, cudaGetErrorString(status));
-    }
-    b->arena_bytes = total;
+    uint64_t freq_bytes = model->rope_freqs ? (uint64_t)(c->n_rot / 2) * sizeof(float) : 0;
+    if (!s) s = device_alloc(b, (void **)&b->arena, total + aligned(freq_bytes), &b->memory.weights, "weights", error);
     uint64_t offset = 0;
-    tm_status s = upload(b, &model->token_embd, &b->token_embd, &offset, error);
+    if (!s) s = upload(b, &model->token_embd, &b->token_embd, &offset, error);
     if (!s) s = upload(b, &model->output_norm, &b->output_norm, &offset, error);
     if (!s && model->config.tied_embeddings) b->output = b->token_embd;
     else if (!s) s = upload(b, &model->output, &b->output, &offset, error);
     for (int l = 0; l < c->n_layer && !s; l++) {
         const tm_weight *w = (const tm_weight *)&model->layers[l];
         for (int k = 0; k < 9 && !s; k++) s = upload(b, &w[k], &b->layers[(size_t)l * 9 + k], &offset, error);
+    }
+    if (!s && freq_bytes) {
+        b->rope_freqs = (float *)(b->arena + offset);
+        status = cudaMemcpy(b->rope_freqs, model->rope_freqs, freq_bytes, cudaMemcpyHostToDevice);
+        if (status != cudaSuccess) s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: copying rope_freqs failed: %s", cudaGetErrorString(status));
     }
     if (s) {
         release(b);
@@ -273,6 +537,9 @@ tm_status tm_backend_cuda_create(const tm_model *model, int device, tm_backend *
     backend->context = b;
     backend->forward = forward;
     backend->free = backend_free;
+    backend->memory = memory;
+    backend->sample = sample;
+    backend->sample_max_top_k = TM_CUDA_SAMPLE_MAX_TOP_K;
     *out = backend;
     return TM_OK;
 }

@@ -67,6 +67,12 @@ struct tm_engine {
     int *batch_request;      /* request of each batch token */
     float *logits;           /* (max_sequences, n_vocab) */
     tm_sampler_candidate *candidates;
+    /* device sampling scratch */
+    tm_sample_row *sample_rows;   /* (max_sequences) */
+    int32_t *sampled;             /* (max_sequences) */
+    int32_t *penalized;           /* distinct ids of every row's penalty window */
+    int penalized_capacity;
+    uint8_t *penalty_mark;        /* (n_vocab) */
     tm_engine_stats stats;
 };
 
@@ -114,6 +120,7 @@ void tm_engine_free(tm_engine *e) {
     tm_threadpool_free(e->pool);
     free(e->batch_tokens), free(e->batch_positions), free(e->batch_seq), free(e->batch_want), free(e->batch_request);
     free(e->logits);
+    free(e->sample_rows), free(e->sampled), free(e->penalized), free(e->penalty_mark);
     free(e->candidates);
     free(e);
 }
@@ -174,7 +181,12 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
     if ((s = tm_kv_create(&layout, pages, o->max_sequences, cuda_device < 0, &e->kv, error))) goto fail;
     if (cuda_device >= 0) {
 #ifdef TM_CUDA
-        if ((s = tm_backend_cuda_create(e->model, cuda_device, &e->backend, error))) goto fail;
+        tm_backend_cuda_options cuda;
+        tm_backend_cuda_options_default(&cuda);
+        cuda.device = cuda_device;
+        cuda.max_context = o->n_ctx;
+        cuda.graphs = !o->no_cuda_graphs;
+        if ((s = tm_backend_cuda_create(e->model, &cuda, &e->backend, error))) goto fail;
 #endif
     } else {
         tm_backend_cpu_options cpu = {e->pool, o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST};
@@ -188,8 +200,11 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
     e->batch_request = malloc((size_t)batch_capacity * sizeof(int));
     e->logits = malloc((size_t)o->max_sequences * (size_t)c->n_vocab * sizeof(float));
     e->candidates = malloc((size_t)c->n_vocab * sizeof *e->candidates);
+    e->sample_rows = malloc((size_t)o->max_sequences * sizeof *e->sample_rows);
+    e->sampled = malloc((size_t)o->max_sequences * sizeof *e->sampled);
+    e->penalty_mark = calloc((size_t)c->n_vocab, 1);
     if (!e->batch_tokens || !e->batch_positions || !e->batch_seq || !e->batch_want || !e->batch_request || !e->logits ||
-        !e->candidates) {
+        !e->candidates || !e->sample_rows || !e->sampled || !e->penalty_mark) {
         s = tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory for batch buffers");
         goto fail;
     }
@@ -459,12 +474,9 @@ static void admit(tm_engine *e) {
     }
 }
 
-/* Sample the next token of r from logits; update its state. */
-static tm_status accept_logits(tm_engine *e, request *r, float *logits, tm_error_t *error) {
-    double t0 = tm_time_seconds();
-    int32_t token = tm_sample(&r->sampling, logits, e->model->config.n_vocab, r->tokens, r->n_tokens, &r->rng,
-                              e->candidates);
-    e->stats.sample_seconds += tm_time_seconds() - t0;
+/* Append the sampled token to r; finish r on end of generation, a stop string, its length
+ * limit or the context limit. */
+static tm_status accept_token(tm_engine *e, request *r, int32_t token, tm_error_t *error) {
     if (!r->first_token_at) r->first_token_at = tm_time_seconds();
     r->state = TM_REQUEST_DECODING;
     if (!r->ignore_eos && tm_tokenizer_is_end_of_generation(e->tokenizer, token)) {
@@ -481,6 +493,42 @@ static tm_status accept_logits(tm_engine *e, request *r, float *logits, tm_error
     else if (generated >= r->max_tokens) finish(e, r, TM_FINISH_LENGTH);
     else if (r->n_tokens >= e->options.n_ctx) finish(e, r, TM_FINISH_CONTEXT);
     return TM_OK;
+}
+
+/* Whether every row of this step can be sampled on the backend's device. */
+static bool device_sampling_possible(const tm_engine *e, int n) {
+    if (!e->backend->sample || e->options.host_sampling) return false;
+    for (int k = 0; k < n; k++) {
+        if (!e->batch_want[k]) continue;
+        const tm_sampling *p = &e->requests[e->batch_request[k]].sampling;
+        if (p->temperature > 0 && (p->top_k < 1 || p->top_k > e->backend->sample_max_top_k)) return false;
+    }
+    return true;
+}
+
+/* The distinct ids of r's repetition-penalty window (sampler.c's window), appended at *used. */
+static bool collect_penalized(tm_engine *e, const request *r, int *used, int *count) {
+    *count = 0;
+    const tm_sampling *p = &r->sampling;
+    if (p->repetition_penalty == 1.0f || p->repetition_penalty <= 0) return true;
+    int start = p->penalty_last_n > 0 && r->n_tokens > p->penalty_last_n ? r->n_tokens - p->penalty_last_n : 0;
+    int need = *used + (r->n_tokens - start);
+    if (need > e->penalized_capacity) {
+        int32_t *grown = realloc(e->penalized, (size_t)need * 2 * sizeof *grown);
+        if (!grown) return false;
+        e->penalized = grown;
+        e->penalized_capacity = need * 2;
+    }
+    const int n_vocab = e->model->config.n_vocab;
+    for (int i = start; i < r->n_tokens; i++) {
+        int32_t id = r->tokens[i];
+        if (id < 0 || id >= n_vocab || e->penalty_mark[id]) continue;
+        e->penalty_mark[id] = 1;
+        e->penalized[*used + (*count)++] = id;
+    }
+    for (int i = 0; i < *count; i++) e->penalty_mark[e->penalized[*used + i]] = 0;
+    *used += *count;
+    return true;
 }
 
 tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
@@ -544,23 +592,53 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
     if (n == 0) return TM_OK;
 
     tm_batch batch = {n, e->batch_tokens, e->batch_positions, e->batch_seq, e->batch_want};
+    const bool on_device = device_sampling_possible(e, n);
     double t0 = tm_time_seconds();
-    tm_status s = e->backend->forward(e->backend, &batch, e->kv, e->logits, error);
-    double elapsed = tm_time_seconds() - t0;
+    tm_status s = e->backend->forward(e->backend, &batch, e->kv, on_device ? NULL : e->logits, error);
     if (s) return s;
-    e->stats.steps++;
-    e->stats.prompt_tokens += prompt_tokens;
-    if (prompt_tokens) e->stats.prefill_seconds += elapsed;
-    else e->stats.decode_seconds += elapsed;
-
-    int row = 0;
     for (int k = 0; k < n; k++) {
         request *r = &e->requests[e->batch_request[k]];
         r->n_processed = TM_MAX(r->n_processed, e->batch_positions[k] + 1);
-        if (!e->batch_want[k]) continue;
-        float *logits = e->logits + (size_t)row++ * (size_t)e->model->config.n_vocab;
-        if ((s = accept_logits(e, r, logits, error))) return s;
     }
+    /* sample every row that wants it: on the device (one call) or here */
+    int rows = 0, penalized_used = 0;
+    double t1 = tm_time_seconds();
+    if (on_device) {
+        for (int k = 0; k < n; k++) {
+            if (!e->batch_want[k]) continue;
+            request *r = &e->requests[e->batch_request[k]];
+            tm_sample_row *row = &e->sample_rows[rows++];
+            row->params = &r->sampling;
+            row->uniform = r->sampling.temperature > 0 ? tm_rng_uniform(&r->rng) : 0; /* the CPU sampler's one draw */
+            int start = penalized_used;
+            if (!collect_penalized(e, r, &penalized_used, &row->n_penalized))
+                return tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory");
+            row->penalized = NULL;
+            row->penalized_start = start;
+        }
+        for (int i = 0; i < rows; i++) e->sample_rows[i].penalized = e->penalized + e->sample_rows[i].penalized_start;
+        if ((s = e->backend->sample(e->backend, rows, e->sample_rows, e->sampled, error))) return s;
+        e->stats.device_sampled_tokens += rows;
+    }
+    int row = 0;
+    for (int k = 0; k < n; k++) {
+        if (!e->batch_want[k]) continue;
+        request *r = &e->requests[e->batch_request[k]];
+        int32_t token;
+        if (on_device) token = e->sampled[row++];
+        else
+            token = tm_sample(&r->sampling, e->logits + (size_t)row++ * (size_t)e->model->config.n_vocab, e->model->config.n_vocab,
+                              r->tokens, r->n_tokens, &r->rng, e->candidates);
+        if ((s = accept_token(e, r, token, error))) return s;
+    }
+    /* the step's time: the forward pass and sampling (a device forward may return before the
+     * device is done; sampling waits for it) */
+    double done = tm_time_seconds();
+    e->stats.sample_seconds += done - t1;
+    e->stats.steps++;
+    e->stats.prompt_tokens += prompt_tokens;
+    if (prompt_tokens) e->stats.prefill_seconds += done - t0;
+    else e->stats.decode_seconds += done - t0;
     return TM_OK;
 }
 
@@ -576,6 +654,14 @@ void tm_engine_get_stats(const tm_engine *e, tm_engine_stats *stats) {
     stats->kv_page_size = kv.page_size;
     stats->kv_bytes_used = kv.bytes_used;
     stats->kv_bytes_allocated = kv.bytes_allocated;
+    if (e->backend->memory) {
+        tm_backend_memory memory;
+        e->backend->memory(e->backend, &memory);
+        stats->device_weight_bytes = memory.weights;
+        stats->device_kv_bytes = memory.kv;
+        stats->device_activation_bytes = memory.activations;
+        stats->device_workspace_bytes = memory.workspace;
+    }
     stats->requests_queued = stats->requests_running = 0;
     for (int i = 0; i < e->n_requests; i++) {
         const request *r = &e->requests[i];

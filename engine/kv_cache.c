@@ -20,6 +20,7 @@ typedef struct sequence_slot {
     bool active;
     int64_t n_tokens;       /* capacity reserved, in tokens */
     page_table *layers;     /* n_layer */
+    int64_t unchanged;      /* leading page-table entries unchanged since the last take (tm_kv_seq_take_unchanged) */
 } sequence_slot;
 
 struct tm_kv_cache {
@@ -107,6 +108,7 @@ int tm_kv_seq_new(tm_kv_cache *kv) {
         if (!slot->layers && !(slot->layers = calloc((size_t)kv->layout.n_layer, sizeof *slot->layers))) return -1;
         slot->active = true;
         slot->n_tokens = 0;
+        slot->unchanged = 0;
         return s;
     }
     return -1;
@@ -145,6 +147,7 @@ void tm_kv_truncate(tm_kv_cache *kv, int seq, int64_t n_tokens) {
         page_table *table = &slot->layers[l];
         while (table->n_pages > keep) kv->free_pages[kv->n_free++] = table->pages[--table->n_pages];
     }
+    slot->unchanged = TM_MIN(slot->unchanged, keep);
     slot->n_tokens = n_tokens;
 }
 
@@ -152,6 +155,13 @@ void tm_kv_seq_free(tm_kv_cache *kv, int seq) {
     if (seq < 0 || seq >= kv->max_sequences || !kv->sequences[seq].active) return;
     tm_kv_truncate(kv, seq, 0);
     kv->sequences[seq].active = false;
+}
+
+int64_t tm_kv_seq_take_unchanged(tm_kv_cache *kv, int seq) {
+    sequence_slot *slot = &kv->sequences[seq];
+    int64_t unchanged = slot->unchanged;
+    slot->unchanged = slot->layers ? slot->layers[0].n_pages : 0;
+    return unchanged;
 }
 
 int64_t tm_kv_seq_capacity(const tm_kv_cache *kv, int seq) { return kv->sequences[seq].n_tokens; }
@@ -193,6 +203,7 @@ void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats) {
     stats->pages_used = kv->n_pages - kv->n_free;
     stats->page_size = kv->layout.page_size;
     stats->bytes_allocated = (uint64_t)stats->pages_used * kv->layout.page_size;
+    stats->max_sequences = kv->max_sequences;
     for (int s = 0; s < kv->max_sequences; s++)
         if (kv->sequences[s].active) {
             stats->sequences_active++;

@@ -71,12 +71,19 @@ void *tm_kv_value(const tm_kv_cache *kv, int seq, int layer, int64_t token, int 
 /* The page table of stream (seq, layer): n_pages page ids in stream order (for device mirrors). */
 const int32_t *tm_kv_page_table(const tm_kv_cache *kv, int seq, int layer, int64_t *n_pages);
 
+/* For a device mirror of the page tables: how many leading entries of each of the sequence's
+ * tables are the same as at the previous call for this sequence (0 at the first call after
+ * tm_kv_seq_new). Tables only grow at the end (reserve) or shrink from it (truncate), so the
+ * mirror re-copies entries [returned, n_pages). One mirror per cache: the call resets the mark. */
+int64_t tm_kv_seq_take_unchanged(tm_kv_cache *kv, int seq);
+
 typedef struct tm_kv_stats {
     int64_t pages_total, pages_free, pages_used;
     uint64_t page_size;
     uint64_t bytes_used;      /* bytes of rows actually holding tokens (capacity) */
     uint64_t bytes_allocated; /* pages in use x page size */
     int sequences_active;
+    int max_sequences;
 } tm_kv_stats;
 void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats);
 const tm_kv_layout *tm_kv_get_layout(const tm_kv_cache *kv);

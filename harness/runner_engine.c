@@ -44,6 +44,10 @@ static const tm_metric_spec memory_metrics[] = {
     {"kv_bytes_used", "bytes", false},
     {"process_rss_bytes", "bytes", false},
     {"process_peak_rss_bytes", "bytes", false},
+    {"device_weight_bytes", "bytes", false},     /* the backend's device memory by purpose (0 on the CPU) */
+    {"device_kv_bytes", "bytes", false},
+    {"device_activation_bytes", "bytes", false},
+    {"device_workspace_bytes", "bytes", false},
 };
 
 static bool parse_int_param(const tm_suite_case *c, const char *name, long long fallback, long long min, long long max,
@@ -74,13 +78,14 @@ static void release(tm_runner_state *s) {
 
 static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, bool memory_kind,
                          tm_error_t *error) {
-    long long batch, prompt, gen, threads, max_batch_tokens, ctx;
+    long long batch, prompt, gen, threads, max_batch_tokens, ctx, max_sequences;
     if (!parse_int_param(c, "batch", 1, 1, 1024, &batch, error) ||
         !parse_int_param(c, "prompt_tokens", 128, 1, 1 << 20, &prompt, error) ||
         !parse_int_param(c, "gen_tokens", 32, 1, 1 << 20, &gen, error) ||
         !parse_int_param(c, "threads", 0, 0, 1024, &threads, error) ||
         !parse_int_param(c, "max_batch_tokens", 512, 1, 1 << 20, &max_batch_tokens, error) ||
-        !parse_int_param(c, "ctx", 0, 0, 1 << 24, &ctx, error))
+        !parse_int_param(c, "ctx", 0, 0, 1 << 24, &ctx, error) ||
+        !parse_int_param(c, "max_sequences", 0, 0, 1024, &max_sequences, error))
         return TM_ERR_INVALID_ARG;
     const char *precision = tm_case_param(c, "precision", "fast"), *kv_type = tm_case_param(c, "kv_type", "f16");
     const char *device = tm_case_param(c, "device", "auto");
@@ -94,7 +99,9 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     options.n_threads = (int)threads;
     options.precision = !strcmp(precision, "exact");
     options.kv_type = !strcmp(kv_type, "f32");
-    options.max_sequences = (int)batch;
+    if (max_sequences && max_sequences < batch)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: max_sequences %lld is below batch %lld", c->name, max_sequences, batch);
+    options.max_sequences = (int)(max_sequences ? max_sequences : batch); /* fixed: one engine serves every case */
     options.max_batch_tokens = (int)max_batch_tokens;
     options.n_ctx = ctx ? (int)ctx : (int)(prompt + gen + 1);
     options.device = device;
@@ -202,6 +209,10 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         values[3] = (double)kv_used_peak;
         values[0] = values[1] + values[2];
         process_memory(&values[4], &values[5]);
+        values[6] = (double)after.device_weight_bytes;
+        values[7] = (double)after.device_kv_bytes;
+        values[8] = (double)after.device_activation_bytes;
+        values[9] = (double)after.device_workspace_bytes;
     } else if (!status) {
         /* the first token of each sequence comes out of prefill: decode made the rest */
         double decode_tokens = (double)(after.generated_tokens - before.generated_tokens) - s->batch;

@@ -32,7 +32,10 @@ static void usage(FILE *out) {
             "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
             "  --kv-type f16|f32      KV cache precision (default f16)\n"
             "  --exact                float activations against quantized weights (slow, the reference)\n"
-            "  --device D             auto (default: the GPU when CUDA finds one), cpu, cuda or cuda:N\n");
+            "  --device D             auto (default: the GPU when CUDA finds one), cpu, cuda or cuda:N\n"
+            "  --host-sampling        CUDA: sample on the CPU (default: on the GPU when top-k is 1..1024 or greedy)\n"
+            "  --no-cuda-graphs       CUDA: launch decode steps kernel by kernel instead of replaying graphs\n"
+            "  -v, --verbose          print the device memory in use at the end\n");
 }
 
 static char *read_text_file(const char *path) {
@@ -68,7 +71,7 @@ int tm_cli_generate(int argc, char **argv) {
     tm_request_params request;
     tm_request_params_default(&request);
     const char *prompt = NULL, *prompt_file = NULL, *system = NULL, *stops[16];
-    bool chat = false;
+    bool chat = false, verbose = false;
     long long value;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
@@ -76,7 +79,9 @@ int tm_cli_generate(int argc, char **argv) {
             usage(stdout);
             return 0;
         }
-        bool flag_only = !strcmp(a, "--chat") || !strcmp(a, "--ignore-eos") || !strcmp(a, "--exact");
+        bool flag_only = !strcmp(a, "--chat") || !strcmp(a, "--ignore-eos") || !strcmp(a, "--exact") ||
+                         !strcmp(a, "--host-sampling") || !strcmp(a, "--no-cuda-graphs") || !strcmp(a, "-v") ||
+                         !strcmp(a, "--verbose");
         if (!flag_only && !(v = tm_cli_flag_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--chat")) chat = true;
         else if (!strcmp(a, "--ignore-eos")) request.ignore_eos = true;
@@ -116,6 +121,12 @@ int tm_cli_generate(int argc, char **argv) {
                 return 2;
             }
             stops[request.n_stop++] = v;
+        } else if (!strcmp(a, "--host-sampling")) {
+            options.host_sampling = true;
+        } else if (!strcmp(a, "--no-cuda-graphs")) {
+            options.no_cuda_graphs = true;
+        } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+            verbose = true;
         } else if (!strcmp(a, "--kv-type")) {
             if (strcmp(v, "f16") && strcmp(v, "f32")) {
                 fprintf(stderr, "tensormesh generate: --kv-type: '%s' is not f16 or f32\n", v);
@@ -178,6 +189,12 @@ int tm_cli_generate(int argc, char **argv) {
             stats.prefill_seconds > 0 ? info.n_prompt_tokens / stats.prefill_seconds : 0.0, info.n_generated,
             stats.decode_seconds, stats.decode_seconds > 0 ? decode_tokens / stats.decode_seconds : 0.0,
             reasons[info.finish_reason]);
+    if (verbose)
+        fprintf(stderr, "[%s] device memory: weights %.1f MiB, KV %.1f MiB, activations %.1f MiB, workspace %.1f MiB; "
+                        "%lld tokens sampled on the device\n",
+                options.device, stats.device_weight_bytes / 1048576.0, stats.device_kv_bytes / 1048576.0,
+                stats.device_activation_bytes / 1048576.0, stats.device_workspace_bytes / 1048576.0,
+                (long long)stats.device_sampled_tokens);
     goto done;
 failed:
     fprintf(stderr, "\ntensormesh generate: %s\n", error.message);

@@ -56,6 +56,9 @@ typedef struct tm_engine_options {
     int kv_type;             /* 0 f16 (default), 1 f32 */
     int precision;           /* 0 fast (quantized activations), 1 exact (float activations) */
     int max_batch_tokens;    /* tokens per forward step: prefill chunk budget (default 512) */
+    bool no_cuda_graphs;     /* CUDA: launch decode steps kernel by kernel instead of replaying graphs */
+    bool host_sampling;      /* CUDA: copy logits back and sample on the CPU (default: on the GPU
+                              * whenever every row's top_k is 1..1024 or the row is greedy) */
 } tm_engine_options;
 
 typedef struct tm_sampling {
@@ -116,10 +119,13 @@ typedef struct tm_engine_stats {
     int64_t steps;
     int64_t prompt_tokens;     /* prompt tokens processed */
     int64_t generated_tokens;
-    double prefill_seconds;    /* forward time of steps that processed prompt tokens */
-    double decode_seconds;     /* forward time of pure decode steps */
-    double sample_seconds;
+    double prefill_seconds;    /* forward + sampling time of steps that processed prompt tokens */
+    double decode_seconds;     /* forward + sampling time of pure decode steps */
+    double sample_seconds;     /* sampling (and, on the GPU, waiting for the forward to finish) */
     double load_seconds;
+    int64_t device_sampled_tokens; /* tokens sampled on the GPU */
+    /* device memory of the backend (0 on the CPU) */
+    uint64_t device_weight_bytes, device_kv_bytes, device_activation_bytes, device_workspace_bytes;
 } tm_engine_stats;
 
 void tm_engine_options_default(tm_engine_options *options);

@@ -100,6 +100,128 @@ extern "C" int tm_cuda_gemv(int type, const void *weights, int64_t rows, int64_t
     return dispatch_weight_type(type, [&](auto t) { return launch<decltype(t)::value>(weights, rows, cols, x, y, (cudaStream_t)stream); });
 }
 
+/* ---- batched decode: n_tokens (2..16) activation vectors against each weight read once ---- */
+
+/* Generic types: one warp per row; each element is decoded once and meets every token. */
+template <int TYPE, int NT>
+__global__ void gemv_batched_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y) {
+    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
+    const uint8_t *w = weights + row * row_bytes;
+    float sum[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) sum[j] = 0;
+    for (int64_t i = lane; i < cols; i += 32) {
+        float value = decode<TYPE>(w + (i / traits<TYPE>::block) * traits<TYPE>::bytes, (int)(i % traits<TYPE>::block));
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            if (j < n_tokens) sum[j] += value * x[j * cols + i];
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        float s = sum[j];
+        for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
+        if (lane == 0 && j < n_tokens) y[j * rows + row] = s;
+    }
+}
+
+/* The 32 weights of k-quant sub-block `sub` of block b, dequantized. */
+template <int TYPE> __device__ __forceinline__ void k_subblock(const uint8_t *b, int sub, float *w) {
+    if (TYPE == Q4_K) {
+        int scale, min;
+        k_scale_min(sub, b + 4, &scale, &min);
+        const float d = half_at(b) * scale, m = half_at(b + 2) * min;
+        const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (sub / 2));
+        const int shift = (sub & 1) * 4;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            uint4 packed = qs[half];
+            uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+            for (int k = 0; k < 16; k++) w[16 * half + k] = d * ((words[k / 4] >> (shift + 8 * (k % 4))) & 0xF) - m;
+        }
+    } else { /* Q6_K */
+        int half = sub / 4, group = sub % 4;
+        const uint8_t *ql = b + 64 * half + ((group & 1) ? 32 : 0), *qh = b + 128 + 32 * half;
+        const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
+        const int8_t *scales = reinterpret_cast<const int8_t *>(b + 192);
+        const float d = half_at(b + 208);
+#pragma unroll
+        for (int k = 0; k < 32; k++) {
+            int q = (((ql[k] >> low_shift) & 0xF) | ((qh[k] >> high_shift) & 3) << 4) - 32;
+            w[k] = d * scales[2 * sub + k / 16] * q;
+        }
+    }
+}
+
+/* k-quants: lanes take sub-blocks as gemv_k_kernel; each sub-block is dequantized once into
+ * registers and dotted with every token's 32 activations (16-byte loads). */
+template <int TYPE, int NT>
+__global__ void gemv_k_batched_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y) {
+    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int64_t blocks = cols / 256;
+    const uint8_t *w = weights + row * blocks * traits<TYPE>::bytes;
+    float sum[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) sum[j] = 0;
+    for (int64_t block = lane / 8; block < blocks; block += 4) {
+        const int sub = lane % 8;
+        float value[32];
+        k_subblock<TYPE>(w + block * traits<TYPE>::bytes, sub, value);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            if (j >= n_tokens) break;
+            const float4 *x4 = reinterpret_cast<const float4 *>(x + j * cols + block * 256 + 32 * sub);
+            float s = 0;
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float4 v = x4[k];
+                s += value[4 * k] * v.x + value[4 * k + 1] * v.y + value[4 * k + 2] * v.z + value[4 * k + 3] * v.w;
+            }
+            sum[j] += s;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        float s = sum[j];
+        for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
+        if (lane == 0 && j < n_tokens) y[j * rows + row] = s;
+    }
+}
+
+template <int TYPE, int NT>
+static void launch_batched_nt(const void *weights, int64_t rows, int64_t cols, const float *x, int n, float *y, cudaStream_t stream) {
+    const int threads = 256;
+    unsigned blocks = (unsigned)((rows * 32 + threads - 1) / threads);
+    if ((TYPE == Q4_K || TYPE == Q6_K) && (uintptr_t)x % 16 == 0 && cols % 4 == 0)
+        gemv_k_batched_kernel<TYPE, NT><<<blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, n, y);
+    else
+        gemv_batched_kernel<TYPE, NT><<<blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, n, y);
+}
+
+template <int TYPE>
+static cudaError_t launch_batched(const void *weights, int64_t rows, int64_t cols, const float *x, int n, float *y,
+                                  cudaStream_t stream) {
+    if (cols % traits<TYPE>::block || n < 1 || n > TM_CUDA_GEMV_MAX_TOKENS) return cudaErrorInvalidValue;
+    if (n == 1) return launch<TYPE>(weights, rows, cols, x, y, stream);
+    if (n <= 4) launch_batched_nt<TYPE, 4>(weights, rows, cols, x, n, y, stream);
+    else if (n <= 8) launch_batched_nt<TYPE, 8>(weights, rows, cols, x, n, y, stream);
+    else launch_batched_nt<TYPE, 16>(weights, rows, cols, x, n, y, stream);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}
+
+extern "C" int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens,
+                                    float *y, void *stream) {
+    return dispatch_weight_type(type, [&](auto t) {
+        return launch_batched<decltype(t)::value>(weights, rows, cols, x, n_tokens, y, (cudaStream_t)stream);
+    });
+}
+
 extern "C" int tm_cuda_device_name(char *name, int capacity) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {

@@ -17,6 +17,22 @@ extern "C" {
  * float32 accumulation). Types: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k. */
 int tm_cuda_gemv(int type, const void *weights, int64_t rows, int64_t cols, const float *x, float *y, void *stream);
 
+/* The batched decode product: y[j][r] = dot(W[r, :], x[j]) for n_tokens (1..16) activation rows
+ * x[j] (cols floats each), reading each weight once for all of them. */
+#define TM_CUDA_GEMV_MAX_TOKENS 16
+int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y,
+                         void *stream);
+
+/* The prefill product on tensor cores: y[j][r] = dot(W[r, :], x[j]) for any n_tokens, through
+ * cuBLAS (`cublas` is a cublasHandle_t bound to `stream`). Activations are rounded to f16 (bf16
+ * for bf16 weights) and accumulated in float32; quantized weights are dequantized to f16 in
+ * row tiles of at most workspace_bytes - n_tokens * cols * 2 bytes. f32 weights use SGEMM.
+ * Returns 0, a cudaError_t, or -(cublasStatus_t) for a cuBLAS failure. */
+int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y,
+                 void *workspace, uint64_t workspace_bytes, void *stream);
+/* Workspace tm_cuda_gemm needs at least (one tile of 128 rows plus the converted activations). */
+uint64_t tm_cuda_gemm_min_workspace(int64_t cols, int n_tokens);
+
 /* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats. */
 int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out, void *stream);
 /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for n_rows rows of n floats (out may be x). */
@@ -34,16 +50,49 @@ int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
  * page_size bytes per page, f16 or f32): for query token t and head h,
  * out[t][h] = softmax(q[t][h] . K[0..n_keys[t]) / sqrt(head_dim)) V[0..n_keys[t]) of kv head
  * h / (n_head / n_head_kv), reading token t's stream through pages[page_offsets[t]...].
- * All pointers are device pointers; head_dim <= 256. */
+ * The keys are split over n_splits blocks of keys_per_split keys (splits past n_keys[t] add
+ * nothing; n_splits * keys_per_split must cover n_keys); with n_splits > 1, partials holds
+ * n_tokens * n_head * n_splits * (head_dim + 2) floats. All pointers are device pointers;
+ * head_dim <= 256. */
 int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                             const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
-                            const int64_t *page_offsets, const int32_t *n_keys, void *stream);
+                            const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int keys_per_split,
+                            float *partials, void *stream);
+
+/* Prefill (flash) attention, causal: tiles[2 i] is the first batch token of tile i and
+ * tiles[2 i + 1] its token count (at most tm_cuda_flash_tile_tokens), tokens of one stream;
+ * query token t sees keys 0..positions[t] of its stream (already appended). Head dims 32, 64,
+ * 128 and 256; f16 or f32 cache; float32 math. */
+int tm_cuda_flash_attention(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const void *pool,
+                            int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
+                            const int32_t *positions, const int32_t *tiles, int n_tiles, void *stream);
+/* Tokens per flash tile for this head shape; 0 when the shape is unsupported. */
+int tm_cuda_flash_tile_tokens(int head_dim, int n_head, int n_head_kv);
 
 /* Write the keys and values of n_tokens tokens (n_head_kv x head_dim floats each, from k and v)
  * at positions[t] of token t's stream (pages[page_offsets[t]...]), converted to the cache type. */
 int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, void *pool, int kv_is_f32,
                       uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
                       void *stream);
+
+/* Sampling parameters of one logits row (engine/sampler.c's meaning); uniform: the draw in [0, 1)
+ * the host took from the request's generator (used only when temperature > 0). */
+typedef struct tm_cuda_sampling {
+    float temperature, top_p, min_p, repetition_penalty;
+    int top_k;                          /* 1..TM_CUDA_SAMPLE_MAX_TOP_K when temperature > 0 */
+    int n_penalized, penalized_offset;  /* the window's distinct ids: penalized[offset...] */
+    int reserved;
+    double uniform;
+} tm_cuda_sampling;
+#define TM_CUDA_SAMPLE_MAX_TOP_K 1024
+/* tokens[r] = the token sampled from row r of logits (n_rows x n_vocab, device; penalties are
+ * applied in place), -1 for a row whose top_k is outside 1..1024 with temperature > 0.
+ * rows, penalized and tokens are device pointers. */
+int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, const int32_t *penalized,
+                   int32_t *tokens, void *stream);
+
+/* Gather: out[i] = x[index[i]] for rows of n floats. */
+int tm_cuda_gather_rows(const float *x, const int32_t *index, int n_out, int n, float *out, void *stream);
 
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);

@@ -104,3 +104,15 @@ extern "C" int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
+
+__global__ void gather_rows_kernel(const float *x, const int32_t *index, int n, float *out) {
+    const float *row = x + (int64_t)index[blockIdx.x] * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(int64_t)blockIdx.x * n + i] = row[i];
+}
+
+extern "C" int tm_cuda_gather_rows(const float *x, const int32_t *index, int n_out, int n, float *out, void *stream) {
+    if (n_out == 0) return cudaSuccess;
+    gather_rows_kernel<<<n_out, 256, 0, (cudaStream_t)stream>>>(x, index, n, out);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}

@@ -1,7 +1,11 @@
 /*
- * test_attention_cuda.c - paged decode attention on the GPU against the CPU reference
+ * test_attention_cuda.c - paged attention on the GPU against the CPU reference
  * (tm_cpu_attention), reading the same pages: the host KV cache (random keys/values, several
  * sequences of 1 to 900 tokens, layer 1 of 2) is copied to the device with its page tables.
+ * Decode attention runs as one block per head and split over keys (4 splits of 225 keys, and 8
+ * of 128, so the 1-token sequence has empty splits); prefill flash attention runs causal over
+ * tiles of query tokens (the last 100 positions of the 900-token sequence, all 37 of the second,
+ * the one of the first), each query seeing keys 0..its position.
  * Layouts cover several rows per page, one row per page and a row spanning several pages, f16
  * and f32, head dims 32..256, grouped-query ratios 1..4. Outputs poisoned with NaN first; each
  * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order).
@@ -80,19 +84,77 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     cudaMemcpy(d_tables, tables, (size_t)used * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(d_offsets, offsets, sizeof offsets, cudaMemcpyHostToDevice);
     cudaMemcpy(d_keys, n_keys, sizeof n_keys, cudaMemcpyHostToDevice);
-    CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
-                                  lc->page_size, d_tables, d_offsets, d_keys, NULL) == 0, "launch");
-    CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
-    cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
+    const char *kv_name = lc->type == TM_KV_F32 ? "f32" : "f16";
+    const int split_cases[3][2] = {{1, 0}, {4, 225}, {8, 128}};
+    void *d_partials;
+    cudaMalloc(&d_partials, (size_t)n_seq * n_head * 8 * (lc->head_dim + 2) * 4);
+    for (int c = 0; c < 3; c++) {
+        cudaMemset(d_out, 0xff, q_floats * 4);
+        CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
+                                      lc->page_size, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1] ? split_cases[c][1] : 1,
+                                      d_partials, NULL) == 0,
+              "launch");
+        CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
+        cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
+        int bad = 0;
+        double worst = 0;
+        for (int64_t i = 0; i < q_floats; i++) {
+            double difference = fabs(got[i] - expected[i]);
+            bad += !(difference <= 2e-5);
+            if (!(difference <= worst)) worst = difference;
+        }
+        CHECK(bad == 0, "decode, %d splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
+              split_cases[c][0], lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
+    }
+    cudaFree(d_partials);
+
+    /* prefill: query tokens (sequence, position), tiled per sequence */
+    const int first_position[3] = {0, 0, 800};
+    int n_queries = 0;
+    for (int s = 0; s < n_seq; s++) n_queries += lengths[s] - first_position[s];
+    int tile_tokens = tm_cuda_flash_tile_tokens(lc->head_dim, n_head, lc->n_head_kv);
+    CHECK(tile_tokens >= 1, "flash tiles for head_dim %d group %d", lc->head_dim, lc->group);
+    int32_t *positions = malloc((size_t)n_queries * 4), *tiles = malloc((size_t)n_queries * 8);
+    int64_t *query_offsets = malloc((size_t)n_queries * 8);
+    int64_t pq_floats = (int64_t)n_queries * n_head * lc->head_dim;
+    float *pq = malloc(pq_floats * 4), *p_expected = malloc(pq_floats * 4), *p_got = malloc(pq_floats * 4);
+    for (int64_t i = 0; i < pq_floats; i++) pq[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+    int t = 0, n_tiles = 0;
+    for (int s = 0; s < n_seq; s++)
+        for (int p = first_position[s]; p < lengths[s]; p++, t++) {
+            positions[t] = p;
+            query_offsets[t] = offsets[s];
+            if (p == first_position[s] || tiles[2 * n_tiles - 1] == tile_tokens) tiles[2 * n_tiles] = t, tiles[2 * n_tiles + 1] = 0, n_tiles++;
+            tiles[2 * n_tiles - 1]++;
+            for (int h = 0; h < n_head; h++) {
+                int64_t at = ((int64_t)t * n_head + h) * lc->head_dim;
+                tm_cpu_attention(pq + at, kv, seqs[s], layer, p + 1, h / lc->group, lc->head_dim, p_expected + at, scores);
+            }
+        }
+    void *d_pq, *d_pout, *d_positions, *d_tiles, *d_query_offsets;
+    cudaMalloc(&d_pq, pq_floats * 4), cudaMalloc(&d_pout, pq_floats * 4), cudaMalloc(&d_positions, (size_t)n_queries * 4);
+    cudaMalloc(&d_tiles, (size_t)n_tiles * 8), cudaMalloc(&d_query_offsets, (size_t)n_queries * 8);
+    cudaMemcpy(d_pq, pq, pq_floats * 4, cudaMemcpyHostToDevice);
+    cudaMemset(d_pout, 0xff, pq_floats * 4);
+    cudaMemcpy(d_positions, positions, (size_t)n_queries * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_tiles, tiles, (size_t)n_tiles * 8, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_query_offsets, query_offsets, (size_t)n_queries * 8, cudaMemcpyHostToDevice);
+    CHECK(tm_cuda_flash_attention(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32, lc->page_size,
+                                  d_tables, d_query_offsets, d_positions, d_tiles, n_tiles, NULL) == 0,
+          "flash launch");
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "flash kernel");
+    cudaMemcpy(p_got, d_pout, pq_floats * 4, cudaMemcpyDeviceToHost);
     int bad = 0;
     double worst = 0;
-    for (int64_t i = 0; i < q_floats; i++) {
-        double difference = fabs(got[i] - expected[i]);
+    for (int64_t i = 0; i < pq_floats; i++) {
+        double difference = fabs(p_got[i] - p_expected[i]);
         bad += !(difference <= 2e-5);
         if (!(difference <= worst)) worst = difference;
     }
-    CHECK(bad == 0, "kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)", lc->n_head_kv,
-          lc->group, lc->head_dim, lc->type == TM_KV_F32 ? "f32" : "f16", lc->page_size, bad, (long long)q_floats, worst);
+    CHECK(bad == 0, "flash prefill (%d tiles of <= %d tokens): kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
+          n_tiles, tile_tokens, lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)pq_floats, worst);
+    cudaFree(d_pq), cudaFree(d_pout), cudaFree(d_positions), cudaFree(d_tiles), cudaFree(d_query_offsets);
+    free(positions), free(tiles), free(query_offsets), free(pq), free(p_expected), free(p_got);
     cudaFree(d_pool), cudaFree(d_q), cudaFree(d_out), cudaFree(d_tables), cudaFree(d_offsets), cudaFree(d_keys);
     free(q), free(expected), free(got), free(scores), free(tables);
     tm_kv_free(kv);
@@ -111,6 +173,7 @@ int main(void) {
         {8, 4, 128, TM_KV_F16, 4096}, /* 4 KiB rows: llama 70B's layout */
         {8, 4, 128, TM_KV_F16, 1024}, /* a row spans four pages */
         {2, 2, 256, TM_KV_F16, 4096}, /* head dim 256 */
+        {3, 3, 64, TM_KV_F32, 4096},  /* SmolLM2's group of 3 (tiles of 64 / 3 tokens) */
     };
     tm_rng_t rng;
     tm_rng_seed(&rng, 21);

@@ -3,11 +3,19 @@
  * blocks (random bytes, random finite scales): each output within 1e-5 of sum |w_i x_i| of a
  * float64 product over the CPU's dequantized weights (float32 accumulation in a different
  * order on the GPU), for shapes with an odd row count; the output is poisoned with NaN first, so
- * an unwritten row fails. Without a CUDA device it reports itself skipped (exit 77).
+ * an unwritten row fails. The batched decode GEMV (2, 5 and 16 activation rows against each
+ * weight read once) is held to the same 1e-5. The prefill GEMM (cuBLAS on tensor cores, 37 rows)
+ * rounds activations and dequantized weights to f16, so its bound is 2e-3 of sum |w_i x_i|
+ * (two roundings of 2^-11 each plus float32 accumulation), 8e-3 for bf16 weights (activations
+ * rounded to bf16, 2^-8), 1e-5 for f32 weights (SGEMM); its workspace is the minimum, so
+ * quantized weights go through several 128-row tiles.
+ * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
+
+#include <cublas_v2.h>
 
 #include "check.h"
 #include "kernels.h"
@@ -27,6 +35,8 @@ int main(void) {
     const int64_t shapes[][2] = {{37, 1024}, {300, 4096}};
     tm_rng_t rng;
     tm_rng_seed(&rng, 5);
+    cublasHandle_t cublas;
+    CHECK(cublasCreate(&cublas) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
         for (int s = 0; s < 2; s++) {
             const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
@@ -34,36 +44,57 @@ int main(void) {
             uint64_t row_bytes;
             tm_type_row_bytes(types[k], (uint64_t)cols, &row_bytes);
             uint8_t *w = malloc(row_bytes * (uint64_t)rows);
-            float *x = malloc((size_t)cols * sizeof *x), *y = malloc((size_t)rows * sizeof *y), *w_row = malloc((size_t)cols * sizeof *w_row);
+            const int max_tokens = 37;
+            float *x = malloc((size_t)cols * max_tokens * sizeof *x), *y = malloc((size_t)rows * max_tokens * sizeof *y);
+            double *w_rows = malloc((size_t)rows * cols * sizeof *w_rows);
+            float *w_row = malloc((size_t)cols * sizeof *w_row);
             test_random_blocks(&rng, types[k], w, rows * cols);
-            for (int64_t i = 0; i < cols; i++) x[i] = 2.0f * tm_rng_uniform(&rng) - 1.0f;
-            void *d_w, *d_x, *d_y;
-            CHECK(cudaMalloc(&d_w, row_bytes * (uint64_t)rows) == cudaSuccess && cudaMalloc(&d_x, (size_t)cols * 4) == cudaSuccess &&
-                      cudaMalloc(&d_y, (size_t)rows * 4) == cudaSuccess, "cudaMalloc");
-            cudaMemcpy(d_w, w, row_bytes * (uint64_t)rows, cudaMemcpyHostToDevice);
-            cudaMemcpy(d_x, x, (size_t)cols * 4, cudaMemcpyHostToDevice);
-            cudaMemset(d_y, 0xff, (size_t)rows * 4); /* NaN poison */
-            CHECK(tm_cuda_gemv((int)types[k], d_w, rows, cols, d_x, d_y, NULL) == 0, "%s launch", traits->name);
-            CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s kernel", traits->name);
-            cudaMemcpy(y, d_y, (size_t)rows * 4, cudaMemcpyDeviceToHost);
-            int bad = 0;
-            double worst = 0;
+            for (int64_t i = 0; i < cols * max_tokens; i++) x[i] = 2.0f * tm_rng_uniform(&rng) - 1.0f;
             for (int64_t r = 0; r < rows; r++) {
                 traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
-                double sum = 0, magnitude = 0;
-                for (int64_t i = 0; i < cols; i++) {
-                    sum += (double)w_row[i] * x[i];
-                    magnitude += fabs((double)w_row[i] * x[i]);
-                }
-                double error = fabs(y[r] - sum) / (magnitude + 1e-30);
-                if (!(error <= 1e-5)) bad++;
-                if (error > worst || error != error) worst = error;
+                for (int64_t i = 0; i < cols; i++) w_rows[r * cols + i] = w_row[i];
             }
-            CHECK(bad == 0, "%s %lldx%lld: %d rows outside 1e-5 (worst %.3g)", traits->name, (long long)rows, (long long)cols, bad,
-                  worst);
-            cudaFree(d_w), cudaFree(d_x), cudaFree(d_y);
-            free(w), free(x), free(y), free(w_row);
+            void *d_w, *d_x, *d_y, *d_workspace;
+            uint64_t workspace_bytes = tm_cuda_gemm_min_workspace(cols, max_tokens);
+            CHECK(cudaMalloc(&d_w, row_bytes * (uint64_t)rows) == cudaSuccess && cudaMalloc(&d_x, (size_t)cols * max_tokens * 4) == cudaSuccess &&
+                      cudaMalloc(&d_y, (size_t)rows * max_tokens * 4) == cudaSuccess && cudaMalloc(&d_workspace, workspace_bytes) == cudaSuccess,
+                  "cudaMalloc");
+            cudaMemcpy(d_w, w, row_bytes * (uint64_t)rows, cudaMemcpyHostToDevice);
+            cudaMemcpy(d_x, x, (size_t)cols * max_tokens * 4, cudaMemcpyHostToDevice);
+            const int token_counts[] = {1, 2, 5, 16, max_tokens};
+            for (int c = 0; c < 5; c++) {
+                int n = token_counts[c];
+                bool gemm = n > TM_CUDA_GEMV_MAX_TOKENS;
+                double bound = !gemm ? 1e-5 : types[k] == TM_TYPE_F32 ? 1e-5 : types[k] == TM_TYPE_BF16 ? 8e-3 : 2e-3;
+                cudaMemset(d_y, 0xff, (size_t)rows * n * 4); /* NaN poison */
+                int status = n == 1 ? tm_cuda_gemv((int)types[k], d_w, rows, cols, d_x, d_y, NULL)
+                             : !gemm ? tm_cuda_gemv_batched((int)types[k], d_w, rows, cols, d_x, n, d_y, NULL)
+                                     : tm_cuda_gemm(cublas, (int)types[k], d_w, rows, cols, d_x, n, d_y, d_workspace, workspace_bytes, NULL);
+                CHECK(status == 0, "%s x%d launch", traits->name, n);
+                CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s x%d kernel", traits->name, n);
+                cudaMemcpy(y, d_y, (size_t)rows * n * 4, cudaMemcpyDeviceToHost);
+                int bad = 0;
+                double worst = 0;
+                for (int j = 0; j < n; j++)
+                    for (int64_t r = 0; r < rows; r++) {
+                        double sum = 0, magnitude = 0;
+                        for (int64_t i = 0; i < cols; i++) {
+                            sum += w_rows[r * cols + i] * x[j * cols + i];
+                            magnitude += fabs(w_rows[r * cols + i] * x[j * cols + i]);
+                        }
+                        double error = fabs(y[j * rows + r] - sum) / (magnitude + 1e-30);
+                        if (!(error <= bound)) bad++;
+                        if (error > worst || error != error) worst = error;
+                    }
+                CHECK(bad == 0, "%s %lldx%lld, %d tokens (%s): %d outputs outside %g (worst %.3g)", traits->name, (long long)rows,
+                      (long long)cols, n, n == 1 ? "gemv" : gemm ? "gemm" : "batched gemv", bad, bound, worst);
+                if (gemm) printf("gemm %s %lldx%lld x%d: worst %.3g of sum |w x| (bound %g)\n", traits->name, (long long)rows, (long long)cols, n, worst, bound);
+            }
+            cudaFree(d_w), cudaFree(d_x), cudaFree(d_y), cudaFree(d_workspace);
+            free(w), free(x), free(y), free(w_row), free(w_rows);
         }
     CHECK(tm_cuda_gemv(TM_TYPE_Q4_K, NULL, 1, 100, NULL, NULL, NULL) != 0, "a row that is not whole blocks is refused");
+    CHECK(tm_cuda_gemv_batched(TM_TYPE_Q4_K, NULL, 1, 256, NULL, 17, NULL, NULL) != 0, "more than 16 tokens are refused");
+    cublasDestroy(cublas);
     return check_report("test_gemv_cuda");
 }

@@ -126,7 +126,7 @@ static int logits_command(int argc, char **argv) {
     tm_backend_cpu_options options = {pool, argc > 5 && !strcmp(argv[5], "fast") ? TM_PRECISION_FAST : TM_PRECISION_EXACT};
     tm_backend *backend;
 #ifdef TM_CUDA
-    if (cuda ? tm_backend_cuda_create(model, 0, &backend, &error) : tm_backend_cpu_create(model, &options, &backend, &error))
+    if (cuda ? tm_backend_cuda_create(model, NULL, &backend, &error) : tm_backend_cpu_create(model, &options, &backend, &error))
         return fail(error.message);
 #else
     if (cuda) return fail("this build has no CUDA backend");

@@ -1,0 +1,108 @@
+/*
+ * gemm.cu - the prefill matrix product on tensor cores: Y[T x rows] = X[T x cols] W^T through
+ * cuBLAS GemmEx (f16 or bf16 inputs, float32 accumulation and output). The activations are
+ * rounded once to the weight's 16-bit type; quantized weights are dequantized to f16 one row
+ * tile at a time into the caller's workspace (the tile is as large as the workspace allows),
+ * each tile multiplied as soon as it is ready. f32 weights go through SGEMM (no rounding).
+ *
+ * Cost: per tile, the dequantization writes and cuBLAS reads 2 bytes per weight element next to
+ * the ~0.56 bytes (q4_k) read from the GGUF blocks; at prefill sizes the product is
+ * compute-bound, so this costs little next to the 2 * T * rows * cols flops.
+ */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include "kernels.h"
+#include "quant.cuh"
+
+#define TILE_ROWS_MIN 128
+
+template <int TYPE>
+__global__ void dequantize_f16_kernel(const uint8_t *weights, int64_t rows, int64_t cols, __half *out) {
+    int64_t index = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (index >= rows * cols) return;
+    int64_t row = index / cols, i = index % cols;
+    const uint8_t *block = weights + row * (cols / traits<TYPE>::block * traits<TYPE>::bytes) + (i / traits<TYPE>::block) * traits<TYPE>::bytes;
+    out[index] = __float2half_rn(decode<TYPE>(block, (int)(i % traits<TYPE>::block)));
+}
+
+__global__ void to_half_kernel(const float *x, int64_t n, __half *out) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2half_rn(x[i]);
+}
+
+__global__ void to_bf16_kernel(const float *x, int64_t n, __nv_bfloat16 *out) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = __float2bfloat16_rn(x[i]);
+}
+
+static unsigned grid_for(int64_t n) { return (unsigned)((n + 255) / 256); }
+
+#define CHECK_CUBLAS(call)                                                                                       \
+    do {                                                                                                         \
+        cublasStatus_t tm_cublas_status_ = (call);                                                               \
+        if (tm_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                                        \
+            fprintf(stderr, "cuBLAS error %s in %s at %s:%d\n", cublasGetStatusString(tm_cublas_status_), #call,  \
+                    __FILE__, __LINE__);                                                                         \
+            return -(int)tm_cublas_status_;                                                                      \
+        }                                                                                                        \
+    } while (0)
+
+/* Y (col-major rows x T, ldc = ldc) = op(A)^T B for A a row-major tile of `rows` x cols. */
+static int gemm_16bit(cublasHandle_t handle, cudaDataType type, const void *a, int64_t rows, int64_t cols, const void *b,
+                      int n_tokens, float *y, int64_t ldc) {
+    const float one = 1.0f, zero = 0.0f;
+    CHECK_CUBLAS(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n_tokens, (int)cols, &one, a, type, (int)cols, b, type,
+                              (int)cols, &zero, y, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+extern "C" uint64_t tm_cuda_gemm_min_workspace(int64_t cols, int n_tokens) {
+    return (uint64_t)cols * 2 * ((uint64_t)n_tokens + TILE_ROWS_MIN);
+}
+
+extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens,
+                            float *y, void *workspace, uint64_t workspace_bytes, void *stream_pointer) {
+    cublasHandle_t handle = (cublasHandle_t)cublas;
+    cudaStream_t stream = (cudaStream_t)stream_pointer;
+    if (n_tokens < 1 || rows < 1 || cols < 1 || rows > INT32_MAX || cols > INT32_MAX) return cudaErrorInvalidValue;
+    CHECK_CUBLAS(cublasSetStream(handle, stream));
+    if (type == F32) {
+        const float one = 1.0f, zero = 0.0f;
+        CHECK_CUBLAS(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, n_tokens, (int)cols, &one, (const float *)weights,
+                                 (int)cols, x, (int)cols, &zero, y, (int)rows));
+        return 0;
+    }
+    const int64_t n_x = (int64_t)n_tokens * cols;
+    if (workspace_bytes < tm_cuda_gemm_min_workspace(cols, n_tokens)) return cudaErrorInvalidValue;
+    uint8_t *converted = (uint8_t *)workspace, *tile = converted + ((n_x * 2 + 255) / 256) * 256;
+    if (type == BF16) {
+        to_bf16_kernel<<<grid_for(n_x), 256, 0, stream>>>(x, n_x, (__nv_bfloat16 *)converted);
+        TM_CUDA_CHECK_LAUNCH();
+        return gemm_16bit(handle, CUDA_R_16BF, weights, rows, cols, converted, n_tokens, y, rows);
+    }
+    to_half_kernel<<<grid_for(n_x), 256, 0, stream>>>(x, n_x, (__half *)converted);
+    TM_CUDA_CHECK_LAUNCH();
+    if (type == F16) return gemm_16bit(handle, CUDA_R_16F, weights, rows, cols, converted, n_tokens, y, rows);
+    /* quantized: dequantize a row tile, multiply it, next tile */
+    const uint64_t tile_capacity = workspace_bytes - (uint64_t)(tile - converted);
+    int64_t tile_rows = (int64_t)(tile_capacity / ((uint64_t)cols * 2));
+    if (tile_rows > rows) tile_rows = rows;
+    if (tile_rows < 1) return cudaErrorInvalidValue;
+    int cublas_failure = 0;
+    cudaError_t status = dispatch_weight_type(type, [&](auto t) -> cudaError_t {
+        constexpr int TYPE = decltype(t)::value;
+        if (cols % traits<TYPE>::block) return cudaErrorInvalidValue;
+        const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
+        for (int64_t first = 0; first < rows; first += tile_rows) {
+            int64_t n_rows = rows - first < tile_rows ? rows - first : tile_rows;
+            dequantize_f16_kernel<TYPE><<<grid_for(n_rows * cols), 256, 0, stream>>>((const uint8_t *)weights + first * row_bytes,
+                                                                                     n_rows, cols, (__half *)tile);
+            TM_CUDA_CHECK_LAUNCH();
+            if ((cublas_failure = gemm_16bit(handle, CUDA_R_16F, tile, n_rows, cols, converted, n_tokens, y + first, rows)))
+                return cudaErrorUnknown;
+        }
+        return cudaSuccess;
+    });
+    return cublas_failure ? cublas_failure : (int)status;
+}

@@ -1,0 +1,154 @@
+/*
+ * sample.cu - token sampling on the GPU with the CPU sampler's exact semantics (engine/sampler.c):
+ * repetition penalty, then greedy (temperature <= 0: argmax, lowest id on ties) or top-k, top-p,
+ * min-p, temperature and a draw with the host's uniform number, in the CPU's order and
+ * arithmetic. Candidates are ranked by the total order (logit descending, id ascending) encoded
+ * as one 64-bit key, so "the k best" is exact: the k-th largest key is found by bisection over
+ * block-wide counts, the k survivors are compacted and bitonic-sorted in shared memory, and one
+ * thread then runs the CPU's cumulative loops over them in float64. Hence the same logits,
+ * parameters and uniform give the CPU's token, except where a float64 sum lands within rounding
+ * of a top-p or draw boundary. One block of 1024 threads per row; top_k must be in 1..1024.
+ */
+#include "kernels.h"
+#include "common.cuh"
+
+#define THREADS 1024
+
+__device__ __forceinline__ uint64_t rank_key(float logit, int id) {
+    uint32_t bits = __float_as_uint(logit);
+    bits ^= (bits >> 31) ? 0xFFFFFFFFu : 0x80000000u; /* order-preserving float -> unsigned */
+    return (uint64_t)bits << 32 | (uint32_t)(0xFFFFFFFFu - (uint32_t)id);
+}
+__device__ __forceinline__ int key_id(uint64_t key) { return (int)(0xFFFFFFFFu - (uint32_t)key); }
+
+/* Sum of one int per thread over the block (all threads must call). */
+__device__ int block_count(int value, int *scratch) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = value;
+    __syncthreads();
+    int total = 0;
+    for (int w = 0; w < THREADS / 32; w++) total += scratch[w];
+    return total;
+}
+
+__global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows,
+                                                         const int32_t *penalized, int32_t *tokens) {
+    __shared__ uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
+    __shared__ double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
+    __shared__ int scratch[THREADS / 32];
+    __shared__ float best_value[THREADS / 32];
+    __shared__ int best_id[THREADS / 32], n_selected;
+    const tm_cuda_sampling p = rows[blockIdx.x];
+    float *logits = logits_all + (int64_t)blockIdx.x * n_vocab;
+    const int tid = threadIdx.x;
+    /* repetition penalty: the host lists each id of the window once */
+    if (p.repetition_penalty != 1.0f && p.repetition_penalty > 0)
+        for (int i = tid; i < p.n_penalized; i += THREADS) {
+            int id = penalized[p.penalized_offset + i];
+            if (id >= 0 && id < n_vocab) logits[id] = logits[id] > 0 ? logits[id] / p.repetition_penalty : logits[id] * p.repetition_penalty;
+        }
+    __syncthreads();
+    if (p.temperature <= 0) { /* argmax, lowest id on ties */
+        float value = -INFINITY;
+        int id = n_vocab;
+        for (int i = tid; i < n_vocab; i += THREADS)
+            if (logits[i] > value || id == n_vocab) value = logits[i], id = i;
+        for (int offset = 16; offset > 0; offset /= 2) {
+            float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
+            int other_id = __shfl_xor_sync(0xffffffffu, id, offset);
+            if (other_value > value || (other_value == value && other_id < id)) value = other_value, id = other_id;
+        }
+        if (tid % 32 == 0) best_value[tid / 32] = value, best_id[tid / 32] = id;
+        __syncthreads();
+        if (tid == 0) {
+            for (int w = 1; w < THREADS / 32; w++)
+                if (best_value[w] > value || (best_value[w] == value && best_id[w] < id)) value = best_value[w], id = best_id[w];
+            tokens[blockIdx.x] = id < n_vocab ? id : 0;
+        }
+        return;
+    }
+    if (p.top_k < 1 || p.top_k > TM_CUDA_SAMPLE_MAX_TOP_K) {
+        if (tid == 0) tokens[blockIdx.x] = -1; /* the host samples such rows itself */
+        return;
+    }
+    const int k = min(p.top_k, n_vocab);
+    /* the k-th largest key: the largest threshold with at least k keys at or above it */
+    uint64_t low = 0, high = ~0ull;
+    while (low < high) {
+        uint64_t middle = low + (high - low) / 2 + 1;
+        int count = 0;
+        for (int i = tid; i < n_vocab; i += THREADS) count += rank_key(logits[i], i) >= middle;
+        if (block_count(count, scratch) >= k) low = middle;
+        else high = middle - 1;
+    }
+    if (tid == 0) n_selected = 0;
+    keys[tid] = 0; /* padding sorts last: every real key is above 0 */
+    __syncthreads();
+    for (int i = tid; i < n_vocab; i += THREADS) {
+        uint64_t key = rank_key(logits[i], i);
+        if (key >= low) keys[atomicAdd(&n_selected, 1)] = key;
+    }
+    __syncthreads();
+    /* bitonic sort, descending */
+    for (int size = 2; size <= TM_CUDA_SAMPLE_MAX_TOP_K; size *= 2)
+        for (int stride = size / 2; stride > 0; stride /= 2) {
+            int partner = tid ^ stride;
+            if (partner > tid) {
+                bool descending = (tid & size) == 0;
+                uint64_t a = keys[tid], b = keys[partner];
+                if ((a < b) == descending) keys[tid] = b, keys[partner] = a;
+            }
+            __syncthreads();
+        }
+    const int n = k;
+    const double best = logits[key_id(keys[0])];
+    if (tid < n) weights[tid] = exp((double)logits[key_id(keys[tid])] - best);
+    __syncthreads();
+    if (tid != 0) return;
+    /* the CPU's loops, in its order */
+    int keep = n;
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += weights[i];
+    if (p.top_p > 0 && p.top_p < 1) {
+        double cumulative = 0;
+        for (int i = 0; i < n; i++) {
+            cumulative += weights[i] / sum;
+            if (cumulative >= p.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+    }
+    if (p.min_p > 0) {
+        float threshold = (float)best + logf(p.min_p);
+        int kept = 1;
+        while (kept < keep && logits[key_id(keys[kept])] >= threshold) kept++;
+        keep = kept;
+    }
+    double total = 0;
+    for (int i = 0; i < keep; i++) {
+        float w = (float)exp(((double)logits[key_id(keys[i])] - best) / p.temperature);
+        weights[i] = w;
+        total += w;
+    }
+    double draw = p.uniform * total, acc = 0;
+    int chosen = key_id(keys[keep - 1]);
+    for (int i = 0; i < keep; i++) {
+        acc += weights[i];
+        if (draw < acc) {
+            chosen = key_id(keys[i]);
+            break;
+        }
+    }
+    tokens[blockIdx.x] = chosen;
+}
+
+extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, const int32_t *penalized,
+                              int32_t *tokens, void *stream) {
+    if (n_rows == 0) return cudaSuccess;
+    if (n_vocab < 1) return cudaErrorInvalidValue;
+    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, penalized, tokens);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}

@@ -1,0 +1,145 @@
+/*
+ * test_engine_cuda.c - the engine on the GPU, end to end through its public API, on the
+ * synthetic SmolLM2-135M shape (q8_0 weights, f16 KV): six requests with different prompts,
+ * seeds and sampling (temperature, top-k, top-p, min-p, repetition penalty; one greedy) run
+ * with continuous batching: at most 4 sequences, prefill chunks of 48 tokens mixed with decode
+ * tokens, and a KV pool small enough that requests are preempted and recomputed.
+ * Run A samples on the GPU and replays decode steps as CUDA graphs; run B copies logits back,
+ * samples on the CPU and launches kernel by kernel. Both compute the same logits bit for bit
+ * (same kernels, same order), and GPU sampling follows the CPU sampler exactly, so every
+ * request's tokens must be identical; A must have sampled on the GPU and B not, and the device
+ * memory accounting must be filled in (weights = the model's bytes, KV, activations, workspace).
+ * Last, a KV pool larger than the device (20 M pages of 4 KiB, ~82 GB) must fail the first step
+ * with TM_ERR_NO_MEMORY naming the KV pages and the bytes, not crash.
+ * Skipped without a CUDA device (exit 77).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "kernels.h"
+#include "tensormesh.h"
+
+#define SKIPPED 77
+#define REQUESTS 6
+#define MAX_TOKENS 40
+
+typedef struct run_output {
+    int32_t tokens[REQUESTS][MAX_TOKENS];
+    int counts[REQUESTS];
+    int preemptions;
+    tm_engine_stats stats;
+} run_output;
+
+static bool run(bool device_sampling_and_graphs, run_output *out) {
+    tm_engine_options options;
+    tm_engine_options_default(&options);
+    options.synthetic = "smollm2-135m:q8_0";
+    options.device = "cuda";
+    options.max_sequences = 4;
+    options.max_batch_tokens = 48;
+    options.n_ctx = 256;
+    /* SmolLM2 f16 rows: 5 per page, 30 layers; requests of 50..145 tokens */
+    options.kv_page_size = 4096;
+    options.kv_pages = 1400; /* the four longest-running requests would need 1920 */
+    options.host_sampling = !device_sampling_and_graphs;
+    options.no_cuda_graphs = !device_sampling_and_graphs;
+    tm_engine *engine = NULL;
+    tm_error_t error = {0};
+    if (tm_engine_create(&options, &engine, &error)) {
+        CHECK(0, "engine: %s", error.message);
+        return false;
+    }
+    int ids[REQUESTS];
+    for (int i = 0; i < REQUESTS; i++) {
+        tm_request_params params;
+        tm_request_params_default(&params);
+        int32_t prompt[120];
+        int n_prompt = 10 + 19 * i;
+        for (int k = 0; k < n_prompt; k++) prompt[k] = (int32_t)((k * 131 + i * 977 + 7) % 49152);
+        params.prompt = NULL;
+        params.prompt_tokens = prompt;
+        params.n_prompt_tokens = n_prompt;
+        params.max_tokens = MAX_TOKENS;
+        params.ignore_eos = true;
+        params.sampling.seed = 100 + i;
+        if (i > 0) {
+            params.sampling.temperature = 0.6f + 0.2f * i;
+            params.sampling.top_k = i == 5 ? 1024 : 20 + 10 * i;
+            params.sampling.top_p = i % 2 ? 0.9f : 1.0f;
+            params.sampling.min_p = i == 4 ? 0.05f : 0;
+            params.sampling.repetition_penalty = i == 3 ? 1.3f : 1.0f;
+        }
+        CHECK(!tm_engine_submit(engine, &params, &ids[i], &error), "submit: %s", error.message);
+    }
+    int steps = 0;
+    tm_status s = TM_OK;
+    while (!s && tm_engine_busy(engine) && steps++ < 5000) s = tm_engine_step(engine, &error);
+    CHECK(!s, "step: %s", error.message);
+    out->preemptions = 0;
+    for (int i = 0; i < REQUESTS; i++) {
+        const int32_t *tokens;
+        out->counts[i] = tm_engine_request_tokens(engine, ids[i], &tokens);
+        memcpy(out->tokens[i], tokens, (size_t)(out->counts[i] < MAX_TOKENS ? out->counts[i] : MAX_TOKENS) * 4);
+        tm_request_info info;
+        tm_engine_request_info(engine, ids[i], &info);
+        out->preemptions += info.preemptions;
+    }
+    tm_engine_get_stats(engine, &out->stats);
+    tm_engine_free(engine);
+    return !s;
+}
+
+int main(void) {
+    char device[256];
+    if (!tm_cuda_device_name(device, sizeof device)) {
+        printf("test_engine_cuda: skipped: no CUDA device\n");
+        return SKIPPED;
+    }
+    printf("device: %s\n", device);
+    static run_output a, b;
+    if (run(true, &a) && run(false, &b)) {
+        for (int i = 0; i < REQUESTS; i++) {
+            CHECK(a.counts[i] == MAX_TOKENS && b.counts[i] == MAX_TOKENS, "request %d: %d and %d tokens", i, a.counts[i], b.counts[i]);
+            int same = 0;
+            while (same < MAX_TOKENS && a.tokens[i][same] == b.tokens[i][same]) same++;
+            CHECK(same == MAX_TOKENS, "request %d: GPU sampling + graphs depart from CPU sampling at token %d", i, same);
+        }
+        printf("preemptions: %d (GPU sampling) and %d (host sampling); GPU-sampled tokens %lld and %lld\n", a.preemptions,
+               b.preemptions, (long long)a.stats.device_sampled_tokens, (long long)b.stats.device_sampled_tokens);
+        CHECK(a.preemptions > 0, "the KV pool is small enough to preempt");
+        CHECK(a.stats.device_sampled_tokens == REQUESTS * MAX_TOKENS, "run A sampled every token on the GPU");
+        CHECK(b.stats.device_sampled_tokens == 0, "run B sampled on the CPU");
+        printf("device memory: weights %llu, KV %llu, activations %llu, workspace %llu bytes\n",
+               (unsigned long long)a.stats.device_weight_bytes, (unsigned long long)a.stats.device_kv_bytes,
+               (unsigned long long)a.stats.device_activation_bytes, (unsigned long long)a.stats.device_workspace_bytes);
+        CHECK(a.stats.device_weight_bytes >= a.stats.weight_bytes, "weights on the device (%llu) hold the model's %llu bytes",
+              (unsigned long long)a.stats.device_weight_bytes, (unsigned long long)a.stats.weight_bytes);
+        CHECK(a.stats.device_kv_bytes >= (uint64_t)1400 * 4096, "KV accounted");
+        CHECK(a.stats.device_activation_bytes > 0 && a.stats.device_workspace_bytes > 0, "activations and workspace accounted");
+    }
+    /* out of device memory: a clear status at the first step */
+    tm_engine_options options;
+    tm_engine_options_default(&options);
+    options.synthetic = "smollm2-135m:q8_0";
+    options.device = "cuda";
+    options.kv_pages = 20000000;
+    tm_engine *engine = NULL;
+    tm_error_t error = {0};
+    tm_status s = tm_engine_create(&options, &engine, &error);
+    if (!s) {
+        tm_request_params params;
+        tm_request_params_default(&params);
+        int32_t prompt[4] = {1, 2, 3, 4};
+        params.prompt_tokens = prompt;
+        params.n_prompt_tokens = 4;
+        int id;
+        s = tm_engine_submit(engine, &params, &id, &error);
+        if (!s) s = tm_engine_step(engine, &error);
+        tm_engine_free(engine);
+    }
+    printf("oversized KV pool: %s: %s\n", tm_status_name(s), error.message);
+    CHECK(s == TM_ERR_NO_MEMORY && strstr(error.message, "KV pages") && strstr(error.message, "81920000000"),
+          "an oversized KV pool is TM_ERR_NO_MEMORY naming what and how much");
+    return check_report("test_engine_cuda");
+}

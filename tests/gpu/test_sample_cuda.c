@@ -1,0 +1,122 @@
+/*
+ * test_sample_cuda.c - GPU sampling against the CPU sampler (engine/sampler.c) on random logits:
+ * for each parameter set (greedy; top-k 1, 40, 200, 1024 and above the vocabulary; top-p;
+ * min-p; temperatures 0.7 to 1.5; repetition penalty over a history with repeats) and 64 rows
+ * each, the GPU is given the same uniform draw the CPU sampler takes from its generator, and the
+ * chosen tokens must be identical. The bound is exact equality: both sides rank candidates by
+ * the same total order and run the same float64 loops, so they could differ only where a draw
+ * or the top-p threshold falls within a few ulps of a cumulative boundary (probability ~1e-15
+ * per row here). One set quantizes logits to steps of 0.5, so ties are many and the id
+ * tie-break is exercised. Skipped without a CUDA device (exit 77).
+ */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "kernels.h"
+#include "sampler.h"
+
+#define SKIPPED 77
+#define ROWS 64
+
+typedef struct sample_case {
+    const char *name;
+    int n_vocab;
+    tm_sampling params;
+    bool ties;
+    int history; /* tokens of history (penalty) */
+} sample_case;
+
+int main(void) {
+    char device[256];
+    if (!tm_cuda_device_name(device, sizeof device)) {
+        printf("test_sample_cuda: skipped: no CUDA device\n");
+        return SKIPPED;
+    }
+    printf("device: %s\n", device);
+    /* temperature, top_k, top_p, min_p, repetition_penalty, penalty_last_n, seed */
+    const sample_case cases[] = {
+        {"greedy", 32000, {0, 0, 1, 0, 1, 0, 0}, false, 0},
+        {"greedy, ties", 32000, {0, 0, 1, 0, 1, 0, 0}, true, 0},
+        {"top-k 1", 32000, {1.0f, 1, 1, 0, 1, 0, 0}, false, 0},
+        {"top-k 40", 49152, {1.0f, 40, 1, 0, 1, 0, 0}, false, 0},
+        {"top-k 40, ties", 49152, {1.0f, 40, 1, 0, 1, 0, 0}, true, 0},
+        {"top-k 1024 top-p 0.9 t 0.7", 128256, {0.7f, 1024, 0.9f, 0, 1, 0, 0}, false, 0},
+        {"top-k 200 min-p 0.05 t 1.5", 32000, {1.5f, 200, 1, 0.05f, 1, 0, 0}, false, 0},
+        {"top-k 50 top-p 0.95 penalty 1.3", 32000, {0.8f, 50, 0.95f, 0, 1.3f, 0, 0}, false, 64},
+        {"greedy penalty 1.3", 32000, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64},
+        {"top-k above vocabulary", 100, {1.0f, 1024, 0.8f, 0, 1, 0, 0}, false, 0},
+    };
+    tm_rng_t rng;
+    tm_rng_seed(&rng, 33);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const sample_case *sc = &cases[c];
+        const int V = sc->n_vocab;
+        float *logits = malloc((size_t)ROWS * V * 4), *scratch = malloc((size_t)V * 4);
+        tm_sampler_candidate *candidates = malloc((size_t)V * sizeof *candidates);
+        tm_cuda_sampling rows[ROWS];
+        int32_t histories[ROWS][64], distinct[ROWS * 64], expected[ROWS], got[ROWS];
+        int n_distinct = 0;
+        for (int r = 0; r < ROWS; r++) {
+            for (int i = 0; i < V; i++) {
+                /* a sum of uniforms: roughly normal, spread like real logits */
+                float value = 4.0f * (tm_rng_uniform(&rng) + tm_rng_uniform(&rng) + tm_rng_uniform(&rng) - 1.5f);
+                logits[(size_t)r * V + i] = sc->ties ? roundf(value * 2) / 2 : value;
+            }
+            int offset = n_distinct;
+            for (int h = 0; h < sc->history; h++) {
+                /* history: often the row's best tokens, with repeats */
+                histories[r][h] = (int32_t)(tm_rng_next(&rng) % (uint64_t)(h % 3 == 0 ? 8 : V));
+                bool seen = false;
+                for (int k = offset; k < n_distinct && !seen; k++) seen = distinct[k] == histories[r][h];
+                if (!seen) distinct[n_distinct++] = histories[r][h];
+            }
+            tm_rng_t draw = rng; /* the CPU sampler's one draw, taken from a copy */
+            double uniform = sc->params.temperature > 0 ? tm_rng_uniform(&draw) : 0;
+            memcpy(scratch, logits + (size_t)r * V, (size_t)V * 4);
+            tm_rng_t cpu_rng = rng;
+            expected[r] = tm_sample(&sc->params, scratch, V, histories[r], sc->history, &cpu_rng, candidates);
+            rows[r] = (tm_cuda_sampling){sc->params.temperature, sc->params.top_p, sc->params.min_p, sc->params.repetition_penalty,
+                                         sc->params.top_k, n_distinct - offset, offset, 0, uniform};
+            tm_rng_next(&rng);
+        }
+        void *d_logits, *d_rows, *d_distinct, *d_tokens;
+        cudaMalloc(&d_logits, (size_t)ROWS * V * 4), cudaMalloc(&d_rows, sizeof rows), cudaMalloc(&d_distinct, sizeof distinct);
+        cudaMalloc(&d_tokens, sizeof got);
+        cudaMemcpy(d_logits, logits, (size_t)ROWS * V * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(d_rows, rows, sizeof rows, cudaMemcpyHostToDevice);
+        cudaMemcpy(d_distinct, distinct, sizeof distinct, cudaMemcpyHostToDevice);
+        cudaMemset(d_tokens, 0xff, sizeof got);
+        CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, d_distinct, d_tokens, NULL) == 0, "%s: launch", sc->name);
+        CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s: kernel", sc->name);
+        cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
+        int differ = 0, first = -1;
+        for (int r = 0; r < ROWS; r++)
+            if (got[r] != expected[r]) differ++, first = first < 0 ? r : first;
+        CHECK(differ == 0, "%s: %d of %d rows differ (row %d: GPU %d, CPU %d)", sc->name, differ, ROWS, first, first >= 0 ? got[first] : 0,
+              first >= 0 ? expected[first] : 0);
+        int distinct_tokens = 0;
+        for (int r = 0; r < ROWS; r++) {
+            bool seen = false;
+            for (int k = 0; k < r && !seen; k++) seen = expected[k] == expected[r];
+            distinct_tokens += !seen;
+        }
+        printf("%-34s %d rows identical to the CPU sampler (%d distinct tokens)\n", sc->name, ROWS - differ, distinct_tokens);
+        cudaFree(d_logits), cudaFree(d_rows), cudaFree(d_distinct), cudaFree(d_tokens);
+        free(logits), free(scratch), free(candidates);
+    }
+    /* a row whose top_k the kernel cannot take is reported, not guessed */
+    tm_cuda_sampling unsupported = {1.0f, 1, 0, 1, 0, 0, 0, 0, 0.5};
+    void *d_logits, *d_row, *d_token;
+    int32_t token = 0;
+    cudaMalloc(&d_logits, 400), cudaMalloc(&d_row, sizeof unsupported), cudaMalloc(&d_token, 4);
+    cudaMemset(d_logits, 0, 400);
+    cudaMemcpy(d_row, &unsupported, sizeof unsupported, cudaMemcpyHostToDevice);
+    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, NULL, d_token, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess, "launch");
+    cudaMemcpy(&token, d_token, 4, cudaMemcpyDeviceToHost);
+    CHECK(token == -1, "top_k 0 with temperature > 0 gives -1 (got %d)", token);
+    cudaFree(d_logits), cudaFree(d_row), cudaFree(d_token);
+    return check_report("test_sample_cuda");
+}
