@@ -79,6 +79,8 @@ typedef struct tm_backend_cuda_options {
     int max_context;      /* longest sequence (tokens) the device page tables and the decode key
                            * splits are sized for; 0: all the KV pool could give one sequence */
     bool graphs;          /* capture decode steps as CUDA graphs, one per batch size (default on) */
+    tm_precision precision; /* FAST (default): 8-bit activations for k-quant decode products and
+                             * 16-bit for f16/bf16 weights, as llama.cpp; EXACT: float activations */
 } tm_backend_cuda_options;
 void tm_backend_cuda_options_default(tm_backend_cuda_options *options);
 

@@ -13,8 +13,13 @@
  *   offsets, logits rows, attention tiles) into one pinned staging buffer and copies it with one
  *   transfer; page tables are mirrored incrementally (tm_kv_seq_take_unchanged: only entries
  *   that changed are copied, one 2-D copy per sequence).
- * - Matrix products: one token: GEMV; 2..16 tokens: the batched GEMV reading each weight once;
- *   more: cuBLAS GEMM on tensor cores (quantized weights dequantized to f16 in row tiles).
+ * - Matrix products, fast precision (the default): q4_k/q6_k weights with 1..16 tokens use the
+ *   8-bit integer kernels (activations quantized to q8_1 once per input, shared by the products
+ *   that read it); f16/bf16 weights go through cuBLAS at every batch size (activations rounded
+ *   to 16 bits). Exact precision (float activations, the reference): one token: GEMV; 2..16:
+ *   the batched GEMV reading each weight once. Both: more than 16 tokens run cuBLAS GEMM on
+ *   tensor cores (quantized weights dequantized to f16 in row tiles), other types the float
+ *   kernels.
  * - Attention: a batch whose tokens are each alone in their sequence (decode) uses the paged
  *   decode kernel split over keys; a batch with runs of tokens of one sequence (prefill) uses
  *   flash attention over tiles of those runs.
@@ -53,6 +58,7 @@
     } while (0)
 
 #define GEMM_TILE_BYTES (64ull << 20) /* dequantized f16 weight tile of the prefill GEMM */
+#define CUBLAS_WORKSPACE_BYTES (32ull << 20) /* fixed, so cuBLAS calls can be captured in graphs */
 #define SPLIT_KEYS_MIN 256            /* decode attention: keys per split at least this */
 #define MAX_SPLITS 32
 
@@ -93,8 +99,9 @@ typedef struct cuda_backend {
     void *host_staging, *device_staging;
     step_inputs host_in, device_in;
     /* workspace */
-    void *gemm_workspace;
+    void *gemm_workspace, *cublas_workspace;
     uint64_t gemm_workspace_bytes;
+    void *q8;                  /* activations as q8_1 for the fast decode products */
     float *partials;
     tm_cuda_sampling *sample_rows, *host_sample_rows;
     int32_t *sampled, *penalized, *host_penalized;
@@ -110,6 +117,7 @@ void tm_backend_cuda_options_default(tm_backend_cuda_options *options) {
     options->device = 0;
     options->max_context = 0;
     options->graphs = true;
+    options->precision = TM_PRECISION_FAST;
 }
 
 /* ---- memory -------------------------------------------------------------------------------- */
@@ -140,11 +148,12 @@ static void drop_graphs(cuda_backend *b) {
 static void free_activations(cuda_backend *b) {
     drop_graphs(b);
     cudaFree(b->activation_block), cudaFree(b->device_staging), cudaFreeHost(b->host_staging);
-    cudaFree(b->gemm_workspace), cudaFree(b->partials), cudaFree(b->sample_rows), cudaFree(b->sampled);
+    cudaFree(b->gemm_workspace), cudaFree(b->partials), cudaFree(b->sample_rows), cudaFree(b->sampled), cudaFree(b->q8);
     free(b->host_sample_rows);
-    b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = NULL;
+    b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = b->q8 = NULL;
     b->partials = NULL, b->sample_rows = b->host_sample_rows = NULL, b->sampled = NULL;
-    b->memory.activations = b->memory.workspace = 0;
+    b->memory.activations = 0;
+    b->memory.workspace = b->cublas_workspace ? CUBLAS_WORKSPACE_BYTES : 0; /* it lives as long as the backend */
     b->capacity = 0;
     /* the penalized-id buffers are workspace too */
     cudaFree(b->penalized), free(b->host_penalized);
@@ -154,6 +163,7 @@ static void free_activations(cuda_backend *b) {
 static void release(cuda_backend *b) {
     free_activations(b);
     cudaFree(b->arena), cudaFree(b->kv_pool), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror);
+    cudaFree(b->cublas_workspace);
     if (b->cublas) cublasDestroy(b->cublas);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b->layers), free(b->seen_step);
@@ -240,12 +250,14 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
         ins[i]->tiles = ins[i]->logit_rows + T;
     }
     /* workspace */
-    if (n_tokens > TM_CUDA_GEMV_MAX_TOKENS) {
-        uint64_t widest = (uint64_t)TM_MAX(TM_MAX(c->n_embd, c->n_ff), (int)q_dim);
-        b->gemm_workspace_bytes = aligned(T * widest * 2) + TM_MAX(GEMM_TILE_BYTES, tm_cuda_gemm_min_workspace((int64_t)widest, 1));
-        if ((s = device_alloc(b, &b->gemm_workspace, b->gemm_workspace_bytes, &b->memory.workspace, "GEMM workspace", error)))
-            return s;
-    }
+    /* GEMM: the activations as 16-bit for any batch (cuBLAS), plus a dequantized weight tile
+     * when prefill batches (more than 16 tokens) come */
+    uint64_t widest = (uint64_t)TM_MAX(TM_MAX(c->n_embd, c->n_ff), (int)q_dim);
+    uint64_t tile = n_tokens > TM_CUDA_GEMV_MAX_TOKENS ? GEMM_TILE_BYTES : 0;
+    b->gemm_workspace_bytes = aligned(T * widest * 2) + TM_MAX(tile, tm_cuda_gemm_min_workspace((int64_t)widest, 1));
+    if ((s = device_alloc(b, &b->gemm_workspace, b->gemm_workspace_bytes, &b->memory.workspace, "GEMM workspace", error))) return s;
+    uint64_t q8_bytes = tm_cuda_q8_1_bytes((int64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS) * (int64_t)widest);
+    if ((s = device_alloc(b, &b->q8, q8_bytes, &b->memory.workspace, "quantized activations", error))) return s;
     uint64_t decode_tokens = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS);
     uint64_t partial_bytes = decode_tokens * c->n_head * b->n_splits * (c->head_dim + 2) * sizeof(float);
     if ((s = device_alloc(b, (void **)&b->partials, partial_bytes, &b->memory.workspace, "attention partials", error))) return s;
@@ -290,17 +302,58 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
 
 /* ---- the forward pass ------------------------------------------------------------------------ */
 
-static tm_status matmul(cuda_backend *b, const device_weight *w, const float *x, int n, float *y, tm_error_t *error) {
-    if (n <= TM_CUDA_GEMV_MAX_TOKENS)
+/* y = W x for n tokens. *x_q8: whether b->q8 already holds x quantized (products that read
+ * the same input share one quantization); the caller resets it when x changes. */
+static tm_status matmul(cuda_backend *b, const device_weight *w, const float *x, int n, float *y, bool *x_q8, tm_error_t *error) {
+    const bool fast = b->options.precision == TM_PRECISION_FAST;
+    if (n <= TM_CUDA_GEMV_MAX_TOKENS && fast && tm_cuda_gemv_q8_supported(w->type) && w->cols % 256 == 0) {
+        if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, (int64_t)n * w->cols, b->q8, b->stream));
+        *x_q8 = true;
+        CHECK_KERNEL(tm_cuda_gemv_q8(w->type, w->data, w->rows, w->cols, b->q8, n, y, b->stream));
+    } else if (n > TM_CUDA_GEMV_MAX_TOKENS || (fast && (w->type == TM_TYPE_F16 || w->type == TM_TYPE_BF16))) {
+        CHECK_KERNEL(tm_cuda_gemm(b->cublas, w->type, w->data, w->rows, w->cols, x, n, y, b->gemm_workspace, b->gemm_workspace_bytes,
+                                  b->stream));
+    } else {
         CHECK_KERNEL(tm_cuda_gemv_batched(w->type, w->data, w->rows, w->cols, x, n, y, b->stream));
-    else
-        CHECK_KERNEL(tm_cuda_gemm(b->cublas, w->type, w->data, w->rows, w->cols, x, n, y, b->gemm_workspace,
-                                  b->gemm_workspace_bytes, b->stream));
+    }
     return TM_OK;
 }
 
+static bool takes_q8(const cuda_backend *b, const device_weight *w, int n);
+
+/* Products of several weights with one input (Q/K/V, gate/up): one launch when every weight
+ * takes the 8-bit path, else one product each. */
+static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
+                              bool *x_q8, tm_error_t *error) {
+    bool together = true;
+    for (int i = 0; i < n_parts; i++) together = together && takes_q8(b, w[i], n) && w[i]->cols == w[0]->cols;
+    if (together) {
+        if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, (int64_t)n * w[0]->cols, b->q8, b->stream));
+        *x_q8 = true;
+        tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
+        for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
+        int status = tm_cuda_gemv_q8_parts(parts, n_parts, w[0]->cols, b->q8, n, b->stream);
+        if (status == 0) return TM_OK;
+        if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
+    }
+    for (int i = 0; i < n_parts; i++) {
+        tm_status s = matmul(b, w[i], x, n, y[i], x_q8, error);
+        if (s) return s;
+    }
+    return TM_OK;
+}
+
+/* Whether y = W x for n tokens takes the 8-bit path (so x should be quantized where made). */
+static bool takes_q8(const cuda_backend *b, const device_weight *w, int n) {
+    return b->options.precision == TM_PRECISION_FAST && n <= TM_CUDA_GEMV_MAX_TOKENS && tm_cuda_gemv_q8_supported(w->type) &&
+           w->cols % 256 == 0;
+}
+
 /* Every launch of one forward pass over T tokens (n_tiles > 0: flash attention over the tiles,
- * else decode attention) and the LM head over n_out gathered rows: what a graph captures. */
+ * else decode attention) and the LM head over n_out gathered rows: what a graph captures.
+ * Per layer: [residual add +] norm [+ quantize], Q/K/V products, rope + KV append, attention,
+ * output product, residual add + norm [+ quantize], gate/up products, SwiGLU [+ quantize], down
+ * product; the last residual add is fused into the final norm. */
 static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, int kv_f32, uint32_t page_size, tm_error_t *error) {
     const tm_model_config *c = &b->model->config;
     const int D = c->n_embd;
@@ -308,21 +361,20 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     cudaStream_t stream = b->stream;
     tm_status s;
     CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, in->tokens, T, b->x, stream));
+    const float *pending_delta = NULL; /* the down product's output, added by the next norm */
     for (int l = 0; l < c->n_layer; l++) {
         const device_weight *w = &b->layers[(size_t)l * 9];
         const float *attn_norm = w[0].data, *ffn_norm = w[5].data;
         const int32_t *pages = b->page_mirror + (int64_t)l * b->max_pages;
         /* attention block */
-        CHECK_KERNEL(tm_cuda_rmsnorm(b->xb, b->x, attn_norm, T, D, c->rms_norm_eps, stream));
-        if ((s = matmul(b, &w[1], b->xb, T, b->q, error)) || (s = matmul(b, &w[2], b->xb, T, b->k, error)) ||
-            (s = matmul(b, &w[3], b->xb, T, b->v, error)))
-            return s;
-        CHECK_KERNEL(tm_cuda_rope(b->q, T, c->n_head, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
-                                  in->positions, stream));
-        CHECK_KERNEL(tm_cuda_rope(b->k, T, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
-                                  in->positions, stream));
-        CHECK_KERNEL(tm_cuda_kv_append(b->k, b->v, T, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size, pages,
-                                       in->page_offsets, in->positions, stream));
+        bool xb_q8 = takes_q8(b, &w[1], T), att_q8 = false, gate_q8 = takes_q8(b, &w[8], T);
+        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, pending_delta, attn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL, stream));
+        const device_weight *qkv[3] = {&w[1], &w[2], &w[3]};
+        float *qkv_out[3] = {b->q, b->k, b->v};
+        if ((s = matmul_parts(b, qkv, qkv_out, 3, b->xb, T, &xb_q8, error))) return s;
+        CHECK_KERNEL(tm_cuda_rope_kv_append(b->q, b->k, b->v, T, c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base,
+                                            c->rope_freq_scale, b->rope_freqs, b->kv_pool, kv_f32, page_size, pages, in->page_offsets,
+                                            in->positions, stream));
         if (n_tiles)
             CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->positions, in->tiles, n_tiles, stream));
@@ -330,20 +382,24 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
             CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
                                                  b->keys_per_split, b->partials, stream));
-        if ((s = matmul(b, &w[4], b->att, T, b->delta, error))) return s;
-        CHECK_KERNEL(tm_cuda_add(b->x, b->delta, (int64_t)T * D, stream));
+        if ((s = matmul(b, &w[4], b->att, T, b->delta, &att_q8, error))) return s;
         /* feed-forward block */
-        CHECK_KERNEL(tm_cuda_rmsnorm(b->xb, b->x, ffn_norm, T, D, c->rms_norm_eps, stream));
-        if ((s = matmul(b, &w[6], b->xb, T, b->gate, error)) || (s = matmul(b, &w[7], b->xb, T, b->up, error))) return s;
-        CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
-        if ((s = matmul(b, &w[8], b->gate, T, b->delta, error))) return s;
-        CHECK_KERNEL(tm_cuda_add(b->x, b->delta, (int64_t)T * D, stream));
+        xb_q8 = takes_q8(b, &w[6], T);
+        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, b->delta, ffn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL, stream));
+        const device_weight *gate_up[2] = {&w[6], &w[7]};
+        float *gate_up_out[2] = {b->gate, b->up};
+        if ((s = matmul_parts(b, gate_up, gate_up_out, 2, b->xb, T, &xb_q8, error))) return s;
+        if (gate_q8) CHECK_KERNEL(tm_cuda_swiglu_q8(b->gate, b->up, (int64_t)T * c->n_ff, b->q8, stream));
+        else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
+        if ((s = matmul(b, &w[8], b->gate, T, b->delta, &gate_q8, error))) return s;
+        pending_delta = b->delta;
     }
-    /* final norm and LM head over the rows that want logits */
+    /* the last residual add with the final norm, then the LM head over the rows that want logits */
+    CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, pending_delta, b->output_norm.data, T, D, c->rms_norm_eps, NULL, stream));
     if (n_out) {
-        CHECK_KERNEL(tm_cuda_gather_rows(b->x, in->logit_rows, n_out, D, b->xo, stream));
-        CHECK_KERNEL(tm_cuda_rmsnorm(b->xo, b->xo, b->output_norm.data, n_out, D, c->rms_norm_eps, stream));
-        if ((s = matmul(b, &b->output, b->xo, n_out, b->logits, error))) return s;
+        CHECK_KERNEL(tm_cuda_gather_rows(b->xb, in->logit_rows, n_out, D, b->xo, stream));
+        bool xo_q8 = false;
+        if ((s = matmul(b, &b->output, b->xo, n_out, b->logits, &xo_q8, error))) return s;
     }
     return TM_OK;
 }
@@ -504,6 +560,9 @@ tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_op
     cublasStatus_t blas = s ? CUBLAS_STATUS_SUCCESS : cublasCreate(&b->cublas);
     if (!s && blas != CUBLAS_STATUS_SUCCESS)
         s = tm_error_set(error, TM_ERR_INTERNAL, "cuBLAS: cublasCreate failed: %s", cublasGetStatusString(blas));
+    if (!s) s = device_alloc(b, &b->cublas_workspace, CUBLAS_WORKSPACE_BYTES, &b->memory.workspace, "cuBLAS workspace", error);
+    if (!s && (blas = cublasSetWorkspace(b->cublas, b->cublas_workspace, CUBLAS_WORKSPACE_BYTES)) != CUBLAS_STATUS_SUCCESS)
+        s = tm_error_set(error, TM_ERR_INTERNAL, "cuBLAS: cublasSetWorkspace failed: %s", cublasGetStatusString(blas));
     /* the arena: every tensor, 256-byte aligned, then the rope frequency factors */
     uint64_t total = 0;
     const tm_weight *top[3] = {&model->token_embd, &model->output_norm, &model->output};

@@ -186,6 +186,7 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         cuda.device = cuda_device;
         cuda.max_context = o->n_ctx;
         cuda.graphs = !o->no_cuda_graphs;
+        cuda.precision = o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST;
         if ((s = tm_backend_cuda_create(e->model, &cuda, &e->backend, error))) goto fail;
 #endif
     } else {

@@ -171,6 +171,60 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     return cudaSuccess;
 }
 
+/* ---- rope fused with the KV append ------------------------------------------------------ */
+
+/* One block per (token, head slot): slots 0..n_head-1 rope the query heads in place; slots
+ * n_head.. rope kv head h's key and write it and the value into the cache. A thread per pair. */
+template <bool HALF>
+__global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, int n_head, kv_addressing a, int head_dim, int n_rot,
+                                      float freq_base, float freq_scale, const float *freq_factors, const int32_t *pages,
+                                      const int64_t *page_offsets, const int32_t *positions) {
+    const int token = blockIdx.x / (n_head + a.n_head_kv), slot = blockIdx.x % (n_head + a.n_head_kv);
+    const int position = positions[token];
+    for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x) {
+        if (slot < n_head) {
+            if (2 * i < n_rot) rope_pair(q + ((int64_t)token * n_head + slot) * head_dim + 2 * i, i, n_rot, position, freq_base, freq_scale, freq_factors);
+            continue;
+        }
+        const int head = slot - n_head;
+        const int64_t at = ((int64_t)token * a.n_head_kv + head) * head_dim + 2 * i;
+        float key[2] = {k[at], k[at + 1]};
+        if (2 * i < n_rot) rope_pair(key, i, n_rot, position, freq_base, freq_scale, freq_factors);
+        const int32_t *table = pages + page_offsets[token];
+        uint8_t *key_out = const_cast<uint8_t *>(kv_address(a, table, position, head, false));
+        uint8_t *value_out = const_cast<uint8_t *>(kv_address(a, table, position, head, true));
+        if (HALF) {
+            reinterpret_cast<__half *>(key_out)[2 * i] = __float2half_rn(key[0]);
+            reinterpret_cast<__half *>(key_out)[2 * i + 1] = __float2half_rn(key[1]);
+            reinterpret_cast<__half *>(value_out)[2 * i] = __float2half_rn(v[at]);
+            reinterpret_cast<__half *>(value_out)[2 * i + 1] = __float2half_rn(v[at + 1]);
+        } else {
+            reinterpret_cast<float *>(key_out)[2 * i] = key[0];
+            reinterpret_cast<float *>(key_out)[2 * i + 1] = key[1];
+            reinterpret_cast<float *>(value_out)[2 * i] = v[at];
+            reinterpret_cast<float *>(value_out)[2 * i + 1] = v[at + 1];
+        }
+    }
+}
+
+extern "C" int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, int n_head, int n_head_kv, int head_dim,
+                                      int n_rot, float freq_base, float freq_scale, const float *freq_factors, void *pool, int kv_is_f32,
+                                      uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
+                                      void *stream) {
+    if (head_dim % 2 || n_rot > head_dim) return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
+    unsigned blocks = (unsigned)(n_tokens * (n_head + n_head_kv)), threads = head_dim / 2 < 32 ? 32 : head_dim / 2;
+    if (kv_is_f32)
+        rope_kv_append_kernel<false><<<blocks, threads, 0, (cudaStream_t)stream>>>(q, k, v, n_head, a, head_dim, n_rot, freq_base, freq_scale,
+                                                                                freq_factors, pages, page_offsets, positions);
+    else
+        rope_kv_append_kernel<true><<<blocks, threads, 0, (cudaStream_t)stream>>>(q, k, v, n_head, a, head_dim, n_rot, freq_base, freq_scale,
+                                                                               freq_factors, pages, page_offsets, positions);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}
+
 /* ---- prefill: flash attention over query tiles ------------------------------------------- */
 
 /* Rows of a tile: (token, query head of one kv head's group) pairs; CHUNK keys per pass. */

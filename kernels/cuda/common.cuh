@@ -24,4 +24,17 @@
 /* After a launch: the launch error, checked like a call. */
 #define TM_CUDA_CHECK_LAUNCH() TM_CUDA_CHECK(cudaGetLastError())
 
+/* Rope of pair i (elements 2i, 2i+1) at `position` (llama.cpp's "normal" rope, as
+ * engine/ops_cpu.c: the angle in float64). Shared by the rope kernels so they agree bit for bit. */
+__device__ __forceinline__ void rope_pair(float *pair, int i, int n_rot, int position, float freq_base, float freq_scale,
+                                          const float *freq_factors) {
+    double theta = position * (double)freq_scale * pow((double)freq_base, -2.0 * i / n_rot);
+    if (freq_factors) theta /= freq_factors[i];
+    float cos_theta = (float)cos(theta), sin_theta = (float)sin(theta);
+    float a = pair[0], b = pair[1];
+    /* explicit roundings: no contraction into FMAs, so every kernel inlining this agrees */
+    pair[0] = __fsub_rn(__fmul_rn(a, cos_theta), __fmul_rn(b, sin_theta));
+    pair[1] = __fadd_rn(__fmul_rn(a, sin_theta), __fmul_rn(b, cos_theta));
+}
+
 #endif /* TM_CUDA_COMMON_CUH */

@@ -23,6 +23,30 @@ int tm_cuda_gemv(int type, const void *weights, int64_t rows, int64_t cols, cons
 int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y,
                          void *stream);
 
+/* Activations quantized for the fast decode products: n floats (a multiple of 32; several
+ * tokens' rows back to back) become q8_1 blocks of 32 at q8: n int8 values, then n / 32 pairs of
+ * halves (scale d, d * sum of the block's values); tm_cuda_q8_1_bytes(n) bytes. */
+int tm_cuda_quantize_q8_1(const float *x, int64_t n, void *q8, void *stream);
+uint64_t tm_cuda_q8_1_bytes(int64_t n);
+/* The fast decode product for q4_k and q6_k weights (tm_cuda_gemv_q8_supported): y[j][r] =
+ * dot(W[r, :], x[j]) for n_tokens (1..16) rows of x given as q8_1 (tm_cuda_quantize_q8_1 of
+ * n_tokens * cols floats), integer dot products with float scales per 32-element sub-block. */
+int tm_cuda_gemv_q8_supported(int type);
+int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
+                    void *stream);
+
+/* Up to TM_CUDA_GEMV_MAX_PARTS such products sharing one input (Q/K/V; gate/up) in one launch:
+ * part i writes parts[i].y[j][r]. cudaErrorNotSupported when a part's rows do not divide into the
+ * kernel's rows per warp (1, 2 or 4 by token count); then call tm_cuda_gemv_q8 per part. */
+#define TM_CUDA_GEMV_MAX_PARTS 3
+typedef struct tm_cuda_gemv_part {
+    const void *weights;
+    int type;
+    int64_t rows;
+    float *y;
+} tm_cuda_gemv_part;
+int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream);
+
 /* The prefill product on tensor cores: y[j][r] = dot(W[r, :], x[j]) for any n_tokens, through
  * cuBLAS (`cublas` is a cublasHandle_t bound to `stream`). Activations are rounded to f16 (bf16
  * for bf16 weights) and accumulated in float32; quantized weights are dequantized to f16 in
@@ -41,8 +65,15 @@ int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows,
  * positions: one per token (device); freq_factors: n_rot/2 floats (device) or NULL. */
 int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim, int n_rot, float freq_base, float freq_scale,
                  const float *freq_factors, const int32_t *positions, void *stream);
+/* The residual add fused with the next norm: x[r] += delta[r] (delta may be NULL: no add), then
+ * out[r] = rmsnorm(x[r]) * weight; with q8 (n % 32 == 0) also out as q8_1 blocks (the layout of
+ * tm_cuda_quantize_q8_1 over n_rows * n values, bit-identical to quantizing out separately). */
+int tm_cuda_add_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps, void *q8,
+                        void *stream);
 /* gate[i] = silu(gate[i]) * up[i]. */
 int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
+/* The same, also writing the result as q8_1 (n % 32 == 0), as tm_cuda_quantize_q8_1 would. */
+int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n, void *q8, void *stream);
 /* x[i] += delta[i]. */
 int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
 
@@ -93,6 +124,14 @@ int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_samplin
 
 /* Gather: out[i] = x[index[i]] for rows of n floats. */
 int tm_cuda_gather_rows(const float *x, const int32_t *index, int n_out, int n, float *out, void *stream);
+
+/* tm_cuda_rope on q (n_head heads) and k (n_head_kv heads) and tm_cuda_kv_append of the roped
+ * keys and the values, in one launch, bit-identical to the three separate calls (k is read, not
+ * changed). */
+int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, int n_head, int n_head_kv, int head_dim,
+                           int n_rot, float freq_base, float freq_scale, const float *freq_factors, void *pool, int kv_is_f32,
+                           uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
+                           void *stream);
 
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);

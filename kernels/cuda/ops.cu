@@ -31,24 +31,67 @@ extern "C" int tm_cuda_embed(int type, const void *table, int n_embd, const int3
     });
 }
 
-/* One block per row: float64 sum of squares, reduced through shared memory. */
-__global__ void rmsnorm_kernel(float *out, const float *x, const float *weight, int n, float eps) {
-    __shared__ double partial[256];
-    const float *row = x + (int64_t)blockIdx.x * n;
-    double sum = 0;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += (double)row[i] * row[i];
-    partial[threadIdx.x] = sum;
+/* Sum over the block (all threads call; blockDim.x a multiple of 32, at most 1024). */
+__device__ double block_sum(double value) {
+    __shared__ double warp_sums[32];
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
     __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-        if ((int)threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-        __syncthreads();
-    }
-    float scale = (float)(1.0 / sqrt(partial[0] / n + eps));
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(int64_t)blockIdx.x * n + i] = row[i] * scale * weight[i];
+    double total = 0;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) total += warp_sums[w];
+    return total;
 }
 
+/* One block per row, optionally after the residual add (x += delta, written back), optionally
+ * also writing the result as q8_1 blocks (q8: qs for n_rows * n values, then the (d, d * sum)
+ * pairs; a warp owns each 32-element block, as in tm_cuda_quantize_q8_1, with the same
+ * arithmetic). float64 sum of squares. */
+__global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const float *weight, int n, float eps, int8_t *q8_qs,
+                               half2 *q8_ds) {
+    float *row = x + (int64_t)blockIdx.x * n;
+    const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
+    double sum = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float value = row[i];
+        if (add) row[i] = value = value + add[i];
+        sum += (double)value * value;
+    }
+    const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
+    const int lane = threadIdx.x % 32;
+    for (int base = threadIdx.x - lane; base < n; base += blockDim.x) { /* whole warps stay together */
+        int i = base + lane;
+        float value = i < n ? row[i] * scale * weight[i] : 0.0f;
+        if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
+        if (q8_qs) { /* n % 32 == 0: the warp's 32 values are one block */
+            float amax = fabsf(value);
+            for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+            float d = amax / 127.0f;
+            int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
+            for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+            int64_t element = (int64_t)blockIdx.x * n + i;
+            q8_qs[element] = (int8_t)q;
+            if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+        }
+    }
+}
+
+static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
+
 extern "C" int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream) {
-    rmsnorm_kernel<<<n_rows, 256, 0, (cudaStream_t)stream>>>(out, x, weight, n, eps);
+    if (n_rows == 0) return cudaSuccess;
+    rmsnorm_kernel<<<n_rows, norm_threads(n), 0, (cudaStream_t)stream>>>(out, const_cast<float *>(x), nullptr, weight, n, eps, nullptr,
+                                                                         nullptr);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}
+
+extern "C" int tm_cuda_add_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps,
+                                   void *q8, void *stream) {
+    if (n_rows == 0) return cudaSuccess;
+    if (q8 && n % 32) return cudaErrorInvalidValue;
+    int8_t *qs = (int8_t *)q8;
+    half2 *ds = q8 ? (half2 *)(qs + (int64_t)n_rows * n) : nullptr;
+    rmsnorm_kernel<<<n_rows, norm_threads(n), 0, (cudaStream_t)stream>>>(out, x, delta, weight, n, eps, qs, ds);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
@@ -61,13 +104,7 @@ __global__ void rope_kernel(float *vec, int n_tokens, int n_heads, int head_dim,
     if (index >= (int64_t)n_tokens * n_heads * pairs) return;
     int i = (int)(index % pairs), head = (int)(index / pairs % n_heads);
     int64_t token = index / pairs / n_heads;
-    double theta = positions[token] * (double)freq_scale * pow((double)freq_base, -2.0 * i / n_rot);
-    if (freq_factors) theta /= freq_factors[i];
-    float cos_theta = (float)cos(theta), sin_theta = (float)sin(theta);
-    float *pair = vec + (token * n_heads + head) * head_dim + 2 * i;
-    float a = pair[0], b = pair[1];
-    pair[0] = a * cos_theta - b * sin_theta;
-    pair[1] = a * sin_theta + b * cos_theta;
+    rope_pair(vec + (token * n_heads + head) * head_dim + 2 * i, i, n_rot, positions[token], freq_base, freq_scale, freq_factors);
 }
 
 extern "C" int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim, int n_rot, float freq_base, float freq_scale,
@@ -81,14 +118,37 @@ extern "C" int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim,
     return cudaSuccess;
 }
 
-__global__ void swiglu_kernel(float *gate, const float *up, int64_t n) {
+/* One thread per element; with q8, a warp per 32-element block also writes its q8_1 block. */
+__global__ void swiglu_kernel(float *gate, const float *up, int64_t n, int8_t *q8_qs, half2 *q8_ds) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    float value = 0;
+    if (i < n) gate[i] = value = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    if (q8_qs) { /* n % 32 == 0 and 256-thread blocks: a warp never straddles the end */
+        const int lane = threadIdx.x % 32;
+        float amax = fabsf(value);
+        for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+        float d = amax / 127.0f;
+        int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
+        for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+        if (i < n) {
+            q8_qs[i] = (int8_t)q;
+            if (lane == 0) q8_ds[i / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+        }
+    }
 }
 
 extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream) {
     if (n == 0) return cudaSuccess;
-    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(gate, up, n);
+    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(gate, up, n, nullptr, nullptr);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}
+
+extern "C" int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n, void *q8, void *stream) {
+    if (n % 32) return cudaErrorInvalidValue;
+    if (n == 0) return cudaSuccess;
+    int8_t *qs = (int8_t *)q8;
+    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(gate, up, n, qs, (half2 *)(qs + n));
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }

@@ -7,6 +7,12 @@
  *  - rope (head dims 64 and 128, positions up to 8000, with and without llama3 freq factors,
  *    linear scaling): within 2e-6 absolute on unit-range inputs (float64 angle on both sides);
  *  - SwiGLU and residual add: within 1e-6 relative.
+ *  - the fused kernels of the decode step, each against the separate kernels it replaces,
+ *    bit for bit: residual add + RMSNorm (+ q8_1 quantization) against add, RMSNorm and
+ *    tm_cuda_quantize_q8_1; SwiGLU + quantization against SwiGLU and tm_cuda_quantize_q8_1;
+ *    rope + KV append (f16 and f32 pages, a shuffled page table) against two ropes and the
+ *    append (queries and the whole page pool compared). The residual add + RMSNorm is also held
+ *    to the CPU reference (1e-6 relative).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
@@ -140,6 +146,93 @@ static void test_swiglu_add(tm_rng_t *rng) {
     free(gate), free(up), free(expected), free(got);
 }
 
+static int differing_bytes(const void *a, const void *b, size_t n) {
+    int count = 0;
+    for (size_t i = 0; i < n; i++) count += ((const uint8_t *)a)[i] != ((const uint8_t *)b)[i];
+    return count;
+}
+
+static void test_fused(tm_rng_t *rng) {
+    /* residual add + norm + quantize: 3 rows of 4096 */
+    const int rows = 3, n = 4096;
+    const int64_t total = (int64_t)rows * n;
+    const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes(total);
+    float *x = malloc(total * 4), *delta = malloc(total * 4), *w = malloc(n * 4), *expected = malloc(total * 4), *got = malloc(total * 4),
+          *sum = malloc(total * 4), *got_x = malloc(total * 4);
+    uint8_t *q8_fused = malloc(q8_bytes), *q8_separate = malloc(q8_bytes);
+    fill(rng, x, total, 3.0f), fill(rng, delta, total, 1.0f), fill(rng, w, n, 1.5f);
+    for (int64_t i = 0; i < total; i++) sum[i] = x[i] + delta[i];
+    for (int r = 0; r < rows; r++) tm_cpu_rmsnorm(expected + (int64_t)r * n, sum + (int64_t)r * n, w, n, 1e-5f);
+    float *d_x = to_device(x, total * 4), *d_delta = to_device(delta, total * 4), *d_w = to_device(w, n * 4);
+    float *d_out = to_device(NULL, total * 4), *d_sum = to_device(x, total * 4), *d_out2 = to_device(NULL, total * 4);
+    void *d_q8 = to_device(NULL, q8_bytes), *d_q8b = to_device(NULL, q8_bytes);
+    CHECK(tm_cuda_add_rmsnorm(d_out, d_x, d_delta, d_w, rows, n, 1e-5f, d_q8, NULL) == 0, "add_rmsnorm launch");
+    CHECK(tm_cuda_add(d_sum, d_delta, total, NULL) == 0 && tm_cuda_rmsnorm(d_out2, d_sum, d_w, rows, n, 1e-5f, NULL) == 0 &&
+              tm_cuda_quantize_q8_1(d_out2, total, d_q8b, NULL) == 0,
+          "separate launches");
+    from_device(got, d_out, total * 4);
+    from_device(got_x, d_x, total * 4);
+    int bad = 0;
+    for (int64_t i = 0; i < total; i++) bad += !(fabsf(got[i] - expected[i]) <= 1e-6f * fabsf(expected[i]) + 1e-7f);
+    CHECK(bad == 0, "add_rmsnorm vs CPU: %d values differ", bad);
+    CHECK(differing_bytes(got_x, sum, total * 4) == 0, "add_rmsnorm wrote x + delta back");
+    from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
+    float *separate = malloc(total * 4);
+    from_device(separate, d_out2, total * 4);
+    CHECK(differing_bytes(got, separate, total * 4) == 0, "add_rmsnorm output equals add + rmsnorm bit for bit");
+    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "fused q8_1 equals tm_cuda_quantize_q8_1 bit for bit");
+    /* SwiGLU + quantize */
+    float *d_gate = to_device(x, total * 4), *d_gate2 = to_device(x, total * 4);
+    cudaMemset(d_q8, 0xff, q8_bytes), cudaMemset(d_q8b, 0xff, q8_bytes);
+    CHECK(tm_cuda_swiglu_q8(d_gate, d_delta, total, d_q8, NULL) == 0, "swiglu_q8 launch");
+    CHECK(tm_cuda_swiglu(d_gate2, d_delta, total, NULL) == 0 && tm_cuda_quantize_q8_1(d_gate2, total, d_q8b, NULL) == 0, "separate");
+    from_device(got, d_gate, total * 4), from_device(separate, d_gate2, total * 4);
+    from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
+    CHECK(differing_bytes(got, separate, total * 4) == 0, "swiglu_q8 output equals swiglu bit for bit");
+    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "swiglu_q8 quantization equals tm_cuda_quantize_q8_1");
+    cudaFree(d_x), cudaFree(d_delta), cudaFree(d_w), cudaFree(d_out), cudaFree(d_sum), cudaFree(d_out2), cudaFree(d_q8), cudaFree(d_q8b);
+    cudaFree(d_gate), cudaFree(d_gate2);
+    free(x), free(delta), free(w), free(expected), free(got), free(sum), free(got_x), free(q8_fused), free(q8_separate), free(separate);
+
+    /* rope + KV append: 20 tokens at positions 5..24 of one stream, 4 query heads, 2 kv heads */
+    for (int f32 = 0; f32 < 2; f32++) {
+        const int T = 20, n_head = 4, n_kv = 2, hd = 64, page_size = 4096, n_pages = 8;
+        const int32_t table[8] = {6, 2, 7, 0, 5, 1, 3, 4};
+        int32_t positions[20];
+        int64_t offsets[20];
+        for (int t = 0; t < T; t++) positions[t] = 5 + t, offsets[t] = 0;
+        const int64_t nq = (int64_t)T * n_head * hd, nk = (int64_t)T * n_kv * hd;
+        float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *factors = malloc(hd / 2 * 4);
+        fill(rng, q, nq, 1.0f), fill(rng, k, nk, 1.0f), fill(rng, v, nk, 1.0f);
+        for (int i = 0; i < hd / 2; i++) factors[i] = 1.0f + i * 0.25f;
+        float *d_q = to_device(q, nq * 4), *d_q2 = to_device(q, nq * 4), *d_k = to_device(k, nk * 4), *d_k2 = to_device(k, nk * 4);
+        float *d_v = to_device(v, nk * 4), *d_factors = to_device(factors, hd / 2 * 4);
+        void *d_table = to_device(table, sizeof table), *d_offsets = to_device(offsets, sizeof offsets), *d_pos = to_device(positions, sizeof positions);
+        void *pool = to_device(NULL, (size_t)n_pages * page_size), *pool2 = to_device(NULL, (size_t)n_pages * page_size);
+        cudaMemset(pool, 0, (size_t)n_pages * page_size), cudaMemset(pool2, 0, (size_t)n_pages * page_size);
+        CHECK(tm_cuda_rope_kv_append(d_q, d_k, d_v, T, n_head, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, pool, f32, page_size, d_table,
+                                     d_offsets, d_pos, NULL) == 0,
+              "rope_kv_append launch");
+        CHECK(tm_cuda_rope(d_q2, T, n_head, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
+                  tm_cuda_rope(d_k2, T, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
+                  tm_cuda_kv_append(d_k2, d_v, T, n_kv, hd, pool2, f32, page_size, d_table, d_offsets, d_pos, NULL) == 0,
+              "separate launches");
+        float *got_q = malloc(nq * 4), *want_q = malloc(nq * 4);
+        uint8_t *got_pool = malloc((size_t)n_pages * page_size), *want_pool = malloc((size_t)n_pages * page_size);
+        from_device(got_q, d_q, nq * 4), from_device(want_q, d_q2, nq * 4);
+        from_device(got_pool, pool, (size_t)n_pages * page_size), from_device(want_pool, pool2, (size_t)n_pages * page_size);
+        CHECK(differing_bytes(got_q, want_q, nq * 4) == 0, "rope_kv_append queries (%s) equal rope bit for bit", f32 ? "f32" : "f16");
+        CHECK(differing_bytes(got_pool, want_pool, (size_t)n_pages * page_size) == 0, "rope_kv_append pages (%s) equal rope + append",
+              f32 ? "f32" : "f16");
+        int nonzero = 0;
+        for (size_t i = 0; i < (size_t)n_pages * page_size; i++) nonzero += got_pool[i] != 0;
+        CHECK(nonzero > 0, "keys and values were written");
+        cudaFree(d_q), cudaFree(d_q2), cudaFree(d_k), cudaFree(d_k2), cudaFree(d_v), cudaFree(d_factors), cudaFree(d_table);
+        cudaFree(d_offsets), cudaFree(d_pos), cudaFree(pool), cudaFree(pool2);
+        free(q), free(k), free(v), free(factors), free(got_q), free(want_q), free(got_pool), free(want_pool);
+    }
+}
+
 int main(void) {
     char device[256];
     if (!tm_cuda_device_name(device, sizeof device)) {
@@ -153,6 +246,7 @@ int main(void) {
     test_rmsnorm(&rng);
     test_rope(&rng);
     test_swiglu_add(&rng);
+    test_fused(&rng);
     CHECK(cudaGetLastError() == cudaSuccess, "no CUDA error pending");
     return check_report("test_ops_cuda");
 }
