@@ -1,9 +1,9 @@
 /*
  * attention.cu - attention through the paged KV cache, for decode and for prefill.
- * Decode: one block per (query token, query head, key split), four warps splitting the split's
- * keys, each with an online softmax (running max, sum, weighted value sum); warps merge in the
- * block, splits merge in combine_kernel (flash-decoding), so a long context spreads over many
- * blocks. Prefill: flash attention over tiles of consecutive query tokens of one stream and the
+ * Decode: one block per (query token, query head, key split), four warps taking the split's
+ * keys 32 at a time (a lane per key for the scores, a lane per output dimension for the values),
+ * each with an online softmax (running max, sum, weighted value sum); warps merge in the block,
+ * splits merge in combine_kernel (flash-decoding), so a long context spreads over many blocks. Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
  * engine/kv_cache.c, so nothing assumes contiguous KV. float32 math; f16 or f32 cache.
@@ -48,55 +48,87 @@ template <bool HALF> __device__ __forceinline__ float kv_element(const uint8_t *
     return reinterpret_cast<const float *>(vector)[i];
 }
 
-/* One block per (query token, query head, key split): four warps share the split's keys
- * [split * keys_per_split, ...) of the token's n_keys, each keeping an online softmax; the block
- * merges its warps. One split: the normalized result goes straight to out. Several: the block
+/* Score of one key against the query (in shared memory, pre-scaled): 16-byte loads of the key. */
+template <bool HALF>
+__device__ __forceinline__ float key_score(const uint8_t *key, const float *query, int head_dim) {
+    float dot = 0;
+    if (HALF) {
+        const uint4 *k8 = reinterpret_cast<const uint4 *>(key);
+        for (int c = 0; c < head_dim / 8; c++) {
+            uint4 packed = k8[c];
+            const __half2 *h = reinterpret_cast<const __half2 *>(&packed);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float2 k = __half22float2(h[j]);
+                dot += k.x * query[8 * c + 2 * j] + k.y * query[8 * c + 2 * j + 1];
+            }
+        }
+    } else {
+        const float4 *k4 = reinterpret_cast<const float4 *>(key);
+        for (int c = 0; c < head_dim / 4; c++) {
+            float4 k = k4[c];
+            dot += k.x * query[4 * c] + k.y * query[4 * c + 1] + k.z * query[4 * c + 2] + k.w * query[4 * c + 3];
+        }
+    }
+    return dot;
+}
+
+/* One block per (query token, query head, key split). The four warps take the split's keys 32 at
+ * a time: lane j scores key j of the warp's chunk on its own (the whole key vector in 16-byte
+ * loads, so many loads are in flight), the chunk updates the warp's online softmax, and the
+ * lanes, each owning head_dim / 32 output dimensions, accumulate the chunk's values. The warps
+ * merge in the block. One split: the normalized result goes straight to out. Several: the block
  * writes its (max, sum, unnormalized values) to partials and combine_kernel merges the splits. */
 template <bool HALF>
-__global__ void paged_attention_kernel(const float *q, float *out, float *partials, kv_addressing a, const int32_t *pages,
-                                       const int64_t *page_offsets, const int32_t *n_keys, int n_head, int head_dim, float scale,
-                                       int keys_per_split) {
+__global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
+                                                                     const int32_t *pages, const int64_t *page_offsets,
+                                                                     const int32_t *n_keys, int n_head, int head_dim, float scale,
+                                                                     int keys_per_split) {
     const int token = blockIdx.x / n_head, head = blockIdx.x % n_head, split = blockIdx.y, n_splits = gridDim.y;
     const int kv_head = head / (n_head / a.n_head_kv);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int per_lane = (head_dim + 31) / 32;
+    const int per_lane = head_dim / 32;
     const int32_t *table = pages + page_offsets[token];
-    const float *query = q + ((int64_t)token * n_head + head) * head_dim;
-    const int begin = split * keys_per_split, end = min(n_keys[token], begin + keys_per_split);
-    float q_lane[MAX_HEAD_DIM / 32], acc[MAX_HEAD_DIM / 32];
-    for (int i = 0; i < per_lane; i++) {
-        int d = lane + 32 * i;
-        q_lane[i] = d < head_dim ? query[d] : 0.0f;
-        acc[i] = 0;
-    }
-    float running_max = -INFINITY, running_sum = 0;
-    for (int p = begin + warp; p < end; p += WARPS) {
-        const uint8_t *key = kv_address(a, table, p, kv_head, false);
-        float dot = 0;
-        for (int i = 0; i < per_lane; i++) {
-            int d = lane + 32 * i;
-            if (d < head_dim) dot += q_lane[i] * kv_element<HALF>(key, d);
-        }
-        for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-        float score = dot * scale, new_max = fmaxf(running_max, score);
-        float correction = expf(running_max - new_max), weight = expf(score - new_max);
-        running_sum = running_sum * correction + weight;
-        const uint8_t *value = kv_address(a, table, p, kv_head, true);
-        for (int i = 0; i < per_lane; i++) {
-            int d = lane + 32 * i;
-            acc[i] = acc[i] * correction + (d < head_dim ? weight * kv_element<HALF>(value, d) : 0.0f);
-        }
-        running_max = new_max;
-    }
+    const int begin = (int)min((int64_t)split * keys_per_split, (int64_t)INT32_MAX), end = min(n_keys[token], begin + keys_per_split);
+    __shared__ float query[MAX_HEAD_DIM];
     __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[WARPS][MAX_HEAD_DIM];
+    const float *q_row = q + ((int64_t)token * n_head + head) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) query[d] = q_row[d] * scale;
+    __syncthreads();
+    float acc[MAX_HEAD_DIM / 32]; /* fixed-bound loops with a guard keep it in registers */
+#pragma unroll
+    for (int i = 0; i < MAX_HEAD_DIM / 32; i++) acc[i] = 0;
+    float running_max = -INFINITY, running_sum = 0;
+    for (int chunk = begin + 32 * warp; chunk < end; chunk += 32 * WARPS) {
+        const int p = chunk + lane;
+        float score = p < end ? key_score<HALF>(kv_address(a, table, p, kv_head, false), query, head_dim) : -INFINITY;
+        float chunk_max = score;
+        for (int offset = 16; offset > 0; offset /= 2) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, offset));
+        const float new_max = fmaxf(running_max, chunk_max); /* finite: key `chunk` is valid */
+        const float correction = expf(running_max - new_max), weight = expf(score - new_max);
+        float weight_sum = weight;
+        for (int offset = 16; offset > 0; offset /= 2) weight_sum += __shfl_xor_sync(0xffffffffu, weight_sum, offset);
+        running_sum = running_sum * correction + weight_sum;
+        running_max = new_max;
+#pragma unroll
+        for (int i = 0; i < MAX_HEAD_DIM / 32; i++) acc[i] *= correction;
+        const int n_valid = min(32, end - chunk);
+#pragma unroll 4
+        for (int k = 0; k < n_valid; k++) {
+            const float w = __shfl_sync(0xffffffffu, weight, k);
+            const uint8_t *value = kv_address(a, table, chunk + k, kv_head, true);
+#pragma unroll
+            for (int i = 0; i < MAX_HEAD_DIM / 32; i++)
+                if (i < per_lane) acc[i] += w * kv_element<HALF>(value, lane + 32 * i);
+        }
+    }
     if (lane == 0) {
         warp_max[warp] = running_max;
         warp_sum[warp] = running_sum;
     }
-    for (int i = 0; i < per_lane; i++) {
-        int d = lane + 32 * i;
-        if (d < head_dim) warp_acc[warp][d] = acc[i];
-    }
+#pragma unroll
+    for (int i = 0; i < MAX_HEAD_DIM / 32; i++)
+        if (i < per_lane) warp_acc[warp][lane + 32 * i] = acc[i];
     __syncthreads();
     float block_max = -INFINITY;
     for (int w = 0; w < WARPS; w++) block_max = fmaxf(block_max, warp_max[w]);
@@ -148,7 +180,7 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
                                        const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                                        const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int keys_per_split,
                                        float *partials, void *stream) {
-    if (head_dim > MAX_HEAD_DIM || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || keys_per_split < 1 ||
+    if (head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || keys_per_split < 1 ||
         (n_splits > 1 && !partials))
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;

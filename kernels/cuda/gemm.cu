@@ -26,6 +26,27 @@ __global__ void dequantize_f16_kernel(const uint8_t *weights, int64_t rows, int6
     out[index] = __float2half_rn(decode<TYPE>(block, (int)(i % traits<TYPE>::block)));
 }
 
+/* k-quants: one thread per 32-element sub-block, dequantized into registers (the decode
+ * kernels' unpacking) and stored as four 16-byte vectors of halves. */
+template <int TYPE>
+__global__ void dequantize_k_f16_kernel(const uint8_t *weights, int64_t rows, int64_t cols, __half *out) {
+    int64_t index = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; /* sub-block */
+    if (index >= rows * cols / 32) return;
+    const int64_t blocks_per_row = cols / 256, block = index / 8;
+    const int sub = (int)(index % 8);
+    const uint8_t *b = weights + (block / blocks_per_row) * blocks_per_row * traits<TYPE>::bytes + (block % blocks_per_row) * traits<TYPE>::bytes;
+    float w[32];
+    k_subblock_floats<TYPE>(b, sub, w);
+    uint4 *o = reinterpret_cast<uint4 *>(out + index * 32);
+#pragma unroll
+    for (int v = 0; v < 4; v++) {
+        __half2 h[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(w[8 * v + 2 * j], w[8 * v + 2 * j + 1]);
+        o[v] = *reinterpret_cast<uint4 *>(h);
+    }
+}
+
 __global__ void to_half_kernel(const float *x, int64_t n, __half *out) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2half_rn(x[i]);
@@ -96,8 +117,12 @@ extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t
         const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
         for (int64_t first = 0; first < rows; first += tile_rows) {
             int64_t n_rows = rows - first < tile_rows ? rows - first : tile_rows;
-            dequantize_f16_kernel<TYPE><<<grid_for(n_rows * cols), 256, 0, stream>>>((const uint8_t *)weights + first * row_bytes,
-                                                                                     n_rows, cols, (__half *)tile);
+            if constexpr (TYPE == Q4_K || TYPE == Q6_K)
+                dequantize_k_f16_kernel<TYPE><<<grid_for(n_rows * cols / 32), 256, 0, stream>>>(
+                    (const uint8_t *)weights + first * row_bytes, n_rows, cols, (__half *)tile); /* tile: 256-byte aligned */
+            else
+                dequantize_f16_kernel<TYPE><<<grid_for(n_rows * cols), 256, 0, stream>>>((const uint8_t *)weights + first * row_bytes,
+                                                                                         n_rows, cols, (__half *)tile);
             TM_CUDA_CHECK_LAUNCH();
             if ((cublas_failure = gemm_16bit(handle, CUDA_R_16F, tile, n_rows, cols, converted, n_tokens, y + first, rows)))
                 return cudaErrorUnknown;

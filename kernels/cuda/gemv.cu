@@ -83,9 +83,42 @@ __global__ void gemv_k_kernel(const uint8_t *weights, int64_t rows, int64_t cols
     if (lane == 0) y[row] = sum;
 }
 
+/* f16 weights, one warp per row: each lane streams 16-byte chunks (8 halves) with two chunks in
+ * flight, against float activations (float4 loads, L1-resident), float32 accumulation. */
+__global__ void gemv_f16_kernel(const __half *weights, int64_t rows, int64_t cols, const float *x, float *y) {
+    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const uint4 *w = reinterpret_cast<const uint4 *>(weights + row * cols);
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    const int64_t chunks = cols / 8;
+    float sum = 0;
+    for (int64_t c = lane; c < chunks; c += 64) {
+        uint4 packed[2];
+        packed[0] = w[c];
+        if (c + 32 < chunks) packed[1] = w[c + 32];
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            int64_t chunk = c + 32 * u;
+            if (chunk >= chunks) break;
+            const __half2 *h = reinterpret_cast<const __half2 *>(&packed[u]);
+            float4 xa = x4[2 * chunk], xb = x4[2 * chunk + 1];
+            float2 w0 = __half22float2(h[0]), w1 = __half22float2(h[1]), w2 = __half22float2(h[2]), w3 = __half22float2(h[3]);
+            sum += w0.x * xa.x + w0.y * xa.y + w1.x * xa.z + w1.y * xa.w + w2.x * xb.x + w2.y * xb.y + w3.x * xb.z + w3.y * xb.w;
+        }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    if (lane == 0) y[row] = sum;
+}
+
 template <int TYPE>
 static cudaError_t launch(const void *weights, int64_t rows, int64_t cols, const float *x, float *y, cudaStream_t stream) {
     if (cols % traits<TYPE>::block) return cudaErrorInvalidValue;
+    if (TYPE == F16 && cols % 8 == 0 && (uintptr_t)weights % 16 == 0 && (uintptr_t)x % 16 == 0) {
+        gemv_f16_kernel<<<(unsigned)((rows * 32 + 255) / 256), 256, 0, stream>>>((const __half *)weights, rows, cols, x, y);
+        TM_CUDA_CHECK_LAUNCH();
+        return cudaSuccess;
+    }
     const int threads = 256; /* 8 rows per block */
     int64_t blocks = (rows * 32 + threads - 1) / threads;
     if ((TYPE == Q4_K || TYPE == Q6_K) && ((uintptr_t)x % 16 == 0))
@@ -127,35 +160,6 @@ __global__ void gemv_batched_kernel(const uint8_t *weights, int64_t rows, int64_
     }
 }
 
-/* The 32 weights of k-quant sub-block `sub` of block b, dequantized. */
-template <int TYPE> __device__ __forceinline__ void k_subblock(const uint8_t *b, int sub, float *w) {
-    if (TYPE == Q4_K) {
-        int scale, min;
-        k_scale_min(sub, b + 4, &scale, &min);
-        const float d = half_at(b) * scale, m = half_at(b + 2) * min;
-        const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (sub / 2));
-        const int shift = (sub & 1) * 4;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            uint4 packed = qs[half];
-            uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-#pragma unroll
-            for (int k = 0; k < 16; k++) w[16 * half + k] = d * ((words[k / 4] >> (shift + 8 * (k % 4))) & 0xF) - m;
-        }
-    } else { /* Q6_K */
-        int half = sub / 4, group = sub % 4;
-        const uint8_t *ql = b + 64 * half + ((group & 1) ? 32 : 0), *qh = b + 128 + 32 * half;
-        const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
-        const int8_t *scales = reinterpret_cast<const int8_t *>(b + 192);
-        const float d = half_at(b + 208);
-#pragma unroll
-        for (int k = 0; k < 32; k++) {
-            int q = (((ql[k] >> low_shift) & 0xF) | ((qh[k] >> high_shift) & 3) << 4) - 32;
-            w[k] = d * scales[2 * sub + k / 16] * q;
-        }
-    }
-}
-
 /* k-quants: lanes take sub-blocks as gemv_k_kernel; each sub-block is dequantized once into
  * registers and dotted with every token's 32 activations (16-byte loads). */
 template <int TYPE, int NT>
@@ -171,7 +175,7 @@ __global__ void gemv_k_batched_kernel(const uint8_t *weights, int64_t rows, int6
     for (int64_t block = lane / 8; block < blocks; block += 4) {
         const int sub = lane % 8;
         float value[32];
-        k_subblock<TYPE>(w + block * traits<TYPE>::bytes, sub, value);
+        k_subblock_floats<TYPE>(w + block * traits<TYPE>::bytes, sub, value);
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             if (j >= n_tokens) break;

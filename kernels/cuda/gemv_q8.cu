@@ -119,21 +119,32 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[r][t] = 0;
-    for (int64_t block = lane / 8; block < blocks; block += 4) {
-        packed_subblock<TYPE> w[R];
+    /* U blocks per lane per pass, all loaded before any is used: more bytes in flight per warp
+     * (small R x NT only, where registers allow) */
+    constexpr int U = R * NT <= 4 ? 2 : 1;
+    for (int64_t first = lane / 8; first < blocks; first += 4 * U) {
+        packed_subblock<TYPE> w[U][R];
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            if (row0 + r < rows) load_subblock<TYPE>(weights + (row0 + r) * row_bytes + block * traits<TYPE>::bytes, sub, w[r]);
-        const int64_t x_block = block * 8 + sub;
+        for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int t = 0; t < NT; t++) {
-            if (t >= n_tokens) break;
-            const int4 *xv = reinterpret_cast<const int4 *>(xq + t * cols + x_block * 32);
-            int4 a = xv[0], b = xv[1];
-            int x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-            float2 xd = __half22float2(xds[t * (cols / 32) + x_block]);
+            for (int r = 0; r < R; r++)
+                if (first + 4 * u < blocks && row0 + r < rows)
+                    load_subblock<TYPE>(weights + (row0 + r) * row_bytes + (first + 4 * u) * traits<TYPE>::bytes, sub, w[u][r]);
 #pragma unroll
-            for (int r = 0; r < R; r++) acc[r][t] += subblock_dot<TYPE>(w[r], x, xd);
+        for (int u = 0; u < U; u++) {
+            const int64_t block = first + 4 * u;
+            if (block >= blocks) break;
+            const int64_t x_block = block * 8 + sub;
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t >= n_tokens) break;
+                const int4 *xv = reinterpret_cast<const int4 *>(xq + t * cols + x_block * 32);
+                int4 a = xv[0], b = xv[1];
+                int x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                float2 xd = __half22float2(xds[t * (cols / 32) + x_block]);
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r][t] += subblock_dot<TYPE>(w[u][r], x, xd);
+            }
         }
     }
 #pragma unroll

@@ -84,7 +84,7 @@ int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
  * The keys are split over n_splits blocks of keys_per_split keys (splits past n_keys[t] add
  * nothing; n_splits * keys_per_split must cover n_keys); with n_splits > 1, partials holds
  * n_tokens * n_head * n_splits * (head_dim + 2) floats. All pointers are device pointers;
- * head_dim <= 256. */
+ * head_dim a multiple of 32, at most 256. */
 int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                             const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                             const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int keys_per_split,

@@ -87,6 +87,35 @@ template <> __device__ __forceinline__ float decode<Q6_K>(const uint8_t *b, int 
     return half_at(b + 208) * (float)(int8_t)b[192 + j / 16] * q;
 }
 
+/* The 32 weights of k-quant sub-block `sub` of block b, dequantized. */
+template <int TYPE> __device__ __forceinline__ void k_subblock_floats(const uint8_t *b, int sub, float *w) {
+    if (TYPE == Q4_K) {
+        int scale, min;
+        k_scale_min(sub, b + 4, &scale, &min);
+        const float d = half_at(b) * scale, m = half_at(b + 2) * min;
+        const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (sub / 2));
+        const int shift = (sub & 1) * 4;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            uint4 packed = qs[half];
+            uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+            for (int k = 0; k < 16; k++) w[16 * half + k] = d * ((words[k / 4] >> (shift + 8 * (k % 4))) & 0xF) - m;
+        }
+    } else { /* Q6_K */
+        int half = sub / 4, group = sub % 4;
+        const uint8_t *ql = b + 64 * half + ((group & 1) ? 32 : 0), *qh = b + 128 + 32 * half;
+        const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
+        const int8_t *scales = reinterpret_cast<const int8_t *>(b + 192);
+        const float d = half_at(b + 208);
+#pragma unroll
+        for (int k = 0; k < 32; k++) {
+            int q = (((ql[k] >> low_shift) & 0xF) | ((qh[k] >> high_shift) & 3) << 4) - 32;
+            w[k] = d * scales[2 * sub + k / 16] * q;
+        }
+    }
+}
+
 /* Call launch(std::integral_constant<int, TYPE>{}) for a runtime type id: one switch for every
  * launcher that is templated on the weight type; an unknown id is cudaErrorInvalidValue. */
 template <typename Launch> static cudaError_t dispatch_weight_type(int type, Launch &&launch) {
