@@ -93,7 +93,10 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: precision '%s' (fast or exact)", c->name, precision);
     if (strcmp(kv_type, "f16") && strcmp(kv_type, "f32"))
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: kv_type '%s' (f16 or f32)", c->name, kv_type);
-    if (!suite->model) return tm_error_set(error, TM_ERR_INVALID_ARG, "%s: a %s suite needs a 'model'", suite->path, suite->kind);
+    const char *model = tm_case_param(c, "model", suite->model); /* a case's model (an axis) overrides the suite's */
+    if (!model) return tm_error_set(error, TM_ERR_INVALID_ARG, "%s: a %s suite needs a 'model'", suite->path, suite->kind);
+    long long kv_bytes;
+    if (!parse_int_param(c, "kv_bytes", 0, 0, (long long)1 << 50, &kv_bytes, error)) return TM_ERR_INVALID_ARG;
     tm_engine_options options;
     tm_engine_options_default(&options);
     options.n_threads = (int)threads;
@@ -105,19 +108,20 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     options.max_batch_tokens = (int)max_batch_tokens;
     options.n_ctx = ctx ? (int)ctx : (int)(prompt + gen + 1);
     options.device = device;
+    options.kv_bytes = (uint64_t)kv_bytes;
     tm_runner_state *s = *state;
-    bool reuse = s && !strcmp(s->model, suite->model) && s->options.n_threads == options.n_threads &&
+    bool reuse = s && !strcmp(s->model, model) && s->options.kv_bytes == options.kv_bytes && s->options.n_threads == options.n_threads &&
                  s->options.precision == options.precision && s->options.kv_type == options.kv_type &&
                  s->options.max_sequences == options.max_sequences && s->options.n_ctx == options.n_ctx &&
                  s->options.max_batch_tokens == options.max_batch_tokens && !strcmp(s->options.device, device);
     if (!reuse) {
         release(s);
         *state = s = calloc(1, sizeof *s);
-        if (!s || !(s->model = strdup(suite->model))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
+        if (!s || !(s->model = strdup(model))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
         s->options = options;
         if (!(s->device = strdup(device))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
         s->options.device = s->device;
-        if (!strncmp(suite->model, "synthetic:", 10)) s->options.synthetic = s->model + 10;
+        if (!strncmp(model, "synthetic:", 10)) s->options.synthetic = s->model + 10;
         else s->options.model_path = s->model;
         tm_status status = tm_engine_create(&s->options, &s->engine, error);
         if (status) {

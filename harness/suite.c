@@ -23,7 +23,8 @@ static const char *const stop_keys[] = {"min_repetitions", "min_seconds", "max_r
 static const char *const kinds[] = {"throughput", "memory", "kernels", "ipc", "scaling", NULL};
 /* parameters each kind understands (axes and params share them) */
 static const char *const throughput_params[] = {"batch", "prompt_tokens", "gen_tokens", "threads", "precision", "kv_type",
-                                                "max_batch_tokens", "ctx", "device", "max_sequences", NULL};
+                                                "max_batch_tokens", "ctx", "device", "max_sequences", "model",
+                                                "kv_bytes", NULL};
 static const char *const kernels_params[] = {"op", "type", "rows", "cols", "threads", "head_dim", "tokens", "batch",
                                               "context", "causal", "heads", "kv_heads", "device", NULL};
 static const char *const ipc_params[] = {"payload_bytes", "mode", NULL};

@@ -145,7 +145,7 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
                           const tm_runner *runner, tm_runner_state **state, tm_error_t *error) {
     char *json = tm_case_params_json(c);
     int64_t case_id;
-    tm_status status = tm_store_begin_case(store, run_id, suite->name, suite->kind, c->name, json ? json : "{}", suite->model,
+    tm_status status = tm_store_begin_case(store, run_id, suite->name, suite->kind, c->name, json ? json : "{}", tm_case_param(c, "model", suite->model),
                                            &case_id, error);
     free(json);
     if (status) return status;

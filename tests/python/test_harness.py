@@ -154,3 +154,18 @@ def test_run_diff_export_round_trip(tmbench, tmp_path):
             original.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall(), table
     csv = run(tmbench, "export", "--format", "csv", "--db", db).stdout.splitlines()
     assert len(csv) == 1 + 2 * 2 * 6
+
+
+def test_model_axis_runs_each_model(tmbench, tmp_path):
+    """A `model` axis: every case runs its own model (recorded per case), the suite needs no
+    top-level model, and a kv_bytes budget is taken."""
+    suite = tmp_path / "models.yaml"
+    suite.write_text(
+        "name: models\nkind: throughput\nparams:\n  device: cpu\n  gen_tokens: 2\n  prompt_tokens: 8\n  threads: 1\n"
+        "  kv_bytes: 16777216\naxes:\n  model: [synthetic:tiny:q4_k_m, synthetic:tiny:q8_0]\n"
+        "warmup: 0\nstop:\n  min_repetitions: 1\n  min_seconds: 0\n  max_relative_noise: 1\n  timeout_seconds: 30\n")
+    db = tmp_path / "r.db"
+    run(tmbench, "run", suite, "--db", db)
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT model, status FROM cases ORDER BY id").fetchall()
+    assert rows == [("synthetic:tiny:q4_k_m", "complete"), ("synthetic:tiny:q8_0", "complete")]
