@@ -1,5 +1,6 @@
 /*
- * environment.c - what a run ran on: git state, build, host, CPU, and the GPUs through NVML
+ * environment.c - what a run ran on: git state (of the build, see cmake/build_info.cmake), build,
+ * host, CPU, and the GPUs through NVML
  * (libnvidia-ml, loaded at run time when the driver provides it: names, count, driver and CUDA
  * versions, max SM/memory clocks, power limit). Strings are malloc'ed into the tm_run_info
  * (tm_environment_free releases them); anything unknown stays NULL / 0.
@@ -101,12 +102,23 @@ static void collect_gpus(tm_run_info *info) {
     dlclose(nvml);
 }
 
+/* generated/build_info.c: the source's git state when this binary was built */
+extern const char tm_build_git_commit[], tm_build_git_branch[];
+extern const int tm_build_git_dirty;
+
 void tm_environment_collect(tm_run_info *info) {
-    info->git_commit = command_line_output("git rev-parse HEAD 2>/dev/null");
-    info->git_branch = command_line_output("git rev-parse --abbrev-ref HEAD 2>/dev/null");
-    char *dirty = command_line_output("git status --porcelain --untracked-files=no 2>/dev/null | head -1");
-    info->git_dirty = dirty != NULL;
-    free(dirty);
+    /* the build's git state: what actually runs, wherever the binary was carried */
+    if (tm_build_git_commit[0]) {
+        info->git_commit = strdup(tm_build_git_commit);
+        info->git_branch = tm_build_git_branch[0] ? strdup(tm_build_git_branch) : NULL;
+        info->git_dirty = tm_build_git_dirty;
+    } else { /* built outside a git checkout: the directory the run starts in */
+        info->git_commit = command_line_output("git rev-parse HEAD 2>/dev/null");
+        info->git_branch = command_line_output("git rev-parse --abbrev-ref HEAD 2>/dev/null");
+        char *dirty = command_line_output("git status --porcelain --untracked-files=no 2>/dev/null | head -1");
+        info->git_dirty = dirty != NULL;
+        free(dirty);
+    }
     info->build_type = TM_BUILD_TYPE;
     info->build_flags = TM_BUILD_FLAGS;
     char host[256] = "";

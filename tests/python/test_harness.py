@@ -169,3 +169,19 @@ def test_model_axis_runs_each_model(tmbench, tmp_path):
     with sqlite3.connect(db) as connection:
         rows = connection.execute("SELECT model, status FROM cases ORDER BY id").fetchall()
     assert rows == [("synthetic:tiny:q4_k_m", "complete"), ("synthetic:tiny:q8_0", "complete")]
+
+
+def test_run_records_the_build_commit_not_the_cwd(tmbench, tmp_path):
+    """The run's git columns are the source's state when tmbench was built, even when the run
+    starts outside any checkout (as on a machine the binaries were carried to)."""
+    suite = tmp_path / "one.yaml"
+    suite.write_text(
+        "name: one\nkind: throughput\nmodel: synthetic:tiny:q4_k_m\nparams:\n  device: cpu\n  gen_tokens: 2\n"
+        "  prompt_tokens: 8\n  threads: 1\nwarmup: 0\nstop:\n  min_repetitions: 1\n  min_seconds: 0\n"
+        "  max_relative_noise: 1\n  timeout_seconds: 30\n")
+    db = tmp_path / "r.db"
+    subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], cwd=tmp_path, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    with sqlite3.connect(db) as connection:
+        (commit,) = connection.execute("SELECT git_commit FROM runs").fetchone()
+    assert commit == head
