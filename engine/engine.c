@@ -27,6 +27,7 @@
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
+#include "trace.h"
 #include "unicode.h"
 
 typedef struct request {
@@ -161,7 +162,10 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         s = tm_error_set(error, TM_ERR_NO_MEMORY, "engine: cannot start %d threads", o->n_threads);
         goto fail;
     }
-    if ((s = tm_model_open(o->model_path, o->synthetic, o->n_threads, &e->model, error))) goto fail;
+    tm_trace_push("model load");
+    s = tm_model_open(o->model_path, o->synthetic, o->n_threads, &e->model, error);
+    tm_trace_pop();
+    if (s) goto fail;
     if ((s = tm_tokenizer_load(e->model->gguf, &e->tokenizer, error))) goto fail;
     const tm_model_config *c = &e->model->config;
     if (tm_tokenizer_vocab_size(e->tokenizer) != c->n_vocab) {
@@ -187,7 +191,10 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         cuda.max_context = o->n_ctx;
         cuda.graphs = !o->no_cuda_graphs;
         cuda.precision = o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST;
-        if ((s = tm_backend_cuda_create(e->model, &cuda, &e->backend, error))) goto fail;
+        tm_trace_push("weight upload");
+        s = tm_backend_cuda_create(e->model, &cuda, &e->backend, error);
+        tm_trace_pop();
+        if (s) goto fail;
 #endif
     } else {
         tm_backend_cpu_options cpu = {e->pool, o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST};
@@ -532,6 +539,9 @@ static bool collect_penalized(tm_engine *e, const request *r, int *used, int *co
     return true;
 }
 
+static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool on_device, int prompt_tokens, double t0,
+                              tm_error_t *error);
+
 tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
     /* requests that want nothing generated finish without a forward pass */
     for (int i = 0; i < e->n_requests; i++)
@@ -595,7 +605,16 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
     tm_batch batch = {n, e->batch_tokens, e->batch_positions, e->batch_seq, e->batch_want};
     const bool on_device = device_sampling_possible(e, n);
     double t0 = tm_time_seconds();
-    tm_status s = e->backend->forward(e->backend, &batch, e->kv, on_device ? NULL : e->logits, error);
+    tm_trace_push(prompt_tokens ? "prefill step" : "decode step");
+    tm_status s = step_compute(e, &batch, n, on_device, prompt_tokens, t0, error);
+    tm_trace_pop();
+    return s;
+}
+
+/* The forward pass and sampling of one step's batch (tm_engine_step's second half). */
+static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool on_device, int prompt_tokens, double t0,
+                              tm_error_t *error) {
+    tm_status s = e->backend->forward(e->backend, batch, e->kv, on_device ? NULL : e->logits, error);
     if (s) return s;
     for (int k = 0; k < n; k++) {
         request *r = &e->requests[e->batch_request[k]];
@@ -604,6 +623,7 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
     /* sample every row that wants it: on the device (one call) or here */
     int rows = 0, penalized_used = 0;
     double t1 = tm_time_seconds();
+    tm_trace_push("sampling");
     if (on_device) {
         for (int k = 0; k < n; k++) {
             if (!e->batch_want[k]) continue;
@@ -612,13 +632,19 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
             row->params = &r->sampling;
             row->uniform = r->sampling.temperature > 0 ? tm_rng_uniform(&r->rng) : 0; /* the CPU sampler's one draw */
             int start = penalized_used;
-            if (!collect_penalized(e, r, &penalized_used, &row->n_penalized))
+            if (!collect_penalized(e, r, &penalized_used, &row->n_penalized)) {
+                tm_trace_pop();
                 return tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory");
+            }
             row->penalized = NULL;
             row->penalized_start = start;
         }
         for (int i = 0; i < rows; i++) e->sample_rows[i].penalized = e->penalized + e->sample_rows[i].penalized_start;
-        if ((s = e->backend->sample(e->backend, rows, e->sample_rows, e->sampled, error))) return s;
+        s = e->backend->sample(e->backend, rows, e->sample_rows, e->sampled, error);
+        if (s) {
+            tm_trace_pop();
+            return s;
+        }
         e->stats.device_sampled_tokens += rows;
     }
     int row = 0;
@@ -630,8 +656,12 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
         else
             token = tm_sample(&r->sampling, e->logits + (size_t)row++ * (size_t)e->model->config.n_vocab, e->model->config.n_vocab,
                               r->tokens, r->n_tokens, &r->rng, e->candidates);
-        if ((s = accept_token(e, r, token, error))) return s;
+        if ((s = accept_token(e, r, token, error))) {
+            tm_trace_pop();
+            return s;
+        }
     }
+    tm_trace_pop();
     /* the step's time: the forward pass and sampling (a device forward may return before the
      * device is done; sampling waits for it) */
     double done = tm_time_seconds();
