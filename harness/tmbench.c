@@ -20,6 +20,7 @@
 #include "commands.h"
 #include "common.h"
 #include "environment.h"
+#include "profiler.h"
 #include "runner.h"
 #include "stats.h"
 #include "store.h"
@@ -36,14 +37,15 @@ static void on_signal(int signal_number) {
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--dry-run]\n"
+            "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--profile] [--dry-run]\n"
             "       tmbench list SUITE.yaml...\n"
             "       tmbench runs [--db PATH] [--all] [--branch B] [--tag K=V] [--ids]\n"
             "       tmbench report [--run ID|--branch B|--commit C] [-o DIR] [--db PATH]\n"
             "       tmbench diff BASE HEAD [--threshold PCT] [--alpha P] [--format md|csv|json] [--db PATH]\n"
             "       tmbench export --format csv|json|md|sql [--db PATH] [--all]\n\n"
             "  run      run every case of the suites (cases whose name matches GLOB with --filter),\n"
-            "           storing each sample in the database (default " DEFAULT_DB ")\n"
+            "           storing each sample in the database (default " DEFAULT_DB "); --profile also\n"
+            "           records every kernel, copy and NVTX range (CUPTI) per repetition\n"
             "  list     print the expanded cases of suite files\n"
             "  runs     print the stored runs (--all: incomplete ones too; --ids: their ids only)\n"
             "  report   regenerate the performance guide (DIR/PERFORMANCE.md, gnuplot charts) from a run\n"
@@ -142,7 +144,7 @@ static int command_list(int argc, char **argv) {
 
 /* Run one case: warm-up, repetitions until the stopping rule holds, samples and summaries stored. */
 static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite, const tm_suite_case *c,
-                          const tm_runner *runner, tm_runner_state **state, tm_error_t *error) {
+                          const tm_runner *runner, tm_runner_state **state, tm_profiler *profiler, tm_error_t *error) {
     char *json = tm_case_params_json(c);
     int64_t case_id;
     tm_status status = tm_store_begin_case(store, run_id, suite->name, suite->kind, c->name, json ? json : "{}", tm_case_param(c, "model", suite->model),
@@ -155,7 +157,11 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
     const char *outcome = "complete", *message = NULL;
     char message_buffer[600];
     status = runner->prepare(state, suite, c, error);
-    for (int w = 0; !status && w < suite->warmup && !interrupted; w++) status = runner->repeat(*state, values, error);
+    if (!status) status = tm_profiler_collect(profiler, store, case_id, -1000, error); /* set-up (model load...): repetition -1000 */
+    for (int w = 0; !status && w < suite->warmup && !interrupted; w++) {
+        status = runner->repeat(*state, values, error);
+        if (!status) status = tm_profiler_collect(profiler, store, case_id, -(w + 1), error); /* warm-ups: -1, -2, ... */
+    }
     int n = 0;
     double started = tm_time_seconds();
     while (!status && !interrupted && n < MAX_REPETITIONS) {
@@ -170,6 +176,7 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
             break;
         }
         if ((status = runner->repeat(*state, values, error))) break;
+        if ((status = tm_profiler_collect(profiler, store, case_id, n, error))) break;
         for (int m = 0; m < runner->n_metrics && !status; m++) {
             samples[m][n] = values[m];
             status = tm_store_add_sample(store, case_id, runner->metrics[m].name, n, values[m], error);
@@ -202,13 +209,14 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
 
 static int command_run(int argc, char **argv) {
     const char *db_path = DEFAULT_DB, *filter = NULL;
-    bool dry_run = false;
+    bool dry_run = false, profile = false;
     char *paths[64], tags[2048] = "{";
     int n_paths = 0;
     size_t tags_length = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--dry-run")) dry_run = true;
+        else if (!strcmp(a, "--profile")) profile = true;
         else if ((!strcmp(a, "--db") || !strcmp(a, "--filter") || !strcmp(a, "--tag")) && i + 1 < argc) {
             const char *v = argv[++i];
             if (!strcmp(a, "--db")) db_path = v;
@@ -286,6 +294,12 @@ static int command_run(int argc, char **argv) {
         free_all(suites, n_paths);
         return 1;
     }
+    tm_profiler *profiler = NULL;
+    if (profile && tm_profiler_start(&profiler, &error)) {
+        fprintf(stderr, "tmbench run --profile: %s\n", error.message);
+        tm_profiler_stop(profiler);
+        profiler = NULL;
+    }
     struct sigaction action = {0};
     action.sa_handler = on_signal;
     sigaction(SIGINT, &action, NULL);
@@ -301,13 +315,20 @@ static int command_run(int argc, char **argv) {
             double eta = done ? elapsed / done * (total - done) : 0;
             printf("[%d/%d] %s  (elapsed %.0f s, ETA %.0f s)\n", done + 1, total, suites[i].cases[k].name, elapsed, eta);
             fflush(stdout);
-            if (run_case(store, run_id, suites[i].suite, &suites[i].cases[k], runner, &state, &error)) {
+            if (run_case(store, run_id, suites[i].suite, &suites[i].cases[k], runner, &state, profiler, &error)) {
                 fprintf(stderr, "      failed: %s\n", error.message);
                 failures++;
             }
             done++;
         }
         runner->release(state);
+    }
+    if (profiler) {
+        uint64_t kernels, memory, ranges, dropped;
+        tm_profiler_totals(profiler, &kernels, &memory, &ranges, &dropped);
+        printf("profile: %llu kernel records, %llu copies/memsets, %llu NVTX ranges, %llu records dropped\n",
+               (unsigned long long)kernels, (unsigned long long)memory, (unsigned long long)ranges, (unsigned long long)dropped);
+        tm_profiler_stop(profiler);
     }
     const char *outcome = interrupted ? "interrupted" : "complete";
     if (tm_store_finish_run(store, run_id, outcome, &error)) fprintf(stderr, "tmbench run: %s\n", error.message);

@@ -185,3 +185,50 @@ def test_run_records_the_build_commit_not_the_cwd(tmbench, tmp_path):
     with sqlite3.connect(db) as connection:
         (commit,) = connection.execute("SELECT git_commit FROM runs").fetchone()
     assert commit == head
+
+
+def _cuda_device_present():
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout.startswith("GPU ")
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_profile_without_a_device_says_so_and_keeps_timing(tmbench, tmp_path):
+    """--profile where CUPTI cannot collect: one clear line, and the timing run completes."""
+    if _cuda_device_present():
+        pytest.skip("a CUDA device is present: test_profile_records_kernels_and_ranges covers --profile")
+    suite = tmp_path / "p.yaml"
+    suite.write_text(
+        "name: p\nkind: throughput\nmodel: synthetic:tiny:q4_k_m\nparams:\n  device: cpu\n  gen_tokens: 2\n"
+        "  prompt_tokens: 8\n  threads: 1\nwarmup: 0\nstop:\n  min_repetitions: 1\n  min_seconds: 0\n"
+        "  max_relative_noise: 1\n  timeout_seconds: 30\n")
+    db = tmp_path / "r.db"
+    result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--profile" in result.stderr and ("no CUDA device" in result.stderr or "no CUPTI" in result.stderr)
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT status FROM cases").fetchall() == [("complete",)]
+        assert connection.execute("SELECT count(*) FROM kernel_records").fetchone() == (0,)
+
+
+def test_profile_records_kernels_and_ranges(tmbench, tmp_path):
+    """On a GPU: --profile stores the kernels of every repetition and the engine's NVTX ranges."""
+    if not _cuda_device_present():
+        pytest.skip("no CUDA device")
+    suite = tmp_path / "p.yaml"
+    suite.write_text(
+        "name: p\nkind: throughput\nmodel: synthetic:tiny:q4_k_m\nparams:\n  device: cuda\n  gen_tokens: 4\n"
+        "  prompt_tokens: 8\nwarmup: 1\nstop:\n  min_repetitions: 2\n  min_seconds: 0\n"
+        "  max_relative_noise: 1\n  timeout_seconds: 60\n")
+    db = tmp_path / "r.db"
+    result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(db) as connection:
+        kernels = dict(connection.execute(
+            "SELECT repetition, count(*) FROM kernel_records WHERE grid IS NOT NULL GROUP BY repetition").fetchall())
+        names = {row[0] for row in connection.execute("SELECT name FROM kernel_records")}
+        ranges = {row[0] for row in connection.execute("SELECT name FROM nvtx_ranges")}
+    assert kernels.get(0, 0) > 0 and kernels.get(1, 0) == kernels.get(0, 0), kernels  # same work, same kernels
+    assert any("rmsnorm" in name for name in names) and any(name.startswith("memcpy") for name in names)
+    assert {"prefill step", "decode step", "sampling"} <= ranges
