@@ -32,7 +32,12 @@ typedef struct tm_runner {
     /* One repetition: values[i] for metrics[i]. */
     tm_status (*repeat)(tm_runner_state *state, double *values, tm_error_t *error);
     void (*release)(tm_runner_state *state);
+    /* optional: the measured ceiling metrics[i] compares to (stored with its summary), 0 if none */
+    double (*ceiling)(tm_runner_state *state, int metric);
 } tm_runner;
+
+/* The kernels kind (runner_kernels.c). */
+extern const tm_runner tm_kernels_runner;
 
 /* The runner of a kind, or NULL when the kind has none in this build. */
 const tm_runner *tm_runner_for_kind(const char *kind);

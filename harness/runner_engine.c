@@ -237,12 +237,13 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
 
 static const tm_runner runners[] = {
     {"throughput", throughput_metrics, (int)(sizeof throughput_metrics / sizeof throughput_metrics[0]), prepare_throughput,
-     repeat, release},
-    {"memory", memory_metrics, (int)(sizeof memory_metrics / sizeof memory_metrics[0]), prepare_memory, repeat, release},
+     repeat, release, NULL},
+    {"memory", memory_metrics, (int)(sizeof memory_metrics / sizeof memory_metrics[0]), prepare_memory, repeat, release, NULL},
 };
 
 const tm_runner *tm_runner_for_kind(const char *kind) {
     for (size_t i = 0; i < sizeof runners / sizeof runners[0]; i++)
         if (!strcmp(runners[i].kind, kind)) return &runners[i];
+    if (!strcmp(kind, tm_kernels_runner.kind)) return &tm_kernels_runner;
     return NULL;
 }

@@ -232,3 +232,17 @@ def test_profile_records_kernels_and_ranges(tmbench, tmp_path):
     assert kernels.get(0, 0) > 0 and kernels.get(1, 0) == kernels.get(0, 0), kernels  # same work, same kernels
     assert any("rmsnorm" in name for name in names) and any(name.startswith("memcpy") for name in names)
     assert {"prefill step", "decode step", "sampling"} <= ranges
+
+
+def test_kernels_suite_without_a_device_fails_clearly(tmbench, tmp_path):
+    """The kernels kind on a machine without a GPU: every case fails with the reason, the run
+    is stored, and tmbench exits 1."""
+    if _cuda_device_present():
+        pytest.skip("a CUDA device is present")
+    db = tmp_path / "k.db"
+    result = subprocess.run([str(tmbench), "run", str(ROOT / "suites" / "kernels.yaml"), "--filter", "*head_dim=256*", "--db",
+                             str(db)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "needs a CUDA device" in result.stderr or "needs a CUDA build" in result.stderr
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT status FROM cases").fetchall() == [("failed",)]

@@ -1,0 +1,189 @@
+/*
+ * runner_kernels.c - the `kernels` kind: one operation at a time on the GPU (kernels/cuda/
+ * bench.h), each repetition one run timed with CUDA events after an L2 flush. The card's ceilings
+ * (device copy bandwidth; 16-bit cuBLAS GEMM, the faster of f16 and bf16) are measured once per
+ * suite, before its first case, as the median of 5 runs each, so every case reports its share of
+ * ceilings measured in the same run on the same card; they are stored in the metrics' ceiling
+ * column.
+ *
+ * Parameters: op (copy, gemm_f16, gemm_bf16, gemv, gemm, flash, decode_attention, rmsnorm,
+ * rope), type (gemv, gemm), rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal,
+ * device (cuda only).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+#include "runner.h"
+#include "stats.h"
+#ifdef TM_CUDA
+#include "bench.h"
+#include "kernels.h"
+#endif
+
+static const tm_metric_spec kernel_metrics[] = {
+    {"time_us", "us", false},
+    {"gb_per_s", "GB/s", true},
+    {"tflop_per_s", "TFLOP/s", true},
+    {"pct_of_copy_bandwidth", "%", true},
+    {"pct_of_gemm_flops", "%", true},
+};
+
+#ifdef TM_CUDA
+typedef struct kernels_state {
+    tm_cuda_bench *bench;
+    double copy_gb_per_s, gemm_tflop_per_s; /* this suite's ceilings (0: not measured yet) */
+} kernels_state;
+
+static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope"};
+
+static bool int_param(const tm_suite_case *c, const char *name, long long fallback, long long *out, tm_error_t *error) {
+    const char *text = tm_case_param(c, name, NULL);
+    if (!text) {
+        *out = fallback;
+        return true;
+    }
+    char *end;
+    *out = strtoll(text, &end, 10);
+    if (end == text || *end || *out < 0) {
+        tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: %s = '%s' is not a non-negative integer", c->name, name, text);
+        return false;
+    }
+    return true;
+}
+
+/* Median time (ms) of `runs` runs of a benchmark; 0 on failure (message in error). */
+static double median_ms(const tm_cuda_bench_spec *spec, int runs, tm_error_t *error) {
+    char message[256];
+    tm_cuda_bench *bench;
+    if (tm_cuda_bench_create(spec, &bench, message, sizeof message)) {
+        tm_error_set(error, TM_ERR_UNSUPPORTED, "kernels: ceiling: %s", message);
+        return 0;
+    }
+    double times[16];
+    int n = 0;
+    for (int i = 0; i < runs + 1 && i < 16; i++) {
+        double ms;
+        if (tm_cuda_bench_run(bench, &ms, message, sizeof message)) {
+            tm_error_set(error, TM_ERR_INTERNAL, "kernels: ceiling: %s", message);
+            tm_cuda_bench_free(bench);
+            return 0;
+        }
+        if (i > 0) times[n++] = ms; /* the first run warms up */
+    }
+    tm_cuda_bench_free(bench);
+    tm_sort_doubles(times, (size_t)n);
+    return tm_percentile_sorted(times, (size_t)n, 0.5);
+}
+
+static tm_status measure_ceilings(kernels_state *s, tm_error_t *error) {
+    if (s->copy_gb_per_s > 0) return TM_OK;
+    tm_cuda_bench_spec copy = {.op = TM_BENCH_COPY, .rows = 1ll << 30};
+    double ms = median_ms(&copy, 5, error);
+    if (ms <= 0) return TM_ERR_UNSUPPORTED;
+    s->copy_gb_per_s = 2.0 * (double)(1ll << 30) / (ms * 1e-3) / 1e9;
+    double best = 0;
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        tm_cuda_bench_spec gemm = {.op = bf16 ? TM_BENCH_GEMM_BF16 : TM_BENCH_GEMM_F16, .rows = 8192};
+        if ((ms = median_ms(&gemm, 5, error)) <= 0) return TM_ERR_UNSUPPORTED;
+        double tflops = 2.0 * 8192.0 * 8192.0 * 8192.0 / (ms * 1e-3) / 1e12;
+        if (tflops > best) best = tflops;
+    }
+    s->gemm_tflop_per_s = best;
+    printf("      ceilings: device copy %.0f GB/s, 16-bit GEMM 8192^3 %.0f TFLOP/s\n", s->copy_gb_per_s, s->gemm_tflop_per_s);
+    return TM_OK;
+}
+
+static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, tm_error_t *error) {
+    (void)suite;
+    char device_name[256];
+    if (!tm_cuda_device_name(device_name, sizeof device_name))
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: the kernels kind needs a CUDA device; none is present", c->name);
+    const char *device = tm_case_param(c, "device", "cuda");
+    if (strcmp(device, "cuda"))
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: kernels run on device cuda only (got '%s')", c->name, device);
+    kernels_state *s = (kernels_state *)*state;
+    if (!s) {
+        if (!(s = calloc(1, sizeof *s))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
+        *state = (tm_runner_state *)s;
+    }
+    tm_cuda_bench_free(s->bench);
+    s->bench = NULL;
+    tm_status status = measure_ceilings(s, error);
+    if (status) return status;
+    const char *op = tm_case_param(c, "op", NULL);
+    tm_cuda_bench_spec spec = {0};
+    size_t k = 0;
+    while (op && k < sizeof op_names / sizeof op_names[0] && strcmp(op, op_names[k])) k++;
+    if (!op || k == sizeof op_names / sizeof op_names[0])
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: op '%s' (copy, gemm_f16, gemm_bf16, gemv, gemm, flash, "
+                            "decode_attention, rmsnorm, rope)", c->name, op ? op : "(missing)");
+    spec.op = (tm_bench_op)k;
+    const char *type_name = tm_case_param(c, "type", "f16");
+    tm_type type;
+    if (!tm_type_from_name(type_name, &type))
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: type '%s' is not a weight type", c->name, type_name);
+    spec.type = (int)type;
+    long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal;
+    long long default_rows = spec.op == TM_BENCH_COPY ? (1ll << 30) : spec.op <= TM_BENCH_GEMM_BF16 ? 8192 : 4096;
+    if (!int_param(c, "rows", default_rows, &rows, error) || !int_param(c, "cols", 4096, &cols, error) ||
+        !int_param(c, "tokens", 1, &tokens, error) || !int_param(c, "head_dim", 128, &head_dim, error) ||
+        !int_param(c, "heads", 32, &heads, error) || !int_param(c, "kv_heads", heads, &kv_heads, error) ||
+        !int_param(c, "context", 4096, &context, error) || !int_param(c, "batch", 1, &batch, error) ||
+        !int_param(c, "causal", 1, &causal, error))
+        return TM_ERR_INVALID_ARG;
+    spec.rows = rows, spec.cols = cols, spec.tokens = (int)tokens, spec.head_dim = (int)head_dim, spec.heads = (int)heads;
+    spec.kv_heads = (int)kv_heads, spec.context = (int)context, spec.batch = (int)batch, spec.causal = (int)causal;
+    char message[256];
+    if (tm_cuda_bench_create(&spec, &s->bench, message, sizeof message))
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: %s", c->name, message);
+    return TM_OK;
+}
+
+static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *error) {
+    kernels_state *s = (kernels_state *)state;
+    char message[256];
+    double ms, bytes, flops;
+    if (tm_cuda_bench_run(s->bench, &ms, message, sizeof message)) return tm_error_set(error, TM_ERR_INTERNAL, "kernels: %s", message);
+    tm_cuda_bench_cost(s->bench, &bytes, &flops);
+    const double seconds = ms * 1e-3;
+    values[0] = ms * 1e3;
+    values[1] = bytes / seconds / 1e9;
+    values[2] = flops / seconds / 1e12;
+    values[3] = 100.0 * values[1] / s->copy_gb_per_s;
+    values[4] = 100.0 * values[2] / s->gemm_tflop_per_s;
+    return TM_OK;
+}
+
+static double ceiling(tm_runner_state *state, int metric) {
+    const kernels_state *s = (const kernels_state *)state;
+    return !s ? 0 : metric == 1 ? s->copy_gb_per_s : metric == 2 ? s->gemm_tflop_per_s : 0;
+}
+
+static void release(tm_runner_state *state) {
+    kernels_state *s = (kernels_state *)state;
+    if (!s) return;
+    tm_cuda_bench_free(s->bench);
+    free(s);
+}
+
+#else /* no CUDA in this build */
+
+static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, tm_error_t *error) {
+    (void)state, (void)suite;
+    return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: the kernels kind needs a CUDA build (configured without CUDA)", c->name);
+}
+static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *error) {
+    (void)state, (void)values;
+    return tm_error_set(error, TM_ERR_UNSUPPORTED, "kernels: no CUDA in this build");
+}
+static double ceiling(tm_runner_state *state, int metric) {
+    (void)state, (void)metric;
+    return 0;
+}
+static void release(tm_runner_state *state) { (void)state; }
+#endif
+
+const tm_runner tm_kernels_runner = {"kernels", kernel_metrics, (int)(sizeof kernel_metrics / sizeof kernel_metrics[0]), prepare, repeat,
+                                     release, ceiling};

@@ -1,0 +1,309 @@
+/*
+ * bench.cu - micro-benchmarks of single operations for the harness's kernels suite: each
+ * benchmark owns its inputs on the device (random values), and one run is timed with CUDA
+ * events on its own stream after the L2 cache has been flushed (a 256 MiB memset), so every run
+ * reads its operands from memory. The ceilings are measured the same way: device-to-device copy
+ * and a 16-bit cuBLAS GEMM. Each benchmark states the bytes and flops one run must move, so the
+ * caller can turn a time into GB/s, TFLOP/s and a share of the ceilings.
+ */
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "kernels.h"
+#include "quant.cuh"
+
+#define FLUSH_BYTES (256ull << 20)
+
+struct tm_cuda_bench {
+    tm_cuda_bench_spec spec;
+    cudaStream_t stream;
+    cudaEvent_t start, stop;
+    cublasHandle_t cublas;
+    void *flush;
+    void *buffers[8];
+    int n_buffers;
+    double bytes, flops;
+    /* op-specific */
+    uint64_t workspace_bytes;
+    int n_tiles, n_splits, keys_per_split;
+};
+
+__host__ __device__ static uint32_t hash32(uint64_t x) {
+    x ^= x >> 33, x *= 0xff51afd7ed558ccdull, x ^= x >> 33, x *= 0xc4ceb9fe1a85ec53ull, x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+__global__ void fill_floats_kernel(float *x, int64_t n, uint32_t seed) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = (float)((hash32((uint64_t)i * 0x9e3779b97f4a7c15ull + seed) >> 8) * (2.0 / 16777216.0) - 1.0);
+}
+__global__ void fill_halves_kernel(__half *x, int64_t n, uint32_t seed) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = __float2half((float)((hash32((uint64_t)i * 0x9e3779b97f4a7c15ull + seed) >> 8) * (2.0 / 16777216.0) - 1.0));
+}
+/* Quantized blocks: random quants with small positive scales (every 16-bit field a half in [0, 1/64]). */
+__global__ void fill_blocks_kernel(uint8_t *x, int64_t n, uint32_t seed) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = (uint8_t)(hash32((uint64_t)i + seed) & 0x3F); /* 0x00-0x3F: small halves, small quants */
+}
+
+static unsigned grid(int64_t n) { return (unsigned)((n + 255) / 256); }
+
+static int fail(char *message, int capacity, const char *format, ...) {
+    va_list arguments;
+    va_start(arguments, format);
+    vsnprintf(message, (size_t)capacity, format, arguments);
+    va_end(arguments);
+    return -1;
+}
+
+#define TRY(call)                                                                                             \
+    do {                                                                                                      \
+        cudaError_t bench_status_ = (call);                                                                   \
+        if (bench_status_ != cudaSuccess) {                                                                   \
+            fail(message, capacity, "%s: %s", #call, cudaGetErrorString(bench_status_));                      \
+            tm_cuda_bench_free(b);                                                                            \
+            return -1;                                                                                        \
+        }                                                                                                     \
+    } while (0)
+
+static cudaError_t alloc(tm_cuda_bench *b, void **out, uint64_t bytes) {
+    cudaError_t status = cudaMalloc(out, bytes ? bytes : 1);
+    if (status == cudaSuccess) b->buffers[b->n_buffers++] = *out;
+    return status;
+}
+
+static uint64_t row_bytes_of(int type, int64_t cols) {
+    uint64_t block = 0, bytes = 0;
+    dispatch_weight_type(type, [&](auto t) {
+        block = traits<decltype(t)::value>::block;
+        bytes = traits<decltype(t)::value>::bytes;
+        return cudaSuccess;
+    });
+    return block ? (uint64_t)cols / block * bytes : 0;
+}
+
+extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_bench **out, char *message, int capacity) {
+    *out = NULL;
+    tm_cuda_bench *b = (tm_cuda_bench *)calloc(1, sizeof *b);
+    if (!b) return fail(message, capacity, "out of memory");
+    b->spec = *spec;
+    const tm_cuda_bench_spec *s = spec; /* the caller's: still valid after a failure frees b */
+    TRY(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
+    TRY(cudaEventCreate(&b->start));
+    TRY(cudaEventCreate(&b->stop));
+    TRY(alloc(b, &b->flush, FLUSH_BYTES));
+    void *a = NULL, *x = NULL, *y = NULL, *w = NULL;
+    switch (s->op) {
+    case TM_BENCH_COPY: {
+        uint64_t bytes = (uint64_t)s->rows;
+        TRY(alloc(b, &a, bytes));
+        TRY(alloc(b, &x, bytes));
+        TRY(cudaMemset(a, 1, bytes));
+        b->bytes = 2.0 * (double)bytes;
+        break;
+    }
+    case TM_BENCH_GEMM_F16:
+    case TM_BENCH_GEMM_BF16: {
+        int64_t n = s->rows;
+        if (cublasCreate(&b->cublas) != CUBLAS_STATUS_SUCCESS) return tm_cuda_bench_free(b), fail(message, capacity, "cublasCreate failed");
+        TRY(alloc(b, &a, (uint64_t)n * n * 2));
+        TRY(alloc(b, &x, (uint64_t)n * n * 2));
+        TRY(alloc(b, &y, (uint64_t)n * n * 2));
+        fill_halves_kernel<<<grid(n * n), 256>>>((__half *)a, n * n, 1); /* bf16 reads the same bits: finite, small */
+        fill_halves_kernel<<<grid(n * n), 256>>>((__half *)x, n * n, 2);
+        b->flops = 2.0 * n * n * n;
+        b->bytes = 3.0 * n * n * 2;
+        break;
+    }
+    case TM_BENCH_GEMV:
+    case TM_BENCH_GEMM: {
+        uint64_t row_bytes = row_bytes_of(s->type, s->cols);
+        if (!row_bytes) return tm_cuda_bench_free(b), fail(message, capacity, "type %d with %lld columns is not a whole number of blocks", s->type, (long long)s->cols);
+        if (s->op == TM_BENCH_GEMV && (s->tokens < 1 || s->tokens > TM_CUDA_GEMV_MAX_TOKENS))
+            return tm_cuda_bench_free(b), fail(message, capacity, "gemv takes 1..%d tokens", TM_CUDA_GEMV_MAX_TOKENS);
+        TRY(alloc(b, &w, row_bytes * s->rows));
+        TRY(alloc(b, &x, (uint64_t)s->tokens * s->cols * 4));
+        TRY(alloc(b, &y, (uint64_t)s->tokens * s->rows * 4));
+        if (s->type == F16) fill_halves_kernel<<<grid(s->rows * s->cols), 256>>>((__half *)w, s->rows * s->cols, 3);
+        else fill_blocks_kernel<<<grid((int64_t)(row_bytes * s->rows)), 256>>>((uint8_t *)w, (int64_t)(row_bytes * s->rows), 3);
+        fill_floats_kernel<<<grid(s->tokens * s->cols), 256>>>((float *)x, s->tokens * s->cols, 4);
+        void *extra = NULL;
+        if (s->op == TM_BENCH_GEMV && tm_cuda_gemv_q8_supported(s->type)) {
+            TRY(alloc(b, &extra, tm_cuda_q8_1_bytes(s->tokens * s->cols)));
+            if (tm_cuda_quantize_q8_1((const float *)x, s->tokens * s->cols, extra, NULL))
+                return tm_cuda_bench_free(b), fail(message, capacity, "quantize failed");
+        } else if (s->op == TM_BENCH_GEMM) {
+            if (cublasCreate(&b->cublas) != CUBLAS_STATUS_SUCCESS) return tm_cuda_bench_free(b), fail(message, capacity, "cublasCreate failed");
+            b->workspace_bytes = (uint64_t)s->tokens * s->cols * 2 + 256 + (64ull << 20);
+            TRY(alloc(b, &extra, b->workspace_bytes));
+        }
+        b->bytes = (double)(row_bytes * s->rows) + (double)s->tokens * (s->cols + s->rows) * 4;
+        b->flops = 2.0 * s->rows * s->cols * s->tokens;
+        break;
+    }
+    case TM_BENCH_FLASH:
+    case TM_BENCH_DECODE_ATTENTION: {
+        const bool flash = s->op == TM_BENCH_FLASH;
+        if (flash && !s->causal) return tm_cuda_bench_free(b), fail(message, capacity, "flash attention runs causal only (causal: 1)");
+        const int sequences = flash ? 1 : s->batch, length = flash ? s->tokens : s->context;
+        const int queries = flash ? s->tokens : s->batch;
+        if (s->heads < 1 || s->kv_heads < 1 || s->heads % s->kv_heads || sequences < 1 || length < 1)
+            return tm_cuda_bench_free(b), fail(message, capacity, "attention needs heads a multiple of kv_heads, tokens/context and batch >= 1");
+        const uint32_t page_size = 4096;
+        const uint64_t row_bytes = 2ull * s->kv_heads * s->head_dim * 2; /* f16 K and V */
+        const int64_t pages_per_sequence = row_bytes <= page_size ? (length + page_size / row_bytes - 1) / (page_size / row_bytes)
+                                                                  : (int64_t)length * ((row_bytes + page_size - 1) / page_size);
+        const int64_t pages = pages_per_sequence * sequences;
+        void *pool, *table, *offsets, *positions, *partials; /* positions: positions | key counts | tiles */
+        TRY(alloc(b, &pool, (uint64_t)pages * page_size));
+        fill_halves_kernel<<<grid((int64_t)(pages * page_size / 2)), 256>>>((__half *)pool, (int64_t)(pages * page_size / 2), 5);
+        int32_t *host_table = (int32_t *)malloc((size_t)pages * 4), *host_ints = (int32_t *)malloc((size_t)queries * 4 * 4);
+        int64_t *host_offsets = (int64_t *)malloc((size_t)queries * 8);
+        for (int64_t p = 0; p < pages; p++) host_table[p] = (int32_t)((p * 7919) % pages); /* scattered pages */
+        const int tile_tokens = flash ? tm_cuda_flash_tile_tokens(s->head_dim, s->heads, s->kv_heads) : 1;
+        if (tile_tokens < 1) {
+            free(host_table), free(host_ints), free(host_offsets);
+            return tm_cuda_bench_free(b), fail(message, capacity, "head_dim %d is not one flash attention takes", s->head_dim);
+        }
+        int n_tiles = 0;
+        for (int q = 0; q < queries; q++) {
+            host_offsets[q] = flash ? 0 : (int64_t)q * pages_per_sequence;
+            host_ints[q] = flash ? q : length - 1;          /* positions */
+            host_ints[queries + q] = flash ? q + 1 : length; /* key counts */
+            if (flash && q % tile_tokens == 0) {
+                host_ints[2 * queries + 2 * n_tiles] = q;
+                host_ints[2 * queries + 2 * n_tiles + 1] = queries - q < tile_tokens ? queries - q : tile_tokens;
+                n_tiles++;
+            }
+        }
+        TRY(alloc(b, &table, (uint64_t)pages * 4));
+        TRY(alloc(b, &offsets, (uint64_t)queries * 8));
+        TRY(alloc(b, &positions, (uint64_t)queries * 4 * 4));
+        cudaMemcpy(table, host_table, (size_t)pages * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(offsets, host_offsets, (size_t)queries * 8, cudaMemcpyHostToDevice);
+        cudaMemcpy(positions, host_ints, (size_t)queries * 4 * 4, cudaMemcpyHostToDevice);
+        free(host_table), free(host_ints), free(host_offsets);
+        b->n_tiles = n_tiles;
+        b->n_splits = flash ? 1 : (length + 255) / 256 > 32 ? 32 : (length + 255) / 256;
+        b->keys_per_split = (length + b->n_splits - 1) / b->n_splits;
+        TRY(alloc(b, &x, (uint64_t)queries * s->heads * s->head_dim * 4));
+        TRY(alloc(b, &y, (uint64_t)queries * s->heads * s->head_dim * 4));
+        TRY(alloc(b, &partials, (uint64_t)queries * s->heads * b->n_splits * (s->head_dim + 2) * 4));
+        fill_floats_kernel<<<grid((int64_t)queries * s->heads * s->head_dim), 256>>>((float *)x, (int64_t)queries * s->heads * s->head_dim, 6);
+        const double kv_bytes = (double)sequences * length * row_bytes, qo_bytes = 2.0 * queries * s->heads * s->head_dim * 4;
+        b->bytes = kv_bytes + qo_bytes;
+        /* 4 flops per (query, key, dimension): the scores and the weighted values; causal: half the pairs */
+        b->flops = flash ? 4.0 * s->heads * s->head_dim * (double)length * (length + 1) / 2 : 4.0 * queries * s->heads * s->head_dim * (double)length;
+        break;
+    }
+    case TM_BENCH_RMSNORM: {
+        TRY(alloc(b, &x, (uint64_t)s->rows * s->cols * 4));
+        TRY(alloc(b, &y, (uint64_t)s->rows * s->cols * 4));
+        TRY(alloc(b, &w, (uint64_t)s->cols * 4));
+        fill_floats_kernel<<<grid(s->rows * s->cols), 256>>>((float *)x, s->rows * s->cols, 7);
+        fill_floats_kernel<<<grid(s->cols), 256>>>((float *)w, s->cols, 8);
+        b->bytes = 2.0 * s->rows * s->cols * 4 + s->cols * 4.0;
+        b->flops = 3.0 * s->rows * s->cols;
+        break;
+    }
+    case TM_BENCH_ROPE: {
+        TRY(alloc(b, &x, (uint64_t)s->tokens * s->heads * s->head_dim * 4));
+        TRY(alloc(b, &a, (uint64_t)s->tokens * 4));
+        fill_floats_kernel<<<grid((int64_t)s->tokens * s->heads * s->head_dim), 256>>>((float *)x, (int64_t)s->tokens * s->heads * s->head_dim, 9);
+        int32_t *host_positions = (int32_t *)malloc((size_t)s->tokens * 4);
+        for (int t = 0; t < s->tokens; t++) host_positions[t] = t;
+        cudaMemcpy(a, host_positions, (size_t)s->tokens * 4, cudaMemcpyHostToDevice);
+        free(host_positions);
+        b->bytes = 2.0 * s->tokens * s->heads * s->head_dim * 4;
+        b->flops = 6.0 * s->tokens * s->heads * s->head_dim / 2;
+        break;
+    }
+    default:
+        tm_cuda_bench_free(b);
+        return fail(message, capacity, "unknown benchmark op %d", s->op);
+    }
+    TRY(cudaDeviceSynchronize());
+    TRY(cudaGetLastError());
+    *out = b;
+    return 0;
+}
+
+/* The op once, on the bench's stream (buffers in creation order, after the flush buffer). */
+static int launch(tm_cuda_bench *b) {
+    const tm_cuda_bench_spec *s = &b->spec;
+    void **buf = b->buffers + 1;
+    cudaStream_t st = b->stream;
+    switch (s->op) {
+    case TM_BENCH_COPY: return cudaMemcpyAsync(buf[1], buf[0], (size_t)s->rows, cudaMemcpyDeviceToDevice, st);
+    case TM_BENCH_GEMM_F16:
+    case TM_BENCH_GEMM_BF16: {
+        const float one = 1, zero = 0;
+        cudaDataType type = s->op == TM_BENCH_GEMM_F16 ? CUDA_R_16F : CUDA_R_16BF;
+        int n = (int)s->rows;
+        cublasSetStream(b->cublas, st);
+        cublasStatus_t status = cublasGemmEx(b->cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, buf[0], type, n, buf[1], type, n, &zero,
+                                             buf[2], type, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        return status == CUBLAS_STATUS_SUCCESS ? 0 : -(int)status;
+    }
+    case TM_BENCH_GEMV:
+        if (tm_cuda_gemv_q8_supported(s->type))
+            return tm_cuda_gemv_q8(s->type, buf[0], s->rows, s->cols, buf[3], s->tokens, (float *)buf[2], st);
+        return tm_cuda_gemv_batched(s->type, buf[0], s->rows, s->cols, (const float *)buf[1], s->tokens, (float *)buf[2], st);
+    case TM_BENCH_GEMM:
+        return tm_cuda_gemm(b->cublas, s->type, buf[0], s->rows, s->cols, (const float *)buf[1], s->tokens, (float *)buf[2], buf[3],
+                            b->workspace_bytes, st);
+    case TM_BENCH_FLASH:
+    case TM_BENCH_DECODE_ATTENTION: {
+        /* buffers: pool, table, offsets, positions|n_keys|tiles, q, out, partials */
+        const int queries = s->op == TM_BENCH_FLASH ? s->tokens : s->batch;
+        const int32_t *ints = (const int32_t *)buf[3];
+        if (s->op == TM_BENCH_FLASH)
+            return tm_cuda_flash_attention((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
+                                           (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles, st);
+        return tm_cuda_paged_attention((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
+                                       (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, b->n_splits, b->keys_per_split,
+                                       (float *)buf[6], st);
+    }
+    case TM_BENCH_RMSNORM:
+        return tm_cuda_add_rmsnorm((float *)buf[1], (float *)buf[0], NULL, (const float *)buf[2], (int)s->rows, (int)s->cols, 1e-5f, NULL, st);
+    case TM_BENCH_ROPE:
+        return tm_cuda_rope((float *)buf[0], s->tokens, s->heads, s->head_dim, s->head_dim, 10000.0f, 1.0f, NULL, (const int32_t *)buf[1], st);
+    }
+    return cudaErrorInvalidValue;
+}
+
+extern "C" int tm_cuda_bench_run(tm_cuda_bench *b, double *milliseconds, char *message, int capacity) {
+    cudaError_t status = cudaMemsetAsync(b->flush, (int)(b->n_buffers & 0xFF), FLUSH_BYTES, b->stream); /* evict L2 */
+    if (status == cudaSuccess) status = cudaEventRecord(b->start, b->stream);
+    if (status != cudaSuccess) return fail(message, capacity, "flush/start: %s", cudaGetErrorString(status));
+    int op = launch(b);
+    if (op) return fail(message, capacity, "the benchmarked op failed (%s %d)", op < 0 ? "cuBLAS status" : "cudaError", op < 0 ? -op : op);
+    float elapsed = 0;
+    status = cudaEventRecord(b->stop, b->stream);
+    if (status == cudaSuccess) status = cudaEventSynchronize(b->stop);
+    if (status == cudaSuccess) status = cudaEventElapsedTime(&elapsed, b->start, b->stop);
+    if (status != cudaSuccess) return fail(message, capacity, "timing: %s", cudaGetErrorString(status));
+    *milliseconds = elapsed;
+    return 0;
+}
+
+extern "C" void tm_cuda_bench_cost(const tm_cuda_bench *b, double *bytes, double *flops) {
+    *bytes = b->bytes;
+    *flops = b->flops;
+}
+
+extern "C" void tm_cuda_bench_free(tm_cuda_bench *b) {
+    if (!b) return;
+    cudaDeviceSynchronize();
+    for (int i = 0; i < b->n_buffers; i++) cudaFree(b->buffers[i]);
+    if (b->cublas) cublasDestroy(b->cublas);
+    if (b->start) cudaEventDestroy(b->start);
+    if (b->stop) cudaEventDestroy(b->stop);
+    if (b->stream) cudaStreamDestroy(b->stream);
+    free(b);
+}

@@ -1,0 +1,48 @@
+/*
+ * bench.h - C API of kernels/cuda/bench.cu: one operation's device-side benchmark for the
+ * harness's kernels suite (inputs allocated and filled once; each run timed with CUDA events after
+ * an L2 flush), with the bytes and flops one run must move.
+ */
+#ifndef TM_CUDA_BENCH_H
+#define TM_CUDA_BENCH_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum tm_bench_op {
+    TM_BENCH_COPY = 0,          /* device-to-device copy of `rows` bytes: the bandwidth ceiling */
+    TM_BENCH_GEMM_F16,          /* cuBLAS rows^3 GEMM, f16 in and out, float32 accumulation: a flop ceiling */
+    TM_BENCH_GEMM_BF16,         /* the same in bf16 */
+    TM_BENCH_GEMV,              /* the decode product of the engine's fast path: rows x cols of `type`, tokens 1..16 */
+    TM_BENCH_GEMM,              /* the prefill product (tm_cuda_gemm): rows x cols of `type`, `tokens` tokens */
+    TM_BENCH_FLASH,             /* causal flash attention over one `tokens`-long sequence in f16 pages */
+    TM_BENCH_DECODE_ATTENTION,  /* paged decode attention: `batch` sequences of `context` tokens */
+    TM_BENCH_RMSNORM,           /* rows x cols */
+    TM_BENCH_ROPE,              /* tokens x heads x head_dim */
+} tm_bench_op;
+
+typedef struct tm_cuda_bench_spec {
+    tm_bench_op op;
+    int type;                   /* ggml type id (gemv, gemm) */
+    int64_t rows, cols;
+    int tokens, head_dim, heads, kv_heads, context, batch, causal;
+} tm_cuda_bench_spec;
+
+typedef struct tm_cuda_bench tm_cuda_bench;
+
+/* 0, or -1 with the reason in message (no device, out of memory, unsupported shape). */
+int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_bench **out, char *message, int capacity);
+/* One run after an L2 flush: its time in milliseconds (CUDA events). */
+int tm_cuda_bench_run(tm_cuda_bench *bench, double *milliseconds, char *message, int capacity);
+/* Bytes and flops one run must move (the operands once; 4 flops per query-key-dimension in attention). */
+void tm_cuda_bench_cost(const tm_cuda_bench *bench, double *bytes, double *flops);
+void tm_cuda_bench_free(tm_cuda_bench *bench);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TM_CUDA_BENCH_H */
