@@ -194,6 +194,90 @@ static bool draw_charts(const char *charts_dir, const long long *prompts, int n_
     return system(command) == 0;
 }
 
+/* 1.1: per throughput case with CUPTI records (tmbench run --profile), the kernels that took
+ * the most GPU time per timed repetition. */
+static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
+    sqlite3_stmt *cases, *top;
+    sqlite3_prepare_v2(db,
+                       "SELECT c.id, c.name, count(DISTINCT k.repetition), sum(k.end_ns - k.start_ns) FROM cases c JOIN "
+                       "kernel_records k ON k.case_id = c.id AND k.repetition >= 0 AND k.grid IS NOT NULL WHERE c.run_id = ? AND "
+                       "c.kind = 'throughput' GROUP BY c.id ORDER BY c.id",
+                       -1, &cases, NULL);
+    sqlite3_prepare_v2(db,
+                       "SELECT name, count(*), sum(end_ns - start_ns) FROM kernel_records WHERE case_id = ? AND repetition >= 0 "
+                       "AND grid IS NOT NULL GROUP BY name ORDER BY 3 DESC LIMIT 5",
+                       -1, &top, NULL);
+    sqlite3_bind_int64(cases, 1, run);
+    int shown = 0;
+    fprintf(md, "\n### 1.1 Where the GPU time goes\n\n");
+    while (sqlite3_step(cases) == SQLITE_ROW) {
+        int64_t case_id = sqlite3_column_int64(cases, 0);
+        int repetitions = sqlite3_column_int(cases, 2);
+        double total_ns = sqlite3_column_double(cases, 3);
+        fprintf(md, "%s**%s**: %.3f ms of kernels per repetition (%d repetitions recorded)\n\n"
+                    "| kernel | launches per repetition | time per repetition | share |\n|---|---|---|---|\n",
+                shown ? "\n" : "", (const char *)sqlite3_column_text(cases, 1), total_ns / repetitions / 1e6, repetitions);
+        sqlite3_reset(top);
+        sqlite3_bind_int64(top, 1, case_id);
+        while (sqlite3_step(top) == SQLITE_ROW) {
+            char name[120];
+            snprintf(name, sizeof name, "%s", (const char *)sqlite3_column_text(top, 0));
+            for (char *c = name; *c; c++)
+                if (*c == '|') *c = '/'; /* keep the table intact */
+            double ns = sqlite3_column_double(top, 2);
+            fprintf(md, "| `%s` | %.1f | %.1f us | %.1f %% |\n", name, sqlite3_column_double(top, 1) / repetitions,
+                    ns / repetitions / 1e3, 100.0 * ns / total_ns);
+        }
+        shown++;
+    }
+    if (!shown) fprintf(md, "not measured: no throughput case of this run was profiled (tmbench run --profile).\n");
+    sqlite3_finalize(cases), sqlite3_finalize(top);
+}
+
+/* 2.1: every kernels case with its time and its share of the ceilings measured in the same run. */
+static int kernels_section(FILE *md, sqlite3 *db, int64_t run) {
+    sqlite3_stmt *s;
+    sqlite3_prepare_v2(db,
+                       "SELECT c.name, c.status, t.median, t.relative_noise, g.median, f.median, pb.median, pf.median, g.ceiling, "
+                       "f.ceiling, json_extract(c.params, '$.op'), json_extract(c.params, '$.head_dim'), "
+                       "json_extract(c.params, '$.tokens') FROM cases c "
+                       "LEFT JOIN metrics t ON t.case_id = c.id AND t.metric = 'time_us' "
+                       "LEFT JOIN metrics g ON g.case_id = c.id AND g.metric = 'gb_per_s' "
+                       "LEFT JOIN metrics f ON f.case_id = c.id AND f.metric = 'tflop_per_s' "
+                       "LEFT JOIN metrics pb ON pb.case_id = c.id AND pb.metric = 'pct_of_copy_bandwidth' "
+                       "LEFT JOIN metrics pf ON pf.case_id = c.id AND pf.metric = 'pct_of_gemm_flops' "
+                       "WHERE c.run_id = ? AND c.kind = 'kernels' ORDER BY c.id",
+                       -1, &s, NULL);
+    sqlite3_bind_int64(s, 1, run);
+    int rows = 0;
+    double copy_ceiling = 0, gemm_ceiling = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (!rows)
+            fprintf(md, "| case | time (us) | GB/s | TFLOP/s | %% of copy bandwidth | %% of GEMM flops |\n|---|---|---|---|---|---|\n");
+        rows++;
+        const char *op = text_or(s, 10, "");
+        int head_dim = sqlite3_column_int(s, 11), tokens = sqlite3_column_int(s, 12);
+        bool guide_row = !strcmp(op, "flash") && ((head_dim == 128 && tokens == 4096) || (head_dim == 256 && tokens == 8192));
+        if (sqlite3_column_type(s, 2) == SQLITE_NULL) {
+            fprintf(md, "| %s | not measured (%s) | | | | |\n", (const char *)sqlite3_column_text(s, 0), text_or(s, 1, "?"));
+            continue;
+        }
+        if (sqlite3_column_type(s, 8) != SQLITE_NULL) copy_ceiling = sqlite3_column_double(s, 8);
+        if (sqlite3_column_type(s, 9) != SQLITE_NULL) gemm_ceiling = sqlite3_column_double(s, 9);
+        fprintf(md, "| %s%s | %.4g ± %.1f %% | %.4g | %.4g | %.1f | %.1f |\n", (const char *)sqlite3_column_text(s, 0),
+                guide_row ? " (guide row)" : "", sqlite3_column_double(s, 2), 100 * sqlite3_column_double(s, 3),
+                sqlite3_column_double(s, 4), sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7));
+    }
+    sqlite3_finalize(s);
+    if (!rows) fprintf(md, "not measured: this run has no kernels cases.\n");
+    else
+        fprintf(md, "\nCeilings measured in the same run: device-to-device copy %.0f GB/s, 16-bit GEMM %.0f TFLOP/s. Each "
+                    "repetition is one run timed with CUDA events after an L2 flush; attention flops count 4 per "
+                    "(query, key, dimension), causal cases half the pairs.\n",
+                copy_ceiling, gemm_ceiling);
+    return rows;
+}
+
 int tm_command_report(int argc, char **argv) {
     const char *db_path = TM_DEFAULT_DB, *out_dir = "reports", *run_spec = NULL, *roadmap = NULL;
     bool include_incomplete = false;
@@ -274,8 +358,11 @@ int tm_command_report(int argc, char **argv) {
     else if (throughput_rows)
         fprintf(md, "\nCharts: not drawn (gnuplot is not installed).\n");
     fprintf(md, "\nDecode tokens/s counts every sequence's tokens; ± is the relative noise (stdev/mean) over the "
-                "repetitions.\n\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\nnot measured: this run has no kernels "
-                "cases.\n\n### 2.2 Zero-copy IPC latency\n\nnot measured: this run has no ipc cases.\n\n---\n\n"
+                "repetitions.\n");
+    top_kernels_section(md, db, run);
+    fprintf(md, "\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\n");
+    kernels_section(md, db, run);
+    fprintf(md, "\n### 2.2 Zero-copy IPC latency\n\nnot measured: this run has no ipc cases.\n\n---\n\n"
                 "## 3. Memory efficiency\n\n");
     memory_section(md, db, run);
     fprintf(md, "\n---\n\n## 4. Scaling study\n\nnot measured: this run has no scaling cases.\n\n---\n\n"

@@ -30,6 +30,12 @@ def fixed_database(path):
         (2, "throughput", "guide/prompt_tokens=512,batch=4", '{"prompt_tokens": 512, "batch": 4}', "complete"),
         (3, "throughput", "guide/prompt_tokens=2048,batch=8", '{"prompt_tokens": 2048, "batch": 8}', "failed"),
         (4, "memory", "guide-memory/batch=8", '{"prompt_tokens": 4096, "batch": 8}', "complete"),
+        (5, "kernels", "kernels/head_dim=128,tokens=4096,heads=32,kv_heads=32",
+         '{"op": "flash", "causal": 1, "head_dim": 128, "tokens": 4096, "heads": 32, "kv_heads": 32}', "complete"),
+        (6, "kernels", "kernels-decode/op=gemv,type=q4_k,rows=4096,tokens=1", '{"op": "gemv", "type": "q4_k", "rows": 4096}',
+         "complete"),
+        (7, "kernels", "kernels/head_dim=256,tokens=8192,heads=16,kv_heads=16",
+         '{"op": "flash", "causal": 1, "head_dim": 256, "tokens": 8192, "heads": 16, "kv_heads": 16}', "failed"),
     ]
     for case_id, kind, name, params, status in cases:
         connection.execute("INSERT INTO cases (id, run_id, suite, kind, name, params, model, status, started_at) "
@@ -42,6 +48,10 @@ def fixed_database(path):
         2: {"decode_tokens_per_s": (230.5, 0.02, None), "step_latency_p50_ms": (17.3, 0, None),
             "step_latency_p90_ms": (18.0, 0, None), "step_latency_p99_ms": (19.2, 0, None),
             "time_to_first_token_ms": (820.0, 0, None), "prompt_tokens_per_s": (2497.0, 0, None)},
+        5: {"time_us": (3477.0, 0.004, None), "gb_per_s": (19.3, 0, 2978.0), "tflop_per_s": (316.2, 0, 749.0),
+            "pct_of_copy_bandwidth": (0.6, 0, None), "pct_of_gemm_flops": (42.2, 0, None)},
+        6: {"time_us": (4.1, 0.02, None), "gb_per_s": (2305.0, 0, 2978.0), "tflop_per_s": (8.2, 0, 749.0),
+            "pct_of_copy_bandwidth": (77.4, 0, None), "pct_of_gemm_flops": (1.1, 0, None)},
         4: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (10.74e9, 0, None),
             "kv_bytes_used": (10.73e9, 0, None), "total_bytes": (52.12e9, 0, None),
             "process_peak_rss_bytes": (1.2e9, 0, None)},
@@ -53,6 +63,17 @@ def fixed_database(path):
                 "p99, relative_noise, median_low, median_high, ceiling) VALUES (?, ?, 'u', 1, 5, ?, ?, 0, ?, ?, ?, ?, ?, ?, "
                 "?, ?, ?)", (case_id, metric, median, median, median, median, median, median, median, noise, median, median,
                              ceiling))
+    # CUPTI records of case 1 (tmbench run --profile): two timed repetitions and a warm-up, which the report leaves out
+    records = []
+    for repetition in (-1, 0, 1):
+        start = 1_000_000 * (repetition + 2)
+        for name, launches, ns in (("mmvq_kernel<12, 1, 1>", 4, 9000), ("rmsnorm_kernel", 2, 1500), ("sample_kernel", 1, 4000)):
+            for _ in range(launches):
+                records.append((1, repetition, name, "128,1,1", "128,1,1", start, start + ns))
+                start += ns
+        records.append((1, repetition, "memcpy DtoH 4 B", None, None, start, start + 2000))
+    connection.executemany("INSERT INTO kernel_records (case_id, repetition, name, grid, block, start_ns, end_ns) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", records)
     connection.commit()
     connection.close()
 
