@@ -194,6 +194,30 @@ static bool draw_charts(const char *charts_dir, const long long *prompts, int n_
     return system(command) == 0;
 }
 
+/* Every kernels case on the roofline of this run's ceilings (log-log: TFLOP/s against flop/byte). */
+static bool draw_roofline(const char *charts_dir, double copy_gb_per_s, double gemm_tflop_per_s) {
+    char script_path[4200];
+    snprintf(script_path, sizeof script_path, "%s/roofline.gp", charts_dir);
+    FILE *script = fopen(script_path, "w");
+    if (!script) return false;
+    const char *formats[2][2] = {{"svg size 800,520 dynamic", "svg"}, {"png size 800,520", "png"}};
+    for (int f = 0; f < 2; f++)
+        fprintf(script,
+                "set terminal %s\nset output '%s/roofline.%s'\nset title 'Kernels on the roofline (ceilings measured in the same run)'\n"
+                "set logscale xy 10\nset grid\nset key left top\nset xlabel 'arithmetic intensity (flop/byte)'\n"
+                "set ylabel 'TFLOP/s'\nset xrange [0.01:1e6]\nset yrange [0.001:%g]\nset samples 400\nset termoption noenhanced\n"
+                "roof(x) = (x * %g / 1000 < %g) ? x * %g / 1000 : %g\n"
+                "plot roof(x) with lines lw 2 title 'roofline (%.0f GB/s, %.0f TFLOP/s)', "
+                "'%s/roofline.dat' using 1:2 with points pt 7 title 'kernels cases', "
+                "'' using 1:2:3 with labels offset 0.5,0.5 left font ',7' notitle\n",
+                formats[f][0], charts_dir, formats[f][1], gemm_tflop_per_s * 3, copy_gb_per_s, gemm_tflop_per_s, copy_gb_per_s,
+                gemm_tflop_per_s, copy_gb_per_s, gemm_tflop_per_s, charts_dir);
+    fclose(script);
+    char command[8600];
+    snprintf(command, sizeof command, "gnuplot '%s' >> '%s/gnuplot.log' 2>&1", script_path, charts_dir);
+    return system(command) == 0;
+}
+
 /* 1.1: per throughput case with CUPTI records (tmbench run --profile), the kernels that took
  * the most GPU time per timed repetition. */
 static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
@@ -235,7 +259,7 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
 }
 
 /* 2.1: every kernels case with its time and its share of the ceilings measured in the same run. */
-static int kernels_section(FILE *md, sqlite3 *db, int64_t run) {
+static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, double *copy_out, double *gemm_out) {
     sqlite3_stmt *s;
     sqlite3_prepare_v2(db,
                        "SELECT c.name, c.status, t.median, t.relative_noise, g.median, f.median, pb.median, pf.median, g.ceiling, "
@@ -251,6 +275,9 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run) {
     sqlite3_bind_int64(s, 1, run);
     int rows = 0;
     double copy_ceiling = 0, gemm_ceiling = 0;
+    char data_path[4200];
+    snprintf(data_path, sizeof data_path, "%s/roofline.dat", charts_dir);
+    FILE *data = fopen(data_path, "w"); /* arithmetic intensity (flop/byte), TFLOP/s, label: the roofline chart */
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (!rows)
             fprintf(md, "| case | time (us) | GB/s | TFLOP/s | %% of copy bandwidth | %% of GEMM flops |\n|---|---|---|---|---|---|\n");
@@ -264,11 +291,18 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run) {
         }
         if (sqlite3_column_type(s, 8) != SQLITE_NULL) copy_ceiling = sqlite3_column_double(s, 8);
         if (sqlite3_column_type(s, 9) != SQLITE_NULL) gemm_ceiling = sqlite3_column_double(s, 9);
+        double gb = sqlite3_column_double(s, 4), tflops = sqlite3_column_double(s, 5);
+        if (data && gb > 0 && tflops > 0) {
+            const char *name = (const char *)sqlite3_column_text(s, 0), *slash = strchr(name, '/');
+            fprintf(data, "%.6g %.6g \"%s\"\n", tflops * 1e3 / gb, tflops, slash ? slash + 1 : name);
+        }
         fprintf(md, "| %s%s | %.4g ± %.1f %% | %.4g | %.4g | %.1f | %.1f |\n", (const char *)sqlite3_column_text(s, 0),
                 guide_row ? " (guide row)" : "", sqlite3_column_double(s, 2), 100 * sqlite3_column_double(s, 3),
                 sqlite3_column_double(s, 4), sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7));
     }
     sqlite3_finalize(s);
+    if (data) fclose(data);
+    *copy_out = copy_ceiling, *gemm_out = gemm_ceiling;
     if (!rows) fprintf(md, "not measured: this run has no kernels cases.\n");
     else
         fprintf(md, "\nCeilings measured in the same run: device-to-device copy %.0f GB/s, 16-bit GEMM %.0f TFLOP/s. Each "
@@ -361,7 +395,15 @@ int tm_command_report(int argc, char **argv) {
                 "repetitions.\n");
     top_kernels_section(md, db, run);
     fprintf(md, "\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\n");
-    kernels_section(md, db, run);
+    double copy_ceiling = 0, gemm_ceiling = 0;
+    int kernel_rows = kernels_section(md, db, run, charts_dir, &copy_ceiling, &gemm_ceiling);
+    if (kernel_rows && copy_ceiling > 0 && gemm_ceiling > 0) {
+        if (have_gnuplot() && draw_roofline(charts_dir, copy_ceiling, gemm_ceiling))
+            fprintf(md, "\n![kernels on the roofline](charts/roofline.svg)\n\nChart: [roofline](charts/roofline.svg) "
+                        "([PNG](charts/roofline.png)).\n");
+        else
+            fprintf(md, "\nRoofline chart: not drawn (gnuplot is not installed).\n");
+    }
     fprintf(md, "\n### 2.2 Zero-copy IPC latency\n\nnot measured: this run has no ipc cases.\n\n---\n\n"
                 "## 3. Memory efficiency\n\n");
     memory_section(md, db, run);

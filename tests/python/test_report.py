@@ -86,12 +86,13 @@ def test_report_matches_golden(tmp_path):
     text = (out / "PERFORMANCE.md").read_text().replace(str(db), "DATABASE")
     charts = shutil.which("gnuplot") is not None
     if charts:
-        for name in ("throughput_vs_batch", "latency_percentiles"):
+        for name in ("throughput_vs_batch", "latency_percentiles", "roofline"):
             for extension in ("svg", "png"):
                 chart = out / "charts" / f"{name}.{extension}"
                 assert chart.exists() and chart.stat().st_size > 1000, chart
     else:  # the same guide, with the line that says charts were not drawn
         text = text.replace("Charts: not drawn (gnuplot is not installed).\n", "CHARTS\n")
+        text = text.replace("Roofline chart: not drawn (gnuplot is not installed).\n", "ROOFLINE\n")
     if os.environ.get("TM_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     expected = GOLDEN.read_text()
@@ -99,6 +100,9 @@ def test_report_matches_golden(tmp_path):
         start = expected.index("![decode throughput")
         end = expected.index("Decode tokens/s counts")
         expected = expected[:start] + "CHARTS\n\n" + expected[end:]
+        start = expected.index("![kernels on the roofline]")
+        end = expected.index("### 2.2")
+        expected = expected[:start] + "ROOFLINE\n\n" + expected[end:]
     assert text == expected
     assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1 % (85 % of 72) |" in text
 
