@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "gemv.h"
 #include "ops_cpu.h"
+#include "trace.h"
 
 typedef struct run_state {
     int capacity;       /* tokens the buffers below hold */
@@ -167,14 +168,23 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
         embd->dequantize_row((const uint8_t *)m->token_embd.data + (uint64_t)batch->tokens[t] * embd_row_bytes,
                              s->x + (int64_t)t * D, D);
 
+    const bool detail = tm_trace_detail();
     for (int l = 0; l < c->n_layer; l++) {
         const tm_layer_weights *w = &m->layers[l];
+        char layer_name[32];
+        if (detail) tm_trace_layer_name(layer_name, sizeof layer_name, l);
+        TM_DETAIL_BEGIN(layer_name);
 
         /* attention block: x += wo . attention(rope(wq . norm(x)), rope(wk . norm(x)), wv . norm(x)) */
+        TM_DETAIL_BEGIN("attention norm");
         for (int t = 0; t < T; t++) tm_cpu_rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->attn_norm.data, D, c->rms_norm_eps);
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("q/k/v");
         if ((status = matmul(b, &w->wq, s->xb, T, s->q, error))) return status;
         if ((status = matmul(b, &w->wk, s->xb, T, s->k, error))) return status;
         if ((status = matmul(b, &w->wv, s->xb, T, s->v, error))) return status;
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("rope + kv append");
         for (int t = 0; t < T; t++) {
             tm_cpu_rope(s->q + (int64_t)t * q_dim, c->n_head, &rope, batch->positions[t]);
             tm_cpu_rope(s->k + (int64_t)t * kv_dim, c->n_head_kv, &rope, batch->positions[t]);
@@ -185,28 +195,44 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
                              s->v + (int64_t)t * kv_dim + h * c->head_dim, c->head_dim, kv_type);
             }
         }
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("attention");
         attention_task attention = {b, batch, kv, l};
         if (b->pool) tm_threadpool_run(b->pool, attention_part, &attention);
         else attention_part(&attention, 0, 1);
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("attention output");
         if ((status = matmul(b, &w->wo, s->att_out, T, s->delta, error))) return status;
         for (int64_t i = 0; i < (int64_t)T * D; i++) s->x[i] += s->delta[i];
+        TM_DETAIL_END();
 
         /* feed-forward block: x += w_down . (silu(w_gate . norm(x)) * (w_up . norm(x))) */
+        TM_DETAIL_BEGIN("ffn norm");
         for (int t = 0; t < T; t++) tm_cpu_rmsnorm(s->xb + (int64_t)t * D, s->x + (int64_t)t * D, w->ffn_norm.data, D, c->rms_norm_eps);
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("gate/up");
         if ((status = matmul(b, &w->w_gate, s->xb, T, s->gate, error))) return status;
         if ((status = matmul(b, &w->w_up, s->xb, T, s->up, error))) return status;
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("swiglu");
         tm_cpu_swiglu(s->gate, s->up, (int64_t)T * c->n_ff);
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("down");
         if ((status = matmul(b, &w->w_down, s->gate, T, s->delta, error))) return status;
         for (int64_t i = 0; i < (int64_t)T * D; i++) s->x[i] += s->delta[i];
+        TM_DETAIL_END();
+        TM_DETAIL_END(); /* the layer */
     }
 
     /* final norm and LM head, only for the tokens that want logits */
     int n_out = 0;
+    TM_DETAIL_BEGIN("lm head");
     for (int t = 0; t < T; t++)
         if (batch->want_logits[t])
             tm_cpu_rmsnorm(s->logits_in + (int64_t)n_out++ * D, s->x + (int64_t)t * D, m->output_norm.data, D, c->rms_norm_eps);
-    if (n_out == 0) return TM_OK;
-    return matmul(b, &m->output, s->logits_in, n_out, logits, error);
+    status = n_out ? matmul(b, &m->output, s->logits_in, n_out, logits, error) : TM_OK;
+    TM_DETAIL_END();
+    return status;
 }
 
 static void backend_free(tm_backend *backend) {

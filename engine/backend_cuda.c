@@ -39,6 +39,7 @@
 
 #include "backend.h"
 #include "kernels.h"
+#include "trace.h"
 
 #define CHECK_CUDA(call)                                                                                             \
     do {                                                                                                             \
@@ -360,21 +361,32 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     const step_inputs *in = &b->device_in;
     cudaStream_t stream = b->stream;
     tm_status s;
+    const bool detail = tm_trace_detail(); /* ranges around the launches (host side; graphs are off with detail) */
     CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, in->tokens, T, b->x, stream));
     const float *pending_delta = NULL; /* the down product's output, added by the next norm */
     for (int l = 0; l < c->n_layer; l++) {
         const device_weight *w = &b->layers[(size_t)l * 9];
         const float *attn_norm = w[0].data, *ffn_norm = w[5].data;
         const int32_t *pages = b->page_mirror + (int64_t)l * b->max_pages;
+        char layer_name[32];
+        if (detail) tm_trace_layer_name(layer_name, sizeof layer_name, l);
+        TM_DETAIL_BEGIN(layer_name);
         /* attention block */
         bool xb_q8 = takes_q8(b, &w[1], T), att_q8 = false, gate_q8 = takes_q8(b, &w[8], T);
+        TM_DETAIL_BEGIN("attention norm");
         CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, pending_delta, attn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL, stream));
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("q/k/v");
         const device_weight *qkv[3] = {&w[1], &w[2], &w[3]};
         float *qkv_out[3] = {b->q, b->k, b->v};
         if ((s = matmul_parts(b, qkv, qkv_out, 3, b->xb, T, &xb_q8, error))) return s;
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("rope + kv append");
         CHECK_KERNEL(tm_cuda_rope_kv_append(b->q, b->k, b->v, T, c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base,
                                             c->rope_freq_scale, b->rope_freqs, b->kv_pool, kv_f32, page_size, pages, in->page_offsets,
                                             in->positions, stream));
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("attention");
         if (n_tiles)
             CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->positions, in->tiles, n_tiles, stream));
@@ -382,25 +394,39 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
             CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
                                                  b->keys_per_split, b->partials, stream));
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("attention output");
         if ((s = matmul(b, &w[4], b->att, T, b->delta, &att_q8, error))) return s;
+        TM_DETAIL_END();
         /* feed-forward block */
+        TM_DETAIL_BEGIN("ffn norm");
         xb_q8 = takes_q8(b, &w[6], T);
         CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, b->delta, ffn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL, stream));
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("gate/up");
         const device_weight *gate_up[2] = {&w[6], &w[7]};
         float *gate_up_out[2] = {b->gate, b->up};
         if ((s = matmul_parts(b, gate_up, gate_up_out, 2, b->xb, T, &xb_q8, error))) return s;
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("swiglu");
         if (gate_q8) CHECK_KERNEL(tm_cuda_swiglu_q8(b->gate, b->up, (int64_t)T * c->n_ff, b->q8, stream));
         else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
+        TM_DETAIL_END();
+        TM_DETAIL_BEGIN("down");
         if ((s = matmul(b, &w[8], b->gate, T, b->delta, &gate_q8, error))) return s;
+        TM_DETAIL_END();
+        TM_DETAIL_END(); /* the layer */
         pending_delta = b->delta;
     }
     /* the last residual add with the final norm, then the LM head over the rows that want logits */
+    TM_DETAIL_BEGIN("lm head");
     CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, pending_delta, b->output_norm.data, T, D, c->rms_norm_eps, NULL, stream));
     if (n_out) {
         CHECK_KERNEL(tm_cuda_gather_rows(b->xb, in->logit_rows, n_out, D, b->xo, stream));
         bool xo_q8 = false;
         if ((s = matmul(b, &b->output, b->xo, n_out, b->logits, &xo_q8, error))) return s;
     }
+    TM_DETAIL_END();
     return TM_OK;
 }
 

@@ -162,6 +162,7 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         s = tm_error_set(error, TM_ERR_NO_MEMORY, "engine: cannot start %d threads", o->n_threads);
         goto fail;
     }
+    tm_trace_set_detail(o->nvtx_detail);
     tm_trace_push("model load");
     s = tm_model_open(o->model_path, o->synthetic, o->n_threads, &e->model, error);
     tm_trace_pop();
@@ -191,6 +192,7 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         cuda.max_context = o->n_ctx;
         cuda.graphs = !o->no_cuda_graphs;
         cuda.precision = o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST;
+        cuda.graphs = cuda.graphs && !o->nvtx_detail; /* per-op ranges need the kernels launched inside them */
         tm_trace_push("weight upload");
         s = tm_backend_cuda_create(e->model, &cuda, &e->backend, error);
         tm_trace_pop();
@@ -605,9 +607,10 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
     tm_batch batch = {n, e->batch_tokens, e->batch_positions, e->batch_seq, e->batch_want};
     const bool on_device = device_sampling_possible(e, n);
     double t0 = tm_time_seconds();
+    const int depth = tm_trace_depth();
     tm_trace_push(prompt_tokens ? "prefill step" : "decode step");
     tm_status s = step_compute(e, &batch, n, on_device, prompt_tokens, t0, error);
-    tm_trace_pop();
+    tm_trace_unwind(depth); /* closes whatever an error left open inside */
     return s;
 }
 
@@ -632,19 +635,13 @@ static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool o
             row->params = &r->sampling;
             row->uniform = r->sampling.temperature > 0 ? tm_rng_uniform(&r->rng) : 0; /* the CPU sampler's one draw */
             int start = penalized_used;
-            if (!collect_penalized(e, r, &penalized_used, &row->n_penalized)) {
-                tm_trace_pop();
+            if (!collect_penalized(e, r, &penalized_used, &row->n_penalized))
                 return tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory");
-            }
             row->penalized = NULL;
             row->penalized_start = start;
         }
         for (int i = 0; i < rows; i++) e->sample_rows[i].penalized = e->penalized + e->sample_rows[i].penalized_start;
-        s = e->backend->sample(e->backend, rows, e->sample_rows, e->sampled, error);
-        if (s) {
-            tm_trace_pop();
-            return s;
-        }
+        if ((s = e->backend->sample(e->backend, rows, e->sample_rows, e->sampled, error))) return s;
         e->stats.device_sampled_tokens += rows;
     }
     int row = 0;
@@ -656,10 +653,7 @@ static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool o
         else
             token = tm_sample(&r->sampling, e->logits + (size_t)row++ * (size_t)e->model->config.n_vocab, e->model->config.n_vocab,
                               r->tokens, r->n_tokens, &r->rng, e->candidates);
-        if ((s = accept_token(e, r, token, error))) {
-            tm_trace_pop();
-            return s;
-        }
+        if ((s = accept_token(e, r, token, error))) return s;
     }
     tm_trace_pop();
     /* the step's time: the forward pass and sampling (a device forward may return before the

@@ -35,6 +35,7 @@ static void usage(FILE *out) {
             "  --device D             auto (default: the GPU when CUDA finds one), cpu, cuda or cuda:N\n"
             "  --host-sampling        CUDA: sample on the CPU (default: on the GPU when top-k is 1..1024 or greedy)\n"
             "  --no-cuda-graphs       CUDA: launch decode steps kernel by kernel instead of replaying graphs\n"
+            "  --nvtx-detail          NVTX ranges per layer and operation too, for Nsight (CUDA: no graphs then)\n"
             "  -v, --verbose          print the device memory in use at the end\n");
 }
 
@@ -81,7 +82,7 @@ int tm_cli_generate(int argc, char **argv) {
         }
         bool flag_only = !strcmp(a, "--chat") || !strcmp(a, "--ignore-eos") || !strcmp(a, "--exact") ||
                          !strcmp(a, "--host-sampling") || !strcmp(a, "--no-cuda-graphs") || !strcmp(a, "-v") ||
-                         !strcmp(a, "--verbose");
+                         !strcmp(a, "--verbose") || !strcmp(a, "--nvtx-detail");
         if (!flag_only && !(v = tm_cli_flag_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--chat")) chat = true;
         else if (!strcmp(a, "--ignore-eos")) request.ignore_eos = true;
@@ -127,6 +128,8 @@ int tm_cli_generate(int argc, char **argv) {
             options.no_cuda_graphs = true;
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             verbose = true;
+        } else if (!strcmp(a, "--nvtx-detail")) {
+            options.nvtx_detail = true;
         } else if (!strcmp(a, "--kv-type")) {
             if (strcmp(v, "f16") && strcmp(v, "f32")) {
                 fprintf(stderr, "tensormesh generate: --kv-type: '%s' is not f16 or f32\n", v);

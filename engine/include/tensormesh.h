@@ -59,6 +59,8 @@ typedef struct tm_engine_options {
     bool no_cuda_graphs;     /* CUDA: launch decode steps kernel by kernel instead of replaying graphs */
     bool host_sampling;      /* CUDA: copy logits back and sample on the CPU (default: on the GPU
                               * whenever every row's top_k is 1..1024 or the row is greedy) */
+    bool nvtx_detail;        /* NVTX ranges per layer and operation too (for Nsight; CUDA decode steps then run
+                              * without graphs) */
 } tm_engine_options;
 
 typedef struct tm_sampling {
