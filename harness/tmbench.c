@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "common.h"
@@ -37,7 +40,7 @@ static void on_signal(int signal_number) {
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--profile] [--dry-run]\n"
+            "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--profile] [--ncu GLOB] [--dry-run]\n"
             "       tmbench list SUITE.yaml...\n"
             "       tmbench runs [--db PATH] [--all] [--branch B] [--tag K=V] [--ids]\n"
             "       tmbench report [--run ID|--branch B|--commit C] [-o DIR] [--db PATH]\n"
@@ -45,7 +48,8 @@ static void usage(FILE *out) {
             "       tmbench export --format csv|json|md|sql [--db PATH] [--all]\n\n"
             "  run      run every case of the suites (cases whose name matches GLOB with --filter),\n"
             "           storing each sample in the database (default " DEFAULT_DB "); --profile also\n"
-            "           records every kernel, copy and NVTX range (CUPTI) per repetition\n"
+            "           records every kernel, copy and NVTX range (CUPTI) per repetition; --ncu GLOB runs the\n"
+            "           matching cases under Nsight Compute and tags the run with the report's path\n"
             "  list     print the expanded cases of suite files\n"
             "  runs     print the stored runs (--all: incomplete ones too; --ids: their ids only)\n"
             "  report   regenerate the performance guide (DIR/PERFORMANCE.md, gnuplot charts) from a run\n"
@@ -208,9 +212,67 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
     return status;
 }
 
+/* --ncu GLOB: the matching cases again, as a child tmbench under Nsight Compute (NVTX-aware,
+ * every process), its report next to the database; the child's run carries the report's path as
+ * the tag ncu_report. */
+static int run_under_ncu(int argc, char **argv, char **paths, int n_paths, const char *glob, const char *db_path) {
+    const char *ncu = NULL;
+    if (system("command -v ncu > /dev/null 2>&1") == 0) ncu = "ncu";
+    else if (access("/usr/local/cuda/bin/ncu", X_OK) == 0) ncu = "/usr/local/cuda/bin/ncu";
+    if (!ncu) {
+        fprintf(stderr, "tmbench run --ncu: Nsight Compute (ncu) is not installed (not on PATH, not in /usr/local/cuda/bin)\n");
+        return 1;
+    }
+    char self[4096];
+    ssize_t length = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (length <= 0) {
+        fprintf(stderr, "tmbench run --ncu: cannot find this program's path: %s\n", strerror(errno));
+        return 1;
+    }
+    self[length] = 0;
+    char report[4600], tag[4700], folder[4200];
+    const char *slash = strrchr(db_path, '/');
+    snprintf(folder, sizeof folder, "%.*sncu", slash ? (int)(slash - db_path + 1) : 0, db_path);
+    mkdir(folder, 0755);
+    char safe[200];
+    snprintf(safe, sizeof safe, "%s", glob);
+    for (char *c = safe; *c; c++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.=,", *c)) *c = '_';
+    snprintf(report, sizeof report, "%s/%s-%ld", folder, safe, (long)time(NULL));
+    snprintf(tag, sizeof tag, "ncu_report=%s.ncu-rep", report);
+    const char *child[200];
+    int n = 0;
+    const char *ncu_flags[] = {ncu, "--nvtx", "--target-processes", "all", "--set", "full", "-f", "-o", report, self, "run"};
+    for (size_t k = 0; k < sizeof ncu_flags / sizeof ncu_flags[0]; k++) child[n++] = ncu_flags[k];
+    for (int k = 0; k < n_paths && n < 180; k++) child[n++] = paths[k];
+    child[n++] = "--filter", child[n++] = glob, child[n++] = "--db", child[n++] = db_path, child[n++] = "--tag", child[n++] = tag;
+    for (int k = 1; k < argc && n < 196; k++) /* keep the caller's tags */
+        if (!strcmp(argv[k], "--tag") && k + 1 < argc) child[n++] = argv[k], child[n++] = argv[++k];
+    child[n] = NULL;
+    printf("tmbench run --ncu: profiling the cases matching %s under %s (slow: every kernel is replayed)\n", glob, ncu);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execvp(child[0], (char *const *)child);
+        fprintf(stderr, "tmbench run --ncu: cannot run %s: %s\n", child[0], strerror(errno));
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0) {
+        fprintf(stderr, "tmbench run --ncu: %s\n", strerror(errno));
+        return 1;
+    }
+    char file[4700];
+    snprintf(file, sizeof file, "%s.ncu-rep", report);
+    if (access(file, R_OK) == 0) printf("tmbench run --ncu: report %s (its path is the run's ncu_report tag)\n", file);
+    else fprintf(stderr, "tmbench run --ncu: no report was written (no kernel ran? see ncu's output above)\n");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
 static int command_run(int argc, char **argv) {
     const char *db_path = DEFAULT_DB, *filter = NULL;
     bool dry_run = false, profile = false;
+    const char *ncu_case = NULL;
     char *paths[64], tags[2048] = "{";
     int n_paths = 0;
     size_t tags_length = 1;
@@ -218,9 +280,10 @@ static int command_run(int argc, char **argv) {
         const char *a = argv[i];
         if (!strcmp(a, "--dry-run")) dry_run = true;
         else if (!strcmp(a, "--profile")) profile = true;
-        else if ((!strcmp(a, "--db") || !strcmp(a, "--filter") || !strcmp(a, "--tag")) && i + 1 < argc) {
+        else if ((!strcmp(a, "--db") || !strcmp(a, "--filter") || !strcmp(a, "--tag") || !strcmp(a, "--ncu")) && i + 1 < argc) {
             const char *v = argv[++i];
             if (!strcmp(a, "--db")) db_path = v;
+            else if (!strcmp(a, "--ncu")) ncu_case = v;
             else if (!strcmp(a, "--filter")) filter = v;
             else {
                 const char *equals = strchr(v, '=');
@@ -260,6 +323,10 @@ static int command_run(int argc, char **argv) {
         fprintf(stderr, "tmbench run: no case matches%s%s\n", filter ? " --filter " : "", filter ? filter : "");
         free_all(suites, n_paths);
         return 2;
+    }
+    if (ncu_case) {
+        free_all(suites, n_paths);
+        return run_under_ncu(argc, argv, paths, n_paths, ncu_case, db_path);
     }
     char *slash = strrchr(db_path, '/');
     if (slash) { /* create the database's folder */

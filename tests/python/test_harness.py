@@ -246,3 +246,15 @@ def test_kernels_suite_without_a_device_fails_clearly(tmbench, tmp_path):
     assert "needs a CUDA device" in result.stderr or "needs a CUDA build" in result.stderr
     with sqlite3.connect(db) as connection:
         assert connection.execute("SELECT status FROM cases").fetchall() == [("failed",)]
+
+
+def test_ncu_missing_is_reported(tmbench, tmp_path):
+    """--ncu where Nsight Compute is not installed: one clear line, exit 1, nothing run."""
+    import shutil
+    if shutil.which("ncu") or os.access("/usr/local/cuda/bin/ncu", os.X_OK):
+        pytest.skip("Nsight Compute is installed here")
+    result = subprocess.run([str(tmbench), "run", str(ROOT / "suites" / "smoke.yaml"), "--ncu", "smoke/*", "--db",
+                             str(tmp_path / "r.db")], capture_output=True, text=True)
+    assert result.returncode == 1 and "Nsight Compute (ncu) is not installed" in result.stderr
+    assert not (tmp_path / "r.db").exists() or sqlite3.connect(tmp_path / "r.db").execute(
+        "SELECT count(*) FROM runs").fetchone() == (0,)
