@@ -17,6 +17,7 @@
 
 #define SKIPPED 77
 
+#ifdef TM_NVTX
 typedef struct counts {
     int loads, prefills, decodes, samplings, nested_samplings, layers, ops_in_layers, lm_heads, unbalanced, open, other_domain;
 } counts;
@@ -92,6 +93,8 @@ static long file_size(const char *path) {
     fclose(f);
     return size;
 }
+
+#endif /* TM_NVTX */
 
 int main(void) {
 #ifndef TM_NVTX
