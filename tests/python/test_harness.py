@@ -156,14 +156,23 @@ def test_run_diff_export_round_trip(tmbench, tmp_path):
     assert len(csv) == 1 + 2 * 2 * 6
 
 
+def tiny_suite(path, name, device="cpu", gen_tokens=2, warmup=0, repetitions=1, timeout=30, model="synthetic:tiny:q4_k_m",
+               extra=""):
+    """A one-case throughput suite on the tiny synthetic model (model=None: the caller's `extra` gives axes)."""
+    path.write_text(
+        f"name: {name}\nkind: throughput\n" + (f"model: {model}\n" if model else "") +
+        f"params:\n  device: {device}\n  gen_tokens: {gen_tokens}\n  prompt_tokens: 8\n" +
+        ("  threads: 1\n" if device == "cpu" else "") + extra +
+        f"warmup: {warmup}\nstop:\n  min_repetitions: {repetitions}\n  min_seconds: 0\n  max_relative_noise: 1\n"
+        f"  timeout_seconds: {timeout}\n")
+    return path
+
+
 def test_model_axis_runs_each_model(tmbench, tmp_path):
     """A `model` axis: every case runs its own model (recorded per case), the suite needs no
     top-level model, and a kv_bytes budget is taken."""
-    suite = tmp_path / "models.yaml"
-    suite.write_text(
-        "name: models\nkind: throughput\nparams:\n  device: cpu\n  gen_tokens: 2\n  prompt_tokens: 8\n  threads: 1\n"
-        "  kv_bytes: 16777216\naxes:\n  model: [synthetic:tiny:q4_k_m, synthetic:tiny:q8_0]\n"
-        "warmup: 0\nstop:\n  min_repetitions: 1\n  min_seconds: 0\n  max_relative_noise: 1\n  timeout_seconds: 30\n")
+    suite = tiny_suite(tmp_path / "models.yaml", "models", model=None,
+                       extra="  kv_bytes: 16777216\naxes:\n  model: [synthetic:tiny:q4_k_m, synthetic:tiny:q8_0]\n")
     db = tmp_path / "r.db"
     run(tmbench, "run", suite, "--db", db)
     with sqlite3.connect(db) as connection:
@@ -174,11 +183,7 @@ def test_model_axis_runs_each_model(tmbench, tmp_path):
 def test_run_records_the_build_commit_not_the_cwd(tmbench, tmp_path):
     """The run's git columns are the source's state when tmbench was built, even when the run
     starts outside any checkout (as on a machine the binaries were carried to)."""
-    suite = tmp_path / "one.yaml"
-    suite.write_text(
-        "name: one\nkind: throughput\nmodel: synthetic:tiny:q4_k_m\nparams:\n  device: cpu\n  gen_tokens: 2\n"
-        "  prompt_tokens: 8\n  threads: 1\nwarmup: 0\nstop:\n  min_repetitions: 1\n  min_seconds: 0\n"
-        "  max_relative_noise: 1\n  timeout_seconds: 30\n")
+    suite = tiny_suite(tmp_path / "one.yaml", "one")
     db = tmp_path / "r.db"
     subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], cwd=tmp_path, check=True, capture_output=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -198,11 +203,7 @@ def test_profile_without_a_device_says_so_and_keeps_timing(tmbench, tmp_path):
     """--profile where CUPTI cannot collect: one clear line, and the timing run completes."""
     if _cuda_device_present():
         pytest.skip("a CUDA device is present: test_profile_records_kernels_and_ranges covers --profile")
-    suite = tmp_path / "p.yaml"
-    suite.write_text(
-        "name: p\nkind: throughput\nmodel: synthetic:tiny:q4_k_m\nparams:\n  device: cpu\n  gen_tokens: 2\n"
-        "  prompt_tokens: 8\n  threads: 1\nwarmup: 0\nstop:\n  min_repetitions: 1\n  min_seconds: 0\n"
-        "  max_relative_noise: 1\n  timeout_seconds: 30\n")
+    suite = tiny_suite(tmp_path / "p.yaml", "p")
     db = tmp_path / "r.db"
     result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -216,11 +217,7 @@ def test_profile_records_kernels_and_ranges(tmbench, tmp_path):
     """On a GPU: --profile stores the kernels of every repetition and the engine's NVTX ranges."""
     if not _cuda_device_present():
         pytest.skip("no CUDA device")
-    suite = tmp_path / "p.yaml"
-    suite.write_text(
-        "name: p\nkind: throughput\nmodel: synthetic:tiny:q4_k_m\nparams:\n  device: cuda\n  gen_tokens: 4\n"
-        "  prompt_tokens: 8\nwarmup: 1\nstop:\n  min_repetitions: 2\n  min_seconds: 0\n"
-        "  max_relative_noise: 1\n  timeout_seconds: 60\n")
+    suite = tiny_suite(tmp_path / "p.yaml", "p", device="cuda", gen_tokens=4, warmup=1, repetitions=2, timeout=60)
     db = tmp_path / "r.db"
     result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
