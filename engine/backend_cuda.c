@@ -22,7 +22,8 @@
  *   kernels.
  * - Attention: a batch whose tokens are each alone in their sequence (decode) uses the paged
  *   decode kernel split over keys; a batch with runs of tokens of one sequence (prefill) uses
- *   flash attention over tiles of those runs.
+ *   flash attention over tiles of those runs: on tensor cores (flash_mma.cu) in fast precision
+ *   with an f16 cache, the float32 kernel otherwise.
  * - CUDA graphs: a decode batch of n <= 16 tokens (one per sequence, every one wanting logits)
  *   is captured once per n and replayed; the graph reads everything that changes per step from
  *   the staging buffer and the page mirror, whose addresses are fixed until a buffer grows (which
@@ -350,6 +351,13 @@ static bool takes_q8(const cuda_backend *b, const device_weight *w, int n) {
            w->cols % 256 == 0;
 }
 
+/* Prefill attention on tensor cores (f16 queries and probabilities): fast precision, an f16 cache
+ * and a head dim the kernel takes; otherwise the float32 kernel. */
+static bool flash_on_tensor_cores(const cuda_backend *b, int kv_f32) {
+    const tm_model_config *c = &b->model->config;
+    return b->options.precision == TM_PRECISION_FAST && !kv_f32 && tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv) > 0;
+}
+
 /* Every launch of one forward pass over T tokens (n_tiles > 0: flash attention over the tiles,
  * else decode attention) and the LM head over n_out gathered rows: what a graph captures.
  * Per layer: [residual add +] norm [+ quantize], Q/K/V products, rope + KV append, attention,
@@ -387,7 +395,10 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
                                             in->positions, stream));
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("attention");
-        if (n_tiles)
+        if (n_tiles && flash_on_tensor_cores(b, kv_f32))
+            CHECK_KERNEL(tm_cuda_flash_attention_mma(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, page_size, pages,
+                                                     in->page_offsets, in->positions, in->tiles, n_tiles, 0, stream));
+        else if (n_tiles)
             CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->positions, in->tiles, n_tiles, stream));
         else
@@ -474,7 +485,9 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
 
     /* the step's inputs; tiles: runs of consecutive tokens of one sequence */
     step_inputs *in = &b->host_in;
-    const int tile_tokens = tm_cuda_flash_tile_tokens(c->head_dim, c->n_head, c->n_head_kv);
+    const int tile_tokens = flash_on_tensor_cores(b, layout->type == TM_KV_F32)
+                                ? tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv)
+                                : tm_cuda_flash_tile_tokens(c->head_dim, c->n_head, c->n_head_kv);
     int n_tiles = 0, n_out = 0;
     bool prefill = false;
     for (int t = 0; t < T; t++) {

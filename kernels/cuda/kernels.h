@@ -99,6 +99,14 @@ int tm_cuda_flash_attention(const float *q, float *out, int n_head, int n_head_k
                             const int32_t *positions, const int32_t *tiles, int n_tiles, void *stream);
 /* Tokens per flash tile for this head shape; 0 when the shape is unsupported. */
 int tm_cuda_flash_tile_tokens(int head_dim, int n_head, int n_head_kv);
+/* The same on tensor cores (flash_mma.cu; mma.sync, sm_80 and later): f16 cache only, head dims
+ * 64, 128 and 256, queries and probabilities rounded to f16, float32 accumulation. n_keys 0:
+ * causal as above; n_keys > 0: every query sees keys 0..n_keys-1 of its stream (non-causal). */
+int tm_cuda_flash_attention_mma(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const void *pool,
+                                uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
+                                const int32_t *tiles, int n_tiles, int n_keys, void *stream);
+/* Tokens per tile of tm_cuda_flash_attention_mma; 0 when the shape is unsupported. */
+int tm_cuda_flash_mma_tile_tokens(int head_dim, int n_head, int n_head_kv);
 
 /* Write the keys and values of n_tokens tokens (n_head_kv x head_dim floats each, from k and v)
  * at positions[t] of token t's stream (pages[page_offsets[t]...]), converted to the cache type. */

@@ -5,7 +5,8 @@
  * Decode attention runs as one block per head and split over keys (4 splits of 225 keys, and 8
  * of 128, so the 1-token sequence has empty splits); prefill flash attention runs causal over
  * tiles of query tokens (the last 100 positions of the 900-token sequence, all 37 of the second,
- * the one of the first), each query seeing keys 0..its position.
+ * the one of the first), each query seeing keys 0..its position, in float32 and on tensor cores,
+ * and on tensor cores non-causal (check_flash states the tolerances).
  * Layouts cover several rows per page, one row per page and a row spanning several pages, f16
  * and f32, head dims 32..256, grouped-query ratios 1..4. Outputs poisoned with NaN first; each
  * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order).
@@ -26,6 +27,77 @@ typedef struct layout_case {
     tm_kv_type type;
     uint32_t page_size;
 } layout_case;
+
+typedef enum flash_variant { FLASH_FLOAT, FLASH_MMA_CAUSAL, FLASH_MMA_ALL_KEYS } flash_variant;
+static const char *const flash_names[] = {"float32 causal", "tensor-core causal", "tensor-core non-causal"};
+
+/* Prefill flash attention over tiles of query tokens against the CPU. Causal variants: the last
+ * 100 positions of the 900-token sequence, all 37 of the second and the one of the first, the
+ * query at position p seeing keys 0..p. Non-causal: the 900-token sequence's last 100 queries,
+ * each seeing all 900 keys. Tolerance: float32 2e-5 absolute (sums in another order); tensor
+ * cores 4e-3 absolute (queries and probabilities rounded to f16, 2^-11 relative each, values in
+ * [-1, 1]). The tensor-core kernel takes f16 caches and head dims 64..256 only. */
+static void check_flash(const layout_case *lc, flash_variant variant, tm_kv_cache *kv, const int *seqs, const int *lengths, int n_seq,
+                        int layer, const int64_t *offsets, void *d_pool, void *d_tables, float *scores, tm_rng_t *rng) {
+    const int n_head = lc->n_head_kv * lc->group;
+    const bool mma = variant != FLASH_FLOAT, all_keys = variant == FLASH_MMA_ALL_KEYS;
+    const int tile_tokens = mma ? tm_cuda_flash_mma_tile_tokens(lc->head_dim, n_head, lc->n_head_kv)
+                                : tm_cuda_flash_tile_tokens(lc->head_dim, n_head, lc->n_head_kv);
+    if (mma && (lc->type != TM_KV_F16 || lc->head_dim < 64)) {
+        CHECK(tile_tokens == 0 || lc->type != TM_KV_F16, "tensor-core flash should refuse head_dim %d", lc->head_dim);
+        return;
+    }
+    CHECK(tile_tokens >= 1, "%s flash tiles for head_dim %d group %d", flash_names[variant], lc->head_dim, lc->group);
+    if (tile_tokens < 1) return;
+    const double tolerance = mma ? 4e-3 : 2e-5;
+    const char *kv_name = lc->type == TM_KV_F32 ? "f32" : "f16";
+    const int first_position[3] = {all_keys ? lengths[0] : 0, all_keys ? lengths[1] : 0, 800};
+    int n_queries = 0;
+    for (int s = 0; s < n_seq; s++) n_queries += lengths[s] - first_position[s];
+    int32_t *positions = malloc((size_t)n_queries * 4), *tiles = malloc((size_t)n_queries * 8);
+    int64_t *query_offsets = malloc((size_t)n_queries * 8);
+    int64_t pq_floats = (int64_t)n_queries * n_head * lc->head_dim;
+    float *pq = malloc(pq_floats * 4), *p_expected = malloc(pq_floats * 4), *p_got = malloc(pq_floats * 4);
+    for (int64_t i = 0; i < pq_floats; i++) pq[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+    int t = 0, n_tiles = 0;
+    for (int s = 0; s < n_seq; s++)
+        for (int p = first_position[s]; p < lengths[s]; p++, t++) {
+            positions[t] = p;
+            query_offsets[t] = offsets[s];
+            if (p == first_position[s] || tiles[2 * n_tiles - 1] == tile_tokens) tiles[2 * n_tiles] = t, tiles[2 * n_tiles + 1] = 0, n_tiles++;
+            tiles[2 * n_tiles - 1]++;
+            for (int h = 0; h < n_head; h++) {
+                int64_t at = ((int64_t)t * n_head + h) * lc->head_dim;
+                tm_cpu_attention(pq + at, kv, seqs[s], layer, all_keys ? lengths[s] : p + 1, h / lc->group, lc->head_dim, p_expected + at, scores);
+            }
+        }
+    void *d_pq, *d_pout, *d_positions, *d_tiles, *d_query_offsets;
+    cudaMalloc(&d_pq, pq_floats * 4), cudaMalloc(&d_pout, pq_floats * 4), cudaMalloc(&d_positions, (size_t)n_queries * 4);
+    cudaMalloc(&d_tiles, (size_t)n_tiles * 8), cudaMalloc(&d_query_offsets, (size_t)n_queries * 8);
+    cudaMemcpy(d_pq, pq, pq_floats * 4, cudaMemcpyHostToDevice);
+    cudaMemset(d_pout, 0xff, pq_floats * 4);
+    cudaMemcpy(d_positions, positions, (size_t)n_queries * 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_tiles, tiles, (size_t)n_tiles * 8, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_query_offsets, query_offsets, (size_t)n_queries * 8, cudaMemcpyHostToDevice);
+    int launched = mma ? tm_cuda_flash_attention_mma(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->page_size, d_tables,
+                                                     d_query_offsets, d_positions, d_tiles, n_tiles, all_keys ? lengths[2] : 0, NULL)
+                       : tm_cuda_flash_attention(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
+                                                 lc->page_size, d_tables, d_query_offsets, d_positions, d_tiles, n_tiles, NULL);
+    CHECK(launched == 0, "%s flash launch", flash_names[variant]);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess, "flash kernel");
+    cudaMemcpy(p_got, d_pout, pq_floats * 4, cudaMemcpyDeviceToHost);
+    int bad = 0;
+    double worst = 0;
+    for (int64_t i = 0; i < pq_floats; i++) {
+        double difference = fabs(p_got[i] - p_expected[i]);
+        bad += !(difference <= tolerance);
+        if (!(difference <= worst)) worst = difference;
+    }
+    CHECK(bad == 0, "%s flash prefill (%d tiles of <= %d tokens): kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
+          flash_names[variant], n_tiles, tile_tokens, lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)pq_floats, worst);
+    cudaFree(d_pq), cudaFree(d_pout), cudaFree(d_positions), cudaFree(d_tiles), cudaFree(d_query_offsets);
+    free(positions), free(tiles), free(query_offsets), free(pq), free(p_expected), free(p_got);
+}
 
 static void run_case(const layout_case *lc, tm_rng_t *rng) {
     const int lengths[3] = {1, 37, 900}, n_seq = 3, layer = 1;
@@ -108,53 +180,8 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     }
     cudaFree(d_partials);
 
-    /* prefill: query tokens (sequence, position), tiled per sequence */
-    const int first_position[3] = {0, 0, 800};
-    int n_queries = 0;
-    for (int s = 0; s < n_seq; s++) n_queries += lengths[s] - first_position[s];
-    int tile_tokens = tm_cuda_flash_tile_tokens(lc->head_dim, n_head, lc->n_head_kv);
-    CHECK(tile_tokens >= 1, "flash tiles for head_dim %d group %d", lc->head_dim, lc->group);
-    int32_t *positions = malloc((size_t)n_queries * 4), *tiles = malloc((size_t)n_queries * 8);
-    int64_t *query_offsets = malloc((size_t)n_queries * 8);
-    int64_t pq_floats = (int64_t)n_queries * n_head * lc->head_dim;
-    float *pq = malloc(pq_floats * 4), *p_expected = malloc(pq_floats * 4), *p_got = malloc(pq_floats * 4);
-    for (int64_t i = 0; i < pq_floats; i++) pq[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
-    int t = 0, n_tiles = 0;
-    for (int s = 0; s < n_seq; s++)
-        for (int p = first_position[s]; p < lengths[s]; p++, t++) {
-            positions[t] = p;
-            query_offsets[t] = offsets[s];
-            if (p == first_position[s] || tiles[2 * n_tiles - 1] == tile_tokens) tiles[2 * n_tiles] = t, tiles[2 * n_tiles + 1] = 0, n_tiles++;
-            tiles[2 * n_tiles - 1]++;
-            for (int h = 0; h < n_head; h++) {
-                int64_t at = ((int64_t)t * n_head + h) * lc->head_dim;
-                tm_cpu_attention(pq + at, kv, seqs[s], layer, p + 1, h / lc->group, lc->head_dim, p_expected + at, scores);
-            }
-        }
-    void *d_pq, *d_pout, *d_positions, *d_tiles, *d_query_offsets;
-    cudaMalloc(&d_pq, pq_floats * 4), cudaMalloc(&d_pout, pq_floats * 4), cudaMalloc(&d_positions, (size_t)n_queries * 4);
-    cudaMalloc(&d_tiles, (size_t)n_tiles * 8), cudaMalloc(&d_query_offsets, (size_t)n_queries * 8);
-    cudaMemcpy(d_pq, pq, pq_floats * 4, cudaMemcpyHostToDevice);
-    cudaMemset(d_pout, 0xff, pq_floats * 4);
-    cudaMemcpy(d_positions, positions, (size_t)n_queries * 4, cudaMemcpyHostToDevice);
-    cudaMemcpy(d_tiles, tiles, (size_t)n_tiles * 8, cudaMemcpyHostToDevice);
-    cudaMemcpy(d_query_offsets, query_offsets, (size_t)n_queries * 8, cudaMemcpyHostToDevice);
-    CHECK(tm_cuda_flash_attention(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32, lc->page_size,
-                                  d_tables, d_query_offsets, d_positions, d_tiles, n_tiles, NULL) == 0,
-          "flash launch");
-    CHECK(cudaDeviceSynchronize() == cudaSuccess, "flash kernel");
-    cudaMemcpy(p_got, d_pout, pq_floats * 4, cudaMemcpyDeviceToHost);
-    int bad = 0;
-    double worst = 0;
-    for (int64_t i = 0; i < pq_floats; i++) {
-        double difference = fabs(p_got[i] - p_expected[i]);
-        bad += !(difference <= 2e-5);
-        if (!(difference <= worst)) worst = difference;
-    }
-    CHECK(bad == 0, "flash prefill (%d tiles of <= %d tokens): kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
-          n_tiles, tile_tokens, lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)pq_floats, worst);
-    cudaFree(d_pq), cudaFree(d_pout), cudaFree(d_positions), cudaFree(d_tiles), cudaFree(d_query_offsets);
-    free(positions), free(tiles), free(query_offsets), free(pq), free(p_expected), free(p_got);
+    for (int variant = 0; variant < 3; variant++)
+        check_flash(lc, (flash_variant)variant, kv, seqs, lengths, n_seq, layer, offsets, d_pool, d_tables, scores, rng);
     cudaFree(d_pool), cudaFree(d_q), cudaFree(d_out), cudaFree(d_tables), cudaFree(d_offsets), cudaFree(d_keys);
     free(q), free(expected), free(got), free(scores), free(tables);
     tm_kv_free(kv);
@@ -174,6 +201,7 @@ int main(void) {
         {8, 4, 128, TM_KV_F16, 1024}, /* a row spans four pages */
         {2, 2, 256, TM_KV_F16, 4096}, /* head dim 256 */
         {3, 3, 64, TM_KV_F32, 4096},  /* SmolLM2's group of 3 (tiles of 64 / 3 tokens) */
+        {3, 3, 64, TM_KV_F16, 4096},  /* the same in f16: tensor-core flash at head dim 64 */
     };
     tm_rng_t rng;
     tm_rng_seed(&rng, 21);

@@ -1,0 +1,53 @@
+/*
+ * kv_address.cuh - where a key or value vector of the paged KV cache lives, from device code:
+ * the geometry of engine/kv_cache.c (a row is one token's [K heads][V heads]; whole rows per
+ * page when a row fits, else whole pages per row), read through a stream's page table. Shared by
+ * every attention kernel so they all agree with the host cache.
+ */
+#ifndef TM_CUDA_KV_ADDRESS_CUH
+#define TM_CUDA_KV_ADDRESS_CUH
+
+#include <stdint.h>
+
+struct kv_addressing {
+    const uint8_t *pool;
+    int64_t row_bytes, head_bytes, page_size, rows_per_page, pages_per_row;
+    int n_head_kv;
+};
+
+/* The cache geometry of kv_cache.c: a row is [K heads][V heads]; whole rows per page when a row
+ * fits, else whole pages per row. */
+static inline kv_addressing make_addressing(const void *pool, int kv_is_f32, uint32_t page_size, int n_head_kv, int head_dim) {
+    int64_t element = kv_is_f32 ? 4 : 2;
+    kv_addressing a = {(const uint8_t *)pool, 2 * (int64_t)n_head_kv * head_dim * element, (int64_t)head_dim * element,
+                       (int64_t)page_size, 0, 0, n_head_kv};
+    if (a.row_bytes <= a.page_size) a.rows_per_page = a.page_size / a.row_bytes;
+    else a.pages_per_row = (a.row_bytes + a.page_size - 1) / a.page_size;
+    return a;
+}
+
+/* Address of the key (value: is_value) vector of kv head `head` of token p in a stream. */
+__device__ __forceinline__ const uint8_t *kv_address(const kv_addressing &a, const int32_t *pages, int64_t p, int head,
+                                                     bool is_value) {
+    int64_t offset_in_row = (int64_t)((is_value ? a.n_head_kv : 0) + head) * a.head_bytes;
+    if (a.rows_per_page) {
+        int64_t page = pages[p / a.rows_per_page];
+        return a.pool + page * a.page_size + (p % a.rows_per_page) * a.row_bytes + offset_in_row;
+    }
+    int64_t page = pages[p * a.pages_per_row + offset_in_row / a.page_size];
+    return a.pool + page * a.page_size + offset_in_row % a.page_size;
+}
+
+/* The same with 32-bit index math (positions and page-table indices below 2^31), cheaper where
+ * every thread computes many addresses. */
+__device__ __forceinline__ const uint8_t *kv_address32(const kv_addressing &a, const int32_t *pages, int p, int head, bool is_value) {
+    const int offset_in_row = ((is_value ? a.n_head_kv : 0) + head) * (int)a.head_bytes;
+    if (a.rows_per_page) {
+        const int rows_per_page = (int)a.rows_per_page;
+        return a.pool + (int64_t)pages[p / rows_per_page] * a.page_size + (p % rows_per_page) * (int)a.row_bytes + offset_in_row;
+    }
+    const int page_size = (int)a.page_size;
+    return a.pool + (int64_t)pages[p * (int)a.pages_per_row + offset_in_row / page_size] * a.page_size + offset_in_row % page_size;
+}
+
+#endif /* TM_CUDA_KV_ADDRESS_CUH */
