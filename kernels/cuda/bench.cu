@@ -1,8 +1,11 @@
 /*
  * bench.cu - micro-benchmarks of single operations for the harness's kernels suite: each
  * benchmark owns its inputs on the device (random values), and one run is timed with CUDA
- * events on its own stream after the L2 cache has been flushed (a 256 MiB memset), so every run
- * reads its operands from memory. The ceilings are measured the same way: device-to-device copy
+ * events on its own stream after the L2 cache has been flushed (a kernel reading 256 MiB, so L2
+ * holds only clean lines of that buffer: a memset would leave ~50 MB of dirty lines whose
+ * write-back the timed op would pay, tens of microseconds against a 4-microsecond GEMV), so every
+ * run reads its operands from memory; the flush also keeps the GPU busy while the host enqueues
+ * the start event and the op, so no launch gap is timed. The ceilings are measured the same way: device-to-device copy
  * and a 16-bit cuBLAS GEMM. Each benchmark states the bytes and flops one run must move, so the
  * caller can turn a time into GB/s, TFLOP/s and a share of the ceilings.
  */
@@ -17,6 +20,17 @@
 #include "quant.cuh"
 
 #define FLUSH_BYTES (256ull << 20)
+
+/* Reads the flush buffer (zeros); the XOR of everything is stored only if it is not zero, which
+ * never happens but keeps the loads alive. */
+__global__ void flush_read_kernel(const uint4 *buffer, int64_t n, unsigned *sink) {
+    unsigned acc = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const uint4 v = __ldcg(buffer + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc) *sink = acc;
+}
 
 struct tm_cuda_bench {
     tm_cuda_bench_spec spec;
@@ -97,6 +111,7 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
     TRY(cudaEventCreate(&b->start));
     TRY(cudaEventCreate(&b->stop));
     TRY(alloc(b, &b->flush, FLUSH_BYTES));
+    TRY(cudaMemset(b->flush, 0, FLUSH_BYTES));
     void *a = NULL, *x = NULL, *y = NULL, *w = NULL;
     switch (s->op) {
     case TM_BENCH_COPY: {
@@ -149,7 +164,8 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
     case TM_BENCH_FLASH:
     case TM_BENCH_DECODE_ATTENTION: {
         const bool flash = s->op == TM_BENCH_FLASH;
-        if (flash && !s->causal) return tm_cuda_bench_free(b), fail(message, capacity, "flash attention runs causal only (causal: 1)");
+        if (flash && s->exact && !s->causal)
+            return tm_cuda_bench_free(b), fail(message, capacity, "the float32 flash kernel (exact: 1) runs causal only (causal: 1)");
         const int sequences = flash ? 1 : s->batch, length = flash ? s->tokens : s->context;
         const int queries = flash ? s->tokens : s->batch;
         if (s->heads < 1 || s->kv_heads < 1 || s->heads % s->kv_heads || sequences < 1 || length < 1)
@@ -165,7 +181,9 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
         int32_t *host_table = (int32_t *)malloc((size_t)pages * 4), *host_ints = (int32_t *)malloc((size_t)queries * 4 * 4);
         int64_t *host_offsets = (int64_t *)malloc((size_t)queries * 8);
         for (int64_t p = 0; p < pages; p++) host_table[p] = (int32_t)((p * 7919) % pages); /* scattered pages */
-        const int tile_tokens = flash ? tm_cuda_flash_tile_tokens(s->head_dim, s->heads, s->kv_heads) : 1;
+        const int tile_tokens = !flash   ? 1
+                                : s->exact ? tm_cuda_flash_tile_tokens(s->head_dim, s->heads, s->kv_heads)
+                                           : tm_cuda_flash_mma_tile_tokens(s->head_dim, s->heads, s->kv_heads);
         if (tile_tokens < 1) {
             free(host_table), free(host_ints), free(host_offsets);
             return tm_cuda_bench_free(b), fail(message, capacity, "head_dim %d is not one flash attention takes", s->head_dim);
@@ -197,8 +215,9 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
         fill_floats_kernel<<<grid((int64_t)queries * s->heads * s->head_dim), 256>>>((float *)x, (int64_t)queries * s->heads * s->head_dim, 6);
         const double kv_bytes = (double)sequences * length * row_bytes, qo_bytes = 2.0 * queries * s->heads * s->head_dim * 4;
         b->bytes = kv_bytes + qo_bytes;
-        /* 4 flops per (query, key, dimension): the scores and the weighted values; causal: half the pairs */
-        b->flops = flash ? 4.0 * s->heads * s->head_dim * (double)length * (length + 1) / 2 : 4.0 * queries * s->heads * s->head_dim * (double)length;
+        /* 4 flops per visible (query, key, dimension): the scores and the weighted values; causal: half the pairs */
+        const double pairs = !flash ? (double)queries * length : s->causal ? (double)length * (length + 1) / 2 : (double)length * length;
+        b->flops = 4.0 * s->heads * s->head_dim * pairs;
         break;
     }
     case TM_BENCH_RMSNORM: {
@@ -262,6 +281,10 @@ static int launch(tm_cuda_bench *b) {
         /* buffers: pool, table, offsets, positions|n_keys|tiles, q, out, partials */
         const int queries = s->op == TM_BENCH_FLASH ? s->tokens : s->batch;
         const int32_t *ints = (const int32_t *)buf[3];
+        if (s->op == TM_BENCH_FLASH && !s->exact)
+            return tm_cuda_flash_attention_mma((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, buf[0], 4096,
+                                               (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles,
+                                               s->causal ? 0 : s->tokens, st);
         if (s->op == TM_BENCH_FLASH)
             return tm_cuda_flash_attention((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
                                            (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles, st);
@@ -278,7 +301,8 @@ static int launch(tm_cuda_bench *b) {
 }
 
 extern "C" int tm_cuda_bench_run(tm_cuda_bench *b, double *milliseconds, char *message, int capacity) {
-    cudaError_t status = cudaMemsetAsync(b->flush, (int)(b->n_buffers & 0xFF), FLUSH_BYTES, b->stream); /* evict L2 */
+    flush_read_kernel<<<1024, 256, 0, b->stream>>>((const uint4 *)b->flush, (int64_t)(FLUSH_BYTES / 16), (unsigned *)b->flush); /* evict L2 */
+    cudaError_t status = cudaGetLastError();
     if (status == cudaSuccess) status = cudaEventRecord(b->start, b->stream);
     if (status != cudaSuccess) return fail(message, capacity, "flush/start: %s", cudaGetErrorString(status));
     int op = launch(b);

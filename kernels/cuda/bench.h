@@ -18,7 +18,7 @@ typedef enum tm_bench_op {
     TM_BENCH_GEMM_BF16,         /* the same in bf16 */
     TM_BENCH_GEMV,              /* the decode product of the engine's fast path: rows x cols of `type`, tokens 1..16 */
     TM_BENCH_GEMM,              /* the prefill product (tm_cuda_gemm): rows x cols of `type`, `tokens` tokens */
-    TM_BENCH_FLASH,             /* causal flash attention over one `tokens`-long sequence in f16 pages */
+    TM_BENCH_FLASH,             /* flash attention over one `tokens`-long sequence in f16 pages, causal or not */
     TM_BENCH_DECODE_ATTENTION,  /* paged decode attention: `batch` sequences of `context` tokens */
     TM_BENCH_RMSNORM,           /* rows x cols */
     TM_BENCH_ROPE,              /* tokens x heads x head_dim */
@@ -29,6 +29,7 @@ typedef struct tm_cuda_bench_spec {
     int type;                   /* ggml type id (gemv, gemm) */
     int64_t rows, cols;
     int tokens, head_dim, heads, kv_heads, context, batch, causal;
+    int exact;                  /* flash: the float32 kernel (causal only) instead of the tensor-core one */
 } tm_cuda_bench_spec;
 
 typedef struct tm_cuda_bench tm_cuda_bench;
