@@ -7,7 +7,7 @@
  * column.
  *
  * Parameters: op (copy, gemm_f16, gemm_bf16, gemv, gemm, flash, decode_attention, rmsnorm,
- * rope), type (gemv, gemm), rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal,
+ * rope, copy_kernel), type (gemv, gemm), rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal,
  * exact (flash: 1 times the float32 reference kernel instead of the tensor-core one),
  * device (cuda only).
  */
@@ -37,7 +37,7 @@ typedef struct kernels_state {
     double copy_gb_per_s, gemm_tflop_per_s; /* this suite's ceilings (0: not measured yet) */
 } kernels_state;
 
-static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope"};
+static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope", "copy_kernel"};
 
 static bool int_param(const tm_suite_case *c, const char *name, long long fallback, long long *out, tm_error_t *error) {
     const char *text = tm_case_param(c, name, NULL);
@@ -127,7 +127,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: type '%s' is not a weight type", c->name, type_name);
     spec.type = (int)type;
     long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal, exact;
-    long long default_rows = spec.op == TM_BENCH_COPY ? (1ll << 30) : spec.op <= TM_BENCH_GEMM_BF16 ? 8192 : 4096;
+    long long default_rows = spec.op == TM_BENCH_COPY || spec.op == TM_BENCH_COPY_KERNEL ? (1ll << 30) : spec.op <= TM_BENCH_GEMM_BF16 ? 8192 : 4096;
     if (!int_param(c, "rows", default_rows, &rows, error) || !int_param(c, "cols", 4096, &cols, error) ||
         !int_param(c, "tokens", 1, &tokens, error) || !int_param(c, "head_dim", 128, &head_dim, error) ||
         !int_param(c, "heads", 32, &heads, error) || !int_param(c, "kv_heads", heads, &kv_heads, error) ||

@@ -23,6 +23,7 @@
 #include "commands.h"
 #include "common.h"
 #include "environment.h"
+#include "counters.h"
 #include "profiler.h"
 #include "runner.h"
 #include "stats.h"
@@ -40,7 +41,8 @@ static void on_signal(int signal_number) {
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--profile] [--ncu GLOB] [--dry-run]\n"
+            "usage: tmbench run SUITE.yaml... [--filter GLOB] [--db PATH] [--tag K=V]... [--profile] [--counters] [--ncu GLOB]\n"
+            "                   [--dry-run]\n"
             "       tmbench list SUITE.yaml...\n"
             "       tmbench runs [--db PATH] [--all] [--branch B] [--tag K=V] [--ids]\n"
             "       tmbench report [--run ID|--branch B|--commit C] [-o DIR] [--db PATH]\n"
@@ -48,8 +50,10 @@ static void usage(FILE *out) {
             "       tmbench export --format csv|json|md|sql [--db PATH] [--all]\n\n"
             "  run      run every case of the suites (cases whose name matches GLOB with --filter),\n"
             "           storing each sample in the database (default " DEFAULT_DB "); --profile also\n"
-            "           records every kernel, copy and NVTX range (CUPTI) per repetition; --ncu GLOB runs the\n"
-            "           matching cases under Nsight Compute and tags the run with the report's path\n"
+            "           records every kernel, copy and NVTX range (CUPTI) per repetition; --counters adds one\n"
+            "           untimed repetition per case under the CUPTI range profiler (per kernel: DRAM bytes, flops,\n"
+            "           tensor ops, utilization); --ncu GLOB runs the matching cases under Nsight Compute and tags\n"
+            "           the run with the report's path\n"
             "  list     print the expanded cases of suite files\n"
             "  runs     print the stored runs (--all: incomplete ones too; --ids: their ids only)\n"
             "  report   regenerate the performance guide (DIR/PERFORMANCE.md, gnuplot charts) from a run\n"
@@ -147,8 +151,35 @@ static int command_list(int argc, char **argv) {
 }
 
 /* Run one case: warm-up, repetitions until the stopping rule holds, samples and summaries stored. */
+/* --counters: one more repetition, untimed, under the range profiler (counters.h); its kernels'
+ * activity records, with --profile, go to repetition -2000. A failure (counters not permitted,
+ * say) is reported and turns counters off for the rest of the run; timing results stay. */
+static void counter_pass(tm_store *store, int64_t case_id, const tm_runner *runner, tm_runner_state *state, tm_profiler *profiler,
+                         tm_counters **counters) {
+    tm_error_t error = {0};
+    int n_kernels = 0;
+    double values[TM_MAX_METRICS];
+    tm_status status = tm_counters_begin_pass(*counters, &error);
+    if (!status) {
+        tm_status repeated = runner->repeat(state, values, &error);
+        tm_error_t end_error = {0};
+        status = tm_counters_end_pass(*counters, store, case_id, &n_kernels, &end_error);
+        if (repeated) status = repeated;
+        else if (status) error = end_error;
+    }
+    if (!status && profiler) status = tm_profiler_collect(profiler, store, case_id, -2000, &error);
+    if (status) {
+        fprintf(stderr, "      counters: %s; no counters for the rest of this run (timing unaffected)\n", error.message);
+        tm_counters_stop(*counters);
+        *counters = NULL;
+        return;
+    }
+    printf("      counters: %d kernels\n", n_kernels);
+}
+
 static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite, const tm_suite_case *c,
-                          const tm_runner *runner, tm_runner_state **state, tm_profiler *profiler, tm_error_t *error) {
+                          const tm_runner *runner, tm_runner_state **state, tm_profiler *profiler, tm_counters **counters,
+                          tm_error_t *error) {
     char *json = tm_case_params_json(c);
     int64_t case_id;
     tm_status status = tm_store_begin_case(store, run_id, suite->name, suite->kind, c->name, json ? json : "{}", tm_case_param(c, "model", suite->model),
@@ -187,6 +218,7 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
         }
         n++;
     }
+    if (!status && !interrupted && n > 0 && *counters) counter_pass(store, case_id, runner, *state, profiler, counters);
     if (status) {
         outcome = "failed";
         snprintf(message_buffer, sizeof message_buffer, "%s", error->message);
@@ -271,7 +303,7 @@ static int run_under_ncu(int argc, char **argv, char **paths, int n_paths, const
 
 static int command_run(int argc, char **argv) {
     const char *db_path = DEFAULT_DB, *filter = NULL;
-    bool dry_run = false, profile = false;
+    bool dry_run = false, profile = false, want_counters = false;
     const char *ncu_case = NULL;
     char *paths[64], tags[2048] = "{";
     int n_paths = 0;
@@ -280,6 +312,7 @@ static int command_run(int argc, char **argv) {
         const char *a = argv[i];
         if (!strcmp(a, "--dry-run")) dry_run = true;
         else if (!strcmp(a, "--profile")) profile = true;
+        else if (!strcmp(a, "--counters")) want_counters = true;
         else if ((!strcmp(a, "--db") || !strcmp(a, "--filter") || !strcmp(a, "--tag") || !strcmp(a, "--ncu")) && i + 1 < argc) {
             const char *v = argv[++i];
             if (!strcmp(a, "--db")) db_path = v;
@@ -368,6 +401,14 @@ static int command_run(int argc, char **argv) {
         tm_profiler_stop(profiler);
         profiler = NULL;
     }
+    tm_counters *counters = NULL;
+    if (want_counters && tm_counters_start(&counters, &error)) {
+        fprintf(stderr, "tmbench run --counters: %s\n", error.message);
+        tm_counters_stop(counters);
+        counters = NULL;
+    } else if (counters && tm_counters_missing(counters)[0]) {
+        printf("counters: this chip lacks %s (left out)\n", tm_counters_missing(counters));
+    }
     struct sigaction action = {0};
     action.sa_handler = on_signal;
     sigaction(SIGINT, &action, NULL);
@@ -383,7 +424,7 @@ static int command_run(int argc, char **argv) {
             double eta = done ? elapsed / done * (total - done) : 0;
             printf("[%d/%d] %s  (elapsed %.0f s, ETA %.0f s)\n", done + 1, total, suites[i].cases[k].name, elapsed, eta);
             fflush(stdout);
-            if (run_case(store, run_id, suites[i].suite, &suites[i].cases[k], runner, &state, profiler, &error)) {
+            if (run_case(store, run_id, suites[i].suite, &suites[i].cases[k], runner, &state, profiler, &counters, &error)) {
                 fprintf(stderr, "      failed: %s\n", error.message);
                 failures++;
             }
@@ -391,6 +432,7 @@ static int command_run(int argc, char **argv) {
         }
         runner->release(state);
     }
+    tm_counters_stop(counters);
     if (profiler) {
         uint64_t kernels, memory, ranges, dropped;
         tm_profiler_totals(profiler, &kernels, &memory, &ranges, &dropped);

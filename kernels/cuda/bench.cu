@@ -21,6 +21,11 @@
 
 #define FLUSH_BYTES (256ull << 20)
 
+/* dst = src, 16 bytes a thread at a time: a copy that is a kernel (hardware counters see it). */
+__global__ void copy_kernel(const uint4 *src, uint4 *dst, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) dst[i] = src[i];
+}
+
 /* Reads the flush buffer (zeros); the XOR of everything is stored only if it is not zero, which
  * never happens but keeps the loads alive. */
 __global__ void flush_read_kernel(const uint4 *buffer, int64_t n, unsigned *sink) {
@@ -114,8 +119,11 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
     TRY(cudaMemset(b->flush, 0, FLUSH_BYTES));
     void *a = NULL, *x = NULL, *y = NULL, *w = NULL;
     switch (s->op) {
-    case TM_BENCH_COPY: {
+    case TM_BENCH_COPY:
+    case TM_BENCH_COPY_KERNEL: {
         uint64_t bytes = (uint64_t)s->rows;
+        if (s->op == TM_BENCH_COPY_KERNEL && bytes % 16)
+            return tm_cuda_bench_free(b), fail(message, capacity, "copy_kernel copies whole 16-byte words (rows %% 16 == 0)");
         TRY(alloc(b, &a, bytes));
         TRY(alloc(b, &x, bytes));
         TRY(cudaMemset(a, 1, bytes));
@@ -259,6 +267,9 @@ static int launch(tm_cuda_bench *b) {
     cudaStream_t st = b->stream;
     switch (s->op) {
     case TM_BENCH_COPY: return cudaMemcpyAsync(buf[1], buf[0], (size_t)s->rows, cudaMemcpyDeviceToDevice, st);
+    case TM_BENCH_COPY_KERNEL:
+        copy_kernel<<<1024, 256, 0, st>>>((const uint4 *)buf[0], (uint4 *)buf[1], s->rows / 16);
+        return cudaGetLastError();
     case TM_BENCH_GEMM_F16:
     case TM_BENCH_GEMM_BF16: {
         const float one = 1, zero = 0;

@@ -22,6 +22,7 @@ typedef enum tm_bench_op {
     TM_BENCH_DECODE_ATTENTION,  /* paged decode attention: `batch` sequences of `context` tokens */
     TM_BENCH_RMSNORM,           /* rows x cols */
     TM_BENCH_ROPE,              /* tokens x heads x head_dim */
+    TM_BENCH_COPY_KERNEL,       /* `rows` bytes copied by a kernel (the counters' DRAM-bytes check) */
 } tm_bench_op;
 
 typedef struct tm_cuda_bench_spec {

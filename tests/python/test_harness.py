@@ -231,6 +231,93 @@ def test_profile_records_kernels_and_ranges(tmbench, tmp_path):
     assert {"prefill step", "decode step", "sampling"} <= ranges
 
 
+def test_profile_decode_step_kernels_match_the_engine(tmbench, tmp_path):
+    """On a GPU: the kernels recorded inside one timed decode step are the engine's launches for
+    that step: the forward pass as one CUDA graph (a single graph id) plus the sampling kernel
+    launched after it, and per layer exactly one rope + KV append and one decode attention, so
+    their counts equal the model's layer count (tiny: 4)."""
+    if not _cuda_device_present():
+        pytest.skip("no CUDA device")
+    suite = tiny_suite(tmp_path / "d.yaml", "d", device="cuda", gen_tokens=6, warmup=1, repetitions=1, timeout=60)
+    db = tmp_path / "r.db"
+    result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(db) as connection:
+        steps = connection.execute("SELECT start_ns, end_ns FROM nvtx_ranges WHERE name = 'decode step' AND repetition = 0 "
+                                   "ORDER BY start_ns").fetchall()
+        assert len(steps) >= 3, steps
+        start, end = steps[2]  # a step after the graph for one sequence was captured
+        kernels = connection.execute("SELECT name, graph_id FROM kernel_records WHERE repetition = 0 AND grid IS NOT NULL "
+                                     "AND start_ns >= ? AND end_ns <= ?", (start, end)).fetchall()
+    names = [name for name, _ in kernels]
+    in_graph = [(name, graph) for name, graph in kernels if graph]
+    outside = [name for name, graph in kernels if not graph]
+    assert len({graph for _, graph in in_graph}) == 1 and len(in_graph) > 10, kernels
+    assert len(outside) == 1 and "sample" in outside[0], outside
+    assert sum("rope_kv_append" in name for name in names) == 4, names
+    assert sum("paged_attention" in name for name in names) == 4, names
+    assert any("embed" in name for name, _ in in_graph), names
+
+
+def kernels_suite(path, name, **params):
+    """A one-case kernels suite (one repetition, no warm-up)."""
+    body = ", ".join(f"{key}: {value}" for key, value in params.items())
+    path.write_text(f"name: {name}\nkind: kernels\nparams: {{{body}}}\nwarmup: 0\n"
+                    "stop: {min_repetitions: 1, min_seconds: 0, max_relative_noise: 1, timeout_seconds: 60}\n")
+    return path
+
+
+def counters_of(db, key):
+    """{scope: value} of one counter over the kernels of the counter pass."""
+    with sqlite3.connect(db) as connection:
+        return dict(connection.execute("SELECT scope, value FROM hardware_counters WHERE counter = ? AND scope LIKE 'kernel %'",
+                                       (key,)).fetchall())
+
+
+def test_counters_see_the_bytes_of_a_copy(tmbench, tmp_path):
+    """On a GPU: --counters on a kernel copying N bytes reports DRAM bytes within 5 % of 2N for it
+    (the L2 flush before it is a kernel of its own)."""
+    if not _cuda_device_present():
+        pytest.skip("no CUDA device")
+    n = 1 << 30
+    db = tmp_path / "r.db"
+    result = subprocess.run([str(tmbench), "run", str(kernels_suite(tmp_path / "c.yaml", "c", op="copy_kernel", rows=n)),
+                             "--counters", "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0 and "counters:" in result.stdout, result.stdout + result.stderr
+    dram = counters_of(db, "dram_bytes")
+    copies = [value for scope, value in dram.items() if "copy_kernel" in scope]
+    assert len(copies) == 1, dram
+    assert abs(copies[0] - 2 * n) <= 0.05 * 2 * n, (copies[0], 2 * n)
+
+
+def test_counters_see_the_flops_of_a_gemm(tmbench, tmp_path):
+    """On a GPU: --counters on a cuBLAS f16 GEMM of 4096^3 reports tensor flops (over the pass's
+    kernels) within 5 % of 2 * 4096^3."""
+    if not _cuda_device_present():
+        pytest.skip("no CUDA device")
+    db = tmp_path / "r.db"
+    result = subprocess.run([str(tmbench), "run", str(kernels_suite(tmp_path / "g.yaml", "g", op="gemm_f16", rows=4096)),
+                             "--counters", "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0 and "counters:" in result.stdout, result.stdout + result.stderr
+    flops = sum(counters_of(db, "tensor_flops").values())
+    expected = 2.0 * 4096 ** 3
+    assert abs(flops - expected) <= 0.05 * expected, (flops, expected)
+
+
+def test_counters_without_a_device_keep_timing(tmbench, tmp_path):
+    """--counters where no GPU is present: one clear line, and the run still times every case."""
+    if _cuda_device_present():
+        pytest.skip("a CUDA device is present")
+    db = tmp_path / "r.db"
+    result = subprocess.run([str(tmbench), "run", str(tiny_suite(tmp_path / "t.yaml", "t")), "--counters", "--db", str(db)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--counters" in result.stderr and ("no CUDA device" in result.stderr or "no CUPTI" in result.stderr), result.stderr
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT status FROM cases").fetchall() == [("complete",)]
+        assert connection.execute("SELECT count(*) FROM samples").fetchone()[0] > 0
+
+
 def test_kernels_suite_without_a_device_fails_clearly(tmbench, tmp_path):
     """The kernels kind on a machine without a GPU: every case fails with the reason, the run
     is stored, and tmbench exits 1."""
