@@ -264,7 +264,11 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
     sqlite3_prepare_v2(db,
                        "SELECT c.name, c.status, t.median, t.relative_noise, g.median, f.median, pb.median, pf.median, g.ceiling, "
                        "f.ceiling, json_extract(c.params, '$.op'), json_extract(c.params, '$.head_dim'), "
-                       "json_extract(c.params, '$.tokens') FROM cases c "
+                       "json_extract(c.params, '$.tokens'), hc.bytes, hc.flops, hc.ns FROM cases c "
+                       "LEFT JOIN (SELECT case_id, sum(CASE WHEN counter = 'dram_bytes' THEN value END) AS bytes, "
+                       "sum(CASE WHEN counter IN ('fp32_flops', 'fp16_flops', 'tensor_flops') THEN value END) AS flops, "
+                       "sum(CASE WHEN counter = 'gpu_time_ns' THEN value END) AS ns FROM hardware_counters "
+                       "WHERE scope LIKE 'kernel %' AND scope NOT LIKE '%flush_read_kernel%' GROUP BY case_id) hc ON hc.case_id = c.id "
                        "LEFT JOIN metrics t ON t.case_id = c.id AND t.metric = 'time_us' "
                        "LEFT JOIN metrics g ON g.case_id = c.id AND g.metric = 'gb_per_s' "
                        "LEFT JOIN metrics f ON f.case_id = c.id AND f.metric = 'tflop_per_s' "
@@ -280,13 +284,14 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
     FILE *data = fopen(data_path, "w"); /* arithmetic intensity (flop/byte), TFLOP/s, label: the roofline chart */
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (!rows)
-            fprintf(md, "| case | time (us) | GB/s | TFLOP/s | %% of copy bandwidth | %% of GEMM flops |\n|---|---|---|---|---|---|\n");
+            fprintf(md, "| case | time (us) | GB/s | TFLOP/s | %% of copy bandwidth | %% of GEMM flops | counters: DRAM GB/s | "
+                        "counters: TFLOP/s |\n|---|---|---|---|---|---|---|---|\n");
         rows++;
         const char *op = text_or(s, 10, "");
         int head_dim = sqlite3_column_int(s, 11), tokens = sqlite3_column_int(s, 12);
         bool guide_row = !strcmp(op, "flash") && ((head_dim == 128 && tokens == 4096) || (head_dim == 256 && tokens == 8192));
         if (sqlite3_column_type(s, 2) == SQLITE_NULL) {
-            fprintf(md, "| %s | not measured (%s) | | | | |\n", (const char *)sqlite3_column_text(s, 0), text_or(s, 1, "?"));
+            fprintf(md, "| %s | not measured (%s) | | | | | | |\n", (const char *)sqlite3_column_text(s, 0), text_or(s, 1, "?"));
             continue;
         }
         if (sqlite3_column_type(s, 8) != SQLITE_NULL) copy_ceiling = sqlite3_column_double(s, 8);
@@ -296,9 +301,17 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
             const char *name = (const char *)sqlite3_column_text(s, 0), *slash = strchr(name, '/');
             fprintf(data, "%.6g %.6g \"%s\"\n", tflops * 1e3 / gb, tflops, slash ? slash + 1 : name);
         }
-        fprintf(md, "| %s%s | %.4g ± %.1f %% | %.4g | %.4g | %.1f | %.1f |\n", (const char *)sqlite3_column_text(s, 0),
+        /* hardware counters of the op's kernels (the counter pass, without the L2 flush): what the card saw */
+        char counted_gb[32] = "–", counted_tflops[32] = "–";
+        const double counted_ns = sqlite3_column_double(s, 15);
+        if (sqlite3_column_type(s, 15) != SQLITE_NULL && counted_ns > 0) {
+            snprintf(counted_gb, sizeof counted_gb, "%.4g", sqlite3_column_double(s, 13) / counted_ns);
+            snprintf(counted_tflops, sizeof counted_tflops, "%.4g", sqlite3_column_double(s, 14) / counted_ns / 1e3);
+        }
+        fprintf(md, "| %s%s | %.4g ± %.1f %% | %.4g | %.4g | %.1f | %.1f | %s | %s |\n", (const char *)sqlite3_column_text(s, 0),
                 guide_row ? " (guide row)" : "", sqlite3_column_double(s, 2), 100 * sqlite3_column_double(s, 3),
-                sqlite3_column_double(s, 4), sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7));
+                sqlite3_column_double(s, 4), sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
+                counted_gb, counted_tflops);
     }
     sqlite3_finalize(s);
     if (data) fclose(data);
@@ -307,7 +320,9 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
     else
         fprintf(md, "\nCeilings measured in the same run: device-to-device copy %.0f GB/s, 16-bit GEMM %.0f TFLOP/s. Each "
                     "repetition is one run timed with CUDA events after an L2 flush; attention flops count 4 per "
-                    "(query, key, dimension), causal cases half the pairs.\n",
+                    "(query, key, dimension), causal cases half the pairs. The counters columns (runs with --counters) "
+                    "are the DRAM bytes and the FP32 + FP16 + tensor flops the hardware counted for the op's kernels, "
+                    "over their GPU time.\n",
                 copy_ceiling, gemm_ceiling);
     return rows;
 }
