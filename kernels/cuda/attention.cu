@@ -73,7 +73,13 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
     float running_max = -INFINITY, running_sum = 0;
     for (int chunk = begin + 32 * warp; chunk < end; chunk += 32 * WARPS) {
         const int p = chunk + lane;
-        float score = p < end ? key_score<HALF>(kv_address(a, table, p, kv_head, false), query, head_dim) : -INFINITY;
+        /* lane j finds key j's vectors once; the value loop below takes key k's address from lane k */
+        float score = -INFINITY;
+        unsigned long long value_address = 0;
+        if (p < end) {
+            score = key_score<HALF>(kv_address32(a, table, p, kv_head, false), query, head_dim);
+            value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
+        }
         float chunk_max = score;
         for (int offset = 16; offset > 0; offset /= 2) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, offset));
         const float new_max = fmaxf(running_max, chunk_max); /* finite: key `chunk` is valid */
@@ -88,7 +94,7 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
 #pragma unroll 4
         for (int k = 0; k < n_valid; k++) {
             const float w = __shfl_sync(0xffffffffu, weight, k);
-            const uint8_t *value = kv_address(a, table, chunk + k, kv_head, true);
+            const uint8_t *value = (const uint8_t *)__shfl_sync(0xffffffffu, value_address, k);
 #pragma unroll
             for (int i = 0; i < MAX_HEAD_DIM / 32; i++)
                 if (i < per_lane) acc[i] += w * kv_element<HALF>(value, lane + 32 * i);
