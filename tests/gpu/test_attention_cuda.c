@@ -28,6 +28,18 @@ typedef struct layout_case {
     uint32_t page_size;
 } layout_case;
 
+/* Values of got differing from expected by more than tolerance (NaN counts); the largest difference in *worst. */
+static int count_differences(const float *got, const float *expected, int64_t n, double tolerance, double *worst) {
+    int bad = 0;
+    *worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double difference = fabs(got[i] - expected[i]);
+        bad += !(difference <= tolerance);
+        if (!(difference <= *worst)) *worst = difference;
+    }
+    return bad;
+}
+
 typedef enum flash_variant { FLASH_FLOAT, FLASH_MMA_CAUSAL, FLASH_MMA_ALL_KEYS } flash_variant;
 static const char *const flash_names[] = {"float32 causal", "tensor-core causal", "tensor-core non-causal"};
 
@@ -86,13 +98,8 @@ static void check_flash(const layout_case *lc, flash_variant variant, tm_kv_cach
     CHECK(launched == 0, "%s flash launch", flash_names[variant]);
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "flash kernel");
     cudaMemcpy(p_got, d_pout, pq_floats * 4, cudaMemcpyDeviceToHost);
-    int bad = 0;
-    double worst = 0;
-    for (int64_t i = 0; i < pq_floats; i++) {
-        double difference = fabs(p_got[i] - p_expected[i]);
-        bad += !(difference <= tolerance);
-        if (!(difference <= worst)) worst = difference;
-    }
+    double worst;
+    int bad = count_differences(p_got, p_expected, pq_floats, tolerance, &worst);
     CHECK(bad == 0, "%s flash prefill (%d tiles of <= %d tokens): kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
           flash_names[variant], n_tiles, tile_tokens, lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)pq_floats, worst);
     cudaFree(d_pq), cudaFree(d_pout), cudaFree(d_positions), cudaFree(d_tiles), cudaFree(d_query_offsets);
@@ -168,13 +175,8 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
               "launch");
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
         cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
-        int bad = 0;
-        double worst = 0;
-        for (int64_t i = 0; i < q_floats; i++) {
-            double difference = fabs(got[i] - expected[i]);
-            bad += !(difference <= 2e-5);
-            if (!(difference <= worst)) worst = difference;
-        }
+        double worst;
+        int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
         CHECK(bad == 0, "decode, %d splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
               split_cases[c][0], lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
     }

@@ -213,14 +213,20 @@ def test_profile_without_a_device_says_so_and_keeps_timing(tmbench, tmp_path):
         assert connection.execute("SELECT count(*) FROM kernel_records").fetchone() == (0,)
 
 
+def run_profiled_on_gpu(tmbench, tmp_path, gen_tokens, repetitions):
+    """`tmbench run --profile` of the tiny model on the GPU (one warm-up); the database's path."""
+    suite = tiny_suite(tmp_path / "p.yaml", "p", device="cuda", gen_tokens=gen_tokens, warmup=1, repetitions=repetitions, timeout=60)
+    db = tmp_path / "r.db"
+    result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return db
+
+
 def test_profile_records_kernels_and_ranges(tmbench, tmp_path):
     """On a GPU: --profile stores the kernels of every repetition and the engine's NVTX ranges."""
     if not _cuda_device_present():
         pytest.skip("no CUDA device")
-    suite = tiny_suite(tmp_path / "p.yaml", "p", device="cuda", gen_tokens=4, warmup=1, repetitions=2, timeout=60)
-    db = tmp_path / "r.db"
-    result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    db = run_profiled_on_gpu(tmbench, tmp_path, gen_tokens=4, repetitions=2)
     with sqlite3.connect(db) as connection:
         kernels = dict(connection.execute(
             "SELECT repetition, count(*) FROM kernel_records WHERE grid IS NOT NULL GROUP BY repetition").fetchall())
@@ -238,10 +244,7 @@ def test_profile_decode_step_kernels_match_the_engine(tmbench, tmp_path):
     their counts equal the model's layer count (tiny: 4)."""
     if not _cuda_device_present():
         pytest.skip("no CUDA device")
-    suite = tiny_suite(tmp_path / "d.yaml", "d", device="cuda", gen_tokens=6, warmup=1, repetitions=1, timeout=60)
-    db = tmp_path / "r.db"
-    result = subprocess.run([str(tmbench), "run", str(suite), "--profile", "--db", str(db)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    db = run_profiled_on_gpu(tmbench, tmp_path, gen_tokens=6, repetitions=1)
     with sqlite3.connect(db) as connection:
         steps = connection.execute("SELECT start_ns, end_ns FROM nvtx_ranges WHERE name = 'decode step' AND repetition = 0 "
                                    "ORDER BY start_ns").fetchall()
