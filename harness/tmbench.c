@@ -274,14 +274,18 @@ static int run_under_ncu(int argc, char **argv, char **paths, int n_paths, const
     snprintf(tag, sizeof tag, "ncu_report=%s.ncu-rep", report);
     const char *child[200];
     int n = 0;
-    const char *ncu_flags[] = {ncu, "--nvtx", "--target-processes", "all", "--set", "full", "-f", "-o", report, self, "run"};
+    /* the first 200 kernels of the cases (warm-up and first repetitions: the same work again and
+     * again), so a case of thousands of repetitions does not take hours; the rest runs unprofiled */
+    const char *ncu_flags[] = {ncu, "--nvtx", "--target-processes", "all", "--set", "full", "--launch-count", "200", "-f", "-o", report,
+                               self, "run"};
     for (size_t k = 0; k < sizeof ncu_flags / sizeof ncu_flags[0]; k++) child[n++] = ncu_flags[k];
     for (int k = 0; k < n_paths && n < 180; k++) child[n++] = paths[k];
     child[n++] = "--filter", child[n++] = glob, child[n++] = "--db", child[n++] = db_path, child[n++] = "--tag", child[n++] = tag;
     for (int k = 1; k < argc && n < 196; k++) /* keep the caller's tags */
         if (!strcmp(argv[k], "--tag") && k + 1 < argc) child[n++] = argv[k], child[n++] = argv[++k];
     child[n] = NULL;
-    printf("tmbench run --ncu: profiling the cases matching %s under %s (slow: every kernel is replayed)\n", glob, ncu);
+    printf("tmbench run --ncu: profiling the first 200 kernels of the cases matching %s under %s (slow: each is replayed)\n", glob,
+           ncu);
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
