@@ -2,6 +2,7 @@
  * counters.c - the stand-in for counters_cupti.cc where the build has no CUPTI: every entry point
  * says so, and `tmbench run --counters` keeps timing (see counters.h).
  */
+#include "common.h"
 #include "counters.h"
 
 
