@@ -22,7 +22,8 @@ typedef struct tm_profiler tm_profiler;
 
 /* Start collecting (before the first CUDA or NVTX call of the process, so NVTX ranges reach CUPTI). */
 tm_status tm_profiler_start(tm_profiler **out, tm_error_t *error);
-/* Flush what completed and write it as (case_id, repetition); warm-up repetitions are negative. */
+/* Flush what completed and write it as (case_id, repetition): timed repetitions 0.., warm-ups -1, -2, ..,
+ * the set-up (model load) -1000, the untimed --counters pass -2000. */
 tm_status tm_profiler_collect(tm_profiler *profiler, tm_store *store, int64_t case_id, int repetition, tm_error_t *error);
 /* Totals so far: kernel records, memory operations, NVTX ranges written; records dropped. */
 void tm_profiler_totals(const tm_profiler *profiler, uint64_t *kernels, uint64_t *memory_operations, uint64_t *ranges,
