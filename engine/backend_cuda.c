@@ -61,8 +61,9 @@
 
 #define GEMM_TILE_BYTES (64ull << 20) /* dequantized f16 weight tile of the prefill GEMM */
 #define CUBLAS_WORKSPACE_BYTES (32ull << 20) /* fixed, so cuBLAS calls can be captured in graphs */
-#define SPLIT_KEYS_MIN 256            /* decode attention: keys per split at least this */
+#define SPLIT_KEYS_MIN 256            /* decode attention: splits for the longest context, one per this many keys */
 #define MAX_SPLITS 32
+#define SPLIT_KEYS_FLOOR 64           /* decode attention: a split takes at least this many keys (2 warps' chunks) */
 
 typedef struct device_weight {
     const void *data; /* in the weight arena */
@@ -93,7 +94,7 @@ typedef struct cuda_backend {
     int64_t max_pages;         /* per stream: the mirror's row stride */
     int max_sequences;
     int32_t *page_mirror, *host_page_mirror; /* [seq][layer][max_pages] */
-    int n_splits, keys_per_split;
+    int n_splits;              /* decode attention: key splits (each token's keys spread evenly over them) */
     /* activations, for `capacity` tokens */
     int capacity;
     void *activation_block;
@@ -206,7 +207,6 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
                              ? b->max_pages * (int64_t)(layout->page_size / tm_kv_row_bytes(layout))
                              : b->max_pages / tm_kv_pages_for_tokens(layout, 1);
     b->n_splits = (int)TM_MIN((int64_t)MAX_SPLITS, TM_MAX((int64_t)1, (max_tokens + SPLIT_KEYS_MIN - 1) / SPLIT_KEYS_MIN));
-    b->keys_per_split = (int)((max_tokens + b->n_splits - 1) / b->n_splits);
     tm_status s;
     uint64_t pool_bytes = (uint64_t)stats.pages_total * stats.page_size;
     uint64_t mirror_bytes = (uint64_t)b->max_sequences * c->n_layer * b->max_pages * sizeof(int32_t);
@@ -327,7 +327,9 @@ static bool takes_q8(const cuda_backend *b, const device_weight *w, int n);
  * takes the 8-bit path, else one product each. */
 static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
                               bool *x_q8, tm_error_t *error) {
-    bool together = n > 1; /* one token: separate launches measured faster (7B: 196 vs 176 tokens/s) */
+    /* one token: separate launches measured faster (7B: 196 vs 176 tokens/s on the H100; again on the
+     * H200 of 2026-11-29: 317.6 vs 280.1) */
+    bool together = n > 1;
     for (int i = 0; i < n_parts; i++) together = together && takes_q8(b, w[i], n) && w[i]->cols == w[0]->cols;
     if (together) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, (int64_t)n * w[0]->cols, b->q8, b->stream));
@@ -404,7 +406,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         else
             CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
-                                                 b->keys_per_split, b->partials, stream));
+                                                 SPLIT_KEYS_FLOOR, b->partials, stream));
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("attention output");
         if ((s = matmul(b, &w[4], b->att, T, b->delta, &att_q8, error))) return s;

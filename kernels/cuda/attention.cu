@@ -1,9 +1,12 @@
 /*
  * attention.cu - attention through the paged KV cache, for decode and for prefill.
- * Decode: one block per (query token, query head, key split), four warps taking the split's
- * keys 32 at a time (a lane per key for the scores, a lane per output dimension for the values),
- * each with an online softmax (running max, sum, weighted value sum); warps merge in the block,
- * splits merge in combine_kernel (flash-decoding), so a long context spreads over many blocks. Prefill: flash attention over tiles of consecutive query tokens of one stream and the
+ * Decode: one block per (query token, kv head, key split) for head dims 32/64/128/256: the kv
+ * head's keys and values are read once for all the query heads of its group (GQA), each token's
+ * keys spread evenly over the splits whatever its context, keys scored a lane per key and values
+ * read in 16-byte pieces with every load of a 32-key chunk in flight; other head dims (multiples
+ * of 32) take the generic kernel, one block per (token, query head, split). Both keep an online
+ * softmax per warp, merge warps in the block and splits in combine_kernel (flash-decoding).
+ * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
  * engine/kv_cache.c, so nothing assumes contiguous KV. float32 math; f16 or f32 cache.
@@ -19,6 +22,217 @@ template <bool HALF> __device__ __forceinline__ float kv_element(const uint8_t *
     if (HALF) return __half2float(reinterpret_cast<const __half *>(vector)[i]);
     return reinterpret_cast<const float *>(vector)[i];
 }
+
+/* ---- decode: a block per (token, kv head, key split), every query head of the group at once -- */
+
+/* How a warp reads f16 (HALF) or f32 vectors of HD elements in 16-byte pieces: VECS pieces a row;
+ * LPK lanes share a row (a lane per piece, up to 32), so a warp reads KPI rows per load and each
+ * lane takes VPL pieces of its row; PER_LANE output dimensions per lane and query head. */
+template <bool HALF, int HD> struct decode_shape {
+    static constexpr int epv = HALF ? 8 : 4; /* elements per 16-byte piece */
+    static constexpr int vecs = HD / epv;
+    static constexpr int lpk = vecs < 32 ? vecs : 32;
+    static constexpr int vpl = vecs / lpk;
+    static constexpr int kpi = 32 / lpk;
+    static constexpr int per_lane = vpl * epv;
+};
+
+/* The epv elements of a 16-byte piece as floats. */
+template <bool HALF> __device__ __forceinline__ void unpack_piece(const uint4 &piece, float *x) {
+    if (HALF) {
+        const __half2 *h = reinterpret_cast<const __half2 *>(&piece);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float2 f = __half22float2(h[j]);
+            x[2 * j] = f.x, x[2 * j + 1] = f.y;
+        }
+    } else {
+        x[0] = __uint_as_float(piece.x), x[1] = __uint_as_float(piece.y), x[2] = __uint_as_float(piece.z), x[3] = __uint_as_float(piece.w);
+    }
+}
+
+/* Key range of split `split` of a token with n keys: splits of max(min_keys, ceil(n / n_splits))
+ * keys, so however long the context, its keys spread over every split (the graph of a decode step
+ * is captured once, with the split count of the longest context). */
+__device__ __forceinline__ void split_range(int n, int split, int n_splits, int min_keys, int &begin, int &end) {
+    const int64_t per = max((int64_t)min_keys, ((int64_t)n + n_splits - 1) / n_splits);
+    begin = (int)min((int64_t)split * per, (int64_t)n);
+    end = (int)min((int64_t)begin + per, (int64_t)n);
+}
+
+/* One block per (token, kv head, batch of up to G query heads of its group, key split); each of
+ * the WARPS warps takes 32 keys at a time. Scores: lane j reads key j whole (16-byte loads, every
+ * load of the warp in flight at once) and scores it against each query head (queries in shared
+ * memory); the warp's online softmax per head; values: LPK lanes read each value row in 16-byte
+ * pieces, KPI rows per load, every load of the chunk issued before the first is used, and each
+ * lane accumulates its dimensions for every head, with the key's weight taken from its scoring
+ * lane. The keys and values of a kv head are read once for all its query heads (GQA). Warps merge
+ * in the block; one split: normalized into out; several: (max, sum, values) into partials, which
+ * combine_kernel merges. */
+template <bool HALF, int HD, int G>
+__global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
+                                                                      const int32_t *pages, const int64_t *page_offsets,
+                                                                      const int32_t *n_keys, int n_head, float scale, int min_keys) {
+    typedef decode_shape<HALF, HD> shape;
+    constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, KPI = shape::kpi, PER_LANE = shape::per_lane;
+    constexpr int STEPS = 32 / KPI, BATCH = STEPS < 8 ? STEPS : 8; /* value loads per lane per chunk, in batches */
+    const int group = n_head / a.n_head_kv, batches = (group + G - 1) / G;
+    const int token = blockIdx.x / (a.n_head_kv * batches), rest = blockIdx.x % (a.n_head_kv * batches);
+    const int kv_head = rest / batches, head0 = kv_head * group + rest % batches * G, heads = min(G, group - rest % batches * G);
+    const int split = blockIdx.y, n_splits = gridDim.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int begin, end;
+    split_range(n_keys[token], split, n_splits, min_keys, begin, end);
+    const int32_t *table = pages + page_offsets[token];
+
+    __shared__ __align__(16) float query[G][HD];
+    __shared__ float warp_max[WARPS][G], warp_sum[WARPS][G], factor[WARPS][G], total[G], block_max[G];
+    __shared__ float warp_acc[WARPS][G][HD];
+    for (int i = threadIdx.x; i < G * HD; i += 32 * WARPS) {
+        const int g = i / HD;
+        query[g][i % HD] = g < heads ? q[((int64_t)token * n_head + head0 + g) * HD + i % HD] * scale : 0.0f;
+    }
+    __syncthreads();
+
+    float acc[G][PER_LANE], running_max[G], running_sum[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        running_max[g] = -INFINITY, running_sum[g] = 0;
+#pragma unroll
+        for (int e = 0; e < PER_LANE; e++) acc[g][e] = 0;
+    }
+    for (int chunk = begin + 32 * warp; chunk < end; chunk += 32 * WARPS) {
+        const int p = chunk + lane;
+        const bool valid = p < end;
+        float score[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) score[g] = 0;
+        unsigned long long value_address = 0;
+        if (valid) {
+            const uint4 *key = reinterpret_cast<const uint4 *>(kv_address32(a, table, p, kv_head, false));
+            value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
+#pragma unroll
+            for (int c = 0; c < shape::vecs; c++) {
+                float x[EPV];
+                unpack_piece<HALF>(__ldg(key + c), x);
+#pragma unroll
+                for (int g = 0; g < G; g++)
+#pragma unroll
+                    for (int e = 0; e < EPV; e += 4) {
+                        const float4 qv = *reinterpret_cast<const float4 *>(&query[g][c * EPV + e]);
+                        score[g] += x[e] * qv.x + x[e + 1] * qv.y + x[e + 2] * qv.z + x[e + 3] * qv.w;
+                    }
+            }
+        }
+        /* the chunk's online softmax, per head (lane 0's key is valid: chunk < end) */
+        float weight[G];
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            const float s = valid ? score[g] : -INFINITY;
+            float chunk_max = s;
+#pragma unroll
+            for (int offset = 16; offset > 0; offset >>= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, offset));
+            const float new_max = fmaxf(running_max[g], chunk_max);
+            const float correction = expf(running_max[g] - new_max);
+            weight[g] = valid ? expf(s - new_max) : 0.0f;
+            float sum = weight[g];
+#pragma unroll
+            for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            running_sum[g] = running_sum[g] * correction + sum;
+            running_max[g] = new_max;
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e++) acc[g][e] *= correction;
+        }
+        /* values: step i reads key i * KPI + lane / LPK; BATCH steps' loads in flight at once */
+        const int n_valid = min(32, end - chunk);
+#pragma unroll
+        for (int i0 = 0; i0 < STEPS; i0 += BATCH) {
+            uint4 pieces[BATCH][VPL];
+#pragma unroll
+            for (int i = 0; i < BATCH; i++) {
+                const int k = (i0 + i) * KPI + lane / LPK;
+                const uint4 *value = reinterpret_cast<const uint4 *>(__shfl_sync(0xffffffffu, value_address, k));
+#pragma unroll
+                for (int u = 0; u < VPL; u++) pieces[i][u] = k < n_valid ? __ldg(value + lane % LPK + LPK * u) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int i = 0; i < BATCH; i++) {
+                const int k = (i0 + i) * KPI + lane / LPK;
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                    const float w = __shfl_sync(0xffffffffu, weight[g], k);
+#pragma unroll
+                    for (int u = 0; u < VPL; u++) {
+                        float x[EPV];
+                        unpack_piece<HALF>(pieces[i][u], x);
+#pragma unroll
+                        for (int e = 0; e < EPV; e++) acc[g][u * EPV + e] += w * x[e];
+                    }
+                }
+            }
+        }
+    }
+    /* lanes holding the same dimensions (of different keys) add up */
+#pragma unroll
+    for (int offset = LPK; offset < 32; offset <<= 1)
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int e = 0; e < PER_LANE; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
+    if (lane < LPK)
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int u = 0; u < VPL; u++)
+#pragma unroll
+                for (int e = 0; e < EPV; e++) warp_acc[warp][g][(lane + LPK * u) * EPV + e] = acc[g][u * EPV + e];
+    if (lane == 0)
+#pragma unroll
+        for (int g = 0; g < G; g++) warp_max[warp][g] = running_max[g], warp_sum[warp][g] = running_sum[g];
+    __syncthreads();
+    if (threadIdx.x < G) {
+        const int g = threadIdx.x;
+        float m = -INFINITY, t = 0;
+        for (int w = 0; w < WARPS; w++) m = fmaxf(m, warp_max[w][g]);
+        for (int w = 0; w < WARPS; w++) {
+            factor[w][g] = warp_sum[w][g] > 0 ? expf(warp_max[w][g] - m) : 0.0f; /* a warp that saw no key adds nothing */
+            t += warp_sum[w][g] * factor[w][g];
+        }
+        block_max[g] = m, total[g] = t;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < heads * HD; i += 32 * WARPS) {
+        const int g = i / HD, d = i % HD;
+        float sum = 0;
+#pragma unroll
+        for (int w = 0; w < WARPS; w++) sum += warp_acc[w][g][d] * factor[w][g];
+        const int64_t row = (int64_t)token * n_head + head0 + g;
+        if (n_splits == 1) {
+            out[row * HD + d] = sum / total[g];
+        } else {
+            float *partial = partials + (row * n_splits + split) * (HD + 2);
+            if (d == 0) partial[0] = block_max[g], partial[1] = total[g]; /* total 0: a split past n_keys */
+            partial[2 + d] = sum;
+        }
+    }
+}
+
+template <bool HALF, int HD>
+static void launch_decode(dim3 block_grid_xy, int group, const float *q, float *out, float *partials, const kv_addressing &a,
+                          const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, int min_keys,
+                          cudaStream_t s) {
+    /* G: the group rounded up to a power of two, at most 8 (larger groups take several blocks) */
+    const int G = group >= 5 ? 8 : group >= 3 ? 4 : group;
+    dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
+#define TM_DECODE(GG) decode_attention_kernel<HALF, HD, GG><<<grid, 32 * WARPS, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys)
+    if (G == 8) TM_DECODE(8);
+    else if (G == 4) TM_DECODE(4);
+    else if (G == 2) TM_DECODE(2);
+    else TM_DECODE(1);
+#undef TM_DECODE
+}
+
+/* ---- decode, any head dim (a multiple of 32): a block per (token, query head, key split) ---- */
 
 /* Score of one key against the query (in shared memory, pre-scaled): 16-byte loads of the key. */
 template <bool HALF>
@@ -55,13 +269,14 @@ template <bool HALF>
 __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
                                                                      const int32_t *pages, const int64_t *page_offsets,
                                                                      const int32_t *n_keys, int n_head, int head_dim, float scale,
-                                                                     int keys_per_split) {
+                                                                     int min_keys_per_split) {
     const int token = blockIdx.x / n_head, head = blockIdx.x % n_head, split = blockIdx.y, n_splits = gridDim.y;
     const int kv_head = head / (n_head / a.n_head_kv);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int per_lane = head_dim / 32;
     const int32_t *table = pages + page_offsets[token];
-    const int begin = (int)min((int64_t)split * keys_per_split, (int64_t)INT32_MAX), end = min(n_keys[token], begin + keys_per_split);
+    int begin, end;
+    split_range(n_keys[token], split, n_splits, min_keys_per_split, begin, end);
     __shared__ float query[MAX_HEAD_DIM];
     __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[WARPS][MAX_HEAD_DIM];
     const float *q_row = q + ((int64_t)token * n_head + head) * head_dim;
@@ -156,9 +371,9 @@ __global__ void combine_kernel(const float *partials, float *out, int n_splits, 
 
 extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                        const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
-                                       const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int keys_per_split,
+                                       const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
                                        float *partials, void *stream) {
-    if (head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || keys_per_split < 1 ||
+    if (head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || min_keys_per_split < 1 ||
         (n_splits > 1 && !partials))
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
@@ -166,13 +381,28 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     float scale = 1.0f / sqrtf((float)head_dim);
     dim3 grid((unsigned)(n_tokens * n_head), (unsigned)n_splits), block(32 * WARPS);
     cudaStream_t s = (cudaStream_t)stream;
-    if (n_splits == 1) keys_per_split = INT32_MAX;
-    if (kv_is_f32)
+    const int group = n_head / n_head_kv;
+    const dim3 kv_grid((unsigned)(n_tokens * n_head_kv), (unsigned)n_splits);
+#define TM_DECODE_DIM(HALF, HD) launch_decode<HALF, HD>(kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys_per_split, s)
+    if (head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256) {
+        if (kv_is_f32) {
+            if (head_dim == 32) TM_DECODE_DIM(false, 32);
+            else if (head_dim == 64) TM_DECODE_DIM(false, 64);
+            else if (head_dim == 128) TM_DECODE_DIM(false, 128);
+            else TM_DECODE_DIM(false, 256);
+        } else {
+            if (head_dim == 32) TM_DECODE_DIM(true, 32);
+            else if (head_dim == 64) TM_DECODE_DIM(true, 64);
+            else if (head_dim == 128) TM_DECODE_DIM(true, 128);
+            else TM_DECODE_DIM(true, 256);
+        }
+    } else if (kv_is_f32)
         paged_attention_kernel<false><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
-                                                             keys_per_split);
+                                                             min_keys_per_split);
     else
         paged_attention_kernel<true><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
-                                                            keys_per_split);
+                                                            min_keys_per_split);
+#undef TM_DECODE_DIM
     TM_CUDA_CHECK_LAUNCH();
     if (n_splits > 1) {
         combine_kernel<<<n_tokens * n_head, 128, 0, s>>>(partials, out, n_splits, head_dim);

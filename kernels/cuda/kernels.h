@@ -81,13 +81,15 @@ int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
  * page_size bytes per page, f16 or f32): for query token t and head h,
  * out[t][h] = softmax(q[t][h] . K[0..n_keys[t]) / sqrt(head_dim)) V[0..n_keys[t]) of kv head
  * h / (n_head / n_head_kv), reading token t's stream through pages[page_offsets[t]...].
- * The keys are split over n_splits blocks of keys_per_split keys (splits past n_keys[t] add
- * nothing; n_splits * keys_per_split must cover n_keys); with n_splits > 1, partials holds
- * n_tokens * n_head * n_splits * (head_dim + 2) floats. All pointers are device pointers;
- * head_dim a multiple of 32, at most 256. */
+ * Token t's keys are spread over n_splits blocks, max(min_keys_per_split, ceil(n_keys[t] /
+ * n_splits)) keys each (splits past n_keys[t] add nothing), so a graph captured with the split
+ * count of the longest context keeps every split busy at any context; with n_splits > 1,
+ * partials holds n_tokens * n_head * n_splits * (head_dim + 2) floats. All pointers are device
+ * pointers; head_dim a multiple of 32, at most 256 (32, 64, 128 and 256 take the kernel that
+ * reads each kv head's keys once for its whole group of query heads). */
 int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                             const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
-                            const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int keys_per_split,
+                            const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
                             float *partials, void *stream);
 
 /* Prefill (flash) attention, causal: tiles[2 i] is the first batch token of tile i and

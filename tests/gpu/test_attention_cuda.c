@@ -55,8 +55,13 @@ static void check_flash(const layout_case *lc, flash_variant variant, tm_kv_cach
     const bool mma = variant != FLASH_FLOAT, all_keys = variant == FLASH_MMA_ALL_KEYS;
     const int tile_tokens = mma ? tm_cuda_flash_mma_tile_tokens(lc->head_dim, n_head, lc->n_head_kv)
                                 : tm_cuda_flash_tile_tokens(lc->head_dim, n_head, lc->n_head_kv);
-    if (mma && (lc->type != TM_KV_F16 || lc->head_dim < 64)) {
+    const bool power_of_two_dim = lc->head_dim == 32 || lc->head_dim == 64 || lc->head_dim == 128 || lc->head_dim == 256;
+    if (mma && (lc->type != TM_KV_F16 || lc->head_dim < 64 || !power_of_two_dim)) {
         CHECK(tile_tokens == 0 || lc->type != TM_KV_F16, "tensor-core flash should refuse head_dim %d", lc->head_dim);
+        return;
+    }
+    if (!power_of_two_dim) { /* the float kernel takes head dims 32, 64, 128 and 256 */
+        CHECK(tile_tokens == 0, "float32 flash should refuse head_dim %d", lc->head_dim);
         return;
     }
     CHECK(tile_tokens >= 1, "%s flash tiles for head_dim %d group %d", flash_names[variant], lc->head_dim, lc->group);
@@ -164,13 +169,16 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     cudaMemcpy(d_offsets, offsets, sizeof offsets, cudaMemcpyHostToDevice);
     cudaMemcpy(d_keys, n_keys, sizeof n_keys, cudaMemcpyHostToDevice);
     const char *kv_name = lc->type == TM_KV_F32 ? "f32" : "f16";
-    const int split_cases[3][2] = {{1, 0}, {4, 225}, {8, 128}};
+    /* (splits, at least this many keys a split): one block; 900 keys in 4 x 225 and 8 x 128 (the
+     * 1-token stream leaves splits empty); 32 splits of >= 1 key: every stream's keys spread evenly
+     * (900 -> 29 a split, 37 -> 2, the last splits short or empty) */
+    const int split_cases[4][2] = {{1, 1}, {4, 225}, {8, 128}, {32, 1}};
     void *d_partials;
-    cudaMalloc(&d_partials, (size_t)n_seq * n_head * 8 * (lc->head_dim + 2) * 4);
-    for (int c = 0; c < 3; c++) {
+    cudaMalloc(&d_partials, (size_t)n_seq * n_head * 32 * (lc->head_dim + 2) * 4);
+    for (int c = 0; c < 4; c++) {
         cudaMemset(d_out, 0xff, q_floats * 4);
         CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
-                                      lc->page_size, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1] ? split_cases[c][1] : 1,
+                                      lc->page_size, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
                                       d_partials, NULL) == 0,
               "launch");
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
@@ -204,6 +212,9 @@ int main(void) {
         {2, 2, 256, TM_KV_F16, 4096}, /* head dim 256 */
         {3, 3, 64, TM_KV_F32, 4096},  /* SmolLM2's group of 3 (tiles of 64 / 3 tokens) */
         {3, 3, 64, TM_KV_F16, 4096},  /* the same in f16: tensor-core flash at head dim 64 */
+        {2, 3, 96, TM_KV_F16, 4096},  /* head dim 96: the generic decode kernel (no flash kernel takes it) */
+        {1, 8, 128, TM_KV_F16, 4096}, /* llama 70B's group of 8: one decode block serves 8 query heads */
+        {1, 12, 64, TM_KV_F32, 4096}, /* a group of 12: decode blocks of 8 + 4 query heads */
     };
     tm_rng_t rng;
     tm_rng_seed(&rng, 21);
