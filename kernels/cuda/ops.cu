@@ -75,14 +75,71 @@ __global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const f
     }
 }
 
+/* The same for rows of at most 8 x 1024 elements: each thread loads its (up to) 8 elements and
+ * their weights once, all loads in flight together, and keeps them in registers across the
+ * reduction, instead of reading the row and then the weights a second time (a 4096-wide decode row
+ * measured 8 us, most of it two dependent trips to memory). Same arithmetic, same results. */
+template <int PER_THREAD>
+__global__ void rmsnorm_registers_kernel(float *out, float *x, const float *delta, const float *weight, int n, float eps, int8_t *q8_qs,
+                                         half2 *q8_ds) {
+    float *row = x + (int64_t)blockIdx.x * n;
+    const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
+    float v[PER_THREAD], w[PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        v[k] = i < n ? row[i] : 0.0f;
+        w[k] = i < n ? weight[i] : 0.0f;
+        if (add && i < n) v[k] = v[k] + add[i];
+    }
+    double sum = 0;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        if (add && i < n) row[i] = v[k];
+        sum += (double)v[k] * v[k];
+    }
+    const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int k = 0; k < PER_THREAD; k++) {
+        const int i = threadIdx.x + k * blockDim.x; /* a warp's 32 elements are consecutive: one q8 block */
+        if (i - lane >= n) break;
+        float value = i < n ? v[k] * scale * w[k] : 0.0f;
+        if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
+        if (q8_qs) {
+            float amax = fabsf(value);
+            for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+            float d = amax / 127.0f;
+            int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
+            for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+            int64_t element = (int64_t)blockIdx.x * n + i;
+            q8_qs[element] = (int8_t)q;
+            if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+        }
+    }
+}
+
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
+
+/* Launch the norm of n_rows rows: the register kernel up to 8192 elements a row (threads: n / 8
+ * rounded up to whole warps, at least 4 warps), the looping one beyond. */
+static cudaError_t launch_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps, int8_t *qs,
+                                  half2 *ds, cudaStream_t stream) {
+    if (n <= 8 * 1024) {
+        unsigned threads = (unsigned)((n + 7) / 8 + 31) / 32 * 32;
+        if (threads < 128) threads = 128;
+        rmsnorm_registers_kernel<8><<<n_rows, threads, 0, stream>>>(out, x, delta, weight, n, eps, qs, ds);
+    } else {
+        rmsnorm_kernel<<<n_rows, norm_threads(n), 0, stream>>>(out, x, delta, weight, n, eps, qs, ds);
+    }
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}
 
 extern "C" int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream) {
     if (n_rows == 0) return cudaSuccess;
-    rmsnorm_kernel<<<n_rows, norm_threads(n), 0, (cudaStream_t)stream>>>(out, const_cast<float *>(x), nullptr, weight, n, eps, nullptr,
-                                                                         nullptr);
-    TM_CUDA_CHECK_LAUNCH();
-    return cudaSuccess;
+    return launch_rmsnorm(out, const_cast<float *>(x), nullptr, weight, n_rows, n, eps, nullptr, nullptr, (cudaStream_t)stream);
 }
 
 extern "C" int tm_cuda_add_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps,
@@ -91,9 +148,7 @@ extern "C" int tm_cuda_add_rmsnorm(float *out, float *x, const float *delta, con
     if (q8 && n % 32) return cudaErrorInvalidValue;
     int8_t *qs = (int8_t *)q8;
     half2 *ds = q8 ? (half2 *)(qs + (int64_t)n_rows * n) : nullptr;
-    rmsnorm_kernel<<<n_rows, norm_threads(n), 0, (cudaStream_t)stream>>>(out, x, delta, weight, n, eps, qs, ds);
-    TM_CUDA_CHECK_LAUNCH();
-    return cudaSuccess;
+    return launch_rmsnorm(out, x, delta, weight, n_rows, n, eps, qs, ds, (cudaStream_t)stream);
 }
 
 /* One thread per (token, head, pair). */

@@ -74,8 +74,9 @@ static void test_embed(tm_rng_t *rng) {
 }
 
 static void test_rmsnorm(tm_rng_t *rng) {
-    const int widths[2] = {576, 4096}, rows = 5;
-    for (int w = 0; w < 2; w++) {
+    /* 576 and 4096 (SmolLM2, llama 7B) and 8192 (70B): the register kernel; 12288: the looping one */
+    const int widths[4] = {576, 4096, 8192, 12288}, rows = 5;
+    for (int w = 0; w < 4; w++) {
         int n = widths[w];
         float *x = malloc((size_t)rows * n * sizeof(float)), *weight = malloc((size_t)n * sizeof(float));
         float *expected = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)rows * n * sizeof(float));
