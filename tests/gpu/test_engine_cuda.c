@@ -9,10 +9,12 @@
  * (same kernels, same order), and GPU sampling follows the CPU sampler exactly, so every
  * request's tokens must be identical; A must have sampled on the GPU and B not, and the device
  * memory accounting must be filled in (weights = the model's bytes, KV, activations, workspace).
- * Last, a KV pool larger than the device (30 M pages of 4 KiB, ~123 GB) must fail the first step
- * with TM_ERR_NO_MEMORY naming the KV pages and the bytes, not crash.
+ * Last, a KV pool twice the device's memory (in 4 KiB pages) must fail the first step with
+ * TM_ERR_NO_MEMORY naming the KV pages and the bytes, not crash.
  * Skipped without a CUDA device (exit 77).
  */
+#include <cuda_runtime_api.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,7 +127,12 @@ int main(void) {
     tm_engine_options_default(&options);
     options.synthetic = "smollm2-135m:q8_0";
     options.device = "cuda";
-    options.kv_pages = 30000000;
+    /* twice the device's memory in 4 KiB pages (an 80 GB H100 and a 141 GB H200 alike) */
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    options.kv_pages = (int64_t)(2 * (total_bytes / 4096));
+    char pool_bytes[32];
+    snprintf(pool_bytes, sizeof pool_bytes, "%lld", (long long)options.kv_pages * 4096);
     tm_engine *engine = NULL;
     tm_error_t error = {0};
     tm_status s = tm_engine_create(&options, &engine, &error);
@@ -141,7 +148,7 @@ int main(void) {
         tm_engine_free(engine);
     }
     printf("oversized KV pool: %s: %s\n", tm_status_name(s), error.message);
-    CHECK(s == TM_ERR_NO_MEMORY && strstr(error.message, "KV pages") && strstr(error.message, "122880000000"),
-          "an oversized KV pool is TM_ERR_NO_MEMORY naming what and how much");
+    CHECK(s == TM_ERR_NO_MEMORY && strstr(error.message, "KV pages") && strstr(error.message, pool_bytes),
+          "an oversized KV pool (%s bytes) is TM_ERR_NO_MEMORY naming what and how much", pool_bytes);
     return check_report("test_engine_cuda");
 }

@@ -132,14 +132,15 @@ int main(void) {
         }
     CHECK(tm_cuda_gemv(TM_TYPE_Q4_K, NULL, 1, 100, NULL, NULL, NULL) != 0, "a row that is not whole blocks is refused");
     CHECK(tm_cuda_gemv_batched(TM_TYPE_Q4_K, NULL, 1, 256, NULL, 17, NULL, NULL) != 0, "more than 16 tokens are refused");
-    /* several q8 products in one launch (Q/K/V shapes, q4_k and q6_k mixed) equal the separate ones bit for bit */
-    {
+    /* several q8 products in one launch (Q/K/V shapes; q4_k and q6_k mixed, or q4_k alone) equal the
+     * separate ones bit for bit, at 1 token and at 5 */
+    for (int variant = 0; variant < 4; variant++) {
+        const int n = variant < 2 ? 1 : 5, mixed = variant % 2;
         const int64_t cols = 1024, part_rows[3] = {512, 128, 128};
-        const tm_type part_types[3] = {TM_TYPE_Q4_K, TM_TYPE_Q4_K, TM_TYPE_Q6_K};
+        const tm_type part_types[3] = {TM_TYPE_Q4_K, TM_TYPE_Q4_K, mixed ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
         tm_cuda_gemv_part parts[3];
         float *separate[3], *together[3];
         void *d_x, *d_q8;
-        const int n = 5;
         float *x = malloc((size_t)cols * n * 4);
         for (int64_t i = 0; i < cols * n; i++) x[i] = 2.0f * tm_rng_uniform(&rng) - 1.0f;
         cudaMalloc(&d_x, (size_t)cols * n * 4), cudaMalloc(&d_q8, tm_cuda_q8_1_bytes(cols * n));
@@ -165,12 +166,15 @@ int main(void) {
             size_t bytes = (size_t)part_rows[p] * n * 4;
             float *a = malloc(bytes), *b = malloc(bytes);
             cudaMemcpy(a, separate[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, together[p], bytes, cudaMemcpyDeviceToHost);
-            CHECK(!memcmp(a, b, bytes), "part %d: one launch equals its own launch bit for bit", p);
+            CHECK(!memcmp(a, b, bytes), "%s parts, %d tokens: part %d in one launch equals its own launch bit for bit", mixed ? "mixed" : "q4_k",
+                  n, p);
             free(a), free(b);
             cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]);
         }
-        parts[1].rows = 129;
-        CHECK(tm_cuda_gemv_q8_parts(parts, 3, cols, d_q8, n, NULL) == cudaErrorNotSupported, "rows not a multiple of 4 are declined");
+        if (n == 5) {
+            parts[1].rows = 129;
+            CHECK(tm_cuda_gemv_q8_parts(parts, 3, cols, d_q8, n, NULL) == cudaErrorNotSupported, "rows not a multiple of 4 are declined");
+        }
         cudaFree(d_x), cudaFree(d_q8);
         free(x);
     }
