@@ -196,6 +196,52 @@ __device__ __forceinline__ void load_kv_tile(const kv_gather &g, const int32_t *
     }
 }
 
+/* Keys a tile of queries reads, 0..key_end-1: n_keys when given (non-causal), else one past the
+ * tile's latest position. */
+__device__ __forceinline__ int tile_key_end(int n_keys, const int32_t *positions, int first, int n_tokens) {
+    if (n_keys > 0) return n_keys;
+    int key_end = 0;
+    for (int t = 0; t < n_tokens; t++) key_end = max(key_end, positions[first + t] + 1);
+    return key_end;
+}
+
+/* The copy pipeline's start: the page entries of key tile 0 (waited for: its copies need them),
+ * then tile 0's keys and values into k_tile / v_tile with the entries of tile 1 into the second
+ * entry slot, committed as one group. */
+template <int HD, int BN, int THREADS, bool ATOMS>
+__device__ __forceinline__ void start_kv_pipeline(const kv_gather &g, const int32_t *table, int key_end, int n_key_tiles,
+                                                  const int32_t *entries, uint32_t entry_tiles, uint32_t entry_bytes, uint32_t k_tile,
+                                                  uint32_t v_tile) {
+    load_entries<BN>(g, table, 0, key_end, entry_tiles);
+    copy_async_commit();
+    copy_async_wait_all();
+    __syncthreads();
+    load_kv_tile<HD, BN, THREADS, ATOMS>(g, entries, 0, key_end, k_tile, v_tile);
+    if (n_key_tiles > 1) load_entries<BN>(g, table, 1, key_end, entry_tiles + entry_bytes);
+    copy_async_commit();
+}
+
+/* The tile's BM query rows, scaled and rounded to f16, into shared memory at `tile` (a generic
+ * pointer), laid out for ldmatrix (ATOMS false) or wgmma (true); zeros past the tile's n_rows. */
+template <int HD, int BM, int THREADS, bool ATOMS>
+__device__ __forceinline__ void stage_queries(uint8_t *tile, const float *q, float q_scale, int n_rows, int first, int group, int kv_head,
+                                              int n_head) {
+    constexpr int CHUNKS = HD / 8;
+#pragma unroll 1
+    for (int i = threadIdx.x; i < BM * CHUNKS; i += THREADS) {
+        const int row = i / CHUNKS, chunk = i % CHUNKS;
+        uint4 packed = make_uint4(0, 0, 0, 0);
+        if (row < n_rows) {
+            const int token = first + row / group, head = kv_head * group + row % group;
+            const float4 *source = reinterpret_cast<const float4 *>(q + ((int64_t)token * n_head + head) * HD + 8 * chunk);
+            const float4 x = source[0], y = source[1];
+            packed.x = pack_half2(x.x * q_scale, x.y * q_scale), packed.y = pack_half2(x.z * q_scale, x.w * q_scale);
+            packed.z = pack_half2(y.x * q_scale, y.y * q_scale), packed.w = pack_half2(y.z * q_scale, y.w * q_scale);
+        }
+        *reinterpret_cast<uint4 *>(tile + (ATOMS ? swizzled_atoms(row, chunk, BM) : swizzled<HD>(row, chunk))) = packed;
+    }
+}
+
 /* The kernel. Per key tile t a warp scores (S = Q K_t^T, mask, online softmax, P = f16 of the
  * weights) and accumulates (O += P V_t). With PINGPONG the warps of the second half accumulate
  * tile t - 1 at the start of iteration t and keep P across the barrier: their tensor-core work
@@ -206,7 +252,7 @@ __global__ void __launch_bounds__(32 * W, (flash_shape<HD, MT, W, BN, PINGPONG>:
     flash_mma_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages, const int64_t *page_offsets,
                      const int32_t *positions, const int32_t *tiles, int n_tiles, int n_head, float q_scale, int n_keys) {
     typedef flash_shape<HD, MT, W, BN, PINGPONG> shape;
-    constexpr int BM = shape::bm, CHUNKS = shape::chunks, THREADS = shape::threads, STAGES = shape::stages;
+    constexpr int BM = shape::bm, THREADS = shape::threads, STAGES = shape::stages;
     extern __shared__ __align__(128) uint8_t shared[];
     const uint32_t q_tile = shared_address(shared), kv_tiles = q_tile + shape::q_bytes;
     const uint32_t entry_tiles = kv_tiles + 2 * STAGES * shape::kv_bytes;
@@ -222,36 +268,12 @@ __global__ void __launch_bounds__(32 * W, (flash_shape<HD, MT, W, BN, PINGPONG>:
     const int32_t *table = pages + page_offsets[first];
     const kv_gather gather = make_gather(a, kv_head);
 
-    /* keys this tile reads: 0..key_end-1 */
-    int key_end = n_keys;
-    if (n_keys <= 0) {
-        key_end = 0;
-        for (int t = 0; t < n_tokens; t++) key_end = max(key_end, positions[first + t] + 1);
-    }
+    const int key_end = tile_key_end(n_keys, positions, first, n_tokens);
     const int n_key_tiles = (key_end + BN - 1) / BN;
-    /* pipeline: entries of tile 0 (waited for), then K/V of tile 0 with the entries of tile 1 */
-    load_entries<BN>(gather, table, 0, key_end, entry_tiles);
-    copy_async_commit();
-    copy_async_wait_all();
-    __syncthreads();
-    load_kv_tile<HD, BN, THREADS>(gather, TM_ENTRIES(0), 0, key_end, TM_K_TILE(0), TM_K_TILE(0) + shape::kv_bytes);
-    if (n_key_tiles > 1) load_entries<BN>(gather, table, 1, key_end, entry_tiles + shape::entry_bytes);
-    copy_async_commit();
+    start_kv_pipeline<HD, BN, THREADS, false>(gather, table, key_end, n_key_tiles, TM_ENTRIES(0), entry_tiles, shape::entry_bytes,
+                                              TM_K_TILE(0), TM_K_TILE(0) + shape::kv_bytes);
 
-    /* the queries, scaled and rounded to f16, into shared memory (zeros past the tile's rows) */
-#pragma unroll 1
-    for (int i = threadIdx.x; i < BM * CHUNKS; i += THREADS) {
-        const int row = i / CHUNKS, chunk = i % CHUNKS;
-        uint4 packed = make_uint4(0, 0, 0, 0);
-        if (row < n_rows) {
-            const int token = first + row / group, head = kv_head * group + row % group;
-            const float4 *source = reinterpret_cast<const float4 *>(q + ((int64_t)token * n_head + head) * HD + 8 * chunk);
-            const float4 x = source[0], y = source[1];
-            packed.x = pack_half2(x.x * q_scale, x.y * q_scale), packed.y = pack_half2(x.z * q_scale, x.w * q_scale);
-            packed.z = pack_half2(y.x * q_scale, y.y * q_scale), packed.w = pack_half2(y.z * q_scale, y.w * q_scale);
-        }
-        *reinterpret_cast<uint4 *>(shared + swizzled<HD>(row, chunk)) = packed;
-    }
+    stage_queries<HD, BM, THREADS, false>(shared, q, q_scale, n_rows, first, group, kv_head, n_head);
 
     /* this lane's rows: g and g + 8 of each of the warp's m16 tiles; the last key each may see */
     const int row0 = warp * 16 * MT;
@@ -467,7 +489,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
                        const int32_t *positions, const int32_t *tiles, int n_tiles, int n_head, float q_scale, int n_keys) {
 #if defined(TM_WGMMA_AVAILABLE)
     typedef wgmma_shape<HD, WG, BN_> shape;
-    constexpr int BM = shape::bm, BN = shape::bn, CHUNKS = HD / 8, THREADS = shape::threads;
+    constexpr int BM = shape::bm, BN = shape::bn, THREADS = shape::threads;
     extern __shared__ __align__(1024) uint8_t shared_raw[];
     const uint32_t raw = shared_address(shared_raw), q_tile = (raw + 1023) & ~1023u;
     uint8_t *shared = shared_raw + (q_tile - raw);
@@ -481,33 +503,12 @@ __global__ void __launch_bounds__(128 * WG, 1)
     const int32_t *table = pages + page_offsets[first];
     const kv_gather gather = make_gather(a, kv_head);
 
-    int key_end = n_keys;
-    if (n_keys <= 0) {
-        key_end = 0;
-        for (int t = 0; t < n_tokens; t++) key_end = max(key_end, positions[first + t] + 1);
-    }
+    const int key_end = tile_key_end(n_keys, positions, first, n_tokens);
     const int n_key_tiles = (key_end + BN - 1) / BN;
-    load_entries<BN>(gather, table, 0, key_end, entry_tiles);
-    copy_async_commit();
-    copy_async_wait_all();
-    __syncthreads();
-    load_kv_tile<HD, BN, THREADS, true>(gather, entries, 0, key_end, kv_tiles, kv_tiles + shape::kv_bytes);
-    if (n_key_tiles > 1) load_entries<BN>(gather, table, 1, key_end, entry_tiles + shape::entry_bytes);
-    copy_async_commit();
+    start_kv_pipeline<HD, BN, THREADS, true>(gather, table, key_end, n_key_tiles, entries, entry_tiles, shape::entry_bytes, kv_tiles,
+                                             kv_tiles + shape::kv_bytes);
 
-#pragma unroll 1
-    for (int i = threadIdx.x; i < BM * CHUNKS; i += THREADS) {
-        const int row = i / CHUNKS, chunk = i % CHUNKS;
-        uint4 packed = make_uint4(0, 0, 0, 0);
-        if (row < n_rows) {
-            const int token = first + row / group, head = kv_head * group + row % group;
-            const float4 *source = reinterpret_cast<const float4 *>(q + ((int64_t)token * n_head + head) * HD + 8 * chunk);
-            const float4 x = source[0], y = source[1];
-            packed.x = pack_half2(x.x * q_scale, x.y * q_scale), packed.y = pack_half2(x.z * q_scale, x.w * q_scale);
-            packed.z = pack_half2(y.x * q_scale, y.y * q_scale), packed.w = pack_half2(y.z * q_scale, y.w * q_scale);
-        }
-        *reinterpret_cast<uint4 *>(shared + swizzled_atoms(row, chunk, BM)) = packed;
-    }
+    stage_queries<HD, BM, THREADS, true>(shared, q, q_scale, n_rows, first, group, kv_head, n_head);
     fence_proxy_async(); /* the queries were written by ordinary stores; wgmma reads them */
 
     /* this lane's rows g and g + 8 of its warp's 16; the warp's and the warpgroup's visible keys */

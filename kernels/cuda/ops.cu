@@ -42,6 +42,18 @@ __device__ double block_sum(double value) {
     return total;
 }
 
+/* A warp's 32 consecutive values (element: this lane's index) as one q8_1 block, with the arithmetic
+ * of tm_cuda_quantize_q8_1: qs = round(x / d), d = max|x| / 127, (d, d * sum(qs)). */
+__device__ __forceinline__ void quantize_q8_1_warp(float value, int64_t element, int lane, int8_t *q8_qs, half2 *q8_ds) {
+    float amax = fabsf(value);
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    float d = amax / 127.0f;
+    int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
+    for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+    q8_qs[element] = (int8_t)q;
+    if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+}
+
 /* One block per row, optionally after the residual add (x += delta, written back), optionally
  * also writing the result as q8_1 blocks (q8: qs for n_rows * n values, then the (d, d * sum)
  * pairs; a warp owns each 32-element block, as in tm_cuda_quantize_q8_1, with the same
@@ -62,16 +74,7 @@ __global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const f
         int i = base + lane;
         float value = i < n ? row[i] * scale * weight[i] : 0.0f;
         if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
-        if (q8_qs) { /* n % 32 == 0: the warp's 32 values are one block */
-            float amax = fabsf(value);
-            for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-            float d = amax / 127.0f;
-            int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
-            for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-            int64_t element = (int64_t)blockIdx.x * n + i;
-            q8_qs[element] = (int8_t)q;
-            if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
-        }
+        if (q8_qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8_qs, q8_ds); /* n % 32 == 0 */
     }
 }
 
@@ -107,16 +110,7 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x, const float *delt
         if (i - lane >= n) break;
         float value = i < n ? v[k] * scale * w[k] : 0.0f;
         if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
-        if (q8_qs) {
-            float amax = fabsf(value);
-            for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-            float d = amax / 127.0f;
-            int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
-            for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-            int64_t element = (int64_t)blockIdx.x * n + i;
-            q8_qs[element] = (int8_t)q;
-            if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
-        }
+        if (q8_qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8_qs, q8_ds);
     }
 }
 
