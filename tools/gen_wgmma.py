@@ -43,7 +43,7 @@ def constraints(name, count):
     return ", ".join(f'"+f"({name}[{i}])' for i in range(count))
 
 
-for n in (64, 128):
+for n in (64,):
     c = n // 2
     out.write(f"""
 __device__ __forceinline__ void wgmma_ss_n{n}(float (&d)[{c}], uint64_t a, uint64_t b, int scale_d) {{

@@ -221,13 +221,13 @@ template <bool HALF, int HD>
 static void launch_decode(dim3 block_grid_xy, int group, const float *q, float *out, float *partials, const kv_addressing &a,
                           const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, int min_keys,
                           cudaStream_t s) {
-    /* G: the group rounded up to a power of two, at most 8 (larger groups take several blocks) */
-    const int G = group >= 5 ? 8 : group >= 3 ? 4 : group;
+    /* G: 1, 4 or 8 query heads per block (groups of 2-4 take 4 slots, of 5-8 eight; larger groups
+     * take several blocks); three instantiations per head dim keep the build short */
+    const int G = group >= 5 ? 8 : group >= 2 ? 4 : 1;
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
 #define TM_DECODE(GG) decode_attention_kernel<HALF, HD, GG><<<grid, 32 * WARPS, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys)
     if (G == 8) TM_DECODE(8);
     else if (G == 4) TM_DECODE(4);
-    else if (G == 2) TM_DECODE(2);
     else TM_DECODE(1);
 #undef TM_DECODE
 }

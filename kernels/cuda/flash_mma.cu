@@ -442,7 +442,8 @@ __global__ void __launch_bounds__(32 * W, (flash_shape<HD, MT, W, BN, PINGPONG>:
 
 /* ---- sm_90a: the same attention on warpgroup MMA (wgmma) ------------------------------------ */
 
-/* WG warpgroups of 64 query rows (BM = 64 WG), BN-key tiles (64 or 128), K/V double-buffered as
+/* WG warpgroups of 64 query rows (BM = 64 WG), BN-key tiles (64: wgmma_qk has that width; 128
+ * measured no faster, docs/perf-notes.md), K/V double-buffered as
  * above but in wgmma's canonical layout; 1 KB of slack aligns the tiles to 1024 bytes. */
 template <int HD, int WG, int BN> struct wgmma_shape {
     static constexpr int threads = 128 * WG, bm = 64 * WG, bn = BN;
@@ -461,7 +462,6 @@ __device__ __forceinline__ uint64_t wgmma_descriptor(uint32_t address, uint32_t 
 /* S (64 x BN) (+)= Q (64 x 16 dims) K^T (16 dims x BN keys), both K-major in shared memory. */
 template <int BN> __device__ __forceinline__ void wgmma_qk(float (&s)[BN / 2], uint64_t q, uint64_t k, int accumulate);
 template <> __device__ __forceinline__ void wgmma_qk<64>(float (&s)[32], uint64_t q, uint64_t k, int accumulate) { wgmma_ss_n64(s, q, k, accumulate); }
-template <> __device__ __forceinline__ void wgmma_qk<128>(float (&s)[64], uint64_t q, uint64_t k, int accumulate) { wgmma_ss_n128(s, q, k, accumulate); }
 
 /* D (64 x HD) += P (64 x 16 keys, registers) V (16 keys x HD, MN-major) for one 16-key step. */
 template <int HD> __device__ __forceinline__ void wgmma_pv(float (&o)[HD / 2], const uint32_t (&p)[4], uint64_t v);
@@ -675,19 +675,16 @@ cudaError_t launch_wgmma(const float *q, float *out, int n_head, const kv_addres
  * the device can run (sm_90a code for wgmma, and the shared memory a block may have: the RTX 4090
  * grants 99 KB) is the default. */
 const flash_config configs[] = {
-    TM_FLASH_WGMMA_CONFIG(64, 2, 64),
-    TM_FLASH_CONFIG(64, 2, 4, 64, false),   /* the RTX 4090's */
-    TM_FLASH_WGMMA_CONFIG(64, 3, 64),
-    TM_FLASH_WGMMA_CONFIG(64, 4, 64),
-    TM_FLASH_WGMMA_CONFIG(128, 3, 64),      /* 114 KB */
-    TM_FLASH_WGMMA_CONFIG(128, 2, 64),      /* 98 KB */
-    TM_FLASH_WGMMA_CONFIG(128, 2, 128),     /* 162 KB */
-    TM_FLASH_CONFIG(128, 2, 8, 64, false),  /* 129 KB: the best mma.sync layout on the H200 */
-    TM_FLASH_CONFIG(128, 2, 4, 64, false),  /* 97 KB: the RTX 4090's */
-    TM_FLASH_WGMMA_CONFIG(256, 2, 64),      /* 194 KB */
-    TM_FLASH_CONFIG(256, 1, 8, 64, false),  /* 193 KB */
-    TM_FLASH_CONFIG(256, 1, 8, 48, true),   /* 209 KB */
-    TM_FLASH_CONFIG(256, 1, 4, 32, false),  /* 97 KB: the RTX 4090's */
+    TM_FLASH_WGMMA_CONFIG(64, 2, 64),       /* 307 TFLOP/s at 4096 tokens (3 and 4 warpgroups: 231, 286) */
+    TM_FLASH_CONFIG(64, 2, 4, 64, false),   /* the RTX 4090's; 253 */
+    TM_FLASH_WGMMA_CONFIG(128, 3, 64),      /* 114 KB; 343 at 4096 tokens */
+    TM_FLASH_WGMMA_CONFIG(128, 2, 64),      /* 98 KB; 304 (128-key tiles: 338) */
+    TM_FLASH_CONFIG(128, 2, 8, 64, false),  /* 129 KB; 310: the best mma.sync layout on the H200 */
+    TM_FLASH_CONFIG(128, 2, 4, 64, false),  /* 97 KB: the RTX 4090's; 292 */
+    TM_FLASH_WGMMA_CONFIG(256, 2, 64),      /* 194 KB; 389 at 8192 tokens */
+    TM_FLASH_CONFIG(256, 1, 8, 64, false),  /* 193 KB; 275 */
+    TM_FLASH_CONFIG(256, 1, 8, 48, true),   /* 209 KB; 257 (ping-pong) */
+    TM_FLASH_CONFIG(256, 1, 4, 32, false),  /* 97 KB: the RTX 4090's; 223 */
 };
 #undef TM_FLASH_CONFIG
 #undef TM_FLASH_WGMMA_CONFIG
