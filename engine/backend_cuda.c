@@ -61,7 +61,7 @@
 
 #define GEMM_TILE_BYTES (64ull << 20) /* dequantized f16 weight tile of the prefill GEMM */
 #define CUBLAS_WORKSPACE_BYTES (32ull << 20) /* fixed, so cuBLAS calls can be captured in graphs */
-#define SPLIT_KEYS_MIN 256            /* decode attention: splits for the longest context, one per this many keys */
+#define KEYS_PER_SPLIT_AT_LONGEST 256 /* decode attention: splits for the longest context, one per this many keys */
 #define MAX_SPLITS 32
 #define SPLIT_KEYS_FLOOR 64           /* decode attention: a split takes at least this many keys (2 warps' chunks) */
 
@@ -206,7 +206,7 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
     int64_t max_tokens = layout->page_size >= tm_kv_row_bytes(layout)
                              ? b->max_pages * (int64_t)(layout->page_size / tm_kv_row_bytes(layout))
                              : b->max_pages / tm_kv_pages_for_tokens(layout, 1);
-    b->n_splits = (int)TM_MIN((int64_t)MAX_SPLITS, TM_MAX((int64_t)1, (max_tokens + SPLIT_KEYS_MIN - 1) / SPLIT_KEYS_MIN));
+    b->n_splits = (int)TM_MIN((int64_t)MAX_SPLITS, TM_MAX((int64_t)1, (max_tokens + KEYS_PER_SPLIT_AT_LONGEST - 1) / KEYS_PER_SPLIT_AT_LONGEST));
     tm_status s;
     uint64_t pool_bytes = (uint64_t)stats.pages_total * stats.page_size;
     uint64_t mirror_bytes = (uint64_t)b->max_sequences * c->n_layer * b->max_pages * sizeof(int32_t);

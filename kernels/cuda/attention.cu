@@ -232,6 +232,20 @@ static void launch_decode(dim3 block_grid_xy, int group, const float *q, float *
 #undef TM_DECODE
 }
 
+/* launch_decode for head dims 32, 64, 128 and 256; false (nothing launched) for the others. */
+template <bool HALF>
+static bool launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const float *q, float *out, float *partials,
+                              const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys,
+                              int n_head, float scale, int min_keys, cudaStream_t s) {
+    switch (head_dim) {
+    case 32: launch_decode<HALF, 32>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
+    case 64: launch_decode<HALF, 64>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
+    case 128: launch_decode<HALF, 128>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
+    case 256: launch_decode<HALF, 256>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
+    default: return false;
+    }
+}
+
 /* ---- decode, any head dim (a multiple of 32): a block per (token, query head, key split) ---- */
 
 /* Score of one key against the query (in shared memory, pre-scaled): 16-byte loads of the key. */
@@ -379,30 +393,22 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     if (n_tokens == 0) return cudaSuccess;
     kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
     float scale = 1.0f / sqrtf((float)head_dim);
-    dim3 grid((unsigned)(n_tokens * n_head), (unsigned)n_splits), block(32 * WARPS);
     cudaStream_t s = (cudaStream_t)stream;
     const int group = n_head / n_head_kv;
     const dim3 kv_grid((unsigned)(n_tokens * n_head_kv), (unsigned)n_splits);
-#define TM_DECODE_DIM(HALF, HD) launch_decode<HALF, HD>(kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys_per_split, s)
-    if (head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256) {
-        if (kv_is_f32) {
-            if (head_dim == 32) TM_DECODE_DIM(false, 32);
-            else if (head_dim == 64) TM_DECODE_DIM(false, 64);
-            else if (head_dim == 128) TM_DECODE_DIM(false, 128);
-            else TM_DECODE_DIM(false, 256);
-        } else {
-            if (head_dim == 32) TM_DECODE_DIM(true, 32);
-            else if (head_dim == 64) TM_DECODE_DIM(true, 64);
-            else if (head_dim == 128) TM_DECODE_DIM(true, 128);
-            else TM_DECODE_DIM(true, 256);
-        }
-    } else if (kv_is_f32)
-        paged_attention_kernel<false><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
-                                                             min_keys_per_split);
-    else
-        paged_attention_kernel<true><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
-                                                            min_keys_per_split);
-#undef TM_DECODE_DIM
+    const bool per_kv_head = kv_is_f32 ? launch_decode_any<false>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets,
+                                                                  n_keys, n_head, scale, min_keys_per_split, s)
+                                       : launch_decode_any<true>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets,
+                                                                 n_keys, n_head, scale, min_keys_per_split, s);
+    if (!per_kv_head) { /* other head dims: the generic kernel, a block per query head */
+        const dim3 grid((unsigned)(n_tokens * n_head), (unsigned)n_splits), block(32 * WARPS);
+        if (kv_is_f32)
+            paged_attention_kernel<false><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
+                                                                 min_keys_per_split);
+        else
+            paged_attention_kernel<true><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
+                                                                min_keys_per_split);
+    }
     TM_CUDA_CHECK_LAUNCH();
     if (n_splits > 1) {
         combine_kernel<<<n_tokens * n_head, 128, 0, s>>>(partials, out, n_splits, head_dim);

@@ -710,10 +710,9 @@ bool wgmma_available(int device) {
 
 /* The configuration for head_dim on the current device: candidate TM_FLASH_MMA_CONFIG (0-based,
  * among the head dim's entries) when set and runnable, else the first runnable one. */
-const flash_config *pick_config(int head_dim) {
-    int device = 0, limit = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+const flash_config *choose_config(int device, int head_dim) {
+    int limit = 0;
+    if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
         cudaGetLastError();
         return NULL;
     }
@@ -728,37 +727,54 @@ const flash_config *pick_config(int head_dim) {
         if (runnable && !fallback) fallback = &c;
         index++;
     }
-    static bool announced[257];
-    if (wanted >= 0 && fallback && !announced[head_dim]) { /* an experiment: say what runs (once per head dim) */
-        announced[head_dim] = true;
+    if (wanted >= 0 && fallback) { /* an experiment: say what runs */
         const flash_config *c = chosen ? chosen : fallback;
+        const char *what = chosen ? "that candidate" : wanted < index ? "not runnable here, the default" : "no such candidate, the default";
         if (c->wgmma)
             fprintf(stderr, "flash_mma: head_dim %d, TM_FLASH_MMA_CONFIG=%d: %s: wgmma, %d warpgroups of 64 rows, %d-key tiles, %zu bytes of shared memory\n",
-                    head_dim, wanted, chosen ? "that candidate" : "no such candidate here, the default", c->warps, c->bn, c->shared_bytes);
+                    head_dim, wanted, what, c->warps, c->bn, c->shared_bytes);
         else
             fprintf(stderr, "flash_mma: head_dim %d, TM_FLASH_MMA_CONFIG=%d: %s: mma.sync, %d m16 tiles per warp, %d warps, %d-key tiles%s, %zu bytes of shared memory\n",
-                    head_dim, wanted, chosen ? "that candidate" : "no such candidate here, the default", c->mt, c->warps, c->bn,
+                    head_dim, wanted, what, c->mt, c->warps, c->bn,
                     c->pingpong ? ", ping-pong halves" : "", c->shared_bytes);
     }
     return chosen ? chosen : fallback;
 }
 
+/* choose_config for the current device, worked out once per device and head dim (every prefill
+ * layer asks). */
+const flash_config *pick_config(int head_dim) {
+    enum { MAX_DEVICES = 64 };
+    static const flash_config *chosen[MAX_DEVICES][3];
+    static bool known[MAX_DEVICES][3];
+    const int slot = head_dim == 64 ? 0 : head_dim == 128 ? 1 : head_dim == 256 ? 2 : -1;
+    int device = 0;
+    if (slot < 0 || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= MAX_DEVICES) {
+        cudaGetLastError();
+        return NULL;
+    }
+    if (!known[device][slot]) chosen[device][slot] = choose_config(device, head_dim), known[device][slot] = true;
+    return chosen[device][slot];
+}
+
+/* Tokens per tile of configuration c for this head shape; 0 when the group does not fit a tile. */
+int tile_tokens_of(const flash_config *c, int n_head, int n_head_kv) {
+    if (!c || n_head_kv < 1 || n_head % n_head_kv || n_head / n_head_kv > c->rows) return 0;
+    return c->rows / (n_head / n_head_kv);
+}
+
 } // namespace
 
 extern "C" int tm_cuda_flash_mma_tile_tokens(int head_dim, int n_head, int n_head_kv) {
-    if (n_head_kv < 1 || n_head % n_head_kv) return 0;
-    const flash_config *c = pick_config(head_dim);
-    if (!c) return 0;
-    const int rows = c->rows;
-    if (n_head / n_head_kv > rows) return 0;
-    return rows / (n_head / n_head_kv);
+    return tile_tokens_of(pick_config(head_dim), n_head, n_head_kv);
 }
 
 extern "C" int tm_cuda_flash_attention_mma(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const void *pool,
                                            uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
                                            const int32_t *positions, const int32_t *tiles, int n_tiles, int n_keys, void *stream) {
-    if (tm_cuda_flash_mma_tile_tokens(head_dim, n_head, n_head_kv) < 1) return cudaErrorInvalidValue;
+    const flash_config *c = pick_config(head_dim);
+    if (tile_tokens_of(c, n_head, n_head_kv) < 1) return cudaErrorInvalidValue;
     if (n_tiles == 0) return cudaSuccess;
     const kv_addressing a = make_addressing(pool, 0, page_size, n_head_kv, head_dim);
-    return pick_config(head_dim)->launch(q, out, n_head, a, pages, page_offsets, positions, tiles, n_tiles, n_keys, (cudaStream_t)stream);
+    return c->launch(q, out, n_head, a, pages, page_offsets, positions, tiles, n_tiles, n_keys, (cudaStream_t)stream);
 }
