@@ -328,8 +328,13 @@ static bool takes_q8(const cuda_backend *b, const device_weight *w, int n);
 static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
                               bool *x_q8, tm_error_t *error) {
     /* one token: separate launches measured faster (7B: 196 vs 176 tokens/s on the H100; again on the
-     * H200 of 2026-11-29: 317.6 vs 280.1) */
-    bool together = n > 1;
+     * H200 of 2026-11-29: 317.6 vs 280.1); TM_FUSED_PRODUCTS_MIN_TOKENS=1 (a measuring aid) fuses there too */
+    static int min_tokens = 0;
+    if (!min_tokens) {
+        const char *text = getenv("TM_FUSED_PRODUCTS_MIN_TOKENS");
+        min_tokens = text && atoi(text) > 0 ? atoi(text) : 1;
+    }
+    bool together = n >= min_tokens;
     for (int i = 0; i < n_parts; i++) together = together && takes_q8(b, w[i], n) && w[i]->cols == w[0]->cols;
     if (together) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, (int64_t)n * w[0]->cols, b->q8, b->stream));
@@ -403,10 +408,12 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         else if (n_tiles)
             CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->positions, in->tiles, n_tiles, stream));
-        else
+        else {
+            att_q8 = takes_q8(b, &w[4], T); /* then the attention also writes the output product's q8_1 input */
             CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
-                                                 SPLIT_KEYS_FLOOR, b->partials, stream));
+                                                 SPLIT_KEYS_FLOOR, b->partials, att_q8 ? b->q8 : NULL, stream));
+        }
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("attention output");
         if ((s = matmul(b, &w[4], b->att, T, b->delta, &att_q8, error))) return s;

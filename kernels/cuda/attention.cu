@@ -14,6 +14,8 @@
 #include "kernels.h"
 #include "common.cuh"
 #include "kv_address.cuh"
+#include "launch.cuh"
+#include "quant.cuh"
 
 #define WARPS 4
 #define MAX_HEAD_DIM 256
@@ -73,6 +75,7 @@ template <bool HALF, int HD, int G>
 __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
                                                                       const int32_t *pages, const int64_t *page_offsets,
                                                                       const int32_t *n_keys, int n_head, float scale, int min_keys) {
+    tm_grid_dependency();
     typedef decode_shape<HALF, HD> shape;
     constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, KPI = shape::kpi, PER_LANE = shape::per_lane;
     constexpr int STEPS = 32 / KPI, BATCH = STEPS < 8 ? STEPS : 8; /* value loads per lane per chunk, in batches */
@@ -218,31 +221,33 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
 }
 
 template <bool HALF, int HD>
-static void launch_decode(dim3 block_grid_xy, int group, const float *q, float *out, float *partials, const kv_addressing &a,
+static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, float *out, float *partials, const kv_addressing &a,
                           const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, int min_keys,
                           cudaStream_t s) {
     /* G: 1, 4 or 8 query heads per block (groups of 2-4 take 4 slots, of 5-8 eight; larger groups
      * take several blocks); three instantiations per head dim keep the build short */
     const int G = group >= 5 ? 8 : group >= 2 ? 4 : 1;
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
-#define TM_DECODE(GG) decode_attention_kernel<HALF, HD, GG><<<grid, 32 * WARPS, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys)
-    if (G == 8) TM_DECODE(8);
-    else if (G == 4) TM_DECODE(4);
-    else TM_DECODE(1);
+#define TM_DECODE(GG)                                                                                                              \
+    tm_launch_dependent(decode_attention_kernel<HALF, HD, GG>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages, page_offsets, \
+                        n_keys, n_head, scale, min_keys)
+    return G == 8 ? TM_DECODE(8) : G == 4 ? TM_DECODE(4) : TM_DECODE(1);
 #undef TM_DECODE
 }
 
-/* launch_decode for head dims 32, 64, 128 and 256; false (nothing launched) for the others. */
+/* launch_decode for head dims 32, 64, 128 and 256 (its launch status); NOT_THIS_KERNEL (nothing
+ * launched) for the others. */
+#define NOT_THIS_KERNEL (-1)
 template <bool HALF>
-static bool launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const float *q, float *out, float *partials,
+static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const float *q, float *out, float *partials,
                               const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys,
                               int n_head, float scale, int min_keys, cudaStream_t s) {
     switch (head_dim) {
-    case 32: launch_decode<HALF, 32>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
-    case 64: launch_decode<HALF, 64>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
-    case 128: launch_decode<HALF, 128>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
-    case 256: launch_decode<HALF, 256>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s); return true;
-    default: return false;
+    case 32: return launch_decode<HALF, 32>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    case 64: return launch_decode<HALF, 64>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    case 128: return launch_decode<HALF, 128>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    case 256: return launch_decode<HALF, 256>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    default: return NOT_THIS_KERNEL;
     }
 }
 
@@ -284,6 +289,7 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
                                                                      const int32_t *pages, const int64_t *page_offsets,
                                                                      const int32_t *n_keys, int n_head, int head_dim, float scale,
                                                                      int min_keys_per_split) {
+    tm_grid_dependency();
     const int token = blockIdx.x / n_head, head = blockIdx.x % n_head, split = blockIdx.y, n_splits = gridDim.y;
     const int kv_head = head / (n_head / a.n_head_kv);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -362,8 +368,10 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
     }
 }
 
-/* One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m). */
-__global__ void combine_kernel(const float *partials, float *out, int n_splits, int head_dim) {
+/* One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m); with q8_qs,
+ * also out as q8_1 blocks (q8_ds: their scales), a warp per 32 values (head_dim % 32 == 0). */
+__global__ void combine_kernel(const float *partials, float *out, int n_splits, int head_dim, int8_t *q8_qs, half2 *q8_ds) {
+    tm_grid_dependency();
     const float *first = partials + (int64_t)blockIdx.x * n_splits * (head_dim + 2);
     float global_max = -INFINITY;
     for (int s = 0; s < n_splits; s++)
@@ -379,14 +387,16 @@ __global__ void combine_kernel(const float *partials, float *out, int n_splits, 
             const float *p = first + s * (head_dim + 2);
             if (p[1] > 0) sum += p[2 + d] * expf(p[0] - global_max);
         }
-        out[(int64_t)blockIdx.x * head_dim + d] = sum / total;
+        const int64_t element = (int64_t)blockIdx.x * head_dim + d;
+        out[element] = sum / total;
+        if (q8_qs) quantize_q8_1_warp(sum / total, element, threadIdx.x % 32, q8_qs, q8_ds);
     }
 }
 
 extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                        const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                                        const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
-                                       float *partials, void *stream) {
+                                       float *partials, void *q8, void *stream) {
     if (head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || min_keys_per_split < 1 ||
         (n_splits > 1 && !partials))
         return cudaErrorInvalidValue;
@@ -396,24 +406,25 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     cudaStream_t s = (cudaStream_t)stream;
     const int group = n_head / n_head_kv;
     const dim3 kv_grid((unsigned)(n_tokens * n_head_kv), (unsigned)n_splits);
-    const bool per_kv_head = kv_is_f32 ? launch_decode_any<false>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets,
-                                                                  n_keys, n_head, scale, min_keys_per_split, s)
-                                       : launch_decode_any<true>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets,
-                                                                 n_keys, n_head, scale, min_keys_per_split, s);
-    if (!per_kv_head) { /* other head dims: the generic kernel, a block per query head */
+    int status = kv_is_f32 ? launch_decode_any<false>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head,
+                                                      scale, min_keys_per_split, s)
+                           : launch_decode_any<true>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head,
+                                                     scale, min_keys_per_split, s);
+    if (status == NOT_THIS_KERNEL) { /* other head dims: the generic kernel, a block per query head */
         const dim3 grid((unsigned)(n_tokens * n_head), (unsigned)n_splits), block(32 * WARPS);
-        if (kv_is_f32)
-            paged_attention_kernel<false><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
-                                                                 min_keys_per_split);
-        else
-            paged_attention_kernel<true><<<grid, block, 0, s>>>(q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
-                                                                min_keys_per_split);
+        status = kv_is_f32 ? tm_launch_dependent(paged_attention_kernel<false>, grid, block, 0, s, q, out, partials, a, pages, page_offsets,
+                                                 n_keys, n_head, head_dim, scale, min_keys_per_split)
+                           : tm_launch_dependent(paged_attention_kernel<true>, grid, block, 0, s, q, out, partials, a, pages, page_offsets,
+                                                 n_keys, n_head, head_dim, scale, min_keys_per_split);
     }
-    TM_CUDA_CHECK_LAUNCH();
-    if (n_splits > 1) {
-        combine_kernel<<<n_tokens * n_head, 128, 0, s>>>(partials, out, n_splits, head_dim);
-        TM_CUDA_CHECK_LAUNCH();
-    }
+    TM_CUDA_CHECK((cudaError_t)status);
+    const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
+    int8_t *q8_qs = (int8_t *)q8;
+    half2 *q8_ds = q8 ? (half2 *)(q8_qs + n_out) : nullptr;
+    if (n_splits > 1)
+        TM_LAUNCH_DEPENDENT(combine_kernel, dim3(n_tokens * n_head), dim3(128), 0, s, partials, out, n_splits, head_dim, q8_qs, q8_ds);
+    else if (q8)
+        return tm_cuda_quantize_q8_1(out, n_out, q8, stream);
     return cudaSuccess;
 }
 
@@ -425,6 +436,7 @@ template <bool HALF>
 __global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, int n_head, kv_addressing a, int head_dim, int n_rot,
                                       float freq_base, float freq_scale, const float *freq_factors, const int32_t *pages,
                                       const int64_t *page_offsets, const int32_t *positions) {
+    tm_grid_dependency();
     const int token = blockIdx.x / (n_head + a.n_head_kv), slot = blockIdx.x % (n_head + a.n_head_kv);
     const int position = positions[token];
     for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x) {
@@ -462,12 +474,11 @@ extern "C" int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, 
     kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
     unsigned blocks = (unsigned)(n_tokens * (n_head + n_head_kv)), threads = head_dim / 2 < 32 ? 32 : head_dim / 2;
     if (kv_is_f32)
-        rope_kv_append_kernel<false><<<blocks, threads, 0, (cudaStream_t)stream>>>(q, k, v, n_head, a, head_dim, n_rot, freq_base, freq_scale,
-                                                                                freq_factors, pages, page_offsets, positions);
+        TM_LAUNCH_DEPENDENT(rope_kv_append_kernel<false>, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, n_head, a, head_dim,
+                            n_rot, freq_base, freq_scale, freq_factors, pages, page_offsets, positions);
     else
-        rope_kv_append_kernel<true><<<blocks, threads, 0, (cudaStream_t)stream>>>(q, k, v, n_head, a, head_dim, n_rot, freq_base, freq_scale,
-                                                                               freq_factors, pages, page_offsets, positions);
-    TM_CUDA_CHECK_LAUNCH();
+        TM_LAUNCH_DEPENDENT(rope_kv_append_kernel<true>, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, n_head, a, head_dim,
+                            n_rot, freq_base, freq_scale, freq_factors, pages, page_offsets, positions);
     return cudaSuccess;
 }
 

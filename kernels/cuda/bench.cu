@@ -301,7 +301,7 @@ static int launch(tm_cuda_bench *b) {
                                            (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles, st);
         return tm_cuda_paged_attention((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
                                        (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, b->n_splits, b->keys_per_split,
-                                       (float *)buf[6], st);
+                                       (float *)buf[6], NULL, st);
     }
     case TM_BENCH_RMSNORM:
         return tm_cuda_add_rmsnorm((float *)buf[1], (float *)buf[0], NULL, (const float *)buf[2], (int)s->rows, (int)s->cols, 1e-5f, NULL, st);

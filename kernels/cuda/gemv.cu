@@ -8,6 +8,7 @@
  * The element decoders live in quant.cuh (shared with the embedding lookup).
  */
 #include "kernels.h"
+#include "launch.cuh"
 #include "quant.cuh"
 
 /* ---- kernel and launcher ----------------------------------------------------------------- */
@@ -16,8 +17,9 @@ template <int TYPE>
 __global__ void gemv_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, float *y) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    if (row >= rows) return;
     const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
+    tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
+    if (row >= rows) return;
     const uint8_t *w = weights + row * row_bytes;
     float sum = 0;
     for (int64_t i = lane; i < cols; i += 32) {
@@ -69,8 +71,9 @@ template <int TYPE>
 __global__ void gemv_k_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, float *y) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    if (row >= rows) return;
     const int64_t blocks = cols / 256;
+    tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
+    if (row >= rows) return;
     const uint8_t *w = weights + row * blocks * traits<TYPE>::bytes;
     float sum = 0;
     for (int64_t block = lane / 8; block < blocks; block += 4) {
@@ -88,6 +91,7 @@ __global__ void gemv_k_kernel(const uint8_t *weights, int64_t rows, int64_t cols
 __global__ void gemv_f16_kernel(const __half *weights, int64_t rows, int64_t cols, const float *x, float *y) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
+    tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
     if (row >= rows) return;
     const uint4 *w = reinterpret_cast<const uint4 *>(weights + row * cols);
     const float4 *x4 = reinterpret_cast<const float4 *>(x);
@@ -115,17 +119,17 @@ template <int TYPE>
 static cudaError_t launch(const void *weights, int64_t rows, int64_t cols, const float *x, float *y, cudaStream_t stream) {
     if (cols % traits<TYPE>::block) return cudaErrorInvalidValue;
     if (TYPE == F16 && cols % 8 == 0 && (uintptr_t)weights % 16 == 0 && (uintptr_t)x % 16 == 0) {
-        gemv_f16_kernel<<<(unsigned)((rows * 32 + 255) / 256), 256, 0, stream>>>((const __half *)weights, rows, cols, x, y);
-        TM_CUDA_CHECK_LAUNCH();
+        TM_LAUNCH_DEPENDENT(gemv_f16_kernel, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, stream, (const __half *)weights,
+                            rows, cols, x, y);
         return cudaSuccess;
     }
     const int threads = 256; /* 8 rows per block */
     int64_t blocks = (rows * 32 + threads - 1) / threads;
     if ((TYPE == Q4_K || TYPE == Q6_K) && ((uintptr_t)x % 16 == 0))
-        gemv_k_kernel<TYPE><<<(unsigned)blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, y);
+        TM_LAUNCH_DEPENDENT(gemv_k_kernel<TYPE>, dim3((unsigned)blocks), dim3(threads), 0, stream, (const uint8_t *)weights, rows, cols, x,
+                            y);
     else
-        gemv_kernel<TYPE><<<(unsigned)blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, y);
-    TM_CUDA_CHECK_LAUNCH();
+        TM_LAUNCH_DEPENDENT(gemv_kernel<TYPE>, dim3((unsigned)blocks), dim3(threads), 0, stream, (const uint8_t *)weights, rows, cols, x, y);
     return cudaSuccess;
 }
 
@@ -140,8 +144,9 @@ template <int TYPE, int NT>
 __global__ void gemv_batched_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    if (row >= rows) return;
     const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
+    tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
+    if (row >= rows) return;
     const uint8_t *w = weights + row * row_bytes;
     float sum[NT];
 #pragma unroll
@@ -166,8 +171,9 @@ template <int TYPE, int NT>
 __global__ void gemv_k_batched_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    if (row >= rows) return;
     const int64_t blocks = cols / 256;
+    tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
+    if (row >= rows) return;
     const uint8_t *w = weights + row * blocks * traits<TYPE>::bytes;
     float sum[NT];
 #pragma unroll
@@ -198,13 +204,16 @@ __global__ void gemv_k_batched_kernel(const uint8_t *weights, int64_t rows, int6
 }
 
 template <int TYPE, int NT>
-static void launch_batched_nt(const void *weights, int64_t rows, int64_t cols, const float *x, int n, float *y, cudaStream_t stream) {
+static cudaError_t launch_batched_nt(const void *weights, int64_t rows, int64_t cols, const float *x, int n, float *y, cudaStream_t stream) {
     const int threads = 256;
     unsigned blocks = (unsigned)((rows * 32 + threads - 1) / threads);
     if ((TYPE == Q4_K || TYPE == Q6_K) && (uintptr_t)x % 16 == 0 && cols % 4 == 0)
-        gemv_k_batched_kernel<TYPE, NT><<<blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, n, y);
+        TM_LAUNCH_DEPENDENT(gemv_k_batched_kernel<TYPE, NT>, dim3(blocks), dim3(threads), 0, stream, (const uint8_t *)weights, rows, cols, x,
+                            n, y);
     else
-        gemv_batched_kernel<TYPE, NT><<<blocks, threads, 0, stream>>>((const uint8_t *)weights, rows, cols, x, n, y);
+        TM_LAUNCH_DEPENDENT(gemv_batched_kernel<TYPE, NT>, dim3(blocks), dim3(threads), 0, stream, (const uint8_t *)weights, rows, cols, x, n,
+                            y);
+    return cudaSuccess;
 }
 
 template <int TYPE>
@@ -212,11 +221,9 @@ static cudaError_t launch_batched(const void *weights, int64_t rows, int64_t col
                                   cudaStream_t stream) {
     if (cols % traits<TYPE>::block || n < 1 || n > TM_CUDA_GEMV_MAX_TOKENS) return cudaErrorInvalidValue;
     if (n == 1) return launch<TYPE>(weights, rows, cols, x, y, stream);
-    if (n <= 4) launch_batched_nt<TYPE, 4>(weights, rows, cols, x, n, y, stream);
-    else if (n <= 8) launch_batched_nt<TYPE, 8>(weights, rows, cols, x, n, y, stream);
-    else launch_batched_nt<TYPE, 16>(weights, rows, cols, x, n, y, stream);
-    TM_CUDA_CHECK_LAUNCH();
-    return cudaSuccess;
+    if (n <= 4) return launch_batched_nt<TYPE, 4>(weights, rows, cols, x, n, y, stream);
+    if (n <= 8) return launch_batched_nt<TYPE, 8>(weights, rows, cols, x, n, y, stream);
+    return launch_batched_nt<TYPE, 16>(weights, rows, cols, x, n, y, stream);
 }
 
 extern "C" int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens,

@@ -86,11 +86,13 @@ int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
  * count of the longest context keeps every split busy at any context; with n_splits > 1,
  * partials holds n_tokens * n_head * n_splits * (head_dim + 2) floats. All pointers are device
  * pointers; head_dim a multiple of 32, at most 256 (32, 64, 128 and 256 take the kernel that
- * reads each kv head's keys once for its whole group of query heads). */
+ * reads each kv head's keys once for its whole group of query heads). q8 (optional, else NULL):
+ * out is also written there as tm_cuda_quantize_q8_1 would (n_tokens * n_head * head_dim values),
+ * by the split-combine when there is one, so the output product needs no quantizing launch. */
 int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                             const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                             const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
-                            float *partials, void *stream);
+                            float *partials, void *q8, void *stream);
 
 /* Prefill (flash) attention, causal: tiles[2 i] is the first batch token of tile i and
  * tiles[2 i + 1] its token count (at most tm_cuda_flash_tile_tokens), tokens of one stream;

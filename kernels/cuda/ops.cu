@@ -5,6 +5,7 @@
  * in float64 and rope computes its angle in float64, as the CPU does.
  */
 #include "kernels.h"
+#include "launch.cuh"
 #include "quant.cuh"
 
 /* One block per token row: out[t] = dequantized row tokens[t] of the table. */
@@ -42,24 +43,13 @@ __device__ double block_sum(double value) {
     return total;
 }
 
-/* A warp's 32 consecutive values (element: this lane's index) as one q8_1 block, with the arithmetic
- * of tm_cuda_quantize_q8_1: qs = round(x / d), d = max|x| / 127, (d, d * sum(qs)). */
-__device__ __forceinline__ void quantize_q8_1_warp(float value, int64_t element, int lane, int8_t *q8_qs, half2 *q8_ds) {
-    float amax = fabsf(value);
-    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    float d = amax / 127.0f;
-    int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
-    for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-    q8_qs[element] = (int8_t)q;
-    if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
-}
-
 /* One block per row, optionally after the residual add (x += delta, written back), optionally
  * also writing the result as q8_1 blocks (q8: qs for n_rows * n values, then the (d, d * sum)
  * pairs; a warp owns each 32-element block, as in tm_cuda_quantize_q8_1, with the same
  * arithmetic). float64 sum of squares. */
 __global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const float *weight, int n, float eps, int8_t *q8_qs,
                                half2 *q8_ds) {
+    tm_grid_dependency();
     float *row = x + (int64_t)blockIdx.x * n;
     const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
     double sum = 0;
@@ -85,6 +75,7 @@ __global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const f
 template <int PER_THREAD>
 __global__ void rmsnorm_registers_kernel(float *out, float *x, const float *delta, const float *weight, int n, float eps, int8_t *q8_qs,
                                          half2 *q8_ds) {
+    tm_grid_dependency();
     float *row = x + (int64_t)blockIdx.x * n;
     const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
     float v[PER_THREAD], w[PER_THREAD];
@@ -123,11 +114,10 @@ static cudaError_t launch_rmsnorm(float *out, float *x, const float *delta, cons
     if (n <= 8 * 1024) {
         unsigned threads = (unsigned)((n + 7) / 8 + 31) / 32 * 32;
         if (threads < 128) threads = 128;
-        rmsnorm_registers_kernel<8><<<n_rows, threads, 0, stream>>>(out, x, delta, weight, n, eps, qs, ds);
+        TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<8>, dim3(n_rows), dim3(threads), 0, stream, out, x, delta, weight, n, eps, qs, ds);
     } else {
-        rmsnorm_kernel<<<n_rows, norm_threads(n), 0, stream>>>(out, x, delta, weight, n, eps, qs, ds);
+        TM_LAUNCH_DEPENDENT(rmsnorm_kernel, dim3(n_rows), dim3(norm_threads(n)), 0, stream, out, x, delta, weight, n, eps, qs, ds);
     }
-    TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
 
@@ -169,27 +159,18 @@ extern "C" int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim,
 
 /* One thread per element; with q8, a warp per 32-element block also writes its q8_1 block. */
 __global__ void swiglu_kernel(float *gate, const float *up, int64_t n, int8_t *q8_qs, half2 *q8_ds) {
+    tm_grid_dependency();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int lane = threadIdx.x % 32;
     float value = 0;
     if (i < n) gate[i] = value = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-    if (q8_qs) { /* n % 32 == 0 and 256-thread blocks: a warp never straddles the end */
-        const int lane = threadIdx.x % 32;
-        float amax = fabsf(value);
-        for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-        float d = amax / 127.0f;
-        int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
-        for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-        if (i < n) {
-            q8_qs[i] = (int8_t)q;
-            if (lane == 0) q8_ds[i / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
-        }
-    }
+    if (q8_qs && i - lane < n) quantize_q8_1_warp(value, i, lane, q8_qs, q8_ds); /* n % 32 == 0: whole warps */
 }
 
 extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream) {
     if (n == 0) return cudaSuccess;
-    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(gate, up, n, nullptr, nullptr);
-    TM_CUDA_CHECK_LAUNCH();
+    TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n, nullptr,
+                        nullptr);
     return cudaSuccess;
 }
 
@@ -197,8 +178,8 @@ extern "C" int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n, void *
     if (n % 32) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
     int8_t *qs = (int8_t *)q8;
-    swiglu_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(gate, up, n, qs, (half2 *)(qs + n));
-    TM_CUDA_CHECK_LAUNCH();
+    TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n, qs,
+                        (half2 *)(qs + n));
     return cudaSuccess;
 }
 
@@ -215,13 +196,13 @@ extern "C" int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream
 }
 
 __global__ void gather_rows_kernel(const float *x, const int32_t *index, int n, float *out) {
+    tm_grid_dependency();
     const float *row = x + (int64_t)index[blockIdx.x] * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[(int64_t)blockIdx.x * n + i] = row[i];
 }
 
 extern "C" int tm_cuda_gather_rows(const float *x, const int32_t *index, int n_out, int n, float *out, void *stream) {
     if (n_out == 0) return cudaSuccess;
-    gather_rows_kernel<<<n_out, 256, 0, (cudaStream_t)stream>>>(x, index, n, out);
-    TM_CUDA_CHECK_LAUNCH();
+    TM_LAUNCH_DEPENDENT(gather_rows_kernel, dim3(n_out), dim3(256), 0, (cudaStream_t)stream, x, index, n, out);
     return cudaSuccess;
 }

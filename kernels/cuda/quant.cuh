@@ -1,7 +1,8 @@
 /*
  * quant.cuh - device-side decoding of one element of a block of every weight type, in the
  * GGUF layouts of engine/quant.h (kept in step with it; the parity tests compare against the
- * CPU's dequantization). traits<TYPE>: elements and bytes per block.
+ * CPU's dequantization). traits<TYPE>: elements and bytes per block. Also the one q8_1 quantizer
+ * of activations every kernel that writes the fast products' input shares.
  */
 #ifndef TM_CUDA_QUANT_CUH
 #define TM_CUDA_QUANT_CUH
@@ -133,6 +134,20 @@ template <typename Launch> static cudaError_t dispatch_weight_type(int type, Lau
     case Q6_K: return launch(std::integral_constant<int, Q6_K>{});
     default: return cudaErrorInvalidValue;
     }
+}
+
+/* ---- activations as q8_1 (the fast decode products' input, tm_cuda_quantize_q8_1) ------------- */
+
+/* A warp's 32 consecutive values (element: this lane's index) as one q8_1 block, with the arithmetic
+ * of tm_cuda_quantize_q8_1: qs = round(x / d), d = max|x| / 127, (d, d * sum(qs)). */
+__device__ __forceinline__ void quantize_q8_1_warp(float value, int64_t element, int lane, int8_t *q8_qs, half2 *q8_ds) {
+    float amax = fabsf(value);
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    float d = amax / 127.0f;
+    int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
+    for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+    q8_qs[element] = (int8_t)q;
+    if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
 }
 
 #endif /* TM_CUDA_QUANT_CUH */

@@ -15,6 +15,7 @@
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "kernels.h"
@@ -173,22 +174,33 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
      * 1-token stream leaves splits empty); 32 splits of >= 1 key: every stream's keys spread evenly
      * (900 -> 29 a split, 37 -> 2, the last splits short or empty) */
     const int split_cases[4][2] = {{1, 1}, {4, 225}, {8, 128}, {32, 1}};
-    void *d_partials;
+    void *d_partials, *d_q8, *d_q8_reference;
+    const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes((int64_t)q_floats);
+    uint8_t *q8 = malloc(q8_bytes), *q8_reference = malloc(q8_bytes);
     cudaMalloc(&d_partials, (size_t)n_seq * n_head * 32 * (lc->head_dim + 2) * 4);
+    cudaMalloc(&d_q8, q8_bytes), cudaMalloc(&d_q8_reference, q8_bytes);
     for (int c = 0; c < 4; c++) {
         cudaMemset(d_out, 0xff, q_floats * 4);
+        cudaMemset(d_q8, 0x55, q8_bytes);
         CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
                                       lc->page_size, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
-                                      d_partials, NULL) == 0,
+                                      d_partials, d_q8, NULL) == 0,
               "launch");
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
         cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
+        /* the q8_1 copy written alongside (by the combine, or after one split) is the quantizer's own */
+        CHECK(tm_cuda_quantize_q8_1(d_out, (int64_t)q_floats, d_q8_reference, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess,
+              "quantize");
+        cudaMemcpy(q8, d_q8, q8_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(q8_reference, d_q8_reference, q8_bytes, cudaMemcpyDeviceToHost);
+        CHECK(!memcmp(q8, q8_reference, q8_bytes), "decode, %d splits, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",
+              split_cases[c][0], lc->head_dim);
         double worst;
         int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
         CHECK(bad == 0, "decode, %d splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
               split_cases[c][0], lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
     }
-    cudaFree(d_partials);
+    cudaFree(d_partials), cudaFree(d_q8), cudaFree(d_q8_reference);
+    free(q8), free(q8_reference);
 
     for (int variant = 0; variant < 3; variant++)
         check_flash(lc, (flash_variant)variant, kv, seqs, lengths, n_seq, layer, offsets, d_pool, d_tables, scores, rng);

@@ -37,13 +37,15 @@ int main(void) {
     printf("device: %s\n", device);
     const tm_type types[] = {TM_TYPE_F32, TM_TYPE_F16, TM_TYPE_BF16, TM_TYPE_Q4_0, TM_TYPE_Q4_1, TM_TYPE_Q5_0,
                              TM_TYPE_Q5_1, TM_TYPE_Q8_0, TM_TYPE_Q4_K, TM_TYPE_Q5_K, TM_TYPE_Q6_K};
-    const int64_t shapes[][2] = {{37, 1024}, {300, 4096}};
+    /* 272 x 2816: whole 16-row tiles and an odd number of 256-column blocks, so 2..16 tokens of
+     * q4_k/q6_k take the tensor-core kernel with its four warps splitting the blocks unevenly */
+    const int64_t shapes[][2] = {{37, 1024}, {300, 4096}, {272, 2816}};
     tm_rng_t rng;
     tm_rng_seed(&rng, 5);
     cublasHandle_t cublas;
     CHECK(cublasCreate(&cublas) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
-        for (int s = 0; s < 2; s++) {
+        for (int s = 0; s < 3; s++) {
             const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
             int64_t rows = shapes[s][0], cols = shapes[s][1];
             uint64_t row_bytes;
@@ -98,8 +100,8 @@ int main(void) {
             if (tm_cuda_gemv_q8_supported((int)types[k])) {
                 void *d_q8;
                 CHECK(cudaMalloc(&d_q8, tm_cuda_q8_1_bytes(cols * 16)) == cudaSuccess, "cudaMalloc");
-                const int q8_counts[] = {1, 2, 5, 16};
-                for (int c = 0; c < 4; c++) {
+                const int q8_counts[] = {1, 2, 5, 8, 9, 16}; /* tensor cores: 8-token groups, one or two */
+                for (int c = 0; c < 6; c++) {
                     int n = q8_counts[c];
                     cudaMemset(d_y, 0xff, (size_t)rows * n * 4);
                     CHECK(tm_cuda_quantize_q8_1(d_x, (int64_t)n * cols, d_q8, NULL) == 0 &&

@@ -1,0 +1,33 @@
+/*
+ * launch.cu - whether kernels overlap their predecessor (launch.cuh): decided once per device.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "launch.cuh"
+
+#define MAX_DEVICES 64
+
+int tm_dependent_launch_enabled(void) {
+    static int environment = -1;          /* -1: not read yet; benign race: every reader computes the same */
+    static signed char capable[MAX_DEVICES]; /* 0: unknown, 1: yes, -1: no */
+    if (environment < 0) {
+        const char *value = getenv("TM_DEPENDENT_LAUNCH");
+        environment = !(value && strcmp(value, "0") == 0);
+    }
+    if (!environment) return 0;
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= MAX_DEVICES) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (!capable[device]) {
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+            cudaGetLastError();
+            return 0;
+        }
+        capable[device] = major >= 9 ? 1 : -1;
+    }
+    return capable[device] > 0;
+}

@@ -1,0 +1,73 @@
+/*
+ * launch.cuh - kernel launches that may overlap the kernel before them in the stream
+ * (programmatic dependent launch, compute capability 9.0 and later).
+ *
+ * A decode step is ~450 small kernels; launched plainly, each waits for its predecessor to drain
+ * before its first block starts, so every launch pays a ramp-up and a tail with the memory system
+ * half idle. Launched with tm_launch_dependent, a kernel's blocks start as soon as the previous
+ * kernel has released its dependents (tm_grid_release, which the converted kernels call first), and
+ * wait in tm_grid_wait until the previous grid has finished and its writes are visible: the block
+ * scheduling and launch latency overlap the previous kernel's tail. (Prefetching the weights into
+ * L2 before the wait was tried and measured slower; see docs/perf-notes.md.)
+ *
+ * The contract of a kernel launched this way: every thread calls tm_grid_wait() before it reads
+ * anything earlier work in the stream writes, and before it writes anything earlier work reads.
+ * Only reads of memory that no kernel writes (weights) could come before it. Because every such
+ * kernel waits for its predecessor's completion, completion stays transitive along the stream.
+ * On devices before sm_90, or with TM_DEPENDENT_LAUNCH=0 in the environment, launches are plain
+ * and the two device calls compile or run to nothing.
+ */
+#ifndef TM_CUDA_LAUNCH_CUH
+#define TM_CUDA_LAUNCH_CUH
+
+#include "common.cuh"
+
+/* Waits until the previous grid in the stream has completed and its memory is visible. */
+__device__ __forceinline__ void tm_grid_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Lets the next kernel in the stream start launching its blocks (they still wait in tm_grid_wait). */
+__device__ __forceinline__ void tm_grid_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* The first statement of every kernel launched by tm_launch_dependent: wait for the previous grid,
+ * then let the next kernel start launching. Releasing after the wait keeps the look-ahead to one
+ * kernel (releasing first let a chain of kernels occupy SMs while waiting: measured slower at 70B). */
+__device__ __forceinline__ void tm_grid_dependency() {
+    tm_grid_wait();
+    tm_grid_release();
+}
+
+/* Whether launches on the current device overlap their predecessor: compute capability >= 9.0 and
+ * TM_DEPENDENT_LAUNCH is not "0" (read once). */
+int tm_dependent_launch_enabled(void);
+
+/* kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where
+ * tm_dependent_launch_enabled(); the launch error is returned (not printed). */
+template <typename... Params, typename... Args>
+static inline cudaError_t tm_launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+                                              Args... args) {
+    cudaLaunchAttribute attribute;
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = tm_dependent_launch_enabled() ? 1 : 0;
+    return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
+/* tm_launch_dependent, returning from the enclosing function on failure as TM_CUDA_CHECK does. */
+#define TM_LAUNCH_DEPENDENT(kernel, grid, block, shared, stream, ...) \
+    TM_CUDA_CHECK(tm_launch_dependent(kernel, grid, block, shared, stream, __VA_ARGS__))
+
+#endif /* TM_CUDA_LAUNCH_CUH */
