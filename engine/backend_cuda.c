@@ -14,9 +14,12 @@
  *   transfer; page tables are mirrored incrementally (tm_kv_seq_take_unchanged: only entries
  *   that changed are copied, one 2-D copy per sequence).
  * - Matrix products, fast precision (the default): q4_k/q6_k weights with 1..16 tokens use the
- *   8-bit integer kernels (activations quantized to q8_1 once per input, shared by the products
- *   that read it; Q/K/V and gate/up in one launch for 2..16 tokens); f16/bf16 weights go through
- *   cuBLAS from 2 tokens (activations rounded to 16 bits), the float GEMV for one. Exact precision (float activations, the reference): one token: GEMV; 2..16:
+ *   8-bit integer kernels (activations quantized to q8_1 once per input, where they are made:
+ *   by the norms, the SwiGLU and the attention's split-combine; dp4a at one token, int8 tensor
+ *   cores from 2; Q/K/V and gate/up in one launch); f16/bf16 weights go through cuBLAS from 2
+ *   tokens (activations rounded to 16 bits), the float GEMV for one. Kernels of the decode path
+ *   are launched as programmatic dependents on sm_90 (kernels/cuda/launch.cuh). Exact precision
+ *   (float activations, the reference): one token: GEMV; 2..16:
  *   the batched GEMV reading each weight once. Both: more than 16 tokens run cuBLAS GEMM on
  *   tensor cores (quantized weights dequantized to f16 in row tiles), other types the float
  *   kernels.
@@ -59,7 +62,10 @@
                                 __FILE__, __LINE__);                                                                 \
     } while (0)
 
-#define GEMM_TILE_BYTES (64ull << 20) /* dequantized f16 weight tile of the prefill GEMM */
+/* The dequantized f16 weight tile of the prefill GEMM: 128 MiB measured best on the H200 for both
+ * 7B (512-token prompt: 20024 tokens/s at 64 MiB, 21117 at 128, 21055 at 256) and 70B (1832, 1920,
+ * 1377): a 7B matrix is one tile, a 70B feed-forward matrix four; TM_GEMM_TILE_MB=N caps it. */
+#define GEMM_TILE_BYTES (128ull << 20)
 #define CUBLAS_WORKSPACE_BYTES (32ull << 20) /* fixed, so cuBLAS calls can be captured in graphs */
 #define KEYS_PER_SPLIT_AT_LONGEST 256 /* decode attention: splits for the longest context, one per this many keys */
 #define MAX_SPLITS 32
@@ -327,8 +333,9 @@ static bool takes_q8(const cuda_backend *b, const device_weight *w, int n);
  * takes the 8-bit path, else one product each. */
 static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
                               bool *x_q8, tm_error_t *error) {
-    /* one token: separate launches measured faster (7B: 196 vs 176 tokens/s on the H100; again on the
-     * H200 of 2026-11-29: 317.6 vs 280.1); TM_FUSED_PRODUCTS_MIN_TOKENS=1 (a measuring aid) fuses there too */
+    /* also at one token since the parts kernel stopped copying its parameters to the stack in every
+     * thread (7B decode on the H200: 348 fused vs 325 separate; with the copy, fused was the slower,
+     * 280 vs 318). TM_FUSED_PRODUCTS_MIN_TOKENS=N (a measuring aid) fuses from N tokens on. */
     static int min_tokens = 0;
     if (!min_tokens) {
         const char *text = getenv("TM_FUSED_PRODUCTS_MIN_TOKENS");

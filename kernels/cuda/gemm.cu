@@ -11,6 +11,7 @@
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <stdlib.h>
 
 #include "kernels.h"
 #include "quant.cuh"
@@ -106,7 +107,13 @@ extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t
     TM_CUDA_CHECK_LAUNCH();
     if (type == F16) return gemm_16bit(handle, CUDA_R_16F, weights, rows, cols, converted, n_tokens, y, rows);
     /* quantized: dequantize a row tile, multiply it, next tile */
-    const uint64_t tile_capacity = workspace_bytes - (uint64_t)(tile - converted);
+    uint64_t tile_capacity = workspace_bytes - (uint64_t)(tile - converted);
+    static uint64_t tile_cap = 0; /* TM_GEMM_TILE_MB (a measuring aid): tiles of at most that many MiB */
+    if (!tile_cap) {
+        const char *text = getenv("TM_GEMM_TILE_MB");
+        tile_cap = text && atoi(text) > 0 ? (uint64_t)atoi(text) << 20 : UINT64_MAX;
+    }
+    if (tile_capacity > tile_cap) tile_capacity = tile_cap;
     int64_t tile_rows = (int64_t)(tile_capacity / ((uint64_t)cols * 2));
     if (tile_rows > rows) tile_rows = rows;
     if (tile_rows < 1) return cudaErrorInvalidValue;

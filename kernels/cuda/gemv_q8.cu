@@ -9,9 +9,10 @@
  * One warp owns R consecutive rows and up to NT tokens: lane l takes sub-block l % 8 of blocks
  * l / 8, l / 8 + 4, ...; the R rows' sub-blocks are decoded into registers once and dotted with
  * each token's activation sub-block, so the activations are read once per R rows and the weights
- * once for all tokens. Precision: the activation rounding (at most half a step of max|x|/127 per
- * element of each 32-block) is the only difference from the float kernels, as on the CPU's fast
- * path.
+ * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernel (mmq_kernel,
+ * below) takes 16-row tiles instead. Precision: the activation rounding (at most half a step of
+ * max|x|/127 per element of each 32-block) is the only difference from the float kernels, as on
+ * the CPU's fast path.
  */
 #include <stdlib.h>
 
