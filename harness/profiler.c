@@ -152,6 +152,13 @@ tm_status tm_profiler_start(tm_profiler **out, tm_error_t *error) {
     Dl_info library;
     if (!getenv("NVTX_INJECTION64_PATH") && dladdr((void *)cuptiActivityEnable, &library) && library.dli_fname)
         setenv("NVTX_INJECTION64_PATH", library.dli_fname, 0);
+    /* A kernel launched as a programmatic dependent (kernels/cuda/launch.cuh) starts before its
+     * predecessor ends and waits inside, so its activity record would include that wait: profile
+     * with plain launches unless the user asked otherwise (read at the first launch, which is later) */
+    if (!getenv("TM_DEPENDENT_LAUNCH")) {
+        setenv("TM_DEPENDENT_LAUNCH", "0", 0);
+        fprintf(stderr, "profile: kernels launched plainly (TM_DEPENDENT_LAUNCH=0) so each record is the kernel's own time\n");
+    }
     tm_profiler *p = calloc(1, sizeof *p);
     if (!p) return tm_error_set(error, TM_ERR_NO_MEMORY, "profiler: out of memory");
     pthread_mutex_init(&p->lock, NULL);
