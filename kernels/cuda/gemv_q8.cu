@@ -469,8 +469,7 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
         }
 }
 
-/* The tensor-core products for n_tokens in [mmq_min_tokens(), 16] when every part's rows divide
- * into 16-row tiles: cudaErrorNotSupported otherwise (the caller falls back to dp4a). */
+/* From how many tokens on the tensor-core products are used (default 2). */
 static int mmq_min_tokens(void) {
     static int value = 0;
     if (!value) {
@@ -480,12 +479,21 @@ static int mmq_min_tokens(void) {
     return value;
 }
 
-static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
+/* The parts' rows together, or -1 when a part's rows are not a multiple of `tile`. */
+static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
     int64_t total = 0;
     for (int p = 0; p < parts.n; p++) {
-        if (parts.rows[p] % MMQ_ROWS) return cudaErrorNotSupported;
+        if (parts.rows[p] % tile) return -1;
         total += parts.rows[p];
     }
+    return total;
+}
+
+/* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
+ * otherwise (the caller falls back to dp4a). */
+static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
+    const int64_t total = rows_in_tiles(parts, MMQ_ROWS);
+    if (total < 0) return cudaErrorNotSupported;
     const int8_t *qs = (const int8_t *)q8;
     const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
     const dim3 grid((unsigned)(total / MMQ_ROWS)), block(32 * MMQ_WARPS);
@@ -496,11 +504,8 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
 
 template <int NT, int R>
 static cudaError_t launch_parts(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
-    int64_t total = 0;
-    for (int p = 0; p < parts.n; p++) {
-        if (parts.rows[p] % R) return cudaErrorNotSupported;
-        total += parts.rows[p];
-    }
+    const int64_t total = rows_in_tiles(parts, R);
+    if (total < 0) return cudaErrorNotSupported;
     const int8_t *qs = (const int8_t *)q8;
     const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
     TM_LAUNCH_DEPENDENT(mmvq_parts_kernel<NT, R>, dim3((unsigned)((total / R + 3) / 4)), dim3(128), 0, s, parts, cols, qs, ds, n);
