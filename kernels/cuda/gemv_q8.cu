@@ -3,7 +3,7 @@
  * activations are quantized once per input to 8-bit blocks of 32 (q8_1: int8 values, a scale d
  * and d * sum of the values), and weights meet them in integer dot products (dp4a, four 8-bit
  * products per instruction) with the float scales applied once per 32-element sub-block.
- * Per weight element the kernels read 0.56 (q4_k) or 0.82 (q6_k) bytes of weights and ~1.1
+ * Per weight element the kernels read 0.56 (q4_k), 0.69 (q5_k) or 0.82 (q6_k) bytes of weights and ~1.1
  * bytes of activation from L1, instead of 4 bytes of float activation.
  *
  * One warp owns R consecutive rows and up to NT tokens: lane l takes sub-block l % 8 of blocks
@@ -52,7 +52,7 @@ __device__ __forceinline__ uint32_t u32_2aligned(const uint8_t *p) {
 }
 
 /* The sub-block as eight words of four int8 values, and how a dp4a sum becomes a float:
- * q4_k: dot = dx * scale[0] * isum - sx * scale[1] (scale[1] = dmin * min; sx = dx * sum(x));
+ * q4_k, q5_k: dot = dx * scale[0] * isum - sx * scale[1] (scale[1] = dmin * min; sx = dx * sum(x));
  * q6_k: dot = dx * (scale[0] * isum(first 16) + scale[1] * isum(last 16)). */
 template <int TYPE> struct packed_subblock {
     int q[8];
@@ -74,6 +74,22 @@ template <> __device__ __forceinline__ void load_subblock<Q4_K>(const uint8_t *b
     for (int i = 0; i < 8; i++) w.q[i] = (int)((words[i] >> shift) & 0x0F0F0F0Fu);
 }
 
+/* q5_k: q4_k's nibbles (at byte 48) with a fifth bit per element from qh (byte 16: bit `sub` of byte l) */
+template <> __device__ __forceinline__ void load_subblock<Q5_K>(const uint8_t *b, int sub, packed_subblock<Q5_K> &w) {
+    int scale, min;
+    k_scale_min(sub, b + 4, &scale, &min);
+    w.scale[0] = half_at(b) * scale;
+    w.scale[1] = half_at(b + 2) * min;
+    const uint4 *qs = reinterpret_cast<const uint4 *>(b + 48 + 32 * (sub / 2)); /* 176-byte blocks: 16-byte aligned */
+    const uint4 *qh = reinterpret_cast<const uint4 *>(b + 16);
+    const int shift = (sub & 1) * 4;
+    uint4 lo = qs[0], hi = qs[1], high_lo = qh[0], high_hi = qh[1];
+    uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    uint32_t high[8] = {high_lo.x, high_lo.y, high_lo.z, high_lo.w, high_hi.x, high_hi.y, high_hi.z, high_hi.w};
+#pragma unroll
+    for (int i = 0; i < 8; i++) w.q[i] = (int)(((words[i] >> shift) & 0x0F0F0F0Fu) | ((high[i] >> sub) & 0x01010101u) << 4);
+}
+
 template <> __device__ __forceinline__ void load_subblock<Q6_K>(const uint8_t *b, int sub, packed_subblock<Q6_K> &w) {
     const int half = sub / 4, group = sub % 4;
     const uint8_t *ql = b + 64 * half + ((group & 1) ? 32 : 0), *qh = b + 128 + 32 * half; /* 210-byte blocks: 2-byte aligned */
@@ -91,7 +107,7 @@ template <> __device__ __forceinline__ void load_subblock<Q6_K>(const uint8_t *b
 }
 
 template <int TYPE> __device__ __forceinline__ float subblock_dot(const packed_subblock<TYPE> &w, const int *x, float2 xd) {
-    if (TYPE == Q4_K) {
+    if (TYPE == Q4_K || TYPE == Q5_K) {
         int isum = 0;
 #pragma unroll
         for (int i = 0; i < 8; i++) isum = __dp4a(w.q[i], x[i], isum);
@@ -119,8 +135,9 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
         for (int t = 0; t < NT; t++) acc[r][t] = 0;
     /* U blocks per lane per pass, all loaded before any is used: more bytes in flight per warp
      * (small R x NT only, where registers allow; 4 at one row and one token measured slower:
-     * 4096 x 4096 q4_k 8.2 -> 10.3 us, 7B decode 318 -> 286 tokens/s on the H200) */
-    constexpr int U = R * NT <= 4 ? 2 : 1;
+     * 4096 x 4096 q4_k 8.2 -> 10.3 us, 7B decode 318 -> 286 tokens/s on the H200); q5_k: one (its
+     * fifth bits in flight took the parts kernel from 56 to 64 registers, the q4_k/q6_k layers' too) */
+    constexpr int U = R * NT <= 4 && TYPE != Q5_K ? 2 : 1;
     for (int64_t first = lane / 8; first < blocks; first += 4 * U) {
         packed_subblock<TYPE> w[U][R];
 #pragma unroll
@@ -207,6 +224,7 @@ __global__ void __launch_bounds__(128) mmvq_parts_kernel(mmvq_parts parts, int64
     tm_grid_dependency();
     if (!found) return;
     if (part.type == Q4_K) mmvq_rows<Q4_K, NT, R>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
+    else if (part.type == Q5_K) mmvq_rows<Q5_K, NT, R>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
     else mmvq_rows<Q6_K, NT, R>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
 }
 
@@ -220,6 +238,9 @@ static cudaError_t launch_mmvq(const void *weights, int64_t rows, int64_t cols, 
     return cudaSuccess;
 }
 
+/* One row a warp at one token: two or four (the activations' L1 traffic shared by more rows, a
+ * smaller grid) measured slower on the H200: 14336 x 4096 q4_k 17.3 -> 18.1 / 22.5 us, 7B decode
+ * 344 -> 319 / 238 tokens/s. */
 template <int TYPE>
 static cudaError_t mmvq(const void *weights, int64_t rows, int64_t cols, const void *q8, int n, float *y, cudaStream_t s) {
     if (n <= 1) return launch_mmvq<TYPE, 1, 1>(weights, rows, cols, q8, n, y, s);
@@ -233,7 +254,7 @@ static cudaError_t mmvq(const void *weights, int64_t rows, int64_t cols, const v
 static int mmq_min_tokens(void);
 static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s);
 
-extern "C" int tm_cuda_gemv_q8_supported(int type) { return type == Q4_K || type == Q6_K; }
+extern "C" int tm_cuda_gemv_q8_supported(int type) { return type == Q4_K || type == Q5_K || type == Q6_K; }
 
 extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
                                void *stream) {
@@ -246,6 +267,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
         if (status != cudaErrorNotSupported) return status;
     }
     if (type == Q4_K) return mmvq<Q4_K>(weights, rows, cols, q8, n_tokens, y, s);
+    if (type == Q5_K) return mmvq<Q5_K>(weights, rows, cols, q8, n_tokens, y, s);
     if (type == Q6_K) return mmvq<Q6_K>(weights, rows, cols, q8, n_tokens, y, s);
     return cudaErrorInvalidValue;
 }
@@ -266,6 +288,29 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
 
 #define MMQ_WARPS 8
 #define MMQ_ROWS 16
+/* q4_k/q5_k tiles are staged through shared memory by cp.async, MMQ_STAGES blocks per warp: while a
+ * warp multiplies one block, the next two are in flight without holding registers (the direct loads
+ * below keep a block's bytes in registers, and at 100 registers a thread only 16 warps fit on an SM:
+ * ncu on the H200 saw DRAM 23 % busy, 1.1 TB/s, for 14336 x 4096 q4_k at 8 tokens). A staged row
+ * is 160 bytes apart (q4_k: 144 + 16, so the quads' 8-byte loads of rows g = 0..3 hit distinct
+ * banks) or 176 (q5_k). Measured (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens
+ * 27.0 -> 25.0 us, 7B decode x8 1856 -> 1903 tokens/s, 70B x8 280.5 -> 285.1: a small gain, since
+ * a 4096-wide tile gives each warp only two blocks. Three blocks an SM (launch bounds, 80
+ * registers) measured far worse (1524 and 237): 3 x 67.5 KiB of stages leave L1 little room for
+ * the activations every tile re-reads. */
+#define MMQ_STAGES 3
+#define MMQ_STAGE_ROW_BYTES 176
+#define MMQ_STAGE_BYTES (MMQ_ROWS * MMQ_STAGE_ROW_BYTES)
+#define MMQ_SHARED_BYTES (MMQ_WARPS * MMQ_STAGES * MMQ_STAGE_BYTES)
+
+__device__ __forceinline__ void cp_async16(void *shared, const void *global) {
+    const unsigned address = (unsigned)__cvta_generic_to_shared(shared);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int PENDING> __device__ __forceinline__ void cp_async_wait(void) {
+    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
 
 __device__ __forceinline__ void mma_s8_k32(int (&c)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -300,18 +345,22 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const 
     return in;
 }
 
-/* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k block of 256 columns. */
-template <int NG>
-__device__ __forceinline__ void mmq_block_q4k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
-                                              float (&acc)[NG][4]) {
+/* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
+ * columns (q5_k: the nibbles start at byte 48 and the fifth bits of elements 8t..8t+7, bit s for
+ * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). */
+template <int TYPE, int NG>
+__device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
+                                                  float (&acc)[NG][4]) {
+    constexpr int quants_at = TYPE == Q5_K ? 48 : 16;
     const uint8_t *rows[2] = {row_g, row_g8};
     uint4 header[2];
-    uint2 quants[2][4];
+    uint2 quants[2][4], fifth[2] = {};
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         header[r] = *reinterpret_cast<const uint4 *>(rows[r]);
 #pragma unroll
-        for (int j = 0; j < 4; j++) quants[r][j] = *reinterpret_cast<const uint2 *>(rows[r] + 16 + 32 * j + 8 * t);
+        for (int j = 0; j < 4; j++) quants[r][j] = *reinterpret_cast<const uint2 *>(rows[r] + quants_at + 32 * j + 8 * t);
+        if (TYPE == Q5_K) fifth[r] = *reinterpret_cast<const uint2 *>(rows[r] + 16 + 8 * t);
     }
     uint2 x[NG][8];
     uint4 xs[NG][2][2];
@@ -341,8 +390,10 @@ __device__ __forceinline__ void mmq_block_q4k(const uint8_t *row_g, const uint8_
             min_term[r] = d_dmin.y * (float)m;
         }
         const int shift = (s & 1) * 4;
-        const int a0 = (int)((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu), a2 = (int)((quants[0][s / 2].y >> shift) & 0x0F0F0F0Fu);
-        const int a1 = (int)((quants[1][s / 2].x >> shift) & 0x0F0F0F0Fu), a3 = (int)((quants[1][s / 2].y >> shift) & 0x0F0F0F0Fu);
+        const int a0 = (int)(((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[0].x >> s) & 0x01010101u) << 4);
+        const int a2 = (int)(((quants[0][s / 2].y >> shift) & 0x0F0F0F0Fu) | ((fifth[0].y >> s) & 0x01010101u) << 4);
+        const int a1 = (int)(((quants[1][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[1].x >> s) & 0x01010101u) << 4);
+        const int a3 = (int)(((quants[1][s / 2].y >> shift) & 0x0F0F0F0Fu) | ((fifth[1].y >> s) & 0x01010101u) << 4);
 #pragma unroll
         for (int G = 0; G < NG; G++) {
             int c[4] = {0, 0, 0, 0};
@@ -421,10 +472,14 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 }
 
 /* One block per 16-row tile of one part (parts as mmvq_parts; each part's rows a multiple of 16):
- * warp w takes the tile's 256-column blocks w, w + MMQ_WARPS, ...; warp 0 adds them and stores. */
+ * warp w takes the tile's 256-column blocks w, w + MMQ_WARPS, ...; warp 0 adds them and stores.
+ * q4_k and q5_k blocks come through the warp's shared-memory stages (unless `staging` is 0, a
+ * measuring aid), q6_k blocks (210 bytes: only 2-byte aligned, below cp.async's 4) straight from
+ * global memory. Dynamic shared memory: MMQ_SHARED_BYTES. */
 template <int NG>
 __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
-                                                             int n_tokens) {
+                                                             int n_tokens, int staging) {
+    extern __shared__ __align__(16) uint8_t mmq_shared[];
     int64_t row0 = (int64_t)blockIdx.x * MMQ_ROWS;
     mmvq_part part;
     const bool found = find_part(parts, &row0, &part);
@@ -434,21 +489,58 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
     float *y = part.y;
     const int64_t rows = part.rows;
     const int type = part.type;
-    const int64_t row_bytes = cols / 256 * (type == Q4_K ? traits<Q4_K>::bytes : traits<Q6_K>::bytes);
+    const int block_bytes = type == Q4_K ? traits<Q4_K>::bytes : type == Q5_K ? traits<Q5_K>::bytes : traits<Q6_K>::bytes;
+    const int64_t row_bytes = cols / 256 * block_bytes;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const uint8_t *row_g = weights + (row0 + g) * row_bytes, *row_g8 = row_g + 8 * row_bytes;
     float acc[NG][4];
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[G][i] = 0;
     const int64_t blocks = cols / 256;
-    for (int64_t block = warp; block < blocks; block += MMQ_WARPS) {
-        const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
-        if (type == Q4_K) mmq_block_q4k<NG>(row_g + block * traits<Q4_K>::bytes, row_g8 + block * traits<Q4_K>::bytes, in, t, acc);
-        else mmq_block_q6k<NG>(row_g + block * traits<Q6_K>::bytes, row_g8 + block * traits<Q6_K>::bytes, in, t, acc);
+    if (staging && type != Q6_K) {
+        const int stride = type == Q4_K ? 160 : MMQ_STAGE_ROW_BYTES, chunks = block_bytes / 16;
+        uint8_t *mine = mmq_shared + warp * MMQ_STAGES * MMQ_STAGE_BYTES;
+        const uint8_t *tile = weights + row0 * row_bytes;
+        auto fetch = [&](int64_t block, int stage) { /* the tile's 16 rows of one block into a stage */
+            if (block >= blocks) return;
+            for (int i = lane; i < MMQ_ROWS * chunks; i += 32) {
+                const int r = i / chunks, c = i % chunks;
+                cp_async16(mine + stage * MMQ_STAGE_BYTES + r * stride + 16 * c, tile + r * row_bytes + block * block_bytes + 16 * c);
+            }
+        };
+#pragma unroll
+        for (int k = 0; k < MMQ_STAGES - 1; k++) { /* one commit group per block, empty ones too, so the wait counts hold */
+            fetch(warp + k * MMQ_WARPS, k);
+            cp_async_commit();
+        }
+        int stage = 0;
+        for (int64_t block = warp; block < blocks; block += MMQ_WARPS) {
+            fetch(block + (MMQ_STAGES - 1) * MMQ_WARPS, (stage + MMQ_STAGES - 1) % MMQ_STAGES);
+            cp_async_commit();
+            cp_async_wait<MMQ_STAGES - 1>(); /* this block's group is done (for this lane's copies) */
+            __syncwarp();                    /* ... and the other lanes' copies are visible */
+            const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
+            const uint8_t *staged_g = mine + stage * MMQ_STAGE_BYTES + g * stride;
+            if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            __syncwarp(); /* every lane is done with the stage before it is fetched into again */
+            stage = (stage + 1) % MMQ_STAGES;
+        }
+        cp_async_wait<0>();
+    } else {
+        const uint8_t *row_g = weights + (row0 + g) * row_bytes, *row_g8 = row_g + 8 * row_bytes;
+        for (int64_t block = warp; block < blocks; block += MMQ_WARPS) {
+            const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
+            if (type == Q4_K)
+                mmq_block_q4k_q5k<Q4_K, NG>(row_g + block * traits<Q4_K>::bytes, row_g8 + block * traits<Q4_K>::bytes, in, t, acc);
+            else if (type == Q5_K)
+                mmq_block_q4k_q5k<Q5_K, NG>(row_g + block * traits<Q5_K>::bytes, row_g8 + block * traits<Q5_K>::bytes, in, t, acc);
+            else mmq_block_q6k<NG>(row_g + block * traits<Q6_K>::bytes, row_g8 + block * traits<Q6_K>::bytes, in, t, acc);
+        }
     }
-    __shared__ float partial[MMQ_WARPS - 1][NG * 4][32];
+    __syncthreads(); /* the stages are free: the partial sums reuse them */
+    float(*partial)[NG * 4][32] = reinterpret_cast<float(*)[NG * 4][32]>(mmq_shared);
     if (warp > 0)
 #pragma unroll
         for (int G = 0; G < NG; G++)
@@ -489,6 +581,19 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
     return total;
 }
 
+/* Lets mmq_kernel<NG> have MMQ_SHARED_BYTES of dynamic shared memory (above the default 48 KiB):
+ * once per instantiation and device (a host-side attribute; allowed while a graph is being captured). */
+template <int NG> static cudaError_t mmq_allow_shared(void) {
+    static bool done[64];
+    int device = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status != cudaSuccess) return status;
+    if (device >= 0 && device < 64 && done[device]) return cudaSuccess;
+    status = cudaFuncSetAttribute(mmq_kernel<NG>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMQ_SHARED_BYTES);
+    if (status == cudaSuccess && device >= 0 && device < 64) done[device] = true;
+    return status;
+}
+
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
  * otherwise (the caller falls back to dp4a). */
 static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
@@ -497,8 +602,18 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const int8_t *qs = (const int8_t *)q8;
     const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
     const dim3 grid((unsigned)(total / MMQ_ROWS)), block(32 * MMQ_WARPS);
-    if (n <= 8) TM_LAUNCH_DEPENDENT(mmq_kernel<1>, grid, block, 0, s, parts, cols, qs, ds, n);
-    else TM_LAUNCH_DEPENDENT(mmq_kernel<2>, grid, block, 0, s, parts, cols, qs, ds, n);
+    static int staging = -1; /* TM_MMQ_STAGING=0 (a measuring aid): every block straight from global memory */
+    if (staging < 0) {
+        const char *text = getenv("TM_MMQ_STAGING");
+        staging = !(text && atoi(text) == 0);
+    }
+    if (n <= 8) {
+        TM_CUDA_CHECK(mmq_allow_shared<1>());
+        TM_LAUNCH_DEPENDENT(mmq_kernel<1>, grid, block, MMQ_SHARED_BYTES, s, parts, cols, qs, ds, n, staging);
+    } else {
+        TM_CUDA_CHECK(mmq_allow_shared<2>());
+        TM_LAUNCH_DEPENDENT(mmq_kernel<2>, grid, block, MMQ_SHARED_BYTES, s, parts, cols, qs, ds, n, staging);
+    }
     return cudaSuccess;
 }
 

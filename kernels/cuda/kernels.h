@@ -28,7 +28,7 @@ int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t co
  * halves (scale d, d * sum of the block's values); tm_cuda_q8_1_bytes(n) bytes. */
 int tm_cuda_quantize_q8_1(const float *x, int64_t n, void *q8, void *stream);
 uint64_t tm_cuda_q8_1_bytes(int64_t n);
-/* The fast decode product for q4_k and q6_k weights (tm_cuda_gemv_q8_supported): y[j][r] =
+/* The fast decode product for q4_k, q5_k and q6_k weights (tm_cuda_gemv_q8_supported): y[j][r] =
  * dot(W[r, :], x[j]) for n_tokens (1..16) rows of x given as q8_1 (tm_cuda_quantize_q8_1 of
  * n_tokens * cols floats), integer dot products with float scales per 32-element sub-block. */
 int tm_cuda_gemv_q8_supported(int type);

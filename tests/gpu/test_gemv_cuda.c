@@ -38,14 +38,15 @@ int main(void) {
     const tm_type types[] = {TM_TYPE_F32, TM_TYPE_F16, TM_TYPE_BF16, TM_TYPE_Q4_0, TM_TYPE_Q4_1, TM_TYPE_Q5_0,
                              TM_TYPE_Q5_1, TM_TYPE_Q8_0, TM_TYPE_Q4_K, TM_TYPE_Q5_K, TM_TYPE_Q6_K};
     /* 272 x 2816: whole 16-row tiles and an odd number of 256-column blocks, so 2..16 tokens of
-     * q4_k/q6_k take the tensor-core kernel with its four warps splitting the blocks unevenly */
-    const int64_t shapes[][2] = {{37, 1024}, {300, 4096}, {272, 2816}};
+     * q4_k/q5_k/q6_k take the tensor-core kernel with its eight warps splitting the blocks unevenly;
+     * 48 x 8448: 33 blocks, five for warp 0, so its three shared-memory stages are each reused */
+    const int64_t shapes[][2] = {{37, 1024}, {300, 4096}, {272, 2816}, {48, 8448}};
     tm_rng_t rng;
     tm_rng_seed(&rng, 5);
     cublasHandle_t cublas;
     CHECK(cublasCreate(&cublas) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
-        for (int s = 0; s < 3; s++) {
+        for (int s = 0; s < 4; s++) {
             const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
             int64_t rows = shapes[s][0], cols = shapes[s][1];
             uint64_t row_bytes;
@@ -134,12 +135,12 @@ int main(void) {
         }
     CHECK(tm_cuda_gemv(TM_TYPE_Q4_K, NULL, 1, 100, NULL, NULL, NULL) != 0, "a row that is not whole blocks is refused");
     CHECK(tm_cuda_gemv_batched(TM_TYPE_Q4_K, NULL, 1, 256, NULL, 17, NULL, NULL) != 0, "more than 16 tokens are refused");
-    /* several q8 products in one launch (Q/K/V shapes; q4_k and q6_k mixed, or q4_k alone) equal the
+    /* several q8 products in one launch (Q/K/V shapes; q4_k, q5_k and q6_k mixed, or q4_k alone) equal the
      * separate ones bit for bit, at 1 token and at 5 */
     for (int variant = 0; variant < 4; variant++) {
         const int n = variant < 2 ? 1 : 5, mixed = variant % 2;
         const int64_t cols = 1024, part_rows[3] = {512, 128, 128};
-        const tm_type part_types[3] = {TM_TYPE_Q4_K, TM_TYPE_Q4_K, mixed ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
+        const tm_type part_types[3] = {TM_TYPE_Q4_K, mixed ? TM_TYPE_Q5_K : TM_TYPE_Q4_K, mixed ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
         tm_cuda_gemv_part parts[3];
         float *separate[3], *together[3];
         void *d_x, *d_q8;
