@@ -61,33 +61,33 @@ template <int TYPE> struct packed_subblock {
 
 template <int TYPE> __device__ __forceinline__ void load_subblock(const uint8_t *b, int sub, packed_subblock<TYPE> &w);
 
-template <> __device__ __forceinline__ void load_subblock<Q4_K>(const uint8_t *b, int sub, packed_subblock<Q4_K> &w) {
+/* q4_k and q5_k (144/176-byte blocks: 16-byte aligned): the sub-block's scale and min, its 32
+ * nibbles (q5_k's start at byte 48), and q5_k's fifth bit per element from qh (byte 16: bit `sub`
+ * of byte l) */
+template <int TYPE> __device__ __forceinline__ void load_subblock_q4k_q5k(const uint8_t *b, int sub, packed_subblock<TYPE> &w) {
     int scale, min;
     k_scale_min(sub, b + 4, &scale, &min);
     w.scale[0] = half_at(b) * scale;
     w.scale[1] = half_at(b + 2) * min;
-    const uint4 *qs = reinterpret_cast<const uint4 *>(b + 16 + 32 * (sub / 2)); /* 144-byte blocks: 16-byte aligned */
+    const uint4 *qs = reinterpret_cast<const uint4 *>(b + (TYPE == Q5_K ? 48 : 16) + 32 * (sub / 2));
     const int shift = (sub & 1) * 4;
     uint4 lo = qs[0], hi = qs[1];
     uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
     for (int i = 0; i < 8; i++) w.q[i] = (int)((words[i] >> shift) & 0x0F0F0F0Fu);
-}
-
-/* q5_k: q4_k's nibbles (at byte 48) with a fifth bit per element from qh (byte 16: bit `sub` of byte l) */
-template <> __device__ __forceinline__ void load_subblock<Q5_K>(const uint8_t *b, int sub, packed_subblock<Q5_K> &w) {
-    int scale, min;
-    k_scale_min(sub, b + 4, &scale, &min);
-    w.scale[0] = half_at(b) * scale;
-    w.scale[1] = half_at(b + 2) * min;
-    const uint4 *qs = reinterpret_cast<const uint4 *>(b + 48 + 32 * (sub / 2)); /* 176-byte blocks: 16-byte aligned */
-    const uint4 *qh = reinterpret_cast<const uint4 *>(b + 16);
-    const int shift = (sub & 1) * 4;
-    uint4 lo = qs[0], hi = qs[1], high_lo = qh[0], high_hi = qh[1];
-    uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    uint32_t high[8] = {high_lo.x, high_lo.y, high_lo.z, high_lo.w, high_hi.x, high_hi.y, high_hi.z, high_hi.w};
+    if constexpr (TYPE == Q5_K) {
+        const uint4 *qh = reinterpret_cast<const uint4 *>(b + 16);
+        uint4 high_lo = qh[0], high_hi = qh[1];
+        uint32_t high[8] = {high_lo.x, high_lo.y, high_lo.z, high_lo.w, high_hi.x, high_hi.y, high_hi.z, high_hi.w};
 #pragma unroll
-    for (int i = 0; i < 8; i++) w.q[i] = (int)(((words[i] >> shift) & 0x0F0F0F0Fu) | ((high[i] >> sub) & 0x01010101u) << 4);
+        for (int i = 0; i < 8; i++) w.q[i] |= (int)(((high[i] >> sub) & 0x01010101u) << 4);
+    }
+}
+template <> __device__ __forceinline__ void load_subblock<Q4_K>(const uint8_t *b, int sub, packed_subblock<Q4_K> &w) {
+    load_subblock_q4k_q5k<Q4_K>(b, sub, w);
+}
+template <> __device__ __forceinline__ void load_subblock<Q5_K>(const uint8_t *b, int sub, packed_subblock<Q5_K> &w) {
+    load_subblock_q4k_q5k<Q5_K>(b, sub, w);
 }
 
 template <> __device__ __forceinline__ void load_subblock<Q6_K>(const uint8_t *b, int sub, packed_subblock<Q6_K> &w) {
