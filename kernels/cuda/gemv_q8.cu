@@ -345,6 +345,15 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const 
     return in;
 }
 
+/* Token group G's (d, d * sum) pairs for this thread's two C-column tokens at the block: 8 pairs
+ * (one per sub-block) = two 16-byte vectors per token. */
+template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G, uint4 (&xs)[2][2]) {
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) xs[k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
+}
+
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
  * columns (q5_k: the nibbles start at byte 48 and the fifth bits of elements 8t..8t+7, bit s for
  * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). */
@@ -368,10 +377,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
     for (int G = 0; G < NG; G++) {
 #pragma unroll
         for (int s = 0; s < 8; s++) x[G][s] = *reinterpret_cast<const uint2 *>(in.b_row[G] + 32 * s + 8 * t);
-#pragma unroll
-        for (int k = 0; k < 2; k++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) xs[G][k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
+        mmq_load_scales(in, G, xs[G]);
     }
 #pragma unroll
     for (int s = 0; s < 8; s++) {
@@ -436,10 +442,7 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
         for (int s = 0; s < 8; s++)
 #pragma unroll
             for (int h = 0; h < 2; h++) x[G][s][h] = *reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 16 * h + 4 * t);
-#pragma unroll
-        for (int k = 0; k < 2; k++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) xs[G][k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
+        mmq_load_scales(in, G, xs[G]);
     }
 #pragma unroll
     for (int s = 0; s < 8; s++) {
