@@ -299,7 +299,8 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  * registers) measured far worse (1524 and 237): 3 x 67.5 KiB of stages leave L1 little room for
  * the activations every tile re-reads. */
 #define MMQ_STAGES 3
-#define MMQ_STAGE_ROW_BYTES 176
+#define MMQ_STAGE_ROW_BYTES_Q4K 160
+#define MMQ_STAGE_ROW_BYTES 176 /* q5_k, and the stage size */
 #define MMQ_STAGE_BYTES (MMQ_ROWS * MMQ_STAGE_ROW_BYTES)
 #define MMQ_SHARED_BYTES (MMQ_WARPS * MMQ_STAGES * MMQ_STAGE_BYTES)
 
@@ -502,7 +503,7 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
         for (int i = 0; i < 4; i++) acc[G][i] = 0;
     const int64_t blocks = cols / 256;
     if (staging && type != Q6_K) {
-        const int stride = type == Q4_K ? 160 : MMQ_STAGE_ROW_BYTES, chunks = block_bytes / 16;
+        const int stride = type == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : MMQ_STAGE_ROW_BYTES, chunks = block_bytes / 16;
         uint8_t *mine = mmq_shared + warp * MMQ_STAGES * MMQ_STAGE_BYTES;
         const uint8_t *tile = weights + row0 * row_bytes;
         auto fetch = [&](int64_t block, int stage) { /* the tile's 16 rows of one block into a stage */
