@@ -179,18 +179,19 @@ static void release(cuda_backend *b) {
     free(b);
 }
 
-static uint64_t weight_bytes(const tm_weight *w) {
-    uint64_t row_bytes = 0;
-    tm_type_row_bytes(w->type, (uint64_t)w->cols, &row_bytes);
-    return row_bytes * (uint64_t)w->rows;
-}
+/* Bytes of a weight in the device layout (kernels.h: q6_k blocks padded to 224 bytes). */
+static uint64_t weight_bytes(const tm_weight *w) { return tm_cuda_weight_row_bytes((int)w->type, w->cols) * (uint64_t)w->rows; }
 
 static uint64_t aligned(uint64_t bytes) { return (bytes + 255) / 256 * 256; }
 
-/* Copy one weight into the arena at *offset (256-byte aligned). */
+/* Copy one weight into the arena at *offset (256-byte aligned), in the device layout. */
 static tm_status upload(cuda_backend *b, const tm_weight *w, device_weight *out, uint64_t *offset, tm_error_t *error) {
     uint64_t bytes = weight_bytes(w);
-    CHECK_CUDA(cudaMemcpy(b->arena + *offset, w->data, bytes, cudaMemcpyHostToDevice));
+    int status = tm_cuda_upload_weight((int)w->type, b->arena + *offset, w->data, w->rows, w->cols, NULL);
+    if (status)
+        return tm_error_set(error, status == cudaErrorMemoryAllocation ? TM_ERR_NO_MEMORY : TM_ERR_INTERNAL,
+                            "CUDA: uploading a %s weight of %lld x %lld failed: %s", tm_type_name(w->type), (long long)w->rows,
+                            (long long)w->cols, cudaGetErrorString((cudaError_t)status));
     *out = (device_weight){b->arena + *offset, (int)w->type, w->rows, w->cols};
     *offset += aligned(bytes);
     return TM_OK;

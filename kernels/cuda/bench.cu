@@ -96,16 +96,6 @@ static cudaError_t alloc(tm_cuda_bench *b, void **out, uint64_t bytes) {
     return status;
 }
 
-static uint64_t row_bytes_of(int type, int64_t cols) {
-    uint64_t block = 0, bytes = 0;
-    dispatch_weight_type(type, [&](auto t) {
-        block = traits<decltype(t)::value>::block;
-        bytes = traits<decltype(t)::value>::bytes;
-        return cudaSuccess;
-    });
-    return block ? (uint64_t)cols / block * bytes : 0;
-}
-
 extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_bench **out, char *message, int capacity) {
     *out = NULL;
     tm_cuda_bench *b = (tm_cuda_bench *)calloc(1, sizeof *b);
@@ -145,7 +135,7 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
     }
     case TM_BENCH_GEMV:
     case TM_BENCH_GEMM: {
-        uint64_t row_bytes = row_bytes_of(s->type, s->cols);
+        uint64_t row_bytes = tm_cuda_weight_row_bytes(s->type, s->cols); /* device layout: what the product reads */
         if (!row_bytes) return tm_cuda_bench_free(b), fail(message, capacity, "type %d with %lld columns is not a whole number of blocks", s->type, (long long)s->cols);
         if (s->op == TM_BENCH_GEMV && (s->tokens < 1 || s->tokens > TM_CUDA_GEMV_MAX_TOKENS))
             return tm_cuda_bench_free(b), fail(message, capacity, "gemv takes 1..%d tokens", TM_CUDA_GEMV_MAX_TOKENS);

@@ -26,7 +26,7 @@ __global__ void dequantize_f16_kernel(const uint8_t *weights, int64_t rows, int6
     int64_t index = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (index >= rows * cols) return;
     int64_t row = index / cols, i = index % cols;
-    const uint8_t *block = weights + row * (cols / traits<TYPE>::block * traits<TYPE>::bytes) + (i / traits<TYPE>::block) * traits<TYPE>::bytes;
+    const uint8_t *block = weights + row * (cols / traits<TYPE>::block * traits<TYPE>::stride) + (i / traits<TYPE>::block) * traits<TYPE>::stride;
     out[index] = __float2half_rn(decode<TYPE>(block, (int)(i % traits<TYPE>::block)));
 }
 
@@ -49,15 +49,17 @@ template <int TYPE> __device__ __forceinline__ void k_octet_floats(const uint8_t
             const int value = (int)((word >> (byte + shift)) & 0xF) | (int)((high >> (byte + sub)) & 1) << 4;
             w[k] = d * value - m;
         }
-    } else { /* Q6_K: 210-byte blocks, 2-byte aligned */
+    } else { /* Q6_K: 224-byte blocks in device memory (16-byte aligned): 8-byte loads of the 8 quants' bytes */
         const int half = sub / 4, group = sub % 4;
-        const uint8_t *ql = b + 64 * half + ((group & 1) ? 32 : 0) + first, *qh = b + 128 + 32 * half + first;
+        const uint2 low8 = *reinterpret_cast<const uint2 *>(b + 64 * half + ((group & 1) ? 32 : 0) + first);
+        const uint2 high8 = *reinterpret_cast<const uint2 *>(b + 128 + 32 * half + first);
         const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
         const float scale = half_at(b + 208) * (float)reinterpret_cast<const int8_t *>(b + 192)[2 * sub + first / 16];
-        const uint16_t *low16 = reinterpret_cast<const uint16_t *>(ql), *high16 = reinterpret_cast<const uint16_t *>(qh);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            const int low = (low16[k / 2] >> (8 * (k % 2) + low_shift)) & 0xF, high = (high16[k / 2] >> (8 * (k % 2) + high_shift)) & 3;
+            const uint32_t low_word = k < 4 ? low8.x : low8.y, high_word = k < 4 ? high8.x : high8.y;
+            const int byte = 8 * (k % 4);
+            const int low = (int)((low_word >> (byte + low_shift)) & 0xF), high = (int)((high_word >> (byte + high_shift)) & 3);
             w[k] = scale * (float)((low | high << 4) - 32);
         }
     }
@@ -69,7 +71,7 @@ __global__ void dequantize_k_f16_kernel(const uint8_t *weights, int64_t rows, in
     if (block >= rows * cols / 256) return;
     const int lane = (int)(thread % 32), sub = lane / 4, first = 8 * (lane % 4);
     const int64_t blocks_per_row = cols / 256;
-    const uint8_t *b = weights + (block / blocks_per_row) * blocks_per_row * traits<TYPE>::bytes + (block % blocks_per_row) * traits<TYPE>::bytes;
+    const uint8_t *b = weights + (block / blocks_per_row) * blocks_per_row * traits<TYPE>::stride + (block % blocks_per_row) * traits<TYPE>::stride;
     float w[8];
     k_octet_floats<TYPE>(b, sub, first, w);
     __half2 h[4];
@@ -175,7 +177,7 @@ extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t
     cudaError_t status = dispatch_weight_type(type, [&](auto t) -> cudaError_t {
         constexpr int TYPE = decltype(t)::value;
         if (cols % traits<TYPE>::block) return cudaErrorInvalidValue;
-        const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
+        const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::stride;
         for (int64_t first = 0; first < rows; first += tile_rows) {
             int64_t n_rows = rows - first < tile_rows ? rows - first : tile_rows;
             if constexpr (TYPE == Q4_K || TYPE == Q5_K || TYPE == Q6_K)

@@ -17,13 +17,13 @@ template <int TYPE>
 __global__ void gemv_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, float *y) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
+    const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::stride;
     tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
     if (row >= rows) return;
     const uint8_t *w = weights + row * row_bytes;
     float sum = 0;
     for (int64_t i = lane; i < cols; i += 32) {
-        const uint8_t *block = w + (i / traits<TYPE>::block) * traits<TYPE>::bytes;
+        const uint8_t *block = w + (i / traits<TYPE>::block) * traits<TYPE>::stride;
         sum += decode<TYPE>(block, (int)(i % traits<TYPE>::block)) * x[i];
     }
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
@@ -74,13 +74,13 @@ __global__ void gemv_k_kernel(const uint8_t *weights, int64_t rows, int64_t cols
     const int64_t blocks = cols / 256;
     tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
     if (row >= rows) return;
-    const uint8_t *w = weights + row * blocks * traits<TYPE>::bytes;
+    const uint8_t *w = weights + row * blocks * traits<TYPE>::stride;
     float sum = 0;
     for (int64_t block = lane / 8; block < blocks; block += 4) {
         int sub = lane % 8;
         const float *xs = x + block * 256 + 32 * sub;
-        if (TYPE == Q4_K) sum += q4k_subblock_dot(w + block * traits<TYPE>::bytes, sub, xs);
-        else sum += q6k_subblock_dot(w + block * traits<TYPE>::bytes, sub, xs);
+        if (TYPE == Q4_K) sum += q4k_subblock_dot(w + block * traits<TYPE>::stride, sub, xs);
+        else sum += q6k_subblock_dot(w + block * traits<TYPE>::stride, sub, xs);
     }
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
     if (lane == 0) y[row] = sum;
@@ -144,7 +144,7 @@ template <int TYPE, int NT>
 __global__ void gemv_batched_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y) {
     int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::bytes;
+    const int64_t row_bytes = cols / traits<TYPE>::block * traits<TYPE>::stride;
     tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
     if (row >= rows) return;
     const uint8_t *w = weights + row * row_bytes;
@@ -152,7 +152,7 @@ __global__ void gemv_batched_kernel(const uint8_t *weights, int64_t rows, int64_
 #pragma unroll
     for (int j = 0; j < NT; j++) sum[j] = 0;
     for (int64_t i = lane; i < cols; i += 32) {
-        float value = decode<TYPE>(w + (i / traits<TYPE>::block) * traits<TYPE>::bytes, (int)(i % traits<TYPE>::block));
+        float value = decode<TYPE>(w + (i / traits<TYPE>::block) * traits<TYPE>::stride, (int)(i % traits<TYPE>::block));
 #pragma unroll
         for (int j = 0; j < NT; j++)
             if (j < n_tokens) sum[j] += value * x[j * cols + i];
@@ -174,14 +174,14 @@ __global__ void gemv_k_batched_kernel(const uint8_t *weights, int64_t rows, int6
     const int64_t blocks = cols / 256;
     tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
     if (row >= rows) return;
-    const uint8_t *w = weights + row * blocks * traits<TYPE>::bytes;
+    const uint8_t *w = weights + row * blocks * traits<TYPE>::stride;
     float sum[NT];
 #pragma unroll
     for (int j = 0; j < NT; j++) sum[j] = 0;
     for (int64_t block = lane / 8; block < blocks; block += 4) {
         const int sub = lane % 8;
         float value[32];
-        k_subblock_floats<TYPE>(w + block * traits<TYPE>::bytes, sub, value);
+        k_subblock_floats<TYPE>(w + block * traits<TYPE>::stride, sub, value);
 #pragma unroll
         for (int j = 0; j < NT; j++) {
             if (j >= n_tokens) break;

@@ -46,11 +46,6 @@ extern "C" uint64_t tm_cuda_q8_1_bytes(int64_t n) { return (uint64_t)n + (uint64
 
 /* ---- weights: one 32-element sub-block, decoded for dp4a ---------------------------------- */
 
-__device__ __forceinline__ uint32_t u32_2aligned(const uint8_t *p) {
-    const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
-    return (uint32_t)h[0] | (uint32_t)h[1] << 16;
-}
-
 /* The sub-block as eight words of four int8 values, and how a dp4a sum becomes a float:
  * q4_k, q5_k: dot = dx * scale[0] * isum - sx * scale[1] (scale[1] = dmin * min; sx = dx * sum(x));
  * q6_k: dot = dx * (scale[0] * isum(first 16) + scale[1] * isum(last 16)). */
@@ -90,20 +85,27 @@ template <> __device__ __forceinline__ void load_subblock<Q5_K>(const uint8_t *b
     load_subblock_q4k_q5k<Q5_K>(b, sub, w);
 }
 
+/* q6_k (224-byte blocks in device memory: 16-byte aligned, weights.cu): the sub-block's low four
+ * bits (32 bytes of ql, nibble `group >= 2`), its high two bits (32 bytes of qh, bits 2 * group)
+ * and its two 16-element scales, in four 16-byte loads and one 2-byte load (GGUF's 210-byte
+ * blocks allowed only 2-byte loads: sixteen instead of the four). */
 template <> __device__ __forceinline__ void load_subblock<Q6_K>(const uint8_t *b, int sub, packed_subblock<Q6_K> &w) {
     const int half = sub / 4, group = sub % 4;
-    const uint8_t *ql = b + 64 * half + ((group & 1) ? 32 : 0), *qh = b + 128 + 32 * half; /* 210-byte blocks: 2-byte aligned */
+    const uint4 *ql = reinterpret_cast<const uint4 *>(b + 64 * half + ((group & 1) ? 32 : 0));
+    const uint4 *qh = reinterpret_cast<const uint4 *>(b + 128 + 32 * half);
+    const uint4 low_lo = ql[0], low_hi = ql[1], high_lo = qh[0], high_hi = qh[1];
+    const uint32_t low[8] = {low_lo.x, low_lo.y, low_lo.z, low_lo.w, low_hi.x, low_hi.y, low_hi.z, low_hi.w};
+    const uint32_t high[8] = {high_lo.x, high_lo.y, high_lo.z, high_lo.w, high_hi.x, high_hi.y, high_hi.z, high_hi.w};
     const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        uint32_t low = (u32_2aligned(ql + 4 * i) >> low_shift) & 0x0F0F0F0Fu;
-        uint32_t high = ((u32_2aligned(qh + 4 * i) >> high_shift) & 0x03030303u) << 4;
-        w.q[i] = (int)__vsubss4(low | high, 0x20202020u); /* - 32, per byte */
+        const uint32_t bits = ((low[i] >> low_shift) & 0x0F0F0F0Fu) | (((high[i] >> high_shift) & 0x03030303u) << 4);
+        w.q[i] = (int)__vsubss4(bits, 0x20202020u); /* - 32, per byte */
     }
-    const int8_t *scales = reinterpret_cast<const int8_t *>(b + 192);
+    const char2 scales = *reinterpret_cast<const char2 *>(b + 192 + 2 * sub);
     const float d = half_at(b + 208);
-    w.scale[0] = d * scales[2 * sub];
-    w.scale[1] = d * scales[2 * sub + 1];
+    w.scale[0] = d * scales.x;
+    w.scale[1] = d * scales.y;
 }
 
 template <int TYPE> __device__ __forceinline__ float subblock_dot(const packed_subblock<TYPE> &w, const int *x, float2 xd) {
@@ -122,22 +124,26 @@ template <int TYPE> __device__ __forceinline__ float subblock_dot(const packed_s
     }
 }
 
-/* Rows row0..row0+R-1 of one matrix for up to NT tokens, by one warp. */
-template <int TYPE, int NT, int R>
+/* Blocks per lane per pass of mmvq_rows, all loaded before any is used: more bytes in flight per
+ * warp, where registers allow (small R x NT only; 4 at one row and one token measured slower: 4096 x
+ * 4096 q4_k 8.2 -> 10.3 us, 7B decode 318 -> 286 tokens/s on the H200). In the several-matrix kernel
+ * (PARTS) q5_k and q6_k take one: two of q5_k (its fifth bits) or q6_k (64 bytes a block) took that
+ * kernel from 54-56 to 64 registers, the q4_k layers' launches too. */
+template <int TYPE, int NT, int R, bool PARTS> __host__ __device__ constexpr int mmvq_unroll() {
+    return R * NT > 4 || TYPE == Q5_K || (TYPE == Q6_K && PARTS) ? 1 : 2;
+}
+
+/* Rows row0..row0+R-1 of one matrix for up to NT tokens, by one warp, U blocks a lane per pass. */
+template <int TYPE, int NT, int R, int U>
 __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, int64_t cols, int64_t row0, const int8_t *xq,
                                           const half2 *xds, int n_tokens, float *y) {
     const int lane = threadIdx.x % 32, sub = lane % 8;
-    const int64_t blocks = cols / 256, row_bytes = blocks * traits<TYPE>::bytes;
+    const int64_t blocks = cols / 256, row_bytes = blocks * traits<TYPE>::stride;
     float acc[R][NT];
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[r][t] = 0;
-    /* U blocks per lane per pass, all loaded before any is used: more bytes in flight per warp
-     * (small R x NT only, where registers allow; 4 at one row and one token measured slower:
-     * 4096 x 4096 q4_k 8.2 -> 10.3 us, 7B decode 318 -> 286 tokens/s on the H200); q5_k: one (its
-     * fifth bits in flight took the parts kernel from 56 to 64 registers, the q4_k/q6_k layers' too) */
-    constexpr int U = R * NT <= 4 && TYPE != Q5_K ? 2 : 1;
     for (int64_t first = lane / 8; first < blocks; first += 4 * U) {
         packed_subblock<TYPE> w[U][R];
 #pragma unroll
@@ -145,7 +151,7 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
 #pragma unroll
             for (int r = 0; r < R; r++)
                 if (first + 4 * u < blocks && row0 + r < rows)
-                    load_subblock<TYPE>(weights + (row0 + r) * row_bytes + (first + 4 * u) * traits<TYPE>::bytes, sub, w[u][r]);
+                    load_subblock<TYPE>(weights + (row0 + r) * row_bytes + (first + 4 * u) * traits<TYPE>::stride, sub, w[u][r]);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t block = first + 4 * u;
@@ -178,7 +184,7 @@ __global__ void __launch_bounds__(128) mmvq_kernel(const uint8_t *weights, int64
                                                    const half2 *xds, int n_tokens, float *y) {
     const int64_t row0 = ((int64_t)blockIdx.x * 4 + threadIdx.x / 32) * R;
     tm_grid_dependency();
-    if (row0 < rows) mmvq_rows<TYPE, NT, R>(weights, rows, cols, row0, xq, xds, n_tokens, y);
+    if (row0 < rows) mmvq_rows<TYPE, NT, R, mmvq_unroll<TYPE, NT, R, false>()>(weights, rows, cols, row0, xq, xds, n_tokens, y);
 }
 
 /* Several matrices with the same input in one launch (Q/K/V, gate/up): the warps run over the
@@ -223,9 +229,9 @@ __global__ void __launch_bounds__(128) mmvq_parts_kernel(mmvq_parts parts, int64
     const bool found = find_part(parts, &row0, &part);
     tm_grid_dependency();
     if (!found) return;
-    if (part.type == Q4_K) mmvq_rows<Q4_K, NT, R>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
-    else if (part.type == Q5_K) mmvq_rows<Q5_K, NT, R>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
-    else mmvq_rows<Q6_K, NT, R>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
+    if (part.type == Q4_K) mmvq_rows<Q4_K, NT, R, mmvq_unroll<Q4_K, NT, R, true>()>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
+    else if (part.type == Q5_K) mmvq_rows<Q5_K, NT, R, mmvq_unroll<Q5_K, NT, R, true>()>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
+    else mmvq_rows<Q6_K, NT, R, mmvq_unroll<Q6_K, NT, R, true>()>(part.weights, part.rows, cols, row0, xq, xds, n_tokens, part.y);
 }
 
 template <int TYPE, int NT, int R>
@@ -415,8 +421,9 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
     }
 }
 
-/* The same for a q6_k block (210 bytes, 2-byte aligned): per sub-block two m16n8k16, one per
- * 16-element scale; thread t feeds elements 4t..4t+3 of each half. */
+/* The same for a q6_k block (224 bytes in device memory, 16-byte aligned): per sub-block two
+ * m16n8k16, one per 16-element scale; thread t feeds elements 4t..4t+3 of each half (4-byte
+ * loads of its quants and high bits, one 16-byte load of a row's 16 scales). */
 template <int NG>
 __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                               float (&acc)[NG][4]) {
@@ -428,13 +435,17 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
         for (int H = 0; H < 2; H++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                low[r][H][0][h] = u32_2aligned(rows[r] + 64 * H + 16 * h + 4 * t);
-                low[r][H][1][h] = u32_2aligned(rows[r] + 64 * H + 32 + 16 * h + 4 * t);
-                high[r][H][h] = u32_2aligned(rows[r] + 128 + 32 * H + 16 * h + 4 * t);
+                low[r][H][0][h] = *reinterpret_cast<const uint32_t *>(rows[r] + 64 * H + 16 * h + 4 * t);
+                low[r][H][1][h] = *reinterpret_cast<const uint32_t *>(rows[r] + 64 * H + 32 + 16 * h + 4 * t);
+                high[r][H][h] = *reinterpret_cast<const uint32_t *>(rows[r] + 128 + 32 * H + 16 * h + 4 * t);
             }
     float d[2];
+    uint4 scale_bytes[2];
 #pragma unroll
-    for (int r = 0; r < 2; r++) d[r] = __half2float(*reinterpret_cast<const __half *>(rows[r] + 208));
+    for (int r = 0; r < 2; r++) {
+        d[r] = __half2float(*reinterpret_cast<const __half *>(rows[r] + 208));
+        scale_bytes[r] = *reinterpret_cast<const uint4 *>(rows[r] + 192);
+    }
     uint32_t x[NG][8][2];
     uint4 xs[NG][2][2];
 #pragma unroll
@@ -457,7 +468,8 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
                 const uint32_t lo = (low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu;
                 const uint32_t hi = ((high[r][H][h] >> high_shift) & 0x03030303u) << 4;
                 a[h][r] = (int)__vsubss4(lo | hi, 0x20202020u);
-                scale[h][r] = d[r] * (float)reinterpret_cast<const int8_t *>(rows[r] + 192)[2 * s + h];
+                const uint32_t word = (&scale_bytes[r].x)[s / 2]; /* scale 2s + h is byte 2(s % 2) + h of word s / 2 */
+                scale[h][r] = d[r] * (float)(int8_t)(word >> (8 * (2 * (s % 2) + h)));
             }
 #pragma unroll
         for (int G = 0; G < NG; G++) {
@@ -478,8 +490,8 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 /* One block per 16-row tile of one part (parts as mmvq_parts; each part's rows a multiple of 16):
  * warp w takes the tile's 256-column blocks w, w + MMQ_WARPS, ...; warp 0 adds them and stores.
  * q4_k and q5_k blocks come through the warp's shared-memory stages (unless `staging` is 0, a
- * measuring aid), q6_k blocks (210 bytes: only 2-byte aligned, below cp.async's 4) straight from
- * global memory. Dynamic shared memory: MMQ_SHARED_BYTES. */
+ * measuring aid), q6_k blocks straight from global memory (its 224-byte device blocks would need
+ * stages a quarter larger than q5_k's). Dynamic shared memory: MMQ_SHARED_BYTES. */
 template <int NG>
 __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
                                                              int n_tokens, int staging) {
@@ -493,7 +505,7 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
     float *y = part.y;
     const int64_t rows = part.rows;
     const int type = part.type;
-    const int block_bytes = type == Q4_K ? traits<Q4_K>::bytes : type == Q5_K ? traits<Q5_K>::bytes : traits<Q6_K>::bytes;
+    const int block_bytes = type == Q4_K ? traits<Q4_K>::stride : type == Q5_K ? traits<Q5_K>::stride : traits<Q6_K>::stride;
     const int64_t row_bytes = cols / 256 * block_bytes;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     float acc[NG][4];
@@ -537,10 +549,10 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
         for (int64_t block = warp; block < blocks; block += MMQ_WARPS) {
             const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             if (type == Q4_K)
-                mmq_block_q4k_q5k<Q4_K, NG>(row_g + block * traits<Q4_K>::bytes, row_g8 + block * traits<Q4_K>::bytes, in, t, acc);
+                mmq_block_q4k_q5k<Q4_K, NG>(row_g + block * traits<Q4_K>::stride, row_g8 + block * traits<Q4_K>::stride, in, t, acc);
             else if (type == Q5_K)
-                mmq_block_q4k_q5k<Q5_K, NG>(row_g + block * traits<Q5_K>::bytes, row_g8 + block * traits<Q5_K>::bytes, in, t, acc);
-            else mmq_block_q6k<NG>(row_g + block * traits<Q6_K>::bytes, row_g8 + block * traits<Q6_K>::bytes, in, t, acc);
+                mmq_block_q4k_q5k<Q5_K, NG>(row_g + block * traits<Q5_K>::stride, row_g8 + block * traits<Q5_K>::stride, in, t, acc);
+            else mmq_block_q6k<NG>(row_g + block * traits<Q6_K>::stride, row_g8 + block * traits<Q6_K>::stride, in, t, acc);
         }
     }
     __syncthreads(); /* the stages are free: the partial sums reuse them */

@@ -13,6 +13,14 @@
 extern "C" {
 #endif
 
+/* Weights in device memory (weights.cu): GGUF's block layout row after row, q6_k blocks padded from
+ * 210 to 224 bytes (16-byte aligned). Every launcher below takes weights in this layout.
+ * tm_cuda_weight_row_bytes: bytes of one row of `cols` elements in it (0: not whole blocks or an
+ * unknown type); tm_cuda_upload_weight: rows x cols GGUF-layout weights from host memory into it
+ * at `device` (tm_cuda_weight_row_bytes * rows bytes), returning when the copy is done. */
+uint64_t tm_cuda_weight_row_bytes(int type, int64_t cols);
+int tm_cuda_upload_weight(int type, void *device, const void *host, int64_t rows, int64_t cols, void *stream);
+
 /* y[r] = dot(W[r, :], x) for rows of `cols` elements of ggml type `type` (float activations,
  * float32 accumulation). Types: f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k. */
 int tm_cuda_gemv(int type, const void *weights, int64_t rows, int64_t cols, const float *x, float *y, void *stream);

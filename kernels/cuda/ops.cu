@@ -11,10 +11,10 @@
 /* One block per token row: out[t] = dequantized row tokens[t] of the table. */
 template <int TYPE>
 __global__ void embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, float *out) {
-    const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::bytes;
+    const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::stride;
     const uint8_t *row = table + (int64_t)tokens[blockIdx.x] * row_bytes;
     for (int i = threadIdx.x; i < n_embd; i += blockDim.x)
-        out[(int64_t)blockIdx.x * n_embd + i] = decode<TYPE>(row + (i / traits<TYPE>::block) * traits<TYPE>::bytes, i % traits<TYPE>::block);
+        out[(int64_t)blockIdx.x * n_embd + i] = decode<TYPE>(row + (i / traits<TYPE>::block) * traits<TYPE>::stride, i % traits<TYPE>::block);
 }
 
 template <int TYPE>

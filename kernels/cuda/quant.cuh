@@ -1,7 +1,10 @@
 /*
  * quant.cuh - device-side decoding of one element of a block of every weight type, in the
  * GGUF layouts of engine/quant.h (kept in step with it; the parity tests compare against the
- * CPU's dequantization). traits<TYPE>: elements and bytes per block. Also the one q8_1 quantizer
+ * CPU's dequantization). traits<TYPE>: elements per block, bytes per block in GGUF, and `stride`,
+ * the bytes a block takes in device memory: the same, except q6_k's 210-byte blocks, which
+ * tm_cuda_upload_weight (weights.cu) pads to 224 so that every block and each of its fields is
+ * 16-byte aligned. Every kernel addresses device weights by stride. Also the one q8_1 quantizer
  * of activations every kernel that writes the fast products' input shares.
  */
 #ifndef TM_CUDA_QUANT_CUH
@@ -31,17 +34,17 @@ __device__ __forceinline__ void k_scale_min(int j, const uint8_t *s, int *scale,
 }
 
 template <int TYPE> struct traits;
-template <> struct traits<F32> { static constexpr int block = 1, bytes = 4; };
-template <> struct traits<F16> { static constexpr int block = 1, bytes = 2; };
-template <> struct traits<BF16> { static constexpr int block = 1, bytes = 2; };
-template <> struct traits<Q4_0> { static constexpr int block = 32, bytes = 18; };
-template <> struct traits<Q4_1> { static constexpr int block = 32, bytes = 20; };
-template <> struct traits<Q5_0> { static constexpr int block = 32, bytes = 22; };
-template <> struct traits<Q5_1> { static constexpr int block = 32, bytes = 24; };
-template <> struct traits<Q8_0> { static constexpr int block = 32, bytes = 34; };
-template <> struct traits<Q4_K> { static constexpr int block = 256, bytes = 144; };
-template <> struct traits<Q5_K> { static constexpr int block = 256, bytes = 176; };
-template <> struct traits<Q6_K> { static constexpr int block = 256, bytes = 210; };
+template <> struct traits<F32> { static constexpr int block = 1, bytes = 4, stride = 4; };
+template <> struct traits<F16> { static constexpr int block = 1, bytes = 2, stride = 2; };
+template <> struct traits<BF16> { static constexpr int block = 1, bytes = 2, stride = 2; };
+template <> struct traits<Q4_0> { static constexpr int block = 32, bytes = 18, stride = 18; };
+template <> struct traits<Q4_1> { static constexpr int block = 32, bytes = 20, stride = 20; };
+template <> struct traits<Q5_0> { static constexpr int block = 32, bytes = 22, stride = 22; };
+template <> struct traits<Q5_1> { static constexpr int block = 32, bytes = 24, stride = 24; };
+template <> struct traits<Q8_0> { static constexpr int block = 32, bytes = 34, stride = 34; };
+template <> struct traits<Q4_K> { static constexpr int block = 256, bytes = 144, stride = 144; };
+template <> struct traits<Q5_K> { static constexpr int block = 256, bytes = 176, stride = 176; };
+template <> struct traits<Q6_K> { static constexpr int block = 256, bytes = 210, stride = 224; };
 
 /* Element j of block b. */
 template <int TYPE> __device__ __forceinline__ float decode(const uint8_t *b, int j);

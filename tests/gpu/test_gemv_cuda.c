@@ -23,6 +23,7 @@
 #include <cublas_v2.h>
 
 #include "check.h"
+#include "device_weights.h"
 #include "kernels.h"
 #include "random_blocks.h"
 
@@ -62,12 +63,11 @@ int main(void) {
                 traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
                 for (int64_t i = 0; i < cols; i++) w_rows[r * cols + i] = w_row[i];
             }
-            void *d_w, *d_x, *d_y, *d_workspace;
+            void *d_w = weights_to_device(types[k], w, rows, cols), *d_x, *d_y, *d_workspace;
             uint64_t workspace_bytes = tm_cuda_gemm_min_workspace(cols, max_tokens);
-            CHECK(cudaMalloc(&d_w, row_bytes * (uint64_t)rows) == cudaSuccess && cudaMalloc(&d_x, (size_t)cols * max_tokens * 4) == cudaSuccess &&
+            CHECK(d_w && cudaMalloc(&d_x, (size_t)cols * max_tokens * 4) == cudaSuccess &&
                       cudaMalloc(&d_y, (size_t)rows * max_tokens * 4) == cudaSuccess && cudaMalloc(&d_workspace, workspace_bytes) == cudaSuccess,
-                  "cudaMalloc");
-            cudaMemcpy(d_w, w, row_bytes * (uint64_t)rows, cudaMemcpyHostToDevice);
+                  "upload, cudaMalloc");
             cudaMemcpy(d_x, x, (size_t)cols * max_tokens * 4, cudaMemcpyHostToDevice);
             const int token_counts[] = {1, 2, 5, 16, max_tokens};
             for (int c = 0; c < 5; c++) {
@@ -133,6 +133,28 @@ int main(void) {
             cudaFree(d_w), cudaFree(d_x), cudaFree(d_y), cudaFree(d_workspace);
             free(w), free(x), free(y), free(w_row), free(w_rows);
         }
+    /* the device layout: q6_k blocks padded from 210 to 224 bytes, zeros after each block's bytes,
+     * across more blocks than one upload chunk; the other types copied as they are */
+    CHECK(tm_cuda_weight_row_bytes(TM_TYPE_Q6_K, 4096) == 16 * 224 && tm_cuda_weight_row_bytes(TM_TYPE_Q4_K, 4096) == 16 * 144 &&
+              tm_cuda_weight_row_bytes(TM_TYPE_F16, 4096) == 8192 && tm_cuda_weight_row_bytes(TM_TYPE_Q6_K, 300) == 0,
+          "device row bytes");
+    {
+        const int64_t rows = 520, cols = 65536, blocks = rows * cols / 256; /* 133120 blocks: two upload chunks */
+        uint8_t *host = malloc((size_t)blocks * 210), *back = malloc((size_t)blocks * 224);
+        test_random_blocks(&rng, TM_TYPE_Q6_K, host, rows * cols);
+        void *d_layout = weights_to_device(TM_TYPE_Q6_K, host, rows, cols);
+        CHECK(d_layout != NULL, "q6_k upload");
+        cudaMemcpy(back, d_layout, (size_t)blocks * 224, cudaMemcpyDeviceToHost);
+        int64_t moved = 0, unpadded = 0;
+        for (int64_t b = 0; b < blocks; b++) {
+            moved += memcmp(back + b * 224, host + b * 210, 210) != 0;
+            for (int i = 210; i < 224; i++) unpadded += back[b * 224 + i] != 0;
+        }
+        CHECK(moved == 0 && unpadded == 0, "q6_k device layout: %lld blocks differ, %lld padding bytes not zero", (long long)moved,
+              (long long)unpadded);
+        cudaFree(d_layout);
+        free(host), free(back);
+    }
     CHECK(tm_cuda_gemv(TM_TYPE_Q4_K, NULL, 1, 100, NULL, NULL, NULL) != 0, "a row that is not whole blocks is refused");
     CHECK(tm_cuda_gemv_batched(TM_TYPE_Q4_K, NULL, 1, 256, NULL, 17, NULL, NULL) != 0, "more than 16 tokens are refused");
     /* several q8 products in one launch (Q/K/V shapes; q4_k, q5_k and q6_k mixed, or q4_k alone) equal the
@@ -154,9 +176,8 @@ int main(void) {
             tm_type_row_bytes(part_types[p], (uint64_t)cols, &row_bytes);
             uint8_t *w = malloc(row_bytes * part_rows[p]);
             test_random_blocks(&rng, part_types[p], w, part_rows[p] * cols);
-            void *d_w;
-            cudaMalloc(&d_w, row_bytes * part_rows[p]);
-            cudaMemcpy(d_w, w, row_bytes * part_rows[p], cudaMemcpyHostToDevice);
+            void *d_w = weights_to_device(part_types[p], w, part_rows[p], cols);
+            CHECK(d_w != NULL, "part %d upload", p);
             free(w);
             cudaMalloc((void **)&separate[p], (size_t)part_rows[p] * n * 4), cudaMalloc((void **)&together[p], (size_t)part_rows[p] * n * 4);
             cudaMemset(together[p], 0xff, (size_t)part_rows[p] * n * 4);

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "device_weights.h"
 #include "kernels.h"
 #include "ops_cpu.h"
 #include "random_blocks.h"
@@ -55,7 +56,8 @@ static void test_embed(tm_rng_t *rng) {
         tm_type_row_bytes(types[k], n_embd, &row_bytes);
         uint8_t *table = malloc(row_bytes * vocab);
         test_random_blocks(rng, types[k], table, (int64_t)vocab * n_embd);
-        void *d_table = to_device(table, row_bytes * vocab), *d_tokens = to_device(tokens, sizeof tokens);
+        void *d_table = weights_to_device(types[k], table, vocab, n_embd), *d_tokens = to_device(tokens, sizeof tokens);
+        CHECK(d_table != NULL, "%s table upload", traits->name);
         float *d_out = to_device(NULL, (size_t)n_tokens * n_embd * sizeof(float));
         CHECK(tm_cuda_embed((int)types[k], d_table, n_embd, d_tokens, n_tokens, d_out, NULL) == 0, "%s embed", traits->name);
         from_device(got, d_out, (size_t)n_tokens * n_embd * sizeof(float));
