@@ -69,7 +69,7 @@
 #define CUBLAS_WORKSPACE_BYTES (32ull << 20) /* fixed, so cuBLAS calls can be captured in graphs */
 #define KEYS_PER_SPLIT_AT_LONGEST 256 /* decode attention: splits for the longest context, one per this many keys */
 #define MAX_SPLITS 32
-#define SPLIT_KEYS_FLOOR 64           /* decode attention: a split takes at least this many keys (2 warps' chunks) */
+#define SPLIT_KEYS_FLOOR 128          /* decode attention: a split takes at least this many keys (a chunk for each of its 4 warps) */
 
 typedef struct device_weight {
     const void *data; /* in the weight arena */

@@ -115,6 +115,9 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
             const uint4 *key = reinterpret_cast<const uint4 *>(kv_address32(a, table, p, kv_head, false));
             value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
 #pragma unroll
+            for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128) /* the value, into L2 while the key is scored */
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
+#pragma unroll
             for (int c = 0; c < shape::vecs; c++) {
                 float x[EPV];
                 unpack_piece<HALF>(__ldg(key + c), x);
