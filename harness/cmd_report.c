@@ -67,11 +67,18 @@ static void hardware_block(FILE *md, sqlite3 *db, int64_t run) {
     sqlite3_finalize(s);
 }
 
-/* Section 1: throughput cases; writes the chart data when charts_dir is set (one block per prompt
- * length, whose lengths go into prompts[]). Returns rows. */
-static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, long long prompts[16],
-                              int *n_prompts) {
-    *n_prompts = 0;
+/* The chart data's blocks: one per (model, prompt length), at most CHART_LINES, each titled
+ * "MODEL, prompt N" (the legend names the model: a run of several models drew same-named lines). */
+#define CHART_LINES 16
+typedef struct chart_lines {
+    char titles[CHART_LINES][160];
+    int n;
+} chart_lines;
+
+/* Section 1: throughput cases; writes the chart data when charts_dir is set (a block per line of
+ * `lines`; cases past CHART_LINES lines stay in the table only). Returns rows. */
+static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, chart_lines *lines) {
+    lines->n = 0;
     sqlite3_stmt *s;
     const char *sql =
         "SELECT c.suite, coalesce(c.model, '-'), json_extract(c.params, '$.prompt_tokens'), json_extract(c.params, '$.batch'), "
@@ -94,6 +101,8 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
     }
     int rows = 0;
     long long last_prompt = -1;
+    char last_model[128] = "";
+    bool charted = false; /* this case's line has a block */
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
             fprintf(md, "| model | seq_len (prompt) | batch | decode tokens/s (all sequences) | step latency p50 / p90 / p99 (ms) "
@@ -111,15 +120,21 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
                 text_or(s, 2, "-"), text_or(s, 3, "-"), sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), ceiling,
                 sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
                 sqlite3_column_double(s, 8), sqlite3_column_double(s, 9));
-        if (data) { /* gnuplot data: one block per prompt length, two blank lines between blocks */
-            long long prompt = sqlite3_column_int64(s, 2);
-            if (prompt != last_prompt && *n_prompts < 16) {
-                fprintf(data, "%s# prompt_tokens=%lld\n", last_prompt >= 0 ? "\n\n" : "", prompt);
-                prompts[(*n_prompts)++] = prompt;
+        if (data) { /* gnuplot data: one block per (model, prompt length), two blank lines between blocks */
+            const long long prompt = sqlite3_column_int64(s, 2);
+            const char *model = text_or(s, 1, "-");
+            if (prompt != last_prompt || strcmp(model, last_model) != 0) {
+                charted = lines->n < CHART_LINES;
+                if (charted) {
+                    fprintf(data, "%s# %s prompt_tokens=%lld\n", lines->n ? "\n\n" : "", model, prompt);
+                    snprintf(lines->titles[lines->n++], sizeof lines->titles[0], "%s, prompt %lld", model, prompt);
+                }
                 last_prompt = prompt;
+                snprintf(last_model, sizeof last_model, "%s", model);
             }
-            fprintf(data, "%lld %.6g %.6g %.6g %.6g\n", sqlite3_column_int64(s, 3), sqlite3_column_double(s, 4),
-                    sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7));
+            if (charted)
+                fprintf(data, "%lld %.6g %.6g %.6g %.6g\n", sqlite3_column_int64(s, 3), sqlite3_column_double(s, 4),
+                        sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7));
         }
     }
     sqlite3_finalize(s);
@@ -164,29 +179,40 @@ static int memory_section(FILE *md, sqlite3 *db, int64_t run) {
     return rows;
 }
 
-/* gnuplot: decode tokens/s vs batch (a line per prompt length) and latency percentiles vs batch. */
-static bool draw_charts(const char *charts_dir, const long long *prompts, int n_prompts) {
+/* text for a gnuplot single-quoted string: single quotes dropped. */
+static const char *gnuplot_text(const char *text, char *out, size_t capacity) {
+    size_t n = 0;
+    for (; *text && n + 1 < capacity; text++)
+        if (*text != '\'') out[n++] = *text;
+    out[n] = 0;
+    return out;
+}
+
+/* gnuplot: decode tokens/s vs batch (a line per model and prompt length) and the first line's
+ * latency percentiles vs batch. Titles go into gnuplot single-quoted strings: quotes dropped. */
+static bool draw_charts(const char *charts_dir, const chart_lines *lines) {
     char script_path[4200];
     snprintf(script_path, sizeof script_path, "%s/charts.gp", charts_dir);
     FILE *script = fopen(script_path, "w");
     if (!script) return false;
     const char *formats[2][2] = {{"svg size 800,480 dynamic", "svg"}, {"png size 800,480", "png"}};
+    char title[160];
     for (int f = 0; f < 2; f++) {
         fprintf(script,
-                "set terminal %s\nset grid\nset key left top\nset xlabel 'batch (sequences)'\n"
+                "set terminal %s\nset grid\nset key left top noenhanced\nset xlabel 'batch (sequences)'\n"
                 "set output '%s/throughput_vs_batch.%s'\nset title 'Decode throughput vs batch'\n"
                 "set ylabel 'decode tokens/s (all sequences)'\nset logscale x 2\n"
                 "plot ",
                 formats[f][0], charts_dir, formats[f][1]);
-        for (int p = 0; p < n_prompts; p++)
-            fprintf(script, "%s'%s/throughput.dat' index %d using 1:2 with linespoints title 'prompt %lld'", p ? ", " : "",
-                    charts_dir, p, prompts[p]);
+        for (int p = 0; p < lines->n; p++)
+            fprintf(script, "%s'%s/throughput.dat' index %d using 1:2 with linespoints title '%s'", p ? ", " : "", charts_dir, p,
+                    gnuplot_text(lines->titles[p], title, sizeof title));
         fprintf(script,
-                "\nset output '%s/latency_percentiles.%s'\nset title 'Decode step latency, prompt %lld'\n"
+                "\nset output '%s/latency_percentiles.%s'\nset title 'Decode step latency, %s'\n"
                 "set ylabel 'ms per step'\n"
                 "plot '%s/throughput.dat' index 0 using 1:3 with linespoints title 'p50', '' index 0 using 1:4 with "
                 "linespoints title 'p90', '' index 0 using 1:5 with linespoints title 'p99'\nunset logscale x\n",
-                charts_dir, formats[f][1], prompts[0], charts_dir);
+                charts_dir, formats[f][1], gnuplot_text(lines->titles[0], title, sizeof title), charts_dir);
     }
     fclose(script);
     char command[8600];
@@ -394,10 +420,9 @@ int tm_command_report(int argc, char **argv) {
                 "reports/ROADMAP.md, not this file -->\n\n", db_path);
     hardware_block(md, db, run);
     fprintf(md, "---\n\n## 1. End-to-end throughput\n\n");
-    long long prompts[16];
-    int n_prompts;
-    int throughput_rows = throughput_section(md, db, run, charts_dir, prompts, &n_prompts);
-    bool charts = n_prompts > 0 && have_gnuplot() && draw_charts(charts_dir, prompts, n_prompts);
+    chart_lines lines;
+    int throughput_rows = throughput_section(md, db, run, charts_dir, &lines);
+    bool charts = lines.n > 0 && have_gnuplot() && draw_charts(charts_dir, &lines);
     if (charts)
         fprintf(md, "\n![decode throughput vs batch](charts/throughput_vs_batch.svg) "
                     "![decode step latency percentiles](charts/latency_percentiles.svg)\n\n"
