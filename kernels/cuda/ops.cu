@@ -4,6 +4,8 @@
  * (engine/ops_cpu.c, engine/quant.c) within the tolerance its test states: RMSNorm sums squares
  * in float64 and rope computes its angle in float64, as the CPU does.
  */
+#include <stdlib.h>
+
 #include "kernels.h"
 #include "launch.cuh"
 #include "quant.cuh"
@@ -107,14 +109,33 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x, const float *delt
 
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
 
-/* Launch the norm of n_rows rows: the register kernel up to 8192 elements a row (threads: n / 8
- * rounded up to whole warps, at least 4 warps), the looping one beyond. */
+/* Elements a thread of the register kernel: 4 up to 4096 a row (1024 threads) when it also writes
+ * q8_1, else 8. Each thread quantizes its elements one after another (two warp reductions each), so
+ * fewer a thread is faster there (H200, one call, 4096 wide with q8_1, 7B decode: 32 / 16 / 8 / 4 a
+ * thread 255 / 322 / 376 / 387 tokens/s, the norm alone 25.1 us at 32 and 6.1 at 8; x8 2000 ->
+ * 2047 at 4); without q8_1 (8B F16) 4 measured no better (x1 179.9 -> 178.9, x8 1328 -> 1319).
+ * TM_NORM_PER_THREAD=4 or 8 (a measuring aid) forces one. */
+static int norm_elements_per_thread(int n, bool quantize) {
+    static int forced = -1;
+    if (forced < 0) {
+        const char *text = getenv("TM_NORM_PER_THREAD");
+        forced = text && (atoi(text) == 4 || atoi(text) == 8) ? atoi(text) : 0;
+    }
+    return forced ? forced : quantize && n <= 4 * 1024 ? 4 : 8;
+}
+
+/* Launch the norm of n_rows rows: the register kernel up to 8192 elements a row (threads: n / its
+ * elements a thread, rounded up to whole warps, at least 4 warps), the looping one beyond. */
 static cudaError_t launch_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps, int8_t *qs,
                                   half2 *ds, cudaStream_t stream) {
-    if (n <= 8 * 1024) {
-        unsigned threads = (unsigned)((n + 7) / 8 + 31) / 32 * 32;
+    const int per_thread = norm_elements_per_thread(n, qs != nullptr);
+    if (n <= per_thread * 1024) {
+        unsigned threads = (unsigned)((n + per_thread - 1) / per_thread + 31) / 32 * 32;
         if (threads < 128) threads = 128;
-        TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<8>, dim3(n_rows), dim3(threads), 0, stream, out, x, delta, weight, n, eps, qs, ds);
+        if (per_thread == 4)
+            TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<4>, dim3(n_rows), dim3(threads), 0, stream, out, x, delta, weight, n, eps, qs, ds);
+        else
+            TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<8>, dim3(n_rows), dim3(threads), 0, stream, out, x, delta, weight, n, eps, qs, ds);
     } else {
         TM_LAUNCH_DEPENDENT(rmsnorm_kernel, dim3(n_rows), dim3(norm_threads(n)), 0, stream, out, x, delta, weight, n, eps, qs, ds);
     }
