@@ -116,7 +116,7 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
         if (sqlite3_column_type(s, 11) != SQLITE_NULL && sqlite3_column_double(s, 11) > 0)
             snprintf(ceiling, sizeof ceiling, " (%.0f %% of %.4g)", 100 * sqlite3_column_double(s, 4) / sqlite3_column_double(s, 11),
                      sqlite3_column_double(s, 11));
-        fprintf(md, "| %s | %s | %s | %.4g ± %.0f %%%s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
+        fprintf(md, "| %s | %s | %s | %.4g ± %.1f %%%s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
                 text_or(s, 2, "-"), text_or(s, 3, "-"), sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), ceiling,
                 sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
                 sqlite3_column_double(s, 8), sqlite3_column_double(s, 9));

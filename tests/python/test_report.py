@@ -104,7 +104,7 @@ def test_report_matches_golden(tmp_path):
         end = expected.index("### 2.2")
         expected = expected[:start] + "ROOFLINE\n\n" + expected[end:]
     assert text == expected
-    assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1 % (85 % of 72) |" in text
+    assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % (85 % of 72) |" in text
 
 
 def test_report_refuses_when_nothing_complete(tmp_path):
