@@ -70,7 +70,8 @@ __global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const f
     }
 }
 
-/* The same for rows of at most 8 x 1024 elements: each thread loads its (up to) 8 elements and
+/* The same for rows of at most PER_THREAD x 1024 elements (PER_THREAD 4 or 8: launch_rmsnorm):
+ * each thread loads its (up to) PER_THREAD elements and
  * their weights once, all loads in flight together, and keeps them in registers across the
  * reduction, instead of reading the row and then the weights a second time (a 4096-wide decode row
  * measured 8 us, most of it two dependent trips to memory). Same arithmetic, same results. */
