@@ -4,7 +4,8 @@
  *
  * DESIGN
  * - Memory, by purpose (tm_backend_memory): the weight arena (every tensor, 256-byte aligned,
- *   uploaded once); the KV pool (pages) plus a device mirror of the page tables laid out
+ *   uploaded once in the device layout of kernels/cuda/weights.cu: q6_k blocks padded to 224
+ *   bytes); the KV pool (pages) plus a device mirror of the page tables laid out
  *   [sequence][layer][max_pages]; activations (one allocation carved into the per-token buffers,
  *   sized for the largest batch seen) plus the step's inputs; workspace (GEMM tiles, decode
  *   attention partials, sampling). A failed allocation is TM_ERR_NO_MEMORY naming the purpose,

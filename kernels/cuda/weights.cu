@@ -3,7 +3,7 @@
  * Every type keeps its GGUF block layout, row after row; q6_k's 210-byte blocks are padded to 224
  * bytes (traits<Q6_K>::stride in quant.cuh), so every block, its quants (byte 0), high bits (128),
  * scales (192) and scale d (208) sit at 16-byte-aligned addresses and the decode products read
- * them with 16-byte loads and cp.async (in GGUF's packing a q6_k block is only 2-byte aligned: the
+ * them with aligned 16-, 8- and 4-byte loads (in GGUF's packing a q6_k block is only 2-byte aligned: the
  * one-token product then needed sixteen 2-byte loads where q4_k uses one 16-byte load). The cost:
  * 14 bytes a block, 6.7 % more bytes for the q6_k tensors (a quarter of a Q4_K_M model).
  * Guarantee: tm_cuda_upload_weight writes exactly tm_cuda_weight_row_bytes(type, cols) * rows
