@@ -105,7 +105,7 @@ typedef struct cuda_backend {
     /* activations, for `capacity` tokens */
     int capacity;
     void *activation_block;
-    float *x, *xb, *q, *k, *v, *att, *delta, *gate, *up, *logits, *xo;
+    float *x, *x_next, *xb, *q, *k, *v, *att, *delta, *gate, *up, *logits, *xo; /* residual stream: x, x_next in turn */
     void *host_staging, *device_staging;
     step_inputs host_in, device_in;
     /* workspace */
@@ -226,6 +226,11 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
     return TM_OK;
 }
 
+static void swap_buffers(float **a, float **b) {
+    float *t = *a;
+    *a = *b, *b = t;
+}
+
 /* Per-token buffers for n_tokens: grown (never shrunk) to the largest batch seen. */
 static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *error) {
     if (n_tokens <= b->capacity) return TM_OK;
@@ -233,9 +238,9 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     free_activations(b);
     const uint64_t T = (uint64_t)n_tokens, q_dim = (uint64_t)c->n_head * c->head_dim,
                    kv_dim = (uint64_t)c->n_head_kv * c->head_dim;
-    /* x xb delta xo: n_embd; q att: q_dim; k v: kv_dim; gate up: n_ff; logits: n_vocab */
-    const uint64_t widths[] = {c->n_embd, c->n_embd, q_dim, kv_dim, kv_dim, q_dim, c->n_embd, c->n_ff, c->n_ff, c->n_vocab, c->n_embd};
-    float **buffers[] = {&b->x, &b->xb, &b->q, &b->k, &b->v, &b->att, &b->delta, &b->gate, &b->up, &b->logits, &b->xo};
+    /* x x_next xb delta xo: n_embd; q att: q_dim; k v: kv_dim; gate up: n_ff; logits: n_vocab */
+    const uint64_t widths[] = {c->n_embd, c->n_embd, c->n_embd, q_dim, kv_dim, kv_dim, q_dim, c->n_embd, c->n_ff, c->n_ff, c->n_vocab, c->n_embd};
+    float **buffers[] = {&b->x, &b->x_next, &b->xb, &b->q, &b->k, &b->v, &b->att, &b->delta, &b->gate, &b->up, &b->logits, &b->xo};
     uint64_t total = 0;
     for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++) total += aligned(T * widths[i] * sizeof(float));
     tm_status s;
@@ -388,6 +393,9 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     const bool detail = tm_trace_detail(); /* ranges around the launches (host side; graphs are off with detail) */
     CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, in->tokens, T, b->x, stream));
     const float *pending_delta = NULL; /* the down product's output, added by the next norm */
+    /* The residual stream: each norm that adds a delta writes the sum to the other buffer
+     * (tm_cuda_add_rmsnorm out of place, so a few rows can be normalized by many blocks). */
+    float *residual = b->x, *residual_next = b->x_next;
     for (int l = 0; l < c->n_layer; l++) {
         const device_weight *w = &b->layers[(size_t)l * 9];
         const float *attn_norm = w[0].data, *ffn_norm = w[5].data;
@@ -398,7 +406,9 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         /* attention block */
         bool xb_q8 = takes_q8(b, &w[1], T), att_q8 = false, gate_q8 = takes_q8(b, &w[8], T);
         TM_DETAIL_BEGIN("attention norm");
-        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, pending_delta, attn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL, stream));
+        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, pending_delta, attn_norm, T, D, c->rms_norm_eps,
+                                         xb_q8 ? b->q8 : NULL, stream));
+        if (pending_delta) swap_buffers(&residual, &residual_next);
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("q/k/v");
         const device_weight *qkv[3] = {&w[1], &w[2], &w[3]};
@@ -430,7 +440,9 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         /* feed-forward block */
         TM_DETAIL_BEGIN("ffn norm");
         xb_q8 = takes_q8(b, &w[6], T);
-        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, b->delta, ffn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL, stream));
+        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, b->delta, ffn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL,
+                                         stream));
+        swap_buffers(&residual, &residual_next);
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("gate/up");
         const device_weight *gate_up[2] = {&w[6], &w[7]};
@@ -449,7 +461,8 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     }
     /* the last residual add with the final norm, then the LM head over the rows that want logits */
     TM_DETAIL_BEGIN("lm head");
-    CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, b->x, pending_delta, b->output_norm.data, T, D, c->rms_norm_eps, NULL, stream));
+    CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, pending_delta, b->output_norm.data, T, D, c->rms_norm_eps, NULL,
+                                     stream));
     if (n_out) {
         CHECK_KERNEL(tm_cuda_gather_rows(b->xb, in->logit_rows, n_out, D, b->xo, stream));
         bool xo_q8 = false;

@@ -294,7 +294,7 @@ static int launch(tm_cuda_bench *b) {
                                        (float *)buf[6], NULL, st);
     }
     case TM_BENCH_RMSNORM:
-        return tm_cuda_add_rmsnorm((float *)buf[1], (float *)buf[0], NULL, (const float *)buf[2], (int)s->rows, (int)s->cols, 1e-5f, NULL, st);
+        return tm_cuda_add_rmsnorm((float *)buf[1], NULL, (float *)buf[0], NULL, (const float *)buf[2], (int)s->rows, (int)s->cols, 1e-5f, NULL, st);
     case TM_BENCH_ROPE:
         return tm_cuda_rope((float *)buf[0], s->tokens, s->heads, s->head_dim, s->head_dim, 10000.0f, 1.0f, NULL, (const int32_t *)buf[1], st);
     }

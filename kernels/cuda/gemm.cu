@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "kernels.h"
+#include "launch.cuh"
 #include "quant.cuh"
 
 #define TILE_ROWS_MIN 128
@@ -165,8 +166,8 @@ extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t
     uint64_t tile_capacity = workspace_bytes - (uint64_t)(tile - converted);
     static uint64_t tile_cap = 0; /* TM_GEMM_TILE_MB (a measuring aid): tiles of at most that many MiB */
     if (!tile_cap) {
-        const char *text = getenv("TM_GEMM_TILE_MB");
-        tile_cap = text && atoi(text) > 0 ? (uint64_t)atoi(text) << 20 : UINT64_MAX;
+        const int megabytes = tm_env_int("TM_GEMM_TILE_MB", 0);
+        tile_cap = megabytes > 0 ? (uint64_t)megabytes << 20 : UINT64_MAX;
     }
     if (tile_capacity > tile_cap) tile_capacity = tile_cap;
     int64_t tile_rows = (int64_t)(tile_capacity / ((uint64_t)cols * 2));

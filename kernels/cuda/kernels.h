@@ -73,11 +73,14 @@ int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows,
  * positions: one per token (device); freq_factors: n_rot/2 floats (device) or NULL. */
 int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim, int n_rot, float freq_base, float freq_scale,
                  const float *freq_factors, const int32_t *positions, void *stream);
-/* The residual add fused with the next norm: x[r] += delta[r] (delta may be NULL: no add), then
- * out[r] = rmsnorm(x[r]) * weight; with q8 (n % 32 == 0) also out as q8_1 blocks (the layout of
- * tm_cuda_quantize_q8_1 over n_rows * n values, bit-identical to quantizing out separately). */
-int tm_cuda_add_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps, void *q8,
-                        void *stream);
+/* The residual add fused with the next norm: x_out[r] = x[r] + delta[r] (delta may be NULL: no add,
+ * x_out unused), then out[r] = rmsnorm(x_out[r]) * weight; with q8 (n % 32 == 0) also out as q8_1
+ * blocks (the layout of tm_cuda_quantize_q8_1 over n_rows * n values, bit-identical to quantizing
+ * out separately). n % 4 == 0. x_out may be x (in place), but a separate x_out lets one or two
+ * rows (decode) be normalized by many blocks a row (the residual stream then alternates between two
+ * buffers); out is bit-identical to tm_cuda_rmsnorm of the sum where both take the same kernel. */
+int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n, float eps,
+                        void *q8, void *stream);
 /* gate[i] = silu(gate[i]) * up[i]. */
 int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
 /* The same, also writing the result as q8_1 (n % 32 == 0), as tm_cuda_quantize_q8_1 would. */

@@ -8,12 +8,14 @@
  * converted kernel starts with tm_grid_dependency: wait for its own predecessor, then release), and
  * wait in tm_grid_wait until the previous grid has finished and its writes are visible: the block
  * scheduling and launch latency overlap the previous kernel's tail (7B decode on the H200: +2 %).
- * Prefetching the weights into L2 before the wait, and releasing before waiting, were tried and
- * measured slower; see docs/perf-notes.md.
+ * The quantized products go further: they request their first weights (into registers, or into
+ * shared memory by cp.async) before the wait, so that trip to memory overlaps the previous
+ * kernel too (7B decode x1 +1.5-3.5 %, x8 +6 %). Prefetching weights into L2 before the wait, and
+ * releasing before waiting, were tried and measured slower; see docs/perf-notes.md.
  *
  * The contract of a kernel launched this way: every thread calls tm_grid_wait() before it reads
  * anything earlier work in the stream writes, and before it writes anything earlier work reads.
- * Only reads of memory that no kernel writes (weights) could come before it. Because every such
+ * Only reads of memory that no kernel writes (weights) may come before it. Because every such
  * kernel waits for its predecessor's completion, completion stays transitive along the stream.
  * On devices before sm_90, or with TM_DEPENDENT_LAUNCH=0 in the environment, launches are plain
  * and the two device calls compile or run to nothing.
@@ -48,6 +50,10 @@ __device__ __forceinline__ void tm_grid_dependency() {
 /* Whether launches on the current device overlap their predecessor: compute capability >= 9.0 and
  * TM_DEPENDENT_LAUNCH is not "0" (read once). */
 int tm_dependent_launch_enabled(void);
+
+/* The integer in environment variable `name`, or `fallback` when it is unset, empty or not a whole
+ * number. For the measuring aids (TM_MMQ_STAGING=0 and the like); callers read it once. */
+int tm_env_int(const char *name, int fallback);
 
 /* kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where
  * tm_dependent_launch_enabled(); the launch error is returned (not printed). */

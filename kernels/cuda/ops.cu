@@ -45,26 +45,28 @@ __device__ double block_sum(double value) {
     return total;
 }
 
-/* One block per row, optionally after the residual add (x += delta, written back), optionally
- * also writing the result as q8_1 blocks (q8: qs for n_rows * n values, then the (d, d * sum)
- * pairs; a warp owns each 32-element block, as in tm_cuda_quantize_q8_1, with the same
+/* One block per row, optionally after the residual add (x_out = x + delta; x_out may be x),
+ * optionally also writing the result as q8_1 blocks (q8: qs for n_rows * n values, then the (d,
+ * d * sum) pairs; a warp owns each 32-element block, as in tm_cuda_quantize_q8_1, with the same
  * arithmetic). float64 sum of squares. */
-__global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const float *weight, int n, float eps, int8_t *q8_qs,
-                               half2 *q8_ds) {
+__global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n, float eps,
+                               int8_t *q8_qs, half2 *q8_ds) {
     tm_grid_dependency();
-    float *row = x + (int64_t)blockIdx.x * n;
+    const float *row = x + (int64_t)blockIdx.x * n;
+    float *row_out = x_out + (int64_t)blockIdx.x * n;
     const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
     double sum = 0;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         float value = row[i];
-        if (add) row[i] = value = value + add[i];
+        if (add) row_out[i] = value = value + add[i];
         sum += (double)value * value;
     }
     const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
+    const float *summed = add ? row_out : row; /* each element re-read by the thread that wrote it */
     const int lane = threadIdx.x % 32;
     for (int base = threadIdx.x - lane; base < n; base += blockDim.x) { /* whole warps stay together */
         int i = base + lane;
-        float value = i < n ? row[i] * scale * weight[i] : 0.0f;
+        float value = i < n ? summed[i] * scale * weight[i] : 0.0f;
         if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
         if (q8_qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8_qs, q8_ds); /* n % 32 == 0 */
     }
@@ -74,12 +76,15 @@ __global__ void rmsnorm_kernel(float *out, float *x, const float *delta, const f
  * each thread loads its (up to) PER_THREAD elements and
  * their weights once, all loads in flight together, and keeps them in registers across the
  * reduction, instead of reading the row and then the weights a second time (a 4096-wide decode row
- * measured 8 us, most of it two dependent trips to memory). Same arithmetic, same results. */
+ * measured 8 us, most of it two dependent trips to memory). Same arithmetic, same results. (Its
+ * PER_THREAD q8_1 blocks quantized with their warp reductions interleaved instead of one after
+ * another measured no faster: 70B decode x1 53.68 against 53.83 on the H200.) */
 template <int PER_THREAD>
-__global__ void rmsnorm_registers_kernel(float *out, float *x, const float *delta, const float *weight, int n, float eps, int8_t *q8_qs,
-                                         half2 *q8_ds) {
+__global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n, float eps,
+                                         int8_t *q8_qs, half2 *q8_ds) {
     tm_grid_dependency();
-    float *row = x + (int64_t)blockIdx.x * n;
+    const float *row = x + (int64_t)blockIdx.x * n;
+    float *row_out = x_out + (int64_t)blockIdx.x * n;
     const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
     float v[PER_THREAD], w[PER_THREAD];
 #pragma unroll
@@ -93,7 +98,7 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x, const float *delt
 #pragma unroll
     for (int k = 0; k < PER_THREAD; k++) {
         const int i = threadIdx.x + k * blockDim.x;
-        if (add && i < n) row[i] = v[k];
+        if (add && i < n) row_out[i] = v[k];
         sum += (double)v[k] * v[k];
     }
     const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
@@ -108,6 +113,44 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x, const float *delt
     }
 }
 
+/* The norm of a few rows (decode) over many SMs: block (row, slice) normalizes elements
+ * slice * 256 .. + 255 of its row, after summing the squares of the whole row itself (every block
+ * of a row reads all of it from L2: 16 KiB of x and of delta at 4096 wide). One block of 1024
+ * threads a row ran 5.2-5.6 us at 4096 wide (H200, profile), most of it one SM's latency chain
+ * (three trips, a 32-warp reduction, four q8_1 blocks a warp); here each of 16 blocks holds 8 warps,
+ * one q8_1 block each. The residual sum goes to x_out, which must not be x: another block of the
+ * row may still be reading x. float64 sum of squares. */
+#define NORM_SLICE 256
+__global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, float *x_out, const float *x, const float *delta,
+                                                                    const float *weight, int n, float eps, int8_t *q8_qs,
+                                                                    half2 *q8_ds) {
+    tm_grid_dependency();
+    const int i = blockIdx.y * NORM_SLICE + threadIdx.x; /* this thread's element */
+    const float w = i < n ? weight[i] : 0.0f;
+    const float *row = x + (int64_t)blockIdx.x * n;
+    const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
+    float mine = i < n ? row[i] : 0.0f;
+    if (add && i < n) mine += add[i];
+    double sum = 0;
+#pragma unroll 4
+    for (int j = 4 * threadIdx.x; j < n; j += 4 * NORM_SLICE) { /* n % 4 == 0 */
+        float4 a = *reinterpret_cast<const float4 *>(row + j);
+        if (add) {
+            const float4 b = *reinterpret_cast<const float4 *>(add + j);
+            a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+        }
+        sum += (double)a.x * a.x + (double)a.y * a.y + (double)a.z * a.z + (double)a.w * a.w;
+    }
+    const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
+    const int64_t element = (int64_t)blockIdx.x * n + i;
+    const float value = i < n ? mine * scale * w : 0.0f;
+    if (i < n) {
+        if (add) x_out[element] = mine;
+        out[element] = value;
+    }
+    if (q8_qs && i - threadIdx.x % 32 < n) quantize_q8_1_warp(value, element, threadIdx.x % 32, q8_qs, q8_ds); /* n % 32 == 0 */
+}
+
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
 
 /* Elements a thread of the register kernel: 4 up to 4096 a row (1024 threads) when it also writes
@@ -119,42 +162,62 @@ static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 
 static int norm_elements_per_thread(int n, bool quantize) {
     static int forced = -1;
     if (forced < 0) {
-        const char *text = getenv("TM_NORM_PER_THREAD");
-        forced = text && (atoi(text) == 4 || atoi(text) == 8) ? atoi(text) : 0;
+        forced = tm_env_int("TM_NORM_PER_THREAD", 0);
+        if (forced != 4 && forced != 8) forced = 0;
     }
     return forced ? forced : quantize && n <= 4 * 1024 ? 4 : 8;
 }
 
-/* Launch the norm of n_rows rows: the register kernel up to 8192 elements a row (threads: n / its
- * elements a thread, rounded up to whole warps, at least 4 warps), the looping one beyond. */
-static cudaError_t launch_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps, int8_t *qs,
-                                  half2 *ds, cudaStream_t stream) {
+/* Rows up to which the sliced kernel takes out-of-place norms (TM_NORM_SLICED_ROWS, a measuring
+ * aid: 0 never). H200, 7B decode, tokens/s with it against without: one row 412.8 / 390.8, four
+ * 1116 / 1121, eight 2143-2156 / 2166-2174 (from four rows on, a block of 1024 threads a row
+ * already keeps enough SMs busy); two rows not measured, taken with one. */
+static int norm_sliced_rows(void) {
+    static int value = -1;
+    if (value < 0) value = tm_env_int("TM_NORM_SLICED_ROWS", 2);
+    return value;
+}
+
+/* Launch the norm of n_rows rows: out of place (x_out != x, or no delta) for a few rows, the sliced
+ * kernel; else the register kernel up to 8192 elements a row (threads: n / its elements a thread,
+ * rounded up to whole warps, at least 4 warps), the looping one beyond. */
+static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
+                                  float eps, int8_t *qs, half2 *ds, cudaStream_t stream) {
+    const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
+    if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
+        const dim3 grid((unsigned)n_rows, (unsigned)((n + NORM_SLICE - 1) / NORM_SLICE));
+        TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, qs, ds);
+        return cudaSuccess;
+    }
     const int per_thread = norm_elements_per_thread(n, qs != nullptr);
     if (n <= per_thread * 1024) {
         unsigned threads = (unsigned)((n + per_thread - 1) / per_thread + 31) / 32 * 32;
         if (threads < 128) threads = 128;
         if (per_thread == 4)
-            TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<4>, dim3(n_rows), dim3(threads), 0, stream, out, x, delta, weight, n, eps, qs, ds);
+            TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<4>, dim3(n_rows), dim3(threads), 0, stream, out, x_out, x, delta, weight, n, eps,
+                                qs, ds);
         else
-            TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<8>, dim3(n_rows), dim3(threads), 0, stream, out, x, delta, weight, n, eps, qs, ds);
+            TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<8>, dim3(n_rows), dim3(threads), 0, stream, out, x_out, x, delta, weight, n, eps,
+                                qs, ds);
     } else {
-        TM_LAUNCH_DEPENDENT(rmsnorm_kernel, dim3(n_rows), dim3(norm_threads(n)), 0, stream, out, x, delta, weight, n, eps, qs, ds);
+        TM_LAUNCH_DEPENDENT(rmsnorm_kernel, dim3(n_rows), dim3(norm_threads(n)), 0, stream, out, x_out, x, delta, weight, n, eps, qs,
+                            ds);
     }
     return cudaSuccess;
 }
 
 extern "C" int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream) {
     if (n_rows == 0) return cudaSuccess;
-    return launch_rmsnorm(out, const_cast<float *>(x), nullptr, weight, n_rows, n, eps, nullptr, nullptr, (cudaStream_t)stream);
+    return launch_rmsnorm(out, nullptr, x, nullptr, weight, n_rows, n, eps, nullptr, nullptr, (cudaStream_t)stream);
 }
 
-extern "C" int tm_cuda_add_rmsnorm(float *out, float *x, const float *delta, const float *weight, int n_rows, int n, float eps,
-                                   void *q8, void *stream) {
+extern "C" int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
+                                   float eps, void *q8, void *stream) {
     if (n_rows == 0) return cudaSuccess;
-    if (q8 && n % 32) return cudaErrorInvalidValue;
+    if ((q8 && n % 32) || n % 4 || (delta && !x_out)) return cudaErrorInvalidValue;
     int8_t *qs = (int8_t *)q8;
     half2 *ds = q8 ? (half2 *)(qs + (int64_t)n_rows * n) : nullptr;
-    return launch_rmsnorm(out, x, delta, weight, n_rows, n, eps, qs, ds, (cudaStream_t)stream);
+    return launch_rmsnorm(out, x_out, x, delta, weight, n_rows, n, eps, qs, ds, (cudaStream_t)stream);
 }
 
 /* One thread per (token, head, pair). */

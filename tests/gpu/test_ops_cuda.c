@@ -76,10 +76,12 @@ static void test_embed(tm_rng_t *rng) {
 }
 
 static void test_rmsnorm(tm_rng_t *rng) {
-    /* 576 and 4096 (SmolLM2, llama 7B) and 8192 (70B): the register kernel; 12288: the looping one */
-    const int widths[4] = {576, 4096, 8192, 12288}, rows = 5;
-    for (int w = 0; w < 4; w++) {
-        int n = widths[w];
+    /* 576 and 4096 (SmolLM2, llama 7B) and 8192 (70B); 2 rows: the sliced kernel (576: a last slice
+     * of 64 elements); 20 rows: the register kernel, or at 12288 the looping one; 100 (not a multiple
+     * of 32): the register kernel also at 2 rows */
+    const int widths[5] = {100, 576, 4096, 8192, 12288};
+    for (int c = 0; c < 10; c++) {
+        const int n = widths[c / 2], rows = c % 2 ? 20 : 2;
         float *x = malloc((size_t)rows * n * sizeof(float)), *weight = malloc((size_t)n * sizeof(float));
         float *expected = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)rows * n * sizeof(float));
         fill(rng, x, (int64_t)rows * n, 3.0f);
@@ -92,7 +94,7 @@ static void test_rmsnorm(tm_rng_t *rng) {
             tm_cpu_rmsnorm(expected, x + (int64_t)r * n, weight, n, 1e-5f);
             for (int i = 0; i < n; i++) bad += !(fabsf(got[r * n + i] - expected[i]) <= 1e-6f * fabsf(expected[i]) + 1e-7f);
         }
-        CHECK(bad == 0, "rmsnorm width %d: %d values differ", n, bad);
+        CHECK(bad == 0, "rmsnorm width %d, %d rows: %d values differ", n, rows, bad);
         cudaFree(d_x), cudaFree(d_w), cudaFree(d_out);
         free(x), free(weight), free(expected), free(got);
     }
@@ -155,35 +157,57 @@ static int differing_bytes(const void *a, const void *b, size_t n) {
     return count;
 }
 
-static void test_fused(tm_rng_t *rng) {
-    /* residual add + norm + quantize: 3 rows of 4096 */
-    const int rows = 3, n = 4096;
+/* Residual add + norm + quantize, as the decode path calls it: 2 rows out of place (the sliced
+ * kernel) and in place (the register kernel), 20 rows both ways (the register kernel). Checked
+ * against the CPU (out), bit for bit: the sum written to x_out, the q8_1 blocks against
+ * tm_cuda_quantize_q8_1 of out, and out against tm_cuda_add + tm_cuda_rmsnorm where both take the
+ * same kernel (the sliced and the register kernel add the squares in different orders). */
+static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place) {
+    const int n = 4096;
     const int64_t total = (int64_t)rows * n;
     const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes(total);
     float *x = malloc(total * 4), *delta = malloc(total * 4), *w = malloc(n * 4), *expected = malloc(total * 4), *got = malloc(total * 4),
-          *sum = malloc(total * 4), *got_x = malloc(total * 4);
+          *sum = malloc(total * 4), *got_x = malloc(total * 4), *separate = malloc(total * 4);
     uint8_t *q8_fused = malloc(q8_bytes), *q8_separate = malloc(q8_bytes);
     fill(rng, x, total, 3.0f), fill(rng, delta, total, 1.0f), fill(rng, w, n, 1.5f);
     for (int64_t i = 0; i < total; i++) sum[i] = x[i] + delta[i];
     for (int r = 0; r < rows; r++) tm_cpu_rmsnorm(expected + (int64_t)r * n, sum + (int64_t)r * n, w, n, 1e-5f);
     float *d_x = to_device(x, total * 4), *d_delta = to_device(delta, total * 4), *d_w = to_device(w, n * 4);
+    float *d_x_out = in_place ? d_x : to_device(NULL, total * 4);
     float *d_out = to_device(NULL, total * 4), *d_sum = to_device(x, total * 4), *d_out2 = to_device(NULL, total * 4);
     void *d_q8 = to_device(NULL, q8_bytes), *d_q8b = to_device(NULL, q8_bytes);
-    CHECK(tm_cuda_add_rmsnorm(d_out, d_x, d_delta, d_w, rows, n, 1e-5f, d_q8, NULL) == 0, "add_rmsnorm launch");
-    CHECK(tm_cuda_add(d_sum, d_delta, total, NULL) == 0 && tm_cuda_rmsnorm(d_out2, d_sum, d_w, rows, n, 1e-5f, NULL) == 0 &&
-              tm_cuda_quantize_q8_1(d_out2, total, d_q8b, NULL) == 0,
-          "separate launches");
+    CHECK(tm_cuda_add_rmsnorm(d_out, d_x_out, d_x, d_delta, d_w, rows, n, 1e-5f, d_q8, NULL) == 0, "add_rmsnorm launch");
+    CHECK(tm_cuda_quantize_q8_1(d_out, total, d_q8b, NULL) == 0, "quantize launch");
     from_device(got, d_out, total * 4);
-    from_device(got_x, d_x, total * 4);
+    from_device(got_x, d_x_out, total * 4);
     int bad = 0;
     for (int64_t i = 0; i < total; i++) bad += !(fabsf(got[i] - expected[i]) <= 1e-6f * fabsf(expected[i]) + 1e-7f);
-    CHECK(bad == 0, "add_rmsnorm vs CPU: %d values differ", bad);
-    CHECK(differing_bytes(got_x, sum, total * 4) == 0, "add_rmsnorm wrote x + delta back");
+    CHECK(bad == 0, "add_rmsnorm vs CPU (%d rows, %s): %d values differ", rows, in_place ? "in place" : "out of place", bad);
+    CHECK(differing_bytes(got_x, sum, total * 4) == 0, "add_rmsnorm wrote x + delta (%d rows, %s)", rows, in_place ? "in place" : "out of place");
     from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
-    float *separate = malloc(total * 4);
-    from_device(separate, d_out2, total * 4);
-    CHECK(differing_bytes(got, separate, total * 4) == 0, "add_rmsnorm output equals add + rmsnorm bit for bit");
-    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "fused q8_1 equals tm_cuda_quantize_q8_1 bit for bit");
+    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "fused q8_1 equals tm_cuda_quantize_q8_1 of the output bit for bit (%d rows)",
+          rows);
+    if (!in_place || rows > 16) {
+        CHECK(tm_cuda_add(d_sum, d_delta, total, NULL) == 0 && tm_cuda_rmsnorm(d_out2, d_sum, d_w, rows, n, 1e-5f, NULL) == 0,
+              "separate launches");
+        from_device(separate, d_out2, total * 4);
+        CHECK(differing_bytes(got, separate, total * 4) == 0, "add_rmsnorm output equals add + rmsnorm bit for bit (%d rows)", rows);
+    }
+    if (!in_place) cudaFree(d_x_out);
+    cudaFree(d_x), cudaFree(d_delta), cudaFree(d_w), cudaFree(d_out), cudaFree(d_sum), cudaFree(d_out2), cudaFree(d_q8), cudaFree(d_q8b);
+    free(x), free(delta), free(w), free(expected), free(got), free(sum), free(got_x), free(q8_fused), free(q8_separate), free(separate);
+}
+
+static void test_fused(tm_rng_t *rng) {
+    for (int c = 0; c < 4; c++) test_add_rmsnorm(rng, c < 2 ? 2 : 20, c % 2);
+    const int rows = 3, n = 4096;
+    const int64_t total = (int64_t)rows * n;
+    const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes(total);
+    float *x = malloc(total * 4), *delta = malloc(total * 4), *got = malloc(total * 4), *separate = malloc(total * 4);
+    uint8_t *q8_fused = malloc(q8_bytes), *q8_separate = malloc(q8_bytes);
+    fill(rng, x, total, 3.0f), fill(rng, delta, total, 1.0f);
+    float *d_delta = to_device(delta, total * 4);
+    void *d_q8 = to_device(NULL, q8_bytes), *d_q8b = to_device(NULL, q8_bytes);
     /* SwiGLU + quantize */
     float *d_gate = to_device(x, total * 4), *d_gate2 = to_device(x, total * 4);
     cudaMemset(d_q8, 0xff, q8_bytes), cudaMemset(d_q8b, 0xff, q8_bytes);
@@ -193,9 +217,8 @@ static void test_fused(tm_rng_t *rng) {
     from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
     CHECK(differing_bytes(got, separate, total * 4) == 0, "swiglu_q8 output equals swiglu bit for bit");
     CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "swiglu_q8 quantization equals tm_cuda_quantize_q8_1");
-    cudaFree(d_x), cudaFree(d_delta), cudaFree(d_w), cudaFree(d_out), cudaFree(d_sum), cudaFree(d_out2), cudaFree(d_q8), cudaFree(d_q8b);
-    cudaFree(d_gate), cudaFree(d_gate2);
-    free(x), free(delta), free(w), free(expected), free(got), free(sum), free(got_x), free(q8_fused), free(q8_separate), free(separate);
+    cudaFree(d_delta), cudaFree(d_q8), cudaFree(d_q8b), cudaFree(d_gate), cudaFree(d_gate2);
+    free(x), free(delta), free(got), free(q8_fused), free(q8_separate), free(separate);
 
     /* rope + KV append: 20 tokens at positions 5..24 of one stream, 4 query heads, 2 kv heads */
     for (int f32 = 0; f32 < 2; f32++) {
