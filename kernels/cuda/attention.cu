@@ -372,27 +372,46 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
 }
 
 /* One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m); with q8_qs,
- * also out as q8_1 blocks (q8_ds: their scales), a warp per 32 values (head_dim % 32 == 0). */
+ * also out as q8_1 blocks (q8_ds: their scales), a warp per 32 values (head_dim % 32 == 0).
+ * Splits are taken 32 at a time, a lane per split: each warp loads the (max, sum) pairs of 32 splits
+ * in one trip, reduces them with shuffles, and each thread then adds its dimension's 32 values
+ * with every load in flight (weights e^(m_s - m) shuffled from the split's lane). A loop over the
+ * splits one after another, each iteration's loads waiting for the last, measured 4.5-5 us at 9
+ * splits (H200, 7B decode). Empty splits (sum 0) add nothing. */
 __global__ void combine_kernel(const float *partials, float *out, int n_splits, int head_dim, int8_t *q8_qs, half2 *q8_ds) {
     tm_grid_dependency();
-    const float *first = partials + (int64_t)blockIdx.x * n_splits * (head_dim + 2);
+    const int64_t stride = head_dim + 2;
+    const float *first = partials + (int64_t)blockIdx.x * n_splits * stride;
+    const int lane = threadIdx.x % 32;
     float global_max = -INFINITY;
-    for (int s = 0; s < n_splits; s++)
-        if (first[s * (head_dim + 2) + 1] > 0) global_max = fmaxf(global_max, first[s * (head_dim + 2)]);
-    float total = 0;
-    for (int s = 0; s < n_splits; s++) {
-        const float *p = first + s * (head_dim + 2);
-        if (p[1] > 0) total += p[1] * expf(p[0] - global_max);
+    for (int s0 = 0; s0 < n_splits; s0 += 32) {
+        const int s = s0 + lane;
+        if (s < n_splits && first[s * stride + 1] > 0) global_max = fmaxf(global_max, first[s * stride]);
     }
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float sum = 0;
-        for (int s = 0; s < n_splits; s++) {
-            const float *p = first + s * (head_dim + 2);
-            if (p[1] > 0) sum += p[2 + d] * expf(p[0] - global_max);
+    for (int offset = 16; offset > 0; offset /= 2) global_max = fmaxf(global_max, __shfl_xor_sync(0xffffffffu, global_max, offset));
+    float total = 0;
+    for (int s0 = 0; s0 < n_splits; s0 += 32) {
+        const int s = s0 + lane;
+        const float sum = s < n_splits ? first[s * stride + 1] : 0.0f;
+        if (sum > 0) total += sum * expf(first[s * stride] - global_max);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    for (int base = threadIdx.x - lane; base < head_dim; base += blockDim.x) { /* whole warps: the shuffles below */
+        const int d = base + lane;
+        float value = 0;
+        for (int s0 = 0; s0 < n_splits; s0 += 32) {
+            const int s = s0 + lane, count = min(32, n_splits - s0);
+            const float sum = s < n_splits ? first[s * stride + 1] : 0.0f;
+            const float weight = sum > 0 ? expf(first[s * stride] - global_max) : 0.0f; /* split s's factor, on its lane */
+#pragma unroll 8
+            for (int j = 0; j < count; j++) {
+                const float w = __shfl_sync(0xffffffffu, weight, j);
+                if (w > 0) value += first[(s0 + j) * stride + 2 + d] * w;
+            }
         }
         const int64_t element = (int64_t)blockIdx.x * head_dim + d;
-        out[element] = sum / total;
-        if (q8_qs) quantize_q8_1_warp(sum / total, element, threadIdx.x % 32, q8_qs, q8_ds);
+        out[element] = value / total;
+        if (q8_qs) quantize_q8_1_warp(value / total, element, lane, q8_qs, q8_ds);
     }
 }
 
