@@ -164,11 +164,8 @@ extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t
     if (type == F16) return gemm_16bit(handle, CUDA_R_16F, weights, rows, cols, converted, n_tokens, y, rows);
     /* quantized: dequantize a row tile, multiply it, next tile */
     uint64_t tile_capacity = workspace_bytes - (uint64_t)(tile - converted);
-    static uint64_t tile_cap = 0; /* TM_GEMM_TILE_MB (a measuring aid): tiles of at most that many MiB */
-    if (!tile_cap) {
-        const int megabytes = tm_env_int("TM_GEMM_TILE_MB", 0);
-        tile_cap = megabytes > 0 ? (uint64_t)megabytes << 20 : UINT64_MAX;
-    }
+    static const int tile_megabytes = tm_env_int("TM_GEMM_TILE_MB", 0); /* a measuring aid: tiles of at most that many MiB */
+    const uint64_t tile_cap = tile_megabytes > 0 ? (uint64_t)tile_megabytes << 20 : UINT64_MAX;
     if (tile_capacity > tile_cap) tile_capacity = tile_cap;
     int64_t tile_rows = (int64_t)(tile_capacity / ((uint64_t)cols * 2));
     if (tile_rows < 1) return cudaErrorInvalidValue;

@@ -258,9 +258,8 @@ __global__ void __launch_bounds__(128) mmvq_parts_kernel(mmvq_parts parts, int64
  * first stages (mmq_kernel). TM_GEMV_EARLY_WEIGHTS=0, a measuring aid, waits first. H200, against
  * it: 7B decode x1 387.3 / 373.4 and 403.6 / 397.8 (two builds), x8 2168 / 2043, 70B x1 55.64 / 55.33. */
 static bool gemv_early_weights(void) {
-    static int value = -1;
-    if (value < 0) value = tm_env_int("TM_GEMV_EARLY_WEIGHTS", 1) != 0;
-    return value;
+    static const bool early = tm_env_int("TM_GEMV_EARLY_WEIGHTS", 1) != 0;
+    return early;
 }
 
 template <int TYPE, int NT, int R>
@@ -610,12 +609,8 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
 
 /* From how many tokens on the tensor-core products are used (default 2). */
 static int mmq_min_tokens(void) {
-    static int value = 0;
-    if (!value) { /* TM_MMQ_MIN_TOKENS, a measuring aid: 17 turns the tensor-core path off */
-        const int forced = tm_env_int("TM_MMQ_MIN_TOKENS", 2);
-        value = forced > 0 ? forced : 2;
-    }
-    return value;
+    static const int forced = tm_env_int("TM_MMQ_MIN_TOKENS", 2); /* a measuring aid: 17 turns the tensor-core path off */
+    return forced > 0 ? forced : 2;
 }
 
 /* The parts' rows together, or -1 when a part's rows are not a multiple of `tile`. */
@@ -649,8 +644,7 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const int8_t *qs = (const int8_t *)q8;
     const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
     const dim3 grid((unsigned)(total / MMQ_ROWS)), block(32 * MMQ_WARPS);
-    static int staging = -1; /* TM_MMQ_STAGING=0 (a measuring aid): every block straight from global memory */
-    if (staging < 0) staging = tm_env_int("TM_MMQ_STAGING", 1) != 0;
+    static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
     if (n <= 8) {
         TM_CUDA_CHECK(mmq_allow_shared<1>());
         TM_LAUNCH_DEPENDENT(mmq_kernel<1>, grid, block, MMQ_SHARED_BYTES, s, parts, cols, qs, ds, n, staging,

@@ -52,7 +52,8 @@ __device__ __forceinline__ void tm_grid_dependency() {
 int tm_dependent_launch_enabled(void);
 
 /* The integer in environment variable `name`, or `fallback` when it is unset, empty or not a whole
- * number. For the measuring aids (TM_MMQ_STAGING=0 and the like); callers read it once. */
+ * number. For the measuring aids (TM_MMQ_STAGING=0 and the like); callers read it once, into a
+ * function-local static const. */
 int tm_env_int(const char *name, int fallback);
 
 /* kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where

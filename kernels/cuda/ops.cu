@@ -160,12 +160,9 @@ static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 
  * 2047 at 4); without q8_1 (8B F16) 4 measured no better (x1 179.9 -> 178.9, x8 1328 -> 1319).
  * TM_NORM_PER_THREAD=4 or 8 (a measuring aid) forces one. */
 static int norm_elements_per_thread(int n, bool quantize) {
-    static int forced = -1;
-    if (forced < 0) {
-        forced = tm_env_int("TM_NORM_PER_THREAD", 0);
-        if (forced != 4 && forced != 8) forced = 0;
-    }
-    return forced ? forced : quantize && n <= 4 * 1024 ? 4 : 8;
+    static const int forced = tm_env_int("TM_NORM_PER_THREAD", 0);
+    if (forced == 4 || forced == 8) return forced;
+    return quantize && n <= 4 * 1024 ? 4 : 8;
 }
 
 /* Rows up to which the sliced kernel takes out-of-place norms (TM_NORM_SLICED_ROWS, a measuring
@@ -173,9 +170,8 @@ static int norm_elements_per_thread(int n, bool quantize) {
  * 1116 / 1121, eight 2143-2156 / 2166-2174 (from four rows on, a block of 1024 threads a row
  * already keeps enough SMs busy); two rows not measured, taken with one. */
 static int norm_sliced_rows(void) {
-    static int value = -1;
-    if (value < 0) value = tm_env_int("TM_NORM_SLICED_ROWS", 2);
-    return value;
+    static const int rows = tm_env_int("TM_NORM_SLICED_ROWS", 2);
+    return rows;
 }
 
 /* Launch the norm of n_rows rows: out of place (x_out != x, or no delta) for a few rows, the sliced
