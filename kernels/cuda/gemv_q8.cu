@@ -10,7 +10,8 @@
  * l / 8, l / 8 + 4, ...; the R rows' sub-blocks are decoded into registers once and dotted with
  * each token's activation sub-block, so the activations are read once per R rows and the weights
  * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernel (mmq_kernel,
- * below) takes 16-row tiles instead. Precision: the activation rounding (at most half a step of
+ * below) takes 16-row tiles instead; at one token on sm_90, products of enough bytes a block go to
+ * the streamed kernel (gemv_stream.cu) first. Precision: the activation rounding (at most half a step of
  * max|x|/127 per element of each 32-block) is the only difference from the float kernels, as on
  * the CPU's fast path.
  */
@@ -18,6 +19,7 @@
 
 #include "kernels.h"
 #include "launch.cuh"
+#include "mmvq.cuh"
 #include "quant.cuh"
 
 /* ---- activations to q8_1 --------------------------------------------------------------------- */
@@ -43,95 +45,6 @@ extern "C" int tm_cuda_quantize_q8_1(const float *x, int64_t n, void *q8, void *
 }
 
 extern "C" uint64_t tm_cuda_q8_1_bytes(int64_t n) { return (uint64_t)n + (uint64_t)n / 32 * 4; }
-
-/* ---- weights: one 32-element sub-block, decoded for dp4a ---------------------------------- */
-
-/* 16 bytes of weights, not kept in L1 (ld.global.nc.L1::no_allocate): weights are read once a
- * step, while L1 keeps the activations that every warp of the SM re-reads. H200: 70B decode x1
- * 55.74 -> 56.39 tokens/s, 7B x1 408.9 / 412.3 -> 410.0 / 413.1 (two pairs). */
-__device__ __forceinline__ uint4 load_weights16(const void *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
-/* The sub-block as eight words of four int8 values, and how a dp4a sum becomes a float:
- * q4_k, q5_k: dot = dx * scale[0] * isum - sx * scale[1] (scale[1] = dmin * min; sx = dx * sum(x));
- * q6_k: dot = dx * (scale[0] * isum(first 16) + scale[1] * isum(last 16)). */
-template <int TYPE> struct packed_subblock {
-    int q[8];
-    float scale[2];
-};
-
-template <int TYPE> __device__ __forceinline__ void load_subblock(const uint8_t *b, int sub, packed_subblock<TYPE> &w);
-
-/* q4_k and q5_k (144/176-byte blocks: 16-byte aligned): the sub-block's scale and min, its 32
- * nibbles (q5_k's start at byte 48), and q5_k's fifth bit per element from qh (byte 16: bit `sub`
- * of byte l) */
-template <int TYPE> __device__ __forceinline__ void load_subblock_q4k_q5k(const uint8_t *b, int sub, packed_subblock<TYPE> &w) {
-    int scale, min;
-    k_scale_min(sub, b + 4, &scale, &min);
-    w.scale[0] = half_at(b) * scale;
-    w.scale[1] = half_at(b + 2) * min;
-    const uint4 *qs = reinterpret_cast<const uint4 *>(b + (TYPE == Q5_K ? 48 : 16) + 32 * (sub / 2));
-    const int shift = (sub & 1) * 4;
-    uint4 lo = load_weights16(qs), hi = load_weights16(qs + 1);
-    uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-    for (int i = 0; i < 8; i++) w.q[i] = (int)((words[i] >> shift) & 0x0F0F0F0Fu);
-    if constexpr (TYPE == Q5_K) {
-        const uint4 *qh = reinterpret_cast<const uint4 *>(b + 16);
-        uint4 high_lo = load_weights16(qh), high_hi = load_weights16(qh + 1);
-        uint32_t high[8] = {high_lo.x, high_lo.y, high_lo.z, high_lo.w, high_hi.x, high_hi.y, high_hi.z, high_hi.w};
-#pragma unroll
-        for (int i = 0; i < 8; i++) w.q[i] |= (int)(((high[i] >> sub) & 0x01010101u) << 4);
-    }
-}
-template <> __device__ __forceinline__ void load_subblock<Q4_K>(const uint8_t *b, int sub, packed_subblock<Q4_K> &w) {
-    load_subblock_q4k_q5k<Q4_K>(b, sub, w);
-}
-template <> __device__ __forceinline__ void load_subblock<Q5_K>(const uint8_t *b, int sub, packed_subblock<Q5_K> &w) {
-    load_subblock_q4k_q5k<Q5_K>(b, sub, w);
-}
-
-/* q6_k (224-byte blocks in device memory: 16-byte aligned, weights.cu): the sub-block's low four
- * bits (32 bytes of ql, nibble `group >= 2`), its high two bits (32 bytes of qh, bits 2 * group)
- * and its two 16-element scales, in four 16-byte loads and one 2-byte load (GGUF's 210-byte
- * blocks allowed only 2-byte loads: sixteen instead of the four). */
-template <> __device__ __forceinline__ void load_subblock<Q6_K>(const uint8_t *b, int sub, packed_subblock<Q6_K> &w) {
-    const int half = sub / 4, group = sub % 4;
-    const uint4 *ql = reinterpret_cast<const uint4 *>(b + 64 * half + ((group & 1) ? 32 : 0));
-    const uint4 *qh = reinterpret_cast<const uint4 *>(b + 128 + 32 * half);
-    const uint4 low_lo = load_weights16(ql), low_hi = load_weights16(ql + 1), high_lo = load_weights16(qh), high_hi = load_weights16(qh + 1);
-    const uint32_t low[8] = {low_lo.x, low_lo.y, low_lo.z, low_lo.w, low_hi.x, low_hi.y, low_hi.z, low_hi.w};
-    const uint32_t high[8] = {high_lo.x, high_lo.y, high_lo.z, high_lo.w, high_hi.x, high_hi.y, high_hi.z, high_hi.w};
-    const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const uint32_t bits = ((low[i] >> low_shift) & 0x0F0F0F0Fu) | (((high[i] >> high_shift) & 0x03030303u) << 4);
-        w.q[i] = (int)__vsubss4(bits, 0x20202020u); /* - 32, per byte */
-    }
-    const char2 scales = *reinterpret_cast<const char2 *>(b + 192 + 2 * sub);
-    const float d = half_at(b + 208);
-    w.scale[0] = d * scales.x;
-    w.scale[1] = d * scales.y;
-}
-
-template <int TYPE> __device__ __forceinline__ float subblock_dot(const packed_subblock<TYPE> &w, const int *x, float2 xd) {
-    if (TYPE == Q4_K || TYPE == Q5_K) {
-        int isum = 0;
-#pragma unroll
-        for (int i = 0; i < 8; i++) isum = __dp4a(w.q[i], x[i], isum);
-        return xd.x * w.scale[0] * (float)isum - xd.y * w.scale[1];
-    } else {
-        int first = 0, second = 0;
-#pragma unroll
-        for (int i = 0; i < 4; i++) first = __dp4a(w.q[i], x[i], first);
-#pragma unroll
-        for (int i = 4; i < 8; i++) second = __dp4a(w.q[i], x[i], second);
-        return xd.x * (w.scale[0] * (float)first + w.scale[1] * (float)second);
-    }
-}
 
 /* Blocks per lane per pass of mmvq_rows, all loaded before any is used: more bytes in flight per
  * warp, where registers allow (small R x NT only; 4 at one row and one token measured slower: 4096 x
@@ -208,40 +121,6 @@ __global__ void __launch_bounds__(128) mmvq_kernel(const uint8_t *weights, int64
     if (row0 < rows) mmvq_rows<TYPE, NT, R, mmvq_unroll<TYPE, NT, R, false>()>(weights, rows, cols, row0, xq, xds, n_tokens, y, early);
 }
 
-/* Several matrices with the same input in one launch (Q/K/V, gate/up): the warps run over the
- * concatenated rows; each part's row count is a multiple of R, so a warp stays in one part. */
-struct mmvq_parts {
-    const uint8_t *weights[TM_CUDA_GEMV_MAX_PARTS];
-    float *y[TM_CUDA_GEMV_MAX_PARTS];
-    int64_t rows[TM_CUDA_GEMV_MAX_PARTS];
-    int type[TM_CUDA_GEMV_MAX_PARTS];
-    int n;
-};
-
-/* The part holding concatenated row *row (made relative to it): false past the last part. The parts
- * are walked with constant indices: indexing the kernel parameter with a runtime index made the
- * compiler copy all 88 bytes of it to the stack in every thread. */
-struct mmvq_part {
-    const uint8_t *weights;
-    float *y;
-    int64_t rows;
-    int type;
-};
-__device__ __forceinline__ bool find_part(const mmvq_parts &parts, int64_t *row, mmvq_part *part) {
-    bool found = false;
-#pragma unroll
-    for (int i = 0; i < TM_CUDA_GEMV_MAX_PARTS; i++) {
-        if (i >= parts.n || found) continue;
-        if (*row < parts.rows[i]) {
-            part->weights = parts.weights[i], part->y = parts.y[i], part->rows = parts.rows[i], part->type = parts.type[i];
-            found = true;
-        } else {
-            *row -= parts.rows[i];
-        }
-    }
-    return found;
-}
-
 template <int NT, int R>
 __global__ void __launch_bounds__(128) mmvq_parts_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
                                                          int n_tokens, bool early) {
@@ -298,6 +177,12 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
         mmvq_parts one = {};
         one.n = 1, one.weights[0] = (const uint8_t *)weights, one.y[0] = y, one.rows[0] = rows, one.type[0] = type;
         cudaError_t status = launch_mmq(one, cols, q8, n_tokens, s);
+        if (status != cudaErrorNotSupported) return status;
+    }
+    if (n_tokens == 1) {
+        mmvq_parts one = {};
+        one.n = 1, one.weights[0] = (const uint8_t *)weights, one.y[0] = y, one.rows[0] = rows, one.type[0] = type;
+        cudaError_t status = mmvq_stream(one, cols, q8, s);
         if (status != cudaErrorNotSupported) return status;
     }
     if (type == Q4_K) return mmvq<Q4_K>(weights, rows, cols, q8, n_tokens, y, s);
@@ -681,6 +566,10 @@ extern "C" int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts
     cudaStream_t s = (cudaStream_t)stream;
     if (n_tokens >= mmq_min_tokens()) {
         cudaError_t status = launch_mmq(p, cols, q8, n_tokens, s);
+        if (status != cudaErrorNotSupported) return status;
+    }
+    if (n_tokens == 1) {
+        cudaError_t status = mmvq_stream(p, cols, q8, s);
         if (status != cudaErrorNotSupported) return status;
     }
     if (n_tokens <= 1) return launch_parts<1, 1>(p, cols, q8, n_tokens, s);

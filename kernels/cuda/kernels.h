@@ -38,7 +38,10 @@ int tm_cuda_quantize_q8_1(const float *x, int64_t n, void *q8, void *stream);
 uint64_t tm_cuda_q8_1_bytes(int64_t n);
 /* The fast decode product for q4_k, q5_k and q6_k weights (tm_cuda_gemv_q8_supported): y[j][r] =
  * dot(W[r, :], x[j]) for n_tokens (1..16) rows of x given as q8_1 (tm_cuda_quantize_q8_1 of
- * n_tokens * cols floats), integer dot products with float scales per 32-element sub-block. */
+ * n_tokens * cols floats), integer dot products with float scales per 32-element sub-block. One
+ * token: dp4a, or on sm_90 for large products weights streamed through shared memory
+ * (gemv_stream.cu: the same sub-block dots; a wide row's partial sums added in another order);
+ * 2-16 tokens: int8 tensor cores. */
 int tm_cuda_gemv_q8_supported(int type);
 int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
                     void *stream);

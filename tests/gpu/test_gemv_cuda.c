@@ -15,10 +15,13 @@
  * so the measured worst (printed) sits far below.
  * Without a CUDA device it reports itself skipped (exit 77).
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cublas_v2.h>
 
@@ -35,7 +38,13 @@ int main(void) {
         printf("test_gemv_cuda: skipped: no CUDA device\n");
         return SKIPPED;
     }
-    printf("device: %s\n", device);
+    /* One-token q8 products take the streamed kernel on sm_90 (gemv_stream.cu) from TM_STREAM_MIN_KB
+     * KiB of weights a block; 0 here sends every test shape through it. Then the whole test runs
+     * again in a child process with TM_GEMV_STREAM=0, for the dp4a kernel the other devices (and
+     * small products) use. */
+    const bool child = getenv("TM_TEST_GEMV_CHILD") != NULL;
+    if (!child) setenv("TM_STREAM_MIN_KB", "0", 0);
+    printf("device: %s%s\n", device, child ? " (again, one-token products on dp4a)" : "");
     const tm_type types[] = {TM_TYPE_F32, TM_TYPE_F16, TM_TYPE_BF16, TM_TYPE_Q4_0, TM_TYPE_Q4_1, TM_TYPE_Q5_0,
                              TM_TYPE_Q5_1, TM_TYPE_Q8_0, TM_TYPE_Q4_K, TM_TYPE_Q5_K, TM_TYPE_Q6_K};
     /* 272 x 2816: whole 16-row tiles and an odd number of 256-column blocks, so 2..16 tokens of
@@ -133,6 +142,51 @@ int main(void) {
             cudaFree(d_w), cudaFree(d_x), cudaFree(d_y), cudaFree(d_workspace);
             free(w), free(x), free(y), free(w_row), free(w_rows);
         }
+    /* Shapes for the streamed one-token product (gemv_stream.cu, sm_90): 80000 x 256 gives each of
+     * the ~264 blocks ~300 rows, more 32-row tiles than the ring's 8 stages, so stages are refilled;
+     * 600 x 28672 has rows of 15.75-24.5 KiB, two or one a stage (the stage target halved until two
+     * fit beside 32 KiB of activations), each row's 112 blocks split over the eight warps and added
+     * by the producer. Same 1e-2 bound. */
+    {
+        const tm_type stream_types[] = {TM_TYPE_Q4_K, TM_TYPE_Q5_K, TM_TYPE_Q6_K};
+        const int64_t stream_shapes[][2] = {{80000, 256}, {600, 28672}};
+        for (int k = 0; k < 3; k++)
+            for (int s = 0; s < 2; s++) {
+                const int64_t rows = stream_shapes[s][0], cols = stream_shapes[s][1];
+                uint64_t row_bytes;
+                tm_type_row_bytes(stream_types[k], (uint64_t)cols, &row_bytes);
+                uint8_t *w = malloc(row_bytes * (uint64_t)rows);
+                float *x = malloc((size_t)cols * sizeof *x), *y = malloc((size_t)rows * sizeof *y), *w_row = malloc((size_t)cols * sizeof *w_row);
+                test_random_blocks(&rng, stream_types[k], w, rows * cols);
+                for (int64_t i = 0; i < cols; i++) x[i] = 2.0f * tm_rng_uniform(&rng) - 1.0f;
+                void *d_w = weights_to_device(stream_types[k], w, rows, cols), *d_x, *d_y, *d_q8;
+                CHECK(d_w && cudaMalloc(&d_x, (size_t)cols * 4) == cudaSuccess && cudaMalloc(&d_y, (size_t)rows * 4) == cudaSuccess &&
+                          cudaMalloc(&d_q8, tm_cuda_q8_1_bytes(cols)) == cudaSuccess,
+                      "upload, cudaMalloc");
+                cudaMemcpy(d_x, x, (size_t)cols * 4, cudaMemcpyHostToDevice);
+                cudaMemset(d_y, 0xff, (size_t)rows * 4);
+                CHECK(tm_cuda_quantize_q8_1(d_x, cols, d_q8, NULL) == 0 && tm_cuda_gemv_q8((int)stream_types[k], d_w, rows, cols, d_q8, 1, d_y, NULL) == 0,
+                      "streamed launch");
+                CHECK(cudaDeviceSynchronize() == cudaSuccess, "streamed kernel");
+                cudaMemcpy(y, d_y, (size_t)rows * 4, cudaMemcpyDeviceToHost);
+                const tm_type_traits *traits = tm_type_traits_scalar(stream_types[k]);
+                int bad = 0;
+                double worst = 0;
+                for (int64_t r = 0; r < rows; r++) {
+                    traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
+                    double sum = 0, magnitude = 0;
+                    for (int64_t i = 0; i < cols; i++) sum += (double)w_row[i] * x[i], magnitude += fabs((double)w_row[i] * x[i]);
+                    double error = fabs(y[r] - sum) / (magnitude + 1e-30);
+                    if (!(error <= 1e-2)) bad++;
+                    if (error > worst || error != error) worst = error;
+                }
+                CHECK(bad == 0, "%s %lldx%lld, 1 token (streamed): %d outputs outside 1e-2 (worst %.3g)", traits->name, (long long)rows,
+                      (long long)cols, bad, worst);
+                printf("q8 %s %lldx%lld x1: worst %.3g of sum |w x| (bound 1e-2)\n", traits->name, (long long)rows, (long long)cols, worst);
+                cudaFree(d_w), cudaFree(d_x), cudaFree(d_y), cudaFree(d_q8);
+                free(w), free(x), free(y), free(w_row);
+            }
+    }
     /* the device layout: q6_k blocks padded from 210 to 224 bytes, zeros after each block's bytes,
      * across more blocks than one upload chunk; the other types copied as they are */
     CHECK(tm_cuda_weight_row_bytes(TM_TYPE_Q6_K, 4096) == 16 * 224 && tm_cuda_weight_row_bytes(TM_TYPE_Q4_K, 4096) == 16 * 144 &&
@@ -203,5 +257,23 @@ int main(void) {
         free(x);
     }
     cublasDestroy(cublas);
-    return check_report("test_gemv_cuda");
+    if (!child) {
+        setenv("TM_GEMV_STREAM", "0", 1);
+        setenv("TM_TEST_GEMV_CHILD", "1", 1);
+        fflush(stdout);
+        char self[4096];
+        const ssize_t length = readlink("/proc/self/exe", self, sizeof self - 1);
+        int status = -1;
+        if (length > 0) {
+            self[length] = '\0';
+            const pid_t pid = fork();
+            if (pid == 0) {
+                execl(self, self, (char *)NULL);
+                _exit(127);
+            }
+            if (pid > 0 && waitpid(pid, &status, 0) != pid) status = -1;
+        }
+        CHECK(status == 0, "the run with TM_GEMV_STREAM=0 passed (wait status %d)", status);
+    }
+    return check_report(child ? "test_gemv_cuda (TM_GEMV_STREAM=0)" : "test_gemv_cuda");
 }
