@@ -15,8 +15,6 @@
  * max|x|/127 per element of each 32-block) is the only difference from the float kernels, as on
  * the CPU's fast path.
  */
-#include <stdlib.h>
-
 #include "kernels.h"
 #include "launch.cuh"
 #include "mmvq.cuh"
@@ -173,18 +171,12 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
                                void *stream) {
     if (cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || ((uintptr_t)weights % 16)) return cudaErrorInvalidValue;
     cudaStream_t s = (cudaStream_t)stream;
-    if (n_tokens >= mmq_min_tokens()) {
-        mmvq_parts one = {};
-        one.n = 1, one.weights[0] = (const uint8_t *)weights, one.y[0] = y, one.rows[0] = rows, one.type[0] = type;
-        cudaError_t status = launch_mmq(one, cols, q8, n_tokens, s);
-        if (status != cudaErrorNotSupported) return status;
-    }
-    if (n_tokens == 1) {
-        mmvq_parts one = {};
-        one.n = 1, one.weights[0] = (const uint8_t *)weights, one.y[0] = y, one.rows[0] = rows, one.type[0] = type;
-        cudaError_t status = mmvq_stream(one, cols, q8, s);
-        if (status != cudaErrorNotSupported) return status;
-    }
+    mmvq_parts one = {}; /* for the kernels that take parts */
+    one.n = 1, one.weights[0] = (const uint8_t *)weights, one.y[0] = y, one.rows[0] = rows, one.type[0] = type;
+    cudaError_t status = cudaErrorNotSupported;
+    if (n_tokens >= mmq_min_tokens()) status = launch_mmq(one, cols, q8, n_tokens, s);
+    if (status == cudaErrorNotSupported && n_tokens == 1) status = mmvq_stream(one, cols, q8, s);
+    if (status != cudaErrorNotSupported) return status;
     if (type == Q4_K) return mmvq<Q4_K>(weights, rows, cols, q8, n_tokens, y, s);
     if (type == Q5_K) return mmvq<Q5_K>(weights, rows, cols, q8, n_tokens, y, s);
     if (type == Q6_K) return mmvq<Q6_K>(weights, rows, cols, q8, n_tokens, y, s);
@@ -419,7 +411,7 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
     float *y = part.y;
     const int64_t rows = part.rows;
     const int type = part.type;
-    const int block_bytes = type == Q4_K ? traits<Q4_K>::stride : type == Q5_K ? traits<Q5_K>::stride : traits<Q6_K>::stride;
+    const int block_bytes = k_block_stride(type);
     const int64_t row_bytes = cols / 256 * block_bytes;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     float acc[NG][4];
@@ -508,19 +500,6 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
     return total;
 }
 
-/* Lets mmq_kernel<NG> have MMQ_SHARED_BYTES of dynamic shared memory (above the default 48 KiB):
- * once per instantiation and device (a host-side attribute; allowed while a graph is being captured). */
-template <int NG> static cudaError_t mmq_allow_shared(void) {
-    static bool done[64];
-    int device = 0;
-    cudaError_t status = cudaGetDevice(&device);
-    if (status != cudaSuccess) return status;
-    if (device >= 0 && device < 64 && done[device]) return cudaSuccess;
-    status = cudaFuncSetAttribute(mmq_kernel<NG>, cudaFuncAttributeMaxDynamicSharedMemorySize, MMQ_SHARED_BYTES);
-    if (status == cudaSuccess && device >= 0 && device < 64) done[device] = true;
-    return status;
-}
-
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
  * otherwise (the caller falls back to dp4a). */
 static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
@@ -531,11 +510,11 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const dim3 grid((unsigned)(total / MMQ_ROWS)), block(32 * MMQ_WARPS);
     static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
     if (n <= 8) {
-        TM_CUDA_CHECK(mmq_allow_shared<1>());
+        TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<1>, MMQ_SHARED_BYTES));
         TM_LAUNCH_DEPENDENT(mmq_kernel<1>, grid, block, MMQ_SHARED_BYTES, s, parts, cols, qs, ds, n, staging,
                             gemv_early_weights());
     } else {
-        TM_CUDA_CHECK(mmq_allow_shared<2>());
+        TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<2>, MMQ_SHARED_BYTES));
         TM_LAUNCH_DEPENDENT(mmq_kernel<2>, grid, block, MMQ_SHARED_BYTES, s, parts, cols, qs, ds, n, staging,
                             gemv_early_weights());
     }

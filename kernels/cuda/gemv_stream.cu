@@ -258,8 +258,7 @@ static bool stream_plan_at(const mmvq_parts &parts, int64_t cols, int shared_per
     *plan = stream_plan{};
     int64_t slot = 0;
     for (int p = 0; p < parts.n; p++) {
-        const int stride = parts.type[p] == Q4_K ? traits<Q4_K>::stride : parts.type[p] == Q5_K ? traits<Q5_K>::stride : traits<Q6_K>::stride;
-        const int64_t row_bytes = cols / 256 * stride;
+        const int64_t row_bytes = cols / 256 * k_block_stride(parts.type[p]);
         int tile = STREAM_WARPS * STREAM_R;
         while (tile > 1 && tile * row_bytes > target) tile /= 2;
         plan->tile_rows[p] = tile;
@@ -295,13 +294,7 @@ cudaError_t mmvq_stream(const mmvq_parts &parts, int64_t cols, const void *q8, c
     if (shared_per_block <= 0 || sms <= 0 || !stream_plan_for(parts, cols, shared_per_block, &plan)) return cudaErrorNotSupported;
     const int64_t grid = min((int64_t)sms * STREAM_BLOCKS_PER_SM, plan.total_rows);
     if (plan.total_bytes / grid < (int64_t)min_kb * 1024) return cudaErrorNotSupported;
-    static bool allowed[STREAM_MAX_DEVICES];
-    int device = 0;
-    TM_CUDA_CHECK(cudaGetDevice(&device));
-    if (!allowed[device]) { /* a host-side attribute, allowed while a graph is being captured */
-        TM_CUDA_CHECK(cudaFuncSetAttribute(stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_per_block));
-        allowed[device] = true;
-    }
+    TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)stream_kernel, shared_per_block));
     const int8_t *xq = (const int8_t *)q8;
     const size_t shared = (size_t)plan.x_bytes + (size_t)plan.stages * plan.slot_bytes;
     TM_LAUNCH_DEPENDENT(stream_kernel, dim3((unsigned)grid), dim3(32 * (STREAM_WARPS + 1)), shared, s, parts, plan, cols, xq,

@@ -1,9 +1,12 @@
 /*
  * launch.cu - whether kernels overlap their predecessor (launch.cuh): decided once per device;
- * and tm_env_int, the one way the kernels' measuring aids read the environment.
+ * dynamic shared memory above 48 KiB, allowed once per kernel and device; and tm_env_int, the one
+ * way the kernels' measuring aids read the environment.
  */
 #include <stdlib.h>
 #include <string.h>
+
+#include <mutex>
 
 #include "launch.cuh"
 
@@ -31,6 +34,24 @@ int tm_dependent_launch_enabled(void) {
         capable[device] = major >= 9 ? 1 : -1;
     }
     return capable[device] > 0;
+}
+
+cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {
+    static struct {
+        const void *kernel;
+        int device, bytes;
+    } done[64];
+    static int n_done;
+    static std::mutex lock; /* backends on several devices may launch from several threads */
+    int device = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status != cudaSuccess) return status;
+    std::lock_guard<std::mutex> held(lock);
+    for (int i = 0; i < n_done; i++)
+        if (done[i].kernel == kernel && done[i].device == device && done[i].bytes >= bytes) return cudaSuccess;
+    status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (status == cudaSuccess && n_done < 64) done[n_done].kernel = kernel, done[n_done].device = device, done[n_done++].bytes = bytes;
+    return status;
 }
 
 int tm_env_int(const char *name, int fallback) {

@@ -56,6 +56,11 @@ int tm_dependent_launch_enabled(void);
  * function-local static const. */
 int tm_env_int(const char *name, int fallback);
 
+/* Lets `kernel` take `bytes` of dynamic shared memory (above the default 48 KiB) on the current
+ * device: the attribute is set once per kernel and device (a host-side call, allowed while a graph
+ * is being captured). */
+cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes);
+
 /* kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where
  * tm_dependent_launch_enabled(); the launch error is returned (not printed). */
 template <typename... Params, typename... Args>

@@ -123,6 +123,11 @@ template <int TYPE> __device__ __forceinline__ float subblock_dot(const packed_s
     }
 }
 
+/* Device bytes of a q4_k, q5_k or q6_k block (traits<TYPE>::stride for a runtime type). */
+__host__ __device__ constexpr int k_block_stride(int type) {
+    return type == Q4_K ? traits<Q4_K>::stride : type == Q5_K ? traits<Q5_K>::stride : traits<Q6_K>::stride;
+}
+
 /* Several matrices with the same input in one launch (Q/K/V, gate/up): the warps run over the
  * concatenated rows; each part's row count is a multiple of R, so a warp stays in one part. */
 struct mmvq_parts {

@@ -4,8 +4,6 @@
  * (engine/ops_cpu.c, engine/quant.c) within the tolerance its test states: RMSNorm sums squares
  * in float64 and rope computes its angle in float64, as the CPU does.
  */
-#include <stdlib.h>
-
 #include "kernels.h"
 #include "launch.cuh"
 #include "quant.cuh"
