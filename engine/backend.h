@@ -35,7 +35,7 @@ typedef enum tm_precision {
 /* Device memory a backend holds, by purpose (bytes; all 0 for the CPU backend). */
 typedef struct tm_backend_memory {
     uint64_t weights;     /* the weight arena */
-    uint64_t kv;          /* KV pages and the device page tables */
+    uint64_t kv;          /* KV pages, the device page tables and the rope angles of the positions they hold */
     uint64_t activations; /* per-token buffers of the forward pass and the step's inputs */
     uint64_t workspace;   /* GEMM tiles, attention partials, sampling buffers */
 } tm_backend_memory;

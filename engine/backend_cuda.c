@@ -70,6 +70,7 @@
 #define CUBLAS_WORKSPACE_BYTES (32ull << 20) /* fixed, so cuBLAS calls can be captured in graphs */
 #define KEYS_PER_SPLIT_AT_LONGEST 256 /* decode attention: splits for the longest context, one per this many keys */
 #define MAX_SPLITS 32
+#define ROPE_TABLE_POSITIONS 32768    /* rope angles tabled for positions below this (32768 x 64 pairs: 16 MiB) */
 #define SPLIT_KEYS_FLOOR 128          /* decode attention: a split takes at least this many keys (a chunk for each of its 4 warps) */
 
 typedef struct device_weight {
@@ -96,6 +97,8 @@ typedef struct cuda_backend {
     device_weight token_embd, output_norm, output;
     device_weight *layers;     /* n_layer x 9 in tm_layer_weights order */
     float *rope_freqs;         /* in the arena, or NULL */
+    void *rope_angles;         /* tm_cuda_rope_table of rope_positions positions (with the KV pool) */
+    int rope_positions;
     /* KV */
     void *kv_pool;
     int64_t max_pages;         /* per stream: the mirror's row stride */
@@ -172,7 +175,7 @@ static void free_activations(cuda_backend *b) {
 
 static void release(cuda_backend *b) {
     free_activations(b);
-    cudaFree(b->arena), cudaFree(b->kv_pool), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror);
+    cudaFree(b->arena), cudaFree(b->kv_pool), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror), cudaFree(b->rope_angles);
     cudaFree(b->cublas_workspace);
     if (b->cublas) cublasDestroy(b->cublas);
     if (b->stream) cudaStreamDestroy(b->stream);
@@ -216,6 +219,12 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
                              : b->max_pages / tm_kv_pages_for_tokens(layout, 1);
     b->n_splits = (int)TM_MIN((int64_t)MAX_SPLITS, TM_MAX((int64_t)1, (max_tokens + KEYS_PER_SPLIT_AT_LONGEST - 1) / KEYS_PER_SPLIT_AT_LONGEST));
     tm_status s;
+    /* the rope angles of the positions a stream can reach (up to ROPE_TABLE_POSITIONS; later ones are computed) */
+    b->rope_positions = (int)TM_MIN((int64_t)ROPE_TABLE_POSITIONS, max_tokens);
+    if ((s = device_alloc(b, &b->rope_angles, tm_cuda_rope_table_bytes(b->rope_positions, c->n_rot), &b->memory.kv, "rope angles", error)))
+        return s;
+    CHECK_KERNEL(tm_cuda_rope_table(b->rope_angles, b->rope_positions, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
+                                    b->stream));
     uint64_t pool_bytes = (uint64_t)stats.pages_total * stats.page_size;
     uint64_t mirror_bytes = (uint64_t)b->max_sequences * c->n_layer * b->max_pages * sizeof(int32_t);
     if ((s = device_alloc(b, &b->kv_pool, pool_bytes, &b->memory.kv, "KV pages", error))) return s;
@@ -417,7 +426,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("rope + kv append");
         CHECK_KERNEL(tm_cuda_rope_kv_append(b->q, b->k, b->v, T, c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base,
-                                            c->rope_freq_scale, b->rope_freqs, b->kv_pool, kv_f32, page_size, pages, in->page_offsets,
+                                            c->rope_freq_scale, b->rope_freqs, b->rope_angles, b->rope_positions, b->kv_pool, kv_f32, page_size, pages, in->page_offsets,
                                             in->positions, stream));
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("attention");

@@ -19,6 +19,7 @@
 
 #define WARPS 4
 #define MAX_HEAD_DIM 256
+#define EARLY_KV_CHUNKS 4 /* decode: 32-key chunks a warp prefetches into L2 before the wait */
 
 template <bool HALF> __device__ __forceinline__ float kv_element(const uint8_t *vector, int i) {
     if (HALF) return __half2float(reinterpret_cast<const __half *>(vector)[i]);
@@ -70,12 +71,13 @@ __device__ __forceinline__ void split_range(int n, int split, int n_splits, int 
  * lane accumulates its dimensions for every head, with the key's weight taken from its scoring
  * lane. The keys and values of a kv head are read once for all its query heads (GQA). Warps merge
  * in the block; one split: normalized into out; several: (max, sum, values) into partials, which
- * combine_kernel merges. */
+ * combine_kernel merges. With early_kv, the first chunks' keys and values are prefetched into L2
+ * before the wait for the previous kernel. */
 template <bool HALF, int HD, int G>
 __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
                                                                       const int32_t *pages, const int64_t *page_offsets,
-                                                                      const int32_t *n_keys, int n_head, float scale, int min_keys) {
-    tm_grid_dependency();
+                                                                      const int32_t *n_keys, int n_head, float scale, int min_keys,
+                                                                      bool early_kv) {
     typedef decode_shape<HALF, HD> shape;
     constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, KPI = shape::kpi, PER_LANE = shape::per_lane;
     constexpr int STEPS = 32 / KPI, BATCH = STEPS < 8 ? STEPS : 8; /* value loads per lane per chunk, in batches */
@@ -87,6 +89,20 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
     int begin, end;
     split_range(n_keys[token], split, n_splits, min_keys, begin, end);
     const int32_t *table = pages + page_offsets[token];
+    /* Before the wait: the key and value lines of this warp's first chunks into L2, so the first
+     * trips to memory overlap the previous kernel (rope + append). The key counts and page tables
+     * are step inputs, complete before the graph started; a prefetch is only a hint, and the newest
+     * key, which the previous kernel writes, is read for real after the wait (L2 is coherent). */
+    if (early_kv)
+        for (int chunk = begin + 32 * warp, n = 0; chunk < end && n < EARLY_KV_CHUNKS; chunk += 32 * WARPS, n++)
+            if (chunk + lane < end) {
+                const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
+                const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
+#pragma unroll
+                for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128)
+                    asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
+            }
+    tm_grid_dependency();
 
     __shared__ __align__(16) float query[G][HD];
     __shared__ float warp_max[WARPS][G], warp_sum[WARPS][G], factor[WARPS][G], total[G], block_max[G];
@@ -227,13 +243,14 @@ template <bool HALF, int HD>
 static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, float *out, float *partials, const kv_addressing &a,
                           const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, int min_keys,
                           cudaStream_t s) {
+    static const bool early_kv = tm_env_int("TM_ATTENTION_EARLY_KV", 1) != 0; /* a measuring aid: 0 prefetches nothing before the wait */
     /* G: 1, 4 or 8 query heads per block (groups of 2-4 take 4 slots, of 5-8 eight; larger groups
      * take several blocks); three instantiations per head dim keep the build short */
     const int G = group >= 5 ? 8 : group >= 2 ? 4 : 1;
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
 #define TM_DECODE(GG)                                                                                                              \
     tm_launch_dependent(decode_attention_kernel<HALF, HD, GG>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages, page_offsets, \
-                        n_keys, n_head, scale, min_keys)
+                        n_keys, n_head, scale, min_keys, early_kv)
     return G == 8 ? TM_DECODE(8) : G == 4 ? TM_DECODE(4) : TM_DECODE(1);
 #undef TM_DECODE
 }
@@ -452,24 +469,49 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
 
 /* ---- rope fused with the KV append ------------------------------------------------------ */
 
+/* angles[p * (n_rot / 2) + i] = rope_angle(i, ..., p): a thread per (position, pair). */
+__global__ void rope_table_kernel(float2 *angles, int64_t n, int n_rot, float freq_base, float freq_scale, const float *freq_factors) {
+    const int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < n) angles[k] = rope_angle((int)(k % (n_rot / 2)), n_rot, (int)(k / (n_rot / 2)), freq_base, freq_scale, freq_factors);
+}
+
+extern "C" uint64_t tm_cuda_rope_table_bytes(int n_positions, int n_rot) { return (uint64_t)n_positions * (n_rot / 2) * sizeof(float2); }
+
+extern "C" int tm_cuda_rope_table(void *angles, int n_positions, int n_rot, float freq_base, float freq_scale, const float *freq_factors,
+                                  void *stream) {
+    if (n_positions < 0 || n_rot < 2 || n_rot % 2) return cudaErrorInvalidValue;
+    const int64_t n = (int64_t)n_positions * (n_rot / 2);
+    if (n == 0) return cudaSuccess;
+    rope_table_kernel<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>((float2 *)angles, n, n_rot, freq_base, freq_scale,
+                                                                                       freq_factors);
+    TM_CUDA_CHECK_LAUNCH();
+    return cudaSuccess;
+}
+
 /* One block per (token, head slot): slots 0..n_head-1 rope the query heads in place; slots
- * n_head.. rope kv head h's key and write it and the value into the cache. A thread per pair. */
+ * n_head.. rope kv head h's key and write it and the value into the cache. A thread per pair. The
+ * angle comes from `angles` for positions below n_angles (the float64 cos and sin bound the kernel:
+ * ncu saw 5.3 us at 0.10 issues a cycle for 7B decode x1), else is computed: the same bits. */
 template <bool HALF>
 __global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, int n_head, kv_addressing a, int head_dim, int n_rot,
-                                      float freq_base, float freq_scale, const float *freq_factors, const int32_t *pages,
-                                      const int64_t *page_offsets, const int32_t *positions) {
+                                      float freq_base, float freq_scale, const float *freq_factors, const float2 *angles, int n_angles,
+                                      const int32_t *pages, const int64_t *page_offsets, const int32_t *positions) {
     tm_grid_dependency();
     const int token = blockIdx.x / (n_head + a.n_head_kv), slot = blockIdx.x % (n_head + a.n_head_kv);
     const int position = positions[token];
     for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x) {
+        float2 angle = make_float2(1.0f, 0.0f);
+        if (2 * i < n_rot)
+            angle = position >= 0 && position < n_angles ? angles[(int64_t)position * (n_rot / 2) + i]
+                                                         : rope_angle(i, n_rot, position, freq_base, freq_scale, freq_factors);
         if (slot < n_head) {
-            if (2 * i < n_rot) rope_pair(q + ((int64_t)token * n_head + slot) * head_dim + 2 * i, i, n_rot, position, freq_base, freq_scale, freq_factors);
+            if (2 * i < n_rot) rope_rotate(q + ((int64_t)token * n_head + slot) * head_dim + 2 * i, angle);
             continue;
         }
         const int head = slot - n_head;
         const int64_t at = ((int64_t)token * a.n_head_kv + head) * head_dim + 2 * i;
         float key[2] = {k[at], k[at + 1]};
-        if (2 * i < n_rot) rope_pair(key, i, n_rot, position, freq_base, freq_scale, freq_factors);
+        if (2 * i < n_rot) rope_rotate(key, angle);
         const int32_t *table = pages + page_offsets[token];
         uint8_t *key_out = const_cast<uint8_t *>(kv_address(a, table, position, head, false));
         uint8_t *value_out = const_cast<uint8_t *>(kv_address(a, table, position, head, true));
@@ -488,19 +530,22 @@ __global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, 
 }
 
 extern "C" int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                                      int n_rot, float freq_base, float freq_scale, const float *freq_factors, void *pool, int kv_is_f32,
-                                      uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
-                                      void *stream) {
-    if (head_dim % 2 || n_rot > head_dim) return cudaErrorInvalidValue;
+                                      int n_rot, float freq_base, float freq_scale, const float *freq_factors, const void *angles,
+                                      int n_angles, void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
+                                      const int64_t *page_offsets, const int32_t *positions, void *stream) {
+    if (head_dim % 2 || n_rot > head_dim || n_angles < 0 || (n_angles > 0 && !angles)) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
+    static const int tabled = tm_env_int("TM_ROPE_TABLE", 1); /* a measuring aid: 0 computes every angle */
+    if (!tabled) n_angles = 0;
     kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
     unsigned blocks = (unsigned)(n_tokens * (n_head + n_head_kv)), threads = head_dim / 2 < 32 ? 32 : head_dim / 2;
+    const float2 *table = (const float2 *)angles;
     if (kv_is_f32)
         TM_LAUNCH_DEPENDENT(rope_kv_append_kernel<false>, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, n_head, a, head_dim,
-                            n_rot, freq_base, freq_scale, freq_factors, pages, page_offsets, positions);
+                            n_rot, freq_base, freq_scale, freq_factors, table, n_angles, pages, page_offsets, positions);
     else
         TM_LAUNCH_DEPENDENT(rope_kv_append_kernel<true>, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, n_head, a, head_dim,
-                            n_rot, freq_base, freq_scale, freq_factors, pages, page_offsets, positions);
+                            n_rot, freq_base, freq_scale, freq_factors, table, n_angles, pages, page_offsets, positions);
     return cudaSuccess;
 }
 

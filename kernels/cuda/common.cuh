@@ -24,17 +24,27 @@
 /* After a launch: the launch error, checked like a call. */
 #define TM_CUDA_CHECK_LAUNCH() TM_CUDA_CHECK(cudaGetLastError())
 
-/* Rope of pair i (elements 2i, 2i+1) at `position` (llama.cpp's "normal" rope, as
- * engine/ops_cpu.c: the angle in float64). Shared by the rope kernels so they agree bit for bit. */
-__device__ __forceinline__ void rope_pair(float *pair, int i, int n_rot, int position, float freq_base, float freq_scale,
-                                          const float *freq_factors) {
+/* The rope angle of pair i (elements 2i, 2i+1) at `position` as (cos, sin) in float (llama.cpp's
+ * "normal" rope, as engine/ops_cpu.c: the angle in float64). */
+__device__ __forceinline__ float2 rope_angle(int i, int n_rot, int position, float freq_base, float freq_scale, const float *freq_factors) {
     double theta = position * (double)freq_scale * pow((double)freq_base, -2.0 * i / n_rot);
     if (freq_factors) theta /= freq_factors[i];
-    float cos_theta = (float)cos(theta), sin_theta = (float)sin(theta);
+    return make_float2((float)cos(theta), (float)sin(theta));
+}
+
+/* The pair rotated by the angle (cos, sin); explicit roundings: no contraction into FMAs, so every
+ * kernel inlining this agrees. */
+__device__ __forceinline__ void rope_rotate(float *pair, float2 angle) {
     float a = pair[0], b = pair[1];
-    /* explicit roundings: no contraction into FMAs, so every kernel inlining this agrees */
-    pair[0] = __fsub_rn(__fmul_rn(a, cos_theta), __fmul_rn(b, sin_theta));
-    pair[1] = __fadd_rn(__fmul_rn(a, sin_theta), __fmul_rn(b, cos_theta));
+    pair[0] = __fsub_rn(__fmul_rn(a, angle.x), __fmul_rn(b, angle.y));
+    pair[1] = __fadd_rn(__fmul_rn(a, angle.y), __fmul_rn(b, angle.x));
+}
+
+/* Rope of pair i at `position`. Shared by the rope kernels so they agree bit for bit (and with a
+ * table of rope_angle, tm_cuda_rope_table). */
+__device__ __forceinline__ void rope_pair(float *pair, int i, int n_rot, int position, float freq_base, float freq_scale,
+                                          const float *freq_factors) {
+    rope_rotate(pair, rope_angle(i, n_rot, position, freq_base, freq_scale, freq_factors));
 }
 
 #endif /* TM_CUDA_COMMON_CUH */

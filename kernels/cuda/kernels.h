@@ -151,13 +151,20 @@ int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_samplin
 /* Gather: out[i] = x[index[i]] for rows of n floats. */
 int tm_cuda_gather_rows(const float *x, const int32_t *index, int n_out, int n, float *out, void *stream);
 
+/* The rope angles of positions 0..n_positions-1 as tm_cuda_rope computes them, (cos, sin) in float
+ * per (position, pair of the n_rot rotated dimensions): tm_cuda_rope_table_bytes of device memory. */
+uint64_t tm_cuda_rope_table_bytes(int n_positions, int n_rot);
+int tm_cuda_rope_table(void *angles, int n_positions, int n_rot, float freq_base, float freq_scale, const float *freq_factors,
+                       void *stream);
+
 /* tm_cuda_rope on q (n_head heads) and k (n_head_kv heads) and tm_cuda_kv_append of the roped
  * keys and the values, in one launch, bit-identical to the three separate calls (k is read, not
- * changed). */
+ * changed). angles (optional, else NULL with n_angles 0): a tm_cuda_rope_table of n_angles
+ * positions with the same rope parameters, read instead of computing the angle below n_angles. */
 int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                           int n_rot, float freq_base, float freq_scale, const float *freq_factors, void *pool, int kv_is_f32,
-                           uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
-                           void *stream);
+                           int n_rot, float freq_base, float freq_scale, const float *freq_factors, const void *angles, int n_angles,
+                           void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
+                           const int32_t *positions, void *stream);
 
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);

@@ -220,8 +220,10 @@ static void test_fused(tm_rng_t *rng) {
     cudaFree(d_delta), cudaFree(d_q8), cudaFree(d_q8b), cudaFree(d_gate), cudaFree(d_gate2);
     free(x), free(delta), free(got), free(q8_fused), free(q8_separate), free(separate);
 
-    /* rope + KV append: 20 tokens at positions 5..24 of one stream, 4 query heads, 2 kv heads */
-    for (int f32 = 0; f32 < 2; f32++) {
+    /* rope + KV append: 20 tokens at positions 5..24 of one stream, 4 query heads, 2 kv heads; with
+     * angles computed, then with a table of positions 0..14 (tokens past it computed): the same bits */
+    for (int run = 0; run < 4; run++) {
+        const int f32 = run % 2, tabled = run / 2, table_positions = 15;
         const int T = 20, n_head = 4, n_kv = 2, hd = 64, page_size = 4096, n_pages = 8;
         const int32_t table[8] = {6, 2, 7, 0, 5, 1, 3, 4};
         int32_t positions[20];
@@ -236,8 +238,14 @@ static void test_fused(tm_rng_t *rng) {
         void *d_table = to_device(table, sizeof table), *d_offsets = to_device(offsets, sizeof offsets), *d_pos = to_device(positions, sizeof positions);
         void *pool = to_device(NULL, (size_t)n_pages * page_size), *pool2 = to_device(NULL, (size_t)n_pages * page_size);
         cudaMemset(pool, 0, (size_t)n_pages * page_size), cudaMemset(pool2, 0, (size_t)n_pages * page_size);
-        CHECK(tm_cuda_rope_kv_append(d_q, d_k, d_v, T, n_head, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, pool, f32, page_size, d_table,
-                                     d_offsets, d_pos, NULL) == 0,
+        void *d_angles = NULL;
+        if (tabled) {
+            CHECK(cudaMalloc(&d_angles, tm_cuda_rope_table_bytes(table_positions, hd)) == cudaSuccess &&
+                      tm_cuda_rope_table(d_angles, table_positions, hd, 500000.0f, 1.0f, d_factors, NULL) == 0,
+                  "rope table");
+        }
+        CHECK(tm_cuda_rope_kv_append(d_q, d_k, d_v, T, n_head, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_angles,
+                                     tabled ? table_positions : 0, pool, f32, page_size, d_table, d_offsets, d_pos, NULL) == 0,
               "rope_kv_append launch");
         CHECK(tm_cuda_rope(d_q2, T, n_head, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
                   tm_cuda_rope(d_k2, T, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
@@ -247,14 +255,16 @@ static void test_fused(tm_rng_t *rng) {
         uint8_t *got_pool = malloc((size_t)n_pages * page_size), *want_pool = malloc((size_t)n_pages * page_size);
         from_device(got_q, d_q, nq * 4), from_device(want_q, d_q2, nq * 4);
         from_device(got_pool, pool, (size_t)n_pages * page_size), from_device(want_pool, pool2, (size_t)n_pages * page_size);
-        CHECK(differing_bytes(got_q, want_q, nq * 4) == 0, "rope_kv_append queries (%s) equal rope bit for bit", f32 ? "f32" : "f16");
-        CHECK(differing_bytes(got_pool, want_pool, (size_t)n_pages * page_size) == 0, "rope_kv_append pages (%s) equal rope + append",
-              f32 ? "f32" : "f16");
+        CHECK(differing_bytes(got_q, want_q, nq * 4) == 0, "rope_kv_append queries (%s%s) equal rope bit for bit", f32 ? "f32" : "f16",
+              tabled ? ", angle table" : "");
+        CHECK(differing_bytes(got_pool, want_pool, (size_t)n_pages * page_size) == 0, "rope_kv_append pages (%s%s) equal rope + append",
+              f32 ? "f32" : "f16", tabled ? ", angle table" : "");
+        CHECK(differing_bytes(got_q, q, nq * 4) > 0, "the queries were rotated");
         int nonzero = 0;
         for (size_t i = 0; i < (size_t)n_pages * page_size; i++) nonzero += got_pool[i] != 0;
         CHECK(nonzero > 0, "keys and values were written");
         cudaFree(d_q), cudaFree(d_q2), cudaFree(d_k), cudaFree(d_k2), cudaFree(d_v), cudaFree(d_factors), cudaFree(d_table);
-        cudaFree(d_offsets), cudaFree(d_pos), cudaFree(pool), cudaFree(pool2);
+        cudaFree(d_offsets), cudaFree(d_pos), cudaFree(pool), cudaFree(pool2), cudaFree(d_angles);
         free(q), free(k), free(v), free(factors), free(got_q), free(want_q), free(got_pool), free(want_pool);
     }
 }
