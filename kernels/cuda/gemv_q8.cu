@@ -192,12 +192,11 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  * the 4 int32 results a thread holds. The mma's k order is free (a dot product does not care), so
  * thread t of a quad feeds bytes 8t..8t+7 of a q4_k sub-block pair as its k = 4t..4t+3 and
  * 16+4t..16+4t+3, from one 8-byte load, and the activations are read with the same permutation.
- * A block's 8 warps split a tile's 256-column blocks and add their sums in shared memory (a
- * 4096-wide row is 16 blocks: two per warp, so every warp has its loads in flight at once). Same
- * arithmetic as the dp4a kernel: exact integer sums per sub-block, float32 scaling and
- * accumulation. */
+ * A block's 4 or 8 warps (mmq_warps) split a tile's 256-column blocks and add their sums in shared
+ * memory (a 4096-wide row is 16 blocks: two or four per warp, every warp's loads in flight at
+ * once). Exact integer sums per sub-block, times the sub-block's integer scale (still exact), then
+ * float32 scaling by the activations' d per sub-block and the block's d and dmin once per block. */
 
-#define MMQ_WARPS 8
 #define MMQ_ROWS 16
 /* q4_k/q5_k tiles are staged through shared memory by cp.async, MMQ_STAGES blocks per warp: while a
  * warp multiplies one block, the next two are in flight without holding registers (the direct loads
@@ -213,7 +212,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
 #define MMQ_STAGE_ROW_BYTES_Q4K 160
 #define MMQ_STAGE_ROW_BYTES 176 /* q5_k, and the stage size */
 #define MMQ_STAGE_BYTES (MMQ_ROWS * MMQ_STAGE_ROW_BYTES)
-#define MMQ_SHARED_BYTES (MMQ_WARPS * MMQ_STAGES * MMQ_STAGE_BYTES)
+#define MMQ_SHARED_BYTES(WARPS) ((WARPS) * MMQ_STAGES * MMQ_STAGE_BYTES)
 
 __device__ __forceinline__ void cp_async16(void *shared, const void *global) {
     const unsigned address = (unsigned)__cvta_generic_to_shared(shared);
@@ -266,6 +265,17 @@ template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inpu
         for (int h = 0; h < 2; h++) xs[k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
 }
 
+/* The eight 6-bit scales and mins of a q4_k/q5_k block (k_scale_min's layout) from its 12 scale
+ * bytes, as words w0..w2, decoded four at a time, a value a byte: scales[0] / mins[0] for
+ * sub-blocks 0-3, [1] for 4-7 (their two high bits are the top bits of w0's / w1's bytes). The
+ * same values as k_scale_min, in 8 word operations instead of ~6 a sub-block. */
+__device__ __forceinline__ void k_scales_min_packed(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t (&scales)[2], uint32_t (&mins)[2]) {
+    scales[0] = w0 & 0x3F3F3F3Fu;
+    mins[0] = w1 & 0x3F3F3F3Fu;
+    scales[1] = (w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u);
+    mins[1] = ((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u);
+}
+
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
  * columns (q5_k: the nibbles start at byte 48 and the fifth bits of elements 8t..8t+7, bit s for
  * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). */
@@ -291,21 +301,26 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         for (int s = 0; s < 8; s++) x[G][s] = *reinterpret_cast<const uint2 *>(in.b_row[G] + 32 * s + 8 * t);
         mmq_load_scales(in, G, xs[G]);
     }
+    uint32_t scales[2][2], mins[2][2]; /* [row][sub-blocks 0-3, 4-7]: a 6-bit value a byte */
+#pragma unroll
+    for (int r = 0; r < 2; r++) k_scales_min_packed(header[r].y, header[r].z, header[r].w, scales[r], mins[r]);
+    /* Over the block, per (token group, output): sum_s dx_s (c_s sc_s) (c_s sc_s an exact integer,
+     * |c sc| < 32 * 31 * 128 * 63 < 2^24, so exact as a float too) and sum_s (dx sum q)_s m_s; the
+     * row's d and dmin scale them once at the end instead of every sub-block (sm_90a SASS of a q4_k
+     * block, with the packed scales: 462 -> 376 instructions a warp). */
+    float dot[NG][4], low[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) dot[G][i] = 0, low[G][i] = 0;
 #pragma unroll
     for (int s = 0; s < 8; s++) {
-        float scale[2], min_term[2];
+        int scale[2];
+        float min[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            /* k_scale_min on the 12 scale bytes held in header words y, z, w (no trip through memory) */
-            const uint32_t words[3] = {header[r].y, header[r].z, header[r].w};
-            uint8_t bytes[12];
-#pragma unroll
-            for (int i = 0; i < 12; i++) bytes[i] = (uint8_t)(words[i / 4] >> (8 * (i % 4)));
-            int sc, m;
-            k_scale_min(s, bytes, &sc, &m);
-            const float2 d_dmin = __half22float2(*reinterpret_cast<const half2 *>(&header[r].x));
-            scale[r] = d_dmin.x * (float)sc;
-            min_term[r] = d_dmin.y * (float)m;
+            scale[r] = (int)__byte_perm(scales[r][s / 4], 0, 0x4440 | (s % 4)); /* byte s % 4, one PRMT */
+            min[r] = (float)__byte_perm(mins[r][s / 4], 0, 0x4440 | (s % 4));
         }
         const int shift = (s & 1) * 4;
         const int a0 = (int)(((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[0].x >> s) & 0x01010101u) << 4);
@@ -320,9 +335,20 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
             for (int k = 0; k < 2; k++) {
                 const float2 ds = __half22float2(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
 #pragma unroll
-                for (int r = 0; r < 2; r++) acc[G][2 * r + k] += ds.x * scale[r] * (float)c[2 * r + k] - ds.y * min_term[r];
+                for (int r = 0; r < 2; r++) {
+                    dot[G][2 * r + k] = fmaf(ds.x, (float)(c[2 * r + k] * scale[r]), dot[G][2 * r + k]);
+                    low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
+                }
             }
         }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const float2 d_dmin = __half22float2(*reinterpret_cast<const half2 *>(&header[r].x));
+#pragma unroll
+        for (int G = 0; G < NG; G++)
+#pragma unroll
+            for (int k = 0; k < 2; k++) acc[G][2 * r + k] += d_dmin.x * dot[G][2 * r + k] - d_dmin.y * low[G][2 * r + k];
     }
 }
 
@@ -392,14 +418,38 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
     }
 }
 
+/* Warps an SM the tensor-core kernel's registers must allow: 16 on sm_90 (228 KiB of shared memory
+ * an SM hold 16 warps' stages; without the bound the 9-16-token kernel took 191 registers), 8
+ * before (an sm_89 SM's 100 KiB hold 8). */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define MMQ_MIN_WARPS 8
+#else
+#define MMQ_MIN_WARPS 16
+#endif
+
+/* One block (256 columns) of a tile's 16 rows, row_bytes apart from `from`, into a stage at `to`
+ * (rows MMQ_STAGE_ROW_BYTES_Q4K / MMQ_STAGE_ROW_BYTES apart), in 16-byte cp.async pieces, a lane
+ * each; the block size a constant, so a piece's row and offset cost no division (a division by the
+ * run-time piece count was ~1/6 of the kernel's instructions at 8 tokens), and the offsets 32-bit
+ * (16 rows of at most 2^24 / 256 blocks). */
+template <int TYPE>
+__device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from, int row_bytes, int lane) {
+    constexpr int chunks = traits<TYPE>::stride / 16, stride = TYPE == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : MMQ_STAGE_ROW_BYTES;
+#pragma unroll
+    for (int i0 = 0; i0 < MMQ_ROWS * chunks; i0 += 32) {
+        const int i = i0 + lane, r = i / chunks, c = i % chunks;
+        if (i < MMQ_ROWS * chunks) cp_async16(to + r * stride + 16 * c, from + r * row_bytes + 16 * c);
+    }
+}
+
 /* One block per 16-row tile of one part (parts as mmvq_parts; each part's rows a multiple of 16):
- * warp w takes the tile's 256-column blocks w, w + MMQ_WARPS, ...; warp 0 adds them and stores.
+ * warp w of WARPS takes the tile's 256-column blocks w, w + WARPS, ...; warp 0 adds them and stores.
  * q4_k and q5_k blocks come through the warp's shared-memory stages (unless `staging` is 0, a
  * measuring aid), q6_k blocks straight from global memory (its 224-byte device blocks would need
  * stages a quarter larger than q5_k's). With `early`, the first stages' copies are issued before
- * the wait for the previous kernel (weights only). Dynamic shared memory: MMQ_SHARED_BYTES. */
-template <int NG>
-__global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
+ * the wait for the previous kernel (weights only). Dynamic shared memory: MMQ_SHARED_BYTES(WARPS). */
+template <int NG, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
                                                              int n_tokens, int staging, bool early) {
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     int64_t row0 = (int64_t)blockIdx.x * MMQ_ROWS;
@@ -421,25 +471,25 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
         for (int i = 0; i < 4; i++) acc[G][i] = 0;
     const int64_t blocks = cols / 256;
     if (staged) {
-        const int stride = type == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : MMQ_STAGE_ROW_BYTES, chunks = block_bytes / 16;
+        const int stride = type == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : MMQ_STAGE_ROW_BYTES;
         uint8_t *mine = mmq_shared + warp * MMQ_STAGES * MMQ_STAGE_BYTES;
         const uint8_t *tile = weights + row0 * row_bytes;
         auto fetch = [&](int64_t block, int stage) { /* the tile's 16 rows of one block into a stage */
             if (block >= blocks) return;
-            for (int i = lane; i < MMQ_ROWS * chunks; i += 32) {
-                const int r = i / chunks, c = i % chunks;
-                cp_async16(mine + stage * MMQ_STAGE_BYTES + r * stride + 16 * c, tile + r * row_bytes + block * block_bytes + 16 * c);
-            }
+            uint8_t *to = mine + stage * MMQ_STAGE_BYTES;
+            const uint8_t *from = tile + block * block_bytes;
+            if (type == Q4_K) mmq_fetch_block<Q4_K>(to, from, (int)row_bytes, lane);
+            else mmq_fetch_block<Q5_K>(to, from, (int)row_bytes, lane);
         };
 #pragma unroll
         for (int k = 0; k < MMQ_STAGES - 1; k++) { /* one commit group per block, empty ones too, so the wait counts hold */
-            fetch(warp + k * MMQ_WARPS, k);
+            fetch(warp + k * WARPS, k);
             cp_async_commit();
         }
         if (early) tm_grid_dependency();
         int stage = 0;
-        for (int64_t block = warp; block < blocks; block += MMQ_WARPS) {
-            fetch(block + (MMQ_STAGES - 1) * MMQ_WARPS, (stage + MMQ_STAGES - 1) % MMQ_STAGES);
+        for (int64_t block = warp; block < blocks; block += WARPS) {
+            fetch(block + (MMQ_STAGES - 1) * WARPS, (stage + MMQ_STAGES - 1) % MMQ_STAGES);
             cp_async_commit();
             cp_async_wait<MMQ_STAGES - 1>(); /* this block's group is done (for this lane's copies) */
             __syncwarp();                    /* ... and the other lanes' copies are visible */
@@ -453,7 +503,7 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
         cp_async_wait<0>();
     } else {
         const uint8_t *row_g = weights + (row0 + g) * row_bytes, *row_g8 = row_g + 8 * row_bytes;
-        for (int64_t block = warp; block < blocks; block += MMQ_WARPS) {
+        for (int64_t block = warp; block < blocks; block += WARPS) {
             const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             if (type == Q4_K)
                 mmq_block_q4k_q5k<Q4_K, NG>(row_g + block * traits<Q4_K>::stride, row_g8 + block * traits<Q4_K>::stride, in, t, acc);
@@ -477,7 +527,7 @@ __global__ void __launch_bounds__(32 * MMQ_WARPS) mmq_kernel(mmvq_parts parts, i
         for (int i = 0; i < 4; i++) {
             float sum = acc[G][i];
 #pragma unroll
-            for (int w = 0; w < MMQ_WARPS - 1; w++) sum += partial[w][G * 4 + i][lane];
+            for (int w = 0; w < WARPS - 1; w++) sum += partial[w][G * 4 + i][lane];
             const int token = G * 8 + 2 * t + i % 2;
             const int64_t row = row0 + g + 8 * (i / 2);
             if (token < n_tokens) y[token * rows + row] = sum;
@@ -500,25 +550,46 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
     return total;
 }
 
+template <int NG, int WARPS>
+static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
+                                     cudaStream_t s) {
+    static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
+    TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<NG, WARPS>, MMQ_SHARED_BYTES(WARPS)));
+    TM_LAUNCH_DEPENDENT(mmq_kernel<NG, WARPS>, dim3((unsigned)tiles), dim3(32 * WARPS), MMQ_SHARED_BYTES(WARPS), s, parts, cols, qs, ds, n,
+                        staging, gemv_early_weights());
+    return cudaSuccess;
+}
+
+/* Warps a tile: 4 when a row has at least 32 blocks (8 or more a warp to pipeline through its
+ * stages) and the tiles fill at least 90 % of a wave of 4-warp blocks (the device's resident
+ * blocks), else 8. H200, decode at 8 tokens: 70B (rows of 32 and 112 blocks, 512-3584 tiles) 334.0 /
+ * 334.4 tokens/s with 8, 343.5 / 344.2 with 4; 7B (16 and 43 blocks, 256-1376 tiles) 2225-2260
+ * with 8, 2053-2076 with 4 everywhere or on its gate/up alone (a rule by the last wave's fullness,
+ * which ncu's serialized 33.2 -> 29.8 us for that product favoured). TM_MMQ_WARPS=4 or 8 (a
+ * measuring aid) forces one. */
+template <int NG> static cudaError_t mmq_warps(int64_t cols, int64_t tiles, int *warps) {
+    static const int forced = tm_env_int("TM_MMQ_WARPS", 0);
+    if (forced == 4 || forced == 8) return *warps = forced, cudaSuccess;
+    *warps = 8;
+    if (cols / 256 < 32) return cudaSuccess;
+    int resident4 = 0;
+    TM_CUDA_CHECK(tm_resident_blocks((const void *)mmq_kernel<NG, 4>, 128, MMQ_SHARED_BYTES(4), &resident4));
+    if (10 * tiles >= 9 * (int64_t)resident4) *warps = 4;
+    return cudaSuccess;
+}
+
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
- * otherwise (the caller falls back to dp4a). */
+ * otherwise, or for rows wider than 2^24 (the caller falls back to dp4a). */
 static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
     const int64_t total = rows_in_tiles(parts, MMQ_ROWS);
-    if (total < 0) return cudaErrorNotSupported;
+    if (total < 0 || cols > (1 << 24)) return cudaErrorNotSupported; /* mmq_fetch_block's 32-bit offsets */
     const int8_t *qs = (const int8_t *)q8;
     const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
-    const dim3 grid((unsigned)(total / MMQ_ROWS)), block(32 * MMQ_WARPS);
-    static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
-    if (n <= 8) {
-        TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<1>, MMQ_SHARED_BYTES));
-        TM_LAUNCH_DEPENDENT(mmq_kernel<1>, grid, block, MMQ_SHARED_BYTES, s, parts, cols, qs, ds, n, staging,
-                            gemv_early_weights());
-    } else {
-        TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<2>, MMQ_SHARED_BYTES));
-        TM_LAUNCH_DEPENDENT(mmq_kernel<2>, grid, block, MMQ_SHARED_BYTES, s, parts, cols, qs, ds, n, staging,
-                            gemv_early_weights());
-    }
-    return cudaSuccess;
+    const int64_t tiles = total / MMQ_ROWS;
+    int warps = 0;
+    TM_CUDA_CHECK(n <= 8 ? mmq_warps<1>(cols, tiles, &warps) : mmq_warps<2>(cols, tiles, &warps));
+    if (n <= 8) return warps == 8 ? launch_mmq_kernel<1, 8>(parts, cols, qs, ds, n, tiles, s) : launch_mmq_kernel<1, 4>(parts, cols, qs, ds, n, tiles, s);
+    return warps == 8 ? launch_mmq_kernel<2, 8>(parts, cols, qs, ds, n, tiles, s) : launch_mmq_kernel<2, 4>(parts, cols, qs, ds, n, tiles, s);
 }
 
 template <int NT, int R>

@@ -1,6 +1,7 @@
 /*
  * launch.cu - whether kernels overlap their predecessor (launch.cuh): decided once per device;
- * dynamic shared memory above 48 KiB, allowed once per kernel and device; and tm_env_int, the one
+ * dynamic shared memory above 48 KiB, allowed once per kernel and device; how many blocks of a
+ * kernel a device holds at once, computed once per kernel and device; and tm_env_int, the one
  * way the kernels' measuring aids read the environment.
  */
 #include <stdlib.h>
@@ -52,6 +53,31 @@ cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {
     status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (status == cudaSuccess && n_done < 64) done[n_done].kernel = kernel, done[n_done].device = device, done[n_done++].bytes = bytes;
     return status;
+}
+
+cudaError_t tm_resident_blocks(const void *kernel, int threads, size_t shared, int *blocks) {
+    static struct {
+        const void *kernel;
+        int device, threads;
+        size_t shared;
+        int blocks;
+    } known[64];
+    static int n_known;
+    static std::mutex lock;
+    int device = 0, sms = 0, per_sm = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status != cudaSuccess) return status;
+    std::lock_guard<std::mutex> held(lock);
+    for (int i = 0; i < n_known; i++)
+        if (known[i].kernel == kernel && known[i].device == device && known[i].threads == threads && known[i].shared == shared) {
+            *blocks = known[i].blocks;
+            return cudaSuccess;
+        }
+    if ((status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return status;
+    if ((status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared)) != cudaSuccess) return status;
+    *blocks = per_sm * sms;
+    if (n_known < 64) known[n_known++] = {kernel, device, threads, shared, *blocks};
+    return cudaSuccess;
 }
 
 int tm_env_int(const char *name, int fallback) {

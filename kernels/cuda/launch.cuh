@@ -61,6 +61,11 @@ int tm_env_int(const char *name, int fallback);
  * is being captured). */
 cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes);
 
+/* How many blocks of `kernel` (`threads` each, `shared` bytes of dynamic shared memory) the current
+ * device holds at once: blocks an SM by the occupancy calculator, times the SMs; computed once per
+ * kernel, device and shape (a host-side query, allowed while a graph is being captured). */
+cudaError_t tm_resident_blocks(const void *kernel, int threads, size_t shared, int *blocks);
+
 /* kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where
  * tm_dependent_launch_enabled(); the launch error is returned (not printed). */
 template <typename... Params, typename... Args>

@@ -41,7 +41,8 @@ int main(void) {
     /* One-token q8 products take the streamed kernel on sm_90 (gemv_stream.cu) from TM_STREAM_MIN_KB
      * KiB of weights a block; 0 here sends every test shape through it. Then the whole test runs
      * again in a child process with TM_GEMV_STREAM=0, for the dp4a kernel the other devices (and
-     * small products) use. */
+     * small products) use, and TM_MMQ_WARPS=4: the tensor-core kernel's blocks of 4 warps (its
+     * choice for large products; the test's shapes take 8). */
     const bool child = getenv("TM_TEST_GEMV_CHILD") != NULL;
     if (!child) setenv("TM_STREAM_MIN_KB", "0", 0);
     printf("device: %s%s\n", device, child ? " (again, one-token products on dp4a)" : "");
@@ -259,6 +260,7 @@ int main(void) {
     cublasDestroy(cublas);
     if (!child) {
         setenv("TM_GEMV_STREAM", "0", 1);
+        setenv("TM_MMQ_WARPS", "4", 1);
         setenv("TM_TEST_GEMV_CHILD", "1", 1);
         fflush(stdout);
         char self[4096];
@@ -273,7 +275,7 @@ int main(void) {
             }
             if (pid > 0 && waitpid(pid, &status, 0) != pid) status = -1;
         }
-        CHECK(status == 0, "the run with TM_GEMV_STREAM=0 passed (wait status %d)", status);
+        CHECK(status == 0, "the run with TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 passed (wait status %d)", status);
     }
-    return check_report(child ? "test_gemv_cuda (TM_GEMV_STREAM=0)" : "test_gemv_cuda");
+    return check_report(child ? "test_gemv_cuda (TM_GEMV_STREAM=0 TM_MMQ_WARPS=4)" : "test_gemv_cuda");
 }
