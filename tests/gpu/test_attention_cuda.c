@@ -3,7 +3,8 @@
  * (tm_cpu_attention), reading the same pages: the host KV cache (random keys/values, several
  * sequences of 1 to 900 tokens, layer 1 of 2) is copied to the device with its page tables.
  * Decode attention runs as one block per head and split over keys (4 splits of 225 keys, and 8
- * of 128, so the 1-token sequence has empty splits); prefill flash attention runs causal over
+ * of 128, so the 1-token sequence has empty splits; 32 and 40 splits of any size, the latter
+ * combined in two rounds); prefill flash attention runs causal over
  * tiles of query tokens (the last 100 positions of the 900-token sequence, all 37 of the second,
  * the one of the first), each query seeing keys 0..its position, in float32 and on tensor cores,
  * and on tensor cores non-causal (check_flash states the tolerances).
@@ -172,14 +173,15 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     const char *kv_name = lc->type == TM_KV_F32 ? "f32" : "f16";
     /* (splits, at least this many keys a split): one block; 900 keys in 4 x 225 and 8 x 128 (the
      * 1-token stream leaves splits empty); 32 splits of >= 1 key: every stream's keys spread evenly
-     * (900 -> 29 a split, 37 -> 2, the last splits short or empty) */
-    const int split_cases[4][2] = {{1, 1}, {4, 225}, {8, 128}, {32, 1}};
+     * (900 -> 29 a split, 37 -> 2, the last splits short or empty); 40 splits: the combine takes
+     * them in two rounds of 32 lanes (900 -> 23 a split) */
+    const int split_cases[5][2] = {{1, 1}, {4, 225}, {8, 128}, {32, 1}, {40, 1}};
     void *d_partials, *d_q8, *d_q8_reference;
     const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes((int64_t)q_floats);
     uint8_t *q8 = malloc(q8_bytes), *q8_reference = malloc(q8_bytes);
-    cudaMalloc(&d_partials, (size_t)n_seq * n_head * 32 * (lc->head_dim + 2) * 4);
+    cudaMalloc(&d_partials, (size_t)n_seq * n_head * 40 * (lc->head_dim + 2) * 4);
     cudaMalloc(&d_q8, q8_bytes), cudaMalloc(&d_q8_reference, q8_bytes);
-    for (int c = 0; c < 4; c++) {
+    for (int c = 0; c < 5; c++) {
         cudaMemset(d_out, 0xff, q_floats * 4);
         cudaMemset(d_q8, 0x55, q8_bytes);
         CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
