@@ -201,9 +201,11 @@ static tm_status upload(cuda_backend *b, const tm_weight *w, device_weight *out,
     return TM_OK;
 }
 
-/* The KV pool, the page-table mirror and the decode split geometry: at the first forward. */
+/* The KV pool, the page-table mirror, the rope angles and the decode split geometry: at the first
+ * forward. seen_step is allocated last and marks it done; a failure part-way keeps what was
+ * allocated, and the next call allocates only what is missing. */
 static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) {
-    if (b->kv_pool) return TM_OK;
+    if (b->seen_step) return TM_OK;
     const tm_model_config *c = &b->model->config;
     tm_kv_stats stats;
     tm_kv_get_stats(kv, &stats);
@@ -219,17 +221,20 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
                              : b->max_pages / tm_kv_pages_for_tokens(layout, 1);
     b->n_splits = (int)TM_MIN((int64_t)MAX_SPLITS, TM_MAX((int64_t)1, (max_tokens + KEYS_PER_SPLIT_AT_LONGEST - 1) / KEYS_PER_SPLIT_AT_LONGEST));
     tm_status s;
-    /* the rope angles of the positions a stream can reach (up to ROPE_TABLE_POSITIONS; later ones are computed) */
-    b->rope_positions = (int)TM_MIN((int64_t)ROPE_TABLE_POSITIONS, max_tokens);
-    if ((s = device_alloc(b, &b->rope_angles, tm_cuda_rope_table_bytes(b->rope_positions, c->n_rot), &b->memory.kv, "rope angles", error)))
-        return s;
-    CHECK_KERNEL(tm_cuda_rope_table(b->rope_angles, b->rope_positions, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
-                                    b->stream));
     uint64_t pool_bytes = (uint64_t)stats.pages_total * stats.page_size;
     uint64_t mirror_bytes = (uint64_t)b->max_sequences * c->n_layer * b->max_pages * sizeof(int32_t);
-    if ((s = device_alloc(b, &b->kv_pool, pool_bytes, &b->memory.kv, "KV pages", error))) return s;
-    if ((s = device_alloc(b, (void **)&b->page_mirror, mirror_bytes, &b->memory.kv, "KV page tables", error))) return s;
-    CHECK_CUDA(cudaMallocHost((void **)&b->host_page_mirror, mirror_bytes));
+    if (!b->kv_pool && (s = device_alloc(b, &b->kv_pool, pool_bytes, &b->memory.kv, "KV pages", error))) return s;
+    if (!b->page_mirror && (s = device_alloc(b, (void **)&b->page_mirror, mirror_bytes, &b->memory.kv, "KV page tables", error))) return s;
+    if (!b->host_page_mirror) CHECK_CUDA(cudaMallocHost((void **)&b->host_page_mirror, mirror_bytes));
+    /* the rope angles of the positions a stream can reach (up to ROPE_TABLE_POSITIONS; later ones are
+     * computed); rope_positions stays 0 (every angle computed) until the table is written */
+    const int rope_positions = (int)TM_MIN((int64_t)ROPE_TABLE_POSITIONS, max_tokens);
+    if (!b->rope_angles &&
+        (s = device_alloc(b, &b->rope_angles, tm_cuda_rope_table_bytes(rope_positions, c->n_rot), &b->memory.kv, "rope angles", error)))
+        return s;
+    CHECK_KERNEL(tm_cuda_rope_table(b->rope_angles, rope_positions, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
+                                    b->stream));
+    b->rope_positions = rope_positions;
     if (!(b->seen_step = calloc((size_t)b->max_sequences, sizeof *b->seen_step)))
         return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
     return TM_OK;
