@@ -10,8 +10,9 @@
  * l / 8, l / 8 + 4, ...; the R rows' sub-blocks are decoded into registers once and dotted with
  * each token's activation sub-block, so the activations are read once per R rows and the weights
  * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernel (mmq_kernel,
- * below) takes 16-row tiles instead; at one token on sm_90, products of enough bytes a block go to
- * the streamed kernel (gemv_stream.cu) first. Precision: the activation rounding (at most half a step of
+ * below) takes 16-row tiles instead; at one token, q4_k and q6_k rows take pairs_kernel (a lane
+ * a pair of sub-blocks sharing their bytes, below; TM_GEMV_STREAM=1 tries the streamed kernel of
+ * gemv_stream.cu first). Precision: the activation rounding (at most half a step of
  * max|x|/127 per element of each 32-block) is the only difference from the float kernels, as on
  * the CPU's fast path.
  */
@@ -112,6 +113,147 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
         }
 }
 
+/* ---- one token, a lane a pair of sub-blocks (q4_k, q6_k) ------------------------------------
+ *
+ * mmvq_rows gives a lane one 32-element sub-block, and so loads bytes it drops: q4_k keeps two
+ * sub-blocks in the low and high nibbles of the same 32 bytes (two lanes load them, each keeps
+ * half), q6_k four in the nibbles and 2-bit fields of shared bytes; and the scale bytes, d and
+ * dmin come in separate small loads a sub-block. Here lane l takes a pair of sub-blocks that share
+ * their bytes, in blocks l / 4, l / 4 + 8, ... (all of a pass's loads before any use): every byte
+ * it loads is used, a q4_k block's header (d, dmin, 12 scale bytes) is one 16-byte load its four
+ * lanes share, and the integer sums are scaled by their integer scales with d (and dmin) applied
+ * once a block (as mmq_block_q4k_q5k). H200, 7B decode x1: 426.5 / 428.2 -> 450.2 tokens/s with
+ * q4_k rows alone (one block a lane a pass; two measured 424). `early`: as mmvq_rows. */
+
+/* q4_k: pair p = l % 4 is sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles) of bytes
+ * 16 + 32p .. 16 + 32p + 31; its activations are 64 contiguous bytes, its two (d, d * sum)
+ * pairs one 8-byte load. */
+__device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 high, const int8_t *xq, const half2 *xds, int64_t block,
+                                                int pair) {
+    const int4 *xv = reinterpret_cast<const int4 *>(xq + block * 256 + 64 * pair);
+    const int4 x0 = xv[0], x1 = xv[1], x2 = xv[2], x3 = xv[3];
+    const uint2 xs = *reinterpret_cast<const uint2 *>(xds + block * 8 + 2 * pair);
+    const uint32_t q[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
+    const int xa[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    const int xb[8] = {x2.x, x2.y, x2.z, x2.w, x3.x, x3.y, x3.z, x3.w};
+    int dot_a = 0, dot_b = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        dot_a = __dp4a((int)(q[i] & 0x0F0F0F0Fu), xa[i], dot_a);
+        dot_b = __dp4a((int)((q[i] >> 4) & 0x0F0F0F0Fu), xb[i], dot_b);
+    }
+    uint32_t scales[2], mins[2];
+    k_scales_min_packed(header.y, header.z, header.w, scales, mins);
+    const uint32_t scale_word = pair < 2 ? scales[0] : scales[1], min_word = pair < 2 ? mins[0] : mins[1];
+    const unsigned at = (unsigned)(2 * pair) % 4u; /* bytes at, at + 1: sub-blocks 2p, 2p + 1 */
+    const int scale_a = (int)__byte_perm(scale_word, 0, 0x4440u | at), scale_b = (int)__byte_perm(scale_word, 0, 0x4440u | (at + 1));
+    const float min_a = (float)__byte_perm(min_word, 0, 0x4440u | at), min_b = (float)__byte_perm(min_word, 0, 0x4440u | (at + 1));
+    const float2 xa_ds = __half22float2(*reinterpret_cast<const half2 *>(&xs.x));
+    const float2 xb_ds = __half22float2(*reinterpret_cast<const half2 *>(&xs.y));
+    const float2 dm = __half22float2(*reinterpret_cast<const half2 *>(&header.x));
+    /* |dot scale| <= 32 * 15 * 127 * 63 < 2^24: exact as a float */
+    const float scaled = xa_ds.x * (float)(dot_a * scale_a) + xb_ds.x * (float)(dot_b * scale_b);
+    const float offset = xa_ds.y * min_a + xb_ds.y * min_b;
+    return dm.x * scaled - dm.y * offset;
+}
+
+/* q6_k: lane quarter k = l % 4 is half h = k / 2 of the block and groups g = k % 2 and g + 2 of
+ * it, sub-blocks 4h + g (low nibbles of ql bytes 64h + 32g ..) and 4h + g + 2 (their high
+ * nibbles), the two high bits of both from qh bytes 128 + 32h .. (bits 2g and 2g + 4); their four
+ * 16-element scales are bytes 2g, 2g + 1 and 2g + 4, 2g + 5 of the 8 at 192 + 8h. */
+__device__ __forceinline__ float q6k_block_pair(uint4 low0, uint4 low1, uint4 high0, uint4 high1, uint2 scale_bytes, float d,
+                                                const int8_t *xq, const half2 *xds, int64_t block, int quarter) {
+    const int half = quarter / 2, g = quarter % 2, sub_a = 4 * half + g, sub_b = sub_a + 2;
+    const int4 *xa_v = reinterpret_cast<const int4 *>(xq + block * 256 + 32 * sub_a);
+    const int4 *xb_v = reinterpret_cast<const int4 *>(xq + block * 256 + 32 * sub_b);
+    const int4 a0 = xa_v[0], a1 = xa_v[1], b0 = xb_v[0], b1 = xb_v[1];
+    const float xa_d = __low2float(xds[block * 8 + sub_a]), xb_d = __low2float(xds[block * 8 + sub_b]);
+    const uint32_t ql[8] = {low0.x, low0.y, low0.z, low0.w, low1.x, low1.y, low1.z, low1.w};
+    const uint32_t qh[8] = {high0.x, high0.y, high0.z, high0.w, high1.x, high1.y, high1.z, high1.w};
+    const int xa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    const int xb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+    int dot[2][2] = {{0, 0}, {0, 0}}; /* [sub-block a, b][first, last 16 elements] */
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const uint32_t wa = (ql[i] & 0x0F0F0F0Fu) | (((qh[i] >> (2 * g)) & 0x03030303u) << 4);
+        const uint32_t wb = ((ql[i] >> 4) & 0x0F0F0F0Fu) | (((qh[i] >> (2 * g + 4)) & 0x03030303u) << 4);
+        dot[0][i / 4] = __dp4a((int)__vsubss4(wa, 0x20202020u), xa[i], dot[0][i / 4]);
+        dot[1][i / 4] = __dp4a((int)__vsubss4(wb, 0x20202020u), xb[i], dot[1][i / 4]);
+    }
+    /* signed scale bytes: 2g, 2g + 1 of each word (sub-block a in .x, b in .y) */
+    const int shift = 16 * g;
+    const int sa0 = (int)(scale_bytes.x << (24 - shift)) >> 24, sa1 = (int)(scale_bytes.x << (16 - shift)) >> 24;
+    const int sb0 = (int)(scale_bytes.y << (24 - shift)) >> 24, sb1 = (int)(scale_bytes.y << (16 - shift)) >> 24;
+    /* |dot scale| <= 16 * 32 * 127 * 128 < 2^23 a half; two halves < 2^24: exact as a float */
+    return d * (xa_d * (float)(dot[0][0] * sa0 + dot[0][1] * sa1) + xb_d * (float)(dot[1][0] * sb0 + dot[1][1] * sb1));
+}
+
+/* The one-token dot of one q4_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's share. */
+template <int TYPE>
+__device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xq, const half2 *xds, bool early) {
+    const int lane = threadIdx.x % 32, quarter = lane % 4;
+    uint4 v[4];
+    uint2 scale_bytes = {};
+    float d = 0;
+    auto load = [&](int64_t block) {
+        if (block >= blocks) return;
+        const uint8_t *b = row + block * traits<TYPE>::stride;
+        if constexpr (TYPE == Q4_K) {
+            v[0] = load_weights16(b);
+            v[1] = load_weights16(b + 16 + 32 * quarter);
+            v[2] = load_weights16(b + 32 + 32 * quarter);
+        } else {
+            const int half = quarter / 2, g = quarter % 2;
+            v[0] = load_weights16(b + 64 * half + 32 * g);
+            v[1] = load_weights16(b + 64 * half + 32 * g + 16);
+            v[2] = load_weights16(b + 128 + 32 * half);
+            v[3] = load_weights16(b + 128 + 32 * half + 16);
+            scale_bytes = *reinterpret_cast<const uint2 *>(b + 192 + 8 * half);
+            d = half_at(b + 208);
+        }
+    };
+    if (early) load(lane / 4);
+    tm_grid_dependency();
+    if (!early) load(lane / 4);
+    float acc = 0;
+    for (int64_t block = lane / 4; block < blocks; block += 8) {
+        if constexpr (TYPE == Q4_K) acc += q4k_block_pair(v[0], v[1], v[2], xq, xds, block, quarter);
+        else acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, xq, xds, block, quarter);
+        load(block + 8);
+    }
+    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+    return acc;
+}
+
+/* Whether one-token products take pairs_kernel (1, the default) or the dp4a kernels' lane a
+ * sub-block (0): TM_GEMV_PAIRS, a measuring aid. */
+static int gemv_pairs(void) {
+    static const int pairs = tm_env_int("TM_GEMV_PAIRS", 1);
+    return pairs != 0;
+}
+
+/* One-token products, a warp a row (concatenated over the parts): q4_k and q6_k rows by row_pairs,
+ * q5_k rows by mmvq_rows (the kernels of a lane a sub-block; no pair layout written for it), so a
+ * product gives the same bits alone or with others in one launch. TYPES: the types the launch
+ * holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds (q4_k alone 10: 48
+ * registers, 12: 40; with the other types 8: 64, their loads need more). */
+template <int MIN_BLOCKS, int TYPES>
+__global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, bool early) {
+    int64_t row = (int64_t)blockIdx.x * 4 + threadIdx.x / 32;
+    mmvq_part part;
+    if (!find_part(parts, &row, &part)) return;
+    const int64_t blocks = cols / 256;
+    float sum;
+    if (TYPES == 0 || part.type == Q4_K) {
+        sum = row_pairs<Q4_K>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xq, xds, early);
+    } else if (TYPES == 1 || part.type == Q6_K) {
+        sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xq, xds, early);
+    } else {
+        return mmvq_rows<Q5_K, 1, 1, mmvq_unroll<Q5_K, 1, 1, false>()>(part.weights, part.rows, cols, row, xq, xds, 1, part.y, early);
+    }
+    if (threadIdx.x % 32 == 0) part.y[row] = sum;
+}
+
 template <int TYPE, int NT, int R>
 __global__ void __launch_bounds__(128) mmvq_kernel(const uint8_t *weights, int64_t rows, int64_t cols, const int8_t *xq,
                                                    const half2 *xds, int n_tokens, float *y, bool early) {
@@ -137,6 +279,31 @@ __global__ void __launch_bounds__(128) mmvq_parts_kernel(mmvq_parts parts, int64
 static bool gemv_early_weights(void) {
     static const bool early = tm_env_int("TM_GEMV_EARLY_WEIGHTS", 1) != 0;
     return early;
+}
+
+/* One token of `parts` (q4_k, q5_k or q6_k) through pairs_kernel: cudaErrorNotSupported when
+ * gemv_pairs() is off or every part is q5_k (then mmvq_kernel's lane a sub-block, the same bits at
+ * fewer registers). */
+static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s) {
+    int64_t rows = 0;
+    int types = 0;
+    bool paired = false;
+    for (int p = 0; p < parts.n; p++) {
+        if (parts.type[p] != Q4_K && parts.type[p] != Q5_K && parts.type[p] != Q6_K) return cudaErrorInvalidValue;
+        rows += parts.rows[p], types = max(types, parts.type[p] == Q5_K ? 2 : parts.type[p] == Q6_K ? 1 : 0);
+        paired |= parts.type[p] != Q5_K;
+    }
+    if (!gemv_pairs() || !paired || rows <= 0) return cudaErrorNotSupported;
+    static const int min_blocks = tm_env_int("TM_PAIRS_BLOCKS", 10); /* a measuring aid: 12 caps the registers at 40 */
+    const int8_t *qs = (const int8_t *)q8;
+    const half2 *ds = reinterpret_cast<const half2 *>(qs + cols);
+    const dim3 grid((unsigned)((rows + 3) / 4));
+    const bool early = gemv_early_weights();
+    if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
+    else if (min_blocks == 12) TM_LAUNCH_DEPENDENT((pairs_kernel<12, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
+    else TM_LAUNCH_DEPENDENT((pairs_kernel<10, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
+    return cudaSuccess;
 }
 
 template <int TYPE, int NT, int R>
@@ -176,6 +343,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
     cudaError_t status = cudaErrorNotSupported;
     if (n_tokens >= mmq_min_tokens()) status = launch_mmq(one, cols, q8, n_tokens, s);
     if (status == cudaErrorNotSupported && n_tokens == 1) status = mmvq_stream(one, cols, q8, s);
+    if (status == cudaErrorNotSupported && n_tokens == 1) status = launch_pairs_kernel(one, cols, q8, s);
     if (status != cudaErrorNotSupported) return status;
     if (type == Q4_K) return mmvq<Q4_K>(weights, rows, cols, q8, n_tokens, y, s);
     if (type == Q5_K) return mmvq<Q5_K>(weights, rows, cols, q8, n_tokens, y, s);
@@ -263,17 +431,6 @@ template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inpu
     for (int k = 0; k < 2; k++)
 #pragma unroll
         for (int h = 0; h < 2; h++) xs[k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
-}
-
-/* The eight 6-bit scales and mins of a q4_k/q5_k block (k_scale_min's layout) from its 12 scale
- * bytes, as words w0..w2, decoded four at a time, a value a byte: scales[0] / mins[0] for
- * sub-blocks 0-3, [1] for 4-7 (their two high bits are the top bits of w0's / w1's bytes). The
- * same values as k_scale_min, in 8 word operations instead of ~6 a sub-block. */
-__device__ __forceinline__ void k_scales_min_packed(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t (&scales)[2], uint32_t (&mins)[2]) {
-    scales[0] = w0 & 0x3F3F3F3Fu;
-    mins[0] = w1 & 0x3F3F3F3Fu;
-    scales[1] = (w2 & 0x0F0F0F0Fu) | ((w0 >> 2) & 0x30303030u);
-    mins[1] = ((w2 >> 4) & 0x0F0F0F0Fu) | ((w1 >> 2) & 0x30303030u);
 }
 
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
@@ -620,6 +777,7 @@ extern "C" int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts
     }
     if (n_tokens == 1) {
         cudaError_t status = mmvq_stream(p, cols, q8, s);
+        if (status == cudaErrorNotSupported) status = launch_pairs_kernel(p, cols, q8, s);
         if (status != cudaErrorNotSupported) return status;
     }
     if (n_tokens <= 1) return launch_parts<1, 1>(p, cols, q8, n_tokens, s);

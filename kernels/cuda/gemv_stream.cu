@@ -24,7 +24,12 @@
  * launch is declined with cudaErrorNotSupported (the caller falls back to dp4a) when it moves
  * fewer than TM_STREAM_MIN_KB (default 448) KiB of weights a block. Also declined: plans that do
  * not fit (fewer than two stages), devices before sm_90, activations not 16-byte aligned, and
- * TM_GEMV_STREAM=0 (the measuring aids are read once).
+ * unless TM_GEMV_STREAM=1 (the measuring aids are read once).
+ *
+ * Off by default since session 8: gemv_q8.cu's pairs_kernel (a lane a pair of sub-blocks, every
+ * byte it loads used) took the 70B's large products faster than this kernel (H200, 70B decode x1
+ * 60.86 / 60.96 / 60.88 tokens/s streaming them, 61.06 / 61.12 / 61.07 not, in three calls). Kept
+ * for measuring on other cards (TM_GEMV_STREAM=1); test_gemv_cuda checks it on every q8 shape.
  *
  * Measured on the H200 (tmbench run suites/throughput.yaml, decode tokens/s, docs/perf-notes.md
  * session 6): 70B x1 56.9 -> 60.7 with the products of >= 256 KiB a block streamed (gate/up 1 MiB,
@@ -284,7 +289,7 @@ static bool stream_plan_for(const mmvq_parts &parts, int64_t cols, int shared_pe
 }
 
 cudaError_t mmvq_stream(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s) {
-    static const int enabled = tm_env_int("TM_GEMV_STREAM", 1);  /* a measuring aid: 0 keeps the dp4a kernel */
+    static const int enabled = tm_env_int("TM_GEMV_STREAM", 0);  /* a measuring aid: 1 streams (off by default since session 8) */
     static const int min_kb = tm_env_int("TM_STREAM_MIN_KB", 448); /* a measuring aid: weights a block needs to be streamed */
     if (!enabled || (uintptr_t)q8 % 16 || cols % 256 || cols > (1 << 24)) return cudaErrorNotSupported;
     int sms = 0, shared_per_block = 0;

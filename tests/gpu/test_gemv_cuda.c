@@ -32,20 +32,50 @@
 
 #define SKIPPED 77
 
+/* Runs this test again in a child process with TM_TEST_GEMV_CHILD=`name` and the settings in
+ * `environment` ("NAME=value NAME=value"); its wait status (0: every check passed). */
+static int run_child(const char *name, const char *environment) {
+    fflush(stdout);
+    char self[4096];
+    const ssize_t length = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (length <= 0) return -1;
+    self[length] = '\0';
+    const pid_t pid = fork();
+    if (pid == 0) {
+        char settings[256];
+        snprintf(settings, sizeof settings, "%s", environment);
+        for (char *save = NULL, *item = strtok_r(settings, " ", &save); item; item = strtok_r(NULL, " ", &save)) {
+            char *equals = strchr(item, '=');
+            if (!equals) _exit(126);
+            *equals = '\0';
+            setenv(item, equals + 1, 1);
+        }
+        setenv("TM_TEST_GEMV_CHILD", name, 1);
+        execl(self, self, (char *)NULL);
+        _exit(127);
+    }
+    int status = -1;
+    if (pid > 0 && waitpid(pid, &status, 0) != pid) status = -1;
+    return status;
+}
+
 int main(void) {
     char device[256];
     if (!tm_cuda_device_name(device, sizeof device)) {
         printf("test_gemv_cuda: skipped: no CUDA device\n");
         return SKIPPED;
     }
-    /* One-token q8 products take the streamed kernel on sm_90 (gemv_stream.cu) from TM_STREAM_MIN_KB
-     * KiB of weights a block; 0 here sends every test shape through it. Then the whole test runs
-     * again in a child process with TM_GEMV_STREAM=0, for the dp4a kernel the other devices (and
-     * small products) use, and TM_MMQ_WARPS=4: the tensor-core kernel's blocks of 4 warps (its
-     * choice for large products; the test's shapes take 8). */
-    const bool child = getenv("TM_TEST_GEMV_CHILD") != NULL;
-    if (!child) setenv("TM_STREAM_MIN_KB", "0", 0);
-    printf("device: %s%s\n", device, child ? " (again, one-token products on dp4a)" : "");
+    /* With TM_GEMV_STREAM=1, one-token q8 products take the streamed kernel on sm_90 (gemv_stream.cu,
+     * off by default) from TM_STREAM_MIN_KB KiB of weights a block; 0 here sends every test shape
+     * through it. Then the whole test runs again in child processes with TM_GEMV_STREAM=0, for the
+     * dp4a kernels every device uses by default: TM_TEST_GEMV_CHILD=dp4a with TM_MMQ_WARPS=4 too (the tensor-core
+     * kernel's blocks of 4 warps, its choice for large products; the test's shapes take 8), its
+     * q4_k and q6_k rows a lane a pair of sub-blocks (pairs_kernel, the default); dp4a-pairs12 with
+     * that kernel's registers capped at 40 (TM_PAIRS_BLOCKS=12); dp4a-subblocks with a lane a
+     * sub-block (TM_GEMV_PAIRS=0, the path of q5_k and of several tokens). */
+    const char *child = getenv("TM_TEST_GEMV_CHILD");
+    if (!child) setenv("TM_GEMV_STREAM", "1", 0), setenv("TM_STREAM_MIN_KB", "0", 0);
+    printf("device: %s%s%s\n", device, child ? ", one-token products on " : "", child ? child : "");
     const tm_type types[] = {TM_TYPE_F32, TM_TYPE_F16, TM_TYPE_BF16, TM_TYPE_Q4_0, TM_TYPE_Q4_1, TM_TYPE_Q5_0,
                              TM_TYPE_Q5_1, TM_TYPE_Q8_0, TM_TYPE_Q4_K, TM_TYPE_Q5_K, TM_TYPE_Q6_K};
     /* 272 x 2816: whole 16-row tiles and an odd number of 256-column blocks, so 2..16 tokens of
@@ -181,8 +211,8 @@ int main(void) {
                     if (!(error <= 1e-2)) bad++;
                     if (error > worst || error != error) worst = error;
                 }
-                CHECK(bad == 0, "%s %lldx%lld, 1 token (streamed): %d outputs outside 1e-2 (worst %.3g)", traits->name, (long long)rows,
-                      (long long)cols, bad, worst);
+                CHECK(bad == 0, "%s %lldx%lld, 1 token (%s): %d outputs outside 1e-2 (worst %.3g)", traits->name, (long long)rows,
+                      (long long)cols, child ? child : "streamed", bad, worst);
                 printf("q8 %s %lldx%lld x1: worst %.3g of sum |w x| (bound 1e-2)\n", traits->name, (long long)rows, (long long)cols, worst);
                 cudaFree(d_w), cudaFree(d_x), cudaFree(d_y), cudaFree(d_q8);
                 free(w), free(x), free(y), free(w_row);
@@ -212,12 +242,13 @@ int main(void) {
     }
     CHECK(tm_cuda_gemv(TM_TYPE_Q4_K, NULL, 1, 100, NULL, NULL, NULL) != 0, "a row that is not whole blocks is refused");
     CHECK(tm_cuda_gemv_batched(TM_TYPE_Q4_K, NULL, 1, 256, NULL, 17, NULL, NULL) != 0, "more than 16 tokens are refused");
-    /* several q8 products in one launch (Q/K/V shapes; q4_k, q5_k and q6_k mixed, or q4_k alone) equal the
-     * separate ones bit for bit, at 1 token and at 5 */
-    for (int variant = 0; variant < 4; variant++) {
-        const int n = variant < 2 ? 1 : 5, mixed = variant % 2;
+    /* several q8 products in one launch (Q/K/V shapes; q4_k, q5_k and q6_k mixed, q4_k with a q6_k V
+     * as the 7B's, or q4_k alone) equal the separate ones bit for bit, at 1 token and at 5 */
+    for (int variant = 0; variant < 6; variant++) {
+        const int n = variant < 3 ? 1 : 5, kind = variant % 3;
+        static const char *const kind_names[3] = {"q4_k", "mixed", "q4_k + q6_k"};
         const int64_t cols = 1024, part_rows[3] = {512, 128, 128};
-        const tm_type part_types[3] = {TM_TYPE_Q4_K, mixed ? TM_TYPE_Q5_K : TM_TYPE_Q4_K, mixed ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
+        const tm_type part_types[3] = {TM_TYPE_Q4_K, kind == 1 ? TM_TYPE_Q5_K : TM_TYPE_Q4_K, kind ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
         tm_cuda_gemv_part parts[3];
         float *separate[3], *together[3];
         void *d_x, *d_q8;
@@ -245,8 +276,8 @@ int main(void) {
             size_t bytes = (size_t)part_rows[p] * n * 4;
             float *a = malloc(bytes), *b = malloc(bytes);
             cudaMemcpy(a, separate[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, together[p], bytes, cudaMemcpyDeviceToHost);
-            CHECK(!memcmp(a, b, bytes), "%s parts, %d tokens: part %d in one launch equals its own launch bit for bit", mixed ? "mixed" : "q4_k",
-                  n, p);
+            CHECK(!memcmp(a, b, bytes), "%s parts, %d tokens: part %d in one launch equals its own launch bit for bit", kind_names[kind], n,
+                  p);
             free(a), free(b);
             cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]);
         }
@@ -259,23 +290,11 @@ int main(void) {
     }
     cublasDestroy(cublas);
     if (!child) {
-        setenv("TM_GEMV_STREAM", "0", 1);
-        setenv("TM_MMQ_WARPS", "4", 1);
-        setenv("TM_TEST_GEMV_CHILD", "1", 1);
-        fflush(stdout);
-        char self[4096];
-        const ssize_t length = readlink("/proc/self/exe", self, sizeof self - 1);
-        int status = -1;
-        if (length > 0) {
-            self[length] = '\0';
-            const pid_t pid = fork();
-            if (pid == 0) {
-                execl(self, self, (char *)NULL);
-                _exit(127);
-            }
-            if (pid > 0 && waitpid(pid, &status, 0) != pid) status = -1;
-        }
-        CHECK(status == 0, "the run with TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 passed (wait status %d)", status);
+        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4") == 0, "the run with one-token products on dp4a passed");
+        CHECK(run_child("dp4a-pairs12", "TM_GEMV_STREAM=0 TM_PAIRS_BLOCKS=12") == 0, "the run with pairs_kernel at 40 registers passed");
+        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0") == 0, "the run with a lane a sub-block passed");
     }
-    return check_report(child ? "test_gemv_cuda (TM_GEMV_STREAM=0 TM_MMQ_WARPS=4)" : "test_gemv_cuda");
+    char name[64];
+    snprintf(name, sizeof name, "test_gemv_cuda%s%s%s", child ? " (" : "", child ? child : "", child ? ")" : "");
+    return check_report(name);
 }
