@@ -122,8 +122,11 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
  * their bytes, in blocks l / 4, l / 4 + 8, ... (all of a pass's loads before any use): every byte
  * it loads is used, a q4_k block's header (d, dmin, 12 scale bytes) is one 16-byte load its four
  * lanes share, and the integer sums are scaled by their integer scales with d (and dmin) applied
- * once a block (as mmq_block_q4k_q5k). H200, 7B decode x1: 426.5 / 428.2 -> 450.2 tokens/s with
- * q4_k rows alone (one block a lane a pass; two measured 424). `early`: as mmvq_rows. */
+ * once a block (as mmq_block_q4k_q5k). H200, against TM_GEMV_PAIRS=0: 7B decode x1 436.5 / 433.9 ->
+ * 453.3 / 453.2 tokens/s (q4_k rows alone 444; two blocks a lane a pass measured 424), 70B x1 61.1
+ * with its large products here instead of the streamed kernel's 60.9. More bytes in flight
+ * without more instructions did not pay (per-warp cp.async rings, several warps a row: see
+ * docs/perf-notes.md, session 8). `early`: as mmvq_rows. */
 
 /* q4_k: pair p = l % 4 is sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles) of bytes
  * 16 + 32p .. 16 + 32p + 31; its activations are 64 contiguous bytes, its two (d, d * sum)
@@ -236,7 +239,8 @@ static int gemv_pairs(void) {
  * q5_k rows by mmvq_rows (the kernels of a lane a sub-block; no pair layout written for it), so a
  * product gives the same bits alone or with others in one launch. TYPES: the types the launch
  * holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds (q4_k alone 10: 48
- * registers, 12: 40; with the other types 8: 64, their loads need more). */
+ * registers; with the other types 8: 64, their loads need more; q4_k capped at 40 registers, 12
+ * blocks an SM, measured 443 against 454 tokens/s, 7B decode x1 on the H200). */
 template <int MIN_BLOCKS, int TYPES>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, bool early) {
     int64_t row = (int64_t)blockIdx.x * 4 + threadIdx.x / 32;
@@ -294,14 +298,12 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
         paired |= parts.type[p] != Q5_K;
     }
     if (!gemv_pairs() || !paired || rows <= 0) return cudaErrorNotSupported;
-    static const int min_blocks = tm_env_int("TM_PAIRS_BLOCKS", 10); /* a measuring aid: 12 caps the registers at 40 */
     const int8_t *qs = (const int8_t *)q8;
     const half2 *ds = reinterpret_cast<const half2 *>(qs + cols);
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
     if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
     else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
-    else if (min_blocks == 12) TM_LAUNCH_DEPENDENT((pairs_kernel<12, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
     else TM_LAUNCH_DEPENDENT((pairs_kernel<10, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
     return cudaSuccess;
 }

@@ -70,9 +70,8 @@ int main(void) {
      * through it. Then the whole test runs again in child processes with TM_GEMV_STREAM=0, for the
      * dp4a kernels every device uses by default: TM_TEST_GEMV_CHILD=dp4a with TM_MMQ_WARPS=4 too (the tensor-core
      * kernel's blocks of 4 warps, its choice for large products; the test's shapes take 8), its
-     * q4_k and q6_k rows a lane a pair of sub-blocks (pairs_kernel, the default); dp4a-pairs12 with
-     * that kernel's registers capped at 40 (TM_PAIRS_BLOCKS=12); dp4a-subblocks with a lane a
-     * sub-block (TM_GEMV_PAIRS=0, the path of q5_k and of several tokens). */
+     * q4_k and q6_k rows a lane a pair of sub-blocks (pairs_kernel, the default); dp4a-subblocks
+     * with a lane a sub-block (TM_GEMV_PAIRS=0, the path of q5_k and of several tokens). */
     const char *child = getenv("TM_TEST_GEMV_CHILD");
     if (!child) setenv("TM_GEMV_STREAM", "1", 0), setenv("TM_STREAM_MIN_KB", "0", 0);
     printf("device: %s%s%s\n", device, child ? ", one-token products on " : "", child ? child : "");
@@ -291,7 +290,6 @@ int main(void) {
     cublasDestroy(cublas);
     if (!child) {
         CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4") == 0, "the run with one-token products on dp4a passed");
-        CHECK(run_child("dp4a-pairs12", "TM_GEMV_STREAM=0 TM_PAIRS_BLOCKS=12") == 0, "the run with pairs_kernel at 40 registers passed");
         CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0") == 0, "the run with a lane a sub-block passed");
     }
     char name[64];
