@@ -285,15 +285,14 @@ static bool gemv_early_weights(void) {
     return early;
 }
 
-/* One token of `parts` (q4_k, q5_k or q6_k) through pairs_kernel: cudaErrorNotSupported when
- * gemv_pairs() is off or every part is q5_k (then mmvq_kernel's lane a sub-block, the same bits at
- * fewer registers). */
+/* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
+ * cudaErrorNotSupported when gemv_pairs() is off or every part is q5_k (then mmvq_kernel's lane a
+ * sub-block, the same bits at fewer registers). */
 static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s) {
     int64_t rows = 0;
     int types = 0;
     bool paired = false;
     for (int p = 0; p < parts.n; p++) {
-        if (parts.type[p] != Q4_K && parts.type[p] != Q5_K && parts.type[p] != Q6_K) return cudaErrorInvalidValue;
         rows += parts.rows[p], types = max(types, parts.type[p] == Q5_K ? 2 : parts.type[p] == Q6_K ? 1 : 0);
         paired |= parts.type[p] != Q5_K;
     }
@@ -334,23 +333,32 @@ static cudaError_t mmvq(const void *weights, int64_t rows, int64_t cols, const v
 static int mmq_min_tokens(void);
 static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s);
 
+/* `parts` at n tokens through the first kernel that takes them: the tensor-core products from
+ * mmq_min_tokens() tokens, at one token the streamed kernel (when turned on) or pairs_kernel;
+ * cudaErrorNotSupported when none does (the callers then launch the dp4a kernels of a lane a
+ * sub-block). */
+static cudaError_t launch_fast_products(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
+    cudaError_t status = cudaErrorNotSupported;
+    if (n >= mmq_min_tokens()) status = launch_mmq(parts, cols, q8, n, s);
+    if (status == cudaErrorNotSupported && n == 1) status = mmvq_stream(parts, cols, q8, s);
+    if (status == cudaErrorNotSupported && n == 1) status = launch_pairs_kernel(parts, cols, q8, s);
+    return status;
+}
+
 extern "C" int tm_cuda_gemv_q8_supported(int type) { return type == Q4_K || type == Q5_K || type == Q6_K; }
 
 extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
                                void *stream) {
-    if (cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || ((uintptr_t)weights % 16)) return cudaErrorInvalidValue;
+    if (cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || ((uintptr_t)weights % 16) || !tm_cuda_gemv_q8_supported(type))
+        return cudaErrorInvalidValue;
     cudaStream_t s = (cudaStream_t)stream;
     mmvq_parts one = {}; /* for the kernels that take parts */
     one.n = 1, one.weights[0] = (const uint8_t *)weights, one.y[0] = y, one.rows[0] = rows, one.type[0] = type;
-    cudaError_t status = cudaErrorNotSupported;
-    if (n_tokens >= mmq_min_tokens()) status = launch_mmq(one, cols, q8, n_tokens, s);
-    if (status == cudaErrorNotSupported && n_tokens == 1) status = mmvq_stream(one, cols, q8, s);
-    if (status == cudaErrorNotSupported && n_tokens == 1) status = launch_pairs_kernel(one, cols, q8, s);
+    const cudaError_t status = launch_fast_products(one, cols, q8, n_tokens, s);
     if (status != cudaErrorNotSupported) return status;
     if (type == Q4_K) return mmvq<Q4_K>(weights, rows, cols, q8, n_tokens, y, s);
     if (type == Q5_K) return mmvq<Q5_K>(weights, rows, cols, q8, n_tokens, y, s);
-    if (type == Q6_K) return mmvq<Q6_K>(weights, rows, cols, q8, n_tokens, y, s);
-    return cudaErrorInvalidValue;
+    return mmvq<Q6_K>(weights, rows, cols, q8, n_tokens, y, s);
 }
 
 /* ---- 2..16 tokens on the tensor cores: int8 mma (llama.cpp's MMQ idea) --------------------------
@@ -773,15 +781,8 @@ extern "C" int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts
         p.weights[i] = (const uint8_t *)parts[i].weights, p.y[i] = parts[i].y, p.rows[i] = parts[i].rows, p.type[i] = parts[i].type;
     }
     cudaStream_t s = (cudaStream_t)stream;
-    if (n_tokens >= mmq_min_tokens()) {
-        cudaError_t status = launch_mmq(p, cols, q8, n_tokens, s);
-        if (status != cudaErrorNotSupported) return status;
-    }
-    if (n_tokens == 1) {
-        cudaError_t status = mmvq_stream(p, cols, q8, s);
-        if (status == cudaErrorNotSupported) status = launch_pairs_kernel(p, cols, q8, s);
-        if (status != cudaErrorNotSupported) return status;
-    }
+    const cudaError_t status = launch_fast_products(p, cols, q8, n_tokens, s);
+    if (status != cudaErrorNotSupported) return status;
     if (n_tokens <= 1) return launch_parts<1, 1>(p, cols, q8, n_tokens, s);
     if (n_tokens <= 2) return launch_parts<2, 2>(p, cols, q8, n_tokens, s);
     if (n_tokens <= 4) return launch_parts<4, 2>(p, cols, q8, n_tokens, s);
