@@ -336,7 +336,7 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
 static tm_status matmul(cuda_backend *b, const device_weight *w, const float *x, int n, float *y, bool *x_q8, tm_error_t *error) {
     const bool fast = b->options.precision == TM_PRECISION_FAST;
     if (n <= TM_CUDA_GEMV_MAX_TOKENS && fast && tm_cuda_gemv_q8_supported(w->type) && w->cols % 256 == 0) {
-        if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, (int64_t)n * w->cols, b->q8, b->stream));
+        if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w->cols, b->q8, b->stream));
         *x_q8 = true;
         CHECK_KERNEL(tm_cuda_gemv_q8(w->type, w->data, w->rows, w->cols, b->q8, n, y, b->stream));
     } else if (n > TM_CUDA_GEMV_MAX_TOKENS || (fast && n > 1 && (w->type == TM_TYPE_F16 || w->type == TM_TYPE_BF16))) {
@@ -365,7 +365,7 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
     bool together = n >= min_tokens;
     for (int i = 0; i < n_parts; i++) together = together && takes_q8(b, w[i], n) && w[i]->cols == w[0]->cols;
     if (together) {
-        if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, (int64_t)n * w[0]->cols, b->q8, b->stream));
+        if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w[0]->cols, b->q8, b->stream));
         *x_q8 = true;
         tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
         for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
@@ -464,7 +464,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         if ((s = matmul_parts(b, gate_up, gate_up_out, 2, b->xb, T, &xb_q8, error))) return s;
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("swiglu");
-        if (gate_q8) CHECK_KERNEL(tm_cuda_swiglu_q8(b->gate, b->up, (int64_t)T * c->n_ff, b->q8, stream));
+        if (gate_q8) CHECK_KERNEL(tm_cuda_swiglu_q8(b->gate, b->up, T, c->n_ff, b->q8, stream));
         else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("down");

@@ -388,14 +388,14 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
     }
 }
 
-/* One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m); with q8_qs,
- * also out as q8_1 blocks (q8_ds: their scales), a warp per 32 values (head_dim % 32 == 0).
+/* One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m); with q8.qs,
+ * also out as q8_1 (quant.cuh's layout), a warp per 32 values (head_dim % 32 == 0).
  * Splits are taken 32 at a time, a lane per split: each warp loads the (max, sum) pairs of 32 splits
  * in one trip, reduces them with shuffles, and each thread then adds its dimension's 32 values
  * with every load in flight (weights e^(m_s - m) shuffled from the split's lane). A loop over the
  * splits one after another, each iteration's loads waiting for the last, measured 4.5-5 us at 9
  * splits (H200, 7B decode). Empty splits (sum 0) add nothing. */
-__global__ void combine_kernel(const float *partials, float *out, int n_splits, int head_dim, int8_t *q8_qs, half2 *q8_ds) {
+__global__ void combine_kernel(const float *partials, float *out, int n_splits, int head_dim, q8_out q8) {
     tm_grid_dependency();
     const int64_t stride = head_dim + 2;
     const float *first = partials + (int64_t)blockIdx.x * n_splits * stride;
@@ -428,7 +428,7 @@ __global__ void combine_kernel(const float *partials, float *out, int n_splits, 
         }
         const int64_t element = (int64_t)blockIdx.x * head_dim + d;
         out[element] = value / total;
-        if (q8_qs) quantize_q8_1_warp(value / total, element, lane, q8_qs, q8_ds);
+        if (q8.qs) quantize_q8_1_warp(value / total, element, lane, q8);
     }
 }
 
@@ -458,12 +458,11 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     }
     TM_CUDA_CHECK((cudaError_t)status);
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
-    int8_t *q8_qs = (int8_t *)q8;
-    half2 *q8_ds = q8 ? (half2 *)(q8_qs + n_out) : nullptr;
     if (n_splits > 1)
-        TM_LAUNCH_DEPENDENT(combine_kernel, dim3(n_tokens * n_head), dim3(128), 0, s, partials, out, n_splits, head_dim, q8_qs, q8_ds);
+        TM_LAUNCH_DEPENDENT(combine_kernel, dim3(n_tokens * n_head), dim3(128), 0, s, partials, out, n_splits, head_dim,
+                            q8_out_at(q8, n_tokens, n_out / n_tokens));
     else if (q8)
-        return tm_cuda_quantize_q8_1(out, n_out, q8, stream);
+        return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
     return cudaSuccess;
 }
 

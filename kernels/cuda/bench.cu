@@ -148,7 +148,7 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
         void *extra = NULL;
         if (s->op == TM_BENCH_GEMV && tm_cuda_gemv_q8_supported(s->type)) {
             TRY(alloc(b, &extra, tm_cuda_q8_1_bytes(s->tokens * s->cols)));
-            if (tm_cuda_quantize_q8_1((const float *)x, s->tokens * s->cols, extra, NULL))
+            if (tm_cuda_quantize_q8_1((const float *)x, s->tokens, s->cols, extra, NULL))
                 return tm_cuda_bench_free(b), fail(message, capacity, "quantize failed");
         } else if (s->op == TM_BENCH_GEMM) {
             if (cublasCreate(&b->cublas) != CUBLAS_STATUS_SUCCESS) return tm_cuda_bench_free(b), fail(message, capacity, "cublasCreate failed");

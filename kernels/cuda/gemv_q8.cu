@@ -24,26 +24,25 @@
 /* ---- activations to q8_1 --------------------------------------------------------------------- */
 
 /* One warp per 32-element block: qs = round(x / d), d = max|x| / 127, sum = d * sum(qs). */
-__global__ void quantize_q8_1_kernel(const float *x, int64_t n_blocks, int8_t *qs, half2 *ds) {
+__global__ void quantize_q8_1_kernel(const float *x, int64_t n_blocks, q8_out q8) {
     tm_grid_dependency();
     int64_t block = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
     if (block >= n_blocks) return;
-    quantize_q8_1_warp(x[block * 32 + lane], block * 32 + lane, lane, qs, ds);
+    quantize_q8_1_warp(x[block * 32 + lane], block * 32 + lane, lane, q8);
 }
 
-extern "C" int tm_cuda_quantize_q8_1(const float *x, int64_t n, void *q8, void *stream) {
-    if (n % 32) return cudaErrorInvalidValue;
+extern "C" int tm_cuda_quantize_q8_1(const float *x, int64_t n_rows, int64_t n_per_row, void *q8, void *stream) {
+    const int64_t n = n_rows * n_per_row;
+    if (n_per_row % 32 || n_rows < 0) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
     int64_t n_blocks = n / 32;
-    int8_t *qs = (int8_t *)q8;
-    half2 *ds = (half2 *)(qs + n);
     TM_LAUNCH_DEPENDENT(quantize_q8_1_kernel, dim3((unsigned)((n_blocks * 32 + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, x,
-                        n_blocks, qs, ds);
+                        n_blocks, q8_out_at(q8, n_rows, n_per_row));
     return cudaSuccess;
 }
 
-extern "C" uint64_t tm_cuda_q8_1_bytes(int64_t n) { return (uint64_t)n + (uint64_t)n / 32 * 4; }
+extern "C" uint64_t tm_cuda_q8_1_bytes(int64_t n) { return 2 * (uint64_t)n + (uint64_t)n / 32 * 4; } /* quant.cuh's layout */
 
 /* Blocks per lane per pass of mmvq_rows, all loaded before any is used: more bytes in flight per
  * warp, where registers allow (small R x NT only; 4 at one row and one token measured slower: 4096 x
@@ -126,25 +125,43 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
  * 453.3 / 453.2 tokens/s (q4_k rows alone 444; two blocks a lane a pass measured 424), 70B x1 61.1
  * with its large products here instead of the streamed kernel's 60.9. More bytes in flight
  * without more instructions did not pay (per-warp cp.async rings, several warps a row: see
- * docs/perf-notes.md, session 8). `early`: as mmvq_rows. */
+ * docs/perf-notes.md, session 8). `early`: as mmvq_rows.
+ *
+ * The activations come in pair order (quant.cuh), so a warp's four 16-byte activation loads of a
+ * pass are each 512 contiguous bytes. Read from the plain order (lane l at byte 64l: sixteen
+ * 128-byte lines a load), the activations were most of L1's work: ncu on the 7B's gate/up product,
+ * L1/TEX 91 % busy (LSU data wavefronts 80 %) at DRAM 43 %, 65 % of the L1 traffic hits on the
+ * activations; with the pair order, H200 decode x1 7B 452.4 / 448.2 -> 481.5 / 480.1 tokens/s,
+ * 70B 62.34 -> 68.34 (one call, with the launch bounds below). */
+
+/* The pass's activations: x is this lane's slot in the first of the four rows of its group of
+ * eight blocks in pair order (quant.cuh), the rows `stride` bytes apart. */
+__device__ __forceinline__ int4 pair_chunk(const int8_t *x, int stride, int row) {
+    return *reinterpret_cast<const int4 *>(x + row * stride);
+}
 
 /* q4_k: pair p = l % 4 is sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles) of bytes
- * 16 + 32p .. 16 + 32p + 31; its activations are 64 contiguous bytes, its two (d, d * sum)
- * pairs one 8-byte load. */
-__device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 high, const int8_t *xq, const half2 *xds, int64_t block,
-                                                int pair) {
-    const int4 *xv = reinterpret_cast<const int4 *>(xq + block * 256 + 64 * pair);
-    const int4 x0 = xv[0], x1 = xv[1], x2 = xv[2], x3 = xv[3];
+ * 16 + 32p .. 16 + 32p + 31; its activations are rows 0, 1 (sub-block 2p + (p & 1)) and 2, 3
+ * (the other) at x, its two (d, d * sum) pairs one 8-byte load. */
+__device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 high, const int8_t *x, int stride, const half2 *xds,
+                                                int64_t block, int pair) {
+    const int4 x0 = pair_chunk(x, stride, 0), x1 = pair_chunk(x, stride, 1), x2 = pair_chunk(x, stride, 2), x3 = pair_chunk(x, stride, 3);
     const uint2 xs = *reinterpret_cast<const uint2 *>(xds + block * 8 + 2 * pair);
     const uint32_t q[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
-    const int xa[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-    const int xb[8] = {x2.x, x2.y, x2.z, x2.w, x3.x, x3.y, x3.z, x3.w};
-    int dot_a = 0, dot_b = 0;
+    const int x01[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    const int x23[8] = {x2.x, x2.y, x2.z, x2.w, x3.x, x3.y, x3.z, x3.w};
+    const int odd = pair & 1, shift01 = 4 * odd; /* rows 0, 1: the high nibbles for odd pairs */
+    int dot01 = 0, dot23 = 0;
+    /* all four rows from the first step, so their loads go out together (at 48 registers: 7B x1
+     * 464 -> 477 tokens/s; integer sums, so the order is free) */
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        dot_a = __dp4a((int)(q[i] & 0x0F0F0F0Fu), xa[i], dot_a);
-        dot_b = __dp4a((int)((q[i] >> 4) & 0x0F0F0F0Fu), xb[i], dot_b);
-    }
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = i; j < 8; j += 4) {
+            dot01 = __dp4a((int)((q[j] >> shift01) & 0x0F0F0F0Fu), x01[j], dot01);
+            dot23 = __dp4a((int)((q[j] >> (4 - shift01)) & 0x0F0F0F0Fu), x23[j], dot23);
+        }
+    const int dot_a = odd ? dot23 : dot01, dot_b = odd ? dot01 : dot23; /* sub-blocks 2p, 2p + 1 */
     uint32_t scales[2], mins[2];
     k_scales_min_packed(header.y, header.z, header.w, scales, mins);
     const uint32_t scale_word = pair < 2 ? scales[0] : scales[1], min_word = pair < 2 ? mins[0] : mins[1];
@@ -163,37 +180,44 @@ __device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 h
 /* q6_k: lane quarter k = l % 4 is half h = k / 2 of the block and groups g = k % 2 and g + 2 of
  * it, sub-blocks 4h + g (low nibbles of ql bytes 64h + 32g ..) and 4h + g + 2 (their high
  * nibbles), the two high bits of both from qh bytes 128 + 32h .. (bits 2g and 2g + 4); their four
- * 16-element scales are bytes 2g, 2g + 1 and 2g + 4, 2g + 5 of the 8 at 192 + 8h. */
+ * 16-element scales are bytes 2g, 2g + 1 and 2g + 4, 2g + 5 of the 8 at 192 + 8h. Activations:
+ * rows 0, 1 at x hold sub-block 4h + 3g, rows 2, 3 at x23 (the neighbouring slot) 4h + 2 - g. */
 __device__ __forceinline__ float q6k_block_pair(uint4 low0, uint4 low1, uint4 high0, uint4 high1, uint2 scale_bytes, float d,
-                                                const int8_t *xq, const half2 *xds, int64_t block, int quarter) {
+                                                const int8_t *x, const int8_t *x23, int stride, const half2 *xds, int64_t block,
+                                                int quarter) {
     const int half = quarter / 2, g = quarter % 2, sub_a = 4 * half + g, sub_b = sub_a + 2;
-    const int4 *xa_v = reinterpret_cast<const int4 *>(xq + block * 256 + 32 * sub_a);
-    const int4 *xb_v = reinterpret_cast<const int4 *>(xq + block * 256 + 32 * sub_b);
-    const int4 a0 = xa_v[0], a1 = xa_v[1], b0 = xb_v[0], b1 = xb_v[1];
+    const int4 a0 = pair_chunk(x, stride, 0), a1 = pair_chunk(x, stride, 1), b0 = pair_chunk(x23, stride, 2), b1 = pair_chunk(x23, stride, 3);
     const float xa_d = __low2float(xds[block * 8 + sub_a]), xb_d = __low2float(xds[block * 8 + sub_b]);
     const uint32_t ql[8] = {low0.x, low0.y, low0.z, low0.w, low1.x, low1.y, low1.z, low1.w};
     const uint32_t qh[8] = {high0.x, high0.y, high0.z, high0.w, high1.x, high1.y, high1.z, high1.w};
-    const int xa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-    const int xb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-    int dot[2][2] = {{0, 0}, {0, 0}}; /* [sub-block a, b][first, last 16 elements] */
+    const int x01[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+    const int x23v[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+    /* rows 0, 1 take sub-block a's bits (low nibbles, qh bits 2g) when g = 0, b's (high, 2g + 4) when 1 */
+    const int ql01 = 4 * g, qh01 = 6 * g, ql23 = 4 - ql01, qh23 = 4 - 2 * g;
+    int dot01[2] = {0, 0}, dot23[2] = {0, 0}; /* [first, last 16 elements] */
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const uint32_t wa = (ql[i] & 0x0F0F0F0Fu) | (((qh[i] >> (2 * g)) & 0x03030303u) << 4);
-        const uint32_t wb = ((ql[i] >> 4) & 0x0F0F0F0Fu) | (((qh[i] >> (2 * g + 4)) & 0x03030303u) << 4);
-        dot[0][i / 4] = __dp4a((int)__vsubss4(wa, 0x20202020u), xa[i], dot[0][i / 4]);
-        dot[1][i / 4] = __dp4a((int)__vsubss4(wb, 0x20202020u), xb[i], dot[1][i / 4]);
-    }
+    for (int i = 0; i < 4; i++) /* all four rows from the first step (integer sums: the order is free) */
+#pragma unroll
+        for (int j = i; j < 8; j += 4) {
+            const uint32_t w01 = ((ql[j] >> ql01) & 0x0F0F0F0Fu) | (((qh[j] >> qh01) & 0x03030303u) << 4);
+            const uint32_t w23 = ((ql[j] >> ql23) & 0x0F0F0F0Fu) | (((qh[j] >> qh23) & 0x03030303u) << 4);
+            dot01[j / 4] = __dp4a((int)__vsubss4(w01, 0x20202020u), x01[j], dot01[j / 4]);
+            dot23[j / 4] = __dp4a((int)__vsubss4(w23, 0x20202020u), x23v[j], dot23[j / 4]);
+        }
+    const int dot_a0 = g ? dot23[0] : dot01[0], dot_a1 = g ? dot23[1] : dot01[1];
+    const int dot_b0 = g ? dot01[0] : dot23[0], dot_b1 = g ? dot01[1] : dot23[1];
     /* signed scale bytes: 2g, 2g + 1 of each word (sub-block a in .x, b in .y) */
     const int shift = 16 * g;
     const int sa0 = (int)(scale_bytes.x << (24 - shift)) >> 24, sa1 = (int)(scale_bytes.x << (16 - shift)) >> 24;
     const int sb0 = (int)(scale_bytes.y << (24 - shift)) >> 24, sb1 = (int)(scale_bytes.y << (16 - shift)) >> 24;
     /* |dot scale| <= 16 * 32 * 127 * 128 < 2^23 a half; two halves < 2^24: exact as a float */
-    return d * (xa_d * (float)(dot[0][0] * sa0 + dot[0][1] * sa1) + xb_d * (float)(dot[1][0] * sb0 + dot[1][1] * sb1));
+    return d * (xa_d * (float)(dot_a0 * sa0 + dot_a1 * sa1) + xb_d * (float)(dot_b0 * sb0 + dot_b1 * sb1));
 }
 
-/* The one-token dot of one q4_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's share. */
+/* The one-token dot of one q4_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's
+ * share; xp: the activations in pair order. */
 template <int TYPE>
-__device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xq, const half2 *xds, bool early) {
+__device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xp, const half2 *xds, bool early) {
     const int lane = threadIdx.x % 32, quarter = lane % 4;
     uint4 v[4];
     uint2 scale_bytes = {};
@@ -220,8 +244,19 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
     if (!early) load(lane / 4);
     float acc = 0;
     for (int64_t block = lane / 4; block < blocks; block += 8) {
-        if constexpr (TYPE == Q4_K) acc += q4k_block_pair(v[0], v[1], v[2], xq, xds, block, quarter);
-        else acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, xq, xds, block, quarter);
+        const int64_t first = block - lane / 4; /* the pass's group of (up to) eight blocks */
+        const int8_t *x = xp + first * 256 + 16 * lane;
+        /* rows 512 bytes apart in a whole group: constant offsets, so the four loads go out
+         * together (a computed stride cost them their registers: 444 against 454 tokens/s) */
+        const int stride = first + 8 <= blocks ? 512 : (int)(blocks - first) * 64;
+        if constexpr (TYPE == Q4_K) {
+            if (stride == 512) acc += q4k_block_pair(v[0], v[1], v[2], x, 512, xds, block, quarter);
+            else acc += q4k_block_pair(v[0], v[1], v[2], x, stride, xds, block, quarter);
+        } else {
+            const int8_t *x23 = x + (quarter % 2 ? -16 : 16);
+            if (stride == 512) acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, x, x23, 512, xds, block, quarter);
+            else acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, x, x23, stride, xds, block, quarter);
+        }
         load(block + 8);
     }
     for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
@@ -238,20 +273,22 @@ static int gemv_pairs(void) {
 /* One-token products, a warp a row (concatenated over the parts): q4_k and q6_k rows by row_pairs,
  * q5_k rows by mmvq_rows (the kernels of a lane a sub-block; no pair layout written for it), so a
  * product gives the same bits alone or with others in one launch. TYPES: the types the launch
- * holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds (q4_k alone 10: 48
- * registers; with the other types 8: 64, their loads need more; q4_k capped at 40 registers, 12
- * blocks an SM, measured 443 against 454 tokens/s, 7B decode x1 on the H200). */
+ * holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds, q4_k alone 9 (54
+ * registers), with the other types 7 (72). H200, 7B / 70B decode x1 tokens/s in one call: 9 / 7
+ * 481.5 / 68.34, 10 / 8 (48 / 64 registers) 477.3 / 66.31, 10 / 7 471.0 / 66.78 (before the pair
+ * order, 10 / 8 was the best: a 40-register q4_k cap measured 443 against 454). */
 template <int MIN_BLOCKS, int TYPES>
-__global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, bool early) {
+__global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, const int8_t *xp,
+                                                              bool early) {
     int64_t row = (int64_t)blockIdx.x * 4 + threadIdx.x / 32;
     mmvq_part part;
     if (!find_part(parts, &row, &part)) return;
     const int64_t blocks = cols / 256;
     float sum;
     if (TYPES == 0 || part.type == Q4_K) {
-        sum = row_pairs<Q4_K>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xq, xds, early);
+        sum = row_pairs<Q4_K>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early);
     } else if (TYPES == 1 || part.type == Q6_K) {
-        sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xq, xds, early);
+        sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early);
     } else {
         return mmvq_rows<Q5_K, 1, 1, mmvq_unroll<Q5_K, 1, 1, false>()>(part.weights, part.rows, cols, row, xq, xds, 1, part.y, early);
     }
@@ -291,19 +328,20 @@ static bool gemv_early_weights(void) {
 static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s) {
     int64_t rows = 0;
     int types = 0;
-    bool paired = false;
+    bool any_paired_type = false;
     for (int p = 0; p < parts.n; p++) {
         rows += parts.rows[p], types = max(types, parts.type[p] == Q5_K ? 2 : parts.type[p] == Q6_K ? 1 : 0);
-        paired |= parts.type[p] != Q5_K;
+        any_paired_type |= parts.type[p] != Q5_K;
     }
-    if (!gemv_pairs() || !paired || rows <= 0) return cudaErrorNotSupported;
-    const int8_t *qs = (const int8_t *)q8;
-    const half2 *ds = reinterpret_cast<const half2 *>(qs + cols);
+    if (!gemv_pairs() || !any_paired_type || rows <= 0) return cudaErrorNotSupported;
+    const q8_out x = q8_out_at(const_cast<void *>(q8), 1, cols); /* one token */
+    const int8_t *qs = x.qs, *paired = x.paired;
+    const half2 *ds = x.ds;
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
-    if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
-    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
-    else TM_LAUNCH_DEPENDENT((pairs_kernel<10, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, early);
+    if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<7, 2>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<7, 1>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
+    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
     return cudaSuccess;
 }
 

@@ -31,10 +31,12 @@ int tm_cuda_gemv(int type, const void *weights, int64_t rows, int64_t cols, cons
 int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y,
                          void *stream);
 
-/* Activations quantized for the fast decode products: n floats (a multiple of 32; several
- * tokens' rows back to back) become q8_1 blocks of 32 at q8: n int8 values, then n / 32 pairs of
- * halves (scale d, d * sum of the block's values); tm_cuda_q8_1_bytes(n) bytes. */
-int tm_cuda_quantize_q8_1(const float *x, int64_t n, void *q8, void *stream);
+/* Activations quantized for the fast decode products: n_rows rows of n_per_row floats (a multiple
+ * of 32; the tokens' rows back to back), n = n_rows * n_per_row values, become q8_1 blocks of 32
+ * at q8: n int8 values, then n / 32 pairs of halves (scale d, d * sum of the block's values),
+ * then, for one row only, the n int8 values again in the order the one-token products read them
+ * (kernels/cuda/quant.cuh); tm_cuda_q8_1_bytes(n) bytes. */
+int tm_cuda_quantize_q8_1(const float *x, int64_t n_rows, int64_t n_per_row, void *q8, void *stream);
 uint64_t tm_cuda_q8_1_bytes(int64_t n);
 /* The fast decode product for q4_k, q5_k and q6_k weights (tm_cuda_gemv_q8_supported): y[j][r] =
  * dot(W[r, :], x[j]) for n_tokens (1..16) rows of x given as q8_1 (tm_cuda_quantize_q8_1 of
@@ -86,8 +88,9 @@ int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *d
                         void *q8, void *stream);
 /* gate[i] = silu(gate[i]) * up[i]. */
 int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
-/* The same, also writing the result as q8_1 (n % 32 == 0), as tm_cuda_quantize_q8_1 would. */
-int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n, void *q8, void *stream);
+/* The same over n_rows rows of n_per_row values, also writing the result as q8_1
+ * (n_per_row % 32 == 0), as tm_cuda_quantize_q8_1 would. */
+int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, int64_t n_per_row, void *q8, void *stream);
 /* x[i] += delta[i]. */
 int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
 

@@ -48,7 +48,7 @@ __device__ double block_sum(double value) {
  * d * sum) pairs; a warp owns each 32-element block, as in tm_cuda_quantize_q8_1, with the same
  * arithmetic). float64 sum of squares. */
 __global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n, float eps,
-                               int8_t *q8_qs, half2 *q8_ds) {
+                               q8_out q8) {
     tm_grid_dependency();
     const float *row = x + (int64_t)blockIdx.x * n;
     float *row_out = x_out + (int64_t)blockIdx.x * n;
@@ -66,7 +66,7 @@ __global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const f
         int i = base + lane;
         float value = i < n ? summed[i] * scale * weight[i] : 0.0f;
         if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
-        if (q8_qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8_qs, q8_ds); /* n % 32 == 0 */
+        if (q8.qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8); /* n % 32 == 0 */
     }
 }
 
@@ -79,7 +79,7 @@ __global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const f
  * another measured no faster: 70B decode x1 53.68 against 53.83 on the H200.) */
 template <int PER_THREAD>
 __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n, float eps,
-                                         int8_t *q8_qs, half2 *q8_ds) {
+                                         q8_out q8) {
     tm_grid_dependency();
     const float *row = x + (int64_t)blockIdx.x * n;
     float *row_out = x_out + (int64_t)blockIdx.x * n;
@@ -107,7 +107,7 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
         if (i - lane >= n) break;
         float value = i < n ? v[k] * scale * w[k] : 0.0f;
         if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
-        if (q8_qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8_qs, q8_ds);
+        if (q8.qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8);
     }
 }
 
@@ -120,8 +120,7 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
  * row may still be reading x. float64 sum of squares. */
 #define NORM_SLICE 256
 __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, float *x_out, const float *x, const float *delta,
-                                                                    const float *weight, int n, float eps, int8_t *q8_qs,
-                                                                    half2 *q8_ds) {
+                                                                    const float *weight, int n, float eps, q8_out q8) {
     tm_grid_dependency();
     const int i = blockIdx.y * NORM_SLICE + threadIdx.x; /* this thread's element */
     const float w = i < n ? weight[i] : 0.0f;
@@ -146,7 +145,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
         if (add) x_out[element] = mine;
         out[element] = value;
     }
-    if (q8_qs && i - threadIdx.x % 32 < n) quantize_q8_1_warp(value, element, threadIdx.x % 32, q8_qs, q8_ds); /* n % 32 == 0 */
+    if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_warp(value, element, threadIdx.x % 32, q8); /* n % 32 == 0 */
 }
 
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
@@ -176,42 +175,39 @@ static int norm_sliced_rows(void) {
  * kernel; else the register kernel up to 8192 elements a row (threads: n / its elements a thread,
  * rounded up to whole warps, at least 4 warps), the looping one beyond. */
 static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
-                                  float eps, int8_t *qs, half2 *ds, cudaStream_t stream) {
+                                  float eps, q8_out q8, cudaStream_t stream) {
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
     if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
         const dim3 grid((unsigned)n_rows, (unsigned)((n + NORM_SLICE - 1) / NORM_SLICE));
-        TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, qs, ds);
+        TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8);
         return cudaSuccess;
     }
-    const int per_thread = norm_elements_per_thread(n, qs != nullptr);
+    const int per_thread = norm_elements_per_thread(n, q8.qs != nullptr);
     if (n <= per_thread * 1024) {
         unsigned threads = (unsigned)((n + per_thread - 1) / per_thread + 31) / 32 * 32;
         if (threads < 128) threads = 128;
         if (per_thread == 4)
             TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<4>, dim3(n_rows), dim3(threads), 0, stream, out, x_out, x, delta, weight, n, eps,
-                                qs, ds);
+                                q8);
         else
             TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<8>, dim3(n_rows), dim3(threads), 0, stream, out, x_out, x, delta, weight, n, eps,
-                                qs, ds);
+                                q8);
     } else {
-        TM_LAUNCH_DEPENDENT(rmsnorm_kernel, dim3(n_rows), dim3(norm_threads(n)), 0, stream, out, x_out, x, delta, weight, n, eps, qs,
-                            ds);
+        TM_LAUNCH_DEPENDENT(rmsnorm_kernel, dim3(n_rows), dim3(norm_threads(n)), 0, stream, out, x_out, x, delta, weight, n, eps, q8);
     }
     return cudaSuccess;
 }
 
 extern "C" int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream) {
     if (n_rows == 0) return cudaSuccess;
-    return launch_rmsnorm(out, nullptr, x, nullptr, weight, n_rows, n, eps, nullptr, nullptr, (cudaStream_t)stream);
+    return launch_rmsnorm(out, nullptr, x, nullptr, weight, n_rows, n, eps, q8_out_at(nullptr, 0, 0), (cudaStream_t)stream);
 }
 
 extern "C" int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
                                    float eps, void *q8, void *stream) {
     if (n_rows == 0) return cudaSuccess;
     if ((q8 && n % 32) || n % 4 || (delta && !x_out)) return cudaErrorInvalidValue;
-    int8_t *qs = (int8_t *)q8;
-    half2 *ds = q8 ? (half2 *)(qs + (int64_t)n_rows * n) : nullptr;
-    return launch_rmsnorm(out, x_out, x, delta, weight, n_rows, n, eps, qs, ds, (cudaStream_t)stream);
+    return launch_rmsnorm(out, x_out, x, delta, weight, n_rows, n, eps, q8_out_at(q8, n_rows, n), (cudaStream_t)stream);
 }
 
 /* One thread per (token, head, pair). */
@@ -237,28 +233,28 @@ extern "C" int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim,
 }
 
 /* One thread per element; with q8, a warp per 32-element block also writes its q8_1 block. */
-__global__ void swiglu_kernel(float *gate, const float *up, int64_t n, int8_t *q8_qs, half2 *q8_ds) {
+__global__ void swiglu_kernel(float *gate, const float *up, int64_t n, q8_out q8) {
     tm_grid_dependency();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int lane = threadIdx.x % 32;
     float value = 0;
     if (i < n) gate[i] = value = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-    if (q8_qs && i - lane < n) quantize_q8_1_warp(value, i, lane, q8_qs, q8_ds); /* n % 32 == 0: whole warps */
+    if (q8.qs && i - lane < n) quantize_q8_1_warp(value, i, lane, q8); /* n % 32 == 0: whole warps */
 }
 
 extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream) {
     if (n == 0) return cudaSuccess;
-    TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n, nullptr,
-                        nullptr);
+    TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n,
+                        q8_out_at(nullptr, 0, 0));
     return cudaSuccess;
 }
 
-extern "C" int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n, void *q8, void *stream) {
-    if (n % 32) return cudaErrorInvalidValue;
+extern "C" int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, int64_t n_per_row, void *q8, void *stream) {
+    const int64_t n = n_rows * n_per_row;
+    if (n_per_row % 32 || n_rows < 0) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
-    int8_t *qs = (int8_t *)q8;
-    TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n, qs,
-                        (half2 *)(qs + n));
+    TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n,
+                        q8_out_at(q8, n_rows, n_per_row));
     return cudaSuccess;
 }
 

@@ -139,18 +139,61 @@ template <typename Launch> static cudaError_t dispatch_weight_type(int type, Lau
     }
 }
 
-/* ---- activations as q8_1 (the fast decode products' input, tm_cuda_quantize_q8_1) ------------- */
+/* ---- activations as q8_1 (the fast decode products' input, tm_cuda_quantize_q8_1) ------------- *
+ *
+ * n values (n % 32 == 0) as q8_1 take tm_cuda_q8_1_bytes(n) = 2n + n / 8 bytes:
+ *   qs      n int8 values in order (qs[e] is value e);
+ *   ds      n / 32 pairs of halves (d, d * sum of the block's qs);
+ *   paired  for one row (one token), the same n int8 values again in pair order (q8_pair_index),
+ *           read by the one-token products of pairs_kernel (gemv_q8.cu); not written for more rows.
+ * Pair order: in each group of 2048 values (eight 256-value weight blocks b = 0..7, each of eight
+ * 32-value sub-blocks s, each of two 16-value chunks c), chunk (b, s, c) sits in row
+ * r = 2 * family(s) + c (family(s) = bit 0 of s xor bit 1) at slot 4b + s / 2, a row being 32
+ * slots of 16 bytes. A warp of pairs_kernel, lane 4b + k taking sub-blocks 2k, 2k + 1 (q4_k) or
+ * 4(k / 2) + k % 2 and that + 2 (q6_k: the pairs sharing bytes in each type's layout), then finds
+ * its four chunks at one slot in each of the four rows (q6_k's rows 2 and 3 at the neighbouring
+ * slot 4b + (k ^ 1)): each of its four 16-byte loads is 512 contiguous bytes, four 128-byte lines,
+ * where reading qs directly (lane l at byte 64l) touched sixteen. A group of fewer than eight
+ * blocks at the end (n % 2048 != 0) keeps the order with rows of 64 bytes a block; values whose
+ * group is not whole blocks (n % 256 != 0, which no q8 product reads) stay in place. */
+__device__ __forceinline__ int64_t q8_pair_index(int64_t element, int64_t n) {
+    const int64_t base = element / 2048 * 2048;
+    const int64_t group = n - base < 2048 ? n - base : 2048;
+    if (group % 256) return element;
+    const int within = (int)(element - base), block = within / 256, sub = within / 32 % 8, chunk = within / 16 % 2;
+    const int row = 2 * ((sub ^ (sub >> 1)) & 1) + chunk, slot = 4 * block + sub / 2;
+    return base + row * (group / 4) + slot * 16 + within % 16;
+}
+
+/* Where a kernel writes its output as q8_1: qs == NULL writes nothing; paired == NULL skips the
+ * pair order (written only for one row: only one-token products read it). */
+struct q8_out {
+    int8_t *qs;
+    half2 *ds;
+    int8_t *paired;
+    int64_t n;
+};
+
+/* The q8_1 layout above for n_rows rows of n values at q8 (NULL: none). */
+static inline q8_out q8_out_at(void *q8, int64_t n_rows, int64_t n) {
+    int8_t *qs = (int8_t *)q8;
+    const int64_t total = n_rows * n;
+    if (!qs) return q8_out{nullptr, nullptr, nullptr, 0};
+    return q8_out{qs, reinterpret_cast<half2 *>(qs + total), n_rows == 1 ? qs + total + total / 8 : nullptr, total};
+}
 
 /* A warp's 32 consecutive values (element: this lane's index) as one q8_1 block, with the arithmetic
- * of tm_cuda_quantize_q8_1: qs = round(x / d), d = max|x| / 127, (d, d * sum(qs)). */
-__device__ __forceinline__ void quantize_q8_1_warp(float value, int64_t element, int lane, int8_t *q8_qs, half2 *q8_ds) {
+ * of tm_cuda_quantize_q8_1: qs = round(x / d), d = max|x| / 127, (d, d * sum(qs)); the value also
+ * goes to its place in pair order (one row). */
+__device__ __forceinline__ void quantize_q8_1_warp(float value, int64_t element, int lane, const q8_out &q8) {
     float amax = fabsf(value);
     for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
     float d = amax / 127.0f;
     int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
     for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-    q8_qs[element] = (int8_t)q;
-    if (lane == 0) q8_ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+    q8.qs[element] = (int8_t)q;
+    if (q8.paired) q8.paired[q8_pair_index(element, q8.n)] = (int8_t)q;
+    if (lane == 0) q8.ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
 }
 
 #endif /* TM_CUDA_QUANT_CUH */

@@ -183,7 +183,7 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     cudaMalloc(&d_q8, q8_bytes), cudaMalloc(&d_q8_reference, q8_bytes);
     for (int c = 0; c < 5; c++) {
         cudaMemset(d_out, 0xff, q_floats * 4);
-        cudaMemset(d_q8, 0x55, q8_bytes);
+        cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes); /* pair order: one row only */
         CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
                                       lc->page_size, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
                                       d_partials, d_q8, NULL) == 0,
@@ -191,7 +191,7 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
         cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
         /* the q8_1 copy written alongside (by the combine, or after one split) is the quantizer's own */
-        CHECK(tm_cuda_quantize_q8_1(d_out, (int64_t)q_floats, d_q8_reference, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess,
+        CHECK(tm_cuda_quantize_q8_1(d_out, n_seq, (int64_t)q_floats / n_seq, d_q8_reference, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess,
               "quantize");
         cudaMemcpy(q8, d_q8, q8_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(q8_reference, d_q8_reference, q8_bytes, cudaMemcpyDeviceToHost);
         CHECK(!memcmp(q8, q8_reference, q8_bytes), "decode, %d splits, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",

@@ -144,7 +144,7 @@ int main(void) {
                 for (int c = 0; c < 6; c++) {
                     int n = q8_counts[c];
                     cudaMemset(d_y, 0xff, (size_t)rows * n * 4);
-                    CHECK(tm_cuda_quantize_q8_1(d_x, (int64_t)n * cols, d_q8, NULL) == 0 &&
+                    CHECK(tm_cuda_quantize_q8_1(d_x, n, cols, d_q8, NULL) == 0 &&
                               tm_cuda_gemv_q8((int)types[k], d_w, rows, cols, d_q8, n, d_y, NULL) == 0,
                           "%s q8 x%d launch", traits->name, n);
                     CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s q8 x%d kernel", traits->name, n);
@@ -195,7 +195,7 @@ int main(void) {
                       "upload, cudaMalloc");
                 cudaMemcpy(d_x, x, (size_t)cols * 4, cudaMemcpyHostToDevice);
                 cudaMemset(d_y, 0xff, (size_t)rows * 4);
-                CHECK(tm_cuda_quantize_q8_1(d_x, cols, d_q8, NULL) == 0 && tm_cuda_gemv_q8((int)stream_types[k], d_w, rows, cols, d_q8, 1, d_y, NULL) == 0,
+                CHECK(tm_cuda_quantize_q8_1(d_x, 1, cols, d_q8, NULL) == 0 && tm_cuda_gemv_q8((int)stream_types[k], d_w, rows, cols, d_q8, 1, d_y, NULL) == 0,
                       "streamed launch");
                 CHECK(cudaDeviceSynchronize() == cudaSuccess, "streamed kernel");
                 cudaMemcpy(y, d_y, (size_t)rows * 4, cudaMemcpyDeviceToHost);
@@ -255,7 +255,7 @@ int main(void) {
         for (int64_t i = 0; i < cols * n; i++) x[i] = 2.0f * tm_rng_uniform(&rng) - 1.0f;
         cudaMalloc(&d_x, (size_t)cols * n * 4), cudaMalloc(&d_q8, tm_cuda_q8_1_bytes(cols * n));
         cudaMemcpy(d_x, x, (size_t)cols * n * 4, cudaMemcpyHostToDevice);
-        CHECK(tm_cuda_quantize_q8_1(d_x, cols * n, d_q8, NULL) == 0, "quantize");
+        CHECK(tm_cuda_quantize_q8_1(d_x, n, cols, d_q8, NULL) == 0, "quantize");
         for (int p = 0; p < 3; p++) {
             uint64_t row_bytes;
             tm_type_row_bytes(part_types[p], (uint64_t)cols, &row_bytes);

@@ -9,7 +9,9 @@
  *  - SwiGLU and residual add: within 1e-6 relative.
  *  - the fused kernels of the decode step, each against the separate kernels it replaces,
  *    bit for bit: residual add + RMSNorm (+ q8_1 quantization) against add, RMSNorm and
- *    tm_cuda_quantize_q8_1; SwiGLU + quantization against SwiGLU and tm_cuda_quantize_q8_1;
+ *    tm_cuda_quantize_q8_1 (one row, with the values again in pair order, and several);
+ *    SwiGLU + quantization against SwiGLU and tm_cuda_quantize_q8_1 (one row and three); the pair
+ *    order itself against its description, restated in the test;
  *    rope + KV append (f16 and f32 pages, a shuffled page table) against two ropes and the
  *    append (queries and the whole page pool compared). The residual add + RMSNorm is also held
  *    to the CPU reference (1e-6 relative).
@@ -157,7 +159,7 @@ static int differing_bytes(const void *a, const void *b, size_t n) {
     return count;
 }
 
-/* Residual add + norm + quantize, as the decode path calls it: 2 rows out of place (the sliced
+/* Residual add + norm + quantize, as the decode path calls it: 1 and 2 rows out of place (the sliced
  * kernel) and in place (the register kernel), 20 rows both ways (the register kernel). Checked
  * against the CPU (out), bit for bit: the sum written to x_out, the q8_1 blocks against
  * tm_cuda_quantize_q8_1 of out, and out against tm_cuda_add + tm_cuda_rmsnorm where both take the
@@ -177,7 +179,7 @@ static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place) {
     float *d_out = to_device(NULL, total * 4), *d_sum = to_device(x, total * 4), *d_out2 = to_device(NULL, total * 4);
     void *d_q8 = to_device(NULL, q8_bytes), *d_q8b = to_device(NULL, q8_bytes);
     CHECK(tm_cuda_add_rmsnorm(d_out, d_x_out, d_x, d_delta, d_w, rows, n, 1e-5f, d_q8, NULL) == 0, "add_rmsnorm launch");
-    CHECK(tm_cuda_quantize_q8_1(d_out, total, d_q8b, NULL) == 0, "quantize launch");
+    CHECK(tm_cuda_quantize_q8_1(d_out, rows, n, d_q8b, NULL) == 0, "quantize launch");
     from_device(got, d_out, total * 4);
     from_device(got_x, d_x_out, total * 4);
     int bad = 0;
@@ -198,9 +200,54 @@ static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place) {
     free(x), free(delta), free(w), free(expected), free(got), free(sum), free(got_x), free(q8_fused), free(q8_separate), free(separate);
 }
 
+static void test_swiglu_q8(tm_rng_t *rng, int rows);
+static void test_rope_append(tm_rng_t *rng);
+
+/* The q8_1 pair order (kernels/cuda/quant.cuh), restated here from its description: value e of
+ * a row of n (n % 256 == 0) in group g = e / 2048 (of `size` = min(2048, n - 2048g) values),
+ * block b, sub-block s, chunk c sits at 2048g + (2 * (bit 0 of s xor bit 1) + c) * size / 4 +
+ * (4b + s / 2) * 16 + e % 16. One row quantized by tm_cuda_quantize_q8_1 must hold every value
+ * there: 2816 (a group of eight blocks, then three) and 4096 wide. */
+static void test_pair_order(tm_rng_t *rng) {
+    const int64_t widths[2] = {2816, 4096};
+    for (int k = 0; k < 2; k++) {
+        const int64_t n = widths[k];
+        const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes(n);
+        float *x = malloc(n * 4);
+        int8_t *q8 = malloc(q8_bytes);
+        fill(rng, x, n, 2.0f);
+        float *d_x = to_device(x, n * 4);
+        void *d_q8 = to_device(NULL, q8_bytes);
+        CHECK(tm_cuda_quantize_q8_1(d_x, 1, n, d_q8, NULL) == 0, "quantize launch");
+        from_device(q8, d_q8, q8_bytes);
+        const int8_t *qs = q8, *paired = q8 + n + n / 8;
+        int misplaced = 0, distinct = 0;
+        for (int64_t e = 0; e < n; e++) {
+            const int64_t group = e / 2048 * 2048, size = n - group < 2048 ? n - group : 2048;
+            const int within = (int)(e - group), b = within / 256, s = within / 32 % 8, c = within / 16 % 2;
+            const int64_t at = group + (2 * ((s ^ (s >> 1)) & 1) + c) * (size / 4) + (4 * b + s / 2) * 16 + within % 16;
+            misplaced += paired[at] != qs[e];
+            distinct += e > 0 && qs[e] != qs[e - 1];
+        }
+        CHECK(misplaced == 0 && distinct > n / 2, "q8_1 pair order, %lld wide: %d values misplaced (%d of neighbours distinct)", (long long)n,
+              misplaced, distinct);
+        cudaFree(d_x), cudaFree(d_q8);
+        free(x), free(q8);
+    }
+}
+
 static void test_fused(tm_rng_t *rng) {
+    test_pair_order(rng);
+    test_add_rmsnorm(rng, 1, 0); /* one row: the q8_1 pair order written too */
     for (int c = 0; c < 4; c++) test_add_rmsnorm(rng, c < 2 ? 2 : 20, c % 2);
-    const int rows = 3, n = 4096;
+    for (int rows = 1; rows <= 3; rows += 2) test_swiglu_q8(rng, rows);
+    test_rope_append(rng);
+}
+
+/* SwiGLU + quantize against SwiGLU and tm_cuda_quantize_q8_1, bit for bit (with one row the pair
+ * order too, with more the bytes after the scales untouched by both). */
+static void test_swiglu_q8(tm_rng_t *rng, int rows) {
+    const int n = 4096;
     const int64_t total = (int64_t)rows * n;
     const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes(total);
     float *x = malloc(total * 4), *delta = malloc(total * 4), *got = malloc(total * 4), *separate = malloc(total * 4);
@@ -211,15 +258,17 @@ static void test_fused(tm_rng_t *rng) {
     /* SwiGLU + quantize */
     float *d_gate = to_device(x, total * 4), *d_gate2 = to_device(x, total * 4);
     cudaMemset(d_q8, 0xff, q8_bytes), cudaMemset(d_q8b, 0xff, q8_bytes);
-    CHECK(tm_cuda_swiglu_q8(d_gate, d_delta, total, d_q8, NULL) == 0, "swiglu_q8 launch");
-    CHECK(tm_cuda_swiglu(d_gate2, d_delta, total, NULL) == 0 && tm_cuda_quantize_q8_1(d_gate2, total, d_q8b, NULL) == 0, "separate");
+    CHECK(tm_cuda_swiglu_q8(d_gate, d_delta, rows, n, d_q8, NULL) == 0, "swiglu_q8 launch");
+    CHECK(tm_cuda_swiglu(d_gate2, d_delta, total, NULL) == 0 && tm_cuda_quantize_q8_1(d_gate2, rows, n, d_q8b, NULL) == 0, "separate");
     from_device(got, d_gate, total * 4), from_device(separate, d_gate2, total * 4);
     from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
-    CHECK(differing_bytes(got, separate, total * 4) == 0, "swiglu_q8 output equals swiglu bit for bit");
-    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "swiglu_q8 quantization equals tm_cuda_quantize_q8_1");
+    CHECK(differing_bytes(got, separate, total * 4) == 0, "swiglu_q8 output equals swiglu bit for bit (%d rows)", rows);
+    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "swiglu_q8 quantization equals tm_cuda_quantize_q8_1 (%d rows)", rows);
     cudaFree(d_delta), cudaFree(d_q8), cudaFree(d_q8b), cudaFree(d_gate), cudaFree(d_gate2);
     free(x), free(delta), free(got), free(q8_fused), free(q8_separate), free(separate);
+}
 
+static void test_rope_append(tm_rng_t *rng) {
     /* rope + KV append: 20 tokens at positions 5..24 of one stream, 4 query heads, 2 kv heads; with
      * angles computed, then with a table of positions 0..14 (tokens past it computed): the same bits */
     for (int run = 0; run < 4; run++) {
