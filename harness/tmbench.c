@@ -128,7 +128,18 @@ static void free_all(loaded *suites, int n) {
     }
 }
 
+/* Whether the arguments after the subcommand ask for its usage (-h / --help anywhere). */
+static bool asks_for_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return true;
+    return false;
+}
+
 static int command_list(int argc, char **argv) {
+    if (asks_for_help(argc, argv)) {
+        usage(stdout);
+        return 0;
+    }
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -317,6 +328,10 @@ static int command_run(int argc, char **argv) {
     char *paths[64], tags[2048] = "{";
     int n_paths = 0;
     size_t tags_length = 1;
+    if (asks_for_help(argc, argv)) {
+        usage(stdout);
+        return 0;
+    }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--dry-run")) dry_run = true;
@@ -462,6 +477,10 @@ static int command_run(int argc, char **argv) {
 static int command_runs(int argc, char **argv) {
     const char *db_path = DEFAULT_DB, *branch = NULL, *tag = NULL;
     bool all = false, ids_only = false;
+    if (asks_for_help(argc, argv)) {
+        usage(stdout);
+        return 0;
+    }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--db") && i + 1 < argc) db_path = argv[++i];
         else if (!strcmp(argv[i], "--branch") && i + 1 < argc) branch = argv[++i];

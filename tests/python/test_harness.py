@@ -30,6 +30,17 @@ def tmbench():
     return path
 
 
+@pytest.mark.parametrize("command", ["run", "list", "runs", "report", "diff", "export"])
+def test_every_subcommand_answers_help(command, tmbench):
+    """`tmbench COMMAND --help` prints that command's usage on stdout and succeeds (it is not an
+    unknown option, nor a suite file named --help)."""
+    result = subprocess.run([str(tmbench), command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: tmbench"), result.stdout
+    assert f"tmbench {command}" in result.stdout
+    assert result.stderr == ""
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 30, 501])
 def test_summary_matches_numpy(n, testtool, tmp_path):
     rng = np.random.default_rng(n)
