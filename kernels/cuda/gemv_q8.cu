@@ -11,8 +11,8 @@
  * each token's activation sub-block, so the activations are read once per R rows and the weights
  * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernel (mmq_kernel,
  * below) takes 16-row tiles instead; at one token, q4_k and q6_k rows take pairs_kernel (a lane
- * a pair of sub-blocks sharing their bytes, below; TM_GEMV_STREAM=1 tries the streamed kernel of
- * gemv_stream.cu first). Precision: the activation rounding (at most half a step of
+ * a pair of sub-blocks sharing their bytes, reading the activations in the pair order quant.cuh
+ * describes, below; TM_GEMV_STREAM=1 tries the streamed kernel of gemv_stream.cu first). Precision: the activation rounding (at most half a step of
  * max|x|/127 per element of each 32-block) is the only difference from the float kernels, as on
  * the CPU's fast path.
  */

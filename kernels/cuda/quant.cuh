@@ -5,7 +5,8 @@
  * the bytes a block takes in device memory: the same, except q6_k's 210-byte blocks, which
  * tm_cuda_upload_weight (weights.cu) pads to 224 so that every block and each of its fields is
  * 16-byte aligned. Every kernel addresses device weights by stride. Also the one q8_1 quantizer
- * of activations every kernel that writes the fast products' input shares.
+ * of activations every kernel that writes the fast products' input shares, and that input's
+ * layout (values, scales, and for one row the values again in pair order: q8_out).
  */
 #ifndef TM_CUDA_QUANT_CUH
 #define TM_CUDA_QUANT_CUH
