@@ -12,9 +12,9 @@
  * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernel (mmq_kernel,
  * below) takes 16-row tiles instead; at one token, q4_k and q6_k rows take pairs_kernel (a lane
  * a pair of sub-blocks sharing their bytes, reading the activations in the pair order quant.cuh
- * describes, below; TM_GEMV_STREAM=1 tries the streamed kernel of gemv_stream.cu first). Precision: the activation rounding (at most half a step of
- * max|x|/127 per element of each 32-block) is the only difference from the float kernels, as on
- * the CPU's fast path.
+ * describes, below; TM_GEMV_STREAM=1 tries the streamed kernel of gemv_stream.cu first).
+ * Precision: the activation rounding (at most half a step of max|x|/127 per element of each
+ * 32-block) is the only difference from the float kernels, as on the CPU's fast path.
  */
 #include "kernels.h"
 #include "launch.cuh"
@@ -334,7 +334,7 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
         any_paired_type |= parts.type[p] != Q5_K;
     }
     if (!gemv_pairs() || !any_paired_type || rows <= 0) return cudaErrorNotSupported;
-    const q8_out x = q8_out_at(const_cast<void *>(q8), 1, cols); /* one token */
+    const q8_out x = q8_out_at(q8, 1, cols); /* one token */
     const int8_t *qs = x.qs, *paired = x.paired;
     const half2 *ds = x.ds;
     const dim3 grid((unsigned)((rows + 3) / 4));
@@ -347,11 +347,10 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
 
 template <int TYPE, int NT, int R>
 static cudaError_t launch_mmvq(const void *weights, int64_t rows, int64_t cols, const void *q8, int n, float *y, cudaStream_t s) {
-    const int8_t *qs = (const int8_t *)q8;
-    const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
+    const q8_out x = q8_out_at(q8, n, cols);
     int64_t warps = (rows + R - 1) / R;
     TM_LAUNCH_DEPENDENT(mmvq_kernel<TYPE, NT, R>, dim3((unsigned)((warps + 3) / 4)), dim3(128), 0, s, (const uint8_t *)weights, rows,
-                        cols, qs, ds, n, y, gemv_early_weights());
+                        cols, x.qs, x.ds, n, y, gemv_early_weights());
     return cudaSuccess;
 }
 
@@ -788,8 +787,9 @@ template <int NG> static cudaError_t mmq_warps(int64_t cols, int64_t tiles, int 
 static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
     const int64_t total = rows_in_tiles(parts, MMQ_ROWS);
     if (total < 0 || cols > (1 << 24)) return cudaErrorNotSupported; /* mmq_fetch_block's 32-bit offsets */
-    const int8_t *qs = (const int8_t *)q8;
-    const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
+    const q8_out x = q8_out_at(q8, n, cols);
+    const int8_t *qs = x.qs;
+    const half2 *ds = x.ds;
     const int64_t tiles = total / MMQ_ROWS;
     int warps = 0;
     TM_CUDA_CHECK(n <= 8 ? mmq_warps<1>(cols, tiles, &warps) : mmq_warps<2>(cols, tiles, &warps));
@@ -801,9 +801,8 @@ template <int NT, int R>
 static cudaError_t launch_parts(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
     const int64_t total = rows_in_tiles(parts, R);
     if (total < 0) return cudaErrorNotSupported;
-    const int8_t *qs = (const int8_t *)q8;
-    const half2 *ds = (const half2 *)(qs + (int64_t)n * cols);
-    TM_LAUNCH_DEPENDENT(mmvq_parts_kernel<NT, R>, dim3((unsigned)((total / R + 3) / 4)), dim3(128), 0, s, parts, cols, qs, ds, n,
+    const q8_out x = q8_out_at(q8, n, cols);
+    TM_LAUNCH_DEPENDENT(mmvq_parts_kernel<NT, R>, dim3((unsigned)((total / R + 3) / 4)), dim3(128), 0, s, parts, cols, x.qs, x.ds, n,
                         gemv_early_weights());
     return cudaSuccess;
 }

@@ -300,9 +300,8 @@ cudaError_t mmvq_stream(const mmvq_parts &parts, int64_t cols, const void *q8, c
     const int64_t grid = min((int64_t)sms * STREAM_BLOCKS_PER_SM, plan.total_rows);
     if (plan.total_bytes / grid < (int64_t)min_kb * 1024) return cudaErrorNotSupported;
     TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)stream_kernel, shared_per_block));
-    const int8_t *xq = (const int8_t *)q8;
+    const q8_out x = q8_out_at(q8, 1, cols); /* one token */
     const size_t shared = (size_t)plan.x_bytes + (size_t)plan.stages * plan.slot_bytes;
-    TM_LAUNCH_DEPENDENT(stream_kernel, dim3((unsigned)grid), dim3(32 * (STREAM_WARPS + 1)), shared, s, parts, plan, cols, xq,
-                        reinterpret_cast<const half2 *>(xq + cols));
+    TM_LAUNCH_DEPENDENT(stream_kernel, dim3((unsigned)grid), dim3(32 * (STREAM_WARPS + 1)), shared, s, parts, plan, cols, x.qs, x.ds);
     return cudaSuccess;
 }

@@ -175,9 +175,10 @@ struct q8_out {
     int64_t n;
 };
 
-/* The q8_1 layout above for n_rows rows of n values at q8 (NULL: none). */
-static inline q8_out q8_out_at(void *q8, int64_t n_rows, int64_t n) {
-    int8_t *qs = (int8_t *)q8;
+/* The q8_1 layout above for n_rows rows of n values at q8 (NULL: none); the one place its parts'
+ * addresses are computed, for the kernels that write it and the products that read it. */
+static inline q8_out q8_out_at(const void *q8, int64_t n_rows, int64_t n) {
+    int8_t *qs = (int8_t *)const_cast<void *>(q8);
     const int64_t total = n_rows * n;
     if (!qs) return q8_out{nullptr, nullptr, nullptr, 0};
     return q8_out{qs, reinterpret_cast<half2 *>(qs + total), n_rows == 1 ? qs + total + total / 8 : nullptr, total};
