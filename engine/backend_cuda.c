@@ -17,8 +17,9 @@
  * - Matrix products, fast precision (the default): q4_k/q6_k weights with 1..16 tokens use the
  *   8-bit integer kernels (activations quantized to q8_1 once per input, where they are made:
  *   by the norms, the SwiGLU and the attention's split-combine; dp4a at one token, int8 tensor
- *   cores from 2; Q/K/V and gate/up in one launch); f16/bf16 weights go through cuBLAS from 2
- *   tokens (activations rounded to 16 bits), the float GEMV for one. Kernels of the decode path
+ *   cores from 2; Q/K/V and gate/up in one launch); f16/bf16 weights: the float GEMV for one
+ *   token, 16-bit tensor cores for 2..16 (gemv_mma16.cu; cuBLAS where the shape does not fit),
+ *   activations rounded to 16 bits. Kernels of the decode path
  *   are launched as programmatic dependents on sm_90 (kernels/cuda/launch.cuh). Exact precision
  *   (float activations, the reference): one token: GEMV; 2..16:
  *   the batched GEMV reading each weight once. Both: more than 16 tokens run cuBLAS GEMM on
@@ -340,6 +341,13 @@ static tm_status matmul(cuda_backend *b, const device_weight *w, const float *x,
         *x_q8 = true;
         CHECK_KERNEL(tm_cuda_gemv_q8(w->type, w->data, w->rows, w->cols, b->q8, n, y, b->stream));
     } else if (n > TM_CUDA_GEMV_MAX_TOKENS || (fast && n > 1 && (w->type == TM_TYPE_F16 || w->type == TM_TYPE_BF16))) {
+        if (n <= TM_CUDA_GEMV_MAX_TOKENS) { /* decode of several sequences: tensor cores without cuBLAS, where the shape fits */
+            const int status = tm_cuda_gemv_16bit_tokens(w->type, w->data, w->rows, w->cols, x, n, y, b->stream);
+            if (status != cudaErrorNotSupported) {
+                CHECK_KERNEL(status);
+                return TM_OK;
+            }
+        }
         CHECK_KERNEL(tm_cuda_gemm(b->cublas, w->type, w->data, w->rows, w->cols, x, n, y, b->gemm_workspace, b->gemm_workspace_bytes,
                                   b->stream));
     } else {

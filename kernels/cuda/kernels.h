@@ -69,6 +69,13 @@ int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t rows, int6
                  void *workspace, uint64_t workspace_bytes, void *stream);
 /* Workspace tm_cuda_gemm needs at least (one tile of 128 rows plus the converted activations). */
 uint64_t tm_cuda_gemm_min_workspace(int64_t cols, int n_tokens);
+/* The decode product of f16 / bf16 weights for 2..TM_CUDA_GEMV_MAX_TOKENS tokens on tensor cores
+ * (gemv_mma16.cu): y[j][r] = dot(W[r, :], x[j]), activations rounded to the weight's type as in
+ * tm_cuda_gemm, float32 accumulation, no workspace. cudaErrorNotSupported (nothing launched) for
+ * other types and token counts, rows not a multiple of 16, cols not a multiple of 32, weights or
+ * x not 16-byte aligned, or with TM_MMA16=0 in the environment (a measuring aid). */
+int tm_cuda_gemv_16bit_tokens(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y,
+                              void *stream);
 
 /* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats. */
 int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out, void *stream);

@@ -7,7 +7,8 @@
  * weight read once) is held to the same 1e-5. The prefill GEMM (cuBLAS on tensor cores, 37 rows)
  * rounds activations and dequantized weights to f16, so its bound is 2e-3 of sum |w_i x_i|
  * (two roundings of 2^-11 each plus float32 accumulation), 8e-3 for bf16 weights (activations
- * rounded to bf16, 2^-8), 1e-5 for f32 weights (SGEMM); its workspace is the minimum, so
+ * rounded to bf16, 2^-8), 1e-5 for f32 weights (SGEMM); the decode product of f16 / bf16 weights
+ * on 16-bit tensor cores (2, 5, 8, 9 and 16 tokens) to the same bounds; its workspace is the minimum, so
  * quantized weights go through several 128-row tiles. The fast decode products for q4_k and
  * q6_k (activations quantized to 8 bits per 32-block, integer dot products; 1, 2, 5 and 16
  * tokens) are held to 1e-2 of sum |w_i x_i|: each activation moves by at most max|x|/254 of its
@@ -57,6 +58,26 @@ static int run_child(const char *name, const char *environment) {
     int status = -1;
     if (pid > 0 && waitpid(pid, &status, 0) != pid) status = -1;
     return status;
+}
+
+/* Outputs y[j][r] (n tokens) farther than bound * sum_i |w_ri x_ji| from the float64 product of the
+ * dequantized rows w_rows with x; the worst relative error (NaN counts as outside) in *worst. */
+static int count_outside(const float *y, const double *w_rows, const float *x, int64_t rows, int64_t cols, int n, double bound,
+                         double *worst) {
+    int bad = 0;
+    *worst = 0;
+    for (int j = 0; j < n; j++)
+        for (int64_t r = 0; r < rows; r++) {
+            double sum = 0, magnitude = 0;
+            for (int64_t i = 0; i < cols; i++) {
+                sum += w_rows[r * cols + i] * x[j * cols + i];
+                magnitude += fabs(w_rows[r * cols + i] * x[j * cols + i]);
+            }
+            double error = fabs(y[j * rows + r] - sum) / (magnitude + 1e-30);
+            if (!(error <= bound)) bad++;
+            if (error > *worst || error != error) *worst = error;
+        }
+    return bad;
 }
 
 int main(void) {
@@ -120,19 +141,8 @@ int main(void) {
                 CHECK(status == 0, "%s x%d launch", traits->name, n);
                 CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s x%d kernel", traits->name, n);
                 cudaMemcpy(y, d_y, (size_t)rows * n * 4, cudaMemcpyDeviceToHost);
-                int bad = 0;
-                double worst = 0;
-                for (int j = 0; j < n; j++)
-                    for (int64_t r = 0; r < rows; r++) {
-                        double sum = 0, magnitude = 0;
-                        for (int64_t i = 0; i < cols; i++) {
-                            sum += w_rows[r * cols + i] * x[j * cols + i];
-                            magnitude += fabs(w_rows[r * cols + i] * x[j * cols + i]);
-                        }
-                        double error = fabs(y[j * rows + r] - sum) / (magnitude + 1e-30);
-                        if (!(error <= bound)) bad++;
-                        if (error > worst || error != error) worst = error;
-                    }
+                double worst;
+                int bad = count_outside(y, w_rows, x, rows, cols, n, bound, &worst);
                 CHECK(bad == 0, "%s %lldx%lld, %d tokens (%s): %d outputs outside %g (worst %.3g)", traits->name, (long long)rows,
                       (long long)cols, n, n == 1 ? "gemv" : gemm ? "gemm" : "batched gemv", bad, bound, worst);
                 if (gemm) printf("gemm %s %lldx%lld x%d: worst %.3g of sum |w x| (bound %g)\n", traits->name, (long long)rows, (long long)cols, n, worst, bound);
@@ -149,25 +159,44 @@ int main(void) {
                           "%s q8 x%d launch", traits->name, n);
                     CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s q8 x%d kernel", traits->name, n);
                     cudaMemcpy(y, d_y, (size_t)rows * n * 4, cudaMemcpyDeviceToHost);
-                    int bad = 0;
-                    double worst = 0;
-                    for (int j = 0; j < n; j++)
-                        for (int64_t r = 0; r < rows; r++) {
-                            double sum = 0, magnitude = 0;
-                            for (int64_t i = 0; i < cols; i++) {
-                                sum += w_rows[r * cols + i] * x[j * cols + i];
-                                magnitude += fabs(w_rows[r * cols + i] * x[j * cols + i]);
-                            }
-                            double error = fabs(y[j * rows + r] - sum) / (magnitude + 1e-30);
-                            if (!(error <= 1e-2)) bad++;
-                            if (error > worst || error != error) worst = error;
-                        }
+                    double worst;
+                    int bad = count_outside(y, w_rows, x, rows, cols, n, 1e-2, &worst);
                     CHECK(bad == 0, "%s %lldx%lld, %d tokens (q8 activations): %d outputs outside 1e-2 (worst %.3g)", traits->name,
                           (long long)rows, (long long)cols, n, bad, worst);
                     printf("q8 %s %lldx%lld x%d: worst %.3g of sum |w x| (bound 1e-2)\n", traits->name, (long long)rows, (long long)cols, n,
                            worst);
                 }
                 cudaFree(d_q8);
+            }
+            /* f16 / bf16 at 2..16 tokens on 16-bit tensor cores (gemv_mma16.cu, the engine's decode path
+             * for several sequences): activations rounded once to the weight's type, float32
+             * accumulation: the bounds of the cuBLAS product above (2e-3 f16, 8e-3 bf16). Shapes with
+             * rows not a multiple of 16 are refused (cudaErrorNotSupported) and y keeps its poison. */
+            if (types[k] == TM_TYPE_F16 || types[k] == TM_TYPE_BF16) {
+                const int counts[] = {2, 5, 8, 9, 16};
+                const double bound = types[k] == TM_TYPE_F16 ? 2e-3 : 8e-3;
+                const bool fits = rows % 16 == 0 && cols % 32 == 0;
+                for (int c = 0; c < 5; c++) {
+                    int n = counts[c];
+                    cudaMemset(d_y, 0xff, (size_t)rows * n * 4);
+                    int status = tm_cuda_gemv_16bit_tokens((int)types[k], d_w, rows, cols, d_x, n, d_y, NULL);
+                    CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s mma16 x%d kernel", traits->name, n);
+                    cudaMemcpy(y, d_y, (size_t)rows * n * 4, cudaMemcpyDeviceToHost);
+                    if (!fits) {
+                        uint32_t first;
+                        memcpy(&first, y, 4);
+                        CHECK(status == cudaErrorNotSupported && first == 0xffffffffu, "%s %lldx%lld x%d: refused, y untouched", traits->name,
+                              (long long)rows, (long long)cols, n);
+                        continue;
+                    }
+                    CHECK(status == 0, "%s mma16 x%d launch", traits->name, n);
+                    double worst;
+                    int bad = count_outside(y, w_rows, x, rows, cols, n, bound, &worst);
+                    CHECK(bad == 0, "%s %lldx%lld, %d tokens (16-bit tensor cores): %d outputs outside %g (worst %.3g)", traits->name,
+                          (long long)rows, (long long)cols, n, bad, bound, worst);
+                    printf("mma16 %s %lldx%lld x%d: worst %.3g of sum |w x| (bound %g)\n", traits->name, (long long)rows, (long long)cols, n,
+                           worst, bound);
+                }
             }
             cudaFree(d_w), cudaFree(d_x), cudaFree(d_y), cudaFree(d_workspace);
             free(w), free(x), free(y), free(w_row), free(w_rows);

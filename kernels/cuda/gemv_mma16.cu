@@ -1,0 +1,156 @@
+/*
+ * gemv_mma16.cu - decode products of f16 and bf16 weights with 2..16 tokens on the tensor cores:
+ * y[j][r] = dot(W[r, :], x[j]), every weight read once for all the tokens.
+ *
+ * Guarantees: the activations are rounded once to the weight's 16-bit type (as tm_cuda_gemm does
+ * before cuBLAS) and every product is accumulated in float32 by mma.sync m16n8k16; the sum over a
+ * row is split over a block's warps and added in a fixed order, so results do not vary from run to
+ * run. Shapes it does not take (rows not a multiple of 16, columns not a multiple of 32,
+ * misaligned pointers, more than 16 tokens) return cudaErrorNotSupported and leave y untouched.
+ *
+ * Why: at 8 tokens the 8B F16 decode went through cuBLAS GemmEx, whose kernels for a GEMM with
+ * 8 columns read the weights at about the rate of the one-token GEMV (the x8 step cost 1.15x the
+ * x1 step); decode is a weight stream, so the tokens should ride along nearly for free. Measured
+ * (H200, tmbench suites/throughput.yaml, one call, cuBLAS by TM_MMA16=0): 8B decode x8 1355 /
+ * 1358 -> 1417 / 1426 tokens/s, 512 x4 694 -> 724, 2048 x8 1203 -> 1239. This kernel takes 84 %
+ * of the x8 step's GPU time at ~3.1 TB/s (73 % of the copy rate). Tried (same call): 2 steps a
+ * round (78 registers, 24 warps an SM) 1385; the activations also requested a round ahead,
+ * 2 steps 1397, 4 steps (148 registers, 8 warps an SM) 1313.
+ *
+ * Layout: a block takes a 16-row tile and its WARPS warps split the columns in 32-column steps
+ * (warp w: steps w, w + WARPS, ...), so at any moment a block's warps read 64 * WARPS contiguous
+ * bytes of each of its rows. In a step, lane (g = lane / 4, t = lane % 4) loads 16 bytes of rows g
+ * and g + 8 (columns 8t..8t+7) and its token g's (of each group of 8) eight floats at the same
+ * columns; the mma's k order is free, so those are fed as two m16n8k16 whose k = 2t, 2t+1, 2t+8,
+ * 2t+9 are columns 8t..8t+3 and 8t+4..8t+7. UNROLL steps' loads are in flight together, the first
+ * steps' weights requested before the wait for the previous kernel (launch.cuh).
+ */
+#include <cuda_bf16.h>
+
+#include "kernels.h"
+#include "launch.cuh"
+#include "quant.cuh"
+
+#define MMA16_ROWS 16
+#define MMA16_WARPS 8
+#define MMA16_UNROLL 4
+
+/* Two floats as one 32-bit register of two 16-bit values (the first in the low half). */
+template <bool BF16> __device__ __forceinline__ uint32_t pack16(float lo, float hi) {
+    if (BF16) {
+        const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<const uint32_t *>(&v);
+    }
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+/* c += a (16 x 16) b (16 x 8), f16 or bf16 inputs, f32 accumulators. */
+template <bool BF16> __device__ __forceinline__ void mma16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if (BF16)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* One block per 16-row tile; NG groups of 8 tokens (columns past n_tokens read token n_tokens - 1
+ * and are never stored). acc[G][2r + k]: row g + 8r, token 8G + 2t + k. */
+template <bool BF16, int NG>
+__global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(const uint4 *weights, int64_t cols, const float *x, int n_tokens,
+                                                                 float *y, int64_t rows) {
+    __shared__ float partial[MMA16_WARPS - 1][NG * 4][32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int64_t row0 = (int64_t)blockIdx.x * MMA16_ROWS, steps = cols / 32, row_pieces = cols / 8;
+    const uint4 *row_g = weights + (row0 + g) * row_pieces + t, *row_g8 = row_g + 8 * row_pieces;
+    const float4 *x_g[NG];
+#pragma unroll
+    for (int G = 0; G < NG; G++) x_g[G] = reinterpret_cast<const float4 *>(x + min(8 * G + g, n_tokens - 1) * cols) + 2 * t;
+    float acc[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[G][i] = 0;
+    uint4 w[MMA16_UNROLL][2];
+    auto load_weights = [&](int64_t step0) {
+#pragma unroll
+        for (int u = 0; u < MMA16_UNROLL; u++) {
+            const int64_t step = step0 + (int64_t)u * MMA16_WARPS;
+            if (step < steps) w[u][0] = __ldg(row_g + 4 * step), w[u][1] = __ldg(row_g8 + 4 * step);
+        }
+    };
+    load_weights(warp); /* before the wait: weights are not written by earlier work */
+    tm_grid_dependency();
+    for (int64_t step0 = warp; step0 < steps; step0 += MMA16_UNROLL * MMA16_WARPS) {
+        float4 xv[MMA16_UNROLL][NG][2];
+#pragma unroll
+        for (int u = 0; u < MMA16_UNROLL; u++) {
+            const int64_t step = step0 + (int64_t)u * MMA16_WARPS;
+            if (step < steps)
+#pragma unroll
+                for (int G = 0; G < NG; G++) xv[u][G][0] = x_g[G][8 * step], xv[u][G][1] = x_g[G][8 * step + 1];
+        }
+        uint4 now[MMA16_UNROLL][2];
+#pragma unroll
+        for (int u = 0; u < MMA16_UNROLL; u++) now[u][0] = w[u][0], now[u][1] = w[u][1];
+        load_weights(step0 + MMA16_UNROLL * MMA16_WARPS); /* the next round's weights, in flight during this one's products */
+#pragma unroll
+        for (int u = 0; u < MMA16_UNROLL; u++) {
+            if (step0 + (int64_t)u * MMA16_WARPS >= steps) break;
+            const uint32_t a_low[4] = {now[u][0].x, now[u][1].x, now[u][0].y, now[u][1].y};  /* columns 8t..8t+3 */
+            const uint32_t a_high[4] = {now[u][0].z, now[u][1].z, now[u][0].w, now[u][1].w}; /* columns 8t+4..8t+7 */
+#pragma unroll
+            for (int G = 0; G < NG; G++) {
+                const float4 lo = xv[u][G][0], hi = xv[u][G][1];
+                mma16<BF16>(acc[G], a_low, pack16<BF16>(lo.x, lo.y), pack16<BF16>(lo.z, lo.w));
+                mma16<BF16>(acc[G], a_high, pack16<BF16>(hi.x, hi.y), pack16<BF16>(hi.z, hi.w));
+            }
+        }
+    }
+    if (warp > 0)
+#pragma unroll
+        for (int G = 0; G < NG; G++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) partial[warp - 1][G * 4 + i][lane] = acc[G][i];
+    __syncthreads();
+    if (warp > 0) return;
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float sum = acc[G][i];
+#pragma unroll
+            for (int v = 0; v < MMA16_WARPS - 1; v++) sum += partial[v][G * 4 + i][lane];
+            const int token = 8 * G + 2 * t + i % 2;
+            if (token < n_tokens) y[(int64_t)token * rows + row0 + g + 8 * (i / 2)] = sum;
+        }
+}
+
+/* Whether the tensor-core decode product is used (TM_MMA16=0, a measuring aid, sends these
+ * products back to cuBLAS). */
+static bool mma16_enabled(void) {
+    static const bool enabled = tm_env_int("TM_MMA16", 1) != 0;
+    return enabled;
+}
+
+extern "C" int tm_cuda_gemv_16bit_tokens(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens,
+                                         float *y, void *stream) {
+    if ((type != F16 && type != BF16) || n_tokens < 2 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || rows % MMA16_ROWS ||
+        cols % 32 || rows / MMA16_ROWS > INT32_MAX || (uintptr_t)weights % 16 || (uintptr_t)x % 16 || !mma16_enabled())
+        return cudaErrorNotSupported;
+    if (rows == 0) return cudaSuccess;
+    const cudaStream_t s = (cudaStream_t)stream;
+    const dim3 grid((unsigned)(rows / MMA16_ROWS)), block(32 * MMA16_WARPS);
+    const uint4 *w = (const uint4 *)weights;
+    if (type == F16) {
+        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<false, 1>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
+        else TM_LAUNCH_DEPENDENT(mma16_kernel<false, 2>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
+    } else {
+        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<true, 1>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
+        else TM_LAUNCH_DEPENDENT(mma16_kernel<true, 2>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
+    }
+    return cudaSuccess;
+}
