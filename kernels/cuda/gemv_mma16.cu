@@ -30,6 +30,7 @@
 #include "kernels.h"
 #include "launch.cuh"
 #include "quant.cuh"
+#include "tile_sums.cuh"
 
 #define MMA16_ROWS 16
 #define MMA16_WARPS 8
@@ -110,23 +111,7 @@ __global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(const uint4 *we
             }
         }
     }
-    if (warp > 0)
-#pragma unroll
-        for (int G = 0; G < NG; G++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) partial[warp - 1][G * 4 + i][lane] = acc[G][i];
-    __syncthreads();
-    if (warp > 0) return;
-#pragma unroll
-    for (int G = 0; G < NG; G++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float sum = acc[G][i];
-#pragma unroll
-            for (int v = 0; v < MMA16_WARPS - 1; v++) sum += partial[v][G * 4 + i][lane];
-            const int token = 8 * G + 2 * t + i % 2;
-            if (token < n_tokens) y[(int64_t)token * rows + row0 + g + 8 * (i / 2)] = sum;
-        }
+    store_tile_sums<NG, MMA16_WARPS>(acc, partial, y, rows, row0, n_tokens);
 }
 
 /* Whether the tensor-core decode product is used (TM_MMA16=0, a measuring aid, sends these

@@ -20,6 +20,7 @@
 #include "launch.cuh"
 #include "mmvq.cuh"
 #include "quant.cuh"
+#include "tile_sums.cuh"
 
 /* ---- activations to q8_1 --------------------------------------------------------------------- */
 
@@ -717,25 +718,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         }
     }
     __syncthreads(); /* the stages are free: the partial sums reuse them */
-    float(*partial)[NG * 4][32] = reinterpret_cast<float(*)[NG * 4][32]>(mmq_shared);
-    if (warp > 0)
-#pragma unroll
-        for (int G = 0; G < NG; G++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) partial[warp - 1][G * 4 + i][lane] = acc[G][i];
-    __syncthreads();
-    if (warp > 0) return;
-#pragma unroll
-    for (int G = 0; G < NG; G++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float sum = acc[G][i];
-#pragma unroll
-            for (int w = 0; w < WARPS - 1; w++) sum += partial[w][G * 4 + i][lane];
-            const int token = G * 8 + 2 * t + i % 2;
-            const int64_t row = row0 + g + 8 * (i / 2);
-            if (token < n_tokens) y[token * rows + row] = sum;
-        }
+    store_tile_sums<NG, WARPS>(acc, reinterpret_cast<float(*)[NG * 4][32]>(mmq_shared), y, rows, row0, n_tokens);
 }
 
 /* From how many tokens on the tensor-core products are used (default 2). */
