@@ -270,10 +270,14 @@ static int launch(tm_cuda_bench *b) {
                                              buf[2], type, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         return status == CUBLAS_STATUS_SUCCESS ? 0 : -(int)status;
     }
-    case TM_BENCH_GEMV:
+    case TM_BENCH_GEMV: {
         if (tm_cuda_gemv_q8_supported(s->type))
             return tm_cuda_gemv_q8(s->type, buf[0], s->rows, s->cols, buf[3], s->tokens, (float *)buf[2], st);
+        /* f16/bf16 from 2 tokens: the engine's 16-bit tensor-core product where the shape fits */
+        const int status = tm_cuda_gemv_16bit_tokens(s->type, buf[0], s->rows, s->cols, (const float *)buf[1], s->tokens, (float *)buf[2], st);
+        if (status != cudaErrorNotSupported) return status;
         return tm_cuda_gemv_batched(s->type, buf[0], s->rows, s->cols, (const float *)buf[1], s->tokens, (float *)buf[2], st);
+    }
     case TM_BENCH_GEMM:
         return tm_cuda_gemm(b->cublas, s->type, buf[0], s->rows, s->cols, (const float *)buf[1], s->tokens, (float *)buf[2], buf[3],
                             b->workspace_bytes, st);
