@@ -336,18 +336,16 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
  * the same input share one quantization); the caller resets it when x changes. */
 static tm_status matmul(cuda_backend *b, const device_weight *w, const float *x, int n, float *y, bool *x_q8, tm_error_t *error) {
     const bool fast = b->options.precision == TM_PRECISION_FAST;
+    const bool sixteen_bit = w->type == TM_TYPE_F16 || w->type == TM_TYPE_BF16;
+    int status = cudaErrorNotSupported;
     if (n <= TM_CUDA_GEMV_MAX_TOKENS && fast && tm_cuda_gemv_q8_supported(w->type) && w->cols % 256 == 0) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w->cols, b->q8, b->stream));
         *x_q8 = true;
         CHECK_KERNEL(tm_cuda_gemv_q8(w->type, w->data, w->rows, w->cols, b->q8, n, y, b->stream));
-    } else if (n > TM_CUDA_GEMV_MAX_TOKENS || (fast && n > 1 && (w->type == TM_TYPE_F16 || w->type == TM_TYPE_BF16))) {
-        if (n <= TM_CUDA_GEMV_MAX_TOKENS) { /* decode of several sequences: tensor cores without cuBLAS, where the shape fits */
-            const int status = tm_cuda_gemv_16bit_tokens(w->type, w->data, w->rows, w->cols, x, n, y, b->stream);
-            if (status != cudaErrorNotSupported) {
-                CHECK_KERNEL(status);
-                return TM_OK;
-            }
-        }
+    } else if (fast && sixteen_bit && n > 1 && n <= TM_CUDA_GEMV_MAX_TOKENS &&
+               (status = tm_cuda_gemv_16bit_tokens(w->type, w->data, w->rows, w->cols, x, n, y, b->stream)) != cudaErrorNotSupported) {
+        CHECK_KERNEL(status); /* several sequences' decode on 16-bit tensor cores; shapes it refuses go to cuBLAS below */
+    } else if (n > TM_CUDA_GEMV_MAX_TOKENS || (fast && n > 1 && sixteen_bit)) {
         CHECK_KERNEL(tm_cuda_gemm(b->cublas, w->type, w->data, w->rows, w->cols, x, n, y, b->gemm_workspace, b->gemm_workspace_bytes,
                                   b->stream));
     } else {
