@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
 #pragma unroll
             for (int c = 0; c < shape::vecs; c++) {
                 float x[EPV];
-                unpack_piece<HALF>(__ldg(key + c), x);
+                unpack_piece<HALF>(ldg_line16(key + c), x);
 #pragma unroll
                 for (int g = 0; g < G; g++)
 #pragma unroll
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
                 const int k = (i0 + i) * KPI + lane / LPK;
                 const uint4 *value = reinterpret_cast<const uint4 *>(__shfl_sync(0xffffffffu, value_address, k));
 #pragma unroll
-                for (int u = 0; u < VPL; u++) pieces[i][u] = k < n_valid ? __ldg(value + lane % LPK + LPK * u) : make_uint4(0, 0, 0, 0);
+                for (int u = 0; u < VPL; u++) pieces[i][u] = k < n_valid ? ldg_line16(value + lane % LPK + LPK * u) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int i = 0; i < BATCH; i++) {

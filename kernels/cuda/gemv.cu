@@ -99,8 +99,8 @@ __global__ void gemv_f16_kernel(const __half *weights, int64_t rows, int64_t col
     float sum = 0;
     for (int64_t c = lane; c < chunks; c += 64) {
         uint4 packed[2];
-        packed[0] = w[c];
-        if (c + 32 < chunks) packed[1] = w[c + 32];
+        packed[0] = ldg_stream16(w + c);
+        if (c + 32 < chunks) packed[1] = ldg_stream16(w + c + 32);
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             int64_t chunk = c + 32 * u;

@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(const uint4 *we
 #pragma unroll
         for (int u = 0; u < MMA16_UNROLL; u++) {
             const int64_t step = step0 + (int64_t)u * MMA16_WARPS;
-            if (step < steps) w[u][0] = __ldg(row_g + 4 * step), w[u][1] = __ldg(row_g8 + 4 * step);
+            if (step < steps) w[u][0] = ldg_stream16(row_g + 4 * step), w[u][1] = ldg_stream16(row_g8 + 4 * step);
         }
     };
     load_weights(warp); /* before the wait: weights are not written by earlier work */

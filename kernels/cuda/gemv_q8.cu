@@ -275,9 +275,13 @@ static int gemv_pairs(void) {
  * q5_k rows by mmvq_rows (the kernels of a lane a sub-block; no pair layout written for it), so a
  * product gives the same bits alone or with others in one launch. TYPES: the types the launch
  * holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds, q4_k alone 9 (54
- * registers), with the other types 7 (72). H200, 7B / 70B decode x1 tokens/s in one call: 9 / 7
+ * registers), with the other types 8 (64). H200, 7B / 70B decode x1 tokens/s in one call: 9 / 7
  * 481.5 / 68.34, 10 / 8 (48 / 64 registers) 477.3 / 66.31, 10 / 7 471.0 / 66.78 (before the pair
- * order, 10 / 8 was the best: a 40-register q4_k cap measured 443 against 454). */
+ * order, 10 / 8 was the best: a 40-register q4_k cap measured 443 against 454). Session 11, with
+ * the weights' 128-byte L2 fetches (load_weights16), one call: 9 / 7 489.7 / 489.4, 9 / 8 496.6 /
+ * 496.0 (70B 66.69 against 65.86 without either change); next call 9 / 8 493.0 / 489.7, 10 / 8
+ * 472.2 / 478.3, 8 / 8 486.9 / 488.4. At 7 blocks an SM a 4096-row mixed launch (the 7B's down
+ * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. */
 template <int MIN_BLOCKS, int TYPES>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, const int8_t *xp,
                                                               bool early) {
@@ -340,8 +344,8 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
     const half2 *ds = x.ds;
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
-    if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<7, 2>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
-    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<7, 1>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
+    if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
     else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
     return cudaSuccess;
 }
@@ -419,7 +423,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  * below keep a block's bytes in registers, and at 100 registers a thread only 16 warps fit on an SM:
  * ncu on the H200 saw DRAM 23 % busy, 1.1 TB/s, for 14336 x 4096 q4_k at 8 tokens). A staged row
  * is 160 bytes apart (q4_k: 144 + 16, so the quads' 8-byte loads of rows g = 0..3 hit distinct
- * banks) or 176 (q5_k). Measured (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens
+ * banks) or 176 (q5_k). The copies fetch whole 128-byte lines into L2 on a miss, as load_weights16. Measured (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens
  * 27.0 -> 25.0 us, 7B decode x8 1856 -> 1903 tokens/s, 70B x8 280.5 -> 285.1: a small gain, since
  * a 4096-wide tile gives each warp only two blocks. Three blocks an SM (launch bounds, 80
  * registers) measured far worse (1524 and 237): 3 x 67.5 KiB of stages leave L1 little room for
@@ -432,7 +436,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
 
 __device__ __forceinline__ void cp_async16(void *shared, const void *global) {
     const unsigned address = (unsigned)__cvta_generic_to_shared(shared);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global) : "memory");
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(address), "l"(global) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int PENDING> __device__ __forceinline__ void cp_async_wait(void) {

@@ -14,12 +14,12 @@
 
 /* 16 bytes of weights, not kept in L1 (ld.global.nc.L1::no_allocate): weights are read once a
  * step, while L1 keeps the activations that every warp of the SM re-reads. H200: 70B decode x1
- * 55.74 -> 56.39 tokens/s, 7B x1 408.9 / 412.3 -> 410.0 / 413.1 (two pairs). */
-__device__ __forceinline__ uint4 load_weights16(const void *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
+ * 55.74 -> 56.39 tokens/s, 7B x1 408.9 / 412.3 -> 410.0 / 413.1 (two pairs). A miss fetches the
+ * whole 128-byte line into L2 (.L2::128B, common.cuh): a warp's pass reads every byte of a run of lines, but
+ * its 16-byte pieces split sectors between instructions. H200 (session 11, one call), 7B decode
+ * x1 482.7 / 478.7 -> 489.7 / 489.4 tokens/s (with pairs_kernel's launch bounds of 8 for mixed
+ * types too: 496.6 / 496.0); 64-byte fetches 488.3 / 488.9, 256-byte 471.2 / 474.2 (another call). */
+__device__ __forceinline__ uint4 load_weights16(const void *p) { return ldg_stream16(p); }
 
 /* 16 bytes of weights from global memory (load_weights16) or, SHARED, from shared memory (the
  * streamed kernel's stages; inlined there, the compiler sees the pointer is shared). */
