@@ -1,6 +1,7 @@
 /*
- * common.cuh - what every CUDA file of TensorMesh shares: checked CUDA calls and the block
- * layouts of the weight types (the same bytes as engine/quant.h, readable from device code).
+ * common.cuh - what every CUDA file of TensorMesh shares: checked CUDA calls, the block layouts
+ * of the weight types (the same bytes as engine/quant.h, readable from device code), the rope
+ * rotation, and the 16-byte loads that fetch whole lines into L2 (weights, KV).
  */
 #ifndef TM_CUDA_COMMON_CUH
 #define TM_CUDA_COMMON_CUH
