@@ -27,11 +27,14 @@
 
 /* 16 bytes from global memory that no kernel of the launch writes, the miss fetching the whole
  * 128-byte line into L2 (.L2::128B): for reads that sweep every byte of a run of lines in 16-byte
- * pieces, split over several instructions or warps. ldg_line16 keeps the line in L1 (a lane's
- * next pieces of it hit there: the decode attention's keys and values); ldg_stream16 does not
- * allocate in L1 (bytes read once a step: weights), leaving L1 to what is re-read. H200, session
- * 11, each against the same build without it: decode attention 7B decode x1 490.6 / 491.1 ->
- * 496.4 / 495.8 tokens/s; f16 weights 8B decode x1 186.2 -> 189.3, x8 1417 -> 1504. */
+ * pieces split over several instructions or warps (a q4_k block is 144 bytes, so half its lane
+ * pairs' pieces start mid-sector). ldg_line16 keeps the line in L1 (a lane's next pieces of it hit
+ * there: the decode attention's keys and values); ldg_stream16 does not allocate in L1 (bytes read
+ * once a step: weights), leaving L1 to the activations every warp re-reads (70B decode x1 55.74 ->
+ * 56.39 tokens/s when L1::no_allocate came in). H200, session 11, each against the same build
+ * without the 128-byte fetch: quantized weights 7B decode x1 482.7 / 478.7 -> 489.7 / 489.4
+ * (64-byte fetches 488, 256-byte 471-474); decode attention 490.6 / 491.1 -> 496.4 / 495.8; f16
+ * weights 8B decode x1 186.2 -> 189.3, x8 1417 -> 1504. */
 __device__ __forceinline__ uint4 ldg_line16(const void *p) {
     uint4 v;
     asm("ld.global.nc.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));

@@ -227,15 +227,15 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
         if (block >= blocks) return;
         const uint8_t *b = row + block * traits<TYPE>::stride;
         if constexpr (TYPE == Q4_K) {
-            v[0] = load_weights16(b);
-            v[1] = load_weights16(b + 16 + 32 * quarter);
-            v[2] = load_weights16(b + 32 + 32 * quarter);
+            v[0] = ldg_stream16(b);
+            v[1] = ldg_stream16(b + 16 + 32 * quarter);
+            v[2] = ldg_stream16(b + 32 + 32 * quarter);
         } else {
             const int half = quarter / 2, g = quarter % 2;
-            v[0] = load_weights16(b + 64 * half + 32 * g);
-            v[1] = load_weights16(b + 64 * half + 32 * g + 16);
-            v[2] = load_weights16(b + 128 + 32 * half);
-            v[3] = load_weights16(b + 128 + 32 * half + 16);
+            v[0] = ldg_stream16(b + 64 * half + 32 * g);
+            v[1] = ldg_stream16(b + 64 * half + 32 * g + 16);
+            v[2] = ldg_stream16(b + 128 + 32 * half);
+            v[3] = ldg_stream16(b + 128 + 32 * half + 16);
             scale_bytes = *reinterpret_cast<const uint2 *>(b + 192 + 8 * half);
             d = half_at(b + 208);
         }
@@ -278,7 +278,7 @@ static int gemv_pairs(void) {
  * registers), with the other types 8 (64). H200, 7B / 70B decode x1 tokens/s in one call: 9 / 7
  * 481.5 / 68.34, 10 / 8 (48 / 64 registers) 477.3 / 66.31, 10 / 7 471.0 / 66.78 (before the pair
  * order, 10 / 8 was the best: a 40-register q4_k cap measured 443 against 454). Session 11, with
- * the weights' 128-byte L2 fetches (load_weights16), one call: 9 / 7 489.7 / 489.4, 9 / 8 496.6 /
+ * the weights' 128-byte L2 fetches (ldg_stream16), one call: 9 / 7 489.7 / 489.4, 9 / 8 496.6 /
  * 496.0 (70B 66.69 against 65.86 without either change); next call 9 / 8 493.0 / 489.7, 10 / 8
  * 472.2 / 478.3, 8 / 8 486.9 / 488.4. At 7 blocks an SM a 4096-row mixed launch (the 7B's down
  * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. */
@@ -423,11 +423,12 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  * below keep a block's bytes in registers, and at 100 registers a thread only 16 warps fit on an SM:
  * ncu on the H200 saw DRAM 23 % busy, 1.1 TB/s, for 14336 x 4096 q4_k at 8 tokens). A staged row
  * is 160 bytes apart (q4_k: 144 + 16, so the quads' 8-byte loads of rows g = 0..3 hit distinct
- * banks) or 176 (q5_k). The copies fetch whole 128-byte lines into L2 on a miss, as load_weights16. Measured (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens
+ * banks) or 176 (q5_k). Measured (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens
  * 27.0 -> 25.0 us, 7B decode x8 1856 -> 1903 tokens/s, 70B x8 280.5 -> 285.1: a small gain, since
  * a 4096-wide tile gives each warp only two blocks. Three blocks an SM (launch bounds, 80
  * registers) measured far worse (1524 and 237): 3 x 67.5 KiB of stages leave L1 little room for
- * the activations every tile re-reads. */
+ * the activations every tile re-reads. The copies fetch whole 128-byte lines into L2
+ * on a miss, as ldg_stream16 does (common.cuh). */
 #define MMQ_STAGES 3
 #define MMQ_STAGE_ROW_BYTES_Q4K 160
 #define MMQ_STAGE_ROW_BYTES 176 /* q5_k, and the stage size */

@@ -12,22 +12,13 @@
 
 /* ---- weights: one 32-element sub-block, decoded for dp4a ---------------------------------- */
 
-/* 16 bytes of weights, not kept in L1 (ld.global.nc.L1::no_allocate): weights are read once a
- * step, while L1 keeps the activations that every warp of the SM re-reads. H200: 70B decode x1
- * 55.74 -> 56.39 tokens/s, 7B x1 408.9 / 412.3 -> 410.0 / 413.1 (two pairs). A miss fetches the
- * whole 128-byte line into L2 (.L2::128B, common.cuh): a warp's pass reads every byte of a run of lines, but
- * its 16-byte pieces split sectors between instructions. H200 (session 11, one call), 7B decode
- * x1 482.7 / 478.7 -> 489.7 / 489.4 tokens/s (with pairs_kernel's launch bounds of 8 for mixed
- * types too: 496.6 / 496.0); 64-byte fetches 488.3 / 488.9, 256-byte 471.2 / 474.2 (another call). */
-__device__ __forceinline__ uint4 load_weights16(const void *p) { return ldg_stream16(p); }
-
-/* 16 bytes of weights from global memory (load_weights16) or, SHARED, from shared memory (the
+/* 16 bytes of weights from global memory (ldg_stream16, common.cuh) or, SHARED, from shared memory (the
  * streamed kernel's stages; inlined there, the compiler sees the pointer is shared). */
 template <bool SHARED> __device__ __forceinline__ uint4 load16(const void *p) {
     if constexpr (SHARED) {
         return *reinterpret_cast<const uint4 *>(p); /* a plain load: ordered after the stage's barrier wait */
     } else {
-        return load_weights16(p);
+        return ldg_stream16(p);
     }
 }
 
