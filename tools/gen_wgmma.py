@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Generate kernels/cuda/wgmma.cuh: inline-PTX wrappers of the Hopper warpgroup MMA instructions
-flash_mma.cu uses (f16 inputs, float32 accumulators), whose operand lists (one register per
+flash_mma.cu and gemm_fused.cu use (f16 inputs, float32 accumulators), whose operand lists (one register per
 accumulator element: 32 to 128 of them) are too long to write by hand.
 
 usage: tools/gen_wgmma.py > kernels/cuda/wgmma.cuh
@@ -15,6 +15,7 @@ out.write("""/*
  *     K-major), A and B by matrix descriptors; scale_d 0 overwrites D.
  *   wgmma_rs_n<N>_tb: D (64 x N) += A (64 x 16, registers: the mma.sync m16n8k16 A fragment of
  *     each warp's 16 rows) * B (16 x N, shared memory, MN-major: imm-trans-b 1).
+ *   wgmma_rs_n<N>: the same with B K-major (imm-trans-b 0); scale_d 0 overwrites D.
  * D is the accumulator fragment: per warp 16 rows; element 4 j + e of a thread is row
  * lane / 4 + 8 (e / 2), column 8 j + 2 (lane % 4) + e % 2 (the mma.sync C layout per 8 columns).
  * Plus the fence/commit/wait instructions. Only compiled where __CUDA_ARCH_FEAT_SM90_ALL is set.
@@ -30,6 +31,8 @@ out.write("""/*
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\\n" ::: "memory"); }
+/* waits until at most PENDING committed groups of this warpgroup are still running */
+template <int PENDING> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\\n" ::"n"(PENDING) : "memory"); }
 /* shared memory written by ordinary stores or cp.async, read next by wgmma */
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\\n" ::: "memory"); }
 """)
@@ -61,6 +64,17 @@ __device__ __forceinline__ void wgmma_rs_n{n}_tb(float (&d)[{c}], const uint32_t
     asm volatile("wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{regs(0, c)}}}, {{%{c}, %{c + 1}, %{c + 2}, %{c + 3}}}, %{c + 4}, 1, 1, 1, 1;\\n"
                  : {constraints("d", c)}
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+}}
+""")
+
+for n in (128,):
+    c = n // 2
+    out.write(f"""
+__device__ __forceinline__ void wgmma_rs_n{n}(float (&d)[{c}], const uint32_t (&a)[4], uint64_t b, int scale_d) {{
+    asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{c + 5}, 0;\\n"
+                 "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{regs(0, c)}}}, {{%{c}, %{c + 1}, %{c + 2}, %{c + 3}}}, %{c + 4}, p, 1, 1, 0;\\n}}\\n"
+                 : {constraints("d", c)}
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
 }}
 """)
 

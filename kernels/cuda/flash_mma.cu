@@ -41,7 +41,8 @@
 #include "common.cuh"
 #include "kernels.h"
 #include "kv_address.cuh"
-#include "wgmma.cuh"
+#include "launch.cuh"
+#include "mma.cuh"
 
 #include <stdlib.h>
 
@@ -72,45 +73,6 @@ template <int HD> __device__ __forceinline__ uint32_t swizzled(int row, int chun
     return (uint32_t)(row * HD * 2 + ((chunk ^ (row & 7)) << 4));
 }
 
-/* The same tile in wgmma's 128-byte-swizzle canonical layout: HD / 64 column blocks of [rows][64]
- * (128-byte rows), chunk c of a row at c % 8 XOR row % 8 within its block; a tile must start on a
- * 1024-byte boundary, where the hardware's swizzle pattern repeats. */
-__device__ __forceinline__ uint32_t swizzled_atoms(int row, int chunk, int rows) {
-    return (uint32_t)((chunk >> 3) * rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
-}
-
-__device__ __forceinline__ uint32_t shared_address(const void *pointer) { return (uint32_t)__cvta_generic_to_shared(pointer); }
-
-/* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
-__device__ __forceinline__ void copy_async_16(uint32_t destination, const void *source, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));
-}
-/* 4 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
-__device__ __forceinline__ void copy_async_4(uint32_t destination, const void *source, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
-}
-
-/* d += a (16x16, row) * b (16x8, col), f16 in, float32 accumulate. */
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                 "{%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* 2^x on the special-function unit (2^-inf = 0). */
 __device__ __forceinline__ float exp2_approx(float x) {
     float y;
@@ -118,10 +80,6 @@ __device__ __forceinline__ float exp2_approx(float x) {
     return y;
 }
 
-__device__ __forceinline__ uint32_t pack_half2(float low, float high) {
-    __half2 h = __floats2half2_rn(low, high);
-    return *reinterpret_cast<uint32_t *>(&h);
-}
 
 /* Where kv head `head`'s key and value vectors sit, worked out once per block: the page-table
  * index of a token's key (value) page is p >> rows_shift (p / rows_per_page) when whole rows share
@@ -452,12 +410,6 @@ template <int HD, int WG, int BN> struct wgmma_shape {
 };
 
 #if defined(TM_WGMMA_AVAILABLE)
-/* Descriptor of a 128-byte-swizzled operand at shared address `address` (see wgmma.cuh):
- * lbo / sbo the byte strides between 64-element column blocks / 8-row groups. */
-__device__ __forceinline__ uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
-    return (uint64_t)((address & 0x3FFFF) >> 4) | (uint64_t)((lbo & 0x3FFFF) >> 4) << 16 | (uint64_t)((sbo & 0x3FFFF) >> 4) << 32 |
-           1ull << 62;
-}
 
 /* S (64 x BN) (+)= Q (64 x 16 dims) K^T (16 dims x BN keys), both K-major in shared memory. */
 template <int BN> __device__ __forceinline__ void wgmma_qk(float (&s)[BN / 2], uint64_t q, uint64_t k, int accumulate);
@@ -470,14 +422,6 @@ template <> __device__ __forceinline__ void wgmma_pv<128>(float (&o)[64], const 
 template <> __device__ __forceinline__ void wgmma_pv<256>(float (&o)[128], const uint32_t (&p)[4], uint64_t v) { wgmma_rs_n256_tb(o, p, v); }
 #endif
 
-/* Whether this build holds sm_90a code for the wgmma kernel (a probe launched once per device). */
-__global__ void wgmma_probe_kernel(int *available) {
-#if defined(TM_WGMMA_AVAILABLE)
-    *available = 1;
-#else
-    *available = 0;
-#endif
-}
 
 /* Same contract as flash_mma_kernel. Each warpgroup owns 64 rows: S = Q K_t^T by wgmma from
  * shared memory (Q and K K-major, 4 x 16 dims per 128-byte column block), the softmax in
@@ -689,24 +633,6 @@ const flash_config configs[] = {
 #undef TM_FLASH_CONFIG
 #undef TM_FLASH_WGMMA_CONFIG
 
-/* Whether the current device runs this build's wgmma kernel (sm_90a code for a 9.0 device);
- * probed once per device. */
-bool wgmma_available(int device) {
-    static int known[64]; /* 0 unknown, 1 yes, 2 no */
-    if (device < 0 || device >= 64) return false;
-    if (!known[device]) {
-        int *flag = NULL, value = 0;
-        bool ok = cudaMalloc(&flag, sizeof(int)) == cudaSuccess;
-        if (ok) {
-            wgmma_probe_kernel<<<1, 1>>>(flag);
-            ok = cudaMemcpy(&value, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-            cudaFree(flag);
-        }
-        if (!ok) cudaGetLastError();
-        known[device] = ok && value == 1 ? 1 : 2;
-    }
-    return known[device] == 1;
-}
 
 /* The configuration for head_dim on the current device: candidate TM_FLASH_MMA_CONFIG (0-based,
  * among the head dim's entries) when set and runnable, else the first runnable one. */
@@ -722,7 +648,7 @@ const flash_config *choose_config(int device, int head_dim) {
     int index = 0;
     for (const flash_config &c : configs) {
         if (c.head_dim != head_dim) continue;
-        const bool runnable = c.shared_bytes <= (size_t)limit && (!c.wgmma || wgmma_available(device));
+        const bool runnable = c.shared_bytes <= (size_t)limit && (!c.wgmma || tm_wgmma_available(device));
         if (runnable && index == wanted) chosen = &c;
         if (runnable && !fallback) fallback = &c;
         index++;

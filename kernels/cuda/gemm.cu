@@ -10,7 +10,8 @@
  * the ~0.56 bytes (q4_k) read from the GGUF blocks. A 70B prefill of 512 tokens (H200 profile,
  * before the contiguous stores and the even tiles) spent 32 % of its kernel time dequantizing at
  * 2.3 TB/s and 30 % in an sm80 cuBLAS kernel picked for 2340-row tiles; both fixed, the row went
- * 1888 -> 2845 tokens/s. Fusing the dequantization into the GEMM's tile loads is the step after.
+ * 1888 -> 2845 tokens/s. q4_k, q5_k and q6_k weights go to gemm_fused.cu instead (dequantized
+ * inside the tensor-core product) unless TM_GEMM_FUSED=0.
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -162,6 +163,8 @@ extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t
         to_half_kernel<<<grid_for(n_x), 256, 0, stream>>>(x, n_x, (__half *)converted);
     TM_CUDA_CHECK_LAUNCH();
     if (type == F16) return gemm_16bit(handle, CUDA_R_16F, weights, rows, cols, converted, n_tokens, y, rows);
+    const int fused = tm_cuda_gemm_fused(type, weights, rows, cols, converted, n_tokens, y, stream);
+    if (fused != cudaErrorNotSupported) return fused;
     /* quantized: dequantize a row tile, multiply it, next tile */
     uint64_t tile_capacity = workspace_bytes - (uint64_t)(tile - converted);
     static const int tile_megabytes = tm_env_int("TM_GEMM_TILE_MB", 0); /* a measuring aid: tiles of at most that many MiB */

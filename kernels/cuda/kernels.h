@@ -60,15 +60,25 @@ typedef struct tm_cuda_gemv_part {
 } tm_cuda_gemv_part;
 int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream);
 
-/* The prefill product on tensor cores: y[j][r] = dot(W[r, :], x[j]) for any n_tokens, through
- * cuBLAS (`cublas` is a cublasHandle_t bound to `stream`). Activations are rounded to f16 (bf16
- * for bf16 weights) and accumulated in float32; quantized weights are dequantized to f16 in
- * row tiles of at most workspace_bytes - n_tokens * cols * 2 bytes. f32 weights use SGEMM.
+/* The prefill product on tensor cores: y[j][r] = dot(W[r, :], x[j]) for any n_tokens.
+ * Activations are rounded to f16 (bf16 for bf16 weights) and accumulated in float32. q4_k, q5_k
+ * and q6_k weights go through tm_cuda_gemm_fused (dequantized inside the product) unless it
+ * declines; other quantized weights are dequantized to f16 in row tiles of at most
+ * workspace_bytes - n_tokens * cols * 2 bytes and multiplied by cuBLAS (`cublas` is a
+ * cublasHandle_t bound to `stream`), as are f16 / bf16 weights; f32 weights use SGEMM.
  * Returns 0, a cudaError_t, or -(cublasStatus_t) for a cuBLAS failure. */
 int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y,
                  void *workspace, uint64_t workspace_bytes, void *stream);
 /* Workspace tm_cuda_gemm needs at least (one tile of 128 rows plus the converted activations). */
 uint64_t tm_cuda_gemm_min_workspace(int64_t cols, int n_tokens);
+/* The prefill product of q4_k / q5_k / q6_k weights with the dequantization fused into the
+ * tensor-core tile loads (gemm_fused.cu): y[j][r] = dot(W[r, :], x[j]) for x already rounded to
+ * f16 (n_tokens rows of cols halves, 16-byte aligned), float32 accumulation, no workspace; wgmma
+ * where the device runs this build's sm_90a code, else mma.sync. cudaErrorNotSupported (nothing
+ * launched) for other types or with TM_GEMM_FUSED=0 in the environment (1: mma.sync even where
+ * wgmma runs). */
+int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, int64_t cols, const void *x_f16, int n_tokens, float *y,
+                       void *stream);
 /* The decode product of f16 / bf16 weights for 2..TM_CUDA_GEMV_MAX_TOKENS tokens on tensor cores
  * (gemv_mma16.cu): y[j][r] = dot(W[r, :], x[j]), activations rounded to the weight's type as in
  * tm_cuda_gemm, float32 accumulation, no workspace. cudaErrorNotSupported (nothing launched) for

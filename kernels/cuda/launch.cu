@@ -1,8 +1,9 @@
 /*
  * launch.cu - whether kernels overlap their predecessor (launch.cuh): decided once per device;
  * dynamic shared memory above 48 KiB, allowed once per kernel and device; how many blocks of a
- * kernel a device holds at once, computed once per kernel and device; and tm_env_int, the one
- * way the kernels' measuring aids read the environment.
+ * kernel a device holds at once, computed once per kernel and device; whether a device runs this
+ * build's wgmma code (probed once per device); and tm_env_int, the one way the kernels' measuring
+ * aids read the environment.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <mutex>
 
 #include "launch.cuh"
+#include "wgmma.cuh"
 
 #define MAX_DEVICES 64
 
@@ -78,6 +80,32 @@ cudaError_t tm_resident_blocks(const void *kernel, int threads, size_t shared, i
     *blocks = per_sm * sms;
     if (n_known < 64) known[n_known++] = {kernel, device, threads, shared, *blocks};
     return cudaSuccess;
+}
+
+/* Writes whether this build holds sm_90a code (compiled for the device it runs on). */
+static __global__ void wgmma_probe_kernel(int *available) {
+#if defined(TM_WGMMA_AVAILABLE)
+    *available = 1;
+#else
+    *available = 0;
+#endif
+}
+
+bool tm_wgmma_available(int device) {
+    static signed char known[MAX_DEVICES]; /* 0 unknown, 1 yes, -1 no */
+    if (device < 0 || device >= MAX_DEVICES) return false;
+    if (!known[device]) {
+        int *flag = NULL, value = 0;
+        bool ok = cudaMalloc(&flag, sizeof(int)) == cudaSuccess;
+        if (ok) {
+            wgmma_probe_kernel<<<1, 1>>>(flag);
+            ok = cudaMemcpy(&value, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+            cudaFree(flag);
+        }
+        if (!ok) cudaGetLastError();
+        known[device] = ok && value == 1 ? 1 : -1;
+    }
+    return known[device] == 1;
 }
 
 int tm_env_int(const char *name, int fallback) {

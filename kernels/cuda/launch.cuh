@@ -51,6 +51,11 @@ __device__ __forceinline__ void tm_grid_dependency() {
  * TM_DEPENDENT_LAUNCH is not "0" (read once). */
 int tm_dependent_launch_enabled(void);
 
+/* Whether `device`, the current device, runs this build's wgmma (sm_90a) code: a 9.0 device and a
+ * build holding sm_90a; probed once per device by a one-thread kernel (so the first ask must not
+ * come while a graph is being captured). */
+bool tm_wgmma_available(int device);
+
 /* The integer in environment variable `name`, or `fallback` when it is unset, empty or not a whole
  * number. For the measuring aids (TM_MMQ_STAGING=0 and the like); callers read it once, into a
  * function-local static const. */

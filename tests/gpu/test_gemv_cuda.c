@@ -4,8 +4,9 @@
  * float64 product over the CPU's dequantized weights (float32 accumulation in a different
  * order on the GPU), for shapes with an odd row count; the output is poisoned with NaN first, so
  * an unwritten row fails. The batched decode GEMV (2, 5 and 16 activation rows against each
- * weight read once) is held to the same 1e-5. The prefill GEMM (cuBLAS on tensor cores, 37 rows)
- * rounds activations and dequantized weights to f16, so its bound is 2e-3 of sum |w_i x_i|
+ * weight read once) is held to the same 1e-5. The prefill GEMM (tensor cores, 37 rows; 150 for
+ * q4_k/q5_k/q6_k, two 128-token tiles of the fused kernel, the second partial) rounds activations
+ * and dequantized weights to f16, so its bound is 2e-3 of sum |w_i x_i|
  * (two roundings of 2^-11 each plus float32 accumulation), 8e-3 for bf16 weights (activations
  * rounded to bf16, 2^-8), 1e-5 for f32 weights (SGEMM); the decode product of f16 / bf16 weights
  * on 16-bit tensor cores (2, 5, 8, 9 and 16 tokens) to the same bounds; its workspace is the minimum, so
@@ -14,6 +15,9 @@
  * tokens) are held to 1e-2 of sum |w_i x_i|: each activation moves by at most max|x|/254 of its
  * block (~8e-3 of the mean |x| for inputs uniform in [-1, 1]) and the errors have random signs,
  * so the measured worst (printed) sits far below.
+ * The k-quant prefill products run dequantized inside the tensor-core product (gemm_fused.cu):
+ * wgmma where the device runs it in the parent, mma.sync in the "dp4a" child (TM_GEMM_FUSED=1),
+ * dequantize + cuBLAS in the "dp4a-subblocks" child (TM_GEMM_FUSED=0).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -113,7 +117,8 @@ int main(void) {
             uint64_t row_bytes;
             tm_type_row_bytes(types[k], (uint64_t)cols, &row_bytes);
             uint8_t *w = malloc(row_bytes * (uint64_t)rows);
-            const int max_tokens = 37;
+            const bool fused = types[k] == TM_TYPE_Q4_K || types[k] == TM_TYPE_Q5_K || types[k] == TM_TYPE_Q6_K;
+            const int max_tokens = fused ? 150 : 37;
             float *x = malloc((size_t)cols * max_tokens * sizeof *x), *y = malloc((size_t)rows * max_tokens * sizeof *y);
             double *w_rows = malloc((size_t)rows * cols * sizeof *w_rows);
             float *w_row = malloc((size_t)cols * sizeof *w_row);
@@ -129,8 +134,8 @@ int main(void) {
                       cudaMalloc(&d_y, (size_t)rows * max_tokens * 4) == cudaSuccess && cudaMalloc(&d_workspace, workspace_bytes) == cudaSuccess,
                   "upload, cudaMalloc");
             cudaMemcpy(d_x, x, (size_t)cols * max_tokens * 4, cudaMemcpyHostToDevice);
-            const int token_counts[] = {1, 2, 5, 16, max_tokens};
-            for (int c = 0; c < 5; c++) {
+            const int token_counts[] = {1, 2, 5, 16, 37, max_tokens};
+            for (int c = 0; c < (fused ? 6 : 5); c++) {
                 int n = token_counts[c];
                 bool gemm = n > TM_CUDA_GEMV_MAX_TOKENS;
                 double bound = !gemm ? 1e-5 : types[k] == TM_TYPE_F32 ? 1e-5 : types[k] == TM_TYPE_BF16 ? 8e-3 : 2e-3;
@@ -318,8 +323,10 @@ int main(void) {
     }
     cublasDestroy(cublas);
     if (!child) {
-        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4") == 0, "the run with one-token products on dp4a passed");
-        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0") == 0, "the run with a lane a sub-block passed");
+        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1") == 0,
+              "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
+        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0") == 0,
+              "the run with a lane a sub-block (and k-quant prefill through cuBLAS) passed");
     }
     char name[64];
     snprintf(name, sizeof name, "test_gemv_cuda%s%s%s", child ? " (" : "", child ? child : "", child ? ")" : "");

@@ -1,0 +1,67 @@
+/*
+ * mma.cuh - what the tensor-core kernels share (flash_mma.cu, gemm_fused.cu): shared-memory tiles
+ * of 16-byte chunks in wgmma's 128-byte-swizzle layout (readable by ldmatrix too), cp.async copies
+ * into them, ldmatrix and mma.sync m16n8k16 (f16 in, float32 accumulate) for sm_80 and later, and
+ * the wgmma matrix descriptor (sm_90a; the instructions themselves are in wgmma.cuh). Whether a
+ * device runs this build's wgmma code: tm_wgmma_available (launch.cuh).
+ */
+#ifndef TM_CUDA_MMA_CUH
+#define TM_CUDA_MMA_CUH
+
+#include "common.cuh"
+#include "wgmma.cuh"
+
+/* The same tile in wgmma's 128-byte-swizzle canonical layout: HD / 64 column blocks of [rows][64]
+ * (128-byte rows), chunk c of a row at c % 8 XOR row % 8 within its block; a tile must start on a
+ * 1024-byte boundary, where the hardware's swizzle pattern repeats. */
+__device__ __forceinline__ uint32_t swizzled_atoms(int row, int chunk, int rows) {
+    return (uint32_t)((chunk >> 3) * rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
+__device__ __forceinline__ uint32_t shared_address(const void *pointer) { return (uint32_t)__cvta_generic_to_shared(pointer); }
+
+/* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
+__device__ __forceinline__ void copy_async_16(uint32_t destination, const void *source, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));
+}
+/* 4 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
+__device__ __forceinline__ void copy_async_4(uint32_t destination, const void *source, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+/* Waits until at most `PENDING` of this thread's committed copy groups are still in flight. */
+template <int PENDING> __device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+/* d += a (16x16, row) * b (16x8, col), f16 in, float32 accumulate. */
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_half2(float low, float high) {
+    __half2 h = __floats2half2_rn(low, high);
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+/* Descriptor of a 128-byte-swizzled operand at shared address `address` (see wgmma.cuh):
+ * lbo / sbo the byte strides between 64-element column blocks / 8-row groups. */
+__device__ __forceinline__ uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
+    return (uint64_t)((address & 0x3FFFF) >> 4) | (uint64_t)((lbo & 0x3FFFF) >> 4) << 16 | (uint64_t)((sbo & 0x3FFFF) >> 4) << 32 |
+           1ull << 62;
+}
+
+#endif /* TM_CUDA_MMA_CUH */
