@@ -11,7 +11,7 @@
  * before the contiguous stores and the even tiles) spent 32 % of its kernel time dequantizing at
  * 2.3 TB/s and 30 % in an sm80 cuBLAS kernel picked for 2340-row tiles; both fixed, the row went
  * 1888 -> 2845 tokens/s. q4_k, q5_k and q6_k weights go to gemm_fused.cu instead (dequantized
- * inside the tensor-core product) unless TM_GEMM_FUSED=0.
+ * inside the tensor-core product) where that measured faster (tm_cuda_gemm_fused decides).
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>

@@ -25,11 +25,12 @@
  * activations to f16 as in the dequantize + cuBLAS path; the test bound is the same, 2e-3 of
  * sum |w x| (tests/gpu/test_gemv_cuda.c).
  *
- * tm_cuda_gemm_fused picks the kernel: TM_GEMM_FUSED=0 declines (the caller dequantizes a tile to
- * f16 and multiplies it with cuBLAS), 1 takes the mma.sync kernel, 2 (the default) the wgmma one
- * where the device runs it, else mma.sync. H200 against the cuBLAS path (docs/perf-notes.md,
- * session 12): q4_k 4096 x 4096 x 512 tokens 438 TFLOP/s (373), 14336 x 4096 441 (413); q6_k 374
- * (363) and 365 (401); 7B prompt 512 27947 tokens/s (25798), 70B 2878 (2712).
+ * tm_cuda_gemm_fused decides (fused_pays): by default the wgmma kernel where it measured faster
+ * than dequantize + cuBLAS, else it declines and the caller takes that path; TM_GEMM_FUSED=0
+ * always declines, 1 always takes the mma.sync kernel, 2 always the fused one (wgmma where the
+ * device runs it). H200 against the cuBLAS path (docs/perf-notes.md, session 12): q4_k 4096 x
+ * 4096 x 512 tokens 438 TFLOP/s (373), 14336 x 4096 441 (413); q6_k 374 (363) and 365 (401);
+ * 7B prompt 512 27947 tokens/s (25798), 70B 2878 (2712).
  */
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -493,7 +494,8 @@ cudaError_t launch_wgmma(const uint8_t *w, int64_t rows, int64_t cols, const __h
 
 /* The kernel for `kind` (1 mma.sync, 2 wgmma): shapes that fit the RTX 4090's 99 KiB of shared
  * memory a block for mma.sync (91 KiB at q6_k), the H100/H200's 227 KiB for wgmma (four stages:
- * 201 / 217 KiB at q4_k / q5_k; three at q6_k, 181 KiB). */
+ * 201 / 217 KiB at q4_k / q5_k; three at q6_k, 181 KiB; TM_GEMM_FUSED_SHAPE=1, a measuring aid:
+ * three for every type, 4 % slower at q4_k). */
 template <int TYPE>
 cudaError_t launch_kind(int kind, int shape, const uint8_t *w, int64_t rows, int64_t cols, const __half *x, int n_tokens, float *y,
                         cudaStream_t stream) {
@@ -506,15 +508,35 @@ cudaError_t launch_kind(int kind, int shape, const uint8_t *w, int64_t rows, int
 
 } // namespace
 
+/* The default (TM_GEMM_FUSED unset): the wgmma kernel where it runs, for at most 512 tokens (the
+ * engine's prefill step) and grids of at least 3/4 of the SMs. Measured on the H200 against
+ * dequantize + cuBLAS (TFLOP/s, q4_k; docs/perf-notes.md, session 12): 4096 rows at 512 tokens
+ * (128 blocks) 435 vs 369, at 256 (64 blocks) 237 vs 249; 14336 rows at 32 tokens (112 blocks) 70
+ * vs 44, at 128 404 vs 160; at 2048 tokens cuBLAS wins (484 vs 559, 521 vs 634), its one
+ * dequantization spread over more tokens. Devices without wgmma keep the cuBLAS path until the
+ * mma.sync kernel is measured there (TM_GEMM_FUSED=1 takes it). */
+static bool fused_pays(int device, int64_t rows, int n_tokens) {
+    enum { MAX_DEVICES = 64 };
+    static int sms[MAX_DEVICES];
+    if (n_tokens > 512 || device < 0 || device >= MAX_DEVICES || !tm_wgmma_available(device)) return false;
+    if (!sms[device] && cudaDeviceGetAttribute(&sms[device], cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    const int64_t blocks = (rows + 127) / 128 * ((n_tokens + 127) / 128);
+    return 4 * blocks >= 3 * (int64_t)sms[device];
+}
+
 extern "C" int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, int64_t cols, const void *x_f16, int n_tokens, float *y,
                                   void *stream_pointer) {
     if (type != Q4_K && type != Q5_K && type != Q6_K) return cudaErrorNotSupported;
-    static const int wanted = tm_env_int("TM_GEMM_FUSED", 2), shape = tm_env_int("TM_GEMM_FUSED_SHAPE", 0);
-    if (wanted != 1 && wanted != 2) return cudaErrorNotSupported;
-    if (n_tokens < 1 || rows < 1 || cols < 256 || cols % 256 || cols > INT32_MAX) return cudaErrorInvalidValue;
+    static const int wanted = tm_env_int("TM_GEMM_FUSED", -1), shape = tm_env_int("TM_GEMM_FUSED_SHAPE", 0);
+    if (wanted == 0) return cudaErrorNotSupported;
+    if (n_tokens < 1 || rows < 1 || cols < 256 || cols % 256 || cols > INT32_MAX || rows > INT32_MAX) return cudaErrorInvalidValue;
     int device = 0;
     TM_CUDA_CHECK(cudaGetDevice(&device));
-    const int kind = wanted == 2 && tm_wgmma_available(device) ? 2 : 1;
+    if (wanted < 0 && !fused_pays(device, rows, n_tokens)) return cudaErrorNotSupported;
+    const int kind = wanted != 1 && tm_wgmma_available(device) ? 2 : 1;
     const uint8_t *w = (const uint8_t *)weights;
     const __half *x = (const __half *)x_f16;
     cudaStream_t stream = (cudaStream_t)stream_pointer;

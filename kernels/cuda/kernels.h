@@ -62,8 +62,8 @@ int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t c
 
 /* The prefill product on tensor cores: y[j][r] = dot(W[r, :], x[j]) for any n_tokens.
  * Activations are rounded to f16 (bf16 for bf16 weights) and accumulated in float32. q4_k, q5_k
- * and q6_k weights go through tm_cuda_gemm_fused (dequantized inside the product) unless it
- * declines; other quantized weights are dequantized to f16 in row tiles of at most
+ * and q6_k weights go through tm_cuda_gemm_fused (dequantized inside the product) where it pays;
+ * otherwise, and for other quantized weights, they are dequantized to f16 in row tiles of at most
  * workspace_bytes - n_tokens * cols * 2 bytes and multiplied by cuBLAS (`cublas` is a
  * cublasHandle_t bound to `stream`), as are f16 / bf16 weights; f32 weights use SGEMM.
  * Returns 0, a cudaError_t, or -(cublasStatus_t) for a cuBLAS failure. */
@@ -73,10 +73,11 @@ int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t rows, int6
 uint64_t tm_cuda_gemm_min_workspace(int64_t cols, int n_tokens);
 /* The prefill product of q4_k / q5_k / q6_k weights with the dequantization fused into the
  * tensor-core tile loads (gemm_fused.cu): y[j][r] = dot(W[r, :], x[j]) for x already rounded to
- * f16 (n_tokens rows of cols halves, 16-byte aligned), float32 accumulation, no workspace; wgmma
- * where the device runs this build's sm_90a code, else mma.sync. cudaErrorNotSupported (nothing
- * launched) for other types or with TM_GEMM_FUSED=0 in the environment (1: mma.sync even where
- * wgmma runs). */
+ * f16 (n_tokens rows of cols halves, 16-byte aligned), float32 accumulation, no workspace.
+ * cudaErrorNotSupported (nothing launched) for other types and where it does not pay: by default
+ * it runs (wgmma, sm_90a) for at most 512 tokens on grids of at least 3/4 of the SMs; with
+ * TM_GEMM_FUSED=0 in the environment never, 1 always on mma.sync, 2 always (wgmma where the
+ * device runs it, else mma.sync). */
 int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, int64_t cols, const void *x_f16, int n_tokens, float *y,
                        void *stream);
 /* The decode product of f16 / bf16 weights for 2..TM_CUDA_GEMV_MAX_TOKENS tokens on tensor cores

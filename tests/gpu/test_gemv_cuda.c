@@ -15,9 +15,10 @@
  * tokens) are held to 1e-2 of sum |w_i x_i|: each activation moves by at most max|x|/254 of its
  * block (~8e-3 of the mean |x| for inputs uniform in [-1, 1]) and the errors have random signs,
  * so the measured worst (printed) sits far below.
- * The k-quant prefill products run dequantized inside the tensor-core product (gemm_fused.cu):
- * wgmma where the device runs it in the parent, mma.sync in the "dp4a" child (TM_GEMM_FUSED=1),
- * dequantize + cuBLAS in the "dp4a-subblocks" child (TM_GEMM_FUSED=0).
+ * The k-quant prefill products run dequantized inside the tensor-core product (gemm_fused.cu),
+ * forced for every shape: wgmma where the device runs it in the parent (TM_GEMM_FUSED=2),
+ * mma.sync in the "dp4a" child (TM_GEMM_FUSED=1); dequantize + cuBLAS in the "dp4a-subblocks"
+ * child (TM_GEMM_FUSED=0).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -98,7 +99,7 @@ int main(void) {
      * q4_k and q6_k rows a lane a pair of sub-blocks (pairs_kernel, the default); dp4a-subblocks
      * with a lane a sub-block (TM_GEMV_PAIRS=0, the path of q5_k and of several tokens). */
     const char *child = getenv("TM_TEST_GEMV_CHILD");
-    if (!child) setenv("TM_GEMV_STREAM", "1", 0), setenv("TM_STREAM_MIN_KB", "0", 0);
+    if (!child) setenv("TM_GEMV_STREAM", "1", 0), setenv("TM_STREAM_MIN_KB", "0", 0), setenv("TM_GEMM_FUSED", "2", 0);
     printf("device: %s%s%s\n", device, child ? ", one-token products on " : "", child ? child : "");
     const tm_type types[] = {TM_TYPE_F32, TM_TYPE_F16, TM_TYPE_BF16, TM_TYPE_Q4_0, TM_TYPE_Q4_1, TM_TYPE_Q5_0,
                              TM_TYPE_Q5_1, TM_TYPE_Q8_0, TM_TYPE_Q4_K, TM_TYPE_Q5_K, TM_TYPE_Q6_K};
