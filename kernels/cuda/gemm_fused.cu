@@ -152,9 +152,10 @@ __device__ __forceinline__ int scale_byte(const uint4 &header, int i) {
     const uint32_t word = i < 4 ? header.y : i < 8 ? header.z : header.w;
     return (int)((word >> (8 * (i & 3))) & 0xFF);
 }
-/* Sub-block `sub`'s 6-bit scale and min (k_scale_min of quant.cuh, from registers). */
-__device__ __forceinline__ void header_scale_min(const uint4 &header, int sub, int *scale, int *min) {
-    if (sub < 4) {
+/* Sub-block `sub`'s 6-bit scale and min (k_scale_min of quant.cuh, from registers); `low` says
+ * sub < 4 (known at compile time where sub is not). */
+__device__ __forceinline__ void header_scale_min(const uint4 &header, int sub, bool low, int *scale, int *min) {
+    if (low) {
         *scale = scale_byte(header, sub) & 63;
         *min = scale_byte(header, sub + 4) & 63;
     } else {
@@ -163,20 +164,27 @@ __device__ __forceinline__ void header_scale_min(const uint4 &header, int sub, i
     }
 }
 
+/* q4_k / q5_k chunk j's sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles): (scale, -min) as
+ * f16 pairs, the high one's scale divided by 16 (its nibbles are read as 16 q). */
+struct scale_pairs { uint32_t low, high; };
+__device__ __forceinline__ scale_pairs chunk_scales(const uint4 &header, int j, bool low_half) {
+    int scale_low, min_low, scale_high, min_high;
+    header_scale_min(header, 2 * j, low_half, &scale_low, &min_low);
+    header_scale_min(header, 2 * j + 1, low_half, &scale_high, &min_high);
+    const __half2 dm = as_half2(header.x); /* d, dmin */
+    const float d = __low2float(dm), dmin = __high2float(dm);
+    return {as_u32(__floats2half2_rn(d * scale_low, -dmin * min_low)), as_u32(__floats2half2_rn(d * scale_high * 0.0625f, -dmin * min_high))};
+}
+
 /* Row h (0: the lane's first row, 1: the row 8 below) of the A fragments of 64-column chunk
  * 2 HALF + C of the super-block: a[s] is 16-column step s of the chunk, registers h and 2 + h
- * (columns 2 quad, +1 and 2 quad + 8, +9). */
-template <int TYPE, int HALF, int C> __device__ __forceinline__ void fragments(const stage_row<TYPE> &r, int h, uint32_t (&a)[4][4]) {
+ * (columns 2 quad, +1 and 2 quad + 8, +9). q4_k / q5_k take the chunk's scales in `sp`. */
+template <int TYPE, int HALF, int C>
+__device__ __forceinline__ void fragments(const stage_row<TYPE> &r, int h, scale_pairs sp, uint32_t (&a)[4][4]) {
     constexpr int j = 2 * HALF + C;
     if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
-        /* chunk j: sub-blocks 2j (low nibbles of its 32 quant bytes) and 2j + 1 (high nibbles) */
-        int scale_low, min_low, scale_high, min_high;
-        header_scale_min(r.header, 2 * j, &scale_low, &min_low);
-        header_scale_min(r.header, 2 * j + 1, &scale_high, &min_high);
-        const __half2 dm = as_half2(r.header.x); /* d, dmin */
-        const float d = __low2float(dm), dmin = __high2float(dm);
-        const __half2 s_low = __float2half2_rn(d * scale_low), m_low = __float2half2_rn(-dmin * min_low);
-        const __half2 s_high = __float2half2_rn(d * scale_high * 0.0625f), m_high = __float2half2_rn(-dmin * min_high); /* high nibbles read as 16 q */
+        const __half2 s_low = __low2half2(as_half2(sp.low)), m_low = __high2half2(as_half2(sp.low));
+        const __half2 s_high = __low2half2(as_half2(sp.high)), m_high = __high2half2(as_half2(sp.high));
         const __half2 offset = __float2half2_rn(1024.0f);
 #pragma unroll
         for (int p = 0; p < 4; p++) { /* quant bytes 2 quad + 8 p, +1: step p / 2, column pair p % 2 */
@@ -209,14 +217,35 @@ template <int TYPE, int HALF, int C> __device__ __forceinline__ void fragments(c
     }
 }
 
-/* Both rows' raw bytes for a stage: rows lane/4 and lane/4 + 8 of the warp's 16 */
-template <int TYPE> struct stage_rows { stage_row<TYPE> r[2]; };
-template <int TYPE, int HALF> __device__ __forceinline__ stage_rows<TYPE> load_stage_rows(const uint8_t *first_row, int stride, int quad) {
-    return {{load_stage_row<TYPE, HALF>(first_row, quad), load_stage_row<TYPE, HALF>(first_row + 8 * stride, quad)}};
+/* Both rows' raw bytes for a stage (rows lane/4 and lane/4 + 8 of the warp's 16) and, for q4_k /
+ * q5_k, the scales of both rows and both chunks: scale_pairs[h][C]. The four lanes of a row pair
+ * compute one (row, chunk) each and exchange them by shuffles (each computing all four: q4_k 4096
+ * x 4096 x 512 tokens 442 / 439 TFLOP/s against 450 / 450, 7B prompt 512 28279 -> 28767 tokens/s,
+ * H200). */
+template <int TYPE> struct stage_rows {
+    stage_row<TYPE> r[2];
+    scale_pairs scales[2][2];
+};
+template <int TYPE, int HALF>
+__device__ __forceinline__ stage_rows<TYPE> load_stage_rows(const uint8_t *first_row, int stride, int lane) {
+    const int quad = lane & 3;
+    stage_rows<TYPE> rows = {{load_stage_row<TYPE, HALF>(first_row, quad), load_stage_row<TYPE, HALF>(first_row + 8 * stride, quad)}, {}};
+    if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
+        const int h = quad & 1, c = quad >> 1;
+        const scale_pairs mine = chunk_scales(h ? rows.r[1].header : rows.r[0].header, 2 * HALF + c, HALF == 0);
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+            for (int cc = 0; cc < 2; cc++) {
+                const int from = (lane & ~3) | hh | cc << 1;
+                rows.scales[hh][cc] = {__shfl_sync(0xffffffffu, mine.low, from), __shfl_sync(0xffffffffu, mine.high, from)};
+            }
+    }
+    return rows;
 }
 template <int TYPE, int HALF, int C> __device__ __forceinline__ void dequantize_rows(const stage_rows<TYPE> &rows, uint32_t (&a)[4][4]) {
-    fragments<TYPE, HALF, C>(rows.r[0], 0, a);
-    fragments<TYPE, HALF, C>(rows.r[1], 1, a);
+    fragments<TYPE, HALF, C>(rows.r[0], 0, rows.scales[0][C], a);
+    fragments<TYPE, HALF, C>(rows.r[1], 1, rows.scales[1][C], a);
 }
 
 /* The accumulators (mma.sync C layout per 8 tokens) into y[token][row] for rows first_row.. of the
@@ -277,7 +306,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1)
     extern __shared__ __align__(1024) uint8_t shared_raw[];
     const uint32_t raw = shared_address(shared_raw), tiles = (raw + 1023) & ~1023u;
     const uint8_t *shared = shared_raw + (tiles - raw);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quad = lane & 3;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t row0 = (int64_t)blockIdx.x * BM, row_bytes = cols / 256 * STRIDE;
     const int token0 = (int)blockIdx.y * BN, n_k = (int)(cols / 128);
     const int warp_row = 16 * warp; /* the warp's 16 rows within the block */
@@ -308,7 +337,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1)
         copy_async_commit();
         const uint32_t x_tile = tiles + (kb % STAGES) * shape::stage_bytes;
         const uint8_t *first_row = shared + (kb % STAGES) * shape::stage_bytes + shape::x_bytes + (warp_row + (lane >> 2)) * STRIDE;
-        const stage_rows<TYPE> bytes = load_stage_rows<TYPE, HALF>(first_row, STRIDE, quad);
+        const stage_rows<TYPE> bytes = load_stage_rows<TYPE, HALF>(first_row, STRIDE, lane);
 #pragma unroll
         for (int c = 0; c < 2; c++) {
             if (c == 0) dequantize_rows<TYPE, HALF, 0>(bytes, a);
@@ -369,7 +398,7 @@ __global__ void __launch_bounds__(288, 1)
     const uint32_t raw = shared_address(shared_raw), tiles = (raw + 1023) & ~1023u;
     const uint8_t *shared = shared_raw + (tiles - raw);
     const uint32_t full = tiles + STAGES * shape::stage_bytes, empty = full + 8 * STAGES; /* barrier s at + 8 s */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quad = lane & 3;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t row0 = (int64_t)blockIdx.x * shape::bm;
     const int token0 = (int)blockIdx.y * BN, n_k = (int)(cols / 128);
 
@@ -402,7 +431,7 @@ __global__ void __launch_bounds__(288, 1)
         mbarrier_wait(full + 8 * s, (kb / STAGES) & 1);
         const uint32_t x_tile = tiles + s * shape::stage_bytes;
         const uint8_t *first_row = shared + s * shape::stage_bytes + shape::x_bytes + (warp_row + (lane >> 2)) * STRIDE;
-        const stage_rows<TYPE> bytes = load_stage_rows<TYPE, HALF>(first_row, STRIDE, quad);
+        const stage_rows<TYPE> bytes = load_stage_rows<TYPE, HALF>(first_row, STRIDE, lane);
 #pragma unroll
         for (int c = 0; c < 2; c++) { /* chunk c of every stage uses a[c] */
             if (c == 0) dequantize_rows<TYPE, HALF, 0>(bytes, a[0]);
@@ -494,14 +523,13 @@ cudaError_t launch_wgmma(const uint8_t *w, int64_t rows, int64_t cols, const __h
 
 /* The kernel for `kind` (1 mma.sync, 2 wgmma): shapes that fit the RTX 4090's 99 KiB of shared
  * memory a block for mma.sync (91 KiB at q6_k), the H100/H200's 227 KiB for wgmma (four stages:
- * 201 / 217 KiB at q4_k / q5_k; three at q6_k, 181 KiB; TM_GEMM_FUSED_SHAPE=1, a measuring aid:
- * three for every type, 4 % slower at q4_k). */
+ * 201 / 217 KiB at q4_k / q5_k, three measured 4 % slower; three at q6_k, 181 KiB). */
 template <int TYPE>
-cudaError_t launch_kind(int kind, int shape, const uint8_t *w, int64_t rows, int64_t cols, const __half *x, int n_tokens, float *y,
+cudaError_t launch_kind(int kind, const uint8_t *w, int64_t rows, int64_t cols, const __half *x, int n_tokens, float *y,
                         cudaStream_t stream) {
     if (kind == 2) {
-        if (TYPE == Q6_K || shape == 1) return launch_wgmma<TYPE, 128, 3>(w, rows, cols, x, n_tokens, y, stream);
-        return launch_wgmma<TYPE, 128, 4>(w, rows, cols, x, n_tokens, y, stream);
+        if constexpr (TYPE == Q6_K) return launch_wgmma<TYPE, 128, 3>(w, rows, cols, x, n_tokens, y, stream);
+        else return launch_wgmma<TYPE, 128, 4>(w, rows, cols, x, n_tokens, y, stream);
     }
     return launch_mma<TYPE, 4, 64, 3>(w, rows, cols, x, n_tokens, y, stream);
 }
@@ -530,7 +558,7 @@ static bool fused_pays(int device, int64_t rows, int n_tokens) {
 extern "C" int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, int64_t cols, const void *x_f16, int n_tokens, float *y,
                                   void *stream_pointer) {
     if (type != Q4_K && type != Q5_K && type != Q6_K) return cudaErrorNotSupported;
-    static const int wanted = tm_env_int("TM_GEMM_FUSED", -1), shape = tm_env_int("TM_GEMM_FUSED_SHAPE", 0);
+    static const int wanted = tm_env_int("TM_GEMM_FUSED", -1);
     if (wanted == 0) return cudaErrorNotSupported;
     if (n_tokens < 1 || rows < 1 || cols < 256 || cols % 256 || cols > INT32_MAX || rows > INT32_MAX) return cudaErrorInvalidValue;
     int device = 0;
@@ -540,7 +568,7 @@ extern "C" int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, i
     const uint8_t *w = (const uint8_t *)weights;
     const __half *x = (const __half *)x_f16;
     cudaStream_t stream = (cudaStream_t)stream_pointer;
-    if (type == Q4_K) return launch_kind<Q4_K>(kind, shape, w, rows, cols, x, n_tokens, y, stream);
-    if (type == Q5_K) return launch_kind<Q5_K>(kind, shape, w, rows, cols, x, n_tokens, y, stream);
-    return launch_kind<Q6_K>(kind, shape, w, rows, cols, x, n_tokens, y, stream);
+    if (type == Q4_K) return launch_kind<Q4_K>(kind, w, rows, cols, x, n_tokens, y, stream);
+    if (type == Q5_K) return launch_kind<Q5_K>(kind, w, rows, cols, x, n_tokens, y, stream);
+    return launch_kind<Q6_K>(kind, w, rows, cols, x, n_tokens, y, stream);
 }
