@@ -28,9 +28,9 @@
  * tm_cuda_gemm_fused decides (fused_pays): by default the wgmma kernel where it measured faster
  * than dequantize + cuBLAS, else it declines and the caller takes that path; TM_GEMM_FUSED=0
  * always declines, 1 always takes the mma.sync kernel, 2 always the fused one (wgmma where the
- * device runs it). H200 against the cuBLAS path (docs/perf-notes.md, session 12): q4_k 4096 x
- * 4096 x 512 tokens 438 TFLOP/s (373), 14336 x 4096 441 (413); q6_k 374 (363) and 365 (401);
- * 7B prompt 512 27947 tokens/s (25798), 70B 2878 (2712).
+ * device runs it). H200 against the cuBLAS path (docs/perf-notes.md, session 12; kernels-prefill
+ * suite): q4_k 4096 x 4096 x 512 tokens 445 TFLOP/s (375), 14336 x 4096 459 (410); q6_k 376 (359)
+ * and 366 (398); throughput suite: 7B prompt 512 28473 tokens/s (25766), 70B 2978 (2698).
  */
 #include <cuda.h>
 #include <cudaTypedefs.h>
