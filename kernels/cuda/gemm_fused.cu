@@ -43,15 +43,15 @@
 
 namespace {
 
-/* A block: BM = 16 WARPS rows, BN tokens, stages of 128 columns (half a super-block), STAGES deep. */
+/* The mma.sync kernel's block: BM = 16 WARPS rows, BN tokens, stages of 128 columns (half a
+ * super-block), STAGES deep, copied by all threads. */
 template <int TYPE, int WARPS, int BN, int STAGES> struct fused_shape {
     static constexpr int threads = 32 * WARPS, bm = 16 * WARPS, stride = traits<TYPE>::stride;
     static constexpr uint32_t x_bytes = BN * 256, w_bytes = bm * stride; /* X: BN x 128 halves */
     static constexpr uint32_t stage_bytes = (x_bytes + w_bytes + 1023) / 1024 * 1024; /* tiles on 1024-byte boundaries */
     static constexpr size_t shared_bytes = 1024 + (size_t)STAGES * stage_bytes;      /* + slack to align the first */
-    static_assert(WARPS % 4 == 0, "warps come in warpgroups of 64 rows");
-    static_assert(BN % 16 == 0 && BN <= 256, "ldmatrix takes 16 tokens at a time; wgmma at most 256");
-    static_assert(threads % 128 == 0, "a thread's X pieces are 8 k tokens apart (k = threads / 128): one swizzle pattern");
+    static_assert(BN % 16 == 0, "ldmatrix takes 16 tokens at a time");
+    static_assert(threads % 128 == 0, "a thread's X pieces are a multiple of 8 tokens apart: one swizzle pattern");
     static_assert(stride % 16 == 0, "super-blocks are copied in 16-byte pieces");
 };
 
@@ -71,10 +71,11 @@ template <> struct half_pieces<Q6_K> { /* ql[64 HALF..], qh[32 HALF..], scales a
     template <int HALF> __device__ static int piece(int k) { return k < 4 ? 4 * HALF + k : k < 6 ? 4 + 2 * HALF + k : 6 + k; }
 };
 
-/* Stage kb (columns 128 kb.., HALF = kb % 2 of super-block kb / 2) into the tile at `tile`: the
- * X rows token0.. (this thread: 16-byte piece `piece` of tokens first_token + THREADS / 16 n) and
- * the needed pieces of the block's rows' super-block; tokens past n_tokens and rows past `rows`
- * are zeros (a zero super-block dequantizes to zeros). */
+/* Stage kb (columns 128 kb.., HALF = kb % 2 of super-block kb / 2) into the tile at `tile` by
+ * cp.async: the block's X rows (this thread: one 16-byte piece of every (THREADS / 16)-th token,
+ * from x_row, stored at x_at + 128 bytes a token) and the needed pieces of the block's rows'
+ * super-block; tokens past n_tokens and rows past `rows` are zeros (a zero super-block
+ * dequantizes to zeros). */
 template <int TYPE, int WARPS, int BN, int STAGES, int HALF>
 __device__ __forceinline__ void load_stage(uint32_t tile, const __half *x_row, int x_rows_left, uint32_t x_at, int64_t cols,
                                            const uint8_t *w, int64_t rows_left, int64_t row_bytes, int kb) {
