@@ -67,7 +67,7 @@ __device__ __forceinline__ void wgmma_rs_n{n}_tb(float (&d)[{c}], const uint32_t
 }}
 """)
 
-for n in (128,):
+for n in (64, 128):
     c = n // 2
     out.write(f"""
 __device__ __forceinline__ void wgmma_rs_n{n}(float (&d)[{c}], const uint32_t (&a)[4], uint64_t b, int scale_d) {{

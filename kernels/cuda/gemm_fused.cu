@@ -14,7 +14,7 @@
  * step) with two f16x2 operations a pair of weights: (nibbles | 0x6400) - 1024 is the quant
  * exactly, times the sub-block scale plus its negated min (q6_k: minus 32, times the 16-element
  * scale). Two kernels:
- *   fused_wgmma_kernel (sm_90a): 8 consumer warps (two warpgroups, BM 128, BN 128) and a producer
+ *   fused_wgmma_kernel (sm_90a): 8 consumer warps (two warpgroups, BM 128, BN 128 or 64) and a producer
  *     warp whose first lane loads each stage by TMA (two 64-column boxes of X, one box of W rows)
  *     onto a `full` mbarrier; consumers release a stage on its `empty` mbarrier. wgmma takes A
  *     from registers and X from shared memory, 64 rows x 128 tokens an instruction; the next 64
@@ -25,7 +25,7 @@
  * activations to f16 as in the dequantize + cuBLAS path; the test bound is the same, 2e-3 of
  * sum |w x| (tests/gpu/test_gemv_cuda.c).
  *
- * tm_cuda_gemm_fused decides (fused_pays): by default the wgmma kernel where it measured faster
+ * tm_cuda_gemm_fused decides (wgmma_block_tokens): by default the wgmma kernel where it measured faster
  * than dequantize + cuBLAS, else it declines and the caller takes that path; TM_GEMM_FUSED=0
  * always declines, 1 always takes the mma.sync kernel, 2 always the fused one (wgmma where the
  * device runs it). H200 against the cuBLAS path (docs/perf-notes.md, session 12; kernels-prefill
@@ -367,7 +367,7 @@ __global__ void __launch_bounds__(32 * WARPS, 1)
 
 /* ---- sm_90a: wgmma, tiles by TMA, a producer warp and mbarriers ------------------------------- */
 
-/* Block of 9 warps: 8 consumers (two warpgroups of 64 rows, BM = 128) and one producer warp whose
+/* Block of 9 warps: 8 consumers (two warpgroups of 64 rows, BM = 128; BN 128 or 64 tokens) and one producer warp whose
  * first lane issues the copies: per stage two TMA boxes of X (BN tokens x 64 halves, 128-byte
  * swizzle: wgmma's K-major layout) and one of W (BM rows x one super-block, as stored), completing
  * on the stage's `full` barrier; consumers release a stage on its `empty` barrier (one arrival a
@@ -383,6 +383,9 @@ template <int TYPE, int BN, int STAGES> struct tma_shape {
 
 #if defined(TM_WGMMA_AVAILABLE)
 template <int BN> __device__ __forceinline__ void wgmma_step(float (&d)[BN / 2], const uint32_t (&a)[4], uint64_t x, int accumulate);
+template <> __device__ __forceinline__ void wgmma_step<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t x, int accumulate) {
+    wgmma_rs_n64(d, a, x, accumulate);
+}
 template <> __device__ __forceinline__ void wgmma_step<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t x, int accumulate) {
     wgmma_rs_n128(d, a, x, accumulate);
 }
@@ -526,9 +529,10 @@ cudaError_t launch_wgmma(const uint8_t *w, int64_t rows, int64_t cols, const __h
  * memory a block for mma.sync (91 KiB at q6_k), the H100/H200's 227 KiB for wgmma (four stages:
  * 201 / 217 KiB at q4_k / q5_k, three measured 4 % slower; three at q6_k, 181 KiB). */
 template <int TYPE>
-cudaError_t launch_kind(int kind, const uint8_t *w, int64_t rows, int64_t cols, const __half *x, int n_tokens, float *y,
+cudaError_t launch_kind(int kind, int block_tokens, const uint8_t *w, int64_t rows, int64_t cols, const __half *x, int n_tokens, float *y,
                         cudaStream_t stream) {
     if (kind == 2) {
+        if (block_tokens == 64) return launch_wgmma<TYPE, 64, 4>(w, rows, cols, x, n_tokens, y, stream); /* 137-177 KiB */
         if constexpr (TYPE == Q6_K) return launch_wgmma<TYPE, 128, 3>(w, rows, cols, x, n_tokens, y, stream);
         else return launch_wgmma<TYPE, 128, 4>(w, rows, cols, x, n_tokens, y, stream);
     }
@@ -537,23 +541,31 @@ cudaError_t launch_kind(int kind, const uint8_t *w, int64_t rows, int64_t cols, 
 
 } // namespace
 
-/* The default (TM_GEMM_FUSED unset): the wgmma kernel where it runs, for at most 512 tokens (the
- * engine's prefill step) and grids of at least 3/4 of the SMs. Measured on the H200 against
- * dequantize + cuBLAS (TFLOP/s, q4_k; docs/perf-notes.md, session 12): 4096 rows at 512 tokens
- * (128 blocks) 435 vs 369, at 256 (64 blocks) 237 vs 249; 14336 rows at 32 tokens (112 blocks) 70
- * vs 44, at 128 404 vs 160; at 2048 tokens cuBLAS wins (484 vs 559, 521 vs 634), its one
- * dequantization spread over more tokens. Devices without wgmma keep the cuBLAS path until the
- * mma.sync kernel is measured there (TM_GEMM_FUSED=1 takes it). */
-static bool fused_pays(int device, int64_t rows, int n_tokens) {
+/* Tokens a block of the wgmma kernel takes (128 or 64) and whether the product should take it at
+ * all (`pays`). The grid should fill at least 3/4 of the SMs: 128-token blocks when they do (from 65
+ * tokens on), 64-token blocks when those do (half the tokens, twice the blocks; from 64 tokens down
+ * they waste less on padding at the same block count), else dequantize + cuBLAS; never above 512
+ * tokens (the engine's prefill step). Measured on the H200 against dequantize + cuBLAS (TFLOP/s,
+ * q4_k; docs/perf-notes.md, session 12): 4096 rows at 512 tokens (128 blocks of 128) 445 vs 375,
+ * 14336 rows at 128 tokens 420 vs 160; at 2048 tokens cuBLAS wins (560 vs 484), its one
+ * dequantization spread over 4x the tokens. TM_GEMM_FUSED_TOKENS=64|128 fixes the block (a
+ * measuring aid). Devices without wgmma keep the cuBLAS path until the mma.sync kernel is measured
+ * there (TM_GEMM_FUSED=1 takes it). */
+static int wgmma_block_tokens(int device, int64_t rows, int n_tokens, bool *pays) {
     enum { MAX_DEVICES = 64 };
     static int sms[MAX_DEVICES];
-    if (n_tokens > 512 || device < 0 || device >= MAX_DEVICES || !tm_wgmma_available(device)) return false;
+    static const int fixed = tm_env_int("TM_GEMM_FUSED_TOKENS", 0);
+    *pays = false;
+    if (device < 0 || device >= MAX_DEVICES) return 128;
     if (!sms[device] && cudaDeviceGetAttribute(&sms[device], cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
         cudaGetLastError();
-        return false;
+        return 128;
     }
-    const int64_t blocks = (rows + 127) / 128 * ((n_tokens + 127) / 128);
-    return 4 * blocks >= 3 * (int64_t)sms[device];
+    const int64_t row_blocks = (rows + 127) / 128, fill = 3 * (int64_t)sms[device];
+    const bool fills128 = 4 * row_blocks * ((n_tokens + 127) / 128) >= fill, fills64 = 4 * row_blocks * ((n_tokens + 63) / 64) >= fill;
+    const int tokens = fixed == 64 || fixed == 128 ? fixed : n_tokens > 64 && fills128 ? 128 : 64;
+    *pays = n_tokens <= 512 && (tokens == 128 ? fills128 : fills64);
+    return tokens;
 }
 
 extern "C" int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, int64_t cols, const void *x_f16, int n_tokens, float *y,
@@ -564,12 +576,15 @@ extern "C" int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, i
     if (n_tokens < 1 || rows < 1 || cols < 256 || cols % 256 || cols > INT32_MAX || rows > INT32_MAX) return cudaErrorInvalidValue;
     int device = 0;
     TM_CUDA_CHECK(cudaGetDevice(&device));
-    if (wanted < 0 && !fused_pays(device, rows, n_tokens)) return cudaErrorNotSupported;
-    const int kind = wanted != 1 && tm_wgmma_available(device) ? 2 : 1;
+    const bool wgmma = wanted != 1 && tm_wgmma_available(device);
+    bool pays = false;
+    const int block_tokens = wgmma ? wgmma_block_tokens(device, rows, n_tokens, &pays) : 64;
+    if (wanted < 0 && !(wgmma && pays)) return cudaErrorNotSupported;
+    const int kind = wgmma ? 2 : 1;
     const uint8_t *w = (const uint8_t *)weights;
     const __half *x = (const __half *)x_f16;
     cudaStream_t stream = (cudaStream_t)stream_pointer;
-    if (type == Q4_K) return launch_kind<Q4_K>(kind, w, rows, cols, x, n_tokens, y, stream);
-    if (type == Q5_K) return launch_kind<Q5_K>(kind, w, rows, cols, x, n_tokens, y, stream);
-    return launch_kind<Q6_K>(kind, w, rows, cols, x, n_tokens, y, stream);
+    if (type == Q4_K) return launch_kind<Q4_K>(kind, block_tokens, w, rows, cols, x, n_tokens, y, stream);
+    if (type == Q5_K) return launch_kind<Q5_K>(kind, block_tokens, w, rows, cols, x, n_tokens, y, stream);
+    return launch_kind<Q6_K>(kind, block_tokens, w, rows, cols, x, n_tokens, y, stream);
 }

@@ -16,7 +16,8 @@
  * block (~8e-3 of the mean |x| for inputs uniform in [-1, 1]) and the errors have random signs,
  * so the measured worst (printed) sits far below.
  * The k-quant prefill products run dequantized inside the tensor-core product (gemm_fused.cu),
- * forced for every shape: wgmma where the device runs it in the parent (TM_GEMM_FUSED=2),
+ * forced for every shape: wgmma where the device runs it in the parent (TM_GEMM_FUSED=2; these
+ * small grids take its 64-token blocks) and with 128-token blocks in the "wgmma-128" child,
  * mma.sync in the "dp4a" child (TM_GEMM_FUSED=1); dequantize + cuBLAS in the "dp4a-subblocks"
  * child (TM_GEMM_FUSED=0).
  * Without a CUDA device it reports itself skipped (exit 77).
@@ -328,6 +329,8 @@ int main(void) {
               "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
         CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0") == 0,
               "the run with a lane a sub-block (and k-quant prefill through cuBLAS) passed");
+        CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
+              "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
     }
     char name[64];
     snprintf(name, sizeof name, "test_gemv_cuda%s%s%s", child ? " (" : "", child ? child : "", child ? ")" : "");
