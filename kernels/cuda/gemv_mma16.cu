@@ -29,6 +29,7 @@
 
 #include "kernels.h"
 #include "launch.cuh"
+#include "mma.cuh"
 #include "quant.cuh"
 #include "tile_sums.cuh"
 
@@ -42,20 +43,17 @@ template <bool BF16> __device__ __forceinline__ uint32_t pack16(float lo, float 
         const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<const uint32_t *>(&v);
     }
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t *>(&v);
+    return pack_half2(lo, hi);
 }
 
-/* c += a (16 x 16) b (16 x 8), f16 or bf16 inputs, f32 accumulators. */
+/* c += a (16 x 16) b (16 x 8), f16 (mma.cuh's mma_16816) or bf16 inputs, f32 accumulators. */
 template <bool BF16> __device__ __forceinline__ void mma16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     if (BF16)
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     else
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        mma_16816(c, a, b0, b1);
 }
 
 /* One block per 16-row tile; NG groups of 8 tokens (columns past n_tokens read token n_tokens - 1

@@ -18,6 +18,7 @@
  */
 #include "kernels.h"
 #include "launch.cuh"
+#include "mma.cuh"
 #include "mmvq.cuh"
 #include "quant.cuh"
 #include "tile_sums.cuh"
@@ -435,14 +436,6 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
 #define MMQ_STAGE_BYTES (MMQ_ROWS * MMQ_STAGE_ROW_BYTES)
 #define MMQ_SHARED_BYTES(WARPS) ((WARPS) * MMQ_STAGES * MMQ_STAGE_BYTES)
 
-__device__ __forceinline__ void cp_async16(void *shared, const void *global) {
-    const unsigned address = (unsigned)__cvta_generic_to_shared(shared);
-    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(address), "l"(global) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int PENDING> __device__ __forceinline__ void cp_async_wait(void) {
-    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
-}
 
 __device__ __forceinline__ void mma_s8_k32(int (&c)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -648,7 +641,7 @@ __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from
 #pragma unroll
     for (int i0 = 0; i0 < MMQ_ROWS * chunks; i0 += 32) {
         const int i = i0 + lane, r = i / chunks, c = i % chunks;
-        if (i < MMQ_ROWS * chunks) cp_async16(to + r * stride + 16 * c, from + r * row_bytes + 16 * c);
+        if (i < MMQ_ROWS * chunks) copy_async_line16(shared_address(to + r * stride + 16 * c), from + r * row_bytes + 16 * c);
     }
 }
 
@@ -694,14 +687,14 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
 #pragma unroll
         for (int k = 0; k < MMQ_STAGES - 1; k++) { /* one commit group per block, empty ones too, so the wait counts hold */
             fetch(warp + k * WARPS, k);
-            cp_async_commit();
+            copy_async_commit();
         }
         if (early) tm_grid_dependency();
         int stage = 0;
         for (int64_t block = warp; block < blocks; block += WARPS) {
             fetch(block + (MMQ_STAGES - 1) * WARPS, (stage + MMQ_STAGES - 1) % MMQ_STAGES);
-            cp_async_commit();
-            cp_async_wait<MMQ_STAGES - 1>(); /* this block's group is done (for this lane's copies) */
+            copy_async_commit();
+            copy_async_wait<MMQ_STAGES - 1>(); /* this block's group is done (for this lane's copies) */
             __syncwarp();                    /* ... and the other lanes' copies are visible */
             const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             const uint8_t *staged_g = mine + stage * MMQ_STAGE_BYTES + g * stride;
@@ -710,7 +703,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             stage = (stage + 1) % MMQ_STAGES;
         }
-        cp_async_wait<0>();
+        copy_async_wait<0>();
     } else {
         const uint8_t *row_g = weights + (row0 + g) * row_bytes, *row_g8 = row_g + 8 * row_bytes;
         for (int64_t block = warp; block < blocks; block += WARPS) {

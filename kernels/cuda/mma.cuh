@@ -1,5 +1,5 @@
 /*
- * mma.cuh - what the tensor-core kernels share (flash_mma.cu, gemm_fused.cu): shared-memory tiles
+ * mma.cuh - what the tensor-core kernels share (flash_mma.cu, gemm_fused.cu, gemv_q8.cu, gemv_mma16.cu): shared-memory tiles
  * of 16-byte chunks in wgmma's 128-byte-swizzle layout (readable by ldmatrix too), cp.async copies
  * into them, ldmatrix and mma.sync m16n8k16 (f16 in, float32 accumulate) for sm_80 and later, and
  * the wgmma matrix descriptor (sm_90a; the instructions themselves are in wgmma.cuh). Whether a
@@ -23,6 +23,11 @@ __device__ __forceinline__ uint32_t shared_address(const void *pointer) { return
 /* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
 __device__ __forceinline__ void copy_async_16(uint32_t destination, const void *source, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));
+}
+/* 16 bytes global -> shared, asynchronously, the miss fetching the whole 128-byte line into L2
+ * (.L2::128B, as ldg_stream16 in common.cuh): for tiles whose 16-byte pieces sweep whole lines. */
+__device__ __forceinline__ void copy_async_line16(uint32_t destination, const void *source) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(destination), "l"(source) : "memory");
 }
 /* 4 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
 __device__ __forceinline__ void copy_async_4(uint32_t destination, const void *source, int src_bytes) {
