@@ -99,6 +99,7 @@ typedef struct cuda_backend {
     device_weight *layers;     /* n_layer x 9 in tm_layer_weights order */
     float *rope_freqs;         /* in the arena, or NULL */
     void *rope_angles;         /* tm_cuda_rope_table of rope_positions positions (with the KV pool) */
+    void *rope_targets;        /* tm_cuda_rope_targets of a decode step (up to TM_CUDA_GEMV_MAX_TOKENS tokens) */
     int rope_positions;
     /* KV */
     void *kv_pool;
@@ -177,6 +178,7 @@ static void free_activations(cuda_backend *b) {
 static void release(cuda_backend *b) {
     free_activations(b);
     cudaFree(b->arena), cudaFree(b->kv_pool), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror), cudaFree(b->rope_angles);
+    cudaFree(b->rope_targets);
     cudaFree(b->cublas_workspace);
     if (b->cublas) cublasDestroy(b->cublas);
     if (b->stream) cudaStreamDestroy(b->stream);
@@ -236,6 +238,11 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
     CHECK_KERNEL(tm_cuda_rope_table(b->rope_angles, rope_positions, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
                                     b->stream));
     b->rope_positions = rope_positions;
+    /* where a decode step's queries, keys and values go (for the Q/K/V products' rope epilogue) */
+    const tm_cuda_rope_kv geometry = {.n_head = c->n_head, .n_head_kv = c->n_head_kv, .head_dim = c->head_dim, .n_rot = c->n_rot,
+                                      .kv_is_f32 = layout->type == TM_KV_F32, .page_size = layout->page_size};
+    const uint64_t targets_bytes = tm_cuda_rope_targets_bytes(TM_CUDA_GEMV_MAX_TOKENS, c->n_layer, &geometry);
+    if (!b->rope_targets && (s = device_alloc(b, &b->rope_targets, targets_bytes, &b->memory.kv, "rope targets", error))) return s;
     if (!(b->seen_step = calloc((size_t)b->max_sequences, sizeof *b->seen_step)))
         return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
     return TM_OK;
@@ -356,13 +363,12 @@ static tm_status matmul(cuda_backend *b, const device_weight *w, const float *x,
 
 static bool takes_q8(const cuda_backend *b, const device_weight *w, int n);
 
-/* Products of several weights with one input (Q/K/V, gate/up): one launch when every weight
- * takes the 8-bit path, else one product each. */
-static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
-                              bool *x_q8, tm_error_t *error) {
-    /* also at one token since the parts kernel stopped copying its parameters to the stack in every
-     * thread (7B decode on the H200: 348 fused vs 325 separate; with the copy, fused was the slower,
-     * 280 vs 318). TM_FUSED_PRODUCTS_MIN_TOKENS=N (a measuring aid) fuses from N tokens on. */
+/* Whether the products of several weights with one input go in one launch: every weight takes the
+ * 8-bit path with the same width. Also at one token since the parts kernel stopped copying its
+ * parameters to the stack in every thread (7B decode on the H200: 348 fused vs 325 separate; with
+ * the copy, fused was the slower, 280 vs 318). TM_FUSED_PRODUCTS_MIN_TOKENS=N (a measuring aid)
+ * fuses from N tokens on. */
+static bool products_together(const cuda_backend *b, const device_weight *const *w, int n_parts, int n) {
     static int min_tokens = 0;
     if (!min_tokens) {
         const char *text = getenv("TM_FUSED_PRODUCTS_MIN_TOKENS");
@@ -370,7 +376,14 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
     }
     bool together = n >= min_tokens;
     for (int i = 0; i < n_parts; i++) together = together && takes_q8(b, w[i], n) && w[i]->cols == w[0]->cols;
-    if (together) {
+    return together;
+}
+
+/* Products of several weights with one input (Q/K/V, gate/up): one launch when
+ * products_together, else one product each. */
+static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
+                              bool *x_q8, tm_error_t *error) {
+    if (products_together(b, w, n_parts, n)) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w[0]->cols, b->q8, b->stream));
         *x_q8 = true;
         tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
@@ -383,6 +396,45 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
         tm_status s = matmul(b, w[i], x, n, y[i], x_q8, error);
         if (s) return s;
     }
+    return TM_OK;
+}
+
+/* The Q/K/V products of T tokens, then the rope and the KV append: in one launch where the step's
+ * rope targets were found (rope->targets) and the products take the 8-bit path in one launch and
+ * the kernel takes the rope too (tm_cuda_gemv_q8_qkv_rope), else the products then
+ * tm_cuda_rope_kv_append. TM_FUSED_ROPE=0 (a measuring aid) keeps them apart. */
+static bool fused_rope_enabled(void) {
+    static int fused = -1;
+    if (fused < 0) {
+        const char *text = getenv("TM_FUSED_ROPE");
+        fused = !(text && strcmp(text, "0") == 0);
+    }
+    return fused;
+}
+
+static tm_status qkv_rope_append(cuda_backend *b, const device_weight *w, const float *x, int T, bool *x_q8, const tm_cuda_rope_kv *rope,
+                                 tm_error_t *error) {
+    const bool detail = tm_trace_detail();
+    const device_weight *qkv[3] = {&w[1], &w[2], &w[3]};
+    float *qkv_out[3] = {b->q, b->k, b->v};
+    if (rope->targets && products_together(b, qkv, 3, T)) {
+        if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, T, qkv[0]->cols, b->q8, b->stream));
+        *x_q8 = true;
+        tm_cuda_gemv_part parts[3];
+        for (int i = 0; i < 3; i++) parts[i] = (tm_cuda_gemv_part){qkv[i]->data, qkv[i]->type, qkv[i]->rows, qkv_out[i]};
+        TM_DETAIL_BEGIN("q/k/v + rope + kv append");
+        const int status = tm_cuda_gemv_q8_qkv_rope(parts, qkv[0]->cols, b->q8, T, rope, b->stream);
+        TM_DETAIL_END();
+        if (status == 0) return TM_OK;
+        if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
+    }
+    TM_DETAIL_BEGIN("q/k/v");
+    tm_status s = matmul_parts(b, qkv, qkv_out, 3, x, T, x_q8, error);
+    TM_DETAIL_END();
+    if (s) return s;
+    TM_DETAIL_BEGIN("rope + kv append");
+    CHECK_KERNEL(tm_cuda_rope_kv_append(b->q, b->k, b->v, T, rope, b->stream));
+    TM_DETAIL_END();
     return TM_OK;
 }
 
@@ -401,7 +453,8 @@ static bool flash_on_tensor_cores(const cuda_backend *b, int kv_f32) {
 
 /* Every launch of one forward pass over T tokens (n_tiles > 0: flash attention over the tiles,
  * else decode attention) and the LM head over n_out gathered rows: what a graph captures.
- * Per layer: [residual add +] norm [+ quantize], Q/K/V products, rope + KV append, attention,
+ * Per layer: [residual add +] norm [+ quantize], Q/K/V products and rope + KV append (one launch
+ * where the decode products take them), attention,
  * output product, residual add + norm [+ quantize], gate/up products, SwiGLU [+ quantize], down
  * product; the last residual add is fused into the final norm. */
 static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, int kv_f32, uint32_t page_size, tm_error_t *error) {
@@ -416,6 +469,15 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     /* The residual stream: each norm that adds a delta writes the sum to the other buffer
      * (tm_cuda_add_rmsnorm out of place, so a few rows can be normalized by many blocks). */
     float *residual = b->x, *residual_next = b->x_next;
+    tm_cuda_rope_kv rope = {c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
+                            b->rope_angles, b->rope_positions, b->kv_pool, kv_f32, page_size, b->page_mirror, in->page_offsets,
+                            in->positions, NULL, 0};
+    /* decode steps whose Q/K/V products can take the rope: the step's targets first, one launch */
+    const device_weight *first_qkv[3] = {&b->layers[1], &b->layers[2], &b->layers[3]};
+    if (fused_rope_enabled() && !n_tiles && T <= TM_CUDA_GEMV_MAX_TOKENS && products_together(b, first_qkv, 3, T)) {
+        CHECK_KERNEL(tm_cuda_rope_targets(b->rope_targets, T, c->n_layer, b->max_pages, &rope, stream));
+        rope.targets = b->rope_targets;
+    }
     for (int l = 0; l < c->n_layer; l++) {
         const device_weight *w = &b->layers[(size_t)l * 9];
         const float *attn_norm = w[0].data, *ffn_norm = w[5].data;
@@ -430,16 +492,8 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
                                          xb_q8 ? b->q8 : NULL, stream));
         if (pending_delta) swap_buffers(&residual, &residual_next);
         TM_DETAIL_END();
-        TM_DETAIL_BEGIN("q/k/v");
-        const device_weight *qkv[3] = {&w[1], &w[2], &w[3]};
-        float *qkv_out[3] = {b->q, b->k, b->v};
-        if ((s = matmul_parts(b, qkv, qkv_out, 3, b->xb, T, &xb_q8, error))) return s;
-        TM_DETAIL_END();
-        TM_DETAIL_BEGIN("rope + kv append");
-        CHECK_KERNEL(tm_cuda_rope_kv_append(b->q, b->k, b->v, T, c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base,
-                                            c->rope_freq_scale, b->rope_freqs, b->rope_angles, b->rope_positions, b->kv_pool, kv_f32, page_size, pages, in->page_offsets,
-                                            in->positions, stream));
-        TM_DETAIL_END();
+        rope.pages = pages, rope.layer = l;
+        if ((s = qkv_rope_append(b, w, b->xb, T, &xb_q8, &rope, error))) return s;
         TM_DETAIL_BEGIN("attention");
         if (n_tiles && flash_on_tensor_cores(b, kv_f32))
             CHECK_KERNEL(tm_cuda_flash_attention_mma(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, page_size, pages,

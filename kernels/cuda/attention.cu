@@ -16,6 +16,7 @@
 #include "kv_address.cuh"
 #include "launch.cuh"
 #include "quant.cuh"
+#include "rope_append.cuh"
 
 #define WARPS 4
 #define MAX_HEAD_DIM 256
@@ -490,61 +491,67 @@ extern "C" int tm_cuda_rope_table(void *angles, int n_positions, int n_rot, floa
 /* One block per (token, head slot): slots 0..n_head-1 rope the query heads in place; slots
  * n_head.. rope kv head h's key and write it and the value into the cache. A thread per pair. The
  * angle comes from `angles` for positions below n_angles (the float64 cos and sin bound the kernel:
- * ncu saw 5.3 us at 0.10 issues a cycle for 7B decode x1), else is computed: the same bits. */
-template <bool HALF>
-__global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, int n_head, kv_addressing a, int head_dim, int n_rot,
-                                      float freq_base, float freq_scale, const float *freq_factors, const float2 *angles, int n_angles,
-                                      const int32_t *pages, const int64_t *page_offsets, const int32_t *positions) {
+ * ncu saw 5.3 us at 0.10 issues a cycle for 7B decode x1), else is computed: the same bits. The
+ * decode products can do the same as they make Q/K/V (tm_cuda_gemv_q8_qkv_rope); both store
+ * through rope_append_pair. */
+__global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, rope_append e) {
     tm_grid_dependency();
-    const int token = blockIdx.x / (n_head + a.n_head_kv), slot = blockIdx.x % (n_head + a.n_head_kv);
-    const int position = positions[token];
-    for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x) {
-        float2 angle = make_float2(1.0f, 0.0f);
-        if (2 * i < n_rot)
-            angle = position >= 0 && position < n_angles ? angles[(int64_t)position * (n_rot / 2) + i]
-                                                         : rope_angle(i, n_rot, position, freq_base, freq_scale, freq_factors);
-        if (slot < n_head) {
-            if (2 * i < n_rot) rope_rotate(q + ((int64_t)token * n_head + slot) * head_dim + 2 * i, angle);
+    const int n_head_kv = e.kv.n_head_kv, token = blockIdx.x / (e.n_head + n_head_kv), slot = blockIdx.x % (e.n_head + n_head_kv);
+    for (int i = threadIdx.x; i < e.head_dim / 2; i += blockDim.x) {
+        if (slot < e.n_head) {
+            float *pair = q + ((int64_t)token * e.n_head + slot) * e.head_dim + 2 * i;
+            rope_append_pair(e, 0, slot * e.head_dim + 2 * i, token, pair[0], pair[1], q);
             continue;
         }
-        const int head = slot - n_head;
-        const int64_t at = ((int64_t)token * a.n_head_kv + head) * head_dim + 2 * i;
-        float key[2] = {k[at], k[at + 1]};
-        if (2 * i < n_rot) rope_rotate(key, angle);
-        const int32_t *table = pages + page_offsets[token];
-        uint8_t *key_out = const_cast<uint8_t *>(kv_address(a, table, position, head, false));
-        uint8_t *value_out = const_cast<uint8_t *>(kv_address(a, table, position, head, true));
-        if (HALF) {
-            reinterpret_cast<__half *>(key_out)[2 * i] = __float2half_rn(key[0]);
-            reinterpret_cast<__half *>(key_out)[2 * i + 1] = __float2half_rn(key[1]);
-            reinterpret_cast<__half *>(value_out)[2 * i] = __float2half_rn(v[at]);
-            reinterpret_cast<__half *>(value_out)[2 * i + 1] = __float2half_rn(v[at + 1]);
-        } else {
-            reinterpret_cast<float *>(key_out)[2 * i] = key[0];
-            reinterpret_cast<float *>(key_out)[2 * i + 1] = key[1];
-            reinterpret_cast<float *>(value_out)[2 * i] = v[at];
-            reinterpret_cast<float *>(value_out)[2 * i + 1] = v[at + 1];
-        }
+        const int head = slot - e.n_head;
+        const int64_t at = ((int64_t)token * n_head_kv + head) * e.head_dim + 2 * i;
+        rope_append_pair(e, 1, head * e.head_dim + 2 * i, token, k[at], k[at + 1], q);
+        rope_append_pair(e, 2, head * e.head_dim + 2 * i, token, v[at], v[at + 1], q);
     }
 }
 
-extern "C" int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                                      int n_rot, float freq_base, float freq_scale, const float *freq_factors, const void *angles,
-                                      int n_angles, void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
-                                      const int64_t *page_offsets, const int32_t *positions, void *stream) {
-    if (head_dim % 2 || n_rot > head_dim || n_angles < 0 || (n_angles > 0 && !angles)) return cudaErrorInvalidValue;
+extern "C" int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, const tm_cuda_rope_kv *rope, void *stream) {
+    if (!rope || !rope_append_valid(*rope) || (rope->n_angles > 0 && !rope->angles)) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    static const int tabled = tm_env_int("TM_ROPE_TABLE", 1); /* a measuring aid: 0 computes every angle */
-    if (!tabled) n_angles = 0;
-    kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
-    unsigned blocks = (unsigned)(n_tokens * (n_head + n_head_kv)), threads = head_dim / 2 < 32 ? 32 : head_dim / 2;
-    const float2 *table = (const float2 *)angles;
-    if (kv_is_f32)
-        TM_LAUNCH_DEPENDENT(rope_kv_append_kernel<false>, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, n_head, a, head_dim,
-                            n_rot, freq_base, freq_scale, freq_factors, table, n_angles, pages, page_offsets, positions);
-    else
-        TM_LAUNCH_DEPENDENT(rope_kv_append_kernel<true>, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, n_head, a, head_dim,
-                            n_rot, freq_base, freq_scale, freq_factors, table, n_angles, pages, page_offsets, positions);
+    const rope_append e = make_rope_append(*rope);
+    const unsigned blocks = (unsigned)(n_tokens * (rope->n_head + rope->n_head_kv)), threads = rope->head_dim / 2 < 32 ? 32 : rope->head_dim / 2;
+    TM_LAUNCH_DEPENDENT(rope_kv_append_kernel, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, e);
+    return cudaSuccess;
+}
+
+/* The step's rope targets (rope_append.cuh's layout): a block per token; its threads write the
+ * token's angles, then the addresses of its cache row's chunks in every layer. */
+__global__ void rope_targets_kernel(uint8_t *targets, int n_tokens, int n_layer, int64_t layer_pages, rope_append e) {
+    tm_grid_dependency();
+    const int token = blockIdx.x, position = e.positions[token];
+    float2 *angles = reinterpret_cast<float2 *>(targets) + (int64_t)token * (e.n_rot / 2);
+    for (int i = threadIdx.x; i < e.n_rot / 2; i += blockDim.x) angles[i] = rope_append_angle(e, position, i);
+    uint8_t **rows = reinterpret_cast<uint8_t **>(targets + rope_targets_rows_at(n_tokens, e.n_rot));
+    const int chunks = rope_targets_chunks(e.kv);
+    for (int k = threadIdx.x; k < n_layer * chunks; k += blockDim.x) {
+        const int layer = k / chunks, chunk = k % chunks;
+        const int32_t *table = e.pages + layer * layer_pages + e.page_offsets[token];
+        /* the row's start, or chunk `chunk` of it where a row spans pages: kv_address of the byte
+         * chunk * page_size of the row (head 0 of the keys, moved by that many bytes) */
+        uint8_t *at;
+        if (e.kv.rows_per_page) at = const_cast<uint8_t *>(kv_address(e.kv, table, position, 0, false));
+        else at = const_cast<uint8_t *>(e.kv.pool) + (int64_t)table[(int64_t)position * e.kv.pages_per_row + chunk] * e.kv.page_size;
+        rows[((int64_t)layer * n_tokens + token) * chunks + chunk] = at;
+    }
+}
+
+extern "C" uint64_t tm_cuda_rope_targets_bytes(int n_tokens, int n_layer, const tm_cuda_rope_kv *rope) {
+    const kv_addressing kv = make_addressing(rope->pool, rope->kv_is_f32, rope->page_size, rope->n_head_kv, rope->head_dim);
+    return (uint64_t)rope_targets_rows_at(n_tokens, rope->n_rot) + (uint64_t)n_layer * n_tokens * rope_targets_chunks(kv) * sizeof(void *);
+}
+
+extern "C" int tm_cuda_rope_targets(void *targets, int n_tokens, int n_layer, int64_t layer_pages, const tm_cuda_rope_kv *rope, void *stream) {
+    if (!targets || !rope || !rope_append_valid(*rope) || (rope->n_angles > 0 && !rope->angles) || n_tokens < 0 || n_layer < 1 ||
+        layer_pages < 0)
+        return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    TM_LAUNCH_DEPENDENT(rope_targets_kernel, dim3((unsigned)n_tokens), dim3(128), 0, (cudaStream_t)stream, (uint8_t *)targets, n_tokens,
+                        n_layer, layer_pages, make_rope_append(*rope));
     return cudaSuccess;
 }
 

@@ -21,6 +21,7 @@
 #include "mma.cuh"
 #include "mmvq.cuh"
 #include "quant.cuh"
+#include "rope_append.cuh"
 #include "tile_sums.cuh"
 
 /* ---- activations to q8_1 --------------------------------------------------------------------- */
@@ -217,9 +218,11 @@ __device__ __forceinline__ float q6k_block_pair(uint4 low0, uint4 low1, uint4 hi
 }
 
 /* The one-token dot of one q4_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's
- * share; xp: the activations in pair order. */
-template <int TYPE>
-__device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xp, const half2 *xds, bool early) {
+ * share; xp: the activations in pair order. after_wait(): called right after the wait for the
+ * previous kernel (before the first activation is read). */
+template <int TYPE, typename AfterWait>
+__device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xp, const half2 *xds, bool early,
+                                           AfterWait after_wait) {
     const int lane = threadIdx.x % 32, quarter = lane % 4;
     uint4 v[4];
     uint2 scale_bytes = {};
@@ -243,6 +246,7 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
     };
     if (early) load(lane / 4);
     tm_grid_dependency();
+    after_wait();
     if (!early) load(lane / 4);
     float acc = 0;
     for (int64_t block = lane / 4; block < blocks; block += 8) {
@@ -283,22 +287,56 @@ static int gemv_pairs(void) {
  * 496.0 (70B 66.69 against 65.86 without either change); next call 9 / 8 493.0 / 489.7, 10 / 8
  * 472.2 / 478.3, 8 / 8 486.9 / 488.4. At 7 blocks an SM a 4096-row mixed launch (the 7B's down
  * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. */
-template <int MIN_BLOCKS, int TYPES>
+template <int MIN_BLOCKS, int TYPES, bool ROPE>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, const int8_t *xp,
-                                                              bool early) {
+                                                              bool early, rope_append rope) {
+    static_assert(!ROPE || TYPES < 2, "the rope epilogue takes q4_k and q6_k rows (q5_k's mmvq_rows stores its own)");
     int64_t row = (int64_t)blockIdx.x * 4 + threadIdx.x / 32;
     mmvq_part part;
-    if (!find_part(parts, &row, &part)) return;
+    if (!find_part(parts, &row, &part)) return; /* with ROPE every part's rows are a multiple of 4: no warp leaves here */
     const int64_t blocks = cols / 256;
+    const int warp = threadIdx.x / 32;
+    /* with ROPE the block's 4 rows are two rope pairs of one part; threads 0 and 1 copy where theirs
+     * goes (its angle, its cache row) from the step's targets into shared memory as soon as the wait
+     * allows, so the end of the block waits on no load */
+    struct pair_target {
+        float2 angle;
+        uint8_t *chunk;
+    };
+    __shared__ pair_target targets[2];
+    __shared__ float sums[4];
+    const int pair_row = (int)(row - warp) + 2 * threadIdx.x, head = pair_row / rope.head_dim, d = pair_row % rope.head_dim;
+    auto after_wait = [&] {
+        if constexpr (ROPE) {
+            if (threadIdx.x < 2) {
+                if (part.index < 2 && d < rope.n_rot) copy_async_8(&targets[threadIdx.x].angle, rope_target_angle(rope, 0, d / 2));
+                if (part.index > 0) copy_async_8(&targets[threadIdx.x].chunk, rope_target_chunk(rope, 1, part.index, head, 0));
+                copy_async_commit();
+            }
+        }
+    };
     float sum;
     if (TYPES == 0 || part.type == Q4_K) {
-        sum = row_pairs<Q4_K>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early);
+        sum = row_pairs<Q4_K>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early, after_wait);
     } else if (TYPES == 1 || part.type == Q6_K) {
-        sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early);
+        sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early, after_wait);
     } else {
         return mmvq_rows<Q5_K, 1, 1, mmvq_unroll<Q5_K, 1, 1, false>()>(part.weights, part.rows, cols, row, xq, xds, 1, part.y, early);
     }
-    if (threadIdx.x % 32 == 0) part.y[row] = sum;
+    if constexpr (ROPE) {
+        if (threadIdx.x % 32 == 0) sums[warp] = sum;
+        __syncthreads();
+        const int pair = threadIdx.x;
+        if (pair < 2) {
+            copy_async_wait<0>();
+            uint8_t *to = part.index ? targets[pair].chunk + rope_target_offset(rope, part.index, head)
+                                     : rope_append_head(rope, 0, head, 0, 0, 0, part.y);
+            const float2 angle = part.index < 2 && d < rope.n_rot ? targets[pair].angle : make_float2(1.0f, 0.0f);
+            rope_append_write(rope, part.index, to, d, angle, sums[2 * pair], sums[2 * pair + 1]);
+        }
+    } else if (threadIdx.x % 32 == 0) {
+        part.y[row] = sum;
+    }
 }
 
 template <int TYPE, int NT, int R>
@@ -328,10 +366,22 @@ static bool gemv_early_weights(void) {
     return early;
 }
 
+/* The parts' rows together, or -1 when a part's rows are not a multiple of `tile`. */
+static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
+    int64_t total = 0;
+    for (int p = 0; p < parts.n; p++) {
+        if (parts.rows[p] % tile) return -1;
+        total += parts.rows[p];
+    }
+    return total;
+}
+
 /* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
  * cudaErrorNotSupported when gemv_pairs() is off or every part is q5_k (then mmvq_kernel's lane a
- * sub-block, the same bits at fewer registers). */
-static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s) {
+ * sub-block, the same bits at fewer registers). With `rope` (parts Q, K, V) the outputs go through
+ * rope_append_pair instead: not supported with a q5_k part or a part's rows not a multiple of 4. */
+static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s,
+                                       const rope_append *rope = nullptr) {
     int64_t rows = 0;
     int types = 0;
     bool any_paired_type = false;
@@ -340,14 +390,18 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
         any_paired_type |= parts.type[p] != Q5_K;
     }
     if (!gemv_pairs() || !any_paired_type || rows <= 0) return cudaErrorNotSupported;
+    if (rope && (types == 2 || rows_in_tiles(parts, 4) < 0)) return cudaErrorNotSupported;
     const q8_out x = q8_out_at(q8, 1, cols); /* one token */
     const int8_t *qs = x.qs, *paired = x.paired;
     const half2 *ds = x.ds;
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
-    if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
-    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
-    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early);
+    const rope_append none = {};
+    if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope);
+    else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope);
+    else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none);
+    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none);
     return cudaSuccess;
 }
 
@@ -374,7 +428,8 @@ static cudaError_t mmvq(const void *weights, int64_t rows, int64_t cols, const v
 
 /* The tensor-core products (below): used from mmq_min_tokens() tokens on. */
 static int mmq_min_tokens(void);
-static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s);
+static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s,
+                              const rope_append *rope = nullptr);
 
 /* `parts` at n tokens through the first kernel that takes them: the tensor-core products from
  * mmq_min_tokens() tokens, at one token the streamed kernel (when turned on) or pairs_kernel;
@@ -645,20 +700,67 @@ __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from
     }
 }
 
+/* With the rope epilogue: where a 16-row tile's outputs go (the tile lies in one head: head_dim a
+ * multiple of 16), per token its cache row's chunk and the angles of the tile's 8 row pairs, copied
+ * from the step's targets into shared memory after the stages by warp 0 right after its wait, read
+ * by it at the end. */
+struct rope_tile {
+    uint8_t *chunk[TM_CUDA_GEMV_MAX_TOKENS];
+    float2 angle[TM_CUDA_GEMV_MAX_TOKENS][MMQ_ROWS / 2];
+};
+
+/* Warp 0: the copies into its rope_tile (uncommitted: they join the thread's next group). */
+__device__ __forceinline__ void fetch_rope_tile(const rope_append &rope, int part, int64_t row0, int n_tokens, rope_tile *tile) {
+    const int lane = threadIdx.x, d0 = (int)row0 % rope.head_dim, head = (int)row0 / rope.head_dim; /* rows below 2^31 */
+    for (int k = lane; k < n_tokens * (MMQ_ROWS / 2); k += 32) {
+        const int token = k / (MMQ_ROWS / 2), j = k % (MMQ_ROWS / 2);
+        if (part < 2 && d0 + 2 * j < rope.n_rot) copy_async_8(&tile->angle[token][j], rope_target_angle(rope, token, d0 / 2 + j));
+    }
+    if (part > 0 && lane < n_tokens) copy_async_8(&tile->chunk[lane], rope_target_chunk(rope, n_tokens, part, head, lane));
+}
+
+/* The tile's sums (add_tile_sums, warp 0; lane (g, t) holds rows g, g + 8 and tokens 2t, 2t + 1 of
+ * each group) through rope_append_write: lanes of even g store the pairs (row, row + 1), row + 1's
+ * sum coming from lane + 4. */
+template <int NG>
+__device__ __forceinline__ void store_tile_rope(const float (&sums)[NG][4], const rope_append &rope, int part, int64_t row0, int n_tokens,
+                                                const rope_tile *tile, float *q) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, d0 = (int)row0 % rope.head_dim, head = (int)row0 / rope.head_dim;
+    const int offset = part ? rope_target_offset(rope, part, head) : 0;
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float next_row = __shfl_xor_sync(0xffffffffu, sums[G][i], 4);
+            const int token = G * 8 + 2 * t + i % 2, r = g + 8 * (i / 2), d = d0 + r;
+            if (g % 2 == 0 && token < n_tokens) {
+                uint8_t *to = part ? tile->chunk[token] + offset : rope_append_head(rope, 0, head, token, 0, 0, q);
+                const float2 angle = part < 2 && d < rope.n_rot ? tile->angle[token][r / 2] : make_float2(1.0f, 0.0f);
+                rope_append_write(rope, part, to, d, angle, sums[G][i], next_row);
+            }
+        }
+}
+
 /* One block per 16-row tile of one part (parts as mmvq_parts; each part's rows a multiple of 16):
  * warp w of WARPS takes the tile's 256-column blocks w, w + WARPS, ...; warp 0 adds them and stores.
  * q4_k and q5_k blocks come through the warp's shared-memory stages (unless `staging` is 0, a
  * measuring aid), q6_k blocks straight from global memory (its 224-byte device blocks would need
  * stages a quarter larger than q5_k's). With `early`, the first stages' copies are issued before
- * the wait for the previous kernel (weights only). Dynamic shared memory: MMQ_SHARED_BYTES(WARPS). */
-template <int NG, int WARPS>
+ * the wait for the previous kernel (weights only). ROPE: warp 0 stores the sums through
+ * store_tile_rope (tm_cuda_gemv_q8_qkv_rope). Dynamic shared memory: MMQ_SHARED_BYTES(WARPS), and
+ * a rope_tile after it with ROPE. */
+template <int NG, int WARPS, bool ROPE>
 __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
-                                                             int n_tokens, int staging, bool early) {
+                                                             int n_tokens, int staging, bool early, rope_append rope) {
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     int64_t row0 = (int64_t)blockIdx.x * MMQ_ROWS;
     mmvq_part part;
     if (!find_part(parts, &row0, &part)) return;
     const bool staged = staging && part.type != Q6_K;
+    rope_tile *targets = reinterpret_cast<rope_tile *>(mmq_shared + MMQ_SHARED_BYTES(WARPS)); /* with ROPE */
+    auto fetch_targets = [&] { /* after the wait (the step's targets are written by an earlier kernel) */
+        if (ROPE && threadIdx.x < 32) fetch_rope_tile(rope, part.index, row0, n_tokens, targets);
+    };
     if (!(early && staged)) tm_grid_dependency(); /* early: after the first stages' weights are requested */
     const uint8_t *weights = part.weights;
     float *y = part.y;
@@ -690,6 +792,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
             copy_async_commit();
         }
         if (early) tm_grid_dependency();
+        fetch_targets(); /* joins the first block's copy group */
         int stage = 0;
         for (int64_t block = warp; block < blocks; block += WARPS) {
             fetch(block + (MMQ_STAGES - 1) * WARPS, (stage + MMQ_STAGES - 1) % MMQ_STAGES);
@@ -705,6 +808,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         }
         copy_async_wait<0>();
     } else {
+        fetch_targets();
         const uint8_t *row_g = weights + (row0 + g) * row_bytes, *row_g8 = row_g + 8 * row_bytes;
         for (int64_t block = warp; block < blocks; block += WARPS) {
             const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
@@ -716,7 +820,13 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         }
     }
     __syncthreads(); /* the stages are free: the partial sums reuse them */
-    store_tile_sums<NG, WARPS>(acc, reinterpret_cast<float(*)[NG * 4][32]>(mmq_shared), y, rows, row0, n_tokens);
+    float(*partial)[NG * 4][32] = reinterpret_cast<float(*)[NG * 4][32]>(mmq_shared);
+    if constexpr (ROPE) {
+        if (threadIdx.x < 32) copy_async_commit(), copy_async_wait<0>(); /* the targets are in (add_tile_sums syncs the block) */
+        if (add_tile_sums<NG, WARPS>(acc, partial)) store_tile_rope<NG>(acc, rope, part.index, row0, n_tokens, targets, y);
+    } else {
+        store_tile_sums<NG, WARPS>(acc, partial, y, rows, row0, n_tokens);
+    }
 }
 
 /* From how many tokens on the tensor-core products are used (default 2). */
@@ -725,24 +835,22 @@ static int mmq_min_tokens(void) {
     return forced > 0 ? forced : 2;
 }
 
-/* The parts' rows together, or -1 when a part's rows are not a multiple of `tile`. */
-static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
-    int64_t total = 0;
-    for (int p = 0; p < parts.n; p++) {
-        if (parts.rows[p] % tile) return -1;
-        total += parts.rows[p];
-    }
-    return total;
+template <int NG, int WARPS, bool ROPE>
+static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
+                                     const rope_append &rope, cudaStream_t s) {
+    static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
+    const int shared = MMQ_SHARED_BYTES(WARPS) + (ROPE ? (int)sizeof(rope_tile) : 0);
+    TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<NG, WARPS, ROPE>, shared));
+    TM_LAUNCH_DEPENDENT((mmq_kernel<NG, WARPS, ROPE>), dim3((unsigned)tiles), dim3(32 * WARPS), shared, s, parts, cols, qs, ds, n, staging,
+                        gemv_early_weights(), rope);
+    return cudaSuccess;
 }
 
 template <int NG, int WARPS>
 static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                     cudaStream_t s) {
-    static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
-    TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<NG, WARPS>, MMQ_SHARED_BYTES(WARPS)));
-    TM_LAUNCH_DEPENDENT(mmq_kernel<NG, WARPS>, dim3((unsigned)tiles), dim3(32 * WARPS), MMQ_SHARED_BYTES(WARPS), s, parts, cols, qs, ds, n,
-                        staging, gemv_early_weights());
-    return cudaSuccess;
+                                     const rope_append *rope, cudaStream_t s) {
+    if (rope) return launch_mmq_kernel<NG, WARPS, true>(parts, cols, qs, ds, n, tiles, *rope, s);
+    return launch_mmq_kernel<NG, WARPS, false>(parts, cols, qs, ds, n, tiles, rope_append{}, s);
 }
 
 /* Warps a tile: 4 when a row has at least 32 blocks (8 or more a warp to pipeline through its
@@ -758,14 +866,15 @@ template <int NG> static cudaError_t mmq_warps(int64_t cols, int64_t tiles, int 
     *warps = 8;
     if (cols / 256 < 32) return cudaSuccess;
     int resident4 = 0;
-    TM_CUDA_CHECK(tm_resident_blocks((const void *)mmq_kernel<NG, 4>, 128, MMQ_SHARED_BYTES(4), &resident4));
+    TM_CUDA_CHECK(tm_resident_blocks((const void *)mmq_kernel<NG, 4, false>, 128, MMQ_SHARED_BYTES(4), &resident4));
     if (10 * tiles >= 9 * (int64_t)resident4) *warps = 4;
     return cudaSuccess;
 }
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
- * otherwise, or for rows wider than 2^24 (the caller falls back to dp4a). */
-static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s) {
+ * otherwise, or for rows wider than 2^24 (the caller falls back to dp4a). With `rope` (parts Q, K,
+ * V) the outputs go through rope_append_pair. */
+static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s, const rope_append *rope) {
     const int64_t total = rows_in_tiles(parts, MMQ_ROWS);
     if (total < 0 || cols > (1 << 24)) return cudaErrorNotSupported; /* mmq_fetch_block's 32-bit offsets */
     const q8_out x = q8_out_at(q8, n, cols);
@@ -774,8 +883,11 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const int64_t tiles = total / MMQ_ROWS;
     int warps = 0;
     TM_CUDA_CHECK(n <= 8 ? mmq_warps<1>(cols, tiles, &warps) : mmq_warps<2>(cols, tiles, &warps));
-    if (n <= 8) return warps == 8 ? launch_mmq_kernel<1, 8>(parts, cols, qs, ds, n, tiles, s) : launch_mmq_kernel<1, 4>(parts, cols, qs, ds, n, tiles, s);
-    return warps == 8 ? launch_mmq_kernel<2, 8>(parts, cols, qs, ds, n, tiles, s) : launch_mmq_kernel<2, 4>(parts, cols, qs, ds, n, tiles, s);
+    if (n <= 8)
+        return warps == 8 ? launch_mmq_kernel<1, 8>(parts, cols, qs, ds, n, tiles, rope, s)
+                          : launch_mmq_kernel<1, 4>(parts, cols, qs, ds, n, tiles, rope, s);
+    return warps == 8 ? launch_mmq_kernel<2, 8>(parts, cols, qs, ds, n, tiles, rope, s)
+                      : launch_mmq_kernel<2, 4>(parts, cols, qs, ds, n, tiles, rope, s);
 }
 
 template <int NT, int R>
@@ -806,4 +918,25 @@ extern "C" int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts
     if (n_tokens <= 4) return launch_parts<4, 2>(p, cols, q8, n_tokens, s);
     if (n_tokens <= 8) return launch_parts<8, 4>(p, cols, q8, n_tokens, s);
     return launch_parts<16, 4>(p, cols, q8, n_tokens, s);
+}
+
+extern "C" int tm_cuda_gemv_q8_qkv_rope(const tm_cuda_gemv_part *parts, int64_t cols, const void *q8, int n_tokens, const tm_cuda_rope_kv *rope,
+                                        void *stream) {
+    if (!parts || !rope || !rope_append_valid(*rope) || (rope->n_angles > 0 && !rope->angles) || !rope->targets || rope->layer < 0 ||
+        cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS)
+        return cudaErrorInvalidValue;
+    const int64_t q_rows = (int64_t)rope->n_head * rope->head_dim, kv_rows = (int64_t)rope->n_head_kv * rope->head_dim;
+    if (parts[0].rows != q_rows || parts[1].rows != kv_rows || parts[2].rows != kv_rows || !parts[0].y) return cudaErrorInvalidValue;
+    mmvq_parts p = {};
+    p.n = 3;
+    for (int i = 0; i < 3; i++) {
+        if (!tm_cuda_gemv_q8_supported(parts[i].type) || (uintptr_t)parts[i].weights % 16) return cudaErrorInvalidValue;
+        p.weights[i] = (const uint8_t *)parts[i].weights, p.y[i] = parts[0].y, p.rows[i] = parts[i].rows, p.type[i] = parts[i].type;
+    }
+    const rope_append e = make_rope_append(*rope);
+    cudaStream_t s = (cudaStream_t)stream;
+    if (n_tokens >= mmq_min_tokens()) return rope->head_dim % MMQ_ROWS ? cudaErrorNotSupported : launch_mmq(p, cols, q8, n_tokens, s, &e);
+    static const int streamed = tm_env_int("TM_GEMV_STREAM", 0); /* the streamed kernel (a measuring aid) has no rope epilogue */
+    if (n_tokens == 1 && !streamed) return launch_pairs_kernel(p, cols, q8, s, &e);
+    return cudaErrorNotSupported;
 }

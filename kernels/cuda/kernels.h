@@ -178,14 +178,53 @@ uint64_t tm_cuda_rope_table_bytes(int n_positions, int n_rot);
 int tm_cuda_rope_table(void *angles, int n_positions, int n_rot, float freq_base, float freq_scale, const float *freq_factors,
                        void *stream);
 
+/* Rope and KV append: the rope parameters (as tm_cuda_rope), the cache (pool of pages: f32 with
+ * kv_is_f32, else f16; pages: the page tables, token t's at pages + page_offsets[t]) and one
+ * position per token (device). angles (optional, else NULL): a tm_cuda_rope_table of n_angles
+ * positions with the same rope parameters, read instead of computing the angle below n_angles. */
+typedef struct tm_cuda_rope_kv {
+    int n_head, n_head_kv, head_dim, n_rot;
+    float freq_base, freq_scale;
+    const float *freq_factors;
+    const void *angles;
+    int n_angles;
+    void *pool;
+    int kv_is_f32;
+    uint32_t page_size;
+    const int32_t *pages;
+    const int64_t *page_offsets;
+    const int32_t *positions;
+    /* tm_cuda_gemv_q8_qkv_rope only: the step's targets (tm_cuda_rope_targets, for the same tokens)
+     * and the layer whose keys and values are made (pages is that layer's page tables) */
+    const void *targets;
+    int layer;
+} tm_cuda_rope_kv;
+
+/* Where the step's queries, keys and values go, found once a step so that the Q/K/V products'
+ * epilogue reads them from fixed addresses (no chain of dependent loads at the end of each block):
+ * for each of n_tokens tokens its rope angles, and for each of n_layer layers the address of its
+ * cache row (of each page of it, where a row spans pages); layer l's page tables are at
+ * pages + l * layer_pages (page_offsets, positions, pages: as in tm_cuda_rope_kv; its targets and
+ * layer are not read). tm_cuda_rope_targets_bytes of device memory. */
+uint64_t tm_cuda_rope_targets_bytes(int n_tokens, int n_layer, const tm_cuda_rope_kv *rope);
+int tm_cuda_rope_targets(void *targets, int n_tokens, int n_layer, int64_t layer_pages, const tm_cuda_rope_kv *rope, void *stream);
+
 /* tm_cuda_rope on q (n_head heads) and k (n_head_kv heads) and tm_cuda_kv_append of the roped
  * keys and the values, in one launch, bit-identical to the three separate calls (k is read, not
- * changed). angles (optional, else NULL with n_angles 0): a tm_cuda_rope_table of n_angles
- * positions with the same rope parameters, read instead of computing the angle below n_angles. */
-int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                           int n_rot, float freq_base, float freq_scale, const float *freq_factors, const void *angles, int n_angles,
-                           void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
-                           const int32_t *positions, void *stream);
+ * changed). */
+int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, const tm_cuda_rope_kv *rope, void *stream);
+
+/* The Q/K/V products (tm_cuda_gemv_q8_parts with parts[0..2] = Q, K, V, n_head * head_dim and
+ * n_head_kv * head_dim rows) of layer rope->layer with the rope and the KV append applied as their
+ * outputs are made (rope->targets: tm_cuda_rope_targets of this step, written earlier in the stream):
+ * the roped queries go to parts[0].y, the roped keys and the values only into the cache (parts[1].y
+ * and parts[2].y are not written). The same bits as tm_cuda_gemv_q8_parts then tm_cuda_rope_kv_append,
+ * one launch fewer. cudaErrorNotSupported (nothing launched) where the products would not take
+ * pairs_kernel (one token: no q5_k part, rows a multiple of 4, not TM_GEMV_STREAM=1 or
+ * TM_GEMV_PAIRS=0) or the int8 tensor-core kernel (2-16 tokens, rows a multiple of 16); then make
+ * the two calls. */
+int tm_cuda_gemv_q8_qkv_rope(const tm_cuda_gemv_part *parts, int64_t cols, const void *q8, int n_tokens, const tm_cuda_rope_kv *rope,
+                             void *stream);
 
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);

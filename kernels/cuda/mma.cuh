@@ -33,6 +33,10 @@ __device__ __forceinline__ void copy_async_line16(uint32_t destination, const vo
 __device__ __forceinline__ void copy_async_4(uint32_t destination, const void *source, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));
 }
+/* 8 bytes global -> shared, asynchronously (both 8-byte aligned). */
+__device__ __forceinline__ void copy_async_8(void *destination, const void *source) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(shared_address(destination)), "l"(source) : "memory");
+}
 __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void copy_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 /* Waits until at most `PENDING` of this thread's committed copy groups are still in flight. */

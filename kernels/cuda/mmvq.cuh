@@ -148,6 +148,7 @@ struct mmvq_part {
     float *y;
     int64_t rows;
     int type;
+    int index; /* which of the parts */
 };
 __device__ __forceinline__ bool find_part(const mmvq_parts &parts, int64_t *row, mmvq_part *part) {
     bool found = false;
@@ -156,6 +157,7 @@ __device__ __forceinline__ bool find_part(const mmvq_parts &parts, int64_t *row,
         if (i >= parts.n || found) continue;
         if (*row < parts.rows[i]) {
             part->weights = parts.weights[i], part->y = parts.y[i], part->rows = parts.rows[i], part->type = parts.type[i];
+            part->index = i;
             found = true;
         } else {
             *row -= parts.rows[i];

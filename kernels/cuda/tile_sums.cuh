@@ -10,29 +10,45 @@
 
 /* acc[G][2r + k] of lane (g = lane / 4, t = lane % 4) holds row row0 + g + 8r, token 8G + 2t + k.
  * Warps 1..WARPS-1 leave theirs in `partial` (shared memory, (WARPS - 1) * NG * 4 * 32 floats, free
- * for it), warp 0 adds them to its own in warp order (the same order on every run) and stores
- * y[token][row] (rows a token) for tokens below n_tokens. Every thread of the block calls it. */
+ * for it) and get false; warp 0 adds them to its own in warp order (the same order on every run)
+ * and gets true, its acc then holding the tile's sums. Every thread of the block calls it. */
 template <int NG, int WARPS>
-__device__ __forceinline__ void store_tile_sums(const float (&acc)[NG][4], float (*partial)[NG * 4][32], float *y, int64_t rows,
-                                                int64_t row0, int n_tokens) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+__device__ __forceinline__ bool add_tile_sums(float (&acc)[NG][4], float (*partial)[NG * 4][32]) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (warp > 0)
 #pragma unroll
         for (int G = 0; G < NG; G++)
 #pragma unroll
             for (int i = 0; i < 4; i++) partial[warp - 1][G * 4 + i][lane] = acc[G][i];
     __syncthreads();
-    if (warp > 0) return;
+    if (warp > 0) return false;
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int w = 0; w < WARPS - 1; w++) acc[G][i] += partial[w][G * 4 + i][lane];
+    return true;
+}
+
+/* add_tile_sums, then warp 0 stores y[token][row] (rows a token) for tokens below n_tokens. */
+template <int NG, int WARPS>
+__device__ __forceinline__ void store_tile_sums(const float (&acc)[NG][4], float (*partial)[NG * 4][32], float *y, int64_t rows,
+                                                int64_t row0, int n_tokens) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    float sums[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) sums[G][i] = acc[G][i];
+    if (!add_tile_sums<NG, WARPS>(sums, partial)) return;
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            float sum = acc[G][i];
-#pragma unroll
-            for (int w = 0; w < WARPS - 1; w++) sum += partial[w][G * 4 + i][lane];
             const int token = G * 8 + 2 * t + i % 2;
             const int64_t row = row0 + g + 8 * (i / 2);
-            if (token < n_tokens) y[token * rows + row] = sum;
+            if (token < n_tokens) y[token * rows + row] = sums[G][i];
         }
 }
 

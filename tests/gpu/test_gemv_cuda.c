@@ -20,6 +20,8 @@
  * small grids take its 64-token blocks) and with 128-token blocks in the "wgmma-128" child,
  * mma.sync in the "dp4a" child (TM_GEMM_FUSED=1); dequantize + cuBLAS in the "dp4a-subblocks"
  * child (TM_GEMM_FUSED=0).
+ * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
+ * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -84,6 +86,129 @@ static int count_outside(const float *y, const double *w_rows, const float *x, i
             if (error > *worst || error != error) *worst = error;
         }
     return bad;
+}
+
+/* The Q/K/V products with the rope and the KV append in their epilogue (tm_cuda_gemv_q8_qkv_rope)
+ * against tm_cuda_gemv_q8_parts then tm_cuda_rope_kv_append: the queries and the whole KV pool bit
+ * for bit, on random weights and activations, at 1, 2, 5, 8, 9 and 16 tokens (one token:
+ * pairs_kernel; more: the int8 tensor-core kernel, a partial last token group at 5 and 9), for f16
+ * and f32 caches, all-q4_k parts with cache rows sharing 4 KiB pages and a q6_k V (the 7B's mix)
+ * with rows spanning 256-byte pages, 6 heads of 64 (rows 384) with 2 kv heads, only the first 48
+ * dimensions rotated, tokens in two streams (own page tables) at positions partly past the angle
+ * table (computed there), the second of two layers (the step's targets found for both). A q5_k
+ * part at one token is declined. */
+static void test_qkv_rope(tm_rng_t *rng) {
+    /* two layers' page tables (layer_pages entries apart, each two streams' tables of stream_pages),
+     * a random permutation of the pool's pages; the products make layer 1's keys and values */
+    enum { stream_pages = 96, layer_pages = 2 * stream_pages, n_pages = 2 * layer_pages };
+    const int n_head = 6, n_kv = 2, hd = 64, n_rot = 48, table_positions = 10;
+    const int64_t cols = 1024, q_rows = (int64_t)n_head * hd, kv_rows = (int64_t)n_kv * hd;
+    int32_t tables[n_pages];
+    for (int i = 0; i < n_pages; i++) tables[i] = i;
+    for (int i = n_pages - 1; i > 0; i--) {
+        const int j = (int)(tm_rng_uniform(rng) * (i + 1)) % (i + 1), t = tables[i];
+        tables[i] = tables[j], tables[j] = t;
+    }
+    static const int token_counts[] = {1, 2, 5, 8, 9, 16};
+    float factors[32];
+    for (int i = 0; i < hd / 2; i++) factors[i] = 1.0f + 0.125f * i;
+    void *d_factors = NULL, *d_angles = NULL, *d_tables = NULL;
+    cudaMalloc(&d_factors, sizeof factors), cudaMalloc(&d_tables, sizeof tables);
+    cudaMemcpy(d_factors, factors, sizeof factors, cudaMemcpyHostToDevice), cudaMemcpy(d_tables, tables, sizeof tables, cudaMemcpyHostToDevice);
+    CHECK(cudaMalloc(&d_angles, tm_cuda_rope_table_bytes(table_positions, n_rot)) == cudaSuccess &&
+              tm_cuda_rope_table(d_angles, table_positions, n_rot, 10000.0f, 1.0f, d_factors, NULL) == 0,
+          "rope table");
+    const char *pairs_setting = getenv("TM_GEMV_PAIRS"), *stream_setting = getenv("TM_GEMV_STREAM");
+    const bool one_token_fused = !(pairs_setting && !strcmp(pairs_setting, "0")) && !(stream_setting && !strcmp(stream_setting, "1"));
+    for (int run = 0; run < 24; run++) {
+        const int n = token_counts[run % 6], kv_f32 = run / 6 % 2, q6_v = run / 12;
+        /* with the q6_k V, 256-byte pages: a cache row (512 or 1024 bytes) spans 2 or 4 of them */
+        const int page_size = q6_v ? 256 : 4096;
+        const size_t pool_bytes = (size_t)n_pages * page_size;
+        const tm_type part_types[3] = {TM_TYPE_Q4_K, TM_TYPE_Q4_K, q6_v ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
+        const int64_t part_rows[3] = {q_rows, kv_rows, kv_rows};
+        int32_t positions[16];
+        int64_t offsets[16];
+        for (int t = 0; t < n; t++) positions[t] = 4 + 2 * (t / 2) + (t % 2) * 3, offsets[t] = t % 2 ? stream_pages : 0; /* two streams */
+        float *x = malloc((size_t)cols * n * 4);
+        for (int64_t i = 0; i < cols * n; i++) x[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+        void *d_x, *d_q8, *d_positions, *d_offsets, *pool_fused, *pool_separate;
+        cudaMalloc(&d_x, (size_t)cols * n * 4), cudaMalloc(&d_q8, tm_cuda_q8_1_bytes(cols * n));
+        cudaMalloc(&d_positions, sizeof positions), cudaMalloc(&d_offsets, sizeof offsets);
+        cudaMalloc(&pool_fused, pool_bytes), cudaMalloc(&pool_separate, pool_bytes);
+        cudaMemset(pool_fused, 0, pool_bytes), cudaMemset(pool_separate, 0, pool_bytes);
+        cudaMemcpy(d_x, x, (size_t)cols * n * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(d_positions, positions, sizeof positions, cudaMemcpyHostToDevice), cudaMemcpy(d_offsets, offsets, sizeof offsets, cudaMemcpyHostToDevice);
+        CHECK(tm_cuda_quantize_q8_1(d_x, n, cols, d_q8, NULL) == 0, "quantize");
+        tm_cuda_gemv_part parts[3];
+        float *y[3], *q_fused;
+        for (int p = 0; p < 3; p++) {
+            uint64_t row_bytes;
+            tm_type_row_bytes(part_types[p], (uint64_t)cols, &row_bytes);
+            uint8_t *w = malloc(row_bytes * part_rows[p]);
+            test_random_blocks(rng, part_types[p], w, part_rows[p] * cols);
+            parts[p] = (tm_cuda_gemv_part){weights_to_device(part_types[p], w, part_rows[p], cols), (int)part_types[p], part_rows[p], NULL};
+            free(w);
+            cudaMalloc((void **)&y[p], (size_t)part_rows[p] * n * 4);
+            parts[p].y = y[p];
+        }
+        cudaMalloc((void **)&q_fused, (size_t)q_rows * n * 4);
+        cudaMemset(q_fused, 0xff, (size_t)q_rows * n * 4);
+        tm_cuda_rope_kv rope = {n_head, n_kv, hd, n_rot, 10000.0f, 1.0f, d_factors, d_angles, table_positions, pool_separate, kv_f32,
+                                page_size, (const int32_t *)d_tables + layer_pages, d_offsets, d_positions, NULL, 0};
+        CHECK(tm_cuda_gemv_q8_parts(parts, 3, cols, d_q8, n, NULL) == 0 && tm_cuda_rope_kv_append(y[0], y[1], y[2], n, &rope, NULL) == 0,
+              "the separate launches");
+        rope.pool = pool_fused, rope.pages = d_tables; /* the step's targets of both layers */
+        void *d_targets = NULL;
+        CHECK(cudaMalloc(&d_targets, tm_cuda_rope_targets_bytes(n, 2, &rope)) == cudaSuccess &&
+                  tm_cuda_rope_targets(d_targets, n, 2, layer_pages, &rope, NULL) == 0,
+              "rope targets");
+        rope.targets = d_targets, rope.layer = 1, rope.pages = (const int32_t *)d_tables + layer_pages;
+        tm_cuda_gemv_part fused_parts[3] = {parts[0], parts[1], parts[2]};
+        fused_parts[0].y = q_fused;
+        const int status = tm_cuda_gemv_q8_qkv_rope(fused_parts, cols, d_q8, n, &rope, NULL);
+        if (n == 1 && !one_token_fused) {
+            CHECK(status == cudaErrorNotSupported, "with the streamed or sub-block kernels, one token is declined (%d)", status);
+        } else {
+            CHECK(status == 0, "fused launch (%d tokens): %d", n, status);
+            CHECK(cudaDeviceSynchronize() == cudaSuccess, "fused kernel");
+            const size_t q_bytes = (size_t)q_rows * n * 4;
+            float *a = malloc(q_bytes), *b = malloc(q_bytes);
+            uint8_t *pa = malloc(pool_bytes), *pb = malloc(pool_bytes);
+            cudaMemcpy(a, q_fused, q_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, y[0], q_bytes, cudaMemcpyDeviceToHost);
+            cudaMemcpy(pa, pool_fused, pool_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(pb, pool_separate, pool_bytes, cudaMemcpyDeviceToHost);
+            int64_t written = 0;
+            for (size_t i = 0; i < pool_bytes; i++) written += pb[i] != 0;
+            CHECK(!memcmp(a, b, q_bytes), "qkv + rope, %d tokens, %s cache, %s V: the queries equal the separate launches' bit for bit", n,
+                  kv_f32 ? "f32" : "f16", q6_v ? "q6_k" : "q4_k");
+            CHECK(!memcmp(pa, pb, pool_bytes) && written > (int64_t)n * kv_rows,
+                  "qkv + rope, %d tokens, %s cache, %s V: the KV pool equals the separate launches' bit for bit (%lld bytes written)", n,
+                  kv_f32 ? "f32" : "f16", q6_v ? "q6_k" : "q4_k", (long long)written);
+            free(a), free(b), free(pa), free(pb);
+        }
+        if (n == 1 || n == 5) { /* a q5_k key part: declined at one token, taken by the tensor-core kernel at 5 */
+            uint64_t row_bytes;
+            tm_type_row_bytes(TM_TYPE_Q5_K, (uint64_t)cols, &row_bytes);
+            uint8_t *w = malloc(row_bytes * kv_rows);
+            test_random_blocks(rng, TM_TYPE_Q5_K, w, kv_rows * cols);
+            tm_cuda_gemv_part with_q5k[3] = {fused_parts[0], fused_parts[1], fused_parts[2]};
+            with_q5k[1].weights = weights_to_device(TM_TYPE_Q5_K, w, kv_rows, cols), with_q5k[1].type = TM_TYPE_Q5_K;
+            free(w);
+            const int q5 = tm_cuda_gemv_q8_qkv_rope(with_q5k, cols, d_q8, n, &rope, NULL);
+            CHECK(n == 1 ? q5 == cudaErrorNotSupported : q5 == 0, "a q5_k part at %d tokens: %d", n, q5);
+            CHECK(cudaDeviceSynchronize() == cudaSuccess, "q5_k part");
+            cudaFree((void *)with_q5k[1].weights);
+        }
+        fused_parts[1].rows = kv_rows + 16;
+        CHECK(tm_cuda_gemv_q8_qkv_rope(fused_parts, cols, d_q8, n, &rope, NULL) == cudaErrorInvalidValue,
+              "key rows other than n_head_kv * head_dim are refused");
+        CHECK(cudaDeviceSynchronize() == cudaSuccess, "no error pending");
+        for (int p = 0; p < 3; p++) cudaFree((void *)parts[p].weights), cudaFree(y[p]);
+        cudaFree(q_fused), cudaFree(d_x), cudaFree(d_q8), cudaFree(d_positions), cudaFree(d_offsets), cudaFree(pool_fused), cudaFree(d_targets);
+        cudaFree(pool_separate);
+        free(x);
+    }
+    cudaFree(d_factors), cudaFree(d_angles), cudaFree(d_tables);
 }
 
 int main(void) {
@@ -323,6 +448,7 @@ int main(void) {
         cudaFree(d_x), cudaFree(d_q8);
         free(x);
     }
+    test_qkv_rope(&rng);
     cublasDestroy(cublas);
     if (!child) {
         CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1") == 0,

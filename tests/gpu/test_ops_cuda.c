@@ -293,9 +293,9 @@ static void test_rope_append(tm_rng_t *rng) {
                       tm_cuda_rope_table(d_angles, table_positions, hd, 500000.0f, 1.0f, d_factors, NULL) == 0,
                   "rope table");
         }
-        CHECK(tm_cuda_rope_kv_append(d_q, d_k, d_v, T, n_head, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_angles,
-                                     tabled ? table_positions : 0, pool, f32, page_size, d_table, d_offsets, d_pos, NULL) == 0,
-              "rope_kv_append launch");
+        const tm_cuda_rope_kv rope = {n_head, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_angles, tabled ? table_positions : 0,
+                                      pool, f32, page_size, d_table, d_offsets, d_pos};
+        CHECK(tm_cuda_rope_kv_append(d_q, d_k, d_v, T, &rope, NULL) == 0, "rope_kv_append launch");
         CHECK(tm_cuda_rope(d_q2, T, n_head, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
                   tm_cuda_rope(d_k2, T, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
                   tm_cuda_kv_append(d_k2, d_v, T, n_kv, hd, pool2, f32, page_size, d_table, d_offsets, d_pos, NULL) == 0,
