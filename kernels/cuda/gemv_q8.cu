@@ -379,7 +379,7 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
 /* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
  * cudaErrorNotSupported when gemv_pairs() is off or every part is q5_k (then mmvq_kernel's lane a
  * sub-block, the same bits at fewer registers). With `rope` (parts Q, K, V) the outputs go through
- * rope_append_pair instead: not supported with a q5_k part or a part's rows not a multiple of 4. */
+ * rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4. */
 static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s,
                                        const rope_append *rope = nullptr) {
     int64_t rows = 0;
@@ -873,7 +873,7 @@ template <int NG> static cudaError_t mmq_warps(int64_t cols, int64_t tiles, int 
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
  * otherwise, or for rows wider than 2^24 (the caller falls back to dp4a). With `rope` (parts Q, K,
- * V) the outputs go through rope_append_pair. */
+ * V) the outputs go through store_tile_rope. */
 static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void *q8, int n, cudaStream_t s, const rope_append *rope) {
     const int64_t total = rows_in_tiles(parts, MMQ_ROWS);
     if (total < 0 || cols > (1 << 24)) return cudaErrorNotSupported; /* mmq_fetch_block's 32-bit offsets */
