@@ -399,10 +399,8 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
     return TM_OK;
 }
 
-/* The Q/K/V products of T tokens, then the rope and the KV append: in one launch where the step's
- * rope targets were found (rope->targets) and the products take the 8-bit path in one launch and
- * the kernel takes the rope too (tm_cuda_gemv_q8_qkv_rope), else the products then
- * tm_cuda_rope_kv_append. TM_FUSED_ROPE=0 (a measuring aid) keeps them apart. */
+/* Whether decode steps may give the rope and KV append to the Q/K/V products: TM_FUSED_ROPE=0 (a
+ * measuring aid) keeps them apart. */
 static bool fused_rope_enabled(void) {
     static int fused = -1;
     if (fused < 0) {
@@ -412,6 +410,10 @@ static bool fused_rope_enabled(void) {
     return fused;
 }
 
+/* The Q/K/V products of T tokens, then the rope and the KV append: in one launch where the step's
+ * rope targets were found (rope->targets) and the products take the 8-bit path in one launch and
+ * the kernel takes the rope too (tm_cuda_gemv_q8_qkv_rope), else the products then
+ * tm_cuda_rope_kv_append. */
 static tm_status qkv_rope_append(cuda_backend *b, const device_weight *w, const float *x, int T, bool *x_q8, const tm_cuda_rope_kv *rope,
                                  tm_error_t *error) {
     const bool detail = tm_trace_detail();
@@ -469,9 +471,11 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     /* The residual stream: each norm that adds a delta writes the sum to the other buffer
      * (tm_cuda_add_rmsnorm out of place, so a few rows can be normalized by many blocks). */
     float *residual = b->x, *residual_next = b->x_next;
-    tm_cuda_rope_kv rope = {c->n_head, c->n_head_kv, c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, b->rope_freqs,
-                            b->rope_angles, b->rope_positions, b->kv_pool, kv_f32, page_size, b->page_mirror, in->page_offsets,
-                            in->positions, NULL, 0};
+    tm_cuda_rope_kv rope = {.n_head = c->n_head, .n_head_kv = c->n_head_kv, .head_dim = c->head_dim, .n_rot = c->n_rot,
+                            .freq_base = c->rope_freq_base, .freq_scale = c->rope_freq_scale, .freq_factors = b->rope_freqs,
+                            .angles = b->rope_angles, .n_angles = b->rope_positions, .pool = b->kv_pool, .kv_is_f32 = kv_f32,
+                            .page_size = page_size, .pages = b->page_mirror, /* layer 0's: the targets' base; each layer's below */
+                            .page_offsets = in->page_offsets, .positions = in->positions};
     /* decode steps whose Q/K/V products can take the rope: the step's targets first, one launch */
     const device_weight *first_qkv[3] = {&b->layers[1], &b->layers[2], &b->layers[3]};
     if (fused_rope_enabled() && !n_tiles && T <= TM_CUDA_GEMV_MAX_TOKENS && products_together(b, first_qkv, 3, T)) {

@@ -493,7 +493,7 @@ extern "C" int tm_cuda_rope_table(void *angles, int n_positions, int n_rot, floa
  * angle comes from `angles` for positions below n_angles (the float64 cos and sin bound the kernel:
  * ncu saw 5.3 us at 0.10 issues a cycle for 7B decode x1), else is computed: the same bits. The
  * decode products can do the same as they make Q/K/V (tm_cuda_gemv_q8_qkv_rope); both store
- * through rope_append_pair. */
+ * through rope_append_write. */
 __global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, rope_append e) {
     tm_grid_dependency();
     const int n_head_kv = e.kv.n_head_kv, token = blockIdx.x / (e.n_head + n_head_kv), slot = blockIdx.x % (e.n_head + n_head_kv);
@@ -511,7 +511,7 @@ __global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, 
 }
 
 extern "C" int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_tokens, const tm_cuda_rope_kv *rope, void *stream) {
-    if (!rope || !rope_append_valid(*rope) || (rope->n_angles > 0 && !rope->angles)) return cudaErrorInvalidValue;
+    if (!rope || !rope_append_valid(*rope)) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
     const rope_append e = make_rope_append(*rope);
     const unsigned blocks = (unsigned)(n_tokens * (rope->n_head + rope->n_head_kv)), threads = rope->head_dim / 2 < 32 ? 32 : rope->head_dim / 2;
@@ -527,27 +527,21 @@ __global__ void rope_targets_kernel(uint8_t *targets, int n_tokens, int n_layer,
     float2 *angles = reinterpret_cast<float2 *>(targets) + (int64_t)token * (e.n_rot / 2);
     for (int i = threadIdx.x; i < e.n_rot / 2; i += blockDim.x) angles[i] = rope_append_angle(e, position, i);
     uint8_t **rows = reinterpret_cast<uint8_t **>(targets + rope_targets_rows_at(n_tokens, e.n_rot));
-    const int chunks = rope_targets_chunks(e.kv);
+    const int chunks = kv_chunks_per_row(e.kv);
     for (int k = threadIdx.x; k < n_layer * chunks; k += blockDim.x) {
         const int layer = k / chunks, chunk = k % chunks;
         const int32_t *table = e.pages + layer * layer_pages + e.page_offsets[token];
-        /* the row's start, or chunk `chunk` of it where a row spans pages: kv_address of the byte
-         * chunk * page_size of the row (head 0 of the keys, moved by that many bytes) */
-        uint8_t *at;
-        if (e.kv.rows_per_page) at = const_cast<uint8_t *>(kv_address(e.kv, table, position, 0, false));
-        else at = const_cast<uint8_t *>(e.kv.pool) + (int64_t)table[(int64_t)position * e.kv.pages_per_row + chunk] * e.kv.page_size;
-        rows[((int64_t)layer * n_tokens + token) * chunks + chunk] = at;
+        rows[((int64_t)layer * n_tokens + token) * chunks + chunk] = const_cast<uint8_t *>(kv_row_chunk(e.kv, table, position, chunk));
     }
 }
 
 extern "C" uint64_t tm_cuda_rope_targets_bytes(int n_tokens, int n_layer, const tm_cuda_rope_kv *rope) {
     const kv_addressing kv = make_addressing(rope->pool, rope->kv_is_f32, rope->page_size, rope->n_head_kv, rope->head_dim);
-    return (uint64_t)rope_targets_rows_at(n_tokens, rope->n_rot) + (uint64_t)n_layer * n_tokens * rope_targets_chunks(kv) * sizeof(void *);
+    return (uint64_t)rope_targets_rows_at(n_tokens, rope->n_rot) + (uint64_t)n_layer * n_tokens * kv_chunks_per_row(kv) * sizeof(void *);
 }
 
 extern "C" int tm_cuda_rope_targets(void *targets, int n_tokens, int n_layer, int64_t layer_pages, const tm_cuda_rope_kv *rope, void *stream) {
-    if (!targets || !rope || !rope_append_valid(*rope) || (rope->n_angles > 0 && !rope->angles) || n_tokens < 0 || n_layer < 1 ||
-        layer_pages < 0)
+    if (!targets || !rope || !rope_append_valid(*rope) || n_tokens < 0 || n_layer < 1 || layer_pages < 0)
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
     TM_LAUNCH_DEPENDENT(rope_targets_kernel, dim3((unsigned)n_tokens), dim3(128), 0, (cudaStream_t)stream, (uint8_t *)targets, n_tokens,

@@ -922,8 +922,7 @@ extern "C" int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts
 
 extern "C" int tm_cuda_gemv_q8_qkv_rope(const tm_cuda_gemv_part *parts, int64_t cols, const void *q8, int n_tokens, const tm_cuda_rope_kv *rope,
                                         void *stream) {
-    if (!parts || !rope || !rope_append_valid(*rope) || (rope->n_angles > 0 && !rope->angles) || !rope->targets || rope->layer < 0 ||
-        cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS)
+    if (!parts || !rope || !rope_append_valid(*rope) || !rope->targets || rope->layer < 0 || cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS)
         return cudaErrorInvalidValue;
     const int64_t q_rows = (int64_t)rope->n_head * rope->head_dim, kv_rows = (int64_t)rope->n_head_kv * rope->head_dim;
     if (parts[0].rows != q_rows || parts[1].rows != kv_rows || parts[2].rows != kv_rows || !parts[0].y) return cudaErrorInvalidValue;

@@ -38,6 +38,24 @@ __device__ __forceinline__ const uint8_t *kv_address(const kv_addressing &a, con
     return a.pool + page * a.page_size + offset_in_row % a.page_size;
 }
 
+/* A row that spans pages (pages_per_row > 0) is split into page-sized chunks, each on a page of its
+ * own; a row that shares a page is one chunk. The chunks of a row, the chunk holding byte `in_row`
+ * of a row and that byte's offset in it, and where chunk `chunk` of token p's row starts: kv_address
+ * is kv_row_chunk(.., kv_chunk_of(in_row)) + kv_offset_in_chunk(in_row) for in_row =
+ * kv_head_in_row(head, is_value). */
+static inline __host__ __device__ int kv_chunks_per_row(const kv_addressing &a) { return a.pages_per_row ? (int)a.pages_per_row : 1; }
+__device__ __forceinline__ int kv_head_in_row(const kv_addressing &a, int head, bool is_value) {
+    return ((is_value ? a.n_head_kv : 0) + head) * (int)a.head_bytes;
+}
+__device__ __forceinline__ int kv_chunk_of(const kv_addressing &a, int in_row) { return a.pages_per_row ? in_row / (int)a.page_size : 0; }
+__device__ __forceinline__ int kv_offset_in_chunk(const kv_addressing &a, int in_row) {
+    return a.pages_per_row ? in_row % (int)a.page_size : in_row;
+}
+__device__ __forceinline__ const uint8_t *kv_row_chunk(const kv_addressing &a, const int32_t *pages, int64_t p, int chunk) {
+    if (a.rows_per_page) return a.pool + (int64_t)pages[p / a.rows_per_page] * a.page_size + (p % a.rows_per_page) * a.row_bytes;
+    return a.pool + (int64_t)pages[p * a.pages_per_row + chunk] * a.page_size;
+}
+
 /* The same with 32-bit index math (positions and page-table indices below 2^31), cheaper where
  * every thread computes many addresses. */
 __device__ __forceinline__ const uint8_t *kv_address32(const kv_addressing &a, const int32_t *pages, int p, int head, bool is_value) {

@@ -45,10 +45,10 @@ static inline rope_append make_rope_append(const tm_cuda_rope_kv &r) {
 }
 
 /* The parameters the kernels assume: an even head dim, n_rot even and at most head_dim, heads and
- * pointers present. */
+ * pointers present, a table wherever n_angles says there is one. */
 static inline bool rope_append_valid(const tm_cuda_rope_kv &r) {
     return r.head_dim > 0 && r.head_dim % 2 == 0 && r.n_rot >= 0 && r.n_rot % 2 == 0 && r.n_rot <= r.head_dim && r.n_head > 0 &&
-           r.n_head_kv > 0 && r.n_angles >= 0 && r.pool && r.pages && r.page_offsets && r.positions;
+           r.n_head_kv > 0 && r.n_angles >= 0 && (r.n_angles == 0 || r.angles) && r.pool && r.pages && r.page_offsets && r.positions;
 }
 
 /* The angle of pair i at `position`: the table's below n_angles, else computed (same values). */
@@ -93,36 +93,28 @@ __device__ __forceinline__ void rope_append_pair(const rope_append &e, int part,
 
 /* ---- the step's targets (tm_cuda_rope_targets) ---------------------------------------------
  * Angles first, [token][n_rot / 2] float2 (rope_append_angle's values), then from byte
- * rope_targets_rows_at the cache rows, [layer][token][chunk] pointers: chunk k of a row is where
- * its bytes k * page_size .. go (one chunk when rows share pages: the row's start). A product's
- * epilogue copies the ones it needs into shared memory by cp.async right after its wait. */
-static inline __host__ __device__ int rope_targets_chunks(const kv_addressing &kv) { return kv.pages_per_row ? (int)kv.pages_per_row : 1; }
+ * rope_targets_rows_at the cache rows, [layer][token][chunk] pointers (kv_row_chunk of every chunk
+ * of the token's row, kv_address.cuh). A product's epilogue copies the ones it needs into shared
+ * memory by cp.async right after its wait. */
 static inline __host__ __device__ int64_t rope_targets_rows_at(int n_tokens, int n_rot) {
     return ((int64_t)n_tokens * (n_rot / 2) * 8 + 15) / 16 * 16;
 }
 
-/* Token `token`'s angle of pair i (n_tokens: the step's). */
+/* Token `token`'s angle of pair i. */
 __device__ __forceinline__ const float2 *rope_target_angle(const rope_append &e, int token, int i) {
     return reinterpret_cast<const float2 *>(e.targets) + (int64_t)token * (e.n_rot / 2) + i;
 }
 
-/* Head `head` of part `part` (1 keys, 2 values): its bytes' offset in a cache row. */
-__device__ __forceinline__ int rope_target_in_row(const rope_append &e, int part, int head) {
-    return ((part == 2 ? e.kv.n_head_kv : 0) + head) * (int)e.kv.head_bytes;
-}
-
-/* The chunk pointer holding head `head` of part `part` of token `token` (of the step's n_tokens) in
- * the epilogue's layer ... */
+/* The pointer to the chunk holding head `head` of part `part` (1 keys, 2 values) of token `token`
+ * (of the step's n_tokens) in the epilogue's layer; the head is kv_offset_in_chunk(kv_head_in_row)
+ * bytes into it (rope_target_offset). */
 __device__ __forceinline__ uint8_t *const *rope_target_chunk(const rope_append &e, int n_tokens, int part, int head, int token) {
-    const int in_row = rope_target_in_row(e, part, head), chunk = e.kv.pages_per_row ? in_row / (int)e.kv.page_size : 0;
+    const int chunk = kv_chunk_of(e.kv, kv_head_in_row(e.kv, head, part == 2));
     uint8_t *const *rows = reinterpret_cast<uint8_t *const *>(e.targets + rope_targets_rows_at(n_tokens, e.n_rot));
-    return rows + ((int64_t)e.layer * n_tokens + token) * rope_targets_chunks(e.kv) + chunk;
+    return rows + ((int64_t)e.layer * n_tokens + token) * kv_chunks_per_row(e.kv) + chunk;
 }
-
-/* ... and the head's offset in that chunk. */
 __device__ __forceinline__ int rope_target_offset(const rope_append &e, int part, int head) {
-    const int in_row = rope_target_in_row(e, part, head);
-    return e.kv.pages_per_row ? in_row % (int)e.kv.page_size : in_row;
+    return kv_offset_in_chunk(e.kv, kv_head_in_row(e.kv, head, part == 2));
 }
 
 #endif /* TM_CUDA_ROPE_APPEND_CUH */
