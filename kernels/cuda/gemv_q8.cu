@@ -474,22 +474,48 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  * float32 scaling by the activations' d per sub-block and the block's d and dmin once per block. */
 
 #define MMQ_ROWS 16
-/* q4_k/q5_k tiles are staged through shared memory by cp.async, MMQ_STAGES blocks per warp: while a
- * warp multiplies one block, the next two are in flight without holding registers (the direct loads
- * below keep a block's bytes in registers, and at 100 registers a thread only 16 warps fit on an SM:
- * ncu on the H200 saw DRAM 23 % busy, 1.1 TB/s, for 14336 x 4096 q4_k at 8 tokens). A staged row
- * is 160 bytes apart (q4_k: 144 + 16, so the quads' 8-byte loads of rows g = 0..3 hit distinct
- * banks) or 176 (q5_k). Measured (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens
- * 27.0 -> 25.0 us, 7B decode x8 1856 -> 1903 tokens/s, 70B x8 280.5 -> 285.1: a small gain, since
- * a 4096-wide tile gives each warp only two blocks. Three blocks an SM (launch bounds, 80
- * registers) measured far worse (1524 and 237): 3 x 67.5 KiB of stages leave L1 little room for
- * the activations every tile re-reads. The copies fetch whole 128-byte lines into L2
- * on a miss, as ldg_stream16 does (common.cuh). */
-#define MMQ_STAGES 3
+/* A warp's blocks come through shared-memory stages filled by cp.async: while it multiplies one
+ * block, the next is in flight without holding registers (direct loads keep a block's bytes in
+ * registers, and at 100 registers a thread only 16 warps fit on an SM: ncu on the H200 saw DRAM 23 %
+ * busy, 1.1 TB/s, for 14336 x 4096 q4_k at 8 tokens). Two layouts (mmq_layout):
+ * - weights only (the default): three stages of a block's 16 q4_k/q5_k rows; q6_k rows are read
+ *   straight from global memory, and the activations too, after the stage's wait. Measured when
+ *   first staged (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens 27.0 -> 25.0 us,
+ *   7B decode x8 1856 -> 1903 tokens/s. Three blocks an SM (launch bounds, 80 registers) measured
+ *   far worse (1524): 3 x 67.5 KiB of stages leave L1 little room for the activations every tile
+ *   re-reads.
+ * - INPUTS, up to 8 tokens in wide products (mmq_stage_inputs: the 70B's) on GPUs with the shared
+ *   memory (sm_90): two stages, each a block's 16 rows of any type and the tokens' activations for
+ *   it (256 values and 8 (d, d * sum) pairs a token), so after a stage's wait a warp reads only
+ *   shared memory (the activations' global loads had warps waiting on the L1TEX scoreboard, 34-41 %
+ *   of warp cycles in ncu). Both stages' weights are requested before the wait for the previous
+ *   kernel, as the three stages' two are (without that, 7B x8 measured 2182 against 2308).
+ * Staged weight rows are 160 (q4_k: 144 + 16), 176 (q5_k) or 240 (q6_k: 224 + 16) bytes apart and
+ * activation rows 288 (272 under q6_k) bytes apart, so each type's fragment reads hit distinct
+ * banks. The weight copies fetch whole 128-byte lines into L2 on a miss, as ldg_stream16 does
+ * (common.cuh); the activation copies go through L1 (.ca), where the other tiles on the SM find
+ * them. */
 #define MMQ_STAGE_ROW_BYTES_Q4K 160
-#define MMQ_STAGE_ROW_BYTES 176 /* q5_k, and the stage size */
-#define MMQ_STAGE_BYTES (MMQ_ROWS * MMQ_STAGE_ROW_BYTES)
-#define MMQ_SHARED_BYTES(WARPS) ((WARPS) * MMQ_STAGES * MMQ_STAGE_BYTES)
+#define MMQ_STAGE_ROW_BYTES_Q5K 176
+#define MMQ_STAGE_ROW_BYTES_Q6K 240
+#define MMQ_X_ROW_BYTES 288
+#define MMQ_X_ROW_BYTES_Q6K 272
+
+template <int TYPE> __host__ __device__ constexpr int mmq_stage_row_bytes() {
+    return TYPE == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : TYPE == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K : MMQ_STAGE_ROW_BYTES_Q6K;
+}
+
+/* The stages' sizes (INPUTS: one token group only; 6.25 KiB a stage, so two 8-warp blocks or four
+ * 4-warp ones fit in an sm_90 SM). */
+template <int NG, bool INPUTS> struct mmq_layout {
+    static_assert(!INPUTS || NG == 1, "activations are staged for one token group");
+    static constexpr int stages = INPUTS ? 2 : 3;
+    static constexpr int weight_bytes = MMQ_ROWS * (INPUTS ? MMQ_STAGE_ROW_BYTES_Q6K : MMQ_STAGE_ROW_BYTES_Q5K);
+    static constexpr int value_bytes = INPUTS ? NG * 8 * MMQ_X_ROW_BYTES : 0; /* then the (d, d * sum) pairs: 32 bytes a token */
+    static constexpr int stage_bytes = weight_bytes + (INPUTS ? value_bytes + NG * 8 * 32 : 0);
+    static constexpr int warp_bytes = stages * stage_bytes;
+};
+template <int NG, bool INPUTS> __host__ __device__ constexpr int mmq_shared_bytes(int warps) { return warps * mmq_layout<NG, INPUTS>::warp_bytes; }
 
 
 __device__ __forceinline__ void mma_s8_k32(int (&c)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
@@ -523,6 +549,42 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const 
         for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + min(G * 8 + 2 * t + k, n_tokens - 1) * (cols / 32) + block * 8;
     }
     return in;
+}
+
+/* The same from a stage (mmq_layout INPUTS): the tokens' values x_stride bytes apart at
+ * `values`, their (d, d * sum) pairs 8 a token after them; columns past the batch read the last
+ * real token, as mmq_inputs_at. */
+template <int NG>
+__device__ __forceinline__ mmq_inputs<NG> mmq_inputs_staged(const uint8_t *values, int x_stride, int n_tokens, int g, int t) {
+    mmq_inputs<NG> in;
+    const half2 *pairs = reinterpret_cast<const half2 *>(values + NG * 8 * x_stride);
+#pragma unroll
+    for (int G = 0; G < NG; G++) {
+        in.b_row[G] = reinterpret_cast<const int8_t *>(values + min(G * 8 + g, n_tokens - 1) * x_stride);
+#pragma unroll
+        for (int k = 0; k < 2; k++) in.c_scales[G][k] = pairs + min(G * 8 + 2 * t + k, n_tokens - 1) * 8;
+    }
+    return in;
+}
+
+/* One lane's share of copying the tokens' activations for `block` into a stage: 16 pieces of 16
+ * bytes a token's values, 2 its pairs; the slots of tokens past the batch are not written
+ * (mmq_inputs_staged reads the last real token there). Offsets in 32 bits (16 tokens of at most
+ * 2^24 columns). */
+template <int NG>
+__device__ __forceinline__ void mmq_fetch_inputs(uint8_t *to, int x_stride, const int8_t *xq, const half2 *xds, int cols, int block,
+                                                 int n_tokens, int lane) {
+#pragma unroll
+    for (int i0 = 0; i0 < NG * 8 * 16; i0 += 32) {
+        const int i = i0 + lane, token = i / 16, piece = i % 16;
+        if (token < n_tokens)
+            copy_async_ca16(shared_address(to + token * x_stride + 16 * piece), xq + (uint32_t)(token * cols + block * 256 + 16 * piece));
+    }
+    uint8_t *pairs = to + NG * 8 * x_stride;
+    if (lane < 2 * n_tokens) {
+        const int token = lane / 2, half = lane % 2;
+        copy_async_ca16(shared_address(pairs + 32 * token + 16 * half), xds + (uint32_t)(token * (cols / 32) + block * 8 + 4 * half));
+    }
 }
 
 /* Token group G's (d, d * sum) pairs for this thread's two C-column tokens at the block: 8 pairs
@@ -686,13 +748,13 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 #endif
 
 /* One block (256 columns) of a tile's 16 rows, row_bytes apart from `from`, into a stage at `to`
- * (rows MMQ_STAGE_ROW_BYTES_Q4K / MMQ_STAGE_ROW_BYTES apart), in 16-byte cp.async pieces, a lane
+ * (rows mmq_stage_row_bytes<TYPE>() apart), in 16-byte cp.async pieces, a lane
  * each; the block size a constant, so a piece's row and offset cost no division (a division by the
  * run-time piece count was ~1/6 of the kernel's instructions at 8 tokens), and the offsets 32-bit
  * (16 rows of at most 2^24 / 256 blocks). */
 template <int TYPE>
 __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from, int row_bytes, int lane) {
-    constexpr int chunks = traits<TYPE>::stride / 16, stride = TYPE == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : MMQ_STAGE_ROW_BYTES;
+    constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes<TYPE>();
 #pragma unroll
     for (int i0 = 0; i0 < MMQ_ROWS * chunks; i0 += 32) {
         const int i = i0 + lane, r = i / chunks, c = i % chunks;
@@ -743,21 +805,22 @@ __device__ __forceinline__ void store_tile_rope(const float (&sums)[NG][4], cons
 
 /* One block per 16-row tile of one part (parts as mmvq_parts; each part's rows a multiple of 16):
  * warp w of WARPS takes the tile's 256-column blocks w, w + WARPS, ...; warp 0 adds them and stores.
- * q4_k and q5_k blocks come through the warp's shared-memory stages (unless `staging` is 0, a
- * measuring aid), q6_k blocks straight from global memory (its 224-byte device blocks would need
- * stages a quarter larger than q5_k's). With `early`, the first stages' copies are issued before
- * the wait for the previous kernel (weights only). ROPE: warp 0 stores the sums through
- * store_tile_rope (tm_cuda_gemv_q8_qkv_rope). Dynamic shared memory: MMQ_SHARED_BYTES(WARPS), and
- * a rope_tile after it with ROPE. */
-template <int NG, int WARPS, bool ROPE>
+ * Blocks come through the warp's shared-memory stages (mmq_layout: with INPUTS every type's
+ * weights and the activations, else q4_k/q5_k weights only), unless `staging` is 0 (a measuring
+ * aid: every block straight from global memory). With `early`, the first stages' weight copies are
+ * issued before the wait for the previous kernel (the activations after it). ROPE: warp 0 stores
+ * the sums through store_tile_rope (tm_cuda_gemv_q8_qkv_rope). Dynamic shared memory:
+ * mmq_shared_bytes<NG, INPUTS>(WARPS), and a rope_tile after it with ROPE. */
+template <int NG, int WARPS, bool ROPE, bool INPUTS>
 __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
                                                              int n_tokens, int staging, bool early, rope_append rope) {
+    using layout = mmq_layout<NG, INPUTS>;
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     int64_t row0 = (int64_t)blockIdx.x * MMQ_ROWS;
     mmvq_part part;
     if (!find_part(parts, &row0, &part)) return;
-    const bool staged = staging && part.type != Q6_K;
-    rope_tile *targets = reinterpret_cast<rope_tile *>(mmq_shared + MMQ_SHARED_BYTES(WARPS)); /* with ROPE */
+    const bool staged = staging && (INPUTS || part.type != Q6_K);
+    rope_tile *targets = reinterpret_cast<rope_tile *>(mmq_shared + mmq_shared_bytes<NG, INPUTS>(WARPS)); /* with ROPE */
     auto fetch_targets = [&] { /* after the wait (the step's targets are written by an earlier kernel) */
         if (ROPE && threadIdx.x < 32) fetch_rope_tile(rope, part.index, row0, n_tokens, targets);
     };
@@ -776,35 +839,69 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         for (int i = 0; i < 4; i++) acc[G][i] = 0;
     const int64_t blocks = cols / 256;
     if (staged) {
-        const int stride = type == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : MMQ_STAGE_ROW_BYTES;
-        uint8_t *mine = mmq_shared + warp * MMQ_STAGES * MMQ_STAGE_BYTES;
+        constexpr int S = layout::stages;
+        const int stride = type == Q4_K                ? MMQ_STAGE_ROW_BYTES_Q4K
+                           : !INPUTS || type == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K
+                                                     : MMQ_STAGE_ROW_BYTES_Q6K;
+        const int x_stride = INPUTS && type == Q6_K ? MMQ_X_ROW_BYTES_Q6K : MMQ_X_ROW_BYTES;
+        uint8_t *mine = mmq_shared + warp * layout::warp_bytes;
         const uint8_t *tile = weights + row0 * row_bytes;
-        auto fetch = [&](int64_t block, int stage) { /* the tile's 16 rows of one block into a stage */
+        auto fetch_weights = [&](int64_t block, int stage) { /* the tile's 16 rows of one block into a stage */
             if (block >= blocks) return;
-            uint8_t *to = mine + stage * MMQ_STAGE_BYTES;
+            uint8_t *to = mine + stage * layout::stage_bytes;
             const uint8_t *from = tile + block * block_bytes;
             if (type == Q4_K) mmq_fetch_block<Q4_K>(to, from, (int)row_bytes, lane);
-            else mmq_fetch_block<Q5_K>(to, from, (int)row_bytes, lane);
+            else if (!INPUTS || type == Q5_K) mmq_fetch_block<Q5_K>(to, from, (int)row_bytes, lane); /* no q6_k stages without INPUTS */
+            else mmq_fetch_block<Q6_K>(to, from, (int)row_bytes, lane);
         };
+        auto fetch_inputs = [&](int64_t block, int stage) { /* the tokens' activations for it, after the wait */
+            if (INPUTS && block < blocks)
+                mmq_fetch_inputs<NG>(mine + stage * layout::stage_bytes + layout::weight_bytes, x_stride, xq, xds, (int)cols, (int)block,
+                                     n_tokens, lane);
+        };
+        /* Commit groups, one per block fetched, empty ones too, so the wait counts hold. Weights
+         * only (three stages): W0, W1 before the loop (the targets join the first loop group), and
+         * each iteration first fetches the block two ahead. With the activations (two stages):
+         * W0, W1 before the wait for the previous kernel (all of a 4096-wide row's weights at 8
+         * warps), A0 (with the targets), A1 after it; each iteration refills its stage at its end.
+         * Either way, at a block's wait its groups are all but the newest S - 1. */
+        constexpr int ahead = INPUTS ? S : S - 1;
 #pragma unroll
-        for (int k = 0; k < MMQ_STAGES - 1; k++) { /* one commit group per block, empty ones too, so the wait counts hold */
-            fetch(warp + k * WARPS, k);
+        for (int k = 0; k < ahead; k++) {
+            fetch_weights(warp + k * WARPS, k);
             copy_async_commit();
         }
         if (early) tm_grid_dependency();
-        fetch_targets(); /* joins the first block's copy group */
+        fetch_targets();
+        if constexpr (INPUTS) {
+#pragma unroll
+            for (int k = 0; k < S; k++) {
+                fetch_inputs(warp + k * WARPS, k);
+                copy_async_commit();
+            }
+        }
         int stage = 0;
         for (int64_t block = warp; block < blocks; block += WARPS) {
-            fetch(block + (MMQ_STAGES - 1) * WARPS, (stage + MMQ_STAGES - 1) % MMQ_STAGES);
-            copy_async_commit();
-            copy_async_wait<MMQ_STAGES - 1>(); /* this block's group is done (for this lane's copies) */
-            __syncwarp();                    /* ... and the other lanes' copies are visible */
-            const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
-            const uint8_t *staged_g = mine + stage * MMQ_STAGE_BYTES + g * stride;
+            if constexpr (!INPUTS) {
+                fetch_weights(block + (S - 1) * WARPS, (stage + S - 1) % S);
+                copy_async_commit();
+            }
+            copy_async_wait<S - 1>(); /* this block's groups are done (for this lane's copies) */
+            __syncwarp();             /* ... and the other lanes' copies are visible */
+            const uint8_t *here = mine + stage * layout::stage_bytes;
+            const mmq_inputs<NG> in = INPUTS ? mmq_inputs_staged<NG>(here + layout::weight_bytes, x_stride, n_tokens, g, t)
+                                             : mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
+            const uint8_t *staged_g = here + g * stride;
             if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
-            else mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else if (!INPUTS || type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
-            stage = (stage + 1) % MMQ_STAGES;
+            if constexpr (INPUTS) {
+                fetch_weights(block + S * WARPS, stage);
+                fetch_inputs(block + S * WARPS, stage);
+                copy_async_commit();
+            }
+            stage = (stage + 1) % S;
         }
         copy_async_wait<0>();
     } else {
@@ -835,40 +932,74 @@ static int mmq_min_tokens(void) {
     return forced > 0 ? forced : 2;
 }
 
-template <int NG, int WARPS, bool ROPE>
+template <int NG, int WARPS, bool ROPE, bool INPUTS>
 static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
                                      const rope_append &rope, cudaStream_t s) {
     static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
-    const int shared = MMQ_SHARED_BYTES(WARPS) + (ROPE ? (int)sizeof(rope_tile) : 0);
-    TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<NG, WARPS, ROPE>, shared));
-    TM_LAUNCH_DEPENDENT((mmq_kernel<NG, WARPS, ROPE>), dim3((unsigned)tiles), dim3(32 * WARPS), shared, s, parts, cols, qs, ds, n, staging,
-                        gemv_early_weights(), rope);
+    const int shared = mmq_shared_bytes<NG, INPUTS>(WARPS) + (ROPE ? (int)sizeof(rope_tile) : 0);
+    TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<NG, WARPS, ROPE, INPUTS>, shared));
+    TM_LAUNCH_DEPENDENT((mmq_kernel<NG, WARPS, ROPE, INPUTS>), dim3((unsigned)tiles), dim3(32 * WARPS), shared, s, parts, cols, qs, ds, n,
+                        staging, gemv_early_weights(), rope);
     return cudaSuccess;
 }
 
-template <int NG, int WARPS>
+template <int NG, int WARPS, bool INPUTS>
 static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
                                      const rope_append *rope, cudaStream_t s) {
-    if (rope) return launch_mmq_kernel<NG, WARPS, true>(parts, cols, qs, ds, n, tiles, *rope, s);
-    return launch_mmq_kernel<NG, WARPS, false>(parts, cols, qs, ds, n, tiles, rope_append{}, s);
+    if (rope) return launch_mmq_kernel<NG, WARPS, true, INPUTS>(parts, cols, qs, ds, n, tiles, *rope, s);
+    return launch_mmq_kernel<NG, WARPS, false, INPUTS>(parts, cols, qs, ds, n, tiles, rope_append{}, s);
 }
 
-/* Warps a tile: 4 when a row has at least 32 blocks (8 or more a warp to pipeline through its
- * stages) and the tiles fill at least 90 % of a wave of 4-warp blocks (the device's resident
- * blocks), else 8. H200, decode at 8 tokens: 70B (rows of 32 and 112 blocks, 512-3584 tiles) 334.0 /
+/* Warps a tile (mmq_warps): 4 for a wide product (mmq_wide: a row has at least 32 blocks, 8 or
+ * more a warp to pipeline through its stages, and the tiles fill at least 90 % of a wave of 4-warp
+ * blocks, the device's resident blocks), else 8. H200, decode at 8 tokens: 70B (rows of 32 and 112 blocks, 512-3584 tiles) 334.0 /
  * 334.4 tokens/s with 8, 343.5 / 344.2 with 4; 7B (16 and 43 blocks, 256-1376 tiles) 2225-2260
  * with 8, 2053-2076 with 4 everywhere or on its gate/up alone (a rule by the last wave's fullness,
  * which ncu's serialized 33.2 -> 29.8 us for that product favoured). TM_MMQ_WARPS=4 or 8 (a
  * measuring aid) forces one. */
-template <int NG> static cudaError_t mmq_warps(int64_t cols, int64_t tiles, int *warps) {
-    static const int forced = tm_env_int("TM_MMQ_WARPS", 0);
-    if (forced == 4 || forced == 8) return *warps = forced, cudaSuccess;
-    *warps = 8;
+template <int NG, bool INPUTS> static cudaError_t mmq_wide(int64_t cols, int64_t tiles, bool *wide) {
+    *wide = false;
     if (cols / 256 < 32) return cudaSuccess;
     int resident4 = 0;
-    TM_CUDA_CHECK(tm_resident_blocks((const void *)mmq_kernel<NG, 4, false>, 128, MMQ_SHARED_BYTES(4), &resident4));
-    if (10 * tiles >= 9 * (int64_t)resident4) *warps = 4;
+    const void *kernel4 = (const void *)mmq_kernel<NG, 4, false, INPUTS>;
+    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel4, mmq_shared_bytes<NG, INPUTS>(4))); /* else the count is 0 above 48 KiB */
+    TM_CUDA_CHECK(tm_resident_blocks(kernel4, 128, mmq_shared_bytes<NG, INPUTS>(4), &resident4));
+    *wide = 10 * tiles >= 9 * (int64_t)resident4;
     return cudaSuccess;
+}
+
+template <int NG, bool INPUTS> static cudaError_t mmq_warps(int64_t cols, int64_t tiles, int *warps) {
+    static const int forced = tm_env_int("TM_MMQ_WARPS", 0);
+    if (forced == 4 || forced == 8) return *warps = forced, cudaSuccess;
+    bool wide = false;
+    TM_CUDA_CHECK((mmq_wide<NG, INPUTS>(cols, tiles, &wide)));
+    *warps = wide ? 4 : 8;
+    return cudaSuccess;
+}
+
+/* Whether a product of up to 8 tokens stages its activations (mmq_layout INPUTS): where two 8-warp
+ * blocks' stages (and rope targets) fit in an SM's shared memory, as on sm_90 (228 KiB), not an RTX
+ * 4090 (100 KiB); and only for products mmq_wide calls wide (4-warp blocks, 8 or more blocks a
+ * warp to pipeline through its two stages): every product of the 70B, none of the 7B. H200, decode
+ * tokens/s, TM_MMQ_INPUTS=0 / 2 (off / every product, 4 warps): 70B 128 x8 346.1 / 394.3, 2048 x8
+ * 319.7 / 348.5; 7B 128 x8 2280-2302 / 2293-2309, 512 x4 1170 / 1120, 2048 x8 1144 / 1102 (its
+ * products of 16 blocks a row, 2 or 4 a warp; with 8 warps 2218 at 128 x8); only the 7B's down
+ * product (43 blocks a row, half a wave of tiles): 2250-2262 at 128 x8. */
+static cudaError_t mmq_stage_inputs(int64_t cols, int64_t tiles, bool *inputs) {
+    static const int mode = tm_env_int("TM_MMQ_INPUTS", 1); /* 0 never, 2 always where it fits: measuring aids */
+    static signed char known[16];                             /* per device: 0 unknown, 1 fits, -1 does not */
+    int device = 0, per_sm = 0;
+    *inputs = false;
+    TM_CUDA_CHECK(cudaGetDevice(&device));
+    if (mode == 0 || device < 0 || device >= 16) return cudaSuccess;
+    if (!known[device]) {
+        TM_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+        const int block = mmq_shared_bytes<1, true>(8) + (int)sizeof(rope_tile) + 1024; /* 1 KiB the runtime keeps a block */
+        known[device] = per_sm >= 2 * block ? 1 : -1;
+    }
+    if (known[device] < 0) return cudaSuccess;
+    if (mode == 2) return *inputs = true, cudaSuccess;
+    return mmq_wide<1, true>(cols, tiles, inputs);
 }
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
@@ -882,12 +1013,21 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const half2 *ds = x.ds;
     const int64_t tiles = total / MMQ_ROWS;
     int warps = 0;
-    TM_CUDA_CHECK(n <= 8 ? mmq_warps<1>(cols, tiles, &warps) : mmq_warps<2>(cols, tiles, &warps));
-    if (n <= 8)
-        return warps == 8 ? launch_mmq_kernel<1, 8>(parts, cols, qs, ds, n, tiles, rope, s)
-                          : launch_mmq_kernel<1, 4>(parts, cols, qs, ds, n, tiles, rope, s);
-    return warps == 8 ? launch_mmq_kernel<2, 8>(parts, cols, qs, ds, n, tiles, rope, s)
-                      : launch_mmq_kernel<2, 4>(parts, cols, qs, ds, n, tiles, rope, s);
+    bool inputs = false;
+    if (n <= 8) {
+        TM_CUDA_CHECK(mmq_stage_inputs(cols, tiles, &inputs));
+        if (inputs) {
+            TM_CUDA_CHECK((mmq_warps<1, true>(cols, tiles, &warps)));
+            return warps == 8 ? launch_mmq_kernel<1, 8, true>(parts, cols, qs, ds, n, tiles, rope, s)
+                              : launch_mmq_kernel<1, 4, true>(parts, cols, qs, ds, n, tiles, rope, s);
+        }
+        TM_CUDA_CHECK((mmq_warps<1, false>(cols, tiles, &warps)));
+        return warps == 8 ? launch_mmq_kernel<1, 8, false>(parts, cols, qs, ds, n, tiles, rope, s)
+                          : launch_mmq_kernel<1, 4, false>(parts, cols, qs, ds, n, tiles, rope, s);
+    }
+    TM_CUDA_CHECK((mmq_warps<2, false>(cols, tiles, &warps)));
+    return warps == 8 ? launch_mmq_kernel<2, 8, false>(parts, cols, qs, ds, n, tiles, rope, s)
+                      : launch_mmq_kernel<2, 4, false>(parts, cols, qs, ds, n, tiles, rope, s);
 }
 
 template <int NT, int R>

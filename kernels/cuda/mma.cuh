@@ -29,6 +29,11 @@ __device__ __forceinline__ void copy_async_16(uint32_t destination, const void *
 __device__ __forceinline__ void copy_async_line16(uint32_t destination, const void *source) {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(destination), "l"(source) : "memory");
 }
+/* 16 bytes global -> shared, asynchronously, through L1 (.ca): for small inputs that several
+ * blocks on an SM read. */
+__device__ __forceinline__ void copy_async_ca16(uint32_t destination, const void *source) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(destination), "l"(source) : "memory");
+}
 /* 4 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
 __device__ __forceinline__ void copy_async_4(uint32_t destination, const void *source, int src_bytes) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));

@@ -20,6 +20,11 @@
  * small grids take its 64-token blocks) and with 128-token blocks in the "wgmma-128" child,
  * mma.sync in the "dp4a" child (TM_GEMM_FUSED=1); dequantize + cuBLAS in the "dp4a-subblocks"
  * child (TM_GEMM_FUSED=0).
+ * The tensor-core decode products of 2..8 tokens stage their activations (and q6_k weights) in
+ * shared memory for wide products where the device has room (sm_90); here TM_MMQ_INPUTS=2 takes
+ * that layout for every shape the device fits it (8-warp blocks in the parent, 4 in the "dp4a"
+ * child), and the "dp4a-subblocks" child turns it off (TM_MMQ_INPUTS=0, the layout of the 7B's
+ * products and of an RTX 4090), so both layouts meet the same bounds.
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it).
  * Without a CUDA device it reports itself skipped (exit 77).
@@ -223,9 +228,11 @@ int main(void) {
      * dp4a kernels every device uses by default: TM_TEST_GEMV_CHILD=dp4a with TM_MMQ_WARPS=4 too (the tensor-core
      * kernel's blocks of 4 warps, its choice for large products; the test's shapes take 8), its
      * q4_k and q6_k rows a lane a pair of sub-blocks (pairs_kernel, the default); dp4a-subblocks
-     * with a lane a sub-block (TM_GEMV_PAIRS=0, the path of q5_k and of several tokens). */
+     * with a lane a sub-block (TM_GEMV_PAIRS=0, the path of q5_k and of several tokens) and the
+     * tensor-core kernel's activations read from global memory (TM_MMQ_INPUTS=0). */
     const char *child = getenv("TM_TEST_GEMV_CHILD");
-    if (!child) setenv("TM_GEMV_STREAM", "1", 0), setenv("TM_STREAM_MIN_KB", "0", 0), setenv("TM_GEMM_FUSED", "2", 0);
+    if (!child)
+        setenv("TM_GEMV_STREAM", "1", 0), setenv("TM_STREAM_MIN_KB", "0", 0), setenv("TM_GEMM_FUSED", "2", 0), setenv("TM_MMQ_INPUTS", "2", 0);
     printf("device: %s%s%s\n", device, child ? ", one-token products on " : "", child ? child : "");
     const tm_type types[] = {TM_TYPE_F32, TM_TYPE_F16, TM_TYPE_BF16, TM_TYPE_Q4_0, TM_TYPE_Q4_1, TM_TYPE_Q5_0,
                              TM_TYPE_Q5_1, TM_TYPE_Q8_0, TM_TYPE_Q4_K, TM_TYPE_Q5_K, TM_TYPE_Q6_K};
@@ -453,8 +460,8 @@ int main(void) {
     if (!child) {
         CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1") == 0,
               "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
-        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0") == 0,
-              "the run with a lane a sub-block (and k-quant prefill through cuBLAS) passed");
+        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0") == 0,
+              "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
     }
