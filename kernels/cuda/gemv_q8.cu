@@ -489,7 +489,8 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  *   it (256 values and 8 (d, d * sum) pairs a token), so after a stage's wait a warp reads only
  *   shared memory (the activations' global loads had warps waiting on the L1TEX scoreboard, 34-41 %
  *   of warp cycles in ncu). Both stages' weights are requested before the wait for the previous
- *   kernel, as the three stages' two are (without that, 7B x8 measured 2182 against 2308).
+ *   kernel, as the three stages' two are (a first version requesting one, which also had the 7B's
+ *   down product in 4-warp blocks, measured 7B x8 2182 against 2308).
  * Staged weight rows are 160 (q4_k: 144 + 16), 176 (q5_k) or 240 (q6_k: 224 + 16) bytes apart and
  * activation rows 288 (272 under q6_k) bytes apart, so each type's fragment reads hit distinct
  * banks. The weight copies fetch whole 128-byte lines into L2 on a miss, as ldg_stream16 does
