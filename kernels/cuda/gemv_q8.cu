@@ -468,7 +468,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  * the 4 int32 results a thread holds. The mma's k order is free (a dot product does not care), so
  * thread t of a quad feeds bytes 8t..8t+7 of a q4_k sub-block pair as its k = 4t..4t+3 and
  * 16+4t..16+4t+3, from one 8-byte load, and the activations are read with the same permutation.
- * A block's 4 or 8 warps (mmq_warps) split a tile's 256-column blocks and add their sums in shared
+ * A block's 4 or 8 warps (launch_mmq_layout) split a tile's 256-column blocks and add their sums in shared
  * memory (a 4096-wide row is 16 blocks: two or four per warp, every warp's loads in flight at
  * once). Exact integer sums per sub-block, times the sub-block's integer scale (still exact), then
  * float32 scaling by the activations' d per sub-block and the block's d and dmin once per block. */
@@ -484,7 +484,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  *   7B decode x8 1856 -> 1903 tokens/s. Three blocks an SM (launch bounds, 80 registers) measured
  *   far worse (1524): 3 x 67.5 KiB of stages leave L1 little room for the activations every tile
  *   re-reads.
- * - INPUTS, up to 8 tokens in wide products (mmq_stage_inputs: the 70B's) on GPUs with the shared
+ * - INPUTS, up to 8 tokens in wide products (mmq_inputs_mode: the 70B's) on GPUs with the shared
  *   memory (sm_90): two stages, each a block's 16 rows of any type and the tokens' activations for
  *   it (256 values and 8 (d, d * sum) pairs a token), so after a stage's wait a warp reads only
  *   shared memory (the activations' global loads had warps waiting on the L1TEX scoreboard, 34-41 %
@@ -849,7 +849,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
     if (staged) {
         constexpr int S = layout::stages;
         const int stride = type == Q4_K                ? MMQ_STAGE_ROW_BYTES_Q4K
-                           : !INPUTS || type == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K
+                           : !INPUTS || type == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K /* no q6_k stages without INPUTS */
                                                      : MMQ_STAGE_ROW_BYTES_Q6K;
         const int x_stride = INPUTS && type == Q6_K ? MMQ_X_ROW_BYTES_Q6K : MMQ_X_ROW_BYTES;
         uint8_t *mine = mmq_shared + warp * layout::warp_bytes;
@@ -958,7 +958,7 @@ static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, cons
     return launch_mmq_kernel<NG, WARPS, false, INPUTS>(parts, cols, qs, ds, n, tiles, rope_append{}, s);
 }
 
-/* Warps a tile (mmq_warps): 4 for a wide product (mmq_wide: a row has at least 32 blocks, 8 or
+/* Warps a tile (launch_mmq_layout): 4 for a wide product (mmq_wide: a row has at least 32 blocks, 8 or
  * more a warp to pipeline through its stages, and the tiles fill at least 90 % of a wave of 4-warp
  * blocks, the device's resident blocks), else 8. H200, decode at 8 tokens: 70B (rows of 32 and 112 blocks, 512-3584 tiles) 334.0 /
  * 334.4 tokens/s with 8, 343.5 / 344.2 with 4; 7B (16 and 43 blocks, 256-1376 tiles) 2225-2260
@@ -976,38 +976,39 @@ template <int NG, bool INPUTS> static cudaError_t mmq_wide(int64_t cols, int64_t
     return cudaSuccess;
 }
 
-template <int NG, bool INPUTS> static cudaError_t mmq_warps(int64_t cols, int64_t tiles, int *warps) {
+/* mmq_kernel in the layout given, 4 warps a tile for a wide product, else 8 (mmq_wide). */
+template <int NG, bool INPUTS>
+static cudaError_t launch_mmq_layout(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
+                                     bool wide, const rope_append *rope, cudaStream_t s) {
     static const int forced = tm_env_int("TM_MMQ_WARPS", 0);
-    if (forced == 4 || forced == 8) return *warps = forced, cudaSuccess;
-    bool wide = false;
-    TM_CUDA_CHECK((mmq_wide<NG, INPUTS>(cols, tiles, &wide)));
-    *warps = wide ? 4 : 8;
-    return cudaSuccess;
+    const int warps = forced == 4 || forced == 8 ? forced : wide ? 4 : 8;
+    return warps == 8 ? launch_mmq_kernel<NG, 8, INPUTS>(parts, cols, qs, ds, n, tiles, rope, s)
+                      : launch_mmq_kernel<NG, 4, INPUTS>(parts, cols, qs, ds, n, tiles, rope, s);
 }
 
-/* Whether a product of up to 8 tokens stages its activations (mmq_layout INPUTS): where two 8-warp
- * blocks' stages (and rope targets) fit in an SM's shared memory, as on sm_90 (228 KiB), not an RTX
- * 4090 (100 KiB); and only for products mmq_wide calls wide (4-warp blocks, 8 or more blocks a
- * warp to pipeline through its two stages): every product of the 70B, none of the 7B. H200, decode
- * tokens/s, TM_MMQ_INPUTS=0 / 2 (off / every product, 4 warps): 70B 128 x8 346.1 / 394.3, 2048 x8
- * 319.7 / 348.5; 7B 128 x8 2280-2302 / 2293-2309, 512 x4 1170 / 1120, 2048 x8 1144 / 1102 (its
- * products of 16 blocks a row, 2 or 4 a warp; with 8 warps 2218 at 128 x8); only the 7B's down
- * product (43 blocks a row, half a wave of tiles): 2250-2262 at 128 x8. */
-static cudaError_t mmq_stage_inputs(int64_t cols, int64_t tiles, bool *inputs) {
-    static const int mode = tm_env_int("TM_MMQ_INPUTS", 1); /* 0 never, 2 always where it fits: measuring aids */
-    static signed char known[16];                             /* per device: 0 unknown, 1 fits, -1 does not */
+/* How products of up to 8 tokens choose their layout: 0 never INPUTS (mmq_layout), 1 INPUTS for
+ * products mmq_wide calls wide (4-warp blocks, 8 or more blocks a warp to pipeline through its two
+ * stages: every product of the 70B, none of the 7B), 2 INPUTS for every product (TM_MMQ_INPUTS=0 / 2, the
+ * default 1; measuring aids); 0 where two 8-warp blocks' stages (and rope targets) do not fit in an
+ * SM's shared memory, as on an RTX 4090 (100 KiB; sm_90 has 228). H200, decode tokens/s,
+ * TM_MMQ_INPUTS=0 / 2 (4 warps): 70B 128 x8 346.1 / 394.3, 2048 x8 319.7 / 348.5; 7B 128 x8
+ * 2280-2302 / 2293-2309, 512 x4 1170 / 1120, 2048 x8 1144 / 1102 (its products of 16 blocks a row,
+ * 2 or 4 a warp; with 8 warps 2218 at 128 x8); only the 7B's down product (43 blocks a row, half a
+ * wave of tiles): 2250-2262 at 128 x8. */
+static cudaError_t mmq_inputs_mode(int *mode) {
+    static const int wanted = tm_env_int("TM_MMQ_INPUTS", 1);
+    static signed char known[16]; /* per device: 0 unknown, 1 fits, -1 does not */
     int device = 0, per_sm = 0;
-    *inputs = false;
+    *mode = 0;
     TM_CUDA_CHECK(cudaGetDevice(&device));
-    if (mode == 0 || device < 0 || device >= 16) return cudaSuccess;
+    if (wanted == 0 || device < 0 || device >= 16) return cudaSuccess;
     if (!known[device]) {
         TM_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
         const int block = mmq_shared_bytes<1, true>(8) + (int)sizeof(rope_tile) + 1024; /* 1 KiB the runtime keeps a block */
         known[device] = per_sm >= 2 * block ? 1 : -1;
     }
-    if (known[device] < 0) return cudaSuccess;
-    if (mode == 2) return *inputs = true, cudaSuccess;
-    return mmq_wide<1, true>(cols, tiles, inputs);
+    if (known[device] > 0) *mode = wanted == 2 ? 2 : 1;
+    return cudaSuccess;
 }
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
@@ -1020,22 +1021,19 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const int8_t *qs = x.qs;
     const half2 *ds = x.ds;
     const int64_t tiles = total / MMQ_ROWS;
-    int warps = 0;
-    bool inputs = false;
-    if (n <= 8) {
-        TM_CUDA_CHECK(mmq_stage_inputs(cols, tiles, &inputs));
-        if (inputs) {
-            TM_CUDA_CHECK((mmq_warps<1, true>(cols, tiles, &warps)));
-            return warps == 8 ? launch_mmq_kernel<1, 8, true>(parts, cols, qs, ds, n, tiles, rope, s)
-                              : launch_mmq_kernel<1, 4, true>(parts, cols, qs, ds, n, tiles, rope, s);
-        }
-        TM_CUDA_CHECK((mmq_warps<1, false>(cols, tiles, &warps)));
-        return warps == 8 ? launch_mmq_kernel<1, 8, false>(parts, cols, qs, ds, n, tiles, rope, s)
-                          : launch_mmq_kernel<1, 4, false>(parts, cols, qs, ds, n, tiles, rope, s);
+    bool wide = false;
+    if (n > 8) {
+        TM_CUDA_CHECK((mmq_wide<2, false>(cols, tiles, &wide)));
+        return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
-    TM_CUDA_CHECK((mmq_warps<2, false>(cols, tiles, &warps)));
-    return warps == 8 ? launch_mmq_kernel<2, 8, false>(parts, cols, qs, ds, n, tiles, rope, s)
-                      : launch_mmq_kernel<2, 4, false>(parts, cols, qs, ds, n, tiles, rope, s);
+    int mode = 0;
+    TM_CUDA_CHECK(mmq_inputs_mode(&mode));
+    if (mode) {
+        TM_CUDA_CHECK((mmq_wide<1, true>(cols, tiles, &wide)));
+        if (wide || mode == 2) return launch_mmq_layout<1, true>(parts, cols, qs, ds, n, tiles, wide, rope, s);
+    }
+    TM_CUDA_CHECK((mmq_wide<1, false>(cols, tiles, &wide)));
+    return launch_mmq_layout<1, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
 }
 
 template <int NT, int R>
