@@ -532,9 +532,11 @@ __device__ __forceinline__ void mma_s8_k16(int (&c)[4], int a0, int a1, int b0) 
 }
 
 /* The activations one thread needs for one 256-column block and token group: its B column's
- * token (the group's g-th) and the (d, d * sum) pairs of the two tokens of its C columns. */
+ * token (the group's g-th), its values and pairs, and the (d, d * sum) pairs of the two tokens of
+ * its C columns. */
 template <int NG> struct mmq_inputs {
     const int8_t *b_row[NG];     /* token group*8 + g: its q8 values at this block */
+    const half2 *b_pairs[NG];    /* ... and its 8 (d, s) pairs (the mins' mma, mmq_block_q4k_q5k) */
     const half2 *c_scales[NG][2]; /* tokens group*8 + 2t, +1: their 8 (d, s) pairs at this block */
 };
 
@@ -546,6 +548,7 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const 
     for (int G = 0; G < NG; G++) {
         const int b_token = min(G * 8 + g, n_tokens - 1); /* columns past the batch read a real token; never stored */
         in.b_row[G] = xq + b_token * cols + block * 256;
+        in.b_pairs[G] = xds + b_token * (cols / 32) + block * 8;
 #pragma unroll
         for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + min(G * 8 + 2 * t + k, n_tokens - 1) * (cols / 32) + block * 8;
     }
@@ -561,7 +564,9 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_staged(const uint8_t *value
     const half2 *pairs = reinterpret_cast<const half2 *>(values + NG * 8 * x_stride);
 #pragma unroll
     for (int G = 0; G < NG; G++) {
-        in.b_row[G] = reinterpret_cast<const int8_t *>(values + min(G * 8 + g, n_tokens - 1) * x_stride);
+        const int b_token = min(G * 8 + g, n_tokens - 1);
+        in.b_row[G] = reinterpret_cast<const int8_t *>(values + b_token * x_stride);
+        in.b_pairs[G] = pairs + b_token * 8;
 #pragma unroll
         for (int k = 0; k < 2; k++) in.c_scales[G][k] = pairs + min(G * 8 + 2 * t + k, n_tokens - 1) * 8;
     }
@@ -599,8 +604,11 @@ template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inpu
 
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
  * columns (q5_k: the nibbles start at byte 48 and the fifth bits of elements 8t..8t+7, bit s for
- * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). */
-template <int TYPE, int NG>
+ * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). MINS_MMA: the mins' term
+ * (16 rows' 8 mins by 8 tokens' 8 d * sum q) as one f16 m16n8k8 a block and token group (the mins
+ * are 6-bit integers and d * sum q a half, so every product is exact and the sums are float32, as
+ * without it) instead of 4 FFMA, 2 conversions and 2 byte picks a sub-block. */
+template <int TYPE, int NG, bool MINS_MMA>
 __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                                   float (&acc)[NG][4]) {
     constexpr int quants_at = TYPE == Q5_K ? 48 : 16;
@@ -634,6 +642,23 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
     for (int G = 0; G < NG; G++)
 #pragma unroll
         for (int i = 0; i < 4; i++) dot[G][i] = 0, low[G][i] = 0;
+    if constexpr (MINS_MMA) {
+        /* A: row (g, g + 8)'s mins of sub-blocks 2t, 2t + 1 as a half2 (0x64XX is the half 1024 + XX);
+         * B: token g's d * sum q of the same sub-blocks, the high halves of its pairs 2t, 2t + 1. */
+        const uint32_t pick = (uint32_t)(2 * t) | (uint32_t)(2 * t + 1) << 8;
+        uint32_t a[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const uint32_t biased = (__byte_perm(mins[r][0], mins[r][1], pick) & 0x00FF00FFu) | 0x64006400u;
+            const half2 m = __hsub2(*reinterpret_cast<const half2 *>(&biased), __floats2half2_rn(1024.0f, 1024.0f));
+            a[r] = *reinterpret_cast<const uint32_t *>(&m);
+        }
+#pragma unroll
+        for (int G = 0; G < NG; G++) {
+            const uint2 pairs = *reinterpret_cast<const uint2 *>(in.b_pairs[G] + 2 * t);
+            mma_16808(low[G], a[0], a[1], __byte_perm(pairs.x, pairs.y, 0x7632));
+        }
+    }
 #pragma unroll
     for (int s = 0; s < 8; s++) {
         int scale[2];
@@ -641,7 +666,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             scale[r] = (int)__byte_perm(scales[r][s / 4], 0, 0x4440 | (s % 4)); /* byte s % 4, one PRMT */
-            min[r] = (float)__byte_perm(mins[r][s / 4], 0, 0x4440 | (s % 4));
+            min[r] = MINS_MMA ? 0.0f : (float)__byte_perm(mins[r][s / 4], 0, 0x4440 | (s % 4));
         }
         const int shift = (s & 1) * 4;
         const int a0 = (int)(((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[0].x >> s) & 0x01010101u) << 4);
@@ -658,7 +683,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
                     dot[G][2 * r + k] = fmaf(ds.x, (float)(c[2 * r + k] * scale[r]), dot[G][2 * r + k]);
-                    low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
+                    if (!MINS_MMA) low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
                 }
             }
         }
@@ -900,8 +925,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
             const mmq_inputs<NG> in = INPUTS ? mmq_inputs_staged<NG>(here + layout::weight_bytes, x_stride, n_tokens, g, t)
                                              : mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             const uint8_t *staged_g = here + g * stride;
-            if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
-            else if (!INPUTS || type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG, INPUTS>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else if (!INPUTS || type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG, INPUTS>(staged_g, staged_g + 8 * stride, in, t, acc);
             else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             if constexpr (INPUTS) {
@@ -918,9 +943,9 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         for (int64_t block = warp; block < blocks; block += WARPS) {
             const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             if (type == Q4_K)
-                mmq_block_q4k_q5k<Q4_K, NG>(row_g + block * traits<Q4_K>::stride, row_g8 + block * traits<Q4_K>::stride, in, t, acc);
+                mmq_block_q4k_q5k<Q4_K, NG, false>(row_g + block * traits<Q4_K>::stride, row_g8 + block * traits<Q4_K>::stride, in, t, acc);
             else if (type == Q5_K)
-                mmq_block_q4k_q5k<Q5_K, NG>(row_g + block * traits<Q5_K>::stride, row_g8 + block * traits<Q5_K>::stride, in, t, acc);
+                mmq_block_q4k_q5k<Q5_K, NG, false>(row_g + block * traits<Q5_K>::stride, row_g8 + block * traits<Q5_K>::stride, in, t, acc);
             else mmq_block_q6k<NG>(row_g + block * traits<Q6_K>::stride, row_g8 + block * traits<Q6_K>::stride, in, t, acc);
         }
     }

@@ -1,7 +1,7 @@
 /*
  * mma.cuh - what the tensor-core kernels share (flash_mma.cu, gemm_fused.cu, gemv_q8.cu, gemv_mma16.cu): shared-memory tiles
  * of 16-byte chunks in wgmma's 128-byte-swizzle layout (readable by ldmatrix too), cp.async copies
- * into them, ldmatrix and mma.sync m16n8k16 (f16 in, float32 accumulate) for sm_80 and later, and
+ * into them, ldmatrix and mma.sync m16n8k16 / m16n8k8 (f16 in, float32 accumulate) for sm_80 and later, and
  * the wgmma matrix descriptor (sm_90a; the instructions themselves are in wgmma.cuh). Whether a
  * device runs this build's wgmma code: tm_wgmma_available (launch.cuh).
  */
@@ -64,6 +64,14 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
                  "{%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* d += a (16x8, row) * b (8x8, col), f16 in, float32 accumulate: a0 rows g, a1 rows g + 8 (k 2t, 2t + 1),
+ * b0 k 2t, 2t + 1 of column g (g = lane / 4, t = lane % 4); d as mma_16816's. */
+__device__ __forceinline__ void mma_16808(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
 }
 
 __device__ __forceinline__ uint32_t pack_half2(float low, float high) {
