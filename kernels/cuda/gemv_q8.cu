@@ -573,26 +573,6 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_staged(const uint8_t *value
     return in;
 }
 
-/* One lane's share of copying the tokens' activations for `block` into a stage: 16 pieces of 16
- * bytes a token's values, 2 its pairs; the slots of tokens past the batch are not written
- * (mmq_inputs_staged reads the last real token there). Offsets in 32 bits (16 tokens of at most
- * 2^24 columns). */
-template <int NG>
-__device__ __forceinline__ void mmq_fetch_inputs(uint8_t *to, int x_stride, const int8_t *xq, const half2 *xds, int cols, int block,
-                                                 int n_tokens, int lane) {
-#pragma unroll
-    for (int i0 = 0; i0 < NG * 8 * 16; i0 += 32) {
-        const int i = i0 + lane, token = i / 16, piece = i % 16;
-        if (token < n_tokens)
-            copy_async_ca16(shared_address(to + token * x_stride + 16 * piece), xq + (uint32_t)(token * cols + block * 256 + 16 * piece));
-    }
-    uint8_t *pairs = to + NG * 8 * x_stride;
-    if (lane < 2 * n_tokens) {
-        const int token = lane / 2, half = lane % 2;
-        copy_async_ca16(shared_address(pairs + 32 * token + 16 * half), xds + (uint32_t)(token * (cols / 32) + block * 8 + 4 * half));
-    }
-}
-
 /* Token group G's (d, d * sum) pairs for this thread's two C-column tokens at the block: 8 pairs
  * (one per sub-block) = two 16-byte vectors per token. */
 template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G, uint4 (&xs)[2][2]) {
@@ -795,6 +775,36 @@ __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from
     for (int j = 0; j < MMQ_ROWS / 2; j++) copy_async_line16(destination + 2 * j * stride, source + (ptrdiff_t)(2 * j) * row_bytes);
 }
 
+/* The staged layout's (INPUTS) copies of one block into the stage at shared address `to`, from one
+ * lane's running addresses, in two parts (the weights may be fetched before the previous kernel
+ * is waited for, the activations not): the lane's weight piece of the block (piece lane % 16 of
+ * row lane / 16, as mmq_fetch_block; rows two apart are row_pair_bytes on), and its tokens' value
+ * pieces (piece lane % 16 of token lane / 16; tokens two apart token_pair_bytes on) and (d, d * sum)
+ * half (half lane % 2 of token lane / 2). The caller computes the addresses once and steps them a
+ * block at a time, so a copy costs one 64-bit add beyond itself (the offsets recomputed from the
+ * block index each block took ~140 instructions a q4_k block, sm_90a). Slots of tokens past the
+ * batch are not written (mmq_inputs_staged reads the last real token there). */
+template <int TYPE>
+__device__ __forceinline__ void mmq_fetch_stage_weights(uint32_t to, const uint8_t *weights, int64_t row_pair_bytes, int lane) {
+    constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes<TYPE>();
+    if ((lane & 15) >= chunks) return;
+    const uint32_t into = to + (lane >> 4) * stride + 16 * (lane & 15);
+#pragma unroll
+    for (int j = 0; j < MMQ_ROWS / 2; j++, weights += row_pair_bytes) copy_async_line16(into + 2 * j * stride, weights);
+}
+
+/* (`to`: the stage's activation part, after its weights.) */
+template <int NG, int X_STRIDE>
+__device__ __forceinline__ void mmq_fetch_stage_inputs(uint32_t to, const int8_t *values, int64_t token_pair_bytes, const half2 *pairs,
+                                                       int n_tokens, int lane) {
+    const int r = lane >> 4;
+    const uint32_t values_to = to + r * X_STRIDE + 16 * (lane & 15);
+#pragma unroll
+    for (int j = 0; j < NG * 8 / 2; j++, values += token_pair_bytes)
+        if (r + 2 * j < n_tokens) copy_async_ca16(values_to + 2 * j * X_STRIDE, values);
+    if (lane < 2 * n_tokens) copy_async_ca16(to + NG * 8 * X_STRIDE + 16 * lane, pairs);
+}
+
 /* With the rope epilogue: where a 16-row tile's outputs go (the tile lies in one head: head_dim a
  * multiple of 16), per token its cache row's chunk and the angles of the tile's 8 row pairs, copied
  * from the step's targets into shared memory after the stages by warp 0 right after its wait, read
@@ -879,18 +889,36 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         const int x_stride = INPUTS && type == Q6_K ? MMQ_X_ROW_BYTES_Q6K : MMQ_X_ROW_BYTES;
         uint8_t *mine = mmq_shared + warp * layout::warp_bytes;
         const uint8_t *tile = weights + row0 * row_bytes;
-        auto fetch_weights = [&](int64_t block, int stage) { /* the tile's 16 rows of one block into a stage */
+        /* INPUTS: the lane's running copy addresses (mmq_fetch_stage_weights / _inputs) of the next
+         * block to fetch, block `warp` first; each fetch steps them WARPS blocks on. */
+        const int piece = lane & 15, pair_row = lane >> 4;
+        const uint8_t *weights_from = tile + warp * block_bytes + pair_row * row_bytes + 16 * piece;
+        const int8_t *values_from = xq + pair_row * cols + warp * 256 + 16 * piece;
+        const half2 *pairs_from = xds + (lane / 2) * (cols / 32) + warp * 8 + 4 * (lane % 2);
+        auto fetch_stage_weights = [&](int64_t block, int stage) {
+            if (block < blocks) {
+                const uint32_t to = shared_address(mine + stage * layout::stage_bytes);
+                if (type == Q4_K) mmq_fetch_stage_weights<Q4_K>(to, weights_from, 2 * row_bytes, lane);
+                else if (type == Q5_K) mmq_fetch_stage_weights<Q5_K>(to, weights_from, 2 * row_bytes, lane);
+                else mmq_fetch_stage_weights<Q6_K>(to, weights_from, 2 * row_bytes, lane);
+            }
+            weights_from += WARPS * block_bytes;
+        };
+        auto fetch_stage_inputs = [&](int64_t block, int stage) {
+            if (block < blocks) {
+                const uint32_t to = shared_address(mine + stage * layout::stage_bytes + layout::weight_bytes);
+                if (type == Q6_K) mmq_fetch_stage_inputs<NG, MMQ_X_ROW_BYTES_Q6K>(to, values_from, 2 * cols, pairs_from, n_tokens, lane);
+                else mmq_fetch_stage_inputs<NG, MMQ_X_ROW_BYTES>(to, values_from, 2 * cols, pairs_from, n_tokens, lane);
+            }
+            values_from += WARPS * 256;
+            pairs_from += WARPS * 8;
+        };
+        auto fetch_weights = [&](int64_t block, int stage) { /* without INPUTS: the tile's 16 rows of one block into a stage */
             if (block >= blocks) return;
             uint8_t *to = mine + stage * layout::stage_bytes;
             const uint8_t *from = tile + block * block_bytes;
             if (type == Q4_K) mmq_fetch_block<Q4_K>(to, from, (int)row_bytes, lane);
-            else if (!INPUTS || type == Q5_K) mmq_fetch_block<Q5_K>(to, from, (int)row_bytes, lane); /* no q6_k stages without INPUTS */
-            else mmq_fetch_block<Q6_K>(to, from, (int)row_bytes, lane);
-        };
-        auto fetch_inputs = [&](int64_t block, int stage) { /* the tokens' activations for it, after the wait */
-            if (INPUTS && block < blocks)
-                mmq_fetch_inputs<NG>(mine + stage * layout::stage_bytes + layout::weight_bytes, x_stride, xq, xds, (int)cols, (int)block,
-                                     n_tokens, lane);
+            else mmq_fetch_block<Q5_K>(to, from, (int)row_bytes, lane); /* no q6_k stages without INPUTS */
         };
         /* Commit groups, one per block fetched, empty ones too, so the wait counts hold. Weights
          * only (three stages): W0, W1 before the loop (the targets join the first loop group), and
@@ -901,7 +929,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         constexpr int ahead = INPUTS ? S : S - 1;
 #pragma unroll
         for (int k = 0; k < ahead; k++) {
-            fetch_weights(warp + k * WARPS, k);
+            if constexpr (INPUTS) fetch_stage_weights(warp + k * WARPS, k);
+            else fetch_weights(warp + k * WARPS, k);
             copy_async_commit();
         }
         if (early) tm_grid_dependency();
@@ -909,7 +938,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         if constexpr (INPUTS) {
 #pragma unroll
             for (int k = 0; k < S; k++) {
-                fetch_inputs(warp + k * WARPS, k);
+                fetch_stage_inputs(warp + k * WARPS, k);
                 copy_async_commit();
             }
         }
@@ -930,8 +959,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
             else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             if constexpr (INPUTS) {
-                fetch_weights(block + S * WARPS, stage);
-                fetch_inputs(block + S * WARPS, stage);
+                fetch_stage_weights(block + S * WARPS, stage);
+                fetch_stage_inputs(block + S * WARPS, stage);
                 copy_async_commit();
             }
             stage = (stage + 1) % S;
