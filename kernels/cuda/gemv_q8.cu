@@ -584,11 +584,15 @@ template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inpu
 
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
  * columns (q5_k: the nibbles start at byte 48 and the fifth bits of elements 8t..8t+7, bit s for
- * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). MINS_MMA: the mins' term
- * (16 rows' 8 mins by 8 tokens' 8 d * sum q) as one f16 m16n8k8 a block and token group (the mins
- * are 6-bit integers and d * sum q a half, so every product is exact and the sums are float32, as
- * without it) instead of 4 FFMA, 2 conversions and 2 byte picks a sub-block. */
-template <int TYPE, int NG, bool MINS_MMA>
+ * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). With one token group the
+ * mins' term (16 rows' 8 mins by 8 tokens' 8 d * sum q) is one f16 m16n8k8 a block: the mins are
+ * 6-bit integers and d * sum q a half, so every product is exact and the sums float32. It replaced
+ * 4 FFMA, 2 conversions and 2 byte picks a sub-block (sm_90a q4_k block 324 -> 256 instructions a
+ * warp); H200: 70B decode x8 404.1 -> 415.7 tokens/s (staged layout), 7B x8 2334/2323 -> 2342/2353
+ * and 512 x4 1194/1191 -> 1203/1210 (weights-only layout; session 10 had measured it 1 % slower
+ * there, before the stage copies by rows). With two groups (9-16 tokens) its registers made the
+ * sm_90a kernels spill 28-60 bytes (8 without), so they keep the sub-block FFMA. */
+template <int TYPE, int NG>
 __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                                   float (&acc)[NG][4]) {
     constexpr int quants_at = TYPE == Q5_K ? 48 : 16;
@@ -622,7 +626,8 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
     for (int G = 0; G < NG; G++)
 #pragma unroll
         for (int i = 0; i < 4; i++) dot[G][i] = 0, low[G][i] = 0;
-    if constexpr (MINS_MMA) {
+    constexpr bool mins_mma = NG == 1;
+    if constexpr (mins_mma) {
         /* A: row (g, g + 8)'s mins of sub-blocks 2t, 2t + 1 as a half2 (0x64XX is the half 1024 + XX);
          * B: token g's d * sum q of the same sub-blocks, the high halves of its pairs 2t, 2t + 1. */
         const uint32_t pick = (uint32_t)(2 * t) | (uint32_t)(2 * t + 1) << 8;
@@ -646,7 +651,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             scale[r] = (int)__byte_perm(scales[r][s / 4], 0, 0x4440 | (s % 4)); /* byte s % 4, one PRMT */
-            min[r] = MINS_MMA ? 0.0f : (float)__byte_perm(mins[r][s / 4], 0, 0x4440 | (s % 4));
+            min[r] = mins_mma ? 0.0f : (float)__byte_perm(mins[r][s / 4], 0, 0x4440 | (s % 4));
         }
         const int shift = (s & 1) * 4;
         const int a0 = (int)(((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[0].x >> s) & 0x01010101u) << 4);
@@ -663,7 +668,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
                     dot[G][2 * r + k] = fmaf(ds.x, (float)(c[2 * r + k] * scale[r]), dot[G][2 * r + k]);
-                    if (!MINS_MMA) low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
+                    if (!mins_mma) low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
                 }
             }
         }
@@ -954,8 +959,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
             const mmq_inputs<NG> in = INPUTS ? mmq_inputs_staged<NG>(here + layout::weight_bytes, x_stride, n_tokens, g, t)
                                              : mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             const uint8_t *staged_g = here + g * stride;
-            if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG, INPUTS>(staged_g, staged_g + 8 * stride, in, t, acc);
-            else if (!INPUTS || type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG, INPUTS>(staged_g, staged_g + 8 * stride, in, t, acc);
+            if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else if (!INPUTS || type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             if constexpr (INPUTS) {
@@ -972,9 +977,9 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         for (int64_t block = warp; block < blocks; block += WARPS) {
             const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             if (type == Q4_K)
-                mmq_block_q4k_q5k<Q4_K, NG, false>(row_g + block * traits<Q4_K>::stride, row_g8 + block * traits<Q4_K>::stride, in, t, acc);
+                mmq_block_q4k_q5k<Q4_K, NG>(row_g + block * traits<Q4_K>::stride, row_g8 + block * traits<Q4_K>::stride, in, t, acc);
             else if (type == Q5_K)
-                mmq_block_q4k_q5k<Q5_K, NG, false>(row_g + block * traits<Q5_K>::stride, row_g8 + block * traits<Q5_K>::stride, in, t, acc);
+                mmq_block_q4k_q5k<Q5_K, NG>(row_g + block * traits<Q5_K>::stride, row_g8 + block * traits<Q5_K>::stride, in, t, acc);
             else mmq_block_q6k<NG>(row_g + block * traits<Q6_K>::stride, row_g8 + block * traits<Q6_K>::stride, in, t, acc);
         }
     }
