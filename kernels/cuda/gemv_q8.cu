@@ -685,7 +685,13 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 
 /* The same for a q6_k block (224 bytes in device memory, 16-byte aligned): per sub-block two
  * m16n8k16, one per 16-element scale; thread t feeds elements 4t..4t+3 of each half (4-byte
- * loads of its quants and high bits, one 16-byte load of a row's 16 scales). */
+ * loads of its quants and high bits, one 16-byte load of a row's 16 scales). q - 32 is taken
+ * four bytes at a time with each byte's top bit set first, so no borrow crosses a byte. With one
+ * token group a sub-block's two integer sums times their integer scales are added as integers
+ * (|c| <= 16 * 32 * 127, |scale| <= 128: the sum stays below 2^24, exact as a float), so each output
+ * takes one conversion and one FFMA a sub-block and the row's d is applied once a block (sm_90a,
+ * both: 710 -> 491 instructions a block); with two groups the extra sums made the 8-warp rope
+ * kernel spill, so they scale in float as before. */
 template <int NG>
 __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                               float (&acc)[NG][4]) {
@@ -718,20 +724,28 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
             for (int h = 0; h < 2; h++) x[G][s][h] = *reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 16 * h + 4 * t);
         mmq_load_scales(in, G, xs[G]);
     }
+    constexpr bool integer_scales = NG == 1;
+    float dot[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) dot[G][i] = 0;
 #pragma unroll
     for (int s = 0; s < 8; s++) {
-        const int H = s / 4, group = s % 4, low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
-        int a[2][2]; /* [16-element half][row] */
-        float scale[2][2];
+        const int H = s / 4, group = s % 4, low_shift = group >= 2 ? 4 : 0;
+        int a[2][2], scale[2][2]; /* [16-element half][row] */
+        float float_scale[2][2];
 #pragma unroll
         for (int r = 0; r < 2; r++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const uint32_t lo = (low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu;
-                const uint32_t hi = ((high[r][H][h] >> high_shift) & 0x03030303u) << 4;
-                a[h][r] = (int)__vsubss4(lo | hi, 0x20202020u);
+                /* the high bits (2 group..2 group + 1 of each byte) moved to bits 4-5, with bit 7 set */
+                const uint32_t high_bits = group <= 2 ? high[r][H][h] << (4 - 2 * group) : high[r][H][h] >> 2;
+                const uint32_t q = ((low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu) | (high_bits & 0x30303030u) | 0x80808080u;
+                a[h][r] = (int)((q - 0x20202020u) ^ 0x80808080u); /* each byte 0x80 + q - 32 >= 0x60: no borrow */
                 const uint32_t word = (&scale_bytes[r].x)[s / 2]; /* scale 2s + h is byte 2(s % 2) + h of word s / 2 */
-                scale[h][r] = d[r] * (float)(int8_t)(word >> (8 * (2 * (s % 2) + h)));
+                scale[h][r] = (int)(int8_t)(word >> (8 * (2 * (s % 2) + h)));
+                float_scale[h][r] = integer_scales ? 0.0f : d[r] * (float)scale[h][r];
             }
 #pragma unroll
         for (int G = 0; G < NG; G++) {
@@ -743,9 +757,18 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
                 const float dx = __low2float(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
 #pragma unroll
                 for (int r = 0; r < 2; r++)
-                    acc[G][2 * r + k] += dx * (scale[0][r] * (float)c0[2 * r + k] + scale[1][r] * (float)c1[2 * r + k]);
+                    if constexpr (integer_scales)
+                        dot[G][2 * r + k] = fmaf(dx, (float)(c0[2 * r + k] * scale[0][r] + c1[2 * r + k] * scale[1][r]), dot[G][2 * r + k]);
+                    else
+                        acc[G][2 * r + k] += dx * (float_scale[0][r] * (float)c0[2 * r + k] + float_scale[1][r] * (float)c1[2 * r + k]);
             }
         }
+    }
+    if constexpr (integer_scales) {
+#pragma unroll
+        for (int G = 0; G < NG; G++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[G][i] += d[i / 2] * dot[G][i];
     }
 }
 
