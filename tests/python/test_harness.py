@@ -30,11 +30,12 @@ def tmbench():
     return path
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
 @pytest.mark.parametrize("command", ["run", "list", "runs", "report", "diff", "export"])
-def test_every_subcommand_answers_help(command, tmbench):
-    """`tmbench COMMAND --help` prints that command's usage on stdout and succeeds (it is not an
-    unknown option, nor a suite file named --help)."""
-    result = subprocess.run([str(tmbench), command, "--help"], capture_output=True, text=True)
+def test_every_subcommand_answers_help(command, flag, tmbench):
+    """`tmbench COMMAND --help` (or -h) prints that command's usage on stdout and succeeds (it is
+    not an unknown option, nor a suite file named --help)."""
+    result = subprocess.run([str(tmbench), command, flag], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: tmbench"), result.stdout
     assert f"tmbench {command}" in result.stdout
