@@ -389,18 +389,24 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
     }
 }
 
-/* One block per (token, head): out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m); with q8.qs,
- * also out as q8_1 (quant.cuh's layout), a warp per 32 values (head_dim % 32 == 0).
+/* out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m) for each (token, head) row of head_dim
+ * values; block b takes values 256b .. 256b + 255 of the n_values (rows back to back), a warp 32
+ * of one row (head_dim % 32 == 0); with q8.qs also out as q8_1 (quant.cuh's layout, n_values %
+ * 256 == 0: a block is one 256-value q8 block).
  * Splits are taken 32 at a time, a lane per split: each warp loads the (max, sum) pairs of 32 splits
- * in one trip, reduces them with shuffles, and each thread then adds its dimension's 32 values
- * with every load in flight (weights e^(m_s - m) shuffled from the split's lane). A loop over the
- * splits one after another, each iteration's loads waiting for the last, measured 4.5-5 us at 9
+ * of its row in one trip, reduces them with shuffles, and each thread then adds its dimension's 32
+ * values with every load in flight (weights e^(m_s - m) shuffled from the split's lane). A loop over
+ * the splits one after another, each iteration's loads waiting for the last, measured 4.5-5 us at 9
  * splits (H200, 7B decode). Empty splits (sum 0) add nothing. */
-__global__ void combine_kernel(const float *partials, float *out, int n_splits, int head_dim, q8_out q8) {
+__global__ void __launch_bounds__(256) combine_kernel(const float *partials, float *out, int64_t n_values, int n_splits, int head_dim,
+                                                      q8_out q8) {
     tm_grid_dependency();
     const int64_t stride = head_dim + 2;
-    const float *first = partials + (int64_t)blockIdx.x * n_splits * stride;
     const int lane = threadIdx.x % 32;
+    const int64_t base = (int64_t)blockIdx.x * 256 + threadIdx.x - lane; /* the warp's first value */
+    if (base >= n_values) return; /* a last block's idle warps: never with q8 */
+    const float *first = partials + base / head_dim * n_splits * stride;
+    const int d = (int)(base % head_dim) + lane;
     float global_max = -INFINITY;
     for (int s0 = 0; s0 < n_splits; s0 += 32) {
         const int s = s0 + lane;
@@ -414,23 +420,19 @@ __global__ void combine_kernel(const float *partials, float *out, int n_splits, 
         if (sum > 0) total += sum * expf(first[s * stride] - global_max);
     }
     for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
-    for (int base = threadIdx.x - lane; base < head_dim; base += blockDim.x) { /* whole warps: the shuffles below */
-        const int d = base + lane;
-        float value = 0;
-        for (int s0 = 0; s0 < n_splits; s0 += 32) {
-            const int s = s0 + lane, count = min(32, n_splits - s0);
-            const float sum = s < n_splits ? first[s * stride + 1] : 0.0f;
-            const float weight = sum > 0 ? expf(first[s * stride] - global_max) : 0.0f; /* split s's factor, on its lane */
+    float value = 0;
+    for (int s0 = 0; s0 < n_splits; s0 += 32) {
+        const int s = s0 + lane, count = min(32, n_splits - s0);
+        const float sum = s < n_splits ? first[s * stride + 1] : 0.0f;
+        const float weight = sum > 0 ? expf(first[s * stride] - global_max) : 0.0f; /* split s's factor, on its lane */
 #pragma unroll 8
-            for (int j = 0; j < count; j++) {
-                const float w = __shfl_sync(0xffffffffu, weight, j);
-                if (w > 0) value += first[(s0 + j) * stride + 2 + d] * w;
-            }
+        for (int j = 0; j < count; j++) {
+            const float w = __shfl_sync(0xffffffffu, weight, j);
+            if (w > 0) value += first[(s0 + j) * stride + 2 + d] * w;
         }
-        const int64_t element = (int64_t)blockIdx.x * head_dim + d;
-        out[element] = value / total;
-        if (q8.qs) quantize_q8_1_warp(value / total, element, lane, q8);
     }
+    out[base + lane] = value / total;
+    if (q8.qs) quantize_q8_1_block(value / total, base + lane, lane, q8);
 }
 
 extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
@@ -438,7 +440,7 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
                                        const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
                                        float *partials, void *q8, void *stream) {
     if (head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || min_keys_per_split < 1 ||
-        (n_splits > 1 && !partials))
+        (n_splits > 1 && !partials) || (q8 && (int64_t)n_head * head_dim % 256))
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
     kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
@@ -460,8 +462,8 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     TM_CUDA_CHECK((cudaError_t)status);
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
     if (n_splits > 1)
-        TM_LAUNCH_DEPENDENT(combine_kernel, dim3(n_tokens * n_head), dim3(128), 0, s, partials, out, n_splits, head_dim,
-                            q8_out_at(q8, n_tokens, n_out / n_tokens));
+        TM_LAUNCH_DEPENDENT(combine_kernel, dim3((unsigned)((n_out + 255) / 256)), dim3(256), 0, s, partials, out, n_out, n_splits,
+                            head_dim, q8_out_at(q8, n_tokens, n_out / n_tokens));
     else if (q8)
         return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
     return cudaSuccess;

@@ -26,22 +26,19 @@
 
 /* ---- activations to q8_1 --------------------------------------------------------------------- */
 
-/* One warp per 32-element block: qs = round(x / d), d = max|x| / 127, sum = d * sum(qs). */
-__global__ void quantize_q8_1_kernel(const float *x, int64_t n_blocks, q8_out q8) {
+/* One thread a value, 256 threads a 256-value block (quantize_q8_1_block). */
+__global__ void __launch_bounds__(256) quantize_q8_1_kernel(const float *x, q8_out q8) {
     tm_grid_dependency();
-    int64_t block = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    int lane = threadIdx.x % 32;
-    if (block >= n_blocks) return;
-    quantize_q8_1_warp(x[block * 32 + lane], block * 32 + lane, lane, q8);
+    const int64_t element = (int64_t)blockIdx.x * 256 + threadIdx.x;
+    quantize_q8_1_block(x[element], element, threadIdx.x % 32, q8);
 }
 
 extern "C" int tm_cuda_quantize_q8_1(const float *x, int64_t n_rows, int64_t n_per_row, void *q8, void *stream) {
     const int64_t n = n_rows * n_per_row;
-    if (n_per_row % 32 || n_rows < 0) return cudaErrorInvalidValue;
+    if (n_per_row % 256 || n_rows < 0) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
-    int64_t n_blocks = n / 32;
-    TM_LAUNCH_DEPENDENT(quantize_q8_1_kernel, dim3((unsigned)((n_blocks * 32 + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, x,
-                        n_blocks, q8_out_at(q8, n_rows, n_per_row));
+    TM_LAUNCH_DEPENDENT(quantize_q8_1_kernel, dim3((unsigned)(n / 256)), dim3(256), 0, (cudaStream_t)stream, x,
+                        q8_out_at(q8, n_rows, n_per_row));
     return cudaSuccess;
 }
 
@@ -204,8 +201,8 @@ __device__ __forceinline__ float q6k_block_pair(uint4 low0, uint4 low1, uint4 hi
         for (int j = i; j < 8; j += 4) {
             const uint32_t w01 = ((ql[j] >> ql01) & 0x0F0F0F0Fu) | (((qh[j] >> qh01) & 0x03030303u) << 4);
             const uint32_t w23 = ((ql[j] >> ql23) & 0x0F0F0F0Fu) | (((qh[j] >> qh23) & 0x03030303u) << 4);
-            dot01[j / 4] = __dp4a((int)__vsubss4(w01, 0x20202020u), x01[j], dot01[j / 4]);
-            dot23[j / 4] = __dp4a((int)__vsubss4(w23, 0x20202020u), x23v[j], dot23[j / 4]);
+            dot01[j / 4] = __dp4a(q6k_minus_32(w01), x01[j], dot01[j / 4]);
+            dot23[j / 4] = __dp4a(q6k_minus_32(w23), x23v[j], dot23[j / 4]);
         }
     const int dot_a0 = g ? dot23[0] : dot01[0], dot_a1 = g ? dot23[1] : dot01[1];
     const int dot_b0 = g ? dot01[0] : dot23[0], dot_b1 = g ? dot01[1] : dot23[1];
@@ -537,7 +534,7 @@ __device__ __forceinline__ void mma_s8_k16(int (&c)[4], int a0, int a1, int b0) 
 template <int NG> struct mmq_inputs {
     const int8_t *b_row[NG];     /* token group*8 + g: its q8 values at this block */
     const half2 *b_pairs[NG];    /* ... and its 8 (d, s) pairs (the mins' mma, mmq_block_q4k_q5k) */
-    const half2 *c_scales[NG][2]; /* tokens group*8 + 2t, +1: their 8 (d, s) pairs at this block */
+    const half2 *c_scales[NG][2]; /* tokens group*8 + 2t, +1: their 8 (d, s) pairs at this block (one group: only d, the first's) */
 };
 
 template <int NG>
@@ -591,7 +588,12 @@ template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inpu
  * warp); H200: 70B decode x8 404.1 -> 415.7 tokens/s (staged layout), 7B x8 2334/2323 -> 2342/2353
  * and 512 x4 1194/1191 -> 1203/1210 (weights-only layout; session 10 had measured it 1 % slower
  * there, before the stage copies by rows). With two groups (9-16 tokens) its registers made the
- * sm_90a kernels spill 28-60 bytes (8 without), so they keep the sub-block FFMA. */
+ * sm_90a kernels spill 28-60 bytes (8 without), so they keep the sub-block FFMA.
+ * With one group the activations' one d a 256-value block (quant.cuh) lets the sub-blocks' c sc
+ * add up as integers, converted and scaled once a block (block_scaled): per sub-block 4 IMAD
+ * instead of 4 IMAD + 4 conversions + 4 FFMA + 2 half conversions (sm_90a kernels 320-400
+ * instructions shorter; H200 one call, 70B decode x8 440.3 / 440.6 -> 456.6 / 458.1, 7B x8
+ * 2361 / 2363 -> 2600 / 2585). */
 template <int TYPE, int NG>
 __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                                   float (&acc)[NG][4]) {
@@ -608,11 +610,17 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
     }
     uint2 x[NG][8];
     uint4 xs[NG][2][2];
+    float block_d[2] = {}; /* one group: tokens 2t, 2t + 1's d, the same for the block's 8 sub-blocks */
 #pragma unroll
     for (int G = 0; G < NG; G++) {
 #pragma unroll
         for (int s = 0; s < 8; s++) x[G][s] = *reinterpret_cast<const uint2 *>(in.b_row[G] + 32 * s + 8 * t);
-        mmq_load_scales(in, G, xs[G]);
+        if constexpr (NG == 1) {
+#pragma unroll
+            for (int k = 0; k < 2; k++) block_d[k] = __low2float(*in.c_scales[G][k]);
+        } else {
+            mmq_load_scales(in, G, xs[G]);
+        }
     }
     uint32_t scales[2][2], mins[2][2]; /* [row][sub-blocks 0-3, 4-7]: a 6-bit value a byte */
 #pragma unroll
@@ -620,8 +628,12 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
     /* Over the block, per (token group, output): sum_s dx_s (c_s sc_s) (c_s sc_s an exact integer,
      * |c sc| < 32 * 31 * 128 * 63 < 2^24, so exact as a float too) and sum_s (dx sum q)_s m_s; the
      * row's d and dmin scale them once at the end instead of every sub-block (sm_90a SASS of a q4_k
-     * block, with the packed scales: 462 -> 376 instructions a warp). */
+     * block, with the packed scales: 462 -> 376 instructions a warp). With one token group dx is
+     * the block's (block_scaled): sum_s c_s sc_s is summed as an integer (|.| < 8 * 2^23)
+     * and converted once. */
+    constexpr bool block_scaled = NG == 1;
     float dot[NG][4], low[NG][4];
+    int whole[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
@@ -664,11 +676,15 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
             mma_s8_k32(c, a0, a1, a2, a3, (int)x[G][s].x, (int)x[G][s].y);
 #pragma unroll
             for (int k = 0; k < 2; k++) {
-                const float2 ds = __half22float2(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
-                    dot[G][2 * r + k] = fmaf(ds.x, (float)(c[2 * r + k] * scale[r]), dot[G][2 * r + k]);
-                    if (!mins_mma) low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
+                    if constexpr (block_scaled) {
+                        whole[2 * r + k] += c[2 * r + k] * scale[r];
+                    } else {
+                        const float2 ds = __half22float2(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
+                        dot[G][2 * r + k] = fmaf(ds.x, (float)(c[2 * r + k] * scale[r]), dot[G][2 * r + k]);
+                        if (!mins_mma) low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
+                    }
                 }
             }
         }
@@ -679,7 +695,10 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 #pragma unroll
         for (int G = 0; G < NG; G++)
 #pragma unroll
-            for (int k = 0; k < 2; k++) acc[G][2 * r + k] += d_dmin.x * dot[G][2 * r + k] - d_dmin.y * low[G][2 * r + k];
+            for (int k = 0; k < 2; k++) {
+                if constexpr (block_scaled) dot[G][2 * r + k] = block_d[k] * (float)whole[2 * r + k];
+                acc[G][2 * r + k] += d_dmin.x * dot[G][2 * r + k] - d_dmin.y * low[G][2 * r + k];
+            }
     }
 }
 
@@ -691,7 +710,9 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
  * (|c| <= 16 * 32 * 127, |scale| <= 128: the sum stays below 2^24, exact as a float), so each output
  * takes one conversion and one FFMA a sub-block and the row's d is applied once a block (sm_90a,
  * both: 710 -> 491 instructions a block); with two groups the extra sums made the 8-warp rope
- * kernel spill, so they scale in float as before. */
+ * kernel spill, so they scale in float as before. With one group the sums also add across
+ * sub-blocks (the activations' d is the block's: |sum| <= 16 * 65024 * 128 < 2^31), converted and
+ * scaled by d and the token's d once a block (block_scaled). */
 template <int NG>
 __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                               float (&acc)[NG][4]) {
@@ -716,20 +737,22 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
     }
     uint32_t x[NG][8][2];
     uint4 xs[NG][2][2];
+    float block_d[2] = {}; /* one group: tokens 2t, 2t + 1's d, the same for the block's 8 sub-blocks */
 #pragma unroll
     for (int G = 0; G < NG; G++) {
 #pragma unroll
         for (int s = 0; s < 8; s++)
 #pragma unroll
             for (int h = 0; h < 2; h++) x[G][s][h] = *reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 16 * h + 4 * t);
-        mmq_load_scales(in, G, xs[G]);
+        if constexpr (NG == 1) {
+#pragma unroll
+            for (int k = 0; k < 2; k++) block_d[k] = __low2float(*in.c_scales[G][k]);
+        } else {
+            mmq_load_scales(in, G, xs[G]);
+        }
     }
-    constexpr bool integer_scales = NG == 1;
-    float dot[NG][4];
-#pragma unroll
-    for (int G = 0; G < NG; G++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) dot[G][i] = 0;
+    constexpr bool block_scaled = NG == 1;
+    int whole[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int s = 0; s < 8; s++) {
         const int H = s / 4, group = s % 4, low_shift = group >= 2 ? 4 : 0;
@@ -739,13 +762,12 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
         for (int r = 0; r < 2; r++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                /* the high bits (2 group..2 group + 1 of each byte) moved to bits 4-5, with bit 7 set */
+                /* the high bits (2 group..2 group + 1 of each byte) moved to bits 4-5 */
                 const uint32_t high_bits = group <= 2 ? high[r][H][h] << (4 - 2 * group) : high[r][H][h] >> 2;
-                const uint32_t q = ((low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu) | (high_bits & 0x30303030u) | 0x80808080u;
-                a[h][r] = (int)((q - 0x20202020u) ^ 0x80808080u); /* each byte 0x80 + q - 32 >= 0x60: no borrow */
+                a[h][r] = q6k_minus_32(((low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu) | (high_bits & 0x30303030u));
                 const uint32_t word = (&scale_bytes[r].x)[s / 2]; /* scale 2s + h is byte 2(s % 2) + h of word s / 2 */
                 scale[h][r] = (int)(int8_t)(word >> (8 * (2 * (s % 2) + h)));
-                float_scale[h][r] = integer_scales ? 0.0f : d[r] * (float)scale[h][r];
+                float_scale[h][r] = block_scaled ? 0.0f : d[r] * (float)scale[h][r];
             }
 #pragma unroll
         for (int G = 0; G < NG; G++) {
@@ -754,21 +776,20 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
             mma_s8_k16(c1, a[1][0], a[1][1], (int)x[G][s][1]);
 #pragma unroll
             for (int k = 0; k < 2; k++) {
-                const float dx = __low2float(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
 #pragma unroll
                 for (int r = 0; r < 2; r++)
-                    if constexpr (integer_scales)
-                        dot[G][2 * r + k] = fmaf(dx, (float)(c0[2 * r + k] * scale[0][r] + c1[2 * r + k] * scale[1][r]), dot[G][2 * r + k]);
-                    else
+                    if constexpr (block_scaled) {
+                        whole[2 * r + k] += c0[2 * r + k] * scale[0][r] + c1[2 * r + k] * scale[1][r];
+                    } else {
+                        const float dx = __low2float(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
                         acc[G][2 * r + k] += dx * (float_scale[0][r] * (float)c0[2 * r + k] + float_scale[1][r] * (float)c1[2 * r + k]);
+                    }
             }
         }
     }
-    if constexpr (integer_scales) {
+    if constexpr (block_scaled) {
 #pragma unroll
-        for (int G = 0; G < NG; G++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[G][i] += d[i / 2] * dot[G][i];
+        for (int i = 0; i < 4; i++) acc[0][i] += d[i / 2] * (block_d[i % 2] * (float)whole[i]);
     }
 }
 

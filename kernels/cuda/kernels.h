@@ -32,18 +32,21 @@ int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t co
                          void *stream);
 
 /* Activations quantized for the fast decode products: n_rows rows of n_per_row floats (a multiple
- * of 32; the tokens' rows back to back), n = n_rows * n_per_row values, become q8_1 blocks of 32
- * at q8: n int8 values, then n / 32 pairs of halves (scale d, d * sum of the block's values),
- * then, for one row only, the n int8 values again in the order the one-token products read them
- * (kernels/cuda/quant.cuh); tm_cuda_q8_1_bytes(n) bytes. */
+ * of 256, else cudaErrorInvalidValue; the tokens' rows back to back), n = n_rows * n_per_row
+ * values, become int8 values with one scale d = max |x| / 127 a 256-value block (as the CPU's q8_K
+ * for the k-quants), stored as q8_1 (named for its pairs) at q8: n int8 values, then n / 32 pairs of
+ * halves (d, d * sum of the 32-value sub-block's values), then, for one row only, the n int8 values
+ * again in the order the one-token products read them (kernels/cuda/quant.cuh);
+ * tm_cuda_q8_1_bytes(n) bytes. */
 int tm_cuda_quantize_q8_1(const float *x, int64_t n_rows, int64_t n_per_row, void *q8, void *stream);
 uint64_t tm_cuda_q8_1_bytes(int64_t n);
 /* The fast decode product for q4_k, q5_k and q6_k weights (tm_cuda_gemv_q8_supported): y[j][r] =
  * dot(W[r, :], x[j]) for n_tokens (1..16) rows of x given as q8_1 (tm_cuda_quantize_q8_1 of
- * n_tokens * cols floats), integer dot products with float scales per 32-element sub-block. One
- * token: dp4a, or on sm_90 for large products weights streamed through shared memory
- * (gemv_stream.cu: the same sub-block dots; a wide row's partial sums added in another order);
- * 2-16 tokens: int8 tensor cores. */
+ * n_tokens * cols floats, cols % 256 == 0), integer dot products. One token: dp4a with float
+ * scales per 32-element sub-block, or on sm_90 for large products weights streamed through shared
+ * memory (gemv_stream.cu: the same sub-block dots; a wide row's partial sums added in another
+ * order); 2-16 tokens: int8 tensor cores (2-8 tokens: a 256-column block's sub-block sums times
+ * their integer weight scales added as integers, then the block's scales once). */
 int tm_cuda_gemv_q8_supported(int type);
 int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
                     void *stream);
@@ -97,7 +100,7 @@ int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows,
 int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim, int n_rot, float freq_base, float freq_scale,
                  const float *freq_factors, const int32_t *positions, void *stream);
 /* The residual add fused with the next norm: x_out[r] = x[r] + delta[r] (delta may be NULL: no add,
- * x_out unused), then out[r] = rmsnorm(x_out[r]) * weight; with q8 (n % 32 == 0) also out as q8_1
+ * x_out unused), then out[r] = rmsnorm(x_out[r]) * weight; with q8 (n % 256 == 0) also out as q8_1
  * blocks (the layout of tm_cuda_quantize_q8_1 over n_rows * n values, bit-identical to quantizing
  * out separately). n % 4 == 0. x_out may be x (in place), but a separate x_out lets one or two
  * rows (decode) be normalized by many blocks a row (the residual stream then alternates between two
@@ -107,7 +110,7 @@ int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *d
 /* gate[i] = silu(gate[i]) * up[i]. */
 int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
 /* The same over n_rows rows of n_per_row values, also writing the result as q8_1
- * (n_per_row % 32 == 0), as tm_cuda_quantize_q8_1 would. */
+ * (n_per_row % 256 == 0), as tm_cuda_quantize_q8_1 would. */
 int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, int64_t n_per_row, void *q8, void *stream);
 /* x[i] += delta[i]. */
 int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
@@ -122,7 +125,8 @@ int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
  * partials holds n_tokens * n_head * n_splits * (head_dim + 2) floats. All pointers are device
  * pointers; head_dim a multiple of 32, at most 256 (32, 64, 128 and 256 take the kernel that
  * reads each kv head's keys once for its whole group of query heads). q8 (optional, else NULL):
- * out is also written there as tm_cuda_quantize_q8_1 would (n_tokens * n_head * head_dim values),
+ * out is also written there as tm_cuda_quantize_q8_1 would (n_tokens * n_head * head_dim values;
+ * n_head * head_dim % 256 == 0, else cudaErrorInvalidValue),
  * by the split-combine when there is one, so the output product needs no quantizing launch. */
 int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                             const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,

@@ -83,7 +83,7 @@ template <bool SHARED> __device__ __forceinline__ void load_subblock_q6k(const u
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         const uint32_t bits = ((low[i] >> low_shift) & 0x0F0F0F0Fu) | (((high[i] >> high_shift) & 0x03030303u) << 4);
-        w.q[i] = (int)__vsubss4(bits, 0x20202020u); /* - 32, per byte */
+        w.q[i] = q6k_minus_32(bits);
     }
     const char2 scales = *reinterpret_cast<const char2 *>(b + 192 + 2 * sub);
     const float d = half_at(b + 208);

@@ -45,8 +45,8 @@ __device__ double block_sum(double value) {
 
 /* One block per row, optionally after the residual add (x_out = x + delta; x_out may be x),
  * optionally also writing the result as q8_1 blocks (q8: qs for n_rows * n values, then the (d,
- * d * sum) pairs; a warp owns each 32-element block, as in tm_cuda_quantize_q8_1, with the same
- * arithmetic). float64 sum of squares. */
+ * d * sum) pairs; 8 warps each 256-value block, as in tm_cuda_quantize_q8_1, with the same
+ * arithmetic: with q8, 1024 threads). float64 sum of squares. */
 __global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n, float eps,
                                q8_out q8) {
     tm_grid_dependency();
@@ -66,7 +66,7 @@ __global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const f
         int i = base + lane;
         float value = i < n ? summed[i] * scale * weight[i] : 0.0f;
         if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
-        if (q8.qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8); /* n % 32 == 0 */
+        if (q8.qs) quantize_q8_1_block(value, (int64_t)blockIdx.x * n + i, lane, q8); /* n % 256 == 0, 1024 threads */
     }
 }
 
@@ -74,9 +74,10 @@ __global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const f
  * each thread loads its (up to) PER_THREAD elements and
  * their weights once, all loads in flight together, and keeps them in registers across the
  * reduction, instead of reading the row and then the weights a second time (a 4096-wide decode row
- * measured 8 us, most of it two dependent trips to memory). Same arithmetic, same results. (Its
- * PER_THREAD q8_1 blocks quantized with their warp reductions interleaved instead of one after
- * another measured no faster: 70B decode x1 53.68 against 53.83 on the H200.) */
+ * measured 8 us, most of it two dependent trips to memory). Same arithmetic, same results. Its
+ * PER_THREAD values go to q8 in one quantize_q8_1_blocks call, one pair of barrier syncs for all
+ * (with per-32 scales, the warp reductions interleaved instead of one after another had measured no
+ * faster: 70B decode x1 53.68 against 53.83 on the H200). */
 template <int PER_THREAD>
 __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n, float eps,
                                          q8_out q8) {
@@ -100,15 +101,16 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
         sum += (double)v[k] * v[k];
     }
     const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
-    const int lane = threadIdx.x % 32;
+    float value[PER_THREAD];
 #pragma unroll
     for (int k = 0; k < PER_THREAD; k++) {
-        const int i = threadIdx.x + k * blockDim.x; /* a warp's 32 elements are consecutive: one q8 block */
-        if (i - lane >= n) break;
-        float value = i < n ? v[k] * scale * w[k] : 0.0f;
-        if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
-        if (q8.qs) quantize_q8_1_warp(value, (int64_t)blockIdx.x * n + i, lane, q8);
+        const int i = threadIdx.x + k * blockDim.x;
+        value[k] = i < n ? v[k] * scale * w[k] : 0.0f;
+        if (i < n) out[(int64_t)blockIdx.x * n + i] = value[k];
     }
+    /* value k of the threads: blockDim.x consecutive elements, a multiple of 256 with q8 */
+    const int64_t row_start = (int64_t)blockIdx.x * n;
+    if (q8.qs) quantize_q8_1_blocks<PER_THREAD>(value, row_start + threadIdx.x, blockDim.x, row_start + n, threadIdx.x % 32, q8);
 }
 
 /* The norm of a few rows (decode) over many SMs: block (row, slice) normalizes elements
@@ -116,7 +118,7 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
  * of a row reads all of it from L2: 16 KiB of x and of delta at 4096 wide). One block of 1024
  * threads a row ran 5.2-5.6 us at 4096 wide (H200, profile), most of it one SM's latency chain
  * (three trips, a 32-warp reduction, four q8_1 blocks a warp); here each of 16 blocks holds 8 warps,
- * one q8_1 block each. The residual sum goes to x_out, which must not be x: another block of the
+ * one 256-value q8 block. The residual sum goes to x_out, which must not be x: another block of the
  * row may still be reading x. float64 sum of squares. */
 #define NORM_SLICE 256
 __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, float *x_out, const float *x, const float *delta,
@@ -145,7 +147,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
         if (add) x_out[element] = mine;
         out[element] = value;
     }
-    if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_warp(value, element, threadIdx.x % 32, q8); /* n % 32 == 0 */
+    if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_block(value, element, threadIdx.x % 32, q8); /* n % 256 == 0 */
 }
 
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
@@ -173,7 +175,8 @@ static int norm_sliced_rows(void) {
 
 /* Launch the norm of n_rows rows: out of place (x_out != x, or no delta) for a few rows, the sliced
  * kernel; else the register kernel up to 8192 elements a row (threads: n / its elements a thread,
- * rounded up to whole warps, at least 4 warps), the looping one beyond. */
+ * rounded up to whole warps, with q8 to multiples of 256, at least 4 warps), the looping one
+ * beyond (1024 threads there). */
 static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
                                   float eps, q8_out q8, cudaStream_t stream) {
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
@@ -184,7 +187,8 @@ static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, cons
     }
     const int per_thread = norm_elements_per_thread(n, q8.qs != nullptr);
     if (n <= per_thread * 1024) {
-        unsigned threads = (unsigned)((n + per_thread - 1) / per_thread + 31) / 32 * 32;
+        const unsigned whole = q8.qs ? 256 : 32; /* quantize_q8_1_block: 8 warps a 256-value block */
+        unsigned threads = (unsigned)((n + per_thread - 1) / per_thread + whole - 1) / whole * whole;
         if (threads < 128) threads = 128;
         if (per_thread == 4)
             TM_LAUNCH_DEPENDENT(rmsnorm_registers_kernel<4>, dim3(n_rows), dim3(threads), 0, stream, out, x_out, x, delta, weight, n, eps,
@@ -206,7 +210,7 @@ extern "C" int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, 
 extern "C" int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
                                    float eps, void *q8, void *stream) {
     if (n_rows == 0) return cudaSuccess;
-    if ((q8 && n % 32) || n % 4 || (delta && !x_out)) return cudaErrorInvalidValue;
+    if ((q8 && n % 256) || n % 4 || (delta && !x_out)) return cudaErrorInvalidValue;
     return launch_rmsnorm(out, x_out, x, delta, weight, n_rows, n, eps, q8_out_at(q8, n_rows, n), (cudaStream_t)stream);
 }
 
@@ -239,7 +243,7 @@ __global__ void swiglu_kernel(float *gate, const float *up, int64_t n, q8_out q8
     const int lane = threadIdx.x % 32;
     float value = 0;
     if (i < n) gate[i] = value = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-    if (q8.qs && i - lane < n) quantize_q8_1_warp(value, i, lane, q8); /* n % 32 == 0: whole warps */
+    if (q8.qs && i - lane < n) quantize_q8_1_block(value, i, lane, q8); /* n % 256 == 0: whole blocks of 256 threads */
 }
 
 extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream) {
@@ -251,7 +255,7 @@ extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *str
 
 extern "C" int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, int64_t n_per_row, void *q8, void *stream) {
     const int64_t n = n_rows * n_per_row;
-    if (n_per_row % 32 || n_rows < 0) return cudaErrorInvalidValue;
+    if (n_per_row % 256 || n_rows < 0) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
     TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n,
                         q8_out_at(q8, n_rows, n_per_row));

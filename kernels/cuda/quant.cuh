@@ -92,6 +92,10 @@ template <> __device__ __forceinline__ float decode<Q6_K>(const uint8_t *b, int 
     return half_at(b + 208) * (float)(int8_t)b[192 + j / 16] * q;
 }
 
+/* Four q6_k quants (bytes 0..63) minus 32, as signed bytes: each byte's top bit set first, so no
+ * borrow crosses a byte, then cleared (three word operations; __vsubss4 is seven on sm_90). */
+__device__ __forceinline__ int q6k_minus_32(uint32_t quants) { return (int)(((quants | 0x80808080u) - 0x20202020u) ^ 0x80808080u); }
+
 /* The 32 weights of k-quant sub-block `sub` of block b, dequantized. */
 template <int TYPE> __device__ __forceinline__ void k_subblock_floats(const uint8_t *b, int sub, float *w) {
     if (TYPE == Q4_K) {
@@ -142,9 +146,12 @@ template <typename Launch> static cudaError_t dispatch_weight_type(int type, Lau
 
 /* ---- activations as q8_1 (the fast decode products' input, tm_cuda_quantize_q8_1) ------------- *
  *
- * n values (n % 32 == 0) as q8_1 take tm_cuda_q8_1_bytes(n) = 2n + n / 8 bytes:
- *   qs      n int8 values in order (qs[e] is value e);
- *   ds      n / 32 pairs of halves (d, d * sum of the block's qs);
+ * n values (n % 256 == 0) as q8_1 take tm_cuda_q8_1_bytes(n) = 2n + n / 8 bytes:
+ *   qs      n int8 values in order (qs[e] is value e): q = round(x / d), d = max |x| / 127 over the
+ *           value's 256-value block (one scale a block, as the CPU's q8_K: the products of 2-8 tokens
+ *           sum a block's eight 32-value sub-blocks as integers and scale once, mmq_block_*);
+ *   ds      n / 32 pairs of halves (d, d * sum of the 32-value sub-block's qs): a block's eight
+ *           pairs hold the same d;
  *   paired  for one row (one token), the same n int8 values again in pair order (q8_pair_index),
  *           read by the one-token products of pairs_kernel (gemv_q8.cu); not written for more rows.
  * Pair order: in each group of 2048 values (eight 256-value weight blocks b = 0..7, each of eight
@@ -155,12 +162,10 @@ template <typename Launch> static cudaError_t dispatch_weight_type(int type, Lau
  * its four chunks at one slot in each of the four rows (q6_k's rows 2 and 3 at the neighbouring
  * slot 4b + (k ^ 1)): each of its four 16-byte loads is 512 contiguous bytes, four 128-byte lines,
  * where reading qs directly (lane l at byte 64l) touched sixteen. A group of fewer than eight
- * blocks at the end (n % 2048 != 0) keeps the order with rows of 64 bytes a block; values whose
- * group is not whole blocks (n % 256 != 0, which no q8 product reads) stay in place. */
+ * blocks at the end (n % 2048 != 0) keeps the order with rows of 64 bytes a block. */
 __device__ __forceinline__ int64_t q8_pair_index(int64_t element, int64_t n) {
     const int64_t base = element / 2048 * 2048;
-    const int64_t group = n - base < 2048 ? n - base : 2048;
-    if (group % 256) return element;
+    const int64_t group = n - base < 2048 ? n - base : 2048; /* whole blocks: n % 256 == 0 */
     const int within = (int)(element - base), block = within / 256, sub = within / 32 % 8, chunk = within / 16 % 2;
     const int row = 2 * ((sub ^ (sub >> 1)) & 1) + chunk, slot = 4 * block + sub / 2;
     return base + row * (group / 4) + slot * 16 + within % 16;
@@ -184,18 +189,55 @@ static inline q8_out q8_out_at(const void *q8, int64_t n_rows, int64_t n) {
     return q8_out{qs, reinterpret_cast<half2 *>(qs + total), n_rows == 1 ? qs + total + total / 8 : nullptr, total};
 }
 
-/* A warp's 32 consecutive values (element: this lane's index) as one q8_1 block, with the arithmetic
- * of tm_cuda_quantize_q8_1: qs = round(x / d), d = max|x| / 127, (d, d * sum(qs)); the value also
- * goes to its place in pair order (one row). */
-__device__ __forceinline__ void quantize_q8_1_warp(float value, int64_t element, int lane, const q8_out &q8) {
-    float amax = fabsf(value);
-    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    float d = amax / 127.0f;
-    int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
-    for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-    q8.qs[element] = (int8_t)q;
-    if (q8.paired) q8.paired[q8_pair_index(element, q8.n)] = (int8_t)q;
-    if (lane == 0) q8.ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+/* bar.sync on barrier `id` (1..15; 0 is __syncthreads') for `threads` threads (whole warps). */
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
+
+/* K values a thread into q8 with the arithmetic of tm_cuda_quantize_q8_1: value k is element
+ * first + k * stride (its lane `lane`), written when that is below `end`; per 256-value block
+ * d = max |x| / 127, q = round(x / d), the sub-block pairs (d, d * sum q); with one row the values
+ * also go to their places in pair order. Every caller's thread block is one-dimensional with a
+ * multiple of 256 threads, for each k warps 8j..8j+7 hold one block's 256 values in order (a
+ * multiple of 256 starts each 8 warps' run; n % 256 == 0, so a block is wholly below `end` or
+ * not), and all its threads call this together: the blocks' maxima meet in shared memory between
+ * two syncs of barrier 1 + j (so at most 1024 threads), one pair for all K values (the norm of 8
+ * values a thread, 70B decode x8: 16 syncs a thread cost ~1.5 %). */
+template <int K>
+__device__ __forceinline__ void quantize_q8_1_blocks(const float (&value)[K], int64_t first, int64_t stride, int64_t end, int lane,
+                                                     const q8_out &q8) {
+    __shared__ float warp_max[K][32];
+    const int warp = threadIdx.x / 32, group = warp / 8;
+    float amax[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        amax[k] = fabsf(value[k]);
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) amax[k] = fmaxf(amax[k], __shfl_xor_sync(0xffffffffu, amax[k], offset));
+        if (lane == 0) warp_max[k][warp] = amax[k];
+    }
+    named_barrier_sync(1 + group, 256);
+#pragma unroll
+    for (int k = 0; k < K; k++) amax[k] = warp_max[k][8 * group + lane % 8];
+    named_barrier_sync(1 + group, 256); /* every warp has read the maxima before any writes its next */
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int64_t element = first + k * stride;
+        if (element - lane >= end) continue; /* the whole warp */
+#pragma unroll
+        for (int offset = 4; offset > 0; offset /= 2) amax[k] = fmaxf(amax[k], __shfl_xor_sync(0xffffffffu, amax[k], offset));
+        const float d = amax[k] / 127.0f;
+        int q = amax[k] > 0 ? __float2int_rn(value[k] / d) : 0, qsum = q;
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+        q8.qs[element] = (int8_t)q;
+        if (q8.paired) q8.paired[q8_pair_index(element, q8.n)] = (int8_t)q;
+        if (lane == 0) q8.ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+    }
+}
+
+/* One value a thread: quantize_q8_1_blocks with K = 1 (every value written). */
+__device__ __forceinline__ void quantize_q8_1_block(float value, int64_t element, int lane, const q8_out &q8) {
+    const float values[1] = {value};
+    quantize_q8_1_blocks<1>(values, element, 0, INT64_MAX, lane, q8);
 }
 
 #endif /* TM_CUDA_QUANT_CUH */

@@ -7,6 +7,8 @@
  *  - rope (head dims 64 and 128, positions up to 8000, with and without llama3 freq factors,
  *    linear scaling): within 2e-6 absolute on unit-range inputs (float64 angle on both sides);
  *  - SwiGLU and residual add: within 1e-6 relative.
+ *  - the q8_1 quantizer's values and scales (one d a 256-value block) against its description,
+ *    bit for bit;
  *  - the fused kernels of the decode step, each against the separate kernels it replaces,
  *    bit for bit: residual add + RMSNorm (+ q8_1 quantization) against add, RMSNorm and
  *    tm_cuda_quantize_q8_1 (one row, with the values again in pair order, and several);
@@ -160,12 +162,13 @@ static int differing_bytes(const void *a, const void *b, size_t n) {
 }
 
 /* Residual add + norm + quantize, as the decode path calls it: 1 and 2 rows out of place (the sliced
- * kernel) and in place (the register kernel), 20 rows both ways (the register kernel). Checked
- * against the CPU (out), bit for bit: the sum written to x_out, the q8_1 blocks against
- * tm_cuda_quantize_q8_1 of out, and out against tm_cuda_add + tm_cuda_rmsnorm where both take the
- * same kernel (the sliced and the register kernel add the squares in different orders). */
-static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place) {
-    const int n = 4096;
+ * kernel) and in place (the register kernel), 20 rows both ways (the register kernel), n = 4096;
+ * and rows of 5120 (the register kernel's 640 threads rounded up to 768 for the q8 blocks of 8
+ * warps; 20 slices) and 16384 (the looping kernel). Checked against the CPU (out), bit for bit: the
+ * sum written to x_out, the q8_1 blocks against tm_cuda_quantize_q8_1 of out, and, at 4096, out
+ * against tm_cuda_add + tm_cuda_rmsnorm where both take the same kernel (the sliced and the
+ * register kernel add the squares in different orders). */
+static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place, int n) {
     const int64_t total = (int64_t)rows * n;
     const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes(total);
     float *x = malloc(total * 4), *delta = malloc(total * 4), *w = malloc(n * 4), *expected = malloc(total * 4), *got = malloc(total * 4),
@@ -184,12 +187,12 @@ static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place) {
     from_device(got_x, d_x_out, total * 4);
     int bad = 0;
     for (int64_t i = 0; i < total; i++) bad += !(fabsf(got[i] - expected[i]) <= 1e-6f * fabsf(expected[i]) + 1e-7f);
-    CHECK(bad == 0, "add_rmsnorm vs CPU (%d rows, %s): %d values differ", rows, in_place ? "in place" : "out of place", bad);
+    CHECK(bad == 0, "add_rmsnorm vs CPU (%d rows of %d, %s): %d values differ", rows, n, in_place ? "in place" : "out of place", bad);
     CHECK(differing_bytes(got_x, sum, total * 4) == 0, "add_rmsnorm wrote x + delta (%d rows, %s)", rows, in_place ? "in place" : "out of place");
     from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
-    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "fused q8_1 equals tm_cuda_quantize_q8_1 of the output bit for bit (%d rows)",
-          rows);
-    if (!in_place || rows > 16) {
+    CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0,
+          "fused q8_1 equals tm_cuda_quantize_q8_1 of the output bit for bit (%d rows of %d)", rows, n);
+    if (n == 4096 && (!in_place || rows > 16)) {
         CHECK(tm_cuda_add(d_sum, d_delta, total, NULL) == 0 && tm_cuda_rmsnorm(d_out2, d_sum, d_w, rows, n, 1e-5f, NULL) == 0,
               "separate launches");
         from_device(separate, d_out2, total * 4);
@@ -202,6 +205,7 @@ static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place) {
 
 static void test_swiglu_q8(tm_rng_t *rng, int rows);
 static void test_rope_append(tm_rng_t *rng);
+static void test_quantize_values(tm_rng_t *rng);
 
 /* The q8_1 pair order (kernels/cuda/quant.cuh), restated here from its description: value e of
  * a row of n (n % 256 == 0) in group g = e / 2048 (of `size` = min(2048, n - 2048g) values),
@@ -236,10 +240,61 @@ static void test_pair_order(tm_rng_t *rng) {
     }
 }
 
+/* tm_cuda_quantize_q8_1's values against its description, computed here: per 256-value block
+ * d = max |x| / 127, q = round(x / d) (to nearest even, as lrintf), and per 32-value sub-block the
+ * halves (d, d * sum q) (round to nearest even). Bit for bit, on 3 rows of 1024 whose sub-blocks
+ * differ in magnitude by up to 1000x (so a per-32 scale would differ) and one all-zero block (d = 0,
+ * q = 0). Rows not whole blocks are refused. */
+static void test_quantize_values(tm_rng_t *rng) {
+    const int rows = 3, n = 1024;
+    const int64_t total = (int64_t)rows * n;
+    const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes(total);
+    float *x = malloc(total * 4);
+    uint8_t *q8 = malloc(q8_bytes);
+    fill(rng, x, total, 1.0f);
+    for (int64_t sub = 0; sub < total / 32; sub++) {
+        const float magnitude = powf(10.0f, 3.0f * tm_rng_uniform(rng) - 1.0f); /* 0.1 .. 100 */
+        for (int i = 0; i < 32; i++) x[sub * 32 + i] *= magnitude;
+    }
+    for (int i = 256; i < 512; i++) x[i] = 0.0f; /* row 0's second block */
+    float *d_x = to_device(x, total * 4);
+    void *d_q8 = to_device(NULL, q8_bytes);
+    CHECK(tm_cuda_quantize_q8_1(d_x, rows, n, d_q8, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess, "quantize launch");
+    from_device(q8, d_q8, q8_bytes);
+    const int8_t *qs = (const int8_t *)q8;
+    const uint16_t *pairs = (const uint16_t *)(q8 + total);
+    int bad_values = 0, bad_pairs = 0;
+    for (int64_t block = 0; block < total / 256; block++) {
+        float amax = 0;
+        for (int i = 0; i < 256; i++) amax = fmaxf(amax, fabsf(x[block * 256 + i]));
+        const float d = amax / 127.0f;
+        for (int s = 0; s < 8; s++) {
+            int sum = 0;
+            for (int i = 0; i < 32; i++) {
+                const int64_t e = block * 256 + s * 32 + i;
+                const int q = amax > 0 ? (int)lrintf(x[e] / d) : 0;
+                bad_values += qs[e] != q;
+                sum += q;
+            }
+            const int64_t p = block * 8 + s;
+            bad_pairs += pairs[2 * p] != tm_f32_to_f16(d) || pairs[2 * p + 1] != tm_f32_to_f16(d * (float)sum);
+        }
+    }
+    CHECK(bad_values == 0 && bad_pairs == 0, "q8_1 of %d x %d: one scale a 256-value block (%d values, %d (d, d * sum) pairs differ)", rows,
+          n, bad_values, bad_pairs);
+    CHECK(tm_cuda_quantize_q8_1(d_x, 4, 768 - 32, d_q8, NULL) == cudaErrorInvalidValue, "q8_1 of rows of 736 (not whole blocks) refused");
+    cudaFree(d_x), cudaFree(d_q8);
+    free(x), free(q8);
+}
+
 static void test_fused(tm_rng_t *rng) {
     test_pair_order(rng);
-    test_add_rmsnorm(rng, 1, 0); /* one row: the q8_1 pair order written too */
-    for (int c = 0; c < 4; c++) test_add_rmsnorm(rng, c < 2 ? 2 : 20, c % 2);
+    test_quantize_values(rng);
+    test_add_rmsnorm(rng, 1, 0, 4096); /* one row: the q8_1 pair order written too */
+    for (int c = 0; c < 4; c++) test_add_rmsnorm(rng, c < 2 ? 2 : 20, c % 2, 4096);
+    test_add_rmsnorm(rng, 1, 0, 5120);
+    test_add_rmsnorm(rng, 20, 1, 5120);
+    test_add_rmsnorm(rng, 3, 1, 16384);
     for (int rows = 1; rows <= 3; rows += 2) test_swiglu_q8(rng, rows);
     test_rope_append(rng);
 }
