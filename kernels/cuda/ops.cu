@@ -166,10 +166,13 @@ static int norm_elements_per_thread(int n, bool quantize) {
 
 /* Rows up to which the sliced kernel takes out-of-place norms (TM_NORM_SLICED_ROWS, a measuring
  * aid: 0 never). H200, 7B decode, tokens/s with it against without: one row 412.8 / 390.8, four
- * 1116 / 1121, eight 2143-2156 / 2166-2174 (from four rows on, a block of 1024 threads a row
- * already keeps enough SMs busy); two rows not measured, taken with one. */
+ * 1116 / 1121, eight 2143-2156 / 2166-2174 when q8 had a scale a 32-value block (a warp's own);
+ * since the 256-value blocks (8 warps meet at a barrier; the register kernel, a block of 1024
+ * threads a row, profiled 8.75 us a launch in a 70B x8 step, its dependent-launch wait included):
+ * eight rows 461.0 -> 473.0 (70B x8) and 2557 -> 2624 (7B x8), one call each. More than eight not
+ * measured. */
 static int norm_sliced_rows(void) {
-    static const int rows = tm_env_int("TM_NORM_SLICED_ROWS", 2);
+    static const int rows = tm_env_int("TM_NORM_SLICED_ROWS", 8);
     return rows;
 }
 
