@@ -10,7 +10,9 @@
  * and on tensor cores non-causal (check_flash states the tolerances).
  * Layouts cover several rows per page, one row per page and a row spanning several pages, f16
  * and f32, head dims 32..256, grouped-query ratios 1..4. Outputs poisoned with NaN first; each
- * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order).
+ * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order). The decode's
+ * q8_1 copy of its output equals tm_cuda_quantize_q8_1 of the output bit for bit; where a token's
+ * n_head * head_dim outputs are not whole 256-value q8 blocks, asking for it is refused.
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
