@@ -15,8 +15,9 @@
  *   transfer; page tables are mirrored incrementally (tm_kv_seq_take_unchanged: only entries
  *   that changed are copied, one 2-D copy per sequence).
  * - Matrix products, fast precision (the default): q4_k/q6_k weights with 1..16 tokens use the
- *   8-bit integer kernels (activations quantized to q8_1 once per input, where they are made:
- *   by the norms, the SwiGLU and the attention's split-combine; dp4a at one token, int8 tensor
+ *   8-bit integer kernels (activations quantized to q8_1 once per input, one scale a 256 values
+ *   as the CPU's q8_K, where they are made: by the norms, the SwiGLU and the attention's
+ *   split-combine; dp4a at one token, int8 tensor
  *   cores from 2; Q/K/V and gate/up in one launch); f16/bf16 weights: the float GEMV for one
  *   token, 16-bit tensor cores for 2..16 (gemv_mma16.cu; cuBLAS where the shape does not fit),
  *   activations rounded to 16 bits. Kernels of the decode path
