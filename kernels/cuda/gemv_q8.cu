@@ -499,8 +499,8 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
 #define MMQ_X_ROW_BYTES 288
 #define MMQ_X_ROW_BYTES_Q6K 272
 
-template <int TYPE> __host__ __device__ constexpr int mmq_stage_row_bytes() {
-    return TYPE == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : TYPE == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K : MMQ_STAGE_ROW_BYTES_Q6K;
+__host__ __device__ constexpr int mmq_stage_row_bytes(int type) {
+    return type == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : type == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K : MMQ_STAGE_ROW_BYTES_Q6K;
 }
 
 /* The stages' sizes (INPUTS: one token group only; 6.25 KiB a stage, so two 8-warp blocks or four
@@ -570,13 +570,20 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_staged(const uint8_t *value
     return in;
 }
 
-/* Token group G's (d, d * sum) pairs for this thread's two C-column tokens at the block: 8 pairs
- * (one per sub-block) = two 16-byte vectors per token. */
-template <int NG> __device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G, uint4 (&xs)[2][2]) {
+/* Token group G's scales for this thread's two C-column tokens at the block: with one group only
+ * their d, the same for the block's 8 sub-blocks (block_d; block_scaled), with two the 8 (d, d * sum)
+ * pairs, two 16-byte vectors a token (xs). */
+template <int NG>
+__device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G, uint4 (&xs)[2][2], float (&block_d)[2]) {
 #pragma unroll
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < 2; k++) {
+        if constexpr (NG == 1) {
+            block_d[k] = __low2float(*in.c_scales[G][k]);
+        } else {
 #pragma unroll
-        for (int h = 0; h < 2; h++) xs[k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
+            for (int h = 0; h < 2; h++) xs[k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
+        }
+    }
 }
 
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
@@ -612,17 +619,12 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
     }
     uint2 x[NG][8];
     uint4 xs[NG][2][2];
-    float block_d[2] = {}; /* one group: tokens 2t, 2t + 1's d, the same for the block's 8 sub-blocks */
+    float block_d[2] = {};
 #pragma unroll
     for (int G = 0; G < NG; G++) {
 #pragma unroll
         for (int s = 0; s < 8; s++) x[G][s] = *reinterpret_cast<const uint2 *>(in.b_row[G] + 32 * s + 8 * t);
-        if constexpr (NG == 1) {
-#pragma unroll
-            for (int k = 0; k < 2; k++) block_d[k] = __low2float(*in.c_scales[G][k]);
-        } else {
-            mmq_load_scales(in, G, xs[G]);
-        }
+        mmq_load_scales(in, G, xs[G], block_d);
     }
     uint32_t scales[2][2], mins[2][2]; /* [row][sub-blocks 0-3, 4-7]: a 6-bit value a byte */
 #pragma unroll
@@ -698,8 +700,8 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         for (int G = 0; G < NG; G++)
 #pragma unroll
             for (int k = 0; k < 2; k++) {
-                if constexpr (block_scaled) dot[G][2 * r + k] = block_d[k] * (float)whole[2 * r + k];
-                acc[G][2 * r + k] += d_dmin.x * dot[G][2 * r + k] - d_dmin.y * low[G][2 * r + k];
+                const float scaled = block_scaled ? block_d[k] * (float)whole[2 * r + k] : dot[G][2 * r + k];
+                acc[G][2 * r + k] += d_dmin.x * scaled - d_dmin.y * low[G][2 * r + k];
             }
     }
 }
@@ -739,19 +741,14 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
     }
     uint32_t x[NG][8][2];
     uint4 xs[NG][2][2];
-    float block_d[2] = {}; /* one group: tokens 2t, 2t + 1's d, the same for the block's 8 sub-blocks */
+    float block_d[2] = {};
 #pragma unroll
     for (int G = 0; G < NG; G++) {
 #pragma unroll
         for (int s = 0; s < 8; s++)
 #pragma unroll
             for (int h = 0; h < 2; h++) x[G][s][h] = *reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 16 * h + 4 * t);
-        if constexpr (NG == 1) {
-#pragma unroll
-            for (int k = 0; k < 2; k++) block_d[k] = __low2float(*in.c_scales[G][k]);
-        } else {
-            mmq_load_scales(in, G, xs[G]);
-        }
+        mmq_load_scales(in, G, xs[G], block_d);
     }
     constexpr bool block_scaled = NG == 1;
     int whole[4] = {0, 0, 0, 0};
@@ -805,7 +802,7 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 #endif
 
 /* One block (256 columns) of a tile's 16 rows, row_bytes apart from `from`, into a stage at `to`
- * (rows mmq_stage_row_bytes<TYPE>() apart), in 16-byte cp.async pieces: lane l takes piece l % 16 of
+ * (rows mmq_stage_row_bytes(TYPE) apart), in 16-byte cp.async pieces: lane l takes piece l % 16 of
  * rows l / 16, l / 16 + 2, ... (lanes past the type's 9, 11 or 14 pieces a row idle), so each
  * instruction copies two rows' whole blocks and a lane's addresses only step by two rows: a block's
  * copy costs no per-piece division or address arithmetic. The mapping it replaced (pieces
@@ -817,7 +814,7 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
  * blocks. */
 template <int TYPE>
 __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from, int row_bytes, int lane) {
-    constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes<TYPE>();
+    constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes(TYPE);
     const int c = lane & 15, r = lane >> 4;
     if (c >= chunks) return;
     const uint8_t *source = from + r * row_bytes + 16 * c;
@@ -837,7 +834,7 @@ __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from
  * batch are not written (mmq_inputs_staged reads the last real token there). */
 template <int TYPE>
 __device__ __forceinline__ void mmq_fetch_stage_weights(uint32_t to, const uint8_t *weights, int64_t row_pair_bytes, int lane) {
-    constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes<TYPE>();
+    constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes(TYPE);
     if ((lane & 15) >= chunks) return;
     const uint32_t into = to + (lane >> 4) * stride + 16 * (lane & 15);
 #pragma unroll
