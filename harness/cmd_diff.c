@@ -53,7 +53,7 @@ int tm_command_diff(int argc, char **argv) {
     format fmt = FORMAT_MD;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+        if (tm_is_help_option(a)) {
             usage(stdout);
             return 0;
         } else if ((!strcmp(a, "--db") || !strcmp(a, "--threshold") || !strcmp(a, "--alpha") || !strcmp(a, "--format")) &&

@@ -53,7 +53,7 @@ int tm_command_export(int argc, char **argv) {
         if (!strcmp(argv[i], "--format") && i + 1 < argc) format = argv[++i];
         else if (!strcmp(argv[i], "--db") && i + 1 < argc) db_path = argv[++i];
         else if (!strcmp(argv[i], "--all")) all = true;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+        else if (tm_is_help_option(argv[i])) {
             usage(stdout);
             return 0;
         } else {

@@ -358,7 +358,7 @@ int tm_command_report(int argc, char **argv) {
     bool include_incomplete = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+        if (tm_is_help_option(a)) {
             usage(stdout);
             return 0;
         } else if (!strcmp(a, "--include-incomplete")) {

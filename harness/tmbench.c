@@ -131,7 +131,7 @@ static void free_all(loaded *suites, int n) {
 /* Whether the arguments after the subcommand ask for its usage (-h / --help anywhere). */
 static bool asks_for_help(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return true;
+        if (tm_is_help_option(argv[i])) return true;
     return false;
 }
 
@@ -542,7 +542,7 @@ static int command_runs(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    if (argc < 2 || tm_is_help_option(argv[1])) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
