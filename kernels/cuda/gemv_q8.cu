@@ -474,7 +474,7 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
 /* A warp's blocks come through shared-memory stages filled by cp.async: while it multiplies one
  * block, the next is in flight without holding registers (direct loads keep a block's bytes in
  * registers, and at 100 registers a thread only 16 warps fit on an SM: ncu on the H200 saw DRAM 23 %
- * busy, 1.1 TB/s, for 14336 x 4096 q4_k at 8 tokens). Two layouts (mmq_layout):
+ * busy, 1.1 TB/s, for 14336 x 4096 q4_k at 8 tokens). Two layouts (mmq_stage_sizes):
  * - weights only (the default): three stages of a block's 16 q4_k/q5_k rows; q6_k rows are read
  *   straight from global memory, and the activations too, after the stage's wait. Measured when
  *   first staged (H200, against TM_MMQ_STAGING=0): 14336 x 4096 q4_k at 8 tokens 27.0 -> 25.0 us,
@@ -482,12 +482,12 @@ extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int6
  *   far worse (1524): 3 x 67.5 KiB of stages leave L1 little room for the activations every tile
  *   re-reads.
  * - INPUTS, up to 8 tokens in wide products (mmq_inputs_mode: the 70B's) on GPUs with the shared
- *   memory (sm_90): two stages, each a block's 16 rows of any type and the tokens' activations for
- *   it (256 values and 8 (d, d * sum) pairs a token), so after a stage's wait a warp reads only
- *   shared memory (the activations' global loads had warps waiting on the L1TEX scoreboard, 34-41 %
- *   of warp cycles in ncu). Both stages' weights are requested before the wait for the previous
- *   kernel, as the three stages' two are (a first version requesting one, which also had the 7B's
- *   down product in 4-warp blocks, measured 7B x8 2182 against 2308).
+ *   memory (sm_90): two stages, each a block's 16 rows of any type (sized for the launch's widest
+ *   staged row) and the tokens' activations for it (256 values and 8 (d, d * sum) pairs a token),
+ *   so after a stage's wait a warp reads only shared memory (the activations' global loads had warps
+ *   waiting on the L1TEX scoreboard, 34-41 % of warp cycles in ncu). Both stages' weights are
+ *   requested before the wait for the previous kernel (a first version requesting one, which also
+ *   had the 7B's down product in 4-warp blocks, measured 7B x8 2182 against 2308).
  * Staged weight rows are 160 (q4_k: 144 + 16), 176 (q5_k) or 240 (q6_k: 224 + 16) bytes apart and
  * activation rows 288 (272 under q6_k) bytes apart, so each type's fragment reads hit distinct
  * banks. The weight copies fetch whole 128-byte lines into L2 on a miss, as ldg_stream16 does
@@ -503,18 +503,45 @@ __host__ __device__ constexpr int mmq_stage_row_bytes(int type) {
     return type == Q4_K ? MMQ_STAGE_ROW_BYTES_Q4K : type == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K : MMQ_STAGE_ROW_BYTES_Q6K;
 }
 
-/* The stages' sizes (INPUTS: one token group only; 6.25 KiB a stage, so two 8-warp blocks or four
- * 4-warp ones fit in an sm_90 SM). */
-template <int NG, bool INPUTS> struct mmq_layout {
-    static_assert(!INPUTS || NG == 1, "activations are staged for one token group");
-    static constexpr int stages = INPUTS ? 2 : 3;
-    static constexpr int weight_bytes = MMQ_ROWS * (INPUTS ? MMQ_STAGE_ROW_BYTES_Q6K : MMQ_STAGE_ROW_BYTES_Q5K);
-    static constexpr int value_bytes = INPUTS ? NG * 8 * MMQ_X_ROW_BYTES : 0; /* then the (d, d * sum) pairs: 32 bytes a token */
-    static constexpr int stage_bytes = weight_bytes + (INPUTS ? value_bytes + NG * 8 * 32 : 0);
-    static constexpr int warp_bytes = stages * stage_bytes;
+/* A warp's stages and their sizes: three of 16 q4_k/q5_k weight rows (weights only), or two of 16
+ * weight rows of any type and the tokens' values and pairs (INPUTS, one token group only). Weight
+ * rows are sized for the launch's widest staged row (`widest_row`, mmq_widest_row: 160 bytes when
+ * every staged part is q4_k, 176 with q5_k, 240 with q6_k), not for the widest type: a q4_k INPUTS
+ * stage is 5 KiB instead of 6.25, so four 4-warp blocks take ~164 KiB of an sm_90 SM's 228 instead
+ * of ~204. H200, 8 tokens, one call each, stages of the widest type -> of the widest staged row:
+ * kernels-decode-70b 28672 x 8192 q4_k 48.42 / 47.26 -> 41.42 / 41.60 us, 8192 x 28672 q4_k 49.38 /
+ * 48.90 -> 44.00 / 44.13, q6_k (stages unchanged) 66.24 / 66.34 -> 65.50 / 65.82; 70B decode x8
+ * 459.4 / 458.3 -> 485.0 / 484.9 tokens/s, 512 x4 253.5 -> 258.9, 2048 x8 403.2 -> 420.1; the 7B's
+ * weights-only stages (176 -> 160 bytes a q4_k row) 7B x8 2606 / 2594 -> 2622 / 2622, within its
+ * noise. Why (ncu, 28672 x 8192): the same four blocks an SM, but the driver's shared-memory
+ * carveout drops from 233 to 168 KB, and the L1 it leaves, through which the activations are
+ * copied (.ca) and found by the SM's other tiles, hits 41.6 % of sectors instead of 20.4 %: DRAM
+ * 57.5 -> 68.2 % of peak. Three stages a warp of the compact size (three blocks an SM, ~1.5x the
+ * weight bytes in flight) measured worse: 43.98 us on 28672 x 8192, 53.95 on 8192 x 28672 (its 512
+ * tiles no longer one wave), 70B x8 470.1 / 470.2. */
+struct mmq_stage_size {
+    int weight_bytes; /* then, with INPUTS, the values (8 rows of MMQ_X_ROW_BYTES) and the (d, d * sum) pairs: 32 bytes a token */
+    int stage_bytes;
+    int warp_bytes;
 };
-template <int NG, bool INPUTS> __host__ __device__ constexpr int mmq_shared_bytes(int warps) { return warps * mmq_layout<NG, INPUTS>::warp_bytes; }
+template <int NG, bool INPUTS> __host__ __device__ constexpr mmq_stage_size mmq_stage_sizes(int widest_row) {
+    static_assert(!INPUTS || NG == 1, "activations are staged for one token group");
+    const int weight_bytes = MMQ_ROWS * widest_row;
+    const int stage_bytes = weight_bytes + (INPUTS ? NG * 8 * MMQ_X_ROW_BYTES + NG * 8 * 32 : 0);
+    return mmq_stage_size{weight_bytes, stage_bytes, (INPUTS ? 2 : 3) * stage_bytes};
+}
+template <int NG, bool INPUTS> __host__ __device__ constexpr int mmq_shared_bytes(int warps, int widest_row) {
+    return warps * mmq_stage_sizes<NG, INPUTS>(widest_row).warp_bytes;
+}
 
+/* The staged row bytes of the widest type among a launch's parts that the layout stages (q6_k rows
+ * only with the activations, `inputs`): what mmq_stage_sizes takes as `widest_row`. */
+static int mmq_widest_row(const mmvq_parts &parts, bool inputs) {
+    int widest = MMQ_STAGE_ROW_BYTES_Q4K;
+    for (int i = 0; i < parts.n; i++)
+        if (parts.type[i] != Q6_K || inputs) widest = max(widest, mmq_stage_row_bytes(parts.type[i]));
+    return widest;
+}
 
 __device__ __forceinline__ void mma_s8_k32(int (&c)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -552,7 +579,7 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const 
     return in;
 }
 
-/* The same from a stage (mmq_layout INPUTS): the tokens' values x_stride bytes apart at
+/* The same from a stage (mmq_stage_sizes INPUTS): the tokens' values x_stride bytes apart at
  * `values`, their (d, d * sum) pairs 8 a token after them; columns past the batch read the last
  * real token, as mmq_inputs_at. */
 template <int NG>
@@ -896,22 +923,22 @@ __device__ __forceinline__ void store_tile_rope(const float (&sums)[NG][4], cons
 
 /* One block per 16-row tile of one part (parts as mmvq_parts; each part's rows a multiple of 16):
  * warp w of WARPS takes the tile's 256-column blocks w, w + WARPS, ...; warp 0 adds them and stores.
- * Blocks come through the warp's shared-memory stages (mmq_layout: with INPUTS every type's
+ * Blocks come through the warp's shared-memory stages (mmq_stage_sizes: with INPUTS every type's
  * weights and the activations, else q4_k/q5_k weights only), unless `staging` is 0 (a measuring
  * aid: every block straight from global memory). With `early`, the first stages' weight copies are
  * issued before the wait for the previous kernel (the activations after it). ROPE: warp 0 stores
  * the sums through store_tile_rope (tm_cuda_gemv_q8_qkv_rope). Dynamic shared memory:
- * mmq_shared_bytes<NG, INPUTS>(WARPS), and a rope_tile after it with ROPE. */
+ * mmq_shared_bytes<NG, INPUTS>(WARPS, widest_row), and a rope_tile after it with ROPE. */
 template <int NG, int WARPS, bool ROPE, bool INPUTS>
 __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds,
-                                                             int n_tokens, int staging, bool early, rope_append rope) {
-    using layout = mmq_layout<NG, INPUTS>;
+                                                             int n_tokens, int staging, bool early, int widest_row, rope_append rope) {
+    const mmq_stage_size layout = mmq_stage_sizes<NG, INPUTS>(widest_row);
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     int64_t row0 = (int64_t)blockIdx.x * MMQ_ROWS;
     mmvq_part part;
     if (!find_part(parts, &row0, &part)) return;
     const bool staged = staging && (INPUTS || part.type != Q6_K);
-    rope_tile *targets = reinterpret_cast<rope_tile *>(mmq_shared + mmq_shared_bytes<NG, INPUTS>(WARPS)); /* with ROPE */
+    rope_tile *targets = reinterpret_cast<rope_tile *>(mmq_shared + WARPS * layout.warp_bytes); /* with ROPE */
     auto fetch_targets = [&] { /* after the wait (the step's targets are written by an earlier kernel) */
         if (ROPE && threadIdx.x < 32) fetch_rope_tile(rope, part.index, row0, n_tokens, targets);
     };
@@ -930,12 +957,12 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         for (int i = 0; i < 4; i++) acc[G][i] = 0;
     const int64_t blocks = cols / 256;
     if (staged) {
-        constexpr int S = layout::stages;
+        constexpr int S = INPUTS ? 2 : 3;
         const int stride = type == Q4_K                ? MMQ_STAGE_ROW_BYTES_Q4K
                            : !INPUTS || type == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K /* no q6_k stages without INPUTS */
                                                      : MMQ_STAGE_ROW_BYTES_Q6K;
         const int x_stride = INPUTS && type == Q6_K ? MMQ_X_ROW_BYTES_Q6K : MMQ_X_ROW_BYTES;
-        uint8_t *mine = mmq_shared + warp * layout::warp_bytes;
+        uint8_t *mine = mmq_shared + warp * layout.warp_bytes;
         const uint8_t *tile = weights + row0 * row_bytes;
         /* INPUTS: the lane's running copy addresses (mmq_fetch_stage_weights / _inputs) of the next
          * block to fetch, block `warp` first; each fetch steps them WARPS blocks on. */
@@ -945,7 +972,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         const half2 *pairs_from = xds + (lane / 2) * (cols / 32) + warp * 8 + 4 * (lane % 2);
         auto fetch_stage_weights = [&](int64_t block, int stage) {
             if (block < blocks) {
-                const uint32_t to = shared_address(mine + stage * layout::stage_bytes);
+                const uint32_t to = shared_address(mine + stage * layout.stage_bytes);
                 if (type == Q4_K) mmq_fetch_stage_weights<Q4_K>(to, weights_from, 2 * row_bytes, lane);
                 else if (type == Q5_K) mmq_fetch_stage_weights<Q5_K>(to, weights_from, 2 * row_bytes, lane);
                 else mmq_fetch_stage_weights<Q6_K>(to, weights_from, 2 * row_bytes, lane);
@@ -954,7 +981,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         };
         auto fetch_stage_inputs = [&](int64_t block, int stage) {
             if (block < blocks) {
-                const uint32_t to = shared_address(mine + stage * layout::stage_bytes + layout::weight_bytes);
+                const uint32_t to = shared_address(mine + stage * layout.stage_bytes + layout.weight_bytes);
                 if (type == Q6_K) mmq_fetch_stage_inputs<NG, MMQ_X_ROW_BYTES_Q6K>(to, values_from, 2 * cols, pairs_from, n_tokens, lane);
                 else mmq_fetch_stage_inputs<NG, MMQ_X_ROW_BYTES>(to, values_from, 2 * cols, pairs_from, n_tokens, lane);
             }
@@ -963,7 +990,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         };
         auto fetch_weights = [&](int64_t block, int stage) { /* without INPUTS: the tile's 16 rows of one block into a stage */
             if (block >= blocks) return;
-            uint8_t *to = mine + stage * layout::stage_bytes;
+            uint8_t *to = mine + stage * layout.stage_bytes;
             const uint8_t *from = tile + block * block_bytes;
             if (type == Q4_K) mmq_fetch_block<Q4_K>(to, from, (int)row_bytes, lane);
             else mmq_fetch_block<Q5_K>(to, from, (int)row_bytes, lane); /* no q6_k stages without INPUTS */
@@ -971,8 +998,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         /* Commit groups, one per block fetched, empty ones too, so the wait counts hold. Weights
          * only (three stages): W0, W1 before the loop (the targets join the first loop group), and
          * each iteration first fetches the block two ahead. With the activations (two stages):
-         * W0, W1 before the wait for the previous kernel (all of a 4096-wide row's weights at 8
-         * warps), A0 (with the targets), A1 after it; each iteration refills its stage at its end.
+         * W0, W1 before the wait for the previous kernel, A0 (with the targets), A1 after it; each
+         * iteration refills its stage at its end.
          * Either way, at a block's wait its groups are all but the newest S - 1. */
         constexpr int ahead = INPUTS ? S : S - 1;
 #pragma unroll
@@ -998,8 +1025,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
             }
             copy_async_wait<S - 1>(); /* this block's groups are done (for this lane's copies) */
             __syncwarp();             /* ... and the other lanes' copies are visible */
-            const uint8_t *here = mine + stage * layout::stage_bytes;
-            const mmq_inputs<NG> in = INPUTS ? mmq_inputs_staged<NG>(here + layout::weight_bytes, x_stride, n_tokens, g, t)
+            const uint8_t *here = mine + stage * layout.stage_bytes;
+            const mmq_inputs<NG> in = INPUTS ? mmq_inputs_staged<NG>(here + layout.weight_bytes, x_stride, n_tokens, g, t)
                                              : mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
             const uint8_t *staged_g = here + g * stride;
             if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
@@ -1046,10 +1073,10 @@ template <int NG, int WARPS, bool ROPE, bool INPUTS>
 static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
                                      const rope_append &rope, cudaStream_t s) {
     static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
-    const int shared = mmq_shared_bytes<NG, INPUTS>(WARPS) + (ROPE ? (int)sizeof(rope_tile) : 0);
+    const int widest = mmq_widest_row(parts, INPUTS), shared = mmq_shared_bytes<NG, INPUTS>(WARPS, widest) + (ROPE ? (int)sizeof(rope_tile) : 0);
     TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<NG, WARPS, ROPE, INPUTS>, shared));
     TM_LAUNCH_DEPENDENT((mmq_kernel<NG, WARPS, ROPE, INPUTS>), dim3((unsigned)tiles), dim3(32 * WARPS), shared, s, parts, cols, qs, ds, n,
-                        staging, gemv_early_weights(), rope);
+                        staging, gemv_early_weights(), widest, rope);
     return cudaSuccess;
 }
 
@@ -1067,13 +1094,14 @@ static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, cons
  * with 8, 2053-2076 with 4 everywhere or on its gate/up alone (a rule by the last wave's fullness,
  * which ncu's serialized 33.2 -> 29.8 us for that product favoured). TM_MMQ_WARPS=4 or 8 (a
  * measuring aid) forces one. */
-template <int NG, bool INPUTS> static cudaError_t mmq_wide(int64_t cols, int64_t tiles, bool *wide) {
+template <int NG, bool INPUTS> static cudaError_t mmq_wide(const mmvq_parts &parts, int64_t cols, int64_t tiles, bool *wide) {
     *wide = false;
     if (cols / 256 < 32) return cudaSuccess;
     int resident4 = 0;
     const void *kernel4 = (const void *)mmq_kernel<NG, 4, false, INPUTS>;
-    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel4, mmq_shared_bytes<NG, INPUTS>(4))); /* else the count is 0 above 48 KiB */
-    TM_CUDA_CHECK(tm_resident_blocks(kernel4, 128, mmq_shared_bytes<NG, INPUTS>(4), &resident4));
+    const int shared4 = mmq_shared_bytes<NG, INPUTS>(4, mmq_widest_row(parts, INPUTS));
+    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel4, shared4)); /* else the count is 0 above 48 KiB */
+    TM_CUDA_CHECK(tm_resident_blocks(kernel4, 128, shared4, &resident4));
     *wide = 10 * tiles >= 9 * (int64_t)resident4;
     return cudaSuccess;
 }
@@ -1088,11 +1116,11 @@ static cudaError_t launch_mmq_layout(const mmvq_parts &parts, int64_t cols, cons
                       : launch_mmq_kernel<NG, 4, INPUTS>(parts, cols, qs, ds, n, tiles, rope, s);
 }
 
-/* How products of up to 8 tokens choose their layout: 0 never INPUTS (mmq_layout), 1 INPUTS for
+/* How products of up to 8 tokens choose their layout: 0 never INPUTS (mmq_stage_sizes), 1 INPUTS for
  * products mmq_wide calls wide (4-warp blocks, 8 or more blocks a warp to pipeline through its two
  * stages: every product of the 70B, none of the 7B), 2 INPUTS for every product (TM_MMQ_INPUTS=0 / 2, the
- * default 1; measuring aids); 0 where two 8-warp blocks' stages (and rope targets) do not fit in an
- * SM's shared memory, as on an RTX 4090 (100 KiB; sm_90 has 228). H200, decode tokens/s,
+ * default 1; measuring aids); 0 where two 8-warp blocks' q6_k-sized stages (and rope targets) do not
+ * fit in an SM's shared memory, as on an RTX 4090 (100 KiB; sm_90 has 228). H200, decode tokens/s,
  * TM_MMQ_INPUTS=0 / 2 (4 warps): 70B 128 x8 346.1 / 394.3, 2048 x8 319.7 / 348.5; 7B 128 x8
  * 2280-2302 / 2293-2309, 512 x4 1170 / 1120, 2048 x8 1144 / 1102 (its products of 16 blocks a row,
  * 2 or 4 a warp; with 8 warps 2218 at 128 x8); only the 7B's down product (43 blocks a row, half a
@@ -1106,7 +1134,7 @@ static cudaError_t mmq_inputs_mode(int *mode) {
     if (wanted == 0 || device < 0 || device >= 16) return cudaSuccess;
     if (!known[device]) {
         TM_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-        const int block = mmq_shared_bytes<1, true>(8) + (int)sizeof(rope_tile) + 1024; /* 1 KiB the runtime keeps a block */
+        const int block = mmq_shared_bytes<1, true>(8, MMQ_STAGE_ROW_BYTES_Q6K) + (int)sizeof(rope_tile) + 1024; /* 1 KiB the runtime keeps a block */
         known[device] = per_sm >= 2 * block ? 1 : -1;
     }
     if (known[device] > 0) *mode = wanted == 2 ? 2 : 1;
@@ -1125,16 +1153,16 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const int64_t tiles = total / MMQ_ROWS;
     bool wide = false;
     if (n > 8) {
-        TM_CUDA_CHECK((mmq_wide<2, false>(cols, tiles, &wide)));
+        TM_CUDA_CHECK((mmq_wide<2, false>(parts, cols, tiles, &wide)));
         return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     int mode = 0;
     TM_CUDA_CHECK(mmq_inputs_mode(&mode));
     if (mode) {
-        TM_CUDA_CHECK((mmq_wide<1, true>(cols, tiles, &wide)));
+        TM_CUDA_CHECK((mmq_wide<1, true>(parts, cols, tiles, &wide)));
         if (wide || mode == 2) return launch_mmq_layout<1, true>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
-    TM_CUDA_CHECK((mmq_wide<1, false>(cols, tiles, &wide)));
+    TM_CUDA_CHECK((mmq_wide<1, false>(parts, cols, tiles, &wide)));
     return launch_mmq_layout<1, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
 }
 
