@@ -128,15 +128,23 @@ static void free_all(loaded *suites, int n) {
     }
 }
 
-/* Whether the arguments after the subcommand ask for its usage (-h / --help anywhere). */
-static bool asks_for_help(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
+/* Whether the arguments after the subcommand ask for its usage: -h / --help anywhere except as the
+ * value of one of the subcommand's `value_options` (NULL-terminated; NULL: none), so
+ * `run S.yaml --filter -h` filters by "-h". */
+static bool asks_for_help(int argc, char **argv, const char *const *value_options) {
+    for (int i = 1; i < argc; i++) {
         if (tm_is_help_option(argv[i])) return true;
+        for (const char *const *option = value_options; option && *option; option++)
+            if (!strcmp(argv[i], *option)) {
+                i++; /* its value, whatever it looks like */
+                break;
+            }
+    }
     return false;
 }
 
 static int command_list(int argc, char **argv) {
-    if (asks_for_help(argc, argv)) {
+    if (asks_for_help(argc, argv, NULL)) {
         usage(stdout);
         return 0;
     }
@@ -328,7 +336,8 @@ static int command_run(int argc, char **argv) {
     char *paths[64], tags[2048] = "{";
     int n_paths = 0;
     size_t tags_length = 1;
-    if (asks_for_help(argc, argv)) {
+    static const char *const value_options[] = {"--db", "--filter", "--tag", "--ncu", NULL};
+    if (asks_for_help(argc, argv, value_options)) {
         usage(stdout);
         return 0;
     }
@@ -370,16 +379,16 @@ static int command_run(int argc, char **argv) {
     }
     loaded suites[64] = {{0}};
     int total, status = load_all(paths, n_paths, filter, suites, &total);
+    if (!status && total == 0) { /* --dry-run too: an empty list would look like success */
+        fprintf(stderr, "tmbench run: no case matches%s%s\n", filter ? " --filter " : "", filter ? filter : "");
+        free_all(suites, n_paths);
+        return 2;
+    }
     if (status || dry_run) {
         for (int i = 0; !status && i < n_paths; i++)
             for (int k = 0; k < suites[i].n_cases; k++) printf("%s\n", suites[i].cases[k].name);
         free_all(suites, n_paths);
         return status;
-    }
-    if (total == 0) {
-        fprintf(stderr, "tmbench run: no case matches%s%s\n", filter ? " --filter " : "", filter ? filter : "");
-        free_all(suites, n_paths);
-        return 2;
     }
     if (ncu_case) {
         free_all(suites, n_paths);
@@ -477,7 +486,8 @@ static int command_run(int argc, char **argv) {
 static int command_runs(int argc, char **argv) {
     const char *db_path = DEFAULT_DB, *branch = NULL, *tag = NULL;
     bool all = false, ids_only = false;
-    if (asks_for_help(argc, argv)) {
+    static const char *const value_options[] = {"--db", "--branch", "--tag", NULL};
+    if (asks_for_help(argc, argv, value_options)) {
         usage(stdout);
         return 0;
     }

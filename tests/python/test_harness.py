@@ -42,6 +42,28 @@ def test_every_subcommand_answers_help(command, flag, tmbench):
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize("args", [["run", "SUITE", "--filter", "-h", "--dry-run"],
+                                  ["run", "SUITE", "--db", "DB", "--tag", "--help", "--dry-run"],
+                                  ["runs", "--db", "DB", "--branch", "-h"]])
+def test_option_value_that_looks_like_help_is_a_value(args, tmbench, tmp_path):
+    """A -h / --help given as an option's value is that value, not a help request: `run --filter -h`
+    filters by "-h" (nothing matches: exit 2 with the reason, even under --dry-run), `run --tag --help`
+    is a malformed tag, `runs --branch -h` lists the runs of branch "-h" (none)."""
+    suite = ROOT / "suites" / "smoke.yaml"
+    argv = [str(suite) if a == "SUITE" else str(tmp_path / "r.db") if a == "DB" else a for a in args]
+    result = subprocess.run([str(tmbench), *argv], capture_output=True, text=True)
+    assert not result.stdout.startswith("usage:"), result.stdout
+    if args[0] == "runs":
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout.strip().splitlines()) == 1, result.stdout  # the header, no run
+    elif "--filter" in args:
+        assert result.returncode == 2
+        assert "no case matches --filter -h" in result.stderr
+    else:
+        assert result.returncode == 2
+        assert "--tag" in result.stderr and "KEY=VALUE" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 30, 501])
 def test_summary_matches_numpy(n, testtool, tmp_path):
     rng = np.random.default_rng(n)
