@@ -11,7 +11,7 @@
  * rounded to bf16, 2^-8), 1e-5 for f32 weights (SGEMM); the decode product of f16 / bf16 weights
  * on 16-bit tensor cores (2, 5, 8, 9 and 16 tokens) to the same bounds; its workspace is the minimum, so
  * quantized weights go through several 128-row tiles. The fast decode products for q4_k and
- * q6_k (activations quantized to 8 bits per 32-block, integer dot products; 1, 2, 5 and 16
+ * q6_k (activations quantized to 8 bits with one scale a 256-value block, integer dot products; 1, 2, 5 and 16
  * tokens) are held to 1e-2 of sum |w_i x_i|: each activation moves by at most max|x|/254 of its
  * block (~8e-3 of the mean |x| for inputs uniform in [-1, 1]) and the errors have random signs,
  * so the measured worst (printed) sits far below.
