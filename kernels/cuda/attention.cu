@@ -432,7 +432,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const float *partials, flo
         }
     }
     out[base + lane] = value / total;
-    if (q8.qs) quantize_q8_1_block(value / total, base + lane, lane, q8);
+    if (q8.qs) quantize_q8_1_block(value / total, base + lane, q8);
 }
 
 extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,

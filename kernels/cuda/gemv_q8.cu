@@ -30,7 +30,7 @@
 __global__ void __launch_bounds__(256) quantize_q8_1_kernel(const float *x, q8_out q8) {
     tm_grid_dependency();
     const int64_t element = (int64_t)blockIdx.x * 256 + threadIdx.x;
-    quantize_q8_1_block(x[element], element, threadIdx.x % 32, q8);
+    quantize_q8_1_block(x[element], element, q8);
 }
 
 extern "C" int tm_cuda_quantize_q8_1(const float *x, int64_t n_rows, int64_t n_per_row, void *q8, void *stream) {

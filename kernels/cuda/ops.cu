@@ -66,7 +66,7 @@ __global__ void rmsnorm_kernel(float *out, float *x_out, const float *x, const f
         int i = base + lane;
         float value = i < n ? summed[i] * scale * weight[i] : 0.0f;
         if (i < n) out[(int64_t)blockIdx.x * n + i] = value;
-        if (q8.qs) quantize_q8_1_block(value, (int64_t)blockIdx.x * n + i, lane, q8); /* n % 256 == 0, 1024 threads */
+        if (q8.qs) quantize_q8_1_block(value, (int64_t)blockIdx.x * n + i, q8); /* n % 256 == 0, 1024 threads */
     }
 }
 
@@ -110,7 +110,7 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
     }
     /* value k of the threads: blockDim.x consecutive elements, a multiple of 256 with q8 */
     const int64_t row_start = (int64_t)blockIdx.x * n;
-    if (q8.qs) quantize_q8_1_blocks<PER_THREAD>(value, row_start + threadIdx.x, blockDim.x, row_start + n, threadIdx.x % 32, q8);
+    if (q8.qs) quantize_q8_1_blocks<PER_THREAD>(value, row_start + threadIdx.x, blockDim.x, row_start + n, q8);
 }
 
 /* The norm of a few rows (decode) over many SMs: block (row, slice) normalizes elements
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
         if (add) x_out[element] = mine;
         out[element] = value;
     }
-    if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_block(value, element, threadIdx.x % 32, q8); /* n % 256 == 0 */
+    if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_block(value, element, q8); /* n % 256 == 0 */
 }
 
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
@@ -246,7 +246,7 @@ __global__ void swiglu_kernel(float *gate, const float *up, int64_t n, q8_out q8
     const int lane = threadIdx.x % 32;
     float value = 0;
     if (i < n) gate[i] = value = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-    if (q8.qs && i - lane < n) quantize_q8_1_block(value, i, lane, q8); /* n % 256 == 0: whole blocks of 256 threads */
+    if (q8.qs && i - lane < n) quantize_q8_1_block(value, i, q8); /* n % 256 == 0: whole blocks of 256 threads */
 }
 
 extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream) {

@@ -193,7 +193,7 @@ static inline q8_out q8_out_at(const void *q8, int64_t n_rows, int64_t n) {
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 
 /* K values a thread into q8 with the arithmetic of tm_cuda_quantize_q8_1: value k is element
- * first + k * stride (its lane `lane`), written when that is below `end`; per 256-value block
+ * first + k * stride, written when that is below `end`; per 256-value block
  * d = max |x| / 127, q = round(x / d), the sub-block pairs (d, d * sum q); with one row the values
  * also go to their places in pair order. Every caller's thread block is one-dimensional with a
  * multiple of 256 threads, for each k warps 8j..8j+7 hold one block's 256 values in order (a
@@ -203,10 +203,9 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) { asm vo
  * value, 16 syncs a thread in the norm of 8 values, the writers together gave back ~1.5 % of 70B
  * decode x8, H200). */
 template <int K>
-__device__ __forceinline__ void quantize_q8_1_blocks(const float (&value)[K], int64_t first, int64_t stride, int64_t end, int lane,
-                                                     const q8_out &q8) {
+__device__ __forceinline__ void quantize_q8_1_blocks(const float (&value)[K], int64_t first, int64_t stride, int64_t end, const q8_out &q8) {
     __shared__ float warp_max[K][32];
-    const int warp = threadIdx.x / 32, group = warp / 8;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, group = warp / 8;
     float amax[K];
 #pragma unroll
     for (int k = 0; k < K; k++) {
@@ -236,9 +235,9 @@ __device__ __forceinline__ void quantize_q8_1_blocks(const float (&value)[K], in
 }
 
 /* One value a thread: quantize_q8_1_blocks with K = 1 (every value written). */
-__device__ __forceinline__ void quantize_q8_1_block(float value, int64_t element, int lane, const q8_out &q8) {
+__device__ __forceinline__ void quantize_q8_1_block(float value, int64_t element, const q8_out &q8) {
     const float values[1] = {value};
-    quantize_q8_1_blocks<1>(values, element, 0, INT64_MAX, lane, q8);
+    quantize_q8_1_blocks<1>(values, element, 0, INT64_MAX, q8);
 }
 
 #endif /* TM_CUDA_QUANT_CUH */
