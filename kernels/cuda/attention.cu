@@ -1,11 +1,14 @@
 /*
  * attention.cu - attention through the paged KV cache, for decode and for prefill.
  * Decode: one block per (query token, kv head, key split) for head dims 32/64/128/256: the kv
- * head's keys and values are read once for all the query heads of its group (GQA), each token's
- * keys spread evenly over the splits whatever its context, keys scored a lane per key and values
- * read in 16-byte pieces with every load of a 32-key chunk in flight; other head dims (multiples
- * of 32) take the generic kernel, one block per (token, query head, split). Both keep an online
- * softmax per warp, merge warps in the block and splits in combine_kernel (flash-decoding).
+ * head's keys and values are read once for all the query heads of its group (GQA), the block's
+ * warps each taking a share of the keys, or, where a context fits a 32-key chunk a split and the
+ * group is 2 or more, their own query heads; each token's keys spread evenly over the splits
+ * whatever its context, keys scored a lane per key and values read in 16-byte pieces with every
+ * load of a 32-key chunk in flight; other head dims (multiples of 32) take the generic kernel,
+ * one block per (token, query head, split), its warps sharing the keys. Both keep an online
+ * softmax per warp, merge the warps that shared keys in the block and the splits in
+ * combine_kernel (flash-decoding).
  * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
@@ -55,91 +58,60 @@ template <bool HALF> __device__ __forceinline__ void unpack_piece(const uint4 &p
     }
 }
 
-/* Key range of split `split` of a token with n keys: splits of max(min_keys, ceil(n / n_splits))
- * keys, so however long the context, its keys spread over every split (the graph of a decode step
- * is captured once, with the split count of the longest context). */
-__device__ __forceinline__ void split_range(int n, int split, int n_splits, int min_keys, int &begin, int &end) {
-    const int64_t per = max((int64_t)min_keys, ((int64_t)n + n_splits - 1) / n_splits);
+/* Key range of split `split` of a token with n keys spread over `spread` splits: splits of
+ * max(min_keys, ceil(n / spread)) keys, so however long the context, its keys spread over the
+ * splits (the graph of a decode step is captured once, with the split count of the longest
+ * context); splits past the keys are empty. */
+__device__ __forceinline__ void split_range(int n, int split, int spread, int min_keys, int &begin, int &end) {
+    const int64_t per = max((int64_t)min_keys, ((int64_t)n + spread - 1) / spread);
     begin = (int)min((int64_t)split * per, (int64_t)n);
     end = (int)min((int64_t)begin + per, (int64_t)n);
 }
 
-/* One block per (token, kv head, batch of up to G query heads of its group, key split); each of
- * the WARPS warps takes 32 keys at a time. Scores: lane j reads key j whole (16-byte loads, every
- * load of the warp in flight at once) and scores it against each query head (queries in shared
- * memory); the warp's online softmax per head; values: LPK lanes read each value row in 16-byte
- * pieces, KPI rows per load, every load of the chunk issued before the first is used, and each
- * lane accumulates its dimensions for every head, with the key's weight taken from its scoring
- * lane. The keys and values of a kv head are read once for all its query heads (GQA). Warps merge
- * in the block; one split: normalized into out; several: (max, sum, values) into partials, which
- * combine_kernel merges. With early_kv, the first chunks' keys and values are prefetched into L2
- * before the wait for the previous kernel. */
-template <bool HALF, int HD, int G>
-__global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
-                                                                      const int32_t *pages, const int64_t *page_offsets,
-                                                                      const int32_t *n_keys, int n_head, float scale, int min_keys,
-                                                                      bool early_kv) {
+/* The warp's part of a split: chunks chunk0, chunk0 + step, ... below end of kv head kv_head's keys,
+ * scored against the NH query heads query[0..NH) (shared memory, pre-scaled) and added to the
+ * warp's online softmax (running_max, running_sum, per head) and value sums acc (PER_LANE
+ * dimensions a head and lane, as decode_shape says). Scores: lane j reads key j of a chunk whole
+ * (16-byte loads, every load of the warp in flight at once) and scores it against each head; the
+ * chunk's softmax per head; values: LPK lanes read each value row in 16-byte pieces, KPI rows per
+ * load, every load of the chunk issued before the first is used, and each lane accumulates its
+ * dimensions for each head, with the key's weight taken from its scoring lane. prefetch_values:
+ * each key's value is prefetched into L2 while the key is scored (one of the warps sharing a
+ * chunk does it). */
+template <bool HALF, int HD, int NH>
+__device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv_addressing &a, const int32_t *table, int kv_head,
+                                              int chunk0, int step, int end, bool prefetch_values,
+                                              float (&acc)[NH][decode_shape<HALF, HD>::per_lane], float (&running_max)[NH],
+                                              float (&running_sum)[NH]) {
     typedef decode_shape<HALF, HD> shape;
     constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, KPI = shape::kpi, PER_LANE = shape::per_lane;
     constexpr int STEPS = 32 / KPI, BATCH = STEPS < 8 ? STEPS : 8; /* value loads per lane per chunk, in batches */
-    const int group = n_head / a.n_head_kv, batches = (group + G - 1) / G;
-    const int token = blockIdx.x / (a.n_head_kv * batches), rest = blockIdx.x % (a.n_head_kv * batches);
-    const int kv_head = rest / batches, head0 = kv_head * group + rest % batches * G, heads = min(G, group - rest % batches * G);
-    const int split = blockIdx.y, n_splits = gridDim.y;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int begin, end;
-    split_range(n_keys[token], split, n_splits, min_keys, begin, end);
-    const int32_t *table = pages + page_offsets[token];
-    /* Before the wait: the key and value lines of this warp's first chunks into L2, so the first
-     * trips to memory overlap the previous kernel (rope + append). The key counts and page tables
-     * are step inputs, complete before the graph started; a prefetch is only a hint, and the newest
-     * key, which the previous kernel writes, is read for real after the wait (L2 is coherent). */
-    if (early_kv)
-        for (int chunk = begin + 32 * warp, n = 0; chunk < end && n < EARLY_KV_CHUNKS; chunk += 32 * WARPS, n++)
-            if (chunk + lane < end) {
-                const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
-                const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
+    const int lane = threadIdx.x & 31;
 #pragma unroll
-                for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128)
-                    asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
-            }
-    tm_grid_dependency();
-
-    __shared__ __align__(16) float query[G][HD];
-    __shared__ float warp_max[WARPS][G], warp_sum[WARPS][G], factor[WARPS][G], total[G], block_max[G];
-    __shared__ float warp_acc[WARPS][G][HD];
-    for (int i = threadIdx.x; i < G * HD; i += 32 * WARPS) {
-        const int g = i / HD;
-        query[g][i % HD] = g < heads ? q[((int64_t)token * n_head + head0 + g) * HD + i % HD] * scale : 0.0f;
-    }
-    __syncthreads();
-
-    float acc[G][PER_LANE], running_max[G], running_sum[G];
-#pragma unroll
-    for (int g = 0; g < G; g++) {
+    for (int g = 0; g < NH; g++) {
         running_max[g] = -INFINITY, running_sum[g] = 0;
 #pragma unroll
         for (int e = 0; e < PER_LANE; e++) acc[g][e] = 0;
     }
-    for (int chunk = begin + 32 * warp; chunk < end; chunk += 32 * WARPS) {
+    for (int chunk = chunk0; chunk < end; chunk += step) {
         const int p = chunk + lane;
         const bool valid = p < end;
-        float score[G];
+        float score[NH];
 #pragma unroll
-        for (int g = 0; g < G; g++) score[g] = 0;
+        for (int g = 0; g < NH; g++) score[g] = 0;
         unsigned long long value_address = 0;
         if (valid) {
             const uint4 *key = reinterpret_cast<const uint4 *>(kv_address32(a, table, p, kv_head, false));
             value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
+            if (prefetch_values)
 #pragma unroll
-            for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128) /* the value, into L2 while the key is scored */
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
+                for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
 #pragma unroll
             for (int c = 0; c < shape::vecs; c++) {
                 float x[EPV];
                 unpack_piece<HALF>(ldg_line16(key + c), x);
 #pragma unroll
-                for (int g = 0; g < G; g++)
+                for (int g = 0; g < NH; g++)
 #pragma unroll
                     for (int e = 0; e < EPV; e += 4) {
                         const float4 qv = *reinterpret_cast<const float4 *>(&query[g][c * EPV + e]);
@@ -148,9 +120,9 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
             }
         }
         /* the chunk's online softmax, per head (lane 0's key is valid: chunk < end) */
-        float weight[G];
+        float weight[NH];
 #pragma unroll
-        for (int g = 0; g < G; g++) {
+        for (int g = 0; g < NH; g++) {
             const float s = valid ? score[g] : -INFINITY;
             float chunk_max = s;
 #pragma unroll
@@ -182,7 +154,7 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
             for (int i = 0; i < BATCH; i++) {
                 const int k = (i0 + i) * KPI + lane / LPK;
 #pragma unroll
-                for (int g = 0; g < G; g++) {
+                for (int g = 0; g < NH; g++) {
                     const float w = __shfl_sync(0xffffffffu, weight[g], k);
 #pragma unroll
                     for (int u = 0; u < VPL; u++) {
@@ -199,9 +171,98 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
 #pragma unroll
     for (int offset = LPK; offset < 32; offset <<= 1)
 #pragma unroll
-        for (int g = 0; g < G; g++)
+        for (int g = 0; g < NH; g++)
 #pragma unroll
             for (int e = 0; e < PER_LANE; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
+}
+
+/* Dimension d of query row `row`'s result over split `split`: with one split the normalized value
+ * into out, else (max, sum, unnormalized value) into partials for combine_kernel (sum 0: the split
+ * saw no key). */
+template <int HD>
+__device__ __forceinline__ void store_split_result(float *out, float *partials, int64_t row, int split, int n_splits, int d, float value,
+                                                   float max, float sum) {
+    if (n_splits == 1) {
+        out[row * HD + d] = value / sum;
+    } else {
+        float *partial = partials + (row * n_splits + split) * (HD + 2);
+        if (d == 0) partial[0] = max, partial[1] = sum;
+        partial[2 + d] = value;
+    }
+}
+
+/* One block per (token, kv head, batch of up to G query heads of its group, key split), a token's
+ * keys spread over `spread` splits. Where they fit one 32-key chunk a split and the block holds
+ * G >= WARPS heads, the splits take a chunk each and each warp its own G / WARPS heads over it (the
+ * warps find the chunk's keys in L1), so a short context is four warps' work a split, not one's,
+ * and no merge is needed. Otherwise splits of at least min_keys keys, each of the WARPS warps taking
+ * every fourth chunk for all G heads, the warps merging in the block. The keys and values of a kv
+ * head are read from memory once for all its query heads (GQA). One split: normalized into out;
+ * several: (max, sum, values) into partials, which combine_kernel merges. With early_kv, the first
+ * chunks' keys and values are prefetched into L2 before the wait for the previous kernel. */
+template <bool HALF, int HD, int G>
+__global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
+                                                                      const int32_t *pages, const int64_t *page_offsets,
+                                                                      const int32_t *n_keys, int n_head, float scale, int min_keys,
+                                                                      int spread, bool early_kv) {
+    typedef decode_shape<HALF, HD> shape;
+    constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, PER_LANE = shape::per_lane;
+    const int group = n_head / a.n_head_kv, batches = (group + G - 1) / G;
+    const int token = blockIdx.x / (a.n_head_kv * batches), rest = blockIdx.x % (a.n_head_kv * batches);
+    const int kv_head = rest / batches, head0 = kv_head * group + rest % batches * G, heads = min(G, group - rest % batches * G);
+    const int split = blockIdx.y, n_splits = gridDim.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    /* keys that fit a chunk a split: 32-key splits whose warps each take their own heads */
+    const int n = n_keys[token];
+    const bool by_heads = G >= WARPS && n <= 32 * spread;
+    int begin, end;
+    split_range(n, split, spread, by_heads ? 32 : min_keys, begin, end);
+    const int32_t *table = pages + page_offsets[token];
+    /* Before the wait: the key and value lines of this warp's first chunks into L2, so the first
+     * trips to memory overlap the previous kernel (rope + append). The key counts and page tables
+     * are step inputs, complete before the graph started; a prefetch is only a hint, and the newest
+     * key, which the previous kernel writes, is read for real after the wait (L2 is coherent). */
+    if (early_kv)
+        for (int chunk = begin + 32 * warp, fetched = 0; chunk < end && fetched < EARLY_KV_CHUNKS; chunk += 32 * WARPS, fetched++)
+            if (chunk + lane < end) {
+                const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
+                const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
+#pragma unroll
+                for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128)
+                    asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
+            }
+    tm_grid_dependency();
+
+    __shared__ __align__(16) float query[G][HD];
+    for (int i = threadIdx.x; i < G * HD; i += 32 * WARPS) {
+        const int g = i / HD;
+        query[g][i % HD] = g < heads ? q[((int64_t)token * n_head + head0 + g) * HD + i % HD] * scale : 0.0f;
+    }
+    __syncthreads();
+
+    if (by_heads) { /* a one-chunk split: the warps take the heads (block-uniform) */
+        constexpr int NH = G >= WARPS ? G / WARPS : 1;
+        const int first = warp * NH; /* the warp's heads: first.. of the batch */
+        if (first >= heads) return; /* past a short batch's heads (a group of 12's second batch; a group of 3) */
+        float acc[NH][PER_LANE], running_max[NH], running_sum[NH];
+        attend_chunks<HALF, HD, NH>(query + first, a, table, kv_head, begin, 32, end, warp == 0, acc, running_max, running_sum);
+        if (lane < LPK)
+#pragma unroll
+            for (int g = 0; g < NH; g++)
+                if (first + g < heads)
+#pragma unroll
+                    for (int u = 0; u < VPL; u++)
+#pragma unroll
+                        for (int e = 0; e < EPV; e++)
+                            store_split_result<HD>(out, partials, (int64_t)token * n_head + head0 + first + g, split, n_splits,
+                                                   (lane + LPK * u) * EPV + e, acc[g][u * EPV + e], running_max[g], running_sum[g]);
+        return;
+    }
+
+    __shared__ float warp_max[WARPS][G], warp_sum[WARPS][G], factor[WARPS][G], total[G], block_max[G];
+    __shared__ float warp_acc[WARPS][G][HD];
+    float acc[G][PER_LANE], running_max[G], running_sum[G];
+    attend_chunks<HALF, HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, acc, running_max, running_sum);
     if (lane < LPK)
 #pragma unroll
         for (int g = 0; g < G; g++)
@@ -229,31 +290,43 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
         float sum = 0;
 #pragma unroll
         for (int w = 0; w < WARPS; w++) sum += warp_acc[w][g][d] * factor[w][g];
-        const int64_t row = (int64_t)token * n_head + head0 + g;
-        if (n_splits == 1) {
-            out[row * HD + d] = sum / total[g];
-        } else {
-            float *partial = partials + (row * n_splits + split) * (HD + 2);
-            if (d == 0) partial[0] = block_max[g], partial[1] = total[g]; /* total 0: a split past n_keys */
-            partial[2 + d] = sum;
-        }
+        store_split_result<HD>(out, partials, (int64_t)token * n_head + head0 + g, split, n_splits, d, sum, block_max[g], total[g]);
     }
 }
+
+/* decode_attention_kernel<HALF, HD, G> on grid (blocks a split, splits). A token's keys go to at
+ * most as many splits as one wave of resident blocks holds (the grid's x blocks for each): a long
+ * context of several streams then takes fewer, longer splits in one wave rather than a wave and a
+ * part (H200, 2048 keys x 8 streams: 70B 422.1 -> 432.9 tokens/s, 8B 1312 -> 1361, 7B 1222 ->
+ * 1267), and one-chunk splits by heads stop where they would need a second wave (70B x 8 at 160
+ * keys: 2.2 waves of them measured 1.8 % slower than the warps splitting 128-key splits). */
+template <bool HALF, int HD, int G>
+static cudaError_t launch_decode_blocks(dim3 grid, const float *q, float *out, float *partials, const kv_addressing &a,
+                                        const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale,
+                                        int min_keys, bool early_kv, cudaStream_t s) {
+    int resident = 0;
+    cudaError_t status = tm_resident_blocks((const void *)decode_attention_kernel<HALF, HD, G>, 32 * WARPS, 0, &resident);
+    if (status != cudaSuccess) return status;
+    const int spread = (int)max(1u, min(grid.y, (unsigned)resident / grid.x));
+    return tm_launch_dependent(decode_attention_kernel<HALF, HD, G>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages,
+                               page_offsets, n_keys, n_head, scale, min_keys, spread, early_kv);
+}
+
+/* Query heads a decode block takes for a group of `group` query heads a kv head: 1, 4 or 8 (groups
+ * of 2-4 take 4 slots, of 5-8 eight; larger groups take several blocks); three instantiations per
+ * head dim keep the build short. */
+static int decode_block_heads(int group) { return group >= 5 ? 8 : group >= 2 ? 4 : 1; }
 
 template <bool HALF, int HD>
 static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, float *out, float *partials, const kv_addressing &a,
                           const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, int min_keys,
                           cudaStream_t s) {
     static const bool early_kv = tm_env_int("TM_ATTENTION_EARLY_KV", 1) != 0; /* a measuring aid: 0 prefetches nothing before the wait */
-    /* G: 1, 4 or 8 query heads per block (groups of 2-4 take 4 slots, of 5-8 eight; larger groups
-     * take several blocks); three instantiations per head dim keep the build short */
-    const int G = group >= 5 ? 8 : group >= 2 ? 4 : 1;
+    const int G = decode_block_heads(group);
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
-#define TM_DECODE(GG)                                                                                                              \
-    tm_launch_dependent(decode_attention_kernel<HALF, HD, GG>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages, page_offsets, \
-                        n_keys, n_head, scale, min_keys, early_kv)
-    return G == 8 ? TM_DECODE(8) : G == 4 ? TM_DECODE(4) : TM_DECODE(1);
-#undef TM_DECODE
+    return G == 8   ? launch_decode_blocks<HALF, HD, 8>(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s)
+           : G == 4 ? launch_decode_blocks<HALF, HD, 4>(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s)
+                    : launch_decode_blocks<HALF, HD, 1>(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s);
 }
 
 /* launch_decode for head dims 32, 64, 128 and 256 (its launch status); NOT_THIS_KERNEL (nothing
@@ -452,7 +525,7 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
                                                       scale, min_keys_per_split, s)
                            : launch_decode_any<true>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head,
                                                      scale, min_keys_per_split, s);
-    if (status == NOT_THIS_KERNEL) { /* other head dims: the generic kernel, a block per query head */
+    if (status == NOT_THIS_KERNEL) { /* other head dims: the generic kernel, a block per query head, its warps splitting the keys */
         const dim3 grid((unsigned)(n_tokens * n_head), (unsigned)n_splits), block(32 * WARPS);
         status = kv_is_f32 ? tm_launch_dependent(paged_attention_kernel<false>, grid, block, 0, s, q, out, partials, a, pages, page_offsets,
                                                  n_keys, n_head, head_dim, scale, min_keys_per_split)

@@ -119,9 +119,12 @@ int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
  * page_size bytes per page, f16 or f32): for query token t and head h,
  * out[t][h] = softmax(q[t][h] . K[0..n_keys[t]) / sqrt(head_dim)) V[0..n_keys[t]) of kv head
  * h / (n_head / n_head_kv), reading token t's stream through pages[page_offsets[t]...].
- * Token t's keys are spread over n_splits blocks, max(min_keys_per_split, ceil(n_keys[t] /
- * n_splits)) keys each (splits past n_keys[t] add nothing), so a graph captured with the split
- * count of the longest context keeps every split busy at any context; with n_splits > 1,
+ * Token t's keys are spread over S splits, max(min_keys_per_split, ceil(n_keys[t] / S)) keys each
+ * (splits past n_keys[t] add nothing), S being n_splits or, where fewer fill one wave of the
+ * device's resident blocks, that many; so a graph captured with the split count of the longest
+ * context keeps the splits busy at any context. Where n_keys[t] <= 32 S and a kv head has 2 or
+ * more query heads (head dims 32..256), the splits take 32 keys each instead (the block's warps
+ * then split its query heads, not its keys); with n_splits > 1,
  * partials holds n_tokens * n_head * n_splits * (head_dim + 2) floats. All pointers are device
  * pointers; head_dim a multiple of 32, at most 256 (32, 64, 128 and 256 take the kernel that
  * reads each kv head's keys once for its whole group of query heads). q8 (optional, else NULL):

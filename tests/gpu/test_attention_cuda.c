@@ -2,14 +2,15 @@
  * test_attention_cuda.c - paged attention on the GPU against the CPU reference
  * (tm_cpu_attention), reading the same pages: the host KV cache (random keys/values, several
  * sequences of 1 to 900 tokens, layer 1 of 2) is copied to the device with its page tables.
- * Decode attention runs as one block per head and split over keys (4 splits of 225 keys, and 8
- * of 128, so the 1-token sequence has empty splits; 32 and 40 splits of any size, the latter
- * combined in two rounds); prefill flash attention runs causal over
+ * Decode attention runs as one block per kv head's query heads and split over keys (4 splits of
+ * 225 keys, and 8 of 128, so the 1-token sequence has empty splits; 32 and 40 splits of any size,
+ * the latter combined in two rounds), short splits and long ones taking the kernel's two ways of
+ * sharing a block's work among its warps; prefill flash attention runs causal over
  * tiles of query tokens (the last 100 positions of the 900-token sequence, all 37 of the second,
  * the one of the first), each query seeing keys 0..its position, in float32 and on tensor cores,
  * and on tensor cores non-causal (check_flash states the tolerances).
  * Layouts cover several rows per page, one row per page and a row spanning several pages, f16
- * and f32, head dims 32..256, grouped-query ratios 1..4. Outputs poisoned with NaN first; each
+ * and f32, head dims 32..256, grouped-query ratios 1..4, 8 and 12. Outputs poisoned with NaN first; each
  * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order). The decode's
  * q8_1 copy of its output equals tm_cuda_quantize_q8_1 of the output bit for bit; where a token's
  * n_head * head_dim outputs are not whole 256-value q8 blocks, asking for it is refused.
@@ -176,7 +177,11 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     /* (splits, at least this many keys a split): one block; 900 keys in 4 x 225 and 8 x 128 (the
      * 1-token stream leaves splits empty); 32 splits of >= 1 key: every stream's keys spread evenly
      * (900 -> 29 a split, 37 -> 2, the last splits short or empty); 40 splits: the combine takes
-     * them in two rounds of 32 lanes (900 -> 23 a split) */
+     * them in two rounds of 32 lanes (900 -> 23 a split: the group of 1 and the head dim 96 layouts).
+     * The kernel spreads keys over fewer splits where fewer fill a wave of resident blocks (layouts
+     * of several kv heads). In blocks of 4 or 8 query heads, a stream whose keys fit a 32-key chunk
+     * a split takes 32-key splits, each warp its own heads (the 1-key stream always, 37 keys at 2+
+     * splits, 900 at 32 and 40 where all are kept); the rest, splits whose warps share the keys. */
     const int split_cases[5][2] = {{1, 1}, {4, 225}, {8, 128}, {32, 1}, {40, 1}};
     void *d_partials, *d_q8, *d_q8_reference;
     const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes((int64_t)q_floats);
