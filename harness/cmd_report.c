@@ -244,8 +244,9 @@ static bool draw_roofline(const char *charts_dir, double copy_gb_per_s, double g
     return system(command) == 0;
 }
 
-/* 1.1: per throughput case with CUPTI records (tmbench run --profile), the kernels that took
- * the most GPU time per timed repetition. */
+/* 1.1: per throughput case with CUPTI records (tmbench run --profile), the launch shapes (kernel,
+ * grid, block) that took the most GPU time per timed repetition, with the mean time a launch: one
+ * kernel serving several products (the decode products of different sizes) shows once per shape. */
 static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
     sqlite3_stmt *cases, *top;
     sqlite3_prepare_v2(db,
@@ -254,8 +255,8 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
                        "c.kind = 'throughput' GROUP BY c.id ORDER BY c.id",
                        -1, &cases, NULL);
     sqlite3_prepare_v2(db,
-                       "SELECT name, count(*), sum(end_ns - start_ns) FROM kernel_records WHERE case_id = ? AND repetition >= 0 "
-                       "AND grid IS NOT NULL GROUP BY name ORDER BY 3 DESC LIMIT 5",
+                       "SELECT name, grid, block, count(*), sum(end_ns - start_ns) FROM kernel_records WHERE case_id = ? AND "
+                       "repetition >= 0 AND grid IS NOT NULL GROUP BY name, grid, block ORDER BY 5 DESC, 1, 2 LIMIT 8",
                        -1, &top, NULL);
     sqlite3_bind_int64(cases, 1, run);
     int shown = 0;
@@ -265,7 +266,8 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
         int repetitions = sqlite3_column_int(cases, 2);
         double total_ns = sqlite3_column_double(cases, 3);
         fprintf(md, "%s**%s**: %.3f ms of kernels per repetition (%d repetitions recorded)\n\n"
-                    "| kernel | launches per repetition | time per repetition | share |\n|---|---|---|---|\n",
+                    "| kernel | grid | block | launches per repetition | time a launch | time per repetition | share |\n"
+                    "|---|---|---|---|---|---|---|\n",
                 shown ? "\n" : "", (const char *)sqlite3_column_text(cases, 1), total_ns / repetitions / 1e6, repetitions);
         sqlite3_reset(top);
         sqlite3_bind_int64(top, 1, case_id);
@@ -274,9 +276,9 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
             snprintf(name, sizeof name, "%s", (const char *)sqlite3_column_text(top, 0));
             for (char *c = name; *c; c++)
                 if (*c == '|') *c = '/'; /* keep the table intact */
-            double ns = sqlite3_column_double(top, 2);
-            fprintf(md, "| `%s` | %.1f | %.1f us | %.1f %% |\n", name, sqlite3_column_double(top, 1) / repetitions,
-                    ns / repetitions / 1e3, 100.0 * ns / total_ns);
+            double launches = sqlite3_column_double(top, 3), ns = sqlite3_column_double(top, 4);
+            fprintf(md, "| `%s` | %s | %s | %.1f | %.2f us | %.1f us | %.1f %% |\n", name, text_or(top, 1, "?"), text_or(top, 2, "?"),
+                    launches / repetitions, ns / launches / 1e3, ns / repetitions / 1e3, 100.0 * ns / total_ns);
         }
         shown++;
     }

@@ -63,13 +63,15 @@ def fixed_database(path):
                 "p99, relative_noise, median_low, median_high, ceiling) VALUES (?, ?, 'u', 1, 5, ?, ?, 0, ?, ?, ?, ?, ?, ?, "
                 "?, ?, ?)", (case_id, metric, median, median, median, median, median, median, median, noise, median, median,
                              ceiling))
-    # CUPTI records of case 1 (tmbench run --profile): two timed repetitions and a warm-up, which the report leaves out
+    # CUPTI records of case 1 (tmbench run --profile): two timed repetitions and a warm-up, which the report leaves out;
+    # one kernel in two launch shapes (two products of different sizes), which the report keeps apart
     records = []
     for repetition in (-1, 0, 1):
         start = 1_000_000 * (repetition + 2)
-        for name, launches, ns in (("mmvq_kernel<12, 1, 1>", 4, 9000), ("rmsnorm_kernel", 2, 1500), ("sample_kernel", 1, 4000)):
+        for name, grid, launches, ns in (("mmvq_kernel<12, 1, 1>", "4096,1,1", 4, 9000), ("rmsnorm_kernel", "1,1,1", 2, 1500),
+                                         ("sample_kernel", "1,1,1", 1, 4000), ("mmvq_kernel<12, 1, 1>", "1024,1,1", 2, 2500)):
             for _ in range(launches):
-                records.append((1, repetition, name, "128,1,1", "128,1,1", start, start + ns))
+                records.append((1, repetition, name, grid, "128,1,1", start, start + ns))
                 start += ns
         records.append((1, repetition, "memcpy DtoH 4 B", None, None, start, start + 2000))
     connection.executemany("INSERT INTO kernel_records (case_id, repetition, name, grid, block, start_ns, end_ns) "
@@ -105,6 +107,9 @@ def test_report_matches_golden(tmp_path):
         expected = expected[:start] + "ROOFLINE\n\n" + expected[end:]
     assert text == expected
     assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % (85 % of 72) |" in text
+    # the profile's kernels by launch shape: per repetition, per launch, share of the 48 us of kernels
+    assert "| `mmvq_kernel<12, 1, 1>` | 4096,1,1 | 128,1,1 | 4.0 | 9.00 us | 36.0 us | 75.0 % |" in text
+    assert "| `mmvq_kernel<12, 1, 1>` | 1024,1,1 | 128,1,1 | 2.0 | 2.50 us | 5.0 us | 10.4 % |" in text
 
 
 def test_report_refuses_when_nothing_complete(tmp_path):
