@@ -324,9 +324,8 @@ static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, 
     static const bool early_kv = tm_env_int("TM_ATTENTION_EARLY_KV", 1) != 0; /* a measuring aid: 0 prefetches nothing before the wait */
     const int G = decode_block_heads(group);
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
-    return G == 8   ? launch_decode_blocks<HALF, HD, 8>(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s)
-           : G == 4 ? launch_decode_blocks<HALF, HD, 4>(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s)
-                    : launch_decode_blocks<HALF, HD, 1>(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s);
+    const auto launch = G == 8 ? launch_decode_blocks<HALF, HD, 8> : G == 4 ? launch_decode_blocks<HALF, HD, 4> : launch_decode_blocks<HALF, HD, 1>;
+    return launch(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s);
 }
 
 /* launch_decode for head dims 32, 64, 128 and 256 (its launch status); NOT_THIS_KERNEL (nothing
