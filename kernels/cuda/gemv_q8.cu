@@ -65,16 +65,17 @@ __device__ __forceinline__ void mmvq_load_pass(const uint8_t *weights, int64_t r
                 load_subblock<TYPE>(weights + (row0 + r) * row_bytes + (first + 4 * u) * traits<TYPE>::stride, sub, w[u][r]);
 }
 
-/* Rows row0..row0+R-1 of one matrix for up to NT tokens, by one warp, U blocks a lane per pass.
- * Calls tm_grid_dependency() itself: with `early`, after the first pass's weights are requested
- * (weights are written by no kernel, so their first trip to memory overlaps the previous kernel's
- * tail; the activations are read only after the wait), else before anything. */
-template <int TYPE, int NT, int R, int U>
-__device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, int64_t cols, int64_t row0, const int8_t *xq,
-                                          const half2 *xds, int n_tokens, float *y, bool early) {
+/* This lane's part of the sums of rows row0..row0+R-1 of one matrix for up to NT tokens, by one
+ * warp, U blocks a lane per pass, into acc (the warp's lanes add them up after). Calls
+ * tm_grid_dependency() itself, then after_wait(): with `early`, after the first pass's weights are
+ * requested (weights are written by no kernel, so their first trip to memory overlaps the previous
+ * kernel's tail; the activations are read only after the wait), else before anything. A lane adds
+ * its blocks in the same order whatever U is, so U changes no bit of the sums. */
+template <int TYPE, int NT, int R, int U, typename AfterWait>
+__device__ __forceinline__ void mmvq_sums(const uint8_t *weights, int64_t rows, int64_t cols, int64_t row0, const int8_t *xq,
+                                          const half2 *xds, int n_tokens, bool early, AfterWait after_wait, float (&acc)[R][NT]) {
     const int lane = threadIdx.x % 32, sub = lane % 8;
     const int64_t blocks = cols / 256, row_bytes = blocks * traits<TYPE>::stride;
-    float acc[R][NT];
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -82,6 +83,7 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
     packed_subblock<TYPE> w[U][R];
     if (early) mmvq_load_pass<TYPE, R, U>(weights, rows, blocks, row_bytes, row0, lane / 8, sub, w);
     tm_grid_dependency();
+    after_wait();
     if (!early) mmvq_load_pass<TYPE, R, U>(weights, rows, blocks, row_bytes, row0, lane / 8, sub, w);
     for (int64_t first = lane / 8; first < blocks; first += 4 * U) {
 #pragma unroll
@@ -102,6 +104,16 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
         }
         if (first + 4 * U < blocks) mmvq_load_pass<TYPE, R, U>(weights, rows, blocks, row_bytes, row0, first + 4 * U, sub, w);
     }
+}
+
+/* Rows row0..row0+R-1 of one matrix for up to NT tokens by one warp (mmvq_sums, `early` as
+ * there), added across the lanes and stored into y (token t's row r at y[t * rows + row0 + r]). */
+template <int TYPE, int NT, int R, int U>
+__device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, int64_t cols, int64_t row0, const int8_t *xq,
+                                          const half2 *xds, int n_tokens, float *y, bool early) {
+    const int lane = threadIdx.x % 32;
+    float acc[R][NT];
+    mmvq_sums<TYPE, NT, R, U>(weights, rows, cols, row0, xq, xds, n_tokens, early, [] {}, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -274,9 +286,10 @@ static int gemv_pairs(void) {
 }
 
 /* One-token products, a warp a row (concatenated over the parts): q4_k and q6_k rows by row_pairs,
- * q5_k rows by mmvq_rows (the kernels of a lane a sub-block; no pair layout written for it), so a
- * product gives the same bits alone or with others in one launch. TYPES: the types the launch
- * holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds, q4_k alone 9 (54
+ * q5_k rows by mmvq_sums (the kernels of a lane a sub-block; no pair layout written for it), so a
+ * product gives the same bits alone or with others in one launch. With ROPE (the Q, K and V
+ * products of a decode step) the sums go through rope_append_write instead. TYPES: the types the
+ * launch holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds, q4_k alone 9 (54
  * registers), with the other types 8 (64). H200, 7B / 70B decode x1 tokens/s in one call: 9 / 7
  * 481.5 / 68.34, 10 / 8 (48 / 64 registers) 477.3 / 66.31, 10 / 7 471.0 / 66.78 (before the pair
  * order, 10 / 8 was the best: a 40-register q4_k cap measured 443 against 454). Session 11, with
@@ -286,9 +299,13 @@ static int gemv_pairs(void) {
  * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. */
 template <int MIN_BLOCKS, int TYPES, bool ROPE>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, const int8_t *xp,
-                                                              bool early, rope_append rope) {
-    static_assert(!ROPE || TYPES < 2, "the rope epilogue takes q4_k and q6_k rows (q5_k's mmvq_rows stores its own)");
-    int64_t row = (int64_t)blockIdx.x * 4 + threadIdx.x / 32;
+                                                              bool early, rope_append rope, unsigned first_block) {
+    static_assert(!ROPE || TYPES < 2, "launch_pairs_kernel declines the rope with a q5_k part (measured no faster)");
+    /* with a q5_k part, blocks first_block.. of the concatenated rows first, then wrapping round to
+     * 0: the launcher puts the q5_k part's blocks (twice a q4_k row's round trips) at the grid's start */
+    unsigned block = blockIdx.x;
+    if constexpr (TYPES == 2) block = block + first_block < gridDim.x ? block + first_block : block + first_block - gridDim.x;
+    int64_t row = (int64_t)block * 4 + threadIdx.x / 32;
     mmvq_part part;
     if (!find_part(parts, &row, &part)) return; /* with ROPE every part's rows are a multiple of 4: no warp leaves here */
     const int64_t blocks = cols / 256;
@@ -318,7 +335,10 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     } else if (TYPES == 1 || part.type == Q6_K) {
         sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early, after_wait);
     } else {
-        return mmvq_rows<Q5_K, 1, 1, mmvq_unroll<Q5_K, 1, 1, false>()>(part.weights, part.rows, cols, row, xq, xds, 1, part.y, early);
+        float q5k_sum[1][1];
+        mmvq_sums<Q5_K, 1, 1, mmvq_unroll<Q5_K, 1, 1, false>()>(part.weights, part.rows, cols, row, xq, xds, 1, early, after_wait, q5k_sum);
+        sum = q5k_sum[0][0];
+        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     }
     if constexpr (ROPE) {
         if (threadIdx.x % 32 == 0) sums[warp] = sum;
@@ -376,7 +396,11 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
 /* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
  * cudaErrorNotSupported when gemv_pairs() is off or every part is q5_k (then mmvq_kernel's lane a
  * sub-block, the same bits at fewer registers). With `rope` (parts Q, K, V) the outputs go through
- * rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4. */
+ * rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4
+ * (the rope epilogue on the 70B's q5_k layers, built and measured, was no faster than the separate
+ * rope kernel: H200 decode x1 70.85 / 70.76 / 70.75 -> 70.67 / 70.63 / 70.72 tokens/s in one call;
+ * with the q5_k blocks first, below, 73.22 / 73.10 / 73.12 separate against 72.87 / 72.73 / 73.24
+ * fused). A q5_k part's blocks are launched first (first_block). */
 static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s,
                                        const rope_append *rope = nullptr) {
     int64_t rows = 0;
@@ -394,11 +418,22 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
     const rope_append none = {};
-    if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope);
-    else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope);
-    else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none);
-    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none);
-    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none);
+    /* a q5_k part's rows are scheduled first (mmvq_sums: twice a q4_k row's passes), so they run
+     * under the other rows instead of making the launch's tail: the 70B's q5_k V products (its
+     * Q/K/V launches of 2560 blocks, the V's 256 last) decode x1 72.67 / 72.47 / 72.55 -> 73.22 /
+     * 73.10 / 73.12 tokens/s (H200, three pairs in one call) */
+    unsigned first_block = 0;
+    int64_t before = 0;
+    for (int p = 0; p < parts.n; before += parts.rows[p], p++)
+        if (parts.type[p] == Q5_K) {
+            first_block = (unsigned)(before / 4);
+            break;
+        }
+    if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope, first_block);
+    else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope, first_block);
+    else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none, first_block);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none, first_block);
+    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none, first_block);
     return cudaSuccess;
 }
 

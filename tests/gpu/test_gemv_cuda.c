@@ -97,11 +97,12 @@ static int count_outside(const float *y, const double *w_rows, const float *x, i
  * against tm_cuda_gemv_q8_parts then tm_cuda_rope_kv_append: the queries and the whole KV pool bit
  * for bit, on random weights and activations, at 1, 2, 5, 8, 9 and 16 tokens (one token:
  * pairs_kernel; more: the int8 tensor-core kernel, a partial last token group at 5 and 9), for f16
- * and f32 caches, all-q4_k parts with cache rows sharing 4 KiB pages and a q6_k V (the 7B's mix)
- * with rows spanning 256-byte pages, 6 heads of 64 (rows 384) with 2 kv heads, only the first 48
- * dimensions rotated, tokens in two streams (own page tables) at positions partly past the angle
- * table (computed there), the second of two layers (the step's targets found for both). A q5_k
- * part at one token is declined. */
+ * and f32 caches, all-q4_k parts with cache rows sharing 4 KiB pages, a q6_k V (the 7B's mix)
+ * with rows spanning 256-byte pages and a q5_k V (the 70B's other layers; declined at one token,
+ * where pairs_kernel takes the rope only without a q5_k part), 6 heads of 64 (rows 384) with 2 kv
+ * heads, only the first 48 dimensions rotated, tokens in two streams (own page tables) at
+ * positions partly past the angle table (computed there), the second of two layers (the step's
+ * targets found for both). A q5_k key part likewise. */
 static void test_qkv_rope(tm_rng_t *rng) {
     /* two layers' page tables (layer_pages entries apart, each two streams' tables of stream_pages),
      * a random permutation of the pool's pages; the products make layer 1's keys and values */
@@ -125,12 +126,15 @@ static void test_qkv_rope(tm_rng_t *rng) {
           "rope table");
     const char *pairs_setting = getenv("TM_GEMV_PAIRS"), *stream_setting = getenv("TM_GEMV_STREAM");
     const bool one_token_fused = !(pairs_setting && !strcmp(pairs_setting, "0")) && !(stream_setting && !strcmp(stream_setting, "1"));
-    for (int run = 0; run < 24; run++) {
-        const int n = token_counts[run % 6], kv_f32 = run / 6 % 2, q6_v = run / 12;
+    static const tm_type v_types[3] = {TM_TYPE_Q4_K, TM_TYPE_Q6_K, TM_TYPE_Q5_K};
+    for (int run = 0; run < 36; run++) {
+        const int n = token_counts[run % 6], kv_f32 = run / 6 % 2, q6_v = run / 12 == 1;
+        const tm_type v_type = v_types[run / 12];
+        const char *v_name = v_type == TM_TYPE_Q6_K ? "q6_k" : v_type == TM_TYPE_Q5_K ? "q5_k" : "q4_k";
         /* with the q6_k V, 256-byte pages: a cache row (512 or 1024 bytes) spans 2 or 4 of them */
         const int page_size = q6_v ? 256 : 4096;
         const size_t pool_bytes = (size_t)n_pages * page_size;
-        const tm_type part_types[3] = {TM_TYPE_Q4_K, TM_TYPE_Q4_K, q6_v ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
+        const tm_type part_types[3] = {TM_TYPE_Q4_K, TM_TYPE_Q4_K, v_type};
         const int64_t part_rows[3] = {q_rows, kv_rows, kv_rows};
         int32_t positions[16];
         int64_t offsets[16];
@@ -172,8 +176,8 @@ static void test_qkv_rope(tm_rng_t *rng) {
         tm_cuda_gemv_part fused_parts[3] = {parts[0], parts[1], parts[2]};
         fused_parts[0].y = q_fused;
         const int status = tm_cuda_gemv_q8_qkv_rope(fused_parts, cols, d_q8, n, &rope, NULL);
-        if (n == 1 && !one_token_fused) {
-            CHECK(status == cudaErrorNotSupported, "with the streamed or sub-block kernels, one token is declined (%d)", status);
+        if (n == 1 && (!one_token_fused || v_type == TM_TYPE_Q5_K)) {
+            CHECK(status == cudaErrorNotSupported, "one token with the streamed or sub-block kernels or a q5_k V is declined (%d)", status);
         } else {
             CHECK(status == 0, "fused launch (%d tokens): %d", n, status);
             CHECK(cudaDeviceSynchronize() == cudaSuccess, "fused kernel");
@@ -185,10 +189,10 @@ static void test_qkv_rope(tm_rng_t *rng) {
             int64_t written = 0;
             for (size_t i = 0; i < pool_bytes; i++) written += pb[i] != 0;
             CHECK(!memcmp(a, b, q_bytes), "qkv + rope, %d tokens, %s cache, %s V: the queries equal the separate launches' bit for bit", n,
-                  kv_f32 ? "f32" : "f16", q6_v ? "q6_k" : "q4_k");
+                  kv_f32 ? "f32" : "f16", v_name);
             CHECK(!memcmp(pa, pb, pool_bytes) && written > (int64_t)n * kv_rows,
                   "qkv + rope, %d tokens, %s cache, %s V: the KV pool equals the separate launches' bit for bit (%lld bytes written)", n,
-                  kv_f32 ? "f32" : "f16", q6_v ? "q6_k" : "q4_k", (long long)written);
+                  kv_f32 ? "f32" : "f16", v_name, (long long)written);
             free(a), free(b), free(pa), free(pb);
         }
         if (n == 1 || n == 5) { /* a q5_k key part: declined at one token, taken by the tensor-core kernel at 5 */
@@ -200,7 +204,7 @@ static void test_qkv_rope(tm_rng_t *rng) {
             with_q5k[1].weights = weights_to_device(TM_TYPE_Q5_K, w, kv_rows, cols), with_q5k[1].type = TM_TYPE_Q5_K;
             free(w);
             const int q5 = tm_cuda_gemv_q8_qkv_rope(with_q5k, cols, d_q8, n, &rope, NULL);
-            CHECK(n == 1 ? q5 == cudaErrorNotSupported : q5 == 0, "a q5_k part at %d tokens: %d", n, q5);
+            CHECK(n == 1 ? q5 == cudaErrorNotSupported : q5 == 0, "a q5_k key part at %d tokens: %d", n, q5);
             CHECK(cudaDeviceSynchronize() == cudaSuccess, "q5_k part");
             cudaFree((void *)with_q5k[1].weights);
         }
