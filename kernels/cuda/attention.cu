@@ -130,10 +130,7 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
             const float new_max = fmaxf(running_max[g], chunk_max);
             const float correction = expf(running_max[g] - new_max);
             weight[g] = valid ? expf(s - new_max) : 0.0f;
-            float sum = weight[g];
-#pragma unroll
-            for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-            running_sum[g] = running_sum[g] * correction + sum;
+            running_sum[g] = running_sum[g] * correction + sum_over_warp(weight[g]);
             running_max[g] = new_max;
 #pragma unroll
             for (int e = 0; e < PER_LANE; e++) acc[g][e] *= correction;
@@ -491,7 +488,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const float *partials, flo
         const float sum = s < n_splits ? first[s * stride + 1] : 0.0f;
         if (sum > 0) total += sum * expf(first[s * stride] - global_max);
     }
-    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    total = sum_over_warp(total);
     float value = 0;
     for (int s0 = 0; s0 < n_splits; s0 += 32) {
         const int s = s0 + lane, count = min(32, n_splits - s0);

@@ -25,6 +25,13 @@
 /* After a launch: the launch error, checked like a call. */
 #define TM_CUDA_CHECK_LAUNCH() TM_CUDA_CHECK(cudaGetLastError())
 
+/* The sum of `value` over the warp's 32 lanes, in every lane (all lanes call; a butterfly, so the
+ * additions happen in the same order whatever the values). */
+template <typename T> __device__ __forceinline__ T sum_over_warp(T value) {
+    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    return value;
+}
+
 /* 16 bytes from global memory that no kernel of the launch writes, the miss fetching the whole
  * 128-byte line into L2 (.L2::128B): for reads that sweep every byte of a run of lines in 16-byte
  * pieces split over several instructions or warps (a q4_k block is 144 bytes, so half its lane

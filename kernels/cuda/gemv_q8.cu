@@ -118,8 +118,7 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            float s = acc[r][t];
-            for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+            const float s = sum_over_warp(acc[r][t]);
             if (lane == 0 && t < n_tokens && row0 + r < rows) y[t * rows + row0 + r] = s;
         }
 }
@@ -274,8 +273,7 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
         }
         load(block + 8);
     }
-    for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
-    return acc;
+    return sum_over_warp(acc);
 }
 
 /* Whether one-token products take pairs_kernel (1, the default) or the dp4a kernels' lane a
@@ -337,8 +335,7 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     } else {
         float q5k_sum[1][1];
         mmvq_sums<Q5_K, 1, 1, mmvq_unroll<Q5_K, 1, 1, false>()>(part.weights, part.rows, cols, row, xq, xds, 1, early, after_wait, q5k_sum);
-        sum = q5k_sum[0][0];
-        for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        sum = sum_over_warp(q5k_sum[0][0]);
     }
     if constexpr (ROPE) {
         if (threadIdx.x % 32 == 0) sums[warp] = sum;

@@ -219,8 +219,7 @@ __global__ void __launch_bounds__(32 * (STREAM_WARPS + 1), STREAM_BLOCKS_PER_SM)
             }
 #pragma unroll
             for (int r = 0; r < STREAM_R; r++) {
-                float sum = acc[r];
-                for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+                const float sum = sum_over_warp(acc[r]);
                 if (lane == 0) partial[s][warp * STREAM_R + r] = sum;
             }
             __syncwarp(); /* every lane is done reading the stage */

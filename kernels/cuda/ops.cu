@@ -35,7 +35,7 @@ extern "C" int tm_cuda_embed(int type, const void *table, int n_embd, const int3
 /* Sum over the block (all threads call; blockDim.x a multiple of 32, at most 1024). */
 __device__ double block_sum(double value) {
     __shared__ double warp_sums[32];
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    value = sum_over_warp(value);
     if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = value;
     __syncthreads();
     double total = 0;

@@ -23,7 +23,7 @@ __device__ __forceinline__ int key_id(uint64_t key) { return (int)(0xFFFFFFFFu -
 
 /* Sum of one int per thread over the block (all threads must call). */
 __device__ int block_count(int value, int *scratch) {
-    for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+    value = sum_over_warp(value);
     __syncthreads();
     if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = value;
     __syncthreads();
