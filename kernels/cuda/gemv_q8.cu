@@ -400,10 +400,16 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
  * fused). A q5_k part's blocks are launched first (first_block). */
 static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s,
                                        const rope_append *rope = nullptr) {
+    /* a q5_k part's rows are scheduled first (mmvq_sums: twice a q4_k row's passes), so they run
+     * under the other rows instead of making the launch's tail: the 70B's q5_k V products (its
+     * Q/K/V launches of 2560 blocks, the V's 256 last) decode x1 72.67 / 72.47 / 72.55 -> 73.22 /
+     * 73.10 / 73.12 tokens/s (H200, three pairs in one call) */
     int64_t rows = 0;
     int types = 0;
+    unsigned first_block = 0; /* where the first q5_k part's rows start, in 4-row blocks */
     bool any_paired_type = false;
     for (int p = 0; p < parts.n; p++) {
+        if (parts.type[p] == Q5_K && types < 2) first_block = (unsigned)(rows / 4);
         rows += parts.rows[p], types = max(types, parts.type[p] == Q5_K ? 2 : parts.type[p] == Q6_K ? 1 : 0);
         any_paired_type |= parts.type[p] != Q5_K;
     }
@@ -415,17 +421,6 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
     const rope_append none = {};
-    /* a q5_k part's rows are scheduled first (mmvq_sums: twice a q4_k row's passes), so they run
-     * under the other rows instead of making the launch's tail: the 70B's q5_k V products (its
-     * Q/K/V launches of 2560 blocks, the V's 256 last) decode x1 72.67 / 72.47 / 72.55 -> 73.22 /
-     * 73.10 / 73.12 tokens/s (H200, three pairs in one call) */
-    unsigned first_block = 0;
-    int64_t before = 0;
-    for (int p = 0; p < parts.n; before += parts.rows[p], p++)
-        if (parts.type[p] == Q5_K) {
-            first_block = (unsigned)(before / 4);
-            break;
-        }
     if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope, first_block);
     else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope, first_block);
     else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none, first_block);
