@@ -546,6 +546,7 @@ __host__ __device__ constexpr int mmq_stage_row_bytes(int type) {
  * 57.5 -> 68.2 % of peak. Three stages a warp of the compact size (three blocks an SM, ~1.5x the
  * weight bytes in flight) measured worse: 43.98 us on 28672 x 8192, 53.95 on 8192 x 28672 (its 512
  * tiles no longer one wave), 70B x8 470.1 / 470.2. */
+template <bool INPUTS> constexpr int MMQ_STAGES = INPUTS ? 2 : 3; /* a warp's stages */
 struct mmq_stage_size {
     int weight_bytes; /* then, with INPUTS, the values (8 rows of MMQ_X_ROW_BYTES) and the (d, d * sum) pairs: 32 bytes a token */
     int stage_bytes;
@@ -555,7 +556,7 @@ template <int NG, bool INPUTS> __host__ __device__ constexpr mmq_stage_size mmq_
     static_assert(!INPUTS || NG == 1, "activations are staged for one token group");
     const int weight_bytes = MMQ_ROWS * widest_row;
     const int stage_bytes = weight_bytes + (INPUTS ? NG * 8 * MMQ_X_ROW_BYTES + NG * 8 * 32 : 0);
-    return mmq_stage_size{weight_bytes, stage_bytes, (INPUTS ? 2 : 3) * stage_bytes};
+    return mmq_stage_size{weight_bytes, stage_bytes, MMQ_STAGES<INPUTS> * stage_bytes};
 }
 template <int NG, bool INPUTS> __host__ __device__ constexpr int mmq_shared_bytes(int warps, int widest_row) {
     return warps * mmq_stage_sizes<NG, INPUTS>(widest_row).warp_bytes;
@@ -984,7 +985,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
         for (int i = 0; i < 4; i++) acc[G][i] = 0;
     const int64_t blocks = cols / 256;
     if (staged) {
-        constexpr int S = INPUTS ? 2 : 3;
+        constexpr int S = MMQ_STAGES<INPUTS>;
         const int stride = type == Q4_K                ? MMQ_STAGE_ROW_BYTES_Q4K
                            : !INPUTS || type == Q5_K ? MMQ_STAGE_ROW_BYTES_Q5K /* no q6_k stages without INPUTS */
                                                      : MMQ_STAGE_ROW_BYTES_Q6K;
