@@ -1,7 +1,7 @@
 /*
  * common.cuh - what every CUDA file of TensorMesh shares: checked CUDA calls, the block layouts
  * of the weight types (the same bytes as engine/quant.h, readable from device code), the rope
- * rotation, and the 16-byte loads that fetch whole lines into L2 (weights, KV).
+ * rotation, the 16-byte loads that fetch whole lines into L2 (weights, KV), and the warp's sum.
  */
 #ifndef TM_CUDA_COMMON_CUH
 #define TM_CUDA_COMMON_CUH
