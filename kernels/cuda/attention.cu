@@ -173,16 +173,15 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
             for (int e = 0; e < PER_LANE; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
 }
 
-/* Dimension d of query row `row`'s result over split `split`: with one split the normalized value
- * into out, else (max, sum, unnormalized value) into partials for combine_kernel (sum 0: the split
- * saw no key). */
-template <int HD>
-__device__ __forceinline__ void store_split_result(float *out, float *partials, int64_t row, int split, int n_splits, int d, float value,
-                                                   float max, float sum) {
+/* Dimension d of query row `row`'s result over split `split` (rows of head_dim values): with one
+ * split the normalized value into out, else (max, sum, unnormalized value) into partials for
+ * combine_kernel (sum 0: the split saw no key). */
+__device__ __forceinline__ void store_split_result(float *out, float *partials, int64_t row, int split, int n_splits, int head_dim, int d,
+                                                   float value, float max, float sum) {
     if (n_splits == 1) {
-        out[row * HD + d] = value / sum;
+        out[row * head_dim + d] = value / sum;
     } else {
-        float *partial = partials + (row * n_splits + split) * (HD + 2);
+        float *partial = partials + (row * n_splits + split) * (head_dim + 2);
         if (d == 0) partial[0] = max, partial[1] = sum;
         partial[2 + d] = value;
     }
@@ -251,8 +250,8 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
                     for (int u = 0; u < VPL; u++)
 #pragma unroll
                         for (int e = 0; e < EPV; e++)
-                            store_split_result<HD>(out, partials, (int64_t)token * n_head + head0 + first + g, split, n_splits,
-                                                   (lane + LPK * u) * EPV + e, acc[g][u * EPV + e], running_max[g], running_sum[g]);
+                            store_split_result(out, partials, (int64_t)token * n_head + head0 + first + g, split, n_splits, HD,
+                                               (lane + LPK * u) * EPV + e, acc[g][u * EPV + e], running_max[g], running_sum[g]);
         return;
     }
 
@@ -287,7 +286,7 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
         float sum = 0;
 #pragma unroll
         for (int w = 0; w < WARPS; w++) sum += warp_acc[w][g][d] * factor[w][g];
-        store_split_result<HD>(out, partials, (int64_t)token * n_head + head0 + g, split, n_splits, d, sum, block_max[g], total[g]);
+        store_split_result(out, partials, (int64_t)token * n_head + head0 + g, split, n_splits, HD, d, sum, block_max[g], total[g]);
     }
 }
 
@@ -440,21 +439,10 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
         factor[w] = warp_sum[w] > 0 ? expf(warp_max[w] - block_max) : 0.0f; /* a warp that saw no key adds nothing */
         total += warp_sum[w] * factor[w];
     }
-    if (n_splits == 1) {
-        float *result = out + ((int64_t)token * n_head + head) * head_dim;
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-            float sum = 0;
-            for (int w = 0; w < WARPS; w++) sum += warp_acc[w][d] * factor[w];
-            result[d] = sum / total;
-        }
-        return;
-    }
-    float *partial = partials + ((int64_t)blockIdx.x * n_splits + split) * (head_dim + 2);
-    if (threadIdx.x == 0) partial[0] = block_max, partial[1] = total; /* total 0: a split past n_keys */
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float sum = 0;
         for (int w = 0; w < WARPS; w++) sum += warp_acc[w][d] * factor[w];
-        partial[2 + d] = sum;
+        store_split_result(out, partials, blockIdx.x, split, n_splits, head_dim, d, sum, block_max, total);
     }
 }
 
