@@ -245,6 +245,7 @@ int main(void) {
         {3, 3, 64, TM_KV_F16, 4096},  /* the same in f16: tensor-core flash at head dim 64 */
         {2, 3, 96, TM_KV_F16, 4096},  /* head dim 96: the generic decode kernel (no flash kernel takes it) */
         {1, 8, 128, TM_KV_F16, 4096}, /* llama 70B's group of 8: one decode block serves 8 query heads */
+        {2, 1, 128, TM_KV_F16, 4096}, /* llama 7B's group of 1 at head dim 128: two kv heads make one q8 block */
         {1, 12, 64, TM_KV_F32, 4096}, /* a group of 12: decode blocks of 8 + 4 query heads */
     };
     tm_rng_t rng;
