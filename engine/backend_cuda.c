@@ -27,11 +27,12 @@
  *   tensor cores (quantized weights dequantized to f16 in row tiles), other types the float
  *   kernels.
  * - Attention: a batch whose tokens are each alone in their sequence (decode) uses the paged
- *   decode kernel split over keys; a batch with runs of tokens of one sequence (prefill) uses
+ *   decode kernel split over keys, or, where every context is short enough that the kernels say it
+ *   pays, the decode kernel without splits (a block per kv head, no combine launch); a batch with runs of tokens of one sequence (prefill) uses
  *   flash attention over tiles of those runs: on tensor cores (flash_mma.cu) in fast precision
  *   with an f16 cache, the float32 kernel otherwise.
  * - CUDA graphs: a decode batch of n <= 16 tokens (one per sequence, every one wanting logits)
- *   is captured once per n and replayed; the graph reads everything that changes per step from
+ *   is captured once per n (and per attention kind, split or not) and replayed; the graph reads everything that changes per step from
  *   the staging buffer and the page mirror, whose addresses are fixed until a buffer grows (which
  *   drops the graphs).
  * - Logits go back to the host, or stay on the device for `sample` (GPU sampling).
@@ -126,7 +127,8 @@ typedef struct cuda_backend {
     int n_out;                 /* logits rows kept on the device by the last forward */
     uint64_t *seen_step;       /* (max_sequences) step stamp: sequence already synced this step */
     uint64_t step;
-    cudaGraphExec_t graphs[TM_CUDA_GEMV_MAX_TOKENS + 1];
+    bool whole_attention;      /* this step's decode attention without splits (every context short: whole_attention()) */
+    cudaGraphExec_t graphs[2][TM_CUDA_GEMV_MAX_TOKENS + 1]; /* [whole_attention][tokens] */
 } cuda_backend;
 
 void tm_backend_cuda_options_default(tm_backend_cuda_options *options) {
@@ -157,8 +159,9 @@ static tm_status device_alloc(cuda_backend *b, void **out, uint64_t bytes, uint6
 }
 
 static void drop_graphs(cuda_backend *b) {
-    for (int i = 0; i <= TM_CUDA_GEMV_MAX_TOKENS; i++)
-        if (b->graphs[i]) cudaGraphExecDestroy(b->graphs[i]), b->graphs[i] = NULL;
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i <= TM_CUDA_GEMV_MAX_TOKENS; i++)
+            if (b->graphs[w][i]) cudaGraphExecDestroy(b->graphs[w][i]), b->graphs[w][i] = NULL;
 }
 
 static void free_activations(cuda_backend *b) {
@@ -508,7 +511,11 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
                                                  pages, in->page_offsets, in->positions, in->tiles, n_tiles, stream));
         else {
             att_q8 = takes_q8(b, &w[4], T); /* then the attention also writes the output product's q8_1 input */
-            CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
+            if (b->whole_attention)
+                CHECK_KERNEL(tm_cuda_decode_attention_whole(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32,
+                                                            page_size, pages, in->page_offsets, in->n_keys, att_q8 ? b->q8 : NULL, stream));
+            else
+                CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
                                                  SPLIT_KEYS_FLOOR, b->partials, att_q8 ? b->q8 : NULL, stream));
         }
@@ -551,9 +558,25 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     return TM_OK;
 }
 
-/* Replay the decode graph for T tokens, capturing it first if needed. */
+/* Whether a decode step of T tokens whose longest context is most_keys takes the decode attention
+ * without splits (tm_cuda_decode_attention_whole: no partials, no combine launch; in a graph of its
+ * own): where the kernels say it is the faster (tm_cuda_decode_attention_whole_keys), or, with
+ * TM_ATTENTION_WHOLE_KEYS=N (a measuring aid), up to N keys wherever it is supported (0: never). */
+static bool whole_attention(const cuda_backend *b, int T, int most_keys, int kv_f32) {
+    static int forced = -2;
+    if (forced == -2) {
+        const char *text = getenv("TM_ATTENTION_WHOLE_KEYS");
+        forced = text && *text ? TM_MAX(0, atoi(text)) : -1;
+    }
+    const tm_model_config *c = &b->model->config;
+    if (forced >= 0) return most_keys <= forced && tm_cuda_decode_attention_whole_supported(c->n_head, c->n_head_kv, c->head_dim, kv_f32);
+    return most_keys <= tm_cuda_decode_attention_whole_keys(T, c->n_head, c->n_head_kv, c->head_dim, kv_f32);
+}
+
+/* Replay the decode graph for T tokens (and b->whole_attention), capturing it first if needed. */
 static tm_status run_graph(cuda_backend *b, int T, int kv_f32, uint32_t page_size, tm_error_t *error) {
-    if (!b->graphs[T]) {
+    cudaGraphExec_t *exec = &b->graphs[b->whole_attention][T];
+    if (!*exec) {
         cudaGraph_t graph = NULL;
         CHECK_CUDA(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
         tm_status s = launch_forward(b, T, 0, T, kv_f32, page_size, error);
@@ -563,11 +586,11 @@ static tm_status run_graph(cuda_backend *b, int T, int kv_f32, uint32_t page_siz
             return s;
         }
         CHECK_CUDA(end);
-        cudaError_t made = cudaGraphInstantiate(&b->graphs[T], graph, 0);
+        cudaError_t made = cudaGraphInstantiate(exec, graph, 0);
         cudaGraphDestroy(graph);
         CHECK_CUDA(made);
     }
-    CHECK_CUDA(cudaGraphLaunch(b->graphs[T], b->stream));
+    CHECK_CUDA(cudaGraphLaunch(*exec, b->stream));
     return TM_OK;
 }
 
@@ -598,9 +621,10 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     const int tile_tokens = flash_on_tensor_cores(b, layout->type == TM_KV_F32)
                                 ? tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv)
                                 : tm_cuda_flash_tile_tokens(c->head_dim, c->n_head, c->n_head_kv);
-    int n_tiles = 0, n_out = 0;
+    int n_tiles = 0, n_out = 0, most_keys = 0;
     bool prefill = false;
     for (int t = 0; t < T; t++) {
+        most_keys = TM_MAX(most_keys, batch->positions[t] + 1);
         in->tokens[t] = batch->tokens[t];
         in->positions[t] = batch->positions[t];
         in->n_keys[t] = batch->positions[t] + 1;
@@ -615,6 +639,7 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
      * any batch since every token's keys are appended before attention */
     if (T > TM_CUDA_GEMV_MAX_TOKENS) prefill = true;
     if (tile_tokens < 1) prefill = false;
+    b->whole_attention = !prefill && T <= TM_CUDA_GEMV_MAX_TOKENS && whole_attention(b, T, most_keys, kv_f32);
     CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)((uint8_t *)(in->tiles + 2 * n_tiles) - (uint8_t *)b->host_staging),
                                cudaMemcpyHostToDevice, b->stream));
     const bool graph = b->options.graphs && !prefill && n_out == T && T <= TM_CUDA_GEMV_MAX_TOKENS;

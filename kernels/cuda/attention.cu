@@ -340,6 +340,170 @@ static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const 
     }
 }
 
+/* ---- decode without splits: a block per (token, kv head), its warps sharing the keys ---------- */
+
+/* Kv heads a block of the whole-context kernel takes: enough that its outputs (kv heads x G x HD)
+ * fill whole 256-value q8_1 blocks, which it then writes itself. */
+__host__ __device__ constexpr int whole_kv_heads(int G, int HD) { return G * HD >= 256 ? 1 : 256 / (G * HD); }
+
+/* One block per (token, KVH kv heads), W warps, W / KVH of them a kv head: warp j of a kv head takes
+ * its chunks j, j + W / KVH, ... of all the token's keys for every query head of the group (G, the
+ * group padded to 1, 4 or 8), the warps of a kv head merge in the block, and the normalized result
+ * goes to out, and, with q8 (the group exactly G: the block's values are consecutive outputs), to
+ * q8 as tm_cuda_quantize_q8_1 writes it: no split partials, no combine launch. Any context is
+ * exact; it pays where a token's keys are a chunk or two a warp (the graph of a short-context
+ * step), where the splits' partial writes and the combine's dependent launch cost more than the
+ * few SMs' reads save. Keys and values of the first chunks are prefetched into L2 before the wait. */
+template <int HD, int G, int W>
+__global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
+                                                              const int64_t *page_offsets, const int32_t *n_keys, int n_head,
+                                                              float scale, q8_out q8) {
+    typedef decode_shape<true, HD> shape;
+    constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, PER_LANE = shape::per_lane;
+    constexpr int KVH = whole_kv_heads(G, HD), WPH = W / KVH, VALUES = KVH * G * HD, THREADS = 32 * W;
+    static_assert(W % KVH == 0 && (VALUES % THREADS == 0 || THREADS % VALUES == 0), "whole-context decode shape");
+    constexpr int PER_THREAD = VALUES >= THREADS ? VALUES / THREADS : 1;
+    const int group = n_head / a.n_head_kv, heads = min(G, group);
+    const int blocks_a_token = a.n_head_kv / KVH;
+    const int token = blockIdx.x / blocks_a_token, first_kv_head = blockIdx.x % blocks_a_token * KVH;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mine = warp / WPH, rank = warp % WPH;
+    const int kv_head = first_kv_head + mine;
+    const int n = n_keys[token];
+    const int32_t *table = pages + page_offsets[token];
+    /* the warp's first chunks into L2 before the wait, as decode_attention_kernel does */
+    for (int chunk = 32 * rank, fetched = 0; chunk < n && fetched < EARLY_KV_CHUNKS; chunk += 32 * WPH, fetched++)
+        if (chunk + lane < n) {
+            const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
+            const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
+#pragma unroll
+            for (int line = 0; line < HD * 2; line += 128)
+                asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
+        }
+    tm_grid_dependency();
+
+    __shared__ __align__(16) float query[KVH][G][HD];
+    for (int i = threadIdx.x; i < KVH * G * HD; i += THREADS) {
+        const int k = i / (G * HD), g = i / HD % G;
+        query[k][g][i % HD] = g < heads ? q[((int64_t)token * n_head + (first_kv_head + k) * group + g) * HD + i % HD] * scale : 0.0f;
+    }
+    __syncthreads();
+
+    float acc[G][PER_LANE], running_max[G], running_sum[G];
+    attend_chunks<true, HD, G>(query[mine], a, table, kv_head, 32 * rank, 32 * WPH, n, true, acc, running_max, running_sum);
+    __shared__ float warp_max[W][G], warp_sum[W][G], factor[W][G], total[KVH][G];
+    __shared__ float warp_acc[W][G][HD];
+    if (lane < LPK)
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int u = 0; u < VPL; u++)
+#pragma unroll
+                for (int e = 0; e < EPV; e++) warp_acc[warp][g][(lane + LPK * u) * EPV + e] = acc[g][u * EPV + e];
+    if (lane == 0)
+#pragma unroll
+        for (int g = 0; g < G; g++) warp_max[warp][g] = running_max[g], warp_sum[warp][g] = running_sum[g];
+    __syncthreads();
+    if (threadIdx.x < KVH * G) { /* a (kv head, query head): its warps' factors and the total */
+        const int k = threadIdx.x / G, g = threadIdx.x % G;
+        float m = -INFINITY, t = 0;
+        for (int j = 0; j < WPH; j++) m = fmaxf(m, warp_max[k * WPH + j][g]);
+        for (int j = 0; j < WPH; j++) {
+            const int w = k * WPH + j;
+            factor[w][g] = warp_sum[w][g] > 0 ? expf(warp_max[w][g] - m) : 0.0f; /* a warp that saw no key adds nothing */
+            t += warp_sum[w][g] * factor[w][g];
+        }
+        total[k][g] = t;
+    }
+    __syncthreads();
+    /* value i of the block: kv head i / (G HD), query head i / HD % G, dimension i % HD; consecutive
+     * outputs of the token when the group is G */
+    float value[PER_THREAD];
+#pragma unroll
+    for (int v = 0; v < PER_THREAD; v++) {
+        const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G, d = i % HD;
+        float sum = 0;
+        if (i < VALUES) {
+#pragma unroll
+            for (int j = 0; j < WPH; j++) sum += warp_acc[k * WPH + j][g][d] * factor[k * WPH + j][g];
+            sum /= total[k][g];
+            if (g < heads) out[((int64_t)token * n_head + (first_kv_head + k) * group + g) * HD + d] = sum;
+        }
+        value[v] = sum;
+    }
+    if (q8.qs && group == G && (VALUES >= THREADS || threadIdx.x < VALUES)) /* whole 8-warp runs of values */
+        quantize_q8_1_blocks<PER_THREAD>(value, (int64_t)token * n_head * HD + (int64_t)first_kv_head * G * HD + threadIdx.x, THREADS,
+                                         INT64_MAX, q8);
+}
+
+/* decode_whole_kernel for a padded group of G: 16 warps a block for groups of 1 (two or four kv
+ * heads a block; with 8, a 192-key context left some warps two chunks: H200, 7B decode x1 518.6 on
+ * the split path, 502.4 at 8 warps, 530.9 at 16; 128 x8 2581 / 2542 / 2823), else 8 (at 16 the
+ * group of 8's registers, 212 a thread, would not fit an SM). */
+template <int HD, int G>
+static cudaError_t launch_whole(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
+                                const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
+    constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 ? 16 : 8;
+    const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH)));
+    return tm_launch_dependent(decode_whole_kernel<HD, G, W>, grid, dim3(32 * W), 0, s, q, out, a, pages, page_offsets, n_keys, n_head,
+                               scale, q8);
+}
+
+/* The padded group (1, 4 or 8) and kv heads a block of the whole-context kernel takes for a layout,
+ * or 0 where it takes none (f32 cache, head dims other than 64 and 128, groups above 8, kv heads
+ * not whole blocks of it). */
+static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_is_f32, int *kv_heads) {
+    if (kv_is_f32 || (head_dim != 64 && head_dim != 128) || n_head_kv < 1 || n_head % n_head_kv) return 0;
+    const int group = n_head / n_head_kv;
+    if (group > 8) return 0;
+    const int G = decode_block_heads(group);
+    *kv_heads = whole_kv_heads(G, head_dim);
+    return n_head_kv % *kv_heads ? 0 : G;
+}
+
+/* Where the whole-context kernel beats the split path (H200, decode tokens/s at 129-192 keys,
+ * split / whole): groups of 1 up to 256 keys (one 32-key chunk for each of a kv head's 8 warps;
+ * 7B x1 518.6 / 530.9, x8 2581 / 2823; at 513-576 keys, 7B 512 x4 with 4 warps a head, 1431 / 1050);
+ * larger groups only for several tokens (70B x8 484.2 / 495.8; x1 71.55 / 70.91, 8 blocks of 212
+ * registers a thread against the split path's 32-key splits of two query heads a warp). */
+extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
+    int kv_heads;
+    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32, &kv_heads);
+    if (!G) return 0;
+    if (G > 1 && n_tokens < 2) return 0;
+    return 256;
+}
+
+extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
+    int kv_heads;
+    return whole_group(n_head, n_head_kv, head_dim, kv_is_f32, &kv_heads) != 0;
+}
+
+extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
+                                              const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
+                                              const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream) {
+    int kv_heads = 0;
+    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32, &kv_heads);
+    if (!G) return cudaErrorNotSupported;
+    if (q8 && (int64_t)n_head * head_dim % 256) return cudaErrorInvalidValue;
+    if (n_tokens == 0) return cudaSuccess;
+    const kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    cudaStream_t s = (cudaStream_t)stream;
+    const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
+    const bool in_kernel = q8 && n_head / n_head_kv == G; /* else quantized after, by its own launch */
+    const q8_out x = in_kernel ? q8_out_at(q8, n_tokens, n_out / n_tokens) : q8_out_at(NULL, 0, 0);
+    cudaError_t status;
+    if (head_dim == 64) status = G == 1 ? launch_whole<64, 1>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
+                                 : G == 4 ? launch_whole<64, 4>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
+                                          : launch_whole<64, 8>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s);
+    else status = G == 1 ? launch_whole<128, 1>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
+                  : G == 4 ? launch_whole<128, 4>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
+                           : launch_whole<128, 8>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s);
+    TM_CUDA_CHECK(status);
+    if (q8 && !in_kernel) return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
+    return cudaSuccess;
+}
+
 /* ---- decode, any head dim (a multiple of 32): a block per (token, query head, key split) ---- */
 
 /* Score of one key against the query (in shared memory, pre-scaled): 16-byte loads of the key. */

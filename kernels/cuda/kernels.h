@@ -136,6 +136,22 @@ int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head
                             const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
                             float *partials, void *q8, void *stream);
 
+/* Decode attention as tm_cuda_paged_attention, without key splits: one block per token and kv head
+ * (two or four kv heads where a group of 1 leaves a head's outputs short of a 256-value q8_1
+ * block), its 8 or 16 warps taking the token's keys 32 at a time in turn and merging in the block; so no
+ * partials and no combine launch, and q8 (optional, as in tm_cuda_paged_attention) is written by
+ * the same kernel where the group is 1, 4 or 8 (else by a quantize launch after it). Exact at any
+ * context; meant for steps whose every context is short (a chunk or two a warp). f16 cache, head
+ * dims 64 and 128, groups up to 8 (tm_cuda_decode_attention_whole_supported); cudaErrorNotSupported
+ * (nothing launched) otherwise. */
+int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32);
+/* The longest context (keys) up to which a decode step of n_tokens tokens is faster through
+ * tm_cuda_decode_attention_whole than through the split path (measured on the H200); 0: never. */
+int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32);
+int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
+                                   const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
+                                   const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream);
+
 /* Prefill (flash) attention, causal: tiles[2 i] is the first batch token of tile i and
  * tiles[2 i + 1] its token count (at most tm_cuda_flash_tile_tokens), tokens of one stream;
  * query token t sees keys 0..positions[t] of its stream (already appended). Head dims 32, 64,

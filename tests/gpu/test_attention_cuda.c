@@ -218,6 +218,36 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         CHECK(bad == 0, "decode, %d splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
               split_cases[c][0], lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
     }
+    /* without splits (tm_cuda_decode_attention_whole): f16, head dims 64 and 128, groups up to 8;
+     * the same tolerance against the CPU, and its q8_1 (written in the kernel where the group is 1,
+     * 4 or 8, else by a quantize launch) equals the quantizer's of out, byte for byte */
+    const int n_head_kv = lc->n_head_kv, head_dim = lc->head_dim, kv_f32 = lc->type == TM_KV_F32;
+    if (tm_cuda_decode_attention_whole_supported(n_head, n_head_kv, head_dim, kv_f32)) {
+        cudaMemset(d_out, 0xff, q_floats * 4);
+        cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
+        CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, d_pool, kv_f32, lc->page_size, d_tables,
+                                             d_offsets, d_keys, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
+                  cudaDeviceSynchronize() == cudaSuccess,
+              "decode without splits: launch");
+        cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
+        double worst;
+        int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
+        CHECK(bad == 0, "decode without splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
+              n_head_kv, lc->group, head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
+        if (whole_q8_blocks) {
+            CHECK(tm_cuda_quantize_q8_1(d_out, n_seq, (int64_t)q_floats / n_seq, d_q8_reference, NULL) == 0 &&
+                      cudaDeviceSynchronize() == cudaSuccess,
+                  "quantize");
+            cudaMemcpy(q8, d_q8, q8_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(q8_reference, d_q8_reference, q8_bytes, cudaMemcpyDeviceToHost);
+            CHECK(!memcmp(q8, q8_reference, q8_bytes), "decode without splits, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",
+                  lc->group, head_dim);
+        }
+    } else {
+        CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, d_pool, kv_f32, lc->page_size, d_tables,
+                                             d_offsets, d_keys, NULL, NULL) == cudaErrorNotSupported,
+              "decode without splits: kv heads %d x group %d, head_dim %d, %s: not supported, nothing launched", n_head_kv, lc->group,
+              head_dim, kv_name);
+    }
     cudaFree(d_partials), cudaFree(d_q8), cudaFree(d_q8_reference);
     free(q8), free(q8_reference);
 

@@ -6,7 +6,8 @@
  * SmolLM2-135M (q8_0), Llama-2-7B (q4_k_m) and Llama-3-8B (f16, with llama3 rope frequency
  * factors). A 24-token prompt is prefilled in one batch (more than 16 tokens: the tensor-core
  * GEMM and flash attention; SmolLM2-135M f16 also with prompts of 8 and 12 tokens, which take
- * the decode products, for f16 the 16-bit tensor-core kernel), then 8 decode steps (GEMV, split decode attention, a CUDA graph
+ * the decode products, for f16 the 16-bit tensor-core kernel), then 8 decode steps (GEMV; decode attention split, or for
+ * the 7B's group of 1 at these short contexts without splits; a CUDA graph
  * from the second step) feed both backends the CPU's greedy tokens. At every step the GPU's
  * logits are finite and within 1e-2 of the CPU's relative to the largest |logit| (the issue's
  * bound; measured values printed); where the greedy tokens differ, the CPU's two candidates must
