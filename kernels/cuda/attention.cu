@@ -187,6 +187,58 @@ __device__ __forceinline__ void store_split_result(float *out, float *partials, 
     }
 }
 
+/* The block's merge of warps that attended to disjoint keys of the same query heads: SETS sets of
+ * W / SETS consecutive warps (a set per kv head). merge_warps puts each warp's online softmax
+ * (running max and sum, its value sums as attend_chunks leaves them) in shared memory and makes,
+ * for each (set, head g), the factor e^(m_w - m) of each of its warps (0 for a warp that saw no
+ * key), the set's max m and its total sum; value d of head g is then merged_value. Every thread
+ * of the block calls merge_warps; it ends with a barrier. */
+template <int HD, int G, int W, int SETS> struct warp_merge {
+    float max[W][G], sum[W][G], factor[W][G], set_max[SETS][G], total[SETS][G];
+    float acc[W][G][HD];
+};
+
+template <bool HALF, int HD, int G, int W, int SETS>
+__device__ __forceinline__ void merge_warps(warp_merge<HD, G, W, SETS> &m, const float (&acc)[G][decode_shape<HALF, HD>::per_lane],
+                                            const float (&running_max)[G], const float (&running_sum)[G]) {
+    typedef decode_shape<HALF, HD> shape;
+    constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, PER_SET = W / SETS;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane < LPK)
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int u = 0; u < VPL; u++)
+#pragma unroll
+                for (int e = 0; e < EPV; e++) m.acc[warp][g][(lane + LPK * u) * EPV + e] = acc[g][u * EPV + e];
+    if (lane == 0)
+#pragma unroll
+        for (int g = 0; g < G; g++) m.max[warp][g] = running_max[g], m.sum[warp][g] = running_sum[g];
+    __syncthreads();
+    if (threadIdx.x < SETS * G) {
+        const int set = threadIdx.x / G, g = threadIdx.x % G;
+        float set_max = -INFINITY, t = 0;
+        for (int j = 0; j < PER_SET; j++) set_max = fmaxf(set_max, m.max[set * PER_SET + j][g]);
+        for (int j = 0; j < PER_SET; j++) {
+            const int w = set * PER_SET + j;
+            m.factor[w][g] = m.sum[w][g] > 0 ? expf(m.max[w][g] - set_max) : 0.0f;
+            t += m.sum[w][g] * m.factor[w][g];
+        }
+        m.set_max[set][g] = set_max, m.total[set][g] = t;
+    }
+    __syncthreads();
+}
+
+/* Dimension d of head g merged over set `set`'s warps (unnormalized: divide by total[set][g]). */
+template <int HD, int G, int W, int SETS>
+__device__ __forceinline__ float merged_value(const warp_merge<HD, G, W, SETS> &m, int set, int g, int d) {
+    constexpr int PER_SET = W / SETS;
+    float sum = 0;
+#pragma unroll
+    for (int j = 0; j < PER_SET; j++) sum += m.acc[set * PER_SET + j][g][d] * m.factor[set * PER_SET + j][g];
+    return sum;
+}
+
 /* One block per (token, kv head, batch of up to G query heads of its group, key split), a token's
  * keys spread over `spread` splits. Where they fit one 32-key chunk a split and the block holds
  * G >= WARPS heads, the splits take a chunk each and each warp its own G / WARPS heads over it (the
@@ -255,38 +307,14 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
         return;
     }
 
-    __shared__ float warp_max[WARPS][G], warp_sum[WARPS][G], factor[WARPS][G], total[G], block_max[G];
-    __shared__ float warp_acc[WARPS][G][HD];
+    __shared__ warp_merge<HD, G, WARPS, 1> merge;
     float acc[G][PER_LANE], running_max[G], running_sum[G];
     attend_chunks<HALF, HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, acc, running_max, running_sum);
-    if (lane < LPK)
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int u = 0; u < VPL; u++)
-#pragma unroll
-                for (int e = 0; e < EPV; e++) warp_acc[warp][g][(lane + LPK * u) * EPV + e] = acc[g][u * EPV + e];
-    if (lane == 0)
-#pragma unroll
-        for (int g = 0; g < G; g++) warp_max[warp][g] = running_max[g], warp_sum[warp][g] = running_sum[g];
-    __syncthreads();
-    if (threadIdx.x < G) {
-        const int g = threadIdx.x;
-        float m = -INFINITY, t = 0;
-        for (int w = 0; w < WARPS; w++) m = fmaxf(m, warp_max[w][g]);
-        for (int w = 0; w < WARPS; w++) {
-            factor[w][g] = warp_sum[w][g] > 0 ? expf(warp_max[w][g] - m) : 0.0f; /* a warp that saw no key adds nothing */
-            t += warp_sum[w][g] * factor[w][g];
-        }
-        block_max[g] = m, total[g] = t;
-    }
-    __syncthreads();
+    merge_warps<HALF>(merge, acc, running_max, running_sum);
     for (int i = threadIdx.x; i < heads * HD; i += 32 * WARPS) {
         const int g = i / HD, d = i % HD;
-        float sum = 0;
-#pragma unroll
-        for (int w = 0; w < WARPS; w++) sum += warp_acc[w][g][d] * factor[w][g];
-        store_split_result(out, partials, (int64_t)token * n_head + head0 + g, split, n_splits, HD, d, sum, block_max[g], total[g]);
+        store_split_result(out, partials, (int64_t)token * n_head + head0 + g, split, n_splits, HD, d, merged_value(merge, 0, g, d),
+                           merge.set_max[0][g], merge.total[0][g]);
     }
 }
 
@@ -358,8 +386,7 @@ template <int HD, int G, int W>
 __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
                                                               const int64_t *page_offsets, const int32_t *n_keys, int n_head,
                                                               float scale, q8_out q8) {
-    typedef decode_shape<true, HD> shape;
-    constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, PER_LANE = shape::per_lane;
+    constexpr int PER_LANE = decode_shape<true, HD>::per_lane;
     constexpr int KVH = whole_kv_heads(G, HD), WPH = W / KVH, VALUES = KVH * G * HD, THREADS = 32 * W;
     static_assert(W % KVH == 0 && (VALUES % THREADS == 0 || THREADS % VALUES == 0), "whole-context decode shape");
     constexpr int PER_THREAD = VALUES >= THREADS ? VALUES / THREADS : 1;
@@ -388,33 +415,10 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     }
     __syncthreads();
 
+    __shared__ warp_merge<HD, G, W, KVH> merge;
     float acc[G][PER_LANE], running_max[G], running_sum[G];
     attend_chunks<true, HD, G>(query[mine], a, table, kv_head, 32 * rank, 32 * WPH, n, true, acc, running_max, running_sum);
-    __shared__ float warp_max[W][G], warp_sum[W][G], factor[W][G], total[KVH][G];
-    __shared__ float warp_acc[W][G][HD];
-    if (lane < LPK)
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int u = 0; u < VPL; u++)
-#pragma unroll
-                for (int e = 0; e < EPV; e++) warp_acc[warp][g][(lane + LPK * u) * EPV + e] = acc[g][u * EPV + e];
-    if (lane == 0)
-#pragma unroll
-        for (int g = 0; g < G; g++) warp_max[warp][g] = running_max[g], warp_sum[warp][g] = running_sum[g];
-    __syncthreads();
-    if (threadIdx.x < KVH * G) { /* a (kv head, query head): its warps' factors and the total */
-        const int k = threadIdx.x / G, g = threadIdx.x % G;
-        float m = -INFINITY, t = 0;
-        for (int j = 0; j < WPH; j++) m = fmaxf(m, warp_max[k * WPH + j][g]);
-        for (int j = 0; j < WPH; j++) {
-            const int w = k * WPH + j;
-            factor[w][g] = warp_sum[w][g] > 0 ? expf(warp_max[w][g] - m) : 0.0f; /* a warp that saw no key adds nothing */
-            t += warp_sum[w][g] * factor[w][g];
-        }
-        total[k][g] = t;
-    }
-    __syncthreads();
+    merge_warps<true>(merge, acc, running_max, running_sum);
     /* value i of the block: kv head i / (G HD), query head i / HD % G, dimension i % HD; consecutive
      * outputs of the token when the group is G */
     float value[PER_THREAD];
@@ -423,9 +427,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G, d = i % HD;
         float sum = 0;
         if (i < VALUES) {
-#pragma unroll
-            for (int j = 0; j < WPH; j++) sum += warp_acc[k * WPH + j][g][d] * factor[k * WPH + j][g];
-            sum /= total[k][g];
+            sum = merged_value(merge, k, g, d) / merge.total[k][g];
             if (g < heads) out[((int64_t)token * n_head + (first_kv_head + k) * group + g) * HD + d] = sum;
         }
         value[v] = sum;
