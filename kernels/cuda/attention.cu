@@ -8,7 +8,9 @@
  * load of a 32-key chunk in flight; other head dims (multiples of 32) take the generic kernel,
  * one block per (token, query head, split), its warps sharing the keys. Both keep an online
  * softmax per warp, merge the warps that shared keys in the block and the splits in
- * combine_kernel (flash-decoding).
+ * combine_kernel (flash-decoding). For steps whose every context is short, decode_whole_kernel
+ * takes no splits: a block per kv head (two or four for a group of 1), 8 or 16 warps sharing the
+ * keys, merged in the block, q8_1 written there; no partials, no combine launch.
  * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
