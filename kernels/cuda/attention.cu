@@ -126,9 +126,7 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
 #pragma unroll
         for (int g = 0; g < NH; g++) {
             const float s = valid ? score[g] : -INFINITY;
-            float chunk_max = s;
-#pragma unroll
-            for (int offset = 16; offset > 0; offset >>= 1) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, offset));
+            const float chunk_max = max_over_warp(s);
             const float new_max = fmaxf(running_max[g], chunk_max);
             const float correction = expf(running_max[g] - new_max);
             weight[g] = valid ? expf(s - new_max) : 0.0f;
@@ -572,13 +570,9 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
             score = key_score<HALF>(kv_address32(a, table, p, kv_head, false), query, head_dim);
             value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
         }
-        float chunk_max = score;
-        for (int offset = 16; offset > 0; offset /= 2) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, offset));
-        const float new_max = fmaxf(running_max, chunk_max); /* finite: key `chunk` is valid */
+        const float new_max = fmaxf(running_max, max_over_warp(score)); /* finite: key `chunk` is valid */
         const float correction = expf(running_max - new_max), weight = expf(score - new_max);
-        float weight_sum = weight;
-        for (int offset = 16; offset > 0; offset /= 2) weight_sum += __shfl_xor_sync(0xffffffffu, weight_sum, offset);
-        running_sum = running_sum * correction + weight_sum;
+        running_sum = running_sum * correction + sum_over_warp(weight);
         running_max = new_max;
 #pragma unroll
         for (int i = 0; i < MAX_HEAD_DIM / 32; i++) acc[i] *= correction;
@@ -637,7 +631,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const float *partials, flo
         const int s = s0 + lane;
         if (s < n_splits && first[s * stride + 1] > 0) global_max = fmaxf(global_max, first[s * stride]);
     }
-    for (int offset = 16; offset > 0; offset /= 2) global_max = fmaxf(global_max, __shfl_xor_sync(0xffffffffu, global_max, offset));
+    global_max = max_over_warp(global_max);
     float total = 0;
     for (int s0 = 0; s0 < n_splits; s0 += 32) {
         const int s = s0 + lane;
@@ -839,13 +833,9 @@ __global__ void __launch_bounds__(32 * WARPS) flash_attention_kernel(const float
 #pragma unroll 8
             for (int d = 0; d < HD; d++) score += query[d] * key[d];
             if (key_position > row_position[r]) score = -INFINITY;
-            float chunk_max = score;
-            for (int offset = 16; offset > 0; offset /= 2) chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, offset));
-            const float new_max = fmaxf(row_max[r], chunk_max); /* finite: key chunk_start is visible */
+            const float new_max = fmaxf(row_max[r], max_over_warp(score)); /* finite: key chunk_start is visible */
             const float correction = expf(row_max[r] - new_max), weight = expf(score - new_max);
-            float weight_sum = weight;
-            for (int offset = 16; offset > 0; offset /= 2) weight_sum += __shfl_xor_sync(0xffffffffu, weight_sum, offset);
-            row_sum[r] = row_sum[r] * correction + weight_sum;
+            row_sum[r] = row_sum[r] * correction + sum_over_warp(weight);
             row_max[r] = new_max;
 #pragma unroll
             for (int i = 0; i < shape::per_lane; i++) acc[r][i] *= correction;

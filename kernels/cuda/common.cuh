@@ -32,6 +32,12 @@ template <typename T> __device__ __forceinline__ T sum_over_warp(T value) {
     return value;
 }
 
+/* The largest `value` over the warp's 32 lanes, in every lane (all lanes call). */
+__device__ __forceinline__ float max_over_warp(float value) {
+    for (int offset = 16; offset > 0; offset /= 2) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    return value;
+}
+
 /* 16 bytes from global memory that no kernel of the launch writes, the miss fetching the whole
  * 128-byte line into L2 (.L2::128B): for reads that sweep every byte of a run of lines in 16-byte
  * pieces split over several instructions or warps (a q4_k block is 144 bytes, so half its lane

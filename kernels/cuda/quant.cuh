@@ -209,9 +209,7 @@ __device__ __forceinline__ void quantize_q8_1_blocks(const float (&value)[K], in
     float amax[K];
 #pragma unroll
     for (int k = 0; k < K; k++) {
-        amax[k] = fabsf(value[k]);
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) amax[k] = fmaxf(amax[k], __shfl_xor_sync(0xffffffffu, amax[k], offset));
+        amax[k] = max_over_warp(fabsf(value[k]));
         if (lane == 0) warp_max[k][warp] = amax[k];
     }
     named_barrier_sync(1 + group, 256);
