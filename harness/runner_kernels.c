@@ -8,7 +8,8 @@
  *
  * Parameters: op (copy, gemm_f16, gemm_bf16, gemv, gemm, flash, decode_attention, rmsnorm,
  * rope, copy_kernel), type (gemv, gemm), rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal,
- * exact (flash: 1 times the float32 reference kernel instead of the tensor-core one),
+ * exact (flash: 1 times the float32 reference kernel instead of the tensor-core one), whole
+ * (decode_attention: 1 times the kernel without key splits instead of the split path),
  * device (cuda only).
  */
 #include <stdio.h>
@@ -126,17 +127,17 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     if (!tm_type_from_name(type_name, &type))
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: type '%s' is not a weight type", c->name, type_name);
     spec.type = (int)type;
-    long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal, exact;
+    long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal, exact, whole;
     long long default_rows = spec.op == TM_BENCH_COPY || spec.op == TM_BENCH_COPY_KERNEL ? (1ll << 30) : spec.op <= TM_BENCH_GEMM_BF16 ? 8192 : 4096;
     if (!int_param(c, "rows", default_rows, &rows, error) || !int_param(c, "cols", 4096, &cols, error) ||
         !int_param(c, "tokens", 1, &tokens, error) || !int_param(c, "head_dim", 128, &head_dim, error) ||
         !int_param(c, "heads", 32, &heads, error) || !int_param(c, "kv_heads", heads, &kv_heads, error) ||
         !int_param(c, "context", 4096, &context, error) || !int_param(c, "batch", 1, &batch, error) ||
-        !int_param(c, "causal", 1, &causal, error) || !int_param(c, "exact", 0, &exact, error))
+        !int_param(c, "causal", 1, &causal, error) || !int_param(c, "exact", 0, &exact, error) || !int_param(c, "whole", 0, &whole, error))
         return TM_ERR_INVALID_ARG;
     spec.rows = rows, spec.cols = cols, spec.tokens = (int)tokens, spec.head_dim = (int)head_dim, spec.heads = (int)heads;
     spec.kv_heads = (int)kv_heads, spec.context = (int)context, spec.batch = (int)batch, spec.causal = (int)causal;
-    spec.exact = (int)exact;
+    spec.exact = (int)exact, spec.whole = (int)whole;
     char message[256];
     if (tm_cuda_bench_create(&spec, &s->bench, message, sizeof message))
         return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: %s", c->name, message);

@@ -164,6 +164,10 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
         const bool flash = s->op == TM_BENCH_FLASH;
         if (flash && s->exact && !s->causal)
             return tm_cuda_bench_free(b), fail(message, capacity, "the float32 flash kernel (exact: 1) runs causal only (causal: 1)");
+        if (!flash && s->whole && !tm_cuda_decode_attention_whole_supported(s->heads, s->kv_heads, s->head_dim, 0))
+            return tm_cuda_bench_free(b), fail(message, capacity,
+                                               "decode attention without splits (whole: 1) takes head dims 64 and 128 and groups up to 8 "
+                                               "(got %d heads, %d kv heads, head_dim %d)", s->heads, s->kv_heads, s->head_dim);
         const int sequences = flash ? 1 : s->batch, length = flash ? s->tokens : s->context;
         const int queries = flash ? s->tokens : s->batch;
         if (s->heads < 1 || s->kv_heads < 1 || s->heads % s->kv_heads || sequences < 1 || length < 1)
@@ -293,6 +297,9 @@ static int launch(tm_cuda_bench *b) {
         if (s->op == TM_BENCH_FLASH)
             return tm_cuda_flash_attention((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
                                            (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles, st);
+        if (s->whole)
+            return tm_cuda_decode_attention_whole((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, buf[0],
+                                                  0, 4096, (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, NULL, st);
         return tm_cuda_paged_attention((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
                                        (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, b->n_splits, b->keys_per_split,
                                        (float *)buf[6], NULL, st);

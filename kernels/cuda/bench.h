@@ -31,6 +31,7 @@ typedef struct tm_cuda_bench_spec {
     int64_t rows, cols;
     int tokens, head_dim, heads, kv_heads, context, batch, causal;
     int exact;                  /* flash: the float32 kernel (causal only) instead of the tensor-core one */
+    int whole;                  /* decode_attention: the kernel without splits (tm_cuda_decode_attention_whole) */
 } tm_cuda_bench_spec;
 
 typedef struct tm_cuda_bench tm_cuda_bench;

@@ -75,8 +75,52 @@ static void test_broken(void) {
     CHECK(files >= 10, "%d broken suites checked", files);
 }
 
+/* The kernels kind's switches are parameters the loader accepts (exact: the float32 flash kernel;
+ * whole: decode attention without splits). */
+static void test_kernels_flags(void) {
+    tm_suite *s = NULL;
+    tm_error_t error = {0};
+    CHECK(!tm_suite_load("valid/kernels-flags.yaml", &s, &error), "%s", error.message);
+    if (!s) return;
+    tm_suite_case *cases;
+    int n = 0;
+    CHECK(!tm_suite_expand(s, &cases, &n, &error) && n == 2, "two cases: %s", error.message);
+    if (n == 2) {
+        CHECK(!strcmp(tm_case_param(&cases[0], "exact", ""), "0") && !strcmp(tm_case_param(&cases[1], "whole", ""), "1"),
+              "exact and whole reach the cases");
+        tm_suite_cases_free(cases, n);
+    }
+    tm_suite_free(s);
+}
+
+/* Every suite the repository ships (the .yaml files of suites/) loads and expands to at least one case. */
+static void test_repository_suites(void) {
+    DIR *dir = opendir("../../suites");
+    CHECK(dir != NULL, "suites/ exists");
+    if (!dir) return;
+    int files = 0;
+    for (struct dirent *entry; (entry = readdir(dir));) {
+        size_t length = strlen(entry->d_name);
+        if (length < 6 || strcmp(entry->d_name + length - 5, ".yaml")) continue;
+        char path[512];
+        snprintf(path, sizeof path, "../../suites/%s", entry->d_name);
+        tm_suite *s = NULL;
+        tm_error_t error = {0};
+        tm_suite_case *cases = NULL;
+        int n = 0;
+        CHECK(!tm_suite_load(path, &s, &error) && !tm_suite_expand(s, &cases, &n, &error) && n >= 1, "%s: %s", path, error.message);
+        if (cases) tm_suite_cases_free(cases, n);
+        tm_suite_free(s);
+        files++;
+    }
+    closedir(dir);
+    CHECK(files >= 10, "%d repository suites checked", files);
+}
+
 int main(void) {
     test_valid();
     test_broken();
+    test_kernels_flags();
+    test_repository_suites();
     return check_report("test_suite");
 }
