@@ -116,6 +116,16 @@ static void check_flash(const layout_case *lc, flash_variant variant, tm_kv_cach
     free(positions), free(tiles), free(query_offsets), free(pq), free(p_expected), free(p_got);
 }
 
+/* Whether the q8_1 copy at d_q8 equals, byte for byte, tm_cuda_quantize_q8_1 of the n_rows rows of
+ * the n_values floats at d_out (made into d_q8_reference; q8 and q8_reference: host room for both). */
+static bool q8_matches_quantizer(const float *d_out, int n_rows, int64_t n_values, const void *d_q8, void *d_q8_reference, uint8_t *q8,
+                                 uint8_t *q8_reference, size_t q8_bytes) {
+    if (tm_cuda_quantize_q8_1(d_out, n_rows, n_values / n_rows, d_q8_reference, NULL) != 0 || cudaDeviceSynchronize() != cudaSuccess)
+        return false;
+    cudaMemcpy(q8, d_q8, q8_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(q8_reference, d_q8_reference, q8_bytes, cudaMemcpyDeviceToHost);
+    return !memcmp(q8, q8_reference, q8_bytes);
+}
+
 static void run_case(const layout_case *lc, tm_rng_t *rng) {
     const int lengths[3] = {1, 37, 900}, n_seq = 3, layer = 1;
     const int n_head = lc->n_head_kv * lc->group;
@@ -204,15 +214,9 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
               "launch");
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
         cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
-        if (whole_q8_blocks) {
-            /* the q8_1 copy written alongside (by the combine, or after one split) is the quantizer's own */
-            CHECK(tm_cuda_quantize_q8_1(d_out, n_seq, (int64_t)q_floats / n_seq, d_q8_reference, NULL) == 0 &&
-                      cudaDeviceSynchronize() == cudaSuccess,
-                  "quantize");
-            cudaMemcpy(q8, d_q8, q8_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(q8_reference, d_q8_reference, q8_bytes, cudaMemcpyDeviceToHost);
-            CHECK(!memcmp(q8, q8_reference, q8_bytes), "decode, %d splits, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",
-                  split_cases[c][0], lc->head_dim);
-        }
+        if (whole_q8_blocks) /* the q8_1 copy written alongside (by the combine, or after one split) */
+            CHECK(q8_matches_quantizer(d_out, n_seq, q_floats, d_q8, d_q8_reference, q8, q8_reference, q8_bytes),
+                  "decode, %d splits, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out", split_cases[c][0], lc->head_dim);
         double worst;
         int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
         CHECK(bad == 0, "decode, %d splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
@@ -234,14 +238,9 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
         CHECK(bad == 0, "decode without splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
               n_head_kv, lc->group, head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
-        if (whole_q8_blocks) {
-            CHECK(tm_cuda_quantize_q8_1(d_out, n_seq, (int64_t)q_floats / n_seq, d_q8_reference, NULL) == 0 &&
-                      cudaDeviceSynchronize() == cudaSuccess,
-                  "quantize");
-            cudaMemcpy(q8, d_q8, q8_bytes, cudaMemcpyDeviceToHost), cudaMemcpy(q8_reference, d_q8_reference, q8_bytes, cudaMemcpyDeviceToHost);
-            CHECK(!memcmp(q8, q8_reference, q8_bytes), "decode without splits, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",
-                  lc->group, head_dim);
-        }
+        if (whole_q8_blocks)
+            CHECK(q8_matches_quantizer(d_out, n_seq, q_floats, d_q8, d_q8_reference, q8, q8_reference, q8_bytes),
+                  "decode without splits, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out", lc->group, head_dim);
     } else {
         CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, d_pool, kv_f32, lc->page_size, d_tables,
                                              d_offsets, d_keys, NULL, NULL) == cudaErrorNotSupported,
