@@ -28,13 +28,13 @@
  *   kernels.
  * - Attention: a batch whose tokens are each alone in their sequence (decode) uses the paged
  *   decode kernel split over keys, or, where every context is short enough that the kernels say it
- *   pays, the decode kernel without splits (a block per kv head, no combine launch); a batch with runs of tokens of one sequence (prefill) uses
- *   flash attention over tiles of those runs: on tensor cores (flash_mma.cu) in fast precision
- *   with an f16 cache, the float32 kernel otherwise.
+ *   pays, the decode kernel without splits (a block per kv head, no combine launch); a batch with
+ *   runs of tokens of one sequence (prefill) uses flash attention over tiles of those runs: on
+ *   tensor cores (flash_mma.cu) in fast precision with an f16 cache, the float32 kernel otherwise.
  * - CUDA graphs: a decode batch of n <= 16 tokens (one per sequence, every one wanting logits)
- *   is captured once per n (and per attention kind, split or not) and replayed; the graph reads everything that changes per step from
- *   the staging buffer and the page mirror, whose addresses are fixed until a buffer grows (which
- *   drops the graphs).
+ *   is captured once per n and attention kind (split or not) and replayed; the graph reads
+ *   everything that changes per step from the staging buffer and the page mirror, whose addresses
+ *   are fixed until a buffer grows (which drops the graphs).
  * - Logits go back to the host, or stay on the device for `sample` (GPU sampling).
  * Guarantees: see backend.h; every CUDA call is checked and a failure becomes a status whose
  * message names the call, file and line.
