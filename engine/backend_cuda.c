@@ -624,10 +624,10 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     int n_tiles = 0, n_out = 0, most_keys = 0;
     bool prefill = false;
     for (int t = 0; t < T; t++) {
-        most_keys = TM_MAX(most_keys, batch->positions[t] + 1);
         in->tokens[t] = batch->tokens[t];
         in->positions[t] = batch->positions[t];
         in->n_keys[t] = batch->positions[t] + 1;
+        most_keys = TM_MAX(most_keys, in->n_keys[t]);
         in->page_offsets[t] = (int64_t)batch->seq[t] * c->n_layer * b->max_pages;
         if (batch->want_logits[t]) in->logit_rows[n_out++] = t;
         bool extends = n_tiles && batch->seq[t] == batch->seq[t - 1] && in->tiles[2 * n_tiles - 1] < tile_tokens;

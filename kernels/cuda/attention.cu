@@ -450,16 +450,24 @@ static cudaError_t launch_whole(int n_tokens, const float *q, float *out, const 
                                scale, q8);
 }
 
-/* The padded group (1, 4 or 8) and kv heads a block of the whole-context kernel takes for a layout,
- * or 0 where it takes none (f32 cache, head dims other than 64 and 128, groups above 8, kv heads
- * not whole blocks of it). */
-static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_is_f32, int *kv_heads) {
+/* launch_whole for the padded group G (1, 4 or 8). */
+template <int HD>
+static cudaError_t launch_whole_group(int G, int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
+                                      const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8,
+                                      cudaStream_t s) {
+    const auto launch = G == 1 ? launch_whole<HD, 1> : G == 4 ? launch_whole<HD, 4> : launch_whole<HD, 8>;
+    return launch(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+}
+
+/* The padded group (1, 4 or 8) a block of the whole-context kernel takes for a layout, or 0 where
+ * it takes none (f32 cache, head dims other than 64 and 128, groups above 8, kv heads not whole
+ * blocks of it). */
+static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
     if (kv_is_f32 || (head_dim != 64 && head_dim != 128) || n_head_kv < 1 || n_head % n_head_kv) return 0;
     const int group = n_head / n_head_kv;
     if (group > 8) return 0;
     const int G = decode_block_heads(group);
-    *kv_heads = whole_kv_heads(G, head_dim);
-    return n_head_kv % *kv_heads ? 0 : G;
+    return n_head_kv % whole_kv_heads(G, head_dim) ? 0 : G;
 }
 
 /* Where the whole-context kernel beats the split path (H200, decode tokens/s at 129-192 keys,
@@ -468,23 +476,18 @@ static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_is_f32, i
  * larger groups only for several tokens (70B x8 484.2 / 495.8; x1 71.55 / 70.91, 8 blocks of 212
  * registers a thread against the split path's 32-key splits of two query heads a warp). */
 extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
-    int kv_heads;
-    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32, &kv_heads);
-    if (!G) return 0;
-    if (G > 1 && n_tokens < 2) return 0;
-    return 256;
+    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
+    return !G || (G > 1 && n_tokens < 2) ? 0 : 256;
 }
 
 extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
-    int kv_heads;
-    return whole_group(n_head, n_head_kv, head_dim, kv_is_f32, &kv_heads) != 0;
+    return whole_group(n_head, n_head_kv, head_dim, kv_is_f32) != 0;
 }
 
 extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                               const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                                               const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream) {
-    int kv_heads = 0;
-    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32, &kv_heads);
+    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
     if (!G) return cudaErrorNotSupported;
     if (q8 && (int64_t)n_head * head_dim % 256) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
@@ -494,14 +497,8 @@ extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
     const bool in_kernel = q8 && n_head / n_head_kv == G; /* else quantized after, by its own launch */
     const q8_out x = in_kernel ? q8_out_at(q8, n_tokens, n_out / n_tokens) : q8_out_at(NULL, 0, 0);
-    cudaError_t status;
-    if (head_dim == 64) status = G == 1 ? launch_whole<64, 1>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
-                                 : G == 4 ? launch_whole<64, 4>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
-                                          : launch_whole<64, 8>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s);
-    else status = G == 1 ? launch_whole<128, 1>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
-                  : G == 4 ? launch_whole<128, 4>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s)
-                           : launch_whole<128, 8>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s);
-    TM_CUDA_CHECK(status);
+    const auto launch = head_dim == 64 ? launch_whole_group<64> : launch_whole_group<128>;
+    TM_CUDA_CHECK(launch(G, n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s));
     if (q8 && !in_kernel) return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
     return cudaSuccess;
 }
