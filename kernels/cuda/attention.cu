@@ -390,9 +390,10 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     constexpr int KVH = whole_kv_heads(G, HD), WPH = W / KVH, VALUES = KVH * G * HD, THREADS = 32 * W;
     static_assert(W % KVH == 0 && (VALUES % THREADS == 0 || THREADS % VALUES == 0), "whole-context decode shape");
     constexpr int PER_THREAD = VALUES >= THREADS ? VALUES / THREADS : 1;
-    const int group = n_head / a.n_head_kv, heads = min(G, group);
-    const int blocks_a_token = a.n_head_kv / KVH;
-    const int token = blockIdx.x / blocks_a_token, first_kv_head = blockIdx.x % blocks_a_token * KVH;
+    const int group = n_head / a.n_head_kv, heads = min(G, group), batches = group > G ? group / G : 1;
+    const int blocks_a_token = a.n_head_kv / KVH * batches;
+    const int token = blockIdx.x / blocks_a_token, unit = blockIdx.x % blocks_a_token;
+    const int first_kv_head = unit / batches * KVH, head0 = unit % batches * G; /* the block's first query head in its group */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mine = warp / WPH, rank = warp % WPH;
     const int kv_head = first_kv_head + mine;
     const int n = n_keys[token];
@@ -411,7 +412,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     __shared__ __align__(16) float query[KVH][G][HD];
     for (int i = threadIdx.x; i < KVH * G * HD; i += THREADS) {
         const int k = i / (G * HD), g = i / HD % G;
-        query[k][g][i % HD] = g < heads ? q[((int64_t)token * n_head + (first_kv_head + k) * group + g) * HD + i % HD] * scale : 0.0f;
+        query[k][g][i % HD] = g < heads ? q[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + i % HD] * scale : 0.0f;
     }
     __syncthreads();
 
@@ -428,13 +429,13 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         float sum = 0;
         if (i < VALUES) {
             sum = merged_value(merge, k, g, d) / merge.total[k][g];
-            if (g < heads) out[((int64_t)token * n_head + (first_kv_head + k) * group + g) * HD + d] = sum;
+            if (g < heads) out[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + d] = sum;
         }
         value[v] = sum;
     }
-    if (q8.qs && group == G && (VALUES >= THREADS || threadIdx.x < VALUES)) /* whole 8-warp runs of values */
-        quantize_q8_1_blocks<PER_THREAD>(value, (int64_t)token * n_head * HD + (int64_t)first_kv_head * G * HD + threadIdx.x, THREADS,
-                                         INT64_MAX, q8);
+    if (q8.qs && group % G == 0 && (VALUES >= THREADS || threadIdx.x < VALUES)) /* whole 8-warp runs of values */
+        quantize_q8_1_blocks<PER_THREAD>(value, ((int64_t)token * n_head + (int64_t)first_kv_head * group + head0) * HD + threadIdx.x,
+                                         THREADS, INT64_MAX, q8);
 }
 
 /* decode_whole_kernel for a padded group of G: 16 warps a block for groups of 1 (two or four kv
@@ -445,7 +446,8 @@ template <int HD, int G>
 static cudaError_t launch_whole(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                 const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 ? 16 : 8;
-    const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH)));
+    const int group = n_head / a.n_head_kv, batches = group > G ? group / G : 1;
+    const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * batches));
     return tm_launch_dependent(decode_whole_kernel<HD, G, W>, grid, dim3(32 * W), 0, s, q, out, a, pages, page_offsets, n_keys, n_head,
                                scale, q8);
 }
@@ -455,7 +457,7 @@ template <int HD>
 static cudaError_t launch_whole_group(int G, int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                       const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8,
                                       cudaStream_t s) {
-    const auto launch = G == 1 ? launch_whole<HD, 1> : G == 4 ? launch_whole<HD, 4> : launch_whole<HD, 8>;
+    const auto launch = G == 1 ? launch_whole<HD, 1> : G == 2 ? launch_whole<HD, 2> : G == 4 ? launch_whole<HD, 4> : launch_whole<HD, 8>;
     return launch(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
 
@@ -487,15 +489,18 @@ extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_k
 extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                               const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                                               const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream) {
-    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
+    int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
     if (!G) return cudaErrorNotSupported;
     if (q8 && (int64_t)n_head * head_dim % 256) return cudaErrorInvalidValue;
+    /* measuring: TM_ATTENTION_WHOLE_HEADS=2 or 4 splits a padded group above it into blocks of that many heads */
+    static const int block_heads = tm_env_int("TM_ATTENTION_WHOLE_HEADS", 0);
+    if ((block_heads == 2 || block_heads == 4) && block_heads < G && n_head / n_head_kv == G && block_heads * head_dim >= 256) G = block_heads;
     if (n_tokens == 0) return cudaSuccess;
     const kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
     const float scale = 1.0f / sqrtf((float)head_dim);
     cudaStream_t s = (cudaStream_t)stream;
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
-    const bool in_kernel = q8 && n_head / n_head_kv == G; /* else quantized after, by its own launch */
+    const bool in_kernel = q8 && n_head / n_head_kv % G == 0; /* else quantized after, by its own launch */
     const q8_out x = in_kernel ? q8_out_at(q8, n_tokens, n_out / n_tokens) : q8_out_at(NULL, 0, 0);
     const auto launch = head_dim == 64 ? launch_whole_group<64> : launch_whole_group<128>;
     TM_CUDA_CHECK(launch(G, n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s));
