@@ -9,8 +9,9 @@
  * one block per (token, query head, split), its warps sharing the keys. Both keep an online
  * softmax per warp, merge the warps that shared keys in the block and the splits in
  * combine_kernel (flash-decoding). For steps whose every context is short, decode_whole_kernel
- * takes no splits: a block per kv head (two or four for a group of 1), 8 or 16 warps sharing the
- * keys, merged in the block, q8_1 written there; no partials, no combine launch.
+ * takes no splits: a block per kv head (two or four for a group of 1; at one token, one per two
+ * query heads of a group of 4 or 8), 8 or 16 warps sharing the keys, merged in the block, q8_1
+ * written there; no partials, no combine launch.
  * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
@@ -368,16 +369,17 @@ static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const 
     }
 }
 
-/* ---- decode without splits: a block per (token, kv head), its warps sharing the keys ---------- */
+/* ---- decode without splits: a block per (token, kv head[, heads]), its warps sharing the keys -- */
 
 /* Kv heads a block of the whole-context kernel takes: enough that its outputs (kv heads x G x HD)
  * fill whole 256-value q8_1 blocks, which it then writes itself. */
 __host__ __device__ constexpr int whole_kv_heads(int G, int HD) { return G * HD >= 256 ? 1 : 256 / (G * HD); }
 
-/* One block per (token, KVH kv heads), W warps, W / KVH of them a kv head: warp j of a kv head takes
- * its chunks j, j + W / KVH, ... of all the token's keys for every query head of the group (G, the
- * group padded to 1, 4 or 8), the warps of a kv head merge in the block, and the normalized result
- * goes to out, and, with q8 (the group exactly G: the block's values are consecutive outputs), to
+/* One block per (token, KVH kv heads, batch of G query heads of the group), W warps, W / KVH of them
+ * a kv head: warp j of a kv head takes its chunks j, j + W / KVH, ... of all the token's keys for
+ * the block's G query heads (the group padded to 1, 4 or 8, or, at one token, 2 of a group of 4 or
+ * 8: whole_block_heads), the warps of a kv head merge in the block, and the normalized result goes
+ * to out, and, with q8 (the group a multiple of G: the block's values are consecutive outputs), to
  * q8 as tm_cuda_quantize_q8_1 writes it: no split partials, no combine launch. Any context is
  * exact; it pays where a token's keys are a chunk or two a warp (the graph of a short-context
  * step), where the splits' partial writes and the combine's dependent launch cost more than the
@@ -472,14 +474,28 @@ static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
     return n_head_kv % whole_kv_heads(G, head_dim) ? 0 : G;
 }
 
+/* Query heads a block of the whole-context kernel takes, for a padded group of G: G, but at one
+ * token blocks of 2 where the group is exactly 4 or 8 and 2 heads fill a q8_1 block (head dim 128):
+ * there a token has only its kv heads' blocks, and a warp taking all 8 heads is the longer chain
+ * (H200, tokens/s, split path / blocks of the group / of 4 / of 2: 70B x1 72.49 / 71.83 / 73.26 /
+ * 73.51, 8B x1 192.5 / 192.4 / - / 194.2); from 2 tokens the group's blocks are the faster (70B x8
+ * 500.2 / 499.5 / 497.4 for 8 / 4 / 2 heads; 8B x8 1575 / - / 1564). */
+static int whole_block_heads(int n_tokens, int n_head, int n_head_kv, int head_dim, int G) {
+    return n_tokens == 1 && G >= 4 && n_head / n_head_kv == G && head_dim == 128 ? 2 : G;
+}
+
 /* Where the whole-context kernel beats the split path (H200, decode tokens/s at 129-192 keys,
  * split / whole): groups of 1 up to 256 keys (one 32-key chunk for each of a kv head's 8 warps;
- * 7B x1 518.6 / 530.9, x8 2581 / 2823; at 513-576 keys, 7B 512 x4 with 4 warps a head, 1431 / 1050);
- * larger groups only for several tokens (70B x8 484.2 / 495.8; x1 71.55 / 70.91, 8 blocks of 212
- * registers a thread against the split path's 32-key splits of two query heads a warp). */
+ * 7B x1 518.6 / 530.9, x8 2581 / 2823; at 513-576 keys, 7B 512 x4 with 4 warps a head, 1431 / 1050
+ * and 1429 / 1334 at 16 warps; at 2080 keys, 7B 2048 x8, 1282 / 1140); larger groups up to 256 keys
+ * for several tokens (70B x8 484.2 / 495.8) and at one token in blocks of 2 heads (whole_block_heads);
+ * at one token in blocks of the whole group they lose (70B x1 71.55 / 70.91: 8 blocks of 212
+ * registers a thread against the split path's 32-key splits of two heads a warp), so the layouts
+ * that cannot take blocks of 2 (head dim 64, groups padded to 4 or 8) keep the split path there. */
 extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
     const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
-    return !G || (G > 1 && n_tokens < 2) ? 0 : 256;
+    const bool one_token_whole_group = n_tokens < 2 && G > 1 && whole_block_heads(n_tokens, n_head, n_head_kv, head_dim, G) == G;
+    return !G || one_token_whole_group ? 0 : 256;
 }
 
 extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
@@ -489,12 +505,10 @@ extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_k
 extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                               const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
                                               const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream) {
-    int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
-    if (!G) return cudaErrorNotSupported;
+    const int group_padded = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
+    if (!group_padded) return cudaErrorNotSupported;
     if (q8 && (int64_t)n_head * head_dim % 256) return cudaErrorInvalidValue;
-    /* measuring: TM_ATTENTION_WHOLE_HEADS=2 or 4 splits a padded group above it into blocks of that many heads */
-    static const int block_heads = tm_env_int("TM_ATTENTION_WHOLE_HEADS", 0);
-    if ((block_heads == 2 || block_heads == 4) && block_heads < G && n_head / n_head_kv == G && block_heads * head_dim >= 256) G = block_heads;
+    const int G = whole_block_heads(n_tokens, n_head, n_head_kv, head_dim, group_padded);
     if (n_tokens == 0) return cudaSuccess;
     const kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
     const float scale = 1.0f / sqrtf((float)head_dim);

@@ -138,7 +138,8 @@ int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head
 
 /* Decode attention as tm_cuda_paged_attention, without key splits: one block per token and kv head
  * (two or four kv heads where a group of 1 leaves a head's outputs short of a 256-value q8_1
- * block), its 8 or 16 warps taking the token's keys 32 at a time in turn and merging in the block; so no
+ * block; at one token, a block per two query heads of a group of 4 or 8 at head dim 128), its 8
+ * or 16 warps taking the token's keys 32 at a time in turn and merging in the block; so no
  * partials and no combine launch, and q8 (optional, as in tm_cuda_paged_attention) is written by
  * the same kernel where the group is 1, 4 or 8 (else by a quantize launch after it). Exact at any
  * context; meant for steps whose every context is short (a chunk or two a warp). f16 cache, head

@@ -241,6 +241,28 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         if (whole_q8_blocks)
             CHECK(q8_matches_quantizer(d_out, n_seq, q_floats, d_q8, d_q8_reference, q8, q8_reference, q8_bytes),
                   "decode without splits, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out", lc->group, head_dim);
+        /* one token a launch, each stream in turn: the form of a one-token step (groups of 4 and 8 at
+         * head dim 128 in blocks of two query heads) */
+        const int64_t token_floats = (int64_t)n_head * head_dim;
+        const size_t token_q8_bytes = (size_t)tm_cuda_q8_1_bytes(token_floats);
+        for (int s = 0; s < n_seq; s++) {
+            float *d_out_s = (float *)d_out + s * token_floats;
+            cudaMemset(d_out, 0xff, q_floats * 4);
+            cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
+            CHECK(tm_cuda_decode_attention_whole((const float *)d_q + s * token_floats, d_out_s, 1, n_head, n_head_kv, head_dim, d_pool,
+                                                 kv_f32, lc->page_size, d_tables, (const int64_t *)d_offsets + s,
+                                                 (const int32_t *)d_keys + s, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
+                      cudaDeviceSynchronize() == cudaSuccess,
+                  "decode without splits, one token: launch");
+            cudaMemcpy(got, d_out_s, token_floats * 4, cudaMemcpyDeviceToHost);
+            bad = count_differences(got, expected + s * token_floats, token_floats, 2e-5, &worst);
+            CHECK(bad == 0, "decode without splits, one token of %d keys: kv heads %d x group %d, head_dim %d: %d of %lld values differ (worst %.3g)",
+                  lengths[s], n_head_kv, lc->group, head_dim, bad, (long long)token_floats, worst);
+            if (whole_q8_blocks)
+                CHECK(q8_matches_quantizer(d_out_s, 1, token_floats, d_q8, d_q8_reference, q8, q8_reference, token_q8_bytes),
+                      "decode without splits, one token, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",
+                      lc->group, head_dim);
+        }
     } else {
         CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, d_pool, kv_f32, lc->page_size, d_tables,
                                              d_offsets, d_keys, NULL, NULL) == cudaErrorNotSupported,
