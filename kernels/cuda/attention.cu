@@ -17,6 +17,8 @@
  * Keys and values are read through the stream's page table with the same addressing as
  * engine/kv_cache.c, so nothing assumes contiguous KV. float32 math; f16 or f32 cache.
  */
+#include <limits.h>
+
 #include "kernels.h"
 #include "common.cuh"
 #include "kv_address.cuh"
@@ -484,6 +486,18 @@ static int whole_block_heads(int n_tokens, int n_head, int n_head_kv, int head_d
     return n_tokens == 1 && G >= 4 && n_head / n_head_kv == G && head_dim == 128 ? 2 : G;
 }
 
+/* Whether a step of n_tokens tokens gives the whole-context kernel of a group of 1 (16 warps a
+ * block, one block an SM) at least TM_ATTENTION_WHOLE_WAVE percent (75 unless set: a measuring aid;
+ * above 100, never) of a wave of resident blocks: then it is the faster at any context (H200, 7B
+ * 2048 x8 in the engine's profile: 7-token steps 84.99 us a launch against the split path's 95.72 +
+ * the combine; 1-token steps 68.20 against 19.28). */
+template <int HD> static bool whole_fills_wave(int n_tokens, int n_head_kv) {
+    static const int percent = tm_env_int("TM_ATTENTION_WHOLE_WAVE", 75);
+    int resident = 0;
+    if (tm_resident_blocks((const void *)decode_whole_kernel<HD, 1, 16>, 32 * 16, 0, &resident) != cudaSuccess) return false;
+    return (int64_t)n_tokens * (n_head_kv / whole_kv_heads(1, HD)) * 100 >= (int64_t)resident * percent;
+}
+
 /* Where the whole-context kernel beats the split path (H200, decode tokens/s at 129-192 keys,
  * split / whole): groups of 1 up to 256 keys (one 32-key chunk for each of a kv head's 8 warps;
  * 7B x1 518.6 / 530.9, x8 2581 / 2823; at 513-576 keys, 7B 512 x4 with 4 warps a head, 1431 / 1050
@@ -495,7 +509,9 @@ static int whole_block_heads(int n_tokens, int n_head, int n_head_kv, int head_d
 extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
     const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
     const bool one_token_whole_group = n_tokens < 2 && G > 1 && whole_block_heads(n_tokens, n_head, n_head_kv, head_dim, G) == G;
-    return !G || one_token_whole_group ? 0 : 256;
+    if (!G || one_token_whole_group) return 0;
+    if (G == 1 && (head_dim == 64 ? whole_fills_wave<64>(n_tokens, n_head_kv) : whole_fills_wave<128>(n_tokens, n_head_kv))) return INT_MAX;
+    return 256;
 }
 
 extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {

@@ -147,7 +147,8 @@ int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head
  * (nothing launched) otherwise. */
 int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32);
 /* The longest context (keys) up to which a decode step of n_tokens tokens is faster through
- * tm_cuda_decode_attention_whole than through the split path (measured on the H200); 0: never. */
+ * tm_cuda_decode_attention_whole than through the split path (measured on the H200); 0: never,
+ * INT_MAX: any (a group of 1 whose step fills most of a wave of the kernel's blocks). */
 int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32);
 int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                    const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
