@@ -488,9 +488,12 @@ static int whole_block_heads(int n_tokens, int n_head, int n_head_kv, int head_d
 
 /* Whether a step of n_tokens tokens gives the whole-context kernel of a group of 1 (16 warps a
  * block, one block an SM) at least TM_ATTENTION_WHOLE_WAVE percent (75 unless set: a measuring aid;
- * above 100, never) of a wave of resident blocks: then it is the faster at any context (H200, 7B
- * 2048 x8 in the engine's profile: 7-token steps 84.99 us a launch against the split path's 95.72 +
- * the combine; 1-token steps 68.20 against 19.28). */
+ * above 100, never) of a wave of resident blocks: then it is the faster at any context. H200, 7B
+ * layout, one launch (split path with its combine / whole): 2080 keys, 1 token 26.0 / 69.2 us, 4
+ * 63.9 / 75.2, 5 76.6 / 77.6, 6 88.0 / 81.5, 8 111.8 / 92.0; 576 keys, 4 25.2 / 29.8, 6 32.4 / 32.4,
+ * 7 40.6 / 34.1. End to end, 7B 2048 x8 (steps of 1-8 tokens): never 1283 / 1285 tokens/s, 75 %
+ * (7 tokens and up) 1341 / 1341, 40 % (4 and up) 1334 / 1340; 7B 512 x4: never 1429 / 1430, 40 %
+ * 1347 / 1339. */
 template <int HD> static bool whole_fills_wave(int n_tokens, int n_head_kv) {
     static const int percent = tm_env_int("TM_ATTENTION_WHOLE_WAVE", 75);
     int resident = 0;
@@ -501,7 +504,8 @@ template <int HD> static bool whole_fills_wave(int n_tokens, int n_head_kv) {
 /* Where the whole-context kernel beats the split path (H200, decode tokens/s at 129-192 keys,
  * split / whole): groups of 1 up to 256 keys (one 32-key chunk for each of a kv head's 8 warps;
  * 7B x1 518.6 / 530.9, x8 2581 / 2823; at 513-576 keys, 7B 512 x4 with 4 warps a head, 1431 / 1050
- * and 1429 / 1334 at 16 warps; at 2080 keys, 7B 2048 x8, 1282 / 1140); larger groups up to 256 keys
+ * and 1429 / 1334 at 16 warps; at 2080 keys, 7B 2048 x8 at every token count, 1282 / 1140, but see
+ * whole_fills_wave); larger groups up to 256 keys
  * for several tokens (70B x8 484.2 / 495.8) and at one token in blocks of 2 heads (whole_block_heads);
  * at one token in blocks of the whole group they lose (70B x1 71.55 / 70.91: 8 blocks of 212
  * registers a thread against the split path's 32-key splits of two heads a warp), so the layouts
