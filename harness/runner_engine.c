@@ -6,6 +6,7 @@
  * throughput metrics per repetition: decode tokens/s over all sequences (engine decode time),
  * prompt tokens/s (engine prefill time), decode step latency p50/p90/p99 (wall time of each
  * step that processed no prompt tokens), and time to first token (median over the requests).
+ * A throughput case whose batch did not all run at once (the KV pool too small for it) fails.
  * memory metrics: weight bytes, KV bytes allocated at the peak and in use, their sum, and the
  * process's resident set (VmRSS) and peak (VmHWM) from /proc.
  * The engine is kept between cases whose engine options are equal (model load is not measured).
@@ -25,6 +26,7 @@ struct tm_runner_state {
     tm_engine_options options;
     tm_engine *engine;
     int batch, prompt_tokens, gen_tokens;
+    const char *name; /* the case being run (for errors) */
     bool memory_kind;
     uint64_t seed;
 };
@@ -131,6 +133,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         }
     }
     s->batch = (int)batch;
+    s->name = c->name;
     s->prompt_tokens = (int)prompt;
     s->gen_tokens = (int)gen;
     s->memory_kind = memory_kind;
@@ -183,7 +186,7 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         params.ignore_eos = true;
         status = tm_engine_submit(s->engine, &params, &ids[r], error);
     }
-    int n_latencies = 0;
+    int n_latencies = 0, most_running = 0;
     uint64_t kv_peak = 0, kv_used_peak = 0;
     while (!status && tm_engine_busy(s->engine)) {
         tm_engine_stats step_before, step_after;
@@ -197,6 +200,18 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
             latencies[n_latencies++] = elapsed * 1e3;
         kv_peak = TM_MAX(kv_peak, step_after.kv_bytes_allocated);
         kv_used_peak = TM_MAX(kv_used_peak, step_after.kv_bytes_used);
+        most_running = TM_MAX(most_running, TM_MAX(step_before.requests_running, step_after.requests_running));
+    }
+    /* a throughput case measures its batch decoding together: if the KV pool could not hold every
+     * sequence at once, later ones waited for earlier ones to finish and the figure is another
+     * workload's */
+    if (!status && !s->memory_kind && most_running < s->batch) {
+        tm_engine_stats stats;
+        tm_engine_get_stats(s->engine, &stats);
+        status = tm_error_set(error, TM_ERR_INVALID_ARG,
+                              "case %s: only %d of its %d sequences ran at once: the KV pool (%lld pages of %llu bytes) cannot hold "
+                              "them all; raise kv_bytes (or lower ctx)",
+                              s->name, most_running, s->batch, (long long)stats.kv_pages_total, (unsigned long long)stats.kv_page_size);
     }
     tm_engine_get_stats(s->engine, &after);
     double ttft[1024];

@@ -214,6 +214,22 @@ def test_model_axis_runs_each_model(tmbench, tmp_path):
     assert rows == [("synthetic:tiny:q4_k_m", "complete"), ("synthetic:tiny:q8_0", "complete")]
 
 
+def test_throughput_case_whose_batch_does_not_fit_fails_clearly(tmbench, tmp_path):
+    """A throughput case measures its batch decoding together: with a KV budget of one sequence
+    (8 pages of 4 KiB: the tiny model's 4 layers x 2 pages) the second waits for the first, and
+    the case fails naming the budget instead of storing another workload's figure; with room for
+    both it completes."""
+    for kv_bytes, expected in ((32768, "failed"), (16777216, "complete")):
+        suite = tiny_suite(tmp_path / f"fit{kv_bytes}.yaml", "fit", extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
+        db = tmp_path / f"fit{kv_bytes}.db"
+        result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
+        with sqlite3.connect(db) as connection:
+            assert connection.execute("SELECT status FROM cases").fetchall() == [(expected,)], result.stdout + result.stderr
+        if expected == "failed":
+            assert "only 1 of its 2 sequences ran at once" in result.stdout + result.stderr
+            assert "raise kv_bytes" in result.stdout + result.stderr
+
+
 def test_run_records_the_build_commit_not_the_cwd(tmbench, tmp_path):
     """The run's git columns are the source's state when tmbench was built, even when the run
     starts outside any checkout (as on a machine the binaries were carried to)."""
