@@ -143,6 +143,34 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
     return rows;
 }
 
+/* Decode at each longer prompt against the shortest prompt measured with the same model and batch
+ * (the speed issue bounds 2048 x8 against 128 x8 at 15 %): nothing when no pair was measured. */
+static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
+    sqlite3_stmt *s;
+    const char *sql =
+        "WITH d AS (SELECT c.id, coalesce(c.model, '-') AS model, json_extract(c.params, '$.batch') AS batch, "
+        "json_extract(c.params, '$.prompt_tokens') AS prompt, m.median AS rate FROM cases c JOIN metrics m ON m.case_id = c.id "
+        "AND m.metric = 'decode_tokens_per_s' WHERE c.run_id = ? AND c.kind = 'throughput' AND c.status = 'complete' AND "
+        "json_extract(c.params, '$.batch') IS NOT NULL AND json_extract(c.params, '$.prompt_tokens') IS NOT NULL), "
+        "shortest AS (SELECT model, batch, min(prompt) AS prompt FROM d GROUP BY model, batch) "
+        "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate FROM d l JOIN shortest k ON k.model = l.model AND "
+        "k.batch = l.batch JOIN d s ON s.model = k.model AND s.batch = k.batch AND s.prompt = k.prompt "
+        "WHERE l.prompt > k.prompt ORDER BY l.model, l.batch, l.prompt";
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) return;
+    sqlite3_bind_int64(s, 1, run);
+    int rows = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (rows++ == 0)
+            fprintf(md, "\nDecode at a longer prompt against the shortest of the same model and batch:\n\n"
+                        "| model | batch | prompt | decode tokens/s | shortest prompt | decode tokens/s | change |\n"
+                        "|---|---|---|---|---|---|---|\n");
+        const double rate = sqlite3_column_double(s, 3), base = sqlite3_column_double(s, 5);
+        fprintf(md, "| %s | %lld | %lld | %.4g | %lld | %.4g | %+.1f %% |\n", text_or(s, 0, "-"), sqlite3_column_int64(s, 1),
+                sqlite3_column_int64(s, 2), rate, sqlite3_column_int64(s, 4), base, base > 0 ? 100 * (rate / base - 1) : 0.0);
+    }
+    sqlite3_finalize(s);
+}
+
 static int memory_section(FILE *md, sqlite3 *db, int64_t run) {
     sqlite3_stmt *s;
     const char *sql =
@@ -435,6 +463,7 @@ int tm_command_report(int argc, char **argv) {
         fprintf(md, "\nCharts: not drawn (gnuplot is not installed).\n");
     fprintf(md, "\nDecode tokens/s counts every sequence's tokens; ± is the relative noise (stdev/mean) over the "
                 "repetitions.\n");
+    long_prompt_section(md, db, run);
     top_kernels_section(md, db, run);
     fprintf(md, "\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\n");
     double copy_ceiling = 0, gemm_ceiling = 0;

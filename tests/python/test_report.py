@@ -36,6 +36,7 @@ def fixed_database(path):
          "complete"),
         (7, "kernels", "kernels/head_dim=256,tokens=8192,heads=16,kv_heads=16",
          '{"op": "flash", "causal": 1, "head_dim": 256, "tokens": 8192, "heads": 16, "kv_heads": 16}', "failed"),
+        (8, "throughput", "guide/prompt_tokens=128,batch=4", '{"prompt_tokens": 128, "batch": 4}', "complete"),
     ]
     for case_id, kind, name, params, status in cases:
         connection.execute("INSERT INTO cases (id, run_id, suite, kind, name, params, model, status, started_at) "
@@ -48,6 +49,9 @@ def fixed_database(path):
         2: {"decode_tokens_per_s": (230.5, 0.02, None), "step_latency_p50_ms": (17.3, 0, None),
             "step_latency_p90_ms": (18.0, 0, None), "step_latency_p99_ms": (19.2, 0, None),
             "time_to_first_token_ms": (820.0, 0, None), "prompt_tokens_per_s": (2497.0, 0, None)},
+        8: {"decode_tokens_per_s": (250.0, 0.01, None), "step_latency_p50_ms": (16.0, 0, None),
+            "step_latency_p90_ms": (16.5, 0, None), "step_latency_p99_ms": (17.0, 0, None),
+            "time_to_first_token_ms": (210.0, 0, None), "prompt_tokens_per_s": (2440.0, 0, None)},
         5: {"time_us": (3477.0, 0.004, None), "gb_per_s": (19.3, 0, 2978.0), "tflop_per_s": (316.2, 0, 749.0),
             "pct_of_copy_bandwidth": (0.6, 0, None), "pct_of_gemm_flops": (42.2, 0, None)},
         6: {"time_us": (4.1, 0.02, None), "gb_per_s": (2305.0, 0, 2978.0), "tflop_per_s": (8.2, 0, 749.0),
@@ -107,6 +111,10 @@ def test_report_matches_golden(tmp_path):
         expected = expected[:start] + "ROOFLINE\n\n" + expected[end:]
     assert text == expected
     assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % (85 % of 72) |" in text
+    # decode at a longer prompt against the shortest of the same batch (512 x4 against 128 x4; the failed
+    # 2048 x8 has no row, and batch 1 has one prompt only)
+    assert "| synthetic:llama2-70b:q4_k_m | 4 | 512 | 230.5 | 128 | 250 | -7.8 % |" in text
+    assert "| 2048 |" not in text.split("Decode at a longer prompt")[1].split("###")[0]
     # the profile's kernels by launch shape: per repetition, per launch, share of the 48 us of kernels
     assert "| `mmvq_kernel<12, 1, 1>` | 4096,1,1 | 128,1,1 | 4.0 | 9.00 us | 36.0 us | 75.0 % |" in text
     assert "| `mmvq_kernel<12, 1, 1>` | 1024,1,1 | 128,1,1 | 2.0 | 2.50 us | 5.0 us | 10.4 % |" in text
