@@ -218,10 +218,11 @@ def test_throughput_case_whose_batch_does_not_fit_fails_clearly(tmbench, tmp_pat
     """A throughput case measures its batch decoding together: with a KV budget of one sequence
     (8 pages of 4 KiB: the tiny model's 4 layers x 2 pages) the second waits for the first, and
     the case fails naming the budget instead of storing another workload's figure; with room for
-    both it completes."""
-    for kv_bytes, expected in ((32768, "failed"), (16777216, "complete")):
-        suite = tiny_suite(tmp_path / f"fit{kv_bytes}.yaml", "fit", extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
-        db = tmp_path / f"fit{kv_bytes}.db"
+    both it completes, also when every request ends with its prompt's token (gen_tokens 1)."""
+    for kv_bytes, gen_tokens, expected in ((32768, 2, "failed"), (16777216, 2, "complete"), (16777216, 1, "complete")):
+        suite = tiny_suite(tmp_path / f"fit{kv_bytes}-{gen_tokens}.yaml", "fit", gen_tokens=gen_tokens,
+                           extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
+        db = tmp_path / f"fit{kv_bytes}-{gen_tokens}.db"
         result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
         with sqlite3.connect(db) as connection:
             assert connection.execute("SELECT status FROM cases").fetchall() == [(expected,)], result.stdout + result.stderr
