@@ -6,7 +6,8 @@
  * throughput metrics per repetition: decode tokens/s over all sequences (engine decode time),
  * prompt tokens/s (engine prefill time), decode step latency p50/p90/p99 (wall time of each
  * step that processed no prompt tokens), and time to first token (median over the requests).
- * A throughput case whose batch did not all run at once (the KV pool too small for it) fails.
+ * A throughput case whose batch did not all run at once, or whose pool ran full while it decoded
+ * (preemptions: the KV pool too small for it), fails.
  * memory metrics: weight bytes, KV bytes allocated at the peak and in use, their sum, and the
  * process's resident set (VmRSS) and peak (VmHWM) from /proc.
  * The engine is kept between cases whose engine options are equal (model load is not measured).
@@ -216,12 +217,23 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     }
     tm_engine_get_stats(s->engine, &after);
     double ttft[1024];
-    int n_ttft = 0;
+    int n_ttft = 0, preemptions = 0;
     for (int r = 0; r < s->batch; r++) {
         tm_request_info info;
-        if (!status && tm_engine_request_info(s->engine, ids[r], &info) == TM_OK && n_ttft < 1024)
-            ttft[n_ttft++] = (info.first_token_at - info.submitted_at) * 1e3;
+        if (!status && tm_engine_request_info(s->engine, ids[r], &info) == TM_OK) {
+            if (n_ttft < 1024) ttft[n_ttft++] = (info.first_token_at - info.submitted_at) * 1e3;
+            preemptions += info.preemptions;
+        }
         tm_engine_release(s->engine, ids[r]);
+    }
+    /* nor may the pool run full while they decode: a preempted sequence is recomputed from its prompt */
+    if (!status && !s->memory_kind && preemptions > 0) {
+        tm_engine_stats stats;
+        tm_engine_get_stats(s->engine, &stats);
+        status = tm_error_set(error, TM_ERR_INVALID_ARG,
+                              "case %s: the KV pool (%lld pages of %llu bytes) ran full while its %d sequences decoded: %d "
+                              "preemptions (sequences recomputed from their prompts); raise kv_bytes (or lower ctx)",
+                              s->name, (long long)stats.kv_pages_total, (unsigned long long)stats.kv_page_size, s->batch, preemptions);
     }
     if (!status && s->memory_kind) {
         values[1] = (double)after.weight_bytes;

@@ -191,11 +191,11 @@ def test_run_diff_export_round_trip(tmbench, tmp_path):
 
 
 def tiny_suite(path, name, device="cpu", gen_tokens=2, warmup=0, repetitions=1, timeout=30, model="synthetic:tiny:q4_k_m",
-               extra=""):
+               extra="", prompt_tokens=8):
     """A one-case throughput suite on the tiny synthetic model (model=None: the caller's `extra` gives axes)."""
     path.write_text(
         f"name: {name}\nkind: throughput\n" + (f"model: {model}\n" if model else "") +
-        f"params:\n  device: {device}\n  gen_tokens: {gen_tokens}\n  prompt_tokens: 8\n" +
+        f"params:\n  device: {device}\n  gen_tokens: {gen_tokens}\n  prompt_tokens: {prompt_tokens}\n" +
         ("  threads: 1\n" if device == "cpu" else "") + extra +
         f"warmup: {warmup}\nstop:\n  min_repetitions: {repetitions}\n  min_seconds: 0\n  max_relative_noise: 1\n"
         f"  timeout_seconds: {timeout}\n")
@@ -229,6 +229,21 @@ def test_throughput_case_whose_batch_does_not_fit_fails_clearly(tmbench, tmp_pat
         if expected == "failed":
             assert "only 1 of its 2 sequences ran at once" in result.stdout + result.stderr
             assert "raise kv_bytes" in result.stdout + result.stderr
+
+
+def test_throughput_case_whose_pool_runs_full_while_decoding_fails_clearly(tmbench, tmp_path):
+    """Both 25-token prompts fit the tiny model's 32-page pool (4 pages a layer each), but at 33
+    tokens each needs a fifth: the engine preempts one (recomputed from its prompt later), and the
+    case fails saying so; with a pool for the whole generation it completes."""
+    for kv_bytes, expected in ((131072, "failed"), (16777216, "complete")):
+        suite = tiny_suite(tmp_path / f"full{kv_bytes}.yaml", "full", gen_tokens=16, prompt_tokens=24,
+                           extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
+        db = tmp_path / f"full{kv_bytes}.db"
+        result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
+        with sqlite3.connect(db) as connection:
+            assert connection.execute("SELECT status FROM cases").fetchall() == [(expected,)], result.stdout + result.stderr
+        if expected == "failed":
+            assert "ran full while its 2 sequences decoded: 1 preemptions" in result.stdout + result.stderr
 
 
 def test_run_records_the_build_commit_not_the_cwd(tmbench, tmp_path):
