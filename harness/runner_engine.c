@@ -163,6 +163,24 @@ static void process_memory(double *rss, double *peak) {
     fclose(f);
 }
 
+/* A throughput case measures its batch decoding together. The first step admits every request the KV
+ * pool holds (the engine's FIFO admission): `waiting` requests still queued after it waited for
+ * earlier ones to finish; `preemptions`: the pool ran full while the batch decoded and sequences
+ * were recomputed from their prompts. Either way the figure would be another workload's: the error
+ * says which, and names the pool. */
+static tm_status batch_apart(const tm_runner_state *s, const tm_engine_stats *after, int waiting, int preemptions,
+                             tm_error_t *error) {
+    char reason[192];
+    if (waiting > 0)
+        snprintf(reason, sizeof reason, "only %d of its %d sequences ran at once", s->batch - waiting, s->batch);
+    else
+        snprintf(reason, sizeof reason, "the KV pool ran full while its %d sequences decoded: %d preemptions (sequences recomputed "
+                 "from their prompts)", s->batch, preemptions);
+    return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: %s; a KV pool of %lld pages of %llu bytes is too small for the batch: "
+                        "raise kv_bytes (or lower ctx)", s->name, reason, (long long)after->kv_pages_total,
+                        (unsigned long long)after->kv_page_size);
+}
+
 static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     int vocab = tm_engine_vocab_size(s->engine);
     int32_t *prompt = malloc((size_t)s->prompt_tokens * sizeof *prompt);
@@ -203,18 +221,6 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         kv_used_peak = TM_MAX(kv_used_peak, step_after.kv_bytes_used);
         if (waiting < 0) waiting = step_after.requests_queued;
     }
-    /* a throughput case measures its batch decoding together: the first step admits every request
-     * the KV pool holds (the engine's FIFO admission); any still queued waited for earlier ones to
-     * finish, and the figure would be another workload's */
-    if (!status && !s->memory_kind && waiting > 0) {
-        tm_engine_stats stats;
-        tm_engine_get_stats(s->engine, &stats);
-        status = tm_error_set(error, TM_ERR_INVALID_ARG,
-                              "case %s: only %d of its %d sequences ran at once: the KV pool (%lld pages of %llu bytes) cannot hold "
-                              "them all; raise kv_bytes (or lower ctx)",
-                              s->name, s->batch - waiting, s->batch, (long long)stats.kv_pages_total,
-                              (unsigned long long)stats.kv_page_size);
-    }
     tm_engine_get_stats(s->engine, &after);
     double ttft[1024];
     int n_ttft = 0, preemptions = 0;
@@ -226,15 +232,7 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         }
         tm_engine_release(s->engine, ids[r]);
     }
-    /* nor may the pool run full while they decode: a preempted sequence is recomputed from its prompt */
-    if (!status && !s->memory_kind && preemptions > 0) {
-        tm_engine_stats stats;
-        tm_engine_get_stats(s->engine, &stats);
-        status = tm_error_set(error, TM_ERR_INVALID_ARG,
-                              "case %s: the KV pool (%lld pages of %llu bytes) ran full while its %d sequences decoded: %d "
-                              "preemptions (sequences recomputed from their prompts); raise kv_bytes (or lower ctx)",
-                              s->name, (long long)stats.kv_pages_total, (unsigned long long)stats.kv_page_size, s->batch, preemptions);
-    }
+    if (!status && !s->memory_kind && (waiting > 0 || preemptions > 0)) status = batch_apart(s, &after, waiting, preemptions, error);
     if (!status && s->memory_kind) {
         values[1] = (double)after.weight_bytes;
         values[2] = (double)kv_peak;

@@ -377,6 +377,9 @@ static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const 
  * fill whole 256-value q8_1 blocks, which it then writes itself. */
 __host__ __device__ constexpr int whole_kv_heads(int G, int HD) { return G * HD >= 256 ? 1 : 256 / (G * HD); }
 
+/* Blocks of G query heads a kv head's group of `group` takes (1 where G is the padded group). */
+__host__ __device__ constexpr int whole_head_batches(int group, int G) { return group > G ? group / G : 1; }
+
 /* One block per (token, KVH kv heads, batch of G query heads of the group), W warps, W / KVH of them
  * a kv head: warp j of a kv head takes its chunks j, j + W / KVH, ... of all the token's keys for
  * the block's G query heads (the group padded to 1, 4 or 8, or, at one token, 2 of a group of 4 or
@@ -394,7 +397,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     constexpr int KVH = whole_kv_heads(G, HD), WPH = W / KVH, VALUES = KVH * G * HD, THREADS = 32 * W;
     static_assert(W % KVH == 0 && (VALUES % THREADS == 0 || THREADS % VALUES == 0), "whole-context decode shape");
     constexpr int PER_THREAD = VALUES >= THREADS ? VALUES / THREADS : 1;
-    const int group = n_head / a.n_head_kv, heads = min(G, group), batches = group > G ? group / G : 1;
+    const int group = n_head / a.n_head_kv, heads = min(G, group), batches = whole_head_batches(group, G);
     const int blocks_a_token = a.n_head_kv / KVH * batches;
     const int token = blockIdx.x / blocks_a_token, unit = blockIdx.x % blocks_a_token;
     const int first_kv_head = unit / batches * KVH, head0 = unit % batches * G; /* the block's first query head in its group */
@@ -450,8 +453,7 @@ template <int HD, int G>
 static cudaError_t launch_whole(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                 const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 ? 16 : 8;
-    const int group = n_head / a.n_head_kv, batches = group > G ? group / G : 1;
-    const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * batches));
+    const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * whole_head_batches(n_head / a.n_head_kv, G)));
     return tm_launch_dependent(decode_whole_kernel<HD, G, W>, grid, dim3(32 * W), 0, s, q, out, a, pages, page_offsets, n_keys, n_head,
                                scale, q8);
 }

@@ -214,21 +214,28 @@ def test_model_axis_runs_each_model(tmbench, tmp_path):
     assert rows == [("synthetic:tiny:q4_k_m", "complete"), ("synthetic:tiny:q8_0", "complete")]
 
 
+def run_tiny_batch(tmbench, tmp_path, name, **suite_options):
+    """Run a one-case tiny-model suite; its case's status and tmbench's output."""
+    suite = tiny_suite(tmp_path / f"{name}.yaml", name, **suite_options)
+    db = tmp_path / f"{name}.db"
+    result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
+    with sqlite3.connect(db) as connection:
+        (status,) = connection.execute("SELECT status FROM cases").fetchone()
+    return status, result.stdout + result.stderr
+
+
 def test_throughput_case_whose_batch_does_not_fit_fails_clearly(tmbench, tmp_path):
     """A throughput case measures its batch decoding together: with a KV budget of one sequence
     (8 pages of 4 KiB: the tiny model's 4 layers x 2 pages) the second waits for the first, and
     the case fails naming the budget instead of storing another workload's figure; with room for
     both it completes, also when every request ends with its prompt's token (gen_tokens 1)."""
     for kv_bytes, gen_tokens, expected in ((32768, 2, "failed"), (16777216, 2, "complete"), (16777216, 1, "complete")):
-        suite = tiny_suite(tmp_path / f"fit{kv_bytes}-{gen_tokens}.yaml", "fit", gen_tokens=gen_tokens,
-                           extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
-        db = tmp_path / f"fit{kv_bytes}-{gen_tokens}.db"
-        result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
-        with sqlite3.connect(db) as connection:
-            assert connection.execute("SELECT status FROM cases").fetchall() == [(expected,)], result.stdout + result.stderr
+        status, output = run_tiny_batch(tmbench, tmp_path, f"fit{kv_bytes}-{gen_tokens}", gen_tokens=gen_tokens,
+                                        extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
+        assert status == expected, output
         if expected == "failed":
-            assert "only 1 of its 2 sequences ran at once" in result.stdout + result.stderr
-            assert "raise kv_bytes" in result.stdout + result.stderr
+            assert "only 1 of its 2 sequences ran at once" in output
+            assert "raise kv_bytes" in output
 
 
 def test_throughput_case_whose_pool_runs_full_while_decoding_fails_clearly(tmbench, tmp_path):
@@ -236,14 +243,11 @@ def test_throughput_case_whose_pool_runs_full_while_decoding_fails_clearly(tmben
     tokens each needs a fifth: the engine preempts one (recomputed from its prompt later), and the
     case fails saying so; with a pool for the whole generation it completes."""
     for kv_bytes, expected in ((131072, "failed"), (16777216, "complete")):
-        suite = tiny_suite(tmp_path / f"full{kv_bytes}.yaml", "full", gen_tokens=16, prompt_tokens=24,
-                           extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
-        db = tmp_path / f"full{kv_bytes}.db"
-        result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
-        with sqlite3.connect(db) as connection:
-            assert connection.execute("SELECT status FROM cases").fetchall() == [(expected,)], result.stdout + result.stderr
+        status, output = run_tiny_batch(tmbench, tmp_path, f"full{kv_bytes}", gen_tokens=16, prompt_tokens=24,
+                                        extra=f"  batch: 2\n  kv_bytes: {kv_bytes}\n")
+        assert status == expected, output
         if expected == "failed":
-            assert "ran full while its 2 sequences decoded: 1 preemptions" in result.stdout + result.stderr
+            assert "ran full while its 2 sequences decoded: 1 preemptions" in output
 
 
 def test_run_records_the_build_commit_not_the_cwd(tmbench, tmp_path):
