@@ -1,10 +1,15 @@
 /*
  * kv_cache.c - the paged key/value cache (see kv_cache.h).
  *
- * DESIGN: a free list (a stack of page ids) and, per sequence slot, one page table per layer
- * (a growable array of page ids in stream order). Reserving first counts the pages needed in
- * every layer and checks the free list, then takes them, so failure changes nothing.
- * Cost: reserve/truncate are O(pages moved); tm_kv_key is O(1).
+ * DESIGN: a bitmap of free pages and, per sequence slot, one page table per layer (a growable
+ * array of page ids in stream order). Reserving first counts the pages needed in every layer and
+ * checks the free count, then takes them, so failure changes nothing. Pages are always taken
+ * lowest id first, so the pages in use stay packed at the start of the pool whatever order
+ * earlier sequences freed theirs: a stack of freed pages handed later sequences pages scattered
+ * over the whole pool after a batch had decoded (interleaving its sequences' pages), and the 7B's
+ * decode at 4 x 512 on the H200 ran 8 % slower after such a batch than on a fresh pool.
+ * Cost: reserve/truncate are O(pages moved) plus, for a take, the scan from the lowest word that
+ * may hold a free page; tm_kv_key is O(1).
  */
 #include "kv_cache.h"
 
@@ -30,8 +35,9 @@ struct tm_kv_cache {
     int64_t rows_per_page;      /* > 0 when a row fits in a page */
     int64_t pages_per_row;      /* > 0 when it does not */
     int64_t n_pages;
-    int32_t *free_pages;        /* stack */
+    uint64_t *free_bits;        /* bit p set: page p is free */
     int64_t n_free;
+    int64_t lowest_word;        /* no free page below word lowest_word of free_bits */
     uint8_t *storage;           /* n_pages * page_size host bytes, or NULL */
     int max_sequences;
     sequence_slot *sequences;
@@ -74,17 +80,19 @@ tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequ
     else kv->pages_per_row = (int64_t)((row + layout->page_size - 1) / layout->page_size);
     kv->n_pages = n_pages;
     kv->max_sequences = max_sequences;
-    kv->free_pages = malloc((size_t)n_pages * sizeof *kv->free_pages);
+    const int64_t words = (n_pages + 63) / 64;
+    kv->free_bits = malloc((size_t)words * sizeof *kv->free_bits);
     kv->sequences = calloc((size_t)max_sequences, sizeof *kv->sequences);
     if (host_storage) kv->storage = malloc((size_t)n_pages * layout->page_size);
-    if (!kv->free_pages || !kv->sequences || (host_storage && !kv->storage)) {
+    if (!kv->free_bits || !kv->sequences || (host_storage && !kv->storage)) {
         tm_kv_free(kv);
         return tm_error_set(error, TM_ERR_NO_MEMORY, "kv cache: out of memory for %lld pages of %u bytes",
                             (long long)n_pages, layout->page_size);
     }
-    /* pop order 0, 1, 2, ...: fresh sequences get ascending pages */
-    for (int64_t i = 0; i < n_pages; i++) kv->free_pages[i] = (int32_t)(n_pages - 1 - i);
+    for (int64_t w = 0; w < words; w++) kv->free_bits[w] = ~0ull;
+    if (n_pages % 64) kv->free_bits[words - 1] = (1ull << (n_pages % 64)) - 1; /* no pages past the end */
     kv->n_free = n_pages;
+    kv->lowest_word = 0;
     *out = kv;
     return TM_OK;
 }
@@ -96,9 +104,25 @@ void tm_kv_free(tm_kv_cache *kv) {
         free(kv->sequences[s].layers);
     }
     free(kv->sequences);
-    free(kv->free_pages);
+    free(kv->free_bits);
     free(kv->storage);
     free(kv);
+}
+
+/* The lowest free page, taken (the caller has checked that one is free). */
+static int32_t take_lowest_page(tm_kv_cache *kv) {
+    while (!kv->free_bits[kv->lowest_word]) kv->lowest_word++;
+    uint64_t *word = &kv->free_bits[kv->lowest_word];
+    const int bit = __builtin_ctzll(*word);
+    *word &= *word - 1;
+    kv->n_free--;
+    return (int32_t)(kv->lowest_word * 64 + bit);
+}
+
+static void give_page(tm_kv_cache *kv, int32_t page) {
+    kv->free_bits[page / 64] |= 1ull << (page % 64);
+    kv->n_free++;
+    kv->lowest_word = TM_MIN(kv->lowest_word, (int64_t)(page / 64));
 }
 
 int tm_kv_seq_new(tm_kv_cache *kv) {
@@ -133,7 +157,7 @@ tm_status tm_kv_reserve(tm_kv_cache *kv, int seq, int64_t n_tokens) {
     }
     for (int l = 0; l < kv->layout.n_layer; l++) {
         page_table *table = &slot->layers[l];
-        while (table->n_pages < need) table->pages[table->n_pages++] = kv->free_pages[--kv->n_free];
+        while (table->n_pages < need) table->pages[table->n_pages++] = take_lowest_page(kv);
     }
     slot->n_tokens = n_tokens;
     return TM_OK;
@@ -145,7 +169,7 @@ void tm_kv_truncate(tm_kv_cache *kv, int seq, int64_t n_tokens) {
     int64_t keep = tm_kv_pages_for_tokens(&kv->layout, n_tokens);
     for (int l = 0; l < kv->layout.n_layer; l++) {
         page_table *table = &slot->layers[l];
-        while (table->n_pages > keep) kv->free_pages[kv->n_free++] = table->pages[--table->n_pages];
+        while (table->n_pages > keep) give_page(kv, table->pages[--table->n_pages]);
     }
     slot->unchanged = TM_MIN(slot->unchanged, keep);
     slot->n_tokens = n_tokens;
@@ -218,13 +242,23 @@ bool tm_kv_sanity(const tm_kv_cache *kv, char *message, size_t message_size) {
     uint8_t *owner_count = calloc((size_t)kv->n_pages, 1);
     bool ok = owner_count != NULL;
     if (!ok) snprintf(message, message_size, "out of memory checking the kv cache");
-    int64_t owned = 0;
-    for (int64_t i = 0; ok && i < kv->n_free; i++) {
-        int32_t page = kv->free_pages[i];
-        if (page < 0 || page >= kv->n_pages || owner_count[page]++) {
-            snprintf(message, message_size, "free list entry %lld: page %d out of range or listed twice", (long long)i, page);
-            ok = false;
+    int64_t owned = 0, free_marked = 0;
+    const int64_t words = (kv->n_pages + 63) / 64;
+    for (int64_t w = 0; ok && w < words; w++)
+        for (uint64_t bits = kv->free_bits[w]; ok && bits; bits &= bits - 1) {
+            const int64_t page = w * 64 + __builtin_ctzll(bits);
+            if (page >= kv->n_pages || w < kv->lowest_word) {
+                snprintf(message, message_size, "free page %lld past the pool's %lld pages or below the lowest free word %lld",
+                         (long long)page, (long long)kv->n_pages, (long long)kv->lowest_word);
+                ok = false;
+            } else {
+                owner_count[page]++;
+                free_marked++;
+            }
         }
+    if (ok && free_marked != kv->n_free) {
+        snprintf(message, message_size, "%lld pages marked free, %lld counted", (long long)free_marked, (long long)kv->n_free);
+        ok = false;
     }
     for (int s = 0; ok && s < kv->max_sequences; s++) {
         const sequence_slot *slot = &kv->sequences[s];

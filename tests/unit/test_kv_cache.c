@@ -3,6 +3,10 @@
  *  - 64 sequences of random lengths grown, shrunk and freed in random order (2000 operations)
  *    keep tm_kv_sanity happy after every operation, and freeing everything returns every page;
  *  - reserve on a full pool fails with TM_ERR_NO_MEMORY and changes nothing;
+ *  - pages are taken lowest id first: after two sequences grown a token at a time in turn (their
+ *    pages interleaved) are freed, a new sequence's pages are 0, 1, 2, ... (a stack of freed pages
+ *    would hand back the last-freed sequence's pages, every other id), and one grown again after
+ *    its neighbour freed the low pages takes those first;
  *  - a key/value written through tm_kv_key/value reads back, rows never overlap;
  *  - the forward pass over pages equals the same forward with contiguous KV: a tiny synthetic
  *    model's logits are bit-identical for page sizes that put 1/4 row, 1 row, many rows per page,
@@ -66,6 +70,39 @@ static void test_random_operations(void) {
     tm_kv_get_stats(kv, &stats);
     CHECK(stats.pages_free == stats.pages_total, "all pages back: %lld of %lld", (long long)stats.pages_free,
           (long long)stats.pages_total);
+    CHECK(tm_kv_sanity(kv, message, sizeof message), "%s", message);
+    tm_kv_free(kv);
+}
+
+/* Page ids of (seq, layer 0), each checked against expected[i] (count n). */
+static bool first_layer_pages_are(const tm_kv_cache *kv, int seq, const int32_t *expected, int64_t n) {
+    int64_t n_pages;
+    const int32_t *pages = tm_kv_page_table(kv, seq, 0, &n_pages);
+    if (n_pages != n) return false;
+    for (int64_t i = 0; i < n; i++)
+        if (pages[i] != expected[i]) return false;
+    return true;
+}
+
+static void test_lowest_pages_first(void) {
+    tm_kv_layout layout = {1, 2, 64, TM_KV_F16, 512}; /* row 512 B: a row a page, one layer */
+    tm_kv_cache *kv;
+    tm_error_t error = {0};
+    CHECK(!tm_kv_create(&layout, 64, 3, true, &kv, &error), "%s", error.message);
+    int a = tm_kv_seq_new(kv), b = tm_kv_seq_new(kv);
+    for (int t = 1; t <= 8; t++) CHECK(!tm_kv_reserve(kv, a, t) && !tm_kv_reserve(kv, b, t), "reserve a token each, in turn");
+    const int32_t evens[8] = {0, 2, 4, 6, 8, 10, 12, 14}, ascending[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    CHECK(first_layer_pages_are(kv, a, evens, 8), "interleaved growth: a holds the even pages");
+    tm_kv_seq_free(kv, b);
+    tm_kv_seq_free(kv, a);
+    int c = tm_kv_seq_new(kv);
+    CHECK(!tm_kv_reserve(kv, c, 8) && first_layer_pages_are(kv, c, ascending, 8), "after both freed, a new sequence takes pages 0-7");
+    int d = tm_kv_seq_new(kv);
+    CHECK(!tm_kv_reserve(kv, d, 4), "reserve");
+    tm_kv_truncate(kv, c, 2); /* pages 2-7 free again, below d's 8-11 */
+    const int32_t grown[6] = {8, 9, 10, 11, 2, 3};
+    CHECK(!tm_kv_reserve(kv, d, 6) && first_layer_pages_are(kv, d, grown, 6), "growing takes the lowest free pages (2, 3)");
+    char message[256];
     CHECK(tm_kv_sanity(kv, message, sizeof message), "%s", message);
     tm_kv_free(kv);
 }
@@ -172,6 +209,7 @@ static void test_paged_forward_equals_contiguous(void) {
 
 int main(void) {
     test_random_operations();
+    test_lowest_pages_first();
     test_addresses();
     test_paged_forward_equals_contiguous();
     return check_report("test_kv_cache");
