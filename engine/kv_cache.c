@@ -5,9 +5,11 @@
  * array of page ids in stream order). Reserving first counts the pages needed in every layer and
  * checks the free count, then takes them, so failure changes nothing. Pages are always taken
  * lowest id first, so the pages in use stay packed at the start of the pool whatever order
- * earlier sequences freed theirs: a stack of freed pages handed later sequences pages scattered
- * over the whole pool after a batch had decoded (interleaving its sequences' pages), and the 7B's
- * decode at 4 x 512 on the H200 ran 8 % slower after such a batch than on a fresh pool.
+ * earlier sequences freed theirs (a stack of freed pages hands later sequences the pages of
+ * whichever freed last, spread over the pool once a batch has decoded with its sequences' pages
+ * interleaved). Why: on the H200 the 7B's decode at 4 x 512 ran 8 % slower after a 128 x8 batch
+ * on the same engine than on a fresh pool (1313 against 1430 tokens/s); that the pages' spread is
+ * the cause is not yet measured.
  * Cost: reserve/truncate are O(pages moved) plus, for a take, the scan from the lowest word that
  * may hold a free page; tm_kv_key is O(1).
  */
