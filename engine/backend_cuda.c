@@ -383,11 +383,27 @@ static bool products_together(const cuda_backend *b, const device_weight *const 
     return together;
 }
 
+/* Whether one token's products of several weights with one input go in one launch of the 16-bit
+ * kernel (gemv16.cu): every weight f16, or every one bf16, all of one width. Any precision: the
+ * kernel keeps the activations in float32, as the one-token product of each alone does. */
+static bool sixteen_bit_together(const device_weight *const *w, int n_parts, int n) {
+    bool together = n == 1;
+    for (int i = 0; i < n_parts; i++)
+        together = together && (w[i]->type == TM_TYPE_F16 || w[i]->type == TM_TYPE_BF16) && w[i]->type == w[0]->type && w[i]->cols == w[0]->cols;
+    return together;
+}
+
 /* Products of several weights with one input (Q/K/V, gate/up): one launch when
- * products_together, else one product each. */
+ * products_together (8-bit activations) or sixteen_bit_together, else one product each. */
 static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
                               bool *x_q8, tm_error_t *error) {
-    if (products_together(b, w, n_parts, n)) {
+    if (sixteen_bit_together(w, n_parts, n)) {
+        tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
+        for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
+        int status = tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream);
+        if (status == 0) return TM_OK;
+        if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
+    } else if (products_together(b, w, n_parts, n)) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w[0]->cols, b->q8, b->stream));
         *x_q8 = true;
         tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];

@@ -86,42 +86,13 @@ __global__ void gemv_k_kernel(const uint8_t *weights, int64_t rows, int64_t cols
     if (lane == 0) y[row] = sum;
 }
 
-/* f16 weights, one warp per row: each lane streams 16-byte chunks (8 halves) with two chunks in
- * flight, against float activations (float4 loads, L1-resident), float32 accumulation. */
-__global__ void gemv_f16_kernel(const __half *weights, int64_t rows, int64_t cols, const float *x, float *y) {
-    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    int lane = threadIdx.x % 32;
-    tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
-    if (row >= rows) return;
-    const uint4 *w = reinterpret_cast<const uint4 *>(weights + row * cols);
-    const float4 *x4 = reinterpret_cast<const float4 *>(x);
-    const int64_t chunks = cols / 8;
-    float sum = 0;
-    for (int64_t c = lane; c < chunks; c += 64) {
-        uint4 packed[2];
-        packed[0] = ldg_stream16(w + c);
-        if (c + 32 < chunks) packed[1] = ldg_stream16(w + c + 32);
-#pragma unroll
-        for (int u = 0; u < 2; u++) {
-            int64_t chunk = c + 32 * u;
-            if (chunk >= chunks) break;
-            const __half2 *h = reinterpret_cast<const __half2 *>(&packed[u]);
-            float4 xa = x4[2 * chunk], xb = x4[2 * chunk + 1];
-            float2 w0 = __half22float2(h[0]), w1 = __half22float2(h[1]), w2 = __half22float2(h[2]), w3 = __half22float2(h[3]);
-            sum += w0.x * xa.x + w0.y * xa.y + w1.x * xa.z + w1.y * xa.w + w2.x * xb.x + w2.y * xb.y + w3.x * xb.z + w3.y * xb.w;
-        }
-    }
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
-    if (lane == 0) y[row] = sum;
-}
-
 template <int TYPE>
 static cudaError_t launch(const void *weights, int64_t rows, int64_t cols, const float *x, float *y, cudaStream_t stream) {
     if (cols % traits<TYPE>::block) return cudaErrorInvalidValue;
-    if (TYPE == F16 && cols % 8 == 0 && (uintptr_t)weights % 16 == 0 && (uintptr_t)x % 16 == 0) {
-        TM_LAUNCH_DEPENDENT(gemv_f16_kernel, dim3((unsigned)((rows * 32 + 255) / 256)), dim3(256), 0, stream, (const __half *)weights,
-                            rows, cols, x, y);
-        return cudaSuccess;
+    if (TYPE == F16 || TYPE == BF16) { /* gemv16.cu where it takes the shape */
+        const tm_cuda_gemv_part part = {weights, TYPE, rows, y};
+        const int status = tm_cuda_gemv_16bit_parts(&part, 1, cols, x, stream);
+        if (status != cudaErrorNotSupported) return (cudaError_t)status;
     }
     const int threads = 256; /* 8 rows per block */
     int64_t blocks = (rows * 32 + threads - 1) / threads;

@@ -62,6 +62,12 @@ typedef struct tm_cuda_gemv_part {
     float *y;
 } tm_cuda_gemv_part;
 int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream);
+/* The one-token product of f16 or bf16 weights (float activations, float32 accumulation) for up to
+ * TM_CUDA_GEMV_MAX_PARTS parts sharing x (cols floats) in one launch (gemv16.cu): part i writes
+ * parts[i].y[r]; each part's result equals its own launch bit for bit. cudaErrorNotSupported for
+ * mixed or other types, cols not a multiple of 8, or weights or x not 16-byte aligned (tm_cuda_gemv
+ * then takes its generic kernel). */
+int tm_cuda_gemv_16bit_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, void *stream);
 
 /* The prefill product on tensor cores: y[j][r] = dot(W[r, :], x[j]) for any n_tokens.
  * Activations are rounded to f16 (bf16 for bf16 weights) and accumulated in float32. q4_k, q5_k

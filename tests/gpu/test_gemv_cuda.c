@@ -26,7 +26,9 @@
  * child), and the "dp4a-subblocks" child turns it off (TM_MMQ_INPUTS=0, the layout of the 7B's
  * products and of an RTX 4090), so both layouts meet the same bounds.
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
- * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it).
+ * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
+ * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts); the one-token 16-bit kernel
+ * takes batches of 8 pieces a lane, 16 in the "dp4a" child and 4 in "dp4a-subblocks".
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -91,6 +93,72 @@ static int count_outside(const float *y, const double *w_rows, const float *x, i
             if (error > *worst || error != error) *worst = error;
         }
     return bad;
+}
+
+/* One token's f16 / bf16 products in one launch (tm_cuda_gemv_16bit_parts: Q/K/V-like parts of 517,
+ * 37 and 300 rows of 1032 columns, 129 16-byte pieces a row, so a lane's last batch is partial; and
+ * two parts, gate/up-like, of 64 rows of 8200): each part equals its own tm_cuda_gemv launch bit for
+ * bit and is within 1e-5 of sum |w_i x_i| of the float64 product (float32 accumulation, float
+ * activations); mixed types and widths not a multiple of 8 are declined. */
+static void test_sixteen_bit_parts(tm_rng_t *rng) {
+    const tm_type types[2] = {TM_TYPE_F16, TM_TYPE_BF16};
+    for (int k = 0; k < 2; k++)
+        for (int shape = 0; shape < 2; shape++) {
+            const int n_parts = shape == 0 ? 3 : 2;
+            const int64_t cols = shape == 0 ? 1032 : 8200, part_rows[3] = {shape == 0 ? 517 : 64, shape == 0 ? 37 : 64, 300};
+            const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
+            float *x = malloc((size_t)cols * 4), *w_row = malloc((size_t)cols * 4);
+            for (int64_t i = 0; i < cols; i++) x[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+            void *d_x;
+            CHECK(cudaMalloc(&d_x, (size_t)cols * 4) == cudaSuccess, "cudaMalloc");
+            cudaMemcpy(d_x, x, (size_t)cols * 4, cudaMemcpyHostToDevice);
+            tm_cuda_gemv_part parts[3];
+            float *separate[3], *together[3];
+            double *w_rows[3];
+            for (int p = 0; p < n_parts; p++) {
+                uint64_t row_bytes;
+                tm_type_row_bytes(types[k], (uint64_t)cols, &row_bytes);
+                uint8_t *w = malloc(row_bytes * (uint64_t)part_rows[p]);
+                test_random_blocks(rng, types[k], w, part_rows[p] * cols);
+                w_rows[p] = malloc((size_t)part_rows[p] * cols * sizeof(double));
+                for (int64_t r = 0; r < part_rows[p]; r++) {
+                    traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
+                    for (int64_t i = 0; i < cols; i++) w_rows[p][r * cols + i] = w_row[i];
+                }
+                void *d_w = weights_to_device(types[k], w, part_rows[p], cols);
+                free(w);
+                CHECK(d_w != NULL && cudaMalloc((void **)&separate[p], (size_t)part_rows[p] * 4) == cudaSuccess &&
+                          cudaMalloc((void **)&together[p], (size_t)part_rows[p] * 4) == cudaSuccess,
+                      "part %d upload, cudaMalloc", p);
+                cudaMemset(separate[p], 0xff, (size_t)part_rows[p] * 4), cudaMemset(together[p], 0xff, (size_t)part_rows[p] * 4);
+                CHECK(tm_cuda_gemv((int)types[k], d_w, part_rows[p], cols, d_x, separate[p], NULL) == 0, "part %d alone", p);
+                parts[p] = (tm_cuda_gemv_part){d_w, (int)types[k], part_rows[p], together[p]};
+            }
+            CHECK(tm_cuda_gemv_16bit_parts(parts, n_parts, cols, d_x, NULL) == 0, "%s parts launch", traits->name);
+            CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s parts kernel", traits->name);
+            for (int p = 0; p < n_parts; p++) {
+                const size_t bytes = (size_t)part_rows[p] * 4;
+                float *a = malloc(bytes), *b = malloc(bytes);
+                cudaMemcpy(a, separate[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, together[p], bytes, cudaMemcpyDeviceToHost);
+                CHECK(!memcmp(a, b, bytes), "%s %d parts x %lld: part %d in one launch equals its own launch bit for bit", traits->name,
+                      n_parts, (long long)cols, p);
+                double worst;
+                const int bad = count_outside(b, w_rows[p], x, part_rows[p], cols, 1, 1e-5, &worst);
+                CHECK(bad == 0, "%s part %d (%lld x %lld) in one launch: %d outputs outside 1e-5 (worst %.3g)", traits->name, p,
+                      (long long)part_rows[p], (long long)cols, bad, worst);
+                free(a), free(b);
+            }
+            if (shape == 0) {
+                tm_cuda_gemv_part mixed[2] = {parts[0], parts[1]};
+                mixed[1].type = types[1 - k];
+                CHECK(tm_cuda_gemv_16bit_parts(mixed, 2, cols, d_x, NULL) == cudaErrorNotSupported, "mixed f16 / bf16 parts are declined");
+                CHECK(tm_cuda_gemv_16bit_parts(parts, 1, cols - 4, d_x, NULL) == cudaErrorNotSupported,
+                      "a width not a multiple of 8 is declined");
+            }
+            for (int p = 0; p < n_parts; p++) cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]), free(w_rows[p]);
+            cudaFree(d_x);
+            free(x), free(w_row);
+        }
 }
 
 /* The Q/K/V products with the rope and the KV append in their epilogue (tm_cuda_gemv_q8_qkv_rope)
@@ -460,11 +528,12 @@ int main(void) {
         free(x);
     }
     test_qkv_rope(&rng);
+    test_sixteen_bit_parts(&rng);
     cublasDestroy(cublas);
     if (!child) {
-        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1") == 0,
+        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=16") == 0,
               "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
-        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0") == 0,
+        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_GEMV16_LOADS=4") == 0,
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
