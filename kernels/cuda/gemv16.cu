@@ -3,22 +3,28 @@
  * products sharing one input (Q/K/V; gate/up) in one launch.
  *
  * A warp a row (of the parts' rows taken in order); lane l reads the row's 16-byte pieces l,
- * l + 32, ... (8 weights each) in batches of LOADS pieces a lane, every load of a batch issued
+ * l + 32, ... (8 weights each) in batches of LOADS pieces a lane (2), every load of a batch issued
  * before the first is used, the first batch before the wait for the previous kernel (weights are
  * written by no kernel, launch.cuh), and dots each piece against the float activations (two
  * 16-byte loads, L1-resident) in float32. The lane's sums run over its pieces in order, then a
  * shuffle reduction: a row's result does not depend on the launch, so a part in one launch equals
  * its own launch bit for bit.
  *
- * Why: the kernel before (two pieces a lane in flight, one launch a matrix) kept ~1 KB a warp in
- * flight, so small products were latency-bound: H200, the 8B's one-token products (kernels suite,
- * % of the copy rate): 1024 x 4096 (K, V) 17 %, 4096 x 4096 (Q, O) 56 %, 14336 x 4096 (gate, up)
- * and 4096 x 14336 (down) 76 %, 128256 x 4096 (LM head) 98 %; in the 8B x1 step K and V took 8.6 us
- * each for 8.4 MB. Eight pieces a lane put 4 KB a warp in flight, and Q/K/V (50 MB) and gate/up
- * (235 MB) each take one launch.
+ * Why: one launch a matrix left the small products latency-bound. H200, the 8B's one-token
+ * products one at a time (kernels suite, the kernel before this one, % of the copy rate): 1024 x
+ * 4096 (K, V) 17 %, 4096 x 4096 (Q, O) 55 %, 14336 x 4096 (gate, up) and 4096 x 14336 (down) 75 %,
+ * 128256 x 4096 (LM head) 96 %; in the 8B x1 step's profile K and V took 8.6 us each for 8.4 MB.
+ * Q/K/V (50 MB) and gate/up (235 MB) now take one launch each. 8B decode x1, tokens/s (H200, one
+ * binary): the kernel before 193.7 / 194.2; this kernel a launch a matrix 193.6 / 193.5; parts in
+ * one launch, batches of 8 pieces 207.6 / 207.7, of 4 219.4 / 219.3, of 2 236.9 / 236.5, of 1
+ * 221.8 / 221.3. Larger batches put more bytes in flight a warp but lost: one at a time, 4096 x
+ * 14336 took 47.2 us at 8 pieces against the kernel before's 36.6 (the cause not measured;
+ * registers 56 at 8, 40 at 2).
  *
- * TM_GEMV16=0 (a measuring aid, read once) takes the kernel before, one launch a matrix; 1 the new
- * kernel, one launch a matrix; TM_GEMV16_LOADS=4 or 16 other batch sizes.
+ * TM_GEMV16=0 (a measuring aid, read once) takes the kernel before, one launch a matrix; 1 this
+ * kernel, one launch a matrix; 3 this kernel for parts, the one before for a single f16 matrix
+ * (8B x1 212.6 at 8 pieces, against 207.8 for parts and singles here); TM_GEMV16_LOADS=4 or 8
+ * other batch sizes.
  */
 #include <cuda_bf16.h>
 
@@ -52,7 +58,7 @@ template <int TYPE> __device__ __forceinline__ float piece_dot(const uint4 &piec
 }
 
 template <int TYPE, int LOADS>
-__global__ void __launch_bounds__(GEMV16_THREADS, LOADS <= 8 ? 4 : 2) gemv16_kernel(gemv16_parts p, int64_t cols, const float *x) {
+__global__ void __launch_bounds__(GEMV16_THREADS, 4) gemv16_kernel(gemv16_parts p, int64_t cols, const float *x) {
     const int64_t all_rows = p.all_rows, at = ((int64_t)blockIdx.x * GEMV16_THREADS + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
@@ -113,11 +119,11 @@ __global__ void gemv_f16_kernel(const __half *weights, int64_t rows, int64_t col
 
 template <int TYPE>
 static cudaError_t launch_parts(const gemv16_parts &p, int64_t cols, const float *x, cudaStream_t stream) {
-    static const int loads = tm_env_int("TM_GEMV16_LOADS", 8);
+    static const int loads = tm_env_int("TM_GEMV16_LOADS", 2);
     const dim3 grid((unsigned)((p.all_rows * 32 + GEMV16_THREADS - 1) / GEMV16_THREADS)), block(GEMV16_THREADS);
     if (loads == 4) return tm_launch_dependent(gemv16_kernel<TYPE, 4>, grid, block, 0, stream, p, cols, x);
-    if (loads == 16) return tm_launch_dependent(gemv16_kernel<TYPE, 16>, grid, block, 0, stream, p, cols, x);
-    return tm_launch_dependent(gemv16_kernel<TYPE, 8>, grid, block, 0, stream, p, cols, x);
+    if (loads == 8) return tm_launch_dependent(gemv16_kernel<TYPE, 8>, grid, block, 0, stream, p, cols, x);
+    return tm_launch_dependent(gemv16_kernel<TYPE, 2>, grid, block, 0, stream, p, cols, x);
 }
 
 extern "C" int tm_cuda_gemv_16bit_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, void *stream) {
@@ -133,7 +139,7 @@ extern "C" int tm_cuda_gemv_16bit_parts(const tm_cuda_gemv_part *parts, int n_pa
         p.end[i] = parts[i].rows + (i ? p.end[i - 1] : 0);
     }
     p.all_rows = p.end[n_parts - 1];
-    if (mode == 0 || (mode == 1 && n_parts > 1)) {
+    if (mode == 0 || (mode == 1 && n_parts > 1) || (mode == 3 && n_parts == 1 && type == F16)) {
         if (type != F16 || n_parts > 1) return cudaErrorNotSupported;
         const dim3 grid((unsigned)((parts[0].rows * 32 + 255) / 256));
         return tm_launch_dependent(gemv_f16_kernel, grid, dim3(256), 0, (cudaStream_t)stream, (const __half *)parts[0].weights, parts[0].rows,

@@ -28,7 +28,7 @@
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts); the one-token 16-bit kernel
- * takes batches of 8 pieces a lane, 16 in the "dp4a" child and 4 in "dp4a-subblocks".
+ * takes batches of 2 pieces a lane, 8 in the "dp4a" child and 4 in "dp4a-subblocks".
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -531,7 +531,7 @@ int main(void) {
     test_sixteen_bit_parts(&rng);
     cublasDestroy(cublas);
     if (!child) {
-        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=16") == 0,
+        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=8") == 0,
               "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
         CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_GEMV16_LOADS=4") == 0,
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
