@@ -397,21 +397,18 @@ static bool sixteen_bit_together(const device_weight *const *w, int n_parts, int
  * products_together (8-bit activations) or sixteen_bit_together, else one product each. */
 static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
                               bool *x_q8, tm_error_t *error) {
+    tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
+    for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
+    int status = cudaErrorNotSupported;
     if (sixteen_bit_together(w, n_parts, n)) {
-        tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
-        for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
-        int status = tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream);
-        if (status == 0) return TM_OK;
-        if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
+        status = tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream);
     } else if (products_together(b, w, n_parts, n)) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w[0]->cols, b->q8, b->stream));
         *x_q8 = true;
-        tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
-        for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
-        int status = tm_cuda_gemv_q8_parts(parts, n_parts, w[0]->cols, b->q8, n, b->stream);
-        if (status == 0) return TM_OK;
-        if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
+        status = tm_cuda_gemv_q8_parts(parts, n_parts, w[0]->cols, b->q8, n, b->stream);
     }
+    if (status == 0) return TM_OK;
+    if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
     for (int i = 0; i < n_parts; i++) {
         tm_status s = matmul(b, w[i], x, n, y[i], x_q8, error);
         if (s) return s;

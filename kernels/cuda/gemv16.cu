@@ -38,7 +38,7 @@ struct gemv16_parts {
     const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
     float *y[TM_CUDA_GEMV_MAX_PARTS];
     int64_t end[TM_CUDA_GEMV_MAX_PARTS]; /* rows of parts 0..i together */
-    int64_t all_rows;
+    int64_t all_rows; /* end[n_parts - 1], kept apart: a dynamic index would copy the parameters to the stack */
     int n_parts;
 };
 
