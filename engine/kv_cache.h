@@ -11,7 +11,8 @@
  *
  * Guarantees: tm_kv_reserve either gives a sequence room for the requested tokens in every
  * layer or changes nothing and returns TM_ERR_NO_MEMORY (the scheduler's "cache full" signal);
- * freeing returns every page; tm_kv_sanity checks that every page is free exactly once or owned
+ * pages are taken lowest id first (the pages in use stay packed at the pool's start); freeing
+ * returns every page; tm_kv_sanity checks that every page is free exactly once or owned
  * by exactly one stream slot, and that the counts agree. Not thread-safe: one owner (the
  * scheduler) changes it; the forward pass only reads page tables and writes rows.
  */
