@@ -383,11 +383,12 @@ static bool products_together(const cuda_backend *b, const device_weight *const 
     return together;
 }
 
-/* Whether one token's products of several weights with one input go in one launch of the 16-bit
- * kernel (gemv16.cu): every weight f16, or every one bf16, all of one width. Any precision: the
- * kernel keeps the activations in float32, as the one-token product of each alone does. */
-static bool sixteen_bit_together(const device_weight *const *w, int n_parts, int n) {
-    bool together = n == 1;
+/* Whether the products of several weights with one input go in one launch of a 16-bit kernel:
+ * every weight f16, or every one bf16, all of one width; one token (gemv16.cu, any precision: the
+ * activations stay float32, as in the product of each alone) or, at fast precision, 2..16 tokens
+ * (gemv_mma16.cu, the kernel of each alone there). */
+static bool sixteen_bit_together(const cuda_backend *b, const device_weight *const *w, int n_parts, int n) {
+    bool together = n == 1 || (n <= TM_CUDA_GEMV_MAX_TOKENS && b->options.precision == TM_PRECISION_FAST);
     for (int i = 0; i < n_parts; i++)
         together = together && (w[i]->type == TM_TYPE_F16 || w[i]->type == TM_TYPE_BF16) && w[i]->type == w[0]->type && w[i]->cols == w[0]->cols;
     return together;
@@ -400,8 +401,9 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
     tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
     for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
     int status = cudaErrorNotSupported;
-    if (sixteen_bit_together(w, n_parts, n)) {
-        status = tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream);
+    if (sixteen_bit_together(b, w, n_parts, n)) {
+        status = n == 1 ? tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream)
+                        : tm_cuda_gemv_16bit_tokens_parts(parts, n_parts, w[0]->cols, x, n, b->stream);
     } else if (products_together(b, w, n_parts, n)) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w[0]->cols, b->q8, b->stream));
         *x_q8 = true;

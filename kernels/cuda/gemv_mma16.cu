@@ -24,6 +24,12 @@
  * columns; the mma's k order is free, so those are fed as two m16n8k16 whose k = 2t, 2t+1, 2t+8,
  * 2t+9 are columns 8t..8t+3 and 8t+4..8t+7. UNROLL steps' loads are in flight together, the first
  * steps' weights requested before the wait for the previous kernel (launch.cuh).
+ *
+ * Parts: up to TM_CUDA_GEMV_MAX_PARTS products sharing x (Q/K/V, gate/up) take one launch, part i's
+ * tiles after part i - 1's (tm_cuda_gemv_16bit_tokens_parts; a product alone is one part). Why:
+ * the 8B's K and V (1024 rows) are 64 tiles, 64 blocks on 132 SMs; gemv16.cu's one-token parts
+ * took the 8B x1 step from 194 to 208 tokens/s before its other change. TM_MMA16_PARTS=0 (a
+ * measuring aid) declines more than one part.
  */
 #include <cuda_bf16.h>
 
@@ -56,14 +62,29 @@ template <bool BF16> __device__ __forceinline__ void mma16(float (&c)[4], const 
         mma_16816(c, a, b0, b1);
 }
 
-/* One block per 16-row tile; NG groups of 8 tokens (columns past n_tokens read token n_tokens - 1
- * and are never stored). acc[G][2r + k]: row g + 8r, token 8G + 2t + k. */
+/* Up to TM_CUDA_GEMV_MAX_PARTS products sharing x: part i's tiles follow part i - 1's. */
+struct mma16_parts {
+    const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
+    float *y[TM_CUDA_GEMV_MAX_PARTS];
+    int64_t rows[TM_CUDA_GEMV_MAX_PARTS];
+    int tiles_end[TM_CUDA_GEMV_MAX_PARTS]; /* tiles of parts 0..i together */
+    int n_parts;
+};
+
+/* One block per 16-row tile of the parts' rows in order; NG groups of 8 tokens (columns past
+ * n_tokens read token n_tokens - 1 and are never stored). acc[G][2r + k]: row g + 8r, token
+ * 8G + 2t + k. A tile's result does not depend on the other parts of its launch. */
 template <bool BF16, int NG>
-__global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(const uint4 *weights, int64_t cols, const float *x, int n_tokens,
-                                                                 float *y, int64_t rows) {
+__global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(mma16_parts p, int64_t cols, const float *x, int n_tokens) {
     __shared__ float partial[MMA16_WARPS - 1][NG * 4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const int64_t row0 = (int64_t)blockIdx.x * MMA16_ROWS, steps = cols / 32, row_pieces = cols / 8;
+    /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
+    const int tile = blockIdx.x, part = tile < p.tiles_end[0] ? 0 : tile < p.tiles_end[1] || p.n_parts < 3 ? 1 : 2;
+    const uint4 *weights = part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2];
+    float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
+    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2];
+    const int64_t row0 = (int64_t)(tile - (part == 0 ? 0 : part == 1 ? p.tiles_end[0] : p.tiles_end[1])) * MMA16_ROWS;
+    const int64_t steps = cols / 32, row_pieces = cols / 8;
     const uint4 *row_g = weights + (row0 + g) * row_pieces + t, *row_g8 = row_g + 8 * row_pieces;
     const float4 *x_g[NG];
 #pragma unroll
@@ -119,21 +140,38 @@ static bool mma16_enabled(void) {
     return enabled;
 }
 
-extern "C" int tm_cuda_gemv_16bit_tokens(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens,
-                                         float *y, void *stream) {
-    if ((type != F16 && type != BF16) || n_tokens < 2 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || rows % MMA16_ROWS ||
-        cols % 32 || rows / MMA16_ROWS > INT32_MAX || (uintptr_t)weights % 16 || (uintptr_t)x % 16 || !mma16_enabled())
+extern "C" int tm_cuda_gemv_16bit_tokens_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, int n_tokens,
+                                               void *stream) {
+    static const bool parts_enabled = tm_env_int("TM_MMA16_PARTS", 1) != 0;
+    if (n_parts < 1 || n_parts > TM_CUDA_GEMV_MAX_PARTS || n_tokens < 2 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || cols % 32 ||
+        (uintptr_t)x % 16 || !mma16_enabled() || (n_parts > 1 && !parts_enabled))
         return cudaErrorNotSupported;
-    if (rows == 0) return cudaSuccess;
+    const int type = parts[0].type;
+    mma16_parts p = {};
+    p.n_parts = n_parts;
+    int64_t tiles = 0;
+    for (int i = 0; i < n_parts; i++) {
+        if (parts[i].type != type || (type != F16 && type != BF16) || parts[i].rows % MMA16_ROWS || (uintptr_t)parts[i].weights % 16)
+            return cudaErrorNotSupported;
+        tiles += parts[i].rows / MMA16_ROWS;
+        if (tiles > INT32_MAX) return cudaErrorNotSupported;
+        p.weights[i] = (const uint4 *)parts[i].weights, p.y[i] = parts[i].y, p.rows[i] = parts[i].rows, p.tiles_end[i] = (int)tiles;
+    }
+    if (tiles == 0) return cudaSuccess;
     const cudaStream_t s = (cudaStream_t)stream;
-    const dim3 grid((unsigned)(rows / MMA16_ROWS)), block(32 * MMA16_WARPS);
-    const uint4 *w = (const uint4 *)weights;
+    const dim3 grid((unsigned)tiles), block(32 * MMA16_WARPS);
     if (type == F16) {
-        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<false, 1>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
-        else TM_LAUNCH_DEPENDENT(mma16_kernel<false, 2>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
+        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<false, 1>, grid, block, 0, s, p, cols, x, n_tokens);
+        else TM_LAUNCH_DEPENDENT(mma16_kernel<false, 2>, grid, block, 0, s, p, cols, x, n_tokens);
     } else {
-        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<true, 1>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
-        else TM_LAUNCH_DEPENDENT(mma16_kernel<true, 2>, grid, block, 0, s, w, cols, x, n_tokens, y, rows);
+        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<true, 1>, grid, block, 0, s, p, cols, x, n_tokens);
+        else TM_LAUNCH_DEPENDENT(mma16_kernel<true, 2>, grid, block, 0, s, p, cols, x, n_tokens);
     }
     return cudaSuccess;
+}
+
+extern "C" int tm_cuda_gemv_16bit_tokens(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens,
+                                         float *y, void *stream) {
+    const tm_cuda_gemv_part part = {weights, type, rows, y};
+    return tm_cuda_gemv_16bit_tokens_parts(&part, 1, cols, x, n_tokens, stream);
 }

@@ -96,6 +96,11 @@ int tm_cuda_gemm_fused(int type, const void *weights, int64_t rows, int64_t cols
  * x not 16-byte aligned, or with TM_MMA16=0 in the environment (a measuring aid). */
 int tm_cuda_gemv_16bit_tokens(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens, float *y,
                               void *stream);
+/* The same for up to TM_CUDA_GEMV_MAX_PARTS products sharing x (n_tokens rows of cols floats) in
+ * one launch: part i writes parts[i].y[j][r], equal bit for bit to its own launch. Also declined
+ * for mixed types, or with TM_MMA16_PARTS=0 (a measuring aid) for more than one part. */
+int tm_cuda_gemv_16bit_tokens_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, int n_tokens,
+                                    void *stream);
 
 /* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats. */
 int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out, void *stream);

@@ -27,7 +27,8 @@
  * products and of an RTX 4090), so both layouts meet the same bounds.
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
- * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts); the one-token 16-bit kernel
+ * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
+ * 16-bit tensor cores (test_sixteen_bit_token_parts); the one-token 16-bit kernel
  * takes batches of 2 pieces a lane, 8 in the "dp4a" child and 4 in "dp4a-subblocks".
  * Without a CUDA device it reports itself skipped (exit 77).
  */
@@ -156,6 +157,74 @@ static void test_sixteen_bit_parts(tm_rng_t *rng) {
                       "a width not a multiple of 8 is declined");
             }
             for (int p = 0; p < n_parts; p++) cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]), free(w_rows[p]);
+            cudaFree(d_x);
+            free(x), free(w_row);
+        }
+}
+
+/* Several tokens' f16 / bf16 products in one launch on 16-bit tensor cores
+ * (tm_cuda_gemv_16bit_tokens_parts: parts of 512, 128 and 48 rows of 1056 columns, 5 and 16
+ * tokens): each part equals its own tm_cuda_gemv_16bit_tokens launch bit for bit and meets that
+ * kernel's bounds against float64 (2e-3 f16, 8e-3 bf16: activations rounded once); a part whose
+ * rows are not whole 16-row tiles is declined, y untouched. */
+static void test_sixteen_bit_token_parts(tm_rng_t *rng) {
+    const tm_type types[2] = {TM_TYPE_F16, TM_TYPE_BF16};
+    const int64_t cols = 1056, part_rows[3] = {512, 128, 48};
+    const int counts[2] = {5, 16};
+    for (int k = 0; k < 2; k++)
+        for (int c = 0; c < 2; c++) {
+            const int n = counts[c];
+            const double bound = types[k] == TM_TYPE_F16 ? 2e-3 : 8e-3;
+            const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
+            float *x = malloc((size_t)cols * n * 4), *w_row = malloc((size_t)cols * 4);
+            for (int64_t i = 0; i < cols * n; i++) x[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+            void *d_x;
+            CHECK(cudaMalloc(&d_x, (size_t)cols * n * 4) == cudaSuccess, "cudaMalloc");
+            cudaMemcpy(d_x, x, (size_t)cols * n * 4, cudaMemcpyHostToDevice);
+            tm_cuda_gemv_part parts[3];
+            float *separate[3], *together[3];
+            double *w_rows[3];
+            for (int p = 0; p < 3; p++) {
+                uint64_t row_bytes;
+                tm_type_row_bytes(types[k], (uint64_t)cols, &row_bytes);
+                uint8_t *w = malloc(row_bytes * (uint64_t)part_rows[p]);
+                test_random_blocks(rng, types[k], w, part_rows[p] * cols);
+                w_rows[p] = malloc((size_t)part_rows[p] * cols * sizeof(double));
+                for (int64_t r = 0; r < part_rows[p]; r++) {
+                    traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
+                    for (int64_t i = 0; i < cols; i++) w_rows[p][r * cols + i] = w_row[i];
+                }
+                void *d_w = weights_to_device(types[k], w, part_rows[p], cols);
+                free(w);
+                const size_t bytes = (size_t)part_rows[p] * n * 4;
+                CHECK(d_w != NULL && cudaMalloc((void **)&separate[p], bytes) == cudaSuccess && cudaMalloc((void **)&together[p], bytes) == cudaSuccess,
+                      "part %d upload, cudaMalloc", p);
+                cudaMemset(separate[p], 0xff, bytes), cudaMemset(together[p], 0xff, bytes);
+                CHECK(tm_cuda_gemv_16bit_tokens((int)types[k], d_w, part_rows[p], cols, d_x, n, separate[p], NULL) == 0, "part %d alone", p);
+                parts[p] = (tm_cuda_gemv_part){d_w, (int)types[k], part_rows[p], together[p]};
+            }
+            CHECK(tm_cuda_gemv_16bit_tokens_parts(parts, 3, cols, d_x, n, NULL) == 0, "%s x%d parts launch", traits->name, n);
+            CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s x%d parts kernel", traits->name, n);
+            for (int p = 0; p < 3; p++) {
+                const size_t bytes = (size_t)part_rows[p] * n * 4;
+                float *a = malloc(bytes), *b = malloc(bytes);
+                cudaMemcpy(a, separate[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, together[p], bytes, cudaMemcpyDeviceToHost);
+                CHECK(!memcmp(a, b, bytes), "%s x%d: part %d in one launch equals its own launch bit for bit", traits->name, n, p);
+                double worst;
+                const int bad = count_outside(b, w_rows[p], x, part_rows[p], cols, n, bound, &worst);
+                CHECK(bad == 0, "%s x%d part %d (%lld x %lld) in one launch: %d outputs outside %g (worst %.3g)", traits->name, n, p,
+                      (long long)part_rows[p], (long long)cols, bad, bound, worst);
+                free(a), free(b);
+            }
+            tm_cuda_gemv_part ragged[2] = {parts[0], parts[1]};
+            ragged[1].rows = 120;
+            cudaMemset(together[0], 0xff, (size_t)part_rows[0] * n * 4);
+            uint32_t first = 0;
+            const int status = tm_cuda_gemv_16bit_tokens_parts(ragged, 2, cols, d_x, n, NULL);
+            cudaDeviceSynchronize();
+            cudaMemcpy(&first, together[0], 4, cudaMemcpyDeviceToHost);
+            CHECK(status == cudaErrorNotSupported && first == 0xffffffffu, "a part of 120 rows (not whole tiles) is declined, y untouched");
+            for (int p = 0; p < 3; p++) cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]), free(w_rows[p]);
             cudaFree(d_x);
             free(x), free(w_row);
         }
@@ -529,6 +598,7 @@ int main(void) {
     }
     test_qkv_rope(&rng);
     test_sixteen_bit_parts(&rng);
+    test_sixteen_bit_token_parts(&rng);
     cublasDestroy(cublas);
     if (!child) {
         CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=8") == 0,
