@@ -3,7 +3,8 @@
  * products sharing one input (Q/K/V; gate/up) in one launch.
  *
  * A warp a row (of the parts' rows taken in order); lane l reads the row's 16-byte pieces l,
- * l + 32, ... (8 weights each) in batches of LOADS pieces a lane (2), every load of a batch issued
+ * l + 32, ... (8 weights each) in batches of LOADS pieces a lane (2), a row starting at its own batch
+ * (its index in its part modulo the row's batches) and wrapping around, every load of a batch issued
  * before the first is used, the first batch before the wait for the previous kernel (weights are
  * written by no kernel, launch.cuh), and dots each piece against the float activations (two
  * 16-byte loads, L1-resident) in float32. The lane's sums run over its pieces in order, then a
@@ -21,10 +22,20 @@
  * 14336 took 47.2 us at 8 pieces against the kernel before's 36.6 (the cause not measured;
  * registers 56 at 8, 40 at 2).
  *
+ * Why the rotation: the warps of a launch of one wave or so run in step, so without it they all read
+ * the same column of rows a row's length apart (8 or 28 KB) at a time; starting each row at its own
+ * batch spreads them over the columns. H200, kernels suite, one launch each, us without / with:
+ * 4096 x 14336 40.2 / 32.7 (68 -> 84 % of the copy rate), 4096 x 4096 14.5 / 12.9, 1024 x 4096 11.2 /
+ * 9.3, 14336 x 4096 36.2 / 33.3, 28672 x 4096 (gate/up together) 63.5 / 58.6 (86 -> 94 %); 8B decode
+ * x1 236.0 / 236.5 -> 241.0 / 241.6 tokens/s (within the step the next launch's blocks start as the
+ * last one's leave, so the warps are in step less than one launch alone). The same rotation measured
+ * slower in gemv_q8.cu's pairs_kernel (7B x1 532 -> 520, 70B x1 73.5 -> 72.0) and no faster in
+ * gemv_mma16.cu (its extra registers cost the 8B x8 3.5 %).
+ *
  * TM_GEMV16=0 (a measuring aid, read once) takes the kernel before, one launch a matrix; 1 this
  * kernel, one launch a matrix; 3 this kernel for parts, the one before for a single f16 matrix
  * (8B x1 212.6 at 8 pieces, against 207.8 for parts and singles here); TM_GEMV16_LOADS=4 or 8
- * other batch sizes.
+ * other batch sizes, TM_GEMV16_ROTATE=0 every row from column 0.
  */
 #include <cuda_bf16.h>
 
@@ -58,7 +69,7 @@ template <int TYPE> __device__ __forceinline__ float piece_dot(const uint4 &piec
 }
 
 template <int TYPE, int LOADS>
-__global__ void __launch_bounds__(GEMV16_THREADS, 4) gemv16_kernel(gemv16_parts p, int64_t cols, const float *x) {
+__global__ void __launch_bounds__(GEMV16_THREADS, 4) gemv16_kernel(gemv16_parts p, int64_t cols, const float *x, int rotate) {
     const int64_t all_rows = p.all_rows, at = ((int64_t)blockIdx.x * GEMV16_THREADS + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
     /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
@@ -67,21 +78,31 @@ __global__ void __launch_bounds__(GEMV16_THREADS, 4) gemv16_kernel(gemv16_parts 
     const int pieces = (int)(cols / 8);
     const uint4 *w = (part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2]) + row * pieces;
     float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
+    /* a row starts at its own batch (row % batches) and wraps around, so that the warps of a launch, which run in step,
+       read different columns of their rows at a time rather than addresses a row's length apart */
+    const int batches = (pieces + 32 * LOADS - 1) / (32 * LOADS);
+    int first = rotate ? (int)(row % batches) * 32 * LOADS : 0;
     uint4 batch[LOADS];
     if (at < all_rows)
 #pragma unroll
-        for (int u = 0; u < LOADS; u++) batch[u] = lane + 32 * u < pieces ? ldg_stream16(w + lane + 32 * u) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < LOADS; u++) {
+            const int c = first + lane + 32 * u;
+            batch[u] = c < pieces ? ldg_stream16(w + c) : make_uint4(0, 0, 0, 0);
+        }
     tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
     if (at >= all_rows) return;
     const float4 *x4 = reinterpret_cast<const float4 *>(x);
     float sum = 0;
-    for (int first = 0; first < pieces; first += 32 * LOADS) {
-        if (first) /* the next batch (the first was loaded before the wait) */
+    for (int b = 0; b < batches; b++) {
+        if (b) { /* the next batch (the first was loaded before the wait) */
+            first += 32 * LOADS;
+            if (first >= pieces) first = 0;
 #pragma unroll
             for (int u = 0; u < LOADS; u++) {
                 const int c = first + lane + 32 * u;
                 batch[u] = c < pieces ? ldg_stream16(w + c) : make_uint4(0, 0, 0, 0);
             }
+        }
 #pragma unroll
         for (int u = 0; u < LOADS; u++) {
             const int c = first + lane + 32 * u;
@@ -119,11 +140,11 @@ __global__ void gemv_f16_kernel(const __half *weights, int64_t rows, int64_t col
 
 template <int TYPE>
 static cudaError_t launch_parts(const gemv16_parts &p, int64_t cols, const float *x, cudaStream_t stream) {
-    static const int loads = tm_env_int("TM_GEMV16_LOADS", 2);
+    static const int loads = tm_env_int("TM_GEMV16_LOADS", 2), rotate = tm_env_int("TM_GEMV16_ROTATE", 1);
     const dim3 grid((unsigned)((p.all_rows * 32 + GEMV16_THREADS - 1) / GEMV16_THREADS)), block(GEMV16_THREADS);
-    if (loads == 4) return tm_launch_dependent(gemv16_kernel<TYPE, 4>, grid, block, 0, stream, p, cols, x);
-    if (loads == 8) return tm_launch_dependent(gemv16_kernel<TYPE, 8>, grid, block, 0, stream, p, cols, x);
-    return tm_launch_dependent(gemv16_kernel<TYPE, 2>, grid, block, 0, stream, p, cols, x);
+    if (loads == 4) return tm_launch_dependent(gemv16_kernel<TYPE, 4>, grid, block, 0, stream, p, cols, x, rotate);
+    if (loads == 8) return tm_launch_dependent(gemv16_kernel<TYPE, 8>, grid, block, 0, stream, p, cols, x, rotate);
+    return tm_launch_dependent(gemv16_kernel<TYPE, 2>, grid, block, 0, stream, p, cols, x, rotate);
 }
 
 extern "C" int tm_cuda_gemv_16bit_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, void *stream) {
