@@ -467,12 +467,16 @@ static cudaError_t launch_fast_products(const mmvq_parts &parts, int64_t cols, c
     return status;
 }
 
-extern "C" int tm_cuda_gemv_q8_supported(int type) { return type == Q4_K || type == Q5_K || type == Q6_K; }
+extern "C" int tm_cuda_gemv_q8_supported(int type) { return type == Q4_K || type == Q5_K || type == Q6_K || type == Q8_0; }
 
 extern "C" int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
                                void *stream) {
     if (cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || ((uintptr_t)weights % 16) || !tm_cuda_gemv_q8_supported(type))
         return cudaErrorInvalidValue;
+    if (type == Q8_0) { /* gemv_q8_0.cu */
+        const tm_cuda_gemv_part part = {weights, type, rows, y};
+        return tm_cuda_gemv_q8_0_parts(&part, 1, cols, q8, n_tokens, stream);
+    }
     cudaStream_t s = (cudaStream_t)stream;
     mmvq_parts one = {}; /* for the kernels that take parts */
     one.n = 1, one.weights[0] = (const uint8_t *)weights, one.y[0] = y, one.rows[0] = rows, one.type[0] = type;
@@ -1208,6 +1212,10 @@ extern "C" int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts
                                      void *stream) {
     if (cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || n_parts < 1 || n_parts > TM_CUDA_GEMV_MAX_PARTS)
         return cudaErrorInvalidValue;
+    int q8_0_parts = 0;
+    for (int i = 0; i < n_parts; i++) q8_0_parts += parts[i].type == Q8_0;
+    if (q8_0_parts == n_parts) return tm_cuda_gemv_q8_0_parts(parts, n_parts, cols, q8, n_tokens, stream);
+    if (q8_0_parts) return cudaErrorNotSupported; /* q8_0 beside k-quants: a launch each */
     mmvq_parts p = {};
     p.n = n_parts;
     for (int i = 0; i < n_parts; i++) {
@@ -1233,6 +1241,7 @@ extern "C" int tm_cuda_gemv_q8_qkv_rope(const tm_cuda_gemv_part *parts, int64_t 
     mmvq_parts p = {};
     p.n = 3;
     for (int i = 0; i < 3; i++) {
+        if (parts[i].type == Q8_0) return cudaErrorNotSupported; /* no rope epilogue in gemv_q8_0.cu: the products, then the rope */
         if (!tm_cuda_gemv_q8_supported(parts[i].type) || (uintptr_t)parts[i].weights % 16) return cudaErrorInvalidValue;
         p.weights[i] = (const uint8_t *)parts[i].weights, p.y[i] = parts[0].y, p.rows[i] = parts[i].rows, p.type[i] = parts[i].type;
     }

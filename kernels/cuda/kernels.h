@@ -40,13 +40,14 @@ int tm_cuda_gemv_batched(int type, const void *weights, int64_t rows, int64_t co
  * tm_cuda_q8_1_bytes(n) bytes. */
 int tm_cuda_quantize_q8_1(const float *x, int64_t n_rows, int64_t n_per_row, void *q8, void *stream);
 uint64_t tm_cuda_q8_1_bytes(int64_t n);
-/* The fast decode product for q4_k, q5_k and q6_k weights (tm_cuda_gemv_q8_supported): y[j][r] =
+/* The fast decode product for q4_k, q5_k, q6_k and q8_0 weights (tm_cuda_gemv_q8_supported): y[j][r] =
  * dot(W[r, :], x[j]) for n_tokens (1..16) rows of x given as q8_1 (tm_cuda_quantize_q8_1 of
  * n_tokens * cols floats, cols % 256 == 0), integer dot products. One token: dp4a with float
  * scales per 32-element sub-block, or on sm_90 for large products weights streamed through shared
  * memory (gemv_stream.cu: the same sub-block dots; a wide row's partial sums added in another
  * order); 2-16 tokens: int8 tensor cores (2-8 tokens: a 256-column block's sub-block sums times
- * their integer weight scales added as integers, then the block's scales once). */
+ * their integer weight scales added as integers, then the block's scales once). q8_0: dp4a at
+ * every token count (gemv_q8_0.cu). */
 int tm_cuda_gemv_q8_supported(int type);
 int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
                     void *stream);
@@ -62,6 +63,11 @@ typedef struct tm_cuda_gemv_part {
     float *y;
 } tm_cuda_gemv_part;
 int tm_cuda_gemv_q8_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream);
+/* The same for q8_0 parts only (gemv_q8_0.cu; tm_cuda_gemv_q8 and tm_cuda_gemv_q8_parts send q8_0 here,
+ * and q8_0 beside other types gets cudaErrorNotSupported from tm_cuda_gemv_q8_parts): each part's
+ * result equals its own launch bit for bit. cudaErrorNotSupported for other types, cols not a
+ * multiple of 256, or weights not 16-byte aligned. */
+int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream);
 /* The one-token product of f16 or bf16 weights (float activations, float32 accumulation) for up to
  * TM_CUDA_GEMV_MAX_PARTS parts sharing x (cols floats) in one launch (gemv16.cu): part i writes
  * parts[i].y[r]; each part's result equals its own launch bit for bit. cudaErrorNotSupported for

@@ -430,8 +430,8 @@ int main(void) {
             if (tm_cuda_gemv_q8_supported((int)types[k])) {
                 void *d_q8;
                 CHECK(cudaMalloc(&d_q8, tm_cuda_q8_1_bytes(cols * 16)) == cudaSuccess, "cudaMalloc");
-                const int q8_counts[] = {1, 2, 5, 8, 9, 16}; /* tensor cores: 8-token groups, one or two */
-                for (int c = 0; c < 6; c++) {
+                const int q8_counts[] = {1, 2, 3, 5, 8, 9, 16}; /* tensor cores: 8-token groups, one or two; q8_0: 1, 2, 4, 8, 16 at most */
+                for (int c = 0; c < 7; c++) {
                     int n = q8_counts[c];
                     cudaMemset(d_y, 0xff, (size_t)rows * n * 4);
                     CHECK(tm_cuda_quantize_q8_1(d_x, n, cols, d_q8, NULL) == 0 &&
@@ -551,12 +551,14 @@ int main(void) {
     CHECK(tm_cuda_gemv(TM_TYPE_Q4_K, NULL, 1, 100, NULL, NULL, NULL) != 0, "a row that is not whole blocks is refused");
     CHECK(tm_cuda_gemv_batched(TM_TYPE_Q4_K, NULL, 1, 256, NULL, 17, NULL, NULL) != 0, "more than 16 tokens are refused");
     /* several q8 products in one launch (Q/K/V shapes; q4_k, q5_k and q6_k mixed, q4_k with a q6_k V
-     * as the 7B's, or q4_k alone) equal the separate ones bit for bit, at 1 token and at 5 */
-    for (int variant = 0; variant < 6; variant++) {
-        const int n = variant < 3 ? 1 : 5, kind = variant % 3;
-        static const char *const kind_names[3] = {"q4_k", "mixed", "q4_k + q6_k"};
+     * as the 7B's, q4_k alone, or q8_0 alone: gemv_q8_0.cu) equal the separate ones bit for bit, at 1
+     * token and at 5 */
+    for (int variant = 0; variant < 8; variant++) {
+        const int n = variant < 4 ? 1 : 5, kind = variant % 4;
+        static const char *const kind_names[4] = {"q4_k", "mixed", "q4_k + q6_k", "q8_0"};
         const int64_t cols = 1024, part_rows[3] = {512, 128, 128};
-        const tm_type part_types[3] = {TM_TYPE_Q4_K, kind == 1 ? TM_TYPE_Q5_K : TM_TYPE_Q4_K, kind ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
+        tm_type part_types[3] = {TM_TYPE_Q4_K, kind == 1 ? TM_TYPE_Q5_K : TM_TYPE_Q4_K, kind ? TM_TYPE_Q6_K : TM_TYPE_Q4_K};
+        if (kind == 3) part_types[0] = part_types[1] = part_types[2] = TM_TYPE_Q8_0;
         tm_cuda_gemv_part parts[3];
         float *separate[3], *together[3];
         void *d_x, *d_q8;
@@ -589,9 +591,13 @@ int main(void) {
             free(a), free(b);
             cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]);
         }
-        if (n == 5) {
+        if (n == 5 && kind < 3) {
             parts[1].rows = 129;
             CHECK(tm_cuda_gemv_q8_parts(parts, 3, cols, d_q8, n, NULL) == cudaErrorNotSupported, "rows not a multiple of 4 are declined");
+        }
+        if (kind == 3) {
+            parts[1].type = TM_TYPE_Q4_K;
+            CHECK(tm_cuda_gemv_q8_parts(parts, 3, cols, d_q8, n, NULL) == cudaErrorNotSupported, "q8_0 beside a k-quant is declined");
         }
         cudaFree(d_x), cudaFree(d_q8);
         free(x);

@@ -1,0 +1,142 @@
+/*
+ * gemv_q8_0.cu - decode products of q8_0 weights (llama.cpp's 34-byte blocks: a half scale and 32
+ * int8 values) with 1..16 tokens of q8_1 activations (tm_cuda_quantize_q8_1, quant.cuh's layout),
+ * up to TM_CUDA_GEMV_MAX_PARTS products sharing that input (Q/K/V, gate/up) in one launch.
+ *
+ * Guarantees: y[j][r] = sum over the row's blocks b of d_w[b] * d_x[j][b] * (the integer dot of
+ * the block's 32 values with token j's), in float32; lane l adds the blocks l, l + 32, ... in order,
+ * then a butterfly over the warp, so a row's result does not depend on the launch (a part equals its
+ * own launch bit for bit) nor vary from run to run. The only rounding beyond float32 is the
+ * activations' (at most half a step of max|x|/127 per 256-value block), as for the k-quants' fast
+ * products. Declines (cudaErrorNotSupported) columns not a multiple of 256, weights not 16-byte
+ * aligned, other types, more than TM_CUDA_GEMV_MAX_TOKENS tokens.
+ *
+ * Layout: a warp a row, 4 rows a block. A row's blocks are 34 bytes apart (2-byte aligned), but 8
+ * blocks are 272 bytes, 17 16-byte pieces, so with cols % 256 == 0 every 8-block group of every row
+ * starts 16-byte aligned. A pass takes 32 blocks (1088 bytes, 68 pieces): the lanes load its pieces
+ * with coalesced 16-byte loads into the warp's slot of shared memory, then lane l dots block l of
+ * the pass: its scale read as a half, its 32 values as nine 32-bit words and a funnel shift (block
+ * l's values start 2 bytes into a word for even l, on a word for odd l). The next pass's pieces are
+ * requested before this pass's dots, the first pass's before the wait for the previous kernel
+ * (weights are written by no kernel, launch.cuh).
+ *
+ * Why: before this file q8_0 took gemv.cu's generic kernels (a value at a time decoded to float).
+ * H200, suites/kernels-decode.yaml: 4096 x 4096 at 1 token 20.1 us (20.7 % of the copy rate), at
+ * 8 tokens 170 us (2.5 %); 14336 x 4096 64.3 us (22.7 %) and 345 us (4.3 %).
+ */
+#include "kernels.h"
+#include "launch.cuh"
+#include "quant.cuh"
+
+#define Q80_WARPS 4                                /* rows a block */
+#define Q80_PASS_BLOCKS 32                         /* a lane a block */
+#define Q80_PASS_PIECES (Q80_PASS_BLOCKS * 34 / 16) /* 68 */
+
+struct q80_parts {
+    const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
+    float *y[TM_CUDA_GEMV_MAX_PARTS];
+    int64_t rows[TM_CUDA_GEMV_MAX_PARTS];
+    int64_t end[TM_CUDA_GEMV_MAX_PARTS]; /* rows of parts 0..i together */
+    int64_t all_rows;                    /* end[n_parts - 1], kept apart: a dynamic index would copy the parameters to the stack */
+    int n_parts;
+};
+
+/* 16-byte pieces of the pass of `blocks_left` (a multiple of 8) or more blocks */
+__device__ __forceinline__ int pass_pieces(int64_t blocks_left) {
+    return (int)(blocks_left < Q80_PASS_BLOCKS ? blocks_left : Q80_PASS_BLOCKS) * 17 / 8;
+}
+
+/* NT: the most tokens the launch takes (n_tokens <= NT); tokens past n_tokens are skipped. */
+template <int NT>
+__global__ void __launch_bounds__(32 * Q80_WARPS) q8_0_kernel(q80_parts p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
+    /* a warp's pass, and one piece more: the last lane's ninth word, read but not used */
+    __shared__ uint4 slots[Q80_WARPS][Q80_PASS_PIECES + 1];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int64_t at = (int64_t)blockIdx.x * Q80_WARPS + warp;
+    /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
+    const int part = at < p.end[0] ? 0 : at < p.end[1] || p.n_parts < 3 ? 1 : 2;
+    const int64_t row = at - (part == 0 ? 0 : part == 1 ? p.end[0] : p.end[1]);
+    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2];
+    float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
+    const int64_t blocks = cols / 32;
+    const uint4 *w = (part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2]) + row * (blocks * 17 / 8);
+    uint4 next[3];
+    auto load = [&](int64_t first) { /* the pass from block `first` (a multiple of 32) into next */
+        const int pieces = pass_pieces(blocks - first);
+        const uint4 *src = w + first * 17 / 8;
+#pragma unroll
+        for (int k = 0; k < 3; k++)
+            if (lane + 32 * k < pieces) next[k] = ldg_stream16(src + lane + 32 * k);
+    };
+    const bool live = at < p.all_rows; /* the same for the whole warp */
+    if (live) load(0);
+    tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
+    if (!live) return;
+    uint4 *slot = slots[warp];
+    if (lane == 0) slot[Q80_PASS_PIECES] = make_uint4(0, 0, 0, 0);
+    const uint32_t *slot_words = reinterpret_cast<const uint32_t *>(slot);
+    const int byte = 34 * lane, word0 = (byte + 2) / 4, shift = (byte + 2) % 4 * 8; /* lane's block in the slot */
+    float acc[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) acc[j] = 0;
+    for (int64_t first = 0; first < blocks; first += Q80_PASS_BLOCKS) {
+        const int pieces = pass_pieces(blocks - first);
+        __syncwarp(); /* the previous pass's reads of the slot are done */
+#pragma unroll
+        for (int k = 0; k < 3; k++)
+            if (lane + 32 * k < pieces) slot[lane + 32 * k] = next[k];
+        __syncwarp();
+        if (first + Q80_PASS_BLOCKS < blocks) load(first + Q80_PASS_BLOCKS); /* in flight during this pass's dots */
+        const int64_t block = first + lane;
+        if (block >= blocks) continue;
+        const float d = __half2float(*reinterpret_cast<const __half *>(reinterpret_cast<const uint8_t *>(slot) + byte));
+        uint32_t words[9];
+#pragma unroll
+        for (int i = 0; i < 9; i++) words[i] = slot_words[word0 + i];
+        int v[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = (int)__funnelshift_r(words[i], words[i + 1], shift);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            if (j >= n_tokens) break;
+            const int4 *x = reinterpret_cast<const int4 *>(xq + j * cols + block * 32);
+            const int4 lo = __ldg(x), hi = __ldg(x + 1);
+            int dot = __dp4a(v[0], lo.x, 0);
+            dot = __dp4a(v[1], lo.y, dot), dot = __dp4a(v[2], lo.z, dot), dot = __dp4a(v[3], lo.w, dot);
+            dot = __dp4a(v[4], hi.x, dot), dot = __dp4a(v[5], hi.y, dot), dot = __dp4a(v[6], hi.z, dot), dot = __dp4a(v[7], hi.w, dot);
+            acc[j] += d * __low2float(xds[j * blocks + block]) * (float)dot;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++) acc[j] = sum_over_warp(acc[j]);
+    if (lane == 0)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            if (j < n_tokens) y[j * rows + row] = acc[j];
+}
+
+template <int NT>
+static cudaError_t launch_q8_0(const q80_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
+    const dim3 grid((unsigned)((p.all_rows + Q80_WARPS - 1) / Q80_WARPS)), block(32 * Q80_WARPS);
+    return tm_launch_dependent(q8_0_kernel<NT>, grid, block, 0, s, p, cols, (const int8_t *)x.qs, (const half2 *)x.ds, n_tokens);
+}
+
+extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream) {
+    if (n_parts < 1 || n_parts > TM_CUDA_GEMV_MAX_PARTS || cols < 256 || cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || !q8)
+        return cudaErrorNotSupported;
+    q80_parts p = {};
+    p.n_parts = n_parts;
+    for (int i = 0; i < n_parts; i++) {
+        if (parts[i].type != Q8_0 || parts[i].rows < 1 || (uintptr_t)parts[i].weights % 16) return cudaErrorNotSupported;
+        p.weights[i] = (const uint4 *)parts[i].weights, p.y[i] = parts[i].y, p.rows[i] = parts[i].rows;
+        p.end[i] = parts[i].rows + (i ? p.end[i - 1] : 0);
+    }
+    p.all_rows = p.end[n_parts - 1];
+    const q8_out x = q8_out_at(q8, n_tokens, cols);
+    const cudaStream_t s = (cudaStream_t)stream;
+    if (n_tokens == 1) return launch_q8_0<1>(p, cols, x, n_tokens, s);
+    if (n_tokens == 2) return launch_q8_0<2>(p, cols, x, n_tokens, s);
+    if (n_tokens <= 4) return launch_q8_0<4>(p, cols, x, n_tokens, s);
+    if (n_tokens <= 8) return launch_q8_0<8>(p, cols, x, n_tokens, s);
+    return launch_q8_0<16>(p, cols, x, n_tokens, s);
+}
