@@ -21,8 +21,14 @@
  * (weights are written by no kernel, launch.cuh).
  *
  * Why: before this file q8_0 took gemv.cu's generic kernels (a value at a time decoded to float).
- * H200, suites/kernels-decode.yaml: 4096 x 4096 at 1 token 20.1 us (20.7 % of the copy rate), at
- * 8 tokens 170 us (2.5 %); 14336 x 4096 64.3 us (22.7 %) and 345 us (4.3 %).
+ * H200, suites/kernels-decode.yaml, before / with this kernel: 4096 x 4096 at 1 token 20.2 / 9.15
+ * us (20.7 / 45.5 % of the copy rate), at 8 tokens 171 / 23.1 us (2.5 / 18.3 %); 14336 x 4096 64.4 /
+ * 22.0 us (22.7 / 66.3 %) and 346 / 55.2 us (4.3 / 26.6 %). Llama-3-8B's shapes in q8_0
+ * (suites/gpu-q8_0.yaml: synthetic, prompt 128), decode tokens/s: x1 115.9 / 115.7 ->
+ * 360.5 / 360.6 (67 % of the ~537 that the 7.97 GB read a token allow at the copy rate), x8 175.4 / 175.4 ->
+ * 1222 / 1225. At 8 tokens the dots, not the bytes, bound it (the 14336-row product 2.5x its
+ * one-token time): an int8 tensor-core form, as mmq_kernel for the k-quants, is the next step.
+ * Tried: two passes in flight a warp (60-80 registers) slower, x1 342, x8 942.
  */
 #include "kernels.h"
 #include "launch.cuh"
