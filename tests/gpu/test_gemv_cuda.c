@@ -96,6 +96,25 @@ static int count_outside(const float *y, const double *w_rows, const float *x, i
     return bad;
 }
 
+/* Random weights of `type` (rows x cols) on the device (weights_to_device: NULL when that failed),
+ * and their values in float64 in *w_rows (rows * cols, malloc'd): what a part is checked against. */
+static void *random_part(tm_rng_t *rng, tm_type type, int64_t rows, int64_t cols, double **w_rows) {
+    const tm_type_traits *traits = tm_type_traits_scalar(type);
+    uint64_t row_bytes;
+    tm_type_row_bytes(type, (uint64_t)cols, &row_bytes);
+    uint8_t *w = malloc(row_bytes * (uint64_t)rows);
+    float *w_row = malloc((size_t)cols * 4);
+    test_random_blocks(rng, type, w, rows * cols);
+    *w_rows = malloc((size_t)rows * cols * sizeof(double));
+    for (int64_t r = 0; r < rows; r++) {
+        traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
+        for (int64_t i = 0; i < cols; i++) (*w_rows)[r * cols + i] = w_row[i];
+    }
+    void *d_w = weights_to_device(type, w, rows, cols);
+    free(w), free(w_row);
+    return d_w;
+}
+
 /* One token's f16 / bf16 products in one launch (tm_cuda_gemv_16bit_parts: Q/K/V-like parts of 517,
  * 37 and 300 rows of 1032 columns, 129 16-byte pieces a row, so a lane's last batch is partial; and
  * two parts, gate/up-like, of 64 rows of 8200): each part equals its own tm_cuda_gemv launch bit for
@@ -108,7 +127,7 @@ static void test_sixteen_bit_parts(tm_rng_t *rng) {
             const int n_parts = shape == 0 ? 3 : 2;
             const int64_t cols = shape == 0 ? 1032 : 8200, part_rows[3] = {shape == 0 ? 517 : 64, shape == 0 ? 37 : 64, 300};
             const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
-            float *x = malloc((size_t)cols * 4), *w_row = malloc((size_t)cols * 4);
+            float *x = malloc((size_t)cols * 4);
             for (int64_t i = 0; i < cols; i++) x[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
             void *d_x;
             CHECK(cudaMalloc(&d_x, (size_t)cols * 4) == cudaSuccess, "cudaMalloc");
@@ -117,17 +136,7 @@ static void test_sixteen_bit_parts(tm_rng_t *rng) {
             float *separate[3], *together[3];
             double *w_rows[3];
             for (int p = 0; p < n_parts; p++) {
-                uint64_t row_bytes;
-                tm_type_row_bytes(types[k], (uint64_t)cols, &row_bytes);
-                uint8_t *w = malloc(row_bytes * (uint64_t)part_rows[p]);
-                test_random_blocks(rng, types[k], w, part_rows[p] * cols);
-                w_rows[p] = malloc((size_t)part_rows[p] * cols * sizeof(double));
-                for (int64_t r = 0; r < part_rows[p]; r++) {
-                    traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
-                    for (int64_t i = 0; i < cols; i++) w_rows[p][r * cols + i] = w_row[i];
-                }
-                void *d_w = weights_to_device(types[k], w, part_rows[p], cols);
-                free(w);
+                void *d_w = random_part(rng, types[k], part_rows[p], cols, &w_rows[p]);
                 CHECK(d_w != NULL && cudaMalloc((void **)&separate[p], (size_t)part_rows[p] * 4) == cudaSuccess &&
                           cudaMalloc((void **)&together[p], (size_t)part_rows[p] * 4) == cudaSuccess,
                       "part %d upload, cudaMalloc", p);
@@ -158,7 +167,7 @@ static void test_sixteen_bit_parts(tm_rng_t *rng) {
             }
             for (int p = 0; p < n_parts; p++) cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]), free(w_rows[p]);
             cudaFree(d_x);
-            free(x), free(w_row);
+            free(x);
         }
 }
 
@@ -176,7 +185,7 @@ static void test_sixteen_bit_token_parts(tm_rng_t *rng) {
             const int n = counts[c];
             const double bound = types[k] == TM_TYPE_F16 ? 2e-3 : 8e-3;
             const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
-            float *x = malloc((size_t)cols * n * 4), *w_row = malloc((size_t)cols * 4);
+            float *x = malloc((size_t)cols * n * 4);
             for (int64_t i = 0; i < cols * n; i++) x[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
             void *d_x;
             CHECK(cudaMalloc(&d_x, (size_t)cols * n * 4) == cudaSuccess, "cudaMalloc");
@@ -185,17 +194,7 @@ static void test_sixteen_bit_token_parts(tm_rng_t *rng) {
             float *separate[3], *together[3];
             double *w_rows[3];
             for (int p = 0; p < 3; p++) {
-                uint64_t row_bytes;
-                tm_type_row_bytes(types[k], (uint64_t)cols, &row_bytes);
-                uint8_t *w = malloc(row_bytes * (uint64_t)part_rows[p]);
-                test_random_blocks(rng, types[k], w, part_rows[p] * cols);
-                w_rows[p] = malloc((size_t)part_rows[p] * cols * sizeof(double));
-                for (int64_t r = 0; r < part_rows[p]; r++) {
-                    traits->dequantize_row(w + (uint64_t)r * row_bytes, w_row, cols);
-                    for (int64_t i = 0; i < cols; i++) w_rows[p][r * cols + i] = w_row[i];
-                }
-                void *d_w = weights_to_device(types[k], w, part_rows[p], cols);
-                free(w);
+                void *d_w = random_part(rng, types[k], part_rows[p], cols, &w_rows[p]);
                 const size_t bytes = (size_t)part_rows[p] * n * 4;
                 CHECK(d_w != NULL && cudaMalloc((void **)&separate[p], bytes) == cudaSuccess && cudaMalloc((void **)&together[p], bytes) == cudaSuccess,
                       "part %d upload, cudaMalloc", p);
@@ -226,7 +225,7 @@ static void test_sixteen_bit_token_parts(tm_rng_t *rng) {
             CHECK(status == cudaErrorNotSupported && first == 0xffffffffu, "a part of 120 rows (not whole tiles) is declined, y untouched");
             for (int p = 0; p < 3; p++) cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]), free(w_rows[p]);
             cudaFree(d_x);
-            free(x), free(w_row);
+            free(x);
         }
 }
 
