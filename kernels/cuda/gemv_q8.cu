@@ -15,6 +15,8 @@
  * describes, below; TM_GEMV_STREAM=1 tries the streamed kernel of gemv_stream.cu first).
  * Precision: the activation rounding (at most half a step of max|x|/127 per element of each
  * 32-block) is the only difference from the float kernels, as on the CPU's fast path.
+ * q8_0 weights take the same activations in gemv_q8_0.cu (tm_cuda_gemv_q8 and
+ * tm_cuda_gemv_q8_parts send them there).
  */
 #include "kernels.h"
 #include "launch.cuh"
