@@ -40,14 +40,24 @@ static void format_bytes(double bytes, char *out, size_t size) {
 
 static bool have_gnuplot(void) { return system("gnuplot --version > /dev/null 2>&1") == 0; }
 
-static void hardware_block(FILE *md, sqlite3 *db, int64_t run) {
-    sqlite3_stmt *s;
-    sqlite3_prepare_v2(db,
-                       "SELECT id, status, started_at, coalesce(git_branch, '-'), coalesce(git_commit, '-'), git_dirty, "
-                       "cpu_model, cpu_count, gpu_names, gpu_count, gpu_driver, cuda_version, gpu_sm_clock_mhz, "
-                       "gpu_memory_clock_mhz, gpu_power_limit_w, build_type, host_name, suite_names FROM runs WHERE id = ?",
-                       -1, &s, NULL);
+/* `sql` prepared with `run` bound to its first parameter; NULL when it does not prepare (stepping or
+ * finalizing NULL is a harmless no-op in SQLite, so a section then shows nothing). */
+static sqlite3_stmt *statement_for_run(sqlite3 *db, const char *sql, int64_t run) {
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) {
+        sqlite3_finalize(s);
+        return NULL;
+    }
     sqlite3_bind_int64(s, 1, run);
+    return s;
+}
+
+static void hardware_block(FILE *md, sqlite3 *db, int64_t run) {
+    const char *sql =
+        "SELECT id, status, started_at, coalesce(git_branch, '-'), coalesce(git_commit, '-'), git_dirty, "
+        "cpu_model, cpu_count, gpu_names, gpu_count, gpu_driver, cuda_version, gpu_sm_clock_mhz, "
+        "gpu_memory_clock_mhz, gpu_power_limit_w, build_type, host_name, suite_names FROM runs WHERE id = ?";
+    sqlite3_stmt *s = statement_for_run(db, sql, run);
     if (sqlite3_step(s) == SQLITE_ROW) {
         fprintf(md, "Numbers in this guide come from run %lld (%s, started %s) of suites %s, on branch %s at commit "
                     "%.10s%s, measured by `tmbench` and stored in its SQLite database; regenerate with "
@@ -79,7 +89,6 @@ typedef struct chart_lines {
  * `lines`; cases past CHART_LINES lines stay in the table only). Returns rows. */
 static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, chart_lines *lines) {
     lines->n = 0;
-    sqlite3_stmt *s;
     const char *sql =
         "SELECT c.suite, coalesce(c.model, '-'), json_extract(c.params, '$.prompt_tokens'), json_extract(c.params, '$.batch'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), "
@@ -91,8 +100,7 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
         "(SELECT relative_noise FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), "
         "(SELECT ceiling FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), c.status "
         "FROM cases c WHERE c.run_id = ? AND c.kind = 'throughput' ORDER BY c.model, 3, 4, c.id";
-    sqlite3_prepare_v2(db, sql, -1, &s, NULL);
-    sqlite3_bind_int64(s, 1, run);
+    sqlite3_stmt *s = statement_for_run(db, sql, run);
     FILE *data = NULL;
     if (charts_dir) {
         char path[4200];
@@ -146,7 +154,6 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
 /* Decode at each longer prompt against the shortest prompt measured with the same model and batch
  * (the speed issue bounds 2048 x8 against 128 x8 at 15 %): nothing when no pair was measured. */
 static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
-    sqlite3_stmt *s;
     const char *sql =
         "WITH d AS (SELECT c.id, coalesce(c.model, '-') AS model, json_extract(c.params, '$.batch') AS batch, "
         "json_extract(c.params, '$.prompt_tokens') AS prompt, m.median AS rate FROM cases c JOIN metrics m ON m.case_id = c.id "
@@ -156,8 +163,8 @@ static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
         "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate FROM d l JOIN shortest k ON k.model = l.model AND "
         "k.batch = l.batch JOIN d s ON s.model = k.model AND s.batch = k.batch AND s.prompt = k.prompt "
         "WHERE l.prompt > k.prompt ORDER BY l.model, l.batch, l.prompt";
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) != SQLITE_OK) return;
-    sqlite3_bind_int64(s, 1, run);
+    sqlite3_stmt *s = statement_for_run(db, sql, run);
+    if (!s) return;
     int rows = 0;
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
@@ -172,7 +179,6 @@ static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
 }
 
 static int memory_section(FILE *md, sqlite3 *db, int64_t run) {
-    sqlite3_stmt *s;
     const char *sql =
         "SELECT coalesce(c.model, '-'), json_extract(c.params, '$.batch'), json_extract(c.params, '$.prompt_tokens'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'weight_bytes'), "
@@ -181,8 +187,7 @@ static int memory_section(FILE *md, sqlite3 *db, int64_t run) {
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'total_bytes'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'process_peak_rss_bytes') "
         "FROM cases c WHERE c.run_id = ? AND c.kind = 'memory' ORDER BY c.model, 2, 3, c.id";
-    sqlite3_prepare_v2(db, sql, -1, &s, NULL);
-    sqlite3_bind_int64(s, 1, run);
+    sqlite3_stmt *s = statement_for_run(db, sql, run);
     int rows = 0;
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
@@ -276,17 +281,16 @@ static bool draw_roofline(const char *charts_dir, double copy_gb_per_s, double g
  * grid, block) that took the most GPU time per timed repetition, with the mean time a launch: one
  * kernel serving several products (the decode products of different sizes) shows once per shape. */
 static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
-    sqlite3_stmt *cases, *top;
-    sqlite3_prepare_v2(db,
-                       "SELECT c.id, c.name, count(DISTINCT k.repetition), sum(k.end_ns - k.start_ns) FROM cases c JOIN "
-                       "kernel_records k ON k.case_id = c.id AND k.repetition >= 0 AND k.grid IS NOT NULL WHERE c.run_id = ? AND "
-                       "c.kind = 'throughput' GROUP BY c.id ORDER BY c.id",
-                       -1, &cases, NULL);
+    sqlite3_stmt *top;
+    const char *cases_sql =
+        "SELECT c.id, c.name, count(DISTINCT k.repetition), sum(k.end_ns - k.start_ns) FROM cases c JOIN "
+        "kernel_records k ON k.case_id = c.id AND k.repetition >= 0 AND k.grid IS NOT NULL WHERE c.run_id = ? AND "
+        "c.kind = 'throughput' GROUP BY c.id ORDER BY c.id";
+    sqlite3_stmt *cases = statement_for_run(db, cases_sql, run);
     sqlite3_prepare_v2(db,
                        "SELECT name, grid, block, count(*), sum(end_ns - start_ns) FROM kernel_records WHERE case_id = ? AND "
                        "repetition >= 0 AND grid IS NOT NULL GROUP BY name, grid, block ORDER BY 5 DESC, 1, 2 LIMIT 8",
                        -1, &top, NULL);
-    sqlite3_bind_int64(cases, 1, run);
     int shown = 0;
     fprintf(md, "\n### 1.1 Where the GPU time goes\n\n");
     while (sqlite3_step(cases) == SQLITE_ROW) {
@@ -316,23 +320,21 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
 
 /* 2.1: every kernels case with its time and its share of the ceilings measured in the same run. */
 static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, double *copy_out, double *gemm_out) {
-    sqlite3_stmt *s;
-    sqlite3_prepare_v2(db,
-                       "SELECT c.name, c.status, t.median, t.relative_noise, g.median, f.median, pb.median, pf.median, g.ceiling, "
-                       "f.ceiling, json_extract(c.params, '$.op'), json_extract(c.params, '$.head_dim'), "
-                       "json_extract(c.params, '$.tokens'), hc.bytes, hc.flops, hc.ns FROM cases c "
-                       "LEFT JOIN (SELECT case_id, sum(CASE WHEN counter = 'dram_bytes' THEN value END) AS bytes, "
-                       "sum(CASE WHEN counter IN ('fp32_flops', 'fp16_flops', 'tensor_flops') THEN value END) AS flops, "
-                       "sum(CASE WHEN counter = 'gpu_time_ns' THEN value END) AS ns FROM hardware_counters "
-                       "WHERE scope LIKE 'kernel %' AND scope NOT LIKE '%flush_read_kernel%' GROUP BY case_id) hc ON hc.case_id = c.id "
-                       "LEFT JOIN metrics t ON t.case_id = c.id AND t.metric = 'time_us' "
-                       "LEFT JOIN metrics g ON g.case_id = c.id AND g.metric = 'gb_per_s' "
-                       "LEFT JOIN metrics f ON f.case_id = c.id AND f.metric = 'tflop_per_s' "
-                       "LEFT JOIN metrics pb ON pb.case_id = c.id AND pb.metric = 'pct_of_copy_bandwidth' "
-                       "LEFT JOIN metrics pf ON pf.case_id = c.id AND pf.metric = 'pct_of_gemm_flops' "
-                       "WHERE c.run_id = ? AND c.kind = 'kernels' ORDER BY c.id",
-                       -1, &s, NULL);
-    sqlite3_bind_int64(s, 1, run);
+    const char *sql =
+        "SELECT c.name, c.status, t.median, t.relative_noise, g.median, f.median, pb.median, pf.median, g.ceiling, "
+        "f.ceiling, json_extract(c.params, '$.op'), json_extract(c.params, '$.head_dim'), "
+        "json_extract(c.params, '$.tokens'), hc.bytes, hc.flops, hc.ns FROM cases c "
+        "LEFT JOIN (SELECT case_id, sum(CASE WHEN counter = 'dram_bytes' THEN value END) AS bytes, "
+        "sum(CASE WHEN counter IN ('fp32_flops', 'fp16_flops', 'tensor_flops') THEN value END) AS flops, "
+        "sum(CASE WHEN counter = 'gpu_time_ns' THEN value END) AS ns FROM hardware_counters "
+        "WHERE scope LIKE 'kernel %' AND scope NOT LIKE '%flush_read_kernel%' GROUP BY case_id) hc ON hc.case_id = c.id "
+        "LEFT JOIN metrics t ON t.case_id = c.id AND t.metric = 'time_us' "
+        "LEFT JOIN metrics g ON g.case_id = c.id AND g.metric = 'gb_per_s' "
+        "LEFT JOIN metrics f ON f.case_id = c.id AND f.metric = 'tflop_per_s' "
+        "LEFT JOIN metrics pb ON pb.case_id = c.id AND pb.metric = 'pct_of_copy_bandwidth' "
+        "LEFT JOIN metrics pf ON pf.case_id = c.id AND pf.metric = 'pct_of_gemm_flops' "
+        "WHERE c.run_id = ? AND c.kind = 'kernels' ORDER BY c.id";
+    sqlite3_stmt *s = statement_for_run(db, sql, run);
     int rows = 0;
     double copy_ceiling = 0, gemm_ceiling = 0;
     char data_path[4200];
