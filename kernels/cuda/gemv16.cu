@@ -42,16 +42,10 @@
 #include "kernels.h"
 #include "launch.cuh"
 #include "quant.cuh"
+#include "row_parts.cuh"
 
 #define GEMV16_THREADS 256 /* 8 rows a block */
 
-struct gemv16_parts {
-    const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
-    float *y[TM_CUDA_GEMV_MAX_PARTS];
-    int64_t end[TM_CUDA_GEMV_MAX_PARTS]; /* rows of parts 0..i together */
-    int64_t all_rows; /* end[n_parts - 1], kept apart: a dynamic index would copy the parameters to the stack */
-    int n_parts;
-};
 
 /* dot of 8 weights (one 16-byte piece) with 8 activations */
 template <int TYPE> __device__ __forceinline__ float piece_dot(const uint4 &piece, const float4 &a, const float4 &b) {
@@ -69,15 +63,14 @@ template <int TYPE> __device__ __forceinline__ float piece_dot(const uint4 &piec
 }
 
 template <int TYPE, int LOADS>
-__global__ void __launch_bounds__(GEMV16_THREADS, 4) gemv16_kernel(gemv16_parts p, int64_t cols, const float *x, int rotate) {
+__global__ void __launch_bounds__(GEMV16_THREADS, 4) gemv16_kernel(row_parts p, int64_t cols, const float *x, int rotate) {
     const int64_t all_rows = p.all_rows, at = ((int64_t)blockIdx.x * GEMV16_THREADS + threadIdx.x) / 32;
     const int lane = threadIdx.x % 32;
-    /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
-    const int part = at < p.end[0] ? 0 : at < p.end[1] || p.n_parts < 3 ? 1 : 2;
-    const int64_t row = at - (part == 0 ? 0 : part == 1 ? p.end[0] : p.end[1]);
+    const part_row here = part_row_of(p, at);
+    const int64_t row = here.row;
     const int pieces = (int)(cols / 8);
-    const uint4 *w = (part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2]) + row * pieces;
-    float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
+    const uint4 *w = part_field(p.weights, here.part) + row * pieces;
+    float *y = part_field(p.y, here.part);
     /* a row starts at its own batch (row % batches) and wraps around, so that the warps of a launch, which run in step,
        read different columns of their rows at a time rather than addresses a row's length apart */
     const int batches = (pieces + 32 * LOADS - 1) / (32 * LOADS);
@@ -139,7 +132,7 @@ __global__ void gemv_f16_kernel(const __half *weights, int64_t rows, int64_t col
 }
 
 template <int TYPE>
-static cudaError_t launch_parts(const gemv16_parts &p, int64_t cols, const float *x, cudaStream_t stream) {
+static cudaError_t launch_parts(const row_parts &p, int64_t cols, const float *x, cudaStream_t stream) {
     static const int loads = tm_env_int("TM_GEMV16_LOADS", 2), rotate = tm_env_int("TM_GEMV16_ROTATE", 1);
     const dim3 grid((unsigned)((p.all_rows * 32 + GEMV16_THREADS - 1) / GEMV16_THREADS)), block(GEMV16_THREADS);
     if (loads == 4) return tm_launch_dependent(gemv16_kernel<TYPE, 4>, grid, block, 0, stream, p, cols, x, rotate);
@@ -151,15 +144,8 @@ extern "C" int tm_cuda_gemv_16bit_parts(const tm_cuda_gemv_part *parts, int n_pa
     static const int mode = tm_env_int("TM_GEMV16", 2);
     if (n_parts < 1 || n_parts > TM_CUDA_GEMV_MAX_PARTS || cols < 8 || cols % 8 || (uintptr_t)x % 16) return cudaErrorNotSupported;
     const int type = parts[0].type;
-    gemv16_parts p = {};
-    p.n_parts = n_parts;
-    for (int i = 0; i < n_parts; i++) {
-        if (parts[i].type != type || (type != F16 && type != BF16) || parts[i].rows < 1 || (uintptr_t)parts[i].weights % 16)
-            return cudaErrorNotSupported;
-        p.weights[i] = (const uint4 *)parts[i].weights, p.y[i] = parts[i].y;
-        p.end[i] = parts[i].rows + (i ? p.end[i - 1] : 0);
-    }
-    p.all_rows = p.end[n_parts - 1];
+    row_parts p;
+    if ((type != F16 && type != BF16) || !row_parts_of(parts, n_parts, type, &p)) return cudaErrorNotSupported;
     if (mode == 0 || (mode == 1 && n_parts > 1) || (mode == 3 && n_parts == 1 && type == F16)) {
         if (type != F16 || n_parts > 1) return cudaErrorNotSupported;
         const dim3 grid((unsigned)((parts[0].rows * 32 + 255) / 256));

@@ -33,19 +33,11 @@
 #include "kernels.h"
 #include "launch.cuh"
 #include "quant.cuh"
+#include "row_parts.cuh"
 
 #define Q80_WARPS 4                                /* rows a block */
 #define Q80_PASS_BLOCKS 32                         /* a lane a block */
 #define Q80_PASS_PIECES (Q80_PASS_BLOCKS * 34 / 16) /* 68 */
-
-struct q80_parts {
-    const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
-    float *y[TM_CUDA_GEMV_MAX_PARTS];
-    int64_t rows[TM_CUDA_GEMV_MAX_PARTS];
-    int64_t end[TM_CUDA_GEMV_MAX_PARTS]; /* rows of parts 0..i together */
-    int64_t all_rows;                    /* end[n_parts - 1], kept apart: a dynamic index would copy the parameters to the stack */
-    int n_parts;
-};
 
 /* 16-byte pieces of the pass of `blocks_left` (a multiple of 8) or more blocks */
 __device__ __forceinline__ int pass_pieces(int64_t blocks_left) {
@@ -54,18 +46,16 @@ __device__ __forceinline__ int pass_pieces(int64_t blocks_left) {
 
 /* NT: the most tokens the launch takes (n_tokens <= NT); tokens past n_tokens are skipped. */
 template <int NT>
-__global__ void __launch_bounds__(32 * Q80_WARPS) q8_0_kernel(q80_parts p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
+__global__ void __launch_bounds__(32 * Q80_WARPS) q8_0_kernel(row_parts p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
     /* a warp's pass, and one piece more: the last lane's ninth word, read but not used */
     __shared__ uint4 slots[Q80_WARPS][Q80_PASS_PIECES + 1];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int64_t at = (int64_t)blockIdx.x * Q80_WARPS + warp;
-    /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
-    const int part = at < p.end[0] ? 0 : at < p.end[1] || p.n_parts < 3 ? 1 : 2;
-    const int64_t row = at - (part == 0 ? 0 : part == 1 ? p.end[0] : p.end[1]);
-    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2];
-    float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
+    const part_row here = part_row_of(p, at);
+    const int64_t row = here.row, rows = part_field(p.rows, here.part);
+    float *y = part_field(p.y, here.part);
     const int64_t blocks = cols / 32;
-    const uint4 *w = (part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2]) + row * (blocks * 17 / 8);
+    const uint4 *w = part_field(p.weights, here.part) + row * (blocks * 17 / 8);
     uint4 next[3];
     auto load = [&](int64_t first) { /* the pass from block `first` (a multiple of 32) into next */
         const int pieces = pass_pieces(blocks - first);
@@ -122,7 +112,7 @@ __global__ void __launch_bounds__(32 * Q80_WARPS) q8_0_kernel(q80_parts p, int64
 }
 
 template <int NT>
-static cudaError_t launch_q8_0(const q80_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
+static cudaError_t launch_q8_0(const row_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
     const dim3 grid((unsigned)((p.all_rows + Q80_WARPS - 1) / Q80_WARPS)), block(32 * Q80_WARPS);
     return tm_launch_dependent(q8_0_kernel<NT>, grid, block, 0, s, p, cols, (const int8_t *)x.qs, (const half2 *)x.ds, n_tokens);
 }
@@ -130,14 +120,8 @@ static cudaError_t launch_q8_0(const q80_parts &p, int64_t cols, const q8_out &x
 extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream) {
     if (n_parts < 1 || n_parts > TM_CUDA_GEMV_MAX_PARTS || cols < 256 || cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || !q8)
         return cudaErrorNotSupported;
-    q80_parts p = {};
-    p.n_parts = n_parts;
-    for (int i = 0; i < n_parts; i++) {
-        if (parts[i].type != Q8_0 || parts[i].rows < 1 || (uintptr_t)parts[i].weights % 16) return cudaErrorNotSupported;
-        p.weights[i] = (const uint4 *)parts[i].weights, p.y[i] = parts[i].y, p.rows[i] = parts[i].rows;
-        p.end[i] = parts[i].rows + (i ? p.end[i - 1] : 0);
-    }
-    p.all_rows = p.end[n_parts - 1];
+    row_parts p;
+    if (!row_parts_of(parts, n_parts, Q8_0, &p)) return cudaErrorNotSupported;
     const q8_out x = q8_out_at(q8, n_tokens, cols);
     const cudaStream_t s = (cudaStream_t)stream;
     if (n_tokens == 1) return launch_q8_0<1>(p, cols, x, n_tokens, s);
