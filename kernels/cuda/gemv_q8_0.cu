@@ -11,6 +11,12 @@
  * products. Declines (cudaErrorNotSupported) columns not a multiple of 256, weights not 16-byte
  * aligned, other types, more than TM_CUDA_GEMV_MAX_TOKENS tokens.
  *
+ * 2..16 tokens where every part's rows are whole 16-row tiles take q8_0_mma_kernel (int8 tensor
+ * cores, below; TM_Q80_MMA=0 keeps them on the dp4a kernel). H200, one call, dp4a / tensor cores:
+ * 4096 x 4096 at 8 tokens 23.3 / 13.4 us (18.1 / 31.6 % of the copy rate), 14336 x 4096 55.1 /
+ * 36.9 us (26.7 / 39.9 %); suites/gpu-q8_0.yaml decode x8 1220 / 1225 -> 1835 / 1829 tokens/s (x1
+ * unchanged, 361).
+ *
  * Layout: a warp a row, 4 rows a block. A row's blocks are 34 bytes apart (2-byte aligned), but 8
  * blocks are 272 bytes, 17 16-byte pieces, so with cols % 256 == 0 every 8-block group of every row
  * starts 16-byte aligned. A pass takes 32 blocks (1088 bytes, 68 pieces): the lanes load its pieces
@@ -27,13 +33,15 @@
  * (suites/gpu-q8_0.yaml: synthetic, prompt 128), decode tokens/s: x1 115.9 / 115.7 ->
  * 360.5 / 360.6 (67 % of the ~537 that the 7.97 GB read a token allow at the copy rate), x8 175.4 / 175.4 ->
  * 1222 / 1225. At 8 tokens the dots, not the bytes, bound it (the 14336-row product 2.5x its
- * one-token time): an int8 tensor-core form, as mmq_kernel for the k-quants, is the next step.
+ * one-token time): hence the int8 tensor-core form below for 2..16 tokens.
  * Tried: two passes in flight a warp (60-80 registers) slower, x1 342, x8 942.
  */
 #include "kernels.h"
 #include "launch.cuh"
+#include "mma.cuh"
 #include "quant.cuh"
 #include "row_parts.cuh"
+#include "tile_sums.cuh"
 
 #define Q80_WARPS 4                                /* rows a block */
 #define Q80_PASS_BLOCKS 32                         /* a lane a block */
@@ -117,6 +125,128 @@ static cudaError_t launch_q8_0(const row_parts &p, int64_t cols, const q8_out &x
     return tm_launch_dependent(q8_0_kernel<NT>, grid, block, 0, s, p, cols, (const int8_t *)x.qs, (const half2 *)x.ds, n_tokens);
 }
 
+/* ---- 2..16 tokens on int8 tensor cores --------------------------------------------------------- */
+
+#define Q80_MMA_WARPS 8
+#define Q80_GROUP_PIECES (16 * 17) /* a 16-row tile's 8-block group: 16 rows of 272 bytes */
+
+/* Up to TM_CUDA_GEMV_MAX_PARTS products sharing x: part i's 16-row tiles follow part i - 1's. */
+struct q80_tiles {
+    const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
+    float *y[TM_CUDA_GEMV_MAX_PARTS];
+    int64_t rows[TM_CUDA_GEMV_MAX_PARTS];
+    int tiles_end[TM_CUDA_GEMV_MAX_PARTS]; /* tiles of parts 0..i together */
+    int n_parts;
+};
+
+/* One block a 16-row tile, NG groups of 8 tokens (tokens past n_tokens read token n_tokens - 1 and
+ * are never stored). Warp w takes the tile's 8-block groups w, w + WARPS, ...: it copies the
+ * group's 16 x 272 bytes into its shared-memory slot by 16-byte pieces (the next group's requested
+ * before this one's products), then for each of the 8 blocks one m16n8k32 a token group: A the 16
+ * rows' 32 values (four words a thread, each two words and a funnel shift: a block's values start
+ * 2 bytes into a word for even blocks), B the tokens' q8_1 values, and C, an exact integer, scaled
+ * by the row's d and the token's d into float32 sums; then the warps' sums are added in warp order
+ * (tile_sums.cuh), so a tile's result does not depend on the launch. */
+template <int NG>
+__global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(q80_tiles p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
+    __shared__ uint4 slots[Q80_MMA_WARPS][Q80_GROUP_PIECES + 1]; /* one piece more: the last words' right neighbour */
+    __shared__ float partial[Q80_MMA_WARPS - 1][NG * 4][32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
+    const int tile = blockIdx.x, part = tile < p.tiles_end[0] ? 0 : tile < p.tiles_end[1] || p.n_parts < 3 ? 1 : 2;
+    const uint4 *weights = part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2];
+    float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
+    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2];
+    const int64_t row0 = (int64_t)(tile - (part == 0 ? 0 : part == 1 ? p.tiles_end[0] : p.tiles_end[1])) * 16;
+    const int64_t blocks = cols / 32, groups = cols / 256, row_pieces = blocks * 17 / 8;
+    const uint4 *tile_weights = weights + row0 * row_pieces;
+    uint4 next[9]; /* 272 pieces over 32 lanes: 8 each, the ninth for lanes 0..15 */
+    auto load = [&](int64_t group) {
+        if (group >= groups) return;
+#pragma unroll
+        for (int k = 0; k < 9; k++) {
+            const int piece = lane + 32 * k;
+            if (piece < Q80_GROUP_PIECES) next[k] = ldg_stream16(tile_weights + (piece / 17) * row_pieces + group * 17 + piece % 17);
+        }
+    };
+    load(warp); /* before the wait: weights are not written by earlier work */
+    tm_grid_dependency();
+    uint4 *slot = slots[warp];
+    if (lane == 0) slot[Q80_GROUP_PIECES] = make_uint4(0, 0, 0, 0);
+    const uint32_t *words = reinterpret_cast<const uint32_t *>(slot);
+    const uint8_t *bytes = reinterpret_cast<const uint8_t *>(slot);
+    const int8_t *b_token[NG]; /* token 8G + g: its B column */
+    const half2 *c_token_scales[NG][2]; /* tokens 8G + 2t, + 1: their C columns' scales */
+#pragma unroll
+    for (int G = 0; G < NG; G++) {
+        b_token[G] = xq + min(8 * G + g, n_tokens - 1) * cols + 4 * t;
+#pragma unroll
+        for (int k = 0; k < 2; k++) c_token_scales[G][k] = xds + min(8 * G + 2 * t + k, n_tokens - 1) * blocks;
+    }
+    float acc[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[G][i] = 0;
+    /* A's value at row r of the group's block j, values 4c..4c+3 (c = t or 4 + t) */
+    auto a_word = [&](int r, int j, int c) {
+        const int byte = r * 272 + 34 * j + 2 + 4 * c;
+        return (int)__funnelshift_r(words[byte / 4], words[byte / 4 + 1], (byte % 4) * 8);
+    };
+    for (int64_t group = warp; group < groups; group += Q80_MMA_WARPS) {
+        __syncwarp(); /* the previous group's reads of the slot are done */
+#pragma unroll
+        for (int k = 0; k < 9; k++)
+            if (lane + 32 * k < Q80_GROUP_PIECES) slot[lane + 32 * k] = next[k];
+        __syncwarp();
+        load(group + Q80_MMA_WARPS); /* in flight during this group's products */
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int64_t block = group * 8 + j;
+            const int a0 = a_word(g, j, t), a1 = a_word(g + 8, j, t), a2 = a_word(g, j, 4 + t), a3 = a_word(g + 8, j, 4 + t);
+            float d_row[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) d_row[r] = __half2float(*reinterpret_cast<const __half *>(bytes + (g + 8 * r) * 272 + 34 * j));
+#pragma unroll
+            for (int G = 0; G < NG; G++) {
+                const int8_t *b = b_token[G] + block * 32;
+                int c[4] = {0, 0, 0, 0};
+                mma_s8_k32(c, a0, a1, a2, a3, *reinterpret_cast<const int *>(b), *reinterpret_cast<const int *>(b + 16));
+#pragma unroll
+                for (int k = 0; k < 2; k++) {
+                    const float d_token = __low2float(c_token_scales[G][k][block]);
+#pragma unroll
+                    for (int r = 0; r < 2; r++) acc[G][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                }
+            }
+        }
+    }
+    store_tile_sums<NG, Q80_MMA_WARPS>(acc, partial, y, rows, row0, n_tokens);
+}
+
+/* Whether 2..16 tokens take the tensor-core kernel where every part's rows are whole 16-row tiles
+ * (TM_Q80_MMA=0, a measuring aid, keeps them on q8_0_kernel's dp4a). */
+static bool q8_0_mma_enabled(void) {
+    static const bool enabled = tm_env_int("TM_Q80_MMA", 1) != 0;
+    return enabled;
+}
+
+static cudaError_t launch_q8_0_tiles(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
+    q80_tiles p = {};
+    p.n_parts = n_parts;
+    int64_t tiles = 0;
+    for (int i = 0; i < n_parts; i++) {
+        tiles += parts[i].rows / 16;
+        if (tiles > INT32_MAX) return cudaErrorNotSupported;
+        p.weights[i] = (const uint4 *)parts[i].weights, p.y[i] = parts[i].y, p.rows[i] = parts[i].rows, p.tiles_end[i] = (int)tiles;
+    }
+    const dim3 grid((unsigned)tiles), block(32 * Q80_MMA_WARPS);
+    const int8_t *qs = (const int8_t *)x.qs;
+    const half2 *ds = (const half2 *)x.ds;
+    if (n_tokens <= 8) return tm_launch_dependent(q8_0_mma_kernel<1>, grid, block, 0, s, p, cols, qs, ds, n_tokens);
+    return tm_launch_dependent(q8_0_mma_kernel<2>, grid, block, 0, s, p, cols, qs, ds, n_tokens);
+}
+
 extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream) {
     if (n_parts < 1 || n_parts > TM_CUDA_GEMV_MAX_PARTS || cols < 256 || cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || !q8)
         return cudaErrorNotSupported;
@@ -124,6 +254,9 @@ extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_par
     if (!row_parts_of(parts, n_parts, Q8_0, &p)) return cudaErrorNotSupported;
     const q8_out x = q8_out_at(q8, n_tokens, cols);
     const cudaStream_t s = (cudaStream_t)stream;
+    bool whole_tiles = true;
+    for (int i = 0; i < n_parts; i++) whole_tiles = whole_tiles && parts[i].rows % 16 == 0;
+    if (n_tokens >= 2 && whole_tiles && q8_0_mma_enabled()) return launch_q8_0_tiles(parts, n_parts, cols, x, n_tokens, s);
     if (n_tokens == 1) return launch_q8_0<1>(p, cols, x, n_tokens, s);
     if (n_tokens == 2) return launch_q8_0<2>(p, cols, x, n_tokens, s);
     if (n_tokens <= 4) return launch_q8_0<4>(p, cols, x, n_tokens, s);

@@ -1,7 +1,8 @@
 /*
  * mma.cuh - what the tensor-core kernels share (flash_mma.cu, gemm_fused.cu, gemv_q8.cu, gemv_mma16.cu): shared-memory tiles
  * of 16-byte chunks in wgmma's 128-byte-swizzle layout (readable by ldmatrix too), cp.async copies
- * into them, ldmatrix and mma.sync m16n8k16 / m16n8k8 (f16 in, float32 accumulate) for sm_80 and later, and
+ * into them, ldmatrix and mma.sync m16n8k16 / m16n8k8 (f16 in, float32 accumulate) and m16n8k32 / m16n8k16
+ * (int8 in, int32 accumulate) for sm_80 and later, and
  * the wgmma matrix descriptor (sm_90a; the instructions themselves are in wgmma.cuh). Whether a
  * device runs this build's wgmma code: tm_wgmma_available (launch.cuh).
  */
@@ -84,6 +85,22 @@ __device__ __forceinline__ uint32_t pack_half2(float low, float high) {
 __device__ __forceinline__ uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
     return (uint64_t)((address & 0x3FFFF) >> 4) | (uint64_t)((lbo & 0x3FFFF) >> 4) << 16 | (uint64_t)((sbo & 0x3FFFF) >> 4) << 32 |
            1ull << 62;
+}
+
+/* c += a (16 x 32) b (32 x 8), int8 inputs, int32 accumulators (sm_80 and later). Thread (g =
+ * lane / 4, t = lane % 4) holds a0 = A[g][4t..4t+3], a1 = A[g + 8][4t..], a2 = A[g][16 + 4t..],
+ * a3 = A[g + 8][16 + 4t..], b0 = B[4t..4t+3][g], b1 = B[16 + 4t..][g]; c[2r + k] = C[g + 8r][2t + k]. */
+__device__ __forceinline__ void mma_s8_k32(int (&c)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* The same with k = 16: a0 = A[g][4t..4t+3], a1 = A[g + 8][4t..], b0 = B[4t..4t+3][g]. */
+__device__ __forceinline__ void mma_s8_k16(int (&c)[4], int a0, int a1, int b0) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
 }
 
 #endif /* TM_CUDA_MMA_CUH */

@@ -429,7 +429,9 @@ int main(void) {
             if (tm_cuda_gemv_q8_supported((int)types[k])) {
                 void *d_q8;
                 CHECK(cudaMalloc(&d_q8, tm_cuda_q8_1_bytes(cols * 16)) == cudaSuccess, "cudaMalloc");
-                const int q8_counts[] = {1, 2, 3, 5, 8, 9, 16}; /* tensor cores: 8-token groups, one or two; q8_0: 1, 2, 4, 8, 16 at most */
+                /* tensor cores: 8-token groups, one or two (q8_0 where the rows are whole 16-row tiles: 272 and 48 rows);
+                 * q8_0's dp4a kernel: at most 1, 2, 4, 8 or 16 */
+                const int q8_counts[] = {1, 2, 3, 5, 8, 9, 16};
                 for (int c = 0; c < 7; c++) {
                     int n = q8_counts[c];
                     cudaMemset(d_y, 0xff, (size_t)rows * n * 4);
@@ -608,7 +610,7 @@ int main(void) {
     if (!child) {
         CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=8") == 0,
               "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
-        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_GEMV16_LOADS=4") == 0,
+        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_GEMV16_LOADS=4 TM_Q80_MMA=0") == 0,
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
