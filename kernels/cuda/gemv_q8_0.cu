@@ -34,7 +34,11 @@
  * 360.5 / 360.6 (67 % of the ~537 that the 7.97 GB read a token allow at the copy rate), x8 175.4 / 175.4 ->
  * 1222 / 1225. At 8 tokens the dots, not the bytes, bound it (the 14336-row product 2.5x its
  * one-token time): hence the int8 tensor-core form below for 2..16 tokens.
- * Tried: two passes in flight a warp (60-80 registers) slower, x1 342, x8 942.
+ * Tried: two passes in flight a warp (60-80 registers) slower, x1 342, x8 942; the token's q8_1
+ * staged in shared memory a block (340), a cp.async ring of 2-4 passes a warp (334-344), rows
+ * starting at their own pass (no change); the tensor-core kernel with 4 warps a tile (x8 1460) or
+ * its groups by cp.async (1552). ncu says both kernels are bound by the shared-memory pipe that
+ * re-aligns the 34-byte blocks, not by bytes in flight (docs/perf-notes.md, session 25).
  */
 #include "kernels.h"
 #include "launch.cuh"
