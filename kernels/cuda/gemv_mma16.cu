@@ -37,9 +37,10 @@
 #include "launch.cuh"
 #include "mma.cuh"
 #include "quant.cuh"
+#include "row_parts.cuh"
 #include "tile_sums.cuh"
 
-#define MMA16_ROWS 16
+#define MMA16_ROWS TM_TILE_ROWS
 #define MMA16_WARPS 8
 #define MMA16_UNROLL 4
 
@@ -62,28 +63,18 @@ template <bool BF16> __device__ __forceinline__ void mma16(float (&c)[4], const 
         mma_16816(c, a, b0, b1);
 }
 
-/* Up to TM_CUDA_GEMV_MAX_PARTS products sharing x: part i's tiles follow part i - 1's. */
-struct mma16_parts {
-    const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
-    float *y[TM_CUDA_GEMV_MAX_PARTS];
-    int64_t rows[TM_CUDA_GEMV_MAX_PARTS];
-    int tiles_end[TM_CUDA_GEMV_MAX_PARTS]; /* tiles of parts 0..i together */
-    int n_parts;
-};
-
 /* One block per 16-row tile of the parts' rows in order; NG groups of 8 tokens (columns past
  * n_tokens read token n_tokens - 1 and are never stored). acc[G][2r + k]: row g + 8r, token
  * 8G + 2t + k. A tile's result does not depend on the other parts of its launch. */
 template <bool BF16, int NG>
-__global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(mma16_parts p, int64_t cols, const float *x, int n_tokens) {
+__global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(tile_parts p, int64_t cols, const float *x, int n_tokens) {
     __shared__ float partial[MMA16_WARPS - 1][NG * 4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
-    const int tile = blockIdx.x, part = tile < p.tiles_end[0] ? 0 : tile < p.tiles_end[1] || p.n_parts < 3 ? 1 : 2;
-    const uint4 *weights = part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2];
-    float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
-    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2];
-    const int64_t row0 = (int64_t)(tile - (part == 0 ? 0 : part == 1 ? p.tiles_end[0] : p.tiles_end[1])) * MMA16_ROWS;
+    const int tile = blockIdx.x, part = tile_part_of(p, tile);
+    const uint4 *weights = part_field(p.weights, part);
+    float *y = part_field(p.y, part);
+    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2]; /* part_field here: 4 registers more (ptxas) */
+    const int64_t row0 = tile_row0(p, tile, part);
     const int64_t steps = cols / 32, row_pieces = cols / 8;
     const uint4 *row_g = weights + (row0 + g) * row_pieces + t, *row_g8 = row_g + 8 * row_pieces;
     const float4 *x_g[NG];
@@ -147,16 +138,9 @@ extern "C" int tm_cuda_gemv_16bit_tokens_parts(const tm_cuda_gemv_part *parts, i
         (uintptr_t)x % 16 || !mma16_enabled() || (n_parts > 1 && !parts_enabled))
         return cudaErrorNotSupported;
     const int type = parts[0].type;
-    mma16_parts p = {};
-    p.n_parts = n_parts;
-    int64_t tiles = 0;
-    for (int i = 0; i < n_parts; i++) {
-        if (parts[i].type != type || (type != F16 && type != BF16) || parts[i].rows % MMA16_ROWS || (uintptr_t)parts[i].weights % 16)
-            return cudaErrorNotSupported;
-        tiles += parts[i].rows / MMA16_ROWS;
-        if (tiles > INT32_MAX) return cudaErrorNotSupported;
-        p.weights[i] = (const uint4 *)parts[i].weights, p.y[i] = parts[i].y, p.rows[i] = parts[i].rows, p.tiles_end[i] = (int)tiles;
-    }
+    tile_parts p;
+    if ((type != F16 && type != BF16) || !tile_parts_of(parts, n_parts, type, &p)) return cudaErrorNotSupported;
+    const int tiles = p.tiles_end[n_parts - 1];
     if (tiles == 0) return cudaSuccess;
     const cudaStream_t s = (cudaStream_t)stream;
     const dim3 grid((unsigned)tiles), block(32 * MMA16_WARPS);

@@ -134,15 +134,6 @@ static cudaError_t launch_q8_0(const row_parts &p, int64_t cols, const q8_out &x
 #define Q80_MMA_WARPS 8
 #define Q80_GROUP_PIECES (16 * 17) /* a 16-row tile's 8-block group: 16 rows of 272 bytes */
 
-/* Up to TM_CUDA_GEMV_MAX_PARTS products sharing x: part i's 16-row tiles follow part i - 1's. */
-struct q80_tiles {
-    const uint4 *weights[TM_CUDA_GEMV_MAX_PARTS];
-    float *y[TM_CUDA_GEMV_MAX_PARTS];
-    int64_t rows[TM_CUDA_GEMV_MAX_PARTS];
-    int tiles_end[TM_CUDA_GEMV_MAX_PARTS]; /* tiles of parts 0..i together */
-    int n_parts;
-};
-
 /* One block a 16-row tile, NG groups of 8 tokens (tokens past n_tokens read token n_tokens - 1 and
  * are never stored). Warp w takes the tile's 8-block groups w, w + WARPS, ...: it copies the
  * group's 16 x 272 bytes into its shared-memory slot by 16-byte pieces (the next group's requested
@@ -152,16 +143,15 @@ struct q80_tiles {
  * by the row's d and the token's d into float32 sums; then the warps' sums are added in warp order
  * (tile_sums.cuh), so a tile's result does not depend on the launch. */
 template <int NG>
-__global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(q80_tiles p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
+__global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(tile_parts p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
     __shared__ uint4 slots[Q80_MMA_WARPS][Q80_GROUP_PIECES + 1]; /* one piece more: the last words' right neighbour */
     __shared__ float partial[Q80_MMA_WARPS - 1][NG * 4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    /* the part by constant indices (a dynamic index would copy the parameters to the stack) */
-    const int tile = blockIdx.x, part = tile < p.tiles_end[0] ? 0 : tile < p.tiles_end[1] || p.n_parts < 3 ? 1 : 2;
-    const uint4 *weights = part == 0 ? p.weights[0] : part == 1 ? p.weights[1] : p.weights[2];
-    float *y = part == 0 ? p.y[0] : part == 1 ? p.y[1] : p.y[2];
-    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2];
-    const int64_t row0 = (int64_t)(tile - (part == 0 ? 0 : part == 1 ? p.tiles_end[0] : p.tiles_end[1])) * 16;
+    const int tile = blockIdx.x, part = tile_part_of(p, tile);
+    const uint4 *weights = part_field(p.weights, part);
+    float *y = part_field(p.y, part);
+    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2]; /* part_field here: 4 registers more (ptxas) */
+    const int64_t row0 = tile_row0(p, tile, part);
     const int64_t blocks = cols / 32, groups = cols / 256, row_pieces = blocks * 17 / 8;
     const uint4 *tile_weights = weights + row0 * row_pieces;
     uint4 next[9]; /* 272 pieces over 32 lanes: 8 each, the ninth for lanes 0..15 */
@@ -235,16 +225,8 @@ static bool q8_0_mma_enabled(void) {
     return enabled;
 }
 
-static cudaError_t launch_q8_0_tiles(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
-    q80_tiles p = {};
-    p.n_parts = n_parts;
-    int64_t tiles = 0;
-    for (int i = 0; i < n_parts; i++) {
-        tiles += parts[i].rows / 16;
-        if (tiles > INT32_MAX) return cudaErrorNotSupported;
-        p.weights[i] = (const uint4 *)parts[i].weights, p.y[i] = parts[i].y, p.rows[i] = parts[i].rows, p.tiles_end[i] = (int)tiles;
-    }
-    const dim3 grid((unsigned)tiles), block(32 * Q80_MMA_WARPS);
+static cudaError_t launch_q8_0_tiles(const tile_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
+    const dim3 grid((unsigned)p.tiles_end[p.n_parts - 1]), block(32 * Q80_MMA_WARPS);
     const int8_t *qs = (const int8_t *)x.qs;
     const half2 *ds = (const half2 *)x.ds;
     if (n_tokens <= 8) return tm_launch_dependent(q8_0_mma_kernel<1>, grid, block, 0, s, p, cols, qs, ds, n_tokens);
@@ -258,9 +240,8 @@ extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_par
     if (!row_parts_of(parts, n_parts, Q8_0, &p)) return cudaErrorNotSupported;
     const q8_out x = q8_out_at(q8, n_tokens, cols);
     const cudaStream_t s = (cudaStream_t)stream;
-    bool whole_tiles = true;
-    for (int i = 0; i < n_parts; i++) whole_tiles = whole_tiles && parts[i].rows % 16 == 0;
-    if (n_tokens >= 2 && whole_tiles && q8_0_mma_enabled()) return launch_q8_0_tiles(parts, n_parts, cols, x, n_tokens, s);
+    tile_parts tiles;
+    if (n_tokens >= 2 && q8_0_mma_enabled() && tile_parts_of(parts, n_parts, Q8_0, &tiles)) return launch_q8_0_tiles(tiles, cols, x, n_tokens, s);
     if (n_tokens == 1) return launch_q8_0<1>(p, cols, x, n_tokens, s);
     if (n_tokens == 2) return launch_q8_0<2>(p, cols, x, n_tokens, s);
     if (n_tokens <= 4) return launch_q8_0<4>(p, cols, x, n_tokens, s);
