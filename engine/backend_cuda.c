@@ -5,7 +5,7 @@
  * DESIGN
  * - Memory, by purpose (tm_backend_memory): the weight arena (every tensor, 256-byte aligned,
  *   uploaded once in the device layout of kernels/cuda/weights.cu: q6_k blocks padded to 224
- *   bytes); the KV pool (pages) plus a device mirror of the page tables laid out
+ *   bytes, q8_0 rows split into values then scales); the KV pool (pages) plus a device mirror of the page tables laid out
  *   [sequence][layer][max_pages]; activations (one allocation carved into the per-token buffers,
  *   sized for the largest batch seen) plus the step's inputs; workspace (GEMM tiles, decode
  *   attention partials, sampling). A failed allocation is TM_ERR_NO_MEMORY naming the purpose,
@@ -190,7 +190,7 @@ static void release(cuda_backend *b) {
     free(b);
 }
 
-/* Bytes of a weight in the device layout (kernels.h: q6_k blocks padded to 224 bytes). */
+/* Bytes of a weight in the device layout (kernels.h: q6_k blocks padded to 224 bytes, q8_0 rows split). */
 static uint64_t weight_bytes(const tm_weight *w) { return tm_cuda_weight_row_bytes((int)w->type, w->cols) * (uint64_t)w->rows; }
 
 static uint64_t aligned(uint64_t bytes) { return (bytes + 255) / 256 * 256; }

@@ -28,8 +28,7 @@ __global__ void dequantize_f16_kernel(const uint8_t *weights, int64_t rows, int6
     int64_t index = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (index >= rows * cols) return;
     int64_t row = index / cols, i = index % cols;
-    const uint8_t *block = weights + row * (cols / traits<TYPE>::block * traits<TYPE>::stride) + (i / traits<TYPE>::block) * traits<TYPE>::stride;
-    out[index] = __float2half_rn(decode<TYPE>(block, (int)(i % traits<TYPE>::block)));
+    out[index] = __float2half_rn(row_value<TYPE>(weights + row * (cols / traits<TYPE>::block * traits<TYPE>::stride), cols, i));
 }
 
 /* k-quants: one warp per 256-element block, each lane eight consecutive elements (1/4 of a

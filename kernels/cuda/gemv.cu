@@ -22,10 +22,7 @@ __global__ void gemv_kernel(const uint8_t *weights, int64_t rows, int64_t cols, 
     if (row >= rows) return;
     const uint8_t *w = weights + row * row_bytes;
     float sum = 0;
-    for (int64_t i = lane; i < cols; i += 32) {
-        const uint8_t *block = w + (i / traits<TYPE>::block) * traits<TYPE>::stride;
-        sum += decode<TYPE>(block, (int)(i % traits<TYPE>::block)) * x[i];
-    }
+    for (int64_t i = lane; i < cols; i += 32) sum += row_value<TYPE>(w, cols, i) * x[i];
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
     if (lane == 0) y[row] = sum;
 }
@@ -123,7 +120,7 @@ __global__ void gemv_batched_kernel(const uint8_t *weights, int64_t rows, int64_
 #pragma unroll
     for (int j = 0; j < NT; j++) sum[j] = 0;
     for (int64_t i = lane; i < cols; i += 32) {
-        float value = decode<TYPE>(w + (i / traits<TYPE>::block) * traits<TYPE>::stride, (int)(i % traits<TYPE>::block));
+        const float value = row_value<TYPE>(w, cols, i);
 #pragma unroll
         for (int j = 0; j < NT; j++)
             if (j < n_tokens) sum[j] += value * x[j * cols + i];

@@ -1,30 +1,36 @@
 /*
- * gemv_q8_0.cu - decode products of q8_0 weights (llama.cpp's 34-byte blocks: a half scale and 32
- * int8 values) with 1..16 tokens of q8_1 activations (tm_cuda_quantize_q8_1, quant.cuh's layout),
- * up to TM_CUDA_GEMV_MAX_PARTS products sharing that input (Q/K/V, gate/up) in one launch.
+ * gemv_q8_0.cu - decode products of q8_0 weights (llama.cpp's blocks of a half scale and 32 int8
+ * values, split on upload into a row's values then its scales: weights.cu) with 1..16 tokens of
+ * q8_1 activations (tm_cuda_quantize_q8_1, quant.cuh's layout), up to TM_CUDA_GEMV_MAX_PARTS
+ * products sharing that input (Q/K/V, gate/up) in one launch.
  *
  * Guarantees: y[j][r] = sum over the row's blocks b of d_w[b] * d_x[j][b] * (the integer dot of
- * the block's 32 values with token j's), in float32; lane l adds the blocks l, l + 32, ... in order,
- * then a butterfly over the warp, so a row's result does not depend on the launch (a part equals its
- * own launch bit for bit) nor vary from run to run. The only rounding beyond float32 is the
+ * the block's 32 values with token j's), in float32 (the dp4a kernel sums each half-block's dot
+ * apart); a row's sums are added in an order fixed by the row alone, then over the warp (or the
+ * tile's warps) in a fixed order, so a row's result does not depend on the launch (a part equals
+ * its own launch bit for bit) nor vary from run to run. The only rounding beyond float32 is the
  * activations' (at most half a step of max|x|/127 per 256-value block), as for the k-quants' fast
  * products. Declines (cudaErrorNotSupported) columns not a multiple of 256, weights not 16-byte
  * aligned, other types, more than TM_CUDA_GEMV_MAX_TOKENS tokens.
  *
  * 2..16 tokens where every part's rows are whole 16-row tiles take q8_0_mma_kernel (int8 tensor
- * cores, below; TM_Q80_MMA=0 keeps them on the dp4a kernel). H200, one call, dp4a / tensor cores:
- * 4096 x 4096 at 8 tokens 23.3 / 13.4 us (18.1 / 31.6 % of the copy rate), 14336 x 4096 55.1 /
- * 36.9 us (26.7 / 39.9 %); suites/gpu-q8_0.yaml decode x8 1220 / 1225 -> 1835 / 1829 tokens/s (x1
- * unchanged, 361).
+ * cores, below; TM_Q80_MMA=0 keeps them on the dp4a kernel).
  *
- * Layout: a warp a row, 4 rows a block. A row's blocks are 34 bytes apart (2-byte aligned), but 8
- * blocks are 272 bytes, 17 16-byte pieces, so with cols % 256 == 0 every 8-block group of every row
- * starts 16-byte aligned. A pass takes 32 blocks (1088 bytes, 68 pieces): the lanes load its pieces
- * with coalesced 16-byte loads into the warp's slot of shared memory, then lane l dots block l of
- * the pass: its scale read as a half, its 32 values as nine 32-bit words and a funnel shift (block
- * l's values start 2 bytes into a word for even l, on a word for odd l). The next pass's pieces are
- * requested before this pass's dots, the first pass's before the wait for the previous kernel
- * (weights are written by no kernel, launch.cuh).
+ * Layout: with cols % 256 == 0 a split row's values and scales start 16-byte aligned. The dp4a
+ * kernel: a warp a row, 4 rows a block; a pass is 32 blocks, lane l loads the 16-byte pieces l and
+ * l + 32 (half l % 2 of blocks l / 2 and 16 + l / 2) and their scales straight from global memory,
+ * each load instruction 512 contiguous bytes, and dots them with the matching 16 activation bytes
+ * (again 512 contiguous bytes a load); the next pass is requested before this pass's dots, the
+ * first before the wait for the previous kernel (weights are written by no kernel, launch.cuh).
+ *
+ * Before the split (session 25): in GGUF's 34-byte blocks a block's values are only 2-byte aligned,
+ * so both kernels staged raw 16-byte pieces in shared memory and re-aligned each block with nine
+ * 32-bit reads and funnel shifts (the tensor-core kernel: eight reads and four shifts a block and
+ * lane); ncu put both at the shared-memory pipe's limit, not at bytes in flight. H200, one call,
+ * GGUF blocks / split rows, two rounds: suites/gpu-q8_0.yaml decode x1 360.0 / 358.3 -> 375.1 /
+ * 375.1 tokens/s, x8 1817 / 1826 -> 1919 / 1927, prompt 4081 / 4062 -> 4004 / 3998 (the
+ * dequantization for cuBLAS reads through row_value); kernels 14336 x 4096 x1 21.95 -> 21.63 us,
+ * x8 36.83 -> 34.91, 4096 x 4096 x8 13.25 -> 12.51, but x1 9.12 -> 10.59 (alone; the step gained).
  *
  * Why: before this file q8_0 took gemv.cu's generic kernels (a value at a time decoded to float).
  * H200, suites/kernels-decode.yaml, before / with this kernel: 4096 x 4096 at 1 token 20.2 / 9.15
@@ -47,72 +53,55 @@
 #include "row_parts.cuh"
 #include "tile_sums.cuh"
 
-#define Q80_WARPS 4                                /* rows a block */
-#define Q80_PASS_BLOCKS 32                         /* a lane a block */
-#define Q80_PASS_PIECES (Q80_PASS_BLOCKS * 34 / 16) /* 68 */
-
-/* 16-byte pieces of the pass of `blocks_left` (a multiple of 8) or more blocks */
-__device__ __forceinline__ int pass_pieces(int64_t blocks_left) {
-    return (int)(blocks_left < Q80_PASS_BLOCKS ? blocks_left : Q80_PASS_BLOCKS) * 17 / 8;
-}
+#define Q80_WARPS 4         /* rows a block */
+#define Q80_PASS_BLOCKS 32  /* blocks a warp's pass: 1024 values, 64 pieces of 16 bytes */
 
 /* NT: the most tokens the launch takes (n_tokens <= NT); tokens past n_tokens are skipped. */
 template <int NT>
 __global__ void __launch_bounds__(32 * Q80_WARPS) q8_0_kernel(row_parts p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
-    /* a warp's pass, and one piece more: the last lane's ninth word, read but not used */
-    __shared__ uint4 slots[Q80_WARPS][Q80_PASS_PIECES + 1];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, half_block = lane % 2;
     const int64_t at = (int64_t)blockIdx.x * Q80_WARPS + warp;
     const part_row here = part_row_of(p, at);
     const int64_t row = here.row, rows = part_field(p.rows, here.part);
     float *y = part_field(p.y, here.part);
     const int64_t blocks = cols / 32;
-    const uint4 *w = part_field(p.weights, here.part) + row * (blocks * 17 / 8);
-    uint4 next[3];
-    auto load = [&](int64_t first) { /* the pass from block `first` (a multiple of 32) into next */
-        const int pieces = pass_pieces(blocks - first);
-        const uint4 *src = w + first * 17 / 8;
+    const uint8_t *w = reinterpret_cast<const uint8_t *>(part_field(p.weights, here.part)) + row * blocks * 34;
+    const uint4 *values = reinterpret_cast<const uint4 *>(w);     /* piece k: values 16k..16k+15 */
+    const __half *scales = reinterpret_cast<const __half *>(w + cols); /* the split row (weights.cu) */
+    uint4 next[2];
+    __half next_d[2];
+    auto load = [&](int64_t first) { /* the pass from block `first`: pieces 32k + lane, half lane % 2 of block first + 16k + lane / 2 */
 #pragma unroll
-        for (int k = 0; k < 3; k++)
-            if (lane + 32 * k < pieces) next[k] = ldg_stream16(src + lane + 32 * k);
+        for (int k = 0; k < 2; k++)
+            if (first + 16 * k + lane / 2 < blocks) {
+                next[k] = ldg_stream16(values + 2 * first + 32 * k + lane);
+                next_d[k] = __ldg(scales + first + 16 * k + lane / 2);
+            }
     };
     const bool live = at < p.all_rows; /* the same for the whole warp */
     if (live) load(0);
     tm_grid_dependency(); /* launched by tm_launch_dependent (launch.cuh) */
     if (!live) return;
-    uint4 *slot = slots[warp];
-    if (lane == 0) slot[Q80_PASS_PIECES] = make_uint4(0, 0, 0, 0);
-    const uint32_t *slot_words = reinterpret_cast<const uint32_t *>(slot);
-    const int byte = 34 * lane, word0 = (byte + 2) / 4, shift = (byte + 2) % 4 * 8; /* lane's block in the slot */
     float acc[NT];
 #pragma unroll
     for (int j = 0; j < NT; j++) acc[j] = 0;
     for (int64_t first = 0; first < blocks; first += Q80_PASS_BLOCKS) {
-        const int pieces = pass_pieces(blocks - first);
-        __syncwarp(); /* the previous pass's reads of the slot are done */
-#pragma unroll
-        for (int k = 0; k < 3; k++)
-            if (lane + 32 * k < pieces) slot[lane + 32 * k] = next[k];
-        __syncwarp();
+        const uint4 v[2] = {next[0], next[1]};
+        const __half d_w[2] = {next_d[0], next_d[1]};
         if (first + Q80_PASS_BLOCKS < blocks) load(first + Q80_PASS_BLOCKS); /* in flight during this pass's dots */
-        const int64_t block = first + lane;
-        if (block >= blocks) continue;
-        const float d = __half2float(*reinterpret_cast<const __half *>(reinterpret_cast<const uint8_t *>(slot) + byte));
-        uint32_t words[9];
 #pragma unroll
-        for (int i = 0; i < 9; i++) words[i] = slot_words[word0 + i];
-        int v[8];
+        for (int k = 0; k < 2; k++) {
+            const int64_t block = first + 16 * k + lane / 2;
+            if (block >= blocks) break;
+            const float d = __half2float(d_w[k]);
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = (int)__funnelshift_r(words[i], words[i + 1], shift);
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-            if (j >= n_tokens) break;
-            const int4 *x = reinterpret_cast<const int4 *>(xq + j * cols + block * 32);
-            const int4 lo = __ldg(x), hi = __ldg(x + 1);
-            int dot = __dp4a(v[0], lo.x, 0);
-            dot = __dp4a(v[1], lo.y, dot), dot = __dp4a(v[2], lo.z, dot), dot = __dp4a(v[3], lo.w, dot);
-            dot = __dp4a(v[4], hi.x, dot), dot = __dp4a(v[5], hi.y, dot), dot = __dp4a(v[6], hi.z, dot), dot = __dp4a(v[7], hi.w, dot);
-            acc[j] += d * __low2float(xds[j * blocks + block]) * (float)dot;
+            for (int j = 0; j < NT; j++) {
+                if (j >= n_tokens) break;
+                const int4 x = __ldg(reinterpret_cast<const int4 *>(xq + j * cols + block * 32 + 16 * half_block));
+                int dot = __dp4a((int)v[k].x, x.x, 0);
+                dot = __dp4a((int)v[k].y, x.y, dot), dot = __dp4a((int)v[k].z, x.z, dot), dot = __dp4a((int)v[k].w, x.w, dot);
+                acc[j] += d * __low2float(xds[j * blocks + block]) * (float)dot;
+            }
         }
     }
 #pragma unroll
@@ -132,19 +121,25 @@ static cudaError_t launch_q8_0(const row_parts &p, int64_t cols, const q8_out &x
 /* ---- 2..16 tokens on int8 tensor cores --------------------------------------------------------- */
 
 #define Q80_MMA_WARPS 8
-#define Q80_GROUP_PIECES (16 * 17) /* a 16-row tile's 8-block group: 16 rows of 272 bytes */
+#define Q80_GROUP_VALUE_PIECES 256 /* a 16-row tile's 8-block group: 16 rows of 256 values, 16-byte pieces */
+
+/* Where value piece `piece` (0..15: block piece / 2, half piece % 2) of row r (0..15) of a group
+ * sits in a warp's slot, in pieces: piece-major, rows 0-7 and 8-15 each one 128-byte line, the
+ * 16-byte chunk within the line XOR-swizzled by the piece, so that ldmatrix's eight rows of one
+ * piece and the lanes' stores of one row's eight pieces both touch eight different bank groups. */
+__device__ __forceinline__ int q80_slot_piece(int r, int piece) { return piece * 16 + (r / 8) * 8 + ((r % 8) ^ (piece % 8)); }
 
 /* One block a 16-row tile, NG groups of 8 tokens (tokens past n_tokens read token n_tokens - 1 and
  * are never stored). Warp w takes the tile's 8-block groups w, w + WARPS, ...: it copies the
- * group's 16 x 272 bytes into its shared-memory slot by 16-byte pieces (the next group's requested
- * before this one's products), then for each of the 8 blocks one m16n8k32 a token group: A the 16
- * rows' 32 values (four words a thread, each two words and a funnel shift: a block's values start
- * 2 bytes into a word for even blocks), B the tokens' q8_1 values, and C, an exact integer, scaled
- * by the row's d and the token's d into float32 sums; then the warps' sums are added in warp order
- * (tile_sums.cuh), so a tile's result does not depend on the launch. */
+ * group's 16 x 256 values and 16 x 8 scales of the split rows (weights.cu) into its shared-memory
+ * slot by 16-byte pieces (the next group's requested before this one's products), then for each of
+ * the 8 blocks one ldmatrix.x4 gives the A fragment of m16n8k32 (rows g and g + 8, values 4t.. and
+ * 16 + 4t..), one m16n8k32 a token group with B the tokens' q8_1 values, and C, an exact integer,
+ * scaled by the row's d and the token's d into float32 sums; then the warps' sums are added in warp
+ * order (tile_sums.cuh), so a tile's result does not depend on the launch. */
 template <int NG>
 __global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(tile_parts p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
-    __shared__ uint4 slots[Q80_MMA_WARPS][Q80_GROUP_PIECES + 1]; /* one piece more: the last words' right neighbour */
+    __shared__ uint4 slots[Q80_MMA_WARPS][Q80_GROUP_VALUE_PIECES + 16]; /* the values (q80_slot_piece), then row r's 8 scales at 256 + r */
     __shared__ float partial[Q80_MMA_WARPS - 1][NG * 4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int tile = blockIdx.x, part = tile_part_of(p, tile);
@@ -152,23 +147,21 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(tile_parts
     float *y = part_field(p.y, part);
     const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2]; /* part_field here: 4 registers more (ptxas) */
     const int64_t row0 = tile_row0(p, tile, part);
-    const int64_t blocks = cols / 32, groups = cols / 256, row_pieces = blocks * 17 / 8;
-    const uint4 *tile_weights = weights + row0 * row_pieces;
-    uint4 next[9]; /* 272 pieces over 32 lanes: 8 each, the ninth for lanes 0..15 */
+    const int64_t blocks = cols / 32, groups = cols / 256, row_bytes = blocks * 34;
+    const uint8_t *tile_weights = reinterpret_cast<const uint8_t *>(weights) + row0 * row_bytes;
+    uint4 next[9]; /* 256 value pieces over 32 lanes, 8 each; the ninth, lanes 0..15: row lane's 8 scales */
     auto load = [&](int64_t group) {
         if (group >= groups) return;
 #pragma unroll
-        for (int k = 0; k < 9; k++) {
-            const int piece = lane + 32 * k;
-            if (piece < Q80_GROUP_PIECES) next[k] = ldg_stream16(tile_weights + (piece / 17) * row_pieces + group * 17 + piece % 17);
+        for (int k = 0; k < 8; k++) {
+            const int piece = lane + 32 * k; /* row piece / 16, its piece piece % 16 of the group */
+            next[k] = ldg_stream16(tile_weights + (piece / 16) * row_bytes + group * 256 + (piece % 16) * 16);
         }
+        if (lane < 16) next[8] = ldg_stream16(tile_weights + lane * row_bytes + cols + group * 16);
     };
     load(warp); /* before the wait: weights are not written by earlier work */
     tm_grid_dependency();
     uint4 *slot = slots[warp];
-    if (lane == 0) slot[Q80_GROUP_PIECES] = make_uint4(0, 0, 0, 0);
-    const uint32_t *words = reinterpret_cast<const uint32_t *>(slot);
-    const uint8_t *bytes = reinterpret_cast<const uint8_t *>(slot);
     const int8_t *b_token[NG]; /* token 8G + g: its B column */
     const half2 *c_token_scales[NG][2]; /* tokens 8G + 2t, + 1: their C columns' scales */
 #pragma unroll
@@ -182,30 +175,31 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(tile_parts
     for (int G = 0; G < NG; G++)
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[G][i] = 0;
-    /* A's value at row r of the group's block j, values 4c..4c+3 (c = t or 4 + t) */
-    auto a_word = [&](int r, int j, int c) {
-        const int byte = r * 272 + 34 * j + 2 + 4 * c;
-        return (int)__funnelshift_r(words[byte / 4], words[byte / 4 + 1], (byte % 4) * 8);
-    };
+    /* this lane's ldmatrix row: matrix m = lane / 8 is rows 8 (m % 2).. of half m / 2 of a block */
+    const int a_row = (lane / 8 % 2) * 8 + lane % 8, a_half = lane / 16;
     for (int64_t group = warp; group < groups; group += Q80_MMA_WARPS) {
         __syncwarp(); /* the previous group's reads of the slot are done */
 #pragma unroll
-        for (int k = 0; k < 9; k++)
-            if (lane + 32 * k < Q80_GROUP_PIECES) slot[lane + 32 * k] = next[k];
+        for (int k = 0; k < 8; k++) {
+            const int piece = lane + 32 * k;
+            slot[q80_slot_piece(piece / 16, piece % 16)] = next[k];
+        }
+        if (lane < 16) slot[Q80_GROUP_VALUE_PIECES + lane] = next[8];
         __syncwarp();
         load(group + Q80_MMA_WARPS); /* in flight during this group's products */
+        const uint4 scales_g = slot[Q80_GROUP_VALUE_PIECES + g], scales_g8 = slot[Q80_GROUP_VALUE_PIECES + g + 8];
+        const __half *d_g = reinterpret_cast<const __half *>(&scales_g), *d_g8 = reinterpret_cast<const __half *>(&scales_g8);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const int64_t block = group * 8 + j;
-            const int a0 = a_word(g, j, t), a1 = a_word(g + 8, j, t), a2 = a_word(g, j, 4 + t), a3 = a_word(g + 8, j, 4 + t);
-            float d_row[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) d_row[r] = __half2float(*reinterpret_cast<const __half *>(bytes + (g + 8 * r) * 272 + 34 * j));
+            uint32_t a[4];
+            ldmatrix_x4(a, shared_address(slot + q80_slot_piece(a_row, 2 * j + a_half)));
+            const float d_row[2] = {__half2float(d_g[j]), __half2float(d_g8[j])};
 #pragma unroll
             for (int G = 0; G < NG; G++) {
                 const int8_t *b = b_token[G] + block * 32;
                 int c[4] = {0, 0, 0, 0};
-                mma_s8_k32(c, a0, a1, a2, a3, *reinterpret_cast<const int *>(b), *reinterpret_cast<const int *>(b + 16));
+                mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], *reinterpret_cast<const int *>(b), *reinterpret_cast<const int *>(b + 16));
 #pragma unroll
                 for (int k = 0; k < 2; k++) {
                     const float d_token = __low2float(c_token_scales[G][k][block]);

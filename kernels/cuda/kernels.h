@@ -14,7 +14,8 @@ extern "C" {
 #endif
 
 /* Weights in device memory (weights.cu): GGUF's block layout row after row, q6_k blocks padded from
- * 210 to 224 bytes (16-byte aligned). Every launcher below takes weights in this layout.
+ * 210 to 224 bytes (16-byte aligned), q8_0 rows split into their int8 values then their half
+ * scales (the same bytes a row). Every launcher below takes weights in this layout.
  * tm_cuda_weight_row_bytes: bytes of one row of `cols` elements in it (0: not whole blocks or an
  * unknown type); tm_cuda_upload_weight: rows x cols GGUF-layout weights from host memory into it
  * at `device` (tm_cuda_weight_row_bytes * rows bytes), returning when the copy is done. */

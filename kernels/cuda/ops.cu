@@ -14,7 +14,7 @@ __global__ void embed_kernel(const uint8_t *table, int n_embd, const int32_t *to
     const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::stride;
     const uint8_t *row = table + (int64_t)tokens[blockIdx.x] * row_bytes;
     for (int i = threadIdx.x; i < n_embd; i += blockDim.x)
-        out[(int64_t)blockIdx.x * n_embd + i] = decode<TYPE>(row + (i / traits<TYPE>::block) * traits<TYPE>::stride, i % traits<TYPE>::block);
+        out[(int64_t)blockIdx.x * n_embd + i] = row_value<TYPE>(row, n_embd, i);
 }
 
 template <int TYPE>

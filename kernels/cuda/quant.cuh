@@ -4,7 +4,9 @@
  * CPU's dequantization). traits<TYPE>: elements per block, bytes per block in GGUF, and `stride`,
  * the bytes a block takes in device memory: the same, except q6_k's 210-byte blocks, which
  * tm_cuda_upload_weight (weights.cu) pads to 224 so that every block and each of its fields is
- * 16-byte aligned. Every kernel addresses device weights by stride. Also the one q8_1 quantizer
+ * 16-byte aligned. Every kernel addresses device weights by stride, except q8_0's, whose rows are
+ * split on upload (the same 34 bytes a block: a row's int8 values in order, then its blocks' half
+ * scales; row_value below is the one generic reader of it). Also the one q8_1 quantizer
  * of activations every kernel that writes the fast products' input shares, and that input's
  * layout (values, scales, and for one row the values again in pair order: q8_out).
  */
@@ -47,7 +49,7 @@ template <> struct traits<Q4_K> { static constexpr int block = 256, bytes = 144,
 template <> struct traits<Q5_K> { static constexpr int block = 256, bytes = 176, stride = 176; };
 template <> struct traits<Q6_K> { static constexpr int block = 256, bytes = 210, stride = 224; };
 
-/* Element j of block b. */
+/* Element j of block b (GGUF block layout: every type but q8_0 on the device). */
 template <int TYPE> __device__ __forceinline__ float decode(const uint8_t *b, int j);
 template <> __device__ __forceinline__ float decode<F32>(const uint8_t *b, int) { return *reinterpret_cast<const float *>(b); }
 template <> __device__ __forceinline__ float decode<F16>(const uint8_t *b, int) { return half_at(b); }
@@ -123,6 +125,13 @@ template <int TYPE> __device__ __forceinline__ void k_subblock_floats(const uint
             w[k] = d * scales[2 * sub + k / 16] * q;
         }
     }
+}
+
+/* Element i of a device-layout row of `cols` elements (q8_0: split, weights.cu; every other type:
+ * blocks `stride` bytes apart). */
+template <int TYPE> __device__ __forceinline__ float row_value(const uint8_t *row, int64_t cols, int64_t i) {
+    if (TYPE == Q8_0) return (float)(int8_t)row[i] * half_at(row + cols + 2 * (i / 32));
+    return decode<TYPE>(row + (i / traits<TYPE>::block) * traits<TYPE>::stride, (int)(i % traits<TYPE>::block));
 }
 
 /* Call launch(std::integral_constant<int, TYPE>{}) for a runtime type id: one switch for every

@@ -1,6 +1,6 @@
 /*
  * device_weights.h - GGUF-layout weights from host memory into a fresh device buffer in the device
- * layout every kernel reads (kernels.h: q6_k blocks padded to 224 bytes), as the engine uploads
+ * layout every kernel reads (kernels.h: q6_k blocks padded to 224 bytes, q8_0 rows split), as the engine uploads
  * them. NULL when the type/shape is refused or the copy fails.
  */
 #ifndef TM_TEST_DEVICE_WEIGHTS_H
