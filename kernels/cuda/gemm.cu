@@ -81,6 +81,26 @@ __global__ void dequantize_k_f16_kernel(const uint8_t *weights, int64_t rows, in
     reinterpret_cast<uint4 *>(out)[thread] = *reinterpret_cast<uint4 *>(h); /* element 8 * thread */
 }
 
+/* q8_0's split rows (weights.cu), cols % 256 == 0 (rows 16-byte aligned): eight consecutive
+ * elements a thread, an 8-byte load of values, their block's scale, a 16-byte store; the same
+ * values as dequantize_f16_kernel's row_value. */
+__global__ void dequantize_q8_0_f16_kernel(const uint8_t *weights, int64_t rows, int64_t cols, __half *out) {
+    const int64_t thread = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, first = 8 * thread;
+    if (first >= rows * cols) return;
+    const int64_t row = first / cols, col = first % cols;
+    const uint8_t *w = weights + row * (cols / 32 * 34);
+    const uint2 q = *reinterpret_cast<const uint2 *>(w + col);
+    const float d = half_at(w + cols + 2 * (col / 32));
+    __half2 h[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const uint32_t word = k < 2 ? q.x : q.y;
+        const int shift = 16 * (k % 2);
+        h[k] = __floats2half2_rn(d * (float)(int8_t)(word >> shift), d * (float)(int8_t)(word >> (shift + 8)));
+    }
+    reinterpret_cast<uint4 *>(out)[thread] = *reinterpret_cast<uint4 *>(h);
+}
+
 __global__ void to_half_kernel(const float *x, int64_t n, __half *out) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = __float2half_rn(x[i]);
@@ -130,6 +150,12 @@ static int64_t even_tile_rows(int64_t rows, int64_t capacity) {
     const int64_t n_tiles = (rows + capacity - 1) / capacity;
     const int64_t even = ((rows + n_tiles - 1) / n_tiles + align - 1) / align * align;
     return even <= capacity ? even : capacity / align * align;
+}
+
+/* TM_GEMM_Q80_FAST=0 (a measuring aid) dequantizes q8_0 for cuBLAS a value a thread (row_value). */
+static bool dequantize_q8_0_fast(void) {
+    static const bool fast = tm_env_int("TM_GEMM_Q80_FAST", 1) != 0;
+    return fast;
 }
 
 extern "C" uint64_t tm_cuda_gemm_min_workspace(int64_t cols, int n_tokens) {
@@ -183,6 +209,9 @@ extern "C" int tm_cuda_gemm(void *cublas, int type, const void *weights, int64_t
             if constexpr (TYPE == Q4_K || TYPE == Q5_K || TYPE == Q6_K)
                 dequantize_k_f16_kernel<TYPE><<<grid_for(n_rows * cols / 8), 256, 0, stream>>>(
                     (const uint8_t *)weights + first * row_bytes, n_rows, cols, (__half *)tile); /* tile: 256-byte aligned */
+            else if (TYPE == Q8_0 && cols % 256 == 0 && dequantize_q8_0_fast())
+                dequantize_q8_0_f16_kernel<<<grid_for(n_rows * cols / 8), 256, 0, stream>>>((const uint8_t *)weights + first * row_bytes,
+                                                                                              n_rows, cols, (__half *)tile);
             else
                 dequantize_f16_kernel<TYPE><<<grid_for(n_rows * cols), 256, 0, stream>>>((const uint8_t *)weights + first * row_bytes,
                                                                                          n_rows, cols, (__half *)tile);
