@@ -29,7 +29,8 @@
  * lane); ncu put both at the shared-memory pipe's limit, not at bytes in flight. H200, one call,
  * GGUF blocks / split rows, two rounds: suites/gpu-q8_0.yaml decode x1 360.0 / 358.3 -> 375.1 /
  * 375.1 tokens/s, x8 1817 / 1826 -> 1919 / 1927, prompt 4081 / 4062 -> 4004 / 3998 (the
- * dequantization for cuBLAS reads through row_value); kernels 14336 x 4096 x1 21.95 -> 21.63 us,
+ * prefill's dequantization for cuBLAS, then read through row_value a value a thread; gemm.cu's
+ * eight-a-thread kernel took it to 9370); kernels 14336 x 4096 x1 21.95 -> 21.63 us,
  * x8 36.83 -> 34.91, 4096 x 4096 x8 13.25 -> 12.51, but x1 9.12 -> 10.59 (alone; the step gained).
  *
  * Why: before this file q8_0 took gemv.cu's generic kernels (a value at a time decoded to float).
@@ -40,7 +41,7 @@
  * 360.5 / 360.6 (67 % of the ~537 that the 7.97 GB read a token allow at the copy rate), x8 175.4 / 175.4 ->
  * 1222 / 1225. At 8 tokens the dots, not the bytes, bound it (the 14336-row product 2.5x its
  * one-token time): hence the int8 tensor-core form below for 2..16 tokens.
- * Tried: two passes in flight a warp (60-80 registers) slower, x1 342, x8 942; the token's q8_1
+ * Tried, with GGUF's blocks: two passes in flight a warp (60-80 registers) slower, x1 342, x8 942; the token's q8_1
  * staged in shared memory a block (340), a cp.async ring of 2-4 passes a warp (334-344), rows
  * starting at their own pass (no change); the tensor-core kernel with 4 warps a tile (x8 1460) or
  * its groups by cp.async (1552). ncu says both kernels are bound by the shared-memory pipe that

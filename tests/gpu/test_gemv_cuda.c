@@ -528,7 +528,8 @@ int main(void) {
             }
     }
     /* the device layout: q6_k blocks padded from 210 to 224 bytes, zeros after each block's bytes,
-     * across more blocks than one upload chunk; the other types copied as they are */
+     * across more blocks than one upload chunk; q8_0 rows split into their values, then their scales
+     * (weights.cu), across more rows than one upload chunk; the other types copied as they are */
     CHECK(tm_cuda_weight_row_bytes(TM_TYPE_Q6_K, 4096) == 16 * 224 && tm_cuda_weight_row_bytes(TM_TYPE_Q4_K, 4096) == 16 * 144 &&
               tm_cuda_weight_row_bytes(TM_TYPE_F16, 4096) == 8192 && tm_cuda_weight_row_bytes(TM_TYPE_Q6_K, 300) == 0,
           "device row bytes");
@@ -546,6 +547,24 @@ int main(void) {
         }
         CHECK(moved == 0 && unpadded == 0, "q6_k device layout: %lld blocks differ, %lld padding bytes not zero", (long long)moved,
               (long long)unpadded);
+        cudaFree(d_layout);
+        free(host), free(back);
+    }
+    {
+        const int64_t rows = 4100, cols = 4096, blocks = cols / 32, row_bytes = blocks * 34; /* 4096 rows a chunk: two chunks */
+        CHECK(tm_cuda_weight_row_bytes(TM_TYPE_Q8_0, cols) == (uint64_t)row_bytes, "q8_0 device row bytes");
+        uint8_t *host = malloc((size_t)(rows * row_bytes)), *back = malloc((size_t)(rows * row_bytes));
+        test_random_blocks(&rng, TM_TYPE_Q8_0, host, rows * cols);
+        void *d_layout = weights_to_device(TM_TYPE_Q8_0, host, rows, cols);
+        CHECK(d_layout != NULL, "q8_0 upload");
+        cudaMemcpy(back, d_layout, (size_t)(rows * row_bytes), cudaMemcpyDeviceToHost);
+        int64_t misplaced = 0;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t b = 0; b < blocks; b++) {
+                const uint8_t *block = host + r * row_bytes + b * 34, *row = back + r * row_bytes;
+                misplaced += memcmp(row + cols + 2 * b, block, 2) != 0 || memcmp(row + 32 * b, block + 2, 32) != 0;
+            }
+        CHECK(misplaced == 0, "q8_0 device layout: %lld blocks not at their split places", (long long)misplaced);
         cudaFree(d_layout);
         free(host), free(back);
     }
