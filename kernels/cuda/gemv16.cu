@@ -46,7 +46,6 @@
 
 #define GEMV16_THREADS 256 /* 8 rows a block */
 
-
 /* dot of 8 weights (one 16-byte piece) with 8 activations */
 template <int TYPE> __device__ __forceinline__ float piece_dot(const uint4 &piece, const float4 &a, const float4 &b) {
     float2 w[4];

@@ -47,8 +47,9 @@ uint64_t tm_cuda_q8_1_bytes(int64_t n);
  * scales per 32-element sub-block, or on sm_90 for large products weights streamed through shared
  * memory (gemv_stream.cu: the same sub-block dots; a wide row's partial sums added in another
  * order); 2-16 tokens: int8 tensor cores (2-8 tokens: a 256-column block's sub-block sums times
- * their integer weight scales added as integers, then the block's scales once). q8_0: dp4a at
- * every token count (gemv_q8_0.cu). */
+ * their integer weight scales added as integers, then the block's scales once). q8_0
+ * (gemv_q8_0.cu): dp4a at one token, int8 tensor cores for 2-16 where the rows are whole 16-row
+ * tiles (dp4a otherwise). */
 int tm_cuda_gemv_q8_supported(int type);
 int tm_cuda_gemv_q8(int type, const void *weights, int64_t rows, int64_t cols, const void *q8, int n_tokens, float *y,
                     void *stream);

@@ -49,7 +49,8 @@ template <> struct traits<Q4_K> { static constexpr int block = 256, bytes = 144,
 template <> struct traits<Q5_K> { static constexpr int block = 256, bytes = 176, stride = 176; };
 template <> struct traits<Q6_K> { static constexpr int block = 256, bytes = 210, stride = 224; };
 
-/* Element j of block b (GGUF block layout: every type but q8_0 on the device). */
+/* Element j of block b (GGUF block layout: every type but q8_0 on the device, which has no block
+ * to decode: row_value reads its split rows). */
 template <int TYPE> __device__ __forceinline__ float decode(const uint8_t *b, int j);
 template <> __device__ __forceinline__ float decode<F32>(const uint8_t *b, int) { return *reinterpret_cast<const float *>(b); }
 template <> __device__ __forceinline__ float decode<F16>(const uint8_t *b, int) { return half_at(b); }
@@ -67,9 +68,6 @@ template <> __device__ __forceinline__ float decode<Q5_0>(const uint8_t *b, int 
 template <> __device__ __forceinline__ float decode<Q5_1>(const uint8_t *b, int j) {
     int q = nibble(b + 8, j) | (int)((u32_at(b + 4) >> j) & 1) << 4;
     return q * half_at(b) + half_at(b + 2);
-}
-template <> __device__ __forceinline__ float decode<Q8_0>(const uint8_t *b, int j) {
-    return (float)(int8_t)b[2 + j] * half_at(b);
 }
 template <> __device__ __forceinline__ float decode<Q4_K>(const uint8_t *b, int j) {
     int sub = j / 32, l = j % 32, scale, min;
@@ -130,8 +128,8 @@ template <int TYPE> __device__ __forceinline__ void k_subblock_floats(const uint
 /* Element i of a device-layout row of `cols` elements (q8_0: split, weights.cu; every other type:
  * blocks `stride` bytes apart). */
 template <int TYPE> __device__ __forceinline__ float row_value(const uint8_t *row, int64_t cols, int64_t i) {
-    if (TYPE == Q8_0) return (float)(int8_t)row[i] * half_at(row + cols + 2 * (i / 32));
-    return decode<TYPE>(row + (i / traits<TYPE>::block) * traits<TYPE>::stride, (int)(i % traits<TYPE>::block));
+    if constexpr (TYPE == Q8_0) return (float)(int8_t)row[i] * half_at(row + cols + 2 * (i / 32));
+    else return decode<TYPE>(row + (i / traits<TYPE>::block) * traits<TYPE>::stride, (int)(i % traits<TYPE>::block));
 }
 
 /* Call launch(std::integral_constant<int, TYPE>{}) for a runtime type id: one switch for every
