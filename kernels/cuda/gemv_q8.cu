@@ -586,19 +586,27 @@ template <int NG> struct mmq_inputs {
     const half2 *c_scales[NG][2]; /* tokens group*8 + 2t, +1: their 8 (d, s) pairs at this block (one group: only d, the first's) */
 };
 
+/* The same with the tokens' values value_stride bytes apart and their pairs pair_stride apart (the
+ * activations copied to shared memory with padded rows, mmq_persistent_kernel). */
 template <int NG>
-__device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const half2 *xds, int64_t cols, int64_t block, int n_tokens,
-                                                        int g, int t) {
+__device__ __forceinline__ mmq_inputs<NG> mmq_inputs_rows(const int8_t *xq, int64_t value_stride, const half2 *xds, int64_t pair_stride,
+                                                          int64_t block, int n_tokens, int g, int t) {
     mmq_inputs<NG> in;
 #pragma unroll
     for (int G = 0; G < NG; G++) {
         const int b_token = min(G * 8 + g, n_tokens - 1); /* columns past the batch read a real token; never stored */
-        in.b_row[G] = xq + b_token * cols + block * 256;
-        in.b_pairs[G] = xds + b_token * (cols / 32) + block * 8;
+        in.b_row[G] = xq + b_token * value_stride + block * 256;
+        in.b_pairs[G] = xds + b_token * pair_stride + block * 8;
 #pragma unroll
-        for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + min(G * 8 + 2 * t + k, n_tokens - 1) * (cols / 32) + block * 8;
+        for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + min(G * 8 + 2 * t + k, n_tokens - 1) * pair_stride + block * 8;
     }
     return in;
+}
+
+template <int NG>
+__device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const half2 *xds, int64_t cols, int64_t block, int n_tokens,
+                                                        int g, int t) {
+    return mmq_inputs_rows<NG>(xq, cols, xds, cols / 32, block, n_tokens, g, t);
 }
 
 /* The same from a stage (mmq_stage_sizes INPUTS): the tokens' values x_stride bytes apart at
@@ -1085,6 +1093,131 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
     }
 }
 
+/* ---- several waves of tiles: one resident block a slot, its tiles' blocks in one stream --------- */
+
+/* mmq_kernel's launches of several waves (the 7B's gate/up at 8 tokens: 1376 tiles, 5.2 waves of
+ * two 8-warp blocks an SM) pay a trip to memory, the blocks' products and the tile's sums one after
+ * another in every wave: ncu (H200) 54 % of the DRAM peak and an instruction every 2.8 cycles a
+ * scheduler, 28.1 us where its 50.8 MB take 11.5 at the copy rate and its 8.2 M warp instructions
+ * 8.2 us at one a cycle. Here a block per resident slot takes tiles blockIdx.x, blockIdx.x +
+ * gridDim.x, ... and each warp's blocks of those tiles (warp, warp + WARPS, ... of each) form one
+ * stream through its MMQ_STAGES<false> stages, so the next tile's weights are in flight while this
+ * tile's last blocks are multiplied and its sums added. Every type is staged (q6_k rows 240 bytes
+ * apart, stages sized for the launch's widest: mmq_widest_row(parts, true)); the sums go through two
+ * alternating buffers after the stages (one __syncthreads a tile: a buffer is written again only
+ * after the next tile's barrier, which warp 0 reaches after adding the last). No rope epilogue. */
+/* With X_SHARED the block also holds the launch's activations (each token's q8_1 values and pairs,
+ * rows padded by 32 bytes so that the 8 tokens a warp reads at once fall on distinct banks), copied
+ * once after the wait: a block's blocks then read them from shared memory instead of through L1. */
+__host__ __device__ constexpr int mmq_persistent_x_stride(int64_t cols) { return (int)cols + 32; }
+__host__ __device__ constexpr int mmq_persistent_pair_stride(int64_t cols) { return (int)(cols / 32) + 8; } /* half2s */
+template <int NG, int WARPS, bool X_SHARED>
+__host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row, int64_t cols) {
+    return WARPS * MMQ_STAGES<false> * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float) +
+           (X_SHARED ? NG * 8 * (mmq_persistent_x_stride(cols) + 4 * mmq_persistent_pair_stride(cols)) : 0);
+}
+
+/* Where tile `tile` (of the concatenated parts' 16-row tiles) lies: its part and first row in it. */
+__device__ __forceinline__ void mmq_tile_at(const mmvq_parts &parts, int64_t tile, mmvq_part *part, int64_t *row0) {
+    *row0 = tile * MMQ_ROWS;
+    find_part(parts, row0, part); /* tiles < the launch's: always found */
+}
+
+template <int NG, int WARPS, bool X_SHARED>
+__global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
+    mmq_persistent_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens, int64_t tiles, bool early,
+                          int widest_row) {
+    constexpr int S = MMQ_STAGES<false>;
+    extern __shared__ __align__(16) uint8_t mmq_shared[];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
+    const int stage_bytes = MMQ_ROWS * widest_row;
+    uint8_t *mine = mmq_shared + warp * S * stage_bytes;
+    float(*partials)[WARPS - 1][NG * 4][32] = reinterpret_cast<float(*)[WARPS - 1][NG * 4][32]>(mmq_shared + WARPS * S * stage_bytes);
+    int8_t *x_shared = reinterpret_cast<int8_t *>(partials + 2); /* with X_SHARED */
+    const int x_stride = mmq_persistent_x_stride(cols), pair_stride = mmq_persistent_pair_stride(cols);
+    half2 *pairs_shared = reinterpret_cast<half2 *>(x_shared + NG * 8 * x_stride);
+    const int64_t blocks = cols / 256;
+    const int per_tile = blocks > warp ? (int)((blocks - warp + WARPS - 1) / WARPS) : 0; /* this warp's blocks of a tile */
+    const int64_t my_tiles = blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    /* The fetch cursor: the next (tile, block) of the warp's stream to copy, and that tile's rows. */
+    int64_t fetch_tile = blockIdx.x, fetches_left = my_tiles * per_tile;
+    int fetch_index = 0, fetch_type = 0, fetch_row_bytes = 0;
+    const uint8_t *fetch_rows = nullptr;
+    auto aim_fetch = [&] {
+        mmvq_part part;
+        int64_t row0;
+        mmq_tile_at(parts, fetch_tile, &part, &row0);
+        fetch_type = part.type;
+        fetch_row_bytes = (int)(blocks * k_block_stride(part.type)); /* 16 rows below 2^31 bytes: cols <= 2^24 */
+        fetch_rows = part.weights + row0 * fetch_row_bytes;
+    };
+    auto fetch_next = [&](int stage) { /* one commit group a call, empty past the stream's end */
+        if (fetches_left > 0) {
+            uint8_t *to = mine + stage * stage_bytes;
+            const int64_t block = warp + (int64_t)fetch_index * WARPS;
+            if (fetch_type == Q4_K) mmq_fetch_block<Q4_K>(to, fetch_rows + block * traits<Q4_K>::stride, fetch_row_bytes, lane);
+            else if (fetch_type == Q5_K) mmq_fetch_block<Q5_K>(to, fetch_rows + block * traits<Q5_K>::stride, fetch_row_bytes, lane);
+            else mmq_fetch_block<Q6_K>(to, fetch_rows + block * traits<Q6_K>::stride, fetch_row_bytes, lane);
+            fetches_left--;
+            if (++fetch_index == per_tile) {
+                fetch_index = 0;
+                fetch_tile += gridDim.x;
+                if (fetches_left > 0) aim_fetch();
+            }
+        }
+        copy_async_commit();
+    };
+    if (fetches_left > 0) aim_fetch();
+    if (!early) tm_grid_dependency();
+#pragma unroll
+    for (int k = 0; k < S - 1; k++) fetch_next(k);
+    if (early) tm_grid_dependency(); /* the weights are written by no kernel; the activations and y after the wait */
+    if constexpr (X_SHARED) {
+        /* the tokens' values (cols / 16 pieces a token) and pairs (cols / 128), then every copy of
+         * the block done (the first stages' too) */
+        const int value_pieces = (int)(cols / 16), pair_pieces = (int)(cols / 128);
+        for (int i = threadIdx.x; i < n_tokens * value_pieces; i += 32 * WARPS) {
+            const int token = i / value_pieces, piece = i % value_pieces;
+            copy_async_line16(shared_address(x_shared + token * x_stride + 16 * piece), xq + token * cols + 16 * piece);
+        }
+        for (int i = threadIdx.x; i < n_tokens * pair_pieces; i += 32 * WARPS) {
+            const int token = i / pair_pieces, piece = i % pair_pieces;
+            copy_async_line16(shared_address(pairs_shared + token * pair_stride + 4 * piece), xds + token * (cols / 32) + 4 * piece);
+        }
+        copy_async_commit();
+        copy_async_wait<0>();
+        __syncthreads();
+    }
+    int stage = 0;
+    for (int64_t k = 0; k < my_tiles; k++) {
+        mmvq_part part;
+        int64_t row0;
+        mmq_tile_at(parts, blockIdx.x + k * gridDim.x, &part, &row0);
+        const int stride = mmq_stage_row_bytes(part.type);
+        float acc[NG][4];
+#pragma unroll
+        for (int G = 0; G < NG; G++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[G][i] = 0;
+        for (int b = 0; b < per_tile; b++) {
+            fetch_next((stage + S - 1) % S);
+            copy_async_wait<S - 1>(); /* this item's group is done (for this lane's copies) */
+            __syncwarp();             /* ... and the other lanes' copies are visible */
+            const int64_t block = warp + (int64_t)b * WARPS;
+            const mmq_inputs<NG> in = X_SHARED ? mmq_inputs_rows<NG>(x_shared, x_stride, pairs_shared, pair_stride, block, n_tokens, g, t)
+                                               : mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
+            const uint8_t *staged_g = mine + stage * stage_bytes + g * stride;
+            if (part.type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else if (part.type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            __syncwarp(); /* every lane is done with the stage before it is fetched into again */
+            stage = (stage + 1) % S;
+        }
+        store_tile_sums<NG, WARPS>(acc, partials[k & 1], part.y, part.rows, row0, n_tokens);
+    }
+    copy_async_wait<0>();
+}
+
 /* From how many tokens on the tensor-core products are used (default 2). */
 static int mmq_min_tokens(void) {
     static const int forced = tm_env_int("TM_MMQ_MIN_TOKENS", 2); /* a measuring aid: 17 turns the tensor-core path off */
@@ -1163,6 +1296,64 @@ static cudaError_t mmq_inputs_mode(int *mode) {
     return cudaSuccess;
 }
 
+/* How mmq_persistent_kernel (8 warps) takes a product: in `grid` blocks (0: mmq_kernel takes it),
+ * with the activations in shared memory or not (x_shared). TM_MMQ_PERSISTENT=0 never, 1 (the
+ * default) products of more than one wave of tiles, 2 every product (0 and 2: measuring aids);
+ * only where two of its blocks fit an SM (an RTX 4090's 100 KiB of shared memory hold one), the
+ * activations in shared memory where two blocks fit with them too (TM_MMQ_PERSISTENT_X=0, a
+ * measuring aid, never). TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid) counts n resident blocks, so
+ * small products take several tiles a block. Every resident slot takes a block (an SM's two blocks
+ * then hold at most one tile more than the mean: 1376 tiles over 264 slots, 11 an SM against 10.4;
+ * spreading the tiles over fewer blocks of ceil(tiles / slots) would leave some SMs with one block
+ * and others with 12). */
+template <int NG, bool X_SHARED> static cudaError_t mmq_persistent_fits(const mmvq_parts &parts, int64_t cols, int *resident) {
+    const void *kernel = (const void *)mmq_persistent_kernel<NG, 8, X_SHARED>;
+    const int shared = mmq_persistent_shared_bytes<NG, 8, X_SHARED>(mmq_widest_row(parts, true), cols);
+    int device = 0, sms = 0;
+    *resident = 0;
+    TM_CUDA_CHECK(cudaGetDevice(&device));
+    TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    int most = 0;
+    TM_CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (shared > most) return cudaSuccess;
+    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
+    TM_CUDA_CHECK(tm_resident_blocks(kernel, 256, shared, resident));
+    if (*resident < 2 * sms) *resident = 0;
+    return cudaSuccess;
+}
+
+template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t cols, int64_t tiles, int *grid, bool *x_shared) {
+    static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 1), with_x = tm_env_int("TM_MMQ_PERSISTENT_X", 1),
+                     cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
+    int resident = 0;
+    *grid = 0, *x_shared = false;
+    if (mode == 0) return cudaSuccess;
+    if (with_x) TM_CUDA_CHECK((mmq_persistent_fits<NG, true>(parts, cols, &resident)));
+    *x_shared = resident > 0;
+    if (!resident) TM_CUDA_CHECK((mmq_persistent_fits<NG, false>(parts, cols, &resident)));
+    if (!resident) return cudaSuccess;
+    if (cap > 0 && cap < resident) resident = cap;
+    if (mode == 1 && tiles <= resident) return cudaSuccess;
+    *grid = (int)(tiles < resident ? tiles : resident);
+    return cudaSuccess;
+}
+
+template <int NG, bool X_SHARED>
+static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
+                                         int grid, cudaStream_t s) {
+    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8, X_SHARED>(widest, cols);
+    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, X_SHARED>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n,
+                        tiles, gemv_early_weights(), widest);
+    return cudaSuccess;
+}
+
+template <int NG>
+static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
+                                         int grid, bool x_shared, cudaStream_t s) {
+    return x_shared ? launch_mmq_persistent<NG, true>(parts, cols, qs, ds, n, tiles, grid, s)
+                    : launch_mmq_persistent<NG, false>(parts, cols, qs, ds, n, tiles, grid, s);
+}
+
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
  * otherwise, or for rows wider than 2^24 (the caller falls back to dp4a). With `rope` (parts Q, K,
  * V) the outputs go through store_tile_rope. */
@@ -1174,8 +1365,12 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const half2 *ds = x.ds;
     const int64_t tiles = total / MMQ_ROWS;
     bool wide = false;
+    int grid = 0;
+    bool x_shared = false;
     if (n > 8) {
         TM_CUDA_CHECK((mmq_wide<2, false>(parts, cols, tiles, &wide)));
+        if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, cols, tiles, &grid, &x_shared));
+        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, x_shared, s);
         return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     int mode = 0;
@@ -1185,6 +1380,8 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
         if (wide || mode == 2) return launch_mmq_layout<1, true>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     TM_CUDA_CHECK((mmq_wide<1, false>(parts, cols, tiles, &wide)));
+    if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, cols, tiles, &grid, &x_shared));
+    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, x_shared, s);
     return launch_mmq_layout<1, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
 }
 

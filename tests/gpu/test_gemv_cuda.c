@@ -24,7 +24,12 @@
  * shared memory for wide products where the device has room (sm_90); here TM_MMQ_INPUTS=2 takes
  * that layout for every shape the device fits it (8-warp blocks in the parent, 4 in the "dp4a"
  * child), and the "dp4a-subblocks" child turns it off (TM_MMQ_INPUTS=0, the layout of the 7B's
- * products and of an RTX 4090), so both layouts meet the same bounds.
+ * products and of an RTX 4090), so both layouts meet the same bounds. In the "persistent" child
+ * every such product without the rope epilogue takes mmq_persistent_kernel in three blocks
+ * (TM_MMQ_PERSISTENT=2 TM_MMQ_PERSISTENT_BLOCKS=3; its form for products of several waves), so a
+ * block runs through several tiles, across the parts' types in the parts check, and warps with no
+ * block of a tile (1024 columns: 4 blocks for 8 warps) still add their zero sums; the activations
+ * sit in its shared memory where two blocks fit with them (every shape but 8448 columns).
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
@@ -633,6 +638,8 @@ int main(void) {
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
+        CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT=2 TM_MMQ_PERSISTENT_BLOCKS=3") == 0,
+              "the run with the several-token k-quant products in three persistent blocks passed");
     }
     char name[64];
     snprintf(name, sizeof name, "test_gemv_cuda%s%s%s", child ? " (" : "", child ? child : "", child ? ")" : "");
