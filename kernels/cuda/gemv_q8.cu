@@ -9,8 +9,9 @@
  * One warp owns R consecutive rows and up to NT tokens: lane l takes sub-block l % 8 of blocks
  * l / 8, l / 8 + 4, ...; the R rows' sub-blocks are decoded into registers once and dotted with
  * each token's activation sub-block, so the activations are read once per R rows and the weights
- * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernel (mmq_kernel,
- * below) takes 16-row tiles instead; at one token, q4_k and q6_k rows take pairs_kernel (a lane
+ * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernels (mmq_kernel,
+ * below: a block a 16-row tile; mmq_persistent_kernel: a block a resident slot running through its
+ * tiles) take 16-row tiles instead; at one token, q4_k and q6_k rows take pairs_kernel (a lane
  * a pair of sub-blocks sharing their bytes, reading the activations in the pair order quant.cuh
  * describes, below; TM_GEMV_STREAM=1 tries the streamed kernel of gemv_stream.cu first).
  * Precision: the activation rounding (at most half a step of max|x|/127 per element of each
@@ -586,27 +587,19 @@ template <int NG> struct mmq_inputs {
     const half2 *c_scales[NG][2]; /* tokens group*8 + 2t, +1: their 8 (d, s) pairs at this block (one group: only d, the first's) */
 };
 
-/* The same with the tokens' values value_stride bytes apart and their pairs pair_stride apart (the
- * activations copied to shared memory with padded rows, mmq_persistent_kernel). */
 template <int NG>
-__device__ __forceinline__ mmq_inputs<NG> mmq_inputs_rows(const int8_t *xq, int64_t value_stride, const half2 *xds, int64_t pair_stride,
-                                                          int64_t block, int n_tokens, int g, int t) {
+__device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const half2 *xds, int64_t cols, int64_t block, int n_tokens,
+                                                        int g, int t) {
     mmq_inputs<NG> in;
 #pragma unroll
     for (int G = 0; G < NG; G++) {
         const int b_token = min(G * 8 + g, n_tokens - 1); /* columns past the batch read a real token; never stored */
-        in.b_row[G] = xq + b_token * value_stride + block * 256;
-        in.b_pairs[G] = xds + b_token * pair_stride + block * 8;
+        in.b_row[G] = xq + b_token * cols + block * 256;
+        in.b_pairs[G] = xds + b_token * (cols / 32) + block * 8;
 #pragma unroll
-        for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + min(G * 8 + 2 * t + k, n_tokens - 1) * pair_stride + block * 8;
+        for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + min(G * 8 + 2 * t + k, n_tokens - 1) * (cols / 32) + block * 8;
     }
     return in;
-}
-
-template <int NG>
-__device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const half2 *xds, int64_t cols, int64_t block, int n_tokens,
-                                                        int g, int t) {
-    return mmq_inputs_rows<NG>(xq, cols, xds, cols / 32, block, n_tokens, g, t);
 }
 
 /* The same from a stage (mmq_stage_sizes INPUTS): the tokens' values x_stride bytes apart at
@@ -1093,28 +1086,32 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
     }
 }
 
-/* ---- several waves of tiles: one resident block a slot, its tiles' blocks in one stream --------- */
+/* ---- one block a resident slot, its tiles' blocks in one stream a warp ---------------------------- */
 
 /* mmq_kernel's launches of several waves (the 7B's gate/up at 8 tokens: 1376 tiles, 5.2 waves of
  * two 8-warp blocks an SM) pay a trip to memory, the blocks' products and the tile's sums one after
- * another in every wave: ncu (H200) 54 % of the DRAM peak and an instruction every 2.8 cycles a
- * scheduler, 28.1 us where its 50.8 MB take 11.5 at the copy rate and its 8.2 M warp instructions
- * 8.2 us at one a cycle. Here a block per resident slot takes tiles blockIdx.x, blockIdx.x +
- * gridDim.x, ... and each warp's blocks of those tiles (warp, warp + WARPS, ... of each) form one
- * stream through its MMQ_STAGES<false> stages, so the next tile's weights are in flight while this
- * tile's last blocks are multiplied and its sums added. Every type is staged (q6_k rows 240 bytes
- * apart, stages sized for the launch's widest: mmq_widest_row(parts, true)); the sums go through two
- * alternating buffers after the stages (one __syncthreads a tile: a buffer is written again only
- * after the next tile's barrier, which warp 0 reaches after adding the last). No rope epilogue. */
-/* With X_SHARED the block also holds the launch's activations (each token's q8_1 values and pairs,
- * rows padded by 32 bytes so that the 8 tokens a warp reads at once fall on distinct banks), copied
- * once after the wait: a block's blocks then read them from shared memory instead of through L1. */
-__host__ __device__ constexpr int mmq_persistent_x_stride(int64_t cols) { return (int)cols + 32; }
-__host__ __device__ constexpr int mmq_persistent_pair_stride(int64_t cols) { return (int)(cols / 32) + 8; } /* half2s */
-template <int NG, int WARPS, bool X_SHARED>
-__host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row, int64_t cols) {
-    return WARPS * MMQ_STAGES<false> * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float) +
-           (X_SHARED ? NG * 8 * (mmq_persistent_x_stride(cols) + 4 * mmq_persistent_pair_stride(cols)) : 0);
+ * another in every wave (ncu, H200: 54 % of the DRAM peak, an instruction every 2.8 cycles a
+ * scheduler; 28.1 us where its 50.8 MB take 11.5 at the copy rate). Here a block a resident slot
+ * takes tiles blockIdx.x, blockIdx.x + gridDim.x, ... and each warp's blocks of those tiles (warp,
+ * warp + WARPS, ... of each) form one stream through its MMQ_STAGES<false> stages, so the next
+ * tile's weights are in flight while this tile's last blocks are multiplied and its sums added.
+ * Every type is staged (q6_k rows 240 bytes apart; stages sized for the launch's widest row,
+ * mmq_widest_row(parts, true)), so the q6_k products that mmq_kernel reads straight from global
+ * memory without the staged activations (the 7B's down and V in half its layers) are pipelined
+ * too. The sums go through two alternating buffers after the stages: one __syncthreads a tile, a
+ * buffer written again only after the next tile's barrier, which warp 0 reaches after adding the
+ * last. Each warp adds its blocks and the block its warps in mmq_kernel's order, so the sums equal
+ * its 8-warp layout's bit for bit. No rope epilogue (the Q/K/V launch stays with mmq_kernel).
+ * H200, 7B decode (TM_MMQ_PERSISTENT=0 / 1 / 2, one binary, interleaved rounds): 128 x8 2912, 2909,
+ * 2902 / 2927, 2929, 2922 / 3020, 3013, 3015 tokens/s; 512 x4 1437, 1436 / 1458, 1456 / 1487,
+ * 1484; 2048 x8 1702 / 1710 / 1724. Per launch (profile, plain launches): gate/up 25.00 -> 24.27 us,
+ * output and down (256 tiles, one a block) 12.24 -> 11.57 on average. The gate/up launch stays at
+ * ~2.1 TB/s: ncu puts its time in the warps' dependent chains (0.36 -> 0.42 instructions a cycle a
+ * scheduler, 4 warps each), not in waves. Holding the activations in the block's shared memory
+ * (36.5 KiB more a block; branch mmq-persistent-x) took that launch to 21.5 us alone but the
+ * captured step from 2919 to 2765 tokens/s. */
+template <int NG, int WARPS> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
+    return WARPS * MMQ_STAGES<false> * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float);
 }
 
 /* Where tile `tile` (of the concatenated parts' 16-row tiles) lies: its part and first row in it. */
@@ -1123,7 +1120,7 @@ __device__ __forceinline__ void mmq_tile_at(const mmvq_parts &parts, int64_t til
     find_part(parts, row0, part); /* tiles < the launch's: always found */
 }
 
-template <int NG, int WARPS, bool X_SHARED>
+template <int NG, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     mmq_persistent_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens, int64_t tiles, bool early,
                           int widest_row) {
@@ -1133,9 +1130,6 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     const int stage_bytes = MMQ_ROWS * widest_row;
     uint8_t *mine = mmq_shared + warp * S * stage_bytes;
     float(*partials)[WARPS - 1][NG * 4][32] = reinterpret_cast<float(*)[WARPS - 1][NG * 4][32]>(mmq_shared + WARPS * S * stage_bytes);
-    int8_t *x_shared = reinterpret_cast<int8_t *>(partials + 2); /* with X_SHARED */
-    const int x_stride = mmq_persistent_x_stride(cols), pair_stride = mmq_persistent_pair_stride(cols);
-    half2 *pairs_shared = reinterpret_cast<half2 *>(x_shared + NG * 8 * x_stride);
     const int64_t blocks = cols / 256;
     const int per_tile = blocks > warp ? (int)((blocks - warp + WARPS - 1) / WARPS) : 0; /* this warp's blocks of a tile */
     const int64_t my_tiles = blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
@@ -1172,22 +1166,6 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
 #pragma unroll
     for (int k = 0; k < S - 1; k++) fetch_next(k);
     if (early) tm_grid_dependency(); /* the weights are written by no kernel; the activations and y after the wait */
-    if constexpr (X_SHARED) {
-        /* the tokens' values (cols / 16 pieces a token) and pairs (cols / 128), then every copy of
-         * the block done (the first stages' too) */
-        const int value_pieces = (int)(cols / 16), pair_pieces = (int)(cols / 128);
-        for (int i = threadIdx.x; i < n_tokens * value_pieces; i += 32 * WARPS) {
-            const int token = i / value_pieces, piece = i % value_pieces;
-            copy_async_line16(shared_address(x_shared + token * x_stride + 16 * piece), xq + token * cols + 16 * piece);
-        }
-        for (int i = threadIdx.x; i < n_tokens * pair_pieces; i += 32 * WARPS) {
-            const int token = i / pair_pieces, piece = i % pair_pieces;
-            copy_async_line16(shared_address(pairs_shared + token * pair_stride + 4 * piece), xds + token * (cols / 32) + 4 * piece);
-        }
-        copy_async_commit();
-        copy_async_wait<0>();
-        __syncthreads();
-    }
     int stage = 0;
     for (int64_t k = 0; k < my_tiles; k++) {
         mmvq_part part;
@@ -1203,9 +1181,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
             fetch_next((stage + S - 1) % S);
             copy_async_wait<S - 1>(); /* this item's group is done (for this lane's copies) */
             __syncwarp();             /* ... and the other lanes' copies are visible */
-            const int64_t block = warp + (int64_t)b * WARPS;
-            const mmq_inputs<NG> in = X_SHARED ? mmq_inputs_rows<NG>(x_shared, x_stride, pairs_shared, pair_stride, block, n_tokens, g, t)
-                                               : mmq_inputs_at<NG>(xq, xds, cols, block, n_tokens, g, t);
+            const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, warp + (int64_t)b * WARPS, n_tokens, g, t);
             const uint8_t *staged_g = mine + stage * stage_bytes + g * stride;
             if (part.type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             else if (part.type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
@@ -1296,62 +1272,44 @@ static cudaError_t mmq_inputs_mode(int *mode) {
     return cudaSuccess;
 }
 
-/* How mmq_persistent_kernel (8 warps) takes a product: in `grid` blocks (0: mmq_kernel takes it),
- * with the activations in shared memory or not (x_shared). TM_MMQ_PERSISTENT=0 never, 1 (the
- * default) products of more than one wave of tiles, 2 every product (0 and 2: measuring aids);
- * only where two of its blocks fit an SM (an RTX 4090's 100 KiB of shared memory hold one), the
- * activations in shared memory where two blocks fit with them too (TM_MMQ_PERSISTENT_X=0, a
- * measuring aid, never). TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid) counts n resident blocks, so
- * small products take several tiles a block. Every resident slot takes a block (an SM's two blocks
- * then hold at most one tile more than the mean: 1376 tiles over 264 slots, 11 an SM against 10.4;
- * spreading the tiles over fewer blocks of ceil(tiles / slots) would leave some SMs with one block
- * and others with 12). */
-template <int NG, bool X_SHARED> static cudaError_t mmq_persistent_fits(const mmvq_parts &parts, int64_t cols, int *resident) {
-    const void *kernel = (const void *)mmq_persistent_kernel<NG, 8, X_SHARED>;
-    const int shared = mmq_persistent_shared_bytes<NG, 8, X_SHARED>(mmq_widest_row(parts, true), cols);
-    int device = 0, sms = 0;
-    *resident = 0;
+/* In how many blocks mmq_persistent_kernel (8 warps) takes a product, or 0 where mmq_kernel takes it:
+ * TM_MMQ_PERSISTENT=2 (the default) every product it is offered of 2..8 tokens and those of more
+ * than one wave of tiles at 9..16, 1 only products of more than one wave, 0 none (1 and 0:
+ * measuring aids); none where two of its blocks do not fit an SM
+ * (an RTX 4090's 100 KiB of shared memory hold one). Every resident slot takes a block: an SM's two
+ * blocks then hold at most one tile more than the mean (1376 tiles over 264 slots: 11 an SM against
+ * 10.4), where spreading them over fewer blocks of ceil(tiles / slots) would leave some SMs one
+ * block and others 12 tiles. TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid) counts n slots, so small
+ * products take several tiles a block. One launch each (suite .gpu/k26.yaml, H200), mmq_kernel ->
+ * this kernel: q6_k 6-19 % faster at 4, 8 and 16 tokens on 4096-22016 x 4096, and at 4 and 8 on
+ * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
+ * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
+ * slower, hence the rule for 9..16 tokens. */
+template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, int *grid) {
+    static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
+    *grid = 0;
+    if (mode == 0) return cudaSuccess;
+    const void *kernel = (const void *)mmq_persistent_kernel<NG, 8>;
+    const int shared = mmq_persistent_shared_bytes<NG, 8>(mmq_widest_row(parts, true));
+    int resident = 0, device = 0, sms = 0;
+    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
+    TM_CUDA_CHECK(tm_resident_blocks(kernel, 256, shared, &resident));
     TM_CUDA_CHECK(cudaGetDevice(&device));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    int most = 0;
-    TM_CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (shared > most) return cudaSuccess;
-    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
-    TM_CUDA_CHECK(tm_resident_blocks(kernel, 256, shared, resident));
-    if (*resident < 2 * sms) *resident = 0;
-    return cudaSuccess;
-}
-
-template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t cols, int64_t tiles, int *grid, bool *x_shared) {
-    static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 1), with_x = tm_env_int("TM_MMQ_PERSISTENT_X", 1),
-                     cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
-    int resident = 0;
-    *grid = 0, *x_shared = false;
-    if (mode == 0) return cudaSuccess;
-    if (with_x) TM_CUDA_CHECK((mmq_persistent_fits<NG, true>(parts, cols, &resident)));
-    *x_shared = resident > 0;
-    if (!resident) TM_CUDA_CHECK((mmq_persistent_fits<NG, false>(parts, cols, &resident)));
-    if (!resident) return cudaSuccess;
+    if (resident < 2 * sms) return cudaSuccess;
     if (cap > 0 && cap < resident) resident = cap;
-    if (mode == 1 && tiles <= resident) return cudaSuccess;
+    if ((mode == 1 || NG == 2) && tiles <= resident) return cudaSuccess;
     *grid = (int)(tiles < resident ? tiles : resident);
-    return cudaSuccess;
-}
-
-template <int NG, bool X_SHARED>
-static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                         int grid, cudaStream_t s) {
-    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8, X_SHARED>(widest, cols);
-    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, X_SHARED>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n,
-                        tiles, gemv_early_weights(), widest);
     return cudaSuccess;
 }
 
 template <int NG>
 static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                         int grid, bool x_shared, cudaStream_t s) {
-    return x_shared ? launch_mmq_persistent<NG, true>(parts, cols, qs, ds, n, tiles, grid, s)
-                    : launch_mmq_persistent<NG, false>(parts, cols, qs, ds, n, tiles, grid, s);
+                                         int grid, cudaStream_t s) {
+    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8>(widest);
+    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n, tiles,
+                        gemv_early_weights(), widest);
+    return cudaSuccess;
 }
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
@@ -1366,11 +1324,10 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const int64_t tiles = total / MMQ_ROWS;
     bool wide = false;
     int grid = 0;
-    bool x_shared = false;
     if (n > 8) {
         TM_CUDA_CHECK((mmq_wide<2, false>(parts, cols, tiles, &wide)));
-        if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, cols, tiles, &grid, &x_shared));
-        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, x_shared, s);
+        if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, &grid));
+        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, s);
         return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     int mode = 0;
@@ -1380,8 +1337,8 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
         if (wide || mode == 2) return launch_mmq_layout<1, true>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     TM_CUDA_CHECK((mmq_wide<1, false>(parts, cols, tiles, &wide)));
-    if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, cols, tiles, &grid, &x_shared));
-    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, x_shared, s);
+    if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, tiles, &grid));
+    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, s);
     return launch_mmq_layout<1, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
 }
 

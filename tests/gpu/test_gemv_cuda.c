@@ -24,12 +24,13 @@
  * shared memory for wide products where the device has room (sm_90); here TM_MMQ_INPUTS=2 takes
  * that layout for every shape the device fits it (8-warp blocks in the parent, 4 in the "dp4a"
  * child), and the "dp4a-subblocks" child turns it off (TM_MMQ_INPUTS=0, the layout of the 7B's
- * products and of an RTX 4090), so both layouts meet the same bounds. In the "persistent" child
- * every such product without the rope epilogue takes mmq_persistent_kernel in three blocks
- * (TM_MMQ_PERSISTENT=2 TM_MMQ_PERSISTENT_BLOCKS=3; its form for products of several waves), so a
- * block runs through several tiles, across the parts' types in the parts check, and warps with no
- * block of a tile (1024 columns: 4 blocks for 8 warps) still add their zero sums; the activations
- * sit in its shared memory where two blocks fit with them (every shape but 8448 columns).
+ * products and of an RTX 4090), so both layouts meet the same bounds. Where the device fits two
+ * of its blocks an SM (sm_90), the products without the rope epilogue outside the staged-activations
+ * layout take mmq_persistent_kernel instead, the 7B's since session 26; both children turn it off
+ * (TM_MMQ_PERSISTENT=0) to keep testing mmq_kernel's weights-only layout (an RTX 4090's), and the
+ * "persistent" child takes it in three blocks (TM_MMQ_PERSISTENT_BLOCKS=3), so a block runs
+ * through several tiles, across the parts' types in the parts check, and warps with no
+ * block of a tile (1024 columns: 4 blocks for 8 warps) still add their zero sums.
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
@@ -632,13 +633,14 @@ int main(void) {
     test_sixteen_bit_token_parts(&rng);
     cublasDestroy(cublas);
     if (!child) {
-        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=8") == 0,
+        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_MMQ_PERSISTENT=0 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=8") == 0,
               "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
-        CHECK(run_child("dp4a-subblocks", "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_GEMV16_LOADS=4 TM_Q80_MMA=0") == 0,
+        CHECK(run_child("dp4a-subblocks",
+                        "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT=0 TM_GEMV16_LOADS=4 TM_Q80_MMA=0") == 0,
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
-        CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT=2 TM_MMQ_PERSISTENT_BLOCKS=3") == 0,
+        CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3") == 0,
               "the run with the several-token k-quant products in three persistent blocks passed");
     }
     char name[64];
