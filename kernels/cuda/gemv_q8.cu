@@ -1093,7 +1093,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
  * another in every wave (ncu, H200: 54 % of the DRAM peak, an instruction every 2.8 cycles a
  * scheduler; 28.1 us where its 50.8 MB take 11.5 at the copy rate). Here a block a resident slot
  * takes tiles blockIdx.x, blockIdx.x + gridDim.x, ... and each warp's blocks of those tiles (warp,
- * warp + WARPS, ... of each) form one stream through its MMQ_STAGES<false> stages, so the next
+ * warp + WARPS, ... of each) form one stream through its S stages, so the next
  * tile's weights are in flight while this tile's last blocks are multiplied and its sums added.
  * Every type is staged (q6_k rows 240 bytes apart; stages sized for the launch's widest row,
  * mmq_widest_row(parts, true)), so the q6_k products that mmq_kernel reads straight from global
@@ -1102,7 +1102,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
  * buffer written again only after the next tile's barrier, which warp 0 reaches after adding the
  * last. Each warp adds its blocks and the block its warps in mmq_kernel's order, so the sums equal
  * its 8-warp layout's bit for bit. No rope epilogue (the Q/K/V launch stays with mmq_kernel).
- * H200, 7B decode (TM_MMQ_PERSISTENT=0 / 1 / 2, one binary, interleaved rounds): 128 x8 2912, 2909,
+ * H200, 7B decode (TM_MMQ_PERSISTENT=0 / 1 / 2 with three stages, one binary, interleaved rounds): 128 x8 2912, 2909,
  * 2902 / 2927, 2929, 2922 / 3020, 3013, 3015 tokens/s; 512 x4 1437, 1436 / 1458, 1456 / 1487,
  * 1484; 2048 x8 1702 / 1710 / 1724. Per launch (profile, plain launches): gate/up 25.00 -> 24.27 us,
  * output and down (256 tiles, one a block) 12.24 -> 11.57 on average. The gate/up launch stays at
@@ -1110,8 +1110,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
  * scheduler, 4 warps each), not in waves. Holding the activations in the block's shared memory
  * (36.5 KiB more a block; branch mmq-persistent-x) took that launch to 21.5 us alone but the
  * captured step from 2919 to 2765 tokens/s. */
-template <int NG, int WARPS> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
-    return WARPS * MMQ_STAGES<false> * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float);
+template <int NG, int WARPS, int S> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
+    return WARPS * S * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float);
 }
 
 /* Where tile `tile` (of the concatenated parts' 16-row tiles) lies: its part and first row in it. */
@@ -1120,11 +1120,10 @@ __device__ __forceinline__ void mmq_tile_at(const mmvq_parts &parts, int64_t til
     find_part(parts, row0, part); /* tiles < the launch's: always found */
 }
 
-template <int NG, int WARPS>
+template <int NG, int WARPS, int S>
 __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     mmq_persistent_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens, int64_t tiles, bool early,
                           int widest_row) {
-    constexpr int S = MMQ_STAGES<false>;
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int stage_bytes = MMQ_ROWS * widest_row;
@@ -1285,12 +1284,27 @@ static cudaError_t mmq_inputs_mode(int *mode) {
  * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
  * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
  * slower, hence the rule for 9..16 tokens. */
+/* The persistent kernel's stages a warp: 2 (TM_MMQ_PERSISTENT_STAGES=3|4, a measuring aid, takes
+ * more). Fewer stages measured faster in the step, as less shared memory leaves more L1 to the
+ * kernels around it (H200, 7B decode, 2 / 3 / 4 stages, two rounds: 128 x8 3026, 3038 / 3004, 3002
+ * / 2841, 2836 tokens/s; 512 x4 1484 / 1480 / 1418; a uniform carveout of all shared memory for
+ * every kernel, TM_CARVEOUT=100 on branch carveout, took 7B x8 to 2758 and 8B f16 x8 to 1087). */
+static int mmq_persistent_stages(void) {
+    static const int stages = tm_env_int("TM_MMQ_PERSISTENT_STAGES", 2);
+    return stages == 3 || stages == 4 ? stages : 2;
+}
+
 template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, int *grid) {
     static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
     *grid = 0;
     if (mode == 0) return cudaSuccess;
-    const void *kernel = (const void *)mmq_persistent_kernel<NG, 8>;
-    const int shared = mmq_persistent_shared_bytes<NG, 8>(mmq_widest_row(parts, true));
+    const int stages = mmq_persistent_stages();
+    const int widest = mmq_widest_row(parts, true);
+    const void *kernel = stages == 3 ? (const void *)mmq_persistent_kernel<NG, 8, 3>
+                         : stages == 4 ? (const void *)mmq_persistent_kernel<NG, 8, 4> : (const void *)mmq_persistent_kernel<NG, 8, 2>;
+    const int shared = stages == 3   ? mmq_persistent_shared_bytes<NG, 8, 3>(widest)
+                       : stages == 4 ? mmq_persistent_shared_bytes<NG, 8, 4>(widest)
+                                     : mmq_persistent_shared_bytes<NG, 8, 2>(widest);
     int resident = 0, device = 0, sms = 0;
     TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
     TM_CUDA_CHECK(tm_resident_blocks(kernel, 256, shared, &resident));
@@ -1303,13 +1317,22 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
     return cudaSuccess;
 }
 
+template <int NG, int S>
+static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
+                                         int grid, cudaStream_t s) {
+    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8, S>(widest);
+    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, S>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n, tiles,
+                        gemv_early_weights(), widest);
+    return cudaSuccess;
+}
+
 template <int NG>
 static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
                                          int grid, cudaStream_t s) {
-    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8>(widest);
-    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n, tiles,
-                        gemv_early_weights(), widest);
-    return cudaSuccess;
+    const int stages = mmq_persistent_stages();
+    if (stages == 3) return launch_mmq_persistent<NG, 3>(parts, cols, qs, ds, n, tiles, grid, s);
+    if (stages == 4) return launch_mmq_persistent<NG, 4>(parts, cols, qs, ds, n, tiles, grid, s);
+    return launch_mmq_persistent<NG, 2>(parts, cols, qs, ds, n, tiles, grid, s);
 }
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
