@@ -1271,19 +1271,6 @@ static cudaError_t mmq_inputs_mode(int *mode) {
     return cudaSuccess;
 }
 
-/* In how many blocks mmq_persistent_kernel (8 warps) takes a product, or 0 where mmq_kernel takes it:
- * TM_MMQ_PERSISTENT=2 (the default) every product it is offered of 2..8 tokens and those of more
- * than one wave of tiles at 9..16, 1 only products of more than one wave, 0 none (1 and 0:
- * measuring aids); none where two of its blocks do not fit an SM
- * (an RTX 4090's 100 KiB of shared memory hold one). Every resident slot takes a block: an SM's two
- * blocks then hold at most one tile more than the mean (1376 tiles over 264 slots: 11 an SM against
- * 10.4), where spreading them over fewer blocks of ceil(tiles / slots) would leave some SMs one
- * block and others 12 tiles. TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid) counts n slots, so small
- * products take several tiles a block. One launch each (suite .gpu/k26.yaml, H200), mmq_kernel ->
- * this kernel: q6_k 6-19 % faster at 4, 8 and 16 tokens on 4096-22016 x 4096, and at 4 and 8 on
- * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
- * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
- * slower, hence the rule for 9..16 tokens. */
 /* The persistent kernel's stages a warp: 2 (TM_MMQ_PERSISTENT_STAGES=3|4, a measuring aid, takes
  * more). Fewer stages measured faster in the step, as less shared memory leaves more L1 to the
  * kernels around it (H200, 7B decode, 2 / 3 / 4 stages, two rounds: 128 x8 3026, 3038 / 3004, 3002
@@ -1294,6 +1281,20 @@ static int mmq_persistent_stages(void) {
     return stages == 3 || stages == 4 ? stages : 2;
 }
 
+/* In how many blocks mmq_persistent_kernel (8 warps) takes a product, or 0 where mmq_kernel takes it:
+ * TM_MMQ_PERSISTENT=2 (the default) every product it is offered of 2..8 tokens and those of more
+ * than one wave of tiles at 9..16, 1 only products of more than one wave, 0 none (1 and 0:
+ * measuring aids); none before sm_90 (not measured there: an RTX 4090 keeps mmq_kernel) or where
+ * two of its blocks do not fit an SM. Every resident slot takes a block: an SM's two
+ * blocks then hold at most one tile more than the mean (1376 tiles over 264 slots: 11 an SM against
+ * 10.4), where spreading them over fewer blocks of ceil(tiles / slots) would leave some SMs one
+ * block and others 12 tiles. TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid) counts n slots, so small
+ * products take several tiles a block. One launch each (H200, three stages; a kernels suite of the
+ * 7B's shapes, 4096-22016 rows, at 4, 8 and 16 tokens), mmq_kernel ->
+ * this kernel: q6_k 6-19 % faster at 4, 8 and 16 tokens on 4096-22016 x 4096, and at 4 and 8 on
+ * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
+ * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
+ * slower, hence the rule for 9..16 tokens. */
 template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, int *grid) {
     static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
     *grid = 0;
@@ -1305,10 +1306,12 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
     const int shared = stages == 3   ? mmq_persistent_shared_bytes<NG, 8, 3>(widest)
                        : stages == 4 ? mmq_persistent_shared_bytes<NG, 8, 4>(widest)
                                      : mmq_persistent_shared_bytes<NG, 8, 2>(widest);
-    int resident = 0, device = 0, sms = 0;
+    int resident = 0, device = 0, sms = 0, major = 0;
+    TM_CUDA_CHECK(cudaGetDevice(&device));
+    TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
     TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
     TM_CUDA_CHECK(tm_resident_blocks(kernel, 256, shared, &resident));
-    TM_CUDA_CHECK(cudaGetDevice(&device));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     if (resident < 2 * sms) return cudaSuccess;
     if (cap > 0 && cap < resident) resident = cap;
