@@ -1101,7 +1101,10 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
  * too. The sums go through two alternating buffers after the stages: one __syncthreads a tile, a
  * buffer written again only after the next tile's barrier, which warp 0 reaches after adding the
  * last. Each warp adds its blocks and the block its warps in mmq_kernel's order, so the sums equal
- * its 8-warp layout's bit for bit. No rope epilogue (the Q/K/V launch stays with mmq_kernel).
+ * its 8-warp layout's bit for bit. With ROPE (the Q/K/V launch of decode steps), warp 0 copies a
+ * tile's targets into one of two rope_tiles at the tile's start (they join its first copy group)
+ * and stores the sums through store_tile_rope as mmq_kernel does (H200, TM_MMQ_PERSISTENT_ROPE=0 /
+ * 1, one binary: 7B 128 x8 3036, 3025 / 3046, 3057 tokens/s, 512 x4 1476 / 1495).
  * H200, 7B decode (TM_MMQ_PERSISTENT=0 / 1 / 2 with three stages, one binary, interleaved rounds): 128 x8 2912, 2909,
  * 2902 / 2927, 2929, 2922 / 3020, 3013, 3015 tokens/s; 512 x4 1437, 1436 / 1458, 1456 / 1487,
  * 1484; 2048 x8 1702 / 1710 / 1724. Per launch (profile, plain launches): gate/up 25.00 -> 24.27 us,
@@ -1110,8 +1113,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
  * scheduler, 4 warps each), not in waves. Holding the activations in the block's shared memory
  * (36.5 KiB more a block; branch mmq-persistent-x) took that launch to 21.5 us alone but the
  * captured step from 2919 to 2765 tokens/s. */
-template <int NG, int WARPS, int S> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
-    return WARPS * S * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float);
+template <int NG, int WARPS, int S, bool ROPE> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
+    return WARPS * S * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float) + (ROPE ? 2 * (int)sizeof(rope_tile) : 0);
 }
 
 /* Where tile `tile` (of the concatenated parts' 16-row tiles) lies: its part and first row in it. */
@@ -1120,15 +1123,16 @@ __device__ __forceinline__ void mmq_tile_at(const mmvq_parts &parts, int64_t til
     find_part(parts, row0, part); /* tiles < the launch's: always found */
 }
 
-template <int NG, int WARPS, int S>
+template <int NG, int WARPS, int S, bool ROPE>
 __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     mmq_persistent_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens, int64_t tiles, bool early,
-                          int widest_row) {
+                          int widest_row, rope_append rope) {
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int stage_bytes = MMQ_ROWS * widest_row;
     uint8_t *mine = mmq_shared + warp * S * stage_bytes;
     float(*partials)[WARPS - 1][NG * 4][32] = reinterpret_cast<float(*)[WARPS - 1][NG * 4][32]>(mmq_shared + WARPS * S * stage_bytes);
+    rope_tile *targets = reinterpret_cast<rope_tile *>(partials + 2); /* with ROPE: two, by tile parity */
     const int64_t blocks = cols / 256;
     const int per_tile = blocks > warp ? (int)((blocks - warp + WARPS - 1) / WARPS) : 0; /* this warp's blocks of a tile */
     const int64_t my_tiles = blockIdx.x < tiles ? (tiles - 1 - blockIdx.x) / gridDim.x + 1 : 0;
@@ -1171,6 +1175,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
         int64_t row0;
         mmq_tile_at(parts, blockIdx.x + k * gridDim.x, &part, &row0);
         const int stride = mmq_stage_row_bytes(part.type);
+        if (ROPE && warp == 0) fetch_rope_tile(rope, part.index, row0, n_tokens, &targets[k & 1]); /* joins the next group */
         float acc[NG][4];
 #pragma unroll
         for (int G = 0; G < NG; G++)
@@ -1188,7 +1193,15 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             stage = (stage + 1) % S;
         }
-        store_tile_sums<NG, WARPS>(acc, partials[k & 1], part.y, part.rows, row0, n_tokens);
+        if constexpr (ROPE) {
+            /* the targets joined the tile's first group, done at its last block's wait when the tile
+             * has at least S blocks a warp; else warp 0 waits for all its copies */
+            if (warp == 0 && per_tile < S) copy_async_wait<0>();
+            if (add_tile_sums<NG, WARPS>(acc, partials[k & 1]))
+                store_tile_rope<NG>(acc, rope, part.index, row0, n_tokens, &targets[k & 1], part.y);
+        } else {
+            store_tile_sums<NG, WARPS>(acc, partials[k & 1], part.y, part.rows, row0, n_tokens);
+        }
     }
     copy_async_wait<0>();
 }
@@ -1271,14 +1284,14 @@ static cudaError_t mmq_inputs_mode(int *mode) {
     return cudaSuccess;
 }
 
-/* The persistent kernel's stages a warp: 2 (TM_MMQ_PERSISTENT_STAGES=3|4, a measuring aid, takes
- * more). Fewer stages measured faster in the step, as less shared memory leaves more L1 to the
+/* The persistent kernel's stages a warp: 2 (TM_MMQ_PERSISTENT_STAGES=3, a measuring aid, takes
+ * three). Fewer stages measured faster in the step, as less shared memory leaves more L1 to the
  * kernels around it (H200, 7B decode, 2 / 3 / 4 stages, two rounds: 128 x8 3026, 3038 / 3004, 3002
  * / 2841, 2836 tokens/s; 512 x4 1484 / 1480 / 1418; a uniform carveout of all shared memory for
  * every kernel, TM_CARVEOUT=100 on branch carveout, took 7B x8 to 2758 and 8B f16 x8 to 1087). */
 static int mmq_persistent_stages(void) {
     static const int stages = tm_env_int("TM_MMQ_PERSISTENT_STAGES", 2);
-    return stages == 3 || stages == 4 ? stages : 2;
+    return stages == 3 ? 3 : 2;
 }
 
 /* In how many blocks mmq_persistent_kernel (8 warps) takes a product, or 0 where mmq_kernel takes it:
@@ -1295,17 +1308,16 @@ static int mmq_persistent_stages(void) {
  * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
  * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
  * slower, hence the rule for 9..16 tokens. */
-template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, int *grid) {
-    static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
+template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, bool rope, int *grid) {
+    static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0),
+                     with_rope = tm_env_int("TM_MMQ_PERSISTENT_ROPE", 1);
     *grid = 0;
-    if (mode == 0) return cudaSuccess;
-    const int stages = mmq_persistent_stages();
-    const int widest = mmq_widest_row(parts, true);
-    const void *kernel = stages == 3 ? (const void *)mmq_persistent_kernel<NG, 8, 3>
-                         : stages == 4 ? (const void *)mmq_persistent_kernel<NG, 8, 4> : (const void *)mmq_persistent_kernel<NG, 8, 2>;
-    const int shared = stages == 3   ? mmq_persistent_shared_bytes<NG, 8, 3>(widest)
-                       : stages == 4 ? mmq_persistent_shared_bytes<NG, 8, 4>(widest)
-                                     : mmq_persistent_shared_bytes<NG, 8, 2>(widest);
+    if (mode == 0 || (rope && !with_rope)) return cudaSuccess;
+    const int stages = mmq_persistent_stages(), widest = mmq_widest_row(parts, true);
+    const void *kernel = stages == 3 ? (rope ? (const void *)mmq_persistent_kernel<NG, 8, 3, true> : (const void *)mmq_persistent_kernel<NG, 8, 3, false>)
+                                     : (rope ? (const void *)mmq_persistent_kernel<NG, 8, 2, true> : (const void *)mmq_persistent_kernel<NG, 8, 2, false>);
+    const int shared = stages == 3 ? (rope ? mmq_persistent_shared_bytes<NG, 8, 3, true>(widest) : mmq_persistent_shared_bytes<NG, 8, 3, false>(widest))
+                                   : (rope ? mmq_persistent_shared_bytes<NG, 8, 2, true>(widest) : mmq_persistent_shared_bytes<NG, 8, 2, false>(widest));
     int resident = 0, device = 0, sms = 0, major = 0;
     TM_CUDA_CHECK(cudaGetDevice(&device));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -1320,22 +1332,23 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
     return cudaSuccess;
 }
 
-template <int NG, int S>
+template <int NG, int S, bool ROPE>
 static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                         int grid, cudaStream_t s) {
-    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8, S>(widest);
-    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, S>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n, tiles,
-                        gemv_early_weights(), widest);
+                                         int grid, const rope_append &rope, cudaStream_t s) {
+    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8, S, ROPE>(widest);
+    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, S, ROPE>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n, tiles,
+                        gemv_early_weights(), widest, rope);
     return cudaSuccess;
 }
 
 template <int NG>
 static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                         int grid, cudaStream_t s) {
-    const int stages = mmq_persistent_stages();
-    if (stages == 3) return launch_mmq_persistent<NG, 3>(parts, cols, qs, ds, n, tiles, grid, s);
-    if (stages == 4) return launch_mmq_persistent<NG, 4>(parts, cols, qs, ds, n, tiles, grid, s);
-    return launch_mmq_persistent<NG, 2>(parts, cols, qs, ds, n, tiles, grid, s);
+                                         int grid, const rope_append *rope, cudaStream_t s) {
+    const bool three = mmq_persistent_stages() == 3;
+    if (rope) return three ? launch_mmq_persistent<NG, 3, true>(parts, cols, qs, ds, n, tiles, grid, *rope, s)
+                           : launch_mmq_persistent<NG, 2, true>(parts, cols, qs, ds, n, tiles, grid, *rope, s);
+    return three ? launch_mmq_persistent<NG, 3, false>(parts, cols, qs, ds, n, tiles, grid, rope_append{}, s)
+                 : launch_mmq_persistent<NG, 2, false>(parts, cols, qs, ds, n, tiles, grid, rope_append{}, s);
 }
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported
@@ -1352,8 +1365,8 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     int grid = 0;
     if (n > 8) {
         TM_CUDA_CHECK((mmq_wide<2, false>(parts, cols, tiles, &wide)));
-        if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, &grid));
-        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, s);
+        if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, rope != nullptr, &grid));
+        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, rope, s);
         return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     int mode = 0;
@@ -1363,8 +1376,8 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
         if (wide || mode == 2) return launch_mmq_layout<1, true>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     TM_CUDA_CHECK((mmq_wide<1, false>(parts, cols, tiles, &wide)));
-    if (!wide && !rope) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, tiles, &grid));
-    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, s);
+    if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, tiles, rope != nullptr, &grid));
+    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, rope, s);
     return launch_mmq_layout<1, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
 }
 

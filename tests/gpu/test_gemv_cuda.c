@@ -25,12 +25,13 @@
  * that layout for every shape the device fits it (8-warp blocks in the parent, 4 in the "dp4a"
  * child), and the "dp4a-subblocks" child turns it off (TM_MMQ_INPUTS=0, the layout of the 7B's
  * products and of an RTX 4090), so both layouts meet the same bounds. Where the device fits two
- * of its blocks an SM (sm_90), the products without the rope epilogue outside the staged-activations
- * layout take mmq_persistent_kernel instead, the 7B's since session 26; both children turn it off
+ * of its blocks an SM (sm_90), the products outside the staged-activations layout (the Q/K/V launch
+ * with its rope epilogue too) take mmq_persistent_kernel instead, the 7B's since session 26; both children turn it off
  * (TM_MMQ_PERSISTENT=0) to keep testing mmq_kernel's weights-only layout (an RTX 4090's), and the
  * "persistent" child takes it in three blocks (TM_MMQ_PERSISTENT_BLOCKS=3), so a block runs
- * through several tiles, across the parts' types in the parts check, and warps with no
- * block of a tile (1024 columns: 4 blocks for 8 warps) still add their zero sums.
+ * through several tiles, across the parts' types in the parts check and with the rope targets
+ * of each tile in test_qkv_rope, and warps with no block of a tile (1024 columns: 4 blocks for 8
+ * warps) still add their zero sums.
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
@@ -250,7 +251,7 @@ static void test_qkv_rope(tm_rng_t *rng) {
      * a random permutation of the pool's pages; the products make layer 1's keys and values */
     enum { stream_pages = 96, layer_pages = 2 * stream_pages, n_pages = 2 * layer_pages };
     const int n_head = 6, n_kv = 2, hd = 64, n_rot = 48, table_positions = 10;
-    const int64_t cols = 1024, q_rows = (int64_t)n_head * hd, kv_rows = (int64_t)n_kv * hd;
+    const int64_t q_rows = (int64_t)n_head * hd, kv_rows = (int64_t)n_kv * hd;
     int32_t tables[n_pages];
     for (int i = 0; i < n_pages; i++) tables[i] = i;
     for (int i = n_pages - 1; i > 0; i--) {
@@ -273,6 +274,9 @@ static void test_qkv_rope(tm_rng_t *rng) {
         const int n = token_counts[run % 6], kv_f32 = run / 6 % 2, q6_v = run / 12 == 1;
         const tm_type v_type = v_types[run / 12];
         const char *v_name = v_type == TM_TYPE_Q6_K ? "q6_k" : v_type == TM_TYPE_Q5_K ? "q5_k" : "q4_k";
+        /* 4096 columns with the q5_k V: 16 blocks, two a warp, so mmq_persistent_kernel's rope targets
+         * are done at a tile's last wait (at 1024 columns, one a warp, its warp 0 waits for them) */
+        const int64_t cols = v_type == TM_TYPE_Q5_K ? 4096 : 1024;
         /* with the q6_k V, 256-byte pages: a cache row (512 or 1024 bytes) spans 2 or 4 of them */
         const int page_size = q6_v ? 256 : 4096;
         const size_t pool_bytes = (size_t)n_pages * page_size;
