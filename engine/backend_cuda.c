@@ -617,6 +617,8 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     const int kv_f32 = layout->type == TM_KV_F32;
     tm_status s;
     b->n_out = 0;
+    if (layout->type != TM_KV_F16 && layout->type != TM_KV_F32)
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: the KV cache must be f16 or f32 (the 8-bit cache is CPU only so far)");
     if (T <= 0) return TM_OK;
     for (int t = 0; t < T; t++)
         if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab || batch->positions[t] < 0 ||

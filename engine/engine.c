@@ -175,12 +175,22 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         goto fail;
     }
     if (o->n_ctx <= 0) o->n_ctx = TM_MIN(c->n_ctx_train, 4096);
-    tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, o->kv_type == 1 ? TM_KV_F32 : TM_KV_F16, o->kv_page_size};
+    if (o->kv_type < 0 || o->kv_type > 2) {
+        s = tm_error_set(error, TM_ERR_INVALID_ARG, "engine: kv_type %d (0 f16, 1 f32, 2 q8)", o->kv_type);
+        goto fail;
+    }
+    if (o->kv_type == 2 && cuda_device >= 0) {
+        s = tm_error_set(error, TM_ERR_UNSUPPORTED, "engine: the 8-bit KV cache (kv type q8) runs on the CPU backend only so far; "
+                                                    "use f16 or f32 on a GPU");
+        goto fail;
+    }
+    tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, o->kv_type == 1 ? TM_KV_F32 : o->kv_type == 2 ? TM_KV_Q8 : TM_KV_F16,
+                           o->kv_page_size};
     int64_t pages = o->kv_pages;
     if (pages <= 0) {
         uint64_t cap = o->kv_bytes ? o->kv_bytes : (2ull << 30);
         pages = tm_kv_pages_for_tokens(&layout, o->n_ctx) * c->n_layer * o->max_sequences;
-        pages = TM_MIN(pages, (int64_t)(cap / o->kv_page_size));
+        pages = TM_MIN(pages, (int64_t)(cap / (o->kv_page_size + tm_kv_scale_bytes_per_page(&layout))));
         pages = TM_MAX(pages, tm_kv_pages_for_tokens(&layout, TM_MIN(o->n_ctx, 64)) * c->n_layer);
     }
     if ((s = tm_kv_create(&layout, pages, o->max_sequences, cuda_device < 0, &e->kv, error))) goto fail;

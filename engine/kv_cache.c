@@ -41,11 +41,18 @@ struct tm_kv_cache {
     int64_t n_free;
     int64_t lowest_word;        /* no free page below word lowest_word of free_bits */
     uint8_t *storage;           /* n_pages * page_size host bytes, or NULL */
+    float *scales;              /* TM_KV_Q8: n_pages * scales_per_page, or NULL */
+    int64_t scales_per_page;    /* TM_KV_Q8: page_size / head_bytes, else 0 */
     int max_sequences;
     sequence_slot *sequences;
 };
 
-static uint64_t element_bytes(tm_kv_type type) { return type == TM_KV_F32 ? 4 : 2; }
+static uint64_t element_bytes(tm_kv_type type) { return type == TM_KV_F32 ? 4 : type == TM_KV_Q8 ? 1 : 2; }
+
+uint64_t tm_kv_scale_bytes_per_page(const tm_kv_layout *layout) {
+    if (layout->type != TM_KV_Q8 || layout->head_dim <= 0) return 0;
+    return (uint64_t)(layout->page_size / (uint64_t)layout->head_dim) * sizeof(float);
+}
 
 uint64_t tm_kv_row_bytes(const tm_kv_layout *layout) {
     return 2ull * (uint64_t)layout->n_head_kv * (uint64_t)layout->head_dim * element_bytes(layout->type);
@@ -64,9 +71,12 @@ tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequ
                        tm_kv_cache **out, tm_error_t *error) {
     *out = NULL;
     if (layout->n_layer <= 0 || layout->n_head_kv <= 0 || layout->head_dim <= 0 || layout->page_size < 64 ||
-        n_pages <= 0 || n_pages > INT32_MAX || max_sequences <= 0)
+        n_pages <= 0 || n_pages > INT32_MAX || max_sequences <= 0 || (unsigned)layout->type > TM_KV_Q8)
         return tm_error_set(error, TM_ERR_INVALID_ARG, "kv cache: invalid layout or sizes (%lld pages of %u bytes)",
                             (long long)n_pages, layout->page_size);
+    if (layout->type == TM_KV_Q8 && !host_storage)
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "kv cache: the 8-bit KV cache is read by the CPU backend only (use --kv-type f16 "
+                                                       "or f32 on a GPU)");
     uint64_t head_bytes = (uint64_t)layout->head_dim * element_bytes(layout->type);
     uint64_t row = tm_kv_row_bytes(layout);
     if (row > layout->page_size && layout->page_size % head_bytes)
@@ -86,7 +96,9 @@ tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequ
     kv->free_bits = malloc((size_t)words * sizeof *kv->free_bits);
     kv->sequences = calloc((size_t)max_sequences, sizeof *kv->sequences);
     if (host_storage) kv->storage = malloc((size_t)n_pages * layout->page_size);
-    if (!kv->free_bits || !kv->sequences || (host_storage && !kv->storage)) {
+    kv->scales_per_page = (int64_t)(tm_kv_scale_bytes_per_page(layout) / sizeof(float));
+    if (kv->scales_per_page) kv->scales = calloc((size_t)n_pages * (size_t)kv->scales_per_page, sizeof(float));
+    if (!kv->free_bits || !kv->sequences || (host_storage && !kv->storage) || (kv->scales_per_page && !kv->scales)) {
         tm_kv_free(kv);
         return tm_error_set(error, TM_ERR_NO_MEMORY, "kv cache: out of memory for %lld pages of %u bytes",
                             (long long)n_pages, layout->page_size);
@@ -108,6 +120,7 @@ void tm_kv_free(tm_kv_cache *kv) {
     free(kv->sequences);
     free(kv->free_bits);
     free(kv->storage);
+    free(kv->scales);
     free(kv);
 }
 
@@ -195,17 +208,33 @@ bool tm_kv_seq_active(const tm_kv_cache *kv, int seq) {
     return seq >= 0 && seq < kv->max_sequences && kv->sequences[seq].active;
 }
 
-/* Byte address of `offset_in_row` within token `token`'s row of the stream (seq, layer). */
-static uint8_t *row_address(const tm_kv_cache *kv, int seq, int layer, int64_t token, uint64_t offset_in_row) {
+/* The page and the offset in it of byte `offset_in_row` of token `token`'s row of the stream (seq, layer). */
+static int32_t locate(const tm_kv_cache *kv, int seq, int layer, int64_t token, uint64_t offset_in_row, uint64_t *in_page) {
     const page_table *table = &kv->sequences[seq].layers[layer];
     uint64_t page_size = kv->layout.page_size;
     if (kv->rows_per_page) {
-        int32_t page = table->pages[token / kv->rows_per_page];
-        uint64_t in_page = (uint64_t)(token % kv->rows_per_page) * kv->row_bytes + offset_in_row;
-        return kv->storage + (uint64_t)page * page_size + in_page;
+        *in_page = (uint64_t)(token % kv->rows_per_page) * kv->row_bytes + offset_in_row;
+        return table->pages[token / kv->rows_per_page];
     }
-    int32_t page = table->pages[token * kv->pages_per_row + (int64_t)(offset_in_row / page_size)];
-    return kv->storage + (uint64_t)page * page_size + offset_in_row % page_size;
+    *in_page = offset_in_row % page_size;
+    return table->pages[token * kv->pages_per_row + (int64_t)(offset_in_row / page_size)];
+}
+
+/* Byte address of `offset_in_row` within token `token`'s row of the stream (seq, layer). */
+static uint8_t *row_address(const tm_kv_cache *kv, int seq, int layer, int64_t token, uint64_t offset_in_row) {
+    uint64_t in_page;
+    const int32_t page = locate(kv, seq, layer, token, offset_in_row, &in_page);
+    return kv->storage + (uint64_t)page * kv->layout.page_size + in_page;
+}
+
+/* The scale slot of the head vector at `offset_in_row` (head vectors start at multiples of
+ * head_bytes in their page: rows are whole head vectors, and a row spanning pages needs pages of
+ * whole head vectors). */
+static float *scale_address(const tm_kv_cache *kv, int seq, int layer, int64_t token, uint64_t offset_in_row) {
+    if (!kv->scales) return NULL;
+    uint64_t in_page;
+    const int32_t page = locate(kv, seq, layer, token, offset_in_row, &in_page);
+    return kv->scales + (int64_t)page * kv->scales_per_page + (int64_t)(in_page / kv->head_bytes);
 }
 
 void *tm_kv_key(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head) {
@@ -214,6 +243,14 @@ void *tm_kv_key(const tm_kv_cache *kv, int seq, int layer, int64_t token, int he
 
 void *tm_kv_value(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head) {
     return row_address(kv, seq, layer, token, (uint64_t)(kv->layout.n_head_kv + head) * kv->head_bytes);
+}
+
+float *tm_kv_key_scale(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head) {
+    return scale_address(kv, seq, layer, token, (uint64_t)head * kv->head_bytes);
+}
+
+float *tm_kv_value_scale(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head) {
+    return scale_address(kv, seq, layer, token, (uint64_t)(kv->layout.n_head_kv + head) * kv->head_bytes);
 }
 
 const int32_t *tm_kv_page_table(const tm_kv_cache *kv, int seq, int layer, int64_t *n_pages) {
@@ -228,12 +265,14 @@ void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats) {
     stats->pages_free = kv->n_free;
     stats->pages_used = kv->n_pages - kv->n_free;
     stats->page_size = kv->layout.page_size;
-    stats->bytes_allocated = (uint64_t)stats->pages_used * kv->layout.page_size;
+    const uint64_t scale_bytes = (uint64_t)kv->scales_per_page * sizeof(float);
+    stats->bytes_allocated = (uint64_t)stats->pages_used * (kv->layout.page_size + scale_bytes);
     stats->max_sequences = kv->max_sequences;
     for (int s = 0; s < kv->max_sequences; s++)
         if (kv->sequences[s].active) {
             stats->sequences_active++;
-            stats->bytes_used += (uint64_t)kv->sequences[s].n_tokens * kv->row_bytes * (uint64_t)kv->layout.n_layer;
+            stats->bytes_used += (uint64_t)kv->sequences[s].n_tokens * (kv->row_bytes + (scale_bytes ? 2 * kv->layout.n_head_kv * sizeof(float) : 0)) *
+                                 (uint64_t)kv->layout.n_layer;
         }
 }
 

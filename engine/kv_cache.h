@@ -7,7 +7,11 @@
  * a page holds page_size / row_bytes whole rows; when it does not, a row spans
  * ceil(row_bytes / page_size) pages, and the page size must be a multiple of one head's vector,
  * so no head vector ever straddles two pages. Attention reads through tm_kv_key/tm_kv_value,
- * never assuming contiguous KV.
+ * never assuming contiguous KV. The 8-bit type (TM_KV_Q8) keeps each head vector's values as int8
+ * in the same geometry (one byte an element) and its scale beside the page: a page has one float
+ * slot per head_dim bytes, the vector at byte offset o of page p using slot o / head_dim of page p
+ * (tm_kv_key_scale / tm_kv_value_scale); a token costs (head_dim + 4) / (2 head_dim) of its f16
+ * bytes: 0.516 at head_dim 128 (the Llama models), 0.531 at 64 (SmolLM2).
  *
  * Guarantees: tm_kv_reserve either gives a sequence room for the requested tokens in every
  * layer or changes nothing and returns TM_ERR_NO_MEMORY (the scheduler's "cache full" signal);
@@ -30,6 +34,7 @@
 typedef enum tm_kv_type {
     TM_KV_F16 = 0, /* default, as llama.cpp */
     TM_KV_F32 = 1, /* exact: for reference comparisons */
+    TM_KV_Q8 = 2,  /* 8-bit: q = round(x / d), d = max |x| / 127 per head vector (CPU backend) */
 } tm_kv_type;
 
 typedef struct tm_kv_layout {
@@ -42,13 +47,16 @@ typedef struct tm_kv_layout {
 
 typedef struct tm_kv_cache tm_kv_cache;
 
-/* n_pages pages of layout.page_size; storage: allocate host memory for them (CPU backend). */
+/* n_pages pages of layout.page_size; storage: allocate host memory for them (CPU backend; TM_KV_Q8
+ * needs it: no device backend reads 8-bit KV yet). */
 tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequences, bool host_storage,
                        tm_kv_cache **out, tm_error_t *error);
 void tm_kv_free(tm_kv_cache *kv);
 
-/* Sizing helpers. */
+/* Sizing helpers. The row's bytes (the page geometry's), and the bytes of the scales a page keeps
+ * beside it (TM_KV_Q8: page_size / head_dim floats; 0 for the other types). */
 uint64_t tm_kv_row_bytes(const tm_kv_layout *layout);
+uint64_t tm_kv_scale_bytes_per_page(const tm_kv_layout *layout);
 /* Pages one stream needs to hold n_tokens. */
 int64_t tm_kv_pages_for_tokens(const tm_kv_layout *layout, int64_t n_tokens);
 
@@ -68,6 +76,9 @@ bool tm_kv_seq_active(const tm_kv_cache *kv, int seq);
  * head_dim elements of the layout's type. The token must be < the sequence's capacity. */
 void *tm_kv_key(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
 void *tm_kv_value(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
+/* TM_KV_Q8 with host storage: the scale of that key (value) vector; NULL for the other types. */
+float *tm_kv_key_scale(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
+float *tm_kv_value_scale(const tm_kv_cache *kv, int seq, int layer, int64_t token, int head);
 
 /* The page table of stream (seq, layer): n_pages page ids in stream order (for device mirrors). */
 const int32_t *tm_kv_page_table(const tm_kv_cache *kv, int seq, int layer, int64_t *n_pages);
@@ -81,8 +92,8 @@ int64_t tm_kv_seq_take_unchanged(tm_kv_cache *kv, int seq);
 typedef struct tm_kv_stats {
     int64_t pages_total, pages_free, pages_used;
     uint64_t page_size;
-    uint64_t bytes_used;      /* bytes of rows actually holding tokens (capacity) */
-    uint64_t bytes_allocated; /* pages in use x page size */
+    uint64_t bytes_used;      /* bytes of rows actually holding tokens (capacity), with their q8 scales */
+    uint64_t bytes_allocated; /* pages in use x (page size + the page's scale bytes) */
     int sequences_active;
     int max_sequences;
 } tm_kv_stats;

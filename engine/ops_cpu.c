@@ -39,7 +39,15 @@ void tm_cpu_attention(const float *q, const tm_kv_cache *kv, int seq, int layer,
     const tm_type_traits *key_dot = tm_type_traits_get(type == TM_KV_F32 ? TM_TYPE_F32 : TM_TYPE_F16);
     float scale = 1.0f / sqrtf((float)head_dim), max_score = -INFINITY;
     for (int p = 0; p < n_keys; p++) {
-        scores[p] = key_dot->dot_f32(tm_kv_key(kv, seq, layer, p, kv_head), q, head_dim) * scale;
+        const void *key = tm_kv_key(kv, seq, layer, p, kv_head);
+        if (type == TM_KV_Q8) {
+            const int8_t *k = key;
+            float dot = 0;
+            for (int i = 0; i < head_dim; i++) dot += (float)k[i] * q[i];
+            scores[p] = dot * *tm_kv_key_scale(kv, seq, layer, p, kv_head) * scale;
+        } else {
+            scores[p] = key_dot->dot_f32(key, q, head_dim) * scale;
+        }
         max_score = fmaxf(max_score, scores[p]);
     }
     double sum = 0;
@@ -55,6 +63,10 @@ void tm_cpu_attention(const float *q, const tm_kv_cache *kv, int seq, int layer,
         if (type == TM_KV_F32) {
             const float *v = value;
             for (int i = 0; i < head_dim; i++) out[i] += weight * v[i];
+        } else if (type == TM_KV_Q8) {
+            const int8_t *v = value;
+            const float scaled = weight * *tm_kv_value_scale(kv, seq, layer, p, kv_head);
+            for (int i = 0; i < head_dim; i++) out[i] += scaled * (float)v[i];
         } else {
             const tm_f16_t *v = value;
             for (int i = 0; i < head_dim; i++) out[i] += weight * tm_f16_to_f32(v[i]);

@@ -30,7 +30,8 @@ static void usage(FILE *out) {
             "  --ignore-eos           keep going past end-of-generation tokens\n"
             "  -t, --threads N        CPU threads (default: all)\n"
             "  -c, --ctx N            context length (default: the model's, at most 4096)\n"
-            "  --kv-type f16|f32      KV cache precision (default f16)\n"
+            "  --kv-type f16|f32|q8   KV cache precision (default f16; q8: 8-bit values and a scale a\n"
+            "                         head vector, about half the f16 bytes; CPU only so far)\n"
             "  --exact                float activations against quantized weights (slow, the reference)\n"
             "  --device D             auto (default: the GPU when CUDA finds one), cpu, cuda or cuda:N\n"
             "  --host-sampling        CUDA: sample on the CPU (default: on the GPU when top-k is 1..1024 or greedy)\n"
@@ -131,11 +132,11 @@ int tm_cli_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--nvtx-detail")) {
             options.nvtx_detail = true;
         } else if (!strcmp(a, "--kv-type")) {
-            if (strcmp(v, "f16") && strcmp(v, "f32")) {
-                fprintf(stderr, "tensormesh generate: --kv-type: '%s' is not f16 or f32\n", v);
+            if (strcmp(v, "f16") && strcmp(v, "f32") && strcmp(v, "q8")) {
+                fprintf(stderr, "tensormesh generate: --kv-type: '%s' is not f16, f32 or q8\n", v);
                 return 2;
             }
-            options.kv_type = !strcmp(v, "f32");
+            options.kv_type = !strcmp(v, "f32") ? 1 : !strcmp(v, "q8") ? 2 : 0;
         } else {
             fprintf(stderr, "tensormesh generate: unknown option '%s'\n\n", a);
             usage(stderr);

@@ -55,9 +55,16 @@ class Llama:
         out[..., 1::2] = even * sin + odd * cos
         return out
 
-    def forward(self, tokens, layer_callback=None, cache=None):
+    @staticmethod
+    def kv_q8(x):
+        """An 8-bit KV cache's rounding of head vectors (last axis): q = rint(x / d), d = max |x| / 127."""
+        d = np.max(np.abs(x), axis=-1, keepdims=True) / 127
+        return np.rint(x / np.where(d > 0, d, 1)) * d
+
+    def forward(self, tokens, layer_callback=None, cache=None, kv_q8=False):
         """Logits (T, vocab) for every position of `tokens`. With `cache` (a dict this method
-        fills), tokens continue the sequence held there instead of starting a new one."""
+        fills), tokens continue the sequence held there instead of starting a new one. kv_q8: keys
+        and values through the 8-bit cache's rounding (Llama.kv_q8)."""
         T = len(tokens)
         past = cache.get("length", 0) if cache is not None else 0
         positions = np.arange(past, past + T, dtype=np.float64)
@@ -71,6 +78,8 @@ class Llama:
             k = (h @ self.weight(p + "attn_k.weight").T).reshape(T, self.n_head_kv, self.head_dim)
             v = (h @ self.weight(p + "attn_v.weight").T).reshape(T, self.n_head_kv, self.head_dim)
             q, k = self.rope(q, positions), self.rope(k, positions)
+            if kv_q8:
+                k, v = self.kv_q8(k), self.kv_q8(v)
             if cache is not None:
                 if layer in cache:
                     k = np.concatenate([cache[layer][0], k])

@@ -5,6 +5,13 @@ numpy). Prompts are tokenized by our tokenizer (itself checked against Hugging F
 - exact precision (float activations): logits of every prompt position within 1e-3 of the
   reference, relative to the largest |logit| of that position, with an f32 and with an f16 KV cache;
   greedy 32-token continuations identical;
+- the 8-bit KV cache (q8, CPU): exact-precision logits against the reference with the same
+  rounding of keys and values (Llama.kv_q8) within 3e-3 of the largest |logit| (our float32
+  activations against its float64 ones can round a near-tie element the other way, and a cached
+  element rounded apart moves every later position a little: measured 9e-7 on one prompt, 1.1e-3
+  on the other), ten times closer than to the unrounded reference (0.027-0.031 away), so the
+  cache stores and reads what it should; and within 5 % of the unrounded reference, the cost of
+  the rounding itself;
 - chunked prefill gives the same logits as one batch;
 - fast precision (Q8_0 activations, llama.cpp's scheme) departs from the float reference by the
   activation rounding: within 15 % of the largest |logit| (measured: 4-8 %), which still
@@ -56,6 +63,17 @@ def test_exact_logits_match_reference(prompt, testtool, smollm2, reference, tmp_
         error = relative_error(our_logits(testtool, smollm2, ids, tmp_path, "exact", kv), expected)
         print(f"{kv} KV: max relative logit error {error.max():.2e} over {len(ids)} positions")
         assert error.max() <= 1e-3, (kv, error)
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:2])
+def test_q8_kv_matches_its_emulation(prompt, testtool, smollm2, reference, tmp_path):
+    ids = tokenize(testtool, smollm2, prompt, tmp_path)
+    ours = our_logits(testtool, smollm2, ids, tmp_path, "exact", "q8")
+    emulated = relative_error(ours, reference.forward(ids, kv_q8=True))
+    unrounded = relative_error(ours, reference.forward(ids))
+    print(f"q8 KV: max relative logit error {emulated.max():.2e} against the emulation, {unrounded.max():.3f} against f64 KV")
+    assert emulated.max() <= 3e-3, emulated
+    assert unrounded.max() <= 0.05, unrounded
 
 
 def test_chunked_prefill_is_identical(testtool, smollm2, tmp_path):

@@ -117,7 +117,8 @@ static int logits_command(int argc, char **argv) {
         if (*p == ',') p++;
     }
     tm_kv_layout layout = {model->config.n_layer, model->config.n_head_kv, model->config.head_dim,
-                           argc > 6 && !strcmp(argv[6], "f16") ? TM_KV_F16 : TM_KV_F32, TM_KV_DEFAULT_PAGE_SIZE};
+                           argc > 6 && !strcmp(argv[6], "f16") ? TM_KV_F16 : argc > 6 && !strcmp(argv[6], "q8") ? TM_KV_Q8 : TM_KV_F32,
+                           TM_KV_DEFAULT_PAGE_SIZE};
     tm_kv_cache *kv;
     bool cuda = argc > 9 && !strcmp(argv[9], "cuda");
     if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, n) * layout.n_layer, 1, !cuda, &kv, &error))
@@ -194,7 +195,7 @@ static int generate_command(int argc, char **argv) {
     options.model_path = argv[2];
     options.n_threads = 2;
     options.precision = argc > 5 && !strcmp(argv[5], "exact");
-    options.kv_type = argc > 6 && !strcmp(argv[6], "f32");
+    options.kv_type = argc > 6 && !strcmp(argv[6], "f32") ? 1 : argc > 6 && !strcmp(argv[6], "q8") ? 2 : 0;
     options.max_sequences = 1;
     if (argc > 7) options.device = argv[7];
     tm_engine *engine;
