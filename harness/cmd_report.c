@@ -185,27 +185,37 @@ static int memory_section(FILE *md, sqlite3 *db, int64_t run) {
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'kv_bytes_allocated'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'kv_bytes_used'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'total_bytes'), "
-        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'process_peak_rss_bytes') "
-        "FROM cases c WHERE c.run_id = ? AND c.kind = 'memory' ORDER BY c.model, 2, 3, c.id";
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'process_peak_rss_bytes'), "
+        "coalesce(json_extract(c.params, '$.kv_type'), 'f16'), "
+        /* the KV bytes in use of the same model, batch and prompt with the f16 cache, in this run */
+        "(SELECT m.median FROM metrics m JOIN cases f ON f.id = m.case_id WHERE f.run_id = c.run_id AND f.kind = 'memory' "
+        "AND f.model IS c.model AND json_extract(f.params, '$.batch') IS json_extract(c.params, '$.batch') "
+        "AND json_extract(f.params, '$.prompt_tokens') IS json_extract(c.params, '$.prompt_tokens') "
+        "AND coalesce(json_extract(f.params, '$.kv_type'), 'f16') = 'f16' AND m.metric = 'kv_bytes_used' LIMIT 1) "
+        "FROM cases c WHERE c.run_id = ? AND c.kind = 'memory' ORDER BY c.model, 2, 3, 9, c.id";
     sqlite3_stmt *s = statement_for_run(db, sql, run);
     int rows = 0;
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
-            fprintf(md, "| model | batch | prompt | weights | KV cache (allocated / used) | total | process peak RSS |\n"
-                        "|---|---|---|---|---|---|---|\n");
+            fprintf(md, "| model | batch | prompt | KV type | weights | KV cache (allocated / used) | KV used vs f16 | total | "
+                        "process peak RSS |\n"
+                        "|---|---|---|---|---|---|---|---|---|\n");
         if (sqlite3_column_type(s, 6) == SQLITE_NULL) {
-            fprintf(md, "| %s | %s | %s | not measured | not measured | not measured | not measured |\n", text_or(s, 0, "-"),
-                    text_or(s, 1, "-"), text_or(s, 2, "-"));
+            fprintf(md, "| %s | %s | %s | %s | not measured | not measured | not measured | not measured | not measured |\n",
+                    text_or(s, 0, "-"), text_or(s, 1, "-"), text_or(s, 2, "-"), text_or(s, 8, "f16"));
             continue;
         }
+        char versus[32] = "-";
+        const double f16_used = sqlite3_column_double(s, 9), used = sqlite3_column_double(s, 5);
+        if (sqlite3_column_type(s, 9) != SQLITE_NULL && f16_used > 0) snprintf(versus, sizeof versus, "%.3f", used / f16_used);
         char weights[32], kv[32], kv_used[32], total[32], rss[32];
         format_bytes(sqlite3_column_double(s, 3), weights, sizeof weights);
         format_bytes(sqlite3_column_double(s, 4), kv, sizeof kv);
         format_bytes(sqlite3_column_double(s, 5), kv_used, sizeof kv_used);
         format_bytes(sqlite3_column_double(s, 6), total, sizeof total);
         format_bytes(sqlite3_column_double(s, 7), rss, sizeof rss);
-        fprintf(md, "| %s | %s | %s | %s | %s / %s | %s | %s |\n", text_or(s, 0, "-"), text_or(s, 1, "-"), text_or(s, 2, "-"),
-                weights, kv, kv_used, total, rss);
+        fprintf(md, "| %s | %s | %s | %s | %s | %s / %s | %s | %s | %s |\n", text_or(s, 0, "-"), text_or(s, 1, "-"), text_or(s, 2, "-"),
+                text_or(s, 8, "f16"), weights, kv, kv_used, versus, total, rss);
     }
     sqlite3_finalize(s);
     if (!rows) fprintf(md, "not measured: this run has no memory cases.\n");

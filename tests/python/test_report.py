@@ -37,6 +37,7 @@ def fixed_database(path):
         (7, "kernels", "kernels/head_dim=256,tokens=8192,heads=16,kv_heads=16",
          '{"op": "flash", "causal": 1, "head_dim": 256, "tokens": 8192, "heads": 16, "kv_heads": 16}', "failed"),
         (8, "throughput", "guide/prompt_tokens=128,batch=4", '{"prompt_tokens": 128, "batch": 4}', "complete"),
+        (9, "memory", "guide-memory/batch=8,kv_type=q8", '{"prompt_tokens": 4096, "batch": 8, "kv_type": "q8"}', "complete"),
     ]
     for case_id, kind, name, params, status in cases:
         connection.execute("INSERT INTO cases (id, run_id, suite, kind, name, params, model, status, started_at) "
@@ -58,6 +59,9 @@ def fixed_database(path):
             "pct_of_copy_bandwidth": (77.4, 0, None), "pct_of_gemm_flops": (1.1, 0, None)},
         4: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (10.74e9, 0, None),
             "kv_bytes_used": (10.73e9, 0, None), "total_bytes": (52.12e9, 0, None),
+            "process_peak_rss_bytes": (1.2e9, 0, None)},
+        9: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (5.55e9, 0, None),
+            "kv_bytes_used": (5.54e9, 0, None), "total_bytes": (46.92e9, 0, None),
             "process_peak_rss_bytes": (1.2e9, 0, None)},
     }
     for case_id, by_metric in metrics.items():
