@@ -181,7 +181,7 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
     }
     if (o->kv_type == 2 && cuda_device >= 0) {
         s = tm_error_set(error, TM_ERR_UNSUPPORTED, "engine: the 8-bit KV cache (kv type q8) runs on the CPU backend only so far; "
-                                                    "use f16 or f32 on a GPU");
+                                                    "use f16 or f32 on a GPU, or the CPU (--device cpu)");
         goto fail;
     }
     tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, o->kv_type == 1 ? TM_KV_F32 : o->kv_type == 2 ? TM_KV_Q8 : TM_KV_F16,
