@@ -9,8 +9,9 @@
  * (same kernels, same order), and GPU sampling follows the CPU sampler exactly, so every
  * request's tokens must be identical; A must have sampled on the GPU and B not, and the device
  * memory accounting must be filled in (weights = the model's bytes, KV, activations, workspace).
- * Last, a KV pool twice the device's memory (in 4 KiB pages) must fail the first step with
- * TM_ERR_NO_MEMORY naming the KV pages and the bytes, not crash.
+ * An engine asked for the 8-bit KV cache on the GPU (CPU only so far) must refuse with
+ * TM_ERR_UNSUPPORTED naming --device cpu. Last, a KV pool twice the device's memory (in 4 KiB
+ * pages) must fail the first step with TM_ERR_NO_MEMORY naming the KV pages and the bytes, not crash.
  * Skipped without a CUDA device (exit 77).
  */
 #include <cuda_runtime_api.h>
@@ -119,6 +120,19 @@ int main(void) {
               (unsigned long long)a.stats.device_weight_bytes, (unsigned long long)a.stats.weight_bytes);
         CHECK(a.stats.device_kv_bytes >= (uint64_t)1400 * 4096, "KV accounted");
         CHECK(a.stats.device_activation_bytes > 0 && a.stats.device_workspace_bytes > 0, "activations and workspace accounted");
+    }
+    { /* the 8-bit KV cache is CPU only so far: a GPU engine refuses it and names the way out */
+        tm_engine_options options;
+        tm_engine_options_default(&options);
+        options.synthetic = "smollm2-135m:q8_0";
+        options.device = "cuda";
+        options.kv_type = 2;
+        tm_engine *engine = NULL;
+        tm_error_t error = {0};
+        const tm_status s = tm_engine_create(&options, &engine, &error);
+        if (!s) tm_engine_free(engine);
+        CHECK(s == TM_ERR_UNSUPPORTED && strstr(error.message, "--device cpu"), "an 8-bit KV cache on the GPU is refused: %s: %s",
+              tm_status_name(s), error.message);
     }
     /* out of device memory: a clear status at the first step (not under compute-sanitizer,
      * which counts the refused cudaMalloc as an error; ci/gpu sets TM_UNDER_SANITIZER) */
