@@ -79,6 +79,13 @@ struct tm_engine {
 
 /* ---- defaults ---------------------------------------------------------------------------- */
 
+int tm_kv_type_from_name(const char *name) {
+    static const char *const names[] = {"f16", "f32", "q8"}; /* tm_kv_type's order */
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, names[i])) return i;
+    return -1;
+}
+
 void tm_engine_options_default(tm_engine_options *o) {
     memset(o, 0, sizeof *o);
     o->device = "auto";
@@ -184,8 +191,7 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
                                                     "use f16 or f32 on a GPU, or the CPU (--device cpu)");
         goto fail;
     }
-    tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, o->kv_type == 1 ? TM_KV_F32 : o->kv_type == 2 ? TM_KV_Q8 : TM_KV_F16,
-                           o->kv_page_size};
+    tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, (tm_kv_type)o->kv_type, o->kv_page_size}; /* 0 f16, 1 f32, 2 q8 */
     int64_t pages = o->kv_pages;
     if (pages <= 0) {
         uint64_t cap = o->kv_bytes ? o->kv_bytes : (2ull << 30);

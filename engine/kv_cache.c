@@ -43,6 +43,7 @@ struct tm_kv_cache {
     uint8_t *storage;           /* n_pages * page_size host bytes, or NULL */
     float *scales;              /* TM_KV_Q8: n_pages * scales_per_page, or NULL */
     int64_t scales_per_page;    /* TM_KV_Q8: page_size / head_bytes, else 0 */
+    uint64_t row_scale_bytes;   /* TM_KV_Q8: the scales of a row's 2 n_head_kv vectors, else 0 */
     int max_sequences;
     sequence_slot *sequences;
 };
@@ -75,8 +76,7 @@ tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequ
         return tm_error_set(error, TM_ERR_INVALID_ARG, "kv cache: invalid layout or sizes (%lld pages of %u bytes)",
                             (long long)n_pages, layout->page_size);
     if (layout->type == TM_KV_Q8 && !host_storage)
-        return tm_error_set(error, TM_ERR_UNSUPPORTED, "kv cache: the 8-bit KV cache is read by the CPU backend only (use --kv-type f16 "
-                                                       "or f32 on a GPU)");
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "kv cache: the 8-bit type needs host storage (only the CPU backend reads it)");
     uint64_t head_bytes = (uint64_t)layout->head_dim * element_bytes(layout->type);
     uint64_t row = tm_kv_row_bytes(layout);
     if (row > layout->page_size && layout->page_size % head_bytes)
@@ -98,6 +98,7 @@ tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequ
     if (host_storage) kv->storage = malloc((size_t)n_pages * layout->page_size);
     kv->scales_per_page = (int64_t)(tm_kv_scale_bytes_per_page(layout) / sizeof(float));
     if (kv->scales_per_page) kv->scales = calloc((size_t)n_pages * (size_t)kv->scales_per_page, sizeof(float));
+    kv->row_scale_bytes = kv->scales_per_page ? 2 * (uint64_t)layout->n_head_kv * sizeof(float) : 0;
     if (!kv->free_bits || !kv->sequences || (host_storage && !kv->storage) || (kv->scales_per_page && !kv->scales)) {
         tm_kv_free(kv);
         return tm_error_set(error, TM_ERR_NO_MEMORY, "kv cache: out of memory for %lld pages of %u bytes",
@@ -271,8 +272,7 @@ void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats) {
     for (int s = 0; s < kv->max_sequences; s++)
         if (kv->sequences[s].active) {
             stats->sequences_active++;
-            stats->bytes_used += (uint64_t)kv->sequences[s].n_tokens * (kv->row_bytes + (scale_bytes ? 2 * kv->layout.n_head_kv * sizeof(float) : 0)) *
-                                 (uint64_t)kv->layout.n_layer;
+            stats->bytes_used += (uint64_t)kv->sequences[s].n_tokens * (kv->row_bytes + kv->row_scale_bytes) * (uint64_t)kv->layout.n_layer;
         }
 }
 

@@ -94,7 +94,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     const char *device = tm_case_param(c, "device", "auto");
     if (strcmp(precision, "fast") && strcmp(precision, "exact"))
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: precision '%s' (fast or exact)", c->name, precision);
-    if (strcmp(kv_type, "f16") && strcmp(kv_type, "f32") && strcmp(kv_type, "q8"))
+    if (tm_kv_type_from_name(kv_type) < 0)
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: kv_type '%s' (f16, f32 or q8)", c->name, kv_type);
     const char *model = tm_case_param(c, "model", suite->model); /* a case's model (an axis) overrides the suite's */
     if (!model) return tm_error_set(error, TM_ERR_INVALID_ARG, "%s: a %s suite needs a 'model'", suite->path, suite->kind);
@@ -104,7 +104,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     tm_engine_options_default(&options);
     options.n_threads = (int)threads;
     options.precision = !strcmp(precision, "exact");
-    options.kv_type = !strcmp(kv_type, "f32") ? 1 : !strcmp(kv_type, "q8") ? 2 : 0;
+    options.kv_type = tm_kv_type_from_name(kv_type);
     if (max_sequences && max_sequences < batch)
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: max_sequences %lld is below batch %lld", c->name, max_sequences, batch);
     options.max_sequences = (int)(max_sequences ? max_sequences : batch); /* fixed: one engine serves every case */

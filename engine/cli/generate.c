@@ -133,11 +133,10 @@ int tm_cli_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--nvtx-detail")) {
             options.nvtx_detail = true;
         } else if (!strcmp(a, "--kv-type")) {
-            if (strcmp(v, "f16") && strcmp(v, "f32") && strcmp(v, "q8")) {
+            if ((options.kv_type = tm_kv_type_from_name(v)) < 0) {
                 fprintf(stderr, "tensormesh generate: --kv-type: '%s' is not f16, f32 or q8\n", v);
                 return 2;
             }
-            options.kv_type = !strcmp(v, "f32") ? 1 : !strcmp(v, "q8") ? 2 : 0;
         } else {
             fprintf(stderr, "tensormesh generate: unknown option '%s'\n\n", a);
             usage(stderr);

@@ -131,6 +131,8 @@ typedef struct tm_engine_stats {
 } tm_engine_stats;
 
 void tm_engine_options_default(tm_engine_options *options);
+/* The kv_type value of a KV cache type's name ("f16", "f32", "q8"), or -1 for any other name. */
+int tm_kv_type_from_name(const char *name);
 void tm_sampling_default(tm_sampling *sampling);          /* greedy */
 void tm_request_params_default(tm_request_params *params);
 

@@ -19,6 +19,8 @@
  * q8_0 weights take the same activations in gemv_q8_0.cu (tm_cuda_gemv_q8 and
  * tm_cuda_gemv_q8_parts send them there).
  */
+#include <type_traits>
+
 #include "kernels.h"
 #include "launch.cuh"
 #include "mma.cuh"
@@ -1308,16 +1310,26 @@ static int mmq_persistent_stages(void) {
  * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
  * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
  * slower, hence the rule for 9..16 tokens. */
+/* f(std::integral_constant<int, S>, std::bool_constant<ROPE>) for the launch's stages and rope:
+ * the one place the persistent kernel's instantiations are chosen. */
+template <typename F> static cudaError_t mmq_persistent_variant(bool rope, F &&f) {
+    if (mmq_persistent_stages() == 3) return rope ? f(std::integral_constant<int, 3>{}, std::true_type{}) : f(std::integral_constant<int, 3>{}, std::false_type{});
+    return rope ? f(std::integral_constant<int, 2>{}, std::true_type{}) : f(std::integral_constant<int, 2>{}, std::false_type{});
+}
+
 template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, bool rope, int *grid) {
     static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0),
                      with_rope = tm_env_int("TM_MMQ_PERSISTENT_ROPE", 1);
     *grid = 0;
     if (mode == 0 || (rope && !with_rope)) return cudaSuccess;
-    const int stages = mmq_persistent_stages(), widest = mmq_widest_row(parts, true);
-    const void *kernel = stages == 3 ? (rope ? (const void *)mmq_persistent_kernel<NG, 8, 3, true> : (const void *)mmq_persistent_kernel<NG, 8, 3, false>)
-                                     : (rope ? (const void *)mmq_persistent_kernel<NG, 8, 2, true> : (const void *)mmq_persistent_kernel<NG, 8, 2, false>);
-    const int shared = stages == 3 ? (rope ? mmq_persistent_shared_bytes<NG, 8, 3, true>(widest) : mmq_persistent_shared_bytes<NG, 8, 3, false>(widest))
-                                   : (rope ? mmq_persistent_shared_bytes<NG, 8, 2, true>(widest) : mmq_persistent_shared_bytes<NG, 8, 2, false>(widest));
+    const int widest = mmq_widest_row(parts, true);
+    const void *kernel = nullptr;
+    int shared = 0;
+    mmq_persistent_variant(rope, [&](auto stages, auto with) {
+        kernel = (const void *)mmq_persistent_kernel<NG, 8, decltype(stages)::value, decltype(with)::value>;
+        shared = mmq_persistent_shared_bytes<NG, 8, decltype(stages)::value, decltype(with)::value>(widest);
+        return cudaSuccess;
+    });
     int resident = 0, device = 0, sms = 0, major = 0;
     TM_CUDA_CHECK(cudaGetDevice(&device));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -1332,23 +1344,19 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
     return cudaSuccess;
 }
 
-template <int NG, int S, bool ROPE>
-static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                         int grid, const rope_append &rope, cudaStream_t s) {
-    const int widest = mmq_widest_row(parts, true), shared = mmq_persistent_shared_bytes<NG, 8, S, ROPE>(widest);
-    TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, S, ROPE>), dim3((unsigned)grid), dim3(256), shared, s, parts, cols, qs, ds, n, tiles,
-                        gemv_early_weights(), widest, rope);
-    return cudaSuccess;
-}
-
 template <int NG>
 static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
                                          int grid, const rope_append *rope, cudaStream_t s) {
-    const bool three = mmq_persistent_stages() == 3;
-    if (rope) return three ? launch_mmq_persistent<NG, 3, true>(parts, cols, qs, ds, n, tiles, grid, *rope, s)
-                           : launch_mmq_persistent<NG, 2, true>(parts, cols, qs, ds, n, tiles, grid, *rope, s);
-    return three ? launch_mmq_persistent<NG, 3, false>(parts, cols, qs, ds, n, tiles, grid, rope_append{}, s)
-                 : launch_mmq_persistent<NG, 2, false>(parts, cols, qs, ds, n, tiles, grid, rope_append{}, s);
+    const int widest = mmq_widest_row(parts, true);
+    const rope_append targets = rope ? *rope : rope_append{};
+    return mmq_persistent_variant(rope != nullptr, [&](auto stages, auto with) {
+        constexpr int S = decltype(stages)::value;
+        constexpr bool ROPE = decltype(with)::value;
+        TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, S, ROPE>), dim3((unsigned)grid), dim3(256),
+                            mmq_persistent_shared_bytes<NG, 8, S, ROPE>(widest), s, parts, cols, qs, ds, n, tiles, gemv_early_weights(),
+                            widest, targets);
+        return cudaSuccess;
+    });
 }
 
 /* The tensor-core products when every part's rows divide into 16-row tiles; cudaErrorNotSupported

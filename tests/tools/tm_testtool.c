@@ -105,6 +105,12 @@ static int write_seeds(const char *dir) {
     return 0;
 }
 
+/* argv[6], a KV type's name (f16, f32, q8), or `fallback` when absent or unknown. */
+static tm_kv_type kv_type_argument(int argc, char **argv, tm_kv_type fallback) {
+    const int type = argc > 6 ? tm_kv_type_from_name(argv[6]) : -1;
+    return type < 0 ? fallback : (tm_kv_type)type;
+}
+
 static int logits_command(int argc, char **argv) {
     tm_error_t error = {0};
     tm_model *model;
@@ -117,8 +123,7 @@ static int logits_command(int argc, char **argv) {
         if (*p == ',') p++;
     }
     tm_kv_layout layout = {model->config.n_layer, model->config.n_head_kv, model->config.head_dim,
-                           argc > 6 && !strcmp(argv[6], "f16") ? TM_KV_F16 : argc > 6 && !strcmp(argv[6], "q8") ? TM_KV_Q8 : TM_KV_F32,
-                           TM_KV_DEFAULT_PAGE_SIZE};
+                           kv_type_argument(argc, argv, TM_KV_F32), TM_KV_DEFAULT_PAGE_SIZE};
     tm_kv_cache *kv;
     bool cuda = argc > 9 && !strcmp(argv[9], "cuda");
     if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, n) * layout.n_layer, 1, !cuda, &kv, &error))
@@ -195,7 +200,7 @@ static int generate_command(int argc, char **argv) {
     options.model_path = argv[2];
     options.n_threads = 2;
     options.precision = argc > 5 && !strcmp(argv[5], "exact");
-    options.kv_type = argc > 6 && !strcmp(argv[6], "f32") ? 1 : argc > 6 && !strcmp(argv[6], "q8") ? 2 : 0;
+    options.kv_type = kv_type_argument(argc, argv, TM_KV_F16);
     options.max_sequences = 1;
     if (argc > 7) options.device = argv[7];
     tm_engine *engine;
