@@ -48,29 +48,6 @@ static tm_status matmul(cpu_backend *b, const tm_weight *w, const float *x, int 
                      b->state.scratch, error);
 }
 
-/* One head vector into the cache in its type; TM_KV_Q8: q = round(x / d), d = max |x| / 127 into
- * `scale`, a float. An f16 scale was tried: rounded from the float32 activations here and from the
- * float64 ones of tests/python's reference it lands on different f16 values near their rounding
- * boundaries and moves a whole vector's rounding (SmolLM2 logits 1.6-2.1e-2 from the emulation,
- * against 0.9e-6-1.1e-3 with the float, 2.5-3.1e-2 from the unrounded reference): the float costs
- * 2 bytes a vector more and keeps the cache checkable against an independent reference. */
-static void store_vector(void *dst, float *scale, const float *src, int n, tm_kv_type type) {
-    if (type == TM_KV_F32) {
-        memcpy(dst, src, (size_t)n * sizeof(float));
-        return;
-    }
-    if (type == TM_KV_Q8) {
-        float largest = 0;
-        for (int i = 0; i < n; i++) largest = fmaxf(largest, fabsf(src[i]));
-        const float d = largest / 127.0f;
-        int8_t *q = dst;
-        for (int i = 0; i < n; i++) q[i] = d > 0 ? (int8_t)lrintf(src[i] / d) : 0;
-        *scale = d;
-        return;
-    }
-    tm_f16_t *h = dst;
-    for (int i = 0; i < n; i++) h[i] = tm_f32_to_f16(src[i]);
-}
 
 /* ---- attention --------------------------------------------------------------------------- */
 
@@ -205,9 +182,9 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
             tm_cpu_rope(s->k + (int64_t)t * kv_dim, c->n_head_kv, &rope, batch->positions[t]);
             for (int h = 0; h < c->n_head_kv; h++) {
                 const int seq = batch->seq[t], position = batch->positions[t];
-                store_vector(tm_kv_key(kv, seq, l, position, h), tm_kv_key_scale(kv, seq, l, position, h),
+                tm_kv_store_vector(tm_kv_key(kv, seq, l, position, h), tm_kv_key_scale(kv, seq, l, position, h),
                              s->k + (int64_t)t * kv_dim + h * c->head_dim, c->head_dim, kv_type);
-                store_vector(tm_kv_value(kv, seq, l, position, h), tm_kv_value_scale(kv, seq, l, position, h),
+                tm_kv_store_vector(tm_kv_value(kv, seq, l, position, h), tm_kv_value_scale(kv, seq, l, position, h),
                              s->v + (int64_t)t * kv_dim + h * c->head_dim, c->head_dim, kv_type);
             }
         }

@@ -5,8 +5,9 @@
  * DESIGN
  * - Memory, by purpose (tm_backend_memory): the weight arena (every tensor, 256-byte aligned,
  *   uploaded once in the device layout of kernels/cuda/weights.cu: q6_k blocks padded to 224
- *   bytes, q8_0 rows split into values then scales); the KV pool (pages) plus a device mirror of the page tables laid out
- *   [sequence][layer][max_pages]; activations (one allocation carved into the per-token buffers,
+ *   bytes, q8_0 rows split into values then scales); the KV pool (pages; an 8-bit cache also its
+ *   scales, a float a head vector, in the host cache's slot order) plus a device mirror of the page
+ *   tables laid out [sequence][layer][max_pages]; activations (one allocation carved into the per-token buffers,
  *   sized for the largest batch seen) plus the step's inputs; workspace (GEMM tiles, decode
  *   attention partials, sampling). A failed allocation is TM_ERR_NO_MEMORY naming the purpose,
  *   the bytes and the device's free memory.
@@ -30,7 +31,9 @@
  *   decode kernel split over keys, or, where every context is short enough that the kernels say it
  *   pays, the decode kernel without splits (a block per kv head, no combine launch); a batch with
  *   runs of tokens of one sequence (prefill) uses flash attention over tiles of those runs: on
- *   tensor cores (flash_mma.cu) in fast precision with an f16 cache, the float32 kernel otherwise.
+ *   tensor cores (flash_mma.cu) in fast precision with an f16 or 8-bit cache, the float32 kernel
+ *   otherwise. An 8-bit cache's keys and values are quantized by the separate rope +
+ *   append kernel (never the Q/K/V products' epilogue: a tile holds part of a head vector).
  * - CUDA graphs: a decode batch of n <= 16 tokens (one per sequence, every one wanting logits)
  *   is captured once per n and attention kind (split or not) and replayed; the graph reads
  *   everything that changes per step from the staging buffer and the page mirror, whose addresses
@@ -48,6 +51,9 @@
 #include "backend.h"
 #include "kernels.h"
 #include "trace.h"
+
+_Static_assert((int)TM_CUDA_KV_F16 == (int)TM_KV_F16 && (int)TM_CUDA_KV_F32 == (int)TM_KV_F32 && (int)TM_CUDA_KV_Q8 == (int)TM_KV_Q8,
+               "kernels.h's cache types are tm_kv_type's values");
 
 #define CHECK_CUDA(call)                                                                                             \
     do {                                                                                                             \
@@ -104,7 +110,7 @@ typedef struct cuda_backend {
     void *rope_targets;        /* tm_cuda_rope_targets of a decode step (up to TM_CUDA_GEMV_MAX_TOKENS tokens) */
     int rope_positions;
     /* KV */
-    void *kv_pool;
+    tm_cuda_kv kv;             /* the pages (and an 8-bit cache's scales) on the device */
     int64_t max_pages;         /* per stream: the mirror's row stride */
     int max_sequences;
     int32_t *page_mirror, *host_page_mirror; /* [seq][layer][max_pages] */
@@ -181,7 +187,7 @@ static void free_activations(cuda_backend *b) {
 
 static void release(cuda_backend *b) {
     free_activations(b);
-    cudaFree(b->arena), cudaFree(b->kv_pool), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror), cudaFree(b->rope_angles);
+    cudaFree(b->arena), cudaFree(b->kv.pool), cudaFree(b->kv.scales), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror), cudaFree(b->rope_angles);
     cudaFree(b->rope_targets);
     cudaFree(b->cublas_workspace);
     if (b->cublas) cublasDestroy(b->cublas);
@@ -230,7 +236,15 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
     tm_status s;
     uint64_t pool_bytes = (uint64_t)stats.pages_total * stats.page_size;
     uint64_t mirror_bytes = (uint64_t)b->max_sequences * c->n_layer * b->max_pages * sizeof(int32_t);
-    if (!b->kv_pool && (s = device_alloc(b, &b->kv_pool, pool_bytes, &b->memory.kv, "KV pages", error))) return s;
+    if (layout->type == TM_KV_Q8 && layout->page_size % (uint32_t)layout->head_dim)
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: the 8-bit KV cache needs a page size that is a multiple of the "
+                                                       "head dim (%u bytes, head dim %d)", layout->page_size, layout->head_dim);
+    if (!b->kv.pool && (s = device_alloc(b, &b->kv.pool, pool_bytes, &b->memory.kv, "KV pages", error))) return s;
+    const uint64_t scale_bytes = (uint64_t)stats.pages_total * tm_kv_scale_bytes_per_page(layout);
+    if (scale_bytes && !b->kv.scales &&
+        (s = device_alloc(b, (void **)&b->kv.scales, scale_bytes, &b->memory.kv, "KV scales (8-bit cache)", error)))
+        return s;
+    b->kv.type = (int)layout->type, b->kv.page_size = layout->page_size; /* TM_CUDA_KV_* are tm_kv_type's values */
     if (!b->page_mirror && (s = device_alloc(b, (void **)&b->page_mirror, mirror_bytes, &b->memory.kv, "KV page tables", error))) return s;
     if (!b->host_page_mirror) CHECK_CUDA(cudaMallocHost((void **)&b->host_page_mirror, mirror_bytes));
     /* the rope angles of the positions a stream can reach (up to ROPE_TABLE_POSITIONS; later ones are
@@ -244,7 +258,7 @@ static tm_status ensure_kv(cuda_backend *b, tm_kv_cache *kv, tm_error_t *error) 
     b->rope_positions = rope_positions;
     /* where a decode step's queries, keys and values go (for the Q/K/V products' rope epilogue) */
     const tm_cuda_rope_kv geometry = {.n_head = c->n_head, .n_head_kv = c->n_head_kv, .head_dim = c->head_dim, .n_rot = c->n_rot,
-                                      .kv_is_f32 = layout->type == TM_KV_F32, .page_size = layout->page_size};
+                                      .kv = b->kv};
     const uint64_t targets_bytes = tm_cuda_rope_targets_bytes(TM_CUDA_GEMV_MAX_TOKENS, c->n_layer, &geometry);
     if (!b->rope_targets && (s = device_alloc(b, &b->rope_targets, targets_bytes, &b->memory.kv, "rope targets", error))) return s;
     if (!(b->seen_step = calloc((size_t)b->max_sequences, sizeof *b->seen_step)))
@@ -465,11 +479,12 @@ static bool takes_q8(const cuda_backend *b, const device_weight *w, int n) {
            w->cols % 256 == 0;
 }
 
-/* Prefill attention on tensor cores (f16 queries and probabilities): fast precision, an f16 cache
- * and a head dim the kernel takes; otherwise the float32 kernel. */
-static bool flash_on_tensor_cores(const cuda_backend *b, int kv_f32) {
+/* Prefill attention on tensor cores (f16 queries and probabilities): fast precision, an f16 or
+ * 8-bit cache and a head dim the kernel takes; otherwise (an f32 cache too) the float32 kernel. */
+static bool flash_on_tensor_cores(const cuda_backend *b, tm_kv_type kv_type) {
     const tm_model_config *c = &b->model->config;
-    return b->options.precision == TM_PRECISION_FAST && !kv_f32 && tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv) > 0;
+    return b->options.precision == TM_PRECISION_FAST && kv_type != TM_KV_F32 &&
+           tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv) > 0;
 }
 
 /* Every launch of one forward pass over T tokens (n_tiles > 0: flash attention over the tiles,
@@ -478,7 +493,7 @@ static bool flash_on_tensor_cores(const cuda_backend *b, int kv_f32) {
  * where the decode products take them), attention,
  * output product, residual add + norm [+ quantize], gate/up products, SwiGLU [+ quantize], down
  * product; the last residual add is fused into the final norm. */
-static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, int kv_f32, uint32_t page_size, tm_error_t *error) {
+static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, tm_error_t *error) {
     const tm_model_config *c = &b->model->config;
     const int D = c->n_embd;
     const step_inputs *in = &b->device_in;
@@ -492,12 +507,13 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     float *residual = b->x, *residual_next = b->x_next;
     tm_cuda_rope_kv rope = {.n_head = c->n_head, .n_head_kv = c->n_head_kv, .head_dim = c->head_dim, .n_rot = c->n_rot,
                             .freq_base = c->rope_freq_base, .freq_scale = c->rope_freq_scale, .freq_factors = b->rope_freqs,
-                            .angles = b->rope_angles, .n_angles = b->rope_positions, .pool = b->kv_pool, .kv_is_f32 = kv_f32,
-                            .page_size = page_size, .pages = b->page_mirror, /* layer 0's: the targets' base; each layer's below */
+                            .angles = b->rope_angles, .n_angles = b->rope_positions, .kv = b->kv,
+                            .pages = b->page_mirror, /* layer 0's: the targets' base; each layer's below */
                             .page_offsets = in->page_offsets, .positions = in->positions};
-    /* decode steps whose Q/K/V products can take the rope: the step's targets first, one launch */
+    /* decode steps whose Q/K/V products can take the rope: the step's targets first, one launch (not
+     * with an 8-bit cache: a product's tile holds 16 rows of a head vector, its scale needs all) */
     const device_weight *first_qkv[3] = {&b->layers[1], &b->layers[2], &b->layers[3]};
-    if (fused_rope_enabled() && !n_tiles && T <= TM_CUDA_GEMV_MAX_TOKENS && products_together(b, first_qkv, 3, T)) {
+    if (fused_rope_enabled() && b->kv.type != TM_CUDA_KV_Q8 && !n_tiles && T <= TM_CUDA_GEMV_MAX_TOKENS && products_together(b, first_qkv, 3, T)) {
         CHECK_KERNEL(tm_cuda_rope_targets(b->rope_targets, T, c->n_layer, b->max_pages, &rope, stream));
         rope.targets = b->rope_targets;
     }
@@ -518,19 +534,19 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         rope.pages = pages, rope.layer = l;
         if ((s = qkv_rope_append(b, w, b->xb, T, &xb_q8, &rope, error))) return s;
         TM_DETAIL_BEGIN("attention");
-        if (n_tiles && flash_on_tensor_cores(b, kv_f32))
-            CHECK_KERNEL(tm_cuda_flash_attention_mma(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, page_size, pages,
-                                                     in->page_offsets, in->positions, in->tiles, n_tiles, 0, stream));
+        if (n_tiles && flash_on_tensor_cores(b, (tm_kv_type)b->kv.type))
+            CHECK_KERNEL(tm_cuda_flash_attention_mma(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages, in->page_offsets,
+                                                     in->positions, in->tiles, n_tiles, 0, stream));
         else if (n_tiles)
-            CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
-                                                 pages, in->page_offsets, in->positions, in->tiles, n_tiles, stream));
+            CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages, in->page_offsets,
+                                                 in->positions, in->tiles, n_tiles, stream));
         else {
             att_q8 = takes_q8(b, &w[4], T); /* then the attention also writes the output product's q8_1 input */
             if (b->whole_attention)
-                CHECK_KERNEL(tm_cuda_decode_attention_whole(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32,
-                                                            page_size, pages, in->page_offsets, in->n_keys, att_q8 ? b->q8 : NULL, stream));
+                CHECK_KERNEL(tm_cuda_decode_attention_whole(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages,
+                                                            in->page_offsets, in->n_keys, att_q8 ? b->q8 : NULL, stream));
             else
-                CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, b->kv_pool, kv_f32, page_size,
+                CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
                                                  SPLIT_KEYS_FLOOR, b->partials, att_q8 ? b->q8 : NULL, stream));
         }
@@ -577,24 +593,24 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
  * without splits (tm_cuda_decode_attention_whole: no partials, no combine launch; in a graph of its
  * own): where the kernels say it is the faster (tm_cuda_decode_attention_whole_keys), or, with
  * TM_ATTENTION_WHOLE_KEYS=N (a measuring aid), up to N keys wherever it is supported (0: never). */
-static bool whole_attention(const cuda_backend *b, int T, int most_keys, int kv_f32) {
+static bool whole_attention(const cuda_backend *b, int T, int most_keys, tm_kv_type kv_type) {
     static int forced = -2;
     if (forced == -2) {
         const char *text = getenv("TM_ATTENTION_WHOLE_KEYS");
         forced = text && *text ? TM_MAX(0, atoi(text)) : -1;
     }
     const tm_model_config *c = &b->model->config;
-    if (forced >= 0) return most_keys <= forced && tm_cuda_decode_attention_whole_supported(c->n_head, c->n_head_kv, c->head_dim, kv_f32);
-    return most_keys <= tm_cuda_decode_attention_whole_keys(T, c->n_head, c->n_head_kv, c->head_dim, kv_f32);
+    if (forced >= 0) return most_keys <= forced && tm_cuda_decode_attention_whole_supported(c->n_head, c->n_head_kv, c->head_dim, kv_type);
+    return most_keys <= tm_cuda_decode_attention_whole_keys(T, c->n_head, c->n_head_kv, c->head_dim, kv_type);
 }
 
 /* Replay the decode graph for T tokens (and b->whole_attention), capturing it first if needed. */
-static tm_status run_graph(cuda_backend *b, int T, int kv_f32, uint32_t page_size, tm_error_t *error) {
+static tm_status run_graph(cuda_backend *b, int T, tm_error_t *error) {
     cudaGraphExec_t *exec = &b->graphs[b->whole_attention][T];
     if (!*exec) {
         cudaGraph_t graph = NULL;
         CHECK_CUDA(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
-        tm_status s = launch_forward(b, T, 0, T, kv_f32, page_size, error);
+        tm_status s = launch_forward(b, T, 0, T, error);
         cudaError_t end = cudaStreamEndCapture(b->stream, &graph);
         if (s) {
             if (graph) cudaGraphDestroy(graph);
@@ -614,11 +630,8 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     const tm_model_config *c = &b->model->config;
     const int T = batch->n_tokens;
     const tm_kv_layout *layout = tm_kv_get_layout(kv);
-    const int kv_f32 = layout->type == TM_KV_F32;
     tm_status s;
     b->n_out = 0;
-    if (layout->type != TM_KV_F16 && layout->type != TM_KV_F32)
-        return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: the KV cache must be f16 or f32 (the 8-bit cache is CPU only so far)");
     if (T <= 0) return TM_OK;
     for (int t = 0; t < T; t++)
         if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab || batch->positions[t] < 0 ||
@@ -635,7 +648,7 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
 
     /* the step's inputs; tiles: runs of consecutive tokens of one sequence */
     step_inputs *in = &b->host_in;
-    const int tile_tokens = flash_on_tensor_cores(b, layout->type == TM_KV_F32)
+    const int tile_tokens = flash_on_tensor_cores(b, layout->type)
                                 ? tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv)
                                 : tm_cuda_flash_tile_tokens(c->head_dim, c->n_head, c->n_head_kv);
     int n_tiles = 0, n_out = 0, most_keys = 0;
@@ -656,12 +669,12 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
      * any batch since every token's keys are appended before attention */
     if (T > TM_CUDA_GEMV_MAX_TOKENS) prefill = true;
     if (tile_tokens < 1) prefill = false;
-    b->whole_attention = !prefill && T <= TM_CUDA_GEMV_MAX_TOKENS && whole_attention(b, T, most_keys, kv_f32);
+    b->whole_attention = !prefill && T <= TM_CUDA_GEMV_MAX_TOKENS && whole_attention(b, T, most_keys, layout->type);
     CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)((uint8_t *)(in->tiles + 2 * n_tiles) - (uint8_t *)b->host_staging),
                                cudaMemcpyHostToDevice, b->stream));
     const bool graph = b->options.graphs && !prefill && n_out == T && T <= TM_CUDA_GEMV_MAX_TOKENS;
-    if (graph) s = run_graph(b, T, kv_f32, layout->page_size, error);
-    else s = launch_forward(b, T, prefill ? n_tiles : 0, n_out, kv_f32, layout->page_size, error);
+    if (graph) s = run_graph(b, T, error);
+    else s = launch_forward(b, T, prefill ? n_tiles : 0, n_out, error);
     if (s) return s;
     b->n_out = n_out;
     if (logits) {

@@ -186,11 +186,6 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         s = tm_error_set(error, TM_ERR_INVALID_ARG, "engine: kv_type %d (0 f16, 1 f32, 2 q8)", o->kv_type);
         goto fail;
     }
-    if (o->kv_type == 2 && cuda_device >= 0) {
-        s = tm_error_set(error, TM_ERR_UNSUPPORTED, "engine: the 8-bit KV cache (kv type q8) runs on the CPU backend only so far; "
-                                                    "use f16 or f32 on a GPU, or the CPU (--device cpu)");
-        goto fail;
-    }
     tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, (tm_kv_type)o->kv_type, o->kv_page_size}; /* 0 f16, 1 f32, 2 q8 */
     int64_t pages = o->kv_pages;
     if (pages <= 0) {

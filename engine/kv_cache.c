@@ -15,8 +15,10 @@
  */
 #include "kv_cache.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct page_table {
     int32_t *pages;
@@ -75,8 +77,9 @@ tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequ
         n_pages <= 0 || n_pages > INT32_MAX || max_sequences <= 0 || (unsigned)layout->type > TM_KV_Q8)
         return tm_error_set(error, TM_ERR_INVALID_ARG, "kv cache: invalid layout or sizes (%lld pages of %u bytes)",
                             (long long)n_pages, layout->page_size);
-    if (layout->type == TM_KV_Q8 && !host_storage)
-        return tm_error_set(error, TM_ERR_UNSUPPORTED, "kv cache: the 8-bit type needs host storage (only the CPU backend reads it)");
+    if (layout->type == TM_KV_Q8 && layout->page_size % (uint32_t)layout->head_dim)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "kv cache: the 8-bit type needs pages of whole head vectors (page size %u, head dim %d)",
+                            layout->page_size, layout->head_dim);
     uint64_t head_bytes = (uint64_t)layout->head_dim * element_bytes(layout->type);
     uint64_t row = tm_kv_row_bytes(layout);
     if (row > layout->page_size && layout->page_size % head_bytes)
@@ -278,6 +281,25 @@ void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats) {
 
 const tm_kv_layout *tm_kv_get_layout(const tm_kv_cache *kv) { return &kv->layout; }
 uint8_t *tm_kv_storage(const tm_kv_cache *kv) { return kv->storage; }
+float *tm_kv_scale_storage(const tm_kv_cache *kv) { return kv->scales; }
+
+void tm_kv_store_vector(void *dst, float *scale, const float *src, int n, tm_kv_type type) {
+    if (type == TM_KV_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    if (type == TM_KV_Q8) {
+        float largest = 0;
+        for (int i = 0; i < n; i++) largest = fmaxf(largest, fabsf(src[i]));
+        const float d = largest / 127.0f;
+        int8_t *q = dst;
+        for (int i = 0; i < n; i++) q[i] = d > 0 ? (int8_t)lrintf(src[i] / d) : 0;
+        *scale = d;
+        return;
+    }
+    tm_f16_t *h = dst;
+    for (int i = 0; i < n; i++) h[i] = tm_f32_to_f16(src[i]);
+}
 
 bool tm_kv_sanity(const tm_kv_cache *kv, char *message, size_t message_size) {
     uint8_t *owner_count = calloc((size_t)kv->n_pages, 1);

@@ -34,7 +34,7 @@
 typedef enum tm_kv_type {
     TM_KV_F16 = 0, /* default, as llama.cpp */
     TM_KV_F32 = 1, /* exact: for reference comparisons */
-    TM_KV_Q8 = 2,  /* 8-bit: q = round(x / d), d = max |x| / 127 per head vector (CPU backend) */
+    TM_KV_Q8 = 2,  /* 8-bit: q = round(x / d), d = max |x| / 127 per head vector (tm_kv_store_vector) */
 } tm_kv_type;
 
 typedef struct tm_kv_layout {
@@ -47,8 +47,8 @@ typedef struct tm_kv_layout {
 
 typedef struct tm_kv_cache tm_kv_cache;
 
-/* n_pages pages of layout.page_size; storage: allocate host memory for them (CPU backend; TM_KV_Q8
- * needs it: no device backend reads 8-bit KV yet). */
+/* n_pages pages of layout.page_size; storage: allocate host memory for them (the CPU backend; a
+ * device backend keeps its own). TM_KV_Q8 needs a page size that is a multiple of head_dim. */
 tm_status tm_kv_create(const tm_kv_layout *layout, int64_t n_pages, int max_sequences, bool host_storage,
                        tm_kv_cache **out, tm_error_t *error);
 void tm_kv_free(tm_kv_cache *kv);
@@ -100,6 +100,21 @@ typedef struct tm_kv_stats {
 void tm_kv_get_stats(const tm_kv_cache *kv, tm_kv_stats *stats);
 const tm_kv_layout *tm_kv_get_layout(const tm_kv_cache *kv);
 uint8_t *tm_kv_storage(const tm_kv_cache *kv);
+/* TM_KV_Q8 with host storage: every page's scale slots, page after page (page_size / head_dim
+ * floats a page: the slot of the vector at byte offset o of the storage is o / head_dim, the order
+ * kernels/cuda's tm_cuda_kv reads them in); NULL otherwise. */
+float *tm_kv_scale_storage(const tm_kv_cache *kv);
+
+/* One head vector of n floats into the cache's encoding at dst: f32 copied, f16 rounded, TM_KV_Q8
+ * q = round(x / d) (nearest, ties to even), d = max |x| / 127 (a float, into *scale; 0 and all-zero
+ * values for an all-zero vector). The one definition of the 8-bit rounding: the CPU backend stores
+ * through it, the CUDA append kernels match it bit for bit (tests/gpu). An f16 scale was tried:
+ * rounded from the float32 activations here and from the float64 ones of tests/python's reference
+ * it lands on different f16 values near their rounding boundaries and moves a whole vector's
+ * rounding (SmolLM2 logits 1.6-2.1e-2 from the emulation, against 0.9e-6-1.1e-3 with the float):
+ * the float costs 2 bytes a vector more and keeps the cache checkable against an independent
+ * reference. */
+void tm_kv_store_vector(void *dst, float *scale, const float *src, int n, tm_kv_type type);
 
 /* Check every invariant; on failure write what is wrong into message and return false. O(pages). */
 bool tm_kv_sanity(const tm_kv_cache *kv, char *message, size_t message_size);

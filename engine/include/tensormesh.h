@@ -53,7 +53,7 @@ typedef struct tm_engine_options {
     int64_t kv_pages;        /* KV pool size in pages; 0 = enough for max_sequences x n_ctx, capped by kv_bytes */
     uint64_t kv_bytes;       /* 0 = 2 GiB cap when kv_pages is 0 */
     uint32_t kv_page_size;   /* bytes per KV page (default 4096) */
-    int kv_type;             /* 0 f16 (default), 1 f32, 2 q8 (8-bit values, a float scale a head vector; CPU backend only) */
+    int kv_type;             /* 0 f16 (default), 1 f32, 2 q8 (8-bit values, a float scale a head vector) */
     int precision;           /* 0 fast (quantized activations), 1 exact (float activations) */
     int max_batch_tokens;    /* tokens per forward step: prefill chunk budget (default 512) */
     bool no_cuda_graphs;     /* CUDA: launch decode steps kernel by kernel instead of replaying graphs */

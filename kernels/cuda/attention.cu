@@ -15,7 +15,10 @@
  * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
- * engine/kv_cache.c, so nothing assumes contiguous KV. float32 math; f16 or f32 cache.
+ * engine/kv_cache.c, so nothing assumes contiguous KV. float32 math; f16, f32 or 8-bit cache (int8
+ * values times the head vector's float scale: a key's int8 dot product scaled once, a value's
+ * scale folded into its softmax weight; the int8 values widened through halves, not I2F).
+ * Appends into an 8-bit cache quantize a vector a block (store_q8_pairs, rope_append.cuh).
  */
 #include <limits.h>
 
@@ -30,18 +33,32 @@
 #define MAX_HEAD_DIM 256
 #define EARLY_KV_CHUNKS 4 /* decode: 32-key chunks a warp prefetches into L2 before the wait */
 
-template <bool HALF> __device__ __forceinline__ float kv_element(const uint8_t *vector, int i) {
-    if (HALF) return __half2float(reinterpret_cast<const __half *>(vector)[i]);
+/* Element i of a cache vector as a float (KV_Q8: the int8 value, before its vector's scale). */
+template <int KV> __device__ __forceinline__ float kv_element(const uint8_t *vector, int i) {
+    if (KV == KV_F16) return __half2float(reinterpret_cast<const __half *>(vector)[i]);
+    if (KV == KV_Q8) return (float)reinterpret_cast<const int8_t *>(vector)[i];
     return reinterpret_cast<const float *>(vector)[i];
+}
+
+/* 8 bytes that no kernel of the launch writes (ldg_line16's half: an 8-bit value piece). */
+__device__ __forceinline__ uint2 ldg_line8(const void *p) {
+    uint2 v;
+    asm("ld.global.nc.L2::128B.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
 }
 
 /* ---- decode: a block per (token, kv head, key split), every query head of the group at once -- */
 
-/* How a warp reads f16 (HALF) or f32 vectors of HD elements in 16-byte pieces: VECS pieces a row;
- * LPK lanes share a row (a lane per piece, up to 32), so a warp reads KPI rows per load and each
- * lane takes VPL pieces of its row; PER_LANE output dimensions per lane and query head. */
-template <bool HALF, int HD> struct decode_shape {
-    static constexpr int epv = HALF ? 8 : 4; /* elements per 16-byte piece */
+/* How a warp reads the value vectors of HD elements of a cache of type KV in pieces of EPV
+ * elements (16 bytes of f16 or f32, 8 of int8: the 8-bit cache keeps the f16 cache's shape and
+ * registers): VECS pieces a row; LPK lanes share a row (a lane per piece, up to 32), so a warp reads
+ * KPI rows per load and each lane takes VPL pieces of its row; PER_LANE output dimensions per lane
+ * and query head. Keys are read a lane per key in 16-byte pieces of key_epv elements. */
+template <int KV, int HD> struct decode_shape {
+    static constexpr int epv = KV == KV_F32 ? 4 : 8; /* elements per value piece */
+    static constexpr int piece_bytes = epv * kv_element_bytes(KV);
+    static constexpr int key_epv = 16 / kv_element_bytes(KV), key_pieces = HD / key_epv;
+    static constexpr int vector_bytes = HD * kv_element_bytes(KV);
     static constexpr int vecs = HD / epv;
     static constexpr int lpk = vecs < 32 ? vecs : 32;
     static constexpr int vpl = vecs / lpk;
@@ -49,9 +66,14 @@ template <bool HALF, int HD> struct decode_shape {
     static constexpr int per_lane = vpl * epv;
 };
 
-/* The epv elements of a 16-byte piece as floats. */
-template <bool HALF> __device__ __forceinline__ void unpack_piece(const uint4 &piece, float *x) {
-    if (HALF) {
+/* The first N elements of a piece (16 bytes; an 8-bit value piece in .x, .y) as floats (KV_Q8: the
+ * int8 values, before the scale). */
+template <int KV, int N> __device__ __forceinline__ void unpack_piece(const uint4 &piece, float *x) {
+    if (KV == KV_Q8) {
+        const uint32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
+#pragma unroll
+        for (int j = 0; j < N; j += 4) int8x4_to_float(words[j / 4], x + j);
+    } else if (KV == KV_F16) {
         const __half2 *h = reinterpret_cast<const __half2 *>(&piece);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -73,6 +95,15 @@ __device__ __forceinline__ void split_range(int n, int split, int spread, int mi
     end = (int)min((int64_t)begin + per, (int64_t)n);
 }
 
+/* A value piece of a cache of type KV at p (16 bytes, or 8 of an 8-bit cache in .x, .y). */
+template <int KV> __device__ __forceinline__ uint4 load_value_piece(const uint8_t *p) {
+    if (KV == KV_Q8) {
+        const uint2 v = ldg_line8(p);
+        return make_uint4(v.x, v.y, 0, 0);
+    }
+    return ldg_line16(p);
+}
+
 /* The warp's part of a split: chunks chunk0, chunk0 + step, ... below end of kv head kv_head's keys,
  * scored against the NH query heads query[0..NH) (shared memory, pre-scaled) and added to the
  * warp's online softmax (running_max, running_sum, per head) and value sums acc (PER_LANE
@@ -82,13 +113,15 @@ __device__ __forceinline__ void split_range(int n, int split, int spread, int mi
  * load, every load of the chunk issued before the first is used, and each lane accumulates its
  * dimensions for each head, with the key's weight taken from its scoring lane. prefetch_values:
  * each key's value is prefetched into L2 while the key is scored (one of the warps sharing a
- * chunk does it). */
-template <bool HALF, int HD, int NH>
+ * chunk does it). An 8-bit cache: a key's score is its int8 dot product times its scale, and the
+ * weight a value is added with is the key's times the value's scale (both scales read by the
+ * key's lane). */
+template <int KV, int HD, int NH>
 __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv_addressing &a, const int32_t *table, int kv_head,
                                               int chunk0, int step, int end, bool prefetch_values,
-                                              float (&acc)[NH][decode_shape<HALF, HD>::per_lane], float (&running_max)[NH],
+                                              float (&acc)[NH][decode_shape<KV, HD>::per_lane], float (&running_max)[NH],
                                               float (&running_sum)[NH]) {
-    typedef decode_shape<HALF, HD> shape;
+    typedef decode_shape<KV, HD> shape;
     constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, KPI = shape::kpi, PER_LANE = shape::per_lane;
     constexpr int STEPS = 32 / KPI, BATCH = STEPS < 8 ? STEPS : 8; /* value loads per lane per chunk, in batches */
     const int lane = threadIdx.x & 31;
@@ -105,24 +138,34 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
 #pragma unroll
         for (int g = 0; g < NH; g++) score[g] = 0;
         unsigned long long value_address = 0;
+        float value_scale = 1.0f; /* the 8-bit cache's: this lane's key's value */
         if (valid) {
-            const uint4 *key = reinterpret_cast<const uint4 *>(kv_address32(a, table, p, kv_head, false));
+            const uint8_t *key_vector = kv_address32(a, table, p, kv_head, false);
+            const uint4 *key = reinterpret_cast<const uint4 *>(key_vector);
             value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
+            float key_scale = 1.0f;
+            if (KV == KV_Q8)
+                key_scale = __ldg(&a.scales[(uint64_t)(key_vector - a.pool) / HD]),
+                value_scale = __ldg(&a.scales[(uint64_t)((const uint8_t *)value_address - a.pool) / HD]);
             if (prefetch_values)
 #pragma unroll
-                for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
+                for (int line = 0; line < shape::vector_bytes; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
+            constexpr int KEPV = shape::key_epv;
 #pragma unroll
-            for (int c = 0; c < shape::vecs; c++) {
-                float x[EPV];
-                unpack_piece<HALF>(ldg_line16(key + c), x);
+            for (int c = 0; c < shape::key_pieces; c++) {
+                float x[KEPV];
+                unpack_piece<KV, KEPV>(ldg_line16(key + c), x);
 #pragma unroll
                 for (int g = 0; g < NH; g++)
 #pragma unroll
-                    for (int e = 0; e < EPV; e += 4) {
-                        const float4 qv = *reinterpret_cast<const float4 *>(&query[g][c * EPV + e]);
+                    for (int e = 0; e < KEPV; e += 4) {
+                        const float4 qv = *reinterpret_cast<const float4 *>(&query[g][c * KEPV + e]);
                         score[g] += x[e] * qv.x + x[e + 1] * qv.y + x[e + 2] * qv.z + x[e + 3] * qv.w;
                     }
             }
+            if (KV == KV_Q8)
+#pragma unroll
+                for (int g = 0; g < NH; g++) score[g] *= key_scale;
         }
         /* the chunk's online softmax, per head (lane 0's key is valid: chunk < end) */
         float weight[NH];
@@ -146,20 +189,22 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
 #pragma unroll
             for (int i = 0; i < BATCH; i++) {
                 const int k = (i0 + i) * KPI + lane / LPK;
-                const uint4 *value = reinterpret_cast<const uint4 *>(__shfl_sync(0xffffffffu, value_address, k));
+                const uint8_t *value = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, value_address, k));
 #pragma unroll
-                for (int u = 0; u < VPL; u++) pieces[i][u] = k < n_valid ? ldg_line16(value + lane % LPK + LPK * u) : make_uint4(0, 0, 0, 0);
+                for (int u = 0; u < VPL; u++)
+                    pieces[i][u] = k < n_valid ? load_value_piece<KV>(value + (lane % LPK + LPK * u) * shape::piece_bytes) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int i = 0; i < BATCH; i++) {
                 const int k = (i0 + i) * KPI + lane / LPK;
+                const float scale_k = KV == KV_Q8 ? __shfl_sync(0xffffffffu, value_scale, k) : 1.0f;
 #pragma unroll
                 for (int g = 0; g < NH; g++) {
-                    const float w = __shfl_sync(0xffffffffu, weight[g], k);
+                    const float w = __shfl_sync(0xffffffffu, weight[g], k) * scale_k;
 #pragma unroll
                     for (int u = 0; u < VPL; u++) {
                         float x[EPV];
-                        unpack_piece<HALF>(pieces[i][u], x);
+                        unpack_piece<KV, EPV>(pieces[i][u], x);
 #pragma unroll
                         for (int e = 0; e < EPV; e++) acc[g][u * EPV + e] += w * x[e];
                     }
@@ -201,10 +246,10 @@ template <int HD, int G, int W, int SETS> struct warp_merge {
     float acc[W][G][HD];
 };
 
-template <bool HALF, int HD, int G, int W, int SETS>
-__device__ __forceinline__ void merge_warps(warp_merge<HD, G, W, SETS> &m, const float (&acc)[G][decode_shape<HALF, HD>::per_lane],
+template <int KV, int HD, int G, int W, int SETS>
+__device__ __forceinline__ void merge_warps(warp_merge<HD, G, W, SETS> &m, const float (&acc)[G][decode_shape<KV, HD>::per_lane],
                                             const float (&running_max)[G], const float (&running_sum)[G]) {
-    typedef decode_shape<HALF, HD> shape;
+    typedef decode_shape<KV, HD> shape;
     constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, PER_SET = W / SETS;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane < LPK)
@@ -251,12 +296,12 @@ __device__ __forceinline__ float merged_value(const warp_merge<HD, G, W, SETS> &
  * head are read from memory once for all its query heads (GQA). One split: normalized into out;
  * several: (max, sum, values) into partials, which combine_kernel merges. With early_kv, the first
  * chunks' keys and values are prefetched into L2 before the wait for the previous kernel. */
-template <bool HALF, int HD, int G>
+template <int KV, int HD, int G>
 __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
                                                                       const int32_t *pages, const int64_t *page_offsets,
                                                                       const int32_t *n_keys, int n_head, float scale, int min_keys,
                                                                       int spread, bool early_kv) {
-    typedef decode_shape<HALF, HD> shape;
+    typedef decode_shape<KV, HD> shape;
     constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, PER_LANE = shape::per_lane;
     const int group = n_head / a.n_head_kv, batches = (group + G - 1) / G;
     const int token = blockIdx.x / (a.n_head_kv * batches), rest = blockIdx.x % (a.n_head_kv * batches);
@@ -279,7 +324,7 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
                 const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
                 const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
 #pragma unroll
-                for (int line = 0; line < HD * (HALF ? 2 : 4); line += 128)
+                for (int line = 0; line < shape::vector_bytes; line += 128)
                     asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
             }
     tm_grid_dependency();
@@ -296,7 +341,7 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
         const int first = warp * NH; /* the warp's heads: first.. of the batch */
         if (first >= heads) return; /* past a short batch's heads (a group of 12's second batch; a group of 3) */
         float acc[NH][PER_LANE], running_max[NH], running_sum[NH];
-        attend_chunks<HALF, HD, NH>(query + first, a, table, kv_head, begin, 32, end, warp == 0, acc, running_max, running_sum);
+        attend_chunks<KV, HD, NH>(query + first, a, table, kv_head, begin, 32, end, warp == 0, acc, running_max, running_sum);
         if (lane < LPK)
 #pragma unroll
             for (int g = 0; g < NH; g++)
@@ -312,8 +357,8 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
 
     __shared__ warp_merge<HD, G, WARPS, 1> merge;
     float acc[G][PER_LANE], running_max[G], running_sum[G];
-    attend_chunks<HALF, HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, acc, running_max, running_sum);
-    merge_warps<HALF>(merge, acc, running_max, running_sum);
+    attend_chunks<KV, HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, acc, running_max, running_sum);
+    merge_warps<KV>(merge, acc, running_max, running_sum);
     for (int i = threadIdx.x; i < heads * HD; i += 32 * WARPS) {
         const int g = i / HD, d = i % HD;
         store_split_result(out, partials, (int64_t)token * n_head + head0 + g, split, n_splits, HD, d, merged_value(merge, 0, g, d),
@@ -321,21 +366,21 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
     }
 }
 
-/* decode_attention_kernel<HALF, HD, G> on grid (blocks a split, splits). A token's keys go to at
+/* decode_attention_kernel<KV, HD, G> on grid (blocks a split, splits). A token's keys go to at
  * most as many splits as one wave of resident blocks holds (the grid's x blocks for each): a long
  * context of several streams then takes fewer, longer splits in one wave rather than a wave and a
  * part (H200, 2048 keys x 8 streams: 70B 422.1 -> 432.9 tokens/s, 8B 1312 -> 1361, 7B 1222 ->
  * 1267), and one-chunk splits by heads stop where they would need a second wave (70B x 8 at 160
  * keys: 2.2 waves of them measured 1.8 % slower than the warps splitting 128-key splits). */
-template <bool HALF, int HD, int G>
+template <int KV, int HD, int G>
 static cudaError_t launch_decode_blocks(dim3 grid, const float *q, float *out, float *partials, const kv_addressing &a,
                                         const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale,
                                         int min_keys, bool early_kv, cudaStream_t s) {
     int resident = 0;
-    cudaError_t status = tm_resident_blocks((const void *)decode_attention_kernel<HALF, HD, G>, 32 * WARPS, 0, &resident);
+    cudaError_t status = tm_resident_blocks((const void *)decode_attention_kernel<KV, HD, G>, 32 * WARPS, 0, &resident);
     if (status != cudaSuccess) return status;
     const int spread = (int)max(1u, min(grid.y, (unsigned)resident / grid.x));
-    return tm_launch_dependent(decode_attention_kernel<HALF, HD, G>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages,
+    return tm_launch_dependent(decode_attention_kernel<KV, HD, G>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages,
                                page_offsets, n_keys, n_head, scale, min_keys, spread, early_kv);
 }
 
@@ -344,29 +389,29 @@ static cudaError_t launch_decode_blocks(dim3 grid, const float *q, float *out, f
  * head dim keep the build short. */
 static int decode_block_heads(int group) { return group >= 5 ? 8 : group >= 2 ? 4 : 1; }
 
-template <bool HALF, int HD>
+template <int KV, int HD>
 static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, float *out, float *partials, const kv_addressing &a,
                           const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, int min_keys,
                           cudaStream_t s) {
     static const bool early_kv = tm_env_int("TM_ATTENTION_EARLY_KV", 1) != 0; /* a measuring aid: 0 prefetches nothing before the wait */
     const int G = decode_block_heads(group);
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
-    const auto launch = G == 8 ? launch_decode_blocks<HALF, HD, 8> : G == 4 ? launch_decode_blocks<HALF, HD, 4> : launch_decode_blocks<HALF, HD, 1>;
+    const auto launch = G == 8 ? launch_decode_blocks<KV, HD, 8> : G == 4 ? launch_decode_blocks<KV, HD, 4> : launch_decode_blocks<KV, HD, 1>;
     return launch(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s);
 }
 
 /* launch_decode for head dims 32, 64, 128 and 256 (its launch status); NOT_THIS_KERNEL (nothing
  * launched) for the others. */
 #define NOT_THIS_KERNEL (-1)
-template <bool HALF>
+template <int KV>
 static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const float *q, float *out, float *partials,
                               const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys,
                               int n_head, float scale, int min_keys, cudaStream_t s) {
     switch (head_dim) {
-    case 32: return launch_decode<HALF, 32>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
-    case 64: return launch_decode<HALF, 64>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
-    case 128: return launch_decode<HALF, 128>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
-    case 256: return launch_decode<HALF, 256>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    case 32: return launch_decode<KV, 32>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    case 64: return launch_decode<KV, 64>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    case 128: return launch_decode<KV, 128>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
+    case 256: return launch_decode<KV, 256>(block_grid_xy, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, s);
     default: return NOT_THIS_KERNEL;
     }
 }
@@ -389,11 +434,11 @@ __host__ __device__ constexpr int whole_head_batches(int group, int G) { return 
  * exact; it pays where a token's keys are a chunk or two a warp (the graph of a short-context
  * step), where the splits' partial writes and the combine's dependent launch cost more than the
  * few SMs' reads save. Keys and values of the first chunks are prefetched into L2 before the wait. */
-template <int HD, int G, int W>
+template <int KV, int HD, int G, int W>
 __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
                                                               const int64_t *page_offsets, const int32_t *n_keys, int n_head,
                                                               float scale, q8_out q8) {
-    constexpr int PER_LANE = decode_shape<true, HD>::per_lane;
+    constexpr int PER_LANE = decode_shape<KV, HD>::per_lane;
     constexpr int KVH = whole_kv_heads(G, HD), WPH = W / KVH, VALUES = KVH * G * HD, THREADS = 32 * W;
     static_assert(W % KVH == 0 && (VALUES % THREADS == 0 || THREADS % VALUES == 0), "whole-context decode shape");
     constexpr int PER_THREAD = VALUES >= THREADS ? VALUES / THREADS : 1;
@@ -411,7 +456,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
             const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
             const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
 #pragma unroll
-            for (int line = 0; line < HD * 2; line += 128)
+            for (int line = 0; line < decode_shape<KV, HD>::vector_bytes; line += 128)
                 asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
         }
     tm_grid_dependency();
@@ -425,8 +470,8 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
 
     __shared__ warp_merge<HD, G, W, KVH> merge;
     float acc[G][PER_LANE], running_max[G], running_sum[G];
-    attend_chunks<true, HD, G>(query[mine], a, table, kv_head, 32 * rank, 32 * WPH, n, true, acc, running_max, running_sum);
-    merge_warps<true>(merge, acc, running_max, running_sum);
+    attend_chunks<KV, HD, G>(query[mine], a, table, kv_head, 32 * rank, 32 * WPH, n, true, acc, running_max, running_sum);
+    merge_warps<KV>(merge, acc, running_max, running_sum);
     /* value i of the block: kv head i / (G HD), query head i / HD % G, dimension i % HD; consecutive
      * outputs of the token when the group is G */
     float value[PER_THREAD];
@@ -449,29 +494,29 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
  * heads a block; with 8, a 192-key context left some warps two chunks: H200, 7B decode x1 518.6 on
  * the split path, 502.4 at 8 warps, 530.9 at 16; 128 x8 2581 / 2542 / 2823), else 8 (at 16 the
  * group of 8's registers, 212 a thread, would not fit an SM). */
-template <int HD, int G>
+template <int KV, int HD, int G>
 static cudaError_t launch_whole(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                 const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 ? 16 : 8;
     const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * whole_head_batches(n_head / a.n_head_kv, G)));
-    return tm_launch_dependent(decode_whole_kernel<HD, G, W>, grid, dim3(32 * W), 0, s, q, out, a, pages, page_offsets, n_keys, n_head,
+    return tm_launch_dependent(decode_whole_kernel<KV, HD, G, W>, grid, dim3(32 * W), 0, s, q, out, a, pages, page_offsets, n_keys, n_head,
                                scale, q8);
 }
 
 /* launch_whole for the padded group G (1, 4 or 8). */
-template <int HD>
+template <int KV, int HD>
 static cudaError_t launch_whole_group(int G, int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                       const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8,
                                       cudaStream_t s) {
-    const auto launch = G == 1 ? launch_whole<HD, 1> : G == 2 ? launch_whole<HD, 2> : G == 4 ? launch_whole<HD, 4> : launch_whole<HD, 8>;
+    const auto launch = G == 1 ? launch_whole<KV, HD, 1> : G == 2 ? launch_whole<KV, HD, 2> : G == 4 ? launch_whole<KV, HD, 4> : launch_whole<KV, HD, 8>;
     return launch(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
 
 /* The padded group (1, 4 or 8) a block of the whole-context kernel takes for a layout, or 0 where
  * it takes none (f32 cache, head dims other than 64 and 128, groups above 8, kv heads not whole
  * blocks of it). */
-static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
-    if (kv_is_f32 || (head_dim != 64 && head_dim != 128) || n_head_kv < 1 || n_head % n_head_kv) return 0;
+static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_type) {
+    if ((kv_type != KV_F16 && kv_type != KV_Q8) || (head_dim != 64 && head_dim != 128) || n_head_kv < 1 || n_head % n_head_kv) return 0;
     const int group = n_head / n_head_kv;
     if (group > 8) return 0;
     const int G = decode_block_heads(group);
@@ -499,7 +544,7 @@ static int whole_block_heads(int n_tokens, int n_head, int n_head_kv, int head_d
 template <int HD> static bool whole_fills_wave(int n_tokens, int n_head_kv) {
     static const int percent = tm_env_int("TM_ATTENTION_WHOLE_WAVE", 75);
     int resident = 0;
-    if (tm_resident_blocks((const void *)decode_whole_kernel<HD, 1, 16>, 32 * 16, 0, &resident) != cudaSuccess) return false;
+    if (tm_resident_blocks((const void *)decode_whole_kernel<KV_F16, HD, 1, 16>, 32 * 16, 0, &resident) != cudaSuccess) return false;
     return (int64_t)n_tokens * (n_head_kv / whole_kv_heads(1, HD)) * 100 >= (int64_t)resident * percent;
 }
 
@@ -512,33 +557,35 @@ template <int HD> static bool whole_fills_wave(int n_tokens, int n_head_kv) {
  * at one token in blocks of the whole group they lose (70B x1 71.55 / 70.91: 8 blocks of 212
  * registers a thread against the split path's 32-key splits of two heads a warp), so the layouts
  * that cannot take blocks of 2 (head dim 64, groups padded to 4 or 8) keep the split path there. */
-extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
-    const int G = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
+extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_type) {
+    const int G = whole_group(n_head, n_head_kv, head_dim, kv_type);
     const bool one_token_whole_group = n_tokens < 2 && G > 1 && whole_block_heads(n_tokens, n_head, n_head_kv, head_dim, G) == G;
     if (!G || one_token_whole_group) return 0;
     if (G == 1 && (head_dim == 64 ? whole_fills_wave<64>(n_tokens, n_head_kv) : whole_fills_wave<128>(n_tokens, n_head_kv))) return INT_MAX;
     return 256;
 }
 
-extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32) {
-    return whole_group(n_head, n_head_kv, head_dim, kv_is_f32) != 0;
+extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_type) {
+    return whole_group(n_head, n_head_kv, head_dim, kv_type) != 0;
 }
 
 extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                                              const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
-                                              const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream) {
-    const int group_padded = whole_group(n_head, n_head_kv, head_dim, kv_is_f32);
+                                              const tm_cuda_kv *kv, const int32_t *pages, const int64_t *page_offsets,
+                                              const int32_t *n_keys, void *q8, void *stream) {
+    if (!kv || !tm_cuda_kv_valid(kv, head_dim)) return cudaErrorInvalidValue;
+    const int group_padded = whole_group(n_head, n_head_kv, head_dim, kv->type);
     if (!group_padded) return cudaErrorNotSupported;
     if (q8 && (int64_t)n_head * head_dim % 256) return cudaErrorInvalidValue;
     const int G = whole_block_heads(n_tokens, n_head, n_head_kv, head_dim, group_padded);
     if (n_tokens == 0) return cudaSuccess;
-    const kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
+    const kv_addressing a = make_addressing(*kv, n_head_kv, head_dim);
     const float scale = 1.0f / sqrtf((float)head_dim);
     cudaStream_t s = (cudaStream_t)stream;
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
     const bool in_kernel = q8 && n_head / n_head_kv % G == 0; /* else quantized after, by its own launch */
     const q8_out x = in_kernel ? q8_out_at(q8, n_tokens, n_out / n_tokens) : q8_out_at(NULL, 0, 0);
-    const auto launch = head_dim == 64 ? launch_whole_group<64> : launch_whole_group<128>;
+    const auto launch = kv->type == KV_Q8 ? (head_dim == 64 ? launch_whole_group<KV_Q8, 64> : launch_whole_group<KV_Q8, 128>)
+                                          : (head_dim == 64 ? launch_whole_group<KV_F16, 64> : launch_whole_group<KV_F16, 128>);
     TM_CUDA_CHECK(launch(G, n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s));
     if (q8 && !in_kernel) return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
     return cudaSuccess;
@@ -546,11 +593,21 @@ extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_
 
 /* ---- decode, any head dim (a multiple of 32): a block per (token, query head, key split) ---- */
 
-/* Score of one key against the query (in shared memory, pre-scaled): 16-byte loads of the key. */
-template <bool HALF>
-__device__ __forceinline__ float key_score(const uint8_t *key, const float *query, int head_dim) {
+/* Score of one key against the query (in shared memory, pre-scaled): 16-byte loads of the key
+ * (an 8-bit key: the int8 dot product times the key's scale). */
+template <int KV>
+__device__ __forceinline__ float key_score(const kv_addressing &a, const uint8_t *key, const float *query, int head_dim) {
     float dot = 0;
-    if (HALF) {
+    if (KV == KV_Q8) {
+        const uint4 *k16 = reinterpret_cast<const uint4 *>(key);
+        for (int c = 0; c < head_dim / 16; c++) {
+            float x[16];
+            unpack_piece<KV_Q8, 16>(k16[c], x);
+#pragma unroll
+            for (int j = 0; j < 16; j++) dot += x[j] * query[16 * c + j];
+        }
+        dot *= __ldg(kv_scale_slot(a, key));
+    } else if (KV == KV_F16) {
         const uint4 *k8 = reinterpret_cast<const uint4 *>(key);
         for (int c = 0; c < head_dim / 8; c++) {
             uint4 packed = k8[c];
@@ -577,7 +634,7 @@ __device__ __forceinline__ float key_score(const uint8_t *key, const float *quer
  * lanes, each owning head_dim / 32 output dimensions, accumulate the chunk's values. The warps
  * merge in the block. One split: the normalized result goes straight to out. Several: the block
  * writes its (max, sum, unnormalized values) to partials and combine_kernel merges the splits. */
-template <bool HALF>
+template <int KV>
 __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
                                                                      const int32_t *pages, const int64_t *page_offsets,
                                                                      const int32_t *n_keys, int n_head, int head_dim, float scale,
@@ -604,9 +661,11 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
         /* lane j finds key j's vectors once; the value loop below takes key k's address from lane k */
         float score = -INFINITY;
         unsigned long long value_address = 0;
+        float value_scale = 1.0f; /* the 8-bit cache's */
         if (p < end) {
-            score = key_score<HALF>(kv_address32(a, table, p, kv_head, false), query, head_dim);
+            score = key_score<KV>(a, kv_address32(a, table, p, kv_head, false), query, head_dim);
             value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
+            if (KV == KV_Q8) value_scale = __ldg(kv_scale_slot(a, (const uint8_t *)value_address));
         }
         const float new_max = fmaxf(running_max, max_over_warp(score)); /* finite: key `chunk` is valid */
         const float correction = expf(running_max - new_max), weight = expf(score - new_max);
@@ -617,11 +676,11 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
         const int n_valid = min(32, end - chunk);
 #pragma unroll 4
         for (int k = 0; k < n_valid; k++) {
-            const float w = __shfl_sync(0xffffffffu, weight, k);
+            const float w = __shfl_sync(0xffffffffu, weight, k) * (KV == KV_Q8 ? __shfl_sync(0xffffffffu, value_scale, k) : 1.0f);
             const uint8_t *value = (const uint8_t *)__shfl_sync(0xffffffffu, value_address, k);
 #pragma unroll
             for (int i = 0; i < MAX_HEAD_DIM / 32; i++)
-                if (i < per_lane) acc[i] += w * kv_element<HALF>(value, lane + 32 * i);
+                if (i < per_lane) acc[i] += w * kv_element<KV>(value, lane + 32 * i);
         }
     }
     if (lane == 0) {
@@ -693,28 +752,26 @@ __global__ void __launch_bounds__(256) combine_kernel(const float *partials, flo
 }
 
 extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                                       const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
-                                       const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
-                                       float *partials, void *q8, void *stream) {
-    if (head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || min_keys_per_split < 1 ||
+                                       const tm_cuda_kv *kv, const int32_t *pages, const int64_t *page_offsets,
+                                       const int32_t *n_keys, int n_splits, int min_keys_per_split, float *partials, void *q8,
+                                       void *stream) {
+    if (!kv || !tm_cuda_kv_valid(kv, head_dim) || head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || min_keys_per_split < 1 ||
         (n_splits > 1 && !partials) || (q8 && (int64_t)n_head * head_dim % 256))
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
-    kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
+    kv_addressing a = make_addressing(*kv, n_head_kv, head_dim);
     float scale = 1.0f / sqrtf((float)head_dim);
     cudaStream_t s = (cudaStream_t)stream;
     const int group = n_head / n_head_kv;
     const dim3 kv_grid((unsigned)(n_tokens * n_head_kv), (unsigned)n_splits);
-    int status = kv_is_f32 ? launch_decode_any<false>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head,
-                                                      scale, min_keys_per_split, s)
-                           : launch_decode_any<true>(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head,
-                                                     scale, min_keys_per_split, s);
+    const auto decode = kv->type == KV_F32 ? launch_decode_any<KV_F32> : kv->type == KV_Q8 ? launch_decode_any<KV_Q8> : launch_decode_any<KV_F16>;
+    int status = decode(head_dim, kv_grid, group, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys_per_split, s);
     if (status == NOT_THIS_KERNEL) { /* other head dims: the generic kernel, a block per query head, its warps splitting the keys */
         const dim3 grid((unsigned)(n_tokens * n_head), (unsigned)n_splits), block(32 * WARPS);
-        status = kv_is_f32 ? tm_launch_dependent(paged_attention_kernel<false>, grid, block, 0, s, q, out, partials, a, pages, page_offsets,
-                                                 n_keys, n_head, head_dim, scale, min_keys_per_split)
-                           : tm_launch_dependent(paged_attention_kernel<true>, grid, block, 0, s, q, out, partials, a, pages, page_offsets,
-                                                 n_keys, n_head, head_dim, scale, min_keys_per_split);
+        const auto kernel = kv->type == KV_F32 ? paged_attention_kernel<KV_F32> : kv->type == KV_Q8 ? paged_attention_kernel<KV_Q8>
+                                                                                                   : paged_attention_kernel<KV_F16>;
+        status = tm_launch_dependent(kernel, grid, block, 0, s, q, out, partials, a, pages, page_offsets, n_keys, n_head, head_dim, scale,
+                                     min_keys_per_split);
     }
     TM_CUDA_CHECK((cudaError_t)status);
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
@@ -752,10 +809,26 @@ extern "C" int tm_cuda_rope_table(void *angles, int n_positions, int n_rot, floa
  * angle comes from `angles` for positions below n_angles (the float64 cos and sin bound the kernel:
  * ncu saw 5.3 us at 0.10 issues a cycle for 7B decode x1), else is computed: the same bits. The
  * decode products can do the same as they make Q/K/V (tm_cuda_gemv_q8_qkv_rope); both store
- * through rope_append_write. */
+ * through rope_append_write. An 8-bit cache's key and value vectors go through store_q8_pairs
+ * instead (the block holds the whole vector: blockDim.x >= head_dim / 2, whole warps). */
 __global__ void rope_kv_append_kernel(float *q, const float *k, const float *v, rope_append e) {
     tm_grid_dependency();
     const int n_head_kv = e.kv.n_head_kv, token = blockIdx.x / (e.n_head + n_head_kv), slot = blockIdx.x % (e.n_head + n_head_kv);
+    if (e.kv_type == KV_Q8 && slot >= e.n_head) { /* block-uniform */
+        __shared__ float reduce[32];
+        const int head = slot - e.n_head, i = threadIdx.x, d = 2 * i, position = e.positions[token];
+        const bool valid = i < e.head_dim / 2;
+        float key[2] = {0, 0}, value[2] = {0, 0};
+        if (valid) {
+            const int64_t at = ((int64_t)token * n_head_kv + head) * e.head_dim + d;
+            key[0] = k[at], key[1] = k[at + 1], value[0] = v[at], value[1] = v[at + 1];
+            if (d < e.n_rot) rope_rotate(key, rope_append_angle(e, position, i));
+        }
+        const int32_t *table = e.pages + e.page_offsets[token];
+        store_q8_pairs(e.kv, const_cast<uint8_t *>(kv_address32(e.kv, table, position, head, false)), d, valid, key[0], key[1], reduce);
+        store_q8_pairs(e.kv, const_cast<uint8_t *>(kv_address32(e.kv, table, position, head, true)), d, valid, value[0], value[1], reduce);
+        return;
+    }
     for (int i = threadIdx.x; i < e.head_dim / 2; i += blockDim.x) {
         if (slot < e.n_head) {
             float *pair = q + ((int64_t)token * e.n_head + slot) * e.head_dim + 2 * i;
@@ -773,7 +846,9 @@ extern "C" int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, 
     if (!rope || !rope_append_valid(*rope)) return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
     const rope_append e = make_rope_append(*rope);
-    const unsigned blocks = (unsigned)(n_tokens * (rope->n_head + rope->n_head_kv)), threads = rope->head_dim / 2 < 32 ? 32 : rope->head_dim / 2;
+    const unsigned blocks = (unsigned)(n_tokens * (rope->n_head + rope->n_head_kv));
+    const unsigned threads = (unsigned)(rope->head_dim / 2 + 31) / 32 * 32; /* whole warps (store_q8_pairs' reductions) */
+    if (rope->head_dim > 2048) return cudaErrorInvalidValue;
     TM_LAUNCH_DEPENDENT(rope_kv_append_kernel, dim3(blocks), dim3(threads), 0, (cudaStream_t)stream, q, k, v, e);
     return cudaSuccess;
 }
@@ -795,7 +870,7 @@ __global__ void rope_targets_kernel(uint8_t *targets, int n_tokens, int n_layer,
 }
 
 extern "C" uint64_t tm_cuda_rope_targets_bytes(int n_tokens, int n_layer, const tm_cuda_rope_kv *rope) {
-    const kv_addressing kv = make_addressing(rope->pool, rope->kv_is_f32, rope->page_size, rope->n_head_kv, rope->head_dim);
+    const kv_addressing kv = make_addressing(rope->kv, rope->n_head_kv, rope->head_dim);
     return (uint64_t)rope_targets_rows_at(n_tokens, rope->n_rot) + (uint64_t)n_layer * n_tokens * kv_chunks_per_row(kv) * sizeof(void *);
 }
 
@@ -821,7 +896,7 @@ template <int HD> struct flash_shape {
  * 0..max position, staged in shared memory, with the causal mask key <= row's position and an
  * online softmax per row (lane j scores key j of the chunk; each lane accumulates head_dim / 32
  * output dimensions of every row its warp owns). */
-template <int HD, bool HALF>
+template <int HD, int KV>
 __global__ void __launch_bounds__(32 * WARPS) flash_attention_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
                                                                      const int64_t *page_offsets, const int32_t *positions,
                                                                      const int32_t *tiles, int n_head, float scale) {
@@ -855,8 +930,9 @@ __global__ void __launch_bounds__(32 * WARPS) flash_attention_kernel(const float
             int key = i / HD, d = i % HD, p = chunk_start + key;
             float k_value = 0, v_value = 0;
             if (p <= max_position) {
-                k_value = kv_element<HALF>(kv_address(a, table, p, kv_head, false), d);
-                v_value = kv_element<HALF>(kv_address(a, table, p, kv_head, true), d);
+                const uint8_t *key = kv_address(a, table, p, kv_head, false), *value = kv_address(a, table, p, kv_head, true);
+                k_value = kv_element<KV>(key, d), v_value = kv_element<KV>(value, d);
+                if (KV == KV_Q8) k_value *= kv_scale<HD>(a, key), v_value *= kv_scale<HD>(a, value);
             }
             k_chunk[key * (HD + 1) + d] = k_value;
             v_chunk[key * HD + d] = v_value;
@@ -895,26 +971,26 @@ __global__ void __launch_bounds__(32 * WARPS) flash_attention_kernel(const float
     }
 }
 
-template <int HD>
-static cudaError_t launch_flash(const float *q, float *out, int n_head, kv_addressing a, int kv_is_f32, const int32_t *pages,
-                                const int64_t *page_offsets, const int32_t *positions, const int32_t *tiles, int n_tiles,
-                                cudaStream_t stream) {
+template <int HD, int KV>
+static cudaError_t launch_flash(const float *q, float *out, int n_head, kv_addressing a, const int32_t *pages, const int64_t *page_offsets,
+                                const int32_t *positions, const int32_t *tiles, int n_tiles, cudaStream_t stream) {
     typedef flash_shape<HD> shape;
     dim3 grid((unsigned)n_tiles, (unsigned)a.n_head_kv);
     float scale = 1.0f / sqrtf((float)HD);
-    if (kv_is_f32) {
-        TM_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)shape::shared_bytes));
-        flash_attention_kernel<HD, false><<<grid, 32 * WARPS, shape::shared_bytes, stream>>>(q, out, a, pages, page_offsets, positions,
-                                                                                             tiles, n_head, scale);
-    } else {
-        TM_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)shape::shared_bytes));
-        flash_attention_kernel<HD, true><<<grid, 32 * WARPS, shape::shared_bytes, stream>>>(q, out, a, pages, page_offsets, positions,
-                                                                                            tiles, n_head, scale);
-    }
+    TM_CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<HD, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shape::shared_bytes));
+    flash_attention_kernel<HD, KV><<<grid, 32 * WARPS, shape::shared_bytes, stream>>>(q, out, a, pages, page_offsets, positions, tiles,
+                                                                                     n_head, scale);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
+}
+
+/* launch_flash for the cache's type. */
+template <int HD>
+static cudaError_t launch_flash_any(int kv_type, const float *q, float *out, int n_head, kv_addressing a, const int32_t *pages,
+                                    const int64_t *page_offsets, const int32_t *positions, const int32_t *tiles, int n_tiles,
+                                    cudaStream_t stream) {
+    const auto launch = kv_type == KV_F32 ? launch_flash<HD, KV_F32> : kv_type == KV_Q8 ? launch_flash<HD, KV_Q8> : launch_flash<HD, KV_F16>;
+    return launch(q, out, n_head, a, pages, page_offsets, positions, tiles, n_tiles, stream);
 }
 
 extern "C" int tm_cuda_flash_tile_tokens(int head_dim, int n_head, int n_head_kv) {
@@ -927,21 +1003,20 @@ extern "C" int tm_cuda_flash_tile_tokens(int head_dim, int n_head, int n_head_kv
     return rows / (n_head / n_head_kv);
 }
 
-extern "C" int tm_cuda_flash_attention(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const void *pool,
-                                       int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
-                                       const int32_t *positions, const int32_t *tiles, int n_tiles, void *stream) {
-    if (tm_cuda_flash_tile_tokens(head_dim, n_head, n_head_kv) < 1) return cudaErrorInvalidValue;
+extern "C" int tm_cuda_flash_attention(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const tm_cuda_kv *kv,
+                                       const int32_t *pages, const int64_t *page_offsets, const int32_t *positions, const int32_t *tiles,
+                                       int n_tiles, void *stream) {
+    if (!kv || !tm_cuda_kv_valid(kv, head_dim) || tm_cuda_flash_tile_tokens(head_dim, n_head, n_head_kv) < 1) return cudaErrorInvalidValue;
     if (n_tiles == 0) return cudaSuccess;
-    kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
+    kv_addressing a = make_addressing(*kv, n_head_kv, head_dim);
     cudaStream_t s = (cudaStream_t)stream;
-    if (head_dim == 32) return launch_flash<32>(q, out, n_head, a, kv_is_f32, pages, page_offsets, positions, tiles, n_tiles, s);
-    if (head_dim == 64) return launch_flash<64>(q, out, n_head, a, kv_is_f32, pages, page_offsets, positions, tiles, n_tiles, s);
-    if (head_dim == 128) return launch_flash<128>(q, out, n_head, a, kv_is_f32, pages, page_offsets, positions, tiles, n_tiles, s);
-    return launch_flash<256>(q, out, n_head, a, kv_is_f32, pages, page_offsets, positions, tiles, n_tiles, s);
+    const auto launch = head_dim == 32 ? launch_flash_any<32> : head_dim == 64 ? launch_flash_any<64> : head_dim == 128 ? launch_flash_any<128>
+                                                                                                                       : launch_flash_any<256>;
+    return launch(kv->type, q, out, n_head, a, pages, page_offsets, positions, tiles, n_tiles, s);
 }
 
-/* One thread per element: key and value of each (token, kv head, dim) into its page. */
-template <bool HALF>
+/* One thread per element: key and value of each (token, kv head, dim) into its page (f16, f32). */
+template <int KV>
 __global__ void kv_append_kernel(const float *k, const float *v, int n_tokens, kv_addressing a, int head_dim,
                                  const int32_t *pages, const int64_t *page_offsets, const int32_t *positions) {
     int64_t index = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -951,7 +1026,7 @@ __global__ void kv_append_kernel(const float *k, const float *v, int n_tokens, k
     const int32_t *table = pages + page_offsets[token];
     uint8_t *key = const_cast<uint8_t *>(kv_address(a, table, positions[token], head, false));
     uint8_t *value = const_cast<uint8_t *>(kv_address(a, table, positions[token], head, true));
-    if (HALF) {
+    if (KV == KV_F16) {
         reinterpret_cast<__half *>(key)[d] = __float2half_rn(k[index]);
         reinterpret_cast<__half *>(value)[d] = __float2half_rn(v[index]);
     } else {
@@ -960,17 +1035,41 @@ __global__ void kv_append_kernel(const float *k, const float *v, int n_tokens, k
     }
 }
 
-extern "C" int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, void *pool,
-                                 int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
-                                 const int32_t *positions, void *stream) {
-    kv_addressing a = make_addressing(pool, kv_is_f32, page_size, n_head_kv, head_dim);
+/* An 8-bit cache: a block per (token, kv head), a thread per pair of elements (store_q8_pairs). */
+__global__ void kv_append_q8_kernel(const float *k, const float *v, kv_addressing a, int head_dim, const int32_t *pages,
+                                    const int64_t *page_offsets, const int32_t *positions) {
+    __shared__ float reduce[32];
+    const int token = blockIdx.x / a.n_head_kv, head = blockIdx.x % a.n_head_kv, d = 2 * threadIdx.x;
+    const bool valid = d < head_dim;
+    const int64_t at = ((int64_t)token * a.n_head_kv + head) * head_dim + d;
+    const int32_t *table = pages + page_offsets[token];
+    store_q8_pairs(a, const_cast<uint8_t *>(kv_address(a, table, positions[token], head, false)), d, valid, valid ? k[at] : 0.0f,
+                   valid ? k[at + 1] : 0.0f, reduce);
+    store_q8_pairs(a, const_cast<uint8_t *>(kv_address(a, table, positions[token], head, true)), d, valid, valid ? v[at] : 0.0f,
+                   valid ? v[at + 1] : 0.0f, reduce);
+}
+
+extern "C" int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, const tm_cuda_kv *kv,
+                                 const int32_t *pages, const int64_t *page_offsets, const int32_t *positions, void *stream) {
+    if (!kv || !tm_cuda_kv_valid(kv, head_dim) || head_dim % 2 || head_dim > 2048) return cudaErrorInvalidValue;
+    kv_addressing a = make_addressing(*kv, n_head_kv, head_dim);
     int64_t total = (int64_t)n_tokens * n_head_kv * head_dim;
     if (total == 0) return cudaSuccess;
+    cudaStream_t s = (cudaStream_t)stream;
     unsigned blocks = (unsigned)((total + 255) / 256);
-    if (kv_is_f32)
-        kv_append_kernel<false><<<blocks, 256, 0, (cudaStream_t)stream>>>(k, v, n_tokens, a, head_dim, pages, page_offsets, positions);
+    if (kv->type == KV_Q8)
+        kv_append_q8_kernel<<<(unsigned)(n_tokens * n_head_kv), (unsigned)(head_dim / 2 + 31) / 32 * 32, 0, s>>>(
+            k, v, a, head_dim, pages, page_offsets, positions);
+    else if (kv->type == KV_F32)
+        kv_append_kernel<KV_F32><<<blocks, 256, 0, s>>>(k, v, n_tokens, a, head_dim, pages, page_offsets, positions);
     else
-        kv_append_kernel<true><<<blocks, 256, 0, (cudaStream_t)stream>>>(k, v, n_tokens, a, head_dim, pages, page_offsets, positions);
+        kv_append_kernel<KV_F16><<<blocks, 256, 0, s>>>(k, v, n_tokens, a, head_dim, pages, page_offsets, positions);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
+}
+
+extern "C" int tm_cuda_kv_valid(const tm_cuda_kv *kv, int head_dim) {
+    if (!kv || !kv->pool || head_dim <= 0 || kv->page_size == 0) return 0;
+    if (kv->type == KV_F16 || kv->type == KV_F32) return 1;
+    return kv->type == KV_Q8 && kv->scales && kv->page_size % (uint32_t)head_dim == 0;
 }

@@ -290,17 +290,18 @@ static int launch(tm_cuda_bench *b) {
         /* buffers: pool, table, offsets, positions|n_keys|tiles, q, out, partials */
         const int queries = s->op == TM_BENCH_FLASH ? s->tokens : s->batch;
         const int32_t *ints = (const int32_t *)buf[3];
+        const tm_cuda_kv kv = {buf[0], NULL, TM_CUDA_KV_F16, 4096};
         if (s->op == TM_BENCH_FLASH && !s->exact)
-            return tm_cuda_flash_attention_mma((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, buf[0], 4096,
+            return tm_cuda_flash_attention_mma((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, &kv,
                                                (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles,
                                                s->causal ? 0 : s->tokens, st);
         if (s->op == TM_BENCH_FLASH)
-            return tm_cuda_flash_attention((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
+            return tm_cuda_flash_attention((const float *)buf[4], (float *)buf[5], s->heads, s->kv_heads, s->head_dim, &kv,
                                            (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles, st);
         if (s->whole)
-            return tm_cuda_decode_attention_whole((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, buf[0],
-                                                  0, 4096, (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, NULL, st);
-        return tm_cuda_paged_attention((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, buf[0], 0, 4096,
+            return tm_cuda_decode_attention_whole((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, &kv,
+                                                  (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, NULL, st);
+        return tm_cuda_paged_attention((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, &kv,
                                        (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, b->n_splits, b->keys_per_split,
                                        (float *)buf[6], NULL, st);
     }

@@ -1,7 +1,8 @@
 /*
  * flash_mma.cu - prefill flash attention on tensor cores, reading keys and values from an f16
- * paged KV cache through the page tables (kv_address.cuh): queries and probabilities rounded to
- * f16, float32 accumulation. Two kernels with one contract, chosen per device (pick_config):
+ * or 8-bit paged KV cache through the page tables (kv_address.cuh): queries and probabilities
+ * rounded to f16 (an 8-bit cache's values times their scale too, as they are staged), float32
+ * accumulation. Two kernels with one contract, chosen per device (pick_config):
  *
  * flash_wgmma_kernel (sm_90a: H100/H200): warpgroups of 64 query rows; S = Q K^T by wgmma with
  * both operands in shared memory (128-byte-swizzled canonical layout), the online softmax in
@@ -87,6 +88,7 @@ __device__ __forceinline__ float exp2_approx(float x) {
  * base plus the row's offset in it plus key_offset (value_offset). */
 struct kv_gather {
     const uint8_t *pool;
+    const float *scales; /* an 8-bit cache's */
     int64_t page_size;
     int rows_per_page, rows_shift, pages_per_row, row_bytes;
     int key_page, key_offset, value_page, value_offset;
@@ -94,7 +96,7 @@ struct kv_gather {
 
 __device__ __forceinline__ kv_gather make_gather(const kv_addressing &a, int head) {
     kv_gather g;
-    g.pool = a.pool, g.page_size = a.page_size, g.rows_per_page = (int)a.rows_per_page, g.pages_per_row = (int)a.pages_per_row;
+    g.pool = a.pool, g.scales = a.scales, g.page_size = a.page_size, g.rows_per_page = (int)a.rows_per_page, g.pages_per_row = (int)a.pages_per_row;
     g.row_bytes = (int)a.row_bytes;
     g.rows_shift = g.rows_per_page && !(g.rows_per_page & (g.rows_per_page - 1)) ? __ffs(g.rows_per_page) - 1 : -1;
     const int key_in_row = head * (int)a.head_bytes, value_in_row = (a.n_head_kv + head) * (int)a.head_bytes;
@@ -130,26 +132,68 @@ __device__ __forceinline__ void load_entries(const kv_gather &g, const int32_t *
     copy_async_4(entries + 8 * key + 4, v, valid ? 4 : 0);
 }
 
+/* An 8-bit cache's chunk of 8 elements (8 bytes at `vector` + 8 chunk) times the vector's scale, as
+ * the 8 halves (16 bytes) the f16 tile holds there. */
+template <int HD> __device__ __forceinline__ uint4 scaled_q8_chunk(const kv_gather &g, const uint8_t *vector, int chunk) {
+    const float scale = __ldg(g.scales + (uint64_t)(vector - g.pool) / HD);
+    const uint2 bytes = __ldg(reinterpret_cast<const uint2 *>(vector + 8 * chunk));
+    float x[8];
+    int8x4_to_float(bytes.x, x), int8x4_to_float(bytes.y, x + 4);
+    return make_uint4(pack_half2(x[0] * scale, x[1] * scale), pack_half2(x[2] * scale, x[3] * scale), pack_half2(x[4] * scale, x[5] * scale),
+                      pack_half2(x[6] * scale, x[7] * scale));
+}
+
+/* 16 bytes into shared memory at a shared-space address. */
+__device__ __forceinline__ void store_shared_16(uint32_t at, uint4 v) {
+    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+
 /* Gather key tile `tile`'s keys and values into shared memory at k_tile / v_tile through the
- * page entries already in shared memory; keys from key_end on are zero-filled. */
-template <int HD, int BN, int THREADS, bool ATOMS = false>
+ * page entries already in shared memory; keys from key_end on are zero-filled. f16: copied by
+ * cp.async. Q8 (an 8-bit cache): each thread's int8 chunks and scales loaded into registers (all of
+ * its loads issued before the first store), scaled and rounded to f16 and stored where the f16
+ * cache's chunks go, so the kernels read the same tile either way (the loads' latency is not
+ * hidden behind the current tile's work as cp.async's is). */
+template <int HD, int BN, int THREADS, bool ATOMS = false, bool Q8 = false>
 __device__ __forceinline__ void load_kv_tile(const kv_gather &g, const int32_t *entries, int tile, int key_end, uint32_t k_tile,
                                              uint32_t v_tile) {
     constexpr int CHUNKS = HD / 8;
     const int chunk = threadIdx.x % CHUNKS;
+    if (Q8) {
+        constexpr int PER_THREAD = BN / (THREADS / CHUNKS) > 0 ? (BN + THREADS / CHUNKS - 1) / (THREADS / CHUNKS) : 1;
+        uint4 k_pieces[PER_THREAD], v_pieces[PER_THREAD];
 #pragma unroll
-    for (int key = threadIdx.x / CHUNKS; key < BN; key += THREADS / CHUNKS) {
-        const int p = tile * BN + key;
-        const uint32_t at = ATOMS ? swizzled_atoms(key, chunk, BN) : swizzled<HD>(key, chunk);
-        if (p < key_end) {
-            const int row_offset = row_in_page(g, p) * g.row_bytes + 16 * chunk;
-            const uint8_t *k = g.pool + (int64_t)entries[2 * key] * g.page_size + row_offset + g.key_offset;
-            const uint8_t *v = g.pool + (int64_t)entries[2 * key + 1] * g.page_size + row_offset + g.value_offset;
-            copy_async_16(k_tile + at, k, 16);
-            copy_async_16(v_tile + at, v, 16);
-        } else {
-            copy_async_16(k_tile + at, g.pool, 0);
-            copy_async_16(v_tile + at, g.pool, 0);
+        for (int i = 0; i < PER_THREAD; i++) {
+            const int key = threadIdx.x / CHUNKS + i * (THREADS / CHUNKS), p = tile * BN + key;
+            k_pieces[i] = v_pieces[i] = make_uint4(0, 0, 0, 0);
+            if (key < BN && p < key_end) {
+                const int row_offset = row_in_page(g, p) * g.row_bytes;
+                k_pieces[i] = scaled_q8_chunk<HD>(g, g.pool + (int64_t)entries[2 * key] * g.page_size + row_offset + g.key_offset, chunk);
+                v_pieces[i] = scaled_q8_chunk<HD>(g, g.pool + (int64_t)entries[2 * key + 1] * g.page_size + row_offset + g.value_offset, chunk);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < PER_THREAD; i++) {
+            const int key = threadIdx.x / CHUNKS + i * (THREADS / CHUNKS);
+            if (key >= BN) continue;
+            const uint32_t at = ATOMS ? swizzled_atoms(key, chunk, BN) : swizzled<HD>(key, chunk);
+            store_shared_16(k_tile + at, k_pieces[i]), store_shared_16(v_tile + at, v_pieces[i]);
+        }
+    } else {
+#pragma unroll
+        for (int key = threadIdx.x / CHUNKS; key < BN; key += THREADS / CHUNKS) {
+            const int p = tile * BN + key;
+            const uint32_t at = ATOMS ? swizzled_atoms(key, chunk, BN) : swizzled<HD>(key, chunk);
+            if (p < key_end) {
+                const int row_offset = row_in_page(g, p) * g.row_bytes + 16 * chunk;
+                const uint8_t *k = g.pool + (int64_t)entries[2 * key] * g.page_size + row_offset + g.key_offset;
+                const uint8_t *v = g.pool + (int64_t)entries[2 * key + 1] * g.page_size + row_offset + g.value_offset;
+                copy_async_16(k_tile + at, k, 16);
+                copy_async_16(v_tile + at, v, 16);
+            } else {
+                copy_async_16(k_tile + at, g.pool, 0);
+                copy_async_16(v_tile + at, g.pool, 0);
+            }
         }
     }
 }
@@ -166,7 +210,7 @@ __device__ __forceinline__ int tile_key_end(int n_keys, const int32_t *positions
 /* The copy pipeline's start: the page entries of key tile 0 (waited for: its copies need them),
  * then tile 0's keys and values into k_tile / v_tile with the entries of tile 1 into the second
  * entry slot, committed as one group. */
-template <int HD, int BN, int THREADS, bool ATOMS>
+template <int HD, int BN, int THREADS, bool ATOMS, bool Q8>
 __device__ __forceinline__ void start_kv_pipeline(const kv_gather &g, const int32_t *table, int key_end, int n_key_tiles,
                                                   const int32_t *entries, uint32_t entry_tiles, uint32_t entry_bytes, uint32_t k_tile,
                                                   uint32_t v_tile) {
@@ -174,7 +218,7 @@ __device__ __forceinline__ void start_kv_pipeline(const kv_gather &g, const int3
     copy_async_commit();
     copy_async_wait_all();
     __syncthreads();
-    load_kv_tile<HD, BN, THREADS, ATOMS>(g, entries, 0, key_end, k_tile, v_tile);
+    load_kv_tile<HD, BN, THREADS, ATOMS, Q8>(g, entries, 0, key_end, k_tile, v_tile);
     if (n_key_tiles > 1) load_entries<BN>(g, table, 1, key_end, entry_tiles + entry_bytes);
     copy_async_commit();
 }
@@ -205,7 +249,7 @@ __device__ __forceinline__ void stage_queries(uint8_t *tile, const float *q, flo
  * tile t - 1 at the start of iteration t and keep P across the barrier: their tensor-core work
  * then falls where the first half does its softmax (the special-function unit's exp2) and the
  * other way round, instead of every warp of the block doing the same phase at once. */
-template <int HD, int MT, int W, int BN, bool PINGPONG>
+template <int HD, int MT, int W, int BN, bool PINGPONG, bool Q8>
 __global__ void __launch_bounds__(32 * W, (flash_shape<HD, MT, W, BN, PINGPONG>::min_blocks))
     flash_mma_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages, const int64_t *page_offsets,
                      const int32_t *positions, const int32_t *tiles, int n_tiles, int n_head, float q_scale, int n_keys) {
@@ -228,7 +272,7 @@ __global__ void __launch_bounds__(32 * W, (flash_shape<HD, MT, W, BN, PINGPONG>:
 
     const int key_end = tile_key_end(n_keys, positions, first, n_tokens);
     const int n_key_tiles = (key_end + BN - 1) / BN;
-    start_kv_pipeline<HD, BN, THREADS, false>(gather, table, key_end, n_key_tiles, TM_ENTRIES(0), entry_tiles, shape::entry_bytes,
+    start_kv_pipeline<HD, BN, THREADS, false, Q8>(gather, table, key_end, n_key_tiles, TM_ENTRIES(0), entry_tiles, shape::entry_bytes,
                                               TM_K_TILE(0), TM_K_TILE(0) + shape::kv_bytes);
 
     stage_queries<HD, BM, THREADS, false>(shared, q, q_scale, n_rows, first, group, kv_head, n_head);
@@ -364,7 +408,7 @@ __global__ void __launch_bounds__(32 * W, (flash_shape<HD, MT, W, BN, PINGPONG>:
         copy_async_wait_all();
         __syncthreads(); /* tile t and the entries of t + 1 are in; no warp reads the buffer tile t + 1 overwrites */
         if (t + 1 < n_key_tiles) {
-            load_kv_tile<HD, BN, THREADS>(gather, TM_ENTRIES((t + 1) & 1), t + 1, key_end, TM_K_TILE(t + 1), TM_K_TILE(t + 1) + shape::kv_bytes);
+            load_kv_tile<HD, BN, THREADS, false, Q8>(gather, TM_ENTRIES((t + 1) & 1), t + 1, key_end, TM_K_TILE(t + 1), TM_K_TILE(t + 1) + shape::kv_bytes);
             if (t + 2 < n_key_tiles) load_entries<BN>(gather, table, t + 2, key_end, entry_tiles + (t & 1) * shape::entry_bytes);
         }
         copy_async_commit();
@@ -427,7 +471,7 @@ template <> __device__ __forceinline__ void wgmma_pv<256>(float (&o)[128], const
  * shared memory (Q and K K-major, 4 x 16 dims per 128-byte column block), the softmax in
  * registers per warp exactly as above (the accumulator fragment is the mma.sync one), P stays in
  * registers as the A operand of O += P V_t (V MN-major, transposed by the instruction). */
-template <int HD, int WG, int BN_>
+template <int HD, int WG, int BN_, bool Q8>
 __global__ void __launch_bounds__(128 * WG, 1)
     flash_wgmma_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages, const int64_t *page_offsets,
                        const int32_t *positions, const int32_t *tiles, int n_tiles, int n_head, float q_scale, int n_keys) {
@@ -449,7 +493,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
 
     const int key_end = tile_key_end(n_keys, positions, first, n_tokens);
     const int n_key_tiles = (key_end + BN - 1) / BN;
-    start_kv_pipeline<HD, BN, THREADS, true>(gather, table, key_end, n_key_tiles, entries, entry_tiles, shape::entry_bytes, kv_tiles,
+    start_kv_pipeline<HD, BN, THREADS, true, Q8>(gather, table, key_end, n_key_tiles, entries, entry_tiles, shape::entry_bytes, kv_tiles,
                                              kv_tiles + shape::kv_bytes);
 
     stage_queries<HD, BM, THREADS, true>(shared, q, q_scale, n_rows, first, group, kv_head, n_head);
@@ -485,7 +529,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
         __syncthreads();
         if (t + 1 < n_key_tiles) {
             const uint32_t next = kv_tiles + 2 * ((t + 1) & 1) * shape::kv_bytes;
-            load_kv_tile<HD, BN, THREADS, true>(gather, entries + ((t + 1) & 1) * (shape::entry_bytes / 4), t + 1, key_end, next,
+            load_kv_tile<HD, BN, THREADS, true, Q8>(gather, entries + ((t + 1) & 1) * (shape::entry_bytes / 4), t + 1, key_end, next,
                                                 next + shape::kv_bytes);
             if (t + 2 < n_key_tiles) load_entries<BN>(gather, table, t + 2, key_end, entry_tiles + (t & 1) * shape::entry_bytes);
         }
@@ -593,9 +637,9 @@ template <int HD, int MT, int W, int BN, bool PINGPONG>
 cudaError_t launch(const float *q, float *out, int n_head, const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets,
                    const int32_t *positions, const int32_t *tiles, int n_tiles, int n_keys, cudaStream_t stream) {
     typedef flash_shape<HD, MT, W, BN, PINGPONG> shape;
-    TM_CUDA_CHECK(cudaFuncSetAttribute(flash_mma_kernel<HD, MT, W, BN, PINGPONG>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)shape::shared_bytes));
-    flash_mma_kernel<HD, MT, W, BN, PINGPONG><<<dim3((unsigned)n_tiles, (unsigned)a.n_head_kv), shape::threads, shape::shared_bytes, stream>>>(
+    const auto kernel = a.scales ? flash_mma_kernel<HD, MT, W, BN, PINGPONG, true> : flash_mma_kernel<HD, MT, W, BN, PINGPONG, false>;
+    TM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shape::shared_bytes));
+    kernel<<<dim3((unsigned)n_tiles, (unsigned)a.n_head_kv), shape::threads, shape::shared_bytes, stream>>>(
         q, out, a, pages, page_offsets, positions, tiles, n_tiles, n_head, query_scale(HD), n_keys);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
@@ -605,8 +649,9 @@ template <int HD, int WG, int BN>
 cudaError_t launch_wgmma(const float *q, float *out, int n_head, const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets,
                          const int32_t *positions, const int32_t *tiles, int n_tiles, int n_keys, cudaStream_t stream) {
     typedef wgmma_shape<HD, WG, BN> shape;
-    TM_CUDA_CHECK(cudaFuncSetAttribute(flash_wgmma_kernel<HD, WG, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shape::shared_bytes));
-    flash_wgmma_kernel<HD, WG, BN><<<dim3((unsigned)n_tiles, (unsigned)a.n_head_kv), shape::threads, shape::shared_bytes, stream>>>(
+    const auto kernel = a.scales ? flash_wgmma_kernel<HD, WG, BN, true> : flash_wgmma_kernel<HD, WG, BN, false>;
+    TM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shape::shared_bytes));
+    kernel<<<dim3((unsigned)n_tiles, (unsigned)a.n_head_kv), shape::threads, shape::shared_bytes, stream>>>(
         q, out, a, pages, page_offsets, positions, tiles, n_tiles, n_head, query_scale(HD), n_keys);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
@@ -695,12 +740,14 @@ extern "C" int tm_cuda_flash_mma_tile_tokens(int head_dim, int n_head, int n_hea
     return tile_tokens_of(pick_config(head_dim), n_head, n_head_kv);
 }
 
-extern "C" int tm_cuda_flash_attention_mma(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const void *pool,
-                                           uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
-                                           const int32_t *positions, const int32_t *tiles, int n_tiles, int n_keys, void *stream) {
+extern "C" int tm_cuda_flash_attention_mma(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const tm_cuda_kv *kv,
+                                           const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
+                                           const int32_t *tiles, int n_tiles, int n_keys, void *stream) {
     const flash_config *c = pick_config(head_dim);
-    if (tile_tokens_of(c, n_head, n_head_kv) < 1) return cudaErrorInvalidValue;
+    if (!kv || !tm_cuda_kv_valid(kv, head_dim) || tile_tokens_of(c, n_head, n_head_kv) < 1) return cudaErrorInvalidValue;
+    if (kv->type == TM_CUDA_KV_F32) return cudaErrorNotSupported;
     if (n_tiles == 0) return cudaSuccess;
-    const kv_addressing a = make_addressing(pool, 0, page_size, n_head_kv, head_dim);
+    kv_addressing a = make_addressing(*kv, n_head_kv, head_dim);
+    if (kv->type != TM_CUDA_KV_Q8) a.scales = NULL; /* the launch picks the 8-bit kernels by the scales */
     return c->launch(q, out, n_head, a, pages, page_offsets, positions, tiles, n_tiles, n_keys, (cudaStream_t)stream);
 }

@@ -1427,6 +1427,7 @@ extern "C" int tm_cuda_gemv_q8_qkv_rope(const tm_cuda_gemv_part *parts, int64_t 
                                         void *stream) {
     if (!parts || !rope || !rope_append_valid(*rope) || !rope->targets || rope->layer < 0 || cols % 256 || n_tokens < 1 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS)
         return cudaErrorInvalidValue;
+    if (rope->kv.type == TM_CUDA_KV_Q8) return cudaErrorNotSupported; /* a tile holds 16 rows of a vector, its scale needs all */
     const int64_t q_rows = (int64_t)rope->n_head * rope->head_dim, kv_rows = (int64_t)rope->n_head_kv * rope->head_dim;
     if (parts[0].rows != q_rows || parts[1].rows != kv_rows || parts[2].rows != kv_rows || !parts[0].y) return cudaErrorInvalidValue;
     mmvq_parts p = {};

@@ -134,8 +134,24 @@ int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, int64_t n_pe
 /* x[i] += delta[i]. */
 int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
 
+/* The paged KV cache in device memory (engine/kv_cache.h's geometry): pages of page_size bytes
+ * holding elements of `type`, tm_kv_type's values: TM_CUDA_KV_F16 (0), TM_CUDA_KV_F32 (1) or
+ * TM_CUDA_KV_Q8 (2: int8 values, and for the head vector at byte offset o of the pool its float
+ * scale at scales[o / head_dim], page_size a multiple of head_dim: the host cache's scale slots in
+ * the same order, tm_kv_scale_storage). scales is NULL for the other types. */
+enum { TM_CUDA_KV_F16 = 0, TM_CUDA_KV_F32 = 1, TM_CUDA_KV_Q8 = 2 };
+typedef struct tm_cuda_kv {
+    void *pool;
+    float *scales;
+    int type;
+    uint32_t page_size;
+} tm_cuda_kv;
+/* Whether the kernels take a cache of this type, page size and head dim (0: the 8-bit type's page
+ * size is not a multiple of head_dim, or no scales, or an unknown type). */
+int tm_cuda_kv_valid(const tm_cuda_kv *kv, int head_dim);
+
 /* Decode attention through the paged KV cache (layout of engine/kv_cache.h: rows [K heads][V heads],
- * page_size bytes per page, f16 or f32): for query token t and head h,
+ * any of tm_cuda_kv's types): for query token t and head h,
  * out[t][h] = softmax(q[t][h] . K[0..n_keys[t]) / sqrt(head_dim)) V[0..n_keys[t]) of kv head
  * h / (n_head / n_head_kv), reading token t's stream through pages[page_offsets[t]...].
  * Token t's keys are spread over S splits, max(min_keys_per_split, ceil(n_keys[t] / S)) keys each
@@ -151,7 +167,7 @@ int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
  * n_head * head_dim % 256 == 0, else cudaErrorInvalidValue),
  * by the split-combine when there is one, so the output product needs no quantizing launch. */
 int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                            const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
+                            const tm_cuda_kv *kv, const int32_t *pages,
                             const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
                             float *partials, void *q8, void *stream);
 
@@ -161,40 +177,43 @@ int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head
  * or 16 warps taking the token's keys 32 at a time in turn and merging in the block; so no
  * partials and no combine launch, and q8 (optional, as in tm_cuda_paged_attention) is written by
  * the same kernel where the group is 1, 4 or 8 (else by a quantize launch after it). Exact at any
- * context; meant for steps whose every context is short (a chunk or two a warp). f16 cache, head
- * dims 64 and 128, groups up to 8 (tm_cuda_decode_attention_whole_supported); cudaErrorNotSupported
+ * context; meant for steps whose every context is short (a chunk or two a warp). f16 or 8-bit
+ * cache, head dims 64 and 128, groups up to 8 (tm_cuda_decode_attention_whole_supported); cudaErrorNotSupported
  * (nothing launched) otherwise. */
-int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_is_f32);
+int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_type);
 /* The longest context (keys) up to which a decode step of n_tokens tokens is faster through
  * tm_cuda_decode_attention_whole than through the split path (measured on the H200); 0: never,
  * INT_MAX: any (a group of 1 whose step fills most of a wave of the kernel's blocks). */
-int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_is_f32);
+int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_type);
 int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                                   const void *pool, int kv_is_f32, uint32_t page_size, const int32_t *pages,
+                                   const tm_cuda_kv *kv, const int32_t *pages,
                                    const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream);
 
 /* Prefill (flash) attention, causal: tiles[2 i] is the first batch token of tile i and
  * tiles[2 i + 1] its token count (at most tm_cuda_flash_tile_tokens), tokens of one stream;
  * query token t sees keys 0..positions[t] of its stream (already appended). Head dims 32, 64,
- * 128 and 256; f16 or f32 cache; float32 math. */
-int tm_cuda_flash_attention(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const void *pool,
-                            int kv_is_f32, uint32_t page_size, const int32_t *pages, const int64_t *page_offsets,
+ * 128 and 256; any of tm_cuda_kv's types; float32 math. */
+int tm_cuda_flash_attention(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const tm_cuda_kv *kv,
+                            const int32_t *pages, const int64_t *page_offsets,
                             const int32_t *positions, const int32_t *tiles, int n_tiles, void *stream);
 /* Tokens per flash tile for this head shape; 0 when the shape is unsupported. */
 int tm_cuda_flash_tile_tokens(int head_dim, int n_head, int n_head_kv);
-/* The same on tensor cores (flash_mma.cu; mma.sync, sm_80 and later): f16 cache only, head dims
- * 64, 128 and 256, queries and probabilities rounded to f16, float32 accumulation. n_keys 0:
+/* The same on tensor cores (flash_mma.cu; mma.sync, sm_80 and later): f16 or 8-bit cache (f32:
+ * cudaErrorNotSupported, nothing launched; 8-bit values are scaled and rounded to f16 as they are
+ * staged), head dims 64, 128 and 256, queries and probabilities rounded to f16, float32 accumulation. n_keys 0:
  * causal as above; n_keys > 0: every query sees keys 0..n_keys-1 of its stream (non-causal). */
-int tm_cuda_flash_attention_mma(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const void *pool,
-                                uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
+int tm_cuda_flash_attention_mma(const float *q, float *out, int n_head, int n_head_kv, int head_dim, const tm_cuda_kv *kv,
+                                const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
                                 const int32_t *tiles, int n_tiles, int n_keys, void *stream);
 /* Tokens per tile of tm_cuda_flash_attention_mma; 0 when the shape is unsupported. */
 int tm_cuda_flash_mma_tile_tokens(int head_dim, int n_head, int n_head_kv);
 
 /* Write the keys and values of n_tokens tokens (n_head_kv x head_dim floats each, from k and v)
- * at positions[t] of token t's stream (pages[page_offsets[t]...]), converted to the cache type. */
-int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, void *pool, int kv_is_f32,
-                      uint32_t page_size, const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
+ * at positions[t] of token t's stream (pages[page_offsets[t]...]), converted to the cache type
+ * (8-bit: q = round(x / d), d = max |x| / 127 of the head vector, as engine/kv_cache.c's
+ * tm_kv_store_vector). */
+int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_kv, int head_dim, const tm_cuda_kv *kv,
+                      const int32_t *pages, const int64_t *page_offsets, const int32_t *positions,
                       void *stream);
 
 /* Sampling parameters of one logits row (engine/sampler.c's meaning); uniform: the draw in [0, 1)
@@ -222,8 +241,8 @@ uint64_t tm_cuda_rope_table_bytes(int n_positions, int n_rot);
 int tm_cuda_rope_table(void *angles, int n_positions, int n_rot, float freq_base, float freq_scale, const float *freq_factors,
                        void *stream);
 
-/* Rope and KV append: the rope parameters (as tm_cuda_rope), the cache (pool of pages: f32 with
- * kv_is_f32, else f16; pages: the page tables, token t's at pages + page_offsets[t]) and one
+/* Rope and KV append: the rope parameters (as tm_cuda_rope), the cache (kv; pages: the page
+ * tables, token t's at pages + page_offsets[t]; 8-bit vectors rounded as tm_cuda_kv_append) and one
  * position per token (device). angles (optional, else NULL): a tm_cuda_rope_table of n_angles
  * positions with the same rope parameters, read instead of computing the angle below n_angles. */
 typedef struct tm_cuda_rope_kv {
@@ -232,9 +251,7 @@ typedef struct tm_cuda_rope_kv {
     const float *freq_factors;
     const void *angles;
     int n_angles;
-    void *pool;
-    int kv_is_f32;
-    uint32_t page_size;
+    tm_cuda_kv kv;
     const int32_t *pages;
     const int64_t *page_offsets;
     const int32_t *positions;
@@ -263,7 +280,8 @@ int tm_cuda_rope_kv_append(float *q, const float *k, const float *v, int n_token
  * outputs are made (rope->targets: tm_cuda_rope_targets of this step, written earlier in the stream):
  * the roped queries go to parts[0].y, the roped keys and the values only into the cache (parts[1].y
  * and parts[2].y are not written). The same bits as tm_cuda_gemv_q8_parts then tm_cuda_rope_kv_append,
- * one launch fewer. cudaErrorNotSupported (nothing launched) where the products would not take
+ * one launch fewer. cudaErrorNotSupported (nothing launched) for an 8-bit cache (a tile holds 16
+ * rows of a head vector, not the whole vector its scale needs), or where the products would not take
  * pairs_kernel (one token: no q5_k part, rows a multiple of 4, not TM_GEMV_STREAM=1 or
  * TM_GEMV_PAIRS=0) or the int8 tensor-core kernel (2-16 tokens, rows a multiple of 16); then make
  * the two calls. */

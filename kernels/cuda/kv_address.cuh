@@ -1,29 +1,60 @@
 /*
  * kv_address.cuh - where a key or value vector of the paged KV cache lives, from device code:
  * the geometry of engine/kv_cache.c (a row is one token's [K heads][V heads]; whole rows per
- * page when a row fits, else whole pages per row), read through a stream's page table. Shared by
- * every attention kernel so they all agree with the host cache.
+ * page when a row fits, else whole pages per row), read through a stream's page table, and where
+ * an 8-bit vector's scale lives. Shared by every attention kernel so they all agree with the host
+ * cache.
  */
 #ifndef TM_CUDA_KV_ADDRESS_CUH
 #define TM_CUDA_KV_ADDRESS_CUH
 
+#include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "kernels.h"
+
+/* The cache's element types (tm_cuda_kv's, as template arguments). */
+enum { KV_F16 = TM_CUDA_KV_F16, KV_F32 = TM_CUDA_KV_F32, KV_Q8 = TM_CUDA_KV_Q8 };
+__host__ __device__ constexpr int kv_element_bytes(int type) { return type == KV_F32 ? 4 : type == KV_Q8 ? 1 : 2; }
 
 struct kv_addressing {
     const uint8_t *pool;
+    const float *scales; /* KV_Q8: a vector's scale at scales[(its byte offset in the pool) / head_bytes] */
     int64_t row_bytes, head_bytes, page_size, rows_per_page, pages_per_row;
     int n_head_kv;
 };
 
 /* The cache geometry of kv_cache.c: a row is [K heads][V heads]; whole rows per page when a row
  * fits, else whole pages per row. */
-static inline kv_addressing make_addressing(const void *pool, int kv_is_f32, uint32_t page_size, int n_head_kv, int head_dim) {
-    int64_t element = kv_is_f32 ? 4 : 2;
-    kv_addressing a = {(const uint8_t *)pool, 2 * (int64_t)n_head_kv * head_dim * element, (int64_t)head_dim * element,
-                       (int64_t)page_size, 0, 0, n_head_kv};
+static inline kv_addressing make_addressing(const tm_cuda_kv &kv, int n_head_kv, int head_dim) {
+    const int64_t element = kv_element_bytes(kv.type);
+    kv_addressing a = {(const uint8_t *)kv.pool, kv.scales, 2 * (int64_t)n_head_kv * head_dim * element, (int64_t)head_dim * element,
+                       (int64_t)kv.page_size, 0, 0, n_head_kv};
     if (a.row_bytes <= a.page_size) a.rows_per_page = a.page_size / a.row_bytes;
     else a.pages_per_row = (a.row_bytes + a.page_size - 1) / a.page_size;
     return a;
+}
+
+/* The scale slot of the 8-bit head vector at `vector` (any head dim; HD: a compile-time one). */
+__device__ __forceinline__ float *kv_scale_slot(const kv_addressing &a, const uint8_t *vector) {
+    return const_cast<float *>(a.scales) + (uint64_t)(vector - a.pool) / (uint64_t)a.head_bytes;
+}
+template <int HD> __device__ __forceinline__ float kv_scale(const kv_addressing &a, const uint8_t *vector) {
+    return a.scales[(uint64_t)(vector - a.pool) / (uint64_t)HD];
+}
+
+/* Four signed bytes as floats, exactly, without I2F (a quarter-rate conversion on sm_80/sm_90: with
+ * it the 8-bit decode attention was bound by conversions, 7B 2048 x8 1686 tokens/s against the f16
+ * cache's 1731): each byte biased to unsigned, a pair placed in the low bytes of two halves of
+ * exponent 0x64 (1024 + u, exact), 1152 taken off in half precision (exact: -128..127), then
+ * widened to float as the f16 cache's halves are. */
+__device__ __forceinline__ void int8x4_to_float(uint32_t word, float *x) {
+    const uint32_t biased = word ^ 0x80808080u;
+    const uint32_t lo = __byte_perm(biased, 0x64646464u, 0x4140), hi = __byte_perm(biased, 0x64646464u, 0x4342);
+    const __half2 offset = __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)); /* 1152 */
+    const float2 a = __half22float2(__hsub2(*reinterpret_cast<const __half2 *>(&lo), offset));
+    const float2 b = __half22float2(__hsub2(*reinterpret_cast<const __half2 *>(&hi), offset));
+    x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
 }
 
 /* Address of the key (value: is_value) vector of kv head `head` of token p in a stream. */

@@ -7,7 +7,8 @@
  * angle and slot itself (rope_append_pair); the decode products' epilogue (gemv_q8.cu,
  * tm_cuda_gemv_q8_qkv_rope) reads them from the step's targets, written once a step by
  * tm_cuda_rope_targets (attention.cu) with the same functions, and stores through the same
- * rope_append_write.
+ * rope_append_write. An 8-bit cache's vector needs the whole vector for its scale: only the
+ * separate kernel writes it, a block a vector (store_q8_pairs).
  */
 #ifndef TM_CUDA_ROPE_APPEND_CUH
 #define TM_CUDA_ROPE_APPEND_CUH
@@ -27,28 +28,28 @@ struct rope_append {
     const float2 *angles; /* tm_cuda_rope_table of n_angles positions, or NULL */
     const float *freq_factors;
     float freq_base, freq_scale;
-    int n_angles, n_head, head_dim, n_rot, kv_half;
+    int n_angles, n_head, head_dim, n_rot, kv_type;
     const uint8_t *targets; /* the step's (tm_cuda_rope_targets), for the products' epilogue */
     int layer;
 };
 
 static inline rope_append make_rope_append(const tm_cuda_rope_kv &r) {
     rope_append e;
-    e.kv = make_addressing(r.pool, r.kv_is_f32, r.page_size, r.n_head_kv, r.head_dim);
+    e.kv = make_addressing(r.kv, r.n_head_kv, r.head_dim);
     e.pages = r.pages, e.page_offsets = r.page_offsets, e.positions = r.positions;
     static const int tabled = tm_env_int("TM_ROPE_TABLE", 1);
     e.angles = (const float2 *)r.angles, e.n_angles = r.angles && tabled ? r.n_angles : 0;
     e.freq_factors = r.freq_factors, e.freq_base = r.freq_base, e.freq_scale = r.freq_scale;
-    e.n_head = r.n_head, e.head_dim = r.head_dim, e.n_rot = r.n_rot, e.kv_half = !r.kv_is_f32;
+    e.n_head = r.n_head, e.head_dim = r.head_dim, e.n_rot = r.n_rot, e.kv_type = r.kv.type;
     e.targets = (const uint8_t *)r.targets, e.layer = r.layer;
     return e;
 }
 
 /* The parameters the kernels assume: an even head dim, n_rot even and at most head_dim, heads and
- * pointers present, a table wherever n_angles says there is one. */
+ * pointers present, a table wherever n_angles says there is one, a cache the kernels take. */
 static inline bool rope_append_valid(const tm_cuda_rope_kv &r) {
-    return r.head_dim > 0 && r.head_dim % 2 == 0 && r.n_rot >= 0 && r.n_rot % 2 == 0 && r.n_rot <= r.head_dim && r.n_head > 0 &&
-           r.n_head_kv > 0 && r.n_angles >= 0 && (r.n_angles == 0 || r.angles) && r.pool && r.pages && r.page_offsets && r.positions;
+    return tm_cuda_kv_valid(&r.kv, r.head_dim) && r.head_dim > 0 && r.head_dim % 2 == 0 && r.n_rot >= 0 && r.n_rot % 2 == 0 && r.n_rot <= r.head_dim && r.n_head > 0 &&
+           r.n_head_kv > 0 && r.n_angles >= 0 && (r.n_angles == 0 || r.angles) && r.pages && r.page_offsets && r.positions;
 }
 
 /* The angle of pair i at `position`: the table's below n_angles, else computed (same values). */
@@ -67,16 +68,36 @@ __device__ __forceinline__ uint8_t *rope_append_head(const rope_append &e, int p
 }
 
 /* Elements d, d + 1 (d even) of that head: v0, v1, rotated by `angle` for queries and keys below
- * n_rot, stored as floats (queries, an f32 cache) or f16. */
+ * n_rot, stored as floats (queries, an f32 cache) or f16 (never an 8-bit cache: store_q8_pairs). */
 __device__ __forceinline__ void rope_append_write(const rope_append &e, int part, uint8_t *head, int d, float2 angle, float v0, float v1) {
     float pair[2] = {v0, v1};
     if (part < 2 && d < e.n_rot) rope_rotate(pair, angle);
-    if (part == 0 || !e.kv_half) {
+    if (part == 0 || e.kv_type == KV_F32) {
         reinterpret_cast<float *>(head)[d] = pair[0];
         reinterpret_cast<float *>(head)[d + 1] = pair[1];
     } else {
         reinterpret_cast<__half2 *>(head)[d / 2] = __halves2half2(__float2half_rn(pair[0]), __float2half_rn(pair[1]));
     }
+}
+
+/* One 8-bit head vector stored by a block: thread i holds its pair (x0, x1) at elements d = 2i,
+ * d + 1 (valid: i < head_dim / 2; blockDim.x >= head_dim / 2), the block finds m = max |x| over
+ * the vector, and `vector` gets q = round(x / s), s = m / 127 (0 where m is 0), s its scale slot:
+ * engine/kv_cache.c's tm_kv_store_vector, the same bits. Every thread of the block calls it (it
+ * holds barriers); reduce: blockDim.x / 32 floats of shared memory. */
+__device__ __forceinline__ void store_q8_pairs(const kv_addressing &a, uint8_t *vector, int d, bool valid, float x0, float x1, float *reduce) {
+    const float largest_here = max_over_warp(valid ? fmaxf(fabsf(x0), fabsf(x1)) : 0.0f);
+    __syncthreads(); /* reduce is free (an earlier call's reads are done) */
+    if ((threadIdx.x & 31) == 0) reduce[threadIdx.x >> 5] = largest_here;
+    __syncthreads();
+    float largest = 0;
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) largest = fmaxf(largest, reduce[w]);
+    const float scale = largest / 127.0f;
+    if (valid) {
+        const int q0 = scale > 0 ? __float2int_rn(x0 / scale) : 0, q1 = scale > 0 ? __float2int_rn(x1 / scale) : 0;
+        *reinterpret_cast<char2 *>(vector + d) = make_char2((signed char)q0, (signed char)q1);
+    }
+    if (threadIdx.x == 0) *kv_scale_slot(a, vector) = scale;
 }
 
 /* The angle a pair at element d of part `part` needs ((1, 0), unused, where it is not rotated). */

@@ -8,9 +8,11 @@
  * sharing a block's work among its warps; prefill flash attention runs causal over
  * tiles of query tokens (the last 100 positions of the 900-token sequence, all 37 of the second,
  * the one of the first), each query seeing keys 0..its position, in float32 and on tensor cores,
- * and on tensor cores non-causal (check_flash states the tolerances).
- * Layouts cover several rows per page, one row per page and a row spanning several pages, f16
- * and f32, head dims 32..256, grouped-query ratios 1..4, 8 and 12. Outputs poisoned with NaN first; each
+ * and on tensor cores non-causal (check_flash states the tolerances; the tensor-core kernel refuses
+ * an f32 cache and rounds an 8-bit cache's scaled values to f16 as it stages them).
+ * Layouts cover several rows per page, one row per page and a row spanning several pages, f16,
+ * f32 and 8-bit (the host cache's int8 values and float scales, tm_kv_store_vector, copied as they
+ * are: the kernels read each vector's scale from the same slot), head dims 32..256, grouped-query ratios 1..4, 8 and 12. Outputs poisoned with NaN first; each
  * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order). The decode's
  * q8_1 copy of its output equals tm_cuda_quantize_q8_1 of the output bit for bit; where a token's
  * n_head * head_dim outputs are not whole 256-value q8 blocks, asking for it is refused.
@@ -45,6 +47,8 @@ static int count_differences(const float *got, const float *expected, int64_t n,
     return bad;
 }
 
+static const char *kv_type_name(tm_kv_type type) { return type == TM_KV_F32 ? "f32" : type == TM_KV_Q8 ? "q8" : "f16"; }
+
 typedef enum flash_variant { FLASH_FLOAT, FLASH_MMA_CAUSAL, FLASH_MMA_ALL_KEYS } flash_variant;
 static const char *const flash_names[] = {"float32 causal", "tensor-core causal", "tensor-core non-causal"};
 
@@ -53,16 +57,24 @@ static const char *const flash_names[] = {"float32 causal", "tensor-core causal"
  * query at position p seeing keys 0..p. Non-causal: the 900-token sequence's last 100 queries,
  * each seeing all 900 keys. Tolerance: float32 2e-5 absolute (sums in another order); tensor
  * cores 4e-3 absolute (queries and probabilities rounded to f16, 2^-11 relative each, values in
- * [-1, 1]). The tensor-core kernel takes f16 caches and head dims 64..256 only. */
+ * [-1, 1]; an 8-bit cache's scaled values rounded to f16 too, 2^-11 relative). The tensor-core
+ * kernel takes f16 and 8-bit caches and head dims 64..256 only. */
 static void check_flash(const layout_case *lc, flash_variant variant, tm_kv_cache *kv, const int *seqs, const int *lengths, int n_seq,
-                        int layer, const int64_t *offsets, void *d_pool, void *d_tables, float *scores, tm_rng_t *rng) {
+                        int layer, const int64_t *offsets, const tm_cuda_kv *d_kv, void *d_tables, float *scores, tm_rng_t *rng) {
     const int n_head = lc->n_head_kv * lc->group;
     const bool mma = variant != FLASH_FLOAT, all_keys = variant == FLASH_MMA_ALL_KEYS;
     const int tile_tokens = mma ? tm_cuda_flash_mma_tile_tokens(lc->head_dim, n_head, lc->n_head_kv)
                                 : tm_cuda_flash_tile_tokens(lc->head_dim, n_head, lc->n_head_kv);
     const bool power_of_two_dim = lc->head_dim == 32 || lc->head_dim == 64 || lc->head_dim == 128 || lc->head_dim == 256;
-    if (mma && (lc->type != TM_KV_F16 || lc->head_dim < 64 || !power_of_two_dim)) {
-        CHECK(tile_tokens == 0 || lc->type != TM_KV_F16, "tensor-core flash should refuse head_dim %d", lc->head_dim);
+    if (mma && lc->type == TM_KV_F32 && tile_tokens > 0) {
+        const int32_t none = 0;
+        CHECK(tm_cuda_flash_attention_mma(NULL, NULL, n_head, lc->n_head_kv, lc->head_dim, d_kv, &none, NULL, &none, &none, 1, 0, NULL) ==
+                  cudaErrorNotSupported,
+              "tensor-core flash refuses an f32 cache (nothing launched)");
+        return;
+    }
+    if (mma && (lc->head_dim < 64 || !power_of_two_dim)) {
+        CHECK(tile_tokens == 0, "tensor-core flash should refuse head_dim %d", lc->head_dim);
         return;
     }
     if (!power_of_two_dim) { /* the float kernel takes head dims 32, 64, 128 and 256 */
@@ -72,7 +84,7 @@ static void check_flash(const layout_case *lc, flash_variant variant, tm_kv_cach
     CHECK(tile_tokens >= 1, "%s flash tiles for head_dim %d group %d", flash_names[variant], lc->head_dim, lc->group);
     if (tile_tokens < 1) return;
     const double tolerance = mma ? 4e-3 : 2e-5;
-    const char *kv_name = lc->type == TM_KV_F32 ? "f32" : "f16";
+    const char *kv_name = kv_type_name(lc->type);
     const int first_position[3] = {all_keys ? lengths[0] : 0, all_keys ? lengths[1] : 0, 800};
     int n_queries = 0;
     for (int s = 0; s < n_seq; s++) n_queries += lengths[s] - first_position[s];
@@ -101,10 +113,10 @@ static void check_flash(const layout_case *lc, flash_variant variant, tm_kv_cach
     cudaMemcpy(d_positions, positions, (size_t)n_queries * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(d_tiles, tiles, (size_t)n_tiles * 8, cudaMemcpyHostToDevice);
     cudaMemcpy(d_query_offsets, query_offsets, (size_t)n_queries * 8, cudaMemcpyHostToDevice);
-    int launched = mma ? tm_cuda_flash_attention_mma(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->page_size, d_tables,
-                                                     d_query_offsets, d_positions, d_tiles, n_tiles, all_keys ? lengths[2] : 0, NULL)
-                       : tm_cuda_flash_attention(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
-                                                 lc->page_size, d_tables, d_query_offsets, d_positions, d_tiles, n_tiles, NULL);
+    int launched = mma ? tm_cuda_flash_attention_mma(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_kv, d_tables, d_query_offsets,
+                                                     d_positions, d_tiles, n_tiles, all_keys ? lengths[2] : 0, NULL)
+                       : tm_cuda_flash_attention(d_pq, d_pout, n_head, lc->n_head_kv, lc->head_dim, d_kv, d_tables, d_query_offsets,
+                                                 d_positions, d_tiles, n_tiles, NULL);
     CHECK(launched == 0, "%s flash launch", flash_names[variant]);
     CHECK(cudaDeviceSynchronize() == cudaSuccess, "flash kernel");
     cudaMemcpy(p_got, d_pout, pq_floats * 4, cudaMemcpyDeviceToHost);
@@ -146,12 +158,11 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
             for (int p = 0; p < lengths[s]; p++)
                 for (int h = 0; h < lc->n_head_kv; h++)
                     for (int kind = 0; kind < 2; kind++) {
-                        void *vector = kind ? tm_kv_value(kv, seqs[s], l, p, h) : tm_kv_key(kv, seqs[s], l, p, h);
-                        for (int i = 0; i < lc->head_dim; i++) {
-                            float value = 2.0f * tm_rng_uniform(rng) - 1.0f;
-                            if (lc->type == TM_KV_F32) ((float *)vector)[i] = value;
-                            else ((tm_f16_t *)vector)[i] = tm_f32_to_f16(value);
-                        }
+                        float values[256];
+                        for (int i = 0; i < lc->head_dim; i++) values[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+                        tm_kv_store_vector(kind ? tm_kv_value(kv, seqs[s], l, p, h) : tm_kv_key(kv, seqs[s], l, p, h),
+                                           kind ? tm_kv_value_scale(kv, seqs[s], l, p, h) : tm_kv_key_scale(kv, seqs[s], l, p, h), values,
+                                           lc->head_dim, lc->type);
                     }
     }
     /* one query token per sequence, at its last position */
@@ -173,8 +184,14 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
             tm_cpu_attention(q + at, kv, seqs[s], layer, lengths[s], h / lc->group, lc->head_dim, expected + at, scores);
         }
     }
-    void *d_pool, *d_q, *d_out, *d_tables, *d_offsets, *d_keys;
+    void *d_pool, *d_q, *d_out, *d_tables, *d_offsets, *d_keys, *d_scales = NULL;
     cudaMalloc(&d_pool, (size_t)pages * lc->page_size);
+    const size_t scale_bytes = (size_t)pages * tm_kv_scale_bytes_per_page(&layout);
+    if (scale_bytes) {
+        cudaMalloc(&d_scales, scale_bytes);
+        cudaMemcpy(d_scales, tm_kv_scale_storage(kv), scale_bytes, cudaMemcpyHostToDevice);
+    }
+    const tm_cuda_kv d_kv = {d_pool, d_scales, (int)lc->type, lc->page_size}, *dkv = &d_kv;
     cudaMalloc(&d_q, q_floats * 4), cudaMalloc(&d_out, q_floats * 4);
     cudaMalloc(&d_tables, (size_t)used * 4), cudaMalloc(&d_offsets, sizeof offsets), cudaMalloc(&d_keys, sizeof n_keys);
     cudaMemcpy(d_pool, tm_kv_storage(kv), (size_t)pages * lc->page_size, cudaMemcpyHostToDevice);
@@ -183,7 +200,7 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     cudaMemcpy(d_tables, tables, (size_t)used * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(d_offsets, offsets, sizeof offsets, cudaMemcpyHostToDevice);
     cudaMemcpy(d_keys, n_keys, sizeof n_keys, cudaMemcpyHostToDevice);
-    const char *kv_name = lc->type == TM_KV_F32 ? "f32" : "f16";
+    const char *kv_name = kv_type_name(lc->type);
     /* (splits, at least this many keys a split): one block; 900 keys in 4 x 225 and 8 x 128 (the
      * 1-token stream leaves splits empty); 32 splits of >= 1 key: every stream's keys spread evenly
      * (900 -> 29 a split, 37 -> 2, the last splits short or empty); 40 splits: the combine takes
@@ -204,12 +221,10 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         cudaMemset(d_out, 0xff, q_floats * 4);
         cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes); /* pair order: one row only */
         if (!whole_q8_blocks)
-            CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
-                                          lc->page_size, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
+            CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, dkv, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
                                           d_partials, d_q8, NULL) == cudaErrorInvalidValue,
                   "decode, %d x %d outputs a token: q8 output refused (not whole 256-value blocks)", n_head, lc->head_dim);
-        CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, d_pool, lc->type == TM_KV_F32,
-                                      lc->page_size, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
+        CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, dkv, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
                                       d_partials, whole_q8_blocks ? d_q8 : NULL, NULL) == 0,
               "launch");
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
@@ -222,14 +237,14 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         CHECK(bad == 0, "decode, %d splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
               split_cases[c][0], lc->n_head_kv, lc->group, lc->head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
     }
-    /* without splits (tm_cuda_decode_attention_whole): f16, head dims 64 and 128, groups up to 8;
+    /* without splits (tm_cuda_decode_attention_whole): f16 and 8-bit, head dims 64 and 128, groups up to 8;
      * the same tolerance against the CPU, and its q8_1 (written in the kernel where the group is 1,
      * 4 or 8, else by a quantize launch) equals the quantizer's of out, byte for byte */
-    const int n_head_kv = lc->n_head_kv, head_dim = lc->head_dim, kv_f32 = lc->type == TM_KV_F32;
-    if (tm_cuda_decode_attention_whole_supported(n_head, n_head_kv, head_dim, kv_f32)) {
+    const int n_head_kv = lc->n_head_kv, head_dim = lc->head_dim;
+    if (tm_cuda_decode_attention_whole_supported(n_head, n_head_kv, head_dim, (int)lc->type)) {
         cudaMemset(d_out, 0xff, q_floats * 4);
         cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
-        CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, d_pool, kv_f32, lc->page_size, d_tables,
+        CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, dkv, d_tables,
                                              d_offsets, d_keys, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
                   cudaDeviceSynchronize() == cudaSuccess,
               "decode without splits: launch");
@@ -249,8 +264,8 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
             float *d_out_s = (float *)d_out + s * token_floats;
             cudaMemset(d_out, 0xff, q_floats * 4);
             cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
-            CHECK(tm_cuda_decode_attention_whole((const float *)d_q + s * token_floats, d_out_s, 1, n_head, n_head_kv, head_dim, d_pool,
-                                                 kv_f32, lc->page_size, d_tables, (const int64_t *)d_offsets + s,
+            CHECK(tm_cuda_decode_attention_whole((const float *)d_q + s * token_floats, d_out_s, 1, n_head, n_head_kv, head_dim, dkv,
+                                                 d_tables, (const int64_t *)d_offsets + s,
                                                  (const int32_t *)d_keys + s, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
                       cudaDeviceSynchronize() == cudaSuccess,
                   "decode without splits, one token: launch");
@@ -264,7 +279,7 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
                       lc->group, head_dim);
         }
     } else {
-        CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, d_pool, kv_f32, lc->page_size, d_tables,
+        CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, dkv, d_tables,
                                              d_offsets, d_keys, NULL, NULL) == cudaErrorNotSupported,
               "decode without splits: kv heads %d x group %d, head_dim %d, %s: not supported, nothing launched", n_head_kv, lc->group,
               head_dim, kv_name);
@@ -273,8 +288,8 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     free(q8), free(q8_reference);
 
     for (int variant = 0; variant < 3; variant++)
-        check_flash(lc, (flash_variant)variant, kv, seqs, lengths, n_seq, layer, offsets, d_pool, d_tables, scores, rng);
-    cudaFree(d_pool), cudaFree(d_q), cudaFree(d_out), cudaFree(d_tables), cudaFree(d_offsets), cudaFree(d_keys);
+        check_flash(lc, (flash_variant)variant, kv, seqs, lengths, n_seq, layer, offsets, dkv, d_tables, scores, rng);
+    cudaFree(d_scales), cudaFree(d_pool), cudaFree(d_q), cudaFree(d_out), cudaFree(d_tables), cudaFree(d_offsets), cudaFree(d_keys);
     free(q), free(expected), free(got), free(scores), free(tables);
     tm_kv_free(kv);
 }
@@ -298,6 +313,16 @@ int main(void) {
         {1, 8, 128, TM_KV_F16, 4096}, /* llama 70B's group of 8: one decode block serves 8 query heads */
         {2, 1, 128, TM_KV_F16, 4096}, /* llama 7B's group of 1 at head dim 128: two kv heads make one q8 block */
         {1, 12, 64, TM_KV_F32, 4096}, /* a group of 12: decode blocks of 8 + 4 query heads */
+        /* the 8-bit cache: int8 values, a float scale a vector */
+        {4, 2, 32, TM_KV_Q8, 256},    /* 256-byte rows: one row per page, head dim 32 */
+        {8, 4, 128, TM_KV_Q8, 4096},  /* llama 70B's layout: two rows a page */
+        {8, 4, 128, TM_KV_Q8, 1024},  /* a row spans two pages */
+        {32, 1, 128, TM_KV_Q8, 4096}, /* llama 7B's: K on one page, V on the next */
+        {2, 1, 128, TM_KV_Q8, 4096},  /* a group of 1: two kv heads make one q8 block */
+        {3, 3, 64, TM_KV_Q8, 4096},   /* SmolLM2's group of 3 */
+        {1, 8, 128, TM_KV_Q8, 4096},  /* a group of 8 */
+        {2, 2, 256, TM_KV_Q8, 4096},  /* head dim 256 */
+        {2, 3, 96, TM_KV_Q8, 3072},   /* head dim 96: the generic decode kernel (pages of whole vectors) */
     };
     tm_rng_t rng;
     tm_rng_seed(&rng, 21);

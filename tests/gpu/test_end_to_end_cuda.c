@@ -1,6 +1,7 @@
 /*
  * test_end_to_end_cuda.c - the whole forward pass on the GPU against the CPU backend (float
- * activations on the CPU, f32 KV on both).
+ * activations on the CPU, f32 KV on both; then the 8-bit KV cache on both, the CPU's the
+ * reference for the GPU's, its rounding checked against an independent one in tests/python).
  *
  * Synthetic models built in memory with the real shapes and tensor types: tiny (q4_k_m),
  * SmolLM2-135M (q8_0), Llama-2-7B (q4_k_m) and Llama-3-8B (f16, with llama3 rope frequency
@@ -21,6 +22,17 @@
  * The k-quant prefill products take the fused-dequantization kernel for every shape
  * (TM_GEMM_FUSED=2 unless set; by default only large products do), so the q4_k_m models check it
  * inside a real forward pass.
+ * The 8-bit KV cache (both backends, teacher-forced alike): tiny, SmolLM2-135M q8_0 and Llama-2-7B
+ * (exact), tiny and SmolLM2 (fast). Both caches round each vector to int8, but a key or value the
+ * GPU computes a few ulps away from the CPU's (its rope, its sums' order) can land on the other
+ * side of a rounding boundary: one step of max|x| / 127 in that element, which moves the next
+ * layers' inputs by ~1e-3 and so flips many more of their roundings. The two 8-bit runs therefore
+ * differ by the order of the rounding's own effect, not by float noise (H200: GPU against CPU
+ * 1.3-1.8e-2 exact, 2.1-5.2e-2 fast; the rounding's own effect 2.1-2.7e-2). The bound: the
+ * precision's bound above plus the rounding's own effect, the CPU's 8-bit logits against its f32
+ * ones on the same tokens (measured and printed); a wrong vector or scale moves the logits by
+ * ~100 %. The kernels themselves are held bit for bit or to 2e-5 against the CPU's 8-bit cache
+ * (test_ops_cuda, test_attention_cuda).
  * TM_GPU_E2E_MODELS=tiny limits the synthetic run to the small models. Skipped without a CUDA
  * device (77).
  */
@@ -58,16 +70,21 @@ static int argmax(const float *x, int n) {
 
 /* GPU precision for the next runs: EXACT (float activations) or FAST (8/16-bit activations). */
 static tm_precision gpu_precision = TM_PRECISION_EXACT;
+/* The KV cache of both backends for the next runs: f32, or the 8-bit cache. */
+static tm_kv_type kv_type = TM_KV_F32;
 /* Logit bound relative to the largest |logit|: 1e-2 with float activations (the issue's bound);
  * 5e-2 with FAST, whose 8-bit activations (at most max|x|/254 per element of a 32-block, as
  * llama.cpp's) add their own rounding in every product of every layer. */
 static double bound(void) { return gpu_precision == TM_PRECISION_EXACT ? 1e-2 : 5e-2; }
-static const char *precision_name(void) { return gpu_precision == TM_PRECISION_EXACT ? "exact" : "fast"; }
+static const char *precision_name(void) {
+    if (kv_type == TM_KV_Q8) return gpu_precision == TM_PRECISION_EXACT ? "exact, 8-bit KV" : "fast, 8-bit KV";
+    return gpu_precision == TM_PRECISION_EXACT ? "exact" : "fast";
+}
 
 static bool run(const tm_model *model, bool cuda, tm_threadpool *pool, const run_spec *spec, run_result *out) {
     const tm_model_config *c = &model->config;
     const int total = spec->n_prompt + spec->steps;
-    tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, TM_KV_F32, TM_KV_DEFAULT_PAGE_SIZE};
+    tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, kv_type, TM_KV_DEFAULT_PAGE_SIZE};
     tm_kv_cache *kv;
     tm_error_t error = {0};
     if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, total) * c->n_layer, 1, !cuda, &kv, &error)) {
@@ -146,9 +163,19 @@ static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_f
     int32_t prompt[24];
     for (int i = 0; i < prompt_tokens; i++) prompt[i] = (i * 7919 + 13) % n_vocab;
     run_spec cpu_spec = {prompt, prompt_tokens, 8, NULL};
-    run_result cpu = {0}, gpu = {0};
+    run_result cpu = {0}, gpu = {0}, unrounded = {0};
     if (run(model, false, pool, &cpu_spec, &cpu)) {
         run_spec gpu_spec = {prompt, prompt_tokens, 8, cpu.tokens}; /* teacher forcing: the CPU's tokens */
+        double limit = bound(), rounding_effect = 0;
+        if (kv_type == TM_KV_Q8) { /* the 8-bit rounding's own effect: the CPU's f32 cache on the same tokens */
+            kv_type = TM_KV_F32;
+            const bool ran = run(model, false, pool, &gpu_spec, &unrounded);
+            kv_type = TM_KV_Q8;
+            int ignored = 0;
+            if (ran) rounding_effect = logit_difference(unrounded.logits, cpu.logits, prompt_tokens + 8, n_vocab, &ignored);
+            limit += rounding_effect;
+            printf("%s, 8-bit KV: the CPU's 8-bit logits against its f32 ones: %.2e (GPU bound %.3g)\n", spec, rounding_effect, limit);
+        }
         if (run(model, true, pool, &gpu_spec, &gpu)) {
             int non_finite = 0, rows = prompt_tokens + 8;
             double worst = logit_difference(cpu.logits, gpu.logits, rows, n_vocab, &non_finite);
@@ -159,16 +186,16 @@ static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_f
                 for (int i = 0; i < n_vocab; i++) largest = fmax(largest, fabs(a[i]));
                 if (gpu.tokens[step] == cpu.tokens[step]) continue;
                 disagreements++;
-                if (fabs(a[cpu.tokens[step]] - a[gpu.tokens[step]]) > bound() * largest) unexplained++;
+                if (fabs(a[cpu.tokens[step]] - a[gpu.tokens[step]]) > limit * largest) unexplained++;
             }
             printf("%s%s, %d-token prompt, GPU %s: max relative logit difference GPU vs CPU %.2e over %d rows; greedy tokens agree at %d of 9 steps\n",
                    spec, rope_factors ? " (rope_freqs)" : "", prompt_tokens, precision_name(), worst, rows, 9 - disagreements);
             CHECK(non_finite == 0, "%s: %d non-finite GPU logits", spec, non_finite);
-            CHECK(worst <= bound(), "%s (%s): logits differ by %.3g (bound %g)", spec, precision_name(), worst, bound());
+            CHECK(worst <= limit, "%s (%s): logits differ by %.3g (bound %g)", spec, precision_name(), worst, limit);
             CHECK(unexplained == 0, "%s: %d greedy tokens differ without a near tie", spec, unexplained);
         }
     }
-    free(cpu.logits), free(gpu.logits);
+    free(cpu.logits), free(gpu.logits), free(unrounded.logits);
     tm_model_free(model);
 }
 
@@ -237,6 +264,13 @@ int main(void) {
         }
         if (smollm2 && *smollm2) compare_real_smollm2(smollm2, pool);
         else printf("real SmolLM2 comparison skipped: TM_SMOLLM2 is not set\n");
+    }
+    kv_type = TM_KV_Q8;
+    for (int p = 0; p < 2; p++) {
+        gpu_precision = p == 0 ? TM_PRECISION_EXACT : TM_PRECISION_FAST;
+        compare_synthetic("tiny:q4_k_m", pool, false, 24);
+        compare_synthetic("smollm2-135m:q8_0", pool, false, 24);
+        if (all && p == 0) compare_synthetic("llama2-7b:q4_k_m", pool, false, 24);
     }
     tm_threadpool_free(pool);
     return check_report("test_end_to_end_cuda");

@@ -9,8 +9,8 @@
  * (same kernels, same order), and GPU sampling follows the CPU sampler exactly, so every
  * request's tokens must be identical; A must have sampled on the GPU and B not, and the device
  * memory accounting must be filled in (weights = the model's bytes, KV, activations, workspace).
- * An engine asked for the 8-bit KV cache on the GPU (CPU only so far) must refuse with
- * TM_ERR_UNSUPPORTED naming --device cpu. Last, a KV pool twice the device's memory (in 4 KiB
+ * The same pair of runs again with the 8-bit KV cache (half the pages: the same tokens fit, so
+ * requests are still preempted): identical tokens, and the device's KV bytes hold the scales. Last, a KV pool twice the device's memory (in 4 KiB
  * pages) must fail the first step with TM_ERR_NO_MEMORY naming the KV pages and the bytes, not crash.
  * Skipped without a CUDA device (exit 77).
  */
@@ -34,7 +34,8 @@ typedef struct run_output {
     tm_engine_stats stats;
 } run_output;
 
-static bool run(bool device_sampling_and_graphs, run_output *out) {
+/* kv_type 0: f16 in 1400 pages; 2: the 8-bit cache in 700 (rows of half the bytes). */
+static bool run(bool device_sampling_and_graphs, int kv_type, run_output *out) {
     tm_engine_options options;
     tm_engine_options_default(&options);
     options.synthetic = "smollm2-135m:q8_0";
@@ -44,7 +45,8 @@ static bool run(bool device_sampling_and_graphs, run_output *out) {
     options.n_ctx = 256;
     /* SmolLM2 f16 rows: 5 per page, 30 layers; requests of 50..145 tokens */
     options.kv_page_size = 4096;
-    options.kv_pages = 1400; /* the four longest-running requests would need 1920 */
+    options.kv_pages = kv_type == 2 ? 700 : 1400; /* the four longest-running requests would need 1920 (f16) */
+    options.kv_type = kv_type;
     options.host_sampling = !device_sampling_and_graphs;
     options.no_cuda_graphs = !device_sampling_and_graphs;
     tm_engine *engine = NULL;
@@ -101,7 +103,7 @@ int main(void) {
     }
     printf("device: %s\n", device);
     static run_output a, b;
-    if (run(true, &a) && run(false, &b)) {
+    if (run(true, 0, &a) && run(false, 0, &b)) {
         for (int i = 0; i < REQUESTS; i++) {
             CHECK(a.counts[i] == MAX_TOKENS && b.counts[i] == MAX_TOKENS, "request %d: %d and %d tokens", i, a.counts[i], b.counts[i]);
             int same = 0;
@@ -121,18 +123,18 @@ int main(void) {
         CHECK(a.stats.device_kv_bytes >= (uint64_t)1400 * 4096, "KV accounted");
         CHECK(a.stats.device_activation_bytes > 0 && a.stats.device_workspace_bytes > 0, "activations and workspace accounted");
     }
-    { /* the 8-bit KV cache is CPU only so far: a GPU engine refuses it and names the way out */
-        tm_engine_options options;
-        tm_engine_options_default(&options);
-        options.synthetic = "smollm2-135m:q8_0";
-        options.device = "cuda";
-        options.kv_type = 2;
-        tm_engine *engine = NULL;
-        tm_error_t error = {0};
-        const tm_status s = tm_engine_create(&options, &engine, &error);
-        if (!s) tm_engine_free(engine);
-        CHECK(s == TM_ERR_UNSUPPORTED && strstr(error.message, "--device cpu"), "an 8-bit KV cache on the GPU is refused: %s: %s",
-              tm_status_name(s), error.message);
+    if (run(true, 2, &a) && run(false, 2, &b)) { /* the 8-bit KV cache */
+        for (int i = 0; i < REQUESTS; i++) {
+            CHECK(a.counts[i] == MAX_TOKENS && b.counts[i] == MAX_TOKENS, "8-bit KV, request %d: %d and %d tokens", i, a.counts[i],
+                  b.counts[i]);
+            int same = 0;
+            while (same < MAX_TOKENS && a.tokens[i][same] == b.tokens[i][same]) same++;
+            CHECK(same == MAX_TOKENS, "8-bit KV, request %d: GPU sampling + graphs depart from CPU sampling at token %d", i, same);
+        }
+        printf("8-bit KV: preemptions %d and %d; device KV bytes %llu\n", a.preemptions, b.preemptions,
+               (unsigned long long)a.stats.device_kv_bytes);
+        CHECK(a.preemptions > 0, "8-bit KV: the pool is small enough to preempt");
+        CHECK(a.stats.device_kv_bytes >= (uint64_t)700 * 4096 + (uint64_t)700 * (4096 / 64) * 4, "8-bit KV: pages and scales accounted");
     }
     /* out of device memory: a clear status at the first step (not under compute-sanitizer,
      * which counts the refused cudaMalloc as an error; ci/gpu sets TM_UNDER_SANITIZER) */

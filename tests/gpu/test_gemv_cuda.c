@@ -309,11 +309,12 @@ static void test_qkv_rope(tm_rng_t *rng) {
         }
         cudaMalloc((void **)&q_fused, (size_t)q_rows * n * 4);
         cudaMemset(q_fused, 0xff, (size_t)q_rows * n * 4);
-        tm_cuda_rope_kv rope = {n_head, n_kv, hd, n_rot, 10000.0f, 1.0f, d_factors, d_angles, table_positions, pool_separate, kv_f32,
-                                page_size, (const int32_t *)d_tables + layer_pages, d_offsets, d_positions, NULL, 0};
+        const int kv_type = kv_f32 ? TM_CUDA_KV_F32 : TM_CUDA_KV_F16;
+        tm_cuda_rope_kv rope = {n_head, n_kv, hd, n_rot, 10000.0f, 1.0f, d_factors, d_angles, table_positions,
+                                {pool_separate, NULL, kv_type, page_size}, (const int32_t *)d_tables + layer_pages, d_offsets, d_positions, NULL, 0};
         CHECK(tm_cuda_gemv_q8_parts(parts, 3, cols, d_q8, n, NULL) == 0 && tm_cuda_rope_kv_append(y[0], y[1], y[2], n, &rope, NULL) == 0,
               "the separate launches");
-        rope.pool = pool_fused, rope.pages = d_tables; /* the step's targets of both layers */
+        rope.kv.pool = pool_fused, rope.pages = d_tables; /* the step's targets of both layers */
         void *d_targets = NULL;
         CHECK(cudaMalloc(&d_targets, tm_cuda_rope_targets_bytes(n, 2, &rope)) == cudaSuccess &&
                   tm_cuda_rope_targets(d_targets, n, 2, layer_pages, &rope, NULL) == 0,
@@ -322,6 +323,10 @@ static void test_qkv_rope(tm_rng_t *rng) {
         tm_cuda_gemv_part fused_parts[3] = {parts[0], parts[1], parts[2]};
         fused_parts[0].y = q_fused;
         const int status = tm_cuda_gemv_q8_qkv_rope(fused_parts, cols, d_q8, n, &rope, NULL);
+        tm_cuda_rope_kv q8_rope = rope; /* an 8-bit cache: declined before anything is launched */
+        q8_rope.kv.type = TM_CUDA_KV_Q8, q8_rope.kv.scales = (float *)d_targets, q8_rope.kv.page_size = 4096;
+        CHECK(tm_cuda_gemv_q8_qkv_rope(fused_parts, cols, d_q8, n, &q8_rope, NULL) == cudaErrorNotSupported,
+              "qkv + rope, %d tokens: an 8-bit cache is declined", n);
         if (n == 1 && (!one_token_fused || v_type == TM_TYPE_Q5_K)) {
             CHECK(status == cudaErrorNotSupported, "one token with the streamed or sub-block kernels or a q5_k V is declined (%d)", status);
         } else {

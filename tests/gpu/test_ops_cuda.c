@@ -15,13 +15,17 @@
  *    SwiGLU + quantization against SwiGLU and tm_cuda_quantize_q8_1 (one row and three); the pair
  *    order itself against its description, restated in the test;
  *    rope + KV append (f16 and f32 pages, a shuffled page table) against two ropes and the
- *    append (queries and the whole page pool compared). The residual add + RMSNorm is also held
+ *    append (queries and the whole page pool compared); into an 8-bit cache, the int8 values and
+ *    scales equal tm_kv_store_vector (the CPU's rounding) of the keys and values the same kernel
+ *    wrote into an f32 cache, and tm_cuda_kv_append of the separately roped keys writes the same
+ *    bytes. The residual add + RMSNorm is also held
  *    to the CPU reference (1e-6 relative).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "device_weights.h"
@@ -205,6 +209,7 @@ static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place, int n) {
 
 static void test_swiglu_q8(tm_rng_t *rng, int rows);
 static void test_rope_append(tm_rng_t *rng);
+static void test_rope_append_q8(tm_rng_t *rng, int hd);
 static void test_quantize_values(tm_rng_t *rng);
 
 /* The q8_1 pair order (kernels/cuda/quant.cuh), restated here from its description: value e of
@@ -298,6 +303,7 @@ static void test_fused(tm_rng_t *rng) {
     test_add_rmsnorm(rng, 3, 1, 16384);
     for (int rows = 1; rows <= 3; rows += 2) test_swiglu_q8(rng, rows);
     test_rope_append(rng);
+    for (int hd = 32; hd <= 128; hd *= 2) test_rope_append_q8(rng, hd);
 }
 
 /* SwiGLU + quantize against SwiGLU and tm_cuda_quantize_q8_1, bit for bit (with one row the pair
@@ -350,11 +356,12 @@ static void test_rope_append(tm_rng_t *rng) {
                   "rope table");
         }
         const tm_cuda_rope_kv rope = {n_head, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_angles, tabled ? table_positions : 0,
-                                      pool, f32, page_size, d_table, d_offsets, d_pos};
+                                      {pool, NULL, f32 ? TM_CUDA_KV_F32 : TM_CUDA_KV_F16, page_size}, d_table, d_offsets, d_pos};
         CHECK(tm_cuda_rope_kv_append(d_q, d_k, d_v, T, &rope, NULL) == 0, "rope_kv_append launch");
         CHECK(tm_cuda_rope(d_q2, T, n_head, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
                   tm_cuda_rope(d_k2, T, n_kv, hd, hd, 500000.0f, 1.0f, d_factors, d_pos, NULL) == 0 &&
-                  tm_cuda_kv_append(d_k2, d_v, T, n_kv, hd, pool2, f32, page_size, d_table, d_offsets, d_pos, NULL) == 0,
+                  tm_cuda_kv_append(d_k2, d_v, T, n_kv, hd, &(tm_cuda_kv){pool2, NULL, f32 ? TM_CUDA_KV_F32 : TM_CUDA_KV_F16, page_size},
+                                    d_table, d_offsets, d_pos, NULL) == 0,
               "separate launches");
         float *got_q = malloc(nq * 4), *want_q = malloc(nq * 4);
         uint8_t *got_pool = malloc((size_t)n_pages * page_size), *want_pool = malloc((size_t)n_pages * page_size);
@@ -372,6 +379,73 @@ static void test_rope_append(tm_rng_t *rng) {
         cudaFree(d_offsets), cudaFree(d_pos), cudaFree(pool), cudaFree(pool2), cudaFree(d_angles);
         free(q), free(k), free(v), free(factors), free(got_q), free(want_q), free(got_pool), free(want_pool);
     }
+}
+
+/* Byte offset in a pool of kv head h's key (value: is_value) at position p of a stream whose rows
+ * (2 n_kv vectors of head_bytes) fit a page of page_size bytes, through table. */
+static size_t vector_offset(const int32_t *table, int p, int h, bool is_value, int n_kv, int head_bytes, int page_size) {
+    const int row_bytes = 2 * n_kv * head_bytes, rows_per_page = page_size / row_bytes;
+    return (size_t)table[p / rows_per_page] * page_size + (size_t)(p % rows_per_page) * row_bytes + (size_t)((is_value ? n_kv : 0) + h) * head_bytes;
+}
+
+/* Rope + KV append into an 8-bit cache: 20 tokens at positions 5..24, 4 query heads, 2 kv heads of
+ * head_dim (64: 16 rows a page, 128: 8, 32: 32; the pairs of a vector are all of the block's
+ * threads at 64 and 128, half at 32), angles computed. The same kernel into an f32 cache gives the
+ * roped keys and values as floats; tm_kv_store_vector of those is the expected int8 and scale of
+ * every vector, bit for bit; tm_cuda_kv_append (no rope) of keys roped by tm_cuda_rope writes the
+ * same pool and scales. Values are scaled by up to 40 so the scales vary. */
+static void test_rope_append_q8(tm_rng_t *rng, int hd) {
+    const int T = 20, n_head = 4, n_kv = 2, page_size = 4096, n_pages = 8;
+    const int32_t table[8] = {6, 2, 7, 0, 5, 1, 3, 4};
+    int32_t positions[20];
+    int64_t offsets[20];
+    for (int t = 0; t < T; t++) positions[t] = 5 + t, offsets[t] = 0;
+    const int64_t nq = (int64_t)T * n_head * hd, nk = (int64_t)T * n_kv * hd;
+    const size_t pool_bytes = (size_t)n_pages * page_size, f32_pool_bytes = 4 * pool_bytes, scale_bytes = pool_bytes / hd * 4;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4);
+    fill(rng, q, nq, 1.0f), fill(rng, k, nk, 1.0f), fill(rng, v, nk, 1.0f);
+    for (int64_t i = 0; i < nk; i++) k[i] *= 1.0f + (float)(i / hd % 40), v[i] *= 1.0f + (float)((i / hd + 7) % 40);
+    float *d_q = to_device(q, nq * 4), *d_q2 = to_device(q, nq * 4), *d_k = to_device(k, nk * 4), *d_k2 = to_device(k, nk * 4);
+    float *d_v = to_device(v, nk * 4);
+    void *d_table = to_device(table, sizeof table), *d_offsets = to_device(offsets, sizeof offsets), *d_pos = to_device(positions, sizeof positions);
+    void *pool = to_device(NULL, pool_bytes), *pool2 = to_device(NULL, pool_bytes), *pool_f32 = to_device(NULL, f32_pool_bytes);
+    float *scales = to_device(NULL, scale_bytes), *scales2 = to_device(NULL, scale_bytes);
+    cudaMemset(pool, 0x55, pool_bytes), cudaMemset(pool2, 0x55, pool_bytes), cudaMemset(pool_f32, 0, f32_pool_bytes);
+    cudaMemset(scales, 0x55, scale_bytes), cudaMemset(scales2, 0x55, scale_bytes);
+    tm_cuda_rope_kv rope = {n_head, n_kv, hd, hd, 10000.0f, 1.0f, NULL, NULL, 0, {pool, scales, TM_CUDA_KV_Q8, page_size}, d_table, d_offsets, d_pos};
+    CHECK(tm_cuda_rope_kv_append(d_q, d_k, d_v, T, &rope, NULL) == 0, "rope_kv_append launch (8-bit cache, head_dim %d)", hd);
+    rope.kv = (tm_cuda_kv){pool_f32, NULL, TM_CUDA_KV_F32, 4 * page_size}; /* the same rows a page as the 8-bit pool */
+    CHECK(tm_cuda_rope_kv_append(d_q2, d_k2, d_v, T, &rope, NULL) == 0, "rope_kv_append launch (f32 cache)");
+    CHECK(tm_cuda_rope(d_k2, T, n_kv, hd, hd, 10000.0f, 1.0f, NULL, d_pos, NULL) == 0 &&
+              tm_cuda_kv_append(d_k2, d_v, T, n_kv, hd, &(tm_cuda_kv){pool2, scales2, TM_CUDA_KV_Q8, page_size}, d_table, d_offsets, d_pos,
+                                NULL) == 0,
+          "rope then kv_append (8-bit cache)");
+    uint8_t *got = malloc(pool_bytes), *got2 = malloc(pool_bytes), *want = malloc(pool_bytes);
+    float *got_scales = malloc(scale_bytes), *got_scales2 = malloc(scale_bytes), *want_scales = malloc(scale_bytes);
+    float *roped = malloc(f32_pool_bytes);
+    from_device(got, pool, pool_bytes), from_device(got2, pool2, pool_bytes), from_device(roped, pool_f32, f32_pool_bytes);
+    from_device(got_scales, scales, scale_bytes), from_device(got_scales2, scales2, scale_bytes);
+    memcpy(want, got, pool_bytes), memcpy(want_scales, got_scales, scale_bytes); /* bytes outside the written vectors: as found */
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_kv; h++)
+            for (int kind = 0; kind < 2; kind++) {
+                const size_t at = vector_offset(table, positions[t], h, kind, n_kv, hd, page_size);
+                const size_t at_f32 = vector_offset(table, positions[t], h, kind, n_kv, 4 * hd, 4 * page_size);
+                tm_kv_store_vector(want + at, want_scales + at / hd, roped + at_f32 / 4, hd, TM_KV_Q8);
+            }
+    int differing_scales = 0;
+    for (size_t i = 0; i < scale_bytes / 4; i++) differing_scales += memcmp(&got_scales[i], &want_scales[i], 4) != 0;
+    CHECK(differing_bytes(got, want, pool_bytes) == 0 && differing_scales == 0,
+          "rope_kv_append into an 8-bit cache (head_dim %d): int8 values and scales equal tm_kv_store_vector of the roped vectors "
+          "(%d bytes, %d scales differ)", hd, differing_bytes(got, want, pool_bytes), differing_scales);
+    CHECK(differing_bytes(got, got2, pool_bytes) == 0 && differing_bytes(got_scales, got_scales2, scale_bytes) == 0,
+          "rope then kv_append writes the same 8-bit pool and scales (head_dim %d)", hd);
+    int written = 0;
+    for (size_t i = 0; i < scale_bytes / 4; i++) written += got_scales[i] > 0 && got_scales[i] < 1.0f;
+    CHECK(written == 2 * T * n_kv, "every appended vector has a scale (%d of %d)", written, 2 * T * n_kv);
+    cudaFree(d_q), cudaFree(d_q2), cudaFree(d_k), cudaFree(d_k2), cudaFree(d_v), cudaFree(d_table), cudaFree(d_offsets), cudaFree(d_pos);
+    cudaFree(pool), cudaFree(pool2), cudaFree(pool_f32), cudaFree(scales), cudaFree(scales2);
+    free(q), free(k), free(v), free(got), free(got2), free(want), free(got_scales), free(got_scales2), free(want_scales), free(roped);
 }
 
 int main(void) {
