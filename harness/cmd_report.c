@@ -77,15 +77,17 @@ static void hardware_block(FILE *md, sqlite3 *db, int64_t run) {
     sqlite3_finalize(s);
 }
 
-/* The chart data's blocks: one per (model, prompt length), at most CHART_LINES, each titled
- * "MODEL, prompt N" (the legend names the model: a run of several models drew same-named lines). */
+/* The chart data's blocks: one per (model, KV type, prompt length), at most CHART_LINES, each titled
+ * "MODEL, prompt N" (", KV q8" for a cache other than f16; the legend names the model: a run of
+ * several models drew same-named lines). */
 #define CHART_LINES 16
 typedef struct chart_lines {
     char titles[CHART_LINES][160];
     int n;
 } chart_lines;
 
-/* Section 1: throughput cases; writes the chart data when charts_dir is set (a block per line of
+/* Section 1: throughput cases, each with its KV cache type (a run may measure the same model and
+ * shape with several: suites/gpu-kv8.yaml); writes the chart data when charts_dir is set (a block per line of
  * `lines`; cases past CHART_LINES lines stay in the table only). Returns rows. */
 static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, chart_lines *lines) {
     lines->n = 0;
@@ -98,8 +100,9 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'time_to_first_token_ms'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'prompt_tokens_per_s'), "
         "(SELECT relative_noise FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), "
-        "(SELECT ceiling FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), c.status "
-        "FROM cases c WHERE c.run_id = ? AND c.kind = 'throughput' ORDER BY c.model, 3, 4, c.id";
+        "(SELECT ceiling FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), c.status, "
+        "coalesce(json_extract(c.params, '$.kv_type'), 'f16') "
+        "FROM cases c WHERE c.run_id = ? AND c.kind = 'throughput' ORDER BY c.model, 14, 3, 4, c.id";
     sqlite3_stmt *s = statement_for_run(db, sql, run);
     FILE *data = NULL;
     if (charts_dir) {
@@ -109,36 +112,40 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
     }
     int rows = 0;
     long long last_prompt = -1;
-    char last_model[128] = "";
+    char last_model[128] = "", last_kv[16] = "";
     bool charted = false; /* this case's line has a block */
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
-            fprintf(md, "| model | seq_len (prompt) | batch | decode tokens/s (all sequences) | step latency p50 / p90 / p99 (ms) "
-                        "| time to first token (ms) | prompt tokens/s |\n|---|---|---|---|---|---|---|\n");
+            fprintf(md, "| model | seq_len (prompt) | batch | KV | decode tokens/s (all sequences) | step latency p50 / p90 / p99 (ms) "
+                        "| time to first token (ms) | prompt tokens/s |\n|---|---|---|---|---|---|---|---|\n");
+        const char *kv = text_or(s, 13, "f16");
         if (sqlite3_column_type(s, 4) == SQLITE_NULL) {
-            fprintf(md, "| %s | %s | %s | not measured (%s) | not measured | not measured | not measured |\n", text_or(s, 1, "-"),
-                    text_or(s, 2, "-"), text_or(s, 3, "-"), text_or(s, 12, "?"));
+            fprintf(md, "| %s | %s | %s | %s | not measured (%s) | not measured | not measured | not measured |\n", text_or(s, 1, "-"),
+                    text_or(s, 2, "-"), text_or(s, 3, "-"), kv, text_or(s, 12, "?"));
             continue;
         }
         char ceiling[48] = "";
         if (sqlite3_column_type(s, 11) != SQLITE_NULL && sqlite3_column_double(s, 11) > 0)
             snprintf(ceiling, sizeof ceiling, " (%.0f %% of %.4g)", 100 * sqlite3_column_double(s, 4) / sqlite3_column_double(s, 11),
                      sqlite3_column_double(s, 11));
-        fprintf(md, "| %s | %s | %s | %.4g ± %.1f %%%s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
-                text_or(s, 2, "-"), text_or(s, 3, "-"), sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), ceiling,
+        fprintf(md, "| %s | %s | %s | %s | %.4g ± %.1f %%%s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
+                text_or(s, 2, "-"), text_or(s, 3, "-"), kv, sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), ceiling,
                 sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
                 sqlite3_column_double(s, 8), sqlite3_column_double(s, 9));
-        if (data) { /* gnuplot data: one block per (model, prompt length), two blank lines between blocks */
+        if (data) { /* gnuplot data: one block per (model, KV type, prompt length), two blank lines between blocks */
             const long long prompt = sqlite3_column_int64(s, 2);
             const char *model = text_or(s, 1, "-");
-            if (prompt != last_prompt || strcmp(model, last_model) != 0) {
+            if (prompt != last_prompt || strcmp(model, last_model) != 0 || strcmp(kv, last_kv) != 0) {
                 charted = lines->n < CHART_LINES;
                 if (charted) {
-                    fprintf(data, "%s# %s prompt_tokens=%lld\n", lines->n ? "\n\n" : "", model, prompt);
-                    snprintf(lines->titles[lines->n++], sizeof lines->titles[0], "%s, prompt %lld", model, prompt);
+                    const bool f16 = strcmp(kv, "f16") == 0;
+                    fprintf(data, "%s# %s kv_type=%s prompt_tokens=%lld\n", lines->n ? "\n\n" : "", model, kv, prompt);
+                    snprintf(lines->titles[lines->n++], sizeof lines->titles[0], "%s, prompt %lld%s%s", model, prompt, f16 ? "" : ", KV ",
+                             f16 ? "" : kv);
                 }
                 last_prompt = prompt;
                 snprintf(last_model, sizeof last_model, "%s", model);
+                snprintf(last_kv, sizeof last_kv, "%s", kv);
             }
             if (charted)
                 fprintf(data, "%lld %.6g %.6g %.6g %.6g\n", sqlite3_column_int64(s, 3), sqlite3_column_double(s, 4),
@@ -151,28 +158,32 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
     return rows;
 }
 
-/* Decode at each longer prompt against the shortest prompt measured with the same model and batch
- * (the speed issue bounds 2048 x8 against 128 x8 at 15 %): nothing when no pair was measured. */
+/* Decode at each longer prompt against the shortest prompt measured in the same suite with the same
+ * model, batch and KV type (the speed issue bounds 2048 x8 against 128 x8 at 15 %): nothing when no
+ * pair was measured. */
 static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
     const char *sql =
-        "WITH d AS (SELECT c.id, coalesce(c.model, '-') AS model, json_extract(c.params, '$.batch') AS batch, "
+        "WITH d AS (SELECT c.id, c.suite AS suite, coalesce(c.model, '-') AS model, json_extract(c.params, '$.batch') AS batch, "
+        "coalesce(json_extract(c.params, '$.kv_type'), 'f16') AS kv, "
         "json_extract(c.params, '$.prompt_tokens') AS prompt, m.median AS rate FROM cases c JOIN metrics m ON m.case_id = c.id "
         "AND m.metric = 'decode_tokens_per_s' WHERE c.run_id = ? AND c.kind = 'throughput' AND c.status = 'complete' AND "
         "json_extract(c.params, '$.batch') IS NOT NULL AND json_extract(c.params, '$.prompt_tokens') IS NOT NULL), "
-        "shortest AS (SELECT model, batch, min(prompt) AS prompt FROM d GROUP BY model, batch) "
-        "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate FROM d l JOIN shortest k ON k.model = l.model AND "
-        "k.batch = l.batch JOIN d s ON s.model = k.model AND s.batch = k.batch AND s.prompt = k.prompt "
-        "WHERE l.prompt > k.prompt ORDER BY l.model, l.batch, l.prompt";
+        "shortest AS (SELECT suite, model, batch, kv, min(prompt) AS prompt FROM d GROUP BY suite, model, batch, kv) "
+        "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate, l.suite, l.kv FROM d l JOIN shortest k ON k.suite = l.suite AND "
+        "k.model = l.model AND k.batch = l.batch AND k.kv = l.kv JOIN d s ON s.suite = k.suite AND s.model = k.model AND "
+        "s.batch = k.batch AND s.kv = k.kv AND s.prompt = k.prompt "
+        "WHERE l.prompt > k.prompt ORDER BY l.suite, l.model, l.kv, l.batch, l.prompt";
     sqlite3_stmt *s = statement_for_run(db, sql, run);
     if (!s) return;
     int rows = 0;
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
-            fprintf(md, "\nDecode at a longer prompt against the shortest of the same model and batch:\n\n"
-                        "| model | batch | prompt | decode tokens/s | shortest prompt | decode tokens/s | change |\n"
-                        "|---|---|---|---|---|---|---|\n");
+            fprintf(md, "\nDecode at a longer prompt against the shortest of the same suite, model, KV type and batch:\n\n"
+                        "| suite | model | KV | batch | prompt | decode tokens/s | shortest prompt | decode tokens/s | change |\n"
+                        "|---|---|---|---|---|---|---|---|---|\n");
         const double rate = sqlite3_column_double(s, 3), base = sqlite3_column_double(s, 5);
-        fprintf(md, "| %s | %lld | %lld | %.4g | %lld | %.4g | %+.1f %% |\n", text_or(s, 0, "-"), sqlite3_column_int64(s, 1),
+        fprintf(md, "| %s | %s | %s | %lld | %lld | %.4g | %lld | %.4g | %+.1f %% |\n", text_or(s, 6, "-"), text_or(s, 0, "-"),
+                text_or(s, 7, "f16"), sqlite3_column_int64(s, 1),
                 sqlite3_column_int64(s, 2), rate, sqlite3_column_int64(s, 4), base, base > 0 ? 100 * (rate / base - 1) : 0.0);
     }
     sqlite3_finalize(s);

@@ -38,6 +38,11 @@ def fixed_database(path):
          '{"op": "flash", "causal": 1, "head_dim": 256, "tokens": 8192, "heads": 16, "kv_heads": 16}', "failed"),
         (8, "throughput", "guide/prompt_tokens=128,batch=4", '{"prompt_tokens": 128, "batch": 4}', "complete"),
         (9, "memory", "guide-memory/batch=8,kv_type=q8", '{"prompt_tokens": 4096, "batch": 8, "kv_type": "q8"}', "complete"),
+        # the same shapes with the 8-bit KV cache: their own rows, compared only with each other
+        (10, "throughput", "guide/prompt_tokens=128,batch=4,kv_type=q8", '{"prompt_tokens": 128, "batch": 4, "kv_type": "q8"}',
+         "complete"),
+        (11, "throughput", "guide/prompt_tokens=512,batch=4,kv_type=q8", '{"prompt_tokens": 512, "batch": 4, "kv_type": "q8"}',
+         "complete"),
     ]
     for case_id, kind, name, params, status in cases:
         connection.execute("INSERT INTO cases (id, run_id, suite, kind, name, params, model, status, started_at) "
@@ -60,6 +65,12 @@ def fixed_database(path):
         4: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (10.74e9, 0, None),
             "kv_bytes_used": (10.73e9, 0, None), "total_bytes": (52.12e9, 0, None),
             "process_peak_rss_bytes": (1.2e9, 0, None)},
+        10: {"decode_tokens_per_s": (262.0, 0.01, None), "step_latency_p50_ms": (15.3, 0, None),
+             "step_latency_p90_ms": (15.8, 0, None), "step_latency_p99_ms": (16.1, 0, None),
+             "time_to_first_token_ms": (212.0, 0, None), "prompt_tokens_per_s": (2430.0, 0, None)},
+        11: {"decode_tokens_per_s": (251.5, 0.02, None), "step_latency_p50_ms": (15.9, 0, None),
+             "step_latency_p90_ms": (16.4, 0, None), "step_latency_p99_ms": (17.5, 0, None),
+             "time_to_first_token_ms": (826.0, 0, None), "prompt_tokens_per_s": (2488.0, 0, None)},
         9: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (5.55e9, 0, None),
             "kv_bytes_used": (5.54e9, 0, None), "total_bytes": (46.92e9, 0, None),
             "process_peak_rss_bytes": (1.2e9, 0, None)},
@@ -117,7 +128,10 @@ def test_report_matches_golden(tmp_path):
     assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % (85 % of 72) |" in text
     # decode at a longer prompt against the shortest of the same batch (512 x4 against 128 x4; the failed
     # 2048 x8 has no row, and batch 1 has one prompt only)
-    assert "| synthetic:llama2-70b:q4_k_m | 4 | 512 | 230.5 | 128 | 250 | -7.8 % |" in text
+    assert "| guide | synthetic:llama2-70b:q4_k_m | f16 | 4 | 512 | 230.5 | 128 | 250 | -7.8 % |" in text
+    # the 8-bit cache's rows against their own shortest prompt, never against the f16 cache's
+    assert "| guide | synthetic:llama2-70b:q4_k_m | q8 | 4 | 512 | 251.5 | 128 | 262 | -4.0 % |" in text
+    assert "| 512 | 251.5 | 128 | 250 |" not in text and "| 512 | 230.5 | 128 | 262 |" not in text
     assert "| 2048 |" not in text.split("Decode at a longer prompt")[1].split("###")[0]
     # the profile's kernels by launch shape: per repetition, per launch, share of the 48 us of kernels
     assert "| `mmvq_kernel<12, 1, 1>` | 4096,1,1 | 128,1,1 | 4.0 | 9.00 us | 36.0 us | 75.0 % |" in text
