@@ -145,8 +145,7 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
             value_address = (unsigned long long)kv_address32(a, table, p, kv_head, true);
             float key_scale = 1.0f;
             if (KV == KV_Q8)
-                key_scale = __ldg(&a.scales[(uint64_t)(key_vector - a.pool) / HD]),
-                value_scale = __ldg(&a.scales[(uint64_t)((const uint8_t *)value_address - a.pool) / HD]);
+                key_scale = kv_scale<HD>(a, key_vector), value_scale = kv_scale<HD>(a, (const uint8_t *)value_address);
             if (prefetch_values)
 #pragma unroll
                 for (int line = 0; line < shape::vector_bytes; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));

@@ -135,7 +135,7 @@ __device__ __forceinline__ void load_entries(const kv_gather &g, const int32_t *
 /* An 8-bit cache's chunk of 8 elements (8 bytes at `vector` + 8 chunk) times the vector's scale, as
  * the 8 halves (16 bytes) the f16 tile holds there. */
 template <int HD> __device__ __forceinline__ uint4 scaled_q8_chunk(const kv_gather &g, const uint8_t *vector, int chunk) {
-    const float scale = __ldg(g.scales + (uint64_t)(vector - g.pool) / HD);
+    const float scale = kv_scale<HD>(g.scales, g.pool, vector);
     const uint2 bytes = __ldg(reinterpret_cast<const uint2 *>(vector + 8 * chunk));
     float x[8];
     int8x4_to_float(bytes.x, x), int8x4_to_float(bytes.y, x + 4);

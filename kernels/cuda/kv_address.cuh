@@ -35,12 +35,17 @@ static inline kv_addressing make_addressing(const tm_cuda_kv &kv, int n_head_kv,
     return a;
 }
 
-/* The scale slot of the 8-bit head vector at `vector` (any head dim; HD: a compile-time one). */
+/* The scale slot of the 8-bit head vector at `vector` (any head dim), and the scale itself read
+ * through the non-coherent path for a compile-time head dim HD (scales, pool: a kv_addressing's, or
+ * copies of them). */
 __device__ __forceinline__ float *kv_scale_slot(const kv_addressing &a, const uint8_t *vector) {
     return const_cast<float *>(a.scales) + (uint64_t)(vector - a.pool) / (uint64_t)a.head_bytes;
 }
+template <int HD> __device__ __forceinline__ float kv_scale(const float *scales, const uint8_t *pool, const uint8_t *vector) {
+    return __ldg(scales + (uint64_t)(vector - pool) / (uint64_t)HD);
+}
 template <int HD> __device__ __forceinline__ float kv_scale(const kv_addressing &a, const uint8_t *vector) {
-    return a.scales[(uint64_t)(vector - a.pool) / (uint64_t)HD];
+    return kv_scale<HD>(a.scales, a.pool, vector);
 }
 
 /* Four signed bytes as floats, exactly, without I2F (a quarter-rate conversion on sm_80/sm_90: with

@@ -48,8 +48,8 @@ static inline rope_append make_rope_append(const tm_cuda_rope_kv &r) {
 /* The parameters the kernels assume: an even head dim, n_rot even and at most head_dim, heads and
  * pointers present, a table wherever n_angles says there is one, a cache the kernels take. */
 static inline bool rope_append_valid(const tm_cuda_rope_kv &r) {
-    return tm_cuda_kv_valid(&r.kv, r.head_dim) && r.head_dim > 0 && r.head_dim % 2 == 0 && r.n_rot >= 0 && r.n_rot % 2 == 0 && r.n_rot <= r.head_dim && r.n_head > 0 &&
-           r.n_head_kv > 0 && r.n_angles >= 0 && (r.n_angles == 0 || r.angles) && r.pages && r.page_offsets && r.positions;
+    return tm_cuda_kv_valid(&r.kv, r.head_dim) && r.head_dim > 0 && r.head_dim % 2 == 0 && r.n_rot >= 0 && r.n_rot % 2 == 0 &&
+           r.n_rot <= r.head_dim && r.n_head > 0 && r.n_head_kv > 0 && r.n_angles >= 0 && (r.n_angles == 0 || r.angles) && r.pages && r.page_offsets && r.positions;
 }
 
 /* The angle of pair i at `position`: the table's below n_angles, else computed (same values). */
