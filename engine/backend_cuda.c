@@ -80,6 +80,10 @@ _Static_assert((int)TM_CUDA_KV_F16 == (int)TM_KV_F16 && (int)TM_CUDA_KV_F32 == (
 #define KEYS_PER_SPLIT_AT_LONGEST 256 /* decode attention: splits for the longest context, one per this many keys */
 #define MAX_SPLITS 32
 #define ROPE_TABLE_POSITIONS 32768    /* rope angles tabled for positions below this (32768 x 64 pairs: 16 MiB) */
+/* A decode step's attention: split path (tm_cuda_paged_attention), or without splits
+ * (tm_cuda_decode_attention_whole), whose form for a group of 1 of an f16 cache differs past
+ * TM_CUDA_DECODE_MMA_KEYS keys; each form has its own decode graph per token count. */
+enum { ATTENTION_SPLIT, ATTENTION_WHOLE, ATTENTION_WHOLE_LONG, ATTENTION_FORMS };
 #define SPLIT_KEYS_FLOOR 128          /* decode attention: a split takes at least this many keys (a chunk for each of its 4 warps) */
 
 typedef struct device_weight {
@@ -133,8 +137,9 @@ typedef struct cuda_backend {
     int n_out;                 /* logits rows kept on the device by the last forward */
     uint64_t *seen_step;       /* (max_sequences) step stamp: sequence already synced this step */
     uint64_t step;
-    bool whole_attention;      /* this step's decode attention without splits (every context short: whole_attention()) */
-    cudaGraphExec_t graphs[2][TM_CUDA_GEMV_MAX_TOKENS + 1]; /* [whole_attention][tokens] */
+    int attention_form;        /* this step's decode attention (ATTENTION_*): the decode graphs are keyed by it */
+    int longest_keys;          /* this step's longest context */
+    cudaGraphExec_t graphs[ATTENTION_FORMS][TM_CUDA_GEMV_MAX_TOKENS + 1]; /* [attention_form][tokens] */
 } cuda_backend;
 
 void tm_backend_cuda_options_default(tm_backend_cuda_options *options) {
@@ -165,7 +170,7 @@ static tm_status device_alloc(cuda_backend *b, void **out, uint64_t bytes, uint6
 }
 
 static void drop_graphs(cuda_backend *b) {
-    for (int w = 0; w < 2; w++)
+    for (int w = 0; w < ATTENTION_FORMS; w++)
         for (int i = 0; i <= TM_CUDA_GEMV_MAX_TOKENS; i++)
             if (b->graphs[w][i]) cudaGraphExecDestroy(b->graphs[w][i]), b->graphs[w][i] = NULL;
 }
@@ -542,9 +547,10 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
                                                  in->positions, in->tiles, n_tiles, stream));
         else {
             att_q8 = takes_q8(b, &w[4], T); /* then the attention also writes the output product's q8_1 input */
-            if (b->whole_attention)
+            if (b->attention_form != ATTENTION_SPLIT)
                 CHECK_KERNEL(tm_cuda_decode_attention_whole(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages,
-                                                            in->page_offsets, in->n_keys, att_q8 ? b->q8 : NULL, stream));
+                                                            in->page_offsets, in->n_keys, b->longest_keys, att_q8 ? b->q8 : NULL,
+                                                            stream));
             else
                 CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
@@ -604,9 +610,9 @@ static bool whole_attention(const cuda_backend *b, int T, int most_keys, tm_kv_t
     return most_keys <= tm_cuda_decode_attention_whole_keys(T, c->n_head, c->n_head_kv, c->head_dim, kv_type);
 }
 
-/* Replay the decode graph for T tokens (and b->whole_attention), capturing it first if needed. */
+/* Replay the decode graph for T tokens (and b->attention_form), capturing it first if needed. */
 static tm_status run_graph(cuda_backend *b, int T, tm_error_t *error) {
-    cudaGraphExec_t *exec = &b->graphs[b->whole_attention][T];
+    cudaGraphExec_t *exec = &b->graphs[b->attention_form][T];
     if (!*exec) {
         cudaGraph_t graph = NULL;
         CHECK_CUDA(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
@@ -669,7 +675,9 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
      * any batch since every token's keys are appended before attention */
     if (T > TM_CUDA_GEMV_MAX_TOKENS) prefill = true;
     if (tile_tokens < 1) prefill = false;
-    b->whole_attention = !prefill && T <= TM_CUDA_GEMV_MAX_TOKENS && whole_attention(b, T, most_keys, layout->type);
+    const bool whole = !prefill && T <= TM_CUDA_GEMV_MAX_TOKENS && whole_attention(b, T, most_keys, layout->type);
+    b->attention_form = !whole ? ATTENTION_SPLIT : most_keys > TM_CUDA_DECODE_MMA_KEYS ? ATTENTION_WHOLE_LONG : ATTENTION_WHOLE;
+    b->longest_keys = most_keys;
     CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)((uint8_t *)(in->tiles + 2 * n_tiles) - (uint8_t *)b->host_staging),
                                cudaMemcpyHostToDevice, b->stream));
     const bool graph = b->options.graphs && !prefill && n_out == T && T <= TM_CUDA_GEMV_MAX_TOKENS;

@@ -11,7 +11,10 @@
  * combine_kernel (flash-decoding). For steps whose every context is short, decode_whole_kernel
  * takes no splits: a block per kv head (two or four for a group of 1; at one token, one per two
  * query heads of a group of 4 or 8), 8 or 16 warps sharing the keys, merged in the block, q8_1
- * written there; no partials, no combine launch.
+ * written there; no partials, no combine launch (at one token of a group of 1, on sm_90, a
+ * cluster of 8 blocks a unit, merged through distributed shared memory; past 256 keys, a group
+ * of 1 of an f16 cache scores and adds its chunks on tensor cores, the query and the weights
+ * split into two halves each so the products keep float32's precision).
  * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
@@ -22,10 +25,13 @@
  */
 #include <limits.h>
 
+#include <cooperative_groups.h>
+
 #include "kernels.h"
 #include "common.cuh"
 #include "kv_address.cuh"
 #include "launch.cuh"
+#include "mma.cuh"
 #include "quant.cuh"
 #include "rope_append.cuh"
 
@@ -218,6 +224,152 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
         for (int g = 0; g < NH; g++)
 #pragma unroll
             for (int e = 0; e < PER_LANE; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
+}
+
+/* attend_chunks for one query head of an f16 cache on tensor cores (mma.sync m16n8k16, f16 in,
+ * float32 accumulate): a 32-key chunk in 16 + 16 mma and 32 + 64 16-byte loads and PRMTs instead
+ * of the scalar path's ~1180 instructions (a chain of ~11 cycles each on the H200: 7B x1, one
+ * chunk a warp, the memory pipes idle). The whole-context kernel takes it past
+ * TM_CUDA_DECODE_MMA_KEYS keys, where a warp has many chunks (7B 2048 x8 +2.7 %); with one chunk a
+ * warp the fragments' shuffles cost what the products save (7B 128 x8 -1.7 %, x1 +0.6 %). Same
+ * contract and result layout as attend_chunks<KV_F16, HD, 1>.
+ * Scores: S = K q for 16 keys an mma (A = 16 keys x 16 dims, B = 16 dims x [q_hi, q_lo, 0...]:
+ * the query split into two halves, q_hi = f16(q), q_lo = f16(q - q_hi), so the products keep
+ * ~22 bits of q; keys are f16 already). Thread (g, t) loads dims 32p + 8t..+8 of keys g and g + 8
+ * of each 16-key tile (16-byte loads), feeding k-steps 2p and 2p + 1 (the dot product's order is
+ * free, so the query's fragments take the same permutation). Values: O^T = V^T P^T (A = 16 dims x
+ * 16 keys, B = 16 keys x [p_hi, p_lo, 0...]); thread (g, t) loads dims g HD/8..+HD/8 of keys 2t,
+ * 2t + 1, 2t + 8, 2t + 9 and pairs the halves of two keys with PRMT; m-tile i's rows g and g + 8
+ * are dims g HD/8 + 2i and + 2i + 1, so lane 4g ends with dims g HD/8.. of the result. The
+ * chunk's softmax stays a lane per key (scores and weights moved by shuffles). */
+template <int HD>
+__device__ __forceinline__ void attend_chunks_mma(const float (*query)[HD], const kv_addressing &a, const int32_t *table, int kv_head,
+                                                  int chunk0, int step, int end, bool prefetch_values,
+                                                  float (&acc_out)[1][decode_shape<KV_F16, HD>::per_lane], float (&running_max)[1],
+                                                  float (&running_sum)[1]) {
+    typedef decode_shape<KV_F16, HD> shape;
+    constexpr int KP = HD / 32;     /* 16-byte key loads a row: k-step pairs */
+    constexpr int MT = HD / 16;     /* value m-tiles (16 dims each) */
+    constexpr int VW = HD / 16;     /* 32-bit words of a thread's value piece (HD / 8 dims) */
+    static_assert(shape::epv == 8 && shape::vpl == 1 && (HD == 64 || HD == 128), "tensor-core decode shape");
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    /* the query's B fragments: column 0 q_hi (lanes 0-3), column 1 q_lo (lanes 4-7), else zero */
+    uint32_t bq[KP][4];
+#pragma unroll
+    for (int p = 0; p < KP; p++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float x0 = query[0][32 * p + 8 * t + 2 * j], x1 = query[0][32 * p + 8 * t + 2 * j + 1];
+            const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
+            const __half2 v = g == 0 ? __halves2half2(h0, h1)
+                                     : g == 1 ? __floats2half2_rn(x0 - __half2float(h0), x1 - __half2float(h1)) : __float2half2_rn(0.0f);
+            bq[p][j] = *reinterpret_cast<const uint32_t *>(&v);
+        }
+    float acc[MT][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
+    running_max[0] = -INFINITY, running_sum[0] = 0;
+    for (int chunk = chunk0; chunk < end; chunk += step) {
+        const int p_key = chunk + lane, n_valid = min(32, end - chunk);
+        const bool valid = p_key < end;
+        unsigned long long key_address = 0, value_address = 0;
+        if (valid) {
+            key_address = (unsigned long long)kv_address32(a, table, p_key, kv_head, false);
+            value_address = (unsigned long long)kv_address32(a, table, p_key, kv_head, true);
+            if (prefetch_values)
+#pragma unroll
+                for (int line = 0; line < shape::vector_bytes; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
+        }
+        /* scores of the chunk's two 16-key tiles */
+        float tile_score[2][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            const int r0 = 16 * mt + g, r1 = r0 + 8;
+            const uint8_t *k0 = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, key_address, r0));
+            const uint8_t *k1 = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, key_address, r1));
+            uint4 row0[KP], row1[KP];
+#pragma unroll
+            for (int p = 0; p < KP; p++) {
+                row0[p] = r0 < n_valid ? ldg_line16(k0 + (32 * p + 8 * t) * 2) : make_uint4(0, 0, 0, 0);
+                row1[p] = r1 < n_valid ? ldg_line16(k1 + (32 * p + 8 * t) * 2) : make_uint4(0, 0, 0, 0);
+            }
+            float c[4] = {0, 0, 0, 0};
+#pragma unroll
+            for (int p = 0; p < KP; p++) {
+                const uint32_t a0[4] = {row0[p].x, row1[p].x, row0[p].y, row1[p].y};
+                const uint32_t a1[4] = {row0[p].z, row1[p].z, row0[p].w, row1[p].w};
+                mma_16816(c, a0, bq[p][0], bq[p][1]);
+                mma_16816(c, a1, bq[p][2], bq[p][3]);
+            }
+            tile_score[mt][0] = c[0] + c[1], tile_score[mt][1] = c[2] + c[3]; /* lanes 4g: keys g and g + 8 */
+        }
+        /* a lane per key again: key j's score from lane 4 (j % 8) */
+        float score;
+        {
+            const int r = lane & 15, source = 4 * (r & 7);
+            const float s00 = __shfl_sync(0xffffffffu, tile_score[0][0], source), s01 = __shfl_sync(0xffffffffu, tile_score[0][1], source);
+            const float s10 = __shfl_sync(0xffffffffu, tile_score[1][0], source), s11 = __shfl_sync(0xffffffffu, tile_score[1][1], source);
+            score = lane < 16 ? (r < 8 ? s00 : s01) : (r < 8 ? s10 : s11);
+        }
+        /* the chunk's online softmax */
+        const float s = valid ? score : -INFINITY;
+        const float new_max = fmaxf(running_max[0], max_over_warp(s));
+        const float correction = expf(running_max[0] - new_max);
+        const float weight = valid ? expf(s - new_max) : 0.0f;
+        running_sum[0] = running_sum[0] * correction + sum_over_warp(weight);
+        running_max[0] = new_max;
+#pragma unroll
+        for (int i = 0; i < MT; i++) acc[i][0] *= correction, acc[i][1] *= correction, acc[i][2] *= correction, acc[i][3] *= correction;
+        /* values, 16 keys a k-step: thread (g, t) reads keys 2t, 2t + 1, 2t + 8, 2t + 9 */
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const int key[4] = {16 * ks + 2 * t, 16 * ks + 2 * t + 1, 16 * ks + 2 * t + 8, 16 * ks + 2 * t + 9};
+            uint32_t words[4][VW];
+            float w[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *v = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, value_address, key[k])) + g * (HD / 8) * 2;
+                w[k] = __shfl_sync(0xffffffffu, weight, key[k]);
+#pragma unroll
+                for (int h = 0; h < VW / 4; h++) {
+                    const uint4 piece = key[k] < n_valid ? ldg_line16(v + 16 * h) : make_uint4(0, 0, 0, 0);
+                    words[k][4 * h] = piece.x, words[k][4 * h + 1] = piece.y, words[k][4 * h + 2] = piece.z, words[k][4 * h + 3] = piece.w;
+                }
+            }
+            /* B = P^T: column 0 the weights' high halves (lanes 0-3), column 1 their remainders (lanes 4-7) */
+            uint32_t bp[2];
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const __half h0 = __float2half_rn(w[2 * j]), h1 = __float2half_rn(w[2 * j + 1]);
+                const __half2 v = g == 0 ? __halves2half2(h0, h1)
+                                         : g == 1 ? __floats2half2_rn(w[2 * j] - __half2float(h0), w[2 * j + 1] - __half2float(h1))
+                                                  : __float2half2_rn(0.0f);
+                bp[j] = *reinterpret_cast<const uint32_t *>(&v);
+            }
+#pragma unroll
+            for (int i = 0; i < MT; i++) {
+                const uint32_t av[4] = {__byte_perm(words[0][i], words[1][i], 0x5410), __byte_perm(words[0][i], words[1][i], 0x7632),
+                                        __byte_perm(words[2][i], words[3][i], 0x5410), __byte_perm(words[2][i], words[3][i], 0x7632)};
+                mma_16816(acc[i], av, bp[0], bp[1]);
+            }
+        }
+    }
+    /* lane 4g holds dims g HD/8 + 2i (acc[i][0] + acc[i][1]) and + 2i + 1 (acc[i][2] + acc[i][3]);
+     * attend_chunks' layout has lane L (mod LPK) holding dims 8L..8L+7 */
+    float o[2 * MT];
+#pragma unroll
+    for (int i = 0; i < MT; i++) o[2 * i] = acc[i][0] + acc[i][1], o[2 * i + 1] = acc[i][2] + acc[i][3];
+    const int target = lane % shape::lpk, source = 4 * (8 * target / (HD / 8)), offset = 8 * target % (HD / 8);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        float v = 0;
+#pragma unroll
+        for (int b = 0; b < 2 * MT / 8; b++) {
+            const float x = __shfl_sync(0xffffffffu, o[8 * b + e], source);
+            if (offset == 8 * b) v = x;
+        }
+        acc_out[0][e] = v;
+    }
 }
 
 /* Dimension d of query row `row`'s result over split `split` (rows of head_dim values): with one
@@ -432,25 +584,36 @@ __host__ __device__ constexpr int whole_head_batches(int group, int G) { return 
  * q8 as tm_cuda_quantize_q8_1 writes it: no split partials, no combine launch. Any context is
  * exact; it pays where a token's keys are a chunk or two a warp (the graph of a short-context
  * step), where the splits' partial writes and the combine's dependent launch cost more than the
- * few SMs' reads save. Keys and values of the first chunks are prefetched into L2 before the wait. */
-template <int KV, int HD, int G, int W>
+ * few SMs' reads save. Keys and values of the first chunks are prefetched into L2 before the wait.
+ * In clusters of C > 1 blocks (sm_90; whole_cluster_blocks): the C blocks of a unit share its
+ * chunks (warp j of block r takes chunks j C + r, ...), each merges its warps, and block 0 merges
+ * the blocks through distributed shared memory and writes the unit. MMA (a group of 1 of an f16
+ * cache, no clusters): the chunks scored and added on tensor cores (attend_chunks_mma). */
+template <int KV, int HD, int G, int W, int C, bool MMA>
 __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
                                                               const int64_t *page_offsets, const int32_t *n_keys, int n_head,
                                                               float scale, q8_out q8) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if (C > 1) __trap(); /* clusters need sm_90; the host never launches C > 1 there */
+#endif
     constexpr int PER_LANE = decode_shape<KV, HD>::per_lane;
     constexpr int KVH = whole_kv_heads(G, HD), WPH = W / KVH, VALUES = KVH * G * HD, THREADS = 32 * W;
     static_assert(W % KVH == 0 && (VALUES % THREADS == 0 || THREADS % VALUES == 0), "whole-context decode shape");
     constexpr int PER_THREAD = VALUES >= THREADS ? VALUES / THREADS : 1;
     const int group = n_head / a.n_head_kv, heads = min(G, group), batches = whole_head_batches(group, G);
     const int blocks_a_token = a.n_head_kv / KVH * batches;
-    const int token = blockIdx.x / blocks_a_token, unit = blockIdx.x % blocks_a_token;
+    const int unit_index = blockIdx.x / C, rank = blockIdx.x % C; /* a cluster of C blocks shares a unit's keys */
+    const int token = unit_index / blocks_a_token, unit = unit_index % blocks_a_token;
     const int first_kv_head = unit / batches * KVH, head0 = unit % batches * G; /* the block's first query head in its group */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mine = warp / WPH, rank = warp % WPH;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, mine = warp / WPH, rank_in_head = warp % WPH;
     const int kv_head = first_kv_head + mine;
     const int n = n_keys[token];
     const int32_t *table = pages + page_offsets[token];
+    /* warp j of cluster block r takes 32-key chunks j C + r, j C + r + W C / KVH, ...: the first
+     * chunks of a short context land on different blocks (SMs) */
+    const int first_chunk = 32 * (rank_in_head * C + rank), chunk_step = 32 * WPH * C;
     /* the warp's first chunks into L2 before the wait, as decode_attention_kernel does */
-    for (int chunk = 32 * rank, fetched = 0; chunk < n && fetched < EARLY_KV_CHUNKS; chunk += 32 * WPH, fetched++)
+    for (int chunk = first_chunk, fetched = 0; chunk < n && fetched < EARLY_KV_CHUNKS; chunk += chunk_step, fetched++)
         if (chunk + lane < n) {
             const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
             const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
@@ -469,46 +632,125 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
 
     __shared__ warp_merge<HD, G, W, KVH> merge;
     float acc[G][PER_LANE], running_max[G], running_sum[G];
-    attend_chunks<KV, HD, G>(query[mine], a, table, kv_head, 32 * rank, 32 * WPH, n, true, acc, running_max, running_sum);
+    if constexpr (MMA)
+        attend_chunks_mma<HD>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, acc, running_max, running_sum);
+    else
+        attend_chunks<KV, HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, acc, running_max, running_sum);
     merge_warps<KV>(merge, acc, running_max, running_sum);
     /* value i of the block: kv head i / (G HD), query head i / HD % G, dimension i % HD; consecutive
      * outputs of the token when the group is G */
     float value[PER_THREAD];
+    bool writer = true;
+    if constexpr (C == 1) {
 #pragma unroll
-    for (int v = 0; v < PER_THREAD; v++) {
-        const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G, d = i % HD;
-        float sum = 0;
-        if (i < VALUES) {
-            sum = merged_value(merge, k, g, d) / merge.total[k][g];
-            if (g < heads) out[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + d] = sum;
+        for (int v = 0; v < PER_THREAD; v++) {
+            const int i = threadIdx.x + v * THREADS;
+            value[v] = i < VALUES ? merged_value(merge, i / (G * HD), i / HD % G, i % HD) / merge.total[i / (G * HD)][i / HD % G] : 0.0f;
         }
-        value[v] = sum;
+    } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        /* the cluster's merge: each block's (max, total, unnormalized values) stay in its shared
+         * memory; block 0 reads the others' through distributed shared memory and writes the unit */
+        __shared__ float part[VALUES];
+#pragma unroll
+        for (int v = 0; v < PER_THREAD; v++) {
+            const int i = threadIdx.x + v * THREADS;
+            if (i < VALUES) part[i] = merged_value(merge, i / (G * HD), i / HD % G, i % HD);
+        }
+        cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+        cluster.sync();
+        writer = rank == 0;
+        if (writer) {
+#pragma unroll
+            for (int v = 0; v < PER_THREAD; v++) {
+                const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G;
+                float block_max[C], block_total[C], block_value[C], m = -INFINITY;
+#pragma unroll
+                for (int r = 0; r < C; r++) {
+                    block_max[r] = *cluster.map_shared_rank(&merge.set_max[k][g], r);
+                    block_total[r] = *cluster.map_shared_rank(&merge.total[k][g], r);
+                    block_value[r] = i < VALUES ? *cluster.map_shared_rank(&part[i], r) : 0.0f;
+                    m = fmaxf(m, block_max[r]);
+                }
+                float sum = 0, total = 0;
+#pragma unroll
+                for (int r = 0; r < C; r++) {
+                    const float f = block_total[r] > 0 ? expf(block_max[r] - m) : 0.0f;
+                    sum += block_value[r] * f, total += block_total[r] * f;
+                }
+                value[v] = i < VALUES ? sum / total : 0.0f;
+            }
+        }
+        cluster.sync(); /* no block leaves while block 0 may still read its shared memory */
+#endif
     }
-    if (q8.qs && group % G == 0 && (VALUES >= THREADS || threadIdx.x < VALUES)) /* whole 8-warp runs of values */
-        quantize_q8_1_blocks<PER_THREAD>(value, ((int64_t)token * n_head + (int64_t)first_kv_head * group + head0) * HD + threadIdx.x,
-                                         THREADS, INT64_MAX, q8);
+    if (writer) {
+#pragma unroll
+        for (int v = 0; v < PER_THREAD; v++) {
+            const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G, d = i % HD;
+            if (i < VALUES && g < heads) out[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + d] = value[v];
+        }
+        if (q8.qs && group % G == 0 && (VALUES >= THREADS || threadIdx.x < VALUES)) /* whole 8-warp runs of values */
+            quantize_q8_1_blocks<PER_THREAD>(value, ((int64_t)token * n_head + (int64_t)first_kv_head * group + head0) * HD + threadIdx.x,
+                                             THREADS, INT64_MAX, q8);
+    }
 }
 
-/* decode_whole_kernel for a padded group of G: 16 warps a block for groups of 1 (two or four kv
- * heads a block; with 8, a 192-key context left some warps two chunks: H200, 7B decode x1 518.6 on
- * the split path, 502.4 at 8 warps, 530.9 at 16; 128 x8 2581 / 2542 / 2823), else 8 (at 16 the
- * group of 8's registers, 212 a thread, would not fit an SM). */
+/* Blocks a cluster of the whole-context kernel takes for a step of n_tokens tokens and a padded
+ * group of G: 8 for one token of a group of 1 on devices that launch clusters (sm_90), else 1;
+ * TM_ATTENTION_CLUSTER=1 (a measuring aid) never clusters. A one-token step of the 7B is 16 blocks
+ * (two kv heads each) on 16 SMs, each warp's 32-key chunk a chain of ~1200 instructions and three
+ * trips to memory with 10 busy warps sharing an SM's schedulers; in clusters of 8 the chunks of a
+ * kv head land on 8 SMs (a busy warp ~8000 cycles instead of ~12000, clock64 in the graph) and
+ * block 0 merges the others' results through distributed shared memory. H200, tokens/s, without /
+ * with: 7B x1 533.3-534.1 / 545.5-546.2 (three calls); 7B 128 x8 (1024 blocks of 8 warps, 4 waves)
+ * 3062 / 2424, 2048 x8 1723 / 1496; clusters of 2 and 4 in between; 8B x1 (groups of 8 in blocks
+ * of 2 heads) 241.5 / 240.3. */
+static int whole_cluster_blocks(int n_tokens, int G) {
+    static const int allowed = tm_env_int("TM_ATTENTION_CLUSTER", 8);
+    return n_tokens == 1 && G == 1 && allowed > 1 && tm_cluster_launch_available() ? 8 : 1;
+}
+
+/* decode_whole_kernel for a padded group of G in clusters of C blocks: 16 warps a block for groups
+ * of 1 without clusters (two or four kv heads a block; with 8, a 192-key context left some warps two
+ * chunks: H200, 7B decode x1 518.6 on the split path, 502.4 at 8 warps, 530.9 at 16; 128 x8 2581 /
+ * 2542 / 2823), else 8 (at 16 the group of 8's registers, 212 a thread, would not fit an SM). */
+template <int KV, int HD, int G, int C, bool MMA>
+static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
+                                  const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
+    constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 && C == 1 ? 16 : 8;
+    const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * whole_head_batches(n_head / a.n_head_kv, G) * C));
+    return tm_launch_dependent_cluster(decode_whole_kernel<KV, HD, G, W, C, MMA>, grid, dim3(32 * W), 0, s, C, q, out, a, pages,
+                                       page_offsets, n_keys, n_head, scale, q8);
+}
+
+/* The whole-context kernel's form for a step: clusters of 8 at one token of a group of 1
+ * (whole_cluster_blocks); tensor-core chunks for a group of 1 of an f16 cache past
+ * TM_CUDA_DECODE_MMA_KEYS keys in the longest context (H200, 7B, tokens/s, scalar / tensor-core
+ * chunks at every context: 2048 x8 1722, 1719 / 1765, 1757, the f16 kernel there moving ~3.5 TB/s;
+ * 128 x8 3059, 3065 / 3009, 3007: a warp's one chunk, where the fragments' shuffles cost more than
+ * the products save; both forms in one kernel by a branch on the context spilled and cost 128 x8
+ * 2.3 %), else the scalar chunks. */
 template <int KV, int HD, int G>
-static cudaError_t launch_whole(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
+static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                 const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
-    constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 ? 16 : 8;
-    const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * whole_head_batches(n_head / a.n_head_kv, G)));
-    return tm_launch_dependent(decode_whole_kernel<KV, HD, G, W>, grid, dim3(32 * W), 0, s, q, out, a, pages, page_offsets, n_keys, n_head,
-                               scale, q8);
+    if constexpr (G == 1) {
+        if (whole_cluster_blocks(n_tokens, G) == 8)
+            return launch_whole_c<KV, HD, G, 8, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+        if constexpr (KV == KV_F16)
+            if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
+                return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+    }
+    return launch_whole_c<KV, HD, G, 1, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
 
 /* launch_whole for the padded group G (1, 4 or 8). */
 template <int KV, int HD>
-static cudaError_t launch_whole_group(int G, int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
-                                      const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8,
-                                      cudaStream_t s) {
+static cudaError_t launch_whole_group(int G, int n_tokens, int longest_keys, const float *q, float *out, const kv_addressing &a,
+                                      const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale,
+                                      q8_out q8, cudaStream_t s) {
     const auto launch = G == 1 ? launch_whole<KV, HD, 1> : G == 2 ? launch_whole<KV, HD, 2> : G == 4 ? launch_whole<KV, HD, 4> : launch_whole<KV, HD, 8>;
-    return launch(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+    return launch(n_tokens, longest_keys, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
 
 /* The padded group (1, 4 or 8) a block of the whole-context kernel takes for a layout, or 0 where
@@ -543,7 +785,7 @@ static int whole_block_heads(int n_tokens, int n_head, int n_head_kv, int head_d
 template <int HD> static bool whole_fills_wave(int n_tokens, int n_head_kv) {
     static const int percent = tm_env_int("TM_ATTENTION_WHOLE_WAVE", 75);
     int resident = 0;
-    if (tm_resident_blocks((const void *)decode_whole_kernel<KV_F16, HD, 1, 16>, 32 * 16, 0, &resident) != cudaSuccess) return false;
+    if (tm_resident_blocks((const void *)decode_whole_kernel<KV_F16, HD, 1, 16, 1, false>, 32 * 16, 0, &resident) != cudaSuccess) return false;
     return (int64_t)n_tokens * (n_head_kv / whole_kv_heads(1, HD)) * 100 >= (int64_t)resident * percent;
 }
 
@@ -570,7 +812,7 @@ extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_k
 
 extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                               const tm_cuda_kv *kv, const int32_t *pages, const int64_t *page_offsets,
-                                              const int32_t *n_keys, void *q8, void *stream) {
+                                              const int32_t *n_keys, int longest_keys, void *q8, void *stream) {
     if (!kv || !tm_cuda_kv_valid(kv, head_dim)) return cudaErrorInvalidValue;
     const int group_padded = whole_group(n_head, n_head_kv, head_dim, kv->type);
     if (!group_padded) return cudaErrorNotSupported;
@@ -585,7 +827,7 @@ extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_
     const q8_out x = in_kernel ? q8_out_at(q8, n_tokens, n_out / n_tokens) : q8_out_at(NULL, 0, 0);
     const auto launch = kv->type == KV_Q8 ? (head_dim == 64 ? launch_whole_group<KV_Q8, 64> : launch_whole_group<KV_Q8, 128>)
                                           : (head_dim == 64 ? launch_whole_group<KV_F16, 64> : launch_whole_group<KV_F16, 128>);
-    TM_CUDA_CHECK(launch(G, n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s));
+    TM_CUDA_CHECK(launch(G, n_tokens, longest_keys, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s));
     if (q8 && !in_kernel) return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
     return cudaSuccess;
 }

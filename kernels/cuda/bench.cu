@@ -300,7 +300,7 @@ static int launch(tm_cuda_bench *b) {
                                            (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles, st);
         if (s->whole)
             return tm_cuda_decode_attention_whole((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, &kv,
-                                                  (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, NULL, st);
+                                                  (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, s->context, NULL, st);
         return tm_cuda_paged_attention((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, &kv,
                                        (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, b->n_splits, b->keys_per_split,
                                        (float *)buf[6], NULL, st);

@@ -185,9 +185,15 @@ int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head
  * tm_cuda_decode_attention_whole than through the split path (measured on the H200); 0: never,
  * INT_MAX: any (a group of 1 whose step fills most of a wave of the kernel's blocks). */
 int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_type);
+/* Past this many keys in a step's longest context (longest_keys), a group of 1 of an f16 cache takes
+ * the tensor-core form of tm_cuda_decode_attention_whole (a graph captured for one form serves the
+ * steps of that form: decode graphs are keyed by it). */
+#define TM_CUDA_DECODE_MMA_KEYS 256
+/* longest_keys: the step's longest context, or any bound of it; it only picks the kernel's form
+ * (exact at any context whichever). */
 int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
-                                   const tm_cuda_kv *kv, const int32_t *pages,
-                                   const int64_t *page_offsets, const int32_t *n_keys, void *q8, void *stream);
+                                   const tm_cuda_kv *kv, const int32_t *pages, const int64_t *page_offsets,
+                                   const int32_t *n_keys, int longest_keys, void *q8, void *stream);
 
 /* Prefill (flash) attention, causal: tiles[2 i] is the first batch token of tile i and
  * tiles[2 i + 1] its token count (at most tm_cuda_flash_tile_tokens), tokens of one stream;

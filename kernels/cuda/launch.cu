@@ -1,9 +1,9 @@
 /*
- * launch.cu - whether kernels overlap their predecessor (launch.cuh): decided once per device;
- * dynamic shared memory above 48 KiB, allowed once per kernel and device; how many blocks of a
- * kernel a device holds at once, computed once per kernel and device; whether a device runs this
- * build's wgmma code (probed once per device); and tm_env_int, the one way the kernels' measuring
- * aids read the environment.
+ * launch.cu - whether kernels overlap their predecessor (launch.cuh) and whether a device launches
+ * thread-block clusters: decided once per device; dynamic shared memory above 48 KiB, allowed once
+ * per kernel and device; how many blocks of a kernel a device holds at once, computed once per
+ * kernel and device; whether a device runs this build's wgmma code (probed once per device); and
+ * tm_env_int, the one way the kernels' measuring aids read the environment.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -15,28 +15,39 @@
 
 #define MAX_DEVICES 64
 
+/* The device's compute capability major (0 where it cannot be read), once per device. */
+static int device_major(int device) {
+    static int major[MAX_DEVICES]; /* 0: unknown; benign race: every reader computes the same */
+    if (device < 0 || device >= MAX_DEVICES) return 0;
+    if (!major[device] && cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+        cudaGetLastError();
+        major[device] = 0;
+    }
+    return major[device];
+}
+
 int tm_dependent_launch_enabled(void) {
-    static int environment = -1;          /* -1: not read yet; benign race: every reader computes the same */
-    static signed char capable[MAX_DEVICES]; /* 0: unknown, 1: yes, -1: no */
+    static int environment = -1; /* -1: not read yet; benign race: every reader computes the same */
     if (environment < 0) {
         const char *value = getenv("TM_DEPENDENT_LAUNCH");
         environment = !(value && strcmp(value, "0") == 0);
     }
     if (!environment) return 0;
     int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= MAX_DEVICES) {
+    if (cudaGetDevice(&device) != cudaSuccess) {
         cudaGetLastError();
         return 0;
     }
-    if (!capable[device]) {
-        int major = 0;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-            cudaGetLastError();
-            return 0;
-        }
-        capable[device] = major >= 9 ? 1 : -1;
+    return device_major(device) >= 9;
+}
+
+bool tm_cluster_launch_available(void) {
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
     }
-    return capable[device] > 0;
+    return device_major(device) >= 9;
 }
 
 cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {

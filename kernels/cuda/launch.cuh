@@ -71,22 +71,43 @@ cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes);
  * kernel, device and shape (a host-side query, allowed while a graph is being captured). */
 cudaError_t tm_resident_blocks(const void *kernel, int threads, size_t shared, int *blocks);
 
-/* kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where
- * tm_dependent_launch_enabled(); the launch error is returned (not printed). */
+/* Whether the current device launches thread-block clusters (compute capability >= 9.0; read once
+ * per device). */
+bool tm_cluster_launch_available(void);
+
+/* kernel<<<grid, block, shared, stream>>>(args...) in clusters of `cluster` consecutive blocks along
+ * x (1: no clusters; grid.x a multiple of it; only where tm_cluster_launch_available()), with
+ * programmatic stream serialization where tm_dependent_launch_enabled(); the launch error is
+ * returned (not printed). */
 template <typename... Params, typename... Args>
-static inline cudaError_t tm_launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
-                                              Args... args) {
-    cudaLaunchAttribute attribute;
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
+static inline cudaError_t tm_launch_dependent_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                                                      cudaStream_t stream, int cluster, Args... args) {
+    cudaLaunchAttribute attributes[2];
+    unsigned n = 0;
+    if (tm_dependent_launch_enabled()) {
+        attributes[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attributes[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster > 1) {
+        attributes[n].id = cudaLaunchAttributeClusterDimension;
+        attributes[n].val.clusterDim.x = (unsigned)cluster, attributes[n].val.clusterDim.y = 1, attributes[n++].val.clusterDim.z = 1;
+    }
     cudaLaunchConfig_t config = {};
     config.gridDim = grid;
     config.blockDim = block;
     config.dynamicSmemBytes = shared;
     config.stream = stream;
-    config.attrs = &attribute;
-    config.numAttrs = tm_dependent_launch_enabled() ? 1 : 0;
+    config.attrs = attributes;
+    config.numAttrs = n;
     return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
+/* kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization where
+ * tm_dependent_launch_enabled(); the launch error is returned (not printed). */
+template <typename... Params, typename... Args>
+static inline cudaError_t tm_launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+                                              Args... args) {
+    return tm_launch_dependent_cluster(kernel, grid, block, shared, stream, 1, args...);
 }
 
 /* tm_launch_dependent, returning from the enclosing function on failure as TM_CUDA_CHECK does. */

@@ -239,23 +239,36 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     }
     /* without splits (tm_cuda_decode_attention_whole): f16 and 8-bit, head dims 64 and 128, groups up to 8;
      * the same tolerance against the CPU, and its q8_1 (written in the kernel where the group is 1,
-     * 4 or 8, else by a quantize launch) equals the quantizer's of out, byte for byte */
+     * 4 or 8, else by a quantize launch) equals the quantizer's of out, byte for byte. For a group of
+     * 1 of an f16 cache the several-token launch told the true longest context (900 keys) takes the
+     * tensor-core chunks (the query and weights split into two halves, held to the same 2e-5), and
+     * on sm_90 the one-token launches below run in clusters of 8 blocks merged through distributed
+     * shared memory (1, 37 and 900 keys: most blocks of a cluster see no key) */
     const int n_head_kv = lc->n_head_kv, head_dim = lc->head_dim;
     if (tm_cuda_decode_attention_whole_supported(n_head, n_head_kv, head_dim, (int)lc->type)) {
-        cudaMemset(d_out, 0xff, q_floats * 4);
-        cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
-        CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, dkv, d_tables,
-                                             d_offsets, d_keys, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
-                  cudaDeviceSynchronize() == cudaSuccess,
-              "decode without splits: launch");
-        cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
-        double worst;
-        int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
-        CHECK(bad == 0, "decode without splits: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
-              n_head_kv, lc->group, head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
-        if (whole_q8_blocks)
-            CHECK(q8_matches_quantizer(d_out, n_seq, q_floats, d_q8, d_q8_reference, q8, q8_reference, q8_bytes),
-                  "decode without splits, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out", lc->group, head_dim);
+        /* the several-token launch told a longest context of 0 (the scalar chunks) and the true one
+         * (past TM_CUDA_DECODE_MMA_KEYS: the tensor-core chunks for a group of 1 of an f16 cache) */
+        int longest = 0;
+        for (int s = 0; s < n_seq; s++) longest = lengths[s] > longest ? lengths[s] : longest;
+        for (int form = 0; form < 2; form++) {
+            const int longest_keys = form ? longest : 0;
+            cudaMemset(d_out, 0xff, q_floats * 4);
+            cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
+            CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, dkv, d_tables, d_offsets, d_keys,
+                                                 longest_keys, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
+                      cudaDeviceSynchronize() == cudaSuccess,
+                  "decode without splits: launch");
+            cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
+            double worst;
+            int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
+            CHECK(bad == 0,
+                  "decode without splits, told %d keys: kv heads %d x group %d, head_dim %d, %s, page %u: %d of %lld values differ (worst %.3g)",
+                  longest_keys, n_head_kv, lc->group, head_dim, kv_name, lc->page_size, bad, (long long)q_floats, worst);
+            if (whole_q8_blocks)
+                CHECK(q8_matches_quantizer(d_out, n_seq, q_floats, d_q8, d_q8_reference, q8, q8_reference, q8_bytes),
+                      "decode without splits, told %d keys, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",
+                      longest_keys, lc->group, head_dim);
+        }
         /* one token a launch, each stream in turn: the form of a one-token step (groups of 4 and 8 at
          * head dim 128 in blocks of two query heads) */
         const int64_t token_floats = (int64_t)n_head * head_dim;
@@ -265,12 +278,13 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
             cudaMemset(d_out, 0xff, q_floats * 4);
             cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
             CHECK(tm_cuda_decode_attention_whole((const float *)d_q + s * token_floats, d_out_s, 1, n_head, n_head_kv, head_dim, dkv,
-                                                 d_tables, (const int64_t *)d_offsets + s,
-                                                 (const int32_t *)d_keys + s, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
+                                                 d_tables, (const int64_t *)d_offsets + s, (const int32_t *)d_keys + s, lengths[s],
+                                                 whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
                       cudaDeviceSynchronize() == cudaSuccess,
                   "decode without splits, one token: launch");
             cudaMemcpy(got, d_out_s, token_floats * 4, cudaMemcpyDeviceToHost);
-            bad = count_differences(got, expected + s * token_floats, token_floats, 2e-5, &worst);
+            double worst;
+            int bad = count_differences(got, expected + s * token_floats, token_floats, 2e-5, &worst);
             CHECK(bad == 0, "decode without splits, one token of %d keys: kv heads %d x group %d, head_dim %d: %d of %lld values differ (worst %.3g)",
                   lengths[s], n_head_kv, lc->group, head_dim, bad, (long long)token_floats, worst);
             if (whole_q8_blocks)
@@ -280,7 +294,7 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         }
     } else {
         CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, dkv, d_tables,
-                                             d_offsets, d_keys, NULL, NULL) == cudaErrorNotSupported,
+                                             d_offsets, d_keys, 0, NULL, NULL) == cudaErrorNotSupported,
               "decode without splits: kv heads %d x group %d, head_dim %d, %s: not supported, nothing launched", n_head_kv, lc->group,
               head_dim, kv_name);
     }
