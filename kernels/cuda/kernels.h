@@ -176,8 +176,11 @@ int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head
  * block; at one token, a block per two query heads of a group of 4 or 8 at head dim 128), its 8
  * or 16 warps taking the token's keys 32 at a time in turn and merging in the block; so no
  * partials and no combine launch, and q8 (optional, as in tm_cuda_paged_attention) is written by
- * the same kernel where the group is 1, 4 or 8 (else by a quantize launch after it). Exact at any
- * context; meant for steps whose every context is short (a chunk or two a warp). f16 or 8-bit
+ * the same kernel where the group is 1, 4 or 8 (else by a quantize launch after it). At one token
+ * of a group of 1 on sm_90 the blocks of a kv-head pair run as a cluster of 8 sharing its keys,
+ * merged through distributed shared memory. Exact at any context; meant for steps whose every
+ * context is short (a chunk or two a warp), or, for a group of 1, steps that fill most of a wave
+ * (tm_cuda_decode_attention_whole_keys). f16 or 8-bit
  * cache, head dims 64 and 128, groups up to 8 (tm_cuda_decode_attention_whole_supported); cudaErrorNotSupported
  * (nothing launched) otherwise. */
 int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_type);
