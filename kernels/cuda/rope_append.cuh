@@ -3,10 +3,10 @@
  * to them: a pair of adjacent rows (elements 2i, 2i + 1 of one head) of one token, rotated by the
  * rope angle of the token's position (queries and keys), stored as queries (float, in place of the
  * product's output) or into the token's slot of the paged KV cache (keys, values; f16 or f32).
- * Two users, the same bits: the separate rope + append kernel (attention.cu) finds each pair's
+ * Two users, the same bits: the separate rope + append kernel (kv_append.cu) finds each pair's
  * angle and slot itself (rope_append_pair); the decode products' epilogue (gemv_q8.cu,
  * tm_cuda_gemv_q8_qkv_rope) reads them from the step's targets, written once a step by
- * tm_cuda_rope_targets (attention.cu) with the same functions, and stores through the same
+ * tm_cuda_rope_targets (kv_append.cu) with the same functions, and stores through the same
  * rope_append_write. An 8-bit cache's vector needs the whole vector for its scale: only the
  * separate kernel writes it, a block a vector (store_q8_pairs).
  */
