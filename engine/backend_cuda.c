@@ -35,7 +35,8 @@
  *   otherwise. An 8-bit cache's keys and values are quantized by the separate rope +
  *   append kernel (never the Q/K/V products' epilogue: a tile holds part of a head vector).
  * - CUDA graphs: a decode batch of n <= 16 tokens (one per sequence, every one wanting logits)
- *   is captured once per n and attention kind (split or not) and replayed; the graph reads
+ *   is captured once per n and attention form (ATTENTION_*: split, without splits, without splits
+ *   past TM_CUDA_DECODE_MMA_KEYS keys) and replayed; the graph reads
  *   everything that changes per step from the staging buffer and the page mirror, whose addresses
  *   are fixed until a buffer grows (which drops the graphs).
  * - Logits go back to the host, or stay on the device for `sample` (GPU sampling).

@@ -225,6 +225,16 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
             for (int e = 0; e < PER_LANE; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
 }
 
+/* The pair (x0, x1) as a B-fragment register of the two-column split attend_chunks_mma uses:
+ * lanes of column 0 (g == 0) the f16 values, column 1 (g == 1) their remainders x - f16(x), the
+ * other columns zero. */
+__device__ __forceinline__ uint32_t split_pair_fragment(float x0, float x1, int g) {
+    const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
+    const __half2 v = g == 0 ? __halves2half2(h0, h1) : g == 1 ? __floats2half2_rn(x0 - __half2float(h0), x1 - __half2float(h1))
+                                                                : __float2half2_rn(0.0f);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
 /* attend_chunks for one query head of an f16 cache on tensor cores (mma.sync m16n8k16, f16 in,
  * float32 accumulate): a 32-key chunk in 16 + 16 mma and 32 + 64 16-byte loads and PRMTs instead
  * of the scalar path's ~1180 instructions (a chain of ~11 cycles each on the H200: 7B x1, one
@@ -257,13 +267,7 @@ __device__ __forceinline__ void attend_chunks_mma(const float (*query)[HD], cons
 #pragma unroll
     for (int p = 0; p < KP; p++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const float x0 = query[0][32 * p + 8 * t + 2 * j], x1 = query[0][32 * p + 8 * t + 2 * j + 1];
-            const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
-            const __half2 v = g == 0 ? __halves2half2(h0, h1)
-                                     : g == 1 ? __floats2half2_rn(x0 - __half2float(h0), x1 - __half2float(h1)) : __float2half2_rn(0.0f);
-            bq[p][j] = *reinterpret_cast<const uint32_t *>(&v);
-        }
+        for (int j = 0; j < 4; j++) bq[p][j] = split_pair_fragment(query[0][32 * p + 8 * t + 2 * j], query[0][32 * p + 8 * t + 2 * j + 1], g);
     float acc[MT][4];
 #pragma unroll
     for (int i = 0; i < MT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0;
@@ -336,15 +340,7 @@ __device__ __forceinline__ void attend_chunks_mma(const float (*query)[HD], cons
                 }
             }
             /* B = P^T: column 0 the weights' high halves (lanes 0-3), column 1 their remainders (lanes 4-7) */
-            uint32_t bp[2];
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-                const __half h0 = __float2half_rn(w[2 * j]), h1 = __float2half_rn(w[2 * j + 1]);
-                const __half2 v = g == 0 ? __halves2half2(h0, h1)
-                                         : g == 1 ? __floats2half2_rn(w[2 * j] - __half2float(h0), w[2 * j + 1] - __half2float(h1))
-                                                  : __float2half2_rn(0.0f);
-                bp[j] = *reinterpret_cast<const uint32_t *>(&v);
-            }
+            const uint32_t bp[2] = {split_pair_fragment(w[0], w[1], g), split_pair_fragment(w[2], w[3], g)};
 #pragma unroll
             for (int i = 0; i < MT; i++) {
                 const uint32_t av[4] = {__byte_perm(words[0][i], words[1][i], 0x5410), __byte_perm(words[0][i], words[1][i], 0x7632),
@@ -584,7 +580,7 @@ __host__ __device__ constexpr int whole_head_batches(int group, int G) { return 
  * exact; it pays where a token's keys are a chunk or two a warp (the graph of a short-context
  * step), where the splits' partial writes and the combine's dependent launch cost more than the
  * few SMs' reads save. Keys and values of the first chunks are prefetched into L2 before the wait.
- * In clusters of C > 1 blocks (sm_90; whole_cluster_blocks): the C blocks of a unit share its
+ * In clusters of C > 1 blocks (sm_90; one_token_clusters): the C blocks of a unit share its
  * chunks (warp j of block r takes chunks j C + r, ...), each merges its warps, and block 0 merges
  * the blocks through distributed shared memory and writes the unit. MMA (a group of 1 of an f16
  * cache, no clusters): the chunks scored and added on tensor cores (attend_chunks_mma). */
@@ -695,9 +691,9 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     }
 }
 
-/* Blocks a cluster of the whole-context kernel takes for a step of n_tokens tokens and a padded
- * group of G: 8 for one token of a group of 1 on devices that launch clusters (sm_90), else 1;
- * TM_ATTENTION_CLUSTER=1 (a measuring aid) never clusters. A one-token step of the 7B is 16 blocks
+/* Whether the whole-context kernel of a group of 1 runs a step of n_tokens tokens in clusters of 8
+ * blocks: at one token, on devices that launch clusters (sm_90); TM_ATTENTION_CLUSTER=1 (a
+ * measuring aid) never. A one-token step of the 7B is 16 blocks
  * (two kv heads each) on 16 SMs, each warp's 32-key chunk a chain of ~1200 instructions and three
  * trips to memory with 10 busy warps sharing an SM's schedulers; in clusters of 8 the chunks of a
  * kv head land on 8 SMs (a busy warp ~8000 cycles instead of ~12000, clock64 in the graph) and
@@ -705,9 +701,9 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
  * with: 7B x1 533.3-534.1 / 545.5-546.2 (three calls); 7B 128 x8 (1024 blocks of 8 warps, 4 waves)
  * 3062 / 2424, 2048 x8 1723 / 1496; clusters of 2 and 4 in between; 8B x1 (groups of 8 in blocks
  * of 2 heads) 241.5 / 240.3. */
-static int whole_cluster_blocks(int n_tokens, int G) {
+static bool one_token_clusters(int n_tokens) {
     static const int allowed = tm_env_int("TM_ATTENTION_CLUSTER", 8);
-    return n_tokens == 1 && G == 1 && allowed > 1 && tm_cluster_launch_available() ? 8 : 1;
+    return n_tokens == 1 && allowed > 1 && tm_cluster_launch_available();
 }
 
 /* decode_whole_kernel for a padded group of G in clusters of C blocks: 16 warps a block for groups
@@ -724,7 +720,7 @@ static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, cons
 }
 
 /* The whole-context kernel's form for a step: clusters of 8 at one token of a group of 1
- * (whole_cluster_blocks); tensor-core chunks for a group of 1 of an f16 cache past
+ * (one_token_clusters); tensor-core chunks for a group of 1 of an f16 cache past
  * TM_CUDA_DECODE_MMA_KEYS keys in the longest context (H200, 7B, tokens/s, scalar / tensor-core
  * chunks at every context: 2048 x8 1722, 1719 / 1765, 1757, the f16 kernel there moving ~3.5 TB/s;
  * 128 x8 3059, 3065 / 3009, 3007: a warp's one chunk, where the fragments' shuffles cost more than
@@ -734,7 +730,7 @@ template <int KV, int HD, int G>
 static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                 const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     if constexpr (G == 1) {
-        if (whole_cluster_blocks(n_tokens, G) == 8)
+        if (one_token_clusters(n_tokens))
             return launch_whole_c<KV, HD, G, 8, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
         if constexpr (KV == KV_F16)
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)

@@ -26,29 +26,26 @@ static int device_major(int device) {
     return major[device];
 }
 
+/* device_major of the current device (0 where there is none). */
+static int current_device_major(void) {
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return device_major(device);
+}
+
 int tm_dependent_launch_enabled(void) {
     static int environment = -1; /* -1: not read yet; benign race: every reader computes the same */
     if (environment < 0) {
         const char *value = getenv("TM_DEPENDENT_LAUNCH");
         environment = !(value && strcmp(value, "0") == 0);
     }
-    if (!environment) return 0;
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    return device_major(device) >= 9;
+    return environment && current_device_major() >= 9;
 }
 
-bool tm_cluster_launch_available(void) {
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-    }
-    return device_major(device) >= 9;
-}
+bool tm_cluster_launch_available(void) { return current_device_major() >= 9; }
 
 cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {
     static struct {
