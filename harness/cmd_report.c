@@ -344,7 +344,7 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
     const char *sql =
         "SELECT c.name, c.status, t.median, t.relative_noise, g.median, f.median, pb.median, pf.median, g.ceiling, "
         "f.ceiling, json_extract(c.params, '$.op'), json_extract(c.params, '$.head_dim'), "
-        "json_extract(c.params, '$.tokens'), hc.bytes, hc.flops, hc.ns FROM cases c "
+        "json_extract(c.params, '$.tokens'), hc.bytes, hc.flops, hc.ns, pr.median FROM cases c "
         "LEFT JOIN (SELECT case_id, sum(CASE WHEN counter = 'dram_bytes' THEN value END) AS bytes, "
         "sum(CASE WHEN counter IN ('fp32_flops', 'fp16_flops', 'tensor_flops') THEN value END) AS flops, "
         "sum(CASE WHEN counter = 'gpu_time_ns' THEN value END) AS ns FROM hardware_counters "
@@ -354,6 +354,7 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
         "LEFT JOIN metrics f ON f.case_id = c.id AND f.metric = 'tflop_per_s' "
         "LEFT JOIN metrics pb ON pb.case_id = c.id AND pb.metric = 'pct_of_copy_bandwidth' "
         "LEFT JOIN metrics pf ON pf.case_id = c.id AND pf.metric = 'pct_of_gemm_flops' "
+        "LEFT JOIN metrics pr ON pr.case_id = c.id AND pr.metric = 'pct_of_same_size_read' "
         "WHERE c.run_id = ? AND c.kind = 'kernels' ORDER BY c.id";
     sqlite3_stmt *s = statement_for_run(db, sql, run);
     int rows = 0;
@@ -363,14 +364,14 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
     FILE *data = fopen(data_path, "w"); /* arithmetic intensity (flop/byte), TFLOP/s, label: the roofline chart */
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (!rows)
-            fprintf(md, "| case | time (us) | GB/s | TFLOP/s | %% of copy bandwidth | %% of GEMM flops | counters: DRAM GB/s | "
-                        "counters: TFLOP/s |\n|---|---|---|---|---|---|---|---|\n");
+            fprintf(md, "| case | time (us) | GB/s | TFLOP/s | %% of copy bandwidth | %% of a same-size read | %% of GEMM flops | "
+                        "counters: DRAM GB/s | counters: TFLOP/s |\n|---|---|---|---|---|---|---|---|---|\n");
         rows++;
         const char *op = text_or(s, 10, "");
         int head_dim = sqlite3_column_int(s, 11), tokens = sqlite3_column_int(s, 12);
         bool guide_row = !strcmp(op, "flash") && ((head_dim == 128 && tokens == 4096) || (head_dim == 256 && tokens == 8192));
         if (sqlite3_column_type(s, 2) == SQLITE_NULL) {
-            fprintf(md, "| %s | not measured (%s) | | | | | | |\n", (const char *)sqlite3_column_text(s, 0), text_or(s, 1, "?"));
+            fprintf(md, "| %s | not measured (%s) | | | | | | | |\n", (const char *)sqlite3_column_text(s, 0), text_or(s, 1, "?"));
             continue;
         }
         if (sqlite3_column_type(s, 8) != SQLITE_NULL) copy_ceiling = sqlite3_column_double(s, 8);
@@ -387,10 +388,14 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
             snprintf(counted_gb, sizeof counted_gb, "%.4g", sqlite3_column_double(s, 13) / counted_ns);
             snprintf(counted_tflops, sizeof counted_tflops, "%.4g", sqlite3_column_double(s, 14) / counted_ns / 1e3);
         }
-        fprintf(md, "| %s%s | %.4g ± %.1f %% | %.4g | %.4g | %.1f | %.1f | %s | %s |\n", (const char *)sqlite3_column_text(s, 0),
+        /* the case's own ceiling: a read of its bytes in one launch (runs before it had none: "–") */
+        char same_size[32] = "–";
+        if (sqlite3_column_type(s, 16) != SQLITE_NULL && sqlite3_column_double(s, 16) > 0)
+            snprintf(same_size, sizeof same_size, "%.1f", sqlite3_column_double(s, 16));
+        fprintf(md, "| %s%s | %.4g ± %.1f %% | %.4g | %.4g | %.1f | %s | %.1f | %s | %s |\n", (const char *)sqlite3_column_text(s, 0),
                 guide_row ? " (guide row)" : "", sqlite3_column_double(s, 2), 100 * sqlite3_column_double(s, 3),
-                sqlite3_column_double(s, 4), sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
-                counted_gb, counted_tflops);
+                sqlite3_column_double(s, 4), sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), same_size,
+                sqlite3_column_double(s, 7), counted_gb, counted_tflops);
     }
     sqlite3_finalize(s);
     if (data) fclose(data);
@@ -398,7 +403,10 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
     if (!rows) fprintf(md, "not measured: this run has no kernels cases.\n");
     else
         fprintf(md, "\nCeilings measured in the same run: device-to-device copy %.0f GB/s, 16-bit GEMM %.0f TFLOP/s. Each "
-                    "repetition is one run timed with CUDA events after an L2 flush; attention flops count 4 per "
+                    "repetition is one run timed with CUDA events after an L2 flush (a `chain` case: that many launches "
+                    "back to back, each over its own copy of the weights, timed together and reported per launch); the "
+                    "same-size read is each case's own ceiling: one launch reading the case's bytes, all requested at once, "
+                    "chained as the case is; attention flops count 4 per "
                     "(query, key, dimension), causal cases half the pairs. The counters columns (runs with --counters) "
                     "are the DRAM bytes and the FP32 + FP16 + tensor flops the hardware counted for the op's kernels, "
                     "over their GPU time.\n",

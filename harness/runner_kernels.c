@@ -4,12 +4,18 @@
  * (device copy bandwidth; 16-bit cuBLAS GEMM, the faster of f16 and bf16) are measured once per
  * suite, before its first case, as the median of 5 runs each, so every case reports its share of
  * ceilings measured in the same run on the same card; they are stored in the metrics' ceiling
- * column.
+ * column. Every case also measures a read of its own byte count (the read op: every byte requested
+ * at once, launched as the case is, chained or not) and reports its share of that
+ * (pct_of_same_size_read): what a launch moving that many bytes can do at most, where the copy's
+ * rate is what a long stream does. A small product that trails the copy but not this ceiling loses
+ * to its size (ramp, tail, latency), not to its kernel.
  *
  * Parameters: op (copy, gemm_f16, gemm_bf16, gemv, gemm, flash, decode_attention, rmsnorm,
- * rope, copy_kernel), type (gemv, gemm), rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal,
+ * rope, copy_kernel, read), type (gemv, gemm), rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal,
  * exact (flash: 1 times the float32 reference kernel instead of the tensor-core one), whole
  * (decode_attention: 1 times the kernel without key splits instead of the split path),
+ * chain (gemv, read: a run is that many launches back to back, each over its own copy of the
+ * weights, as a decode step's launches overlap one another; times are a launch's share),
  * device (cuda only).
  */
 #include <stdio.h>
@@ -30,15 +36,18 @@ static const tm_metric_spec kernel_metrics[] = {
     {"tflop_per_s", "TFLOP/s", true},
     {"pct_of_copy_bandwidth", "%", true},
     {"pct_of_gemm_flops", "%", true},
+    {"pct_of_same_size_read", "%", true},
 };
 
 #ifdef TM_CUDA
 typedef struct kernels_state {
     tm_cuda_bench *bench;
     double copy_gb_per_s, gemm_tflop_per_s; /* this suite's ceilings (0: not measured yet) */
+    double read_gb_per_s;                   /* this case's: a read of its bytes, chained as it is */
 } kernels_state;
 
-static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope", "copy_kernel"};
+static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope",
+                                       "copy_kernel", "read"};
 
 static bool int_param(const tm_suite_case *c, const char *name, long long fallback, long long *out, tm_error_t *error) {
     const char *text = tm_case_param(c, name, NULL);
@@ -97,6 +106,20 @@ static tm_status measure_ceilings(kernels_state *s, tm_error_t *error) {
     return TM_OK;
 }
 
+/* The case's own ceiling: a read of the bytes one launch of s->bench moves (rounded up to whole
+ * 16-byte words), chained as the case is; the median of 5 runs. */
+static tm_status measure_same_size_read(kernels_state *s, int chain, tm_error_t *error) {
+    double bytes, flops;
+    tm_cuda_bench_cost(s->bench, &bytes, &flops);
+    s->read_gb_per_s = 0;
+    if (bytes < 16) return TM_OK;
+    tm_cuda_bench_spec read = {.op = TM_BENCH_READ, .rows = ((long long)bytes + 15) / 16 * 16, .chain = chain};
+    const double ms = median_ms(&read, 5, error);
+    if (ms <= 0) return TM_ERR_UNSUPPORTED;
+    s->read_gb_per_s = (double)read.rows / (ms * 1e-3) / 1e9;
+    return TM_OK;
+}
+
 static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, tm_error_t *error) {
     (void)suite;
     char device_name[256];
@@ -119,29 +142,33 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     size_t k = 0;
     while (op && k < sizeof op_names / sizeof op_names[0] && strcmp(op, op_names[k])) k++;
     if (!op || k == sizeof op_names / sizeof op_names[0])
-        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: op '%s' (copy, gemm_f16, gemm_bf16, gemv, gemm, flash, "
-                            "decode_attention, rmsnorm, rope)", c->name, op ? op : "(missing)");
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: op '%s' is not one of copy, gemm_f16, gemm_bf16, gemv, gemm, flash, "
+                            "decode_attention, rmsnorm, rope, copy_kernel, read", c->name, op ? op : "(missing)");
     spec.op = (tm_bench_op)k;
     const char *type_name = tm_case_param(c, "type", "f16");
     tm_type type;
     if (!tm_type_from_name(type_name, &type))
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: type '%s' is not a weight type", c->name, type_name);
     spec.type = (int)type;
-    long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal, exact, whole;
-    long long default_rows = spec.op == TM_BENCH_COPY || spec.op == TM_BENCH_COPY_KERNEL ? (1ll << 30) : spec.op <= TM_BENCH_GEMM_BF16 ? 8192 : 4096;
+    long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal, exact, whole, chain;
+    long long default_rows = spec.op == TM_BENCH_COPY || spec.op == TM_BENCH_COPY_KERNEL || spec.op == TM_BENCH_READ ? (1ll << 30)
+                             : spec.op <= TM_BENCH_GEMM_BF16                                                       ? 8192
+                                                                                                                   : 4096;
     if (!int_param(c, "rows", default_rows, &rows, error) || !int_param(c, "cols", 4096, &cols, error) ||
         !int_param(c, "tokens", 1, &tokens, error) || !int_param(c, "head_dim", 128, &head_dim, error) ||
         !int_param(c, "heads", 32, &heads, error) || !int_param(c, "kv_heads", heads, &kv_heads, error) ||
         !int_param(c, "context", 4096, &context, error) || !int_param(c, "batch", 1, &batch, error) ||
-        !int_param(c, "causal", 1, &causal, error) || !int_param(c, "exact", 0, &exact, error) || !int_param(c, "whole", 0, &whole, error))
+        !int_param(c, "causal", 1, &causal, error) || !int_param(c, "exact", 0, &exact, error) || !int_param(c, "whole", 0, &whole, error) ||
+        !int_param(c, "chain", 1, &chain, error))
         return TM_ERR_INVALID_ARG;
+    if (chain < 1 || chain > 4096) return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: chain = %lld is not 1..4096", c->name, chain);
     spec.rows = rows, spec.cols = cols, spec.tokens = (int)tokens, spec.head_dim = (int)head_dim, spec.heads = (int)heads;
     spec.kv_heads = (int)kv_heads, spec.context = (int)context, spec.batch = (int)batch, spec.causal = (int)causal;
-    spec.exact = (int)exact, spec.whole = (int)whole;
+    spec.exact = (int)exact, spec.whole = (int)whole, spec.chain = (int)chain;
     char message[256];
     if (tm_cuda_bench_create(&spec, &s->bench, message, sizeof message))
         return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: %s", c->name, message);
-    return TM_OK;
+    return measure_same_size_read(s, spec.chain, error);
 }
 
 static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *error) {
@@ -156,12 +183,13 @@ static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *erro
     values[2] = flops / seconds / 1e12;
     values[3] = 100.0 * values[1] / s->copy_gb_per_s;
     values[4] = 100.0 * values[2] / s->gemm_tflop_per_s;
+    values[5] = s->read_gb_per_s > 0 ? 100.0 * values[1] / s->read_gb_per_s : 0;
     return TM_OK;
 }
 
 static double ceiling(tm_runner_state *state, int metric) {
     const kernels_state *s = (const kernels_state *)state;
-    return !s ? 0 : metric == 1 ? s->copy_gb_per_s : metric == 2 ? s->gemm_tflop_per_s : 0;
+    return !s ? 0 : metric == 1 ? s->copy_gb_per_s : metric == 2 ? s->gemm_tflop_per_s : metric == 5 ? s->read_gb_per_s : 0;
 }
 
 static void release(tm_runner_state *state) {

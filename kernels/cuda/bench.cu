@@ -8,6 +8,12 @@
  * the start event and the op, so no launch gap is timed. The ceilings are measured the same way: device-to-device copy
  * and a 16-bit cuBLAS GEMM. Each benchmark states the bytes and flops one run must move, so the
  * caller can turn a time into GB/s, TFLOP/s and a share of the ceilings.
+ *
+ * A decode step runs its products back to back, each launch overlapping its predecessor's tail
+ * (launch.cuh); a product timed alone pays its ramp and tail in full. So gemv (and the read kernel
+ * that is its same-size ceiling) can run as a chain: `chain` launches in one timed run, each over
+ * its own copy of the weights (every launch still reads memory, whatever the L2 holds), the time
+ * reported being a launch's share.
  */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -17,6 +23,7 @@
 
 #include "bench.h"
 #include "kernels.h"
+#include "launch.cuh"
 #include "quant.cuh"
 
 #define FLUSH_BYTES (256ull << 20)
@@ -37,6 +44,24 @@ __global__ void flush_read_kernel(const uint4 *buffer, int64_t n, unsigned *sink
     if (acc) *sink = acc;
 }
 
+/* Reads n 16-byte words as the decode products stream their weights (ldg_stream16), four a thread
+ * (words i, i + T, i + 2T, i + 3T of T threads) all requested before any is used and before the
+ * wait for the previous kernel (in a chain the loads overlap its tail, as the products' first
+ * weights do): the fastest one launch reads those bytes. Their XOR is stored only if it is not
+ * zero, which never happens for the bench's buffer (every byte 1) but keeps the loads alive. */
+#define READ_WORDS_PER_THREAD 4
+__global__ void __launch_bounds__(256) read_kernel(const uint4 *src, int64_t n, unsigned *sink) {
+    const int64_t threads = (int64_t)gridDim.x * blockDim.x, first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    uint4 v[READ_WORDS_PER_THREAD];
+#pragma unroll
+    for (int u = 0; u < READ_WORDS_PER_THREAD; u++) v[u] = first + u * threads < n ? ldg_stream16(src + first + u * threads) : make_uint4(0, 0, 0, 0);
+    tm_grid_dependency();
+    unsigned acc = 0;
+#pragma unroll
+    for (int u = 0; u < READ_WORDS_PER_THREAD; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    if (acc) *sink = acc;
+}
+
 struct tm_cuda_bench {
     tm_cuda_bench_spec spec;
     cudaStream_t stream;
@@ -46,6 +71,8 @@ struct tm_cuda_bench {
     void *buffers[8];
     int n_buffers;
     double bytes, flops;
+    int chain;           /* launches a run (>= 1) */
+    uint64_t slot_bytes; /* gemv, read: bytes between the chain's copies of the streamed operand */
     /* op-specific */
     uint64_t workspace_bytes;
     int n_tiles, n_splits, keys_per_split;
@@ -108,7 +135,21 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
     TRY(alloc(b, &b->flush, FLUSH_BYTES));
     TRY(cudaMemset(b->flush, 0, FLUSH_BYTES));
     void *a = NULL, *x = NULL, *y = NULL, *w = NULL;
+    b->chain = s->chain > 1 ? s->chain : 1;
+    if (b->chain > 1 && s->op != TM_BENCH_GEMV && s->op != TM_BENCH_READ)
+        return tm_cuda_bench_free(b), fail(message, capacity, "chain applies to gemv and read only (got chain %d)", s->chain);
+    if (b->chain > 4096) return tm_cuda_bench_free(b), fail(message, capacity, "chain %d is more than 4096 launches", s->chain);
     switch (s->op) {
+    case TM_BENCH_READ: {
+        const uint64_t bytes = (uint64_t)s->rows;
+        if (bytes % 16 || !bytes) return tm_cuda_bench_free(b), fail(message, capacity, "read takes whole 16-byte words (rows %% 16 == 0, rows > 0)");
+        b->slot_bytes = (bytes + 255) / 256 * 256;
+        TRY(alloc(b, &a, b->slot_bytes * b->chain));
+        TRY(alloc(b, &x, 16)); /* the sink */
+        TRY(cudaMemset(a, 1, b->slot_bytes * b->chain));
+        b->bytes = (double)bytes;
+        break;
+    }
     case TM_BENCH_COPY:
     case TM_BENCH_COPY_KERNEL: {
         uint64_t bytes = (uint64_t)s->rows;
@@ -139,11 +180,15 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
         if (!row_bytes) return tm_cuda_bench_free(b), fail(message, capacity, "type %d with %lld columns is not a whole number of blocks", s->type, (long long)s->cols);
         if (s->op == TM_BENCH_GEMV && (s->tokens < 1 || s->tokens > TM_CUDA_GEMV_MAX_TOKENS))
             return tm_cuda_bench_free(b), fail(message, capacity, "gemv takes 1..%d tokens", TM_CUDA_GEMV_MAX_TOKENS);
-        TRY(alloc(b, &w, row_bytes * s->rows));
+        b->slot_bytes = (row_bytes * s->rows + 255) / 256 * 256;
+        TRY(alloc(b, &w, b->slot_bytes * b->chain));
         TRY(alloc(b, &x, (uint64_t)s->tokens * s->cols * 4));
         TRY(alloc(b, &y, (uint64_t)s->tokens * s->rows * 4));
-        if (s->type == F16) fill_halves_kernel<<<grid(s->rows * s->cols), 256>>>((__half *)w, s->rows * s->cols, 3);
-        else fill_blocks_kernel<<<grid((int64_t)(row_bytes * s->rows)), 256>>>((uint8_t *)w, (int64_t)(row_bytes * s->rows), 3);
+        for (int copy = 0; copy < b->chain; copy++) { /* each copy its own random values */
+            uint8_t *slot = (uint8_t *)w + copy * b->slot_bytes;
+            if (s->type == F16) fill_halves_kernel<<<grid(s->rows * s->cols), 256>>>((__half *)slot, s->rows * s->cols, 3 + 977 * copy);
+            else fill_blocks_kernel<<<grid((int64_t)(row_bytes * s->rows)), 256>>>(slot, (int64_t)(row_bytes * s->rows), 3 + 977 * copy);
+        }
         fill_floats_kernel<<<grid(s->tokens * s->cols), 256>>>((float *)x, s->tokens * s->cols, 4);
         void *extra = NULL;
         if (s->op == TM_BENCH_GEMV && tm_cuda_gemv_q8_supported(s->type)) {
@@ -254,12 +299,20 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
     return 0;
 }
 
-/* The op once, on the bench's stream (buffers in creation order, after the flush buffer). */
-static int launch(tm_cuda_bench *b) {
+/* The op once, on the bench's stream (buffers in creation order, after the flush buffer), over
+ * copy `link` of the chain's streamed operand. */
+static int launch(tm_cuda_bench *b, int link) {
     const tm_cuda_bench_spec *s = &b->spec;
-    void **buf = b->buffers + 1;
+    void *buf[8];
+    for (int i = 1; i < b->n_buffers; i++) buf[i - 1] = b->buffers[i];
+    buf[0] = (uint8_t *)buf[0] + link * b->slot_bytes; /* gemv's weights, read's words; slot_bytes is 0 for the other ops */
     cudaStream_t st = b->stream;
     switch (s->op) {
+    case TM_BENCH_READ: {
+        const int64_t words = s->rows / 16;
+        const unsigned blocks = (unsigned)((words + 256 * READ_WORDS_PER_THREAD - 1) / (256 * READ_WORDS_PER_THREAD));
+        return tm_launch_dependent(read_kernel, dim3(blocks), dim3(256), 0, st, (const uint4 *)buf[0], words, (unsigned *)buf[1]);
+    }
     case TM_BENCH_COPY: return cudaMemcpyAsync(buf[1], buf[0], (size_t)s->rows, cudaMemcpyDeviceToDevice, st);
     case TM_BENCH_COPY_KERNEL:
         copy_kernel<<<1024, 256, 0, st>>>((const uint4 *)buf[0], (uint4 *)buf[1], s->rows / 16);
@@ -318,14 +371,16 @@ extern "C" int tm_cuda_bench_run(tm_cuda_bench *b, double *milliseconds, char *m
     cudaError_t status = cudaGetLastError();
     if (status == cudaSuccess) status = cudaEventRecord(b->start, b->stream);
     if (status != cudaSuccess) return fail(message, capacity, "flush/start: %s", cudaGetErrorString(status));
-    int op = launch(b);
-    if (op) return fail(message, capacity, "the benchmarked op failed (%s %d)", op < 0 ? "cuBLAS status" : "cudaError", op < 0 ? -op : op);
+    for (int link = 0; link < b->chain; link++) {
+        int op = launch(b, link);
+        if (op) return fail(message, capacity, "the benchmarked op failed (%s %d)", op < 0 ? "cuBLAS status" : "cudaError", op < 0 ? -op : op);
+    }
     float elapsed = 0;
     status = cudaEventRecord(b->stop, b->stream);
     if (status == cudaSuccess) status = cudaEventSynchronize(b->stop);
     if (status == cudaSuccess) status = cudaEventElapsedTime(&elapsed, b->start, b->stop);
     if (status != cudaSuccess) return fail(message, capacity, "timing: %s", cudaGetErrorString(status));
-    *milliseconds = elapsed;
+    *milliseconds = elapsed / b->chain;
     return 0;
 }
 

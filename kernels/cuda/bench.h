@@ -1,7 +1,7 @@
 /*
  * bench.h - C API of kernels/cuda/bench.cu: one operation's device-side benchmark for the
  * harness's kernels suite (inputs allocated and filled once; each run timed with CUDA events after
- * an L2 flush), with the bytes and flops one run must move.
+ * an L2 flush, one launch or a chain of them), with the bytes and flops one launch must move.
  */
 #ifndef TM_CUDA_BENCH_H
 #define TM_CUDA_BENCH_H
@@ -23,6 +23,8 @@ typedef enum tm_bench_op {
     TM_BENCH_RMSNORM,           /* rows x cols */
     TM_BENCH_ROPE,              /* tokens x heads x head_dim */
     TM_BENCH_COPY_KERNEL,       /* `rows` bytes copied by a kernel (the counters' DRAM-bytes check) */
+    TM_BENCH_READ,              /* `rows` bytes read by a kernel, all of them requested at once: what one launch reading
+                                   that many bytes can do (the same-size ceiling of a decode product) */
 } tm_bench_op;
 
 typedef struct tm_cuda_bench_spec {
@@ -32,15 +34,18 @@ typedef struct tm_cuda_bench_spec {
     int tokens, head_dim, heads, kv_heads, context, batch, causal;
     int exact;                  /* flash: the float32 kernel (causal only) instead of the tensor-core one */
     int whole;                  /* decode_attention: the kernel without splits (tm_cuda_decode_attention_whole) */
+    int chain;                  /* gemv, read: one run is `chain` launches back to back in the stream, each over its own
+                                   copy of the weights (so each reads memory), as a decode step's launches follow one
+                                   another; the time reported is a launch's share (0 or 1: one launch) */
 } tm_cuda_bench_spec;
 
 typedef struct tm_cuda_bench tm_cuda_bench;
 
 /* 0, or -1 with the reason in message (no device, out of memory, unsupported shape). */
 int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_bench **out, char *message, int capacity);
-/* One run after an L2 flush: its time in milliseconds (CUDA events). */
+/* One run after an L2 flush: its time in milliseconds (CUDA events), divided by the chain's launches. */
 int tm_cuda_bench_run(tm_cuda_bench *bench, double *milliseconds, char *message, int capacity);
-/* Bytes and flops one run must move (the operands once; 4 flops per query-key-dimension in attention). */
+/* Bytes and flops one launch must move (the operands once; 4 flops per query-key-dimension in attention). */
 void tm_cuda_bench_cost(const tm_cuda_bench *bench, double *bytes, double *flops);
 void tm_cuda_bench_free(tm_cuda_bench *bench);
 

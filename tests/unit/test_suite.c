@@ -76,7 +76,7 @@ static void test_broken(void) {
 }
 
 /* The kernels kind's switches are parameters the loader accepts (exact: the float32 flash kernel;
- * whole: decode attention without splits). */
+ * whole: decode attention without splits; chain: launches a repetition). */
 static void test_kernels_flags(void) {
     tm_suite *s = NULL;
     tm_error_t error = {0};
@@ -86,8 +86,9 @@ static void test_kernels_flags(void) {
     int n = 0;
     CHECK(!tm_suite_expand(s, &cases, &n, &error) && n == 2, "two cases: %s", error.message);
     if (n == 2) {
-        CHECK(!strcmp(tm_case_param(&cases[0], "exact", ""), "0") && !strcmp(tm_case_param(&cases[1], "whole", ""), "1"),
-              "exact and whole reach the cases");
+        CHECK(!strcmp(tm_case_param(&cases[0], "exact", ""), "0") && !strcmp(tm_case_param(&cases[1], "whole", ""), "1") &&
+                  !strcmp(tm_case_param(&cases[1], "chain", ""), "16"),
+              "exact, whole and chain reach the cases");
         tm_suite_cases_free(cases, n);
     }
     tm_suite_free(s);
