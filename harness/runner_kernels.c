@@ -5,7 +5,7 @@
  * suite, before its first case, as the median of 5 runs each, so every case reports its share of
  * ceilings measured in the same run on the same card; they are stored in the metrics' ceiling
  * column. Every case also measures a read of its own byte count (the read op: every byte requested
- * at once, launched as the case is, chained or not) and reports its share of that
+ * at once, the fastest of three request shapes, chained as the case is) and reports its share of that
  * (pct_of_same_size_read): what a launch moving that many bytes can do at most, where the copy's
  * rate is what a long stream does. A small product that trails the copy but not this ceiling loses
  * to its size (ramp, tail, latency), not to its kernel.
@@ -15,7 +15,8 @@
  * exact (flash: 1 times the float32 reference kernel instead of the tensor-core one), whole
  * (decode_attention: 1 times the kernel without key splits instead of the split path),
  * chain (gemv, read: a run is that many launches back to back, each over its own copy of the
- * weights, as a decode step's launches overlap one another; times are a launch's share),
+ * weights, as a decode step's launches overlap one another; times are a launch's share), words
+ * (read: 16-byte words a thread, 1, 2, 4, 8 or 16),
  * device (cuda only).
  */
 #include <stdio.h>
@@ -107,16 +108,20 @@ static tm_status measure_ceilings(kernels_state *s, tm_error_t *error) {
 }
 
 /* The case's own ceiling: a read of the bytes one launch of s->bench moves (rounded up to whole
- * 16-byte words), chained as the case is; the median of 5 runs. */
+ * 16-byte words), chained as the case is; the fastest of three request shapes (2, 4 and 8 words a
+ * thread), each the median of 5 runs. */
 static tm_status measure_same_size_read(kernels_state *s, int chain, tm_error_t *error) {
     double bytes, flops;
     tm_cuda_bench_cost(s->bench, &bytes, &flops);
     s->read_gb_per_s = 0;
     if (bytes < 16) return TM_OK;
-    tm_cuda_bench_spec read = {.op = TM_BENCH_READ, .rows = ((long long)bytes + 15) / 16 * 16, .chain = chain};
-    const double ms = median_ms(&read, 5, error);
-    if (ms <= 0) return TM_ERR_UNSUPPORTED;
-    s->read_gb_per_s = (double)read.rows / (ms * 1e-3) / 1e9;
+    for (int words = 2; words <= 8; words *= 2) {
+        tm_cuda_bench_spec read = {.op = TM_BENCH_READ, .rows = ((long long)bytes + 15) / 16 * 16, .chain = chain, .read_words = words};
+        const double ms = median_ms(&read, 5, error);
+        if (ms <= 0) return TM_ERR_UNSUPPORTED;
+        const double gb_per_s = (double)read.rows / (ms * 1e-3) / 1e9;
+        if (gb_per_s > s->read_gb_per_s) s->read_gb_per_s = gb_per_s;
+    }
     return TM_OK;
 }
 
@@ -150,7 +155,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     if (!tm_type_from_name(type_name, &type))
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: type '%s' is not a weight type", c->name, type_name);
     spec.type = (int)type;
-    long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal, exact, whole, chain;
+    long long rows, cols, tokens, head_dim, heads, kv_heads, context, batch, causal, exact, whole, chain, words;
     long long default_rows = spec.op == TM_BENCH_COPY || spec.op == TM_BENCH_COPY_KERNEL || spec.op == TM_BENCH_READ ? (1ll << 30)
                              : spec.op <= TM_BENCH_GEMM_BF16                                                       ? 8192
                                                                                                                    : 4096;
@@ -159,12 +164,12 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         !int_param(c, "heads", 32, &heads, error) || !int_param(c, "kv_heads", heads, &kv_heads, error) ||
         !int_param(c, "context", 4096, &context, error) || !int_param(c, "batch", 1, &batch, error) ||
         !int_param(c, "causal", 1, &causal, error) || !int_param(c, "exact", 0, &exact, error) || !int_param(c, "whole", 0, &whole, error) ||
-        !int_param(c, "chain", 1, &chain, error))
+        !int_param(c, "chain", 1, &chain, error) || !int_param(c, "words", 4, &words, error))
         return TM_ERR_INVALID_ARG;
     if (chain < 1 || chain > 4096) return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: chain = %lld is not 1..4096", c->name, chain);
     spec.rows = rows, spec.cols = cols, spec.tokens = (int)tokens, spec.head_dim = (int)head_dim, spec.heads = (int)heads;
     spec.kv_heads = (int)kv_heads, spec.context = (int)context, spec.batch = (int)batch, spec.causal = (int)causal;
-    spec.exact = (int)exact, spec.whole = (int)whole, spec.chain = (int)chain;
+    spec.exact = (int)exact, spec.whole = (int)whole, spec.chain = (int)chain, spec.read_words = words > 16 ? 3 : (int)words; /* 3: refused */
     char message[256];
     if (tm_cuda_bench_create(&spec, &s->bench, message, sizeof message))
         return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: %s", c->name, message);

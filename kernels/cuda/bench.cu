@@ -44,22 +44,26 @@ __global__ void flush_read_kernel(const uint4 *buffer, int64_t n, unsigned *sink
     if (acc) *sink = acc;
 }
 
-/* Reads n 16-byte words as the decode products stream their weights (ldg_stream16), four a thread
- * (words i, i + T, i + 2T, i + 3T of T threads) all requested before any is used and before the
+/* Reads n 16-byte words as the decode products stream their weights (ldg_stream16), W a thread
+ * (words i, i + T, ..., i + (W - 1)T of T threads) all requested before any is used and before the
  * wait for the previous kernel (in a chain the loads overlap its tail, as the products' first
- * weights do): the fastest one launch reads those bytes. Their XOR is stored only if it is not
- * zero, which never happens for the bench's buffer (every byte 1) but keeps the loads alive. */
-#define READ_WORDS_PER_THREAD 4
-__global__ void __launch_bounds__(256) read_kernel(const uint4 *src, int64_t n, unsigned *sink) {
+ * weights do): one launch reading those bytes as fast as it can. Their XOR is stored only if it
+ * is not zero, which never happens for the bench's buffer (every byte 1) but keeps the loads alive. */
+template <int W> __global__ void __launch_bounds__(256) read_kernel(const uint4 *src, int64_t n, unsigned *sink) {
     const int64_t threads = (int64_t)gridDim.x * blockDim.x, first = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    uint4 v[READ_WORDS_PER_THREAD];
+    uint4 v[W];
 #pragma unroll
-    for (int u = 0; u < READ_WORDS_PER_THREAD; u++) v[u] = first + u * threads < n ? ldg_stream16(src + first + u * threads) : make_uint4(0, 0, 0, 0);
+    for (int u = 0; u < W; u++) v[u] = first + u * threads < n ? ldg_stream16(src + first + u * threads) : make_uint4(0, 0, 0, 0);
     tm_grid_dependency();
     unsigned acc = 0;
 #pragma unroll
-    for (int u = 0; u < READ_WORDS_PER_THREAD; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    for (int u = 0; u < W; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
     if (acc) *sink = acc;
+}
+
+template <int W> static cudaError_t launch_read(const void *words, int64_t n, void *sink, cudaStream_t stream) {
+    const unsigned blocks = (unsigned)((n + 256 * W - 1) / (256 * W));
+    return tm_launch_dependent(read_kernel<W>, dim3(blocks), dim3(256), 0, stream, (const uint4 *)words, n, (unsigned *)sink);
 }
 
 struct tm_cuda_bench {
@@ -143,6 +147,8 @@ extern "C" int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_benc
     case TM_BENCH_READ: {
         const uint64_t bytes = (uint64_t)s->rows;
         if (bytes % 16 || !bytes) return tm_cuda_bench_free(b), fail(message, capacity, "read takes whole 16-byte words (rows %% 16 == 0, rows > 0)");
+        if (s->read_words && s->read_words != 1 && s->read_words != 2 && s->read_words != 4 && s->read_words != 8 && s->read_words != 16)
+            return tm_cuda_bench_free(b), fail(message, capacity, "read takes 1, 2, 4, 8 or 16 words a thread (got %d)", s->read_words);
         b->slot_bytes = (bytes + 255) / 256 * 256;
         TRY(alloc(b, &a, b->slot_bytes * b->chain));
         TRY(alloc(b, &x, 16)); /* the sink */
@@ -308,11 +314,14 @@ static int launch(tm_cuda_bench *b, int link) {
     buf[0] = (uint8_t *)buf[0] + link * b->slot_bytes; /* gemv's weights, read's words; slot_bytes is 0 for the other ops */
     cudaStream_t st = b->stream;
     switch (s->op) {
-    case TM_BENCH_READ: {
-        const int64_t words = s->rows / 16;
-        const unsigned blocks = (unsigned)((words + 256 * READ_WORDS_PER_THREAD - 1) / (256 * READ_WORDS_PER_THREAD));
-        return tm_launch_dependent(read_kernel, dim3(blocks), dim3(256), 0, st, (const uint4 *)buf[0], words, (unsigned *)buf[1]);
-    }
+    case TM_BENCH_READ:
+        switch (s->read_words) {
+        case 1: return launch_read<1>(buf[0], s->rows / 16, buf[1], st);
+        case 2: return launch_read<2>(buf[0], s->rows / 16, buf[1], st);
+        case 8: return launch_read<8>(buf[0], s->rows / 16, buf[1], st);
+        case 16: return launch_read<16>(buf[0], s->rows / 16, buf[1], st);
+        default: return launch_read<4>(buf[0], s->rows / 16, buf[1], st);
+        }
     case TM_BENCH_COPY: return cudaMemcpyAsync(buf[1], buf[0], (size_t)s->rows, cudaMemcpyDeviceToDevice, st);
     case TM_BENCH_COPY_KERNEL:
         copy_kernel<<<1024, 256, 0, st>>>((const uint4 *)buf[0], (uint4 *)buf[1], s->rows / 16);

@@ -37,6 +37,7 @@ typedef struct tm_cuda_bench_spec {
     int chain;                  /* gemv, read: one run is `chain` launches back to back in the stream, each over its own
                                    copy of the weights (so each reads memory), as a decode step's launches follow one
                                    another; the time reported is a launch's share (0 or 1: one launch) */
+    int read_words;             /* read: 16-byte words a thread, all requested at once: 1, 2, 4, 8 or 16 (0: 4) */
 } tm_cuda_bench_spec;
 
 typedef struct tm_cuda_bench tm_cuda_bench;
