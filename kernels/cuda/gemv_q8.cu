@@ -11,7 +11,7 @@
  * each token's activation sub-block, so the activations are read once per R rows and the weights
  * once for all tokens (used at one token). From 2 tokens on, the int8 tensor-core kernels (mmq_kernel,
  * below: a block a 16-row tile; mmq_persistent_kernel: a block a resident slot running through its
- * tiles) take 16-row tiles instead; at one token, q4_k and q6_k rows take pairs_kernel (a lane
+ * tiles) take 16-row tiles instead; at one token, q4_k, q5_k and q6_k rows take pairs_kernel (a lane
  * a pair of sub-blocks sharing their bytes, reading the activations in the pair order quant.cuh
  * describes, below; TM_GEMV_STREAM=1 tries the streamed kernel of gemv_stream.cu first).
  * Precision: the activation rounding (at most half a step of max|x|/127 per element of each
@@ -158,15 +158,20 @@ __device__ __forceinline__ int4 pair_chunk(const int8_t *x, int stride, int row)
 
 /* q4_k: pair p = l % 4 is sub-blocks 2p (low nibbles) and 2p + 1 (high nibbles) of bytes
  * 16 + 32p .. 16 + 32p + 31; its activations are rows 0, 1 (sub-block 2p + (p & 1)) and 2, 3
- * (the other) at x, its two (d, d * sum) pairs one 8-byte load. */
+ * (the other) at x, its two (d, d * sum) pairs one 8-byte load. q5_k (FIFTH): the nibbles are
+ * bytes 48 + 32p .., and element k of sub-block s takes bit s of qh byte k (bytes 16..47, the same
+ * 32 for every pair: qh_low, qh_high) as its fifth bit; scales, mins and activations as q4_k. */
+template <bool FIFTH = false>
 __device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 high, const int8_t *x, int stride, const half2 *xds,
-                                                int64_t block, int pair) {
+                                                int64_t block, int pair, uint4 qh_low = {}, uint4 qh_high = {}) {
     const int4 x0 = pair_chunk(x, stride, 0), x1 = pair_chunk(x, stride, 1), x2 = pair_chunk(x, stride, 2), x3 = pair_chunk(x, stride, 3);
     const uint2 xs = *reinterpret_cast<const uint2 *>(xds + block * 8 + 2 * pair);
     const uint32_t q[8] = {low.x, low.y, low.z, low.w, high.x, high.y, high.z, high.w};
+    const uint32_t qh[8] = {qh_low.x, qh_low.y, qh_low.z, qh_low.w, qh_high.x, qh_high.y, qh_high.z, qh_high.w};
     const int x01[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
     const int x23[8] = {x2.x, x2.y, x2.z, x2.w, x3.x, x3.y, x3.z, x3.w};
     const int odd = pair & 1, shift01 = 4 * odd; /* rows 0, 1: the high nibbles for odd pairs */
+    const int fifth01 = 2 * pair + odd, fifth23 = 2 * pair + 1 - odd; /* q5_k: the sub-blocks' qh bits */
     int dot01 = 0, dot23 = 0;
     /* all four rows from the first step, so their loads go out together (at 48 registers: 7B x1
      * 464 -> 477 tokens/s; integer sums, so the order is free) */
@@ -174,8 +179,13 @@ __device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 h
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = i; j < 8; j += 4) {
-            dot01 = __dp4a((int)((q[j] >> shift01) & 0x0F0F0F0Fu), x01[j], dot01);
-            dot23 = __dp4a((int)((q[j] >> (4 - shift01)) & 0x0F0F0F0Fu), x23[j], dot23);
+            uint32_t w01 = (q[j] >> shift01) & 0x0F0F0F0Fu, w23 = (q[j] >> (4 - shift01)) & 0x0F0F0F0Fu;
+            if constexpr (FIFTH) {
+                w01 |= ((qh[j] >> fifth01) & 0x01010101u) << 4;
+                w23 |= ((qh[j] >> fifth23) & 0x01010101u) << 4;
+            }
+            dot01 = __dp4a((int)w01, x01[j], dot01);
+            dot23 = __dp4a((int)w23, x23[j], dot23);
         }
     const int dot_a = odd ? dot23 : dot01, dot_b = odd ? dot01 : dot23; /* sub-blocks 2p, 2p + 1 */
     uint32_t scales[2], mins[2];
@@ -187,7 +197,7 @@ __device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 h
     const float2 xa_ds = __half22float2(*reinterpret_cast<const half2 *>(&xs.x));
     const float2 xb_ds = __half22float2(*reinterpret_cast<const half2 *>(&xs.y));
     const float2 dm = __half22float2(*reinterpret_cast<const half2 *>(&header.x));
-    /* |dot scale| <= 32 * 15 * 127 * 63 < 2^24: exact as a float */
+    /* |dot scale| <= 32 * 31 * 127 * 63 < 2^24 (q4_k: 15 for 31): exact as a float */
     const float scaled = xa_ds.x * (float)(dot_a * scale_a) + xb_ds.x * (float)(dot_b * scale_b);
     const float offset = xa_ds.y * min_a + xb_ds.y * min_b;
     return dm.x * scaled - dm.y * offset;
@@ -230,14 +240,14 @@ __device__ __forceinline__ float q6k_block_pair(uint4 low0, uint4 low1, uint4 hi
     return d * (xa_d * (float)(dot_a0 * sa0 + dot_a1 * sa1) + xb_d * (float)(dot_b0 * sb0 + dot_b1 * sb1));
 }
 
-/* The one-token dot of one q4_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's
+/* The one-token dot of one q4_k, q5_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's
  * share; xp: the activations in pair order. after_wait(): called right after the wait for the
  * previous kernel (before the first activation is read). */
 template <int TYPE, typename AfterWait>
 __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xp, const half2 *xds, bool early,
                                            AfterWait after_wait) {
     const int lane = threadIdx.x % 32, quarter = lane % 4;
-    uint4 v[4];
+    uint4 v[TYPE == Q5_K ? 5 : 4];
     uint2 scale_bytes = {};
     float d = 0;
     auto load = [&](int64_t block) {
@@ -247,6 +257,12 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
             v[0] = ldg_stream16(b);
             v[1] = ldg_stream16(b + 16 + 32 * quarter);
             v[2] = ldg_stream16(b + 32 + 32 * quarter);
+        } else if constexpr (TYPE == Q5_K) {
+            v[0] = ldg_stream16(b);
+            v[1] = ldg_stream16(b + 48 + 32 * quarter);
+            v[2] = ldg_stream16(b + 64 + 32 * quarter);
+            v[3] = ldg_stream16(b + 16); /* qh: the same 32 bytes for the block's four lanes */
+            v[4] = ldg_stream16(b + 32);
         } else {
             const int half = quarter / 2, g = quarter % 2;
             v[0] = ldg_stream16(b + 64 * half + 32 * g);
@@ -271,6 +287,9 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
         if constexpr (TYPE == Q4_K) {
             if (stride == 512) acc += q4k_block_pair(v[0], v[1], v[2], x, 512, xds, block, quarter);
             else acc += q4k_block_pair(v[0], v[1], v[2], x, stride, xds, block, quarter);
+        } else if constexpr (TYPE == Q5_K) {
+            if (stride == 512) acc += q4k_block_pair<true>(v[0], v[1], v[2], x, 512, xds, block, quarter, v[3], v[4]);
+            else acc += q4k_block_pair<true>(v[0], v[1], v[2], x, stride, xds, block, quarter, v[3], v[4]);
         } else {
             const int8_t *x23 = x + (quarter % 2 ? -16 : 16);
             if (stride == 512) acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, x, x23, 512, xds, block, quarter);
@@ -288,9 +307,12 @@ static int gemv_pairs(void) {
     return pairs != 0;
 }
 
-/* One-token products, a warp a row (concatenated over the parts): q4_k and q6_k rows by row_pairs,
- * q5_k rows by mmvq_sums (the kernels of a lane a sub-block; no pair layout written for it), so a
- * product gives the same bits alone or with others in one launch. With ROPE (the Q, K and V
+/* One-token products, a warp a row (concatenated over the parts): q4_k, q5_k and q6_k rows by
+ * row_pairs, so a product gives the same bits alone or with others in one launch. q5_k rows
+ * took mmvq_sums' lane a sub-block until session 29: in pairs (H200, kernels-decode-chain, one
+ * token, 16 launches chained) 8192 x 8192 23.6 -> 15.4 us, 28672 x 8192 54.0 -> 44.6 us (70 -> 85 %
+ * of the copy rate); the 70B's step, whose q5_k rows are a few V products, unchanged (75.1 / 75.3
+ * against 75.2 / 74.8 tokens/s). With ROPE (the Q, K and V
  * products of a decode step) the sums go through rope_append_write instead. TYPES: the types the
  * launch holds, 0 q4_k alone, 1 with q6_k, 2 with q5_k too; MIN_BLOCKS: launch bounds, q4_k alone 9 (54
  * registers), with the other types 8 (64). H200, 7B / 70B decode x1 tokens/s in one call: 9 / 7
@@ -301,11 +323,12 @@ static int gemv_pairs(void) {
  * 472.2 / 478.3, 8 / 8 486.9 / 488.4. At 7 blocks an SM a 4096-row mixed launch (the 7B's down
  * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. */
 template <int MIN_BLOCKS, int TYPES, bool ROPE>
-__global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, const int8_t *xp,
+__global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const half2 *xds, const int8_t *xp,
                                                               bool early, rope_append rope, unsigned first_block) {
     static_assert(!ROPE || TYPES < 2, "launch_pairs_kernel declines the rope with a q5_k part (measured no faster)");
     /* with a q5_k part, blocks first_block.. of the concatenated rows first, then wrapping round to
-     * 0: the launcher puts the q5_k part's blocks (twice a q4_k row's round trips) at the grid's start */
+     * 0: the launcher puts the q5_k part's blocks (five loads a lane and block against q4_k's
+     * three) at the grid's start */
     unsigned block = blockIdx.x;
     if constexpr (TYPES == 2) block = block + first_block < gridDim.x ? block + first_block : block + first_block - gridDim.x;
     int64_t row = (int64_t)block * 4 + threadIdx.x / 32;
@@ -338,9 +361,7 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     } else if (TYPES == 1 || part.type == Q6_K) {
         sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early, after_wait);
     } else {
-        float q5k_sum[1][1];
-        mmvq_sums<Q5_K, 1, 1, mmvq_unroll<Q5_K, 1, 1, false>()>(part.weights, part.rows, cols, row, xq, xds, 1, early, after_wait, q5k_sum);
-        sum = sum_over_warp(q5k_sum[0][0]);
+        sum = row_pairs<Q5_K>(part.weights + row * blocks * traits<Q5_K>::stride, blocks, xp, xds, early, after_wait);
     }
     if constexpr (ROPE) {
         if (threadIdx.x % 32 == 0) sums[warp] = sum;
@@ -396,8 +417,7 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
 }
 
 /* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
- * cudaErrorNotSupported when gemv_pairs() is off or every part is q5_k (then mmvq_kernel's lane a
- * sub-block, the same bits at fewer registers). With `rope` (parts Q, K, V) the outputs go through
+ * cudaErrorNotSupported when gemv_pairs() is off (then mmvq_kernel's lane a sub-block). With `rope` (parts Q, K, V) the outputs go through
  * rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4
  * (the rope epilogue on the 70B's q5_k layers, built and measured, was no faster than the separate
  * rope kernel: H200 decode x1 70.85 / 70.76 / 70.75 -> 70.67 / 70.63 / 70.72 tokens/s in one call;
@@ -405,32 +425,30 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
  * fused). A q5_k part's blocks are launched first (first_block). */
 static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, const void *q8, cudaStream_t s,
                                        const rope_append *rope = nullptr) {
-    /* a q5_k part's rows are scheduled first (mmvq_sums: twice a q4_k row's passes), so they run
-     * under the other rows instead of making the launch's tail: the 70B's q5_k V products (its
-     * Q/K/V launches of 2560 blocks, the V's 256 last) decode x1 72.67 / 72.47 / 72.55 -> 73.22 /
-     * 73.10 / 73.12 tokens/s (H200, three pairs in one call) */
+    /* a q5_k part's rows are scheduled first, so they run under the other rows instead of making
+     * the launch's tail: the 70B's q5_k V products (its Q/K/V launches of 2560 blocks, the V's 256
+     * last) decode x1 72.67 / 72.47 / 72.55 -> 73.22 / 73.10 / 73.12 tokens/s (H200, three pairs in
+     * one call), measured when they took mmvq_sums (twice a q4_k row's passes) */
     int64_t rows = 0;
     int types = 0;
     unsigned first_block = 0; /* where the first q5_k part's rows start, in 4-row blocks */
-    bool any_paired_type = false;
     for (int p = 0; p < parts.n; p++) {
         if (parts.type[p] == Q5_K && types < 2) first_block = (unsigned)(rows / 4);
         rows += parts.rows[p], types = max(types, parts.type[p] == Q5_K ? 2 : parts.type[p] == Q6_K ? 1 : 0);
-        any_paired_type |= parts.type[p] != Q5_K;
     }
-    if (!gemv_pairs() || !any_paired_type || rows <= 0) return cudaErrorNotSupported;
+    if (!gemv_pairs() || rows <= 0) return cudaErrorNotSupported;
     if (rope && (types == 2 || rows_in_tiles(parts, 4) < 0)) return cudaErrorNotSupported;
     const q8_out x = q8_out_at(q8, 1, cols); /* one token */
-    const int8_t *qs = x.qs, *paired = x.paired;
+    const int8_t *paired = x.paired;
     const half2 *ds = x.ds;
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
     const rope_append none = {};
-    if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope, first_block);
-    else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, *rope, first_block);
-    else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none, first_block);
-    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none, first_block);
-    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false>), grid, dim3(128), 0, s, parts, cols, qs, ds, paired, early, none, first_block);
+    if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, *rope, first_block);
+    else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, *rope, first_block);
+    else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
     return cudaSuccess;
 }
 

@@ -382,8 +382,8 @@ int main(void) {
      * through it. Then the whole test runs again in child processes with TM_GEMV_STREAM=0, for the
      * dp4a kernels every device uses by default: TM_TEST_GEMV_CHILD=dp4a with TM_MMQ_WARPS=4 too (the tensor-core
      * kernel's blocks of 4 warps, its choice for large products; the test's shapes take 8), its
-     * q4_k and q6_k rows a lane a pair of sub-blocks (pairs_kernel, the default); dp4a-subblocks
-     * with a lane a sub-block (TM_GEMV_PAIRS=0, the path of q5_k and of several tokens) and the
+     * q4_k, q5_k and q6_k rows a lane a pair of sub-blocks (pairs_kernel, the default); dp4a-subblocks
+     * with a lane a sub-block (TM_GEMV_PAIRS=0, the path of several tokens) and the
      * tensor-core kernel's activations read from global memory (TM_MMQ_INPUTS=0). */
     const char *child = getenv("TM_TEST_GEMV_CHILD");
     if (!child)
