@@ -167,9 +167,11 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         !int_param(c, "chain", 1, &chain, error) || !int_param(c, "words", 4, &words, error))
         return TM_ERR_INVALID_ARG;
     if (chain < 1 || chain > 4096) return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: chain = %lld is not 1..4096", c->name, chain);
+    if (words != 1 && words != 2 && words != 4 && words != 8 && words != 16)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: words = %lld is not 1, 2, 4, 8 or 16", c->name, words);
     spec.rows = rows, spec.cols = cols, spec.tokens = (int)tokens, spec.head_dim = (int)head_dim, spec.heads = (int)heads;
     spec.kv_heads = (int)kv_heads, spec.context = (int)context, spec.batch = (int)batch, spec.causal = (int)causal;
-    spec.exact = (int)exact, spec.whole = (int)whole, spec.chain = (int)chain, spec.read_words = words > 16 ? 3 : (int)words; /* 3: refused */
+    spec.exact = (int)exact, spec.whole = (int)whole, spec.chain = (int)chain, spec.read_words = (int)words;
     char message[256];
     if (tm_cuda_bench_create(&spec, &s->bench, message, sizeof message))
         return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: %s", c->name, message);
