@@ -1314,7 +1314,7 @@ static int mmq_persistent_stages(void) {
     return stages == 3 ? 3 : 2;
 }
 
-/* In how many blocks mmq_persistent_kernel (8 warps) takes a product, or 0 where mmq_kernel takes it:
+/* In how many blocks mmq_persistent_kernel (8 warps; mmq_persistent_warps) takes a product, or 0 where mmq_kernel takes it:
  * TM_MMQ_PERSISTENT=2 (the default) every product it is offered of 2..8 tokens and those of more
  * than one wave of tiles at 9..16, 1 only products of more than one wave, 0 none (1 and 0:
  * measuring aids); none before sm_90 (not measured there: an RTX 4090 keeps mmq_kernel) or where
@@ -1328,11 +1328,28 @@ static int mmq_persistent_stages(void) {
  * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
  * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
  * slower, hence the rule for 9..16 tokens. */
-/* f(std::integral_constant<int, S>, std::bool_constant<ROPE>) for the launch's stages and rope:
- * the one place the persistent kernel's instantiations are chosen. */
-template <typename F> static cudaError_t mmq_persistent_variant(bool rope, F &&f) {
-    if (mmq_persistent_stages() == 3) return rope ? f(std::integral_constant<int, 3>{}, std::true_type{}) : f(std::integral_constant<int, 3>{}, std::false_type{});
-    return rope ? f(std::integral_constant<int, 2>{}, std::true_type{}) : f(std::integral_constant<int, 2>{}, std::false_type{});
+/* The persistent kernel's warps a block: 8, or 4 with TM_MMQ_PERSISTENT_WARPS=4 (a measuring aid:
+ * a 4096-column row's 16 blocks are then 4 a warp a tile instead of 2, a tile's sums added over 4
+ * warps, four blocks an SM). H200, session 29, 8 -> 4: chained 8-token products (kernels-decode-chain)
+ * 14336 x 4096 q4_k 17.63 -> 15.23 us, q6_k 25.61 -> 22.02, but 4096 x 4096 q4_k 6.31 -> 7.42, q6_k
+ * 9.71 -> 10.45 (256 tiles: half the warps of 8-warp blocks at work), the 70B's shapes unchanged;
+ * 7B decode 128 x8 3058 / 3061 -> 2864 / 2877 tokens/s, 512 x4 1494 / 1498 -> 1429 / 1430. A rule
+ * taking 4 warps only for products of more tiles than the 4-warp slots is the next thing to measure. */
+static int mmq_persistent_warps(void) {
+    static const int forced = tm_env_int("TM_MMQ_PERSISTENT_WARPS", 8);
+    return forced == 4 ? 4 : 8;
+}
+
+/* f(std::integral_constant<int, W>, std::integral_constant<int, S>, std::bool_constant<ROPE>) for
+ * the launch's warps, stages and rope: the one place the persistent kernel's instantiations are
+ * chosen. */
+template <typename F> static cudaError_t mmq_persistent_variant(int warps, bool rope, F &&f) {
+    auto with_warps = [&](auto w) {
+        if (mmq_persistent_stages() == 3)
+            return rope ? f(w, std::integral_constant<int, 3>{}, std::true_type{}) : f(w, std::integral_constant<int, 3>{}, std::false_type{});
+        return rope ? f(w, std::integral_constant<int, 2>{}, std::true_type{}) : f(w, std::integral_constant<int, 2>{}, std::false_type{});
+    };
+    return warps == 4 ? with_warps(std::integral_constant<int, 4>{}) : with_warps(std::integral_constant<int, 8>{});
 }
 
 template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, bool rope, int *grid) {
@@ -1340,12 +1357,12 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
                      with_rope = tm_env_int("TM_MMQ_PERSISTENT_ROPE", 1);
     *grid = 0;
     if (mode == 0 || (rope && !with_rope)) return cudaSuccess;
-    const int widest = mmq_widest_row(parts, true);
+    const int widest = mmq_widest_row(parts, true), warps = mmq_persistent_warps();
     const void *kernel = nullptr;
     int shared = 0;
-    mmq_persistent_variant(rope, [&](auto stages, auto with) {
-        kernel = (const void *)mmq_persistent_kernel<NG, 8, decltype(stages)::value, decltype(with)::value>;
-        shared = mmq_persistent_shared_bytes<NG, 8, decltype(stages)::value, decltype(with)::value>(widest);
+    mmq_persistent_variant(warps, rope, [&](auto w, auto stages, auto with) {
+        kernel = (const void *)mmq_persistent_kernel<NG, decltype(w)::value, decltype(stages)::value, decltype(with)::value>;
+        shared = mmq_persistent_shared_bytes<NG, decltype(w)::value, decltype(stages)::value, decltype(with)::value>(widest);
         return cudaSuccess;
     });
     int resident = 0, device = 0, sms = 0, major = 0;
@@ -1353,9 +1370,9 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     if (major < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
     TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
-    TM_CUDA_CHECK(tm_resident_blocks(kernel, 256, shared, &resident));
+    TM_CUDA_CHECK(tm_resident_blocks(kernel, 32 * warps, shared, &resident));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    if (resident < 2 * sms) return cudaSuccess;
+    if (resident < MMQ_MIN_WARPS / warps * sms) return cudaSuccess;
     if (cap > 0 && cap < resident) resident = cap;
     if ((mode == 1 || NG == 2) && tiles <= resident) return cudaSuccess;
     *grid = (int)(tiles < resident ? tiles : resident);
@@ -1367,11 +1384,11 @@ static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, 
                                          int grid, const rope_append *rope, cudaStream_t s) {
     const int widest = mmq_widest_row(parts, true);
     const rope_append targets = rope ? *rope : rope_append{};
-    return mmq_persistent_variant(rope != nullptr, [&](auto stages, auto with) {
-        constexpr int S = decltype(stages)::value;
+    return mmq_persistent_variant(mmq_persistent_warps(), rope != nullptr, [&](auto w, auto stages, auto with) {
+        constexpr int W = decltype(w)::value, S = decltype(stages)::value;
         constexpr bool ROPE = decltype(with)::value;
-        TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, 8, S, ROPE>), dim3((unsigned)grid), dim3(256),
-                            mmq_persistent_shared_bytes<NG, 8, S, ROPE>(widest), s, parts, cols, qs, ds, n, tiles, gemv_early_weights(),
+        TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, W, S, ROPE>), dim3((unsigned)grid), dim3(32 * W),
+                            mmq_persistent_shared_bytes<NG, W, S, ROPE>(widest), s, parts, cols, qs, ds, n, tiles, gemv_early_weights(),
                             widest, targets);
         return cudaSuccess;
     });
