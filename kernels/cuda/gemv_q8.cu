@@ -253,16 +253,15 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
     auto load = [&](int64_t block) {
         if (block >= blocks) return;
         const uint8_t *b = row + block * traits<TYPE>::stride;
-        if constexpr (TYPE == Q4_K) {
+        if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
+            constexpr int nibbles = TYPE == Q5_K ? 48 : 16; /* q5_k's qh comes first */
             v[0] = ldg_stream16(b);
-            v[1] = ldg_stream16(b + 16 + 32 * quarter);
-            v[2] = ldg_stream16(b + 32 + 32 * quarter);
-        } else if constexpr (TYPE == Q5_K) {
-            v[0] = ldg_stream16(b);
-            v[1] = ldg_stream16(b + 48 + 32 * quarter);
-            v[2] = ldg_stream16(b + 64 + 32 * quarter);
-            v[3] = ldg_stream16(b + 16); /* qh: the same 32 bytes for the block's four lanes */
-            v[4] = ldg_stream16(b + 32);
+            v[1] = ldg_stream16(b + nibbles + 32 * quarter);
+            v[2] = ldg_stream16(b + nibbles + 16 + 32 * quarter);
+            if constexpr (TYPE == Q5_K) {
+                v[3] = ldg_stream16(b + 16); /* qh: the same 32 bytes for the block's four lanes */
+                v[4] = ldg_stream16(b + 32);
+            }
         } else {
             const int half = quarter / 2, g = quarter % 2;
             v[0] = ldg_stream16(b + 64 * half + 32 * g);
@@ -284,12 +283,11 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
         /* rows 512 bytes apart in a whole group: constant offsets, so the four loads go out
          * together (a computed stride cost them their registers: 444 against 454 tokens/s) */
         const int stride = first + 8 <= blocks ? 512 : (int)(blocks - first) * 64;
-        if constexpr (TYPE == Q4_K) {
-            if (stride == 512) acc += q4k_block_pair(v[0], v[1], v[2], x, 512, xds, block, quarter);
-            else acc += q4k_block_pair(v[0], v[1], v[2], x, stride, xds, block, quarter);
-        } else if constexpr (TYPE == Q5_K) {
-            if (stride == 512) acc += q4k_block_pair<true>(v[0], v[1], v[2], x, 512, xds, block, quarter, v[3], v[4]);
-            else acc += q4k_block_pair<true>(v[0], v[1], v[2], x, stride, xds, block, quarter, v[3], v[4]);
+        if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
+            uint4 qh_low = {}, qh_high = {};
+            if constexpr (TYPE == Q5_K) qh_low = v[3], qh_high = v[4];
+            if (stride == 512) acc += q4k_block_pair<TYPE == Q5_K>(v[0], v[1], v[2], x, 512, xds, block, quarter, qh_low, qh_high);
+            else acc += q4k_block_pair<TYPE == Q5_K>(v[0], v[1], v[2], x, stride, xds, block, quarter, qh_low, qh_high);
         } else {
             const int8_t *x23 = x + (quarter % 2 ? -16 : 16);
             if (stride == 512) acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, x, x23, 512, xds, block, quarter);
@@ -417,8 +415,8 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
 }
 
 /* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
- * cudaErrorNotSupported when gemv_pairs() is off (then mmvq_kernel's lane a sub-block). With `rope` (parts Q, K, V) the outputs go through
- * rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4
+ * cudaErrorNotSupported when gemv_pairs() is off (then mmvq_kernel's lane a sub-block). With
+ * `rope` (parts Q, K, V) the outputs go through rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4
  * (the rope epilogue on the 70B's q5_k layers, built and measured, was no faster than the separate
  * rope kernel: H200 decode x1 70.85 / 70.76 / 70.75 -> 70.67 / 70.63 / 70.72 tokens/s in one call;
  * with the q5_k blocks first, below, 73.22 / 73.10 / 73.12 separate against 72.87 / 72.73 / 73.24
