@@ -1312,30 +1312,20 @@ static int mmq_persistent_stages(void) {
     return stages == 3 ? 3 : 2;
 }
 
-/* In how many blocks mmq_persistent_kernel (8 warps; mmq_persistent_warps) takes a product, or 0 where mmq_kernel takes it:
- * TM_MMQ_PERSISTENT=2 (the default) every product it is offered of 2..8 tokens and those of more
- * than one wave of tiles at 9..16, 1 only products of more than one wave, 0 none (1 and 0:
- * measuring aids); none before sm_90 (not measured there: an RTX 4090 keeps mmq_kernel) or where
- * two of its blocks do not fit an SM. Every resident slot takes a block: an SM's two
- * blocks then hold at most one tile more than the mean (1376 tiles over 264 slots: 11 an SM against
- * 10.4), where spreading them over fewer blocks of ceil(tiles / slots) would leave some SMs one
- * block and others 12 tiles. TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid) counts n slots, so small
- * products take several tiles a block. One launch each (H200, three stages; a kernels suite of the
- * 7B's shapes, 4096-22016 rows, at 4, 8 and 16 tokens), mmq_kernel ->
- * this kernel: q6_k 6-19 % faster at 4, 8 and 16 tokens on 4096-22016 x 4096, and at 4 and 8 on
- * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
- * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
- * slower, hence the rule for 9..16 tokens. */
-/* The persistent kernel's warps a block: 8, or 4 with TM_MMQ_PERSISTENT_WARPS=4 (a measuring aid:
- * a 4096-column row's 16 blocks are then 4 a warp a tile instead of 2, a tile's sums added over 4
- * warps, four blocks an SM). H200, session 29, 8 -> 4: chained 8-token products (kernels-decode-chain)
- * 14336 x 4096 q4_k 17.63 -> 15.23 us, q6_k 25.61 -> 22.02, but 4096 x 4096 q4_k 6.31 -> 7.42, q6_k
- * 9.71 -> 10.45 (256 tiles: half the warps of 8-warp blocks at work), the 70B's shapes unchanged;
- * 7B decode 128 x8 3058 / 3061 -> 2864 / 2877 tokens/s, 512 x4 1494 / 1498 -> 1429 / 1430. A rule
- * taking 4 warps only for products of more tiles than the 4-warp slots is the next thing to measure. */
+/* The persistent kernel's warps a block: 0 (the default) chooses per product (mmq_persistent_blocks:
+ * 4 where its tiles outnumber the 4-warp blocks resident at once, 8 otherwise);
+ * TM_MMQ_PERSISTENT_WARPS=8 or 4 fixes them (measuring aids). With 4, a 4096-column row's 16 blocks
+ * are 4 a warp a tile instead of 2, a tile's sums added over 4 warps, four blocks an SM. H200,
+ * session 29, 8 -> 4 for every product: chained 8-token products (kernels-decode-chain) 14336 x
+ * 4096 q4_k 17.63 -> 15.23 us, q6_k 25.61 -> 22.02, but 4096 x 4096 q4_k 6.31 -> 7.42, q6_k 9.71
+ * -> 10.45 (256 tiles: half the warps of 8-warp blocks at work), the 70B's shapes unchanged; 7B
+ * decode 128 x8 3058 / 3061 -> 2864 / 2877 tokens/s, 512 x4 1494 / 1498 -> 1429 / 1430. Session 30,
+ * the rule (0) against 8, one binary, two interleaved rounds: chained x8 14336 x 4096 q4_k 17.42 /
+ * 18.00 -> 15.13 / 15.55 us, q6_k 26.03 / 26.06 -> 21.99 / 22.29, 4096 x 4096 the same kernel; 7B
+ * decode 128 x8 3009 / 3037 -> 3058 / 3083 tokens/s, 512 x4 1490 / 1488 -> 1508 / 1511. */
 static int mmq_persistent_warps(void) {
-    static const int forced = tm_env_int("TM_MMQ_PERSISTENT_WARPS", 8);
-    return forced == 4 ? 4 : 8;
+    static const int forced = tm_env_int("TM_MMQ_PERSISTENT_WARPS", 0);
+    return forced == 4 || forced == 8 ? forced : 0;
 }
 
 /* f(std::integral_constant<int, W>, std::integral_constant<int, S>, std::bool_constant<ROPE>) for
@@ -1350,20 +1340,18 @@ template <typename F> static cudaError_t mmq_persistent_variant(int warps, bool 
     return warps == 4 ? with_warps(std::integral_constant<int, 4>{}) : with_warps(std::integral_constant<int, 8>{});
 }
 
-template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, bool rope, int *grid) {
-    static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0),
-                     with_rope = tm_env_int("TM_MMQ_PERSISTENT_ROPE", 1);
-    *grid = 0;
-    if (mode == 0 || (rope && !with_rope)) return cudaSuccess;
-    const int widest = mmq_widest_row(parts, true), warps = mmq_persistent_warps();
+/* The persistent kernel's resident blocks on this device at `warps` a block, 0 where it is not used
+ * (before sm_90, or fewer than MMQ_MIN_WARPS warps an SM fit). */
+template <int NG>
+static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *slots) {
     const void *kernel = nullptr;
-    int shared = 0;
+    int shared = 0, resident = 0, device = 0, sms = 0, major = 0;
+    *slots = 0;
     mmq_persistent_variant(warps, rope, [&](auto w, auto stages, auto with) {
         kernel = (const void *)mmq_persistent_kernel<NG, decltype(w)::value, decltype(stages)::value, decltype(with)::value>;
         shared = mmq_persistent_shared_bytes<NG, decltype(w)::value, decltype(stages)::value, decltype(with)::value>(widest);
         return cudaSuccess;
     });
-    int resident = 0, device = 0, sms = 0, major = 0;
     TM_CUDA_CHECK(cudaGetDevice(&device));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     if (major < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
@@ -1371,6 +1359,43 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
     TM_CUDA_CHECK(tm_resident_blocks(kernel, 32 * warps, shared, &resident));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     if (resident < MMQ_MIN_WARPS / warps * sms) return cudaSuccess;
+    *slots = resident;
+    return cudaSuccess;
+}
+
+/* In how many blocks mmq_persistent_kernel (8 or 4 warps; mmq_persistent_warps) takes a product, or 0 where mmq_kernel takes it:
+ * TM_MMQ_PERSISTENT=2 (the default) every product it is offered of 2..8 tokens and those of more
+ * than one wave of tiles at 9..16, 1 only products of more than one wave, 0 none (1 and 0:
+ * measuring aids); none before sm_90 (not measured there: an RTX 4090 keeps mmq_kernel) or where
+ * two of its blocks do not fit an SM. Every resident slot takes a block: an SM's two
+ * blocks then hold at most one tile more than the mean (1376 tiles over 264 slots: 11 an SM against
+ * 10.4), where spreading them over fewer blocks of ceil(tiles / slots) would leave some SMs one
+ * block and others 12 tiles. TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid) counts n slots, so small
+ * products take several tiles a block. One launch each (H200, three stages; a kernels suite of the
+ * 7B's shapes, 4096-22016 rows, at 4, 8 and 16 tokens), mmq_kernel ->
+ * this kernel: q6_k 6-19 % faster at 4, 8 and 16 tokens on 4096-22016 x 4096, and at 4 and 8 on
+ * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
+ * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
+ * slower, hence the rule for 9..16 tokens.
+ * The warps (*warps): unless mmq_persistent_warps fixes them, 4 a block where the product's tiles
+ * outnumber the 4-warp slots (several tiles a slot either way: the 7B's gate/up and Q/K/V at 8
+ * tokens), 8 otherwise (where 4-warp blocks would leave SMs with fewer warps at work). */
+template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, bool rope, int *grid, int *warps) {
+    static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0),
+                     with_rope = tm_env_int("TM_MMQ_PERSISTENT_ROPE", 1);
+    *grid = 0;
+    *warps = mmq_persistent_warps();
+    if (mode == 0 || (rope && !with_rope)) return cudaSuccess;
+    const int widest = mmq_widest_row(parts, true);
+    int resident = 0;
+    if (*warps == 0) {
+        TM_CUDA_CHECK(mmq_persistent_slots<NG>(4, widest, rope, &resident));
+        *warps = resident > 0 && tiles > resident ? 4 : 8;
+        if (*warps == 8) TM_CUDA_CHECK(mmq_persistent_slots<NG>(8, widest, rope, &resident));
+    } else {
+        TM_CUDA_CHECK(mmq_persistent_slots<NG>(*warps, widest, rope, &resident));
+    }
+    if (resident == 0) return cudaSuccess;
     if (cap > 0 && cap < resident) resident = cap;
     if ((mode == 1 || NG == 2) && tiles <= resident) return cudaSuccess;
     *grid = (int)(tiles < resident ? tiles : resident);
@@ -1379,10 +1404,10 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
 
 template <int NG>
 static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                         int grid, const rope_append *rope, cudaStream_t s) {
+                                         int grid, int warps, const rope_append *rope, cudaStream_t s) {
     const int widest = mmq_widest_row(parts, true);
     const rope_append targets = rope ? *rope : rope_append{};
-    return mmq_persistent_variant(mmq_persistent_warps(), rope != nullptr, [&](auto w, auto stages, auto with) {
+    return mmq_persistent_variant(warps, rope != nullptr, [&](auto w, auto stages, auto with) {
         constexpr int W = decltype(w)::value, S = decltype(stages)::value;
         constexpr bool ROPE = decltype(with)::value;
         TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, W, S, ROPE>), dim3((unsigned)grid), dim3(32 * W),
@@ -1403,11 +1428,11 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     const half2 *ds = x.ds;
     const int64_t tiles = total / MMQ_ROWS;
     bool wide = false;
-    int grid = 0;
+    int grid = 0, warps = 8;
     if (n > 8) {
         TM_CUDA_CHECK((mmq_wide<2, false>(parts, cols, tiles, &wide)));
-        if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, rope != nullptr, &grid));
-        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, rope, s);
+        if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, rope != nullptr, &grid, &warps));
+        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, warps, rope, s);
         return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     int mode = 0;
@@ -1417,8 +1442,8 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
         if (wide || mode == 2) return launch_mmq_layout<1, true>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     TM_CUDA_CHECK((mmq_wide<1, false>(parts, cols, tiles, &wide)));
-    if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, tiles, rope != nullptr, &grid));
-    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, rope, s);
+    if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, tiles, rope != nullptr, &grid, &warps));
+    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, warps, rope, s);
     return launch_mmq_layout<1, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
 }
 

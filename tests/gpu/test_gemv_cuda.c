@@ -28,10 +28,13 @@
  * of its blocks an SM (sm_90), the products outside the staged-activations layout (the Q/K/V launch
  * with its rope epilogue too) take mmq_persistent_kernel instead, the 7B's since session 26; both children turn it off
  * (TM_MMQ_PERSISTENT=0) to keep testing mmq_kernel's weights-only layout (an RTX 4090's), and the
- * "persistent" child takes it in three blocks (TM_MMQ_PERSISTENT_BLOCKS=3), so a block runs
+ * "persistent" child takes it in three blocks (TM_MMQ_PERSISTENT_BLOCKS=3; 8 warps each, the
+ * choice for products of fewer tiles than the 4-warp slots, and "persistent-4-warps" in blocks of 4
+ * warps, the choice for products of more, as the 7B's gate/up at 8 tokens), so a block runs
  * through several tiles, across the parts' types in the parts check and with the rope targets
  * of each tile in test_qkv_rope, and warps with no block of a tile (1024 columns: 4 blocks for 8
- * warps) still add their zero sums.
+ * warps) still add their zero sums; q8_0's tensor-core kernel (gemv_q8_0.cu) likewise runs through
+ * several tiles a block there (its groups of 8 blocks: 1024 columns, 4 groups for 8 warps).
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
@@ -650,7 +653,9 @@ int main(void) {
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
         CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3") == 0,
-              "the run with the several-token k-quant products in three persistent blocks passed");
+              "the run with the several-token k-quant and q8_0 products in three persistent blocks passed");
+        CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4") == 0,
+              "the run with the several-token k-quant products in three persistent blocks of 4 warps passed");
     }
     char name[64];
     snprintf(name, sizeof name, "test_gemv_cuda%s%s%s", child ? " (" : "", child ? child : "", child ? ")" : "");
