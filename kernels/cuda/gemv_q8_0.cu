@@ -14,7 +14,8 @@
  * aligned, other types, more than TM_CUDA_GEMV_MAX_TOKENS tokens.
  *
  * 2..16 tokens where every part's rows are whole 16-row tiles take q8_0_mma_kernel (int8 tensor
- * cores, below; TM_Q80_MMA=0 keeps them on the dp4a kernel).
+ * cores, below; TM_Q80_MMA=0 keeps them on the dp4a kernel), in a block a resident slot where the
+ * tiles outnumber the slots (TM_Q80_PERSISTENT=0: a block a tile).
  *
  * Layout: with cols % 256 == 0 a split row's values and scales start 16-byte aligned. The dp4a
  * kernel: a warp a row, 4 rows a block; a pass is 32 blocks, lane l loads the 16-byte pieces l and
@@ -130,37 +131,53 @@ static cudaError_t launch_q8_0(const row_parts &p, int64_t cols, const q8_out &x
  * piece and the lanes' stores of one row's eight pieces both touch eight different bank groups. */
 __device__ __forceinline__ int q80_slot_piece(int r, int piece) { return piece * 16 + (r / 8) * 8 + ((r % 8) ^ (piece % 8)); }
 
-/* One block a 16-row tile, NG groups of 8 tokens (tokens past n_tokens read token n_tokens - 1 and
- * are never stored). Warp w takes the tile's 8-block groups w, w + WARPS, ...: it copies the
+/* NG groups of 8 tokens (tokens past n_tokens read token n_tokens - 1 and are never stored) over
+ * 16-row tiles. A block takes tiles blockIdx.x, blockIdx.x + gridDim.x, ... (launch_q8_0_tiles:
+ * one block a resident slot, or a block a tile); warp w takes each of its tiles' 8-block groups w,
+ * w + WARPS, ..., and those groups of all the block's tiles form one stream a warp: it copies a
  * group's 16 x 256 values and 16 x 8 scales of the split rows (weights.cu) into its shared-memory
- * slot by 16-byte pieces (the next group's requested before this one's products), then for each of
- * the 8 blocks one ldmatrix.x4 gives the A fragment of m16n8k32 (rows g and g + 8, values 4t.. and
- * 16 + 4t..), one m16n8k32 a token group with B the tokens' q8_1 values, and C, an exact integer,
- * scaled by the row's d and the token's d into float32 sums; then the warps' sums are added in warp
- * order (tile_sums.cuh), so a tile's result does not depend on the launch. */
+ * slot by 16-byte pieces, the stream's next group (of this tile or the next) requested before this
+ * one's products, so the next tile's weights are in flight while this tile's sums are added. For
+ * each of the group's 8 blocks one ldmatrix.x4 gives the A fragment of m16n8k32 (rows g and g + 8,
+ * values 4t.. and 16 + 4t..), one m16n8k32 a token group with B the tokens' q8_1 values, and C, an
+ * exact integer, scaled by the row's d and the token's d into float32 sums; then the warps' sums
+ * are added in warp order (tile_sums.cuh, through two alternating buffers: one __syncthreads a
+ * tile), so a tile's result depends neither on the launch nor on the grid. */
 template <int NG>
-__global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(tile_parts p, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
+__global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
+    q8_0_mma_kernel(tile_parts p, int tiles, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
     __shared__ uint4 slots[Q80_MMA_WARPS][Q80_GROUP_VALUE_PIECES + 16]; /* the values (q80_slot_piece), then row r's 8 scales at 256 + r */
-    __shared__ float partial[Q80_MMA_WARPS - 1][NG * 4][32];
+    __shared__ float partial[2][Q80_MMA_WARPS - 1][NG * 4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const int tile = blockIdx.x, part = tile_part_of(p, tile);
-    const uint4 *weights = part_field(p.weights, part);
-    float *y = part_field(p.y, part);
-    const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2]; /* part_field here: 4 registers more (ptxas) */
-    const int64_t row0 = tile_row0(p, tile, part);
     const int64_t blocks = cols / 32, groups = cols / 256, row_bytes = blocks * 34;
-    const uint8_t *tile_weights = reinterpret_cast<const uint8_t *>(weights) + row0 * row_bytes;
+    const int per_tile = groups > warp ? (int)((groups - warp + Q80_MMA_WARPS - 1) / Q80_MMA_WARPS) : 0; /* this warp's groups a tile */
+    const int my_tiles = (int)blockIdx.x < tiles ? (tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    /* The fetch cursor: the stream's next (tile, group) to load, and that tile's first row. */
+    int fetch_tile = blockIdx.x, fetch_index = 0, fetches_left = my_tiles * per_tile;
+    const uint8_t *fetch_rows = nullptr;
+    auto aim_fetch = [&] {
+        const int part = tile_part_of(p, fetch_tile);
+        fetch_rows = reinterpret_cast<const uint8_t *>(part_field(p.weights, part)) + tile_row0(p, fetch_tile, part) * row_bytes;
+    };
     uint4 next[9]; /* 256 value pieces over 32 lanes, 8 each; the ninth, lanes 0..15: row lane's 8 scales */
-    auto load = [&](int64_t group) {
-        if (group >= groups) return;
+    auto load_next = [&] {
+        if (fetches_left <= 0) return;
+        const int64_t group = warp + (int64_t)fetch_index * Q80_MMA_WARPS;
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             const int piece = lane + 32 * k; /* row piece / 16, its piece piece % 16 of the group */
-            next[k] = ldg_stream16(tile_weights + (piece / 16) * row_bytes + group * 256 + (piece % 16) * 16);
+            next[k] = ldg_stream16(fetch_rows + (piece / 16) * row_bytes + group * 256 + (piece % 16) * 16);
         }
-        if (lane < 16) next[8] = ldg_stream16(tile_weights + lane * row_bytes + cols + group * 16);
+        if (lane < 16) next[8] = ldg_stream16(fetch_rows + lane * row_bytes + cols + group * 16);
+        fetches_left--;
+        if (++fetch_index == per_tile) {
+            fetch_index = 0;
+            fetch_tile += gridDim.x;
+            if (fetches_left > 0) aim_fetch();
+        }
     };
-    load(warp); /* before the wait: weights are not written by earlier work */
+    if (fetches_left > 0) aim_fetch();
+    load_next(); /* before the wait: weights are not written by earlier work */
     tm_grid_dependency();
     uint4 *slot = slots[warp];
     const int8_t *b_token[NG]; /* token 8G + g: its B column */
@@ -171,46 +188,51 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS) q8_0_mma_kernel(tile_parts
 #pragma unroll
         for (int k = 0; k < 2; k++) c_token_scales[G][k] = xds + min(8 * G + 2 * t + k, n_tokens - 1) * blocks;
     }
-    float acc[NG][4];
-#pragma unroll
-    for (int G = 0; G < NG; G++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) acc[G][i] = 0;
     /* this lane's ldmatrix row: matrix m = lane / 8 is rows 8 (m % 2).. of half m / 2 of a block */
     const int a_row = (lane / 8 % 2) * 8 + lane % 8, a_half = lane / 16;
-    for (int64_t group = warp; group < groups; group += Q80_MMA_WARPS) {
-        __syncwarp(); /* the previous group's reads of the slot are done */
+    for (int k_tile = 0; k_tile < my_tiles; k_tile++) {
+        const int tile = blockIdx.x + k_tile * gridDim.x, part = tile_part_of(p, tile);
+        float acc[NG][4];
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const int piece = lane + 32 * k;
-            slot[q80_slot_piece(piece / 16, piece % 16)] = next[k];
-        }
-        if (lane < 16) slot[Q80_GROUP_VALUE_PIECES + lane] = next[8];
-        __syncwarp();
-        load(group + Q80_MMA_WARPS); /* in flight during this group's products */
-        const uint4 scales_g = slot[Q80_GROUP_VALUE_PIECES + g], scales_g8 = slot[Q80_GROUP_VALUE_PIECES + g + 8];
-        const __half *d_g = reinterpret_cast<const __half *>(&scales_g), *d_g8 = reinterpret_cast<const __half *>(&scales_g8);
+        for (int G = 0; G < NG; G++)
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int64_t block = group * 8 + j;
-            uint32_t a[4];
-            ldmatrix_x4(a, shared_address(slot + q80_slot_piece(a_row, 2 * j + a_half)));
-            const float d_row[2] = {__half2float(d_g[j]), __half2float(d_g8[j])};
+            for (int i = 0; i < 4; i++) acc[G][i] = 0;
+        for (int b = 0; b < per_tile; b++) {
+            const int64_t group = warp + (int64_t)b * Q80_MMA_WARPS;
+            __syncwarp(); /* the previous group's reads of the slot are done */
 #pragma unroll
-            for (int G = 0; G < NG; G++) {
-                const int8_t *b = b_token[G] + block * 32;
-                int c[4] = {0, 0, 0, 0};
-                mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], *reinterpret_cast<const int *>(b), *reinterpret_cast<const int *>(b + 16));
+            for (int k = 0; k < 8; k++) {
+                const int piece = lane + 32 * k;
+                slot[q80_slot_piece(piece / 16, piece % 16)] = next[k];
+            }
+            if (lane < 16) slot[Q80_GROUP_VALUE_PIECES + lane] = next[8];
+            __syncwarp();
+            load_next(); /* in flight during this group's products */
+            const uint4 scales_g = slot[Q80_GROUP_VALUE_PIECES + g], scales_g8 = slot[Q80_GROUP_VALUE_PIECES + g + 8];
+            const __half *d_g = reinterpret_cast<const __half *>(&scales_g), *d_g8 = reinterpret_cast<const __half *>(&scales_g8);
 #pragma unroll
-                for (int k = 0; k < 2; k++) {
-                    const float d_token = __low2float(c_token_scales[G][k][block]);
+            for (int j = 0; j < 8; j++) {
+                const int64_t block = group * 8 + j;
+                uint32_t a[4];
+                ldmatrix_x4(a, shared_address(slot + q80_slot_piece(a_row, 2 * j + a_half)));
+                const float d_row[2] = {__half2float(d_g[j]), __half2float(d_g8[j])};
 #pragma unroll
-                    for (int r = 0; r < 2; r++) acc[G][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                for (int G = 0; G < NG; G++) {
+                    const int8_t *x = b_token[G] + block * 32;
+                    int c[4] = {0, 0, 0, 0};
+                    mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], *reinterpret_cast<const int *>(x), *reinterpret_cast<const int *>(x + 16));
+#pragma unroll
+                    for (int k = 0; k < 2; k++) {
+                        const float d_token = __low2float(c_token_scales[G][k][block]);
+#pragma unroll
+                        for (int r = 0; r < 2; r++) acc[G][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                    }
                 }
             }
         }
+        const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2]; /* part_field here: 4 registers more (ptxas) */
+        store_tile_sums<NG, Q80_MMA_WARPS>(acc, partial[k_tile & 1], part_field(p.y, part), rows, tile_row0(p, tile, part), n_tokens);
     }
-    store_tile_sums<NG, Q80_MMA_WARPS>(acc, partial, y, rows, row0, n_tokens);
 }
 
 /* Whether 2..16 tokens take the tensor-core kernel where every part's rows are whole 16-row tiles
@@ -220,12 +242,39 @@ static bool q8_0_mma_enabled(void) {
     return enabled;
 }
 
+/* The tensor-core kernel's grid: a block a resident slot (each taking every gridDim.x-th tile), or a
+ * block a tile where the tiles fit the slots or TM_Q80_PERSISTENT=0 (a measuring aid: the kernel's
+ * one-tile-a-block form). TM_MMQ_PERSISTENT_BLOCKS=n (a testing aid, as for gemv_q8.cu's
+ * persistent kernel) counts n slots, so small products take several tiles a block. Why (session
+ * 30): a block a tile ran 896 tiles of a 14336-row product in 3.4 waves of two blocks an SM, each
+ * block paying a trip to memory, its groups and the tile's sums one after another. H200, one
+ * binary, two interleaved rounds, TM_Q80_PERSISTENT=0 -> 1: chained (16 launches) 14336 x 4096 at
+ * 8 tokens 31.83 / 31.56 -> 28.99 / 28.90 us, at 16 47.83 / 47.91 -> 44.30 / 44.24; 4096 x 4096
+ * (256 tiles, one wave) unchanged, 9.59 / 9.57 -> 9.60 / 9.85; Llama-3-8B q8_0 (suites/gpu-q8_0.yaml)
+ * decode x8 1897 / 1891 -> 2036 / 2030 tokens/s. The minimum of two blocks an SM in the kernel's
+ * launch bounds keeps the 9-16-token form at 128 registers (176 without, one block an SM). */
+template <int NG> static cudaError_t q8_0_tiles_grid(int tiles, int *grid) {
+    static const int persistent = tm_env_int("TM_Q80_PERSISTENT", 1), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
+    int resident = 0;
+    *grid = tiles;
+    if (!persistent) return cudaSuccess;
+    TM_CUDA_CHECK(tm_resident_blocks((const void *)q8_0_mma_kernel<NG>, 32 * Q80_MMA_WARPS, 0, &resident));
+    if (cap > 0 && cap < resident) resident = cap;
+    if (resident > 0 && resident < tiles) *grid = resident;
+    return cudaSuccess;
+}
+
 static cudaError_t launch_q8_0_tiles(const tile_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
-    const dim3 grid((unsigned)p.tiles_end[p.n_parts - 1]), block(32 * Q80_MMA_WARPS);
+    const int tiles = p.tiles_end[p.n_parts - 1];
     const int8_t *qs = (const int8_t *)x.qs;
     const half2 *ds = (const half2 *)x.ds;
-    if (n_tokens <= 8) return tm_launch_dependent(q8_0_mma_kernel<1>, grid, block, 0, s, p, cols, qs, ds, n_tokens);
-    return tm_launch_dependent(q8_0_mma_kernel<2>, grid, block, 0, s, p, cols, qs, ds, n_tokens);
+    int grid = 0;
+    if (n_tokens <= 8) {
+        TM_CUDA_CHECK(q8_0_tiles_grid<1>(tiles, &grid));
+        return tm_launch_dependent(q8_0_mma_kernel<1>, dim3((unsigned)grid), dim3(32 * Q80_MMA_WARPS), 0, s, p, tiles, cols, qs, ds, n_tokens);
+    }
+    TM_CUDA_CHECK(q8_0_tiles_grid<2>(tiles, &grid));
+    return tm_launch_dependent(q8_0_mma_kernel<2>, dim3((unsigned)grid), dim3(32 * Q80_MMA_WARPS), 0, s, p, tiles, cols, qs, ds, n_tokens);
 }
 
 extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream) {
