@@ -45,7 +45,21 @@ typedef struct kernels_state {
     tm_cuda_bench *bench;
     double copy_gb_per_s, gemm_tflop_per_s; /* this suite's ceilings (0: not measured yet) */
     double read_gb_per_s;                   /* this case's: a read of its bytes, chained as it is */
+    int uncovered_warned;                   /* this case's runs timed before the host had queued them: reported */
 } kernels_state;
+
+/* Says, once for `what`, that tm_cuda_bench_run returned runs the GPU had started timing before the
+ * host had queued them all, even behind the most flushes (bench.cu): their times may hold launch
+ * gaps. */
+static void warn_uncovered(const tm_cuda_bench *bench, const char *what, int *warned) {
+    const int runs = tm_cuda_bench_uncovered_runs(bench);
+    if (runs <= *warned) return;
+    if (*warned == 0)
+        fprintf(stderr, "      warning: %s: the GPU started timing a run before the host had queued all of it (%d so far), "
+                        "even behind the most L2 flushes; its time may include launch gaps\n",
+                what, runs);
+    *warned = runs;
+}
 
 static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope",
                                        "copy_kernel", "read"};
@@ -84,6 +98,8 @@ static double median_ms(const tm_cuda_bench_spec *spec, int runs, tm_error_t *er
         }
         if (i > 0) times[n++] = ms; /* the first run warms up */
     }
+    int warned = 0;
+    warn_uncovered(bench, "ceiling", &warned);
     tm_cuda_bench_free(bench);
     tm_sort_doubles(times, (size_t)n);
     return tm_percentile_sorted(times, (size_t)n, 0.5);
@@ -140,6 +156,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     }
     tm_cuda_bench_free(s->bench);
     s->bench = NULL;
+    s->uncovered_warned = 0;
     tm_status status = measure_ceilings(s, error);
     if (status) return status;
     const char *op = tm_case_param(c, "op", NULL);
@@ -183,6 +200,7 @@ static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *erro
     char message[256];
     double ms, bytes, flops;
     if (tm_cuda_bench_run(s->bench, &ms, message, sizeof message)) return tm_error_set(error, TM_ERR_INTERNAL, "kernels: %s", message);
+    warn_uncovered(s->bench, "this case", &s->uncovered_warned);
     tm_cuda_bench_cost(s->bench, &bytes, &flops);
     const double seconds = ms * 1e-3;
     values[0] = ms * 1e3;

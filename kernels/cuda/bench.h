@@ -44,8 +44,14 @@ typedef struct tm_cuda_bench tm_cuda_bench;
 
 /* 0, or -1 with the reason in message (no device, out of memory, unsupported shape). */
 int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_bench **out, char *message, int capacity);
-/* One run after an L2 flush: its time in milliseconds (CUDA events), divided by the chain's launches. */
+/* One run after an L2 flush: its time in milliseconds (CUDA events), divided by the chain's launches.
+ * The flush also covers the host's queuing of the run; a run the GPU started before the host had
+ * queued it all is redone behind more flushes (bench.cu). */
 int tm_cuda_bench_run(tm_cuda_bench *bench, double *milliseconds, char *message, int capacity);
+/* Runs returned although the GPU started timing them before the host had queued them all, even
+ * behind the most flushes (a host taking longer to queue a run than 16 flushes take: ~1 ms on an
+ * H200); launches serialized by a profiler are not counted. */
+int tm_cuda_bench_uncovered_runs(const tm_cuda_bench *bench);
 /* Bytes and flops one launch must move (the operands once; 4 flops per query-key-dimension in attention). */
 void tm_cuda_bench_cost(const tm_cuda_bench *bench, double *bytes, double *flops);
 void tm_cuda_bench_free(tm_cuda_bench *bench);
