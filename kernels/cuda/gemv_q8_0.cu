@@ -14,8 +14,8 @@
  * aligned, other types, more than TM_CUDA_GEMV_MAX_TOKENS tokens.
  *
  * 2..16 tokens where every part's rows are whole 16-row tiles take q8_0_mma_kernel (int8 tensor
- * cores, below; TM_Q80_MMA=0 keeps them on the dp4a kernel), in a block a resident slot where the
- * tiles outnumber the slots (TM_Q80_PERSISTENT=0: a block a tile).
+ * cores, below; TM_Q80_MMA=0 keeps them on the dp4a kernel), on sm_90 in a block a resident slot
+ * where the tiles outnumber the slots (TM_Q80_PERSISTENT=0, and before sm_90: a block a tile).
  *
  * Layout: with cols % 256 == 0 a split row's values and scales start 16-byte aligned. The dp4a
  * kernel: a warp a row, 4 rows a block; a pass is 32 blocks, lane l loads the 16-byte pieces l and
@@ -143,11 +143,32 @@ __device__ __forceinline__ int q80_slot_piece(int r, int piece) { return piece *
  * exact integer, scaled by the row's d and the token's d into float32 sums; then the warps' sums
  * are added in warp order (tile_sums.cuh, through two alternating buffers: one __syncthreads a
  * tile), so a tile's result depends neither on the launch nor on the grid. */
-template <int NG>
+/* STAGED (one group of 8 tokens only): each group's activations, the 8 tokens' 256 values and their
+ * 8 blocks' (d, d * sum), come by cp.async into one of two buffers a warp in dynamic shared memory,
+ * the next group's requested with its weights (after the wait for the previous kernel: earlier
+ * kernels write them), and B comes from there by ldmatrix.x4 (two blocks a call), the tokens'
+ * scales by 8-byte reads; rows of Q80_X_ROW_BYTES, so the 8 rows of an ldmatrix hit 8 bank groups.
+ * Why (session 30): ncu of the persistent kernel reading B and the tokens' scales from global
+ * memory inside the products (14336 x 4096, 8 tokens, 30.2 us): 8.4 cycles an instruction stalled
+ * on long scoreboard of 16.6, 0.23 instructions a cycle a scheduler, L1 hit rate 52 %: each
+ * group's products waited on loads of the activations, not of the weights (those are a group
+ * ahead). Staged: long scoreboard 1.37, 23.0 us under ncu. H200, one binary, two interleaved
+ * rounds, TM_Q80_STAGE_X=0 -> 1, chained (16 launches), 8 tokens: 14336 x 4096 28.88 / 28.96 ->
+ * 20.68 / 20.64 us (50.9 -> 71.1 % of the copy rate), 4096 x 4096 9.61 / 9.61 -> 7.02 / 7.05,
+ * 4096 x 14336 24.05 / 23.98 -> 17.83 / 17.85 (61 -> 82 %); 4 tokens 23.06 / 23.08 -> 20.36 / 20.35,
+ * 8.32 / 8.31 -> 7.02 / 7.01, 20.00 / 20.11 -> 17.55 / 17.57; Llama-3-8B q8_0 decode x8
+ * (suites/gpu-q8_0.yaml) 2033 / 2039 -> 2573 / 2576 tokens/s. 124 registers, no spills. */
+#define Q80_X_ROW_BYTES 272                              /* a token's 256 values and 16 bytes of padding */
+#define Q80_X_STAGE_BYTES (8 * Q80_X_ROW_BYTES + 8 * 32) /* then each token's 8 blocks' half2 */
+#define Q80_X_SHARED_BYTES (Q80_MMA_WARPS * 2 * Q80_X_STAGE_BYTES)
+
+template <int NG, bool STAGED>
 __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
     q8_0_mma_kernel(tile_parts p, int tiles, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
+    static_assert(!STAGED || NG == 1, "staged activations: one group of 8 tokens");
     __shared__ uint4 slots[Q80_MMA_WARPS][Q80_GROUP_VALUE_PIECES + 16]; /* the values (q80_slot_piece), then row r's 8 scales at 256 + r */
     __shared__ float partial[2][Q80_MMA_WARPS - 1][NG * 4][32];
+    extern __shared__ __align__(16) uint8_t q80_x[]; /* STAGED: Q80_X_SHARED_BYTES */
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int64_t blocks = cols / 32, groups = cols / 256, row_bytes = blocks * 34;
     const int per_tile = groups > warp ? (int)((groups - warp + Q80_MMA_WARPS - 1) / Q80_MMA_WARPS) : 0; /* this warp's groups a tile */
@@ -160,7 +181,9 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
         fetch_rows = reinterpret_cast<const uint8_t *>(part_field(p.weights, part)) + tile_row0(p, fetch_tile, part) * row_bytes;
     };
     uint4 next[9]; /* 256 value pieces over 32 lanes, 8 each; the ninth, lanes 0..15: row lane's 8 scales */
+    int64_t loaded_group = -1; /* the group load_next last loaded (-1: none, the stream's end) */
     auto load_next = [&] {
+        loaded_group = -1;
         if (fetches_left <= 0) return;
         const int64_t group = warp + (int64_t)fetch_index * Q80_MMA_WARPS;
 #pragma unroll
@@ -169,6 +192,7 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
             next[k] = ldg_stream16(fetch_rows + (piece / 16) * row_bytes + group * 256 + (piece % 16) * 16);
         }
         if (lane < 16) next[8] = ldg_stream16(fetch_rows + lane * row_bytes + cols + group * 16);
+        loaded_group = group;
         fetches_left--;
         if (++fetch_index == per_tile) {
             fetch_index = 0;
@@ -176,9 +200,28 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
             if (fetches_left > 0) aim_fetch();
         }
     };
+    /* STAGED: this warp's two activation buffers, and the copies of group `group` into one (one
+     * commit group a call, empty past the stream's end). Tokens past n_tokens copy the last. */
+    const uint32_t x_buffers = shared_address(q80_x + warp * 2 * Q80_X_STAGE_BYTES);
+    auto fetch_x = [&](int64_t group, int buffer) {
+        if (group >= 0) {
+            const uint32_t to = x_buffers + buffer * Q80_X_STAGE_BYTES;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int piece = lane + 32 * k, token = piece / 16, chunk = piece % 16;
+                copy_async_ca16(to + token * Q80_X_ROW_BYTES + chunk * 16, xq + min(token, n_tokens - 1) * cols + group * 256 + chunk * 16);
+            }
+            if (lane < 16) {
+                const int token = lane / 2, half = lane % 2;
+                copy_async_ca16(to + 8 * Q80_X_ROW_BYTES + token * 32 + half * 16, xds + min(token, n_tokens - 1) * blocks + group * 8 + half * 4);
+            }
+        }
+        copy_async_commit();
+    };
     if (fetches_left > 0) aim_fetch();
     load_next(); /* before the wait: weights are not written by earlier work */
     tm_grid_dependency();
+    if constexpr (STAGED) fetch_x(loaded_group, 0);
     uint4 *slot = slots[warp];
     const int8_t *b_token[NG]; /* token 8G + g: its B column */
     const half2 *c_token_scales[NG][2]; /* tokens 8G + 2t, + 1: their C columns' scales */
@@ -190,6 +233,10 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
     }
     /* this lane's ldmatrix row: matrix m = lane / 8 is rows 8 (m % 2).. of half m / 2 of a block */
     const int a_row = (lane / 8 % 2) * 8 + lane % 8, a_half = lane / 16;
+    /* STAGED, B by ldmatrix.x4 over blocks j, j + 1: matrix m = lane / 8 is token row lane % 8, bytes
+     * 16 (m % 2).. of block j + m / 2 */
+    const uint32_t b_lane = (lane % 8) * Q80_X_ROW_BYTES + (lane / 16) * 32 + (lane / 8 % 2) * 16;
+    int buffer = 0;
     for (int k_tile = 0; k_tile < my_tiles; k_tile++) {
         const int tile = blockIdx.x + k_tile * gridDim.x, part = tile_part_of(p, tile);
         float acc[NG][4];
@@ -199,40 +246,76 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
             for (int i = 0; i < 4; i++) acc[G][i] = 0;
         for (int b = 0; b < per_tile; b++) {
             const int64_t group = warp + (int64_t)b * Q80_MMA_WARPS;
-            __syncwarp(); /* the previous group's reads of the slot are done */
+            __syncwarp(); /* the previous group's reads of the slot (and of the other activation buffer) are done */
 #pragma unroll
             for (int k = 0; k < 8; k++) {
                 const int piece = lane + 32 * k;
                 slot[q80_slot_piece(piece / 16, piece % 16)] = next[k];
             }
             if (lane < 16) slot[Q80_GROUP_VALUE_PIECES + lane] = next[8];
-            __syncwarp();
             load_next(); /* in flight during this group's products */
+            if constexpr (STAGED) {
+                fetch_x(loaded_group, buffer ^ 1);
+                copy_async_wait<1>(); /* this group's activations are in (this lane's copies) */
+            }
+            __syncwarp(); /* ... and every lane's copies and stores are visible */
             const uint4 scales_g = slot[Q80_GROUP_VALUE_PIECES + g], scales_g8 = slot[Q80_GROUP_VALUE_PIECES + g + 8];
             const __half *d_g = reinterpret_cast<const __half *>(&scales_g), *d_g8 = reinterpret_cast<const __half *>(&scales_g8);
+            if constexpr (STAGED) {
+                const uint32_t x_here = x_buffers + buffer * Q80_X_STAGE_BYTES;
+                const uint8_t *scales_here = q80_x + (warp * 2 + buffer) * Q80_X_STAGE_BYTES + 8 * Q80_X_ROW_BYTES;
 #pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const int64_t block = group * 8 + j;
-                uint32_t a[4];
-                ldmatrix_x4(a, shared_address(slot + q80_slot_piece(a_row, 2 * j + a_half)));
-                const float d_row[2] = {__half2float(d_g[j]), __half2float(d_g8[j])};
+                for (int jj = 0; jj < 8; jj += 2) {
+                    uint32_t bx[4]; /* B of blocks jj (0, 1) and jj + 1 (2, 3) */
+                    ldmatrix_x4(bx, x_here + b_lane + jj * 32);
+                    uint2 token_scales[2]; /* tokens 2t, 2t + 1: the half2 of blocks jj, jj + 1 */
 #pragma unroll
-                for (int G = 0; G < NG; G++) {
-                    const int8_t *x = b_token[G] + block * 32;
-                    int c[4] = {0, 0, 0, 0};
-                    mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], *reinterpret_cast<const int *>(x), *reinterpret_cast<const int *>(x + 16));
+                    for (int k = 0; k < 2; k++) token_scales[k] = *reinterpret_cast<const uint2 *>(scales_here + (2 * t + k) * 32 + jj * 4);
 #pragma unroll
-                    for (int k = 0; k < 2; k++) {
-                        const float d_token = __low2float(c_token_scales[G][k][block]);
+                    for (int h = 0; h < 2; h++) {
+                        const int j = jj + h;
+                        uint32_t a[4];
+                        ldmatrix_x4(a, shared_address(slot + q80_slot_piece(a_row, 2 * j + a_half)));
+                        const float d_row[2] = {__half2float(d_g[j]), __half2float(d_g8[j])};
+                        int c[4] = {0, 0, 0, 0};
+                        mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], (int)bx[2 * h], (int)bx[2 * h + 1]);
 #pragma unroll
-                        for (int r = 0; r < 2; r++) acc[G][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                        for (int k = 0; k < 2; k++) {
+                            const uint32_t scale_word = h ? token_scales[k].y : token_scales[k].x;
+                            const float d_token = __low2float(*reinterpret_cast<const half2 *>(&scale_word));
+#pragma unroll
+                            for (int r = 0; r < 2; r++) acc[0][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                        }
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int64_t block = group * 8 + j;
+                    uint32_t a[4];
+                    ldmatrix_x4(a, shared_address(slot + q80_slot_piece(a_row, 2 * j + a_half)));
+                    const float d_row[2] = {__half2float(d_g[j]), __half2float(d_g8[j])};
+#pragma unroll
+                    for (int G = 0; G < NG; G++) {
+                        const int8_t *x = b_token[G] + block * 32;
+                        int c[4] = {0, 0, 0, 0};
+                        mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], *reinterpret_cast<const int *>(x),
+                                   *reinterpret_cast<const int *>(x + 16));
+#pragma unroll
+                        for (int k = 0; k < 2; k++) {
+                            const float d_token = __low2float(c_token_scales[G][k][block]);
+#pragma unroll
+                            for (int r = 0; r < 2; r++) acc[G][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                        }
                     }
                 }
             }
+            buffer ^= 1;
         }
         const int64_t rows = part == 0 ? p.rows[0] : part == 1 ? p.rows[1] : p.rows[2]; /* part_field here: 4 registers more (ptxas) */
         store_tile_sums<NG, Q80_MMA_WARPS>(acc, partial[k_tile & 1], part_field(p.y, part), rows, tile_row0(p, tile, part), n_tokens);
     }
+    if constexpr (STAGED) copy_async_wait<0>();
 }
 
 /* Whether 2..16 tokens take the tensor-core kernel where every part's rows are whole 16-row tiles
@@ -253,28 +336,39 @@ static bool q8_0_mma_enabled(void) {
  * (256 tiles, one wave) unchanged, 9.59 / 9.57 -> 9.60 / 9.85; Llama-3-8B q8_0 (suites/gpu-q8_0.yaml)
  * decode x8 1897 / 1891 -> 2036 / 2030 tokens/s. The minimum of two blocks an SM in the kernel's
  * launch bounds keeps the 9-16-token form at 128 registers (176 without, one block an SM). */
-template <int NG> static cudaError_t q8_0_tiles_grid(int tiles, int *grid) {
+template <int NG, bool STAGED> static cudaError_t q8_0_tiles_grid(int tiles, bool sm90, int *grid) {
     static const int persistent = tm_env_int("TM_Q80_PERSISTENT", 1), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0);
     int resident = 0;
     *grid = tiles;
-    if (!persistent) return cudaSuccess;
-    TM_CUDA_CHECK(tm_resident_blocks((const void *)q8_0_mma_kernel<NG>, 32 * Q80_MMA_WARPS, 0, &resident));
+    if (!persistent || !sm90) return cudaSuccess; /* measured on sm_90 only (as gemv_q8.cu's persistent kernel): an RTX 4090 keeps a block a tile */
+    TM_CUDA_CHECK(tm_resident_blocks((const void *)q8_0_mma_kernel<NG, STAGED>, 32 * Q80_MMA_WARPS, STAGED ? Q80_X_SHARED_BYTES : 0, &resident));
     if (cap > 0 && cap < resident) resident = cap;
     if (resident > 0 && resident < tiles) *grid = resident;
     return cudaSuccess;
 }
 
-static cudaError_t launch_q8_0_tiles(const tile_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
-    const int tiles = p.tiles_end[p.n_parts - 1];
-    const int8_t *qs = (const int8_t *)x.qs;
-    const half2 *ds = (const half2 *)x.ds;
+template <int NG, bool STAGED>
+static cudaError_t launch_q8_0_tiles_as(const tile_parts &p, int tiles, int64_t cols, const q8_out &x, int n_tokens, bool sm90, cudaStream_t s) {
+    const int shared = STAGED ? Q80_X_SHARED_BYTES : 0;
     int grid = 0;
-    if (n_tokens <= 8) {
-        TM_CUDA_CHECK(q8_0_tiles_grid<1>(tiles, &grid));
-        return tm_launch_dependent(q8_0_mma_kernel<1>, dim3((unsigned)grid), dim3(32 * Q80_MMA_WARPS), 0, s, p, tiles, cols, qs, ds, n_tokens);
-    }
-    TM_CUDA_CHECK(q8_0_tiles_grid<2>(tiles, &grid));
-    return tm_launch_dependent(q8_0_mma_kernel<2>, dim3((unsigned)grid), dim3(32 * Q80_MMA_WARPS), 0, s, p, tiles, cols, qs, ds, n_tokens);
+    if (STAGED) TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)q8_0_mma_kernel<NG, STAGED>, shared));
+    TM_CUDA_CHECK((q8_0_tiles_grid<NG, STAGED>(tiles, sm90, &grid)));
+    return tm_launch_dependent(q8_0_mma_kernel<NG, STAGED>, dim3((unsigned)grid), dim3(32 * Q80_MMA_WARPS), shared, s, p, tiles, cols,
+                               (const int8_t *)x.qs, (const half2 *)x.ds, n_tokens);
+}
+
+/* Up to 8 tokens on sm_90 stage their activations (q8_0_mma_kernel's STAGED; TM_Q80_STAGE_X=0, a
+ * measuring aid, reads them from global memory as before sm_90). */
+static cudaError_t launch_q8_0_tiles(const tile_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
+    static const int stage_x = tm_env_int("TM_Q80_STAGE_X", 1);
+    const int tiles = p.tiles_end[p.n_parts - 1];
+    int device = 0, major = 0;
+    TM_CUDA_CHECK(cudaGetDevice(&device));
+    TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    const bool sm90 = major >= 9;
+    if (n_tokens > 8) return launch_q8_0_tiles_as<2, false>(p, tiles, cols, x, n_tokens, sm90, s);
+    if (stage_x && sm90) return launch_q8_0_tiles_as<1, true>(p, tiles, cols, x, n_tokens, sm90, s);
+    return launch_q8_0_tiles_as<1, false>(p, tiles, cols, x, n_tokens, sm90, s);
 }
 
 extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream) {

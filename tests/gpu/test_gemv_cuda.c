@@ -34,7 +34,10 @@
  * through several tiles, across the parts' types in the parts check and with the rope targets
  * of each tile in test_qkv_rope, and warps with no block of a tile (1024 columns: 4 blocks for 8
  * warps) still add their zero sums; q8_0's tensor-core kernel (gemv_q8_0.cu) likewise runs through
- * several tiles a block there (its groups of 8 blocks: 1024 columns, 4 groups for 8 warps).
+ * several tiles a block there (its groups of 8 blocks: 1024 columns, 4 groups for 8 warps). That
+ * kernel stages the activations of up to 8 tokens in shared memory on sm_90; the "dp4a" and
+ * "persistent-4-warps" children read them from global memory (TM_Q80_STAGE_X=0), a block a tile
+ * and several tiles a block.
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
@@ -645,7 +648,7 @@ int main(void) {
     test_sixteen_bit_token_parts(&rng);
     cublasDestroy(cublas);
     if (!child) {
-        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_MMQ_PERSISTENT=0 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=8") == 0,
+        CHECK(run_child("dp4a", "TM_GEMV_STREAM=0 TM_MMQ_WARPS=4 TM_MMQ_PERSISTENT=0 TM_GEMM_FUSED=1 TM_GEMV16_LOADS=8 TM_Q80_STAGE_X=0") == 0,
               "the run with one-token products on dp4a (and k-quant prefill on mma.sync) passed");
         CHECK(run_child("dp4a-subblocks",
                         "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT=0 TM_GEMV16_LOADS=4 TM_Q80_MMA=0") == 0,
@@ -654,7 +657,7 @@ int main(void) {
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
         CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3") == 0,
               "the run with the several-token k-quant and q8_0 products in three persistent blocks passed");
-        CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4") == 0,
+        CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4 TM_Q80_STAGE_X=0") == 0,
               "the run with the several-token k-quant products in three persistent blocks of 4 warps passed");
     }
     char name[64];
