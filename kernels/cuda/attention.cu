@@ -526,6 +526,7 @@ static cudaError_t launch_decode_blocks(dim3 grid, const float *q, float *out, f
     cudaError_t status = tm_resident_blocks((const void *)decode_attention_kernel<KV, HD, G>, 32 * WARPS, 0, &resident);
     if (status != cudaSuccess) return status;
     const int spread = (int)max(1u, min(grid.y, (unsigned)resident / grid.x));
+    TM_CUDA_CHECK(tm_attention_carveout((const void *)decode_attention_kernel<KV, HD, G>));
     return tm_launch_dependent(decode_attention_kernel<KV, HD, G>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages,
                                page_offsets, n_keys, n_head, scale, min_keys, spread, early_kv);
 }
@@ -715,6 +716,7 @@ static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, cons
                                   const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 && C == 1 ? 16 : 8;
     const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * whole_head_batches(n_head / a.n_head_kv, G) * C));
+    TM_CUDA_CHECK(tm_attention_carveout((const void *)decode_whole_kernel<KV, HD, G, W, C, MMA>));
     return tm_launch_dependent_cluster(decode_whole_kernel<KV, HD, G, W, C, MMA>, grid, dim3(32 * W), 0, s, C, q, out, a, pages,
                                        page_offsets, n_keys, n_head, scale, q8);
 }

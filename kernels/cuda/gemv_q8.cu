@@ -1131,8 +1131,15 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
  * scheduler, 4 warps each), not in waves. Holding the activations in the block's shared memory
  * (36.5 KiB more a block; branch mmq-persistent-x) took that launch to 21.5 us alone but the
  * captured step from 2919 to 2765 tokens/s. */
-template <int NG, int WARPS, int S, bool ROPE> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
-    return WARPS * S * MMQ_ROWS * widest_row + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float) + (ROPE ? 2 * (int)sizeof(rope_tile) : 0);
+/* A stage of the persistent kernel: a block's 16 weight rows (widest_row apart), and with INPUTS the
+ * tokens' activations for it (8 rows of MMQ_X_ROW_BYTES, or MMQ_X_ROW_BYTES_Q6K in a q6_k tile, then
+ * 8 (d, d * sum) pairs a token), as mmq_kernel's INPUTS stages. */
+template <bool INPUTS> __host__ __device__ constexpr int mmq_persistent_stage_bytes(int widest_row) {
+    return MMQ_ROWS * widest_row + (INPUTS ? 8 * MMQ_X_ROW_BYTES + 8 * 32 : 0);
+}
+template <int NG, int WARPS, int S, bool ROPE, bool INPUTS> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
+    return WARPS * S * mmq_persistent_stage_bytes<INPUTS>(widest_row) + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float) +
+           (ROPE ? 2 * (int)sizeof(rope_tile) : 0);
 }
 
 /* Where tile `tile` (of the concatenated parts' 16-row tiles) lies: its part and first row in it. */
@@ -1141,13 +1148,14 @@ __device__ __forceinline__ void mmq_tile_at(const mmvq_parts &parts, int64_t til
     find_part(parts, row0, part); /* tiles < the launch's: always found */
 }
 
-template <int NG, int WARPS, int S, bool ROPE>
+template <int NG, int WARPS, int S, bool ROPE, bool INPUTS>
 __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     mmq_persistent_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens, int64_t tiles, bool early,
                           int widest_row, rope_append rope) {
+    static_assert(!INPUTS || NG == 1, "activations are staged for one token group");
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const int stage_bytes = MMQ_ROWS * widest_row;
+    const int weight_bytes = MMQ_ROWS * widest_row, stage_bytes = mmq_persistent_stage_bytes<INPUTS>(widest_row);
     uint8_t *mine = mmq_shared + warp * S * stage_bytes;
     float(*partials)[WARPS - 1][NG * 4][32] = reinterpret_cast<float(*)[WARPS - 1][NG * 4][32]>(mmq_shared + WARPS * S * stage_bytes);
     rope_tile *targets = reinterpret_cast<rope_tile *>(partials + 2); /* with ROPE: two, by tile parity */
@@ -1157,6 +1165,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     /* The fetch cursor: the next (tile, block) of the warp's stream to copy, and that tile's rows. */
     int64_t fetch_tile = blockIdx.x, fetches_left = my_tiles * per_tile;
     int fetch_index = 0, fetch_type = 0, fetch_row_bytes = 0;
+    int64_t fetched_block = -1; /* the block fetch_next last copied (-1: none) and its tile's type */
+    int fetched_type = 0;
     const uint8_t *fetch_rows = nullptr;
     auto aim_fetch = [&] {
         mmvq_part part;
@@ -1166,13 +1176,15 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
         fetch_row_bytes = (int)(blocks * k_block_stride(part.type)); /* 16 rows below 2^31 bytes: cols <= 2^24 */
         fetch_rows = part.weights + row0 * fetch_row_bytes;
     };
-    auto fetch_next = [&](int stage) { /* one commit group a call, empty past the stream's end */
+    auto fetch_next = [&](int stage) { /* the stream's next block's weights (none past its end); the caller commits */
+        fetched_block = -1;
         if (fetches_left > 0) {
             uint8_t *to = mine + stage * stage_bytes;
             const int64_t block = warp + (int64_t)fetch_index * WARPS;
             if (fetch_type == Q4_K) mmq_fetch_block<Q4_K>(to, fetch_rows + block * traits<Q4_K>::stride, fetch_row_bytes, lane);
             else if (fetch_type == Q5_K) mmq_fetch_block<Q5_K>(to, fetch_rows + block * traits<Q5_K>::stride, fetch_row_bytes, lane);
             else mmq_fetch_block<Q6_K>(to, fetch_rows + block * traits<Q6_K>::stride, fetch_row_bytes, lane);
+            fetched_block = block, fetched_type = fetch_type;
             fetches_left--;
             if (++fetch_index == per_tile) {
                 fetch_index = 0;
@@ -1180,13 +1192,36 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
                 if (fetches_left > 0) aim_fetch();
             }
         }
-        copy_async_commit();
+    };
+    /* INPUTS: the tokens' values and pairs at `block` into the stage after its weights (lane: piece
+     * lane % 16 of tokens lane / 16, + 2, ...; pair half lane % 2 of token lane / 2); only after the
+     * wait for the previous kernel, which writes them. */
+    auto fetch_inputs = [&](int64_t block, int type, int stage) {
+        if (!INPUTS || block < 0) return;
+        const uint32_t to = shared_address(mine + stage * stage_bytes + weight_bytes);
+        const int8_t *values = xq + (lane >> 4) * cols + block * 256 + 16 * (lane & 15);
+        const half2 *pairs = xds + (lane / 2) * (cols / 32) + block * 8 + 4 * (lane % 2);
+        if (type == Q6_K) mmq_fetch_stage_inputs<1, MMQ_X_ROW_BYTES_Q6K>(to, values, 2 * cols, pairs, n_tokens, lane);
+        else mmq_fetch_stage_inputs<1, MMQ_X_ROW_BYTES>(to, values, 2 * cols, pairs, n_tokens, lane);
     };
     if (fetches_left > 0) aim_fetch();
     if (!early) tm_grid_dependency();
+    int64_t first_blocks[S - 1]; /* INPUTS: the first stages' blocks and types, their activations copied after the wait */
+    int first_types[S - 1];
 #pragma unroll
-    for (int k = 0; k < S - 1; k++) fetch_next(k);
+    for (int k = 0; k < S - 1; k++) {
+        fetch_next(k);
+        first_blocks[k] = fetched_block, first_types[k] = fetched_type;
+        copy_async_commit();
+    }
     if (early) tm_grid_dependency(); /* the weights are written by no kernel; the activations and y after the wait */
+    if constexpr (INPUTS) {
+#pragma unroll
+        for (int k = 0; k < S - 1; k++) {
+            fetch_inputs(first_blocks[k], first_types[k], k);
+            copy_async_commit();
+        }
+    }
     int stage = 0;
     for (int64_t k = 0; k < my_tiles; k++) {
         mmvq_part part;
@@ -1201,10 +1236,15 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
             for (int i = 0; i < 4; i++) acc[G][i] = 0;
         for (int b = 0; b < per_tile; b++) {
             fetch_next((stage + S - 1) % S);
-            copy_async_wait<S - 1>(); /* this item's group is done (for this lane's copies) */
+            fetch_inputs(fetched_block, fetched_type, (stage + S - 1) % S);
+            copy_async_commit();
+            copy_async_wait<S - 1>(); /* this item's groups are done (for this lane's copies) */
             __syncwarp();             /* ... and the other lanes' copies are visible */
-            const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, warp + (int64_t)b * WARPS, n_tokens, g, t);
-            const uint8_t *staged_g = mine + stage * stage_bytes + g * stride;
+            const uint8_t *here = mine + stage * stage_bytes;
+            const mmq_inputs<NG> in =
+                INPUTS ? mmq_inputs_staged<NG>(here + weight_bytes, part.type == Q6_K ? MMQ_X_ROW_BYTES_Q6K : MMQ_X_ROW_BYTES, n_tokens, g, t)
+                       : mmq_inputs_at<NG>(xq, xds, cols, warp + (int64_t)b * WARPS, n_tokens, g, t);
+            const uint8_t *staged_g = here + g * stride;
             if (part.type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             else if (part.type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
@@ -1328,14 +1368,39 @@ static int mmq_persistent_warps(void) {
     return forced == 4 || forced == 8 ? forced : 0;
 }
 
-/* f(std::integral_constant<int, W>, std::integral_constant<int, S>, std::bool_constant<ROPE>) for
- * the launch's warps, stages and rope: the one place the persistent kernel's instantiations are
- * chosen. */
-template <typename F> static cudaError_t mmq_persistent_variant(int warps, bool rope, F &&f) {
+/* Whether the persistent kernel's products of one token group stage the tokens' activations with
+ * each block's weights (mmq_persistent_stage_bytes; two stages a warp only): TM_MMQ_PERSISTENT_INPUTS=0,
+ * a measuring aid, reads them from global memory inside the products (4 / 8: only in blocks of that
+ * many warps). Why (session 30): the q8_0 tensor-core kernel's products had waited on the
+ * activations' global loads (ncu: 8.4 of 16.6 cycles an instruction on long scoreboard; staged, 1.4);
+ * the k-quant products read them the same way. H200, one binary, two interleaved rounds, 0 -> 1:
+ * chained 8-token products 4096 x 4096 q4_k 6.09 / 6.92 -> 5.14 / 5.10 us, q6_k 9.74 / 8.94 -> 6.98 /
+ * 7.00, 14336 x 4096 q4_k 15.22 / 15.08 -> 13.40 / 13.31, q6_k 22.02 / 21.85 -> 19.03 / 19.03; 7B
+ * decode 128 x8 3080 / 3080 -> 3401 / 3389 tokens/s, 512 x4 1524 / 1508 -> 1549 / 1542, but 2048 x8
+ * 1813 / 1800 -> 1711 / 1718 (staging in 4-warp or 8-warp blocks only: 1704 / 1667), although each
+ * product kernel was faster there too (plain-launch profile: 42.0 -> 36.3 ms of the 8-warp ones a
+ * run) and the step without dependent launches gained (1666 -> 1737): the larger blocks no longer
+ * fit beside the decode attention's last blocks in the carveout the driver chose for it, so they
+ * waited for its SMs to drain. With the attention's carveout at 50 % (tm_attention_carveout) 2048 x8
+ * is 1872 and 128 x8 3428. */
+static bool mmq_persistent_inputs(int warps) {
+    static const int staged = tm_env_int("TM_MMQ_PERSISTENT_INPUTS", 1); /* 4 / 8: only in blocks of that many warps */
+    return staged == 1 || staged == warps;
+}
+
+/* f(std::integral_constant<int, W>, std::integral_constant<int, S>, std::bool_constant<ROPE>,
+ * std::bool_constant<INPUTS>) for the launch's warps, stages, rope and staged activations: the one
+ * place the persistent kernel's instantiations are chosen. */
+template <int NG, typename F> static cudaError_t mmq_persistent_variant(int warps, bool rope, F &&f) {
     auto with_warps = [&](auto w) {
         if (mmq_persistent_stages() == 3)
-            return rope ? f(w, std::integral_constant<int, 3>{}, std::true_type{}) : f(w, std::integral_constant<int, 3>{}, std::false_type{});
-        return rope ? f(w, std::integral_constant<int, 2>{}, std::true_type{}) : f(w, std::integral_constant<int, 2>{}, std::false_type{});
+            return rope ? f(w, std::integral_constant<int, 3>{}, std::true_type{}, std::false_type{})
+                        : f(w, std::integral_constant<int, 3>{}, std::false_type{}, std::false_type{});
+        if (NG == 1 && mmq_persistent_inputs(decltype(w)::value))
+            return rope ? f(w, std::integral_constant<int, 2>{}, std::true_type{}, std::bool_constant<NG == 1>{})
+                        : f(w, std::integral_constant<int, 2>{}, std::false_type{}, std::bool_constant<NG == 1>{});
+        return rope ? f(w, std::integral_constant<int, 2>{}, std::true_type{}, std::false_type{})
+                    : f(w, std::integral_constant<int, 2>{}, std::false_type{}, std::false_type{});
     };
     return warps == 4 ? with_warps(std::integral_constant<int, 4>{}) : with_warps(std::integral_constant<int, 8>{});
 }
@@ -1347,9 +1412,11 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
     const void *kernel = nullptr;
     int shared = 0, resident = 0, device = 0, sms = 0, major = 0;
     *slots = 0;
-    mmq_persistent_variant(warps, rope, [&](auto w, auto stages, auto with) {
-        kernel = (const void *)mmq_persistent_kernel<NG, decltype(w)::value, decltype(stages)::value, decltype(with)::value>;
-        shared = mmq_persistent_shared_bytes<NG, decltype(w)::value, decltype(stages)::value, decltype(with)::value>(widest);
+    mmq_persistent_variant<NG>(warps, rope, [&](auto w, auto stages, auto with, auto staged) {
+        constexpr int W = decltype(w)::value, S = decltype(stages)::value;
+        constexpr bool ROPE = decltype(with)::value, INPUTS = decltype(staged)::value;
+        kernel = (const void *)mmq_persistent_kernel<NG, W, S, ROPE, INPUTS>;
+        shared = mmq_persistent_shared_bytes<NG, W, S, ROPE, INPUTS>(widest);
         return cudaSuccess;
     });
     TM_CUDA_CHECK(cudaGetDevice(&device));
@@ -1407,12 +1474,13 @@ static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, 
                                          int grid, int warps, const rope_append *rope, cudaStream_t s) {
     const int widest = mmq_widest_row(parts, true);
     const rope_append targets = rope ? *rope : rope_append{};
-    return mmq_persistent_variant(warps, rope != nullptr, [&](auto w, auto stages, auto with) {
+    return mmq_persistent_variant<NG>(warps, rope != nullptr, [&](auto w, auto stages, auto with, auto staged) {
         constexpr int W = decltype(w)::value, S = decltype(stages)::value;
-        constexpr bool ROPE = decltype(with)::value;
-        TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, W, S, ROPE>), dim3((unsigned)grid), dim3(32 * W),
-                            mmq_persistent_shared_bytes<NG, W, S, ROPE>(widest), s, parts, cols, qs, ds, n, tiles, gemv_early_weights(),
-                            widest, targets);
+        constexpr bool ROPE = decltype(with)::value, INPUTS = decltype(staged)::value;
+        if (INPUTS) tm_note_staged_products(); /* the decode attention then leaves room for these blocks (launch.cuh) */
+        TM_LAUNCH_DEPENDENT((mmq_persistent_kernel<NG, W, S, ROPE, INPUTS>), dim3((unsigned)grid), dim3(32 * W),
+                            (mmq_persistent_shared_bytes<NG, W, S, ROPE, INPUTS>(widest)), s, parts, cols, qs, ds, n, tiles,
+                            gemv_early_weights(), widest, targets);
         return cudaSuccess;
     });
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
 #include <mutex>
 
 #include "launch.cuh"
@@ -62,6 +63,35 @@ cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {
         if (done[i].kernel == kernel && done[i].device == device && done[i].bytes >= bytes) return cudaSuccess;
     status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (status == cudaSuccess && n_done < 64) done[n_done].kernel = kernel, done[n_done].device = device, done[n_done++].bytes = bytes;
+    return status;
+}
+
+/* Per device (up to 16): whether a product kernel with staged activations has been launched. */
+static std::atomic<bool> staged_products[16];
+
+void tm_note_staged_products(void) {
+    int device = 0;
+    if (cudaGetDevice(&device) == cudaSuccess && device >= 0 && device < 16) staged_products[device].store(true);
+}
+
+cudaError_t tm_attention_carveout(const void *kernel) {
+    static const int forced = tm_env_int("TM_ATTENTION_CARVEOUT", -1);
+    static struct {
+        const void *kernel;
+        int device;
+    } done[64];
+    static int n_done;
+    static std::mutex lock;
+    int device = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status != cudaSuccess) return status;
+    const int percent = forced >= 0 && forced <= 100 ? forced : device >= 0 && device < 16 && staged_products[device].load() ? 50 : -1;
+    if (percent < 0) return cudaSuccess;
+    std::lock_guard<std::mutex> held(lock);
+    for (int i = 0; i < n_done; i++)
+        if (done[i].kernel == kernel && done[i].device == device) return cudaSuccess;
+    status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
+    if (status == cudaSuccess && n_done < 64) done[n_done].kernel = kernel, done[n_done++].device = device;
     return status;
 }
 

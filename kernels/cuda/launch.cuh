@@ -66,6 +66,21 @@ int tm_env_int(const char *name, int fallback);
  * is being captured). */
 cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes);
 
+/* The decode attention kernels' shared-memory carveout (cudaFuncAttributePreferredSharedMemoryCarveout),
+ * set once per kernel and device at its launch: 50 % of the SM's unified L1 / shared memory once the
+ * device has launched products with staged activations (tm_note_staged_products: gemv_q8.cu's
+ * persistent kernel), so those products' blocks (85-112 KiB of stages each) fit beside the
+ * attention's last blocks on an SM and start during its tail; the driver's choice otherwise.
+ * TM_ATTENTION_CARVEOUT=P (a measuring aid, read once) fixes P % for every decode attention launch.
+ * H200, 7B decode with staged products, one call each: driver's choice / 50 / 60 / 70 / 85 %: 128 x8
+ * 3388, 3361 / 3428 / 3424, 3394 / 3401 / 3398 tokens/s; 512 x4 1549 (session 30, call 8) / 1598 /
+ * 1582 / 1549 / 1547; 2048 x8 1710, 1731 / 1872 / 1862, 1865 / 1822 / 1707; without staged products
+ * 60 % changed nothing (2048 x8 1809, 1810 -> 1809, 1812); the 8B f16 (no such products) 128 x8 /
+ * 2048 x8 1727 / 1478 -> 1700 / 1458 at 60 %, hence only after staged products. */
+cudaError_t tm_attention_carveout(const void *kernel);
+/* Marks the current device as running products with staged activations (see tm_attention_carveout). */
+void tm_note_staged_products(void);
+
 /* How many blocks of `kernel` (`threads` each, `shared` bytes of dynamic shared memory) the current
  * device holds at once: blocks an SM by the occupancy calculator, times the SMs; computed once per
  * kernel, device and shape (a host-side query, allowed while a graph is being captured). */

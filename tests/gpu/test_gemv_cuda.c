@@ -31,8 +31,10 @@
  * "persistent" child takes it in three blocks (TM_MMQ_PERSISTENT_BLOCKS=3; 8 warps each, the
  * choice for products of fewer tiles than the 4-warp slots, and "persistent-4-warps" in blocks of 4
  * warps, the choice for products of more, as the 7B's gate/up at 8 tokens), so a block runs
- * through several tiles, across the parts' types in the parts check and with the rope targets
- * of each tile in test_qkv_rope, and warps with no block of a tile (1024 columns: 4 blocks for 8
+ * through several tiles (its stages holding the activations of up to 8 tokens as well, by default,
+ * and in the parent; "persistent" reads them from global memory, TM_MMQ_PERSISTENT_INPUTS=0),
+ * across the parts' types in the parts check and with the rope targets of each tile in
+ * test_qkv_rope, and warps with no block of a tile (1024 columns: 4 blocks for 8
  * warps) still add their zero sums; q8_0's tensor-core kernel (gemv_q8_0.cu) likewise runs through
  * several tiles a block there (its groups of 8 blocks: 1024 columns, 4 groups for 8 warps). That
  * kernel stages the activations of up to 8 tokens in shared memory on sm_90; the "dp4a" and
@@ -655,7 +657,7 @@ int main(void) {
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
-        CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3") == 0,
+        CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_INPUTS=0") == 0,
               "the run with the several-token k-quant and q8_0 products in three persistent blocks passed");
         CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4 TM_Q80_STAGE_X=0") == 0,
               "the run with the several-token k-quant products in three persistent blocks of 4 warps passed");
