@@ -69,8 +69,9 @@ cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes);
 /* The decode attention kernels' shared-memory carveout (cudaFuncAttributePreferredSharedMemoryCarveout),
  * set once per kernel and device at its launch: 50 % of the SM's unified L1 / shared memory once the
  * device has launched products with staged activations (tm_note_staged_products: gemv_q8.cu's
- * persistent kernel), so those products' blocks (85-112 KiB of stages each) fit beside the
- * attention's last blocks on an SM and start during its tail; the driver's choice otherwise.
+ * persistent kernel), so those products' blocks (an 8-warp q4_k block 87 KiB, 47 unstaged) fit
+ * beside the attention's last blocks on an SM and start during its tail; the driver's choice
+ * otherwise.
  * TM_ATTENTION_CARVEOUT=P (a measuring aid, read once) fixes P % for every decode attention launch.
  * H200, 7B decode with staged products, one call each: driver's choice / 50 / 60 / 70 / 85 %: 128 x8
  * 3388, 3361 / 3428 / 3424, 3394 / 3401 / 3398 tokens/s; 512 x4 1549 (session 30, call 8) / 1598 /
