@@ -1410,7 +1410,7 @@ template <int NG, typename F> static cudaError_t mmq_persistent_variant(int warp
 template <int NG>
 static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *slots) {
     const void *kernel = nullptr;
-    int shared = 0, resident = 0, device = 0, sms = 0, major = 0;
+    int shared = 0, resident = 0, device = 0, sms = 0;
     *slots = 0;
     mmq_persistent_variant<NG>(warps, rope, [&](auto w, auto stages, auto with, auto staged) {
         constexpr int W = decltype(w)::value, S = decltype(stages)::value;
@@ -1419,9 +1419,8 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
         shared = mmq_persistent_shared_bytes<NG, W, S, ROPE, INPUTS>(widest);
         return cudaSuccess;
     });
+    if (tm_device_major() < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
     TM_CUDA_CHECK(cudaGetDevice(&device));
-    TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    if (major < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
     TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
     TM_CUDA_CHECK(tm_resident_blocks(kernel, 32 * warps, shared, &resident));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));

@@ -362,10 +362,7 @@ static cudaError_t launch_q8_0_tiles_as(const tile_parts &p, int tiles, int64_t 
 static cudaError_t launch_q8_0_tiles(const tile_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
     static const int stage_x = tm_env_int("TM_Q80_STAGE_X", 1);
     const int tiles = p.tiles_end[p.n_parts - 1];
-    int device = 0, major = 0;
-    TM_CUDA_CHECK(cudaGetDevice(&device));
-    TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    const bool sm90 = major >= 9;
+    const bool sm90 = tm_device_major() >= 9;
     if (n_tokens > 8) return launch_q8_0_tiles_as<2, false>(p, tiles, cols, x, n_tokens, sm90, s);
     if (stage_x && sm90) return launch_q8_0_tiles_as<1, true>(p, tiles, cols, x, n_tokens, sm90, s);
     return launch_q8_0_tiles_as<1, false>(p, tiles, cols, x, n_tokens, sm90, s);

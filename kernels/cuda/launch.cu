@@ -27,8 +27,7 @@ static int device_major(int device) {
     return major[device];
 }
 
-/* device_major of the current device (0 where there is none). */
-static int current_device_major(void) {
+int tm_device_major(void) {
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess) {
         cudaGetLastError();
@@ -43,16 +42,19 @@ int tm_dependent_launch_enabled(void) {
         const char *value = getenv("TM_DEPENDENT_LAUNCH");
         environment = !(value && strcmp(value, "0") == 0);
     }
-    return environment && current_device_major() >= 9;
+    return environment && tm_device_major() >= 9;
 }
 
-bool tm_cluster_launch_available(void) { return current_device_major() >= 9; }
+bool tm_cluster_launch_available(void) { return tm_device_major() >= 9; }
 
-cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {
+/* cudaFuncSetAttribute(kernel, attribute, value) on the current device, once: again only where
+ * no earlier call for this kernel, device and attribute set a value that `covers` this one (at
+ * least it for the dynamic shared-memory limit, the same value otherwise). */
+static cudaError_t set_attribute_once(const void *kernel, cudaFuncAttribute attribute, int value, bool at_least) {
     static struct {
         const void *kernel;
-        int device, bytes;
-    } done[64];
+        int device, attribute, value;
+    } done[128];
     static int n_done;
     static std::mutex lock; /* backends on several devices may launch from several threads */
     int device = 0;
@@ -60,10 +62,17 @@ cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {
     if (status != cudaSuccess) return status;
     std::lock_guard<std::mutex> held(lock);
     for (int i = 0; i < n_done; i++)
-        if (done[i].kernel == kernel && done[i].device == device && done[i].bytes >= bytes) return cudaSuccess;
-    status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (status == cudaSuccess && n_done < 64) done[n_done].kernel = kernel, done[n_done].device = device, done[n_done++].bytes = bytes;
+        if (done[i].kernel == kernel && done[i].device == device && done[i].attribute == (int)attribute &&
+            (at_least ? done[i].value >= value : done[i].value == value))
+            return cudaSuccess;
+    status = cudaFuncSetAttribute(kernel, attribute, value);
+    if (status == cudaSuccess && n_done < 128) done[n_done].kernel = kernel, done[n_done].device = device, done[n_done].attribute = (int)attribute,
+                                               done[n_done++].value = value;
     return status;
+}
+
+cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes) {
+    return set_attribute_once(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes, true);
 }
 
 /* Per device (up to 16): whether a product kernel with staged activations has been launched. */
@@ -76,23 +85,11 @@ void tm_note_staged_products(void) {
 
 cudaError_t tm_attention_carveout(const void *kernel) {
     static const int forced = tm_env_int("TM_ATTENTION_CARVEOUT", -1);
-    static struct {
-        const void *kernel;
-        int device;
-    } done[64];
-    static int n_done;
-    static std::mutex lock;
     int device = 0;
     cudaError_t status = cudaGetDevice(&device);
     if (status != cudaSuccess) return status;
     const int percent = forced >= 0 && forced <= 100 ? forced : device >= 0 && device < 16 && staged_products[device].load() ? 50 : -1;
-    if (percent < 0) return cudaSuccess;
-    std::lock_guard<std::mutex> held(lock);
-    for (int i = 0; i < n_done; i++)
-        if (done[i].kernel == kernel && done[i].device == device) return cudaSuccess;
-    status = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent);
-    if (status == cudaSuccess && n_done < 64) done[n_done].kernel = kernel, done[n_done++].device = device;
-    return status;
+    return percent < 0 ? cudaSuccess : set_attribute_once(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent, false);
 }
 
 cudaError_t tm_resident_blocks(const void *kernel, int threads, size_t shared, int *blocks) {

@@ -47,6 +47,9 @@ __device__ __forceinline__ void tm_grid_dependency() {
     tm_grid_release();
 }
 
+/* The current device's compute capability major, read once per device (0 where there is none). */
+int tm_device_major(void);
+
 /* Whether launches on the current device overlap their predecessor: compute capability >= 9.0 and
  * TM_DEPENDENT_LAUNCH is not "0" (read once). */
 int tm_dependent_launch_enabled(void);
