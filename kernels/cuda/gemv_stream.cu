@@ -243,8 +243,8 @@ static cudaError_t stream_device(int *sms, int *shared_per_block) {
     TM_CUDA_CHECK(cudaGetDevice(&device));
     if (device < 0 || device >= STREAM_MAX_DEVICES) return cudaErrorNotSupported;
     if (!known[device]) {
-        int major = 0, count = 0, per_sm = 0;
-        TM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+        int count = 0, per_sm = 0;
+        const int major = tm_device_major(); /* of the current device, as TM_DEVICE_MAJOR_MAX allows */
         TM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
         TM_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
         cached_sms[device] = count;

@@ -16,13 +16,21 @@
 
 #define MAX_DEVICES 64
 
-/* The device's compute capability major (0 where it cannot be read), once per device. */
+/* The device's compute capability major (0 where it cannot be read), once per device; at most
+ * TM_DEVICE_MAJOR_MAX where that is set (a test aid: with 8, the host takes an RTX 4090's paths
+ * on a newer card, no dependent launches, clusters, wgmma or sm_90-only kernel forms, so that a
+ * build of compute_89 PTX run there executes the sm_89 code; ci/gpu's "sm_89 paths" step). */
 static int device_major(int device) {
     static int major[MAX_DEVICES]; /* 0: unknown; benign race: every reader computes the same */
+    static const int cap = tm_env_int("TM_DEVICE_MAJOR_MAX", 0);
     if (device < 0 || device >= MAX_DEVICES) return 0;
-    if (!major[device] && cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-        cudaGetLastError();
-        major[device] = 0;
+    if (!major[device]) {
+        int read = 0;
+        if (cudaDeviceGetAttribute(&read, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+            cudaGetLastError();
+            read = 0;
+        }
+        major[device] = cap > 0 && read > cap ? cap : read;
     }
     return major[device];
 }
@@ -128,7 +136,7 @@ static __global__ void wgmma_probe_kernel(int *available) {
 
 bool tm_wgmma_available(int device) {
     static signed char known[MAX_DEVICES]; /* 0 unknown, 1 yes, -1 no */
-    if (device < 0 || device >= MAX_DEVICES) return false;
+    if (device < 0 || device >= MAX_DEVICES || device_major(device) < 9) return false;
     if (!known[device]) {
         int *flag = NULL, value = 0;
         bool ok = cudaMalloc(&flag, sizeof(int)) == cudaSuccess;

@@ -47,7 +47,8 @@ __device__ __forceinline__ void tm_grid_dependency() {
     tm_grid_release();
 }
 
-/* The current device's compute capability major, read once per device (0 where there is none). */
+/* The current device's compute capability major, read once per device (0 where there is none), at
+ * most TM_DEVICE_MAJOR_MAX where that is set (a test aid: 8 takes the RTX 4090's launches). */
 int tm_device_major(void);
 
 /* Whether launches on the current device overlap their predecessor: compute capability >= 9.0 and
