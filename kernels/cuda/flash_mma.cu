@@ -683,7 +683,7 @@ const flash_config configs[] = {
  * among the head dim's entries) when set and runnable, else the first runnable one. */
 const flash_config *choose_config(int device, int head_dim) {
     int limit = 0;
-    if (cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    if (tm_device_shared_memory(device, NULL, &limit) != cudaSuccess) {
         cudaGetLastError();
         return NULL;
     }

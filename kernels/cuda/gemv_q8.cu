@@ -1334,7 +1334,7 @@ static cudaError_t mmq_inputs_mode(int *mode) {
     TM_CUDA_CHECK(cudaGetDevice(&device));
     if (wanted == 0 || device < 0 || device >= 16) return cudaSuccess;
     if (!known[device]) {
-        TM_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+        TM_CUDA_CHECK(tm_device_shared_memory(device, &per_sm, NULL));
         const int block = mmq_shared_bytes<1, true>(8, MMQ_STAGE_ROW_BYTES_Q6K) + (int)sizeof(rope_tile) + 1024; /* 1 KiB the runtime keeps a block */
         known[device] = per_sm >= 2 * block ? 1 : -1;
     }

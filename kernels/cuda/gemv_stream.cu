@@ -246,7 +246,7 @@ static cudaError_t stream_device(int *sms, int *shared_per_block) {
         int count = 0, per_sm = 0;
         const int major = tm_device_major(); /* of the current device, as TM_DEVICE_MAJOR_MAX allows */
         TM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-        TM_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+        TM_CUDA_CHECK(tm_device_shared_memory(device, &per_sm, NULL));
         cached_sms[device] = count;
         /* each block: its static shared memory (under 2 KiB) and the 1 KiB the driver reserves */
         cached_shared[device] = major >= 9 ? per_sm / STREAM_BLOCKS_PER_SM - 3072 : 0;

@@ -2,8 +2,9 @@
  * launch.cu - whether kernels overlap their predecessor (launch.cuh) and whether a device launches
  * thread-block clusters: decided once per device; dynamic shared memory above 48 KiB, allowed once
  * per kernel and device; how many blocks of a kernel a device holds at once, computed once per
- * kernel and device; whether a device runs this build's wgmma code (probed once per device); and
- * tm_env_int, the one way the kernels' measuring aids read the environment.
+ * kernel and device; whether a device runs this build's wgmma code (probed once per device); the
+ * compute capability and shared memory every sm_90 and shared-memory choice reads (with the test
+ * aids that cap them); and tm_env_int, the one way the kernels' measuring aids read the environment.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,20 @@ int tm_device_major(void) {
         return 0;
     }
     return device_major(device);
+}
+
+cudaError_t tm_device_shared_memory(int device, int *per_sm, int *per_block) {
+    static const int cap_kib = tm_env_int("TM_SHARED_KIB_MAX", 0);
+    int sm = 0, block = 0;
+    TM_CUDA_CHECK(cudaDeviceGetAttribute(&sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    TM_CUDA_CHECK(cudaDeviceGetAttribute(&block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (cap_kib > 1) {
+        sm = sm < cap_kib * 1024 ? sm : cap_kib * 1024;
+        block = block < (cap_kib - 1) * 1024 ? block : (cap_kib - 1) * 1024; /* the SM keeps 1 KiB a block */
+    }
+    if (per_sm) *per_sm = sm;
+    if (per_block) *per_block = block;
+    return cudaSuccess;
 }
 
 int tm_dependent_launch_enabled(void) {

@@ -51,6 +51,12 @@ __device__ __forceinline__ void tm_grid_dependency() {
  * most TM_DEVICE_MAJOR_MAX where that is set (a test aid: 8 takes the RTX 4090's launches). */
 int tm_device_major(void);
 
+/* The shared memory of an SM of `device` and the most one block may opt in to, each at most
+ * TM_SHARED_KIB_MAX KiB an SM (less the 1 KiB the SM keeps a block) where that is set: a test aid
+ * that with 100 makes the choices sized by shared memory an RTX 4090's (100 KiB an SM, 99 a
+ * block) on a larger card. Every choice sized by shared memory reads it here. */
+cudaError_t tm_device_shared_memory(int device, int *per_sm, int *per_block);
+
 /* Whether launches on the current device overlap their predecessor: compute capability >= 9.0 and
  * TM_DEPENDENT_LAUNCH is not "0" (read once). */
 int tm_dependent_launch_enabled(void);
