@@ -1392,15 +1392,11 @@ static bool mmq_persistent_inputs(int warps) {
  * std::bool_constant<INPUTS>) for the launch's warps, stages, rope and staged activations: the one
  * place the persistent kernel's instantiations are chosen. */
 template <int NG, typename F> static cudaError_t mmq_persistent_variant(int warps, bool rope, F &&f) {
+    auto with_rope = [&](auto w, auto stages, auto staged) { return rope ? f(w, stages, std::true_type{}, staged) : f(w, stages, std::false_type{}, staged); };
     auto with_warps = [&](auto w) {
-        if (mmq_persistent_stages() == 3)
-            return rope ? f(w, std::integral_constant<int, 3>{}, std::true_type{}, std::false_type{})
-                        : f(w, std::integral_constant<int, 3>{}, std::false_type{}, std::false_type{});
-        if (NG == 1 && mmq_persistent_inputs(decltype(w)::value))
-            return rope ? f(w, std::integral_constant<int, 2>{}, std::true_type{}, std::bool_constant<NG == 1>{})
-                        : f(w, std::integral_constant<int, 2>{}, std::false_type{}, std::bool_constant<NG == 1>{});
-        return rope ? f(w, std::integral_constant<int, 2>{}, std::true_type{}, std::false_type{})
-                    : f(w, std::integral_constant<int, 2>{}, std::false_type{}, std::false_type{});
+        if (mmq_persistent_stages() == 3) return with_rope(w, std::integral_constant<int, 3>{}, std::false_type{});
+        if (NG == 1 && mmq_persistent_inputs(decltype(w)::value)) return with_rope(w, std::integral_constant<int, 2>{}, std::bool_constant<NG == 1>{});
+        return with_rope(w, std::integral_constant<int, 2>{}, std::false_type{});
     };
     return warps == 4 ? with_warps(std::integral_constant<int, 4>{}) : with_warps(std::integral_constant<int, 8>{});
 }
@@ -1412,6 +1408,7 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
     const void *kernel = nullptr;
     int shared = 0, resident = 0, device = 0, sms = 0;
     *slots = 0;
+    if (tm_device_major() < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
     mmq_persistent_variant<NG>(warps, rope, [&](auto w, auto stages, auto with, auto staged) {
         constexpr int W = decltype(w)::value, S = decltype(stages)::value;
         constexpr bool ROPE = decltype(with)::value, INPUTS = decltype(staged)::value;
@@ -1419,7 +1416,6 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
         shared = mmq_persistent_shared_bytes<NG, W, S, ROPE, INPUTS>(widest);
         return cudaSuccess;
     });
-    if (tm_device_major() < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
     TM_CUDA_CHECK(cudaGetDevice(&device));
     TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
     TM_CUDA_CHECK(tm_resident_blocks(kernel, 32 * warps, shared, &resident));
