@@ -13,8 +13,9 @@
  * query heads of a group of 4 or 8), 8 or 16 warps sharing the keys, merged in the block, q8_1
  * written there; no partials, no combine launch (at one token of a group of 1, on sm_90, a
  * cluster of 8 blocks a unit, merged through distributed shared memory; past 256 keys, a group
- * of 1 of an f16 cache scores and adds its chunks on tensor cores, the query and the weights
- * split into two halves each so the products keep float32's precision).
+ * of 1 of an f16 cache scores and adds its chunks on tensor cores, and a group of 2 or more of an
+ * f16 cache always does, the query and the weights split into two halves each so the products
+ * keep float32's precision).
  * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
  * Keys and values are read through the stream's page table with the same addressing as
@@ -367,6 +368,133 @@ __device__ __forceinline__ void attend_chunks_mma(const float (*query)[HD], cons
     }
 }
 
+/* Two floats as an f16x2 fragment register: their f16 values, or (remainder) what those miss, x - f16(x). */
+__device__ __forceinline__ uint32_t half_pair(float x0, float x1, bool remainder) {
+    const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
+    const __half2 v = remainder ? __floats2half2_rn(x0 - __half2float(h0), x1 - __half2float(h1)) : __halves2half2(h0, h1);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+/* attend_chunks for the NH (2..8) query heads of a group over an f16 cache, on tensor cores
+ * (mma.sync m16n8k16, f16 in, float32 accumulate): a 32-key chunk in 32 + 32 mma, 32 16-byte loads
+ * and 64 PRMTs a lane, where the scalar path's lane scores its key against every head and adds
+ * every value row to every head (a group of 8: ~5000 instructions a chunk, a straight run of code
+ * longer than the instruction cache holds; ncu, 70B x8: 30 % of the warps' samples waiting for
+ * instructions). The heads are the M rows: row g head g's f16 part, row g + 8 its remainder (the
+ * query q = f16(q) + f16(q - f16(q)), the softmax weights the same), so the products keep ~22
+ * bits of each and both halves ride the same mma; rows of heads past NH are zero.
+ * Scores: S^T = Q K^T per 8-key n-tile (B column g = key 8n + g; lane (g, t) loads dims 32p + 8t..+8
+ * of it, feeding k-steps 2p and 2p + 1, the query's fragments permuted alike). Lane (g, t) then
+ * holds head g's scores of keys 8n + 2t, 8n + 2t + 1 (rows g + g + 8): the chunk's softmax is a
+ * lane's 8 keys and two shuffles, and the weights are already the A fragment of O^T = P V (rows g,
+ * g + 8 the weights' two parts, k = the keys). Values: B column g of n-tile j = dimension HD/8 g +
+ * j: lane (g, t) loads dims HD/8 g..+HD/8 of keys 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-key step and
+ * pairs two keys' halves with PRMT. Lane (g, t) ends with head g's dims HD/4 t..+HD/4 in o (rows
+ * g, g + 8: merge_warps_mma adds them) and head g's running max and sum. */
+template <int HD, int NH>
+__device__ __forceinline__ void attend_group_mma(const float (*query)[HD], const kv_addressing &a, const int32_t *table, int kv_head,
+                                                 int chunk0, int step, int end, bool prefetch_values, float (&o)[HD / 8][4],
+                                                 float &running_max, float &running_sum) {
+    constexpr int KP = HD / 32; /* 16-byte key loads a row: k-step pairs */
+    constexpr int NT = HD / 8;  /* value n-tiles (8 dims each) */
+    constexpr int VW = HD / 16; /* 32-bit words of a lane's HD / 8 dims of a value row */
+    static_assert(NH >= 2 && NH <= 8 && (HD == 64 || HD == 128), "tensor-core group decode shape");
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    /* the query's A fragments: k-step pair p, half h: k 2t, 2t + 1 <-> dims 32p + 8t + 4h + 0, 1 and
+     * k 2t + 8, 2t + 9 <-> + 2, 3 */
+    uint32_t aq[KP][2][4];
+#pragma unroll
+    for (int p = 0; p < KP; p++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float *x = query[g < NH ? g : 0] + 32 * p + 8 * t + 4 * h;
+            aq[p][h][0] = g < NH ? half_pair(x[0], x[1], false) : 0u;
+            aq[p][h][1] = g < NH ? half_pair(x[0], x[1], true) : 0u;
+            aq[p][h][2] = g < NH ? half_pair(x[2], x[3], false) : 0u;
+            aq[p][h][3] = g < NH ? half_pair(x[2], x[3], true) : 0u;
+        }
+#pragma unroll
+    for (int j = 0; j < NT; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0;
+    running_max = -INFINITY, running_sum = 0;
+    for (int chunk = chunk0; chunk < end; chunk += step) {
+        const int n_valid = min(32, end - chunk);
+        unsigned long long key_address = 0, value_address = 0;
+        if (lane < n_valid) {
+            key_address = (unsigned long long)kv_address32(a, table, chunk + lane, kv_head, false);
+            value_address = (unsigned long long)kv_address32(a, table, chunk + lane, kv_head, true);
+            if (prefetch_values)
+#pragma unroll
+                for (int line = 0; line < HD * 2; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
+        }
+        /* scores, 8 keys an n-tile: c[n] rows g / g + 8, columns 2t, 2t + 1 = keys 8n + 2t, + 1 */
+        float c[4][4];
+        {
+            uint4 row[4][KP];
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                const int r = 8 * n + g;
+                const uint8_t *k = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, key_address, r));
+#pragma unroll
+                for (int p = 0; p < KP; p++) row[n][p] = r < n_valid ? ldg_line16(k + (32 * p + 8 * t) * 2) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0;
+#pragma unroll
+                for (int p = 0; p < KP; p++) {
+                    mma_16816(c[n], aq[p][0], row[n][p].x, row[n][p].y);
+                    mma_16816(c[n], aq[p][1], row[n][p].z, row[n][p].w);
+                }
+            }
+        }
+        /* the chunk's online softmax for head g: this lane's 8 keys, then the 4 lanes of the row */
+        float w[4][2], chunk_max = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                w[n][e] = 8 * n + 2 * t + e < n_valid ? c[n][e] + c[n][2 + e] : -INFINITY;
+                chunk_max = fmaxf(chunk_max, w[n][e]);
+            }
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, 1));
+        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, 2));
+        const float new_max = fmaxf(running_max, chunk_max), correction = expf(running_max - new_max);
+        float sum = 0;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) sum += w[n][e] = expf(w[n][e] - new_max); /* a key past the chunk: e^-inf = 0 */
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        running_sum = running_sum * correction + sum, running_max = new_max;
+#pragma unroll
+        for (int j = 0; j < NT; j++) o[j][0] *= correction, o[j][1] *= correction, o[j][2] *= correction, o[j][3] *= correction;
+        /* values, 16 keys a k-step: lane (g, t) reads keys 2t, 2t + 1, 2t + 8, 2t + 9 */
+#pragma unroll
+        for (int ks = 0; ks < 2; ks++) {
+            const uint32_t ap[4] = {half_pair(w[2 * ks][0], w[2 * ks][1], false), half_pair(w[2 * ks][0], w[2 * ks][1], true),
+                                    half_pair(w[2 * ks + 1][0], w[2 * ks + 1][1], false), half_pair(w[2 * ks + 1][0], w[2 * ks + 1][1], true)};
+            const int key[4] = {16 * ks + 2 * t, 16 * ks + 2 * t + 1, 16 * ks + 2 * t + 8, 16 * ks + 2 * t + 9};
+            uint32_t words[4][VW];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const uint8_t *v = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, value_address, key[k])) + g * (HD / 8) * 2;
+#pragma unroll
+                for (int h = 0; h < VW / 4; h++) {
+                    const uint4 piece = key[k] < n_valid ? ldg_line16(v + 16 * h) : make_uint4(0, 0, 0, 0);
+                    words[k][4 * h] = piece.x, words[k][4 * h + 1] = piece.y, words[k][4 * h + 2] = piece.z, words[k][4 * h + 3] = piece.w;
+                }
+            }
+            /* word i: dims HD/8 g + 2i (low halves: n-tile 2i) and + 2i + 1 (high halves: n-tile 2i + 1) */
+#pragma unroll
+            for (int i = 0; i < VW; i++) {
+                mma_16816(o[2 * i], ap, __byte_perm(words[0][i], words[1][i], 0x5410), __byte_perm(words[2][i], words[3][i], 0x5410));
+                mma_16816(o[2 * i + 1], ap, __byte_perm(words[0][i], words[1][i], 0x7632), __byte_perm(words[2][i], words[3][i], 0x7632));
+            }
+        }
+    }
+}
+
 /* Dimension d of query row `row`'s result over split `split` (rows of head_dim values): with one
  * split the normalized value into out, else (max, sum, unnormalized value) into partials for
  * combine_kernel (sum 0: the split saw no key). */
@@ -383,31 +511,19 @@ __device__ __forceinline__ void store_split_result(float *out, float *partials, 
 
 /* The block's merge of warps that attended to disjoint keys of the same query heads: SETS sets of
  * W / SETS consecutive warps (a set per kv head). merge_warps puts each warp's online softmax
- * (running max and sum, its value sums as attend_chunks leaves them) in shared memory and makes,
- * for each (set, head g), the factor e^(m_w - m) of each of its warps (0 for a warp that saw no
- * key), the set's max m and its total sum; value d of head g is then merged_value. Every thread
- * of the block calls merge_warps; it ends with a barrier. */
+ * (running max and sum, its value sums as attend_chunks leaves them; merge_warps_mma: as
+ * attend_group_mma leaves them) in shared memory and makes, for each (set, head g), the factor
+ * e^(m_w - m) of each of its warps (0 for a warp that saw no key), the set's max m and its total
+ * sum; value d of head g is then merged_value. Every thread of the block calls it; it ends with a
+ * barrier. */
 template <int HD, int G, int W, int SETS> struct warp_merge {
     float max[W][G], sum[W][G], factor[W][G], set_max[SETS][G], total[SETS][G];
     float acc[W][G][HD];
 };
 
-template <int KV, int HD, int G, int W, int SETS>
-__device__ __forceinline__ void merge_warps(warp_merge<HD, G, W, SETS> &m, const float (&acc)[G][decode_shape<KV, HD>::per_lane],
-                                            const float (&running_max)[G], const float (&running_sum)[G]) {
-    typedef decode_shape<KV, HD> shape;
-    constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl, PER_SET = W / SETS;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane < LPK)
-#pragma unroll
-        for (int g = 0; g < G; g++)
-#pragma unroll
-            for (int u = 0; u < VPL; u++)
-#pragma unroll
-                for (int e = 0; e < EPV; e++) m.acc[warp][g][(lane + LPK * u) * EPV + e] = acc[g][u * EPV + e];
-    if (lane == 0)
-#pragma unroll
-        for (int g = 0; g < G; g++) m.max[warp][g] = running_max[g], m.sum[warp][g] = running_sum[g];
+/* The merge once each warp stored its state (acc, max, sum) in m. */
+template <int HD, int G, int W, int SETS> __device__ __forceinline__ void merge_stored_warps(warp_merge<HD, G, W, SETS> &m) {
+    constexpr int PER_SET = W / SETS;
     __syncthreads();
     if (threadIdx.x < SETS * G) {
         const int set = threadIdx.x / G, g = threadIdx.x % G;
@@ -421,6 +537,47 @@ __device__ __forceinline__ void merge_warps(warp_merge<HD, G, W, SETS> &m, const
         m.set_max[set][g] = set_max, m.total[set][g] = t;
     }
     __syncthreads();
+}
+
+template <int KV, int HD, int G, int W, int SETS>
+__device__ __forceinline__ void merge_warps(warp_merge<HD, G, W, SETS> &m, const float (&acc)[G][decode_shape<KV, HD>::per_lane],
+                                            const float (&running_max)[G], const float (&running_sum)[G]) {
+    typedef decode_shape<KV, HD> shape;
+    constexpr int EPV = shape::epv, LPK = shape::lpk, VPL = shape::vpl;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane < LPK)
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int u = 0; u < VPL; u++)
+#pragma unroll
+                for (int e = 0; e < EPV; e++) m.acc[warp][g][(lane + LPK * u) * EPV + e] = acc[g][u * EPV + e];
+    if (lane == 0)
+#pragma unroll
+        for (int g = 0; g < G; g++) m.max[warp][g] = running_max[g], m.sum[warp][g] = running_sum[g];
+    merge_stored_warps(m);
+}
+
+/* merge_warps for the state attend_group_mma leaves: lane (g, t) holds head g's dims HD/4 t ..
+ * HD/4 t + HD/4 - 1 as the sums of the fragment rows g (the weights' f16 parts) and g + 8 (their
+ * remainders), and head g's running max and sum (rows of heads past G: padding, not stored). */
+template <int HD, int G, int W, int SETS>
+__device__ __forceinline__ void merge_warps_mma(warp_merge<HD, G, W, SETS> &m, const float (&o)[HD / 8][4], float running_max,
+                                                float running_sum) {
+    constexpr int NT = HD / 8;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    if (g < G) {
+        float *row = &m.acc[warp][g][HD / 4 * t];
+#pragma unroll
+        for (int j = 0; j < NT; j += 4) {
+            *reinterpret_cast<float4 *>(row + j) = make_float4(o[j][0] + o[j][2], o[j + 1][0] + o[j + 1][2], o[j + 2][0] + o[j + 2][2],
+                                                               o[j + 3][0] + o[j + 3][2]);
+            *reinterpret_cast<float4 *>(row + NT + j) = make_float4(o[j][1] + o[j][3], o[j + 1][1] + o[j + 1][3],
+                                                                    o[j + 2][1] + o[j + 2][3], o[j + 3][1] + o[j + 3][3]);
+        }
+        if (t == 0) m.max[warp][g] = running_max, m.sum[warp][g] = running_sum;
+    }
+    merge_stored_warps(m);
 }
 
 /* Dimension d of head g merged over set `set`'s warps (unnormalized: divide by total[set][g]). */
@@ -441,8 +598,10 @@ __device__ __forceinline__ float merged_value(const warp_merge<HD, G, W, SETS> &
  * every fourth chunk for all G heads, the warps merging in the block. The keys and values of a kv
  * head are read from memory once for all its query heads (GQA). One split: normalized into out;
  * several: (max, sum, values) into partials, which combine_kernel merges. With early_kv, the first
- * chunks' keys and values are prefetched into L2 before the wait for the previous kernel. */
-template <int KV, int HD, int G>
+ * chunks' keys and values are prefetched into L2 before the wait for the previous kernel. MMA (an
+ * f16 cache, G 4 or 8, head dim 64 or 128): the warps' shared chunks on tensor cores
+ * (attend_group_mma); one-chunk splits by heads stay scalar. */
+template <int KV, int HD, int G, bool MMA>
 __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
                                                                       const int32_t *pages, const int64_t *page_offsets,
                                                                       const int32_t *n_keys, int n_head, float scale, int min_keys,
@@ -502,9 +661,16 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
     }
 
     __shared__ warp_merge<HD, G, WARPS, 1> merge;
-    float acc[G][PER_LANE], running_max[G], running_sum[G];
-    attend_chunks<KV, HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, acc, running_max, running_sum);
-    merge_warps<KV>(merge, acc, running_max, running_sum);
+    if constexpr (MMA) {
+        static_assert(KV == KV_F16 && G > 1, "tensor-core chunks: a group of an f16 cache");
+        float o[HD / 8][4], running_max, running_sum;
+        attend_group_mma<HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, o, running_max, running_sum);
+        merge_warps_mma(merge, o, running_max, running_sum);
+    } else {
+        float acc[G][PER_LANE], running_max[G], running_sum[G];
+        attend_chunks<KV, HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, acc, running_max, running_sum);
+        merge_warps<KV>(merge, acc, running_max, running_sum);
+    }
     for (int i = threadIdx.x; i < heads * HD; i += 32 * WARPS) {
         const int g = i / HD, d = i % HD;
         store_split_result(out, partials, (int64_t)token * n_head + head0 + g, split, n_splits, HD, d, merged_value(merge, 0, g, d),
@@ -512,23 +678,37 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
     }
 }
 
-/* decode_attention_kernel<KV, HD, G> on grid (blocks a split, splits). A token's keys go to at
+/* decode_attention_kernel<KV, HD, G, MMA> on grid (blocks a split, splits). A token's keys go to at
  * most as many splits as one wave of resident blocks holds (the grid's x blocks for each): a long
  * context of several streams then takes fewer, longer splits in one wave rather than a wave and a
  * part (H200, 2048 keys x 8 streams: 70B 422.1 -> 432.9 tokens/s, 8B 1312 -> 1361, 7B 1222 ->
  * 1267), and one-chunk splits by heads stop where they would need a second wave (70B x 8 at 160
  * keys: 2.2 waves of them measured 1.8 % slower than the warps splitting 128-key splits). */
-template <int KV, int HD, int G>
+template <int KV, int HD, int G, bool MMA>
 static cudaError_t launch_decode_blocks(dim3 grid, const float *q, float *out, float *partials, const kv_addressing &a,
                                         const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale,
                                         int min_keys, bool early_kv, cudaStream_t s) {
+    const auto kernel = decode_attention_kernel<KV, HD, G, MMA>;
     int resident = 0;
-    cudaError_t status = tm_resident_blocks((const void *)decode_attention_kernel<KV, HD, G>, 32 * WARPS, 0, &resident);
+    cudaError_t status = tm_resident_blocks((const void *)kernel, 32 * WARPS, 0, &resident);
     if (status != cudaSuccess) return status;
     const int spread = (int)max(1u, min(grid.y, (unsigned)resident / grid.x));
-    TM_CUDA_CHECK(tm_attention_carveout((const void *)decode_attention_kernel<KV, HD, G>));
-    return tm_launch_dependent(decode_attention_kernel<KV, HD, G>, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages,
-                               page_offsets, n_keys, n_head, scale, min_keys, spread, early_kv);
+    TM_CUDA_CHECK(tm_attention_carveout((const void *)kernel));
+    return tm_launch_dependent(kernel, grid, dim3(32 * WARPS), 0, s, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale,
+                               min_keys, spread, early_kv);
+}
+
+/* Whether the decode kernels' blocks of 2 or more query heads over a cache of type kv_type score and
+ * add their chunks on tensor cores (attend_group_mma; the split kernel's blocks of 4 and 8 at head
+ * dims 64 and 128 where its warps share the chunks, and the whole-context kernel's): an f16 cache,
+ * unless TM_ATTENTION_GROUP_MMA=0 (a measuring aid). H200, decode tokens/s, scalar / tensor-core
+ * chunks: in the whole-context kernel (one call) 70B x8 (64 blocks of the group of 8, a chunk a
+ * warp: the launch 19.0 -> 9.9 us) 492.4 / 506.5, x1 (blocks of 2 heads) 72.24 / 72.52, 8B x8
+ * (groups of 4) 1723 / 1726, x1 241.9 / 241.7; with the split kernel's too (the next call) 70B
+ * 2048 x8 433.9 / 466.9, 512 x4 260.7 / 265.8, 8B 2048 x8 1482 / 1519, 512 x4 859.6 / 871.3. */
+static bool group_tensor_cores(int kv_type) {
+    static const int allowed = tm_env_int("TM_ATTENTION_GROUP_MMA", 1);
+    return kv_type == KV_F16 && allowed != 0;
 }
 
 /* Query heads a decode block takes for a group of `group` query heads a kv head: 1, 4 or 8 (groups
@@ -543,7 +723,9 @@ static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, 
     static const bool early_kv = tm_env_int("TM_ATTENTION_EARLY_KV", 1) != 0; /* a measuring aid: 0 prefetches nothing before the wait */
     const int G = decode_block_heads(group);
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
-    const auto launch = G == 8 ? launch_decode_blocks<KV, HD, 8> : G == 4 ? launch_decode_blocks<KV, HD, 4> : launch_decode_blocks<KV, HD, 1>;
+    auto launch = G == 8 ? launch_decode_blocks<KV, HD, 8, false> : G == 4 ? launch_decode_blocks<KV, HD, 4, false> : launch_decode_blocks<KV, HD, 1, false>;
+    if constexpr (KV == KV_F16 && (HD == 64 || HD == 128))
+        if (G > 1 && group_tensor_cores(KV)) launch = G == 8 ? launch_decode_blocks<KV, HD, 8, true> : launch_decode_blocks<KV, HD, 4, true>;
     return launch(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s);
 }
 
@@ -627,12 +809,19 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     __syncthreads();
 
     __shared__ warp_merge<HD, G, W, KVH> merge;
-    float acc[G][PER_LANE], running_max[G], running_sum[G];
-    if constexpr (MMA)
-        attend_chunks_mma<HD>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, acc, running_max, running_sum);
-    else
-        attend_chunks<KV, HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, acc, running_max, running_sum);
-    merge_warps<KV>(merge, acc, running_max, running_sum);
+    if constexpr (MMA && G > 1) {
+        static_assert(KV == KV_F16, "tensor-core chunks read an f16 cache");
+        float o[HD / 8][4], running_max, running_sum;
+        attend_group_mma<HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, o, running_max, running_sum);
+        merge_warps_mma(merge, o, running_max, running_sum);
+    } else {
+        float acc[G][PER_LANE], running_max[G], running_sum[G];
+        if constexpr (MMA)
+            attend_chunks_mma<HD>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, acc, running_max, running_sum);
+        else
+            attend_chunks<KV, HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, acc, running_max, running_sum);
+        merge_warps<KV>(merge, acc, running_max, running_sum);
+    }
     /* value i of the block: kv head i / (G HD), query head i / HD % G, dimension i % HD; consecutive
      * outputs of the token when the group is G */
     float value[PER_THREAD];
@@ -722,7 +911,8 @@ static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, cons
 }
 
 /* The whole-context kernel's form for a step: clusters of 8 at one token of a group of 1
- * (one_token_clusters); tensor-core chunks for a group of 1 of an f16 cache past
+ * (one_token_clusters); tensor-core chunks for a larger group of an f16 cache (group_tensor_cores)
+ * and for a group of 1 of an f16 cache past
  * TM_CUDA_DECODE_MMA_KEYS keys in the longest context (H200, 7B, tokens/s, scalar / tensor-core
  * chunks at every context: 2048 x8 1722, 1719 / 1765, 1757, the f16 kernel there moving ~3.5 TB/s;
  * 128 x8 3059, 3065 / 3009, 3007: a warp's one chunk, where the fragments' shuffles cost more than
@@ -737,6 +927,9 @@ static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, 
         if constexpr (KV == KV_F16)
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
                 return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+    } else if constexpr (KV == KV_F16) {
+        if (group_tensor_cores(KV))
+            return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
     }
     return launch_whole_c<KV, HD, G, 1, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
@@ -766,7 +959,9 @@ static int whole_group(int n_head, int n_head_kv, int head_dim, int kv_type) {
  * there a token has only its kv heads' blocks, and a warp taking all 8 heads is the longer chain
  * (H200, tokens/s, split path / blocks of the group / of 4 / of 2: 70B x1 72.49 / 71.83 / 73.26 /
  * 73.51, 8B x1 192.5 / 192.4 / - / 194.2); from 2 tokens the group's blocks are the faster (70B x8
- * 500.2 / 499.5 / 497.4 for 8 / 4 / 2 heads; 8B x8 1575 / - / 1564). */
+ * 500.2 / 499.5 / 497.4 for 8 / 4 / 2 heads; 8B x8 1575 / - / 1564). With the chunks on tensor cores
+ * (attend_group_mma, whose rows are 8 heads whatever the block takes) blocks of 2 still measured no
+ * slower at one token: 70B x1 72.52 / 72.13 / 72.48 for 2 / 8 / 4 heads, 8B x1 241.7 / - / 241.0. */
 static int whole_block_heads(int n_tokens, int n_head, int n_head_kv, int head_dim, int G) {
     return n_tokens == 1 && G >= 4 && n_head / n_head_kv == G && head_dim == 128 ? 2 : G;
 }
