@@ -14,7 +14,7 @@
  * written there; no partials, no combine launch (at one token of a group of 1, on sm_90, a
  * cluster of 8 blocks a unit, merged through distributed shared memory; past 256 keys, a group
  * of 1 of an f16 cache scores and adds its chunks on tensor cores, and a group of 2 or more of an
- * f16 cache always does, the query and the weights split into two halves each so the products
+ * f16 or 8-bit cache always does, the query and the weights split into two halves each so the products
  * keep float32's precision).
  * Prefill: flash attention over tiles of consecutive query tokens of one stream and the
  * query heads sharing one kv head (GQA), keys staged chunk by chunk in shared memory, causal.
@@ -375,30 +375,55 @@ __device__ __forceinline__ uint32_t half_pair(float x0, float x1, bool remainder
     return *reinterpret_cast<const uint32_t *>(&v);
 }
 
-/* attend_chunks for the NH (2..8) query heads of a group over an f16 cache, on tensor cores
- * (mma.sync m16n8k16, f16 in, float32 accumulate): a 32-key chunk in 32 + 32 mma, 32 16-byte loads
- * and 64 PRMTs a lane, where the scalar path's lane scores its key against every head and adds
- * every value row to every head (a group of 8: ~5000 instructions a chunk, a straight run of code
- * longer than the instruction cache holds; ncu, 70B x8: 30 % of the warps' samples waiting for
- * instructions). The heads are the M rows: row g head g's f16 part, row g + 8 its remainder (the
- * query q = f16(q) + f16(q - f16(q)), the softmax weights the same), so the products keep ~22
- * bits of each and both halves ride the same mma; rows of heads past NH are zero.
+/* Four int8 values as two f16x2 fragment registers, exactly (int8x4_to_float's bias trick, kept in
+ * half precision): lo = (x0, x1), hi = (x2, x3). */
+__device__ __forceinline__ void int8x4_to_half2x2(uint32_t word, uint32_t &lo, uint32_t &hi) {
+    const uint32_t biased = word ^ 0x80808080u;
+    const __half2 offset = __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)); /* 1152 */
+    const uint32_t l = __byte_perm(biased, 0x64646464u, 0x4140), h = __byte_perm(biased, 0x64646464u, 0x4342);
+    const __half2 x01 = __hsub2(*reinterpret_cast<const __half2 *>(&l), offset), x23 = __hsub2(*reinterpret_cast<const __half2 *>(&h), offset);
+    lo = *reinterpret_cast<const uint32_t *>(&x01), hi = *reinterpret_cast<const uint32_t *>(&x23);
+}
+
+/* 8 consecutive elements of a cache vector of type KV (f16, or int8 before its scale) at p as four
+ * f16x2 registers (elements 0-1, 2-3, 4-5, 6-7); valid false: zeros. */
+template <int KV> __device__ __forceinline__ uint4 load_eight_as_half(const uint8_t *p, bool valid) {
+    if (!valid) return make_uint4(0, 0, 0, 0);
+    if constexpr (KV == KV_F16) return ldg_line16(p);
+    const uint2 v = ldg_line8(p);
+    uint4 h;
+    int8x4_to_half2x2(v.x, h.x, h.y), int8x4_to_half2x2(v.y, h.z, h.w);
+    return h;
+}
+
+/* attend_chunks for the NH (2..8) query heads of a group over an f16 or 8-bit cache, on tensor cores
+ * (mma.sync m16n8k16, f16 in, float32 accumulate): a 32-key chunk in 32 + 32 mma, 32 loads and 64
+ * PRMTs a lane, where the scalar path's lane scores its key against every head and adds every value
+ * row to every head (a group of 8: ~5000 instructions a chunk, a straight run of code longer than
+ * the instruction cache holds; ncu, 70B x8: 30 % of the warps' samples waiting for instructions).
+ * The heads are the M rows: row g head g's f16 part, row g + 8 its remainder (the query q = f16(q)
+ * + f16(q - f16(q)), the softmax weights the same), so the products keep ~22 bits of each and both
+ * halves ride the same mma; rows of heads past NH are zero.
  * Scores: S^T = Q K^T per 8-key n-tile (B column g = key 8n + g; lane (g, t) loads dims 32p + 8t..+8
  * of it, feeding k-steps 2p and 2p + 1, the query's fragments permuted alike). Lane (g, t) then
  * holds head g's scores of keys 8n + 2t, 8n + 2t + 1 (rows g + g + 8): the chunk's softmax is a
  * lane's 8 keys and two shuffles, and the weights are already the A fragment of O^T = P V (rows g,
  * g + 8 the weights' two parts, k = the keys). Values: B column g of n-tile j = dimension HD/8 g +
  * j: lane (g, t) loads dims HD/8 g..+HD/8 of keys 2t, 2t + 1, 2t + 8, 2t + 9 of each 16-key step and
- * pairs two keys' halves with PRMT. Lane (g, t) ends with head g's dims HD/4 t..+HD/4 in o (rows
- * g, g + 8: merge_warps_mma adds them) and head g's running max and sum. */
-template <int HD, int NH>
+ * pairs two keys' halves with PRMT. An 8-bit cache: its int8 values widened to f16 exactly as they
+ * load, a key's score times the key's scale and its weight in the values' product times the
+ * value's (the lane of key j reads both scales; the running sum keeps the unscaled weights). Lane
+ * (g, t) ends with head g's dims HD/4 t..+HD/4 in o (rows g, g + 8: merge_warps_mma adds them) and
+ * head g's running max and sum. */
+template <int KV, int HD, int NH>
 __device__ __forceinline__ void attend_group_mma(const float (*query)[HD], const kv_addressing &a, const int32_t *table, int kv_head,
                                                  int chunk0, int step, int end, bool prefetch_values, float (&o)[HD / 8][4],
                                                  float &running_max, float &running_sum) {
-    constexpr int KP = HD / 32; /* 16-byte key loads a row: k-step pairs */
-    constexpr int NT = HD / 8;  /* value n-tiles (8 dims each) */
-    constexpr int VW = HD / 16; /* 32-bit words of a lane's HD / 8 dims of a value row */
-    static_assert(NH >= 2 && NH <= 8 && (HD == 64 || HD == 128), "tensor-core group decode shape");
+    constexpr int KP = HD / 32;                   /* key loads of 8 elements a row: k-step pairs */
+    constexpr int NT = HD / 8;                    /* value n-tiles (8 dims each) */
+    constexpr int VW = HD / 16;                   /* f16x2 words of a lane's HD / 8 dims of a value row */
+    constexpr int EB = kv_element_bytes(KV);      /* bytes of an element */
+    static_assert(NH >= 2 && NH <= 8 && (HD == 64 || HD == 128) && (KV == KV_F16 || KV == KV_Q8), "tensor-core group decode shape");
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     /* the query's A fragments: k-step pair p, half h: k 2t, 2t + 1 <-> dims 32p + 8t + 4h + 0, 1 and
      * k 2t + 8, 2t + 9 <-> + 2, 3 */
@@ -419,12 +444,15 @@ __device__ __forceinline__ void attend_group_mma(const float (*query)[HD], const
     for (int chunk = chunk0; chunk < end; chunk += step) {
         const int n_valid = min(32, end - chunk);
         unsigned long long key_address = 0, value_address = 0;
+        float key_scale = 1.0f, value_scale = 1.0f; /* the 8-bit cache's, of this lane's key */
         if (lane < n_valid) {
-            key_address = (unsigned long long)kv_address32(a, table, chunk + lane, kv_head, false);
-            value_address = (unsigned long long)kv_address32(a, table, chunk + lane, kv_head, true);
+            const uint8_t *key_vector = kv_address32(a, table, chunk + lane, kv_head, false);
+            const uint8_t *value_vector = kv_address32(a, table, chunk + lane, kv_head, true);
+            key_address = (unsigned long long)key_vector, value_address = (unsigned long long)value_vector;
+            if constexpr (KV == KV_Q8) key_scale = kv_scale<HD>(a, key_vector), value_scale = kv_scale<HD>(a, value_vector);
             if (prefetch_values)
 #pragma unroll
-                for (int line = 0; line < HD * 2; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
+                for (int line = 0; line < HD * EB; line += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(value_address + line));
         }
         /* scores, 8 keys an n-tile: c[n] rows g / g + 8, columns 2t, 2t + 1 = keys 8n + 2t, + 1 */
         float c[4][4];
@@ -435,7 +463,7 @@ __device__ __forceinline__ void attend_group_mma(const float (*query)[HD], const
                 const int r = 8 * n + g;
                 const uint8_t *k = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, key_address, r));
 #pragma unroll
-                for (int p = 0; p < KP; p++) row[n][p] = r < n_valid ? ldg_line16(k + (32 * p + 8 * t) * 2) : make_uint4(0, 0, 0, 0);
+                for (int p = 0; p < KP; p++) row[n][p] = load_eight_as_half<KV>(k + (32 * p + 8 * t) * EB, r < n_valid);
             }
 #pragma unroll
             for (int n = 0; n < 4; n++) {
@@ -453,7 +481,9 @@ __device__ __forceinline__ void attend_group_mma(const float (*query)[HD], const
         for (int n = 0; n < 4; n++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                w[n][e] = 8 * n + 2 * t + e < n_valid ? c[n][e] + c[n][2 + e] : -INFINITY;
+                const int key = 8 * n + 2 * t + e;
+                const float scale = KV == KV_Q8 ? __shfl_sync(0xffffffffu, key_scale, key) : 1.0f;
+                w[n][e] = key < n_valid ? (c[n][e] + c[n][2 + e]) * scale : -INFINITY;
                 chunk_max = fmaxf(chunk_max, w[n][e]);
             }
         chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, 1));
@@ -463,7 +493,11 @@ __device__ __forceinline__ void attend_group_mma(const float (*query)[HD], const
 #pragma unroll
         for (int n = 0; n < 4; n++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) sum += w[n][e] = expf(w[n][e] - new_max); /* a key past the chunk: e^-inf = 0 */
+            for (int e = 0; e < 2; e++) {
+                w[n][e] = expf(w[n][e] - new_max); /* a key past the chunk: e^-inf = 0 */
+                sum += w[n][e];
+                if constexpr (KV == KV_Q8) w[n][e] *= __shfl_sync(0xffffffffu, value_scale, 8 * n + 2 * t + e); /* the values' product's weight */
+            }
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         running_sum = running_sum * correction + sum, running_max = new_max;
@@ -478,10 +512,10 @@ __device__ __forceinline__ void attend_group_mma(const float (*query)[HD], const
             uint32_t words[4][VW];
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                const uint8_t *v = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, value_address, key[k])) + g * (HD / 8) * 2;
+                const uint8_t *v = reinterpret_cast<const uint8_t *>(__shfl_sync(0xffffffffu, value_address, key[k])) + g * (HD / 8) * EB;
 #pragma unroll
                 for (int h = 0; h < VW / 4; h++) {
-                    const uint4 piece = key[k] < n_valid ? ldg_line16(v + 16 * h) : make_uint4(0, 0, 0, 0);
+                    const uint4 piece = load_eight_as_half<KV>(v + 8 * h * EB, key[k] < n_valid);
                     words[k][4 * h] = piece.x, words[k][4 * h + 1] = piece.y, words[k][4 * h + 2] = piece.z, words[k][4 * h + 3] = piece.w;
                 }
             }
@@ -599,7 +633,7 @@ __device__ __forceinline__ float merged_value(const warp_merge<HD, G, W, SETS> &
  * head are read from memory once for all its query heads (GQA). One split: normalized into out;
  * several: (max, sum, values) into partials, which combine_kernel merges. With early_kv, the first
  * chunks' keys and values are prefetched into L2 before the wait for the previous kernel. MMA (an
- * f16 cache, G 4 or 8, head dim 64 or 128): the warps' shared chunks on tensor cores
+ * f16 or 8-bit cache, G 4 or 8, head dim 64 or 128): the warps' shared chunks on tensor cores
  * (attend_group_mma); one-chunk splits by heads stay scalar. */
 template <int KV, int HD, int G, bool MMA>
 __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const float *q, float *out, float *partials, kv_addressing a,
@@ -662,9 +696,9 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
 
     __shared__ warp_merge<HD, G, WARPS, 1> merge;
     if constexpr (MMA) {
-        static_assert(KV == KV_F16 && G > 1, "tensor-core chunks: a group of an f16 cache");
+        static_assert(G > 1, "tensor-core chunks: a group's block");
         float o[HD / 8][4], running_max, running_sum;
-        attend_group_mma<HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, o, running_max, running_sum);
+        attend_group_mma<KV, HD, G>(query, a, table, kv_head, begin + 32 * warp, 32 * WARPS, end, true, o, running_max, running_sum);
         merge_warps_mma(merge, o, running_max, running_sum);
     } else {
         float acc[G][PER_LANE], running_max[G], running_sum[G];
@@ -700,15 +734,17 @@ static cudaError_t launch_decode_blocks(dim3 grid, const float *q, float *out, f
 
 /* Whether the decode kernels' blocks of 2 or more query heads over a cache of type kv_type score and
  * add their chunks on tensor cores (attend_group_mma; the split kernel's blocks of 4 and 8 at head
- * dims 64 and 128 where its warps share the chunks, and the whole-context kernel's): an f16 cache,
- * unless TM_ATTENTION_GROUP_MMA=0 (a measuring aid). H200, decode tokens/s, scalar / tensor-core
+ * dims 64 and 128 where its warps share the chunks, and the whole-context kernel's): an f16 or
+ * 8-bit cache, unless TM_ATTENTION_GROUP_MMA=0 (a measuring aid). H200, decode tokens/s, scalar / tensor-core
  * chunks: in the whole-context kernel (one call) 70B x8 (64 blocks of the group of 8, a chunk a
  * warp: the launch 19.0 -> 9.9 us) 492.4 / 506.5, x1 (blocks of 2 heads) 72.24 / 72.52, 8B x8
  * (groups of 4) 1723 / 1726, x1 241.9 / 241.7; with the split kernel's too (the next call) 70B
- * 2048 x8 433.9 / 466.9, 512 x4 260.7 / 265.8, 8B 2048 x8 1482 / 1519, 512 x4 859.6 / 871.3. */
+ * 2048 x8 433.9 / 466.9, 512 x4 260.7 / 265.8, 8B 2048 x8 1482 / 1519, 512 x4 859.6 / 871.3; the
+ * 8-bit cache (a third call) 70B x8 491.8 / 523.2, 2048 x8 446.5 / 486.2, 8B x8 1727 / 1750, 2048
+ * x8 1533 / 1556. */
 static bool group_tensor_cores(int kv_type) {
     static const int allowed = tm_env_int("TM_ATTENTION_GROUP_MMA", 1);
-    return kv_type == KV_F16 && allowed != 0;
+    return (kv_type == KV_F16 || kv_type == KV_Q8) && allowed != 0;
 }
 
 /* Query heads a decode block takes for a group of `group` query heads a kv head: 1, 4 or 8 (groups
@@ -724,7 +760,7 @@ static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, 
     const int G = decode_block_heads(group);
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
     auto launch = G == 8 ? launch_decode_blocks<KV, HD, 8, false> : G == 4 ? launch_decode_blocks<KV, HD, 4, false> : launch_decode_blocks<KV, HD, 1, false>;
-    if constexpr (KV == KV_F16 && (HD == 64 || HD == 128))
+    if constexpr ((KV == KV_F16 || KV == KV_Q8) && (HD == 64 || HD == 128))
         if (G > 1 && group_tensor_cores(KV)) launch = G == 8 ? launch_decode_blocks<KV, HD, 8, true> : launch_decode_blocks<KV, HD, 4, true>;
     return launch(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s);
 }
@@ -810,9 +846,8 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
 
     __shared__ warp_merge<HD, G, W, KVH> merge;
     if constexpr (MMA && G > 1) {
-        static_assert(KV == KV_F16, "tensor-core chunks read an f16 cache");
         float o[HD / 8][4], running_max, running_sum;
-        attend_group_mma<HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, o, running_max, running_sum);
+        attend_group_mma<KV, HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, o, running_max, running_sum);
         merge_warps_mma(merge, o, running_max, running_sum);
     } else {
         float acc[G][PER_LANE], running_max[G], running_sum[G];
@@ -927,7 +962,7 @@ static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, 
         if constexpr (KV == KV_F16)
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
                 return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
-    } else if constexpr (KV == KV_F16) {
+    } else {
         if (group_tensor_cores(KV))
             return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
     }

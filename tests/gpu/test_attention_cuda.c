@@ -6,7 +6,7 @@
  * 225 keys, and 8 of 128, so the 1-token sequence has empty splits; 32 and 40 splits of any size,
  * the latter combined in two rounds), short splits and long ones taking the kernel's two ways of
  * sharing a block's work among its warps (the warps sharing keys of a group's block of 4 or 8
- * heads of an f16 cache at head dims 64 and 128 on tensor cores, held to the same tolerance);
+ * heads of an f16 or 8-bit cache at head dims 64 and 128 on tensor cores, held to the same tolerance);
  * prefill flash attention runs causal over
  * tiles of query tokens (the last 100 positions of the 900-token sequence, all 37 of the second,
  * the one of the first), each query seeing keys 0..its position, in float32 and on tensor cores,
@@ -242,10 +242,10 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     /* without splits (tm_cuda_decode_attention_whole): f16 and 8-bit, head dims 64 and 128, groups up to 8;
      * the same tolerance against the CPU, and its q8_1 (written in the kernel where the group is 1,
      * 4 or 8, else by a quantize launch) equals the quantizer's of out, byte for byte. A group of 2
-     * or more of an f16 cache takes the tensor-core chunks in every launch (the heads as mma rows,
-     * the query and weights split into two halves, held to the same 2e-5: groups of 4 and 8 at head
-     * dim 128, 3 padded to 4 at 64, blocks of 2 heads at one token; the scalar chunks of those groups
-     * are the 8-bit cache's cases). For a group of
+     * or more of an f16 or 8-bit cache takes the tensor-core chunks in every launch (the heads as mma
+     * rows, the query and weights split into two halves, held to the same 2e-5: groups of 4 and 8 at
+     * head dim 128, 3 padded to 4 at 64, blocks of 2 heads at one token; ci/gpu runs this test again
+     * under TM_ATTENTION_GROUP_MMA=0 for the scalar chunks). For a group of
      * 1 of an f16 cache the several-token launch told the true longest context (900 keys) takes the
      * tensor-core chunks (the query and weights split into two halves, held to the same 2e-5), and
      * on sm_90 the one-token launches below run in clusters of 8 blocks merged through distributed
