@@ -25,6 +25,7 @@
  * What writes the cache (the rope + KV append, the append) is kv_append.cu.
  */
 #include <limits.h>
+#include <stddef.h>
 
 #include <cooperative_groups.h>
 
@@ -599,6 +600,8 @@ template <int HD, int G, int W, int SETS>
 __device__ __forceinline__ void merge_warps_mma(warp_merge<HD, G, W, SETS> &m, const float (&o)[HD / 8][4], float running_max,
                                                 float running_sum) {
     constexpr int NT = HD / 8;
+    typedef warp_merge<HD, G, W, SETS> merge_type;
+    static_assert(offsetof(merge_type, acc) % 16 == 0, "float4 stores into acc (the instance __align__(16))");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     if (g < G) {
         float *row = &m.acc[warp][g][HD / 4 * t];
@@ -694,7 +697,7 @@ __global__ void __launch_bounds__(32 * WARPS) decode_attention_kernel(const floa
         return;
     }
 
-    __shared__ warp_merge<HD, G, WARPS, 1> merge;
+    __shared__ alignas(MMA ? 16 : 4) warp_merge<HD, G, WARPS, 1> merge; /* MMA: merge_warps_mma's float4 stores */
     if constexpr (MMA) {
         static_assert(G > 1, "tensor-core chunks: a group's block");
         float o[HD / 8][4], running_max, running_sum;
@@ -801,8 +804,9 @@ __host__ __device__ constexpr int whole_head_batches(int group, int G) { return 
  * few SMs' reads save. Keys and values of the first chunks are prefetched into L2 before the wait.
  * In clusters of C > 1 blocks (sm_90; one_token_clusters): the C blocks of a unit share its
  * chunks (warp j of block r takes chunks j C + r, ...), each merges its warps, and block 0 merges
- * the blocks through distributed shared memory and writes the unit. MMA (a group of 1 of an f16
- * cache, no clusters): the chunks scored and added on tensor cores (attend_chunks_mma). */
+ * the blocks through distributed shared memory and writes the unit. MMA (no clusters): the chunks
+ * scored and added on tensor cores, for a group of 1 of an f16 cache by attend_chunks_mma, for
+ * blocks of 2..8 heads of an f16 or 8-bit cache by attend_group_mma. */
 template <int KV, int HD, int G, int W, int C, bool MMA>
 __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
                                                               const int64_t *page_offsets, const int32_t *n_keys, int n_head,
@@ -844,7 +848,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     }
     __syncthreads();
 
-    __shared__ warp_merge<HD, G, W, KVH> merge;
+    __shared__ alignas(MMA && G > 1 ? 16 : 4) warp_merge<HD, G, W, KVH> merge; /* merge_warps_mma's float4 stores */
     if constexpr (MMA && G > 1) {
         float o[HD / 8][4], running_max, running_sum;
         attend_group_mma<KV, HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, o, running_max, running_sum);
