@@ -227,6 +227,13 @@ __device__ __forceinline__ void attend_chunks(const float (*query)[HD], const kv
             for (int e = 0; e < PER_LANE; e++) acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], offset);
 }
 
+/* Two floats as an f16x2 fragment register: their f16 values, or (remainder) what those miss, x - f16(x). */
+__device__ __forceinline__ uint32_t half_pair(float x0, float x1, bool remainder) {
+    const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
+    const __half2 v = remainder ? __floats2half2_rn(x0 - __half2float(h0), x1 - __half2float(h1)) : __halves2half2(h0, h1);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
 /* The pair (x0, x1) as a B-fragment register of the two-column split attend_chunks_mma uses:
  * lanes of column 0 (g == 0) the f16 values, column 1 (g == 1) their remainders x - f16(x), the
  * other columns zero. */
@@ -367,23 +374,6 @@ __device__ __forceinline__ void attend_chunks_mma(const float (*query)[HD], cons
         }
         acc_out[0][e] = v;
     }
-}
-
-/* Two floats as an f16x2 fragment register: their f16 values, or (remainder) what those miss, x - f16(x). */
-__device__ __forceinline__ uint32_t half_pair(float x0, float x1, bool remainder) {
-    const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
-    const __half2 v = remainder ? __floats2half2_rn(x0 - __half2float(h0), x1 - __half2float(h1)) : __halves2half2(h0, h1);
-    return *reinterpret_cast<const uint32_t *>(&v);
-}
-
-/* Four int8 values as two f16x2 fragment registers, exactly (int8x4_to_float's bias trick, kept in
- * half precision): lo = (x0, x1), hi = (x2, x3). */
-__device__ __forceinline__ void int8x4_to_half2x2(uint32_t word, uint32_t &lo, uint32_t &hi) {
-    const uint32_t biased = word ^ 0x80808080u;
-    const __half2 offset = __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)); /* 1152 */
-    const uint32_t l = __byte_perm(biased, 0x64646464u, 0x4140), h = __byte_perm(biased, 0x64646464u, 0x4342);
-    const __half2 x01 = __hsub2(*reinterpret_cast<const __half2 *>(&l), offset), x23 = __hsub2(*reinterpret_cast<const __half2 *>(&h), offset);
-    lo = *reinterpret_cast<const uint32_t *>(&x01), hi = *reinterpret_cast<const uint32_t *>(&x23);
 }
 
 /* 8 consecutive elements of a cache vector of type KV (f16, or int8 before its scale) at p as four
@@ -735,19 +725,19 @@ static cudaError_t launch_decode_blocks(dim3 grid, const float *q, float *out, f
                                min_keys, spread, early_kv);
 }
 
-/* Whether the decode kernels' blocks of 2 or more query heads over a cache of type kv_type score and
- * add their chunks on tensor cores (attend_group_mma; the split kernel's blocks of 4 and 8 at head
- * dims 64 and 128 where its warps share the chunks, and the whole-context kernel's): an f16 or
- * 8-bit cache, unless TM_ATTENTION_GROUP_MMA=0 (a measuring aid). H200, decode tokens/s, scalar / tensor-core
- * chunks: in the whole-context kernel (one call) 70B x8 (64 blocks of the group of 8, a chunk a
+/* Whether the decode kernels' blocks of 2 or more query heads of an f16 or 8-bit cache score and add
+ * their chunks on tensor cores (attend_group_mma; the split kernel's blocks of 4 and 8 at head dims
+ * 64 and 128 where its warps share the chunks, and the whole-context kernel's; the callers check the
+ * cache and shape): yes unless TM_ATTENTION_GROUP_MMA=0 (a measuring aid). H200, decode tokens/s,
+ * scalar / tensor-core chunks: in the whole-context kernel (one call) 70B x8 (64 blocks of the group of 8, a chunk a
  * warp: the launch 19.0 -> 9.9 us) 492.4 / 506.5, x1 (blocks of 2 heads) 72.24 / 72.52, 8B x8
  * (groups of 4) 1723 / 1726, x1 241.9 / 241.7; with the split kernel's too (the next call) 70B
  * 2048 x8 433.9 / 466.9, 512 x4 260.7 / 265.8, 8B 2048 x8 1482 / 1519, 512 x4 859.6 / 871.3; the
  * 8-bit cache (a third call) 70B x8 491.8 / 523.2, 2048 x8 446.5 / 486.2, 8B x8 1727 / 1750, 2048
  * x8 1533 / 1556. */
-static bool group_tensor_cores(int kv_type) {
-    static const int allowed = tm_env_int("TM_ATTENTION_GROUP_MMA", 1);
-    return (kv_type == KV_F16 || kv_type == KV_Q8) && allowed != 0;
+static bool group_tensor_cores() {
+    static const bool allowed = tm_env_int("TM_ATTENTION_GROUP_MMA", 1) != 0;
+    return allowed;
 }
 
 /* Query heads a decode block takes for a group of `group` query heads a kv head: 1, 4 or 8 (groups
@@ -764,7 +754,7 @@ static cudaError_t launch_decode(dim3 block_grid_xy, int group, const float *q, 
     dim3 grid(block_grid_xy.x * (unsigned)((group + G - 1) / G), block_grid_xy.y);
     auto launch = G == 8 ? launch_decode_blocks<KV, HD, 8, false> : G == 4 ? launch_decode_blocks<KV, HD, 4, false> : launch_decode_blocks<KV, HD, 1, false>;
     if constexpr ((KV == KV_F16 || KV == KV_Q8) && (HD == 64 || HD == 128))
-        if (G > 1 && group_tensor_cores(KV)) launch = G == 8 ? launch_decode_blocks<KV, HD, 8, true> : launch_decode_blocks<KV, HD, 4, true>;
+        if (G > 1 && group_tensor_cores()) launch = G == 8 ? launch_decode_blocks<KV, HD, 8, true> : launch_decode_blocks<KV, HD, 4, true>;
     return launch(grid, q, out, partials, a, pages, page_offsets, n_keys, n_head, scale, min_keys, early_kv, s);
 }
 
@@ -966,9 +956,8 @@ static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, 
         if constexpr (KV == KV_F16)
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
                 return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
-    } else {
-        if (group_tensor_cores(KV))
-            return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+    } else if (group_tensor_cores()) { /* the whole-context kernel reads an f16 or 8-bit cache */
+        return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
     }
     return launch_whole_c<KV, HD, G, 1, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }

@@ -48,17 +48,24 @@ template <int HD> __device__ __forceinline__ float kv_scale(const kv_addressing 
     return kv_scale<HD>(a.scales, a.pool, vector);
 }
 
-/* Four signed bytes as floats, exactly, without I2F (a quarter-rate conversion on sm_80/sm_90: with
- * it the 8-bit decode attention was bound by conversions, 7B 2048 x8 1686 tokens/s against the f16
- * cache's 1731): each byte biased to unsigned, a pair placed in the low bytes of two halves of
- * exponent 0x64 (1024 + u, exact), 1152 taken off in half precision (exact: -128..127), then
- * widened to float as the f16 cache's halves are. */
-__device__ __forceinline__ void int8x4_to_float(uint32_t word, float *x) {
+/* Four signed bytes as two f16x2 words, exactly, without I2F (a quarter-rate conversion on
+ * sm_80/sm_90: with it the 8-bit decode attention was bound by conversions, 7B 2048 x8 1686 tokens/s
+ * against the f16 cache's 1731): each byte biased to unsigned, a pair placed in the low bytes of two
+ * halves of exponent 0x64 (1024 + u, exact), 1152 taken off in half precision (exact: -128..127).
+ * lo = (x0, x1), hi = (x2, x3): the tensor-core attention's fragment registers. */
+__device__ __forceinline__ void int8x4_to_half2x2(uint32_t word, uint32_t &lo, uint32_t &hi) {
     const uint32_t biased = word ^ 0x80808080u;
-    const uint32_t lo = __byte_perm(biased, 0x64646464u, 0x4140), hi = __byte_perm(biased, 0x64646464u, 0x4342);
+    const uint32_t l = __byte_perm(biased, 0x64646464u, 0x4140), h = __byte_perm(biased, 0x64646464u, 0x4342);
     const __half2 offset = __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)); /* 1152 */
-    const float2 a = __half22float2(__hsub2(*reinterpret_cast<const __half2 *>(&lo), offset));
-    const float2 b = __half22float2(__hsub2(*reinterpret_cast<const __half2 *>(&hi), offset));
+    const __half2 x01 = __hsub2(*reinterpret_cast<const __half2 *>(&l), offset), x23 = __hsub2(*reinterpret_cast<const __half2 *>(&h), offset);
+    lo = *reinterpret_cast<const uint32_t *>(&x01), hi = *reinterpret_cast<const uint32_t *>(&x23);
+}
+
+/* Four signed bytes as floats, exactly: int8x4_to_half2x2, widened to float as the f16 cache's halves are. */
+__device__ __forceinline__ void int8x4_to_float(uint32_t word, float *x) {
+    uint32_t lo, hi;
+    int8x4_to_half2x2(word, lo, hi);
+    const float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&lo)), b = __half22float2(*reinterpret_cast<const __half2 *>(&hi));
     x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
 }
 
