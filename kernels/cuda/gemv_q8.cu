@@ -570,7 +570,11 @@ __host__ __device__ constexpr int mmq_stage_row_bytes(int type) {
  * copied (.ca) and found by the SM's other tiles, hits 41.6 % of sectors instead of 20.4 %: DRAM
  * 57.5 -> 68.2 % of peak. Three stages a warp of the compact size (three blocks an SM, ~1.5x the
  * weight bytes in flight) measured worse: 43.98 us on 28672 x 8192, 53.95 on 8192 x 28672 (its 512
- * tiles no longer one wave), 70B x8 470.1 / 470.2. */
+ * tiles no longer one wave), 70B x8 470.1 / 470.2. Session 33: two adjacent tiles a warp sharing
+ * one stage's activations (32 weight rows and 8 tokens a stage, 141 registers, three 4-warp blocks
+ * an SM: the activations' shared memory and L2 reads halved a weight byte) measured slower too, one
+ * binary and call, two rounds: 70B 128 x8 522.9, 520.0 -> 514.2, 511.3 tokens/s, 2048 x8 480.9,
+ * 479.1 -> 472.6, 471.9 (in 2-warp blocks, seven an SM: 397.0, 396.7 / 377.1, 377.0); not kept. */
 template <bool INPUTS> constexpr int MMQ_STAGES = INPUTS ? 2 : 3; /* a warp's stages */
 struct mmq_stage_size {
     int weight_bytes; /* then, with INPUTS, the values (8 rows of MMQ_X_ROW_BYTES) and the (d, d * sum) pairs: 32 bytes a token */
@@ -1276,6 +1280,7 @@ static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, cons
     static const int staging = tm_env_int("TM_MMQ_STAGING", 1) != 0; /* 0 (a measuring aid): every block straight from global memory */
     const int widest = mmq_widest_row(parts, INPUTS), shared = mmq_shared_bytes<NG, INPUTS>(WARPS, widest) + (ROPE ? (int)sizeof(rope_tile) : 0);
     TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)mmq_kernel<NG, WARPS, ROPE, INPUTS>, shared));
+    if (INPUTS && staging) tm_note_staged_products(); /* the 70B's wide products: the decode attention leaves room for them too */
     TM_LAUNCH_DEPENDENT((mmq_kernel<NG, WARPS, ROPE, INPUTS>), dim3((unsigned)tiles), dim3(32 * WARPS), shared, s, parts, cols, qs, ds, n,
                         staging, gemv_early_weights(), widest, rope);
     return cudaSuccess;
@@ -1438,7 +1443,12 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
  * this kernel: q6_k 6-19 % faster at 4, 8 and 16 tokens on 4096-22016 x 4096, and at 4 and 8 on
  * 4096 x 11008; q4_k 1-2 % faster at 12288 and 22016 rows, 1.5-4.7 % slower on 4096 x 4096 and
  * 4096 x 11008 (one wave, its steps still gain); at 16 tokens q6_k 4096 x 11008 (one wave) 11 %
- * slower, hence the rule for 9..16 tokens.
+ * slower, hence the rule for 9..16 tokens. Products mmq_wide calls wide (the 70B's at 2..8 tokens)
+ * stay with mmq_kernel's staged-activations layout: this kernel on them (staged, 4 warps for
+ * gate/up, 8 for the rest) measured slower, H200 session 33, one binary and call, two rounds: 70B
+ * 128 x8 512.5, 512.4 -> 478.6, 478.1 tokens/s, 2048 x8 466.5, 467.0 -> 448.3, 449.3 (plain-launch
+ * profile: the output, gate/up and down launches 143 -> 159 us a layer); on the Q/K/V launch alone
+ * (22.7 against 24.3 us there) 128 x8 533.4, 533.6 -> 530.6, 529.5, 2048 x8 unchanged.
  * The warps (*warps): unless mmq_persistent_warps fixes them, 4 a block where the product's tiles
  * outnumber the 4-warp slots (several tiles a slot either way: the 7B's gate/up and Q/K/V at 8
  * tokens), 8 otherwise (where 4-warp blocks would leave SMs with fewer warps at work). */

@@ -107,11 +107,12 @@ void tm_note_staged_products(void) {
 }
 
 cudaError_t tm_attention_carveout(const void *kernel) {
-    static const int forced = tm_env_int("TM_ATTENTION_CARVEOUT", -1);
+    static const int forced = tm_env_int("TM_ATTENTION_CARVEOUT", -2); /* -2: not set */
     int device = 0;
     cudaError_t status = cudaGetDevice(&device);
     if (status != cudaSuccess) return status;
-    const int percent = forced >= 0 && forced <= 100 ? forced : device >= 0 && device < 16 && staged_products[device].load() ? 50 : -1;
+    const bool staged = forced == -2 && device >= 0 && device < 16 && staged_products[device].load();
+    const int percent = forced >= 0 && forced <= 100 ? forced : staged ? 50 : -1;
     return percent < 0 ? cudaSuccess : set_attribute_once(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent, false);
 }
 

@@ -79,15 +79,19 @@ cudaError_t tm_allow_dynamic_shared(const void *kernel, int bytes);
 /* The decode attention kernels' shared-memory carveout (cudaFuncAttributePreferredSharedMemoryCarveout),
  * set once per kernel and device at its launch: 50 % of the SM's unified L1 / shared memory once the
  * device has launched products with staged activations (tm_note_staged_products: gemv_q8.cu's
- * persistent kernel), so those products' blocks (an 8-warp q4_k block 87 KiB, 47 unstaged) fit
- * beside the attention's last blocks on an SM and start during its tail; the driver's choice
- * otherwise.
- * TM_ATTENTION_CARVEOUT=P (a measuring aid, read once) fixes P % for every decode attention launch.
+ * persistent kernel and mmq_kernel's INPUTS layout), so those products' blocks (an 8-warp q4_k
+ * block 87 KiB, 47 unstaged; the 70B's 4-warp INPUTS blocks 40-50 KiB) fit beside the attention's
+ * last blocks on an SM and start during its tail; the driver's choice otherwise.
+ * TM_ATTENTION_CARVEOUT=P (a measuring aid, read once) fixes P % for every decode attention launch,
+ * -1 leaves every launch to the driver.
  * H200, 7B decode with staged products, one call each: driver's choice / 50 / 60 / 70 / 85 %: 128 x8
  * 3388, 3361 / 3428 / 3424, 3394 / 3401 / 3398 tokens/s; 512 x4 1549 (session 30, call 8) / 1598 /
  * 1582 / 1549 / 1547; 2048 x8 1710, 1731 / 1872 / 1862, 1865 / 1822 / 1707; without staged products
  * 60 % changed nothing (2048 x8 1809, 1810 -> 1809, 1812); the 8B f16 (no such products) 128 x8 /
- * 2048 x8 1727 / 1478 -> 1700 / 1458 at 60 %, hence only after staged products. */
+ * 2048 x8 1727 / 1478 -> 1700 / 1458 at 60 %, hence only after staged products. The 70B's wide
+ * products at 8 tokens (mmq_kernel, INPUTS), session 33, one binary and call, driver's choice
+ * (TM_ATTENTION_CARVEOUT=-1) / 50 %, two rounds: 128 x8 531.4, 531.8 / 534.9, 533.9; 512 x4 274.2,
+ * 273.8 / 276.1, 275.6; 2048 x8 484.4, 482.2 / 493.0, 491.5. */
 cudaError_t tm_attention_carveout(const void *kernel);
 /* Marks the current device as running products with staged activations (see tm_attention_carveout). */
 void tm_note_staged_products(void);
