@@ -107,7 +107,7 @@ void tm_note_staged_products(void) {
 }
 
 cudaError_t tm_attention_carveout(const void *kernel) {
-    static const int forced = tm_env_int("TM_ATTENTION_CARVEOUT", -2); /* -2: not set */
+    static const int forced = tm_env_int("TM_ATTENTION_CARVEOUT", -2); /* 0..100: fixed; -1: the driver's; -2 (unset): the rule */
     int device = 0;
     cudaError_t status = cudaGetDevice(&device);
     if (status != cudaSuccess) return status;
