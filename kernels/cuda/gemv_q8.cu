@@ -574,7 +574,16 @@ __host__ __device__ constexpr int mmq_stage_row_bytes(int type) {
  * one stage's activations (32 weight rows and 8 tokens a stage, 141 registers, three 4-warp blocks
  * an SM: the activations' shared memory and L2 reads halved a weight byte) measured slower too, one
  * binary and call, two rounds: 70B 128 x8 522.9, 520.0 -> 514.2, 511.3 tokens/s, 2048 x8 480.9,
- * 479.1 -> 472.6, 471.9 (in 2-warp blocks, seven an SM: 397.0, 396.7 / 377.1, 377.0); not kept. */
+ * 479.1 -> 472.6, 471.9 (in 2-warp blocks, seven an SM: 397.0, 396.7 / 377.1, 377.0); not kept.
+ * Session 34, each a switch in one binary and call (branches mmq-wide-5-blocks, mmq-paired-tiles,
+ * l2-256; perf-notes has the ncu tables), 70B 128 x8 tokens/s: five 4-warp blocks an SM at 96
+ * registers 516.6 -> 457.9 (L1 left to the activations shrinks: xbar bytes +40 %); the weight
+ * copies without the L2::128B hint -> 502.7, through L1 (.ca) -> 487.5 (q6_k's products -31 %), by
+ * cp.async.bulk a row's block -> 363.8, with 256-byte L2 fetches 533.0 -> 504.0; two tiles a block
+ * of 8 warps, the warps at the same blocks sharing one copy of the activations (half each, a named
+ * barrier a block) 514.4 -> 505.0. The xbar carries 215 MB for the 28672 x 8192 product's 132 MB of
+ * weights in every one of these except the five blocks and the bulk copies: the excess is how the
+ * 144-byte row blocks are requested, not the activations. */
 template <bool INPUTS> constexpr int MMQ_STAGES = INPUTS ? 2 : 3; /* a warp's stages */
 struct mmq_stage_size {
     int weight_bytes; /* then, with INPUTS, the values (8 rows of MMQ_X_ROW_BYTES) and the (d, d * sum) pairs: 32 bytes a token */
