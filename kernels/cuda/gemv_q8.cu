@@ -582,8 +582,10 @@ __host__ __device__ constexpr int mmq_stage_row_bytes(int type) {
  * cp.async.bulk a row's block -> 363.8, with 256-byte L2 fetches 533.0 -> 504.0; two tiles a block
  * of 8 warps, the warps at the same blocks sharing one copy of the activations (half each, a named
  * barrier a block) 514.4 -> 505.0. The xbar carries 215 MB for the 28672 x 8192 product's 132 MB of
- * weights in every one of these except the five blocks and the bulk copies: the excess is how the
- * 144-byte row blocks are requested, not the activations. */
+ * weights in every one of these except the five blocks and the bulk copies, and also when the copies
+ * read as if a tile's rows of each block were stored together (branch tile-major-probe, timing only:
+ * 288 sector-aligned bytes an instruction; 70B x8 512.8 -> 517.3, one round): neither the
+ * activations nor the rows' alignment is the excess, and a tile-major layout would buy ~1 %. */
 template <bool INPUTS> constexpr int MMQ_STAGES = INPUTS ? 2 : 3; /* a warp's stages */
 struct mmq_stage_size {
     int weight_bytes; /* then, with INPUTS, the values (8 rows of MMQ_X_ROW_BYTES) and the (d, d * sum) pairs: 32 bytes a token */
