@@ -54,6 +54,7 @@ typedef struct request {
 
 struct tm_engine {
     tm_engine_options options;
+    char device[32];         /* options.device resolved ("cpu", "cuda", "cuda:N"), owned here */
     tm_model *model;
     tm_tokenizer *tokenizer;
     tm_threadpool *pool;
@@ -163,6 +164,8 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         s = tm_error_set(error, TM_ERR_INVALID_ARG, "engine: unknown device '%s' (auto, cpu, cuda, cuda:N)", o->device);
         goto fail;
     }
+    snprintf(e->device, sizeof e->device, "%s", o->device);
+    o->device = e->device; /* the caller's string need not outlive the engine */
     double started = tm_time_seconds();
     e->pool = tm_threadpool_create(o->n_threads);
     if (!e->pool) {
@@ -230,6 +233,8 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         goto fail;
     }
     e->stats.weight_bytes = e->model->weight_bytes;
+    e->stats.step_weight_bytes = e->model->step_weight_bytes;
+    e->stats.kv_bytes_per_position = (uint64_t)c->n_layer * tm_kv_position_bytes(&layout);
     e->stats.load_seconds = tm_time_seconds() - started;
     *out = e;
     return TM_OK;
@@ -708,6 +713,7 @@ void tm_engine_get_stats(const tm_engine *e, tm_engine_stats *stats) {
 }
 
 const char *tm_engine_model_name(const tm_engine *e) { return e->model->name; }
+const char *tm_engine_device(const tm_engine *e) { return e->device; }
 int tm_engine_vocab_size(const tm_engine *e) { return e->model->config.n_vocab; }
 
 tm_status tm_engine_tokenize(const tm_engine *e, const char *text, size_t length, bool add_bos, int32_t **ids, int *n_ids,

@@ -61,6 +61,10 @@ uint64_t tm_kv_row_bytes(const tm_kv_layout *layout) {
     return 2ull * (uint64_t)layout->n_head_kv * (uint64_t)layout->head_dim * element_bytes(layout->type);
 }
 
+uint64_t tm_kv_position_bytes(const tm_kv_layout *layout) {
+    return tm_kv_row_bytes(layout) + (layout->type == TM_KV_Q8 ? 2ull * (uint64_t)layout->n_head_kv * sizeof(float) : 0);
+}
+
 int64_t tm_kv_pages_for_tokens(const tm_kv_layout *layout, int64_t n_tokens) {
     uint64_t row = tm_kv_row_bytes(layout);
     if (row <= layout->page_size) {

@@ -57,6 +57,8 @@ void tm_kv_free(tm_kv_cache *kv);
  * beside it (TM_KV_Q8: page_size / head_dim floats; 0 for the other types). */
 uint64_t tm_kv_row_bytes(const tm_kv_layout *layout);
 uint64_t tm_kv_scale_bytes_per_page(const tm_kv_layout *layout);
+/* Bytes one position of one stream holds: its row and, TM_KV_Q8, the key's and value's scale of each kv head. */
+uint64_t tm_kv_position_bytes(const tm_kv_layout *layout);
 /* Pages one stream needs to hold n_tokens. */
 int64_t tm_kv_pages_for_tokens(const tm_kv_layout *layout, int64_t n_tokens);
 

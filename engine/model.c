@@ -182,6 +182,7 @@ tm_status tm_model_load(tm_gguf *gguf, tm_model **out, tm_error_t *error) {
         LAYER_WEIGHT(w_down, "ffn_down.weight", c->n_ff, c->n_embd)
 #undef LAYER_WEIGHT
     }
+    m->step_weight_bytes = m->weight_bytes - (c->tied_embeddings ? 0 : weight_bytes(&m->token_embd));
     *out = m;
     return TM_OK;
 fail:

@@ -56,6 +56,8 @@ typedef struct tm_model {
     const float *rope_freqs;     /* (n_rot/2) llama3 per-dimension frequency divisors, or NULL */
     tm_layer_weights *layers;    /* n_layer */
     uint64_t weight_bytes;       /* bytes of every tensor the forward pass reads */
+    uint64_t step_weight_bytes;  /* of those, what every forward pass reads whole: all but the token-embedding table
+                                  * (only its tokens' rows are looked up), which counts when it is also the output head */
     char name[128];
 } tm_model;
 

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "../gemv.h"
+#include "../memory_read.h"
 #include "cli.h"
 
 static int compare_doubles(const void *a, const void *b);
@@ -33,31 +34,6 @@ static void usage(FILE *out) {
             "  --working-set  replicate W to at least this many MB so it streams from DRAM (default 512)\n");
 }
 
-typedef struct read_task {
-    const uint64_t *data;
-    long long n_words;
-    uint64_t sums[64];
-} read_task;
-
-/* The memory-read ceiling: each thread sums its contiguous share, 64 bytes per step in four
- * independent vector accumulators, so the loop is bound by memory and not by the adds. */
-typedef uint64_t u64x4 __attribute__((vector_size(32)));
-
-static void read_part(void *arg, int thread_index, int n_threads) {
-    read_task *t = arg;
-    long long begin, end;
-    tm_split_range(t->n_words, 16, thread_index, n_threads, &begin, &end);
-    u64x4 a = {0}, b = {0}, c = {0}, d = {0}, v;
-    for (long long i = begin; i + 16 <= end; i += 16) {
-        memcpy(&v, t->data + i, 32), a += v;
-        memcpy(&v, t->data + i + 4, 32), b += v;
-        memcpy(&v, t->data + i + 8, 32), c += v;
-        memcpy(&v, t->data + i + 12, 32), d += v;
-    }
-    a += b + c + d;
-    if (thread_index < 64) t->sums[thread_index] = a[0] + a[1] + a[2] + a[3];
-}
-
 static int compare_doubles(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -68,29 +44,6 @@ static double percentile(const double *sorted, int n, double p) {
     int low = (int)position;
     int high = low + 1 < n ? low + 1 : low;
     return sorted[low] + (position - low) * (sorted[high] - sorted[low]);
-}
-
-/* GB/s of reading `megabytes` of memory with the pool's threads: the 90th percentile of the passes
- * after a warm-up one, since a ceiling is the rate the memory can sustain, not a typical rate on a
- * shared host. */
-static double read_ceiling(tm_threadpool *pool, long long megabytes, double min_time) {
-    long long n_words = megabytes * 1000000 / 8;
-    uint64_t *data = malloc((size_t)n_words * 8);
-    if (!data) return 0;
-    for (long long i = 0; i < n_words; i++) data[i] = (uint64_t)i;
-    read_task task = {data, n_words, {0}};
-    double samples[256];
-    int n = 0;
-    tm_threadpool_run(pool, read_part, &task);
-    double started = tm_time_seconds();
-    while (n < 256 && (n < 10 || tm_time_seconds() - started < min_time)) {
-        double t0 = tm_time_seconds();
-        tm_threadpool_run(pool, read_part, &task);
-        samples[n++] = (double)n_words * 8 / (tm_time_seconds() - t0) / 1e9;
-    }
-    qsort(samples, (size_t)n, sizeof *samples, compare_doubles);
-    free(data);
-    return samples[(n * 9) / 10];
 }
 
 static int bench_one(tm_threadpool *pool, tm_type type, long long rows, long long cols, long long min_reps,
@@ -207,7 +160,7 @@ int tm_cli_bench(int argc, char **argv) {
         fprintf(stderr, "tensormesh bench: cannot create threads\n");
         return 1;
     }
-    double ceiling = read_ceiling(pool, working_set > 0 ? working_set : 512, min_time);
+    double ceiling = tm_memory_read_gb_per_s(pool, working_set > 0 ? working_set : 512, min_time);
     printf("# gemv on the CPU: %d threads, %s kernels, working set >= %lld MB\n", tm_threadpool_size(pool),
            tm_type_simd_name(), working_set);
     printf("# ceiling: reading memory with %d threads: %.2f GB/s (p90 of the passes); %%ceil = GB/s of weights / that\n",

@@ -114,6 +114,12 @@ typedef struct tm_request_info {
 
 typedef struct tm_engine_stats {
     uint64_t weight_bytes;     /* bytes of weights the forward pass reads */
+    uint64_t step_weight_bytes; /* of those, what every forward pass reads whole, however many tokens: all but the
+                                 * token-embedding table (its tokens' rows are looked up), which counts when it is
+                                 * also the output head (tied embeddings); in the file's encoding, so a device
+                                 * layout's padding is not counted */
+    uint64_t kv_bytes_per_position; /* KV cache bytes one position of one sequence holds over all layers (keys, values
+                                     * and an 8-bit cache's scales): what a decode step reads per position attended */
     int64_t kv_pages_total, kv_pages_used, kv_pages_free;
     uint64_t kv_page_size;
     uint64_t kv_bytes_used, kv_bytes_allocated;
@@ -160,6 +166,8 @@ tm_status tm_engine_request_text(tm_engine *engine, int request_id, const char *
 void tm_engine_get_stats(const tm_engine *engine, tm_engine_stats *stats);
 /* Model facts for front ends. */
 const char *tm_engine_model_name(const tm_engine *engine);
+/* The device the engine runs on, "auto" resolved: "cpu", "cuda" or "cuda:N". */
+const char *tm_engine_device(const tm_engine *engine);
 int tm_engine_vocab_size(const tm_engine *engine);
 /* Tokenize with the model's tokenizer (malloc'ed ids, caller frees). */
 tm_status tm_engine_tokenize(const tm_engine *engine, const char *text, size_t length, bool add_bos, int32_t **ids,

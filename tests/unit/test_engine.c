@@ -7,12 +7,18 @@
  *  - stop strings cut the text before them; max_tokens; cancel; bad prompts are refused;
  *  - sampler: greedy = argmax; top_k 1 = greedy; the same seed repeats, another seed differs;
  *    temperature sampling follows softmax (chi-square over 20000 draws); top-p and min-p keep
- *    only the allowed tokens; repetition penalty lowers repeated tokens.
+ *    only the allowed tokens; repetition penalty lowers repeated tokens;
+ *  - the stats' bytes a decode step reads: the weights but the (untied) embedding table, counted
+ *    here from the model's tensors, and the KV bytes a position holds over all layers for the f16
+ *    and 8-bit caches, from the geometry (scales included).
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
+#include "model.h"
+#include "quant.h"
 #include "sampler.h"
 #include "tensormesh.h"
 
@@ -244,7 +250,54 @@ static void test_sampler(void) {
     CHECK(tm_sample(&p, logits, V, history, 2, &rng, scratch) == 2, "penalised 1 and 5 lose to 2");
 }
 
+static uint64_t tensor_bytes(const tm_weight *w) {
+    uint64_t row_bytes = 0;
+    tm_type_row_bytes(w->type, (uint64_t)w->cols, &row_bytes);
+    return row_bytes * (uint64_t)w->rows;
+}
+
+static void test_stats_count_what_a_step_reads(void) {
+    tm_model *model = NULL;
+    tm_error_t error = {0};
+    CHECK(!tm_model_open(NULL, "tiny:q4_k_m", 1, &model, &error), "model: %s", error.message);
+    if (!model) return;
+    const tm_model_config *c = &model->config;
+    uint64_t expected = tensor_bytes(&model->output) + tensor_bytes(&model->output_norm);
+    for (int l = 0; l < c->n_layer; l++) {
+        const tm_layer_weights *w = &model->layers[l];
+        const tm_weight *all[] = {&w->attn_norm, &w->wq, &w->wk, &w->wv, &w->wo, &w->ffn_norm, &w->w_gate, &w->w_up, &w->w_down};
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) expected += tensor_bytes(all[i]);
+    }
+    CHECK(!c->tied_embeddings, "the tiny preset has its own output head");
+    for (int kv_type = 0; kv_type <= 2; kv_type += 2) { /* f16, q8 */
+        tm_engine_options options;
+        tm_engine_options_default(&options);
+        options.synthetic = "tiny:q4_k_m";
+        options.n_threads = 1;
+        options.max_sequences = 1;
+        options.kv_type = kv_type;
+        tm_engine *engine = NULL;
+        CHECK(!tm_engine_create(&options, &engine, &error), "engine: %s", error.message);
+        if (!engine) continue;
+        tm_engine_stats stats;
+        tm_engine_get_stats(engine, &stats);
+        CHECK(stats.step_weight_bytes == expected, "step weight bytes %llu, counted %llu", (unsigned long long)stats.step_weight_bytes,
+              (unsigned long long)expected);
+        CHECK(stats.weight_bytes == expected + tensor_bytes(&model->token_embd), "the embedding table is the difference");
+        const uint64_t head_dim = (uint64_t)c->head_dim;
+        const uint64_t per_head = kv_type == 0 ? 2 * head_dim : head_dim + 4; /* f16 elements; int8 and a float scale */
+        const uint64_t position = (uint64_t)c->n_layer * 2 * (uint64_t)c->n_head_kv * per_head;
+        CHECK(stats.kv_bytes_per_position == position, "kv bytes a position (%s): %llu, expected %llu", kv_type ? "q8" : "f16",
+              (unsigned long long)stats.kv_bytes_per_position, (unsigned long long)position);
+        const char *device = tm_engine_device(engine); /* "auto" resolved */
+        CHECK(!strcmp(device, "cpu") || !strcmp(device, "cuda"), "device resolved to cpu or cuda, got %s", device);
+        tm_engine_free(engine);
+    }
+    tm_model_free(model);
+}
+
 int main(void) {
+    test_stats_count_what_a_step_reads();
     test_sampler();
     test_batched_equals_solo();
     test_requests();
