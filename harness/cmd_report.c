@@ -101,7 +101,10 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'prompt_tokens_per_s'), "
         "(SELECT relative_noise FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), "
         "(SELECT ceiling FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), c.status, "
-        "coalesce(json_extract(c.params, '$.kv_type'), 'f16') "
+        "coalesce(json_extract(c.params, '$.kv_type'), 'f16'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'decode_gb_per_s'), "
+        "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'decode_joules_per_token'), "
+        "(SELECT relative_noise FROM metrics WHERE case_id = c.id AND metric = 'decode_joules_per_token') "
         "FROM cases c WHERE c.run_id = ? AND c.kind = 'throughput' ORDER BY c.model, 14, 3, 4, c.id";
     sqlite3_stmt *s = statement_for_run(db, sql, run);
     FILE *data = NULL;
@@ -116,21 +119,26 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
     bool charted = false; /* this case's line has a block */
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
-            fprintf(md, "| model | seq_len (prompt) | batch | KV | decode tokens/s (all sequences) | step latency p50 / p90 / p99 (ms) "
-                        "| time to first token (ms) | prompt tokens/s |\n|---|---|---|---|---|---|---|---|\n");
+            fprintf(md, "| model | seq_len (prompt) | batch | KV | decode tokens/s (all sequences) | roofline tokens/s (share) "
+                        "| decode GB/s | J per decode token | step latency p50 / p90 / p99 (ms) | time to first token (ms) "
+                        "| prompt tokens/s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         const char *kv = text_or(s, 13, "f16");
         if (sqlite3_column_type(s, 4) == SQLITE_NULL) {
-            fprintf(md, "| %s | %s | %s | %s | not measured (%s) | not measured | not measured | not measured |\n", text_or(s, 1, "-"),
-                    text_or(s, 2, "-"), text_or(s, 3, "-"), kv, text_or(s, 12, "?"));
+            fprintf(md, "| %s | %s | %s | %s | not measured (%s) | not measured | not measured | not measured | not measured "
+                        "| not measured | not measured |\n",
+                    text_or(s, 1, "-"), text_or(s, 2, "-"), text_or(s, 3, "-"), kv, text_or(s, 12, "?"));
             continue;
         }
-        char ceiling[48] = "";
+        char roofline[48] = "not measured", rate[32] = "not measured", energy[48] = "not measured";
         if (sqlite3_column_type(s, 11) != SQLITE_NULL && sqlite3_column_double(s, 11) > 0)
-            snprintf(ceiling, sizeof ceiling, " (%.0f %% of %.4g)", 100 * sqlite3_column_double(s, 4) / sqlite3_column_double(s, 11),
-                     sqlite3_column_double(s, 11));
-        fprintf(md, "| %s | %s | %s | %s | %.4g ± %.1f %%%s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
-                text_or(s, 2, "-"), text_or(s, 3, "-"), kv, sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), ceiling,
-                sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
+            snprintf(roofline, sizeof roofline, "%.4g (%.0f %%)", sqlite3_column_double(s, 11),
+                     100 * sqlite3_column_double(s, 4) / sqlite3_column_double(s, 11));
+        if (sqlite3_column_type(s, 14) != SQLITE_NULL) snprintf(rate, sizeof rate, "%.4g", sqlite3_column_double(s, 14));
+        if (sqlite3_column_type(s, 15) != SQLITE_NULL)
+            snprintf(energy, sizeof energy, "%.3g ± %.1f %%", sqlite3_column_double(s, 15), 100 * sqlite3_column_double(s, 16));
+        fprintf(md, "| %s | %s | %s | %s | %.4g ± %.1f %% | %s | %s | %s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
+                text_or(s, 2, "-"), text_or(s, 3, "-"), kv, sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), roofline,
+                rate, energy, sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
                 sqlite3_column_double(s, 8), sqlite3_column_double(s, 9));
         if (data) { /* gnuplot data: one block per (model, KV type, prompt length), two blank lines between blocks */
             const long long prompt = sqlite3_column_int64(s, 2);
@@ -493,7 +501,15 @@ int tm_command_report(int argc, char **argv) {
     else if (throughput_rows)
         fprintf(md, "\nCharts: not drawn (gnuplot is not installed).\n");
     fprintf(md, "\nDecode tokens/s counts every sequence's tokens; ± is the relative noise (stdev/mean) over the "
-                "repetitions.\n");
+                "repetitions. The roofline is what the bytes a decode step must read allow at the bandwidth ceiling measured "
+                "in the same run on the same device (a GPU's device-to-device copy, the figure ../shared/docs/TARGETS.md "
+                "divides by; the host's memory read with the engine's threads on the CPU): batch x ceiling / (the weights a "
+                "forward pass reads whole, the token-embedding table excluded unless it is also the output head, + every "
+                "sequence's KV cache at the decode steps' mean context); decode GB/s is those bytes a step times the steps a "
+                "second. J per decode token: the device's own energy counter (NVML on a GPU, RAPL on the CPU packages) "
+                "over each repetition's decode phase, divided by its tokens (\"not measured\" where no counter was readable); "
+                "the counter advances in steps (every 100 ms on an H200), so a short decode phase is a noisy sample and "
+                "its ± says how noisy.\n");
     long_prompt_section(md, db, run);
     top_kernels_section(md, db, run);
     fprintf(md, "\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\n");

@@ -29,7 +29,8 @@ typedef struct tm_runner {
     int n_metrics;
     /* Prepare a case; the state may be reused by the next case (engines are cached). */
     tm_status (*prepare)(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, tm_error_t *error);
-    /* One repetition: values[i] for metrics[i]. */
+    /* One repetition: values[i] for metrics[i]; NaN for a metric after the first that this
+     * repetition could not measure (no sample is stored for it; one never measured has no summary). */
     tm_status (*repeat)(tm_runner_state *state, double *values, tm_error_t *error);
     void (*release)(tm_runner_state *state);
     /* optional: the measured ceiling metrics[i] compares to (stored with its summary), 0 if none */

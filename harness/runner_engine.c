@@ -5,7 +5,20 @@
  *
  * throughput metrics per repetition: decode tokens/s over all sequences (engine decode time),
  * prompt tokens/s (engine prefill time), decode step latency p50/p90/p99 (wall time of each
- * step that processed no prompt tokens), and time to first token (median over the requests).
+ * step that processed no prompt tokens), time to first token (median over the requests), the
+ * bytes a decode step must read a second (decode_gb_per_s: the weights a forward pass reads
+ * whole, tm_engine_stats.step_weight_bytes, plus every sequence's KV at the decode steps' mean
+ * context, prompt_tokens + gen_tokens / 2 positions, times the steps a second) and the energy a
+ * decode token costs (decode_joules_per_token: the device's energy counter over the decode phase,
+ * from the end of the last step that processed prompt tokens to the end of the repetition, divided
+ * by the tokens generated in it; energy.h; not stored where no counter is readable). The counter
+ * advances in steps (every 100 ms on the H200), so a short decode phase (the 7B's 64 tokens: ~120
+ * ms) is a noisy sample, each end up to a step stale; the noise column says how noisy.
+ * The roofline: the device's bandwidth ceiling is measured once per device and thread count, right
+ * after the first engine on it is made (ceilings.h: the GPU's device-to-device copy, the figure
+ * ../shared/docs/TARGETS.md's rooflines use; the host's memory read with the engine's threads on
+ * the CPU); decode_gb_per_s is stored with it as its ceiling and decode tokens/s with
+ * batch x ceiling / bytes a step (the report prints the share: "(N % of roofline)").
  * A throughput case whose batch did not all run at once, or whose pool ran full while it decoded
  * (preemptions: the KV pool too small for it), fails.
  * memory metrics: weight bytes, KV bytes allocated at the peak and in use, their sum, and the
@@ -13,11 +26,15 @@
  * The engine is kept between cases whose engine options are equal (model load is not measured).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ceilings.h"
 #include "common.h"
+#include "energy.h"
 #include "runner.h"
 #include "stats.h"
 
@@ -30,7 +47,18 @@ struct tm_runner_state {
     const char *name; /* the case being run (for errors) */
     bool memory_kind;
     uint64_t seed;
+    double bytes_per_step;   /* what a decode step of this case reads (see above) */
+    double ceiling_gb_per_s; /* the engine's device's bandwidth ceiling; 0: not measured */
+    tm_energy_meter *energy; /* of the engine's device */
 };
+
+/* Bandwidth ceilings measured so far in this process, by device and thread count: measured once. */
+static struct {
+    char device[32];
+    int threads;
+    double gb_per_s;
+} measured_ceilings[8];
+static int n_measured_ceilings;
 
 static const tm_metric_spec throughput_metrics[] = {
     {"decode_tokens_per_s", "tokens/s", true},
@@ -39,7 +67,10 @@ static const tm_metric_spec throughput_metrics[] = {
     {"step_latency_p90_ms", "ms", false},
     {"step_latency_p99_ms", "ms", false},
     {"time_to_first_token_ms", "ms", false},
+    {"decode_gb_per_s", "GB/s", true},
+    {"decode_joules_per_token", "J/token", false},
 };
+enum { DECODE_TOKENS_PER_S = 0, DECODE_GB_PER_S = 6, DECODE_JOULES_PER_TOKEN = 7 };
 static const tm_metric_spec memory_metrics[] = {
     {"total_bytes", "bytes", false},
     {"weight_bytes", "bytes", false},
@@ -73,10 +104,32 @@ static bool parse_int_param(const tm_suite_case *c, const char *name, long long 
 
 static void release(tm_runner_state *s) {
     if (!s) return;
+    tm_energy_close(s->energy);
     tm_engine_free(s->engine);
     free(s->model);
     free(s->device);
     free(s);
+}
+
+/* The bandwidth ceiling of `device` (the engine's, resolved) with `threads` threads on the CPU:
+ * measured at its first use in this process (printed), 0 with a warning when it cannot be. The GPU's
+ * is measured on the current CUDA device, which the engine just made its own. */
+static double device_ceiling(const char *device, int threads) {
+    const bool gpu = strncmp(device, "cuda", 4) == 0;
+    if (gpu) threads = 0;
+    for (int i = 0; i < n_measured_ceilings; i++)
+        if (!strcmp(measured_ceilings[i].device, device) && measured_ceilings[i].threads == threads) return measured_ceilings[i].gb_per_s;
+    tm_error_t error = {0};
+    double gb_per_s = 0;
+    tm_status status = gpu ? tm_gpu_copy_ceiling(&gb_per_s, &error) : tm_host_read_ceiling(threads, &gb_per_s, &error);
+    if (status) fprintf(stderr, "      warning: no roofline for %s: %s\n", device, error.message);
+    else printf("      ceiling: %s %.0f GB/s\n", gpu ? "device copy" : "host memory read", gb_per_s);
+    if (n_measured_ceilings < (int)(sizeof measured_ceilings / sizeof measured_ceilings[0])) {
+        snprintf(measured_ceilings[n_measured_ceilings].device, sizeof measured_ceilings[0].device, "%s", device);
+        measured_ceilings[n_measured_ceilings].threads = threads;
+        measured_ceilings[n_measured_ceilings++].gb_per_s = gb_per_s;
+    }
+    return gb_per_s;
 }
 
 static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, bool memory_kind,
@@ -132,6 +185,11 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
             *state = NULL;
             return status;
         }
+        if (!memory_kind) {
+            s->ceiling_gb_per_s = device_ceiling(tm_engine_device(s->engine), (int)threads);
+            if (!(s->energy = tm_energy_open(tm_engine_device(s->engine)))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
+            printf("      energy: %s\n", tm_energy_source(s->energy));
+        }
     }
     s->batch = (int)batch;
     s->name = c->name;
@@ -139,6 +197,12 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     s->gen_tokens = (int)gen;
     s->memory_kind = memory_kind;
     s->seed = 1;
+    tm_engine_stats stats;
+    tm_engine_get_stats(s->engine, &stats);
+    s->bytes_per_step = (double)stats.step_weight_bytes + (double)stats.kv_bytes_per_position * (double)batch * ((double)prompt + gen / 2.0);
+    if (!memory_kind && s->ceiling_gb_per_s > 0)
+        printf("      roofline: %.4g tokens/s (%.4g GB a decode step at %.0f GB/s)\n", batch * s->ceiling_gb_per_s * 1e9 / s->bytes_per_step,
+               s->bytes_per_step / 1e9, s->ceiling_gb_per_s);
     return TM_OK;
 }
 
@@ -207,6 +271,11 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     }
     int n_latencies = 0, waiting = -1; /* requests still queued after the first step (admission) */
     uint64_t kv_peak = 0, kv_used_peak = 0;
+    /* The decode phase's energy: the counter read after every step that processed prompt tokens
+     * (the phase starts after the last of them) and once at the end. Reading it costs milliseconds
+     * on some GPUs (3.9 ms an H200 NVML call), so never between decode steps. */
+    double phase_joules = NAN;
+    int64_t phase_tokens = 0;
     while (!status && tm_engine_busy(s->engine)) {
         tm_engine_stats step_before, step_after;
         tm_engine_get_stats(s->engine, &step_before);
@@ -214,14 +283,18 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         status = tm_engine_step(s->engine, error);
         double elapsed = tm_time_seconds() - t0;
         tm_engine_get_stats(s->engine, &step_after);
-        if (step_after.prompt_tokens == step_before.prompt_tokens && step_after.steps > step_before.steps &&
-            n_latencies < s->gen_tokens + 8)
-            latencies[n_latencies++] = elapsed * 1e3;
+        const bool decode_step = step_after.prompt_tokens == step_before.prompt_tokens && step_after.steps > step_before.steps;
+        if (decode_step && n_latencies < s->gen_tokens + 8) latencies[n_latencies++] = elapsed * 1e3;
+        if (!decode_step && s->energy) {
+            phase_joules = tm_energy_joules(s->energy);
+            phase_tokens = step_after.generated_tokens;
+        }
         kv_peak = TM_MAX(kv_peak, step_after.kv_bytes_allocated);
         kv_used_peak = TM_MAX(kv_used_peak, step_after.kv_bytes_used);
         if (waiting < 0) waiting = step_after.requests_queued;
     }
     tm_engine_get_stats(s->engine, &after);
+    if (s->energy) phase_joules = tm_energy_joules(s->energy) - phase_joules, phase_tokens = after.generated_tokens - phase_tokens;
     double ttft[1024];
     int n_ttft = 0, preemptions = 0;
     for (int r = 0; r < s->batch; r++) {
@@ -256,14 +329,23 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         values[4] = tm_percentile_sorted(latencies, (size_t)n_latencies, 0.99);
         tm_sort_doubles(ttft, (size_t)n_ttft);
         values[5] = tm_percentile_sorted(ttft, (size_t)n_ttft, 0.5);
+        values[DECODE_GB_PER_S] = values[DECODE_TOKENS_PER_S] / s->batch * s->bytes_per_step / 1e9;
+        values[DECODE_JOULES_PER_TOKEN] = phase_tokens > 0 && phase_joules >= 0 ? phase_joules / (double)phase_tokens : NAN;
     }
     free(prompt), free(ids), free(latencies);
     return status;
 }
 
+/* decode tokens/s against the roofline (batch x ceiling / bytes a step), decode GB/s against the ceiling */
+static double throughput_ceiling(tm_runner_state *s, int metric) {
+    if (!s || s->ceiling_gb_per_s <= 0 || s->bytes_per_step <= 0) return 0;
+    if (metric == DECODE_TOKENS_PER_S) return s->batch * s->ceiling_gb_per_s * 1e9 / s->bytes_per_step;
+    return metric == DECODE_GB_PER_S ? s->ceiling_gb_per_s : 0;
+}
+
 static const tm_runner runners[] = {
     {"throughput", throughput_metrics, (int)(sizeof throughput_metrics / sizeof throughput_metrics[0]), prepare_throughput,
-     repeat, release, NULL},
+     repeat, release, throughput_ceiling},
     {"memory", memory_metrics, (int)(sizeof memory_metrics / sizeof memory_metrics[0]), prepare_memory, repeat, release, NULL},
 };
 

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ceilings.h"
 #include "quant.h"
 #include "runner.h"
 #include "stats.h"
@@ -48,19 +49,6 @@ typedef struct kernels_state {
     int uncovered_warned;                   /* this case's runs timed before the host had queued them: reported */
 } kernels_state;
 
-/* Says, once for `what`, that tm_cuda_bench_run returned runs the GPU had started timing before the
- * host had queued them all, even behind the most flushes (bench.cu): their times may hold launch
- * gaps. */
-static void warn_uncovered(const tm_cuda_bench *bench, const char *what, int *warned) {
-    const int runs = tm_cuda_bench_uncovered_runs(bench);
-    if (runs <= *warned) return;
-    if (*warned == 0)
-        fprintf(stderr, "      warning: %s: the GPU started timing a run before the host had queued all of it (%d so far), "
-                        "even behind the most L2 flushes; its time may include launch gaps\n",
-                what, runs);
-    *warned = runs;
-}
-
 static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope",
                                        "copy_kernel", "read"};
 
@@ -79,46 +67,14 @@ static bool int_param(const tm_suite_case *c, const char *name, long long fallba
     return true;
 }
 
-/* Median time (ms) of `runs` runs of a benchmark; 0 on failure (message in error). */
-static double median_ms(const tm_cuda_bench_spec *spec, int runs, tm_error_t *error) {
-    char message[256];
-    tm_cuda_bench *bench;
-    if (tm_cuda_bench_create(spec, &bench, message, sizeof message)) {
-        tm_error_set(error, TM_ERR_UNSUPPORTED, "kernels: ceiling: %s", message);
-        return 0;
-    }
-    double times[16];
-    int n = 0;
-    for (int i = 0; i < runs + 1 && i < 16; i++) {
-        double ms;
-        if (tm_cuda_bench_run(bench, &ms, message, sizeof message)) {
-            tm_error_set(error, TM_ERR_INTERNAL, "kernels: ceiling: %s", message);
-            tm_cuda_bench_free(bench);
-            return 0;
-        }
-        if (i > 0) times[n++] = ms; /* the first run warms up */
-    }
-    int warned = 0;
-    warn_uncovered(bench, "ceiling", &warned);
-    tm_cuda_bench_free(bench);
-    tm_sort_doubles(times, (size_t)n);
-    return tm_percentile_sorted(times, (size_t)n, 0.5);
-}
-
 static tm_status measure_ceilings(kernels_state *s, tm_error_t *error) {
     if (s->copy_gb_per_s > 0) return TM_OK;
-    tm_cuda_bench_spec copy = {.op = TM_BENCH_COPY, .rows = 1ll << 30};
-    double ms = median_ms(&copy, 5, error);
-    if (ms <= 0) return TM_ERR_UNSUPPORTED;
-    s->copy_gb_per_s = 2.0 * (double)(1ll << 30) / (ms * 1e-3) / 1e9;
-    double best = 0;
-    for (int bf16 = 0; bf16 < 2; bf16++) {
-        tm_cuda_bench_spec gemm = {.op = bf16 ? TM_BENCH_GEMM_BF16 : TM_BENCH_GEMM_F16, .rows = 8192};
-        if ((ms = median_ms(&gemm, 5, error)) <= 0) return TM_ERR_UNSUPPORTED;
-        double tflops = 2.0 * 8192.0 * 8192.0 * 8192.0 / (ms * 1e-3) / 1e12;
-        if (tflops > best) best = tflops;
+    tm_status status = tm_gpu_copy_ceiling(&s->copy_gb_per_s, error);
+    if (!status) status = tm_gpu_gemm_ceiling(&s->gemm_tflop_per_s, error);
+    if (status) {
+        s->copy_gb_per_s = 0;
+        return status;
     }
-    s->gemm_tflop_per_s = best;
     printf("      ceilings: device copy %.0f GB/s, 16-bit GEMM 8192^3 %.0f TFLOP/s\n", s->copy_gb_per_s, s->gemm_tflop_per_s);
     return TM_OK;
 }
@@ -133,8 +89,9 @@ static tm_status measure_same_size_read(kernels_state *s, int chain, tm_error_t 
     if (bytes < 16) return TM_OK;
     for (int words = 2; words <= 8; words *= 2) {
         tm_cuda_bench_spec read = {.op = TM_BENCH_READ, .rows = ((long long)bytes + 15) / 16 * 16, .chain = chain, .read_words = words};
-        const double ms = median_ms(&read, 5, error);
-        if (ms <= 0) return TM_ERR_UNSUPPORTED;
+        double ms;
+        tm_status status = tm_bench_median_ms(&read, 5, "same-size read", &ms, error);
+        if (status) return status;
         const double gb_per_s = (double)read.rows / (ms * 1e-3) / 1e9;
         if (gb_per_s > s->read_gb_per_s) s->read_gb_per_s = gb_per_s;
     }
@@ -200,7 +157,7 @@ static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *erro
     char message[256];
     double ms, bytes, flops;
     if (tm_cuda_bench_run(s->bench, &ms, message, sizeof message)) return tm_error_set(error, TM_ERR_INTERNAL, "kernels: %s", message);
-    warn_uncovered(s->bench, "this case", &s->uncovered_warned);
+    tm_bench_warn_uncovered(s->bench, "this case", &s->uncovered_warned);
     tm_cuda_bench_cost(s->bench, &bytes, &flops);
     const double seconds = ms * 1e-3;
     values[0] = ms * 1e3;

@@ -10,6 +10,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <fnmatch.h>
+#include <math.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -213,6 +214,7 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
     double *samples[TM_MAX_METRICS] = {0};
     for (int m = 0; m < runner->n_metrics; m++) samples[m] = malloc(MAX_REPETITIONS * sizeof(double));
     double values[TM_MAX_METRICS];
+    int counts[TM_MAX_METRICS] = {0}; /* samples of each metric (a metric may go unmeasured in a repetition) */
     const char *outcome = "complete", *message = NULL;
     char message_buffer[600];
     status = runner->prepare(state, suite, c, error);
@@ -227,7 +229,7 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
         double elapsed = tm_time_seconds() - started;
         if (n >= suite->min_repetitions && elapsed >= suite->min_seconds) {
             tm_summary primary;
-            tm_summarize(samples[0], (size_t)n, 0, 0, &primary);
+            tm_summarize(samples[0], (size_t)counts[0], 0, 0, &primary);
             if (primary.relative_noise <= suite->max_relative_noise) break;
         }
         if (suite->timeout_seconds > 0 && elapsed >= suite->timeout_seconds) {
@@ -237,7 +239,8 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
         if ((status = runner->repeat(*state, values, error))) break;
         if ((status = tm_profiler_collect(profiler, store, case_id, n, error))) break;
         for (int m = 0; m < runner->n_metrics && !status; m++) {
-            samples[m][n] = values[m];
+            if (isnan(values[m]) && m > 0) continue; /* not measured in this repetition (energy without a counter): no sample */
+            samples[m][counts[m]++] = values[m];
             status = tm_store_add_sample(store, case_id, runner->metrics[m].name, n, values[m], error);
         }
         n++;
@@ -252,8 +255,9 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
         message = "interrupted";
     }
     for (int m = 0; m < runner->n_metrics && n > 0; m++) {
+        if (counts[m] == 0) continue; /* never measured: no summary */
         tm_summary summary;
-        tm_summarize(samples[m], (size_t)n, 1000, (uint64_t)case_id, &summary);
+        tm_summarize(samples[m], (size_t)counts[m], 1000, (uint64_t)case_id, &summary);
         tm_error_t ignored;
         tm_store_put_metric(store, case_id, runner->metrics[m].name, runner->metrics[m].unit,
                             runner->metrics[m].higher_is_better, &summary, runner->ceiling ? runner->ceiling(*state, m) : 0,

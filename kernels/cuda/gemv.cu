@@ -212,3 +212,11 @@ extern "C" int tm_cuda_device_name(char *name, int capacity) {
     snprintf(name, (size_t)capacity, "%s (sm_%d%d)", properties.name, properties.major, properties.minor);
     return 1;
 }
+
+extern "C" int tm_cuda_device_pci_bus_id(int device, char *bus_id, int capacity) {
+    if (cudaDeviceGetPCIBusId(bus_id, capacity, device) != cudaSuccess) {
+        cudaGetLastError(); /* clear it: no such device */
+        return 0;
+    }
+    return 1;
+}

@@ -299,6 +299,8 @@ int tm_cuda_gemv_q8_qkv_rope(const tm_cuda_gemv_part *parts, int64_t cols, const
 
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);
+/* The PCI bus id of CUDA device `device` ("0000:1B:00.0", what NVML finds a device by); 0 when it has none. */
+int tm_cuda_device_pci_bus_id(int device, char *bus_id, int capacity);
 
 #ifdef __cplusplus
 }

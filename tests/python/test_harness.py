@@ -174,9 +174,13 @@ def test_run_diff_export_round_trip(tmbench, tmp_path):
     diff = subprocess.run([str(tmbench), "diff", "1", "2", "--db", str(db), "--format", "json"], capture_output=True, text=True)
     result = json.loads(diff.stdout)
     assert diff.returncode == (1 if result["slower"] else 0)
-    assert len(result["rows"]) == 2 * 6 and result["same_hardware"]
+    # a case's metrics: the six timed ones and decode GB/s, and the energy per token where this host's counter is readable
+    with sqlite3.connect(db) as connection:
+        (per_case,) = connection.execute("SELECT count(*) FROM metrics WHERE case_id = 1").fetchone()
+    assert per_case in (7, 8)
+    assert len(result["rows"]) == 2 * per_case and result["same_hardware"]
     same = subprocess.run([str(tmbench), "diff", "2", "2", "--db", str(db)], capture_output=True, text=True)
-    assert same.returncode == 0 and "0 SLOWER" in same.stdout and "12 SAME" in same.stdout
+    assert same.returncode == 0 and "0 SLOWER" in same.stdout and f"{2 * per_case} SAME" in same.stdout
     missing = subprocess.run([str(tmbench), "diff", "1", "no-such-branch", "--db", str(db)], capture_output=True, text=True)
     assert missing.returncode == 1 and "no-such-branch" in missing.stderr
     dump = run(tmbench, "export", "--format", "sql", "--db", db).stdout
@@ -187,7 +191,7 @@ def test_run_diff_export_round_trip(tmbench, tmp_path):
         assert copy.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall() == \
             original.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall(), table
     csv = run(tmbench, "export", "--format", "csv", "--db", db).stdout.splitlines()
-    assert len(csv) == 1 + 2 * 2 * 6
+    assert len(csv) == 1 + 2 * 2 * per_case  # a row per (run, case, metric)
 
 
 def tiny_suite(path, name, device="cpu", gen_tokens=2, warmup=0, repetitions=1, timeout=30, model="synthetic:tiny:q4_k_m",
@@ -415,3 +419,56 @@ def test_ncu_missing_is_reported(tmbench, tmp_path):
     assert result.returncode == 1 and "Nsight Compute (ncu) is not installed" in result.stderr
     assert not (tmp_path / "r.db").exists() or sqlite3.connect(tmp_path / "r.db").execute(
         "SELECT count(*) FROM runs").fetchone() == (0,)
+
+
+def decode_bytes_from_the_file(path, batch, prompt_tokens, gen_tokens):
+    """The bytes a decode step of the real model reads, from the GGUF itself (the `gguf` package's reader): every tensor
+    but the token-embedding table, which counts when there is no output.weight (tied embeddings), plus each sequence's
+    f16 keys and values over all layers at the decode steps' mean context, prompt + gen / 2 positions."""
+    from gguf import GGUFReader
+    reader = GGUFReader(str(path))
+    names = {t.name for t in reader.tensors}
+    tied = "output.weight" not in names
+    weights = sum(int(t.n_bytes) for t in reader.tensors if t.name != "token_embd.weight" or tied)
+    def field(key):
+        f = reader.fields[key]
+        return int(f.parts[f.data[0]][0])
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    layers, heads = field(f"{arch}.block_count"), field(f"{arch}.attention.head_count")
+    kv_heads, embd = field(f"{arch}.attention.head_count_kv"), field(f"{arch}.embedding_length")
+    kv_per_position = layers * 2 * kv_heads * (embd // heads) * 2
+    return weights + kv_per_position * batch * (prompt_tokens + gen_tokens / 2)
+
+
+def test_roofline_counts_the_bytes_a_decode_step_reads(tmbench, tmp_path, smollm2):
+    """On the real SmolLM2 file: decode GB/s is the bytes a step reads (counted here from the GGUF, independently) times
+    the steps a second, decode tokens/s is stored with batch x the measured bandwidth ceiling / those bytes as its
+    ceiling (the roofline), and the energy per decode token is either not stored (no readable counter) or positive."""
+    batch, prompt_tokens, gen_tokens = 2, 16, 6
+    suite = tmp_path / "roofline.yaml"
+    suite.write_text(f"name: roofline\nkind: throughput\nmodel: {smollm2}\n"
+                     f"params: {{device: cpu, threads: 1, batch: {batch}, prompt_tokens: {prompt_tokens}, gen_tokens: {gen_tokens}}}\n"
+                     "warmup: 0\nstop: {min_repetitions: 2, min_seconds: 0, max_relative_noise: 1, timeout_seconds: 60}\n")
+    db = tmp_path / "r.db"
+    out = run(tmbench, "run", suite, "--db", db).stdout
+    assert "ceiling: host memory read" in out and "roofline:" in out, out
+    with sqlite3.connect(db) as connection:
+        metrics = {m: (median, ceiling) for m, median, ceiling in connection.execute(
+            "SELECT metric, median, ceiling FROM metrics")}
+        samples = connection.execute("SELECT s.repetition, s.metric, s.value FROM samples s").fetchall()
+    expected = decode_bytes_from_the_file(smollm2, batch, prompt_tokens, gen_tokens)
+    rate, roofline = metrics["decode_tokens_per_s"]
+    gb_per_s, ceiling = metrics["decode_gb_per_s"]
+    assert rate > 0 and ceiling > 0
+    # per repetition: GB/s = bytes a step x steps a second, steps = tokens / batch
+    by_repetition = {}
+    for repetition, metric, value in samples:
+        by_repetition.setdefault(repetition, {})[metric] = value
+    assert len(by_repetition) == 2
+    for values in by_repetition.values():
+        bytes_per_step = values["decode_gb_per_s"] * 1e9 * batch / values["decode_tokens_per_s"]
+        assert bytes_per_step == pytest.approx(expected, rel=1e-9)
+    assert roofline == pytest.approx(batch * ceiling * 1e9 / expected, rel=1e-9)
+    assert rate < roofline * 1.5  # a step cannot stream much faster than memory (the model is 78 MB: caches help a little)
+    if "decode_joules_per_token" in metrics:
+        assert metrics["decode_joules_per_token"][0] > 0

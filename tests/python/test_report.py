@@ -49,15 +49,19 @@ def fixed_database(path):
                            "VALUES (?, 7, 'guide', ?, ?, ?, 'synthetic:llama2-70b:q4_k_m', ?, '2026-11-25T06:00:00Z')",
                            (case_id, kind, name, params, status))
     metrics = {
+        # case 1 with the roofline (its ceiling), the bytes a step reads and the energy; case 8 without an energy
+        # counter; the others from a run before those metrics: "not measured"
         1: {"decode_tokens_per_s": (61.2, 0.012, 72.0), "step_latency_p50_ms": (16.3, 0, None),
             "step_latency_p90_ms": (16.9, 0, None), "step_latency_p99_ms": (17.4, 0, None),
-            "time_to_first_token_ms": (51.0, 0, None), "prompt_tokens_per_s": (2510.0, 0, None)},
+            "time_to_first_token_ms": (51.0, 0, None), "prompt_tokens_per_s": (2510.0, 0, None),
+            "decode_gb_per_s": (2531.4, 0, 2978.0), "decode_joules_per_token": (10.2, 0.031, None)},
         2: {"decode_tokens_per_s": (230.5, 0.02, None), "step_latency_p50_ms": (17.3, 0, None),
             "step_latency_p90_ms": (18.0, 0, None), "step_latency_p99_ms": (19.2, 0, None),
             "time_to_first_token_ms": (820.0, 0, None), "prompt_tokens_per_s": (2497.0, 0, None)},
-        8: {"decode_tokens_per_s": (250.0, 0.01, None), "step_latency_p50_ms": (16.0, 0, None),
+        8: {"decode_tokens_per_s": (250.0, 0.01, 287.0), "step_latency_p50_ms": (16.0, 0, None),
             "step_latency_p90_ms": (16.5, 0, None), "step_latency_p99_ms": (17.0, 0, None),
-            "time_to_first_token_ms": (210.0, 0, None), "prompt_tokens_per_s": (2440.0, 0, None)},
+            "time_to_first_token_ms": (210.0, 0, None), "prompt_tokens_per_s": (2440.0, 0, None),
+            "decode_gb_per_s": (2594.0, 0, 2978.0)},
         5: {"time_us": (3477.0, 0.004, None), "gb_per_s": (19.3, 0, 2978.0), "tflop_per_s": (316.2, 0, 749.0),
             "pct_of_copy_bandwidth": (0.6, 0, None), "pct_of_gemm_flops": (42.2, 0, None)},
         6: {"time_us": (4.1, 0.02, None), "gb_per_s": (2305.0, 0, 2978.0), "tflop_per_s": (8.2, 0, 749.0),
@@ -126,7 +130,7 @@ def test_report_matches_golden(tmp_path):
         end = expected.index("### 2.2")
         expected = expected[:start] + "ROOFLINE\n\n" + expected[end:]
     assert text == expected
-    assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % (85 % of 72) |" in text
+    assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % | 72 (85 %) | 2531 | 10.2 ± 3.1 % |" in text
     # decode at a longer prompt against the shortest of the same batch (512 x4 against 128 x4; the failed
     # 2048 x8 has no row, and batch 1 has one prompt only)
     assert "| guide | synthetic:llama2-70b:q4_k_m | f16 | 4 | 512 | 230.5 | 128 | 250 | -7.8 % |" in text
