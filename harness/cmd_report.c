@@ -173,11 +173,11 @@ static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
     const char *sql =
         "WITH d AS (SELECT c.id, c.suite AS suite, coalesce(c.model, '-') AS model, json_extract(c.params, '$.batch') AS batch, "
         "coalesce(json_extract(c.params, '$.kv_type'), 'f16') AS kv, "
-        "json_extract(c.params, '$.prompt_tokens') AS prompt, m.median AS rate FROM cases c JOIN metrics m ON m.case_id = c.id "
+        "json_extract(c.params, '$.prompt_tokens') AS prompt, m.median AS rate, m.ceiling AS roof FROM cases c JOIN metrics m ON m.case_id = c.id "
         "AND m.metric = 'decode_tokens_per_s' WHERE c.run_id = ? AND c.kind = 'throughput' AND c.status = 'complete' AND "
         "json_extract(c.params, '$.batch') IS NOT NULL AND json_extract(c.params, '$.prompt_tokens') IS NOT NULL), "
         "shortest AS (SELECT suite, model, batch, kv, min(prompt) AS prompt FROM d GROUP BY suite, model, batch, kv) "
-        "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate, l.suite, l.kv FROM d l JOIN shortest k ON k.suite = l.suite AND "
+        "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate, l.suite, l.kv, l.roof, s.roof FROM d l JOIN shortest k ON k.suite = l.suite AND "
         "k.model = l.model AND k.batch = l.batch AND k.kv = l.kv JOIN d s ON s.suite = k.suite AND s.model = k.model AND "
         "s.batch = k.batch AND s.kv = k.kv AND s.prompt = k.prompt "
         "WHERE l.prompt > k.prompt ORDER BY l.suite, l.model, l.kv, l.batch, l.prompt";
@@ -187,12 +187,15 @@ static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
             fprintf(md, "\nDecode at a longer prompt against the shortest of the same suite, model, KV type and batch:\n\n"
-                        "| suite | model | KV | batch | prompt | decode tokens/s | shortest prompt | decode tokens/s | change |\n"
-                        "|---|---|---|---|---|---|---|---|---|\n");
+                        "| suite | model | KV | batch | prompt | decode tokens/s | shortest prompt | decode tokens/s | change "
+                        "| the roofline's change |\n|---|---|---|---|---|---|---|---|---|---|\n");
         const double rate = sqlite3_column_double(s, 3), base = sqlite3_column_double(s, 5);
-        fprintf(md, "| %s | %s | %s | %lld | %lld | %.4g | %lld | %.4g | %+.1f %% |\n", text_or(s, 6, "-"), text_or(s, 0, "-"),
-                text_or(s, 7, "f16"), sqlite3_column_int64(s, 1),
-                sqlite3_column_int64(s, 2), rate, sqlite3_column_int64(s, 4), base, base > 0 ? 100 * (rate / base - 1) : 0.0);
+        const double roof = sqlite3_column_double(s, 8), base_roof = sqlite3_column_double(s, 9);
+        char roof_change[32] = "not measured"; /* what the longer context's KV reads cost at the ceiling alone */
+        if (roof > 0 && base_roof > 0) snprintf(roof_change, sizeof roof_change, "%+.1f %%", 100 * (roof / base_roof - 1));
+        fprintf(md, "| %s | %s | %s | %lld | %lld | %.4g | %lld | %.4g | %+.1f %% | %s |\n", text_or(s, 6, "-"), text_or(s, 0, "-"),
+                text_or(s, 7, "f16"), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2), rate, sqlite3_column_int64(s, 4), base,
+                base > 0 ? 100 * (rate / base - 1) : 0.0, roof_change);
     }
     sqlite3_finalize(s);
 }
