@@ -18,7 +18,7 @@
  * after the first engine on it is made (ceilings.h: the GPU's device-to-device copy, the figure
  * ../shared/docs/TARGETS.md's rooflines use; the host's memory read with the engine's threads on
  * the CPU); decode_gb_per_s is stored with it as its ceiling and decode tokens/s with
- * batch x ceiling / bytes a step (the report prints the share: "(N % of roofline)").
+ * batch x ceiling / bytes a step (the report's "roofline tokens/s (share)").
  * A throughput case whose batch did not all run at once, or whose pool ran full while it decoded
  * (preemptions: the KV pool too small for it), fails.
  * memory metrics: weight bytes, KV bytes allocated at the peak and in use, their sum, and the
