@@ -130,6 +130,7 @@ typedef struct cuda_backend {
     void *gemm_workspace, *cublas_workspace;
     uint64_t gemm_workspace_bytes;
     void *q8;                  /* activations as q8_1 for the fast decode products */
+    void *xb16;                /* the norm's output as f16 for the f16 products of 2..16 tokens (half_activations) */
     float *partials;
     tm_cuda_sampling *sample_rows, *host_sample_rows;
     int32_t *sampled, *penalized, *host_penalized;
@@ -319,6 +320,8 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     if ((s = device_alloc(b, &b->gemm_workspace, b->gemm_workspace_bytes, &b->memory.workspace, "GEMM workspace", error))) return s;
     uint64_t q8_bytes = tm_cuda_q8_1_bytes((int64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS) * (int64_t)widest);
     if ((s = device_alloc(b, &b->q8, q8_bytes, &b->memory.workspace, "quantized activations", error))) return s;
+    const uint64_t xb16_bytes = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS) * (uint64_t)c->n_embd * 2;
+    if ((s = device_alloc(b, &b->xb16, xb16_bytes, &b->memory.workspace, "f16 activations", error))) return s;
     uint64_t decode_tokens = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS);
     uint64_t partial_bytes = decode_tokens * c->n_head * b->n_splits * (c->head_dim + 2) * sizeof(float);
     if ((s = device_alloc(b, (void **)&b->partials, partial_bytes, &b->memory.workspace, "attention partials", error))) return s;
@@ -417,10 +420,14 @@ static bool sixteen_bit_together(const cuda_backend *b, const device_weight *con
 /* Products of several weights with one input (Q/K/V, gate/up): one launch when
  * products_together (8-bit activations) or sixteen_bit_together, else one product each. */
 static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, float *const *y, int n_parts, const float *x, int n,
-                              bool *x_q8, tm_error_t *error) {
+                              bool *x_q8, const void *x16, tm_error_t *error) {
     tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
     for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
     int status = cudaErrorNotSupported;
+    if (x16 && n > 1 && sixteen_bit_together(b, w, n_parts, n))
+        status = tm_cuda_gemv_f16_tokens_parts_half_x(parts, n_parts, w[0]->cols, x16, n, b->stream);
+    if (status == 0) return TM_OK;
+    if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
     if (sixteen_bit_together(b, w, n_parts, n)) {
         status = n == 1 ? tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream)
                         : tm_cuda_gemv_16bit_tokens_parts(parts, n_parts, w[0]->cols, x, n, b->stream);
@@ -453,8 +460,8 @@ static bool fused_rope_enabled(void) {
  * rope targets were found (rope->targets) and the products take the 8-bit path in one launch and
  * the kernel takes the rope too (tm_cuda_gemv_q8_qkv_rope), else the products then
  * tm_cuda_rope_kv_append. */
-static tm_status qkv_rope_append(cuda_backend *b, const device_weight *w, const float *x, int T, bool *x_q8, const tm_cuda_rope_kv *rope,
-                                 tm_error_t *error) {
+static tm_status qkv_rope_append(cuda_backend *b, const device_weight *w, const float *x, int T, bool *x_q8, const void *x16,
+                                 const tm_cuda_rope_kv *rope, tm_error_t *error) {
     const bool detail = tm_trace_detail();
     const device_weight *qkv[3] = {&w[1], &w[2], &w[3]};
     float *qkv_out[3] = {b->q, b->k, b->v};
@@ -470,7 +477,7 @@ static tm_status qkv_rope_append(cuda_backend *b, const device_weight *w, const 
         if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
     }
     TM_DETAIL_BEGIN("q/k/v");
-    tm_status s = matmul_parts(b, qkv, qkv_out, 3, x, T, x_q8, error);
+    tm_status s = matmul_parts(b, qkv, qkv_out, 3, x, T, x_q8, x16, error);
     TM_DETAIL_END();
     if (s) return s;
     TM_DETAIL_BEGIN("rope + kv append");
@@ -491,6 +498,38 @@ static bool flash_on_tensor_cores(const cuda_backend *b, tm_kv_type kv_type) {
     const tm_model_config *c = &b->model->config;
     return b->options.precision == TM_PRECISION_FAST && kv_type != TM_KV_F32 &&
            tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv) > 0;
+}
+
+/* Whether the norm before the products of `w` at T tokens also writes its output as f16 for them
+ * (tm_cuda_add_rmsnorm_half, tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the
+ * activation bytes those products read, no conversions in their loop): f16 weights at 2..16 tokens,
+ * fast precision. TM_MMA16_HALF_X=0 (a measuring aid) keeps the float activations. */
+static bool half_activations(const cuda_backend *b, const device_weight *w, int T) {
+    static int enabled = -1;
+    if (enabled < 0) {
+        const char *text = getenv("TM_MMA16_HALF_X");
+        enabled = !(text && strcmp(text, "0") == 0);
+    }
+    return enabled && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS && b->options.precision == TM_PRECISION_FAST &&
+           w->cols % 32 == 0;
+}
+
+/* The residual add and norm before a layer's products; with `half` also the f16 copy into b->xb16
+ * where the kernel takes it (*x16 then points at it, else NULL). */
+static tm_status norm_for_products(cuda_backend *b, float *x_out, const float *x, const float *delta, const float *weight, int T,
+                                   bool q8, bool half, const void **x16, tm_error_t *error) {
+    const tm_model_config *c = &b->model->config;
+    *x16 = NULL;
+    if (half && !q8) {
+        const int status = tm_cuda_add_rmsnorm_half(b->xb, b->xb16, x_out, x, delta, weight, T, c->n_embd, c->rms_norm_eps, b->stream);
+        if (status == 0) {
+            *x16 = b->xb16;
+            return TM_OK;
+        }
+        if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
+    }
+    CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, x_out, x, delta, weight, T, c->n_embd, c->rms_norm_eps, q8 ? b->q8 : NULL, b->stream));
+    return TM_OK;
 }
 
 /* Every launch of one forward pass over T tokens (n_tiles > 0: flash attention over the tiles,
@@ -533,12 +572,14 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         /* attention block */
         bool xb_q8 = takes_q8(b, &w[1], T), att_q8 = false, gate_q8 = takes_q8(b, &w[8], T);
         TM_DETAIL_BEGIN("attention norm");
-        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, pending_delta, attn_norm, T, D, c->rms_norm_eps,
-                                         xb_q8 ? b->q8 : NULL, stream));
+        const void *xb16 = NULL;
+        if ((s = norm_for_products(b, residual_next, residual, pending_delta, attn_norm, T, xb_q8, half_activations(b, &w[1], T),
+                                   &xb16, error)))
+            return s;
         if (pending_delta) swap_buffers(&residual, &residual_next);
         TM_DETAIL_END();
         rope.pages = pages, rope.layer = l;
-        if ((s = qkv_rope_append(b, w, b->xb, T, &xb_q8, &rope, error))) return s;
+        if ((s = qkv_rope_append(b, w, b->xb, T, &xb_q8, xb16, &rope, error))) return s;
         TM_DETAIL_BEGIN("attention");
         if (n_tiles && flash_on_tensor_cores(b, (tm_kv_type)b->kv.type))
             CHECK_KERNEL(tm_cuda_flash_attention_mma(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages, in->page_offsets,
@@ -564,14 +605,15 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         /* feed-forward block */
         TM_DETAIL_BEGIN("ffn norm");
         xb_q8 = takes_q8(b, &w[6], T);
-        CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, b->delta, ffn_norm, T, D, c->rms_norm_eps, xb_q8 ? b->q8 : NULL,
-                                         stream));
+        if ((s = norm_for_products(b, residual_next, residual, b->delta, ffn_norm, T, xb_q8, half_activations(b, &w[6], T),
+                                   &xb16, error)))
+            return s;
         swap_buffers(&residual, &residual_next);
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("gate/up");
         const device_weight *gate_up[2] = {&w[6], &w[7]};
         float *gate_up_out[2] = {b->gate, b->up};
-        if ((s = matmul_parts(b, gate_up, gate_up_out, 2, b->xb, T, &xb_q8, error))) return s;
+        if ((s = matmul_parts(b, gate_up, gate_up_out, 2, b->xb, T, &xb_q8, xb16, error))) return s;
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("swiglu");
         if (gate_q8) CHECK_KERNEL(tm_cuda_swiglu_q8(b->gate, b->up, T, c->n_ff, b->q8, stream));

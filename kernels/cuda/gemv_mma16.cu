@@ -25,6 +25,15 @@
  * 2t+9 are columns 8t..8t+3 and 8t+4..8t+7. UNROLL steps' loads are in flight together, the first
  * steps' weights requested before the wait for the previous kernel (launch.cuh).
  *
+ * f16 activations (HALF_X, tm_cuda_gemv_f16_tokens_parts_half_x): the decode step's norm writes its
+ * output rounded to f16 beside the float one (tm_cuda_add_rmsnorm_half, the same rounding pack16
+ * does), so the Q/K/V and gate/up products of f16 weights read 16 bytes of activations a lane and
+ * step instead of 32 and convert nothing (their activation bytes, re-read by every tile, equalled
+ * the weights'). Results bit for bit the float path's. H200, 8B f16 decode, one binary, two rounds,
+ * TM_MMA16_HALF_X=0 / 1: 128 x8 1698, 1711 -> 1766, 1757 tokens/s; 512 x4 863.2, 868.6 -> 876.8,
+ * 875.2; 2048 x8 1494, 1503 -> 1533, 1529. The output and down products (inputs from the attention
+ * and the SwiGLU) still take float activations.
+ *
  * Parts: up to TM_CUDA_GEMV_MAX_PARTS products sharing x (Q/K/V, gate/up) take one launch, part i's
  * tiles after part i - 1's (tm_cuda_gemv_16bit_tokens_parts; a product alone is one part). Why:
  * the 8B's K and V (1024 rows) are 64 tiles, 64 blocks on 132 SMs; gemv16.cu's one-token parts
@@ -66,8 +75,9 @@ template <bool BF16> __device__ __forceinline__ void mma16(float (&c)[4], const 
 /* One block per 16-row tile of the parts' rows in order; NG groups of 8 tokens (columns past
  * n_tokens read token n_tokens - 1 and are never stored). acc[G][2r + k]: row g + 8r, token
  * 8G + 2t + k. A tile's result does not depend on the other parts of its launch. */
-template <bool BF16, int NG>
-__global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(tile_parts p, int64_t cols, const float *x, int n_tokens) {
+template <bool BF16, int NG, bool HALF_X>
+__global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(tile_parts p, int64_t cols, const float *x, const __half *x16,
+                                                                 int n_tokens) {
     __shared__ float partial[MMA16_WARPS - 1][NG * 4][32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int tile = blockIdx.x, part = tile_part_of(p, tile);
@@ -78,8 +88,12 @@ __global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(tile_parts p, i
     const int64_t steps = cols / 32, row_pieces = cols / 8;
     const uint4 *row_g = weights + (row0 + g) * row_pieces + t, *row_g8 = row_g + 8 * row_pieces;
     const float4 *x_g[NG];
+    const uint4 *x16_g[NG]; /* HALF_X: the same 8 columns as f16, already rounded as pack16 rounds them */
 #pragma unroll
-    for (int G = 0; G < NG; G++) x_g[G] = reinterpret_cast<const float4 *>(x + min(8 * G + g, n_tokens - 1) * cols) + 2 * t;
+    for (int G = 0; G < NG; G++) {
+        x_g[G] = reinterpret_cast<const float4 *>(x + min(8 * G + g, n_tokens - 1) * cols) + 2 * t;
+        x16_g[G] = reinterpret_cast<const uint4 *>(x16 + min(8 * G + g, n_tokens - 1) * cols) + t;
+    }
     float acc[NG][4];
 #pragma unroll
     for (int G = 0; G < NG; G++)
@@ -97,12 +111,16 @@ __global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(tile_parts p, i
     tm_grid_dependency();
     for (int64_t step0 = warp; step0 < steps; step0 += MMA16_UNROLL * MMA16_WARPS) {
         float4 xv[MMA16_UNROLL][NG][2];
+        uint4 xh[MMA16_UNROLL][NG];
 #pragma unroll
         for (int u = 0; u < MMA16_UNROLL; u++) {
             const int64_t step = step0 + (int64_t)u * MMA16_WARPS;
             if (step < steps)
 #pragma unroll
-                for (int G = 0; G < NG; G++) xv[u][G][0] = x_g[G][8 * step], xv[u][G][1] = x_g[G][8 * step + 1];
+                for (int G = 0; G < NG; G++) {
+                    if (HALF_X) xh[u][G] = x16_g[G][4 * step];
+                    else xv[u][G][0] = x_g[G][8 * step], xv[u][G][1] = x_g[G][8 * step + 1];
+                }
         }
         uint4 now[MMA16_UNROLL][2];
 #pragma unroll
@@ -115,9 +133,14 @@ __global__ void __launch_bounds__(32 * MMA16_WARPS) mma16_kernel(tile_parts p, i
             const uint32_t a_high[4] = {now[u][0].z, now[u][1].z, now[u][0].w, now[u][1].w}; /* columns 8t+4..8t+7 */
 #pragma unroll
             for (int G = 0; G < NG; G++) {
-                const float4 lo = xv[u][G][0], hi = xv[u][G][1];
-                mma16<BF16>(acc[G], a_low, pack16<BF16>(lo.x, lo.y), pack16<BF16>(lo.z, lo.w));
-                mma16<BF16>(acc[G], a_high, pack16<BF16>(hi.x, hi.y), pack16<BF16>(hi.z, hi.w));
+                if (HALF_X) {
+                    mma16<BF16>(acc[G], a_low, xh[u][G].x, xh[u][G].y);
+                    mma16<BF16>(acc[G], a_high, xh[u][G].z, xh[u][G].w);
+                } else {
+                    const float4 lo = xv[u][G][0], hi = xv[u][G][1];
+                    mma16<BF16>(acc[G], a_low, pack16<BF16>(lo.x, lo.y), pack16<BF16>(lo.z, lo.w));
+                    mma16<BF16>(acc[G], a_high, pack16<BF16>(hi.x, hi.y), pack16<BF16>(hi.z, hi.w));
+                }
             }
         }
     }
@@ -131,27 +154,40 @@ static bool mma16_enabled(void) {
     return enabled;
 }
 
-extern "C" int tm_cuda_gemv_16bit_tokens_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, int n_tokens,
-                                               void *stream) {
+static cudaError_t launch_tokens_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, const __half *x16,
+                                       int n_tokens, cudaStream_t s) {
     static const bool parts_enabled = tm_env_int("TM_MMA16_PARTS", 1) != 0;
     if (n_parts < 1 || n_parts > TM_CUDA_GEMV_MAX_PARTS || n_tokens < 2 || n_tokens > TM_CUDA_GEMV_MAX_TOKENS || cols % 32 ||
-        (uintptr_t)x % 16 || !mma16_enabled() || (n_parts > 1 && !parts_enabled))
+        (uintptr_t)x % 16 || (uintptr_t)x16 % 16 || !mma16_enabled() || (n_parts > 1 && !parts_enabled))
         return cudaErrorNotSupported;
     const int type = parts[0].type;
     tile_parts p;
-    if ((type != F16 && type != BF16) || !tile_parts_of(parts, n_parts, type, &p)) return cudaErrorNotSupported;
+    if ((type != F16 && type != BF16) || (x16 && type != F16) || !tile_parts_of(parts, n_parts, type, &p)) return cudaErrorNotSupported;
     const int tiles = p.tiles_end[n_parts - 1];
     if (tiles == 0) return cudaSuccess;
-    const cudaStream_t s = (cudaStream_t)stream;
     const dim3 grid((unsigned)tiles), block(32 * MMA16_WARPS);
-    if (type == F16) {
-        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<false, 1>, grid, block, 0, s, p, cols, x, n_tokens);
-        else TM_LAUNCH_DEPENDENT(mma16_kernel<false, 2>, grid, block, 0, s, p, cols, x, n_tokens);
+    if (x16) {
+        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<false, 1, true>, grid, block, 0, s, p, cols, x, x16, n_tokens);
+        else TM_LAUNCH_DEPENDENT(mma16_kernel<false, 2, true>, grid, block, 0, s, p, cols, x, x16, n_tokens);
+    } else if (type == F16) {
+        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<false, 1, false>, grid, block, 0, s, p, cols, x, x16, n_tokens);
+        else TM_LAUNCH_DEPENDENT(mma16_kernel<false, 2, false>, grid, block, 0, s, p, cols, x, x16, n_tokens);
     } else {
-        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<true, 1>, grid, block, 0, s, p, cols, x, n_tokens);
-        else TM_LAUNCH_DEPENDENT(mma16_kernel<true, 2>, grid, block, 0, s, p, cols, x, n_tokens);
+        if (n_tokens <= 8) TM_LAUNCH_DEPENDENT(mma16_kernel<true, 1, false>, grid, block, 0, s, p, cols, x, x16, n_tokens);
+        else TM_LAUNCH_DEPENDENT(mma16_kernel<true, 2, false>, grid, block, 0, s, p, cols, x, x16, n_tokens);
     }
     return cudaSuccess;
+}
+
+extern "C" int tm_cuda_gemv_16bit_tokens_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, int n_tokens,
+                                               void *stream) {
+    return launch_tokens_parts(parts, n_parts, cols, x, nullptr, n_tokens, (cudaStream_t)stream);
+}
+
+extern "C" int tm_cuda_gemv_f16_tokens_parts_half_x(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *x16,
+                                                    int n_tokens, void *stream) {
+    if (!x16) return cudaErrorInvalidValue;
+    return launch_tokens_parts(parts, n_parts, cols, nullptr, (const __half *)x16, n_tokens, (cudaStream_t)stream);
 }
 
 extern "C" int tm_cuda_gemv_16bit_tokens(int type, const void *weights, int64_t rows, int64_t cols, const float *x, int n_tokens,

@@ -109,6 +109,11 @@ int tm_cuda_gemv_16bit_tokens(int type, const void *weights, int64_t rows, int64
  * for mixed types, or with TM_MMA16_PARTS=0 (a measuring aid) for more than one part. */
 int tm_cuda_gemv_16bit_tokens_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const float *x, int n_tokens,
                                     void *stream);
+/* The same for f16 weights with the activations already in f16 (x16: n_tokens x cols halves, 16-byte
+ * aligned, rounded as the float path rounds x): the same results bit for bit, half the activation
+ * bytes, no conversions in the loop. cudaErrorNotSupported where the float form would be, or for bf16. */
+int tm_cuda_gemv_f16_tokens_parts_half_x(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *x16, int n_tokens,
+                                         void *stream);
 
 /* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats. */
 int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out, void *stream);
@@ -126,6 +131,11 @@ int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim, int n_rot,
  * buffers); out is bit-identical to tm_cuda_rmsnorm of the sum where both take the same kernel. */
 int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n, float eps,
                         void *q8, void *stream);
+/* tm_cuda_add_rmsnorm without q8, also writing out rounded to f16 into out16 (n_rows x n halves, 16-byte
+ * aligned; what tm_cuda_gemv_f16_tokens_parts_half_x takes): only for the few-row, out-of-place norm
+ * of a decode step (the sliced kernel; cudaErrorNotSupported otherwise, nothing written). */
+int tm_cuda_add_rmsnorm_half(float *out, void *out16, float *x_out, const float *x, const float *delta, const float *weight,
+                             int n_rows, int n, float eps, void *stream);
 /* gate[i] = silu(gate[i]) * up[i]. */
 int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
 /* The same over n_rows rows of n_per_row values, also writing the result as q8_1

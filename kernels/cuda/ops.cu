@@ -122,7 +122,7 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
  * row may still be reading x. float64 sum of squares. */
 #define NORM_SLICE 256
 __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, float *x_out, const float *x, const float *delta,
-                                                                    const float *weight, int n, float eps, q8_out q8) {
+                                                                    const float *weight, int n, float eps, q8_out q8, __half *out16) {
     tm_grid_dependency();
     const int i = blockIdx.y * NORM_SLICE + threadIdx.x; /* this thread's element */
     const float w = i < n ? weight[i] : 0.0f;
@@ -146,6 +146,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
     if (i < n) {
         if (add) x_out[element] = mine;
         out[element] = value;
+        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
     }
     if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_block(value, element, q8); /* n % 256 == 0 */
 }
@@ -181,13 +182,14 @@ static int norm_sliced_rows(void) {
  * rounded up to whole warps, with q8 to multiples of 256, at least 4 warps), the looping one
  * beyond (1024 threads there). */
 static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
-                                  float eps, q8_out q8, cudaStream_t stream) {
+                                  float eps, q8_out q8, cudaStream_t stream, __half *out16 = nullptr) {
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
     if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
         const dim3 grid((unsigned)n_rows, (unsigned)((n + NORM_SLICE - 1) / NORM_SLICE));
-        TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8);
+        TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8, out16);
         return cudaSuccess;
     }
+    if (out16) return cudaErrorNotSupported; /* only the sliced kernel writes the f16 copy */
     const int per_thread = norm_elements_per_thread(n, q8.qs != nullptr);
     if (n <= per_thread * 1024) {
         const unsigned whole = q8.qs ? 256 : 32; /* quantize_q8_1_block: 8 warps a 256-value block */
@@ -203,6 +205,13 @@ static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, cons
         TM_LAUNCH_DEPENDENT(rmsnorm_kernel, dim3(n_rows), dim3(norm_threads(n)), 0, stream, out, x_out, x, delta, weight, n, eps, q8);
     }
     return cudaSuccess;
+}
+
+extern "C" int tm_cuda_add_rmsnorm_half(float *out, void *out16, float *x_out, const float *x, const float *delta, const float *weight,
+                                        int n_rows, int n, float eps, void *stream) {
+    if (n_rows == 0) return cudaSuccess;
+    if (n % 4 || (delta && !x_out) || !out16 || (uintptr_t)out16 % 16) return cudaErrorInvalidValue;
+    return launch_rmsnorm(out, x_out, x, delta, weight, n_rows, n, eps, q8_out_at(nullptr, 0, 0), (cudaStream_t)stream, (__half *)out16);
 }
 
 extern "C" int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream) {

@@ -190,7 +190,9 @@ static void test_sixteen_bit_parts(tm_rng_t *rng) {
  * (tm_cuda_gemv_16bit_tokens_parts: parts of 512, 128 and 48 rows of 1056 columns, 5 and 16
  * tokens): each part equals its own tm_cuda_gemv_16bit_tokens launch bit for bit and meets that
  * kernel's bounds against float64 (2e-3 f16, 8e-3 bf16: activations rounded once); a part whose
- * rows are not whole 16-row tiles is declined, y untouched. */
+ * rows are not whole 16-row tiles is declined, y untouched. f16: the launch taking the activations
+ * already in f16 (tm_cuda_gemv_f16_tokens_parts_half_x, x rounded to nearest even on the host)
+ * equals the float-activation launch bit for bit; bf16 weights are declined there. */
 static void test_sixteen_bit_token_parts(tm_rng_t *rng) {
     const tm_type types[2] = {TM_TYPE_F16, TM_TYPE_BF16};
     const int64_t cols = 1056, part_rows[3] = {512, 128, 48};
@@ -230,6 +232,35 @@ static void test_sixteen_bit_token_parts(tm_rng_t *rng) {
                       (long long)part_rows[p], (long long)cols, bad, bound, worst);
                 free(a), free(b);
             }
+            /* the activations already in f16: the same bits */
+            tm_f16_t *x16 = malloc((size_t)cols * n * 2);
+            for (int64_t i = 0; i < cols * n; i++) x16[i] = tm_f32_to_f16(x[i]);
+            void *d_x16;
+            CHECK(cudaMalloc(&d_x16, (size_t)cols * n * 2) == cudaSuccess, "cudaMalloc");
+            cudaMemcpy(d_x16, x16, (size_t)cols * n * 2, cudaMemcpyHostToDevice);
+            float *halved[3];
+            tm_cuda_gemv_part half_parts[3];
+            for (int p = 0; p < 3; p++) {
+                CHECK(cudaMalloc((void **)&halved[p], (size_t)part_rows[p] * n * 4) == cudaSuccess, "cudaMalloc");
+                cudaMemset(halved[p], 0xff, (size_t)part_rows[p] * n * 4);
+                half_parts[p] = parts[p], half_parts[p].y = halved[p];
+            }
+            const int half_status = tm_cuda_gemv_f16_tokens_parts_half_x(half_parts, 3, cols, d_x16, n, NULL);
+            cudaDeviceSynchronize();
+            if (types[k] == TM_TYPE_F16) {
+                CHECK(half_status == 0, "f16 x%d parts launch with f16 activations", n);
+                for (int p = 0; p < 3; p++) {
+                    const size_t bytes = (size_t)part_rows[p] * n * 4;
+                    float *a = malloc(bytes), *b = malloc(bytes);
+                    cudaMemcpy(a, together[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, halved[p], bytes, cudaMemcpyDeviceToHost);
+                    CHECK(!memcmp(a, b, bytes), "f16 x%d part %d: f16 activations give the float activations' result bit for bit", n, p);
+                    free(a), free(b);
+                }
+            } else {
+                CHECK(half_status == cudaErrorNotSupported, "bf16 weights with f16 activations are declined");
+            }
+            for (int p = 0; p < 3; p++) cudaFree(halved[p]);
+            cudaFree(d_x16), free(x16);
             tm_cuda_gemv_part ragged[2] = {parts[0], parts[1]};
             ragged[1].rows = 120;
             cudaMemset(together[0], 0xff, (size_t)part_rows[0] * n * 4);

@@ -19,7 +19,8 @@
  *    scales equal tm_kv_store_vector (the CPU's rounding) of the keys and values the same kernel
  *    wrote into an f32 cache, and tm_cuda_kv_append of the separately roped keys writes the same
  *    bytes. The residual add + RMSNorm is also held
- *    to the CPU reference (1e-6 relative).
+ *    to the CPU reference (1e-6 relative), and its f16 copy (tm_cuda_add_rmsnorm_half, up to 8
+ *    rows) is its float output rounded to nearest even, bit for bit; more rows are declined.
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
@@ -196,6 +197,28 @@ static void test_add_rmsnorm(tm_rng_t *rng, int rows, int in_place, int n) {
     from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
     CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0,
           "fused q8_1 equals tm_cuda_quantize_q8_1 of the output bit for bit (%d rows of %d)", rows, n);
+    /* the f16 copy (tm_cuda_add_rmsnorm_half): the same float output, and each value rounded to
+     * nearest even (the host's tm_f32_to_f16), where its kernel applies (a few rows, out of place) */
+    void *d_out16 = to_device(NULL, total * 2);
+    float *d_half_x = to_device(x, total * 4); /* x again: an in-place run above left the sum in d_x */
+    float *d_half_x_out = to_device(NULL, total * 4), *d_out3 = to_device(NULL, total * 4);
+    const int half_status = tm_cuda_add_rmsnorm_half(d_out3, d_out16, d_half_x_out, d_half_x, d_delta, d_w, rows, n, 1e-5f, NULL);
+    if (rows <= 8 && n % 32 == 0) {
+        CHECK(half_status == 0, "add_rmsnorm_half launch (%d rows of %d)", rows, n);
+        float *got3 = malloc(total * 4);
+        tm_f16_t *got16 = malloc(total * 2), *want16 = malloc(total * 2);
+        from_device(got3, d_out3, total * 4), from_device(got16, d_out16, total * 2);
+        for (int64_t i = 0; i < total; i++) want16[i] = tm_f32_to_f16(got3[i]);
+        int bad_float = 0;
+        for (int64_t i = 0; i < total; i++) bad_float += !(fabsf(got3[i] - expected[i]) <= 1e-6f * fabsf(expected[i]) + 1e-7f);
+        CHECK(bad_float == 0, "add_rmsnorm_half's float output vs CPU (%d rows of %d): %d differ", rows, n, bad_float);
+        CHECK(differing_bytes(got16, want16, total * 2) == 0, "add_rmsnorm_half's f16 copy is its output rounded to nearest even (%d rows of %d)",
+              rows, n);
+        free(got3), free(got16), free(want16);
+    } else {
+        CHECK(half_status == cudaErrorNotSupported, "add_rmsnorm_half declines %d rows of %d (not the sliced kernel's)", rows, n);
+    }
+    cudaFree(d_out16), cudaFree(d_half_x), cudaFree(d_half_x_out), cudaFree(d_out3);
     if (n == 4096 && (!in_place || rows > 16)) {
         CHECK(tm_cuda_add(d_sum, d_delta, total, NULL) == 0 && tm_cuda_rmsnorm(d_out2, d_sum, d_w, rows, n, 1e-5f, NULL) == 0,
               "separate launches");
