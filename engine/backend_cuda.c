@@ -130,7 +130,7 @@ typedef struct cuda_backend {
     void *gemm_workspace, *cublas_workspace;
     uint64_t gemm_workspace_bytes;
     void *q8;                  /* activations as q8_1 for the fast decode products */
-    void *xb16;                /* the norm's output as f16 for the f16 products of 2..16 tokens (half_activations) */
+    void *xb16;                /* a norm's or the SwiGLU's output as f16 for the f16 products of 2..16 tokens (half_activations) */
     float *partials;
     tm_cuda_sampling *sample_rows, *host_sample_rows;
     int32_t *sampled, *penalized, *host_penalized;
@@ -320,7 +320,7 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     if ((s = device_alloc(b, &b->gemm_workspace, b->gemm_workspace_bytes, &b->memory.workspace, "GEMM workspace", error))) return s;
     uint64_t q8_bytes = tm_cuda_q8_1_bytes((int64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS) * (int64_t)widest);
     if ((s = device_alloc(b, &b->q8, q8_bytes, &b->memory.workspace, "quantized activations", error))) return s;
-    const uint64_t xb16_bytes = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS) * (uint64_t)c->n_embd * 2;
+    const uint64_t xb16_bytes = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS) * (uint64_t)TM_MAX(c->n_embd, c->n_ff) * 2;
     if ((s = device_alloc(b, &b->xb16, xb16_bytes, &b->memory.workspace, "f16 activations", error))) return s;
     uint64_t decode_tokens = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS);
     uint64_t partial_bytes = decode_tokens * c->n_head * b->n_splits * (c->head_dim + 2) * sizeof(float);
@@ -500,18 +500,24 @@ static bool flash_on_tensor_cores(const cuda_backend *b, tm_kv_type kv_type) {
            tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv) > 0;
 }
 
-/* Whether the norm before the products of `w` at T tokens also writes its output as f16 for them
- * (tm_cuda_add_rmsnorm_half, tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the
- * activation bytes those products read, no conversions in their loop): f16 weights at 2..16 tokens,
- * fast precision. TM_MMA16_HALF_X=0 (a measuring aid) keeps the float activations. */
-static bool half_activations(const cuda_backend *b, const device_weight *w, int T) {
-    static int enabled = -1;
-    if (enabled < 0) {
+/* Which producers also write their output as f16 for the f16 products of 2..16 tokens that take it
+ * (tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the activation bytes those
+ * products read, no conversions in their loop): 1 (default) the norms (for Q/K/V and gate/up) and
+ * the SwiGLU (for down), 2 the norms only, 0 none (TM_MMA16_HALF_X, a measuring aid). */
+static int half_activations_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
         const char *text = getenv("TM_MMA16_HALF_X");
-        enabled = !(text && strcmp(text, "0") == 0);
+        mode = text && (!strcmp(text, "0") || !strcmp(text, "2")) ? atoi(text) : 1;
     }
-    return enabled && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS && b->options.precision == TM_PRECISION_FAST &&
-           w->cols % 32 == 0;
+    return mode;
+}
+
+/* Whether the products of `w` at T tokens take f16 activations: f16 weights at 2..16 tokens, fast
+ * precision, and half_activations_mode() not 0. */
+static bool half_activations(const cuda_backend *b, const device_weight *w, int T) {
+    return half_activations_mode() != 0 && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS &&
+           b->options.precision == TM_PRECISION_FAST && w->cols % 32 == 0;
 }
 
 /* The residual add and norm before a layer's products; with `half` also the f16 copy into b->xb16
@@ -616,11 +622,17 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         if ((s = matmul_parts(b, gate_up, gate_up_out, 2, b->xb, T, &xb_q8, xb16, error))) return s;
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("swiglu");
+        const void *gate16 = NULL; /* the down product's input as f16 (half_activations) */
         if (gate_q8) CHECK_KERNEL(tm_cuda_swiglu_q8(b->gate, b->up, T, c->n_ff, b->q8, stream));
-        else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
+        else if (half_activations(b, &w[8], T) && half_activations_mode() == 1) {
+            CHECK_KERNEL(tm_cuda_swiglu_half(b->gate, b->up, (int64_t)T * c->n_ff, b->xb16, stream));
+            gate16 = b->xb16;
+        } else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("down");
-        if ((s = matmul(b, &w[8], b->gate, T, b->delta, &gate_q8, error))) return s;
+        const device_weight *down = &w[8];
+        if (gate16 && (s = matmul_parts(b, &down, &b->delta, 1, b->gate, T, &gate_q8, gate16, error))) return s;
+        if (!gate16 && (s = matmul(b, down, b->gate, T, b->delta, &gate_q8, error))) return s;
         TM_DETAIL_END();
         TM_DETAIL_END(); /* the layer */
         pending_delta = b->delta;

@@ -138,6 +138,9 @@ int tm_cuda_add_rmsnorm_half(float *out, void *out16, float *x_out, const float 
                              int n_rows, int n, float eps, void *stream);
 /* gate[i] = silu(gate[i]) * up[i]. */
 int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream);
+/* The same, also writing each result rounded to f16 into out16 (n halves, 16-byte aligned; what
+ * tm_cuda_gemv_f16_tokens_parts_half_x takes). */
+int tm_cuda_swiglu_half(float *gate, const float *up, int64_t n, void *out16, void *stream);
 /* The same over n_rows rows of n_per_row values, also writing the result as q8_1
  * (n_per_row % 256 == 0), as tm_cuda_quantize_q8_1 would. */
 int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, int64_t n_per_row, void *q8, void *stream);

@@ -248,20 +248,30 @@ extern "C" int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim,
     return cudaSuccess;
 }
 
-/* One thread per element; with q8, a warp per 32-element block also writes its q8_1 block. */
-__global__ void swiglu_kernel(float *gate, const float *up, int64_t n, q8_out q8) {
+/* One thread per element; with q8, a warp per 32-element block also writes its q8_1 block; with
+ * out16, the value rounded to f16 too. */
+__global__ void swiglu_kernel(float *gate, const float *up, int64_t n, q8_out q8, __half *out16) {
     tm_grid_dependency();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int lane = threadIdx.x % 32;
     float value = 0;
     if (i < n) gate[i] = value = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    if (out16 && i < n) out16[i] = __float2half_rn(value); /* as the f16 products round their float input */
     if (q8.qs && i - lane < n) quantize_q8_1_block(value, i, q8); /* n % 256 == 0: whole blocks of 256 threads */
 }
 
 extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream) {
     if (n == 0) return cudaSuccess;
     TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n,
-                        q8_out_at(nullptr, 0, 0));
+                        q8_out_at(nullptr, 0, 0), (__half *)nullptr);
+    return cudaSuccess;
+}
+
+extern "C" int tm_cuda_swiglu_half(float *gate, const float *up, int64_t n, void *out16, void *stream) {
+    if (!out16 || (uintptr_t)out16 % 16) return cudaErrorInvalidValue;
+    if (n == 0) return cudaSuccess;
+    TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n,
+                        q8_out_at(nullptr, 0, 0), (__half *)out16);
     return cudaSuccess;
 }
 
@@ -270,7 +280,7 @@ extern "C" int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, i
     if (n_per_row % 256 || n_rows < 0) return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
     TM_LAUNCH_DEPENDENT(swiglu_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, gate, up, n,
-                        q8_out_at(q8, n_rows, n_per_row));
+                        q8_out_at(q8, n_rows, n_per_row), (__half *)nullptr);
     return cudaSuccess;
 }
 

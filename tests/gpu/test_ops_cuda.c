@@ -12,7 +12,8 @@
  *  - the fused kernels of the decode step, each against the separate kernels it replaces,
  *    bit for bit: residual add + RMSNorm (+ q8_1 quantization) against add, RMSNorm and
  *    tm_cuda_quantize_q8_1 (one row, with the values again in pair order, and several);
- *    SwiGLU + quantization against SwiGLU and tm_cuda_quantize_q8_1 (one row and three); the pair
+ *    SwiGLU + quantization against SwiGLU and tm_cuda_quantize_q8_1 (one row and three), SwiGLU with
+ *    its f16 copy (the copy its output rounded to nearest even, bit for bit); the pair
  *    order itself against its description, restated in the test;
  *    rope + KV append (f16 and f32 pages, a shuffled page table) against two ropes and the
  *    append (queries and the whole page pool compared); into an 8-bit cache, the int8 values and
@@ -349,6 +350,17 @@ static void test_swiglu_q8(tm_rng_t *rng, int rows) {
     from_device(q8_fused, d_q8, q8_bytes), from_device(q8_separate, d_q8b, q8_bytes);
     CHECK(differing_bytes(got, separate, total * 4) == 0, "swiglu_q8 output equals swiglu bit for bit (%d rows)", rows);
     CHECK(differing_bytes(q8_fused, q8_separate, q8_bytes) == 0, "swiglu_q8 quantization equals tm_cuda_quantize_q8_1 (%d rows)", rows);
+    /* SwiGLU with its f16 copy: the same floats, and each rounded to nearest even (the host's tm_f32_to_f16) */
+    float *d_gate3 = to_device(x, total * 4);
+    void *d_half = to_device(NULL, total * 2);
+    CHECK(tm_cuda_swiglu_half(d_gate3, d_delta, total, d_half, NULL) == 0, "swiglu_half launch");
+    float *got3 = malloc(total * 4);
+    tm_f16_t *got16 = malloc(total * 2), *want16 = malloc(total * 2);
+    from_device(got3, d_gate3, total * 4), from_device(got16, d_half, total * 2);
+    for (int64_t i = 0; i < total; i++) want16[i] = tm_f32_to_f16(got3[i]);
+    CHECK(differing_bytes(got3, separate, total * 4) == 0, "swiglu_half output equals swiglu bit for bit (%d rows)", rows);
+    CHECK(differing_bytes(got16, want16, total * 2) == 0, "swiglu_half's f16 copy is its output rounded to nearest even (%d rows)", rows);
+    cudaFree(d_gate3), cudaFree(d_half), free(got3), free(got16), free(want16);
     cudaFree(d_delta), cudaFree(d_q8), cudaFree(d_q8b), cudaFree(d_gate), cudaFree(d_gate2);
     free(x), free(delta), free(got), free(q8_fused), free(q8_separate), free(separate);
 }
