@@ -9,6 +9,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,23 @@ static void format_bytes(double bytes, char *out, size_t size) {
     if (bytes >= 1e9) snprintf(out, size, "%.2f GB", bytes / 1e9);
     else if (bytes >= 1e6) snprintf(out, size, "%.1f MB", bytes / 1e6);
     else snprintf(out, size, "%.0f kB", bytes / 1e3);
+}
+
+/* `value` to `digits` significant digits without an exponent in the range a guide's figures take
+ * (11274 -> "11270" where %.4g writes "1.127e+04"; 0.2521 -> "0.2521"). */
+typedef struct figure {
+    char text[40];
+} figure;
+static figure significant(double value, int digits) {
+    figure f;
+    const double magnitude = fabs(value);
+    if (magnitude >= pow(10, digits) && magnitude < 1e15) {
+        const double step = pow(10, floor(log10(magnitude)) - digits + 1);
+        snprintf(f.text, sizeof f.text, "%.0f", round(value / step) * step);
+    } else {
+        snprintf(f.text, sizeof f.text, "%.*g", digits, value);
+    }
+    return f;
 }
 
 static bool have_gnuplot(void) { return system("gnuplot --version > /dev/null 2>&1") == 0; }
@@ -129,17 +147,18 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
                     text_or(s, 1, "-"), text_or(s, 2, "-"), text_or(s, 3, "-"), kv, text_or(s, 12, "?"));
             continue;
         }
-        char roofline[48] = "not measured", rate[32] = "not measured", energy[48] = "not measured";
+        char roofline[64] = "not measured", rate[48] = "not measured", energy[48] = "not measured";
         if (sqlite3_column_type(s, 11) != SQLITE_NULL && sqlite3_column_double(s, 11) > 0)
-            snprintf(roofline, sizeof roofline, "%.4g (%.0f %%)", sqlite3_column_double(s, 11),
+            snprintf(roofline, sizeof roofline, "%s (%.0f %%)", significant(sqlite3_column_double(s, 11), 4).text,
                      100 * sqlite3_column_double(s, 4) / sqlite3_column_double(s, 11));
-        if (sqlite3_column_type(s, 14) != SQLITE_NULL) snprintf(rate, sizeof rate, "%.4g", sqlite3_column_double(s, 14));
+        if (sqlite3_column_type(s, 14) != SQLITE_NULL) snprintf(rate, sizeof rate, "%s", significant(sqlite3_column_double(s, 14), 4).text);
         if (sqlite3_column_type(s, 15) != SQLITE_NULL)
             snprintf(energy, sizeof energy, "%.3g ± %.1f %%", sqlite3_column_double(s, 15), 100 * sqlite3_column_double(s, 16));
-        fprintf(md, "| %s | %s | %s | %s | %.4g ± %.1f %% | %s | %s | %s | %.3g / %.3g / %.3g | %.3g | %.4g |\n", text_or(s, 1, "-"),
-                text_or(s, 2, "-"), text_or(s, 3, "-"), kv, sqlite3_column_double(s, 4), 100 * sqlite3_column_double(s, 10), roofline,
-                rate, energy, sqlite3_column_double(s, 5), sqlite3_column_double(s, 6), sqlite3_column_double(s, 7),
-                sqlite3_column_double(s, 8), sqlite3_column_double(s, 9));
+        fprintf(md, "| %s | %s | %s | %s | %s ± %.1f %% | %s | %s | %s | %s / %s / %s | %s | %s |\n", text_or(s, 1, "-"),
+                text_or(s, 2, "-"), text_or(s, 3, "-"), kv, significant(sqlite3_column_double(s, 4), 4).text,
+                100 * sqlite3_column_double(s, 10), roofline, rate, energy, significant(sqlite3_column_double(s, 5), 3).text,
+                significant(sqlite3_column_double(s, 6), 3).text, significant(sqlite3_column_double(s, 7), 3).text,
+                significant(sqlite3_column_double(s, 8), 3).text, significant(sqlite3_column_double(s, 9), 4).text);
         if (data) { /* gnuplot data: one block per (model, KV type, prompt length), two blank lines between blocks */
             const long long prompt = sqlite3_column_int64(s, 2);
             const char *model = text_or(s, 1, "-");
@@ -193,9 +212,9 @@ static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
         const double roof = sqlite3_column_double(s, 8), base_roof = sqlite3_column_double(s, 9);
         char roof_change[32] = "not measured"; /* what the longer context's KV reads cost at the ceiling alone */
         if (roof > 0 && base_roof > 0) snprintf(roof_change, sizeof roof_change, "%+.1f %%", 100 * (roof / base_roof - 1));
-        fprintf(md, "| %s | %s | %s | %lld | %lld | %.4g | %lld | %.4g | %+.1f %% | %s |\n", text_or(s, 6, "-"), text_or(s, 0, "-"),
-                text_or(s, 7, "f16"), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2), rate, sqlite3_column_int64(s, 4), base,
-                base > 0 ? 100 * (rate / base - 1) : 0.0, roof_change);
+        fprintf(md, "| %s | %s | %s | %lld | %lld | %s | %lld | %s | %+.1f %% | %s |\n", text_or(s, 6, "-"), text_or(s, 0, "-"),
+                text_or(s, 7, "f16"), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2), significant(rate, 4).text,
+                sqlite3_column_int64(s, 4), significant(base, 4).text, base > 0 ? 100 * (rate / base - 1) : 0.0, roof_change);
     }
     sqlite3_finalize(s);
 }

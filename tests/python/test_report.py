@@ -58,7 +58,7 @@ def fixed_database(path):
             "decode_gb_per_s": (2531.4, 0, 2978.0), "decode_joules_per_token": (10.2, 0.031, None)},
         2: {"decode_tokens_per_s": (230.5, 0.02, 283.0), "step_latency_p50_ms": (17.3, 0, None),
             "step_latency_p90_ms": (18.0, 0, None), "step_latency_p99_ms": (19.2, 0, None),
-            "time_to_first_token_ms": (820.0, 0, None), "prompt_tokens_per_s": (2497.0, 0, None)},
+            "time_to_first_token_ms": (3424.0, 0, None), "prompt_tokens_per_s": (12488.0, 0, None)},  # no exponents
         8: {"decode_tokens_per_s": (250.0, 0.01, 287.0), "step_latency_p50_ms": (16.0, 0, None),
             "step_latency_p90_ms": (16.5, 0, None), "step_latency_p99_ms": (17.0, 0, None),
             "time_to_first_token_ms": (210.0, 0, None), "prompt_tokens_per_s": (2440.0, 0, None),
@@ -132,6 +132,7 @@ def test_report_matches_golden(tmp_path):
         expected = expected[:start] + "ROOFLINE\n\n" + expected[end:]
     assert text == expected
     assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % | 72 (85 %) | 2531 | 10.2 ± 3.1 % |" in text
+    assert "| 3420 | 12490 |" in text  # large figures at their significant digits, not "3.42e+03 | 1.249e+04"
     # decode at a longer prompt against the shortest of the same batch (512 x4 against 128 x4; the failed
     # 2048 x8 has no row, and batch 1 has one prompt only)
     assert "| guide | synthetic:llama2-70b:q4_k_m | f16 | 4 | 512 | 230.5 | 128 | 250 | -7.8 % |" in text
