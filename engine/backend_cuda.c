@@ -424,13 +424,11 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
     tm_cuda_gemv_part parts[TM_CUDA_GEMV_MAX_PARTS];
     for (int i = 0; i < n_parts; i++) parts[i] = (tm_cuda_gemv_part){w[i]->data, w[i]->type, w[i]->rows, y[i]};
     int status = cudaErrorNotSupported;
-    if (x16 && n > 1 && sixteen_bit_together(b, w, n_parts, n))
-        status = tm_cuda_gemv_f16_tokens_parts_half_x(parts, n_parts, w[0]->cols, x16, n, b->stream);
-    if (status == 0) return TM_OK;
-    if (status != cudaErrorNotSupported) CHECK_KERNEL(status);
     if (sixteen_bit_together(b, w, n_parts, n)) {
-        status = n == 1 ? tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream)
-                        : tm_cuda_gemv_16bit_tokens_parts(parts, n_parts, w[0]->cols, x, n, b->stream);
+        if (x16 && n > 1) status = tm_cuda_gemv_f16_tokens_parts_half_x(parts, n_parts, w[0]->cols, x16, n, b->stream);
+        if (status == cudaErrorNotSupported)
+            status = n == 1 ? tm_cuda_gemv_16bit_parts(parts, n_parts, w[0]->cols, x, b->stream)
+                            : tm_cuda_gemv_16bit_tokens_parts(parts, n_parts, w[0]->cols, x, n, b->stream);
     } else if (products_together(b, w, n_parts, n)) {
         if (!*x_q8) CHECK_KERNEL(tm_cuda_quantize_q8_1(x, n, w[0]->cols, b->q8, b->stream));
         *x_q8 = true;
@@ -500,24 +498,18 @@ static bool flash_on_tensor_cores(const cuda_backend *b, tm_kv_type kv_type) {
            tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv) > 0;
 }
 
-/* Which producers also write their output as f16 for the f16 products of 2..16 tokens that take it
- * (tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the activation bytes those
- * products read, no conversions in their loop): 1 (default) the norms (for Q/K/V and gate/up) and
- * the SwiGLU (for down), 2 the norms only, 0 none (TM_MMA16_HALF_X, a measuring aid). */
-static int half_activations_mode(void) {
-    static int mode = -1;
-    if (mode < 0) {
-        const char *text = getenv("TM_MMA16_HALF_X");
-        mode = text && (!strcmp(text, "0") || !strcmp(text, "2")) ? atoi(text) : 1;
-    }
-    return mode;
-}
-
-/* Whether the products of `w` at T tokens take f16 activations: f16 weights at 2..16 tokens, fast
- * precision, and half_activations_mode() not 0. */
+/* Whether the products of `w` at T tokens take f16 activations, which their producer (a norm, the
+ * SwiGLU) then also writes (tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the
+ * activation bytes those products read, no conversions in their loop): f16 weights at 2..16 tokens,
+ * fast precision. TM_MMA16_HALF_X=0 (a measuring aid) keeps the float activations. */
 static bool half_activations(const cuda_backend *b, const device_weight *w, int T) {
-    return half_activations_mode() != 0 && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS &&
-           b->options.precision == TM_PRECISION_FAST && w->cols % 32 == 0;
+    static int enabled = -1;
+    if (enabled < 0) {
+        const char *text = getenv("TM_MMA16_HALF_X");
+        enabled = !(text && strcmp(text, "0") == 0);
+    }
+    return enabled && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS && b->options.precision == TM_PRECISION_FAST &&
+           w->cols % 32 == 0;
 }
 
 /* The residual add and norm before a layer's products; with `half` also the f16 copy into b->xb16
@@ -622,17 +614,16 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         if ((s = matmul_parts(b, gate_up, gate_up_out, 2, b->xb, T, &xb_q8, xb16, error))) return s;
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("swiglu");
-        const void *gate16 = NULL; /* the down product's input as f16 (half_activations) */
+        const bool gate16 = !gate_q8 && half_activations(b, &w[8], T); /* the down product's input also as f16 */
         if (gate_q8) CHECK_KERNEL(tm_cuda_swiglu_q8(b->gate, b->up, T, c->n_ff, b->q8, stream));
-        else if (half_activations(b, &w[8], T) && half_activations_mode() == 1) {
-            CHECK_KERNEL(tm_cuda_swiglu_half(b->gate, b->up, (int64_t)T * c->n_ff, b->xb16, stream));
-            gate16 = b->xb16;
-        } else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
+        else if (gate16) CHECK_KERNEL(tm_cuda_swiglu_half(b->gate, b->up, (int64_t)T * c->n_ff, b->xb16, stream));
+        else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("down");
         const device_weight *down = &w[8];
-        if (gate16 && (s = matmul_parts(b, &down, &b->delta, 1, b->gate, T, &gate_q8, gate16, error))) return s;
-        if (!gate16 && (s = matmul(b, down, b->gate, T, b->delta, &gate_q8, error))) return s;
+        if ((s = gate16 ? matmul_parts(b, &down, &b->delta, 1, b->gate, T, &gate_q8, b->xb16, error)
+                        : matmul(b, down, b->gate, T, b->delta, &gate_q8, error)))
+            return s;
         TM_DETAIL_END();
         TM_DETAIL_END(); /* the layer */
         pending_delta = b->delta;

@@ -32,7 +32,7 @@
  * the weights'). Results bit for bit the float path's. H200, 8B f16 decode, one binary, two rounds,
  * TM_MMA16_HALF_X=0 / 1: 128 x8 1698, 1711 -> 1766, 1757 tokens/s; 512 x4 863.2, 868.6 -> 876.8,
  * 875.2; 2048 x8 1494, 1503 -> 1533, 1529. The SwiGLU's f16 copy for the down product too (next
- * call, TM_MMA16_HALF_X=2 norms only / 1 both): 128 x8 1813, 1796 -> 1816, 1818; 512 x4 895.9, 894.1
+ * call, a switch since removed, norms only / both): 128 x8 1813, 1796 -> 1816, 1818; 512 x4 895.9, 894.1
  * -> 894.8, 896.2; 2048 x8 1564, 1563 -> 1567, 1567 (within the noise, kept: it never lost). The
  * output product (its input from the attention) still takes float activations.
  *
