@@ -528,10 +528,11 @@ int tm_command_report(int argc, char **argv) {
                 "divides by; the host's memory read with the engine's threads on the CPU): batch x ceiling / (the weights a "
                 "forward pass reads whole, the token-embedding table excluded unless it is also the output head, + every "
                 "sequence's KV cache at the decode steps' mean context); decode GB/s is those bytes a step times the steps a "
-                "second. J per decode token: the device's own energy counter (NVML on a GPU, RAPL on the CPU packages) "
-                "over each repetition's decode phase, divided by its tokens (\"not measured\" where no counter was readable); "
-                "the counter advances in steps (every 100 ms on an H200), so a short decode phase is a noisy sample and "
-                "its ± says how noisy.\n");
+                "second. J per decode token: the device's own energy meters over each repetition's decode phase, divided by "
+                "its tokens (a GPU's NVML power samples, every ~20 ms, integrated over the phase, or its energy counter "
+                "where the samples do not reach back that far; RAPL on the CPU packages; \"not measured\" where nothing "
+                "was readable); a counter advances in steps (every 100 ms on an H200), so a short decode phase measured "
+                "by one alone is a noisy sample, and the ± says how noisy.\n");
     long_prompt_section(md, db, run);
     top_kernels_section(md, db, run);
     fprintf(md, "\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\n");

@@ -1,14 +1,14 @@
 /*
  * environment.c - what a run ran on: git state (of the build, see cmake/build_info.cmake), build,
  * host, CPU, and the GPUs through NVML
- * (libnvidia-ml, loaded at run time when the driver provides it: names, count, driver and CUDA
+ * (nvml.h, loaded at run time when the driver provides it: names, count, driver and CUDA
  * versions, max SM/memory clocks, power limit). Strings are malloc'ed into the tm_run_info
  * (tm_environment_free releases them); anything unknown stays NULL / 0.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "environment.h"
+#include "nvml.h"
 
-#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,57 +49,35 @@ static char *cpu_model(void) {
     return model;
 }
 
-/* NVML through dlopen: the few entry points used, with the device handle kept opaque. */
-typedef void *nvml_device;
-typedef int (*nvml_void_fn)(void);
-typedef int (*nvml_count_fn)(unsigned int *);
-typedef int (*nvml_handle_fn)(unsigned int, nvml_device *);
-typedef int (*nvml_name_fn)(nvml_device, char *, unsigned int);
-typedef int (*nvml_string_fn)(char *, unsigned int);
-typedef int (*nvml_int_fn)(int *);
-typedef int (*nvml_clock_fn)(nvml_device, int, unsigned int *);
-typedef int (*nvml_uint_fn)(nvml_device, unsigned int *);
-
+/* The GPUs through NVML (nvml.h): names, count, driver and CUDA versions, and the first device's
+ * max clocks and power limit. No driver: no GPU facts. */
 static void collect_gpus(tm_run_info *info) {
-    void *nvml = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!nvml) return; /* no NVIDIA driver: no GPU facts */
-    nvml_void_fn init = (nvml_void_fn)dlsym(nvml, "nvmlInit_v2"), shutdown = (nvml_void_fn)dlsym(nvml, "nvmlShutdown");
-    nvml_count_fn count = (nvml_count_fn)dlsym(nvml, "nvmlDeviceGetCount_v2");
-    nvml_handle_fn handle = (nvml_handle_fn)dlsym(nvml, "nvmlDeviceGetHandleByIndex_v2");
-    nvml_name_fn name = (nvml_name_fn)dlsym(nvml, "nvmlDeviceGetName");
-    nvml_string_fn driver = (nvml_string_fn)dlsym(nvml, "nvmlSystemGetDriverVersion");
-    nvml_int_fn cuda = (nvml_int_fn)dlsym(nvml, "nvmlSystemGetCudaDriverVersion_v2");
-    nvml_clock_fn max_clock = (nvml_clock_fn)dlsym(nvml, "nvmlDeviceGetMaxClockInfo");
-    nvml_uint_fn power = (nvml_uint_fn)dlsym(nvml, "nvmlDeviceGetPowerManagementLimit");
+    tm_nvml *nvml = tm_nvml_open(NULL, 0);
+    if (!nvml) return;
     unsigned int n = 0;
-    if (!init || !shutdown || !count || !handle || !name || init() != 0) {
-        dlclose(nvml);
-        return;
-    }
-    if (count(&n) == 0 && n > 0) {
+    if (nvml->name && nvml->device_count(&n) == 0 && n > 0) {
         char names[2048] = "", text[96];
         for (unsigned int i = 0; i < n; i++) {
-            nvml_device device;
-            if (handle(i, &device) != 0 || name(device, text, sizeof text) != 0) continue;
+            tm_nvml_device device;
+            if (nvml->handle_by_index(i, &device) != 0 || nvml->name(device, text, sizeof text) != 0) continue;
             snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? "; " : "", text);
             if (i == 0) { /* clocks and power of the first device */
                 unsigned int value;
-                if (max_clock && max_clock(device, 1 /* SM */, &value) == 0) info->gpu_sm_clock_mhz = (int)value;
-                if (max_clock && max_clock(device, 2 /* memory */, &value) == 0) info->gpu_memory_clock_mhz = (int)value;
-                if (power && power(device, &value) == 0) info->gpu_power_limit_w = value / 1000.0;
+                if (nvml->max_clock && nvml->max_clock(device, TM_NVML_CLOCK_SM, &value) == 0) info->gpu_sm_clock_mhz = (int)value;
+                if (nvml->max_clock && nvml->max_clock(device, TM_NVML_CLOCK_MEMORY, &value) == 0) info->gpu_memory_clock_mhz = (int)value;
+                if (nvml->power_limit && nvml->power_limit(device, &value) == 0) info->gpu_power_limit_w = value / 1000.0;
             }
         }
         info->gpu_count = (int)n;
         info->gpu_names = strdup(names);
-        if (driver && driver(text, sizeof text) == 0) info->gpu_driver = strdup(text);
+        if (nvml->driver_version && nvml->driver_version(text, sizeof text) == 0) info->gpu_driver = strdup(text);
         int version;
-        if (cuda && cuda(&version) == 0) {
+        if (nvml->cuda_driver_version && nvml->cuda_driver_version(&version) == 0) {
             snprintf(text, sizeof text, "%d.%d", version / 1000, (version % 1000) / 10);
             info->cuda_version = strdup(text);
         }
     }
-    shutdown();
-    dlclose(nvml);
+    tm_nvml_close(nvml);
 }
 
 /* generated/build_info.c: the source's git state when this binary was built */

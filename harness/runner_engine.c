@@ -9,11 +9,13 @@
  * bytes a decode step must read a second (decode_gb_per_s: the weights a forward pass reads
  * whole, tm_engine_stats.step_weight_bytes, plus every sequence's KV at the decode steps' mean
  * context, prompt_tokens + gen_tokens / 2 positions, times the steps a second) and the energy a
- * decode token costs (decode_joules_per_token: the device's energy counter over the decode phase,
- * from the end of the last step that processed prompt tokens to the end of the repetition, divided
- * by the tokens generated in it; energy.h; not stored where no counter is readable). The counter
- * advances in steps (every 100 ms on the H200), so a short decode phase (the 7B's 64 tokens: ~120
- * ms) is a noisy sample, each end up to a step stale; the noise column says how noisy.
+ * decode token costs (decode_joules_per_token: the device's energy over the decode phase, from the
+ * end of the last step that processed prompt tokens to the end of the repetition, divided by the
+ * tokens generated in it; energy.h: on a GPU its power samples integrated over the phase, or its
+ * energy counter where the samples do not reach back that far; not stored where neither is
+ * readable). The counter advances in steps (every 100 ms on the H200), so a short phase measured
+ * by it alone (the 7B's 64 tokens: ~120 ms) is a noisy sample; the noise column says how noisy.
+ * TM_ENERGY_COMPARE=1 (a measuring aid) prints each repetition's samples' and counter's joules.
  * The roofline: the device's bandwidth ceiling is measured once per device and thread count, right
  * after the first engine on it is made (ceilings.h: the GPU's device-to-device copy, the figure
  * ../shared/docs/TARGETS.md's rooflines use; the host's memory read with the engine's threads on
@@ -245,6 +247,12 @@ static tm_status batch_apart(const tm_runner_state *s, const tm_engine_stats *af
                         (unsigned long long)after->kv_page_size);
 }
 
+/* TM_ENERGY_COMPARE=1: print each repetition's energy by both of the GPU's meters (a measuring aid). */
+static bool energy_compare(void) {
+    const char *value = getenv("TM_ENERGY_COMPARE");
+    return value && !strcmp(value, "1");
+}
+
 static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     int vocab = tm_engine_vocab_size(s->engine);
     int32_t *prompt = malloc((size_t)s->prompt_tokens * sizeof *prompt);
@@ -271,10 +279,10 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     }
     int n_latencies = 0, waiting = -1; /* requests still queued after the first step (admission) */
     uint64_t kv_peak = 0, kv_used_peak = 0;
-    /* The decode phase's energy: the counter read after every step that processed prompt tokens
-     * (the phase starts after the last of them) and once at the end. Reading it costs milliseconds
-     * on some GPUs (3.9 ms an H200 NVML call), so never between decode steps. */
-    double phase_joules = NAN;
+    /* The decode phase's energy: a mark after every step that processed prompt tokens (the phase
+     * starts after the last of them) and one at the end. A mark reads the energy counter, which
+     * costs milliseconds on some GPUs (3.9 ms an H200 NVML call), so never between decode steps. */
+    tm_energy_mark phase_start = {0, NAN};
     int64_t phase_tokens = 0;
     while (!status && tm_engine_busy(s->engine)) {
         tm_engine_stats step_before, step_after;
@@ -286,7 +294,7 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         const bool decode_step = step_after.prompt_tokens == step_before.prompt_tokens && step_after.steps > step_before.steps;
         if (decode_step && n_latencies < s->gen_tokens + 8) latencies[n_latencies++] = elapsed * 1e3;
         if (!decode_step && s->energy) {
-            phase_joules = tm_energy_joules(s->energy);
+            phase_start = tm_energy_mark_now(s->energy);
             phase_tokens = step_after.generated_tokens;
         }
         kv_peak = TM_MAX(kv_peak, step_after.kv_bytes_allocated);
@@ -294,7 +302,18 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         if (waiting < 0) waiting = step_after.requests_queued;
     }
     tm_engine_get_stats(s->engine, &after);
-    if (s->energy) phase_joules = tm_energy_joules(s->energy) - phase_joules, phase_tokens = after.generated_tokens - phase_tokens;
+    double phase_joules = NAN;
+    if (s->energy && phase_start.wall_s > 0) {
+        const tm_energy_mark phase_end = tm_energy_mark_now(s->energy);
+        phase_tokens = after.generated_tokens - phase_tokens;
+        tm_energy_method method;
+        double counter_joules;
+        phase_joules = tm_energy_between(s->energy, phase_start, phase_end, &method, &counter_joules);
+        if (energy_compare())
+            printf("      energy: decode phase %.3f s, %lld tokens: %s %.3f J, counter %.3f J\n", phase_end.wall_s - phase_start.wall_s,
+                   (long long)phase_tokens, method == TM_ENERGY_SAMPLES ? "samples" : method == TM_ENERGY_COUNTER ? "counter" : "none",
+                   phase_joules, counter_joules);
+    }
     double ttft[1024];
     int n_ttft = 0, preemptions = 0;
     for (int r = 0; r < s->batch; r++) {
