@@ -444,6 +444,28 @@ static int kernels_section(FILE *md, sqlite3 *db, int64_t run, const char *chart
     return rows;
 }
 
+/* Kernels cases measured under a sustained load (power_seconds): the board's power and clock while
+ * the op ran back to back; nothing where the run has none. */
+static void kernel_power_section(FILE *md, sqlite3 *db, int64_t run) {
+    const char *sql = "SELECT c.name, s.median, p.median, p.relative_noise, j.median, k.median FROM cases c "
+                      "JOIN metrics p ON p.case_id = c.id AND p.metric = 'power_w' "
+                      "LEFT JOIN metrics s ON s.case_id = c.id AND s.metric = 'sustained_gb_per_s' "
+                      "LEFT JOIN metrics j ON j.case_id = c.id AND j.metric = 'joules_per_gb' "
+                      "LEFT JOIN metrics k ON k.case_id = c.id AND k.metric = 'sm_clock_mhz' "
+                      "WHERE c.run_id = ? AND c.kind = 'kernels' ORDER BY c.id";
+    sqlite3_stmt *s = statement_for_run(db, sql, run);
+    int rows = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        if (!rows++)
+            fprintf(md, "\nUnder a sustained load (cases with `power_seconds`: the op's chain run back to back, no flushes, "
+                        "after a warm-up; the GPU's NVML power and SM-clock samples over the window):\n\n"
+                        "| case | sustained GB/s | board power (W) | J per GB moved | SM clock (MHz) |\n|---|---|---|---|---|\n");
+        fprintf(md, "| %s | %.4g | %.4g ± %.1f %% | %.3g | %.0f |\n", (const char *)sqlite3_column_text(s, 0), sqlite3_column_double(s, 1),
+                sqlite3_column_double(s, 2), 100 * sqlite3_column_double(s, 3), sqlite3_column_double(s, 4), sqlite3_column_double(s, 5));
+    }
+    sqlite3_finalize(s);
+}
+
 int tm_command_report(int argc, char **argv) {
     const char *db_path = TM_DEFAULT_DB, *out_dir = "reports", *run_spec = NULL, *roadmap = NULL;
     bool include_incomplete = false;
@@ -538,6 +560,7 @@ int tm_command_report(int argc, char **argv) {
     fprintf(md, "\n---\n\n## 2. Micro-benchmarks\n\n### 2.1 Kernels\n\n");
     double copy_ceiling = 0, gemm_ceiling = 0;
     int kernel_rows = kernels_section(md, db, run, charts_dir, &copy_ceiling, &gemm_ceiling);
+    kernel_power_section(md, db, run);
     if (kernel_rows && copy_ceiling > 0 && gemm_ceiling > 0) {
         if (have_gnuplot() && draw_roofline(charts_dir, copy_ceiling, gemm_ceiling))
             fprintf(md, "\n![kernels on the roofline](charts/roofline.svg)\n\nChart: [roofline](charts/roofline.svg) "

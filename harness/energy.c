@@ -62,23 +62,26 @@ double tm_energy_integrate(const double *t, const double *watts, int n, double f
     return joules;
 }
 
-/* The power samples newer than since_us into m->samples; how many (0 when none or on error). */
-static unsigned int fetch_samples(tm_energy_meter *m, unsigned long long since_us) {
+/* Samples of `type` (power, SM clock) newer than since_us into m->samples; how many (0 when none or on error). */
+static unsigned int fetch_samples(tm_energy_meter *m, int type, unsigned long long since_us) {
     int value_type = 0;
     unsigned int count = m->sample_capacity;
-    int status = m->nvml->samples(m->device, TM_NVML_TOTAL_POWER_SAMPLES, since_us, &value_type, &count, m->samples);
+    int status = m->nvml->samples(m->device, type, since_us, &value_type, &count, m->samples);
     return status == 0 && value_type == TM_NVML_VALUE_UNSIGNED_INT ? count : 0;
 }
 
-/* Whether this GPU keeps power samples (sizes the copy of its buffer); their median interval in ms. */
+/* Whether this GPU keeps power samples (sizes the copy of its buffers, power's and the SM clock's);
+ * their median interval in ms. */
 static bool open_samples(tm_energy_meter *m, double *interval_ms) {
     if (!m->nvml->samples) return false;
     int value_type = 0;
-    unsigned int capacity = 0;
+    unsigned int capacity = 0, clock_capacity = 0;
     if (m->nvml->samples(m->device, TM_NVML_TOTAL_POWER_SAMPLES, 0, &value_type, &capacity, NULL) != 0 || capacity < 2) return false;
+    if (m->nvml->samples(m->device, TM_NVML_PROCESSOR_CLOCK_SAMPLES, 0, &value_type, &clock_capacity, NULL) == 0 && clock_capacity > capacity)
+        capacity = clock_capacity;
     m->sample_capacity = capacity + 16;
     if (!(m->samples = calloc(m->sample_capacity, sizeof *m->samples))) return false;
-    unsigned int n = fetch_samples(m, 0);
+    unsigned int n = fetch_samples(m, TM_NVML_TOTAL_POWER_SAMPLES, 0);
     if (n < 2) return false;
     double gaps[512];
     int n_gaps = 0;
@@ -175,8 +178,9 @@ static double counter_joules(tm_energy_meter *m) {
 
 tm_energy_mark tm_energy_mark_now(tm_energy_meter *m) {
     tm_energy_mark mark;
-    mark.counter_joules = counter_joules(m);
     mark.wall_s = wall_seconds();
+    mark.counter_joules = counter_joules(m);
+    mark.wall_after_s = wall_seconds();
     return mark;
 }
 
@@ -185,10 +189,10 @@ tm_energy_mark tm_energy_mark_now(tm_energy_meter *m) {
 static double sampled_joules(tm_energy_meter *m, double from, double to) {
     const unsigned long long since_us = (unsigned long long)((from - 1.0) * 1e6);
     const double give_up = wall_seconds() + SAMPLE_WAIT_S;
-    unsigned int n = fetch_samples(m, since_us);
+    unsigned int n = fetch_samples(m, TM_NVML_TOTAL_POWER_SAMPLES, since_us);
     while ((n == 0 || (double)m->samples[n - 1].timestamp_us * 1e-6 < to) && wall_seconds() < give_up) {
         nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL);
-        n = fetch_samples(m, since_us);
+        n = fetch_samples(m, TM_NVML_TOTAL_POWER_SAMPLES, since_us);
     }
     double *t = malloc(2 * (size_t)(n ? n : 1) * sizeof *t);
     if (!t) return NAN;
@@ -202,10 +206,20 @@ static double sampled_joules(tm_energy_meter *m, double from, double to) {
 double tm_energy_between(tm_energy_meter *m, tm_energy_mark from, tm_energy_mark to, tm_energy_method *method, double *counter) {
     const double difference = to.counter_joules - from.counter_joules; /* NaN when either is */
     if (counter) *counter = difference;
-    const double sampled = m->has_samples ? sampled_joules(m, from.wall_s, to.wall_s) : NAN;
+    const double sampled = m->has_samples ? sampled_joules(m, from.wall_after_s, to.wall_s) : NAN;
     tm_energy_method used = !isnan(sampled) ? TM_ENERGY_SAMPLES : !isnan(difference) ? TM_ENERGY_COUNTER : TM_ENERGY_NONE;
     if (method) *method = used;
     return used == TM_ENERGY_SAMPLES ? sampled : difference;
+}
+
+double tm_energy_mean_sm_clock_mhz(tm_energy_meter *m, tm_energy_mark from, tm_energy_mark to) {
+    if (!m->has_samples) return NAN;
+    const unsigned int n = fetch_samples(m, TM_NVML_PROCESSOR_CLOCK_SAMPLES, (unsigned long long)(from.wall_after_s * 1e6));
+    double sum = 0;
+    int inside = 0;
+    for (unsigned int i = 0; i < n; i++)
+        if ((double)m->samples[i].timestamp_us * 1e-6 <= to.wall_s) sum += m->samples[i].value.u32, inside++;
+    return inside ? sum / inside : NAN;
 }
 
 const char *tm_energy_source(const tm_energy_meter *m) { return m->source; }

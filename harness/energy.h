@@ -23,9 +23,12 @@
 
 typedef struct tm_energy_meter tm_energy_meter;
 
-/* One end of a window: when (the realtime clock, NVML's sample clock) and the energy counter then. */
+/* One end of a window: the energy counter and when it was read (the realtime clock, NVML's sample
+ * clock), before and after the read (~4 ms on an H200): a window runs from its first mark's end
+ * to its last mark's start, so neither read's idle time counts in it. */
 typedef struct {
-    double wall_s;
+    double wall_s;       /* the read began */
+    double wall_after_s; /* the read ended */
     double counter_joules; /* NaN where no counter is readable */
 } tm_energy_mark;
 
@@ -44,6 +47,8 @@ tm_energy_mark tm_energy_mark_now(tm_energy_meter *meter);
  * up to ~0.1 s for the sample after `to`. */
 double tm_energy_between(tm_energy_meter *meter, tm_energy_mark from, tm_energy_mark to, tm_energy_method *method,
                          double *counter_joules);
+/* The mean of the GPU's SM-clock samples (MHz) between two marks; NaN where it keeps none (the CPU). */
+double tm_energy_mean_sm_clock_mhz(tm_energy_meter *meter, tm_energy_mark from, tm_energy_mark to);
 /* What the meter reads ("NVML power samples (every 20 ms) of GPU 0000:1B:00.0, ..."), or why it reads nothing. */
 const char *tm_energy_source(const tm_energy_meter *meter);
 void tm_energy_close(tm_energy_meter *meter);

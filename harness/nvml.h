@@ -27,7 +27,13 @@ typedef struct {
     } value;
 } tm_nvml_sample;
 
-enum { TM_NVML_TOTAL_POWER_SAMPLES = 0, TM_NVML_VALUE_UNSIGNED_INT = 1, TM_NVML_CLOCK_SM = 1, TM_NVML_CLOCK_MEMORY = 2 };
+enum {
+    TM_NVML_TOTAL_POWER_SAMPLES = 0,     /* nvmlSamplingType_t */
+    TM_NVML_PROCESSOR_CLOCK_SAMPLES = 5, /* the SM clock, MHz */
+    TM_NVML_VALUE_UNSIGNED_INT = 1,      /* nvmlValueType_t */
+    TM_NVML_CLOCK_SM = 1,                /* nvmlClockType_t */
+    TM_NVML_CLOCK_MEMORY = 2,
+};
 
 typedef struct {
     void *library;

@@ -282,7 +282,7 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     /* The decode phase's energy: a mark after every step that processed prompt tokens (the phase
      * starts after the last of them) and one at the end. A mark reads the energy counter, which
      * costs milliseconds on some GPUs (3.9 ms an H200 NVML call), so never between decode steps. */
-    tm_energy_mark phase_start = {0, NAN};
+    tm_energy_mark phase_start = {0, 0, NAN};
     int64_t phase_tokens = 0;
     while (!status && tm_engine_busy(s->engine)) {
         tm_engine_stats step_before, step_after;
@@ -310,7 +310,7 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         double counter_joules;
         phase_joules = tm_energy_between(s->energy, phase_start, phase_end, &method, &counter_joules);
         if (energy_compare())
-            printf("      energy: decode phase %.3f s, %lld tokens: %s %.3f J, counter %.3f J\n", phase_end.wall_s - phase_start.wall_s,
+            printf("      energy: decode phase %.3f s, %lld tokens: %s %.3f J, counter %.3f J\n", phase_end.wall_s - phase_start.wall_after_s,
                    (long long)phase_tokens, method == TM_ENERGY_SAMPLES ? "samples" : method == TM_ENERGY_COUNTER ? "counter" : "none",
                    phase_joules, counter_joules);
     }

@@ -17,13 +17,22 @@
  * chain (gemv, read: a run is that many launches back to back, each over its own copy of the
  * weights, as a decode step's launches overlap one another; times are a launch's share), words
  * (read: 16-byte words a thread, 1, 2, 4, 8 or 16),
- * device (cuda only).
+ * device (cuda only),
+ * power_seconds (0: off; up to 10): each repetition also holds the op's chain running back to back
+ * (no flushes) for that long after a 0.25 s warm-up in the case's preparation, and stores from the
+ * GPU's NVML power and SM-clock samples over it (energy.h; only where the samples cover the
+ * window: a counter stepping every 100 ms would not) the board's mean power (power_w), the joules a
+ * gigabyte the op moves (joules_per_gb, at its sustained rate), the mean SM clock (sm_clock_mhz:
+ * whether the board's power limit held the clock down) and that sustained rate (sustained_gb_per_s:
+ * without the flushes, so where the chain's bytes fit in L2 it reads L2).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ceilings.h"
+#include "energy.h"
 #include "quant.h"
 #include "runner.h"
 #include "stats.h"
@@ -39,7 +48,12 @@ static const tm_metric_spec kernel_metrics[] = {
     {"pct_of_copy_bandwidth", "%", true},
     {"pct_of_gemm_flops", "%", true},
     {"pct_of_same_size_read", "%", true},
+    {"power_w", "W", false},
+    {"joules_per_gb", "J/GB", false},
+    {"sm_clock_mhz", "MHz", true},
+    {"sustained_gb_per_s", "GB/s", true},
 };
+enum { POWER_W = 6, JOULES_PER_GB, SM_CLOCK_MHZ, SUSTAINED_GB_PER_S };
 
 #ifdef TM_CUDA
 typedef struct kernels_state {
@@ -47,6 +61,8 @@ typedef struct kernels_state {
     double copy_gb_per_s, gemm_tflop_per_s; /* this suite's ceilings (0: not measured yet) */
     double read_gb_per_s;                   /* this case's: a read of its bytes, chained as it is */
     int uncovered_warned;                   /* this case's runs timed before the host had queued them: reported */
+    double power_seconds;                   /* this case's power window a repetition (0: none) */
+    tm_energy_meter *energy;                /* opened at the first case that asks for power */
 } kernels_state;
 
 static const char *const op_names[] = {"copy", "gemm_f16", "gemm_bf16", "gemv", "gemm", "flash", "decode_attention", "rmsnorm", "rope",
@@ -146,10 +162,47 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     spec.rows = rows, spec.cols = cols, spec.tokens = (int)tokens, spec.head_dim = (int)head_dim, spec.heads = (int)heads;
     spec.kv_heads = (int)kv_heads, spec.context = (int)context, spec.batch = (int)batch, spec.causal = (int)causal;
     spec.exact = (int)exact, spec.whole = (int)whole, spec.chain = (int)chain, spec.read_words = (int)words;
+    const char *power_text = tm_case_param(c, "power_seconds", "0");
+    char *end;
+    s->power_seconds = strtod(power_text, &end);
+    if (end == power_text || *end || !(s->power_seconds >= 0 && s->power_seconds <= 10))
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: power_seconds = '%s' is not a number of seconds in [0, 10]", c->name,
+                            power_text);
     char message[256];
     if (tm_cuda_bench_create(&spec, &s->bench, message, sizeof message))
         return tm_error_set(error, TM_ERR_UNSUPPORTED, "case %s: %s", c->name, message);
-    return measure_same_size_read(s, spec.chain, error);
+    status = measure_same_size_read(s, spec.chain, error);
+    if (status || s->power_seconds <= 0) return status;
+    if (!s->energy) {
+        if (!(s->energy = tm_energy_open("cuda"))) return tm_error_set(error, TM_ERR_NO_MEMORY, "out of memory");
+        printf("      power: %s\n", tm_energy_source(s->energy));
+    }
+    long long launches;
+    double gpu_ms;
+    if (tm_cuda_bench_sustain(s->bench, 0.25, &launches, &gpu_ms, message, sizeof message)) /* the warm-up: power and clock settle */
+        return tm_error_set(error, TM_ERR_INTERNAL, "case %s: %s", c->name, message);
+    return TM_OK;
+}
+
+/* values[POWER_W..]: the op held running for s->power_seconds, measured by the power samples (NaN
+ * where they do not cover the window). */
+static tm_status measure_power(kernels_state *s, double bytes, double *values, tm_error_t *error) {
+    char message[256];
+    long long launches;
+    double gpu_ms;
+    const tm_energy_mark from = tm_energy_mark_now(s->energy);
+    if (tm_cuda_bench_sustain(s->bench, s->power_seconds, &launches, &gpu_ms, message, sizeof message))
+        return tm_error_set(error, TM_ERR_INTERNAL, "kernels: %s", message);
+    const tm_energy_mark to = tm_energy_mark_now(s->energy);
+    tm_energy_method method;
+    const double joules = tm_energy_between(s->energy, from, to, &method, NULL);
+    if (method != TM_ENERGY_SAMPLES || launches <= 0 || gpu_ms <= 0 || bytes <= 0) return TM_OK;
+    const double gigabytes = (double)launches * bytes / 1e9;
+    values[POWER_W] = joules / (to.wall_s - from.wall_after_s);
+    values[JOULES_PER_GB] = joules / gigabytes;
+    values[SM_CLOCK_MHZ] = tm_energy_mean_sm_clock_mhz(s->energy, from, to);
+    values[SUSTAINED_GB_PER_S] = gigabytes / (gpu_ms * 1e-3);
+    return TM_OK;
 }
 
 static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *error) {
@@ -166,7 +219,8 @@ static tm_status repeat(tm_runner_state *state, double *values, tm_error_t *erro
     values[3] = 100.0 * values[1] / s->copy_gb_per_s;
     values[4] = 100.0 * values[2] / s->gemm_tflop_per_s;
     values[5] = s->read_gb_per_s > 0 ? 100.0 * values[1] / s->read_gb_per_s : 0;
-    return TM_OK;
+    values[POWER_W] = values[JOULES_PER_GB] = values[SM_CLOCK_MHZ] = values[SUSTAINED_GB_PER_S] = NAN; /* not stored */
+    return s->power_seconds > 0 ? measure_power(s, bytes, values, error) : TM_OK;
 }
 
 static double ceiling(tm_runner_state *state, int metric) {
@@ -178,6 +232,7 @@ static void release(tm_runner_state *state) {
     kernels_state *s = (kernels_state *)state;
     if (!s) return;
     tm_cuda_bench_free(s->bench);
+    tm_energy_close(s->energy);
     free(s);
 }
 

@@ -26,7 +26,7 @@ static const char *const throughput_params[] = {"batch", "prompt_tokens", "gen_t
                                                 "max_batch_tokens", "ctx", "device", "max_sequences", "model",
                                                 "kv_bytes", NULL};
 static const char *const kernels_params[] = {"op", "type", "rows", "cols", "threads", "head_dim", "tokens", "batch",
-                                              "context", "causal", "exact", "whole", "heads", "kv_heads", "chain", "words", "device", NULL};
+                                              "context", "causal", "exact", "whole", "heads", "kv_heads", "chain", "words", "power_seconds", "device", NULL};
 static const char *const ipc_params[] = {"payload_bytes", "mode", NULL};
 static const char *const scaling_params[] = {"gpus", "batch", "prompt_tokens", "gen_tokens", NULL};
 

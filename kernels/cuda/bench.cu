@@ -21,6 +21,7 @@
  * its own copy of the weights (every launch still reads memory, whatever the L2 holds), the time
  * reported being a launch's share.
  */
+#include <chrono>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <stdarg.h>
@@ -426,6 +427,48 @@ extern "C" int tm_cuda_bench_run(tm_cuda_bench *b, double *milliseconds, char *m
         }
         b->flushes *= 2;
     }
+}
+
+extern "C" int tm_cuda_bench_sustain(tm_cuda_bench *b, double seconds, long long *launches, double *milliseconds, char *message,
+                                     int capacity) {
+    /* batches of chains of ~10 ms (from one timed run), each followed by an event; the host waits for
+     * the batch before the one it has just queued, so one is always queued behind the running one */
+    double one_ms = 0;
+    if (tm_cuda_bench_run(b, &one_ms, message, capacity)) return -1;
+    const double chain_ms = one_ms * b->chain > 1e-3 ? one_ms * b->chain : 1e-3;
+    const int per_batch = chain_ms >= 10 ? 1 : (int)(10 / chain_ms) + 1;
+    cudaEvent_t batch_done[2];
+    if (cudaEventCreateWithFlags(&batch_done[0], cudaEventDisableTiming) != cudaSuccess) return fail(message, capacity, "event");
+    if (cudaEventCreateWithFlags(&batch_done[1], cudaEventDisableTiming) != cudaSuccess) {
+        cudaEventDestroy(batch_done[0]);
+        return fail(message, capacity, "event");
+    }
+    cudaError_t status = cudaEventRecord(b->start, b->stream);
+    const auto begun = std::chrono::steady_clock::now();
+    long long made = 0;
+    for (int batch = 0; status == cudaSuccess; batch++) {
+        for (int c = 0; c < per_batch; c++)
+            for (int link = 0; link < b->chain; link++) {
+                const int op = launch(b, link);
+                if (op) {
+                    cudaEventDestroy(batch_done[0]), cudaEventDestroy(batch_done[1]);
+                    return fail(message, capacity, "the benchmarked op failed (%s %d)", op < 0 ? "cuBLAS status" : "cudaError", op < 0 ? -op : op);
+                }
+                made++;
+            }
+        status = cudaEventRecord(batch_done[batch % 2], b->stream);
+        if (status == cudaSuccess && batch > 0) status = cudaEventSynchronize(batch_done[(batch + 1) % 2]);
+        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - begun).count() >= seconds) break;
+    }
+    float elapsed = 0;
+    if (status == cudaSuccess) status = cudaEventRecord(b->stop, b->stream);
+    if (status == cudaSuccess) status = cudaEventSynchronize(b->stop);
+    if (status == cudaSuccess) status = cudaEventElapsedTime(&elapsed, b->start, b->stop);
+    cudaEventDestroy(batch_done[0]), cudaEventDestroy(batch_done[1]);
+    if (status != cudaSuccess) return fail(message, capacity, "sustained runs: %s", cudaGetErrorString(status));
+    *launches = made;
+    *milliseconds = elapsed;
+    return 0;
 }
 
 extern "C" int tm_cuda_bench_uncovered_runs(const tm_cuda_bench *b) { return b->uncovered_runs; }

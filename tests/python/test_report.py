@@ -67,7 +67,10 @@ def fixed_database(path):
             "pct_of_copy_bandwidth": (0.6, 0, None), "pct_of_gemm_flops": (42.2, 0, None)},
         6: {"time_us": (4.1, 0.02, None), "gb_per_s": (2305.0, 0, 2978.0), "tflop_per_s": (8.2, 0, 749.0),
             "pct_of_copy_bandwidth": (77.4, 0, None), "pct_of_gemm_flops": (1.1, 0, None),
-            "pct_of_same_size_read": (88.5, 0, 2604.0)},  # case 5 has none: a run from before the metric
+            "pct_of_same_size_read": (88.5, 0, 2604.0),  # case 5 has none: a run from before the metric
+            # measured under a sustained load (power_seconds): its own table; case 5 was not, so it has no row there
+            "power_w": (412.5, 0.013, None), "joules_per_gb": (0.1791, 0, None), "sm_clock_mhz": (2505.0, 0, None),
+            "sustained_gb_per_s": (2303.0, 0, None)},
         4: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (10.74e9, 0, None),
             "kv_bytes_used": (10.73e9, 0, None), "total_bytes": (52.12e9, 0, None),
             "process_peak_rss_bytes": (1.2e9, 0, None)},

@@ -40,7 +40,8 @@ static void check_meter(const char *device) {
     tm_energy_mark a = tm_energy_mark_now(m);
     nanosleep(&(struct timespec){0, 50 * 1000 * 1000}, NULL);
     tm_energy_mark b = tm_energy_mark_now(m);
-    CHECK(b.wall_s > a.wall_s, "%s: marks in time order", device);
+    CHECK(a.wall_after_s >= a.wall_s && b.wall_s > a.wall_after_s && b.wall_after_s >= b.wall_s, "%s: marks in time order", device);
+    CHECK(isnan(tm_energy_mean_sm_clock_mhz(m, a, b)) || tm_energy_mean_sm_clock_mhz(m, a, b) > 0, "%s: an SM clock or none", device);
     tm_energy_method method;
     double counter;
     const double joules = tm_energy_between(m, a, b, &method, &counter);
