@@ -458,7 +458,7 @@ static void kernel_power_section(FILE *md, sqlite3 *db, int64_t run) {
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (!rows++)
             fprintf(md, "\nUnder a sustained load (cases with `power_seconds`: the op's chain run back to back, no flushes, "
-                        "after a warm-up; the GPU's NVML power and SM-clock samples over the window):\n\n"
+                        "after a warm-up; the GPU's NVML power samples over the window, its SM clock polled meanwhile):\n\n"
                         "| case | sustained GB/s | board power (W) | J per GB moved | SM clock (MHz) |\n|---|---|---|---|---|\n");
         fprintf(md, "| %s | %.4g | %.4g ± %.1f %% | %.3g | %.0f |\n", (const char *)sqlite3_column_text(s, 0), sqlite3_column_double(s, 1),
                 sqlite3_column_double(s, 2), 100 * sqlite3_column_double(s, 3), sqlite3_column_double(s, 4), sqlite3_column_double(s, 5));

@@ -62,7 +62,7 @@ double tm_energy_integrate(const double *t, const double *watts, int n, double f
     return joules;
 }
 
-/* Samples of `type` (power, SM clock) newer than since_us into m->samples; how many (0 when none or on error). */
+/* Samples of `type` newer than since_us into m->samples; how many (0 when none or on error). */
 static unsigned int fetch_samples(tm_energy_meter *m, int type, unsigned long long since_us) {
     int value_type = 0;
     unsigned int count = m->sample_capacity;
@@ -70,15 +70,12 @@ static unsigned int fetch_samples(tm_energy_meter *m, int type, unsigned long lo
     return status == 0 && value_type == TM_NVML_VALUE_UNSIGNED_INT ? count : 0;
 }
 
-/* Whether this GPU keeps power samples (sizes the copy of its buffers, power's and the SM clock's);
- * their median interval in ms. */
+/* Whether this GPU keeps power samples (sizes the copy of its buffer); their median interval in ms. */
 static bool open_samples(tm_energy_meter *m, double *interval_ms) {
     if (!m->nvml->samples) return false;
     int value_type = 0;
-    unsigned int capacity = 0, clock_capacity = 0;
+    unsigned int capacity = 0;
     if (m->nvml->samples(m->device, TM_NVML_TOTAL_POWER_SAMPLES, 0, &value_type, &capacity, NULL) != 0 || capacity < 2) return false;
-    if (m->nvml->samples(m->device, TM_NVML_PROCESSOR_CLOCK_SAMPLES, 0, &value_type, &clock_capacity, NULL) == 0 && clock_capacity > capacity)
-        capacity = clock_capacity;
     m->sample_capacity = capacity + 16;
     if (!(m->samples = calloc(m->sample_capacity, sizeof *m->samples))) return false;
     unsigned int n = fetch_samples(m, TM_NVML_TOTAL_POWER_SAMPLES, 0);
@@ -212,14 +209,9 @@ double tm_energy_between(tm_energy_meter *m, tm_energy_mark from, tm_energy_mark
     return used == TM_ENERGY_SAMPLES ? sampled : difference;
 }
 
-double tm_energy_mean_sm_clock_mhz(tm_energy_meter *m, tm_energy_mark from, tm_energy_mark to) {
-    if (!m->has_samples) return NAN;
-    const unsigned int n = fetch_samples(m, TM_NVML_PROCESSOR_CLOCK_SAMPLES, (unsigned long long)(from.wall_after_s * 1e6));
-    double sum = 0;
-    int inside = 0;
-    for (unsigned int i = 0; i < n; i++)
-        if ((double)m->samples[i].timestamp_us * 1e-6 <= to.wall_s) sum += m->samples[i].value.u32, inside++;
-    return inside ? sum / inside : NAN;
+double tm_energy_sm_clock_mhz(tm_energy_meter *m) {
+    unsigned int mhz;
+    return m->nvml && m->nvml->clock_info && m->nvml->clock_info(m->device, TM_NVML_CLOCK_SM, &mhz) == 0 ? (double)mhz : NAN;
 }
 
 const char *tm_energy_source(const tm_energy_meter *m) { return m->source; }

@@ -47,8 +47,9 @@ tm_energy_mark tm_energy_mark_now(tm_energy_meter *meter);
  * up to ~0.1 s for the sample after `to`. */
 double tm_energy_between(tm_energy_meter *meter, tm_energy_mark from, tm_energy_mark to, tm_energy_method *method,
                          double *counter_joules);
-/* The mean of the GPU's SM-clock samples (MHz) between two marks; NaN where it keeps none (the CPU). */
-double tm_energy_mean_sm_clock_mhz(tm_energy_meter *meter, tm_energy_mark from, tm_energy_mark to);
+/* The GPU's SM clock now (MHz; NVML keeps no clock samples on an H200 with driver 580, so a mean
+ * over a window is the caller's polling); NaN on the CPU or where NVML cannot say. */
+double tm_energy_sm_clock_mhz(tm_energy_meter *meter);
 /* What the meter reads ("NVML power samples (every 20 ms) of GPU 0000:1B:00.0, ..."), or why it reads nothing. */
 const char *tm_energy_source(const tm_energy_meter *meter);
 void tm_energy_close(tm_energy_meter *meter);

@@ -36,6 +36,7 @@ tm_nvml *tm_nvml_open(char *why, size_t why_size) {
     TM_NVML_ENTRY(driver_version, "nvmlSystemGetDriverVersion");
     TM_NVML_ENTRY(cuda_driver_version, "nvmlSystemGetCudaDriverVersion_v2");
     TM_NVML_ENTRY(max_clock, "nvmlDeviceGetMaxClockInfo");
+    TM_NVML_ENTRY(clock_info, "nvmlDeviceGetClockInfo");
     TM_NVML_ENTRY(power_limit, "nvmlDeviceGetPowerManagementLimit");
     TM_NVML_ENTRY(total_energy, "nvmlDeviceGetTotalEnergyConsumption");
     TM_NVML_ENTRY(samples, "nvmlDeviceGetSamples");

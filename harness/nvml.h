@@ -29,7 +29,6 @@ typedef struct {
 
 enum {
     TM_NVML_TOTAL_POWER_SAMPLES = 0,     /* nvmlSamplingType_t */
-    TM_NVML_PROCESSOR_CLOCK_SAMPLES = 5, /* the SM clock, MHz */
     TM_NVML_VALUE_UNSIGNED_INT = 1,      /* nvmlValueType_t */
     TM_NVML_CLOCK_SM = 1,                /* nvmlClockType_t */
     TM_NVML_CLOCK_MEMORY = 2,
@@ -45,6 +44,7 @@ typedef struct {
     int (*driver_version)(char *version, unsigned int size);
     int (*cuda_driver_version)(int *version);
     int (*max_clock)(tm_nvml_device device, int clock, unsigned int *mhz);
+    int (*clock_info)(tm_nvml_device device, int clock, unsigned int *mhz); /* the clock now */
     int (*power_limit)(tm_nvml_device device, unsigned int *milliwatts);
     int (*total_energy)(tm_nvml_device device, unsigned long long *millijoules);
     /* nvmlDeviceGetSamples: samples newer than since_us; with samples NULL, *count is the buffer's size */

@@ -20,11 +20,11 @@
  * device (cuda only),
  * power_seconds (0: off; up to 10): each repetition also holds the op's chain running back to back
  * (no flushes) for that long after a 0.25 s warm-up in the case's preparation, and stores from the
- * GPU's NVML power and SM-clock samples over it (energy.h; only where the samples cover the
- * window: a counter stepping every 100 ms would not) the board's mean power (power_w), the joules a
- * gigabyte the op moves (joules_per_gb, at its sustained rate), the mean SM clock (sm_clock_mhz:
- * whether the board's power limit held the clock down) and that sustained rate (sustained_gb_per_s:
- * without the flushes, so where the chain's bytes fit in L2 it reads L2).
+ * GPU's NVML power samples over it (energy.h; only where the samples cover the window: a counter
+ * stepping every 100 ms would not) the board's mean power (power_w), the joules a gigabyte the op
+ * moves (joules_per_gb, at its sustained rate), the mean SM clock polled between its batches
+ * (sm_clock_mhz: whether the board's power limit held the clock down) and that sustained rate
+ * (sustained_gb_per_s: without the flushes, so where the chain's bytes fit in L2 it reads L2).
  */
 #include <math.h>
 #include <stdio.h>
@@ -179,19 +179,33 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     }
     long long launches;
     double gpu_ms;
-    if (tm_cuda_bench_sustain(s->bench, 0.25, &launches, &gpu_ms, message, sizeof message)) /* the warm-up: power and clock settle */
+    if (tm_cuda_bench_sustain(s->bench, 0.25, &launches, &gpu_ms, NULL, NULL, message, sizeof message)) /* the warm-up: power and clock settle */
         return tm_error_set(error, TM_ERR_INTERNAL, "case %s: %s", c->name, message);
     return TM_OK;
 }
 
+/* The SM clock polled while a held op runs (between its batches). */
+typedef struct {
+    tm_energy_meter *meter;
+    double sum;
+    int n;
+} clock_poll;
+
+static void poll_clock(void *context) {
+    clock_poll *poll = context;
+    const double mhz = tm_energy_sm_clock_mhz(poll->meter);
+    if (mhz > 0) poll->sum += mhz, poll->n++;
+}
+
 /* values[POWER_W..]: the op held running for s->power_seconds, measured by the power samples (NaN
- * where they do not cover the window). */
+ * where they do not cover the window) and the SM clock polled meanwhile. */
 static tm_status measure_power(kernels_state *s, double bytes, double *values, tm_error_t *error) {
     char message[256];
     long long launches;
     double gpu_ms;
+    clock_poll clock = {s->energy, 0, 0};
     const tm_energy_mark from = tm_energy_mark_now(s->energy);
-    if (tm_cuda_bench_sustain(s->bench, s->power_seconds, &launches, &gpu_ms, message, sizeof message))
+    if (tm_cuda_bench_sustain(s->bench, s->power_seconds, &launches, &gpu_ms, poll_clock, &clock, message, sizeof message))
         return tm_error_set(error, TM_ERR_INTERNAL, "kernels: %s", message);
     const tm_energy_mark to = tm_energy_mark_now(s->energy);
     tm_energy_method method;
@@ -200,7 +214,7 @@ static tm_status measure_power(kernels_state *s, double bytes, double *values, t
     const double gigabytes = (double)launches * bytes / 1e9;
     values[POWER_W] = joules / (to.wall_s - from.wall_after_s);
     values[JOULES_PER_GB] = joules / gigabytes;
-    values[SM_CLOCK_MHZ] = tm_energy_mean_sm_clock_mhz(s->energy, from, to);
+    values[SM_CLOCK_MHZ] = clock.n ? clock.sum / clock.n : NAN;
     values[SUSTAINED_GB_PER_S] = gigabytes / (gpu_ms * 1e-3);
     return TM_OK;
 }

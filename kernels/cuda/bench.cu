@@ -429,8 +429,8 @@ extern "C" int tm_cuda_bench_run(tm_cuda_bench *b, double *milliseconds, char *m
     }
 }
 
-extern "C" int tm_cuda_bench_sustain(tm_cuda_bench *b, double seconds, long long *launches, double *milliseconds, char *message,
-                                     int capacity) {
+extern "C" int tm_cuda_bench_sustain(tm_cuda_bench *b, double seconds, long long *launches, double *milliseconds,
+                                     void (*between)(void *), void *context, char *message, int capacity) {
     /* batches of chains of ~10 ms (from one timed run), each followed by an event; the host waits for
      * the batch before the one it has just queued, so one is always queued behind the running one */
     double one_ms = 0;
@@ -457,7 +457,10 @@ extern "C" int tm_cuda_bench_sustain(tm_cuda_bench *b, double seconds, long long
                 made++;
             }
         status = cudaEventRecord(batch_done[batch % 2], b->stream);
-        if (status == cudaSuccess && batch > 0) status = cudaEventSynchronize(batch_done[(batch + 1) % 2]);
+        if (status == cudaSuccess && batch > 0) {
+            status = cudaEventSynchronize(batch_done[(batch + 1) % 2]);
+            if (between) between(context);
+        }
         if (std::chrono::duration<double>(std::chrono::steady_clock::now() - begun).count() >= seconds) break;
     }
     float elapsed = 0;

@@ -49,10 +49,12 @@ int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_bench **out, ch
  * queued it all is redone behind more flushes (bench.cu). */
 int tm_cuda_bench_run(tm_cuda_bench *bench, double *milliseconds, char *message, int capacity);
 /* The op's chain over and over, no flushes between, for about `seconds` of host time (a load held
- * long enough for the device's power meters; the first runs queued before any is waited for, so
- * the GPU does not idle between them): the launches made and their GPU time in milliseconds (events
- * around all of them). */
-int tm_cuda_bench_sustain(tm_cuda_bench *bench, double seconds, long long *launches, double *milliseconds, char *message, int capacity);
+ * long enough for the device's power meters), in batches of ~10 ms, one always queued behind the
+ * running one, so the GPU does not idle between them: the launches made and their GPU time in
+ * milliseconds (events around all of them). between(context), when not NULL, is called after each
+ * wait for a batch, while the next runs (the caller's polling of the device, e.g. its clock). */
+int tm_cuda_bench_sustain(tm_cuda_bench *bench, double seconds, long long *launches, double *milliseconds, void (*between)(void *),
+                          void *context, char *message, int capacity);
 /* Runs returned although the GPU started timing them before the host had queued them all, even
  * behind the most flushes (a host taking longer to queue a run than 16 flushes take: ~1 ms on an
  * H200); launches serialized by a profiler are not counted. */
