@@ -214,6 +214,11 @@ double tm_energy_sm_clock_mhz(tm_energy_meter *m) {
     return m->nvml && m->nvml->clock_info && m->nvml->clock_info(m->device, TM_NVML_CLOCK_SM, &mhz) == 0 ? (double)mhz : NAN;
 }
 
+bool tm_energy_compare_requested(void) {
+    const char *value = getenv("TM_ENERGY_COMPARE");
+    return value && !strcmp(value, "1");
+}
+
 const char *tm_energy_source(const tm_energy_meter *m) { return m->source; }
 
 void tm_energy_close(tm_energy_meter *m) {

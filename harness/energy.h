@@ -21,6 +21,8 @@
 #ifndef TM_ENERGY_H
 #define TM_ENERGY_H
 
+#include <stdbool.h>
+
 typedef struct tm_energy_meter tm_energy_meter;
 
 /* One end of a window: the energy counter and when it was read (the realtime clock, NVML's sample
@@ -50,6 +52,9 @@ double tm_energy_between(tm_energy_meter *meter, tm_energy_mark from, tm_energy_
 /* The GPU's SM clock now (MHz; NVML keeps no clock samples on an H200 with driver 580, so a mean
  * over a window is the caller's polling); NaN on the CPU or where NVML cannot say. */
 double tm_energy_sm_clock_mhz(tm_energy_meter *meter);
+/* Whether TM_ENERGY_COMPARE=1 asks the runners to print each window's joules by both GPU meters
+ * (the power samples and the counter; a measuring aid, and ci/gpu's check that they agree). */
+bool tm_energy_compare_requested(void);
 /* What the meter reads ("NVML power samples (every 20 ms) of GPU 0000:1B:00.0, ..."), or why it reads nothing. */
 const char *tm_energy_source(const tm_energy_meter *meter);
 void tm_energy_close(tm_energy_meter *meter);

@@ -247,12 +247,6 @@ static tm_status batch_apart(const tm_runner_state *s, const tm_engine_stats *af
                         (unsigned long long)after->kv_page_size);
 }
 
-/* TM_ENERGY_COMPARE=1: print each repetition's energy by both of the GPU's meters (a measuring aid). */
-static bool energy_compare(void) {
-    const char *value = getenv("TM_ENERGY_COMPARE");
-    return value && !strcmp(value, "1");
-}
-
 static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     int vocab = tm_engine_vocab_size(s->engine);
     int32_t *prompt = malloc((size_t)s->prompt_tokens * sizeof *prompt);
@@ -309,7 +303,7 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         tm_energy_method method;
         double counter_joules;
         phase_joules = tm_energy_between(s->energy, phase_start, phase_end, &method, &counter_joules);
-        if (energy_compare())
+        if (tm_energy_compare_requested())
             printf("      energy: decode phase %.3f s, %lld tokens: %s %.3f J, counter %.3f J\n", phase_end.wall_s - phase_start.wall_after_s,
                    (long long)phase_tokens, method == TM_ENERGY_SAMPLES ? "samples" : method == TM_ENERGY_COUNTER ? "counter" : "none",
                    phase_joules, counter_joules);

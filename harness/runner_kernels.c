@@ -209,7 +209,11 @@ static tm_status measure_power(kernels_state *s, double bytes, double *values, t
         return tm_error_set(error, TM_ERR_INTERNAL, "kernels: %s", message);
     const tm_energy_mark to = tm_energy_mark_now(s->energy);
     tm_energy_method method;
-    const double joules = tm_energy_between(s->energy, from, to, &method, NULL);
+    double counter_joules;
+    const double joules = tm_energy_between(s->energy, from, to, &method, &counter_joules);
+    if (tm_energy_compare_requested())
+        printf("      power: held %.3f s: %s %.3f J, counter %.3f J\n", to.wall_s - from.wall_after_s,
+               method == TM_ENERGY_SAMPLES ? "samples" : method == TM_ENERGY_COUNTER ? "counter" : "none", joules, counter_joules);
     if (method != TM_ENERGY_SAMPLES || launches <= 0 || gpu_ms <= 0 || bytes <= 0) return TM_OK;
     const double gigabytes = (double)launches * bytes / 1e9;
     values[POWER_W] = joules / (to.wall_s - from.wall_after_s);
