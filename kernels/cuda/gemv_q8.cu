@@ -243,31 +243,35 @@ __device__ __forceinline__ float q6k_block_pair(uint4 low0, uint4 low1, uint4 hi
 /* The one-token dot of one q4_k, q5_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's
  * share; xp: the activations in pair order. after_wait(): called right after the wait for the
  * previous kernel (before the first activation is read). */
-template <int TYPE, typename AfterWait>
+template <int TYPE, int LINES, typename AfterWait>
 __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xp, const half2 *xds, bool early,
                                            AfterWait after_wait) {
     const int lane = threadIdx.x % 32, quarter = lane % 4;
     uint4 v[TYPE == Q5_K ? 5 : 4];
     uint2 scale_bytes = {};
     float d = 0;
+    /* a lane's 32 weight bytes come in two 16-byte loads, each half of a 32-byte sector: through L1
+     * (pairs_weight_lines) the second half is found there instead of crossing from L2 again */
+    constexpr bool through_l1 = (LINES & (TYPE == Q6_K ? 2 : 1)) != 0;
+    auto weights16 = [](const uint8_t *p) { return through_l1 ? ldg_line16(p) : ldg_stream16(p); };
     auto load = [&](int64_t block) {
         if (block >= blocks) return;
         const uint8_t *b = row + block * traits<TYPE>::stride;
         if constexpr (TYPE == Q4_K || TYPE == Q5_K) {
             constexpr int nibbles = TYPE == Q5_K ? 48 : 16; /* q5_k's qh comes first */
-            v[0] = ldg_stream16(b);
-            v[1] = ldg_stream16(b + nibbles + 32 * quarter);
-            v[2] = ldg_stream16(b + nibbles + 16 + 32 * quarter);
+            v[0] = weights16(b);
+            v[1] = weights16(b + nibbles + 32 * quarter);
+            v[2] = weights16(b + nibbles + 16 + 32 * quarter);
             if constexpr (TYPE == Q5_K) {
-                v[3] = ldg_stream16(b + 16); /* qh: the same 32 bytes for the block's four lanes */
-                v[4] = ldg_stream16(b + 32);
+                v[3] = weights16(b + 16); /* qh: the same 32 bytes for the block's four lanes */
+                v[4] = weights16(b + 32);
             }
         } else {
             const int half = quarter / 2, g = quarter % 2;
-            v[0] = ldg_stream16(b + 64 * half + 32 * g);
-            v[1] = ldg_stream16(b + 64 * half + 32 * g + 16);
-            v[2] = ldg_stream16(b + 128 + 32 * half);
-            v[3] = ldg_stream16(b + 128 + 32 * half + 16);
+            v[0] = weights16(b + 64 * half + 32 * g);
+            v[1] = weights16(b + 64 * half + 32 * g + 16);
+            v[2] = weights16(b + 128 + 32 * half);
+            v[3] = weights16(b + 128 + 32 * half + 16);
             scale_bytes = *reinterpret_cast<const uint2 *>(b + 192 + 8 * half);
             d = half_at(b + 208);
         }
@@ -320,7 +324,7 @@ static int gemv_pairs(void) {
  * 496.0 (70B 66.69 against 65.86 without either change); next call 9 / 8 493.0 / 489.7, 10 / 8
  * 472.2 / 478.3, 8 / 8 486.9 / 488.4. At 7 blocks an SM a 4096-row mixed launch (the 7B's down
  * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. */
-template <int MIN_BLOCKS, int TYPES, bool ROPE>
+template <int MIN_BLOCKS, int TYPES, bool ROPE, int LINES>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const half2 *xds, const int8_t *xp,
                                                               bool early, rope_append rope, unsigned first_block) {
     static_assert(!ROPE || TYPES < 2, "launch_pairs_kernel declines the rope with a q5_k part (measured no faster)");
@@ -355,11 +359,11 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     };
     float sum;
     if (TYPES == 0 || part.type == Q4_K) {
-        sum = row_pairs<Q4_K>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early, after_wait);
+        sum = row_pairs<Q4_K, LINES>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early, after_wait);
     } else if (TYPES == 1 || part.type == Q6_K) {
-        sum = row_pairs<Q6_K>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early, after_wait);
+        sum = row_pairs<Q6_K, LINES>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early, after_wait);
     } else {
-        sum = row_pairs<Q5_K>(part.weights + row * blocks * traits<Q5_K>::stride, blocks, xp, xds, early, after_wait);
+        sum = row_pairs<Q5_K, LINES>(part.weights + row * blocks * traits<Q5_K>::stride, blocks, xp, xds, early, after_wait);
     }
     if constexpr (ROPE) {
         if (threadIdx.x % 32 == 0) sums[warp] = sum;
@@ -414,6 +418,35 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
     return total;
 }
 
+/* Which one-token weights pairs_kernel reads through L1 (ldg_line16) instead of around it
+ * (ldg_stream16): bit 0 q4_k and q5_k, bit 1 q6_k; TM_PAIRS_WEIGHT_LINES=0, 1 (the default) or 3, a
+ * measuring aid. A lane's 32 bytes of a block are two 16-byte loads, each half of every 32-byte
+ * sector, so around L1 each sector crossed from L2 twice. H200, session 36, one binary a call, two
+ * rounds: q4_k rows through L1, the 70B's 8192 x 28672 held running (kernels-power.yaml) 0.196 /
+ * 0.202 -> 0.184 / 0.181 J/GB, 3526 / 3585 -> 3923 / 3911 GB/s, its power-capped SM clock 1721 /
+ * 1739 -> 1916 / 1870 MHz; decode x1 (0 / 1 / 3): 70B 73.56, 73.74 / 78.06, 77.53 / 76.77, 77.31
+ * tokens/s (9.7 -> 9.0 J a token), 7B 544.8, 544.7 / 557.8, 556.8 / 555.6, 559.1. q6_k rows through
+ * L1 lose (8192 x 28672 held: 0.211 -> 0.230 J/GB, 3180 -> 2952 GB/s at full clock; its 224-byte
+ * blocks are 32-byte aligned, so a lane's two loads are one whole sector's halves and the L1
+ * lines only displace the activations). Sessions 11-20 had taken the weights around L1 (70B x1
+ * 55.7 -> 56.4 then, a lane a sub-block). */
+static int pairs_weight_lines(void) {
+    static const int lines = tm_env_int("TM_PAIRS_WEIGHT_LINES", 1);
+    return lines == 0 || lines == 3 ? lines : 1;
+}
+
+template <int LINES>
+static cudaError_t launch_pairs_lines(dim3 grid, const mmvq_parts &parts, int64_t cols, const half2 *ds, const int8_t *paired, bool early,
+                                      const rope_append *rope, int types, unsigned first_block, cudaStream_t s) {
+    const rope_append none = {};
+    if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true, LINES>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, *rope, first_block);
+    else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true, LINES>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, *rope, first_block);
+    else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false, LINES>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false, LINES>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false, LINES>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    return cudaSuccess;
+}
+
 /* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
  * cudaErrorNotSupported when gemv_pairs() is off (then mmvq_kernel's lane a sub-block). With
  * `rope` (parts Q, K, V) the outputs go through rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4
@@ -441,13 +474,11 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
     const half2 *ds = x.ds;
     const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
-    const rope_append none = {};
-    if (rope && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, true>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, *rope, first_block);
-    else if (rope) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, true>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, *rope, first_block);
-    else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-    return cudaSuccess;
+    switch (pairs_weight_lines()) {
+    case 0: return launch_pairs_lines<0>(grid, parts, cols, ds, paired, early, rope, types, first_block, s);
+    case 3: return launch_pairs_lines<3>(grid, parts, cols, ds, paired, early, rope, types, first_block, s);
+    default: return launch_pairs_lines<1>(grid, parts, cols, ds, paired, early, rope, types, first_block, s);
+    }
 }
 
 template <int TYPE, int NT, int R>

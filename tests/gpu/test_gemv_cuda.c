@@ -44,7 +44,10 @@
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
  * 16-bit tensor cores (test_sixteen_bit_token_parts); the one-token 16-bit kernel
- * takes batches of 2 pieces a lane, 8 in the "dp4a" child and 4 in "dp4a-subblocks".
+ * takes batches of 2 pieces a lane, 8 in the "dp4a" child and 4 in "dp4a-subblocks". pairs_kernel
+ * (one token; the parent streams those instead, TM_GEMV_STREAM=1) reads its q4_k and q5_k weights
+ * through L1 by default (the "dp4a" child), all of them around L1 in the "persistent" child
+ * (TM_PAIRS_WEIGHT_LINES=0) and all through L1 in "persistent-4-warps" (3).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -688,9 +691,11 @@ int main(void) {
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
         CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
               "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
-        CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_INPUTS=0") == 0,
+        CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_INPUTS=0 "
+                                      "TM_PAIRS_WEIGHT_LINES=0") == 0,
               "the run with the several-token k-quant and q8_0 products in three persistent blocks passed");
-        CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4 TM_Q80_STAGE_X=0") == 0,
+        CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4 "
+                                              "TM_Q80_STAGE_X=0 TM_PAIRS_WEIGHT_LINES=3") == 0,
               "the run with the several-token k-quant products in three persistent blocks of 4 warps passed");
     }
     char name[64];
