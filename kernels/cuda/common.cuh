@@ -42,9 +42,10 @@ __device__ __forceinline__ float max_over_warp(float value) {
  * 128-byte line into L2 (.L2::128B): for reads that sweep every byte of a run of lines in 16-byte
  * pieces split over several instructions or warps (a q4_k block is 144 bytes, so half its lane
  * pairs' pieces start mid-sector). ldg_line16 keeps the line in L1 (a lane's next pieces of it hit
- * there: the decode attention's keys and values); ldg_stream16 does not allocate in L1 (bytes read
- * once a step: weights), leaving L1 to the activations every warp re-reads (70B decode x1 55.74 ->
- * 56.39 tokens/s when L1::no_allocate came in). H200, session 11, each against the same build
+ * there: the decode attention's keys and values, and the one-token q4_k / q5_k weights, whose two
+ * loads a lane are the halves of each sector: gemv_q8.cu's pairs_weight_lines); ldg_stream16 does
+ * not allocate in L1 (bytes read once a step: the other weights), leaving L1 to the activations
+ * every warp re-reads (70B decode x1 55.74 -> 56.39 tokens/s when L1::no_allocate came in). H200, session 11, each against the same build
  * without the 128-byte fetch: quantized weights 7B decode x1 482.7 / 478.7 -> 489.7 / 489.4
  * (64-byte fetches 488, 256-byte 471-474); decode attention 490.6 / 491.1 -> 496.4 / 495.8; f16
  * weights 8B decode x1 186.2 -> 189.3, x8 1417 -> 1504. */
