@@ -26,7 +26,8 @@ static void usage(FILE *out) {
                  "BASE and HEAD: a run id, a git commit prefix or a branch (its latest complete run).\n"
                  "Verdicts: FASTER/SLOWER when the change is at least PCT %% (default 3) and the Mann-Whitney\n"
                  "p-value is under P (default 0.01); SAME when the change is smaller; NOISY when it is larger\n"
-                 "but not significant. Exit status 1 when anything is SLOWER.\n");
+                 "but not significant; CHANGED for a real, large change of a metric with no better direction (a\n"
+                 "board's power, a clock: descriptive, never SLOWER). Exit status 1 when anything is SLOWER.\n");
 }
 
 /* "model / gpus" of a run, for the hardware match. */
@@ -126,7 +127,7 @@ int tm_command_diff(int argc, char **argv) {
     const char *sql = "SELECT hc.name, bc.id, hc.id, m.metric, m.unit, m.higher_is_better FROM cases hc "
                       "JOIN cases bc ON bc.run_id = ?1 AND bc.name = hc.name AND bc.suite = hc.suite "
                       "JOIN metrics m ON m.case_id = hc.id WHERE hc.run_id = ?2 AND ?3 ORDER BY hc.id, m.rowid";
-    int counts[4] = {0}, rows = 0;
+    int counts[5] = {0}, rows = 0;
     if (sqlite3_prepare_v2(db, sql, -1, &matched, NULL) != SQLITE_OK) {
         fprintf(stderr, "tmbench diff: %s\n", sqlite3_errmsg(db));
         return 1;
@@ -144,7 +145,7 @@ int tm_command_diff(int argc, char **argv) {
             free(b), free(h);
             continue;
         }
-        tm_comparison c = tm_compare_samples(b, nb, h, nh, sqlite3_column_int(matched, 5), threshold, alpha);
+        tm_comparison c = tm_compare_samples(b, nb, h, nh, (tm_better)sqlite3_column_int(matched, 5), threshold, alpha);
         counts[c.verdict]++;
         const char *verdict = tm_verdict_name(c.verdict);
         if (fmt == FORMAT_MD)
@@ -192,11 +193,11 @@ int tm_command_diff(int argc, char **argv) {
         sqlite3_finalize(s);
     }
     if (fmt == FORMAT_MD)
-        printf("\n**%d FASTER, %d SLOWER, %d SAME, %d NOISY**\n", counts[TM_FASTER], counts[TM_SLOWER], counts[TM_SAME],
-               counts[TM_NOISY]);
+        printf("\n**%d FASTER, %d SLOWER, %d SAME, %d NOISY, %d CHANGED (no better direction)**\n", counts[TM_FASTER],
+               counts[TM_SLOWER], counts[TM_SAME], counts[TM_NOISY], counts[TM_CHANGED]);
     else if (fmt == FORMAT_JSON)
-        printf("\n], \"faster\": %d, \"slower\": %d, \"same\": %d, \"noisy\": %d}\n", counts[TM_FASTER], counts[TM_SLOWER],
-               counts[TM_SAME], counts[TM_NOISY]);
+        printf("\n], \"faster\": %d, \"slower\": %d, \"same\": %d, \"noisy\": %d, \"changed\": %d}\n", counts[TM_FASTER],
+               counts[TM_SLOWER], counts[TM_SAME], counts[TM_NOISY], counts[TM_CHANGED]);
     free(base_hw), free(head_hw);
     tm_store_close(store);
     return counts[TM_SLOWER] ? 1 : 0;

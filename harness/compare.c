@@ -8,12 +8,12 @@
 #include "stats.h"
 
 const char *tm_verdict_name(tm_verdict verdict) {
-    static const char *const names[] = {"SAME", "FASTER", "SLOWER", "NOISY"};
+    static const char *const names[] = {"SAME", "FASTER", "SLOWER", "NOISY", "CHANGED"};
     return names[verdict];
 }
 
 tm_comparison tm_compare_samples(const double *base, size_t n_base, const double *head, size_t n_head,
-                                 bool higher_is_better, double threshold, double alpha) {
+                                 tm_better better, double threshold, double alpha) {
     tm_comparison c = {0};
     tm_summary b, h;
     tm_summarize(base, n_base, 0, 0, &b);
@@ -23,7 +23,7 @@ tm_comparison tm_compare_samples(const double *base, size_t n_base, const double
     c.change = b.median != 0 ? (h.median - b.median) / fabs(b.median) : 0;
     c.p_value = tm_mann_whitney_p(base, n_base, head, n_head);
     bool real = c.p_value < alpha, large = fabs(c.change) >= threshold;
-    if (real && large) c.verdict = (c.change > 0) == higher_is_better ? TM_FASTER : TM_SLOWER;
+    if (real && large) c.verdict = better == TM_BETTER_NEITHER ? TM_CHANGED : (c.change > 0) == (better == TM_BETTER_HIGHER) ? TM_FASTER : TM_SLOWER;
     else if (large) c.verdict = TM_NOISY;
     else c.verdict = TM_SAME;
     return c;

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 
+#include "compare.h"
 #include "suite.h"
 
 #define TM_MAX_METRICS 16
@@ -18,7 +19,7 @@
 typedef struct tm_metric_spec {
     const char *name;       /* e.g. decode_tokens_per_s */
     const char *unit;       /* tokens/s, ms, bytes */
-    bool higher_is_better;
+    int better;             /* tm_better (compare.h): lower, higher, or neither (descriptive: diff says CHANGED) */
 } tm_metric_spec;
 
 typedef struct tm_runner_state tm_runner_state;

@@ -48,9 +48,9 @@ static const tm_metric_spec kernel_metrics[] = {
     {"pct_of_copy_bandwidth", "%", true},
     {"pct_of_gemm_flops", "%", true},
     {"pct_of_same_size_read", "%", true},
-    {"power_w", "W", false},
-    {"joules_per_gb", "J/GB", false},
-    {"sm_clock_mhz", "MHz", true},
+    {"power_w", "W", TM_BETTER_NEITHER}, /* descriptive: a faster op may draw more */
+    {"joules_per_gb", "J/GB", TM_BETTER_LOWER},
+    {"sm_clock_mhz", "MHz", TM_BETTER_NEITHER},
     {"sustained_gb_per_s", "GB/s", true},
 };
 enum { POWER_W = 6, JOULES_PER_GB, SM_CLOCK_MHZ, SUSTAINED_GB_PER_S };

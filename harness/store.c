@@ -186,13 +186,13 @@ tm_status tm_store_add_sample(tm_store *store, int64_t case_id, const char *metr
 }
 
 tm_status tm_store_put_metric(tm_store *store, int64_t case_id, const char *metric, const char *unit,
-                              bool higher_is_better, const tm_summary *s, double ceiling, tm_error_t *error) {
+                              int better, const tm_summary *s, double ceiling, tm_error_t *error) {
     return execute(store, error, NULL,
                    "INSERT OR REPLACE INTO metrics (case_id, metric, unit, higher_is_better, n, median, mean, stdev, min, "
                    "max, p10, p90, p99, relative_noise, median_low, median_high, ceiling) "
                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    ceiling > 0 ? "ittiiddddddddddd" "d" : "ittiiddddddddddd" "n", case_id, metric, unit,
-                   (int64_t)higher_is_better, (int64_t)s->n, s->median, s->mean, s->stdev, s->min, s->max, s->p10, s->p90,
+                   (int64_t)better, (int64_t)s->n, s->median, s->mean, s->stdev, s->min, s->max, s->p10, s->p90,
                    s->p99, s->relative_noise, s->median_low, s->median_high, ceiling);
 }
 

@@ -44,7 +44,7 @@ tm_status tm_store_begin_case(tm_store *store, int64_t run_id, const char *suite
 tm_status tm_store_add_sample(tm_store *store, int64_t case_id, const char *metric, int repetition, double value,
                               tm_error_t *error);
 tm_status tm_store_put_metric(tm_store *store, int64_t case_id, const char *metric, const char *unit,
-                              bool higher_is_better, const tm_summary *summary, double ceiling, tm_error_t *error);
+                              int better, const tm_summary *summary, double ceiling, tm_error_t *error);
 /* A run named by id ("12"), git commit prefix or branch (then its latest complete run). */
 tm_status tm_store_resolve_run(tm_store *store, const char *spec, bool include_incomplete, int64_t *run_id,
                                tm_error_t *error);

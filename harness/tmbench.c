@@ -260,7 +260,7 @@ static tm_status run_case(tm_store *store, int64_t run_id, const tm_suite *suite
         tm_summarize(samples[m], (size_t)counts[m], 1000, (uint64_t)case_id, &summary);
         tm_error_t ignored;
         tm_store_put_metric(store, case_id, runner->metrics[m].name, runner->metrics[m].unit,
-                            runner->metrics[m].higher_is_better, &summary, runner->ceiling ? runner->ceiling(*state, m) : 0,
+                            runner->metrics[m].better, &summary, runner->ceiling ? runner->ceiling(*state, m) : 0,
                             &ignored);
         if (m == 0)
             printf("      %s %.4g %s median (p10 %.4g, p90 %.4g, noise %.1f %%, n %d)\n", runner->metrics[m].name,

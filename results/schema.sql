@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     case_id       INTEGER NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
     metric        TEXT NOT NULL,
     unit          TEXT NOT NULL,
-    higher_is_better INTEGER NOT NULL,
+    higher_is_better INTEGER NOT NULL,  -- 1 higher is better, 0 lower, 2 neither (descriptive: diff says CHANGED)
     n             INTEGER NOT NULL,
     median REAL, mean REAL, stdev REAL, min REAL, max REAL, p10 REAL, p90 REAL, p99 REAL,
     relative_noise REAL, median_low REAL, median_high REAL,

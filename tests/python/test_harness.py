@@ -194,6 +194,40 @@ def test_run_diff_export_round_trip(tmbench, tmp_path):
     assert len(csv) == 1 + 2 * 2 * per_case  # a row per (run, case, metric)
 
 
+def test_diff_says_changed_for_a_metric_with_no_better_direction(tmbench, tmp_path):
+    """A metric stored with higher_is_better = 2 (a board's power, an SM clock: descriptive) that moves
+    a lot is CHANGED, never SLOWER, and the exit status stays 0; the same move of a directed metric is
+    SLOWER and exits 1. Run 2 is run 1 copied in SQL with one metric's samples halved."""
+    suite = tmp_path / "one.yaml"  # 8 repetitions: Mann-Whitney's p of two disjoint sets well under 0.01
+    suite.write_text("name: one\nkind: throughput\nmodel: synthetic:tiny:q8_0\nparams: {threads: 1, gen_tokens: 4}\n"
+                     "warmup: 0\nstop: {min_repetitions: 8, timeout_seconds: 5}\n")
+    db = tmp_path / "one.db"
+    run(tmbench, "run", suite, "--db", db)
+    with sqlite3.connect(db) as c:
+        columns = [row[1] for row in c.execute("PRAGMA table_info(runs)") if row[1] != "id"]
+        c.execute(f"INSERT INTO runs (id, {', '.join(columns)}) SELECT 2, {', '.join(columns)} FROM runs WHERE id = 1")
+        columns = [row[1] for row in c.execute("PRAGMA table_info(cases)") if row[1] not in ("id", "run_id")]
+        c.execute(f"INSERT INTO cases (id, run_id, {', '.join(columns)}) SELECT 2, 2, {', '.join(columns)} FROM cases WHERE id = 1")
+        c.execute("INSERT INTO samples SELECT 2, metric, repetition, CASE WHEN metric = 'decode_tokens_per_s' THEN value / 2 "
+                  "ELSE value END FROM samples WHERE case_id = 1")
+        columns = [row[1] for row in c.execute("PRAGMA table_info(metrics)") if row[1] != "case_id"]
+        c.execute(f"INSERT INTO metrics (case_id, {', '.join(columns)}) SELECT 2, {', '.join(columns)} FROM metrics WHERE case_id = 1")
+        c.execute("UPDATE metrics SET higher_is_better = 2 WHERE metric = 'decode_tokens_per_s'")
+
+    def diff():
+        out = subprocess.run([str(tmbench), "diff", "1", "2", "--db", str(db), "--format", "json"], capture_output=True, text=True)
+        rows = {row["metric"]: row["verdict"] for row in json.loads(out.stdout)["rows"]}
+        return out.returncode, rows
+
+    status, rows = diff()
+    assert rows["decode_tokens_per_s"] == "CHANGED" and status == 0
+    assert all(verdict == "SAME" for metric, verdict in rows.items() if metric != "decode_tokens_per_s")
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE metrics SET higher_is_better = 1 WHERE metric = 'decode_tokens_per_s'")
+    status, rows = diff()
+    assert rows["decode_tokens_per_s"] == "SLOWER" and status == 1
+
+
 def tiny_suite(path, name, device="cpu", gen_tokens=2, warmup=0, repetitions=1, timeout=30, model="synthetic:tiny:q4_k_m",
                extra="", prompt_tokens=8):
     """A one-case throughput suite on the tiny synthetic model (model=None: the caller's `extra` gives axes)."""
