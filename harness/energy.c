@@ -214,6 +214,10 @@ double tm_energy_sm_clock_mhz(tm_energy_meter *m) {
     return m->nvml && m->nvml->clock_info && m->nvml->clock_info(m->device, TM_NVML_CLOCK_SM, &mhz) == 0 ? (double)mhz : NAN;
 }
 
+const char *tm_energy_method_name(tm_energy_method method) {
+    return method == TM_ENERGY_SAMPLES ? "samples" : method == TM_ENERGY_COUNTER ? "counter" : "none";
+}
+
 bool tm_energy_compare_requested(void) {
     const char *value = getenv("TM_ENERGY_COMPARE");
     return value && !strcmp(value, "1");

@@ -52,6 +52,8 @@ double tm_energy_between(tm_energy_meter *meter, tm_energy_mark from, tm_energy_
 /* The GPU's SM clock now (MHz; NVML keeps no clock samples on an H200 with driver 580, so a mean
  * over a window is the caller's polling); NaN on the CPU or where NVML cannot say. */
 double tm_energy_sm_clock_mhz(tm_energy_meter *meter);
+/* "samples", "counter" or "none" (the runners' TM_ENERGY_COMPARE lines). */
+const char *tm_energy_method_name(tm_energy_method method);
 /* Whether TM_ENERGY_COMPARE=1 asks the runners to print each window's joules by both GPU meters
  * (the power samples and the counter; a measuring aid, and ci/gpu's check that they agree). */
 bool tm_energy_compare_requested(void);

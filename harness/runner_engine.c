@@ -63,27 +63,27 @@ static struct {
 static int n_measured_ceilings;
 
 static const tm_metric_spec throughput_metrics[] = {
-    {"decode_tokens_per_s", "tokens/s", true},
-    {"prompt_tokens_per_s", "tokens/s", true},
-    {"step_latency_p50_ms", "ms", false},
-    {"step_latency_p90_ms", "ms", false},
-    {"step_latency_p99_ms", "ms", false},
-    {"time_to_first_token_ms", "ms", false},
-    {"decode_gb_per_s", "GB/s", true},
-    {"decode_joules_per_token", "J/token", false},
+    {"decode_tokens_per_s", "tokens/s", TM_BETTER_HIGHER},
+    {"prompt_tokens_per_s", "tokens/s", TM_BETTER_HIGHER},
+    {"step_latency_p50_ms", "ms", TM_BETTER_LOWER},
+    {"step_latency_p90_ms", "ms", TM_BETTER_LOWER},
+    {"step_latency_p99_ms", "ms", TM_BETTER_LOWER},
+    {"time_to_first_token_ms", "ms", TM_BETTER_LOWER},
+    {"decode_gb_per_s", "GB/s", TM_BETTER_HIGHER},
+    {"decode_joules_per_token", "J/token", TM_BETTER_LOWER},
 };
 enum { DECODE_TOKENS_PER_S = 0, DECODE_GB_PER_S = 6, DECODE_JOULES_PER_TOKEN = 7 };
 static const tm_metric_spec memory_metrics[] = {
-    {"total_bytes", "bytes", false},
-    {"weight_bytes", "bytes", false},
-    {"kv_bytes_allocated", "bytes", false},
-    {"kv_bytes_used", "bytes", false},
-    {"process_rss_bytes", "bytes", false},
-    {"process_peak_rss_bytes", "bytes", false},
-    {"device_weight_bytes", "bytes", false},     /* the backend's device memory by purpose (0 on the CPU) */
-    {"device_kv_bytes", "bytes", false},
-    {"device_activation_bytes", "bytes", false},
-    {"device_workspace_bytes", "bytes", false},
+    {"total_bytes", "bytes", TM_BETTER_LOWER},
+    {"weight_bytes", "bytes", TM_BETTER_LOWER},
+    {"kv_bytes_allocated", "bytes", TM_BETTER_LOWER},
+    {"kv_bytes_used", "bytes", TM_BETTER_LOWER},
+    {"process_rss_bytes", "bytes", TM_BETTER_LOWER},
+    {"process_peak_rss_bytes", "bytes", TM_BETTER_LOWER},
+    {"device_weight_bytes", "bytes", TM_BETTER_LOWER},     /* the backend's device memory by purpose (0 on the CPU) */
+    {"device_kv_bytes", "bytes", TM_BETTER_LOWER},
+    {"device_activation_bytes", "bytes", TM_BETTER_LOWER},
+    {"device_workspace_bytes", "bytes", TM_BETTER_LOWER},
 };
 
 static bool parse_int_param(const tm_suite_case *c, const char *name, long long fallback, long long min, long long max,
@@ -132,6 +132,13 @@ static double device_ceiling(const char *device, int threads) {
         measured_ceilings[n_measured_ceilings++].gb_per_s = gb_per_s;
     }
     return gb_per_s;
+}
+
+/* decode tokens/s against the roofline (batch x ceiling / bytes a step), decode GB/s against the ceiling */
+static double throughput_ceiling(tm_runner_state *s, int metric) {
+    if (!s || s->ceiling_gb_per_s <= 0 || s->bytes_per_step <= 0) return 0;
+    if (metric == DECODE_TOKENS_PER_S) return s->batch * s->ceiling_gb_per_s * 1e9 / s->bytes_per_step;
+    return metric == DECODE_GB_PER_S ? s->ceiling_gb_per_s : 0;
 }
 
 static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const tm_suite_case *c, bool memory_kind,
@@ -203,7 +210,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     tm_engine_get_stats(s->engine, &stats);
     s->bytes_per_step = (double)stats.step_weight_bytes + (double)stats.kv_bytes_per_position * (double)batch * ((double)prompt + gen / 2.0);
     if (!memory_kind && s->ceiling_gb_per_s > 0)
-        printf("      roofline: %.4g tokens/s (%.4g GB a decode step at %.0f GB/s)\n", batch * s->ceiling_gb_per_s * 1e9 / s->bytes_per_step,
+        printf("      roofline: %.4g tokens/s (%.4g GB a decode step at %.0f GB/s)\n", throughput_ceiling(s, DECODE_TOKENS_PER_S),
                s->bytes_per_step / 1e9, s->ceiling_gb_per_s);
     return TM_OK;
 }
@@ -305,8 +312,7 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         phase_joules = tm_energy_between(s->energy, phase_start, phase_end, &method, &counter_joules);
         if (tm_energy_compare_requested())
             printf("      energy: decode phase %.3f s, %lld tokens: %s %.3f J, counter %.3f J\n", phase_end.wall_s - phase_start.wall_after_s,
-                   (long long)phase_tokens, method == TM_ENERGY_SAMPLES ? "samples" : method == TM_ENERGY_COUNTER ? "counter" : "none",
-                   phase_joules, counter_joules);
+                   (long long)phase_tokens, tm_energy_method_name(method), phase_joules, counter_joules);
     }
     double ttft[1024];
     int n_ttft = 0, preemptions = 0;
@@ -347,13 +353,6 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
     }
     free(prompt), free(ids), free(latencies);
     return status;
-}
-
-/* decode tokens/s against the roofline (batch x ceiling / bytes a step), decode GB/s against the ceiling */
-static double throughput_ceiling(tm_runner_state *s, int metric) {
-    if (!s || s->ceiling_gb_per_s <= 0 || s->bytes_per_step <= 0) return 0;
-    if (metric == DECODE_TOKENS_PER_S) return s->batch * s->ceiling_gb_per_s * 1e9 / s->bytes_per_step;
-    return metric == DECODE_GB_PER_S ? s->ceiling_gb_per_s : 0;
 }
 
 static const tm_runner runners[] = {

@@ -42,16 +42,16 @@
 #endif
 
 static const tm_metric_spec kernel_metrics[] = {
-    {"time_us", "us", false},
-    {"gb_per_s", "GB/s", true},
-    {"tflop_per_s", "TFLOP/s", true},
-    {"pct_of_copy_bandwidth", "%", true},
-    {"pct_of_gemm_flops", "%", true},
-    {"pct_of_same_size_read", "%", true},
+    {"time_us", "us", TM_BETTER_LOWER},
+    {"gb_per_s", "GB/s", TM_BETTER_HIGHER},
+    {"tflop_per_s", "TFLOP/s", TM_BETTER_HIGHER},
+    {"pct_of_copy_bandwidth", "%", TM_BETTER_HIGHER},
+    {"pct_of_gemm_flops", "%", TM_BETTER_HIGHER},
+    {"pct_of_same_size_read", "%", TM_BETTER_HIGHER},
     {"power_w", "W", TM_BETTER_NEITHER}, /* descriptive: a faster op may draw more */
     {"joules_per_gb", "J/GB", TM_BETTER_LOWER},
     {"sm_clock_mhz", "MHz", TM_BETTER_NEITHER},
-    {"sustained_gb_per_s", "GB/s", true},
+    {"sustained_gb_per_s", "GB/s", TM_BETTER_HIGHER},
 };
 enum { POWER_W = 6, JOULES_PER_GB, SM_CLOCK_MHZ, SUSTAINED_GB_PER_S };
 
@@ -213,7 +213,7 @@ static tm_status measure_power(kernels_state *s, double bytes, double *values, t
     const double joules = tm_energy_between(s->energy, from, to, &method, &counter_joules);
     if (tm_energy_compare_requested())
         printf("      power: held %.3f s: %s %.3f J, counter %.3f J\n", to.wall_s - from.wall_after_s,
-               method == TM_ENERGY_SAMPLES ? "samples" : method == TM_ENERGY_COUNTER ? "counter" : "none", joules, counter_joules);
+               tm_energy_method_name(method), joules, counter_joules);
     if (method != TM_ENERGY_SAMPLES || launches <= 0 || gpu_ms <= 0 || bytes <= 0) return TM_OK;
     const double gigabytes = (double)launches * bytes / 1e9;
     values[POWER_W] = joules / (to.wall_s - from.wall_after_s);

@@ -86,6 +86,7 @@ struct tm_cuda_bench {
     int chain;           /* launches a run (>= 1) */
     int flushes;         /* flush kernels before a run's start event (1, doubled while uncovered, <= MAX_FLUSHES) */
     int uncovered_runs;  /* runs returned although the GPU may have waited for the host inside them */
+    double last_ms;      /* the last timed run's time a launch (0: none yet): sizes tm_cuda_bench_sustain's batches */
     uint64_t slot_bytes; /* gemv, read: bytes between the chain's copies of the streamed operand */
     /* op-specific */
     uint64_t workspace_bytes;
@@ -420,6 +421,7 @@ extern "C" int tm_cuda_bench_run(tm_cuda_bench *b, double *milliseconds, char *m
     for (;;) {
         bool covered = false;
         if (run_once(b, milliseconds, &covered, message, capacity)) return -1;
+        b->last_ms = *milliseconds;
         if (covered) return 0;
         if (b->flushes >= MAX_FLUSHES) {
             b->uncovered_runs++;
@@ -431,10 +433,11 @@ extern "C" int tm_cuda_bench_run(tm_cuda_bench *b, double *milliseconds, char *m
 
 extern "C" int tm_cuda_bench_sustain(tm_cuda_bench *b, double seconds, long long *launches, double *milliseconds,
                                      void (*between)(void *), void *context, char *message, int capacity) {
-    /* batches of chains of ~10 ms (from one timed run), each followed by an event; the host waits for
-     * the batch before the one it has just queued, so one is always queued behind the running one */
-    double one_ms = 0;
-    if (tm_cuda_bench_run(b, &one_ms, message, capacity)) return -1;
+    /* batches of chains of ~10 ms (sized by the last timed run, one made first where there is none),
+     * each followed by an event; the host waits for the batch before the one it has just queued, so
+     * one is always queued behind the running one */
+    double one_ms = b->last_ms;
+    if (one_ms <= 0 && tm_cuda_bench_run(b, &one_ms, message, capacity)) return -1;
     const double chain_ms = one_ms * b->chain > 1e-3 ? one_ms * b->chain : 1e-3;
     const int per_batch = chain_ms >= 10 ? 1 : (int)(10 / chain_ms) + 1;
     cudaEvent_t batch_done[2];

@@ -49,7 +49,8 @@ int tm_cuda_bench_create(const tm_cuda_bench_spec *spec, tm_cuda_bench **out, ch
  * queued it all is redone behind more flushes (bench.cu). */
 int tm_cuda_bench_run(tm_cuda_bench *bench, double *milliseconds, char *message, int capacity);
 /* The op's chain over and over, no flushes between, for about `seconds` of host time (a load held
- * long enough for the device's power meters), in batches of ~10 ms, one always queued behind the
+ * long enough for the device's power meters), in batches of ~10 ms (sized by the last
+ * tm_cuda_bench_run, which it makes first only where there was none), one always queued behind the
  * running one, so the GPU does not idle between them: the launches made and their GPU time in
  * milliseconds (events around all of them). between(context), when not NULL, is called after each
  * wait for a batch, while the next runs (the caller's polling of the device, e.g. its clock). */
