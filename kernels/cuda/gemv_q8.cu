@@ -134,8 +134,8 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
  * sub-blocks in the low and high nibbles of the same 32 bytes (two lanes load them, each keeps
  * half), q6_k four in the nibbles and 2-bit fields of shared bytes; and the scale bytes, d and
  * dmin come in separate small loads a sub-block. Here lane l takes a pair of sub-blocks that share
- * their bytes, in blocks l / 4, l / 4 + 8, ... (all of a pass's loads before any use): every byte
- * it loads is used, a q4_k block's header (d, dmin, 12 scale bytes) is one 16-byte load its four
+ * their bytes (q6_k: the halves of four sub-blocks sharing theirs, q6k_block_sectors), in blocks
+ * l / 4, l / 4 + 8, ... (all of a pass's loads before any use): every byte it loads is used, a q4_k block's header (d, dmin, 12 scale bytes) is one 16-byte load its four
  * lanes share, and the integer sums are scaled by their integer scales with d (and dmin) applied
  * once a block (as mmq_block_q4k_q5k). H200, against TM_GEMV_PAIRS=0: 7B decode x1 436.5 / 433.9 ->
  * 453.3 / 453.2 tokens/s (q4_k rows alone 444; two blocks a lane a pass measured 424), 70B x1 61.1
@@ -203,41 +203,46 @@ __device__ __forceinline__ float q4k_block_pair(uint4 header, uint4 low, uint4 h
     return dm.x * scaled - dm.y * offset;
 }
 
-/* q6_k: lane quarter k = l % 4 is half h = k / 2 of the block and groups g = k % 2 and g + 2 of
- * it, sub-blocks 4h + g (low nibbles of ql bytes 64h + 32g ..) and 4h + g + 2 (their high
- * nibbles), the two high bits of both from qh bytes 128 + 32h .. (bits 2g and 2g + 4); their four
- * 16-element scales are bytes 2g, 2g + 1 and 2g + 4, 2g + 5 of the 8 at 192 + 8h. Activations:
- * rows 0, 1 at x hold sub-block 4h + 3g, rows 2, 3 at x23 (the neighbouring slot) 4h + 2 - g. */
-__device__ __forceinline__ float q6k_block_pair(uint4 low0, uint4 low1, uint4 high0, uint4 high1, uint2 scale_bytes, float d,
-                                                const int8_t *x, const int8_t *x23, int stride, const half2 *xds, int64_t block,
-                                                int quarter) {
-    const int half = quarter / 2, g = quarter % 2, sub_a = 4 * half + g, sub_b = sub_a + 2;
-    const int4 a0 = pair_chunk(x, stride, 0), a1 = pair_chunk(x, stride, 1), b0 = pair_chunk(x23, stride, 2), b1 = pair_chunk(x23, stride, 3);
-    const float xa_d = __low2float(xds[block * 8 + sub_a]), xb_d = __low2float(xds[block * 8 + sub_b]);
-    const uint32_t ql[8] = {low0.x, low0.y, low0.z, low0.w, low1.x, low1.y, low1.z, low1.w};
-    const uint32_t qh[8] = {high0.x, high0.y, high0.z, high0.w, high1.x, high1.y, high1.z, high1.w};
-    const int x01[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-    const int x23v[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-    /* rows 0, 1 take sub-block a's bits (low nibbles, qh bits 2g) when g = 0, b's (high, 2g + 4) when 1 */
-    const int ql01 = 4 * g, qh01 = 6 * g, ql23 = 4 - ql01, qh23 = 4 - 2 * g;
-    int dot01[2] = {0, 0}, dot23[2] = {0, 0}; /* [first, last 16 elements] */
+/* q6_k, in whole sectors: lane quarter k = l % 4 is half h = k / 2 of the block and elements
+ * j = 16 (k % 2) .. + 15 of each of its four 32-element quads, so its three 16-byte loads are ql
+ * bytes 64h + j .., 64h + 32 + j .. and qh bytes 128 + 32h + j ..: the block's four lanes read 64
+ * contiguous bytes in each instruction, whole 32-byte sectors. Quad q of the half is sub-block
+ * 4h + q of the activations, chunk k % 2 (pair order: rows k % 2 and 2 + k % 2 at slots 4b + 2h and
+ * 4b + 2h + 1, xr the first), and its 16 elements take scale byte k % 2 + 2q of the half's eight.
+ * Until session 37 a q6_k lane took whole groups (32 ql bytes, the half's 32 qh bytes, which two
+ * lanes loaded) in four loads, each instruction reading the halves of sectors, so every sector
+ * crossed from L2 twice, and pairs_kernel<8, 1> spilled 56 bytes (none now). H200, one binary
+ * (the old form / this), two rounds: held running (kernels-power.yaml) 8192 x 28672 0.213 / 0.214
+ * -> 0.195 / 0.193 J/GB, 3321 / 3343 -> 3681 / 3710 GB/s; chained (kernels-decode-chain.yaml) 28672
+ * x 8192 54.71 -> 51.35 us (87.7 -> 93.4 % of the copy rate), 8192 x 8192 19.13 -> 17.70, 14336 x
+ * 4096 17.40 -> 15.81, 4096 x 4096 6.45 -> 6.12; decode x1 70B 78.22, 77.85 -> 79.37, 79.35
+ * tokens/s (9.0 -> 8.7 J a token), 7B 552.6, 545.3 -> 562.6, 566.5. */
+__device__ __forceinline__ float q6k_block_sectors(uint4 low, uint4 high, uint4 bits, uint2 scale_bytes, float d, const int8_t *xr,
+                                                   int stride, float x_d, int quarter) {
+    const int c = quarter % 2;
+    /* pair order: quad 0 row c slot s, quad 1 row 2 + c slot s, quad 2 row 2 + c slot s + 1, quad 3 row c slot s + 1 */
+    const int4 x0 = pair_chunk(xr, stride, 0), x1 = pair_chunk(xr, stride, 2), x2 = pair_chunk(xr + 16, stride, 2),
+               x3 = pair_chunk(xr + 16, stride, 0);
+    const uint32_t ql_a[4] = {low.x, low.y, low.z, low.w}, ql_b[4] = {high.x, high.y, high.z, high.w};
+    const uint32_t qh[4] = {bits.x, bits.y, bits.z, bits.w};
+    const int xq[4][4] = {{x0.x, x0.y, x0.z, x0.w}, {x1.x, x1.y, x1.z, x1.w}, {x2.x, x2.y, x2.z, x2.w}, {x3.x, x3.y, x3.z, x3.w}};
+    int dot[4] = {0, 0, 0, 0};
 #pragma unroll
-    for (int i = 0; i < 4; i++) /* all four rows from the first step (integer sums: the order is free) */
-#pragma unroll
-        for (int j = i; j < 8; j += 4) {
-            const uint32_t w01 = ((ql[j] >> ql01) & 0x0F0F0F0Fu) | (((qh[j] >> qh01) & 0x03030303u) << 4);
-            const uint32_t w23 = ((ql[j] >> ql23) & 0x0F0F0F0Fu) | (((qh[j] >> qh23) & 0x03030303u) << 4);
-            dot01[j / 4] = __dp4a(q6k_minus_32(w01), x01[j], dot01[j / 4]);
-            dot23[j / 4] = __dp4a(q6k_minus_32(w23), x23v[j], dot23[j / 4]);
-        }
-    const int dot_a0 = g ? dot23[0] : dot01[0], dot_a1 = g ? dot23[1] : dot01[1];
-    const int dot_b0 = g ? dot01[0] : dot23[0], dot_b1 = g ? dot01[1] : dot23[1];
-    /* signed scale bytes: 2g, 2g + 1 of each word (sub-block a in .x, b in .y) */
-    const int shift = 16 * g;
-    const int sa0 = (int)(scale_bytes.x << (24 - shift)) >> 24, sa1 = (int)(scale_bytes.x << (16 - shift)) >> 24;
-    const int sb0 = (int)(scale_bytes.y << (24 - shift)) >> 24, sb1 = (int)(scale_bytes.y << (16 - shift)) >> 24;
-    /* |dot scale| <= 16 * 32 * 127 * 128 < 2^23 a half; two halves < 2^24: exact as a float */
-    return d * (xa_d * (float)(dot_a0 * sa0 + dot_a1 * sa1) + xb_d * (float)(dot_b0 * sb0 + dot_b1 * sb1));
+    for (int w = 0; w < 4; w++) {
+        const uint32_t q0 = (ql_a[w] & 0x0F0F0F0Fu) | ((qh[w] & 0x03030303u) << 4);
+        const uint32_t q1 = (ql_b[w] & 0x0F0F0F0Fu) | (((qh[w] >> 2) & 0x03030303u) << 4);
+        const uint32_t q2 = ((ql_a[w] >> 4) & 0x0F0F0F0Fu) | (((qh[w] >> 4) & 0x03030303u) << 4);
+        const uint32_t q3 = ((ql_b[w] >> 4) & 0x0F0F0F0Fu) | (((qh[w] >> 6) & 0x03030303u) << 4);
+        dot[0] = __dp4a(q6k_minus_32(q0), xq[0][w], dot[0]);
+        dot[1] = __dp4a(q6k_minus_32(q1), xq[1][w], dot[1]);
+        dot[2] = __dp4a(q6k_minus_32(q2), xq[2][w], dot[2]);
+        dot[3] = __dp4a(q6k_minus_32(q3), xq[3][w], dot[3]);
+    }
+    /* signed scale bytes c, c + 2 of .x (quads 0, 1) and of .y (quads 2, 3) */
+    const int s0 = (int)(scale_bytes.x << (24 - 8 * c)) >> 24, s1 = (int)(scale_bytes.x << (8 - 8 * c)) >> 24;
+    const int s2 = (int)(scale_bytes.y << (24 - 8 * c)) >> 24, s3 = (int)(scale_bytes.y << (8 - 8 * c)) >> 24;
+    /* |dot scale| <= 16 * 32 * 127 * 128 < 2^23 a quad: two quads a float sum exact below 2^24 */
+    return d * x_d * ((float)(dot[0] * s0 + dot[1] * s1) + (float)(dot[2] * s2 + dot[3] * s3));
 }
 
 /* The one-token dot of one q4_k, q5_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's
@@ -247,11 +252,12 @@ template <int TYPE, int LINES, typename AfterWait>
 __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xp, const half2 *xds, bool early,
                                            AfterWait after_wait) {
     const int lane = threadIdx.x % 32, quarter = lane % 4;
-    uint4 v[TYPE == Q5_K ? 5 : 4];
+    uint4 v[TYPE == Q5_K ? 5 : TYPE == Q6_K ? 3 : 4];
     uint2 scale_bytes = {};
     float d = 0;
-    /* a lane's 32 weight bytes come in two 16-byte loads, each half of a 32-byte sector: through L1
-     * (pairs_weight_lines) the second half is found there instead of crossing from L2 again */
+    /* a q4_k or q5_k lane's 32 weight bytes come in two 16-byte loads, each half of a 32-byte
+     * sector: through L1 (pairs_weight_lines) the second half is found there instead of crossing
+     * from L2 again (q6_k's lanes read whole sectors: q6k_block_sectors) */
     constexpr bool through_l1 = (LINES & (TYPE == Q6_K ? 2 : 1)) != 0;
     auto weights16 = [](const uint8_t *p) { return through_l1 ? ldg_line16(p) : ldg_stream16(p); };
     auto load = [&](int64_t block) {
@@ -267,11 +273,10 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
                 v[4] = weights16(b + 32);
             }
         } else {
-            const int half = quarter / 2, g = quarter % 2;
-            v[0] = weights16(b + 64 * half + 32 * g);
-            v[1] = weights16(b + 64 * half + 32 * g + 16);
-            v[2] = weights16(b + 128 + 32 * half);
-            v[3] = weights16(b + 128 + 32 * half + 16);
+            const int half = quarter / 2, j = 16 * (quarter % 2);
+            v[0] = weights16(b + 64 * half + j);
+            v[1] = weights16(b + 64 * half + 32 + j);
+            v[2] = weights16(b + 128 + 32 * half + j);
             scale_bytes = *reinterpret_cast<const uint2 *>(b + 192 + 8 * half);
             d = half_at(b + 208);
         }
@@ -293,9 +298,9 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
             if (stride == 512) acc += q4k_block_pair<TYPE == Q5_K>(v[0], v[1], v[2], x, 512, xds, block, quarter, qh_low, qh_high);
             else acc += q4k_block_pair<TYPE == Q5_K>(v[0], v[1], v[2], x, stride, xds, block, quarter, qh_low, qh_high);
         } else {
-            const int8_t *x23 = x + (quarter % 2 ? -16 : 16);
-            if (stride == 512) acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, x, x23, 512, xds, block, quarter);
-            else acc += q6k_block_pair(v[0], v[1], v[2], v[3], scale_bytes, d, x, x23, stride, xds, block, quarter);
+            const int8_t *xr = x + (quarter % 2 ? stride - 16 : 0); /* row quarter % 2 at slot 4b + 2h */
+            const float x_d = __low2float(xds[block * 8]); /* one scale a 256-value block */
+            acc += q6k_block_sectors(v[0], v[1], v[2], scale_bytes, d, xr, stride, x_d, quarter);
         }
         load(block + 8);
     }
@@ -426,9 +431,9 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
  * 0.202 -> 0.184 / 0.181 J/GB, 3526 / 3585 -> 3923 / 3911 GB/s, its power-capped SM clock 1721 /
  * 1739 -> 1916 / 1870 MHz; decode x1 (0 / 1 / 3): 70B 73.56, 73.74 / 78.06, 77.53 / 76.77, 77.31
  * tokens/s (9.7 -> 9.0 J a token), 7B 544.8, 544.7 / 557.8, 556.8 / 555.6, 559.1. q6_k rows through
- * L1 lose (8192 x 28672 held: 0.211 -> 0.230 J/GB, 3180 -> 2952 GB/s at full clock; its 224-byte
- * blocks are 32-byte aligned, so a lane's two loads are one whole sector's halves and the L1
- * lines only displace the activations). Sessions 11-20 had taken the weights around L1 (70B x1
+ * L1 lost (8192 x 28672 held: 0.211 -> 0.230 J/GB, 3180 -> 2952 GB/s at full clock, in session
+ * 36's lane mapping; its lanes now read whole sectors, q6k_block_sectors, so the L1 lines would
+ * only displace the activations). Sessions 11-20 had taken the weights around L1 (70B x1
  * 55.7 -> 56.4 then, a lane a sub-block). */
 static int pairs_weight_lines(void) {
     static const int lines = tm_env_int("TM_PAIRS_WEIGHT_LINES", 1);

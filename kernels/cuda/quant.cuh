@@ -164,11 +164,12 @@ template <typename Launch> static cudaError_t dispatch_weight_type(int type, Lau
  * Pair order: in each group of 2048 values (eight 256-value weight blocks b = 0..7, each of eight
  * 32-value sub-blocks s, each of two 16-value chunks c), chunk (b, s, c) sits in row
  * r = 2 * family(s) + c (family(s) = bit 0 of s xor bit 1) at slot 4b + s / 2, a row being 32
- * slots of 16 bytes. A warp of pairs_kernel, lane 4b + k taking sub-blocks 2k, 2k + 1 (q4_k) or
- * 4(k / 2) + k % 2 and that + 2 (q6_k: the pairs sharing bytes in each type's layout), then finds
- * its four chunks at one slot in each of the four rows (q6_k's rows 2 and 3 at the neighbouring
- * slot 4b + (k ^ 1)): each of its four 16-byte loads is 512 contiguous bytes, four 128-byte lines,
- * where reading qs directly (lane l at byte 64l) touched sixteen. A group of fewer than eight
+ * slots of 16 bytes. A warp of pairs_kernel, lane 4b + k taking sub-blocks 2k, 2k + 1 (q4_k: the
+ * pair sharing bytes in its layout), then finds its four chunks at one slot in each of the four
+ * rows: each of its four 16-byte loads is 512 contiguous bytes, four 128-byte lines, where reading
+ * qs directly (lane l at byte 64l) touched sixteen. A q6_k lane (chunk k % 2 of sub-blocks
+ * 4(k / 2) .. + 3: q6k_block_sectors) finds its chunks in rows k % 2 and 2 + k % 2 at slots
+ * 4b + 2(k / 2) and the next. A group of fewer than eight
  * blocks at the end (n % 2048 != 0) keeps the order with rows of 64 bytes a block. */
 __device__ __forceinline__ int64_t q8_pair_index(int64_t element, int64_t n) {
     const int64_t base = element / 2048 * 2048;
