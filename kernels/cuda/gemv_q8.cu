@@ -621,7 +621,12 @@ __host__ __device__ constexpr int mmq_stage_row_bytes(int type) {
  * weights in every one of these except the five blocks and the bulk copies, and also when the copies
  * read as if a tile's rows of each block were stored together (branch tile-major-probe, timing only:
  * 288 sector-aligned bytes an instruction; 70B x8 512.8 -> 517.3, one round): neither the
- * activations nor the rows' alignment is the excess, and a tile-major layout would buy ~1 %. */
+ * activations nor the rows' alignment is the excess, and a tile-major layout would buy ~1 %.
+ * Session 37, the q4_k and q5_k copies alone through L1 (cp.async.ca.L2::128B; q6_k's 224-byte
+ * blocks share no sector), two binaries and rounds in one call: held running (kernels-power.yaml,
+ * 8 tokens) 8192 x 28672 0.219 -> 0.211 J/GB, 3198 / 3221 -> 3319 / 3343 GB/s, 28672 x 8192
+ * unchanged (0.212, ~3300); 70B 128 x8 533.7 / 533.7 -> 528.3 / 528.9, 7B 3425 / 3442 -> 3405 /
+ * 3409 tokens/s: not kept. */
 template <bool INPUTS> constexpr int MMQ_STAGES = INPUTS ? 2 : 3; /* a warp's stages */
 struct mmq_stage_size {
     int weight_bytes; /* then, with INPUTS, the values (8 rows of MMQ_X_ROW_BYTES) and the (d, d * sum) pairs: 32 bytes a token */
