@@ -135,8 +135,8 @@ __device__ __forceinline__ void mmvq_rows(const uint8_t *weights, int64_t rows, 
  * half), q6_k four in the nibbles and 2-bit fields of shared bytes; and the scale bytes, d and
  * dmin come in separate small loads a sub-block. Here lane l takes a pair of sub-blocks that share
  * their bytes (q6_k: the halves of four sub-blocks sharing theirs, q6k_block_sectors), in blocks
- * l / 4, l / 4 + 8, ... (all of a pass's loads before any use): every byte it loads is used, a q4_k block's header (d, dmin, 12 scale bytes) is one 16-byte load its four
- * lanes share, and the integer sums are scaled by their integer scales with d (and dmin) applied
+ * l / 4, l / 4 + 8, ... (all of a pass's loads before any use): every byte it loads is used, a
+ * q4_k block's header (d, dmin, 12 scale bytes) is one 16-byte load its four lanes share, and the integer sums are scaled by their integer scales with d (and dmin) applied
  * once a block (as mmq_block_q4k_q5k). H200, against TM_GEMV_PAIRS=0: 7B decode x1 436.5 / 433.9 ->
  * 453.3 / 453.2 tokens/s (q4_k rows alone 444; two blocks a lane a pass measured 424), 70B x1 61.1
  * with its large products here instead of the streamed kernel's 60.9. More bytes in flight
@@ -432,8 +432,9 @@ static int64_t rows_in_tiles(const mmvq_parts &parts, int tile) {
  * 1739 -> 1916 / 1870 MHz; decode x1 (0 / 1 / 3): 70B 73.56, 73.74 / 78.06, 77.53 / 76.77, 77.31
  * tokens/s (9.7 -> 9.0 J a token), 7B 544.8, 544.7 / 557.8, 556.8 / 555.6, 559.1. q6_k rows through
  * L1 lost (8192 x 28672 held: 0.211 -> 0.230 J/GB, 3180 -> 2952 GB/s at full clock, in session
- * 36's lane mapping; its lanes now read whole sectors, q6k_block_sectors, so the L1 lines would
- * only displace the activations). Sessions 11-20 had taken the weights around L1 (70B x1
+ * 36's lane mapping; with session 37's whole-sector lanes, q6k_block_sectors, still 0.191 / 0.192
+ * -> 0.207 / 0.200 J/GB, 3743 / 3677 -> 3396 / 3464 GB/s: the L1 lines only displace the
+ * activations). Sessions 11-20 had taken the weights around L1 (70B x1
  * 55.7 -> 56.4 then, a lane a sub-block). */
 static int pairs_weight_lines(void) {
     static const int lines = tm_env_int("TM_PAIRS_WEIGHT_LINES", 1);
