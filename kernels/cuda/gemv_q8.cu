@@ -328,7 +328,11 @@ static int gemv_pairs(void) {
  * the weights' 128-byte L2 fetches (ldg_stream16), one call: 9 / 7 489.7 / 489.4, 9 / 8 496.6 /
  * 496.0 (70B 66.69 against 65.86 without either change); next call 9 / 8 493.0 / 489.7, 10 / 8
  * 472.2 / 478.3, 8 / 8 486.9 / 488.4. At 7 blocks an SM a 4096-row mixed launch (the 7B's down
- * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. */
+ * product in its q6_k layers, 1024 blocks) needed two waves, the second a tenth full. Session 37,
+ * with q6_k's whole-sector lanes (56 registers without the rope, 40 bytes spilled with it), q6_k
+ * launches at 9 blocks an SM measured slower, one binary, two rounds: chained q6_k 28672 x 8192
+ * 51.36 -> 53.88 us, 8192 x 8192 17.66 -> 19.60; decode x1 70B 79.94 / 79.75 -> 78.46 / 78.45 (with
+ * the rope launch too 77.69 / 78.21), 7B 571.5 / 570.9 -> 563.9 / 561.4 tokens/s. */
 template <int MIN_BLOCKS, int TYPES, bool ROPE, int LINES>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const half2 *xds, const int8_t *xp,
                                                               bool early, rope_append rope, unsigned first_block) {
