@@ -62,17 +62,17 @@ static struct {
 } measured_ceilings[8];
 static int n_measured_ceilings;
 
+enum { DECODE_TOKENS_PER_S = 0, DECODE_GB_PER_S = 6, DECODE_JOULES_PER_TOKEN = 7 }; /* places the runner names */
 static const tm_metric_spec throughput_metrics[] = {
-    {"decode_tokens_per_s", "tokens/s", TM_BETTER_HIGHER},
+    [DECODE_TOKENS_PER_S] = {"decode_tokens_per_s", "tokens/s", TM_BETTER_HIGHER},
     {"prompt_tokens_per_s", "tokens/s", TM_BETTER_HIGHER},
     {"step_latency_p50_ms", "ms", TM_BETTER_LOWER},
     {"step_latency_p90_ms", "ms", TM_BETTER_LOWER},
     {"step_latency_p99_ms", "ms", TM_BETTER_LOWER},
     {"time_to_first_token_ms", "ms", TM_BETTER_LOWER},
-    {"decode_gb_per_s", "GB/s", TM_BETTER_HIGHER},
-    {"decode_joules_per_token", "J/token", TM_BETTER_LOWER},
+    [DECODE_GB_PER_S] = {"decode_gb_per_s", "GB/s", TM_BETTER_HIGHER},
+    [DECODE_JOULES_PER_TOKEN] = {"decode_joules_per_token", "J/token", TM_BETTER_LOWER},
 };
-enum { DECODE_TOKENS_PER_S = 0, DECODE_GB_PER_S = 6, DECODE_JOULES_PER_TOKEN = 7 };
 static const tm_metric_spec memory_metrics[] = {
     {"total_bytes", "bytes", TM_BETTER_LOWER},
     {"weight_bytes", "bytes", TM_BETTER_LOWER},

@@ -41,6 +41,7 @@
 #include "kernels.h"
 #endif
 
+enum { POWER_W = 6, JOULES_PER_GB, SM_CLOCK_MHZ, SUSTAINED_GB_PER_S }; /* the sustained-load metrics' places */
 static const tm_metric_spec kernel_metrics[] = {
     {"time_us", "us", TM_BETTER_LOWER},
     {"gb_per_s", "GB/s", TM_BETTER_HIGHER},
@@ -48,12 +49,11 @@ static const tm_metric_spec kernel_metrics[] = {
     {"pct_of_copy_bandwidth", "%", TM_BETTER_HIGHER},
     {"pct_of_gemm_flops", "%", TM_BETTER_HIGHER},
     {"pct_of_same_size_read", "%", TM_BETTER_HIGHER},
-    {"power_w", "W", TM_BETTER_NEITHER}, /* descriptive: a faster op may draw more */
-    {"joules_per_gb", "J/GB", TM_BETTER_LOWER},
-    {"sm_clock_mhz", "MHz", TM_BETTER_NEITHER},
-    {"sustained_gb_per_s", "GB/s", TM_BETTER_HIGHER},
+    [POWER_W] = {"power_w", "W", TM_BETTER_NEITHER}, /* descriptive: a faster op may draw more */
+    [JOULES_PER_GB] = {"joules_per_gb", "J/GB", TM_BETTER_LOWER},
+    [SM_CLOCK_MHZ] = {"sm_clock_mhz", "MHz", TM_BETTER_NEITHER},
+    [SUSTAINED_GB_PER_S] = {"sustained_gb_per_s", "GB/s", TM_BETTER_HIGHER},
 };
-enum { POWER_W = 6, JOULES_PER_GB, SM_CLOCK_MHZ, SUSTAINED_GB_PER_S };
 
 #ifdef TM_CUDA
 typedef struct kernels_state {
