@@ -329,8 +329,13 @@ static bool draw_roofline(const char *charts_dir, double copy_gb_per_s, double g
 }
 
 /* 1.1: per throughput case with CUPTI records (tmbench run --profile), the launch shapes (kernel,
- * grid, block) that took the most GPU time per timed repetition, with the mean time a launch: one
- * kernel serving several products (the decode products of different sizes) shows once per shape. */
+ * grid, block) that add the most to their streams' timelines per timed repetition: each launch's
+ * time and its exposed part, the time past the end of every earlier record (kernel, copy or
+ * memset) on its stream. Launched plainly (--profile's default) a launch's exposed part is its
+ * time less any overlap the hardware allows; with TM_DEPENDENT_LAUNCH=1 a kernel that starts
+ * early and waits for its predecessor inside counts that wait in its time but not in its exposed
+ * part, which is then what it costs the step. One kernel serving several products (the decode
+ * products of different sizes) shows once per shape. */
 static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
     sqlite3_stmt *top;
     const char *cases_sql =
@@ -339,8 +344,12 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
         "c.kind = 'throughput' GROUP BY c.id ORDER BY c.id";
     sqlite3_stmt *cases = statement_for_run(db, cases_sql, run);
     sqlite3_prepare_v2(db,
-                       "SELECT name, grid, block, count(*), sum(end_ns - start_ns) FROM kernel_records WHERE case_id = ? AND "
-                       "repetition >= 0 AND grid IS NOT NULL GROUP BY name, grid, block ORDER BY 5 DESC, 1, 2 LIMIT 8",
+                       "WITH timeline AS (SELECT name, grid, block, start_ns, end_ns, max(end_ns) OVER (PARTITION BY repetition, "
+                       "stream ORDER BY start_ns, end_ns, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before "
+                       "FROM kernel_records WHERE case_id = ? AND repetition >= 0) "
+                       "SELECT name, grid, block, count(*), sum(end_ns - start_ns), "
+                       "sum(max(0, end_ns - max(start_ns, coalesce(before, start_ns)))) AS exposed FROM timeline "
+                       "WHERE grid IS NOT NULL GROUP BY name, grid, block ORDER BY exposed DESC, 5 DESC, 1, 2 LIMIT 8",
                        -1, &top, NULL);
     int shown = 0;
     fprintf(md, "\n### 1.1 Where the GPU time goes\n\n");
@@ -349,8 +358,8 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
         int repetitions = sqlite3_column_int(cases, 2);
         double total_ns = sqlite3_column_double(cases, 3);
         fprintf(md, "%s**%s**: %.3f ms of kernels per repetition (%d repetitions recorded)\n\n"
-                    "| kernel | grid | block | launches per repetition | time a launch | time per repetition | share |\n"
-                    "|---|---|---|---|---|---|---|\n",
+                    "| kernel | grid | block | launches per repetition | time a launch | exposed a launch | time per repetition | share |\n"
+                    "|---|---|---|---|---|---|---|---|\n",
                 shown ? "\n" : "", (const char *)sqlite3_column_text(cases, 1), total_ns / repetitions / 1e6, repetitions);
         sqlite3_reset(top);
         sqlite3_bind_int64(top, 1, case_id);
@@ -359,13 +368,19 @@ static void top_kernels_section(FILE *md, sqlite3 *db, int64_t run) {
             snprintf(name, sizeof name, "%s", (const char *)sqlite3_column_text(top, 0));
             for (char *c = name; *c; c++)
                 if (*c == '|') *c = '/'; /* keep the table intact */
-            double launches = sqlite3_column_double(top, 3), ns = sqlite3_column_double(top, 4);
-            fprintf(md, "| `%s` | %s | %s | %.1f | %.2f us | %.1f us | %.1f %% |\n", name, text_or(top, 1, "?"), text_or(top, 2, "?"),
-                    launches / repetitions, ns / launches / 1e3, ns / repetitions / 1e3, 100.0 * ns / total_ns);
+            double launches = sqlite3_column_double(top, 3), ns = sqlite3_column_double(top, 4), exposed = sqlite3_column_double(top, 5);
+            fprintf(md, "| `%s` | %s | %s | %.1f | %.2f us | %.2f us | %.1f us | %.1f %% |\n", name, text_or(top, 1, "?"),
+                    text_or(top, 2, "?"), launches / repetitions, ns / launches / 1e3, exposed / launches / 1e3, ns / repetitions / 1e3,
+                    100.0 * ns / total_ns);
         }
         shown++;
     }
     if (!shown) fprintf(md, "not measured: no throughput case of this run was profiled (tmbench run --profile).\n");
+    else
+        fprintf(md, "\nExposed: the part of a launch past the end of every earlier record on its stream, what it adds to the "
+                    "stream's timeline. `--profile` launches kernels plainly unless TM_DEPENDENT_LAUNCH is set; with "
+                    "TM_DEPENDENT_LAUNCH=1 kernels start early and wait for their predecessor inside, so a launch's time then "
+                    "counts that wait and its exposed part is what it costs the step.\n");
     sqlite3_finalize(cases), sqlite3_finalize(top);
 }
 

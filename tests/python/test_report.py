@@ -92,15 +92,17 @@ def fixed_database(path):
                 "?, ?, ?)", (case_id, metric, median, median, median, median, median, median, median, noise, median, median,
                              ceiling))
     # CUPTI records of case 1 (tmbench run --profile): two timed repetitions and a warm-up, which the report leaves out;
-    # one kernel in two launch shapes (two products of different sizes), which the report keeps apart
+    # one kernel in two launch shapes (two products of different sizes), which the report keeps apart; the norm starts
+    # 1 us before the record ahead of it ends (a dependent launch waiting inside), so 0.5 of its 1.5 us are exposed
     records = []
     for repetition in (-1, 0, 1):
         start = 1_000_000 * (repetition + 2)
-        for name, grid, launches, ns in (("mmvq_kernel<12, 1, 1>", "4096,1,1", 4, 9000), ("rmsnorm_kernel", "1,1,1", 2, 1500),
-                                         ("sample_kernel", "1,1,1", 1, 4000), ("mmvq_kernel<12, 1, 1>", "1024,1,1", 2, 2500)):
+        for name, grid, launches, ns, early in (("mmvq_kernel<12, 1, 1>", "4096,1,1", 4, 9000, 0),
+                                                ("rmsnorm_kernel", "1,1,1", 2, 1500, 1000), ("sample_kernel", "1,1,1", 1, 4000, 0),
+                                                ("mmvq_kernel<12, 1, 1>", "1024,1,1", 2, 2500, 0)):
             for _ in range(launches):
-                records.append((1, repetition, name, grid, "128,1,1", start, start + ns))
-                start += ns
+                records.append((1, repetition, name, grid, "128,1,1", start - early, start - early + ns))
+                start += ns - early
         records.append((1, repetition, "memcpy DtoH 4 B", None, None, start, start + 2000))
     connection.executemany("INSERT INTO kernel_records (case_id, repetition, name, grid, block, start_ns, end_ns) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", records)
@@ -135,6 +137,8 @@ def test_report_matches_golden(tmp_path):
         expected = expected[:start] + "ROOFLINE\n\n" + expected[end:]
     assert text == expected
     assert "not measured" in text and "run 7 (complete" in text and "| 61.2 ± 1.2 % | 72 (85 %) | 2531 | 10.2 ± 3.1 % |" in text
+    assert "| `rmsnorm_kernel` | 1,1,1 | 128,1,1 | 2.0 | 1.50 us | 0.50 us | 3.0 us |" in text  # its exposed part
+    assert "| `sample_kernel` | 1,1,1 | 128,1,1 | 1.0 | 4.00 us | 4.00 us |" in text
     assert "| 3420 | 12490 |" in text  # large figures at their significant digits, not "3.42e+03 | 1.249e+04"
     # decode at a longer prompt against the shortest of the same batch (512 x4 against 128 x4; the failed
     # 2048 x8 has no row, and batch 1 has one prompt only)
@@ -144,8 +148,8 @@ def test_report_matches_golden(tmp_path):
     assert "| 512 | 251.5 | 128 | 250 |" not in text and "| 512 | 230.5 | 128 | 262 |" not in text
     assert "| 2048 |" not in text.split("Decode at a longer prompt")[1].split("###")[0]
     # the profile's kernels by launch shape: per repetition, per launch, share of the 48 us of kernels
-    assert "| `mmvq_kernel<12, 1, 1>` | 4096,1,1 | 128,1,1 | 4.0 | 9.00 us | 36.0 us | 75.0 % |" in text
-    assert "| `mmvq_kernel<12, 1, 1>` | 1024,1,1 | 128,1,1 | 2.0 | 2.50 us | 5.0 us | 10.4 % |" in text
+    assert "| `mmvq_kernel<12, 1, 1>` | 4096,1,1 | 128,1,1 | 4.0 | 9.00 us | 9.00 us | 36.0 us | 75.0 % |" in text
+    assert "| `mmvq_kernel<12, 1, 1>` | 1024,1,1 | 128,1,1 | 2.0 | 2.50 us | 2.50 us | 5.0 us | 10.4 % |" in text
 
 
 def test_report_refuses_when_nothing_complete(tmp_path):
