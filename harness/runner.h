@@ -19,7 +19,7 @@
 typedef struct tm_metric_spec {
     const char *name;       /* e.g. decode_tokens_per_s */
     const char *unit;       /* tokens/s, ms, bytes */
-    int better;             /* tm_better (compare.h): lower, higher, or neither (descriptive: diff says CHANGED) */
+    tm_better better;       /* lower, higher, or neither (descriptive: diff says CHANGED) */
 } tm_metric_spec;
 
 typedef struct tm_runner_state tm_runner_state;
