@@ -829,8 +829,8 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         for (int G = 0; G < NG; G++)
 #pragma unroll
             for (int k = 0; k < 2; k++) {
-                const float scaled = block_scaled ? block_d[k] * (float)whole[2 * r + k] : dot[G][2 * r + k];
-                acc[G][2 * r + k] += d_dmin.x * scaled - d_dmin.y * low[G][2 * r + k];
+                const float scaled = block_scaled ? __fmul_rn(block_d[k], (float)whole[2 * r + k]) : dot[G][2 * r + k];
+                acc[G][2 * r + k] = __fadd_rn(acc[G][2 * r + k], __fmaf_rn(d_dmin.x, scaled, -__fmul_rn(d_dmin.y, low[G][2 * r + k])));
             }
     }
 }
@@ -846,6 +846,10 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
  * kernel spill, so they scale in float as before. With one group the sums also add across
  * sub-blocks (the activations' d is the block's: |sum| <= 16 * 65024 * 128 < 2^31), converted and
  * scaled by d and the token's d once a block (block_scaled). */
+/* (Both block functions add their float terms with explicit __fmaf_rn / __fmul_rn / __fadd_rn: left
+ * to the compiler, the q6_k sums were contracted into FFMA in mmq_kernel's rope instantiations
+ * and not in the plain ones (sm_90a SASS), so a warp adding two or more q6_k blocks gave the
+ * rope launch and the separate launches different last bits.) */
 template <int NG>
 __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                               float (&acc)[NG][4]) {
@@ -910,14 +914,15 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
                         whole[2 * r + k] += c0[2 * r + k] * scale[0][r] + c1[2 * r + k] * scale[1][r];
                     } else {
                         const float dx = __low2float(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
-                        acc[G][2 * r + k] += dx * (float_scale[0][r] * (float)c0[2 * r + k] + float_scale[1][r] * (float)c1[2 * r + k]);
+                        acc[G][2 * r + k] = __fmaf_rn(dx, __fmaf_rn(float_scale[1][r], (float)c1[2 * r + k], __fmul_rn(float_scale[0][r], (float)c0[2 * r + k])),
+                                                      acc[G][2 * r + k]);
                     }
             }
         }
     }
     if constexpr (block_scaled) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[0][i] += d[i / 2] * (block_d[i % 2] * (float)whole[i]);
+        for (int i = 0; i < 4; i++) acc[0][i] = __fmaf_rn(d[i / 2], __fmul_rn(block_d[i % 2], (float)whole[i]), acc[0][i]);
     }
 }
 

@@ -316,9 +316,11 @@ static void test_qkv_rope(tm_rng_t *rng) {
         const int n = token_counts[run % 6], kv_f32 = run / 6 % 2, q6_v = run / 12 == 1;
         const tm_type v_type = v_types[run / 12];
         const char *v_name = v_type == TM_TYPE_Q6_K ? "q6_k" : v_type == TM_TYPE_Q5_K ? "q5_k" : "q4_k";
-        /* 4096 columns with the q5_k V: 16 blocks, two a warp, so mmq_persistent_kernel's rope targets
-         * are done at a tile's last wait (at 1024 columns, one a warp, its warp 0 waits for them) */
-        const int64_t cols = v_type == TM_TYPE_Q5_K ? 4096 : 1024;
+        /* 4096 columns with the q5_k and q6_k V: 16 blocks, two a warp, so mmq_persistent_kernel's rope
+         * targets are done at a tile's last wait (at 1024 columns, one a warp, its warp 0 waits for
+         * them), and a warp adds several q6_k blocks (the sums' float steps must be the same in the
+         * rope and plain instantiations: explicit __fmaf_rn, gemv_q8.cu) */
+        const int64_t cols = v_type == TM_TYPE_Q4_K ? 1024 : 4096;
         /* with the q6_k V, 256-byte pages: a cache row (512 or 1024 bytes) spans 2 or 4 of them */
         const int page_size = q6_v ? 256 : 4096;
         const size_t pool_bytes = (size_t)n_pages * page_size;
