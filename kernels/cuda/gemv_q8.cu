@@ -1360,7 +1360,7 @@ static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, cons
  * blocks, the device's resident blocks), else 8. H200, decode at 8 tokens: 70B (rows of 32 and 112 blocks, 512-3584 tiles) 334.0 /
  * 334.4 tokens/s with 8, 343.5 / 344.2 with 4; 7B (16 and 43 blocks, 256-1376 tiles) 2225-2260
  * with 8, 2053-2076 with 4 everywhere or on its gate/up alone (a rule by the last wave's fullness,
- * which ncu's serialized 33.2 -> 29.8 us for that product favoured). TM_MMQ_WARPS=4 or 8 (a
+ * which ncu's serialized 33.2 -> 29.8 us for that product favoured). TM_MMQ_WARPS=3, 4 or 8 (a
  * measuring aid) forces one. */
 template <int NG, bool INPUTS> static cudaError_t mmq_wide(const mmvq_parts &parts, int64_t cols, int64_t tiles, bool *wide) {
     *wide = false;
@@ -1374,12 +1374,33 @@ template <int NG, bool INPUTS> static cudaError_t mmq_wide(const mmvq_parts &par
     return cudaSuccess;
 }
 
-/* mmq_kernel in the layout given, 4 warps a tile for a wide product, else 8 (mmq_wide). */
+/* mmq_kernel in the layout given, 4 warps a tile for a wide product, else 8 (mmq_wide); 3 for a
+ * wide product with staged activations whose tiles are more than the resident 4-warp blocks but
+ * no more than the resident 3-warp ones (five an SM on sm_90: 116 registers, ~32 KiB of stages),
+ * so they run in one wave instead of a wave and a fifth: the 70B's Q/K/V (640 tiles against 528
+ * and 660 slots), whose launch with the rope (the decode steps') and without (tm_cuda_gemv_q8_parts,
+ * the same parts) so keep one layout and the same bits. A warp then takes 11 of a row's 32 blocks
+ * instead of 8, but no tile waits for a second wave. H200, one binary, two rounds,
+ * TM_MMQ_THREE_WARPS=0 (a measuring aid: 4 warps) / the default: 70B 128 x8 529.0, 527.8 / 532.0,
+ * 534.7 tokens/s, 512 x4 274.7, 274.5 / 276.4, 276.0, 2048 x8 489.7, 490.0 / 495.7, 495.5; the
+ * Q/K/V launch's exposed time in a step profiled with dependent launches 23.29 -> 19.92 us. */
 template <int NG, bool INPUTS>
 static cudaError_t launch_mmq_layout(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
                                      bool wide, const rope_append *rope, cudaStream_t s) {
-    static const int forced = tm_env_int("TM_MMQ_WARPS", 0);
-    const int warps = forced == 4 || forced == 8 ? forced : wide ? 4 : 8;
+    static const int forced = tm_env_int("TM_MMQ_WARPS", 0), three = tm_env_int("TM_MMQ_THREE_WARPS", 1);
+    int warps = forced == 3 || forced == 4 || forced == 8 ? forced : wide ? 4 : 8;
+    if (!forced && wide && three && INPUTS) {
+        const int widest = mmq_widest_row(parts, INPUTS);
+        const void *kernel4 = (const void *)mmq_kernel<NG, 4, false, INPUTS>, *kernel3 = (const void *)mmq_kernel<NG, 3, false, INPUTS>;
+        const int shared4 = mmq_shared_bytes<NG, INPUTS>(4, widest), shared3 = mmq_shared_bytes<NG, INPUTS>(3, widest);
+        int resident4 = 0, resident3 = 0;
+        TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel4, shared4));
+        TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel3, shared3));
+        TM_CUDA_CHECK(tm_resident_blocks(kernel4, 128, shared4, &resident4));
+        TM_CUDA_CHECK(tm_resident_blocks(kernel3, 96, shared3, &resident3));
+        if (tiles > resident4 && tiles <= resident3) warps = 3;
+    }
+    if (warps == 3) return launch_mmq_kernel<NG, 3, INPUTS>(parts, cols, qs, ds, n, tiles, rope, s);
     return warps == 8 ? launch_mmq_kernel<NG, 8, INPUTS>(parts, cols, qs, ds, n, tiles, rope, s)
                       : launch_mmq_kernel<NG, 4, INPUTS>(parts, cols, qs, ds, n, tiles, rope, s);
 }

@@ -23,7 +23,7 @@
  * The tensor-core decode products of 2..8 tokens stage their activations (and q6_k weights) in
  * shared memory for wide products where the device has room (sm_90); here TM_MMQ_INPUTS=2 takes
  * that layout for every shape the device fits it (8-warp blocks in the parent, 4 in the "dp4a"
- * child), and the "dp4a-subblocks" child turns it off (TM_MMQ_INPUTS=0, the layout of the 7B's
+ * child, 3 in the "wgmma-128" child: the 70B's Q/K/V launch's, TM_MMQ_WARPS=3), and the "dp4a-subblocks" child turns it off (TM_MMQ_INPUTS=0, the layout of the 7B's
  * products and of an RTX 4090), so both layouts meet the same bounds. Where the device fits two
  * of its blocks an SM (sm_90), the products outside the staged-activations layout (the Q/K/V launch
  * with its rope epilogue too) take mmq_persistent_kernel instead, the 7B's since session 26; both children turn it off
@@ -691,8 +691,8 @@ int main(void) {
         CHECK(run_child("dp4a-subblocks",
                         "TM_GEMV_STREAM=0 TM_GEMV_PAIRS=0 TM_GEMM_FUSED=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT=0 TM_GEMV16_LOADS=4 TM_Q80_MMA=0") == 0,
               "the run with a lane a sub-block (k-quant prefill through cuBLAS, no staged activations) passed");
-        CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128") == 0,
-              "the run with k-quant prefill in 128-token blocks of the fused kernel passed");
+        CHECK(run_child("wgmma-128", "TM_GEMM_FUSED=2 TM_GEMM_FUSED_TOKENS=128 TM_MMQ_WARPS=3") == 0,
+              "the run with k-quant prefill in 128-token blocks of the fused kernel (and 3-warp tensor-core tiles) passed");
         CHECK(run_child("persistent", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_INPUTS=0 "
                                       "TM_PAIRS_WEIGHT_LINES=0") == 0,
               "the run with the several-token k-quant and q8_0 products in three persistent blocks passed");
