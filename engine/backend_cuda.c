@@ -181,8 +181,9 @@ static void free_activations(cuda_backend *b) {
     drop_graphs(b);
     cudaFree(b->activation_block), cudaFree(b->device_staging), cudaFreeHost(b->host_staging);
     cudaFree(b->gemm_workspace), cudaFree(b->partials), cudaFree(b->sample_rows), cudaFree(b->sampled), cudaFree(b->q8);
+    cudaFree(b->xb16);
     free(b->host_sample_rows);
-    b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = b->q8 = NULL;
+    b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = b->q8 = b->xb16 = NULL;
     b->partials = NULL, b->sample_rows = b->host_sample_rows = NULL, b->sampled = NULL;
     b->memory.activations = 0;
     b->memory.workspace = b->cublas_workspace ? CUBLAS_WORKSPACE_BYTES : 0; /* it lives as long as the backend */
