@@ -845,11 +845,11 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
  * both: 710 -> 491 instructions a block); with two groups the extra sums made the 8-warp rope
  * kernel spill, so they scale in float as before. With one group the sums also add across
  * sub-blocks (the activations' d is the block's: |sum| <= 16 * 65024 * 128 < 2^31), converted and
- * scaled by d and the token's d once a block (block_scaled). */
-/* (Both block functions add their float terms with explicit __fmaf_rn / __fmul_rn / __fadd_rn: left
- * to the compiler, the q6_k sums were contracted into FFMA in mmq_kernel's rope instantiations
- * and not in the plain ones (sm_90a SASS), so a warp adding two or more q6_k blocks gave the
- * rope launch and the separate launches different last bits.) */
+ * scaled by d and the token's d once a block (block_scaled). Both block functions add their float
+ * terms with explicit __fmaf_rn / __fmul_rn / __fadd_rn: left to the compiler, the q6_k sums were
+ * contracted into FFMA in mmq_kernel's rope instantiations and not in the plain ones (sm_90a SASS),
+ * so a warp adding two or more q6_k blocks gave the rope launch and the separate launches different
+ * last bits. */
 template <int NG>
 __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                               float (&acc)[NG][4]) {
@@ -1362,14 +1362,19 @@ static cudaError_t launch_mmq_kernel(const mmvq_parts &parts, int64_t cols, cons
  * with 8, 2053-2076 with 4 everywhere or on its gate/up alone (a rule by the last wave's fullness,
  * which ncu's serialized 33.2 -> 29.8 us for that product favoured). TM_MMQ_WARPS=3, 4 or 8 (a
  * measuring aid) forces one. */
+/* The device's resident blocks of mmq_kernel (WARPS warps, no rope) for these parts' stages. */
+template <int NG, int WARPS, bool INPUTS> static cudaError_t mmq_resident_blocks(const mmvq_parts &parts, int *resident) {
+    const void *kernel = (const void *)mmq_kernel<NG, WARPS, false, INPUTS>;
+    const int shared = mmq_shared_bytes<NG, INPUTS>(WARPS, mmq_widest_row(parts, INPUTS));
+    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared)); /* else the count is 0 above 48 KiB */
+    return tm_resident_blocks(kernel, 32 * WARPS, shared, resident);
+}
+
 template <int NG, bool INPUTS> static cudaError_t mmq_wide(const mmvq_parts &parts, int64_t cols, int64_t tiles, bool *wide) {
     *wide = false;
     if (cols / 256 < 32) return cudaSuccess;
     int resident4 = 0;
-    const void *kernel4 = (const void *)mmq_kernel<NG, 4, false, INPUTS>;
-    const int shared4 = mmq_shared_bytes<NG, INPUTS>(4, mmq_widest_row(parts, INPUTS));
-    TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel4, shared4)); /* else the count is 0 above 48 KiB */
-    TM_CUDA_CHECK(tm_resident_blocks(kernel4, 128, shared4, &resident4));
+    TM_CUDA_CHECK((mmq_resident_blocks<NG, 4, INPUTS>(parts, &resident4)));
     *wide = 10 * tiles >= 9 * (int64_t)resident4;
     return cudaSuccess;
 }
@@ -1390,14 +1395,9 @@ static cudaError_t launch_mmq_layout(const mmvq_parts &parts, int64_t cols, cons
     static const int forced = tm_env_int("TM_MMQ_WARPS", 0), three = tm_env_int("TM_MMQ_THREE_WARPS", 1);
     int warps = forced == 3 || forced == 4 || forced == 8 ? forced : wide ? 4 : 8;
     if (!forced && wide && three && INPUTS) {
-        const int widest = mmq_widest_row(parts, INPUTS);
-        const void *kernel4 = (const void *)mmq_kernel<NG, 4, false, INPUTS>, *kernel3 = (const void *)mmq_kernel<NG, 3, false, INPUTS>;
-        const int shared4 = mmq_shared_bytes<NG, INPUTS>(4, widest), shared3 = mmq_shared_bytes<NG, INPUTS>(3, widest);
         int resident4 = 0, resident3 = 0;
-        TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel4, shared4));
-        TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel3, shared3));
-        TM_CUDA_CHECK(tm_resident_blocks(kernel4, 128, shared4, &resident4));
-        TM_CUDA_CHECK(tm_resident_blocks(kernel3, 96, shared3, &resident3));
+        TM_CUDA_CHECK((mmq_resident_blocks<NG, 4, INPUTS>(parts, &resident4)));
+        TM_CUDA_CHECK((mmq_resident_blocks<NG, 3, INPUTS>(parts, &resident3)));
         if (tiles > resident4 && tiles <= resident3) warps = 3;
     }
     if (warps == 3) return launch_mmq_kernel<NG, 3, INPUTS>(parts, cols, qs, ds, n, tiles, rope, s);
