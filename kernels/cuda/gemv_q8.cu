@@ -663,7 +663,7 @@ static int mmq_widest_row(const mmvq_parts &parts, bool inputs) {
 template <int NG> struct mmq_inputs {
     const int8_t *b_row[NG];     /* token group*8 + g: its q8 values at this block */
     const half2 *b_pairs[NG];    /* ... and its 8 (d, s) pairs (the mins' mma, mmq_block_q4k_q5k) */
-    const half2 *c_scales[NG][2]; /* tokens group*8 + 2t, +1: their 8 (d, s) pairs at this block (one group: only d, the first's) */
+    const half2 *c_scales[NG][2]; /* tokens group*8 + 2t, +1: their 8 (d, s) pairs at this block (only the first pair's d is read) */
 };
 
 template <int NG>
@@ -699,39 +699,38 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_staged(const uint8_t *value
     return in;
 }
 
-/* Token group G's scales for this thread's two C-column tokens at the block: with one group only
- * their d, the same for the block's 8 sub-blocks (block_d; block_scaled), with two the 8 (d, d * sum)
- * pairs, two 16-byte vectors a token (xs). */
+/* Token group G's d for this thread's two C-column tokens at the block: the activations keep one d a
+ * 256-value block (quant.cuh), the same in the block's 8 (d, d * sum) pairs, so the first pair's d
+ * scales the whole block (block_scaled, in mmq_block_q4k_q5k and mmq_block_q6k). */
 template <int NG>
-__device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G, uint4 (&xs)[2][2], float (&block_d)[2]) {
+__device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G, float (&block_d)[2]) {
 #pragma unroll
-    for (int k = 0; k < 2; k++) {
-        if constexpr (NG == 1) {
-            block_d[k] = __low2float(*in.c_scales[G][k]);
-        } else {
-#pragma unroll
-            for (int h = 0; h < 2; h++) xs[k][h] = reinterpret_cast<const uint4 *>(in.c_scales[G][k])[h];
-        }
-    }
+    for (int k = 0; k < 2; k++) block_d[k] = __low2float(*in.c_scales[G][k]);
 }
 
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
  * columns (q5_k: the nibbles start at byte 48 and the fifth bits of elements 8t..8t+7, bit s for
- * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). With one token group the
- * mins' term (16 rows' 8 mins by 8 tokens' 8 d * sum q) is one f16 m16n8k8 a block: the mins are
- * 6-bit integers and d * sum q a half, so every product is exact and the sums float32. It replaced
- * 4 FFMA, 2 conversions and 2 byte picks a sub-block (sm_90a q4_k block 324 -> 256 instructions a
+ * sub-block s, are bytes 16 + 8t..8t+7: one more 8-byte load a row). A token group's mins' term
+ * (16 rows' 8 mins by 8 tokens' 8 d * sum q) is one f16 m16n8k8 a block: the mins are 6-bit
+ * integers and d * sum q a half, so every product is exact and the sums float32. It replaced 4
+ * FFMA, 2 conversions and 2 byte picks a sub-block (sm_90a q4_k block 324 -> 256 instructions a
  * warp); H200: 70B decode x8 404.1 -> 415.7 tokens/s (staged layout), 7B x8 2334/2323 -> 2342/2353
  * and 512 x4 1194/1191 -> 1203/1210 (weights-only layout; session 10 had measured it 1 % slower
- * there, before the stage copies by rows). With two groups (9-16 tokens) its registers made the
- * sm_90a kernels spill 28-60 bytes (8 without), so they keep the sub-block FFMA.
- * With one group the activations' one d a 256-value block (quant.cuh) lets the sub-blocks' c sc
- * add up as integers, converted and scaled once a block (block_scaled): per sub-block 4 IMAD
- * instead of 4 IMAD + 4 conversions + 4 FFMA + 2 half conversions (sm_90a kernels 320-400
- * instructions shorter). H200 one call, with the writers of those activations and a q6_k one-token
- * change (c35b617): 70B decode x8 436.7 / 436.8 -> 450.5 / 450.2, 7B x8 2361 / 2364 ->
- * 2568 / 2556; the kernels alone (a speed bound, writers unchanged): 28672 x 8192 q4_k at 8
- * tokens 50.0 / 50.3 -> 48.5 / 47.2 us. */
+ * there, before the stage copies by rows).
+ * The activations' one d a 256-value block (quant.cuh) lets the sub-blocks' c sc add up as
+ * integers, converted and scaled once a block (block_scaled): per sub-block 4 IMAD a group instead
+ * of 4 IMAD + 4 conversions + 4 FFMA + 2 half conversions (sm_90a kernels 320-400 instructions
+ * shorter). H200 one call, with the writers of those activations and a q6_k one-token change
+ * (c35b617): 70B decode x8 436.7 / 436.8 -> 450.5 / 450.2, 7B x8 2361 / 2364 -> 2568 / 2556; the
+ * kernels alone (a speed bound, writers unchanged): 28672 x 8192 q4_k at 8 tokens 50.0 / 50.3 ->
+ * 48.5 / 47.2 us. Both were first taken for one group only (the mins' mma had made the 9-16-token
+ * kernels spill 28-60 bytes while they still held each token's 8 pairs for the sub-block FFMA);
+ * with two groups too (session 40: the block's d is all a group needs, 4 registers instead of 32,
+ * and 8 integer sums instead of 16 floats), chained (kernels-decode-batched, H200, one call, two
+ * rounds) 28672 x 8192 q4_k at 12 / 16 tokens 41.7 / 34.0 -> 55.9 / 44.4 % of the copy rate, q5_k
+ * 41.9 / 36.2 -> 53.7 / 48.3, q6_k 32.5 / 28.7 -> 39.3 / 37.2, 14336 x 4096 q4_k 30.7 / 27.9 ->
+ * 40.5 / 37.6; decode 128 x16 7B 3529 -> 4055, 70B 497.9 -> 624.8 tokens/s (x8 unchanged: the same
+ * instructions). */
 template <int TYPE, int NG>
 __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
                                                   float (&acc)[NG][4]) {
@@ -747,32 +746,27 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         if (TYPE == Q5_K) fifth[r] = *reinterpret_cast<const uint2 *>(rows[r] + 16 + 8 * t);
     }
     uint2 x[NG][8];
-    uint4 xs[NG][2][2];
-    float block_d[2] = {};
+    float block_d[NG][2];
 #pragma unroll
     for (int G = 0; G < NG; G++) {
 #pragma unroll
         for (int s = 0; s < 8; s++) x[G][s] = *reinterpret_cast<const uint2 *>(in.b_row[G] + 32 * s + 8 * t);
-        mmq_load_scales(in, G, xs[G], block_d);
+        mmq_load_scales(in, G, block_d[G]);
     }
     uint32_t scales[2][2], mins[2][2]; /* [row][sub-blocks 0-3, 4-7]: a 6-bit value a byte */
 #pragma unroll
     for (int r = 0; r < 2; r++) k_scales_min_packed(header[r].y, header[r].z, header[r].w, scales[r], mins[r]);
-    /* Over the block, per (token group, output): sum_s dx_s (c_s sc_s) (c_s sc_s an exact integer,
-     * |c sc| < 32 * 31 * 128 * 63 < 2^24, so exact as a float too) and sum_s (dx sum q)_s m_s; the
-     * row's d and dmin scale them once at the end instead of every sub-block (sm_90a SASS of a q4_k
-     * block, with the packed scales: 462 -> 376 instructions a warp). With one token group dx is
-     * the block's (block_scaled): sum_s c_s sc_s is summed as an integer (|.| < 8 * 2^23)
-     * and converted once. */
-    constexpr bool block_scaled = NG == 1;
-    float dot[NG][4], low[NG][4];
-    int whole[4] = {0, 0, 0, 0};
+    /* Over the block, per (token group, output): sum_s c_s sc_s, an integer (|c sc| < 32 * 31 * 128
+     * * 63 < 2^24 a sub-block, |sum| < 8 * 2^23), converted and scaled by the tokens' block d once
+     * (block_scaled), and the mins' term sum_s (dx sum q)_s m_s from one f16 m16n8k8 a group; the
+     * row's d and dmin scale them once at the end. */
+    int whole[NG][4];
+    float low[NG][4];
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) dot[G][i] = 0, low[G][i] = 0;
-    constexpr bool mins_mma = NG == 1;
-    if constexpr (mins_mma) {
+        for (int i = 0; i < 4; i++) whole[G][i] = 0, low[G][i] = 0;
+    {
         /* A: row (g, g + 8)'s mins of sub-blocks 2t, 2t + 1 as a half2 (0x64XX is the half 1024 + XX);
          * B: token g's d * sum q of the same sub-blocks, the high halves of its pairs 2t, 2t + 1. */
         const uint32_t pick = (uint32_t)(2 * t) | (uint32_t)(2 * t + 1) << 8;
@@ -792,12 +786,8 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 #pragma unroll
     for (int s = 0; s < 8; s++) {
         int scale[2];
-        float min[2];
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            scale[r] = (int)__byte_perm(scales[r][s / 4], 0, 0x4440 | (s % 4)); /* byte s % 4, one PRMT */
-            min[r] = mins_mma ? 0.0f : (float)__byte_perm(mins[r][s / 4], 0, 0x4440 | (s % 4));
-        }
+        for (int r = 0; r < 2; r++) scale[r] = (int)__byte_perm(scales[r][s / 4], 0, 0x4440 | (s % 4)); /* byte s % 4, one PRMT */
         const int shift = (s & 1) * 4;
         const int a0 = (int)(((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[0].x >> s) & 0x01010101u) << 4);
         const int a2 = (int)(((quants[0][s / 2].y >> shift) & 0x0F0F0F0Fu) | ((fifth[0].y >> s) & 0x01010101u) << 4);
@@ -808,18 +798,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
             int c[4] = {0, 0, 0, 0};
             mma_s8_k32(c, a0, a1, a2, a3, (int)x[G][s].x, (int)x[G][s].y);
 #pragma unroll
-            for (int k = 0; k < 2; k++) {
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    if constexpr (block_scaled) {
-                        whole[2 * r + k] += c[2 * r + k] * scale[r];
-                    } else {
-                        const float2 ds = __half22float2(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
-                        dot[G][2 * r + k] = fmaf(ds.x, (float)(c[2 * r + k] * scale[r]), dot[G][2 * r + k]);
-                        if (!mins_mma) low[G][2 * r + k] = fmaf(ds.y, min[r], low[G][2 * r + k]);
-                    }
-                }
-            }
+            for (int i = 0; i < 4; i++) whole[G][i] += c[i] * scale[i / 2];
         }
     }
 #pragma unroll
@@ -829,7 +808,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         for (int G = 0; G < NG; G++)
 #pragma unroll
             for (int k = 0; k < 2; k++) {
-                const float scaled = block_scaled ? __fmul_rn(block_d[k], (float)whole[2 * r + k]) : dot[G][2 * r + k];
+                const float scaled = __fmul_rn(block_d[G][k], (float)whole[G][2 * r + k]);
                 acc[G][2 * r + k] = __fadd_rn(acc[G][2 * r + k], __fmaf_rn(d_dmin.x, scaled, -__fmul_rn(d_dmin.y, low[G][2 * r + k])));
             }
     }
@@ -842,10 +821,10 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
  * token group a sub-block's two integer sums times their integer scales are added as integers
  * (|c| <= 16 * 32 * 127, |scale| <= 128: the sum stays below 2^24, exact as a float), so each output
  * takes one conversion and one FFMA a sub-block and the row's d is applied once a block (sm_90a,
- * both: 710 -> 491 instructions a block); with two groups the extra sums made the 8-warp rope
- * kernel spill, so they scale in float as before. With one group the sums also add across
- * sub-blocks (the activations' d is the block's: |sum| <= 16 * 65024 * 128 < 2^31), converted and
- * scaled by d and the token's d once a block (block_scaled). Both block functions add their float
+ * both: 710 -> 491 instructions a block). The sums also add across sub-blocks (the activations'
+ * d is the block's: |sum| <= 16 * 65024 * 128 < 2^31), converted and scaled by d and the token's d
+ * once a block (block_scaled), in each token group (with two groups since session 40, as the q4_k
+ * and q5_k blocks above). Both block functions add their float
  * terms with explicit __fmaf_rn / __fmul_rn / __fadd_rn: left to the compiler, the q6_k sums were
  * contracted into FFMA in mmq_kernel's rope instantiations and not in the plain ones (sm_90a SASS),
  * so a warp adding two or more q6_k blocks gave the rope launch and the separate launches different
@@ -873,23 +852,24 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
         scale_bytes[r] = *reinterpret_cast<const uint4 *>(rows[r] + 192);
     }
     uint32_t x[NG][8][2];
-    uint4 xs[NG][2][2];
-    float block_d[2] = {};
+    float block_d[NG][2];
 #pragma unroll
     for (int G = 0; G < NG; G++) {
 #pragma unroll
         for (int s = 0; s < 8; s++)
 #pragma unroll
             for (int h = 0; h < 2; h++) x[G][s][h] = *reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 16 * h + 4 * t);
-        mmq_load_scales(in, G, xs[G], block_d);
+        mmq_load_scales(in, G, block_d[G]);
     }
-    constexpr bool block_scaled = NG == 1;
-    int whole[4] = {0, 0, 0, 0};
+    int whole[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) whole[G][i] = 0;
 #pragma unroll
     for (int s = 0; s < 8; s++) {
         const int H = s / 4, group = s % 4, low_shift = group >= 2 ? 4 : 0;
         int a[2][2], scale[2][2]; /* [16-element half][row] */
-        float float_scale[2][2];
 #pragma unroll
         for (int r = 0; r < 2; r++)
 #pragma unroll
@@ -899,7 +879,6 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
                 a[h][r] = q6k_minus_32(((low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu) | (high_bits & 0x30303030u));
                 const uint32_t word = (&scale_bytes[r].x)[s / 2]; /* scale 2s + h is byte 2(s % 2) + h of word s / 2 */
                 scale[h][r] = (int)(int8_t)(word >> (8 * (2 * (s % 2) + h)));
-                float_scale[h][r] = block_scaled ? 0.0f : d[r] * (float)scale[h][r];
             }
 #pragma unroll
         for (int G = 0; G < NG; G++) {
@@ -907,23 +886,13 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
             mma_s8_k16(c0, a[0][0], a[0][1], (int)x[G][s][0]);
             mma_s8_k16(c1, a[1][0], a[1][1], (int)x[G][s][1]);
 #pragma unroll
-            for (int k = 0; k < 2; k++) {
-#pragma unroll
-                for (int r = 0; r < 2; r++)
-                    if constexpr (block_scaled) {
-                        whole[2 * r + k] += c0[2 * r + k] * scale[0][r] + c1[2 * r + k] * scale[1][r];
-                    } else {
-                        const float dx = __low2float(reinterpret_cast<const half2 *>(&xs[G][k][s / 4])[s % 4]);
-                        acc[G][2 * r + k] = __fmaf_rn(dx, __fmaf_rn(float_scale[1][r], (float)c1[2 * r + k], __fmul_rn(float_scale[0][r], (float)c0[2 * r + k])),
-                                                      acc[G][2 * r + k]);
-                    }
-            }
+            for (int i = 0; i < 4; i++) whole[G][i] += c0[i] * scale[0][i / 2] + c1[i] * scale[1][i / 2];
         }
     }
-    if constexpr (block_scaled) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[0][i] = __fmaf_rn(d[i / 2], __fmul_rn(block_d[i % 2], (float)whole[i]), acc[0][i]);
-    }
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[G][i] = __fmaf_rn(d[i / 2], __fmul_rn(block_d[G][i % 2], (float)whole[G][i]), acc[G][i]);
 }
 
 /* Warps an SM the tensor-core kernel's registers must allow: 16 on sm_90 (228 KiB of shared memory

@@ -46,7 +46,7 @@ uint64_t tm_cuda_q8_1_bytes(int64_t n);
  * n_tokens * cols floats, cols % 256 == 0), integer dot products. One token: dp4a with float
  * scales per 32-element sub-block, or on sm_90 for large products weights streamed through shared
  * memory (gemv_stream.cu: the same sub-block dots; a wide row's partial sums added in another
- * order); 2-16 tokens: int8 tensor cores (2-8 tokens: a 256-column block's sub-block sums times
+ * order); 2-16 tokens: int8 tensor cores (a 256-column block's sub-block sums times
  * their integer weight scales added as integers, then the block's scales once). q8_0
  * (gemv_q8_0.cu): dp4a at one token, int8 tensor cores for 2-16 where the rows are whole 16-row
  * tiles (dp4a otherwise). */

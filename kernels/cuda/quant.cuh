@@ -155,7 +155,7 @@ template <typename Launch> static cudaError_t dispatch_weight_type(int type, Lau
  *
  * n values (n % 256 == 0) as q8_1 take tm_cuda_q8_1_bytes(n) = 2n + n / 8 bytes:
  *   qs      n int8 values in order (qs[e] is value e): q = round(x / d), d = max |x| / 127 over the
- *           value's 256-value block (one scale a block, as the CPU's q8_K: the products of 2-8 tokens
+ *           value's 256-value block (one scale a block, as the CPU's q8_K: the products of 2-16 tokens
  *           sum a block's eight 32-value sub-blocks as integers and scale once, mmq_block_*);
  *   ds      n / 32 pairs of halves (d, d * sum of the 32-value sub-block's qs): a block's eight
  *           pairs hold the same d;
