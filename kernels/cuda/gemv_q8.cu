@@ -699,13 +699,41 @@ __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_staged(const uint8_t *value
     return in;
 }
 
-/* Token group G's d for this thread's two C-column tokens at the block: the activations keep one d a
- * 256-value block (quant.cuh), the same in the block's 8 (d, d * sum) pairs, so the first pair's d
- * scales the whole block (block_scaled, in mmq_block_q4k_q5k and mmq_block_q6k). */
-template <int NG>
-__device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G, float (&block_d)[2]) {
+/* A thread's activations for one 256-column block, as the block functions feed them to the mma:
+ * per token group G, its B column's values (q4_k / q5_k: bytes 8t..8t+7 of each 32-value
+ * sub-block; q6_k: bytes 4t..4t+3 in .x and 16+4t..16+4t+3 in .y), that token's (d, d * sum)
+ * pairs 2t, 2t + 1 (the q4_k / q5_k mins' mma), and the d of its two C-column tokens: the
+ * activations keep one d a 256-value block (quant.cuh), the same in the block's 8 pairs, so the
+ * first pair's d scales the whole block (block_scaled). Loaded apart from the products so that the
+ * layouts reading them from global memory issue the loads before they wait for the block's
+ * weights (mmq_kernel, mmq_persistent_kernel). */
+template <int NG> struct mmq_x {
+    uint2 values[NG][8];
+    uint2 pairs[NG];
+    float block_d[NG][2];
+};
+
+template <int NG, bool Q6K> __device__ __forceinline__ mmq_x<NG> mmq_load_x(const mmq_inputs<NG> &in, int t) {
+    mmq_x<NG> x;
 #pragma unroll
-    for (int k = 0; k < 2; k++) block_d[k] = __low2float(*in.c_scales[G][k]);
+    for (int G = 0; G < NG; G++) {
+#pragma unroll
+        for (int s = 0; s < 8; s++)
+            x.values[G][s] = Q6K ? make_uint2(*reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 4 * t),
+                                              *reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 16 + 4 * t))
+                                 : *reinterpret_cast<const uint2 *>(in.b_row[G] + 32 * s + 8 * t);
+        x.pairs[G] = Q6K ? make_uint2(0, 0) : *reinterpret_cast<const uint2 *>(in.b_pairs[G] + 2 * t); /* q6_k: unused */
+#pragma unroll
+        for (int k = 0; k < 2; k++) x.block_d[G][k] = __low2float(*in.c_scales[G][k]);
+    }
+    return x;
+}
+
+/* The block functions' activations: already loaded (an mmq_x), or loaded there after the weights'
+ * loads from an mmq_inputs. */
+template <int NG, bool Q6K, typename XS> __device__ __forceinline__ mmq_x<NG> mmq_x_from(const XS &xs, int t) {
+    if constexpr (std::is_same<XS, mmq_x<NG>>::value) return xs;
+    else return mmq_load_x<NG, Q6K>(xs, t);
 }
 
 /* acc[G][2r + k] += rows (g, g + 8)[r] . tokens (G*8 + 2t + k) over one q4_k or q5_k block of 256
@@ -731,9 +759,8 @@ __device__ __forceinline__ void mmq_load_scales(const mmq_inputs<NG> &in, int G,
  * 41.9 / 36.2 -> 53.7 / 48.3, q6_k 32.5 / 28.7 -> 39.3 / 37.2, 14336 x 4096 q4_k 30.7 / 27.9 ->
  * 40.5 / 37.6; decode 128 x16 7B 3529 -> 4055, 70B 497.9 -> 624.8 tokens/s (x8 unchanged: the same
  * instructions). */
-template <int TYPE, int NG>
-__device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
-                                                  float (&acc)[NG][4]) {
+template <int TYPE, int NG, typename XS>
+__device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const XS &xs, int t, float (&acc)[NG][4]) {
     constexpr int quants_at = TYPE == Q5_K ? 48 : 16;
     const uint8_t *rows[2] = {row_g, row_g8};
     uint4 header[2];
@@ -745,14 +772,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         for (int j = 0; j < 4; j++) quants[r][j] = *reinterpret_cast<const uint2 *>(rows[r] + quants_at + 32 * j + 8 * t);
         if (TYPE == Q5_K) fifth[r] = *reinterpret_cast<const uint2 *>(rows[r] + 16 + 8 * t);
     }
-    uint2 x[NG][8];
-    float block_d[NG][2];
-#pragma unroll
-    for (int G = 0; G < NG; G++) {
-#pragma unroll
-        for (int s = 0; s < 8; s++) x[G][s] = *reinterpret_cast<const uint2 *>(in.b_row[G] + 32 * s + 8 * t);
-        mmq_load_scales(in, G, block_d[G]);
-    }
+    const mmq_x<NG> x = mmq_x_from<NG, false>(xs, t);
     uint32_t scales[2][2], mins[2][2]; /* [row][sub-blocks 0-3, 4-7]: a 6-bit value a byte */
 #pragma unroll
     for (int r = 0; r < 2; r++) k_scales_min_packed(header[r].y, header[r].z, header[r].w, scales[r], mins[r]);
@@ -779,8 +799,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         }
 #pragma unroll
         for (int G = 0; G < NG; G++) {
-            const uint2 pairs = *reinterpret_cast<const uint2 *>(in.b_pairs[G] + 2 * t);
-            mma_16808(low[G], a[0], a[1], __byte_perm(pairs.x, pairs.y, 0x7632));
+            mma_16808(low[G], a[0], a[1], __byte_perm(x.pairs[G].x, x.pairs[G].y, 0x7632));
         }
     }
 #pragma unroll
@@ -796,7 +815,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 #pragma unroll
         for (int G = 0; G < NG; G++) {
             int c[4] = {0, 0, 0, 0};
-            mma_s8_k32(c, a0, a1, a2, a3, (int)x[G][s].x, (int)x[G][s].y);
+            mma_s8_k32(c, a0, a1, a2, a3, (int)x.values[G][s].x, (int)x.values[G][s].y);
 #pragma unroll
             for (int i = 0; i < 4; i++) whole[G][i] += c[i] * scale[i / 2];
         }
@@ -808,7 +827,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         for (int G = 0; G < NG; G++)
 #pragma unroll
             for (int k = 0; k < 2; k++) {
-                const float scaled = __fmul_rn(block_d[G][k], (float)whole[G][2 * r + k]);
+                const float scaled = __fmul_rn(x.block_d[G][k], (float)whole[G][2 * r + k]);
                 acc[G][2 * r + k] = __fadd_rn(acc[G][2 * r + k], __fmaf_rn(d_dmin.x, scaled, -__fmul_rn(d_dmin.y, low[G][2 * r + k])));
             }
     }
@@ -829,9 +848,8 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
  * contracted into FFMA in mmq_kernel's rope instantiations and not in the plain ones (sm_90a SASS),
  * so a warp adding two or more q6_k blocks gave the rope launch and the separate launches different
  * last bits. */
-template <int NG>
-__device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const mmq_inputs<NG> &in, int t,
-                                              float (&acc)[NG][4]) {
+template <int NG, typename XS>
+__device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const XS &xs, int t, float (&acc)[NG][4]) {
     const uint8_t *rows[2] = {row_g, row_g8};
     uint32_t low[2][2][2][2], high[2][2][2]; /* [row][128-element half][32-byte offset][16-byte half]; [row][half][16-byte half] */
 #pragma unroll
@@ -851,16 +869,7 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
         d[r] = __half2float(*reinterpret_cast<const __half *>(rows[r] + 208));
         scale_bytes[r] = *reinterpret_cast<const uint4 *>(rows[r] + 192);
     }
-    uint32_t x[NG][8][2];
-    float block_d[NG][2];
-#pragma unroll
-    for (int G = 0; G < NG; G++) {
-#pragma unroll
-        for (int s = 0; s < 8; s++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) x[G][s][h] = *reinterpret_cast<const uint32_t *>(in.b_row[G] + 32 * s + 16 * h + 4 * t);
-        mmq_load_scales(in, G, block_d[G]);
-    }
+    const mmq_x<NG> x = mmq_x_from<NG, true>(xs, t);
     int whole[NG][4];
 #pragma unroll
     for (int G = 0; G < NG; G++)
@@ -883,8 +892,8 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 #pragma unroll
         for (int G = 0; G < NG; G++) {
             int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
-            mma_s8_k16(c0, a[0][0], a[0][1], (int)x[G][s][0]);
-            mma_s8_k16(c1, a[1][0], a[1][1], (int)x[G][s][1]);
+            mma_s8_k16(c0, a[0][0], a[0][1], (int)x.values[G][s].x);
+            mma_s8_k16(c1, a[1][0], a[1][1], (int)x.values[G][s].y);
 #pragma unroll
             for (int i = 0; i < 4; i++) whole[G][i] += c0[i] * scale[0][i / 2] + c1[i] * scale[1][i / 2];
         }
@@ -892,7 +901,7 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[G][i] = __fmaf_rn(d[i / 2], __fmul_rn(block_d[G][i % 2], (float)whole[G][i]), acc[G][i]);
+        for (int i = 0; i < 4; i++) acc[G][i] = __fmaf_rn(d[i / 2], __fmul_rn(x.block_d[G][i % 2], (float)whole[G][i]), acc[G][i]);
 }
 
 /* Warps an SM the tensor-core kernel's registers must allow: 16 on sm_90 (228 KiB of shared memory
@@ -1188,6 +1197,14 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     mmq_persistent_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens, int64_t tiles, bool early,
                           int widest_row, rope_append rope) {
     static_assert(!INPUTS || NG == 1, "activations are staged for one token group");
+    /* Activations from global memory (the two-group products) are loaded before the wait for
+     * their block's weights, so their trip overlaps it; not with the rope epilogue, where holding
+     * them across the copies made the two-group kernels spill (128 bytes a thread, sm_90a; none
+     * without the rope). H200, one call each, chained 14336 x 4096 (kernels-decode-batched) loaded
+     * after the wait -> before, % of the copy rate: q4_k at 12 / 16 tokens 40.9, 40.9 / 36.8, 38.0 ->
+     * 45.4, 46.1 / 42.1, 42.1; q6_k 43.6, 43.4 / 37.8, 38.8 -> 45.3, 45.9 / 39.3, 39.1; 7B decode
+     * 128 x16 4051 -> 4152 tokens/s. (In mmq_kernel's direct q6_k reads the same order lost 7-12 %.) */
+    constexpr bool EARLY_X = !INPUTS && !ROPE;
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int weight_bytes = MMQ_ROWS * widest_row, stage_bytes = mmq_persistent_stage_bytes<INPUTS>(widest_row);
@@ -1270,6 +1287,11 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[G][i] = 0;
         for (int b = 0; b < per_tile; b++) {
+            mmq_x<NG> early_x; /* EARLY_X */
+            if constexpr (EARLY_X) {
+                const mmq_inputs<NG> in = mmq_inputs_at<NG>(xq, xds, cols, warp + (int64_t)b * WARPS, n_tokens, g, t);
+                early_x = part.type == Q6_K ? mmq_load_x<NG, true>(in, t) : mmq_load_x<NG, false>(in, t);
+            }
             fetch_next((stage + S - 1) % S);
             fetch_inputs(fetched_block, fetched_type, (stage + S - 1) % S);
             copy_async_commit();
@@ -1280,9 +1302,13 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
                 INPUTS ? mmq_inputs_staged<NG>(here + weight_bytes, part.type == Q6_K ? MMQ_X_ROW_BYTES_Q6K : MMQ_X_ROW_BYTES, n_tokens, g, t)
                        : mmq_inputs_at<NG>(xq, xds, cols, warp + (int64_t)b * WARPS, n_tokens, g, t);
             const uint8_t *staged_g = here + g * stride;
-            if (part.type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
-            else if (part.type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
-            else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            auto block = [&](const auto &xs) {
+                if (part.type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
+                else if (part.type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
+                else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
+            };
+            if constexpr (EARLY_X) block(early_x);
+            else block(in);
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             stage = (stage + 1) % S;
         }
@@ -1501,6 +1527,15 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
  * 128 x8 512.5, 512.4 -> 478.6, 478.1 tokens/s, 2048 x8 466.5, 467.0 -> 448.3, 449.3 (plain-launch
  * profile: the output, gate/up and down launches 143 -> 159 us a layer); on the Q/K/V launch alone
  * (22.7 against 24.3 us there) 128 x8 533.4, 533.6 -> 530.6, 529.5, 2048 x8 unchanged.
+ * At 9..16 tokens the wide products of more than one wave come here too (the 70B's gate/up and
+ * Q/K/V; its output and down products, 512 tiles, stay with mmq_kernel): mmq_kernel has no
+ * staged-activations layout for two token groups, so its weights-only stages leave q6_k rows read
+ * straight from global memory (ncu, 28672 x 8192 q6_k at 16 tokens: 8.7 cycles of long-scoreboard
+ * stall an issued instruction, 31 % issue, DRAM 29 %). H200, one binary, two rounds,
+ * TM_MMQ_WIDE_PERSISTENT=0 (a measuring aid) / 1: chained 28672 x 8192 (kernels-decode-batched) at
+ * 12 and 16 tokens, % of the copy rate: q6_k 39.7, 39.8 / 37.2, 37.4 -> 56.1, 56.5 / 46.4, 46.5;
+ * q5_k 53.8, 54.1 / 48.4, 48.4 -> 56.0, 56.1 / 51.3, 51.5; q4_k 56.2, 56.4 / 44.5, 44.5 -> 52.1,
+ * 51.8 / 47.7, 47.7; 70B decode 128 x12 532.8 -> 581.5 tokens/s, x16 626.3 -> 692.4.
  * The warps (*warps): unless mmq_persistent_warps fixes them, 4 a block where the product's tiles
  * outnumber the 4-warp slots (several tiles a slot either way: the 7B's gate/up and Q/K/V at 8
  * tokens), 8 otherwise (where 4-warp blocks would leave SMs with fewer warps at work). */
@@ -1555,8 +1590,9 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     bool wide = false;
     int grid = 0, warps = 8;
     if (n > 8) {
+        static const int wide_persistent = tm_env_int("TM_MMQ_WIDE_PERSISTENT", 1); /* mmq_persistent_blocks */
         TM_CUDA_CHECK((mmq_wide<2, false>(parts, cols, tiles, &wide)));
-        if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, rope != nullptr, &grid, &warps));
+        if (!wide || wide_persistent) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, rope != nullptr, &grid, &warps));
         if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, warps, rope, s);
         return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
