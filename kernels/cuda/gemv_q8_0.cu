@@ -143,8 +143,8 @@ __device__ __forceinline__ int q80_slot_piece(int r, int piece) { return piece *
  * exact integer, scaled by the row's d and the token's d into float32 sums; then the warps' sums
  * are added in warp order (tile_sums.cuh, through two alternating buffers: one __syncthreads a
  * tile), so a tile's result depends neither on the launch nor on the grid. */
-/* STAGED (one group of 8 tokens only): each group's activations, the 8 tokens' 256 values and their
- * 8 blocks' (d, d * sum), come by cp.async into one of two buffers a warp in dynamic shared memory,
+/* STAGED: each group's activations, the tokens' 256 values and their 8 blocks' (d, d * sum) for
+ * every token group, come by cp.async into one of two buffers a warp in dynamic shared memory,
  * the next group's requested with its weights (after the wait for the previous kernel: earlier
  * kernels write them), and B comes from there by ldmatrix.x4 (two blocks a call), the tokens'
  * scales by 8-byte reads; rows of Q80_X_ROW_BYTES, so the 8 rows of an ldmatrix hit 8 bank groups.
@@ -158,17 +158,18 @@ __device__ __forceinline__ int q80_slot_piece(int r, int piece) { return piece *
  * 4096 x 14336 24.05 / 23.98 -> 17.83 / 17.85 (61 -> 82 %); 4 tokens 23.06 / 23.08 -> 20.36 / 20.35,
  * 8.32 / 8.31 -> 7.02 / 7.01, 20.00 / 20.11 -> 17.55 / 17.57; Llama-3-8B q8_0 decode x8
  * (suites/gpu-q8_0.yaml) 2033 / 2039 -> 2573 / 2576 tokens/s. 124 registers, no spills. */
-#define Q80_X_ROW_BYTES 272                              /* a token's 256 values and 16 bytes of padding */
-#define Q80_X_STAGE_BYTES (8 * Q80_X_ROW_BYTES + 8 * 32) /* then each token's 8 blocks' half2 */
-#define Q80_X_SHARED_BYTES (Q80_MMA_WARPS * 2 * Q80_X_STAGE_BYTES)
+#define Q80_X_ROW_BYTES 272 /* a token's 256 values and 16 bytes of padding */
+/* A buffer of NG token groups: their tokens' rows, then each token's 8 blocks' half2 (32 bytes). */
+__host__ __device__ constexpr int q80_x_stage_bytes(int ng) { return ng * 8 * Q80_X_ROW_BYTES + ng * 8 * 32; }
+__host__ __device__ constexpr int q80_x_shared_bytes(int ng) { return Q80_MMA_WARPS * 2 * q80_x_stage_bytes(ng); }
 
 template <int NG, bool STAGED>
 __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
     q8_0_mma_kernel(tile_parts p, int tiles, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens) {
-    static_assert(!STAGED || NG == 1, "staged activations: one group of 8 tokens");
+    constexpr int X_STAGE_BYTES = q80_x_stage_bytes(NG);
     __shared__ uint4 slots[Q80_MMA_WARPS][Q80_GROUP_VALUE_PIECES + 16]; /* the values (q80_slot_piece), then row r's 8 scales at 256 + r */
     __shared__ float partial[2][Q80_MMA_WARPS - 1][NG * 4][32];
-    extern __shared__ __align__(16) uint8_t q80_x[]; /* STAGED: Q80_X_SHARED_BYTES */
+    extern __shared__ __align__(16) uint8_t q80_x[]; /* STAGED: q80_x_shared_bytes(NG) */
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
     const int64_t blocks = cols / 32, groups = cols / 256, row_bytes = blocks * 34;
     const int per_tile = groups > warp ? (int)((groups - warp + Q80_MMA_WARPS - 1) / Q80_MMA_WARPS) : 0; /* this warp's groups a tile */
@@ -202,18 +203,19 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
     };
     /* STAGED: this warp's two activation buffers, and the copies of group `group` into one (one
      * commit group a call, empty past the stream's end). Tokens past n_tokens copy the last. */
-    const uint32_t x_buffers = shared_address(q80_x + warp * 2 * Q80_X_STAGE_BYTES);
+    const uint32_t x_buffers = shared_address(q80_x + warp * 2 * X_STAGE_BYTES);
     auto fetch_x = [&](int64_t group, int buffer) {
         if (group >= 0) {
-            const uint32_t to = x_buffers + buffer * Q80_X_STAGE_BYTES;
+            const uint32_t to = x_buffers + buffer * X_STAGE_BYTES;
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
+            for (int k = 0; k < 4 * NG; k++) {
                 const int piece = lane + 32 * k, token = piece / 16, chunk = piece % 16;
                 copy_async_ca16(to + token * Q80_X_ROW_BYTES + chunk * 16, xq + min(token, n_tokens - 1) * cols + group * 256 + chunk * 16);
             }
-            if (lane < 16) {
+            if (lane < 16 * NG) {
                 const int token = lane / 2, half = lane % 2;
-                copy_async_ca16(to + 8 * Q80_X_ROW_BYTES + token * 32 + half * 16, xds + min(token, n_tokens - 1) * blocks + group * 8 + half * 4);
+                copy_async_ca16(to + NG * 8 * Q80_X_ROW_BYTES + token * 32 + half * 16,
+                                xds + min(token, n_tokens - 1) * blocks + group * 8 + half * 4);
             }
         }
         copy_async_commit();
@@ -262,29 +264,36 @@ __global__ void __launch_bounds__(32 * Q80_MMA_WARPS, 2)
             const uint4 scales_g = slot[Q80_GROUP_VALUE_PIECES + g], scales_g8 = slot[Q80_GROUP_VALUE_PIECES + g + 8];
             const __half *d_g = reinterpret_cast<const __half *>(&scales_g), *d_g8 = reinterpret_cast<const __half *>(&scales_g8);
             if constexpr (STAGED) {
-                const uint32_t x_here = x_buffers + buffer * Q80_X_STAGE_BYTES;
-                const uint8_t *scales_here = q80_x + (warp * 2 + buffer) * Q80_X_STAGE_BYTES + 8 * Q80_X_ROW_BYTES;
+                const uint32_t x_here = x_buffers + buffer * X_STAGE_BYTES;
+                const uint8_t *scales_here = q80_x + (warp * 2 + buffer) * X_STAGE_BYTES + NG * 8 * Q80_X_ROW_BYTES;
 #pragma unroll
                 for (int jj = 0; jj < 8; jj += 2) {
-                    uint32_t bx[4]; /* B of blocks jj (0, 1) and jj + 1 (2, 3) */
-                    ldmatrix_x4(bx, x_here + b_lane + jj * 32);
-                    uint2 token_scales[2]; /* tokens 2t, 2t + 1: the half2 of blocks jj, jj + 1 */
+                    uint32_t bx[NG][4];         /* group G's B of blocks jj (0, 1) and jj + 1 (2, 3) */
+                    uint2 token_scales[NG][2]; /* its tokens 2t, 2t + 1: the half2 of blocks jj, jj + 1 */
 #pragma unroll
-                    for (int k = 0; k < 2; k++) token_scales[k] = *reinterpret_cast<const uint2 *>(scales_here + (2 * t + k) * 32 + jj * 4);
+                    for (int G = 0; G < NG; G++) {
+                        ldmatrix_x4(bx[G], x_here + b_lane + G * 8 * Q80_X_ROW_BYTES + jj * 32);
+#pragma unroll
+                        for (int k = 0; k < 2; k++)
+                            token_scales[G][k] = *reinterpret_cast<const uint2 *>(scales_here + (8 * G + 2 * t + k) * 32 + jj * 4);
+                    }
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
                         const int j = jj + h;
                         uint32_t a[4];
                         ldmatrix_x4(a, shared_address(slot + q80_slot_piece(a_row, 2 * j + a_half)));
                         const float d_row[2] = {__half2float(d_g[j]), __half2float(d_g8[j])};
-                        int c[4] = {0, 0, 0, 0};
-                        mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], (int)bx[2 * h], (int)bx[2 * h + 1]);
 #pragma unroll
-                        for (int k = 0; k < 2; k++) {
-                            const uint32_t scale_word = h ? token_scales[k].y : token_scales[k].x;
-                            const float d_token = __low2float(*reinterpret_cast<const half2 *>(&scale_word));
+                        for (int G = 0; G < NG; G++) {
+                            int c[4] = {0, 0, 0, 0};
+                            mma_s8_k32(c, (int)a[0], (int)a[1], (int)a[2], (int)a[3], (int)bx[G][2 * h], (int)bx[G][2 * h + 1]);
 #pragma unroll
-                            for (int r = 0; r < 2; r++) acc[0][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                            for (int k = 0; k < 2; k++) {
+                                const uint32_t scale_word = h ? token_scales[G][k].y : token_scales[G][k].x;
+                                const float d_token = __low2float(*reinterpret_cast<const half2 *>(&scale_word));
+#pragma unroll
+                                for (int r = 0; r < 2; r++) acc[G][2 * r + k] += d_row[r] * d_token * (float)c[2 * r + k];
+                            }
                         }
                     }
                 }
@@ -341,7 +350,7 @@ template <int NG, bool STAGED> static cudaError_t q8_0_tiles_grid(int tiles, boo
     int resident = 0;
     *grid = tiles;
     if (!persistent || !sm90) return cudaSuccess; /* measured on sm_90 only (as gemv_q8.cu's persistent kernel): an RTX 4090 keeps a block a tile */
-    TM_CUDA_CHECK(tm_resident_blocks((const void *)q8_0_mma_kernel<NG, STAGED>, 32 * Q80_MMA_WARPS, STAGED ? Q80_X_SHARED_BYTES : 0, &resident));
+    TM_CUDA_CHECK(tm_resident_blocks((const void *)q8_0_mma_kernel<NG, STAGED>, 32 * Q80_MMA_WARPS, STAGED ? q80_x_shared_bytes(NG) : 0, &resident));
     if (cap > 0 && cap < resident) resident = cap;
     if (resident > 0 && resident < tiles) *grid = resident;
     return cudaSuccess;
@@ -349,7 +358,7 @@ template <int NG, bool STAGED> static cudaError_t q8_0_tiles_grid(int tiles, boo
 
 template <int NG, bool STAGED>
 static cudaError_t launch_q8_0_tiles_as(const tile_parts &p, int tiles, int64_t cols, const q8_out &x, int n_tokens, bool sm90, cudaStream_t s) {
-    const int shared = STAGED ? Q80_X_SHARED_BYTES : 0;
+    const int shared = STAGED ? q80_x_shared_bytes(NG) : 0;
     int grid = 0;
     if (STAGED) TM_CUDA_CHECK(tm_allow_dynamic_shared((const void *)q8_0_mma_kernel<NG, STAGED>, shared));
     TM_CUDA_CHECK((q8_0_tiles_grid<NG, STAGED>(tiles, sm90, &grid)));
@@ -357,13 +366,19 @@ static cudaError_t launch_q8_0_tiles_as(const tile_parts &p, int tiles, int64_t 
                                (const int8_t *)x.qs, (const half2 *)x.ds, n_tokens);
 }
 
-/* Up to 8 tokens on sm_90 stage their activations (q8_0_mma_kernel's STAGED; TM_Q80_STAGE_X=0, a
- * measuring aid, reads them from global memory as before sm_90). */
+/* On sm_90 the tensor-core products stage their activations (q8_0_mma_kernel's STAGED; TM_Q80_STAGE_X=0,
+ * a measuring aid, reads them from global memory as before sm_90): up to 8 tokens since session 30,
+ * 9-16 (two token groups, 39 KiB of buffers a block; 32 bytes of spills at 128 registers) since
+ * session 40: H200, one binary, two rounds, TM_Q80_STAGE_X=0 -> 1, chained 14336 x 4096
+ * (kernels-decode-batched), % of the copy rate at 12 / 16 tokens 38.7, 38.6 / 33.8, 33.8 -> 51.9,
+ * 51.9 / 50.7, 50.8 (at 8: 51.3, 51.2 -> 71.6, 71.6). */
 static cudaError_t launch_q8_0_tiles(const tile_parts &p, int64_t cols, const q8_out &x, int n_tokens, cudaStream_t s) {
     static const int stage_x = tm_env_int("TM_Q80_STAGE_X", 1);
     const int tiles = p.tiles_end[p.n_parts - 1];
     const bool sm90 = tm_device_major() >= 9;
-    if (n_tokens > 8) return launch_q8_0_tiles_as<2, false>(p, tiles, cols, x, n_tokens, sm90, s);
+    if (n_tokens > 8)
+        return stage_x && sm90 ? launch_q8_0_tiles_as<2, true>(p, tiles, cols, x, n_tokens, sm90, s)
+                               : launch_q8_0_tiles_as<2, false>(p, tiles, cols, x, n_tokens, sm90, s);
     if (stage_x && sm90) return launch_q8_0_tiles_as<1, true>(p, tiles, cols, x, n_tokens, sm90, s);
     return launch_q8_0_tiles_as<1, false>(p, tiles, cols, x, n_tokens, sm90, s);
 }
