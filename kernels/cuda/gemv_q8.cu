@@ -1307,8 +1307,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
                 else if (part.type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
                 else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
             };
-            if constexpr (EARLY_X) block(early_x);
-            else block(in);
+            if constexpr (EARLY_X) block(early_x); /* `in` then unused; folding the two forms' address computations into one */
+            else block(in);                        /* changed ptxas' allocation (16 bytes of spills, 4-warp rope kernel, 2 groups) */
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             stage = (stage + 1) % S;
         }

@@ -48,6 +48,8 @@
  * its groups by cp.async (1552). ncu says both kernels are bound by the shared-memory pipe that
  * re-aligns the 34-byte blocks, not by bytes in flight (docs/perf-notes.md, session 25).
  */
+#include <type_traits>
+
 #include "kernels.h"
 #include "launch.cuh"
 #include "mma.cuh"
@@ -376,11 +378,12 @@ static cudaError_t launch_q8_0_tiles(const tile_parts &p, int64_t cols, const q8
     static const int stage_x = tm_env_int("TM_Q80_STAGE_X", 1);
     const int tiles = p.tiles_end[p.n_parts - 1];
     const bool sm90 = tm_device_major() >= 9;
-    if (n_tokens > 8)
-        return stage_x && sm90 ? launch_q8_0_tiles_as<2, true>(p, tiles, cols, x, n_tokens, sm90, s)
-                               : launch_q8_0_tiles_as<2, false>(p, tiles, cols, x, n_tokens, sm90, s);
-    if (stage_x && sm90) return launch_q8_0_tiles_as<1, true>(p, tiles, cols, x, n_tokens, sm90, s);
-    return launch_q8_0_tiles_as<1, false>(p, tiles, cols, x, n_tokens, sm90, s);
+    auto launch = [&](auto groups) {
+        constexpr int NG = decltype(groups)::value;
+        return stage_x && sm90 ? launch_q8_0_tiles_as<NG, true>(p, tiles, cols, x, n_tokens, sm90, s)
+                               : launch_q8_0_tiles_as<NG, false>(p, tiles, cols, x, n_tokens, sm90, s);
+    };
+    return n_tokens > 8 ? launch(std::integral_constant<int, 2>{}) : launch(std::integral_constant<int, 1>{});
 }
 
 extern "C" int tm_cuda_gemv_q8_0_parts(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *q8, int n_tokens, void *stream) {
