@@ -1176,14 +1176,21 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
  * (36.5 KiB more a block; branch mmq-persistent-x) took that launch to 21.5 us alone but the
  * captured step from 2919 to 2765 tokens/s. */
 /* A stage of the persistent kernel: a block's 16 weight rows (widest_row apart), and with INPUTS the
- * tokens' activations for it (8 rows of MMQ_X_ROW_BYTES, or MMQ_X_ROW_BYTES_Q6K in a q6_k tile, then
- * 8 (d, d * sum) pairs a token), as mmq_kernel's INPUTS stages. */
-template <bool INPUTS> __host__ __device__ constexpr int mmq_persistent_stage_bytes(int widest_row) {
-    return MMQ_ROWS * widest_row + (INPUTS ? 8 * MMQ_X_ROW_BYTES + 8 * 32 : 0);
+ * tokens' activations for it (8 rows a token group of MMQ_X_ROW_BYTES, or MMQ_X_ROW_BYTES_Q6K in a
+ * q6_k tile, then 8 (d, d * sum) pairs a token), as mmq_kernel's INPUTS stages. */
+template <int NG, bool INPUTS> __host__ __device__ constexpr int mmq_persistent_stage_bytes(int widest_row) {
+    return MMQ_ROWS * widest_row + (INPUTS ? NG * (8 * MMQ_X_ROW_BYTES + 8 * 32) : 0);
 }
 template <int NG, int WARPS, int S, bool ROPE, bool INPUTS> __host__ __device__ constexpr int mmq_persistent_shared_bytes(int widest_row) {
-    return WARPS * S * mmq_persistent_stage_bytes<INPUTS>(widest_row) + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float) +
+    return WARPS * S * mmq_persistent_stage_bytes<NG, INPUTS>(widest_row) + 2 * (WARPS - 1) * NG * 4 * 32 * (int)sizeof(float) +
            (ROPE ? 2 * (int)sizeof(rope_tile) : 0);
+}
+/* Warps an SM the persistent kernel must keep resident: MMQ_MIN_WARPS, but 12 (sm_90) where the stages
+ * hold two token groups' activations (7.5 KiB a q4_k stage, 15 a warp: three 4-warp blocks an SM,
+ * not four); the launch bound then allows 168 registers instead of 128. The host's check
+ * (mmq_persistent_slots) uses the sm_90 figure: the kernel is not used before. */
+template <int NG, bool INPUTS> __host__ __device__ constexpr int mmq_persistent_min_warps() {
+    return NG == 2 && INPUTS ? MMQ_MIN_WARPS * 3 / 4 : MMQ_MIN_WARPS;
 }
 
 /* Where tile `tile` (of the concatenated parts' 16-row tiles) lies: its part and first row in it. */
@@ -1193,10 +1200,9 @@ __device__ __forceinline__ void mmq_tile_at(const mmvq_parts &parts, int64_t til
 }
 
 template <int NG, int WARPS, int S, bool ROPE, bool INPUTS>
-__global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
+__global__ void __launch_bounds__(32 * WARPS, (mmq_persistent_min_warps<NG, INPUTS>() / WARPS))
     mmq_persistent_kernel(mmvq_parts parts, int64_t cols, const int8_t *xq, const half2 *xds, int n_tokens, int64_t tiles, bool early,
                           int widest_row, rope_append rope) {
-    static_assert(!INPUTS || NG == 1, "activations are staged for one token group");
     /* Activations from global memory (the two-group products) are loaded before the wait for
      * their block's weights, so their trip overlaps it; not with the rope epilogue, where holding
      * them across the copies made the two-group kernels spill (128 bytes a thread, sm_90a; none
@@ -1207,7 +1213,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
     constexpr bool EARLY_X = !INPUTS && !ROPE;
     extern __shared__ __align__(16) uint8_t mmq_shared[];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t = lane % 4;
-    const int weight_bytes = MMQ_ROWS * widest_row, stage_bytes = mmq_persistent_stage_bytes<INPUTS>(widest_row);
+    const int weight_bytes = MMQ_ROWS * widest_row, stage_bytes = mmq_persistent_stage_bytes<NG, INPUTS>(widest_row);
     uint8_t *mine = mmq_shared + warp * S * stage_bytes;
     float(*partials)[WARPS - 1][NG * 4][32] = reinterpret_cast<float(*)[WARPS - 1][NG * 4][32]>(mmq_shared + WARPS * S * stage_bytes);
     rope_tile *targets = reinterpret_cast<rope_tile *>(partials + 2); /* with ROPE: two, by tile parity */
@@ -1253,8 +1259,8 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS)
         const uint32_t to = shared_address(mine + stage * stage_bytes + weight_bytes);
         const int8_t *values = xq + (lane >> 4) * cols + block * 256 + 16 * (lane & 15);
         const half2 *pairs = xds + (lane / 2) * (cols / 32) + block * 8 + 4 * (lane % 2);
-        if (type == Q6_K) mmq_fetch_stage_inputs<1, MMQ_X_ROW_BYTES_Q6K>(to, values, 2 * cols, pairs, n_tokens, lane);
-        else mmq_fetch_stage_inputs<1, MMQ_X_ROW_BYTES>(to, values, 2 * cols, pairs, n_tokens, lane);
+        if (type == Q6_K) mmq_fetch_stage_inputs<NG, MMQ_X_ROW_BYTES_Q6K>(to, values, 2 * cols, pairs, n_tokens, lane);
+        else mmq_fetch_stage_inputs<NG, MMQ_X_ROW_BYTES>(to, values, 2 * cols, pairs, n_tokens, lane);
     };
     if (fetches_left > 0) aim_fetch();
     if (!early) tm_grid_dependency();
@@ -1471,14 +1477,53 @@ static bool mmq_persistent_inputs(int warps) {
     return staged == 1 || staged == warps;
 }
 
+/* The fraction of its slots' rounds a product of `tiles` tiles keeps busy in `slots` resident blocks
+ * (each takes ceil(tiles / slots) tiles or one fewer). */
+static double mmq_round_fill(int64_t tiles, int slots) {
+    const int64_t rounds = (tiles + slots - 1) / slots;
+    return (double)tiles / (double)(rounds * slots);
+}
+
+template <int NG> static cudaError_t mmq_persistent_slots(int warps, bool staged2, int widest, bool rope, int *slots);
+
+/* Whether a two-group product of `tiles` tiles that takes 4-warp persistent blocks (*resident of
+ * them, weights-only stages) stages both groups' activations instead (*staged2; *resident then the
+ * staged form's slots): three blocks an SM instead of four (mmq_persistent_min_warps), so only where
+ * that form's rounds are fuller (mmq_round_fill, by more than 2 %). Why by rounds: ncu (H200,
+ * session 41) of 28672 x 8192 q4_k at 16 tokens, weights-only / staged: long-scoreboard stall an
+ * issued instruction 1.37 / 0.56, warp cycles an issued instruction 7.61 / 5.81, but 15.1 / 11.6
+ * warps an SM, so the same 0.50 instructions a cycle a scheduler and the same tiles an SM a second;
+ * the launch gained 5 % (70.9 -> 67.3 us) by its 1792 tiles filling 90 % of 5 rounds of 396 slots
+ * against 85 % of 4 rounds of 528. TM_MMQ_PERSISTENT_INPUTS2=0 never stages them, 2 wherever the
+ * staged form fits (measuring aids); TM_MMQ_PERSISTENT_INPUTS=0 turns it off too. Not where a q6_k row
+ * makes the stages too large for three blocks an SM (*resident kept). */
+static cudaError_t mmq_two_group_staging(int widest, bool rope, int64_t tiles, int *resident, bool *staged2) {
+    static const int mode = tm_env_int("TM_MMQ_PERSISTENT_INPUTS2", 1);
+    *staged2 = false;
+    if (mode == 0 || !mmq_persistent_inputs(4)) return cudaSuccess;
+    int staged_slots = 0;
+    TM_CUDA_CHECK(mmq_persistent_slots<2>(4, true, widest, rope, &staged_slots));
+    if (staged_slots == 0) return cudaSuccess;
+    if (mode == 2 || mmq_round_fill(tiles, staged_slots) > mmq_round_fill(tiles, *resident) + 0.02) {
+        *staged2 = true;
+        *resident = staged_slots;
+    }
+    return cudaSuccess;
+}
+
 /* f(std::integral_constant<int, W>, std::integral_constant<int, S>, std::bool_constant<ROPE>,
- * std::bool_constant<INPUTS>) for the launch's warps, stages, rope and staged activations: the one
- * place the persistent kernel's instantiations are chosen. */
-template <int NG, typename F> static cudaError_t mmq_persistent_variant(int warps, bool rope, F &&f) {
+ * std::bool_constant<INPUTS>) for the launch's warps, stages, rope and staged activations (two
+ * token groups: `staged2`, in 4-warp blocks only): the one place the persistent kernel's
+ * instantiations are chosen. */
+template <int NG, typename F> static cudaError_t mmq_persistent_variant(int warps, bool staged2, bool rope, F &&f) {
     auto with_rope = [&](auto w, auto stages, auto staged) { return rope ? f(w, stages, std::true_type{}, staged) : f(w, stages, std::false_type{}, staged); };
     auto with_warps = [&](auto w) {
         if (mmq_persistent_stages() == 3) return with_rope(w, std::integral_constant<int, 3>{}, std::false_type{});
-        if (NG == 1 && mmq_persistent_inputs(decltype(w)::value)) return with_rope(w, std::integral_constant<int, 2>{}, std::bool_constant<NG == 1>{});
+        if constexpr (NG == 1) {
+            if (mmq_persistent_inputs(decltype(w)::value)) return with_rope(w, std::integral_constant<int, 2>{}, std::true_type{});
+        } else if constexpr (decltype(w)::value == 4) {
+            if (staged2) return with_rope(w, std::integral_constant<int, 2>{}, std::true_type{});
+        }
         return with_rope(w, std::integral_constant<int, 2>{}, std::false_type{});
     };
     return warps == 4 ? with_warps(std::integral_constant<int, 4>{}) : with_warps(std::integral_constant<int, 8>{});
@@ -1487,23 +1532,24 @@ template <int NG, typename F> static cudaError_t mmq_persistent_variant(int warp
 /* The persistent kernel's resident blocks on this device at `warps` a block, 0 where it is not used
  * (before sm_90, or fewer than MMQ_MIN_WARPS warps an SM fit). */
 template <int NG>
-static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *slots) {
+static cudaError_t mmq_persistent_slots(int warps, bool staged2, int widest, bool rope, int *slots) {
     const void *kernel = nullptr;
-    int shared = 0, resident = 0, device = 0, sms = 0;
+    int shared = 0, resident = 0, device = 0, sms = 0, min_warps = MMQ_MIN_WARPS;
     *slots = 0;
     if (tm_device_major() < 9) return cudaSuccess; /* measured on sm_90 only; an RTX 4090 keeps mmq_kernel */
-    mmq_persistent_variant<NG>(warps, rope, [&](auto w, auto stages, auto with, auto staged) {
+    mmq_persistent_variant<NG>(warps, staged2, rope, [&](auto w, auto stages, auto with, auto staged) {
         constexpr int W = decltype(w)::value, S = decltype(stages)::value;
         constexpr bool ROPE = decltype(with)::value, INPUTS = decltype(staged)::value;
         kernel = (const void *)mmq_persistent_kernel<NG, W, S, ROPE, INPUTS>;
         shared = mmq_persistent_shared_bytes<NG, W, S, ROPE, INPUTS>(widest);
+        min_warps = mmq_persistent_min_warps<NG, INPUTS>();
         return cudaSuccess;
     });
     TM_CUDA_CHECK(cudaGetDevice(&device));
     TM_CUDA_CHECK(tm_allow_dynamic_shared(kernel, shared));
     TM_CUDA_CHECK(tm_resident_blocks(kernel, 32 * warps, shared, &resident));
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    if (resident < MMQ_MIN_WARPS / warps * sms) return cudaSuccess;
+    if (resident < min_warps / warps * sms) return cudaSuccess;
     *slots = resident;
     return cudaSuccess;
 }
@@ -1528,7 +1574,8 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
  * profile: the output, gate/up and down launches 143 -> 159 us a layer); on the Q/K/V launch alone
  * (22.7 against 24.3 us there) 128 x8 533.4, 533.6 -> 530.6, 529.5, 2048 x8 unchanged.
  * At 9..16 tokens the wide products of more than one wave come here too (the 70B's gate/up and
- * Q/K/V; its output and down products, 512 tiles, stay with mmq_kernel): mmq_kernel has no
+ * Q/K/V in 4-warp blocks; its output and down products, 512 tiles, in 8-warp ones, 264 slots: ncu,
+ * session 41): mmq_kernel has no
  * staged-activations layout for two token groups, so its weights-only stages leave q6_k rows read
  * straight from global memory (ncu, 28672 x 8192 q6_k at 16 tokens: 8.7 cycles of long-scoreboard
  * stall an issued instruction, 31 % issue, DRAM 29 %). H200, one binary, two rounds,
@@ -1538,22 +1585,26 @@ static cudaError_t mmq_persistent_slots(int warps, int widest, bool rope, int *s
  * 51.8 / 47.7, 47.7; 70B decode 128 x12 532.8 -> 581.5 tokens/s, x16 626.3 -> 692.4.
  * The warps (*warps): unless mmq_persistent_warps fixes them, 4 a block where the product's tiles
  * outnumber the 4-warp slots (several tiles a slot either way: the 7B's gate/up and Q/K/V at 8
- * tokens), 8 otherwise (where 4-warp blocks would leave SMs with fewer warps at work). */
-template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, bool rope, int *grid, int *warps) {
+ * tokens), 8 otherwise (where 4-warp blocks would leave SMs with fewer warps at work). Two-group
+ * products in 4-warp blocks may stage their activations (*staged2, mmq_two_group_staging). */
+template <int NG>
+static cudaError_t mmq_persistent_blocks(const mmvq_parts &parts, int64_t tiles, bool rope, int *grid, int *warps, bool *staged2) {
     static const int mode = tm_env_int("TM_MMQ_PERSISTENT", 2), cap = tm_env_int("TM_MMQ_PERSISTENT_BLOCKS", 0),
                      with_rope = tm_env_int("TM_MMQ_PERSISTENT_ROPE", 1);
     *grid = 0;
     *warps = mmq_persistent_warps();
+    *staged2 = false;
     if (mode == 0 || (rope && !with_rope)) return cudaSuccess;
     const int widest = mmq_widest_row(parts, true);
     int resident = 0;
     if (*warps == 0) {
-        TM_CUDA_CHECK(mmq_persistent_slots<NG>(4, widest, rope, &resident));
+        TM_CUDA_CHECK(mmq_persistent_slots<NG>(4, false, widest, rope, &resident));
         *warps = resident > 0 && tiles > resident ? 4 : 8;
-        if (*warps == 8) TM_CUDA_CHECK(mmq_persistent_slots<NG>(8, widest, rope, &resident));
+        if (*warps == 8) TM_CUDA_CHECK(mmq_persistent_slots<NG>(8, false, widest, rope, &resident));
     } else {
-        TM_CUDA_CHECK(mmq_persistent_slots<NG>(*warps, widest, rope, &resident));
+        TM_CUDA_CHECK(mmq_persistent_slots<NG>(*warps, false, widest, rope, &resident));
     }
+    if (NG == 2 && *warps == 4 && resident > 0) TM_CUDA_CHECK(mmq_two_group_staging(widest, rope, tiles, &resident, staged2));
     if (resident == 0) return cudaSuccess;
     if (cap > 0 && cap < resident) resident = cap;
     if ((mode == 1 || NG == 2) && tiles <= resident) return cudaSuccess;
@@ -1563,10 +1614,10 @@ template <int NG> static cudaError_t mmq_persistent_blocks(const mmvq_parts &par
 
 template <int NG>
 static cudaError_t launch_mmq_persistent(const mmvq_parts &parts, int64_t cols, const int8_t *qs, const half2 *ds, int n, int64_t tiles,
-                                         int grid, int warps, const rope_append *rope, cudaStream_t s) {
+                                         int grid, int warps, bool staged2, const rope_append *rope, cudaStream_t s) {
     const int widest = mmq_widest_row(parts, true);
     const rope_append targets = rope ? *rope : rope_append{};
-    return mmq_persistent_variant<NG>(warps, rope != nullptr, [&](auto w, auto stages, auto with, auto staged) {
+    return mmq_persistent_variant<NG>(warps, staged2, rope != nullptr, [&](auto w, auto stages, auto with, auto staged) {
         constexpr int W = decltype(w)::value, S = decltype(stages)::value;
         constexpr bool ROPE = decltype(with)::value, INPUTS = decltype(staged)::value;
         if (INPUTS) tm_note_staged_products(); /* the decode attention then leaves room for these blocks (launch.cuh) */
@@ -1591,9 +1642,10 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
     int grid = 0, warps = 8;
     if (n > 8) {
         static const int wide_persistent = tm_env_int("TM_MMQ_WIDE_PERSISTENT", 1); /* mmq_persistent_blocks */
+        bool staged2 = false;
         TM_CUDA_CHECK((mmq_wide<2, false>(parts, cols, tiles, &wide)));
-        if (!wide || wide_persistent) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, rope != nullptr, &grid, &warps));
-        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, warps, rope, s);
+        if (!wide || wide_persistent) TM_CUDA_CHECK(mmq_persistent_blocks<2>(parts, tiles, rope != nullptr, &grid, &warps, &staged2));
+        if (grid) return launch_mmq_persistent<2>(parts, cols, qs, ds, n, tiles, grid, warps, staged2, rope, s);
         return launch_mmq_layout<2, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     int mode = 0;
@@ -1603,8 +1655,9 @@ static cudaError_t launch_mmq(const mmvq_parts &parts, int64_t cols, const void 
         if (wide || mode == 2) return launch_mmq_layout<1, true>(parts, cols, qs, ds, n, tiles, wide, rope, s);
     }
     TM_CUDA_CHECK((mmq_wide<1, false>(parts, cols, tiles, &wide)));
-    if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, tiles, rope != nullptr, &grid, &warps));
-    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, warps, rope, s);
+    bool staged1 = false; /* one token group: mmq_persistent_inputs decides */
+    if (!wide) TM_CUDA_CHECK(mmq_persistent_blocks<1>(parts, tiles, rope != nullptr, &grid, &warps, &staged1));
+    if (grid) return launch_mmq_persistent<1>(parts, cols, qs, ds, n, tiles, grid, warps, staged1, rope, s);
     return launch_mmq_layout<1, false>(parts, cols, qs, ds, n, tiles, wide, rope, s);
 }
 

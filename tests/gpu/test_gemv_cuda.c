@@ -32,7 +32,9 @@
  * choice for products of fewer tiles than the 4-warp slots, and "persistent-4-warps" in blocks of 4
  * warps, the choice for products of more, as the 7B's gate/up at 8 tokens), so a block runs
  * through several tiles (its stages holding the activations of up to 8 tokens as well, by default,
- * and in the parent; "persistent" reads them from global memory, TM_MMQ_PERSISTENT_INPUTS=0),
+ * and in the parent; "persistent" reads them from global memory, TM_MMQ_PERSISTENT_INPUTS=0; in
+ * "persistent-4-warps" the stages of launches without a q6_k part hold both token groups' at 9..16
+ * tokens, TM_MMQ_PERSISTENT_INPUTS2=2, which by default only products of many tiles take),
  * across the parts' types in the parts check and with the rope targets of each tile in
  * test_qkv_rope, and warps with no block of a tile (1024 columns: 4 blocks for 8
  * warps) still add their zero sums; q8_0's tensor-core kernel (gemv_q8_0.cu) likewise runs through
@@ -697,7 +699,7 @@ int main(void) {
                                       "TM_PAIRS_WEIGHT_LINES=0") == 0,
               "the run with the several-token k-quant and q8_0 products in three persistent blocks passed");
         CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4 "
-                                              "TM_Q80_STAGE_X=0 TM_PAIRS_WEIGHT_LINES=3") == 0,
+                                              "TM_MMQ_PERSISTENT_INPUTS2=2 TM_Q80_STAGE_X=0 TM_PAIRS_WEIGHT_LINES=3") == 0,
               "the run with the several-token k-quant products in three persistent blocks of 4 warps passed");
     }
     char name[64];
