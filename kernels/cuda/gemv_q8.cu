@@ -670,13 +670,17 @@ template <int NG>
 __device__ __forceinline__ mmq_inputs<NG> mmq_inputs_at(const int8_t *xq, const half2 *xds, int64_t cols, int64_t block, int n_tokens,
                                                         int g, int t) {
     mmq_inputs<NG> in;
+    /* offsets in 32 bits: 16 tokens of at most 2^24 columns (launch_mmq) stay below 2^31. In 64
+     * (cols is int64_t) each pointer took a wide multiply, ~25 more instructions a block in the
+     * two-group kernels, and mmq_kernel's two-group rope instantiations spilled 28 bytes (none now) */
+    const int row = (int)cols, pairs = row / 32, at = (int)block;
 #pragma unroll
     for (int G = 0; G < NG; G++) {
         const int b_token = min(G * 8 + g, n_tokens - 1); /* columns past the batch read a real token; never stored */
-        in.b_row[G] = xq + b_token * cols + block * 256;
-        in.b_pairs[G] = xds + b_token * (cols / 32) + block * 8;
+        in.b_row[G] = xq + (b_token * row + at * 256);
+        in.b_pairs[G] = xds + (b_token * pairs + at * 8);
 #pragma unroll
-        for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + min(G * 8 + 2 * t + k, n_tokens - 1) * (cols / 32) + block * 8;
+        for (int k = 0; k < 2; k++) in.c_scales[G][k] = xds + (min(G * 8 + 2 * t + k, n_tokens - 1) * pairs + at * 8);
     }
     return in;
 }
@@ -924,15 +928,21 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
  * 52.6 us; session 10's mapping of a lane per (row l / 2, pieces l % 2 + 2j), 16 rows an
  * instruction, had measured 5-9 % slower than it. Offsets 32-bit: 16 rows of at most 2^24 / 256
  * blocks. */
+/* One lane's pieces of a block's 16 rows: its piece of rows r, r + 2, ... from `source` (row r's),
+ * row_bytes apart, to `destination` (its place in the stage), stage rows mmq_stage_row_bytes apart. */
+template <int TYPE>
+__device__ __forceinline__ void mmq_copy_block_rows(uint32_t destination, const uint8_t *source, int row_bytes) {
+    constexpr int stride = mmq_stage_row_bytes(TYPE);
+#pragma unroll
+    for (int j = 0; j < MMQ_ROWS / 2; j++) copy_async_line16(destination + 2 * j * stride, source + (ptrdiff_t)(2 * j) * row_bytes);
+}
+
 template <int TYPE>
 __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from, int row_bytes, int lane) {
     constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes(TYPE);
     const int c = lane & 15, r = lane >> 4;
     if (c >= chunks) return;
-    const uint8_t *source = from + r * row_bytes + 16 * c;
-    const uint32_t destination = shared_address(to + r * stride + 16 * c);
-#pragma unroll
-    for (int j = 0; j < MMQ_ROWS / 2; j++) copy_async_line16(destination + 2 * j * stride, source + (ptrdiff_t)(2 * j) * row_bytes);
+    mmq_copy_block_rows<TYPE>(shared_address(to + r * stride + 16 * c), from + r * row_bytes + 16 * c, row_bytes);
 }
 
 /* The staged layout's (INPUTS) copies of one block into the stage at shared address `to`, from one
@@ -1225,23 +1235,34 @@ __global__ void __launch_bounds__(32 * WARPS, (mmq_persistent_min_warps<NG, INPU
     int fetch_index = 0, fetch_type = 0, fetch_row_bytes = 0;
     int64_t fetched_block = -1; /* the block fetch_next last copied (-1: none) and its tile's type */
     int fetched_type = 0;
-    const uint8_t *fetch_rows = nullptr;
+    /* This lane's piece of the fetch tile's block 0 (piece lane % 16 of row lane / 16, as
+     * mmq_fetch_block) and where it goes in stage 0, set once a tile: a block's copies then cost one
+     * address step (recomputed from the lane each block, they took ~45 instructions of a q4_k
+     * block's ~430 in the two-group kernel, sm_90a; ~28 now). With the activations' offsets in 32
+     * bits (mmq_inputs_at), H200 one call, 128 x16: 70B 695.6 -> 717.6, 7B 4222 -> 4313 tokens/s
+     * (the offsets alone 707.4 / 4290). */
+    const uint8_t *fetch_from = nullptr;
+    uint32_t fetch_to = 0;
+    bool fetch_piece = false; /* lanes past the type's 9, 11 or 14 pieces a row copy nothing */
     auto aim_fetch = [&] {
         mmvq_part part;
         int64_t row0;
         mmq_tile_at(parts, fetch_tile, &part, &row0);
         fetch_type = part.type;
         fetch_row_bytes = (int)(blocks * k_block_stride(part.type)); /* 16 rows below 2^31 bytes: cols <= 2^24 */
-        fetch_rows = part.weights + row0 * fetch_row_bytes;
+        fetch_from = part.weights + row0 * fetch_row_bytes + (lane >> 4) * fetch_row_bytes + 16 * (lane & 15);
+        fetch_to = shared_address(mine) + (lane >> 4) * mmq_stage_row_bytes(part.type) + 16 * (lane & 15);
+        fetch_piece = (lane & 15) < k_block_stride(part.type) / 16;
     };
     auto fetch_next = [&](int stage) { /* the stream's next block's weights (none past its end); the caller commits */
         fetched_block = -1;
         if (fetches_left > 0) {
-            uint8_t *to = mine + stage * stage_bytes;
+            const uint32_t to = fetch_to + stage * stage_bytes;
             const int64_t block = warp + (int64_t)fetch_index * WARPS;
-            if (fetch_type == Q4_K) mmq_fetch_block<Q4_K>(to, fetch_rows + block * traits<Q4_K>::stride, fetch_row_bytes, lane);
-            else if (fetch_type == Q5_K) mmq_fetch_block<Q5_K>(to, fetch_rows + block * traits<Q5_K>::stride, fetch_row_bytes, lane);
-            else mmq_fetch_block<Q6_K>(to, fetch_rows + block * traits<Q6_K>::stride, fetch_row_bytes, lane);
+            if (!fetch_piece) {
+            } else if (fetch_type == Q4_K) mmq_copy_block_rows<Q4_K>(to, fetch_from + block * traits<Q4_K>::stride, fetch_row_bytes);
+            else if (fetch_type == Q5_K) mmq_copy_block_rows<Q5_K>(to, fetch_from + block * traits<Q5_K>::stride, fetch_row_bytes);
+            else mmq_copy_block_rows<Q6_K>(to, fetch_from + block * traits<Q6_K>::stride, fetch_row_bytes);
             fetched_block = block, fetched_type = fetch_type;
             fetches_left--;
             if (++fetch_index == per_tile) {
