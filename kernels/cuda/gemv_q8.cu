@@ -917,6 +917,15 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 #define MMQ_MIN_WARPS 16
 #endif
 
+/* One lane's pieces of a block's 16 rows: its piece of rows r, r + 2, ... from `source` (row r's),
+ * row_bytes apart, to `destination` (its place in the stage), stage rows mmq_stage_row_bytes apart. */
+template <int TYPE>
+__device__ __forceinline__ void mmq_copy_block_rows(uint32_t destination, const uint8_t *source, int row_bytes) {
+    constexpr int stride = mmq_stage_row_bytes(TYPE);
+#pragma unroll
+    for (int j = 0; j < MMQ_ROWS / 2; j++) copy_async_line16(destination + 2 * j * stride, source + (ptrdiff_t)(2 * j) * row_bytes);
+}
+
 /* One block (256 columns) of a tile's 16 rows, row_bytes apart from `from`, into a stage at `to`
  * (rows mmq_stage_row_bytes(TYPE) apart), in 16-byte cp.async pieces: lane l takes piece l % 16 of
  * rows l / 16, l / 16 + 2, ... (lanes past the type's 9, 11 or 14 pieces a row idle), so each
@@ -928,15 +937,6 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
  * 52.6 us; session 10's mapping of a lane per (row l / 2, pieces l % 2 + 2j), 16 rows an
  * instruction, had measured 5-9 % slower than it. Offsets 32-bit: 16 rows of at most 2^24 / 256
  * blocks. */
-/* One lane's pieces of a block's 16 rows: its piece of rows r, r + 2, ... from `source` (row r's),
- * row_bytes apart, to `destination` (its place in the stage), stage rows mmq_stage_row_bytes apart. */
-template <int TYPE>
-__device__ __forceinline__ void mmq_copy_block_rows(uint32_t destination, const uint8_t *source, int row_bytes) {
-    constexpr int stride = mmq_stage_row_bytes(TYPE);
-#pragma unroll
-    for (int j = 0; j < MMQ_ROWS / 2; j++) copy_async_line16(destination + 2 * j * stride, source + (ptrdiff_t)(2 * j) * row_bytes);
-}
-
 template <int TYPE>
 __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from, int row_bytes, int lane) {
     constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes(TYPE);
@@ -1259,10 +1259,11 @@ __global__ void __launch_bounds__(32 * WARPS, (mmq_persistent_min_warps<NG, INPU
         if (fetches_left > 0) {
             const uint32_t to = fetch_to + stage * stage_bytes;
             const int64_t block = warp + (int64_t)fetch_index * WARPS;
-            if (!fetch_piece) {
-            } else if (fetch_type == Q4_K) mmq_copy_block_rows<Q4_K>(to, fetch_from + block * traits<Q4_K>::stride, fetch_row_bytes);
-            else if (fetch_type == Q5_K) mmq_copy_block_rows<Q5_K>(to, fetch_from + block * traits<Q5_K>::stride, fetch_row_bytes);
-            else mmq_copy_block_rows<Q6_K>(to, fetch_from + block * traits<Q6_K>::stride, fetch_row_bytes);
+            if (fetch_piece) {
+                if (fetch_type == Q4_K) mmq_copy_block_rows<Q4_K>(to, fetch_from + block * traits<Q4_K>::stride, fetch_row_bytes);
+                else if (fetch_type == Q5_K) mmq_copy_block_rows<Q5_K>(to, fetch_from + block * traits<Q5_K>::stride, fetch_row_bytes);
+                else mmq_copy_block_rows<Q6_K>(to, fetch_from + block * traits<Q6_K>::stride, fetch_row_bytes);
+            }
             fetched_block = block, fetched_type = fetch_type;
             fetches_left--;
             if (++fetch_index == per_tile) {
@@ -1551,7 +1552,8 @@ template <int NG, typename F> static cudaError_t mmq_persistent_variant(int warp
 }
 
 /* The persistent kernel's resident blocks on this device at `warps` a block, 0 where it is not used
- * (before sm_90, or fewer than MMQ_MIN_WARPS warps an SM fit). */
+ * (before sm_90, or fewer than mmq_persistent_min_warps warps an SM fit); `staged2`: the form
+ * staging two token groups' activations (mmq_two_group_staging). */
 template <int NG>
 static cudaError_t mmq_persistent_slots(int warps, bool staged2, int widest, bool rope, int *slots) {
     const void *kernel = nullptr;
