@@ -954,6 +954,9 @@ __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from
  * block at a time, so a copy costs one 64-bit add beyond itself (the offsets recomputed from the
  * block index each block took ~140 instructions a q4_k block, sm_90a). Slots of tokens past the
  * batch are not written (mmq_inputs_staged reads the last real token there). */
+/* (The weights' loop is mmq_copy_block_rows' with the source stepped instead of indexed: written
+ * through that function, sm_90a gave mmq_kernel's INPUTS instantiations 24-64 more instructions,
+ * and the running form there made the persistent kernel's others change; each keeps its measured form.) */
 template <int TYPE>
 __device__ __forceinline__ void mmq_fetch_stage_weights(uint32_t to, const uint8_t *weights, int64_t row_pair_bytes, int lane) {
     constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes(TYPE);
@@ -1499,40 +1502,6 @@ static bool mmq_persistent_inputs(int warps) {
     return staged == 1 || staged == warps;
 }
 
-/* The fraction of its slots' rounds a product of `tiles` tiles keeps busy in `slots` resident blocks
- * (each takes ceil(tiles / slots) tiles or one fewer). */
-static double mmq_round_fill(int64_t tiles, int slots) {
-    const int64_t rounds = (tiles + slots - 1) / slots;
-    return (double)tiles / (double)(rounds * slots);
-}
-
-template <int NG> static cudaError_t mmq_persistent_slots(int warps, bool staged2, int widest, bool rope, int *slots);
-
-/* Whether a two-group product of `tiles` tiles that takes 4-warp persistent blocks (*resident of
- * them, weights-only stages) stages both groups' activations instead (*staged2; *resident then the
- * staged form's slots): three blocks an SM instead of four (mmq_persistent_min_warps), so only where
- * that form's rounds are fuller (mmq_round_fill, by more than 2 %). Why by rounds: ncu (H200,
- * session 41) of 28672 x 8192 q4_k at 16 tokens, weights-only / staged: long-scoreboard stall an
- * issued instruction 1.37 / 0.56, warp cycles an issued instruction 7.61 / 5.81, but 15.1 / 11.6
- * warps an SM, so the same 0.50 instructions a cycle a scheduler and the same tiles an SM a second;
- * the launch gained 5 % (70.9 -> 67.3 us) by its 1792 tiles filling 90 % of 5 rounds of 396 slots
- * against 85 % of 4 rounds of 528. TM_MMQ_PERSISTENT_INPUTS2=0 never stages them, 2 wherever the
- * staged form fits (measuring aids); TM_MMQ_PERSISTENT_INPUTS=0 turns it off too. Not where a q6_k row
- * makes the stages too large for three blocks an SM (*resident kept). */
-static cudaError_t mmq_two_group_staging(int widest, bool rope, int64_t tiles, int *resident, bool *staged2) {
-    static const int mode = tm_env_int("TM_MMQ_PERSISTENT_INPUTS2", 1);
-    *staged2 = false;
-    if (mode == 0 || !mmq_persistent_inputs(4)) return cudaSuccess;
-    int staged_slots = 0;
-    TM_CUDA_CHECK(mmq_persistent_slots<2>(4, true, widest, rope, &staged_slots));
-    if (staged_slots == 0) return cudaSuccess;
-    if (mode == 2 || mmq_round_fill(tiles, staged_slots) > mmq_round_fill(tiles, *resident) + 0.02) {
-        *staged2 = true;
-        *resident = staged_slots;
-    }
-    return cudaSuccess;
-}
-
 /* f(std::integral_constant<int, W>, std::integral_constant<int, S>, std::bool_constant<ROPE>,
  * std::bool_constant<INPUTS>) for the launch's warps, stages, rope and staged activations (two
  * token groups: `staged2`, in 4-warp blocks only): the one place the persistent kernel's
@@ -1574,6 +1543,38 @@ static cudaError_t mmq_persistent_slots(int warps, bool staged2, int widest, boo
     TM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     if (resident < min_warps / warps * sms) return cudaSuccess;
     *slots = resident;
+    return cudaSuccess;
+}
+
+/* The fraction of its slots' rounds a product of `tiles` tiles keeps busy in `slots` resident blocks
+ * (each takes ceil(tiles / slots) tiles or one fewer). */
+static double mmq_round_fill(int64_t tiles, int slots) {
+    const int64_t rounds = (tiles + slots - 1) / slots;
+    return (double)tiles / (double)(rounds * slots);
+}
+
+/* Whether a two-group product of `tiles` tiles that takes 4-warp persistent blocks (*resident of
+ * them, weights-only stages) stages both groups' activations instead (*staged2; *resident then the
+ * staged form's slots): three blocks an SM instead of four (mmq_persistent_min_warps), so only where
+ * that form's rounds are fuller (mmq_round_fill, by more than 2 %). Why by rounds: ncu (H200,
+ * session 41) of 28672 x 8192 q4_k at 16 tokens, weights-only / staged: long-scoreboard stall an
+ * issued instruction 1.37 / 0.56, warp cycles an issued instruction 7.61 / 5.81, but 15.1 / 11.6
+ * warps an SM, so the same 0.50 instructions a cycle a scheduler and the same tiles an SM a second;
+ * the launch gained 5 % (70.9 -> 67.3 us) by its 1792 tiles filling 90 % of 5 rounds of 396 slots
+ * against 85 % of 4 rounds of 528. TM_MMQ_PERSISTENT_INPUTS2=0 never stages them, 2 wherever the
+ * staged form fits (measuring aids); TM_MMQ_PERSISTENT_INPUTS=0 turns it off too. Not where a q6_k row
+ * makes the stages too large for three blocks an SM (*resident kept). */
+static cudaError_t mmq_two_group_staging(int widest, bool rope, int64_t tiles, int *resident, bool *staged2) {
+    static const int mode = tm_env_int("TM_MMQ_PERSISTENT_INPUTS2", 1);
+    *staged2 = false;
+    if (mode == 0 || !mmq_persistent_inputs(4)) return cudaSuccess;
+    int staged_slots = 0;
+    TM_CUDA_CHECK(mmq_persistent_slots<2>(4, true, widest, rope, &staged_slots));
+    if (staged_slots == 0) return cudaSuccess;
+    if (mode == 2 || mmq_round_fill(tiles, staged_slots) > mmq_round_fill(tiles, *resident) + 0.02) {
+        *staged2 = true;
+        *resident = staged_slots;
+    }
     return cudaSuccess;
 }
 
