@@ -12,7 +12,8 @@
  * takes no splits: a block per kv head (two or four for a group of 1; at one token, one per two
  * query heads of a group of 4 or 8), 8 or 16 warps sharing the keys, merged in the block, q8_1
  * written there; no partials, no combine launch (at one token of a group of 1, on sm_90, a
- * cluster of 8 blocks a unit, merged through distributed shared memory; past 256 keys, a group
+ * cluster of 8 blocks a unit, each warp an 8-key slice of an f16 cache, the blocks' results pushed
+ * into one through distributed shared memory; past 256 keys, a group
  * of 1 of an f16 cache scores and adds its chunks on tensor cores, and a group of 2 or more of an
  * f16 or 8-bit cache always does, the query and the weights split into two halves each so the products
  * keep float32's precision).
@@ -774,6 +775,101 @@ static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const 
     }
 }
 
+/* ---- decode, one token, a short context: 8-key slices a warp (decode_whole_kernel's SLICES) ---- */
+
+/* decode_whole_kernel's FORM bits: 8-key slices a warp (a group of 1 of an f16 cache) instead of
+ * 32-key chunks; in clusters, the blocks' results pushed into block 0 instead of read by it. */
+enum { WHOLE_SLICES = 1, WHOLE_PUSH = 2 };
+
+/* A lane's registers of one 8-key slice of an f16 cache: lanes 4k..4k+3 hold key k's HD / 4 dims
+ * in 16-byte pieces, lane 4k + j pieces j, j + 4, ... (so each load instruction reads 64 whole
+ * bytes of each key), every lane dims lane HD/32 .. + HD/32 of each of the 8 values (so the
+ * weighted sum needs no transpose). */
+template <int HD> struct slice_regs {
+    uint4 key[HD / 32];
+    uint32_t value[8][HD / 64];
+};
+
+/* Loads the pieces of slice `first` (keys first..first+7) of kv head kv_head whose positions are
+ * in [lo, hi); the others stay as they are. */
+template <int HD>
+__device__ __forceinline__ void slice_fetch(const kv_addressing &a, const int32_t *table, int kv_head, int first, int lo, int hi,
+                                            slice_regs<HD> &r) {
+    static_assert(HD == 64 || HD == 128, "slices: head dim 64 or 128");
+    const int lane = threadIdx.x & 31, p = first + (lane >> 2);
+    if (p >= lo && p < hi) {
+        const uint8_t *key = kv_address32(a, table, p, kv_head, false) + 16 * (lane & 3);
+#pragma unroll
+        for (int c = 0; c < HD / 32; c++) r.key[c] = ldg_line16(key + 64 * c);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int pj = first + j;
+        if (pj >= lo && pj < hi) {
+            const uint8_t *value = kv_address32(a, table, pj, kv_head, true) + lane * (HD / 32) * 2;
+            if constexpr (HD == 128) {
+                const uint2 v = ldg_line8(value);
+                r.value[j][0] = v.x, r.value[j][1] = v.y;
+            } else {
+                r.value[j][0] = __ldg(reinterpret_cast<const unsigned int *>(value));
+            }
+        }
+    }
+}
+
+/* Slice `first`'s keys scored against the lane's dims of the (pre-scaled) query (query[8c + e]:
+ * dim 8 (4c + lane % 4) + e), added to the
+ * warp's online softmax and to acc, the lane's HD / 32 dims of the weighted values. Positions past
+ * n are masked (first < n). */
+template <int HD>
+__device__ __forceinline__ void slice_attend(const slice_regs<HD> &r, const float (&query)[HD / 4], int first, int n, float &running_max,
+                                             float &running_sum, float (&acc)[HD / 32]) {
+    const int lane = threadIdx.x & 31;
+    float score = 0;
+#pragma unroll
+    for (int c = 0; c < HD / 32; c++) {
+        float x[8];
+        unpack_piece<KV_F16, 8>(r.key[c], x);
+#pragma unroll
+        for (int e = 0; e < 8; e++) score = fmaf(x[e], query[8 * c + e], score);
+    }
+    score += __shfl_xor_sync(0xffffffffu, score, 1);
+    score += __shfl_xor_sync(0xffffffffu, score, 2);
+    const bool valid = first + (lane >> 2) < n;
+    const float s = valid ? score : -INFINITY;
+    float slice_max = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, 4));
+    slice_max = fmaxf(slice_max, __shfl_xor_sync(0xffffffffu, slice_max, 8));
+    slice_max = fmaxf(slice_max, __shfl_xor_sync(0xffffffffu, slice_max, 16));
+    const float new_max = fmaxf(running_max, slice_max), correction = expf(running_max - new_max);
+    const float weight = valid ? expf(s - new_max) : 0.0f;
+    float total = weight + __shfl_xor_sync(0xffffffffu, weight, 4);
+    total += __shfl_xor_sync(0xffffffffu, total, 8);
+    total += __shfl_xor_sync(0xffffffffu, total, 16);
+    running_sum = running_sum * correction + total, running_max = new_max;
+#pragma unroll
+    for (int e = 0; e < HD / 32; e++) acc[e] *= correction;
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float w = __shfl_sync(0xffffffffu, weight, 4 * j);
+#pragma unroll
+        for (int h = 0; h < HD / 64; h++) {
+            const float2 v = __half22float2(*reinterpret_cast<const __half2 *>(&r.value[j][h]));
+            acc[2 * h] = fmaf(w, v.x, acc[2 * h]), acc[2 * h + 1] = fmaf(w, v.y, acc[2 * h + 1]);
+        }
+    }
+}
+
+/* merge_warps for the slices' state: lane l holds dims l HD/32 .. + HD/32 of the warp's one head. */
+template <int HD, int W, int SETS>
+__device__ __forceinline__ void merge_slices(warp_merge<HD, 1, W, SETS> &m, const float (&acc)[HD / 32], float running_max,
+                                             float running_sum) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int e = 0; e < HD / 32; e++) m.acc[warp][0][lane * (HD / 32) + e] = acc[e];
+    if (lane == 0) m.max[warp][0] = running_max, m.sum[warp][0] = running_sum;
+    merge_stored_warps(m);
+}
+
 /* ---- decode without splits: a block per (token, kv head[, heads]), its warps sharing the keys -- */
 
 /* Kv heads a block of the whole-context kernel takes: enough that its outputs (kv heads x G x HD)
@@ -794,10 +890,13 @@ __host__ __device__ constexpr int whole_head_batches(int group, int G) { return 
  * few SMs' reads save. Keys and values of the first chunks are prefetched into L2 before the wait.
  * In clusters of C > 1 blocks (sm_90; one_token_clusters): the C blocks of a unit share its
  * chunks (warp j of block r takes chunks j C + r, ...), each merges its warps, and block 0 merges
- * the blocks through distributed shared memory and writes the unit. MMA (no clusters): the chunks
+ * the blocks through distributed shared memory and writes the unit: it reads the others' results
+ * (FORM without WHOLE_PUSH), or they store them into its shared memory and leave (WHOLE_PUSH).
+ * FORM with WHOLE_SLICES (a group of 1 of an f16 cache): 8-key slices instead of 32-key chunks, 4
+ * lanes a key (slice_attend). MMA (no clusters): the chunks
  * scored and added on tensor cores, for a group of 1 of an f16 cache by attend_chunks_mma, for
  * blocks of 2..8 heads of an f16 or 8-bit cache by attend_group_mma. */
-template <int KV, int HD, int G, int W, int C, bool MMA>
+template <int KV, int HD, int G, int W, int C, bool MMA, int FORM = 0>
 __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
                                                               const int64_t *page_offsets, const int32_t *n_keys, int n_head,
                                                               float scale, q8_out q8) {
@@ -817,29 +916,64 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     const int kv_head = first_kv_head + mine;
     const int n = n_keys[token];
     const int32_t *table = pages + page_offsets[token];
-    /* warp j of cluster block r takes 32-key chunks j C + r, j C + r + W C / KVH, ...: the first
-     * chunks of a short context land on different blocks (SMs) */
-    const int first_chunk = 32 * (rank_in_head * C + rank), chunk_step = 32 * WPH * C;
-    /* the warp's first chunks into L2 before the wait, as decode_attention_kernel does */
-    for (int chunk = first_chunk, fetched = 0; chunk < n && fetched < EARLY_KV_CHUNKS; chunk += chunk_step, fetched++)
-        if (chunk + lane < n) {
-            const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
-            const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
+    constexpr bool SLICES = FORM & WHOLE_SLICES, PUSH = C > 1 && (FORM & WHOLE_PUSH);
+    (void)PUSH; /* read by sm_90's code only */
+    static_assert(!SLICES || (KV == KV_F16 && G == 1 && !MMA), "slices: one head a kv head of an f16 cache");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (PUSH) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); /* started: see the merge */
+#endif
+    /* warp j of cluster block r takes 32-key chunks j C + r, j C + r + W C / KVH, ... (SLICES: 8-key
+     * slices): the first chunks of a short context land on different blocks (SMs) */
+    constexpr int SPAN = SLICES ? 8 : 32;
+    const int first_chunk = SPAN * (rank_in_head * C + rank), chunk_step = SPAN * WPH * C;
+    {
+        /* the warp's first chunks (slices: 8 keys) into L2 before the wait, as decode_attention_kernel does */
+        for (int chunk = first_chunk, fetched = 0; chunk < n && fetched < EARLY_KV_CHUNKS; chunk += chunk_step, fetched++)
+            if (SLICES ? lane < 8 && chunk + lane < n : chunk + lane < n) {
+                const uint8_t *key = kv_address32(a, table, chunk + lane, kv_head, false);
+                const uint8_t *value = kv_address32(a, table, chunk + lane, kv_head, true);
 #pragma unroll
-            for (int line = 0; line < decode_shape<KV, HD>::vector_bytes; line += 128)
-                asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
-        }
+                for (int line = 0; line < decode_shape<KV, HD>::vector_bytes; line += 128)
+                    asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
+            }
+    }
     tm_grid_dependency();
 
-    __shared__ __align__(16) float query[KVH][G][HD];
-    for (int i = threadIdx.x; i < KVH * G * HD; i += THREADS) {
-        const int k = i / (G * HD), g = i / HD % G;
-        query[k][g][i % HD] = g < heads ? q[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + i % HD] * scale : 0.0f;
+    __shared__ __align__(16) float query[SLICES ? 1 : KVH][G][SLICES ? 1 : HD];
+    if constexpr (!SLICES) {
+        for (int i = threadIdx.x; i < KVH * G * HD; i += THREADS) {
+            const int k = i / (G * HD), g = i / HD % G;
+            query[k][g][i % HD] = g < heads ? q[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + i % HD] * scale : 0.0f;
+        }
+        __syncthreads();
     }
-    __syncthreads();
 
     __shared__ alignas(MMA && G > 1 ? 16 : 4) warp_merge<HD, G, W, KVH> merge; /* merge_warps_mma's float4 stores */
-    if constexpr (MMA && G > 1) {
+    if constexpr (SLICES) {
+        /* the lane's dims of its key's query (a group of 1: query head = kv head), pre-scaled */
+        float query_part[HD / 4];
+        const float *from = q + ((int64_t)token * n_head + kv_head) * HD + 8 * (lane & 3);
+#pragma unroll
+        for (int c = 0; c < HD / 32; c++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const float4 v = *reinterpret_cast<const float4 *>(from + 32 * c + 4 * h);
+                query_part[8 * c + 4 * h] = v.x * scale, query_part[8 * c + 4 * h + 1] = v.y * scale;
+                query_part[8 * c + 4 * h + 2] = v.z * scale, query_part[8 * c + 4 * h + 3] = v.w * scale;
+            }
+        float acc[HD / 32], running_max = -INFINITY, running_sum = 0;
+#pragma unroll
+        for (int e = 0; e < HD / 32; e++) acc[e] = 0;
+        /* slices loaded after the wait, into registers (the first slice's old keys and values loaded
+         * before it, only this step's key after, measured slower: 7B x1 572 -> 558 tokens/s; the L2
+         * prefetch above gains); one slice a warp up to 256 keys in clusters of 8 */
+        for (int slice = first_chunk; slice < n; slice += chunk_step) {
+            slice_regs<HD> r = {};
+            slice_fetch<HD>(a, table, kv_head, slice, 0, n, r);
+            slice_attend<HD>(r, query_part, slice, n, running_max, running_sum, acc);
+        }
+        merge_slices(merge, acc, running_max, running_sum);
+    } else if constexpr (MMA && G > 1) {
         float o[HD / 8][4], running_max, running_sum;
         attend_group_mma<KV, HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, o, running_max, running_sum);
         merge_warps_mma(merge, o, running_max, running_sum);
@@ -863,6 +997,44 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         }
     } else {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      if constexpr (PUSH) {
+        /* the cluster's merge, pushed: each block stores its (max, total, unnormalized values) into
+         * block 0's shared memory through distributed shared memory and arrives; only block 0 waits,
+         * then merges and writes the unit (no block reads another's memory, so the others leave at
+         * once). The first phase (arrived at the kernel's start) makes sure block 0 has started. */
+        __shared__ float pushed[C][VALUES], pushed_max[C][KVH][G], pushed_total[C][KVH][G];
+        cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+        asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+        float *to_values = cluster.map_shared_rank(&pushed[rank][0], 0);
+#pragma unroll
+        for (int v = 0; v < PER_THREAD; v++) {
+            const int i = threadIdx.x + v * THREADS;
+            if (i < VALUES) to_values[i] = merged_value(merge, i / (G * HD), i / HD % G, i % HD);
+        }
+        if (threadIdx.x < KVH * G) {
+            const int k = threadIdx.x / G, g = threadIdx.x % G;
+            *cluster.map_shared_rank(&pushed_max[rank][k][g], 0) = merge.set_max[k][g];
+            *cluster.map_shared_rank(&pushed_total[rank][k][g], 0) = merge.total[k][g];
+        }
+        asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+        writer = rank == 0;
+        if (!writer) return;
+        asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#pragma unroll
+        for (int v = 0; v < PER_THREAD; v++) {
+            const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G;
+            float m = -INFINITY;
+#pragma unroll
+            for (int r = 0; r < C; r++) m = fmaxf(m, pushed_max[r][k][g]);
+            float sum = 0, total = 0;
+#pragma unroll
+            for (int r = 0; r < C; r++) {
+                const float f = pushed_total[r][k][g] > 0 ? expf(pushed_max[r][k][g] - m) : 0.0f;
+                sum += (i < VALUES ? pushed[r][i] : 0.0f) * f, total += pushed_total[r][k][g] * f;
+            }
+            value[v] = i < VALUES ? sum / total : 0.0f;
+        }
+      } else {
         /* the cluster's merge: each block's (max, total, unnormalized values) stay in its shared
          * memory; block 0 reads the others' through distributed shared memory and writes the unit */
         __shared__ float part[VALUES];
@@ -896,6 +1068,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
             }
         }
         cluster.sync(); /* no block leaves while block 0 may still read its shared memory */
+      }
 #endif
     }
     if (writer) {
@@ -929,14 +1102,35 @@ static bool one_token_clusters(int n_tokens) {
  * of 1 without clusters (two or four kv heads a block; with 8, a 192-key context left some warps two
  * chunks: H200, 7B decode x1 518.6 on the split path, 502.4 at 8 warps, 530.9 at 16; 128 x8 2581 /
  * 2542 / 2823), else 8 (at 16 the group of 8's registers, 212 a thread, would not fit an SM). */
-template <int KV, int HD, int G, int C, bool MMA>
+template <int KV, int HD, int G, int C, bool MMA, int FORM = 0>
 static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                   const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 && C == 1 ? 16 : 8;
     const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * whole_head_batches(n_head / a.n_head_kv, G) * C));
-    TM_CUDA_CHECK(tm_attention_carveout((const void *)decode_whole_kernel<KV, HD, G, W, C, MMA>));
-    return tm_launch_dependent_cluster(decode_whole_kernel<KV, HD, G, W, C, MMA>, grid, dim3(32 * W), 0, s, C, q, out, a, pages,
-                                       page_offsets, n_keys, n_head, scale, q8);
+    const auto kernel = decode_whole_kernel<KV, HD, G, W, C, MMA, FORM>;
+    TM_CUDA_CHECK(tm_attention_carveout((const void *)kernel));
+    return tm_launch_dependent_cluster(kernel, grid, dim3(32 * W), 0, s, C, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8);
+}
+
+/* A one-token step of a group of 1 in clusters of 8 (one_token_clusters): an f16 cache in 8-key
+ * slices a warp, every cache's blocks pushing their results into block 0
+ * (decode_whole_kernel's FORM; TM_ATTENTION_SLICES=0 and TM_ATTENTION_PUSH=0, measuring aids, take
+ * the 32-key chunks and block 0 reading the others). Up to 256 keys each slice is one warp's, so the
+ * chain a warp runs is ~4x shorter than a chunk's. H200, 7B decode x1 at 128 / 192-key prompts,
+ * tokens/s, one binary, three rounds: chunks, read 563.1, 572.5, 573.1 / 569.1, 569.4, 568.9;
+ * slices, pushed 573.4, 581.1, 576.2 / 570.2, 576.8, 572.4; the launch's exposed time in a step
+ * 6.87 -> 6.05 us. A build of this form that spilled 8 bytes measured in between: chunks pushed
+ * 575.5, 578.3 against 572.2, 572.8 read; slices in clusters of 4 560.8, 564.2, of 1 (16 warps a
+ * block) 556.6, 556.8. The 8-bit cache (chunks), read / pushed: 540.0, 540.4 / 536.7, 546.3. */
+template <int KV, int HD>
+static cudaError_t launch_one_token(const float *q, float *out, const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets,
+                                    const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
+    static const bool slices = tm_env_int("TM_ATTENTION_SLICES", 1) != 0, push = tm_env_int("TM_ATTENTION_PUSH", 1) != 0;
+    auto launch = push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_PUSH> : launch_whole_c<KV, HD, 1, 8, false, 0>;
+    if constexpr (KV == KV_F16)
+        if (slices)
+            launch = push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES | WHOLE_PUSH> : launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES>;
+    return launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
 
 /* The whole-context kernel's form for a step: clusters of 8 at one token of a group of 1
@@ -951,8 +1145,7 @@ template <int KV, int HD, int G>
 static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
                                 const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     if constexpr (G == 1) {
-        if (one_token_clusters(n_tokens))
-            return launch_whole_c<KV, HD, G, 8, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+        if (one_token_clusters(n_tokens)) return launch_one_token<KV, HD>(q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
         if constexpr (KV == KV_F16)
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
                 return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
