@@ -790,14 +790,13 @@ template <int HD> struct slice_regs {
     uint32_t value[8][HD / 64];
 };
 
-/* Loads the pieces of slice `first` (keys first..first+7) of kv head kv_head whose positions are
- * in [lo, hi); the others stay as they are. */
+/* Loads the pieces of slice `first` (keys first..first+7) of kv head kv_head at positions below n;
+ * the others stay as they are. */
 template <int HD>
-__device__ __forceinline__ void slice_fetch(const kv_addressing &a, const int32_t *table, int kv_head, int first, int lo, int hi,
-                                            slice_regs<HD> &r) {
+__device__ __forceinline__ void slice_fetch(const kv_addressing &a, const int32_t *table, int kv_head, int first, int n, slice_regs<HD> &r) {
     static_assert(HD == 64 || HD == 128, "slices: head dim 64 or 128");
     const int lane = threadIdx.x & 31, p = first + (lane >> 2);
-    if (p >= lo && p < hi) {
+    if (p < n) {
         const uint8_t *key = kv_address32(a, table, p, kv_head, false) + 16 * (lane & 3);
 #pragma unroll
         for (int c = 0; c < HD / 32; c++) r.key[c] = ldg_line16(key + 64 * c);
@@ -805,7 +804,7 @@ __device__ __forceinline__ void slice_fetch(const kv_addressing &a, const int32_
 #pragma unroll
     for (int j = 0; j < 8; j++) {
         const int pj = first + j;
-        if (pj >= lo && pj < hi) {
+        if (pj < n) {
             const uint8_t *value = kv_address32(a, table, pj, kv_head, true) + lane * (HD / 32) * 2;
             if constexpr (HD == 128) {
                 const uint2 v = ldg_line8(value);
@@ -969,7 +968,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
          * prefetch above gains); one slice a warp up to 256 keys in clusters of 8 */
         for (int slice = first_chunk; slice < n; slice += chunk_step) {
             slice_regs<HD> r = {};
-            slice_fetch<HD>(a, table, kv_head, slice, 0, n, r);
+            slice_fetch<HD>(a, table, kv_head, slice, n, r);
             slice_attend<HD>(r, query_part, slice, n, running_max, running_sum, acc);
         }
         merge_slices(merge, acc, running_max, running_sum);
@@ -1001,7 +1000,9 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         /* the cluster's merge, pushed: each block stores its (max, total, unnormalized values) into
          * block 0's shared memory through distributed shared memory and arrives; only block 0 waits,
          * then merges and writes the unit (no block reads another's memory, so the others leave at
-         * once). The first phase (arrived at the kernel's start) makes sure block 0 has started. */
+         * once). The first phase (arrived at the kernel's start) makes sure block 0 has started.
+         * Its combine is the read form's below written again: one helper for both changed every
+         * cluster kernel's sm_90a SASS (the 8-bit chunks' read form +64 instructions), unmeasured. */
         __shared__ float pushed[C][VALUES], pushed_max[C][KVH][G], pushed_total[C][KVH][G];
         cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
         asm volatile("barrier.cluster.wait.aligned;" ::: "memory");

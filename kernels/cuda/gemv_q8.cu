@@ -953,10 +953,10 @@ __device__ __forceinline__ void mmq_fetch_block(uint8_t *to, const uint8_t *from
  * half (half lane % 2 of token lane / 2). The caller computes the addresses once and steps them a
  * block at a time, so a copy costs one 64-bit add beyond itself (the offsets recomputed from the
  * block index each block took ~140 instructions a q4_k block, sm_90a). Slots of tokens past the
- * batch are not written (mmq_inputs_staged reads the last real token there). */
-/* (The weights' loop is mmq_copy_block_rows' with the source stepped instead of indexed: written
- * through that function, sm_90a gave mmq_kernel's INPUTS instantiations 24-64 more instructions,
- * and the running form there made the persistent kernel's others change; each keeps its measured form.) */
+ * batch are not written (mmq_inputs_staged reads the last real token there). The weights' loop is
+ * mmq_copy_block_rows' with the source stepped instead of indexed: written through that function,
+ * sm_90a gave mmq_kernel's INPUTS instantiations 24-64 more instructions, and the running form there
+ * made the persistent kernel's others change; each keeps its measured form. */
 template <int TYPE>
 __device__ __forceinline__ void mmq_fetch_stage_weights(uint32_t to, const uint8_t *weights, int64_t row_pair_bytes, int lane) {
     constexpr int chunks = traits<TYPE>::stride / 16, stride = mmq_stage_row_bytes(TYPE);
