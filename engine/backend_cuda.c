@@ -194,6 +194,14 @@ static void free_activations(cuda_backend *b) {
 }
 
 static void release(cuda_backend *b) {
+    /* a measuring aid: the block timelines of a build with TM_BLOCK_STAMPS (kernels/cuda/stamps.cuh) */
+    const char *stamps = getenv("TM_BLOCK_STAMPS_FILE");
+    if (stamps && *stamps && b->stream) {
+        cudaStreamSynchronize(b->stream);
+        int status = tm_cuda_stamps_dump(stamps);
+        if (status == cudaErrorNotSupported) fprintf(stderr, "TM_BLOCK_STAMPS_FILE: this build has no block stamps (cmake -DTM_BLOCK_STAMPS=ON)\n");
+        else if (status != cudaSuccess) fprintf(stderr, "TM_BLOCK_STAMPS_FILE: writing %s failed (CUDA error %d)\n", stamps, status);
+    }
     free_activations(b);
     cudaFree(b->arena), cudaFree(b->kv.pool), cudaFree(b->kv.scales), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror), cudaFree(b->rope_angles);
     cudaFree(b->rope_targets);

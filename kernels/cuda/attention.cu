@@ -36,6 +36,9 @@
 #include "launch.cuh"
 #include "mma.cuh"
 #include "quant.cuh"
+#include "stamps.cuh"
+
+TM_STAMPS_RING(attention, 1u << 18)
 
 #define WARPS 4
 #define MAX_HEAD_DIM 256
@@ -790,28 +793,39 @@ template <int HD> struct slice_regs {
     uint32_t value[8][HD / 64];
 };
 
-/* Loads the pieces of slice `first` (keys first..first+7) of kv head kv_head at positions below n;
- * the others stay as they are. */
+/* Where a lane's pieces of one slice lie: its key's and the 8 values'. */
+struct slice_places {
+    const uint8_t *key, *value[8];
+};
+
+/* The places of slice `first` (keys first..first+7) of kv head kv_head for a context of n keys
+ * (first < n): positions past n take the last key's (finite, masked by slice_attend). Nine page
+ * table entries, read without a branch between them so their loads go out together: the page
+ * tables are the step's inputs, written before the graph runs, so the decode kernel reads them
+ * before its wait. (Read one value at a time under `position < n`, each entry's load waited for
+ * before the next was asked: ~2.9 us from the wait to the slice in the 7B x1 step, H200 stamps.) */
 template <int HD>
-__device__ __forceinline__ void slice_fetch(const kv_addressing &a, const int32_t *table, int kv_head, int first, int n, slice_regs<HD> &r) {
+__device__ __forceinline__ slice_places slice_find(const kv_addressing &a, const int32_t *table, int kv_head, int first, int n) {
     static_assert(HD == 64 || HD == 128, "slices: head dim 64 or 128");
-    const int lane = threadIdx.x & 31, p = first + (lane >> 2);
-    if (p < n) {
-        const uint8_t *key = kv_address32(a, table, p, kv_head, false) + 16 * (lane & 3);
+    const int lane = threadIdx.x & 31, last = n - 1;
+    slice_places s;
+    s.key = kv_address32(a, table, min(first + (lane >> 2), last), kv_head, false) + 16 * (lane & 3);
 #pragma unroll
-        for (int c = 0; c < HD / 32; c++) r.key[c] = ldg_line16(key + 64 * c);
-    }
+    for (int j = 0; j < 8; j++) s.value[j] = kv_address32(a, table, min(first + j, last), kv_head, true) + lane * (HD / 32) * 2;
+    return s;
+}
+
+/* Loads a slice's pieces from its places, every load unconditional. */
+template <int HD> __device__ __forceinline__ void slice_load(const slice_places &s, slice_regs<HD> &r) {
+#pragma unroll
+    for (int c = 0; c < HD / 32; c++) r.key[c] = ldg_line16(s.key + 64 * c);
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-        const int pj = first + j;
-        if (pj < n) {
-            const uint8_t *value = kv_address32(a, table, pj, kv_head, true) + lane * (HD / 32) * 2;
-            if constexpr (HD == 128) {
-                const uint2 v = ldg_line8(value);
-                r.value[j][0] = v.x, r.value[j][1] = v.y;
-            } else {
-                r.value[j][0] = __ldg(reinterpret_cast<const unsigned int *>(value));
-            }
+        if constexpr (HD == 128) {
+            const uint2 v = ldg_line8(s.value[j]);
+            r.value[j][0] = v.x, r.value[j][1] = v.y;
+        } else {
+            r.value[j][0] = __ldg(reinterpret_cast<const unsigned int *>(s.value[j]));
         }
     }
 }
@@ -819,7 +833,7 @@ __device__ __forceinline__ void slice_fetch(const kv_addressing &a, const int32_
 /* Slice `first`'s keys scored against the lane's dims of the (pre-scaled) query (query[8c + e]:
  * dim 8 (4c + lane % 4) + e), added to the
  * warp's online softmax and to acc, the lane's HD / 32 dims of the weighted values. Positions past
- * n are masked (first < n). */
+ * n are masked (first < n; their pieces are finite: slice_find). */
 template <int HD>
 __device__ __forceinline__ void slice_attend(const slice_regs<HD> &r, const float (&query)[HD / 4], int first, int n, float &running_max,
                                              float &running_sum, float (&acc)[HD / 32]) {
@@ -902,6 +916,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     if (C > 1) __trap(); /* clusters need sm_90; the host never launches C > 1 there */
 #endif
+    const tm_stamper stamper = tm_stamp_begin();
     constexpr int PER_LANE = decode_shape<KV, HD>::per_lane;
     constexpr int KVH = whole_kv_heads(G, HD), WPH = W / KVH, VALUES = KVH * G * HD, THREADS = 32 * W;
     static_assert(W % KVH == 0 && (VALUES % THREADS == 0 || THREADS % VALUES == 0), "whole-context decode shape");
@@ -936,7 +951,12 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
                     asm volatile("prefetch.global.L2 [%0];\n\tprefetch.global.L2 [%1];" ::"l"(key + line), "l"(value + line));
             }
     }
+    /* slices: the first slice's places before the wait (page tables are the step's inputs) */
+    slice_places first_places = {};
+    if constexpr (SLICES)
+        if (first_chunk < n) first_places = slice_find<HD>(a, table, kv_head, first_chunk, n);
     tm_grid_dependency();
+    tm_stamp(TM_STAMP_WAITED);
 
     __shared__ __align__(16) float query[SLICES ? 1 : KVH][G][SLICES ? 1 : HD];
     if constexpr (!SLICES) {
@@ -945,10 +965,17 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
             query[k][g][i % HD] = g < heads ? q[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + i % HD] * scale : 0.0f;
         }
         __syncthreads();
+        tm_stamp(TM_STAMP_A); /* the query in shared memory */
     }
 
     __shared__ alignas(MMA && G > 1 ? 16 : 4) warp_merge<HD, G, W, KVH> merge; /* merge_warps_mma's float4 stores */
     if constexpr (SLICES) {
+        /* the first slice's loads go out at once, from places found before the wait, and the
+         * query's beside them: the query's scaling waits for its loads, so put first they held the
+         * slice's back a whole trip (7B x1 step, H200 block stamps: the slice arrived 3.0 us after
+         * the wait, 2.9 of them the query's trip and nine page-table entries read one by one) */
+        slice_regs<HD> r;
+        if (first_chunk < n) slice_load<HD>(first_places, r);
         /* the lane's dims of its key's query (a group of 1: query head = kv head), pre-scaled */
         float query_part[HD / 4];
         const float *from = q + ((int64_t)token * n_head + kv_head) * HD + 8 * (lane & 3);
@@ -963,19 +990,27 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         float acc[HD / 32], running_max = -INFINITY, running_sum = 0;
 #pragma unroll
         for (int e = 0; e < HD / 32; e++) acc[e] = 0;
-        /* slices loaded after the wait, into registers (the first slice's old keys and values loaded
-         * before it, only this step's key after, measured slower: 7B x1 572 -> 558 tokens/s; the L2
-         * prefetch above gains); one slice a warp up to 256 keys in clusters of 8 */
+        /* one slice a warp up to 256 keys in clusters of 8; past that, each further slice's places
+         * and loads after the one before. (The first slice's old keys and values loaded into
+         * registers before the wait, only this step's key after, measured slower: 7B x1 572 -> 558
+         * tokens/s; the L2 prefetch above gains.) */
         for (int slice = first_chunk; slice < n; slice += chunk_step) {
-            slice_regs<HD> r = {};
-            slice_fetch<HD>(a, table, kv_head, slice, n, r);
+            if (slice != first_chunk) slice_load<HD>(slice_find<HD>(a, table, kv_head, slice, n), r);
+            if (slice == first_chunk) {
+                tm_stamp_after(TM_STAMP_A, __float_as_uint(query_part[HD / 4 - 1])); /* warp 0's query arrived */
+                tm_stamp_after(TM_STAMP_B, r.value[7][HD / 64 - 1] ^ r.key[HD / 32 - 1].w); /* ... its slice */
+            }
             slice_attend<HD>(r, query_part, slice, n, running_max, running_sum, acc);
         }
+        tm_stamp_after(TM_STAMP_C, __float_as_uint(acc[0])); /* warp 0's slices attended */
         merge_slices(merge, acc, running_max, running_sum);
+        tm_stamp(TM_STAMP_D); /* the block's warps merged */
     } else if constexpr (MMA && G > 1) {
         float o[HD / 8][4], running_max, running_sum;
         attend_group_mma<KV, HD, G>(query[mine], a, table, kv_head, first_chunk, chunk_step, n, true, o, running_max, running_sum);
+        tm_stamp_after(TM_STAMP_B, __float_as_uint(o[0][0])); /* warp 0's chunks attended */
         merge_warps_mma(merge, o, running_max, running_sum);
+        tm_stamp(TM_STAMP_C); /* the block's warps merged */
     } else {
         float acc[G][PER_LANE], running_max[G], running_sum[G];
         if constexpr (MMA)
@@ -1019,8 +1054,13 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         }
         asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
         writer = rank == 0;
-        if (!writer) return;
+        if (!writer) {
+            tm_stamp(TM_STAMP_E);
+            tm_stamp_end(stamper, SLICES ? TM_STAMP_ATTENTION : TM_STAMP_ATTENTION_CHUNKS, pages);
+            return;
+        }
         asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+        tm_stamp(TM_STAMP_E); /* block 0: every block's results pushed */
 #pragma unroll
         for (int v = 0; v < PER_THREAD; v++) {
             const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G;
@@ -1082,6 +1122,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
             quantize_q8_1_blocks<PER_THREAD>(value, ((int64_t)token * n_head + (int64_t)first_kv_head * group + head0) * HD + threadIdx.x,
                                              THREADS, INT64_MAX, q8);
     }
+    tm_stamp_end(stamper, SLICES ? TM_STAMP_ATTENTION : TM_STAMP_ATTENTION_CHUNKS, pages);
 }
 
 /* Whether the whole-context kernel of a group of 1 runs a step of n_tokens tokens in clusters of 8
@@ -1131,6 +1172,11 @@ static cudaError_t launch_one_token(const float *q, float *out, const kv_address
     if constexpr (KV == KV_F16)
         if (slices)
             launch = push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES | WHOLE_PUSH> : launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES>;
+#ifdef TM_BLOCK_STAMPS
+    /* a measuring aid of stamp builds: the same launch twice (it is idempotent), the second on warm caches */
+    static const bool twice = tm_env_int("TM_STAMPS_TWICE", 0) != 0;
+    if (twice) TM_CUDA_CHECK(launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s));
+#endif
     return launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
 

@@ -27,7 +27,10 @@
 #include "mmvq.cuh"
 #include "quant.cuh"
 #include "rope_append.cuh"
+#include "stamps.cuh"
 #include "tile_sums.cuh"
+
+TM_STAMPS_RING(gemv_q8, 1u << 22) /* a 7B x1 step: ~340 k records of pairs_kernel */
 
 /* ---- activations to q8_1 --------------------------------------------------------------------- */
 
@@ -337,6 +340,7 @@ template <int MIN_BLOCKS, int TYPES, bool ROPE, int LINES>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const half2 *xds, const int8_t *xp,
                                                               bool early, rope_append rope, unsigned first_block) {
     static_assert(!ROPE || TYPES < 2, "launch_pairs_kernel declines the rope with a q5_k part (measured no faster)");
+    const tm_stamper stamper = tm_stamp_begin();
     /* with a q5_k part, blocks first_block.. of the concatenated rows first, then wrapping round to
      * 0: the launcher puts the q5_k part's blocks (five loads a lane and block against q4_k's
      * three) at the grid's start */
@@ -358,6 +362,7 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     __shared__ float sums[4];
     const int pair_row = (int)(row - warp) + 2 * threadIdx.x, head = pair_row / rope.head_dim, d = pair_row % rope.head_dim;
     auto after_wait = [&] {
+        tm_stamp(TM_STAMP_WAITED);
         if constexpr (ROPE) {
             if (threadIdx.x < 2) {
                 if (part.index < 2 && d < rope.n_rot) copy_async_8(&targets[threadIdx.x].angle, rope_target_angle(rope, 0, d / 2));
@@ -374,6 +379,7 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     } else {
         sum = row_pairs<Q5_K, LINES>(part.weights + row * blocks * traits<Q5_K>::stride, blocks, xp, xds, early, after_wait);
     }
+    tm_stamp_after(TM_STAMP_A, __float_as_uint(sum)); /* warp 0's row summed */
     if constexpr (ROPE) {
         if (threadIdx.x % 32 == 0) sums[warp] = sum;
         __syncthreads();
@@ -388,6 +394,7 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     } else if (threadIdx.x % 32 == 0) {
         part.y[row] = sum;
     }
+    tm_stamp_end(stamper, ROPE ? TM_STAMP_PAIRS_ROPE : TM_STAMP_PAIRS, parts.weights[0]);
 }
 
 template <int TYPE, int NT, int R>

@@ -312,6 +312,9 @@ int tm_cuda_gemv_q8_qkv_rope(const tm_cuda_gemv_part *parts, int64_t cols, const
 
 /* Whether a CUDA device is usable here; writes its name. */
 int tm_cuda_device_name(char *name, int capacity);
+/* Writes the instrumented kernels' block timelines (stamps.cuh) to `path`, the stream idle:
+ * cudaErrorNotSupported in a build without TM_BLOCK_STAMPS. */
+int tm_cuda_stamps_dump(const char *path);
 /* The PCI bus id of CUDA device `device` ("0000:1B:00.0", what NVML finds a device by); 0 when it has none. */
 int tm_cuda_device_pci_bus_id(int device, char *bus_id, int capacity);
 

@@ -174,3 +174,27 @@ int tm_env_int(const char *name, int fallback) {
     long value = strtol(text, &end, 10);
     return *end == '\0' && value >= -1000000 && value <= 1000000 ? (int)value : fallback;
 }
+
+/* The rings of the instrumented translation units (stamps.cuh). */
+extern "C" int tm_stamps_dump_gemv_q8(FILE *f);
+extern "C" int tm_stamps_dump_attention(FILE *f);
+extern "C" int tm_stamps_dump_ops(FILE *f);
+
+extern "C" int tm_cuda_stamps_dump(const char *path) {
+#ifdef TM_BLOCK_STAMPS
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        fprintf(stderr, "block stamps: cannot write %s\n", path);
+        return cudaErrorInvalidValue;
+    }
+    int status = tm_stamps_dump_gemv_q8(f);
+    if (status == cudaSuccess) status = tm_stamps_dump_attention(f);
+    if (status == cudaSuccess) status = tm_stamps_dump_ops(f);
+    if (fclose(f) != 0 && status == cudaSuccess) status = cudaErrorUnknown;
+    return status;
+#else
+    (void)path;
+    (void)tm_stamps_dump_gemv_q8, (void)tm_stamps_dump_attention, (void)tm_stamps_dump_ops;
+    return cudaErrorNotSupported;
+#endif
+}

@@ -7,6 +7,9 @@
 #include "kernels.h"
 #include "launch.cuh"
 #include "quant.cuh"
+#include "stamps.cuh"
+
+TM_STAMPS_RING(ops, 1u << 18)
 
 /* One block per token row: out[t] = dequantized row tokens[t] of the table. */
 template <int TYPE>
@@ -123,24 +126,41 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
 #define NORM_SLICE 256
 __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, float *x_out, const float *x, const float *delta,
                                                                     const float *weight, int n, float eps, q8_out q8, __half *out16) {
-    tm_grid_dependency();
+    const tm_stamper stamper = tm_stamp_begin();
     const int i = blockIdx.y * NORM_SLICE + threadIdx.x; /* this thread's element */
-    const float w = i < n ? weight[i] : 0.0f;
+    const float w = i < n ? weight[i] : 0.0f;            /* a weight: no kernel writes it, so before the wait */
+    tm_grid_dependency();
+    tm_stamp(TM_STAMP_WAITED);
     const float *row = x + (int64_t)blockIdx.x * n;
     const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
     float mine = i < n ? row[i] : 0.0f;
     if (add && i < n) mine += add[i];
+    /* the row's squares, its x and delta read NORM_BATCH float4 a thread at a time (8192 wide, the
+     * 70B's, in one batch), every load of a batch issued before the first is used (a loop of one
+     * float4 and its sum went out in two or three trips: 1.3 us from the wait to the last load in
+     * the 7B x1 step, 3.1 in the 70B's, H200 block stamps); the sum adds the same terms in the same
+     * order as that loop did */
+    constexpr int NORM_BATCH = 8, STRIDE = 4 * NORM_SLICE; /* n % 4 == 0 */
     double sum = 0;
-#pragma unroll 4
-    for (int j = 4 * threadIdx.x; j < n; j += 4 * NORM_SLICE) { /* n % 4 == 0 */
-        float4 a = *reinterpret_cast<const float4 *>(row + j);
-        if (add) {
-            const float4 b = *reinterpret_cast<const float4 *>(add + j);
-            a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+    for (int base = 4 * threadIdx.x; base < n; base += NORM_BATCH * STRIDE) {
+        float4 a[NORM_BATCH], b[NORM_BATCH];
+#pragma unroll
+        for (int k = 0; k < NORM_BATCH; k++) {
+            const int j = base + k * STRIDE;
+            a[k] = j < n ? *reinterpret_cast<const float4 *>(row + j) : make_float4(0, 0, 0, 0);
+            b[k] = add && j < n ? *reinterpret_cast<const float4 *>(add + j) : make_float4(0, 0, 0, 0);
         }
-        sum += (double)a.x * a.x + (double)a.y * a.y + (double)a.z * a.z + (double)a.w * a.w;
+#pragma unroll
+        for (int k = 0; k < NORM_BATCH; k++) {
+            if (base + k * STRIDE >= n) break;
+            float4 v = a[k];
+            if (add) v.x += b[k].x, v.y += b[k].y, v.z += b[k].z, v.w += b[k].w;
+            sum += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+        }
     }
+    tm_stamp_after(TM_STAMP_A, (uint32_t)(__double_as_longlong(sum) >> 32) ^ __float_as_uint(mine) ^ __float_as_uint(w)); /* loads arrived */
     const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
+    tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
     const int64_t element = (int64_t)blockIdx.x * n + i;
     const float value = i < n ? mine * scale * w : 0.0f;
     if (i < n) {
@@ -149,6 +169,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
         if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
     }
     if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_block(value, element, q8); /* n % 256 == 0 */
+    tm_stamp_end(stamper, TM_STAMP_NORM, weight);
 }
 
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
@@ -186,6 +207,11 @@ static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, cons
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
     if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
         const dim3 grid((unsigned)n_rows, (unsigned)((n + NORM_SLICE - 1) / NORM_SLICE));
+#ifdef TM_BLOCK_STAMPS
+        /* a measuring aid of stamp builds: the same launch twice (out of place, so idempotent), the second on warm caches */
+        static const bool twice = tm_env_int("TM_STAMPS_TWICE", 0) != 0;
+        if (twice) TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8, out16);
+#endif
         TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8, out16);
         return cudaSuccess;
     }
@@ -251,13 +277,17 @@ extern "C" int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim,
 /* One thread per element; with q8, a warp per 32-element block also writes its q8_1 block; with
  * out16, the value rounded to f16 too. */
 __global__ void swiglu_kernel(float *gate, const float *up, int64_t n, q8_out q8, __half *out16) {
+    const tm_stamper stamper = tm_stamp_begin();
     tm_grid_dependency();
+    tm_stamp(TM_STAMP_WAITED);
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int lane = threadIdx.x % 32;
     float value = 0;
     if (i < n) gate[i] = value = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    tm_stamp_after(TM_STAMP_A, __float_as_uint(value)); /* loads arrived */
     if (out16 && i < n) out16[i] = __float2half_rn(value); /* as the f16 products round their float input */
     if (q8.qs && i - lane < n) quantize_q8_1_block(value, i, q8); /* n % 256 == 0: whole blocks of 256 threads */
+    tm_stamp_end(stamper, TM_STAMP_SWIGLU, up);
 }
 
 extern "C" int tm_cuda_swiglu(float *gate, const float *up, int64_t n, void *stream) {
