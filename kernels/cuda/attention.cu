@@ -970,10 +970,10 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
 
     __shared__ alignas(MMA && G > 1 ? 16 : 4) warp_merge<HD, G, W, KVH> merge; /* merge_warps_mma's float4 stores */
     if constexpr (SLICES) {
-        /* the first slice's loads go out at once, from places found before the wait, and the
-         * query's beside them: the query's scaling waits for its loads, so put first they held the
-         * slice's back a whole trip (7B x1 step, H200 block stamps: the slice arrived 3.0 us after
-         * the wait, 2.9 of them the query's trip and nine page-table entries read one by one) */
+        /* the first slice's loads go out at once, from places found before the wait, and then the
+         * query's (the query's scaling multiplies wait for its loads, so with the query first the
+         * slice's loads left a whole trip later; 7B x1 step, H200 block stamps: the slice arrived
+         * 3.0 us after the wait, the query's trip and nine page-table entries read one by one) */
         slice_regs<HD> r;
         if (first_chunk < n) slice_load<HD>(first_places, r);
         /* the lane's dims of its key's query (a group of 1: query head = kv head), pre-scaled */
