@@ -3,7 +3,7 @@
 TM_BLOCK_STAMPS_FILE) and prints the last decode step as the GPU ran it: per launch, when its first
 block started, when its blocks' waits for the previous kernel returned, when its last block ended,
 and how much of that the step saw (exposed: its last end after the previous launch's); then each
-kind of launch over the step's layers (medians), and the decode attention's phases.
+kind of launch over the step's layers (medians), and each kernel's phases (thread 0 of every block).
 
 usage: block_stamps.py STAMPS_FILE [--step-from-end K]   (K = 0: the last whole step)
 Times are microseconds. Needs numpy.
@@ -71,7 +71,7 @@ def step_of(ls):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("file")
+    p.add_argument("file", help="the file a TM_BLOCK_STAMPS build wrote (TM_BLOCK_STAMPS_FILE)")
     p.add_argument("--step-from-end", type=int, default=0, help="0: the last whole step, 1: the one before, ...")
     p.add_argument("--save-step", help="write the step's records (the same layout) to this file")
     args = p.parse_args()
