@@ -781,8 +781,10 @@ static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const 
 /* ---- decode, one token, a short context: 8-key slices a warp (decode_whole_kernel's SLICES) ---- */
 
 /* decode_whole_kernel's FORM bits: 8-key slices a warp (a group of 1 of an f16 cache) instead of
- * 32-key chunks; in clusters, the blocks' results pushed into block 0 instead of read by it. */
-enum { WHOLE_SLICES = 1, WHOLE_PUSH = 2 };
+ * 32-key chunks; in clusters, the blocks' results pushed into block 0 instead of read by it; and
+ * pushed by st.async counted on block 0's mbarrier instead of by plain stores behind a release
+ * cluster barrier. */
+enum { WHOLE_SLICES = 1, WHOLE_PUSH = 2, WHOLE_ASYNC = 4 };
 
 /* A lane's registers of one 8-key slice of an f16 cache: lanes 4k..4k+3 hold key k's HD / 4 dims
  * in 16-byte pieces, lane 4k + j pieces j, j + 4, ... (so each load instruction reads 64 whole
@@ -883,6 +885,13 @@ __device__ __forceinline__ void merge_slices(warp_merge<HD, 1, W, SETS> &m, cons
     merge_stored_warps(m);
 }
 
+/* The one-token kernel's mbarrier in block 0 (decode_whole_kernel's WHOLE_ASYNC): the bytes the other
+ * blocks push. A shared address; a function so that only the kernels using it hold it. */
+__device__ __forceinline__ uint32_t push_barrier() {
+    __shared__ alignas(8) uint64_t barrier;
+    return (uint32_t)__cvta_generic_to_shared(&barrier);
+}
+
 /* ---- decode without splits: a block per (token, kv head[, heads]), its warps sharing the keys -- */
 
 /* Kv heads a block of the whole-context kernel takes: enough that its outputs (kv heads x G x HD)
@@ -930,10 +939,15 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     const int kv_head = first_kv_head + mine;
     const int n = n_keys[token];
     const int32_t *table = pages + page_offsets[token];
-    constexpr bool SLICES = FORM & WHOLE_SLICES, PUSH = C > 1 && (FORM & WHOLE_PUSH);
-    (void)PUSH; /* read by sm_90's code only */
+    constexpr bool SLICES = FORM & WHOLE_SLICES, PUSH = C > 1 && (FORM & WHOLE_PUSH), ASYNC = PUSH && (FORM & WHOLE_ASYNC);
+    (void)PUSH, (void)ASYNC; /* read by sm_90's code only */
     static_assert(!SLICES || (KV == KV_F16 && G == 1 && !MMA), "slices: one head a kv head of an f16 cache");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (ASYNC)
+        if (rank == 0 && threadIdx.x == 0) {
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(push_barrier()) : "memory");
+            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        }
     if constexpr (PUSH) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); /* started: see the merge */
 #endif
     /* warp j of cluster block r takes 32-key chunks j C + r, j C + r + W C / KVH, ... (SLICES: 8-key
@@ -1041,6 +1055,56 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         __shared__ float pushed[C][VALUES], pushed_max[C][KVH][G], pushed_total[C][KVH][G];
         cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
         asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+        if constexpr (ASYNC) {
+            /* each other block's values go into block 0's shared memory by st.async, which counts
+             * their bytes on block 0's mbarrier (initialized before the first phase's arrive, so the
+             * wait above also orders its init before any push), and the block leaves; block 0 writes
+             * its own, expects the others' bytes and waits for them. The plain stores' release
+             * arrive is a GPU-scope MEMBAR in sm_90a SASS and the acquire an L1 invalidation; this
+             * form has neither. H200, 7B decode x1 at 128 / 192-key prompts, one binary, two rounds:
+             * 598.8, 590.5 / 588.5, 588.8 -> 601.3, 597.7 / 596.5, 589.9 tokens/s */
+            const uint32_t bar = push_barrier();
+            auto push = [&](const float *local, float v) {
+                uint32_t remote, remote_bar;
+                asm volatile("mapa.shared::cluster.u32 %0, %1, 0;" : "=r"(remote) : "r"((uint32_t)__cvta_generic_to_shared(local)));
+                asm volatile("mapa.shared::cluster.u32 %0, %1, 0;" : "=r"(remote_bar) : "r"(bar));
+                asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote), "r"(__float_as_uint(v)),
+                             "r"(remote_bar) : "memory");
+            };
+            if (rank != 0) {
+#pragma unroll
+                for (int v = 0; v < PER_THREAD; v++) {
+                    const int i = threadIdx.x + v * THREADS;
+                    if (i < VALUES) push(&pushed[rank][i], merged_value(merge, i / (G * HD), i / HD % G, i % HD));
+                }
+                if (threadIdx.x < KVH * G) {
+                    const int k = threadIdx.x / G, g = threadIdx.x % G;
+                    push(&pushed_max[rank][k][g], merge.set_max[k][g]);
+                    push(&pushed_total[rank][k][g], merge.total[k][g]);
+                }
+                tm_stamp(TM_STAMP_E);
+                tm_stamp_end(stamper, SLICES ? TM_STAMP_ATTENTION : TM_STAMP_ATTENTION_CHUNKS, pages);
+                return;
+            }
+#pragma unroll
+            for (int v = 0; v < PER_THREAD; v++) {
+                const int i = threadIdx.x + v * THREADS;
+                if (i < VALUES) pushed[0][i] = merged_value(merge, i / (G * HD), i / HD % G, i % HD);
+            }
+            if (threadIdx.x < KVH * G) {
+                const int k = threadIdx.x / G, g = threadIdx.x % G;
+                pushed_max[0][k][g] = merge.set_max[k][g], pushed_total[0][k][g] = merge.total[k][g];
+            }
+            if (threadIdx.x == 0)
+                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"((C - 1) * (VALUES + 2 * KVH * G) * 4)
+                             : "memory");
+            __syncthreads(); /* block 0's own part */
+            uint32_t done = 0;
+            while (!done)
+                asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+                             : "=r"(done) : "r"(bar) : "memory");
+            tm_stamp(TM_STAMP_E); /* block 0: every block's results pushed */
+        } else {
         float *to_values = cluster.map_shared_rank(&pushed[rank][0], 0);
 #pragma unroll
         for (int v = 0; v < PER_THREAD; v++) {
@@ -1061,6 +1125,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
         }
         asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
         tm_stamp(TM_STAMP_E); /* block 0: every block's results pushed */
+        }
 #pragma unroll
         for (int v = 0; v < PER_THREAD; v++) {
             const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G;
@@ -1155,9 +1220,10 @@ static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, cons
 }
 
 /* A one-token step of a group of 1 in clusters of 8 (one_token_clusters): an f16 cache in 8-key
- * slices a warp, every cache's blocks pushing their results into block 0
- * (decode_whole_kernel's FORM; TM_ATTENTION_SLICES=0 and TM_ATTENTION_PUSH=0, measuring aids, take
- * the 32-key chunks and block 0 reading the others). Up to 256 keys each slice is one warp's, so the
+ * slices a warp, every cache's blocks pushing their results into block 0, an f16 cache's by
+ * st.async on block 0's mbarrier (decode_whole_kernel's FORM; TM_ATTENTION_SLICES=0,
+ * TM_ATTENTION_PUSH=0 and TM_ATTENTION_ASYNC_PUSH=0, measuring aids, take the 32-key chunks, block 0
+ * reading the others, and the plain stores behind a cluster barrier). Up to 256 keys each slice is one warp's, so the
  * chain a warp runs is ~4x shorter than a chunk's. H200, 7B decode x1 at 128 / 192-key prompts,
  * tokens/s, one binary, three rounds: chunks, read 563.1, 572.5, 573.1 / 569.1, 569.4, 568.9;
  * slices, pushed 573.4, 581.1, 576.2 / 570.2, 576.8, 572.4; the launch's exposed time in a step
@@ -1168,10 +1234,13 @@ template <int KV, int HD>
 static cudaError_t launch_one_token(const float *q, float *out, const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets,
                                     const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
     static const bool slices = tm_env_int("TM_ATTENTION_SLICES", 1) != 0, push = tm_env_int("TM_ATTENTION_PUSH", 1) != 0;
+    static const bool async_push = tm_env_int("TM_ATTENTION_ASYNC_PUSH", 1) != 0;
     auto launch = push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_PUSH> : launch_whole_c<KV, HD, 1, 8, false, 0>;
     if constexpr (KV == KV_F16)
         if (slices)
-            launch = push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES | WHOLE_PUSH> : launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES>;
+            launch = push ? async_push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES | WHOLE_PUSH | WHOLE_ASYNC>
+                                       : launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES | WHOLE_PUSH>
+                          : launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES>;
 #ifdef TM_BLOCK_STAMPS
     /* a measuring aid of stamp builds: the same launch twice (it is idempotent), the second on warm caches */
     static const bool twice = tm_env_int("TM_STAMPS_TWICE", 0) != 0;
