@@ -175,10 +175,12 @@ int tm_env_int(const char *name, int fallback) {
     return *end == '\0' && value >= -1000000 && value <= 1000000 ? (int)value : fallback;
 }
 
+#ifdef TM_BLOCK_STAMPS
 /* The rings of the instrumented translation units (stamps.cuh). */
 extern "C" int tm_stamps_dump_gemv_q8(FILE *f);
 extern "C" int tm_stamps_dump_attention(FILE *f);
 extern "C" int tm_stamps_dump_ops(FILE *f);
+#endif
 
 extern "C" int tm_cuda_stamps_dump(const char *path) {
 #ifdef TM_BLOCK_STAMPS
@@ -194,7 +196,6 @@ extern "C" int tm_cuda_stamps_dump(const char *path) {
     return status;
 #else
     (void)path;
-    (void)tm_stamps_dump_gemv_q8, (void)tm_stamps_dump_attention, (void)tm_stamps_dump_ops;
     return cudaErrorNotSupported;
 #endif
 }

@@ -34,7 +34,7 @@ struct tm_block_stamp {
 
 /* Each instrumenting translation unit names its ring once, after its includes and before its
  * kernels: TM_STAMPS_RING(name, records) defines the ring, its dump (extern "C" int
- * tm_stamps_dump_<name>(FILE *), a cudaError_t; nothing without TM_BLOCK_STAMPS) and the two
+ * tm_stamps_dump_<name>(FILE *), a cudaError_t; neither without TM_BLOCK_STAMPS) and the two
  * calls the kernels make: tm_stamp_begin() first thing in the kernel, tm_stamp_end(stamper, kind,
  * tag) last thing (before any return); tm_stamp(point) between. */
 #ifdef TM_BLOCK_STAMPS
@@ -111,8 +111,7 @@ __device__ __forceinline__ void tm_stamp(int) {}
 __device__ __forceinline__ void tm_stamp_after(int, uint32_t) {}
 #define TM_STAMPS_RING(name, records)                                                                          \
     static __device__ __forceinline__ tm_stamper tm_stamp_begin() { return tm_stamper{}; }                    \
-    static __device__ __forceinline__ void tm_stamp_end(const tm_stamper &, unsigned, const void *) {}        \
-    extern "C" int tm_stamps_dump_##name(FILE *) { return cudaSuccess; }
+    static __device__ __forceinline__ void tm_stamp_end(const tm_stamper &, unsigned, const void *) {}
 #endif
 
 #endif /* TM_CUDA_STAMPS_CUH */
