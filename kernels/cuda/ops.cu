@@ -172,6 +172,95 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
     tm_stamp_end(stamper, TM_STAMP_NORM, weight);
 }
 
+/* The sliced norm in clusters of NORM_CLUSTER blocks (sm_90), for rows a multiple of
+ * NORM_SLICE x NORM_CLUSTER wide: block (slice, row) of cluster rank r reads only slices r, r + 8,
+ * ... of its row (its own among them: 2 of a 4096-wide row, 4 of 8192), sums their squares, and
+ * sends that partial sum into every other block of its cluster by st.async counted on the
+ * receiver's mbarrier (initialized before the wait, the cluster's arrive then, its wait before the
+ * first send); each block adds the 8 partials in rank order, so every block of a row, in every cluster,
+ * holds the same sum (its terms added in another order than the sliced kernel's). There each block
+ * read the whole row through its SM (x and delta: 32 KiB at 4096 wide, 64 at 8192; H200 block
+ * stamps, 7B x1 step: the wait to the loads' arrival 1.15 us, here 4 KiB and 0.54 us; the sum with
+ * the exchange 0.64 -> 0.99; the launch's exposed time 3.15 -> 2.69 us). H200, one binary,
+ * TM_NORM_CLUSTER 0 / 1, three rounds, decode tokens/s after 128-token prompts: 7B x1 602.2, 601.2,
+ * 605.6 / 608.7, 608.3, 608.5; 8B x1 244.4, 243.5, 243.1 / 246.2, 245.1, 246.8; 8B x8 1792, 1796,
+ * 1793 / 1815, 1807, 1813; 70B x1 82.55, 82.88, 82.69 / 82.93, 83.24, 82.78; 70B x8 535.0, 535.4,
+ * 537.7 / 542.6, 543.9, 539.6; 7B x8 3433, 3404, 3440 / 3431, 3426, 3430. */
+#define NORM_CLUSTER 8
+#define NORM_CLUSTER_SHARE 8 /* slices a block reads, at most: rows up to 8 x 8 x 256 = 16384 wide */
+__global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out, float *x_out, const float *x, const float *delta,
+                                                                     const float *weight, int n, float eps, q8_out q8, __half *out16) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const tm_stamper stamper = tm_stamp_begin();
+    const int slice = blockIdx.x, rank = slice % NORM_CLUSTER, share = n / (NORM_SLICE * NORM_CLUSTER);
+    const int i = slice * NORM_SLICE + threadIdx.x; /* this thread's element (n a multiple of the cluster's slices) */
+    __shared__ double partial[NORM_CLUSTER];
+    __shared__ alignas(8) uint64_t received;
+    const uint32_t barrier = (uint32_t)__cvta_generic_to_shared(&received);
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(barrier) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); /* waited for before the first send */
+    const float w = weight[i]; /* a weight: no kernel writes it, so before the wait */
+    tm_grid_dependency();
+    tm_stamp(TM_STAMP_WAITED);
+    const float *row = x + (int64_t)blockIdx.y * n;
+    const float *add = delta ? delta + (int64_t)blockIdx.y * n : nullptr;
+    float a[NORM_CLUSTER_SHARE], b[NORM_CLUSTER_SHARE];
+#pragma unroll
+    for (int k = 0; k < NORM_CLUSTER_SHARE; k++) {
+        const int j = (rank + k * NORM_CLUSTER) * NORM_SLICE + threadIdx.x;
+        a[k] = k < share ? row[j] : 0.0f;
+        b[k] = add && k < share ? add[j] : 0.0f;
+    }
+    double sum = 0;
+    float mine = 0;
+#pragma unroll
+    for (int k = 0; k < NORM_CLUSTER_SHARE; k++) {
+        if (k >= share) break;
+        const float v = add ? a[k] + b[k] : a[k];
+        sum += (double)v * v;
+        if (rank + k * NORM_CLUSTER == slice) mine = v;
+    }
+    /* loads arrived */
+    tm_stamp_after(TM_STAMP_A, (uint32_t)(__double_as_longlong(sum) >> 32) ^ __float_as_uint(mine) ^ __float_as_uint(w));
+    const double block_total = block_sum(sum);
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); /* every block's mbarrier initialized */
+    if (threadIdx.x < NORM_CLUSTER && threadIdx.x != rank) {
+        uint32_t remote, remote_barrier;
+        const uint32_t slot = (uint32_t)__cvta_generic_to_shared(&partial[rank]);
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(slot), "r"(threadIdx.x));
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_barrier) : "r"(barrier), "r"(threadIdx.x));
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];" ::"r"(remote),
+                     "l"(__double_as_longlong(block_total)), "r"(remote_barrier)
+                     : "memory");
+    }
+    if (threadIdx.x == 0) { /* its own partial stored before its arrive (a release the waiters acquire) */
+        partial[rank] = block_total;
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(barrier), "r"((NORM_CLUSTER - 1) * 8) : "memory");
+    }
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+                     : "=r"(done) : "r"(barrier) : "memory");
+    double total = 0;
+#pragma unroll
+    for (int r = 0; r < NORM_CLUSTER; r++) total += partial[r];
+    const float scale = (float)(1.0 / sqrt(total / n + eps));
+    tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
+    const int64_t element = (int64_t)blockIdx.y * n + i;
+    const float value = mine * scale * w;
+    if (add) x_out[element] = mine;
+    out[element] = value;
+    if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
+    if (q8.qs) quantize_q8_1_block(value, element, q8);
+    tm_stamp_end(stamper, TM_STAMP_NORM, weight);
+#else
+    __trap(); /* clusters need sm_90; the host never launches it there */
+#endif
+}
+
 static unsigned norm_threads(int n) { return n >= 4096 ? 1024 : n >= 1024 ? 256 : 128; }
 
 /* Elements a thread of the register kernel: 4 up to 4096 a row (1024 threads) when it also writes
@@ -198,13 +287,27 @@ static int norm_sliced_rows(void) {
     return rows;
 }
 
+/* Whether rows n wide take the sliced norm in clusters (rmsnorm_cluster_kernel): on devices that
+ * launch clusters, n a multiple of its clusters' slices and at most 8 of them a block;
+ * TM_NORM_CLUSTER=0 (a measuring aid) never. */
+static bool norm_clusters(int n) {
+    static const bool allowed = tm_env_int("TM_NORM_CLUSTER", 1) != 0;
+    const int cluster_width = NORM_SLICE * NORM_CLUSTER;
+    return allowed && n % cluster_width == 0 && n / cluster_width <= NORM_CLUSTER_SHARE && tm_cluster_launch_available();
+}
+
 /* Launch the norm of n_rows rows: out of place (x_out != x, or no delta) for a few rows, the sliced
- * kernel; else the register kernel up to 8192 elements a row (threads: n / its elements a thread,
- * rounded up to whole warps, with q8 to multiples of 256, at least 4 warps), the looping one
- * beyond (1024 threads there). */
+ * kernel (in clusters where norm_clusters says so); else the register kernel up to 8192 elements a
+ * row (threads: n / its elements a thread, rounded up to whole warps, with q8 to multiples of 256,
+ * at least 4 warps), the looping one beyond (1024 threads there). */
 static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
                                   float eps, q8_out q8, cudaStream_t stream, __half *out16 = nullptr) {
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
+    if ((x_out != x || !delta) && n_rows <= norm_sliced_rows() && norm_clusters(n)) {
+        TM_CUDA_CHECK(tm_launch_dependent_cluster(rmsnorm_cluster_kernel, dim3((unsigned)(n / NORM_SLICE), (unsigned)n_rows), dim3(NORM_SLICE), 0,
+                                                  stream, NORM_CLUSTER, out, x_out, x, delta, weight, n, eps, q8, out16));
+        return cudaSuccess;
+    }
     if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
         const dim3 grid((unsigned)n_rows, (unsigned)((n + NORM_SLICE - 1) / NORM_SLICE));
 #ifdef TM_BLOCK_STAMPS

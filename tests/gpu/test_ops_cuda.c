@@ -21,7 +21,9 @@
  *    wrote into an f32 cache, and tm_cuda_kv_append of the separately roped keys writes the same
  *    bytes. The residual add + RMSNorm is also held
  *    to the CPU reference (1e-6 relative), and its f16 copy (tm_cuda_add_rmsnorm_half, up to 8
- *    rows) is its float output rounded to nearest even, bit for bit; more rows are declined.
+ *    rows) is its float output rounded to nearest even, bit for bit; more rows are declined. On
+ *    sm_90 the rows of 4096 and 8192 take the clusters that share a row's sum of squares (ci/gpu
+ *    runs this test again under TM_NORM_CLUSTER=0 for the sliced kernel alone).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
@@ -169,7 +171,7 @@ static int differing_bytes(const void *a, const void *b, size_t n) {
 
 /* Residual add + norm + quantize, as the decode path calls it: 1, 2 and 8 rows out of place (the
  * sliced kernel) and 2 in place (the register kernel), 20 rows both ways (the register kernel), n = 4096;
- * 8 rows of 8192 out of place (the sliced kernel at the 70B's decode, 32 slices a row); and rows of 5120 (the register kernel's 640 threads rounded up to 768 for the q8 blocks of 8
+ * 8 rows of 8192 out of place (the sliced kernel at the 70B's decode, 32 slices a row; on sm_90 in clusters); and rows of 5120 (the register kernel's 640 threads rounded up to 768 for the q8 blocks of 8
  * warps; 20 slices) and 16384 (the looping kernel). Checked against the CPU (out), bit for bit: the
  * sum written to x_out, the q8_1 blocks against tm_cuda_quantize_q8_1 of out, and, at 4096, out
  * against tm_cuda_add + tm_cuda_rmsnorm where both take the same kernel (the sliced and the
