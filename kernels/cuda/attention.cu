@@ -31,6 +31,7 @@
 #include <cooperative_groups.h>
 
 #include "kernels.h"
+#include "cluster.cuh"
 #include "common.cuh"
 #include "kv_address.cuh"
 #include "launch.cuh"
@@ -889,7 +890,7 @@ __device__ __forceinline__ void merge_slices(warp_merge<HD, 1, W, SETS> &m, cons
  * blocks push. A shared address; a function so that only the kernels using it hold it. */
 __device__ __forceinline__ uint32_t push_barrier() {
     __shared__ alignas(8) uint64_t barrier;
-    return (uint32_t)__cvta_generic_to_shared(&barrier);
+    return shared_address(&barrier);
 }
 
 /* ---- decode without splits: a block per (token, kv head[, heads]), its warps sharing the keys -- */
@@ -944,11 +945,8 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     static_assert(!SLICES || (KV == KV_F16 && G == 1 && !MMA), "slices: one head a kv head of an f16 cache");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if constexpr (ASYNC)
-        if (rank == 0 && threadIdx.x == 0) {
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(push_barrier()) : "memory");
-            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        }
-    if constexpr (PUSH) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); /* started: see the merge */
+        if (rank == 0 && threadIdx.x == 0) cluster_mbarrier_init(push_barrier());
+    if constexpr (PUSH) cluster_arrive_relaxed(); /* started: see the merge */
 #endif
     /* warp j of cluster block r takes 32-key chunks j C + r, j C + r + W C / KVH, ... (SLICES: 8-key
      * slices): the first chunks of a short context land on different blocks (SMs) */
@@ -1054,7 +1052,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
          * cluster kernel's sm_90a SASS (the 8-bit chunks' read form +64 instructions), unmeasured. */
         __shared__ float pushed[C][VALUES], pushed_max[C][KVH][G], pushed_total[C][KVH][G];
         cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-        asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+        cluster_wait();
         if constexpr (ASYNC) {
             /* each other block's values go into block 0's shared memory by st.async, which counts
              * their bytes on block 0's mbarrier (initialized before the first phase's arrive, so the
@@ -1065,11 +1063,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
              * 598.8, 590.5 / 588.5, 588.8 -> 601.3, 597.7 / 596.5, 589.9 tokens/s */
             const uint32_t bar = push_barrier();
             auto push = [&](const float *local, float v) {
-                uint32_t remote, remote_bar;
-                asm volatile("mapa.shared::cluster.u32 %0, %1, 0;" : "=r"(remote) : "r"((uint32_t)__cvta_generic_to_shared(local)));
-                asm volatile("mapa.shared::cluster.u32 %0, %1, 0;" : "=r"(remote_bar) : "r"(bar));
-                asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(remote), "r"(__float_as_uint(v)),
-                             "r"(remote_bar) : "memory");
+                st_async_u32(cluster_map(shared_address(local), 0), __float_as_uint(v), cluster_map(bar, 0));
             };
             if (rank != 0) {
 #pragma unroll
@@ -1095,14 +1089,9 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
                 const int k = threadIdx.x / G, g = threadIdx.x % G;
                 pushed_max[0][k][g] = merge.set_max[k][g], pushed_total[0][k][g] = merge.total[k][g];
             }
-            if (threadIdx.x == 0)
-                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"((C - 1) * (VALUES + 2 * KVH * G) * 4)
-                             : "memory");
+            if (threadIdx.x == 0) mbarrier_expect_bytes(bar, (C - 1) * (VALUES + 2 * KVH * G) * 4);
             __syncthreads(); /* block 0's own part */
-            uint32_t done = 0;
-            while (!done)
-                asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\tselp.u32 %0, 1, 0, p;\n\t}"
-                             : "=r"(done) : "r"(bar) : "memory");
+            mbarrier_wait_first_phase(bar);
             tm_stamp(TM_STAMP_E); /* block 0: every block's results pushed */
         } else {
         float *to_values = cluster.map_shared_rank(&pushed[rank][0], 0);

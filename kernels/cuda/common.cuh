@@ -1,7 +1,8 @@
 /*
  * common.cuh - what every CUDA file of TensorMesh shares: checked CUDA calls, the block layouts
  * of the weight types (the same bytes as engine/quant.h, readable from device code), the rope
- * rotation, the 16-byte loads that fetch whole lines into L2 (weights, KV), and the warp's sum.
+ * rotation, the 16-byte loads that fetch whole lines into L2 (weights, KV), the warp's sum, and a
+ * pointer's shared-memory address.
  */
 #ifndef TM_CUDA_COMMON_CUH
 #define TM_CUDA_COMMON_CUH
@@ -24,6 +25,10 @@
 
 /* After a launch: the launch error, checked like a call. */
 #define TM_CUDA_CHECK_LAUNCH() TM_CUDA_CHECK(cudaGetLastError())
+
+/* The 32-bit shared-window address of a pointer into shared memory (what cp.async, ldmatrix, mapa
+ * and the mbarrier instructions take). */
+__device__ __forceinline__ uint32_t shared_address(const void *pointer) { return (uint32_t)__cvta_generic_to_shared(pointer); }
 
 /* The sum of `value` over the warp's 32 lanes, in every lane (all lanes call; a butterfly, so the
  * additions happen in the same order whatever the values). */

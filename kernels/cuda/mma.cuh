@@ -19,8 +19,6 @@ __device__ __forceinline__ uint32_t swizzled_atoms(int row, int chunk, int rows)
     return (uint32_t)((chunk >> 3) * rows * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-__device__ __forceinline__ uint32_t shared_address(const void *pointer) { return (uint32_t)__cvta_generic_to_shared(pointer); }
-
 /* 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros. */
 __device__ __forceinline__ void copy_async_16(uint32_t destination, const void *source, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(destination), "l"(source), "r"(src_bytes));

@@ -5,6 +5,7 @@
  * in float64 and rope computes its angle in float64, as the CPU does.
  */
 #include "kernels.h"
+#include "cluster.cuh"
 #include "launch.cuh"
 #include "quant.cuh"
 #include "stamps.cuh"
@@ -116,6 +117,20 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
     if (q8.qs) quantize_q8_1_blocks<PER_THREAD>(value, row_start + threadIdx.x, blockDim.x, row_start + n, q8);
 }
 
+/* The end of a sliced norm's thread: its element (`in_row`: inside the row) normalized into out,
+ * the residual sum into x_out (`added`), the f16 copy into out16, and with q8 its 256-value block
+ * quantized (`warp_in_row`: its warp's elements inside the row; n % 256 == 0). */
+__device__ __forceinline__ void norm_slice_write(float *out, float *x_out, bool added, int64_t element, bool in_row, bool warp_in_row,
+                                                 float mine, float scale, float w, const q8_out &q8, __half *out16) {
+    const float value = in_row ? mine * scale * w : 0.0f;
+    if (in_row) {
+        if (added) x_out[element] = mine;
+        out[element] = value;
+        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
+    }
+    if (q8.qs && warp_in_row) quantize_q8_1_block(value, element, q8);
+}
+
 /* The norm of a few rows (decode) over many SMs: block (row, slice) normalizes elements
  * slice * 256 .. + 255 of its row, after summing the squares of the whole row itself (every block
  * of a row reads all of it from L2: 16 KiB of x and of delta at 4096 wide). One block of 1024
@@ -161,14 +176,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
     tm_stamp_after(TM_STAMP_A, (uint32_t)(__double_as_longlong(sum) >> 32) ^ __float_as_uint(mine) ^ __float_as_uint(w)); /* loads arrived */
     const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
     tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
-    const int64_t element = (int64_t)blockIdx.x * n + i;
-    const float value = i < n ? mine * scale * w : 0.0f;
-    if (i < n) {
-        if (add) x_out[element] = mine;
-        out[element] = value;
-        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
-    }
-    if (q8.qs && i - threadIdx.x % 32 < n) quantize_q8_1_block(value, element, q8); /* n % 256 == 0 */
+    norm_slice_write(out, x_out, add != nullptr, (int64_t)blockIdx.x * n + i, i < n, i - threadIdx.x % 32 < n, mine, scale, w, q8, out16);
     tm_stamp_end(stamper, TM_STAMP_NORM, weight);
 }
 
@@ -196,12 +204,9 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
     const int i = slice * NORM_SLICE + threadIdx.x; /* this thread's element (n a multiple of the cluster's slices) */
     __shared__ double partial[NORM_CLUSTER];
     __shared__ alignas(8) uint64_t received;
-    const uint32_t barrier = (uint32_t)__cvta_generic_to_shared(&received);
-    if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(barrier) : "memory");
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory"); /* waited for before the first send */
+    const uint32_t barrier = shared_address(&received);
+    if (threadIdx.x == 0) cluster_mbarrier_init(barrier);
+    cluster_arrive_relaxed(); /* waited for before the first send */
     const float w = weight[i]; /* a weight: no kernel writes it, so before the wait */
     tm_grid_dependency();
     tm_stamp(TM_STAMP_WAITED);
@@ -226,35 +231,21 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
     /* loads arrived */
     tm_stamp_after(TM_STAMP_A, (uint32_t)(__double_as_longlong(sum) >> 32) ^ __float_as_uint(mine) ^ __float_as_uint(w));
     const double block_total = block_sum(sum);
-    asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); /* every block's mbarrier initialized */
-    if (threadIdx.x < NORM_CLUSTER && threadIdx.x != rank) {
-        uint32_t remote, remote_barrier;
-        const uint32_t slot = (uint32_t)__cvta_generic_to_shared(&partial[rank]);
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(slot), "r"(threadIdx.x));
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote_barrier) : "r"(barrier), "r"(threadIdx.x));
-        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];" ::"r"(remote),
-                     "l"(__double_as_longlong(block_total)), "r"(remote_barrier)
-                     : "memory");
-    }
+    cluster_wait(); /* every block's mbarrier initialized */
+    if (threadIdx.x < NORM_CLUSTER && threadIdx.x != rank)
+        st_async_u64(cluster_map(shared_address(&partial[rank]), threadIdx.x), (uint64_t)__double_as_longlong(block_total),
+                     cluster_map(barrier, threadIdx.x));
     if (threadIdx.x == 0) { /* its own partial stored before its arrive (a release the waiters acquire) */
         partial[rank] = block_total;
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(barrier), "r"((NORM_CLUSTER - 1) * 8) : "memory");
+        mbarrier_expect_bytes(barrier, (NORM_CLUSTER - 1) * 8);
     }
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n\tselp.u32 %0, 1, 0, p;\n\t}"
-                     : "=r"(done) : "r"(barrier) : "memory");
+    mbarrier_wait_first_phase(barrier);
     double total = 0;
 #pragma unroll
     for (int r = 0; r < NORM_CLUSTER; r++) total += partial[r];
     const float scale = (float)(1.0 / sqrt(total / n + eps));
     tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
-    const int64_t element = (int64_t)blockIdx.y * n + i;
-    const float value = mine * scale * w;
-    if (add) x_out[element] = mine;
-    out[element] = value;
-    if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
-    if (q8.qs) quantize_q8_1_block(value, element, q8);
+    norm_slice_write(out, x_out, add != nullptr, (int64_t)blockIdx.y * n + i, true, true, mine, scale, w, q8, out16);
     tm_stamp_end(stamper, TM_STAMP_NORM, weight);
 #else
     __trap(); /* clusters need sm_90; the host never launches it there */
