@@ -296,8 +296,15 @@ static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, cons
                                   float eps, q8_out q8, cudaStream_t stream, __half *out16 = nullptr) {
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
     if ((x_out != x || !delta) && n_rows <= norm_sliced_rows() && norm_clusters(n)) {
-        TM_CUDA_CHECK(tm_launch_dependent_cluster(rmsnorm_cluster_kernel, dim3((unsigned)(n / NORM_SLICE), (unsigned)n_rows), dim3(NORM_SLICE), 0,
-                                                  stream, NORM_CLUSTER, out, x_out, x, delta, weight, n, eps, q8, out16));
+        const dim3 grid((unsigned)(n / NORM_SLICE), (unsigned)n_rows);
+#ifdef TM_BLOCK_STAMPS
+        static const bool twice = tm_env_int("TM_STAMPS_TWICE", 0) != 0; /* as for the sliced kernel below */
+        if (twice)
+            TM_CUDA_CHECK(tm_launch_dependent_cluster(rmsnorm_cluster_kernel, grid, dim3(NORM_SLICE), 0, stream, NORM_CLUSTER, out, x_out, x,
+                                                      delta, weight, n, eps, q8, out16));
+#endif
+        TM_CUDA_CHECK(tm_launch_dependent_cluster(rmsnorm_cluster_kernel, grid, dim3(NORM_SLICE), 0, stream, NORM_CLUSTER, out, x_out, x, delta,
+                                                  weight, n, eps, q8, out16));
         return cudaSuccess;
     }
     if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
