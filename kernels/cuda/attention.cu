@@ -31,10 +31,10 @@
 #include <cooperative_groups.h>
 
 #include "kernels.h"
-#include "cluster.cuh"
 #include "common.cuh"
 #include "kv_address.cuh"
 #include "launch.cuh"
+#include "mbarrier.cuh"
 #include "mma.cuh"
 #include "quant.cuh"
 #include "stamps.cuh"
@@ -945,7 +945,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     static_assert(!SLICES || (KV == KV_F16 && G == 1 && !MMA), "slices: one head a kv head of an f16 cache");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if constexpr (ASYNC)
-        if (rank == 0 && threadIdx.x == 0) cluster_mbarrier_init(push_barrier());
+        if (rank == 0 && threadIdx.x == 0) mbarrier_init(push_barrier(), 1), fence_mbarrier_init();
     if constexpr (PUSH) cluster_arrive_relaxed(); /* started: see the merge */
 #endif
     /* warp j of cluster block r takes 32-key chunks j C + r, j C + r + W C / KVH, ... (SLICES: 8-key
@@ -1089,9 +1089,9 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
                 const int k = threadIdx.x / G, g = threadIdx.x % G;
                 pushed_max[0][k][g] = merge.set_max[k][g], pushed_total[0][k][g] = merge.total[k][g];
             }
-            if (threadIdx.x == 0) mbarrier_expect_bytes(bar, (C - 1) * (VALUES + 2 * KVH * G) * 4);
+            if (threadIdx.x == 0) mbarrier_expect(bar, (C - 1) * (VALUES + 2 * KVH * G) * 4);
             __syncthreads(); /* block 0's own part */
-            mbarrier_wait_first_phase(bar);
+            mbarrier_wait(bar, 0);
             tm_stamp(TM_STAMP_E); /* block 0: every block's results pushed */
         } else {
         float *to_values = cluster.map_shared_rank(&pushed[rank][0], 0);

@@ -38,6 +38,7 @@
 
 #include "kernels.h"
 #include "launch.cuh"
+#include "mbarrier.cuh"
 #include "mma.cuh"
 #include "quant.cuh"
 
@@ -264,14 +265,9 @@ __device__ __forceinline__ void store_tile(const float (&acc)[BN / 2], float *y,
 }
 
 #if defined(TM_WGMMA_AVAILABLE)
-/* mbarriers and TMA (sm_90) */
-__device__ __forceinline__ void mbarrier_init(uint32_t bar, int count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory"); }
-__device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
-__device__ __forceinline__ void mbarrier_expect(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbarrier_arrive(uint32_t bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
-__device__ __forceinline__ void mbarrier_wait(uint32_t bar, int parity) {
+/* TMA (sm_90; its mbarriers: mbarrier.cuh). The pipeline waits with the loop inside one asm block,
+ * the form it was built and measured with (mbarrier_wait's C loop compiles to other SASS here). */
+__device__ __forceinline__ void mbarrier_wait_in_asm(uint32_t bar, int parity) {
     asm volatile("{\n.reg .pred done;\nWAIT:\n"
                  "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
                  "@!done bra WAIT;\n}\n" ::"r"(bar),
@@ -416,7 +412,7 @@ __global__ void __launch_bounds__(288, 1)
         if (lane == 0)
             for (int kb = 0; kb < n_k; kb++) {
                 const int s = kb % STAGES;
-                if (kb >= STAGES) mbarrier_wait(empty + 8 * s, ((kb / STAGES) - 1) & 1);
+                if (kb >= STAGES) mbarrier_wait_in_asm(empty + 8 * s, ((kb / STAGES) - 1) & 1);
                 const uint32_t tile = tiles + s * shape::stage_bytes, bar = full + 8 * s;
                 mbarrier_expect(bar, shape::x_bytes + shape::w_bytes);
                 tma_load_2d(tile, &x_map, 128 * kb, token0, bar);
@@ -432,7 +428,7 @@ __global__ void __launch_bounds__(288, 1)
     auto stage = [&](auto half_tag, int kb) {
         constexpr int HALF = decltype(half_tag)::value;
         const int s = kb % STAGES;
-        mbarrier_wait(full + 8 * s, (kb / STAGES) & 1);
+        mbarrier_wait_in_asm(full + 8 * s, (kb / STAGES) & 1);
         const uint32_t x_tile = tiles + s * shape::stage_bytes;
         const uint8_t *first_row = shared + s * shape::stage_bytes + shape::x_bytes + (warp_row + (lane >> 2)) * STRIDE;
         const stage_rows<TYPE> bytes = load_stage_rows<TYPE, HALF>(first_row, STRIDE, lane);

@@ -43,6 +43,7 @@
  */
 #include "kernels.h"
 #include "launch.cuh"
+#include "mbarrier.cuh"
 #include "mmvq.cuh"
 
 #define STREAM_WARPS 8 /* consumer warps; one more warp produces */
@@ -92,27 +93,6 @@ __device__ __forceinline__ stream_chunk chunk_at(const mmvq_parts &parts, const 
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void barrier_init(uint64_t *bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_address(bar)), "r"(count) : "memory");
-}
-/* This thread's arrival, announcing `bytes` the bulk copies will complete on the barrier. */
-__device__ __forceinline__ void barrier_expect(uint64_t *bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_address(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void barrier_arrive(uint64_t *bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(shared_address(bar)) : "memory");
-}
-/* Until the barrier's phase of parity `parity` has completed (acquire: its writes are visible).
- * Polling with test_wait instead measured no faster (7B decode x1 386 vs 392 tokens/s). */
-__device__ __forceinline__ void barrier_wait(uint64_t *bar, unsigned parity) {
-    unsigned done = 0;
-    do {
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done)
-                     : "r"(shared_address(bar)), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
 /* bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory by the bulk-copy engine. */
 __device__ __forceinline__ void bulk_copy(void *shared, const void *global, unsigned bytes, uint64_t *bar) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(shared_address(shared)),
@@ -156,9 +136,9 @@ __global__ void __launch_bounds__(32 * (STREAM_WARPS + 1), STREAM_BLOCKS_PER_SM)
     half2 *x_d = reinterpret_cast<half2 *>(stream_shared + cols);
     uint8_t *ring = stream_shared + plan.x_bytes;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < stages; s++) barrier_init(&full[s], 1), barrier_init(&empty[s], STREAM_WARPS);
-        barrier_init(&x_ready, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        for (int s = 0; s < stages; s++) mbarrier_init(shared_address(&full[s]), 1), mbarrier_init(shared_address(&empty[s]), STREAM_WARPS);
+        mbarrier_init(shared_address(&x_ready), 1);
+        fence_mbarrier_init();
     }
     __syncthreads();
     if (warp == STREAM_WARPS) { /* the producer */
@@ -169,7 +149,7 @@ __global__ void __launch_bounds__(32 * (STREAM_WARPS + 1), STREAM_BLOCKS_PER_SM)
             const int s = issued % stages;
             if (lane == 0) {
                 const unsigned bytes = (unsigned)(c.n * c.row_bytes);
-                barrier_expect(&full[s], bytes);
+                mbarrier_expect(shared_address(&full[s]), bytes);
                 /* one copy a stage: pieces of 4 KiB or 1 KiB measured slower (7B x1 312 -> 308 / 246) */
                 bulk_copy(ring + (size_t)s * plan.slot_bytes, c.weights + c.row * c.row_bytes, bytes, &full[s]);
             }
@@ -178,7 +158,7 @@ __global__ void __launch_bounds__(32 * (STREAM_WARPS + 1), STREAM_BLOCKS_PER_SM)
         while (issued < stages && issue_at < end) issue(); /* weights only: before the wait */
         tm_grid_wait();
         if (lane == 0) {
-            barrier_expect(&x_ready, (unsigned)(cols + cols / 8));
+            mbarrier_expect(shared_address(&x_ready), (unsigned)(cols + cols / 8));
             bulk_copy(x_q, xq, (unsigned)cols, &x_ready);
             bulk_copy(x_d, xds, (unsigned)(cols / 8), &x_ready);
         }
@@ -186,7 +166,7 @@ __global__ void __launch_bounds__(32 * (STREAM_WARPS + 1), STREAM_BLOCKS_PER_SM)
         while (retire_at < end) {
             const stream_chunk c = chunk_at(parts, plan, retire_at, end);
             const int s = retired % stages;
-            barrier_wait(&empty[s], (unsigned)((retired / stages) & 1));
+            mbarrier_wait(shared_address(&empty[s]), (unsigned)((retired / stages) & 1));
             for (int i = lane; i < c.n; i += 32) { /* row i of the tile: its slices, in order */
                 const int group = i / STREAM_R, r = i % STREAM_R;
                 float sum = partial[s][group * c.split * STREAM_R + r];
@@ -199,13 +179,13 @@ __global__ void __launch_bounds__(32 * (STREAM_WARPS + 1), STREAM_BLOCKS_PER_SM)
         }
     } else { /* a consumer */
         tm_grid_dependency();
-        barrier_wait(&x_ready, 0);
+        mbarrier_wait(shared_address(&x_ready), 0);
         const int blocks = (int)(cols / 256);
         int it = 0;
         for (int64_t at = begin; at < end; it++) {
             const stream_chunk c = chunk_at(parts, plan, at, end);
             const int s = it % stages;
-            barrier_wait(&full[s], (unsigned)((it / stages) & 1));
+            mbarrier_wait(shared_address(&full[s]), (unsigned)((it / stages) & 1));
             const int group = warp / c.split, slice = warp % c.split, valid = min(STREAM_R, c.n - group * STREAM_R);
             const uint8_t *rows = ring + (size_t)s * plan.slot_bytes + (size_t)group * STREAM_R * c.row_bytes;
             float acc[STREAM_R];
@@ -222,7 +202,7 @@ __global__ void __launch_bounds__(32 * (STREAM_WARPS + 1), STREAM_BLOCKS_PER_SM)
                 if (lane == 0) partial[s][warp * STREAM_R + r] = sum;
             }
             __syncwarp(); /* every lane is done reading the stage */
-            if (lane == 0) barrier_arrive(&empty[s]);
+            if (lane == 0) mbarrier_arrive(shared_address(&empty[s]));
             at += c.n;
         }
     }

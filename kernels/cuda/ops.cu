@@ -5,8 +5,8 @@
  * in float64 and rope computes its angle in float64, as the CPU does.
  */
 #include "kernels.h"
-#include "cluster.cuh"
 #include "launch.cuh"
+#include "mbarrier.cuh"
 #include "quant.cuh"
 #include "stamps.cuh"
 
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
     __shared__ double partial[NORM_CLUSTER];
     __shared__ alignas(8) uint64_t received;
     const uint32_t barrier = shared_address(&received);
-    if (threadIdx.x == 0) cluster_mbarrier_init(barrier);
+    if (threadIdx.x == 0) mbarrier_init(barrier, 1), fence_mbarrier_init();
     cluster_arrive_relaxed(); /* waited for before the first send */
     const float w = weight[i]; /* a weight: no kernel writes it, so before the wait */
     tm_grid_dependency();
@@ -238,9 +238,9 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
                      cluster_map(barrier, threadIdx.x));
     if (threadIdx.x == 0) { /* its own partial stored before its arrive (a release the waiters acquire) */
         partial[rank] = block_total;
-        mbarrier_expect_bytes(barrier, (NORM_CLUSTER - 1) * 8);
+        mbarrier_expect(barrier, (NORM_CLUSTER - 1) * 8);
     }
-    mbarrier_wait_first_phase(barrier);
+    mbarrier_wait(barrier, 0);
     double total = 0;
 #pragma unroll
     for (int r = 0; r < NORM_CLUSTER; r++) total += partial[r];
