@@ -4,7 +4,7 @@
  * here compiles to nothing, so the kernels' code is the production code.
  *
  * With it, thread 0 of every block of an instrumented kernel (pairs_kernel, decode_whole_kernel,
- * the sliced norm, the SwiGLU) keeps the global timer (%globaltimer, ns, one clock for all SMs)
+ * the sliced norm and its cluster form, the SwiGLU) keeps the global timer (%globaltimer, ns, one clock for all SMs)
  * at its start, right after its wait for the previous kernel, at up to three points of the
  * kernel's own and at its end, and writes them with its SM into a ring of records in its
  * translation unit (TM_STAMPS_RING, the slot taken by an atomic at the start whose result is
