@@ -194,15 +194,27 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
  * TM_NORM_CLUSTER 0 / 1, three rounds, decode tokens/s after 128-token prompts: 7B x1 602.2, 601.2,
  * 605.6 / 608.7, 608.3, 608.5; 8B x1 244.4, 243.5, 243.1 / 246.2, 245.1, 246.8; 8B x8 1792, 1796,
  * 1793 / 1815, 1807, 1813; 70B x1 82.55, 82.88, 82.69 / 82.93, 83.24, 82.78; 70B x8 535.0, 535.4,
- * 537.7 / 542.6, 543.9, 539.6; 7B x8 3433, 3404, 3440 / 3431, 3426, 3430. */
+ * 537.7 / 542.6, 543.9, 539.6; 7B x8 3433, 3404, 3440 / 3431, 3426, 3430.
+ * EARLY_MAX (the default; TM_NORM_EARLY_MAX=0 keeps norm_slice_write's end): the output is
+ * (x * weight) * scale, and x -> x * scale rounds monotonically for scale > 0, so the q8_1 block's
+ * largest |output| is (its largest |x * weight|) * scale exactly; that maximum is found at the
+ * sum's own barrier, before the partials travel, and the residual sum is stored while they do, so
+ * after the sum only a multiply, a division and the warp's sum of q are left (the old end: two more
+ * barriers). Its q8_1 equals the quantizer's of its output bit for bit, as before. H200 block
+ * stamps: the sum -> end 0.61 -> 0.38 us, the launch's exposed time 2.69 -> 2.38 (7B x1 step),
+ * 2.94 -> 2.66 (70B). One binary, TM_NORM_EARLY_MAX 0 / 1, three rounds, tokens/s: 7B x8 3379,
+ * 3377, 3383 / 3463, 3468, 3473; 7B x1 604.1, 601.7, 606.1 / 607.9, 609.8, 605.1; 8B x1 245.7,
+ * 246.3, 245.1 / 246.4, 247.0, 247.5; 8B x8, 70B x1 and x8 unchanged within their spread. */
 #define NORM_CLUSTER 8
 #define NORM_CLUSTER_SHARE 8 /* slices a block reads, at most: rows up to 8 x 8 x 256 = 16384 wide */
+template <bool EARLY_MAX>
 __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out, float *x_out, const float *x, const float *delta,
                                                                      const float *weight, int n, float eps, q8_out q8, __half *out16) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const tm_stamper stamper = tm_stamp_begin();
     const int slice = blockIdx.x, rank = slice % NORM_CLUSTER, share = n / (NORM_SLICE * NORM_CLUSTER);
     const int i = slice * NORM_SLICE + threadIdx.x; /* this thread's element (n a multiple of the cluster's slices) */
+    const int64_t element = (int64_t)blockIdx.y * n + i;
     __shared__ double partial[NORM_CLUSTER];
     __shared__ alignas(8) uint64_t received;
     const uint32_t barrier = shared_address(&received);
@@ -231,7 +243,23 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
     }
     /* loads arrived */
     tm_stamp_after(TM_STAMP_A, (uint32_t)(__double_as_longlong(sum) >> 32) ^ __float_as_uint(mine) ^ __float_as_uint(w));
-    const double block_total = block_sum(sum);
+    double block_total;
+    float raw = 0, raw_max = 0; /* EARLY_MAX: mine * w, and its largest |value| over the block (the q8_1 block) */
+    if constexpr (EARLY_MAX) {
+        /* the block's sum of squares and, with q8, the largest |mine * w| at the same barrier */
+        __shared__ double warp_sums[NORM_SLICE / 32];
+        __shared__ float warp_max[NORM_SLICE / 32];
+        raw = mine * w;
+        const double warp_sum = sum_over_warp(sum);
+        const float warp_raw_max = q8.qs ? max_over_warp(fabsf(raw)) : 0.0f;
+        if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = warp_sum, warp_max[threadIdx.x / 32] = warp_raw_max;
+        __syncthreads();
+        block_total = 0;
+#pragma unroll
+        for (int k = 0; k < NORM_SLICE / 32; k++) block_total += warp_sums[k], raw_max = fmaxf(raw_max, warp_max[k]);
+    } else {
+        block_total = block_sum(sum);
+    }
     cluster_wait(); /* every block's mbarrier initialized */
     if (threadIdx.x < NORM_CLUSTER && threadIdx.x != rank)
         st_async_u64(cluster_map(shared_address(&partial[rank]), threadIdx.x), (uint64_t)__double_as_longlong(block_total),
@@ -240,13 +268,24 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
         partial[rank] = block_total;
         mbarrier_expect(barrier, (NORM_CLUSTER - 1) * 8);
     }
+    if (EARLY_MAX && add) x_out[element] = mine; /* the residual sum, while the partials travel */
     mbarrier_wait(barrier, 0);
     double total = 0;
 #pragma unroll
     for (int r = 0; r < NORM_CLUSTER; r++) total += partial[r];
     const float scale = (float)(1.0 / sqrt(total / n + eps));
     tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
-    norm_slice_write(out, x_out, add != nullptr, (int64_t)blockIdx.y * n + i, true, true, mine, scale, w, q8, out16);
+    if constexpr (EARLY_MAX) {
+        /* out = (mine * w) * scale, and x -> x * scale rounds monotonically for scale > 0, so the
+         * block's largest |out| is raw_max * scale exactly: the quantizer's d and values of out
+         * with no reduction after the sum */
+        const float value = raw * scale;
+        out[element] = value;
+        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
+        if (q8.qs) quantize_q8_1_known_max(value, raw_max * scale, element, q8);
+    } else {
+        norm_slice_write(out, x_out, add != nullptr, element, true, true, mine, scale, w, q8, out16);
+    }
     tm_stamp_end(stamper, TM_STAMP_NORM, weight);
 #else
     __trap(); /* clusters need sm_90; the host never launches it there */
@@ -288,6 +327,14 @@ static bool norm_clusters(int n) {
     return allowed && n % cluster_width == 0 && n / cluster_width <= NORM_CLUSTER_SHARE && tm_cluster_launch_available();
 }
 
+/* Whether the cluster kernel finds its q8_1 block's largest value before the row's sum arrives
+ * (rmsnorm_cluster_kernel's EARLY_MAX); TM_NORM_EARLY_MAX=0 (a measuring aid) keeps the
+ * reduction after it. */
+static bool norm_early_max(void) {
+    static const bool early = tm_env_int("TM_NORM_EARLY_MAX", 1) != 0;
+    return early;
+}
+
 /* Launch the norm of n_rows rows: out of place (x_out != x, or no delta) for a few rows, the sliced
  * kernel (in clusters where norm_clusters says so); else the register kernel up to 8192 elements a
  * row (threads: n / its elements a thread, rounded up to whole warps, with q8 to multiples of 256,
@@ -297,14 +344,15 @@ static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, cons
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
     if ((x_out != x || !delta) && n_rows <= norm_sliced_rows() && norm_clusters(n)) {
         const dim3 grid((unsigned)(n / NORM_SLICE), (unsigned)n_rows);
+        const auto kernel = norm_early_max() ? rmsnorm_cluster_kernel<true> : rmsnorm_cluster_kernel<false>;
 #ifdef TM_BLOCK_STAMPS
         static const bool twice = tm_env_int("TM_STAMPS_TWICE", 0) != 0; /* as for the sliced kernel below */
         if (twice)
-            TM_CUDA_CHECK(tm_launch_dependent_cluster(rmsnorm_cluster_kernel, grid, dim3(NORM_SLICE), 0, stream, NORM_CLUSTER, out, x_out, x,
-                                                      delta, weight, n, eps, q8, out16));
+            TM_CUDA_CHECK(tm_launch_dependent_cluster(kernel, grid, dim3(NORM_SLICE), 0, stream, NORM_CLUSTER, out, x_out, x, delta, weight, n,
+                                                      eps, q8, out16));
 #endif
-        TM_CUDA_CHECK(tm_launch_dependent_cluster(rmsnorm_cluster_kernel, grid, dim3(NORM_SLICE), 0, stream, NORM_CLUSTER, out, x_out, x, delta,
-                                                  weight, n, eps, q8, out16));
+        TM_CUDA_CHECK(tm_launch_dependent_cluster(kernel, grid, dim3(NORM_SLICE), 0, stream, NORM_CLUSTER, out, x_out, x, delta, weight, n,
+                                                  eps, q8, out16));
         return cudaSuccess;
     }
     if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {

@@ -200,6 +200,20 @@ static inline q8_out q8_out_at(const void *q8, int64_t n_rows, int64_t n) {
 /* bar.sync on barrier `id` (1..15; 0 is __syncthreads') for `threads` threads (whole warps). */
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory"); }
 
+/* One value into q8 with the arithmetic of tm_cuda_quantize_q8_1, its 256-value block's largest
+ * |value| already known (amax, the same in every lane): d = amax / 127, q = round(value / d), the
+ * sub-block's (d, d * sum q) pair from lane 0. The whole warp calls it for 32 consecutive elements
+ * (element: this lane's). */
+__device__ __forceinline__ void quantize_q8_1_known_max(float value, float amax, int64_t element, const q8_out &q8) {
+    const float d = amax / 127.0f;
+    int q = amax > 0 ? __float2int_rn(value / d) : 0, qsum = q;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+    q8.qs[element] = (int8_t)q;
+    if (q8.paired) q8.paired[q8_pair_index(element, q8.n)] = (int8_t)q;
+    if (threadIdx.x % 32 == 0) q8.ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+}
+
 /* K values a thread into q8 with the arithmetic of tm_cuda_quantize_q8_1: value k is element
  * first + k * stride, written when that is below `end`; per 256-value block
  * d = max |x| / 127, q = round(x / d), the sub-block pairs (d, d * sum q); with one row the values
@@ -230,13 +244,7 @@ __device__ __forceinline__ void quantize_q8_1_blocks(const float (&value)[K], in
         if (element - lane >= end) continue; /* the whole warp */
 #pragma unroll
         for (int offset = 4; offset > 0; offset /= 2) amax[k] = fmaxf(amax[k], __shfl_xor_sync(0xffffffffu, amax[k], offset));
-        const float d = amax[k] / 127.0f;
-        int q = amax[k] > 0 ? __float2int_rn(value[k] / d) : 0, qsum = q;
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-        q8.qs[element] = (int8_t)q;
-        if (q8.paired) q8.paired[q8_pair_index(element, q8.n)] = (int8_t)q;
-        if (lane == 0) q8.ds[element / 32] = make_half2(__float2half_rn(d), __float2half_rn(d * (float)qsum));
+        quantize_q8_1_known_max(value[k], amax[k], element, q8);
     }
 }
 

@@ -22,8 +22,10 @@
  *    bytes. The residual add + RMSNorm is also held
  *    to the CPU reference (1e-6 relative), and its f16 copy (tm_cuda_add_rmsnorm_half, up to 8
  *    rows) is its float output rounded to nearest even, bit for bit; more rows are declined. On
- *    sm_90 the rows of 4096 and 8192 take the clusters that share a row's sum of squares (ci/gpu
- *    runs this test again under TM_NORM_CLUSTER=0 for the sliced kernel alone).
+ *    sm_90 the rows of 4096 and 8192 take the clusters that share a row's sum of squares, which
+ *    find each q8_1 block's largest value before the sum (ci/gpu runs this test again under
+ *    TM_NORM_CLUSTER=0 for the sliced kernel alone and under TM_NORM_EARLY_MAX=0 for the
+ *    clusters' maximum after the sum).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
