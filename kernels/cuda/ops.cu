@@ -117,6 +117,8 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
     if (q8.qs) quantize_q8_1_blocks<PER_THREAD>(value, row_start + threadIdx.x, blockDim.x, row_start + n, q8);
 }
 
+#define NORM_SLICE 256 /* the sliced norms' threads a block: one q8_1 block of a row */
+
 /* The end of a sliced norm's thread: its element (`in_row`: inside the row) normalized into out,
  * the residual sum into x_out (`added`), the f16 copy into out16, and with q8 its 256-value block
  * quantized (`warp_in_row`: its warp's elements inside the row; n % 256 == 0). */
@@ -131,14 +133,48 @@ __device__ __forceinline__ void norm_slice_write(float *out, float *x_out, bool 
     if (q8.qs && warp_in_row) quantize_q8_1_block(value, element, q8);
 }
 
+/* The sliced norms' EARLY_MAX form (TM_NORM_EARLY_MAX, on unless 0): a thread's output is
+ * raw * scale with raw = x * weight, and x -> x * scale rounds monotonically for scale > 0, so its
+ * q8_1 block's largest |output| is (the block's largest |raw|) * scale exactly, and that maximum
+ * can be found before the row's sum is known: at the sum's own barrier (norm_block_sum_max), not in
+ * two more after it (norm_slice_write's quantize_q8_1_block). The q8_1 still equals the
+ * quantizer's of the output bit for bit. */
+__device__ __forceinline__ double norm_block_sum_max(double sum, float raw, bool want_max, float &raw_max) {
+    __shared__ double warp_sums[NORM_SLICE / 32];
+    __shared__ float warp_max[NORM_SLICE / 32];
+    const double warp_sum = sum_over_warp(sum);
+    const float warp_raw_max = want_max ? max_over_warp(fabsf(raw)) : 0.0f;
+    if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = warp_sum, warp_max[threadIdx.x / 32] = warp_raw_max;
+    __syncthreads();
+    double total = 0; /* in block_sum's order */
+    raw_max = 0;
+#pragma unroll
+    for (int k = 0; k < NORM_SLICE / 32; k++) total += warp_sums[k], raw_max = fmaxf(raw_max, warp_max[k]);
+    return total;
+}
+
+/* The EARLY_MAX end of a sliced norm's thread (its residual sum already stored): raw * scale into
+ * out (and out16), and with q8 its 256-value block quantized from the known maximum. */
+__device__ __forceinline__ void norm_slice_write_scaled(float *out, int64_t element, bool in_row, bool warp_in_row, float raw, float raw_max,
+                                                        float scale, const q8_out &q8, __half *out16) {
+    const float value = raw * scale;
+    if (in_row) {
+        out[element] = value;
+        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
+    }
+    if (q8.qs && warp_in_row) quantize_q8_1_known_max(value, raw_max * scale, element, q8);
+}
+
 /* The norm of a few rows (decode) over many SMs: block (row, slice) normalizes elements
  * slice * 256 .. + 255 of its row, after summing the squares of the whole row itself (every block
  * of a row reads all of it from L2: 16 KiB of x and of delta at 4096 wide). One block of 1024
  * threads a row ran 5.2-5.6 us at 4096 wide (H200, profile), most of it one SM's latency chain
  * (three trips, a 32-warp reduction, four q8_1 blocks a warp); here each of 16 blocks holds 8 warps,
  * one 256-value q8 block. The residual sum goes to x_out, which must not be x: another block of the
- * row may still be reading x. float64 sum of squares. */
-#define NORM_SLICE 256
+ * row may still be reading x. float64 sum of squares. EARLY_MAX: the q8_1 block's largest value
+ * found at the sum's barrier and the residual sum stored before it (norm_block_sum_max; what an
+ * RTX 4090 runs: measured on the H200 under TM_NORM_CLUSTER=0, see perf-notes session 46). */
+template <bool EARLY_MAX>
 __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, float *x_out, const float *x, const float *delta,
                                                                     const float *weight, int n, float eps, q8_out q8, __half *out16) {
     const tm_stamper stamper = tm_stamp_begin();
@@ -150,6 +186,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
     const float *add = delta ? delta + (int64_t)blockIdx.x * n : nullptr;
     float mine = i < n ? row[i] : 0.0f;
     if (add && i < n) mine += add[i];
+    const int64_t element = (int64_t)blockIdx.x * n + i;
     /* the row's squares, its x and delta read NORM_BATCH float4 a thread at a time (8192 wide, the
      * 70B's, in one batch), every load of a batch issued before the first is used (a loop of one
      * float4 and its sum went out in two or three trips: 1.3 us from the wait to the last load in
@@ -174,9 +211,19 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
         }
     }
     tm_stamp_after(TM_STAMP_A, (uint32_t)(__double_as_longlong(sum) >> 32) ^ __float_as_uint(mine) ^ __float_as_uint(w)); /* loads arrived */
-    const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
-    tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
-    norm_slice_write(out, x_out, add != nullptr, (int64_t)blockIdx.x * n + i, i < n, i - threadIdx.x % 32 < n, mine, scale, w, q8, out16);
+    const bool in_row = i < n, warp_in_row = i - threadIdx.x % 32 < n;
+    if constexpr (EARLY_MAX) {
+        if (add && in_row) x_out[element] = mine;
+        const float raw = mine * w; /* 0 past the row */
+        float raw_max;
+        const float scale = (float)(1.0 / sqrt(norm_block_sum_max(sum, raw, q8.qs != nullptr, raw_max) / n + eps));
+        tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
+        norm_slice_write_scaled(out, element, in_row, warp_in_row, raw, raw_max, scale, q8, out16);
+    } else {
+        const float scale = (float)(1.0 / sqrt(block_sum(sum) / n + eps));
+        tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
+        norm_slice_write(out, x_out, add != nullptr, element, in_row, warp_in_row, mine, scale, w, q8, out16);
+    }
     tm_stamp_end(stamper, TM_STAMP_NORM, weight);
 }
 
@@ -195,16 +242,14 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_sliced_kernel(float *out, 
  * 605.6 / 608.7, 608.3, 608.5; 8B x1 244.4, 243.5, 243.1 / 246.2, 245.1, 246.8; 8B x8 1792, 1796,
  * 1793 / 1815, 1807, 1813; 70B x1 82.55, 82.88, 82.69 / 82.93, 83.24, 82.78; 70B x8 535.0, 535.4,
  * 537.7 / 542.6, 543.9, 539.6; 7B x8 3433, 3404, 3440 / 3431, 3426, 3430.
- * EARLY_MAX (the default; TM_NORM_EARLY_MAX=0 keeps norm_slice_write's end): the output is
- * (x * weight) * scale, and x -> x * scale rounds monotonically for scale > 0, so the q8_1 block's
- * largest |output| is (its largest |x * weight|) * scale exactly; that maximum is found at the
- * sum's own barrier, before the partials travel, and the residual sum is stored while they do, so
- * after the sum only a multiply, a division and the warp's sum of q are left (the old end: two more
- * barriers). Its q8_1 equals the quantizer's of its output bit for bit, as before. H200 block
- * stamps: the sum -> end 0.61 -> 0.38 us, the launch's exposed time 2.69 -> 2.38 (7B x1 step),
- * 2.94 -> 2.66 (70B). One binary, TM_NORM_EARLY_MAX 0 / 1, three rounds, tokens/s: 7B x8 3379,
- * 3377, 3383 / 3463, 3468, 3473; 7B x1 604.1, 601.7, 606.1 / 607.9, 609.8, 605.1; 8B x1 245.7,
- * 246.3, 245.1 / 246.4, 247.0, 247.5; 8B x8, 70B x1 and x8 unchanged within their spread. */
+ * EARLY_MAX (the default; TM_NORM_EARLY_MAX=0 keeps norm_slice_write's end): the q8_1 block's
+ * largest value found at the sum's own barrier (norm_block_sum_max), before the partials travel,
+ * and the residual sum stored while they do, so after the sum only a multiply, a division and the
+ * warp's sum of q are left (the old end: two more barriers). H200 block stamps: the sum -> end
+ * 0.61 -> 0.38 us, the launch's exposed time 2.69 -> 2.38 (7B x1 step), 2.94 -> 2.66 (70B). One
+ * binary, TM_NORM_EARLY_MAX 0 / 1, three rounds, tokens/s: 7B x8 3379, 3377, 3383 / 3463, 3468,
+ * 3473; 7B x1 604.1, 601.7, 606.1 / 607.9, 609.8, 605.1; 8B x1 245.7, 246.3, 245.1 / 246.4, 247.0,
+ * 247.5; 8B x8, 70B x1 and x8 unchanged within their spread. */
 #define NORM_CLUSTER 8
 #define NORM_CLUSTER_SHARE 8 /* slices a block reads, at most: rows up to 8 x 8 x 256 = 16384 wide */
 template <bool EARLY_MAX>
@@ -243,23 +288,9 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
     }
     /* loads arrived */
     tm_stamp_after(TM_STAMP_A, (uint32_t)(__double_as_longlong(sum) >> 32) ^ __float_as_uint(mine) ^ __float_as_uint(w));
-    double block_total;
-    float raw = 0, raw_max = 0; /* EARLY_MAX: mine * w, and its largest |value| over the block (the q8_1 block) */
-    if constexpr (EARLY_MAX) {
-        /* the block's sum of squares and, with q8, the largest |mine * w| at the same barrier */
-        __shared__ double warp_sums[NORM_SLICE / 32];
-        __shared__ float warp_max[NORM_SLICE / 32];
-        raw = mine * w;
-        const double warp_sum = sum_over_warp(sum);
-        const float warp_raw_max = q8.qs ? max_over_warp(fabsf(raw)) : 0.0f;
-        if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = warp_sum, warp_max[threadIdx.x / 32] = warp_raw_max;
-        __syncthreads();
-        block_total = 0;
-#pragma unroll
-        for (int k = 0; k < NORM_SLICE / 32; k++) block_total += warp_sums[k], raw_max = fmaxf(raw_max, warp_max[k]);
-    } else {
-        block_total = block_sum(sum);
-    }
+    const float raw = mine * w; /* EARLY_MAX: the output before the row's scale */
+    float raw_max = 0;          /* ... and its q8_1 block's largest |raw| */
+    const double block_total = EARLY_MAX ? norm_block_sum_max(sum, raw, q8.qs != nullptr, raw_max) : block_sum(sum);
     cluster_wait(); /* every block's mbarrier initialized */
     if (threadIdx.x < NORM_CLUSTER && threadIdx.x != rank)
         st_async_u64(cluster_map(shared_address(&partial[rank]), threadIdx.x), (uint64_t)__double_as_longlong(block_total),
@@ -276,13 +307,7 @@ __global__ void __launch_bounds__(NORM_SLICE) rmsnorm_cluster_kernel(float *out,
     const float scale = (float)(1.0 / sqrt(total / n + eps));
     tm_stamp_after(TM_STAMP_B, __float_as_uint(scale)); /* the row's sum of squares */
     if constexpr (EARLY_MAX) {
-        /* out = (mine * w) * scale, and x -> x * scale rounds monotonically for scale > 0, so the
-         * block's largest |out| is raw_max * scale exactly: the quantizer's d and values of out
-         * with no reduction after the sum */
-        const float value = raw * scale;
-        out[element] = value;
-        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
-        if (q8.qs) quantize_q8_1_known_max(value, raw_max * scale, element, q8);
+        norm_slice_write_scaled(out, element, true, true, raw, raw_max, scale, q8, out16);
     } else {
         norm_slice_write(out, x_out, add != nullptr, element, true, true, mine, scale, w, q8, out16);
     }
@@ -327,8 +352,8 @@ static bool norm_clusters(int n) {
     return allowed && n % cluster_width == 0 && n / cluster_width <= NORM_CLUSTER_SHARE && tm_cluster_launch_available();
 }
 
-/* Whether the cluster kernel finds its q8_1 block's largest value before the row's sum arrives
- * (rmsnorm_cluster_kernel's EARLY_MAX); TM_NORM_EARLY_MAX=0 (a measuring aid) keeps the
+/* Whether the sliced and cluster kernels find each q8_1 block's largest value before the row's sum
+ * is known (their EARLY_MAX: norm_block_sum_max); TM_NORM_EARLY_MAX=0 (a measuring aid) keeps the
  * reduction after it. */
 static bool norm_early_max(void) {
     static const bool early = tm_env_int("TM_NORM_EARLY_MAX", 1) != 0;
@@ -357,12 +382,13 @@ static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, cons
     }
     if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
         const dim3 grid((unsigned)n_rows, (unsigned)((n + NORM_SLICE - 1) / NORM_SLICE));
+        const auto kernel = norm_early_max() ? rmsnorm_sliced_kernel<true> : rmsnorm_sliced_kernel<false>;
 #ifdef TM_BLOCK_STAMPS
         /* a measuring aid of stamp builds: the same launch twice (out of place, so idempotent), the second on warm caches */
         static const bool twice = tm_env_int("TM_STAMPS_TWICE", 0) != 0;
-        if (twice) TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8, out16);
+        if (twice) TM_LAUNCH_DEPENDENT(kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8, out16);
 #endif
-        TM_LAUNCH_DEPENDENT(rmsnorm_sliced_kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8, out16);
+        TM_LAUNCH_DEPENDENT(kernel, grid, dim3(NORM_SLICE), 0, stream, out, x_out, x, delta, weight, n, eps, q8, out16);
         return cudaSuccess;
     }
     if (out16) return cudaErrorNotSupported; /* only the sliced kernel writes the f16 copy */
