@@ -1238,6 +1238,20 @@ static cudaError_t launch_one_token(const float *q, float *out, const kv_address
     return launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }
 
+/* The one-token blocks of 2 query heads (whole_block_heads: groups of 4 and 8 at head dim 128, the
+ * 70B's and the 8B's) in clusters of TM_ATTENTION_GROUP_SPLIT = 2 or 4 blocks (sm_90; a measuring
+ * aid, off unless set: 1) that split the kv head's chunks between them and merge by the st.async
+ * push into block 0, so each SM reads a half or a quarter of the kv head's keys and values (session
+ * 45: the loads' part of the chain followed the bytes an SM reads). test_attention_cuda passed
+ * under 2 and 4 (756). H200, one binary, 1 / 2 / 4, decode tokens/s after 128-token prompts, two
+ * rounds (4: one): 70B x1 83.51, 83.53 / 84.06, 83.89 / 81.54; 8B x1 246.6, 247.0 / 247.8, 246.0 /
+ * 247.1. Off by default until the whole GPU suite of tests has run on clusters of 2 (session 46
+ * had no device time left for it). */
+static int group_split() {
+    static const int split = tm_env_int("TM_ATTENTION_GROUP_SPLIT", 1);
+    return split == 2 || split == 4 ? split : 1;
+}
+
 /* The whole-context kernel's form for a step: clusters of 8 at one token of a group of 1
  * (one_token_clusters); tensor-core chunks for a larger group of an f16 cache (group_tensor_cores)
  * and for a group of 1 of an f16 cache past
@@ -1255,6 +1269,14 @@ static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, 
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
                 return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
     } else if (group_tensor_cores()) { /* the whole-context kernel reads an f16 or 8-bit cache */
+        if constexpr (G == 2)
+            if (n_tokens == 1 && group_split() > 1 && tm_cluster_launch_available()) {
+                if (group_split() == 2)
+                    return launch_whole_c<KV, HD, G, 2, true, WHOLE_PUSH | WHOLE_ASYNC>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head,
+                                                                                      scale, q8, s);
+                return launch_whole_c<KV, HD, G, 4, true, WHOLE_PUSH | WHOLE_ASYNC>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head,
+                                                                                  scale, q8, s);
+            }
         return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
     }
     return launch_whole_c<KV, HD, G, 1, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
