@@ -1269,15 +1269,12 @@ static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, 
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
                 return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
     } else if (group_tensor_cores()) { /* the whole-context kernel reads an f16 or 8-bit cache */
+        auto launch = launch_whole_c<KV, HD, G, 1, true>;
         if constexpr (G == 2)
-            if (n_tokens == 1 && group_split() > 1 && tm_cluster_launch_available()) {
-                if (group_split() == 2)
-                    return launch_whole_c<KV, HD, G, 2, true, WHOLE_PUSH | WHOLE_ASYNC>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head,
-                                                                                      scale, q8, s);
-                return launch_whole_c<KV, HD, G, 4, true, WHOLE_PUSH | WHOLE_ASYNC>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head,
-                                                                                  scale, q8, s);
-            }
-        return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+            if (n_tokens == 1 && group_split() > 1 && tm_cluster_launch_available())
+                launch = group_split() == 2 ? launch_whole_c<KV, HD, G, 2, true, WHOLE_PUSH | WHOLE_ASYNC>
+                                            : launch_whole_c<KV, HD, G, 4, true, WHOLE_PUSH | WHOLE_ASYNC>;
+        return launch(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
     }
     return launch_whole_c<KV, HD, G, 1, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
 }

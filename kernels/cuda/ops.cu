@@ -119,6 +119,12 @@ __global__ void rmsnorm_registers_kernel(float *out, float *x_out, const float *
 
 #define NORM_SLICE 256 /* the sliced norms' threads a block: one q8_1 block of a row */
 
+/* A sliced norm's normalized value into out, and into out16 when it is asked for. */
+__device__ __forceinline__ void norm_slice_out(float *out, __half *out16, int64_t element, float value) {
+    out[element] = value;
+    if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
+}
+
 /* The end of a sliced norm's thread: its element (`in_row`: inside the row) normalized into out,
  * the residual sum into x_out (`added`), the f16 copy into out16, and with q8 its 256-value block
  * quantized (`warp_in_row`: its warp's elements inside the row; n % 256 == 0). */
@@ -127,8 +133,7 @@ __device__ __forceinline__ void norm_slice_write(float *out, float *x_out, bool 
     const float value = in_row ? mine * scale * w : 0.0f;
     if (in_row) {
         if (added) x_out[element] = mine;
-        out[element] = value;
-        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
+        norm_slice_out(out, out16, element, value);
     }
     if (q8.qs && warp_in_row) quantize_q8_1_block(value, element, q8);
 }
@@ -158,10 +163,7 @@ __device__ __forceinline__ double norm_block_sum_max(double sum, float raw, bool
 __device__ __forceinline__ void norm_slice_write_scaled(float *out, int64_t element, bool in_row, bool warp_in_row, float raw, float raw_max,
                                                         float scale, const q8_out &q8, __half *out16) {
     const float value = raw * scale;
-    if (in_row) {
-        out[element] = value;
-        if (out16) out16[element] = __float2half_rn(value); /* as the f16 products round their float input */
-    }
+    if (in_row) norm_slice_out(out, out16, element, value);
     if (q8.qs && warp_in_row) quantize_q8_1_known_max(value, raw_max * scale, element, q8);
 }
 
