@@ -539,8 +539,24 @@ static tm_status norm_for_products(cuda_backend *b, float *x_out, const float *x
     return TM_OK;
 }
 
+/* Whether the LM head always reads gathered rows (TM_HEAD_GATHER=1, a measuring aid: the gather and
+ * quantize launches before it even when every row wants logits). Without them (a decode step's
+ * head reads the final norm's rows and q8_1 as they are), H200 block stamps, 7B x1 step: the
+ * head's wait returned 1.5-1.9 us after the norm ended instead of 6.6, its exposed time 39.3 ->
+ * 31.6-33.0 us; one binary, TM_HEAD_GATHER 1 / unset, three rounds, tokens/s: 7B x8 3458, 3429,
+ * 3464 / 3475, 3473, 3474; 7B x1 608.7, 608.1, 604.2 / 605.8, 607.3, 609.3 (within its spread). */
+static bool gather_before_head(void) {
+    static int gather = -1;
+    if (gather < 0) {
+        const char *text = getenv("TM_HEAD_GATHER");
+        gather = text && strcmp(text, "1") == 0;
+    }
+    return gather;
+}
+
 /* Every launch of one forward pass over T tokens (n_tiles > 0: flash attention over the tiles,
- * else decode attention) and the LM head over n_out gathered rows: what a graph captures.
+ * else decode attention) and the LM head over the n_out rows that want logits (gathered unless
+ * they are all T): what a graph captures.
  * Per layer: [residual add +] norm [+ quantize], Q/K/V products and rope + KV append (one launch
  * where the decode products take them), attention,
  * output product, residual add + norm [+ quantize], gate/up products, SwiGLU [+ quantize], down
@@ -639,12 +655,16 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     }
     /* the last residual add with the final norm, then the LM head over the rows that want logits */
     TM_DETAIL_BEGIN("lm head");
-    CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, pending_delta, b->output_norm.data, T, D, c->rms_norm_eps, NULL,
-                                     stream));
+    /* every row wants logits (a decode step: logit_rows is 0..T-1): the head reads the norm's rows
+     * as they are, quantized by the norm itself where it takes q8_1, with no gather or quantize
+     * launch between them (two launches a step) */
+    const bool every_row = n_out == T && !gather_before_head();
+    bool xo_q8 = every_row && takes_q8(b, &b->output, T);
+    CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, pending_delta, b->output_norm.data, T, D, c->rms_norm_eps,
+                                     xo_q8 ? b->q8 : NULL, stream));
     if (n_out) {
-        CHECK_KERNEL(tm_cuda_gather_rows(b->xb, in->logit_rows, n_out, D, b->xo, stream));
-        bool xo_q8 = false;
-        if ((s = matmul(b, &b->output, b->xo, n_out, b->logits, &xo_q8, error))) return s;
+        if (!every_row) CHECK_KERNEL(tm_cuda_gather_rows(b->xb, in->logit_rows, n_out, D, b->xo, stream));
+        if ((s = matmul(b, &b->output, every_row ? b->xb : b->xo, n_out, b->logits, &xo_q8, error))) return s;
     }
     TM_DETAIL_END();
     return TM_OK;
