@@ -1239,16 +1239,16 @@ static cudaError_t launch_one_token(const float *q, float *out, const kv_address
 }
 
 /* The one-token blocks of 2 query heads (whole_block_heads: groups of 4 and 8 at head dim 128, the
- * 70B's and the 8B's) in clusters of TM_ATTENTION_GROUP_SPLIT = 2 or 4 blocks (sm_90; a measuring
- * aid, off unless set: 1) that split the kv head's chunks between them and merge by the st.async
+ * 70B's and the 8B's) in clusters of TM_ATTENTION_GROUP_SPLIT = 2 (the default) or 4 blocks (sm_90;
+ * 1, a measuring aid: alone) that split the kv head's chunks between them and merge by the st.async
  * push into block 0, so each SM reads a half or a quarter of the kv head's keys and values (session
  * 45: the loads' part of the chain followed the bytes an SM reads). test_attention_cuda passed
- * under 2 and 4 (756). H200, one binary, 1 / 2 / 4, decode tokens/s after 128-token prompts, two
- * rounds (4: one): 70B x1 83.51, 83.53 / 84.06, 83.89 / 81.54; 8B x1 246.6, 247.0 / 247.8, 246.0 /
- * 247.1. Off by default until the whole GPU suite of tests has run on clusters of 2 (session 46
- * had no device time left for it). */
+ * under 2 and 4 (756), test_engine_cuda and test_end_to_end_cuda under 2. H200, one binary, 1 / 2 /
+ * 4, decode tokens/s after 128-token prompts (4: one round): 70B x1 83.51, 83.53 / 84.06, 83.89 /
+ * 81.54; 8B x1 246.6, 247.0 / 247.8, 246.0 / 247.1 (session 46); 1 / 2, session 47, another
+ * machine: 70B x1 79.98, 79.85 / 80.19, 80.29; 8B x1 243.6, 242.2 / 243.6, 243.2. */
 static int group_split() {
-    static const int split = tm_env_int("TM_ATTENTION_GROUP_SPLIT", 1);
+    static const int split = tm_env_int("TM_ATTENTION_GROUP_SPLIT", 2);
     return split == 2 || split == 4 ? split : 1;
 }
 

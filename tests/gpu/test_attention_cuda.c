@@ -245,8 +245,9 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
      * or more of an f16 or 8-bit cache takes the tensor-core chunks in every launch (the heads as mma
      * rows, the query and weights split into two halves, held to the same 2e-5: groups of 4 and 8 at
      * head dim 128, 3 padded to 4 at 64, blocks of 2 heads at one token; ci/gpu runs this test again
-     * under TM_ATTENTION_GROUP_MMA=0 for the scalar chunks, and under TM_ATTENTION_GROUP_SPLIT=2 for
-     * the one-token blocks of 2 heads in clusters of 2 that split the keys). For a group of
+     * under TM_ATTENTION_GROUP_MMA=0 for the scalar chunks, and under TM_ATTENTION_GROUP_SPLIT=1 for
+     * the one-token blocks of 2 heads each alone: on sm_90 they run in clusters of 2 that split the
+     * keys by default). For a group of
      * 1 of an f16 cache the several-token launch told the true longest context (900 keys) takes the
      * tensor-core chunks (the query and weights split into two halves, held to the same 2e-5), and
      * on sm_90 the one-token launches below run in clusters of 8 blocks merged through distributed
