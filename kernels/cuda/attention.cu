@@ -1339,6 +1339,11 @@ extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int
     const int G = whole_group(n_head, n_head_kv, head_dim, kv_type);
     const bool one_token_whole_group = n_tokens < 2 && G > 1 && whole_block_heads(n_tokens, n_head, n_head_kv, head_dim, G) == G;
     if (!G || one_token_whole_group) return 0;
+    /* one token of a group of 1 of an f16 cache in clusters of 8 (launch_one_token: 8-key slices,
+     * 256 keys a pass of a cluster's warps) at any context: H200, 7B decode x1, one binary, two
+     * rounds, split path / clusters: 512-key prompt 519.6, 521.4 / 550.1, 550.0 tokens/s; 2048-key
+     * prompt 432.2, 435.5 / 451.9, 454.7 (session 47; the 8-bit cache's chunks there unmeasured) */
+    if (G == 1 && kv_type == KV_F16 && one_token_clusters(n_tokens)) return INT_MAX;
     if (G == 1 && (head_dim == 64 ? whole_fills_wave<64>(n_tokens, n_head_kv) : whole_fills_wave<128>(n_tokens, n_head_kv))) return INT_MAX;
     return 256;
 }

@@ -199,7 +199,8 @@ int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head
 int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_kv, int head_dim, int kv_type);
 /* The longest context (keys) up to which a decode step of n_tokens tokens is faster through
  * tm_cuda_decode_attention_whole than through the split path (measured on the H200); 0: never,
- * INT_MAX: any (a group of 1 whose step fills most of a wave of the kernel's blocks). */
+ * INT_MAX: any (a group of 1 whose step fills most of a wave of the kernel's blocks, or one token
+ * of a group of 1 of an f16 cache on sm_90, in clusters). */
 int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv, int head_dim, int kv_type);
 /* Past this many keys in a step's longest context (longest_keys), a group of 1 of an f16 cache takes
  * the tensor-core form of tm_cuda_decode_attention_whole (a graph captured for one form serves the
