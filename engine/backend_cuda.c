@@ -452,14 +452,18 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
     return TM_OK;
 }
 
+/* Whether environment variable `name` is set to exactly `value`: the measuring aids' switches
+ * (callers read it once, into a function-local static). */
+static bool env_is(const char *name, const char *value) {
+    const char *text = getenv(name);
+    return text && strcmp(text, value) == 0;
+}
+
 /* Whether decode steps may give the rope and KV append to the Q/K/V products: TM_FUSED_ROPE=0 (a
  * measuring aid) keeps them apart. */
 static bool fused_rope_enabled(void) {
     static int fused = -1;
-    if (fused < 0) {
-        const char *text = getenv("TM_FUSED_ROPE");
-        fused = !(text && strcmp(text, "0") == 0);
-    }
+    if (fused < 0) fused = !env_is("TM_FUSED_ROPE", "0");
     return fused;
 }
 
@@ -513,10 +517,7 @@ static bool flash_on_tensor_cores(const cuda_backend *b, tm_kv_type kv_type) {
  * fast precision. TM_MMA16_HALF_X=0 (a measuring aid) keeps the float activations. */
 static bool half_activations(const cuda_backend *b, const device_weight *w, int T) {
     static int enabled = -1;
-    if (enabled < 0) {
-        const char *text = getenv("TM_MMA16_HALF_X");
-        enabled = !(text && strcmp(text, "0") == 0);
-    }
+    if (enabled < 0) enabled = !env_is("TM_MMA16_HALF_X", "0");
     return enabled && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS && b->options.precision == TM_PRECISION_FAST &&
            w->cols % 32 == 0;
 }
@@ -547,10 +548,7 @@ static tm_status norm_for_products(cuda_backend *b, float *x_out, const float *x
  * 3464 / 3475, 3473, 3474; 7B x1 608.7, 608.1, 604.2 / 605.8, 607.3, 609.3 (within its spread). */
 static bool gather_before_head(void) {
     static int gather = -1;
-    if (gather < 0) {
-        const char *text = getenv("TM_HEAD_GATHER");
-        gather = text && strcmp(text, "1") == 0;
-    }
+    if (gather < 0) gather = env_is("TM_HEAD_GATHER", "1");
     return gather;
 }
 
