@@ -250,10 +250,12 @@ __device__ __forceinline__ float q6k_block_sectors(uint4 low, uint4 high, uint4 
 
 /* The one-token dot of one q4_k, q5_k or q6_k row (`blocks` 256-column blocks) by one warp, lane l's
  * share; xp: the activations in pair order. after_wait(): called right after the wait for the
- * previous kernel (before the first activation is read). */
-template <int TYPE, int LINES, typename AfterWait>
+ * previous kernel (before the first activation is read). With SPLIT > 1 the row's groups of eight
+ * blocks are dealt to SPLIT warps: this one (`segment`) takes groups segment, segment + SPLIT, ...
+ * and returns its share of the row's sum. */
+template <int TYPE, int LINES, int SPLIT, typename AfterWait>
 __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, const int8_t *xp, const half2 *xds, bool early,
-                                           AfterWait after_wait) {
+                                           AfterWait after_wait, int segment = 0) {
     const int lane = threadIdx.x % 32, quarter = lane % 4;
     uint4 v[TYPE == Q5_K ? 5 : TYPE == Q6_K ? 3 : 4];
     uint2 scale_bytes = {};
@@ -284,12 +286,13 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
             d = half_at(b + 208);
         }
     };
-    if (early) load(lane / 4);
+    const int64_t start = 8 * segment + lane / 4; /* SPLIT 1: segment 0 */
+    if (early) load(start);
     tm_grid_dependency();
     after_wait();
-    if (!early) load(lane / 4);
+    if (!early) load(start);
     float acc = 0;
-    for (int64_t block = lane / 4; block < blocks; block += 8) {
+    for (int64_t block = start; block < blocks; block += 8 * SPLIT) {
         const int64_t first = block - lane / 4; /* the pass's group of (up to) eight blocks */
         const int8_t *x = xp + first * 256 + 16 * lane;
         /* rows 512 bytes apart in a whole group: constant offsets, so the four loads go out
@@ -305,7 +308,7 @@ __device__ __forceinline__ float row_pairs(const uint8_t *row, int64_t blocks, c
             const float x_d = __low2float(xds[block * 8]); /* one scale a 256-value block */
             acc += q6k_block_sectors(v[0], v[1], v[2], scale_bytes, d, xr, stride, x_d, quarter);
         }
-        load(block + 8);
+        load(block + 8 * SPLIT);
     }
     return sum_over_warp(acc);
 }
@@ -336,19 +339,21 @@ static int gemv_pairs(void) {
  * launches at 9 blocks an SM measured slower, one binary, two rounds: chained q6_k 28672 x 8192
  * 51.36 -> 53.88 us, 8192 x 8192 17.66 -> 19.60; decode x1 70B 79.94 / 79.75 -> 78.46 / 78.45 (with
  * the rope launch too 77.69 / 78.21), 7B 571.5 / 570.9 -> 563.9 / 561.4 tokens/s. */
-template <int MIN_BLOCKS, int TYPES, bool ROPE, int LINES>
+template <int MIN_BLOCKS, int TYPES, bool ROPE, int LINES, int SPLIT = 1>
 __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts, int64_t cols, const half2 *xds, const int8_t *xp,
                                                               bool early, rope_append rope, unsigned first_block) {
     static_assert(!ROPE || TYPES < 2, "launch_pairs_kernel declines the rope with a q5_k part (measured no faster)");
+    static_assert(SPLIT == 1 || !ROPE, "rows split over warps take no rope epilogue (launch_pairs_kernel)");
     const tm_stamper stamper = tm_stamp_begin();
     /* with a q5_k part, blocks first_block.. of the concatenated rows first, then wrapping round to
      * 0: the launcher puts the q5_k part's blocks (five loads a lane and block against q4_k's
      * three) at the grid's start */
     unsigned block = blockIdx.x;
     if constexpr (TYPES == 2) block = block + first_block < gridDim.x ? block + first_block : block + first_block - gridDim.x;
-    int64_t row = (int64_t)block * 4 + threadIdx.x / 32;
+    int64_t row = (int64_t)block * (4 / SPLIT) + threadIdx.x / 32 / SPLIT;
     mmvq_part part;
-    if (!find_part(parts, &row, &part)) return; /* with ROPE every part's rows are a multiple of 4: no warp leaves here */
+    /* with ROPE every part's rows are a multiple of 4, with SPLIT of 4 / SPLIT: no warp leaves here */
+    if (!find_part(parts, &row, &part)) return;
     const int64_t blocks = cols / 256;
     const int warp = threadIdx.x / 32;
     /* with ROPE the block's 4 rows are two rope pairs of one part; threads 0 and 1 copy where theirs
@@ -372,15 +377,25 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
         }
     };
     float sum;
+    const int segment = warp % SPLIT;
     if (TYPES == 0 || part.type == Q4_K) {
-        sum = row_pairs<Q4_K, LINES>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early, after_wait);
+        sum = row_pairs<Q4_K, LINES, SPLIT>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early, after_wait, segment);
     } else if (TYPES == 1 || part.type == Q6_K) {
-        sum = row_pairs<Q6_K, LINES>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early, after_wait);
+        sum = row_pairs<Q6_K, LINES, SPLIT>(part.weights + row * blocks * traits<Q6_K>::stride, blocks, xp, xds, early, after_wait, segment);
     } else {
-        sum = row_pairs<Q5_K, LINES>(part.weights + row * blocks * traits<Q5_K>::stride, blocks, xp, xds, early, after_wait);
+        sum = row_pairs<Q5_K, LINES, SPLIT>(part.weights + row * blocks * traits<Q5_K>::stride, blocks, xp, xds, early, after_wait, segment);
     }
     tm_stamp_after(TM_STAMP_A, __float_as_uint(sum)); /* warp 0's row summed */
-    if constexpr (ROPE) {
+    if constexpr (SPLIT > 1) {
+        /* the row's SPLIT shares added by its first warp in segment order: the same bits every run */
+        if (threadIdx.x % 32 == 0) sums[warp] = sum;
+        __syncthreads();
+        if (threadIdx.x % 32 == 0 && segment == 0) {
+#pragma unroll
+            for (int other = 1; other < SPLIT; other++) sum += sums[warp + other];
+            part.y[row] = sum;
+        }
+    } else if constexpr (ROPE) {
         if (threadIdx.x % 32 == 0) sums[warp] = sum;
         __syncthreads();
         const int pair = threadIdx.x;
@@ -464,6 +479,24 @@ static cudaError_t launch_pairs_lines(dim3 grid, const mmvq_parts &parts, int64_
     return cudaSuccess;
 }
 
+/* Warps a row of one-token launches whose rows are long (pairs_kernel's SPLIT): 4 for rows of at
+ * least 64 256-column blocks (the 70B's down product, 112), else 1; TM_PAIRS_SPLIT=1, 2 or 4 and
+ * TM_PAIRS_SPLIT_BLOCKS=B (rows of at least B blocks), measuring aids. A warp's row is a chain of
+ * trips to memory, one a group of eight blocks (fourteen for the 70B's down product); split, the
+ * chains are shorter and the launch has four times the blocks, in more waves. Rope launches never
+ * split, so a separate Q/K/V launch of rows that long would differ in its last bits from the rope
+ * launch (no model's Q/K/V rows are: 32 blocks at most). H200, session 48, one binary, three rounds,
+ * TM_PAIRS_SPLIT 1 / 4 from 40 blocks / 4 from 24 / 2 from 24, decode x1 tokens/s: 70B 83.88, 83.75,
+ * 84.17 / 84.24, 84.29, 84.38 / 77.46, 77.75, 77.62 / 82.69, 82.73, 82.69; 7B (its down product's 43
+ * blocks split from 40 and 24, the only long rows) 608.3, 606.8, 613.0 / 601.3, 601.6, 600.7 / 602.7,
+ * 601.5, 600.1 / 608.0, 608.8, 612.5: the shorter chains pay only on the 70B's fourteen-trip rows,
+ * and the 70B's 32-block products (gate/up, output) lose 7.5 % split. */
+static int pairs_split(int64_t blocks) {
+    static const int split = tm_env_int("TM_PAIRS_SPLIT", 4);
+    static const int min_blocks = tm_env_int("TM_PAIRS_SPLIT_BLOCKS", 64);
+    return blocks >= min_blocks && (split == 2 || split == 4) ? split : 1;
+}
+
 /* One token of `parts` (q4_k, q5_k or q6_k: the callers check) through pairs_kernel:
  * cudaErrorNotSupported when gemv_pairs() is off (then mmvq_kernel's lane a sub-block). With
  * `rope` (parts Q, K, V) the outputs go through rope_append_write instead: not supported with a q5_k part or a part's rows not a multiple of 4
@@ -479,9 +512,9 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
      * one call), measured when they took mmvq_sums (twice a q4_k row's passes) */
     int64_t rows = 0;
     int types = 0;
-    unsigned first_block = 0; /* where the first q5_k part's rows start, in 4-row blocks */
+    int64_t first_row = 0; /* where the first q5_k part's rows start */
     for (int p = 0; p < parts.n; p++) {
-        if (parts.type[p] == Q5_K && types < 2) first_block = (unsigned)(rows / 4);
+        if (parts.type[p] == Q5_K && types < 2) first_row = rows;
         rows += parts.rows[p], types = max(types, parts.type[p] == Q5_K ? 2 : parts.type[p] == Q6_K ? 1 : 0);
     }
     if (!gemv_pairs() || rows <= 0) return cudaErrorNotSupported;
@@ -489,8 +522,22 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
     const q8_out x = q8_out_at(q8, 1, cols); /* one token */
     const int8_t *paired = x.paired;
     const half2 *ds = x.ds;
-    const dim3 grid((unsigned)((rows + 3) / 4));
     const bool early = gemv_early_weights();
+    const int split = pairs_split(cols / 256), block_rows = 4 / split;
+    if (split > 1 && !rope && pairs_weight_lines() == 1 && rows_in_tiles(parts, block_rows) >= 0) {
+        const dim3 grid((unsigned)(rows / block_rows));
+        const unsigned first_block = (unsigned)(first_row / block_rows);
+        const rope_append none = {};
+        if (split == 2 && types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false, 1, 2>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+        else if (split == 2 && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false, 1, 2>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+        else if (split == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false, 1, 2>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+        else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false, 1, 4>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+        else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false, 1, 4>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+        else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false, 1, 4>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+        return cudaSuccess;
+    }
+    const unsigned first_block = (unsigned)(first_row / 4); /* in 4-row blocks */
+    const dim3 grid((unsigned)((rows + 3) / 4));
     switch (pairs_weight_lines()) {
     case 0: return launch_pairs_lines<0>(grid, parts, cols, ds, paired, early, rope, types, first_block, s);
     case 3: return launch_pairs_lines<3>(grid, parts, cols, ds, paired, early, rope, types, first_block, s);

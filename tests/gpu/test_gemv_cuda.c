@@ -49,7 +49,10 @@
  * takes batches of 2 pieces a lane, 8 in the "dp4a" child and 4 in "dp4a-subblocks". pairs_kernel
  * (one token; the parent streams those instead, TM_GEMV_STREAM=1) reads its q4_k and q5_k weights
  * through L1 by default (the "dp4a" child), all of them around L1 in the "persistent" child
- * (TM_PAIRS_WEIGHT_LINES=0) and all through L1 in "persistent-4-warps" (3).
+ * (TM_PAIRS_WEIGHT_LINES=0) and all through L1 in "persistent-4-warps" (3); it splits rows of 64
+ * blocks or more (600 x 28672 here) over 4 warps, rows of 24 or more (48 x 8448 too) in the
+ * "pairs-split-4" child and over 2 warps in "pairs-split-2", and none in "pairs-whole-rows"
+ * (TM_PAIRS_SPLIT, TM_PAIRS_SPLIT_BLOCKS).
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -701,6 +704,11 @@ int main(void) {
         CHECK(run_child("persistent-4-warps", "TM_GEMV_STREAM=0 TM_MMQ_INPUTS=0 TM_MMQ_PERSISTENT_BLOCKS=3 TM_MMQ_PERSISTENT_WARPS=4 "
                                               "TM_MMQ_PERSISTENT_INPUTS2=2 TM_Q80_STAGE_X=0 TM_PAIRS_WEIGHT_LINES=3") == 0,
               "the run with the several-token k-quant products in three persistent blocks of 4 warps passed");
+        CHECK(run_child("pairs-split-4", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=4 TM_PAIRS_SPLIT_BLOCKS=24") == 0,
+              "the run with one-token rows of 24 blocks or more split over 4 warps passed");
+        CHECK(run_child("pairs-split-2", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=2 TM_PAIRS_SPLIT_BLOCKS=24") == 0,
+              "the run with one-token rows of 24 blocks or more split over 2 warps passed");
+        CHECK(run_child("pairs-whole-rows", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=1") == 0, "the run with one-token rows a warp each passed");
     }
     char name[64];
     snprintf(name, sizeof name, "test_gemv_cuda%s%s%s", child ? " (" : "", child ? child : "", child ? ")" : "");
