@@ -1345,6 +1345,17 @@ extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int
      * prompt 432.2, 435.5 / 451.9, 454.7 (session 47; the 8-bit cache's chunks there unmeasured) */
     if (G == 1 && kv_type == KV_F16 && one_token_clusters(n_tokens)) return INT_MAX;
     if (G == 1 && (head_dim == 64 ? whole_fills_wave<64>(n_tokens, n_head_kv) : whole_fills_wave<128>(n_tokens, n_head_kv))) return INT_MAX;
+    /* one or four tokens of a group of 1 of an 8-bit cache without splits up to 768 keys: H200, 7B,
+     * one binary, two rounds, split path past 256 keys / no splits at any context (session 48),
+     * decode tokens/s after a 512-key prompt (513-576 keys) x1 503.3, 504.3 / 530.3, 526.4, x4 1516,
+     * 1522 / 1583, 1579; after 1024 x1 480.2, 483.3 / 483.5, 484.7, x4 1425, 1426 / 1360, 1364; 1536 x1
+     * 448.8, 452.6 / 463.0, 461.0, x4 1320, 1320 / 1224, 1217; 2048 x1 443.1, 439.7 / 430.1, 429.3, x4
+     * 1238, 1236 / 1122, 1114. 768 lies between the measured gain (576) and loss (1024 at x4); the x1
+     * steps from 1024 to 1536 keys, even or a little faster without splits, stay split. Two tokens
+     * lose without splits (after 512: 868.4, 866.4 -> 836.6, 833.2; why was not measured), three were
+     * not measured: both keep 256. (The f16 cache's 4-token steps without splits: 512 -2.2 %, 1024
+     * -4.4 %, 1536 -1.4 %, 2048 +1.4 %: kept at 256.) */
+    if (G == 1 && kv_type == KV_Q8 && (n_tokens == 1 || n_tokens == 4)) return 768;
     return 256;
 }
 
