@@ -490,7 +490,8 @@ static cudaError_t launch_pairs_lines(dim3 grid, const mmvq_parts &parts, int64_
  * 84.17 / 84.24, 84.29, 84.38 / 77.46, 77.75, 77.62 / 82.69, 82.73, 82.69; 7B (its down product's 43
  * blocks split from 40 and 24, the only long rows) 608.3, 606.8, 613.0 / 601.3, 601.6, 600.7 / 602.7,
  * 601.5, 600.1 / 608.0, 608.8, 612.5: the shorter chains pay only on the 70B's fourteen-trip rows,
- * and the 70B's 32-block products (gate/up, output) lose 7.5 % split. */
+ * and the 70B's 32-block products (gate/up, output) lose 7.5 % split. Another call, 1 / 4 from 64 /
+ * 2 from 64: 70B 79.90, 80.28 / 80.49, 80.93 / 80.88, 80.54. */
 static int pairs_split(int64_t blocks) {
     static const int split = tm_env_int("TM_PAIRS_SPLIT", 4);
     static const int min_blocks = tm_env_int("TM_PAIRS_SPLIT_BLOCKS", 64);
