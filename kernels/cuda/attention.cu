@@ -1353,7 +1353,8 @@ extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int
      * 1238, 1236 / 1122, 1114. 768 lies between the measured gain (576) and loss (1024 at x4); the x1
      * steps from 1024 to 1536 keys, even or a little faster without splits, stay split. Two tokens
      * lose without splits (after 512: 868.4, 866.4 -> 836.6, 833.2; why was not measured), three were
-     * not measured: both keep 256. (The f16 cache's 4-token steps without splits: 512 -2.2 %, 1024
+     * not measured: both keep 256. This rule against the old, after 512: x1 507.8, 507.7 -> 528.3,
+     * 530.6, x4 1511.7, 1512.8 -> 1585.7, 1580.0. (The f16 cache's 4-token steps without splits: 512 -2.2 %, 1024
      * -4.4 %, 1536 -1.4 %, 2048 +1.4 %: kept at 256.) */
     if (G == 1 && kv_type == KV_Q8 && (n_tokens == 1 || n_tokens == 4)) return 768;
     return 256;
