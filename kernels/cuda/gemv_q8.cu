@@ -479,6 +479,17 @@ static cudaError_t launch_pairs_lines(dim3 grid, const mmvq_parts &parts, int64_
     return cudaSuccess;
 }
 
+/* pairs_kernel with each row split over SPLIT warps (pairs_split), weights lines as the default (1). */
+template <int SPLIT>
+static cudaError_t launch_pairs_split(dim3 grid, const mmvq_parts &parts, int64_t cols, const half2 *ds, const int8_t *paired, bool early,
+                                      int types, unsigned first_block, cudaStream_t s) {
+    const rope_append none = {};
+    if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false, 1, SPLIT>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false, 1, SPLIT>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false, 1, SPLIT>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
+    return cudaSuccess;
+}
+
 /* Warps a row of one-token launches whose rows are long (pairs_kernel's SPLIT): 4 for rows of at
  * least 64 256-column blocks (the 70B's down product, 112), else 1; TM_PAIRS_SPLIT=1, 2 or 4 and
  * TM_PAIRS_SPLIT_BLOCKS=B (rows of at least B blocks), measuring aids. A warp's row is a chain of
@@ -528,14 +539,8 @@ static cudaError_t launch_pairs_kernel(const mmvq_parts &parts, int64_t cols, co
     if (split > 1 && !rope && pairs_weight_lines() == 1 && rows_in_tiles(parts, block_rows) >= 0) {
         const dim3 grid((unsigned)(rows / block_rows));
         const unsigned first_block = (unsigned)(first_row / block_rows);
-        const rope_append none = {};
-        if (split == 2 && types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false, 1, 2>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-        else if (split == 2 && types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false, 1, 2>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-        else if (split == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false, 1, 2>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-        else if (types == 2) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 2, false, 1, 4>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-        else if (types == 1) TM_LAUNCH_DEPENDENT((pairs_kernel<8, 1, false, 1, 4>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-        else TM_LAUNCH_DEPENDENT((pairs_kernel<9, 0, false, 1, 4>), grid, dim3(128), 0, s, parts, cols, ds, paired, early, none, first_block);
-        return cudaSuccess;
+        return split == 2 ? launch_pairs_split<2>(grid, parts, cols, ds, paired, early, types, first_block, s)
+                          : launch_pairs_split<4>(grid, parts, cols, ds, paired, early, types, first_block, s);
     }
     const unsigned first_block = (unsigned)(first_row / 4); /* in 4-row blocks */
     const dim3 grid((unsigned)((rows + 3) / 4));
