@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
     /* with ROPE every part's rows are a multiple of 4, with SPLIT of 4 / SPLIT: no warp leaves here */
     if (!find_part(parts, &row, &part)) return;
     const int64_t blocks = cols / 256;
-    const int warp = threadIdx.x / 32;
+    const int warp = threadIdx.x / 32, segment = warp % SPLIT; /* SPLIT warps a row, segment: this one's share */
     /* with ROPE the block's 4 rows are two rope pairs of one part; threads 0 and 1 copy where theirs
      * goes (its angle, its cache row) from the step's targets into shared memory as soon as the wait
      * allows, so the end of the block waits on no load */
@@ -377,7 +377,6 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
         }
     };
     float sum;
-    const int segment = warp % SPLIT;
     if (TYPES == 0 || part.type == Q4_K) {
         sum = row_pairs<Q4_K, LINES, SPLIT>(part.weights + row * blocks * traits<Q4_K>::stride, blocks, xp, xds, early, after_wait, segment);
     } else if (TYPES == 1 || part.type == Q6_K) {
@@ -386,18 +385,18 @@ __global__ void __launch_bounds__(128, MIN_BLOCKS) pairs_kernel(mmvq_parts parts
         sum = row_pairs<Q5_K, LINES, SPLIT>(part.weights + row * blocks * traits<Q5_K>::stride, blocks, xp, xds, early, after_wait, segment);
     }
     tm_stamp_after(TM_STAMP_A, __float_as_uint(sum)); /* warp 0's row summed */
-    if constexpr (SPLIT > 1) {
-        /* the row's SPLIT shares added by its first warp in segment order: the same bits every run */
+    if constexpr (SPLIT > 1 || ROPE) { /* the block's warps' sums, for whoever finishes the rows */
         if (threadIdx.x % 32 == 0) sums[warp] = sum;
         __syncthreads();
+    }
+    if constexpr (SPLIT > 1) {
+        /* the row's SPLIT shares added by its first warp in segment order: the same bits every run */
         if (threadIdx.x % 32 == 0 && segment == 0) {
 #pragma unroll
             for (int other = 1; other < SPLIT; other++) sum += sums[warp + other];
             part.y[row] = sum;
         }
     } else if constexpr (ROPE) {
-        if (threadIdx.x % 32 == 0) sums[warp] = sum;
-        __syncthreads();
         const int pair = threadIdx.x;
         if (pair < 2) {
             copy_async_wait<0>();
