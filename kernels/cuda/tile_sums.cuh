@@ -31,17 +31,10 @@ __device__ __forceinline__ bool add_tile_sums(float (&acc)[NG][4], float (*parti
     return true;
 }
 
-/* add_tile_sums, then warp 0 stores y[token][row] (rows a token) for tokens below n_tokens. */
-template <int NG, int WARPS>
-__device__ __forceinline__ void store_tile_sums(const float (&acc)[NG][4], float (*partial)[NG * 4][32], float *y, int64_t rows,
-                                                int64_t row0, int n_tokens) {
+/* Warp 0's tile sums into y[token][row] (rows a token) for tokens below n_tokens. */
+template <int NG>
+__device__ __forceinline__ void write_tile_sums(const float (&sums)[NG][4], float *y, int64_t rows, int64_t row0, int n_tokens) {
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    float sums[NG][4];
-#pragma unroll
-    for (int G = 0; G < NG; G++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) sums[G][i] = acc[G][i];
-    if (!add_tile_sums<NG, WARPS>(sums, partial)) return;
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
@@ -50,6 +43,49 @@ __device__ __forceinline__ void store_tile_sums(const float (&acc)[NG][4], float
             const int64_t row = row0 + g + 8 * (i / 2);
             if (token < n_tokens) y[token * rows + row] = sums[G][i];
         }
+}
+
+/* add_tile_sums, then warp 0 stores y (write_tile_sums). */
+template <int NG, int WARPS>
+__device__ __forceinline__ void store_tile_sums(const float (&acc)[NG][4], float (*partial)[NG * 4][32], float *y, int64_t rows,
+                                                int64_t row0, int n_tokens) {
+    float sums[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) sums[G][i] = acc[G][i];
+    if (!add_tile_sums<NG, WARPS>(sums, partial)) return;
+    write_tile_sums<NG>(sums, y, rows, row0, n_tokens);
+}
+
+/* The same where each of WARPS warps holds CLASSES_A_WARP classes' sums, acc[c] being class
+ * warp + c * WARPS's: the WARPS * CLASSES_A_WARP classes added in class order, class 0 first,
+ * exactly as add_tile_sums adds as many warps of one class each (the same bits). */
+template <int NG, int WARPS, int CLASSES_A_WARP>
+__device__ __forceinline__ void store_class_sums(const float (&acc)[CLASSES_A_WARP][NG][4], float (*partial)[NG * 4][32], float *y,
+                                                 int64_t rows, int64_t row0, int n_tokens) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+    for (int c = 0; c < CLASSES_A_WARP; c++) {
+        const int k = warp + c * WARPS; /* this sum's class */
+        if (k > 0)
+#pragma unroll
+            for (int G = 0; G < NG; G++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) partial[k - 1][G * 4 + i][lane] = acc[c][G][i];
+    }
+    __syncthreads();
+    if (warp > 0) return;
+    float sums[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            sums[G][i] = acc[0][G][i];
+#pragma unroll
+            for (int k = 0; k < WARPS * CLASSES_A_WARP - 1; k++) sums[G][i] += partial[k][G * 4 + i][lane];
+        }
+    write_tile_sums<NG>(sums, y, rows, row0, n_tokens);
 }
 
 #endif /* TM_CUDA_TILE_SUMS_CUH */

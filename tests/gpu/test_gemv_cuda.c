@@ -45,7 +45,9 @@
  * The Q/K/V products with the rope and KV append in their epilogue equal the separate launches bit
  * for bit (test_qkv_rope; one token in the dp4a child, where pairs_kernel takes it). One token's
  * f16 / bf16 products in one launch likewise (test_sixteen_bit_parts), and those of several tokens on
- * 16-bit tensor cores (test_sixteen_bit_token_parts); the one-token 16-bit kernel
+ * 16-bit tensor cores (test_sixteen_bit_token_parts; blocks of 8 warps, or 4 for launches of more
+ * tiles than 8-warp blocks fit the GPU at once, every launch in 4 in the "pairs-split-2" child,
+ * TM_MMA16_WARPS=4, and in 8 in "pairs-whole-rows"); the one-token 16-bit kernel
  * takes batches of 2 pieces a lane, 8 in the "dp4a" child and 4 in "dp4a-subblocks". pairs_kernel
  * (one token; the parent streams those instead, TM_GEMV_STREAM=1) reads its q4_k and q5_k weights
  * through L1 by default (the "dp4a" child), all of them around L1 in the "persistent" child
@@ -195,92 +197,96 @@ static void test_sixteen_bit_parts(tm_rng_t *rng) {
 }
 
 /* Several tokens' f16 / bf16 products in one launch on 16-bit tensor cores
- * (tm_cuda_gemv_16bit_tokens_parts: parts of 512, 128 and 48 rows of 1056 columns, 5 and 16
- * tokens): each part equals its own tm_cuda_gemv_16bit_tokens launch bit for bit and meets that
+ * (tm_cuda_gemv_16bit_tokens_parts: parts of 512, 128 and 48 rows of 1056 columns, and of 4096,
+ * 1024 and 512 rows, 5 and 16 tokens; 1056 columns are 33 steps, so the 8 classes of a row's steps
+ * are uneven): each part equals its own tm_cuda_gemv_16bit_tokens launch bit for bit (the larger
+ * parts, 352 tiles in one launch, outnumber the blocks of 8 warps an H200 or an RTX 4090 holds, so
+ * that launch takes 4-warp blocks where the parts alone take 8: mma16_warps) and meets that
  * kernel's bounds against float64 (2e-3 f16, 8e-3 bf16: activations rounded once); a part whose
  * rows are not whole 16-row tiles is declined, y untouched. f16: the launch taking the activations
  * already in f16 (tm_cuda_gemv_f16_tokens_parts_half_x, x rounded to nearest even on the host)
  * equals the float-activation launch bit for bit; bf16 weights are declined there. */
 static void test_sixteen_bit_token_parts(tm_rng_t *rng) {
     const tm_type types[2] = {TM_TYPE_F16, TM_TYPE_BF16};
-    const int64_t cols = 1056, part_rows[3] = {512, 128, 48};
+    const int64_t cols = 1056, shapes[2][3] = {{512, 128, 48}, {4096, 1024, 512}};
     const int counts[2] = {5, 16};
-    for (int k = 0; k < 2; k++)
-        for (int c = 0; c < 2; c++) {
-            const int n = counts[c];
-            const double bound = types[k] == TM_TYPE_F16 ? 2e-3 : 8e-3;
-            const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
-            float *x = malloc((size_t)cols * n * 4);
-            for (int64_t i = 0; i < cols * n; i++) x[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
-            void *d_x;
-            CHECK(cudaMalloc(&d_x, (size_t)cols * n * 4) == cudaSuccess, "cudaMalloc");
-            cudaMemcpy(d_x, x, (size_t)cols * n * 4, cudaMemcpyHostToDevice);
-            tm_cuda_gemv_part parts[3];
-            float *separate[3], *together[3];
-            double *w_rows[3];
-            for (int p = 0; p < 3; p++) {
-                void *d_w = random_part(rng, types[k], part_rows[p], cols, &w_rows[p]);
-                const size_t bytes = (size_t)part_rows[p] * n * 4;
-                CHECK(d_w != NULL && cudaMalloc((void **)&separate[p], bytes) == cudaSuccess && cudaMalloc((void **)&together[p], bytes) == cudaSuccess,
-                      "part %d upload, cudaMalloc", p);
-                cudaMemset(separate[p], 0xff, bytes), cudaMemset(together[p], 0xff, bytes);
-                CHECK(tm_cuda_gemv_16bit_tokens((int)types[k], d_w, part_rows[p], cols, d_x, n, separate[p], NULL) == 0, "part %d alone", p);
-                parts[p] = (tm_cuda_gemv_part){d_w, (int)types[k], part_rows[p], together[p]};
-            }
-            CHECK(tm_cuda_gemv_16bit_tokens_parts(parts, 3, cols, d_x, n, NULL) == 0, "%s x%d parts launch", traits->name, n);
-            CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s x%d parts kernel", traits->name, n);
+    for (int case_index = 0; case_index < 8; case_index++) {
+        const int shape = case_index / 4, k = case_index / 2 % 2, c = case_index % 2;
+        const int64_t *part_rows = shapes[shape];
+        const int n = counts[c];
+        const double bound = types[k] == TM_TYPE_F16 ? 2e-3 : 8e-3;
+        const tm_type_traits *traits = tm_type_traits_scalar(types[k]);
+        float *x = malloc((size_t)cols * n * 4);
+        for (int64_t i = 0; i < cols * n; i++) x[i] = 2.0f * tm_rng_uniform(rng) - 1.0f;
+        void *d_x;
+        CHECK(cudaMalloc(&d_x, (size_t)cols * n * 4) == cudaSuccess, "cudaMalloc");
+        cudaMemcpy(d_x, x, (size_t)cols * n * 4, cudaMemcpyHostToDevice);
+        tm_cuda_gemv_part parts[3];
+        float *separate[3], *together[3];
+        double *w_rows[3];
+        for (int p = 0; p < 3; p++) {
+            void *d_w = random_part(rng, types[k], part_rows[p], cols, &w_rows[p]);
+            const size_t bytes = (size_t)part_rows[p] * n * 4;
+            CHECK(d_w != NULL && cudaMalloc((void **)&separate[p], bytes) == cudaSuccess && cudaMalloc((void **)&together[p], bytes) == cudaSuccess,
+                  "part %d upload, cudaMalloc", p);
+            cudaMemset(separate[p], 0xff, bytes), cudaMemset(together[p], 0xff, bytes);
+            CHECK(tm_cuda_gemv_16bit_tokens((int)types[k], d_w, part_rows[p], cols, d_x, n, separate[p], NULL) == 0, "part %d alone", p);
+            parts[p] = (tm_cuda_gemv_part){d_w, (int)types[k], part_rows[p], together[p]};
+        }
+        CHECK(tm_cuda_gemv_16bit_tokens_parts(parts, 3, cols, d_x, n, NULL) == 0, "%s x%d parts launch", traits->name, n);
+        CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s x%d parts kernel", traits->name, n);
+        for (int p = 0; p < 3; p++) {
+            const size_t bytes = (size_t)part_rows[p] * n * 4;
+            float *a = malloc(bytes), *b = malloc(bytes);
+            cudaMemcpy(a, separate[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, together[p], bytes, cudaMemcpyDeviceToHost);
+            CHECK(!memcmp(a, b, bytes), "%s x%d: part %d in one launch equals its own launch bit for bit", traits->name, n, p);
+            double worst;
+            const int bad = count_outside(b, w_rows[p], x, part_rows[p], cols, n, bound, &worst);
+            CHECK(bad == 0, "%s x%d part %d (%lld x %lld) in one launch: %d outputs outside %g (worst %.3g)", traits->name, n, p,
+                  (long long)part_rows[p], (long long)cols, bad, bound, worst);
+            free(a), free(b);
+        }
+        /* the activations already in f16: the same bits */
+        tm_f16_t *x16 = malloc((size_t)cols * n * 2);
+        for (int64_t i = 0; i < cols * n; i++) x16[i] = tm_f32_to_f16(x[i]);
+        void *d_x16;
+        CHECK(cudaMalloc(&d_x16, (size_t)cols * n * 2) == cudaSuccess, "cudaMalloc");
+        cudaMemcpy(d_x16, x16, (size_t)cols * n * 2, cudaMemcpyHostToDevice);
+        float *halved[3];
+        tm_cuda_gemv_part half_parts[3];
+        for (int p = 0; p < 3; p++) {
+            CHECK(cudaMalloc((void **)&halved[p], (size_t)part_rows[p] * n * 4) == cudaSuccess, "cudaMalloc");
+            cudaMemset(halved[p], 0xff, (size_t)part_rows[p] * n * 4);
+            half_parts[p] = parts[p], half_parts[p].y = halved[p];
+        }
+        const int half_status = tm_cuda_gemv_f16_tokens_parts_half_x(half_parts, 3, cols, d_x16, n, NULL);
+        cudaDeviceSynchronize();
+        if (types[k] == TM_TYPE_F16) {
+            CHECK(half_status == 0, "f16 x%d parts launch with f16 activations", n);
             for (int p = 0; p < 3; p++) {
                 const size_t bytes = (size_t)part_rows[p] * n * 4;
                 float *a = malloc(bytes), *b = malloc(bytes);
-                cudaMemcpy(a, separate[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, together[p], bytes, cudaMemcpyDeviceToHost);
-                CHECK(!memcmp(a, b, bytes), "%s x%d: part %d in one launch equals its own launch bit for bit", traits->name, n, p);
-                double worst;
-                const int bad = count_outside(b, w_rows[p], x, part_rows[p], cols, n, bound, &worst);
-                CHECK(bad == 0, "%s x%d part %d (%lld x %lld) in one launch: %d outputs outside %g (worst %.3g)", traits->name, n, p,
-                      (long long)part_rows[p], (long long)cols, bad, bound, worst);
+                cudaMemcpy(a, together[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, halved[p], bytes, cudaMemcpyDeviceToHost);
+                CHECK(!memcmp(a, b, bytes), "f16 x%d part %d: f16 activations give the float activations' result bit for bit", n, p);
                 free(a), free(b);
             }
-            /* the activations already in f16: the same bits */
-            tm_f16_t *x16 = malloc((size_t)cols * n * 2);
-            for (int64_t i = 0; i < cols * n; i++) x16[i] = tm_f32_to_f16(x[i]);
-            void *d_x16;
-            CHECK(cudaMalloc(&d_x16, (size_t)cols * n * 2) == cudaSuccess, "cudaMalloc");
-            cudaMemcpy(d_x16, x16, (size_t)cols * n * 2, cudaMemcpyHostToDevice);
-            float *halved[3];
-            tm_cuda_gemv_part half_parts[3];
-            for (int p = 0; p < 3; p++) {
-                CHECK(cudaMalloc((void **)&halved[p], (size_t)part_rows[p] * n * 4) == cudaSuccess, "cudaMalloc");
-                cudaMemset(halved[p], 0xff, (size_t)part_rows[p] * n * 4);
-                half_parts[p] = parts[p], half_parts[p].y = halved[p];
-            }
-            const int half_status = tm_cuda_gemv_f16_tokens_parts_half_x(half_parts, 3, cols, d_x16, n, NULL);
-            cudaDeviceSynchronize();
-            if (types[k] == TM_TYPE_F16) {
-                CHECK(half_status == 0, "f16 x%d parts launch with f16 activations", n);
-                for (int p = 0; p < 3; p++) {
-                    const size_t bytes = (size_t)part_rows[p] * n * 4;
-                    float *a = malloc(bytes), *b = malloc(bytes);
-                    cudaMemcpy(a, together[p], bytes, cudaMemcpyDeviceToHost), cudaMemcpy(b, halved[p], bytes, cudaMemcpyDeviceToHost);
-                    CHECK(!memcmp(a, b, bytes), "f16 x%d part %d: f16 activations give the float activations' result bit for bit", n, p);
-                    free(a), free(b);
-                }
-            } else {
-                CHECK(half_status == cudaErrorNotSupported, "bf16 weights with f16 activations are declined");
-            }
-            for (int p = 0; p < 3; p++) cudaFree(halved[p]);
-            cudaFree(d_x16), free(x16);
-            tm_cuda_gemv_part ragged[2] = {parts[0], parts[1]};
-            ragged[1].rows = 120;
-            cudaMemset(together[0], 0xff, (size_t)part_rows[0] * n * 4);
-            uint32_t first = 0;
-            const int status = tm_cuda_gemv_16bit_tokens_parts(ragged, 2, cols, d_x, n, NULL);
-            cudaDeviceSynchronize();
-            cudaMemcpy(&first, together[0], 4, cudaMemcpyDeviceToHost);
-            CHECK(status == cudaErrorNotSupported && first == 0xffffffffu, "a part of 120 rows (not whole tiles) is declined, y untouched");
-            for (int p = 0; p < 3; p++) cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]), free(w_rows[p]);
-            cudaFree(d_x);
-            free(x);
+        } else {
+            CHECK(half_status == cudaErrorNotSupported, "bf16 weights with f16 activations are declined");
         }
+        for (int p = 0; p < 3; p++) cudaFree(halved[p]);
+        cudaFree(d_x16), free(x16);
+        tm_cuda_gemv_part ragged[2] = {parts[0], parts[1]};
+        ragged[1].rows = 120;
+        cudaMemset(together[0], 0xff, (size_t)part_rows[0] * n * 4);
+        uint32_t first = 0;
+        const int status = tm_cuda_gemv_16bit_tokens_parts(ragged, 2, cols, d_x, n, NULL);
+        cudaDeviceSynchronize();
+        cudaMemcpy(&first, together[0], 4, cudaMemcpyDeviceToHost);
+        CHECK(status == cudaErrorNotSupported && first == 0xffffffffu, "a part of 120 rows (not whole tiles) is declined, y untouched");
+        for (int p = 0; p < 3; p++) cudaFree((void *)parts[p].weights), cudaFree(separate[p]), cudaFree(together[p]), free(w_rows[p]);
+        cudaFree(d_x);
+        free(x);
+    }
 }
 
 /* The Q/K/V products with the rope and the KV append in their epilogue (tm_cuda_gemv_q8_qkv_rope)
@@ -706,9 +712,10 @@ int main(void) {
               "the run with the several-token k-quant products in three persistent blocks of 4 warps passed");
         CHECK(run_child("pairs-split-4", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=4 TM_PAIRS_SPLIT_BLOCKS=24") == 0,
               "the run with one-token rows of 24 blocks or more split over 4 warps passed");
-        CHECK(run_child("pairs-split-2", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=2 TM_PAIRS_SPLIT_BLOCKS=24") == 0,
-              "the run with one-token rows of 24 blocks or more split over 2 warps passed");
-        CHECK(run_child("pairs-whole-rows", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=1") == 0, "the run with one-token rows a warp each passed");
+        CHECK(run_child("pairs-split-2", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=2 TM_PAIRS_SPLIT_BLOCKS=24 TM_MMA16_WARPS=4") == 0,
+              "the run with one-token rows of 24 blocks or more split over 2 warps (and 16-bit tiles in 4-warp blocks) passed");
+        CHECK(run_child("pairs-whole-rows", "TM_GEMV_STREAM=0 TM_PAIRS_SPLIT=1 TM_MMA16_WARPS=8") == 0,
+              "the run with one-token rows a warp each (and 16-bit tiles in 8-warp blocks) passed");
     }
     char name[64];
     snprintf(name, sizeof name, "test_gemv_cuda%s%s%s", child ? " (" : "", child ? child : "", child ? ")" : "");
