@@ -136,7 +136,19 @@ def test_interrupt_marks_run_interrupted(tmbench, tmp_path):
     db = tmp_path / "int.db"
     child = subprocess.Popen([str(tmbench), "run", str(suite), "--db", str(db)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
+    # interrupt once the first case has stored a sample (not after a fixed sleep: on a loaded CI
+    # machine 1.5 s was sometimes too short for the first repetition, and nothing was stored yet)
+    deadline = time.monotonic() + 50
+    stored = 0
+    while time.monotonic() < deadline and child.poll() is None and not stored:
+        time.sleep(0.1)
+        try:
+            reader = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+            stored = reader.execute("SELECT count(*) FROM samples").fetchone()[0]
+            reader.close()
+        except sqlite3.OperationalError:  # not created yet, or its schema not yet written
+            pass
+    assert stored > 0 and child.poll() is None, "the first case stored no sample within 50 s"
     child.send_signal(signal.SIGINT)
     assert child.wait(timeout=30) == 130
     connection = sqlite3.connect(db)
