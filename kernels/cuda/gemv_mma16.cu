@@ -161,8 +161,7 @@ __global__ void __launch_bounds__(32 * WARPS, WARPS == 8 ? 0 : NG == 2 && !HALF_
             }
         }
     }
-    if constexpr (WARPS == MMA16_CLASSES) store_tile_sums<NG, WARPS>(acc[0], partial, y, rows, row0, n_tokens);
-    else store_class_sums<NG, WARPS, CLASSES_A_WARP>(acc, partial, y, rows, row0, n_tokens);
+    store_class_sums<NG, WARPS, CLASSES_A_WARP>(acc, partial, y, rows, row0, n_tokens);
 }
 
 /* Whether the tensor-core decode product is used (TM_MMA16=0, a measuring aid, sends these
