@@ -512,7 +512,7 @@ static bool flash_on_tensor_cores(const cuda_backend *b, tm_kv_type kv_type) {
 }
 
 /* Whether the products of `w` at T tokens take f16 activations, which their producer (a norm, the
- * SwiGLU) then also writes (tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the
+ * decode attention, the SwiGLU) then also writes (tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the
  * activation bytes those products read, no conversions in their loop): f16 weights at 2..16 tokens,
  * fast precision. TM_MMA16_HALF_X=0 (a measuring aid) keeps the float activations. */
 static bool half_activations(const cuda_backend *b, const device_weight *w, int T) {
@@ -520,6 +520,14 @@ static bool half_activations(const cuda_backend *b, const device_weight *w, int 
     if (enabled < 0) enabled = !env_is("TM_MMA16_HALF_X", "0");
     return enabled && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS && b->options.precision == TM_PRECISION_FAST &&
            w->cols % 32 == 0;
+}
+
+/* Whether the decode attention writes the f16 copy the output product takes (half_activations):
+ * TM_ATTENTION_HALF=0 (a measuring aid) leaves that product its float input. */
+static bool attention_half(void) {
+    static int enabled = -1;
+    if (enabled < 0) enabled = !env_is("TM_ATTENTION_HALF", "0");
+    return enabled;
 }
 
 /* The residual add and norm before a layer's products; with `half` also the f16 copy into b->xb16
@@ -592,6 +600,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         TM_DETAIL_BEGIN(layer_name);
         /* attention block */
         bool xb_q8 = takes_q8(b, &w[1], T), att_q8 = false, gate_q8 = takes_q8(b, &w[8], T);
+        void *att16 = NULL; /* the attention's output as f16, where the output product takes it */
         TM_DETAIL_BEGIN("attention norm");
         const void *xb16 = NULL;
         if ((s = norm_for_products(b, residual_next, residual, pending_delta, attn_norm, T, xb_q8, half_activations(b, &w[1], T),
@@ -609,19 +618,27 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
             CHECK_KERNEL(tm_cuda_flash_attention(b->q, b->att, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages, in->page_offsets,
                                                  in->positions, in->tiles, n_tiles, stream));
         else {
-            att_q8 = takes_q8(b, &w[4], T); /* then the attention also writes the output product's q8_1 input */
+            /* the attention also writes the output product's input as that product reads it: q8_1
+             * for the 8-bit products, f16 for the 16-bit ones of 2..16 tokens (into b->xb16, which
+             * the Q/K/V products have read by then) */
+            att_q8 = takes_q8(b, &w[4], T);
+            const bool half = !att_q8 && attention_half() && half_activations(b, &w[4], T);
+            att16 = half && w[4].cols <= TM_MAX(c->n_embd, c->n_ff) ? b->xb16 : NULL;
             if (b->attention_form != ATTENTION_SPLIT)
                 CHECK_KERNEL(tm_cuda_decode_attention_whole(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages,
                                                             in->page_offsets, in->n_keys, b->longest_keys, att_q8 ? b->q8 : NULL,
-                                                            stream));
+                                                            att16, stream));
             else
                 CHECK_KERNEL(tm_cuda_paged_attention(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv,
                                                  pages, in->page_offsets, in->n_keys, T <= TM_CUDA_GEMV_MAX_TOKENS ? b->n_splits : 1,
-                                                 SPLIT_KEYS_FLOOR, b->partials, att_q8 ? b->q8 : NULL, stream));
+                                                 SPLIT_KEYS_FLOOR, b->partials, att_q8 ? b->q8 : NULL, att16, stream));
         }
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("attention output");
-        if ((s = matmul(b, &w[4], b->att, T, b->delta, &att_q8, error))) return s;
+        const device_weight *output = &w[4];
+        if ((s = att16 ? matmul_parts(b, &output, &b->delta, 1, b->att, T, &att_q8, att16, error)
+                       : matmul(b, output, b->att, T, b->delta, &att_q8, error)))
+            return s;
         TM_DETAIL_END();
         /* feed-forward block */
         TM_DETAIL_BEGIN("ffn norm");

@@ -893,6 +893,15 @@ __device__ __forceinline__ uint32_t push_barrier() {
     return shared_address(&barrier);
 }
 
+/* The copies of a decode attention's output that its writer (decode_whole_kernel, combine_kernel)
+ * stores beside out for the output product, so it needs no launch of its own to make them: q8.qs,
+ * the q8_1 form the 8-bit products read (tm_cuda_quantize_q8_1's bytes); f16, each value as f16,
+ * rounded to nearest even as the 16-bit products round their float input (their HALF_X form). */
+struct out_copies {
+    q8_out q8;
+    __half *f16;
+};
+
 /* ---- decode without splits: a block per (token, kv head[, heads]), its warps sharing the keys -- */
 
 /* Kv heads a block of the whole-context kernel takes: enough that its outputs (kv heads x G x HD)
@@ -922,7 +931,7 @@ __host__ __device__ constexpr int whole_head_batches(int group, int G) { return 
 template <int KV, int HD, int G, int W, int C, bool MMA, int FORM = 0>
 __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, float *out, kv_addressing a, const int32_t *pages,
                                                               const int64_t *page_offsets, const int32_t *n_keys, int n_head,
-                                                              float scale, q8_out q8) {
+                                                              float scale, out_copies copies) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     if (C > 1) __trap(); /* clusters need sm_90; the host never launches C > 1 there */
 #endif
@@ -1170,11 +1179,15 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
 #pragma unroll
         for (int v = 0; v < PER_THREAD; v++) {
             const int i = threadIdx.x + v * THREADS, k = i / (G * HD), g = i / HD % G, d = i % HD;
-            if (i < VALUES && g < heads) out[((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + d] = value[v];
+            const int64_t at = ((int64_t)token * n_head + (first_kv_head + k) * group + head0 + g) * HD + d;
+            if (i < VALUES && g < heads) {
+                out[at] = value[v];
+                if (copies.f16) copies.f16[at] = __float2half_rn(value[v]);
+            }
         }
-        if (q8.qs && group % G == 0 && (VALUES >= THREADS || threadIdx.x < VALUES)) /* whole 8-warp runs of values */
+        if (copies.q8.qs && group % G == 0 && (VALUES >= THREADS || threadIdx.x < VALUES)) /* whole 8-warp runs of values */
             quantize_q8_1_blocks<PER_THREAD>(value, ((int64_t)token * n_head + (int64_t)first_kv_head * group + head0) * HD + threadIdx.x,
-                                             THREADS, INT64_MAX, q8);
+                                             THREADS, INT64_MAX, copies.q8);
     }
     tm_stamp_end(stamper, SLICES ? TM_STAMP_ATTENTION : TM_STAMP_ATTENTION_CHUNKS, pages);
 }
@@ -1200,12 +1213,12 @@ static bool one_token_clusters(int n_tokens) {
  * 2542 / 2823), else 8 (at 16 the group of 8's registers, 212 a thread, would not fit an SM). */
 template <int KV, int HD, int G, int C, bool MMA, int FORM = 0>
 static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
-                                  const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
+                                  const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, out_copies copies, cudaStream_t s) {
     constexpr int KVH = whole_kv_heads(G, HD), W = G == 1 && C == 1 ? 16 : 8;
     const dim3 grid((unsigned)(n_tokens * (a.n_head_kv / KVH) * whole_head_batches(n_head / a.n_head_kv, G) * C));
     const auto kernel = decode_whole_kernel<KV, HD, G, W, C, MMA, FORM>;
     TM_CUDA_CHECK(tm_attention_carveout((const void *)kernel));
-    return tm_launch_dependent_cluster(kernel, grid, dim3(32 * W), 0, s, C, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8);
+    return tm_launch_dependent_cluster(kernel, grid, dim3(32 * W), 0, s, C, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies);
 }
 
 /* A one-token step of a group of 1 in clusters of 8 (one_token_clusters): an f16 cache in 8-key
@@ -1221,7 +1234,7 @@ static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, cons
  * block) 556.6, 556.8. The 8-bit cache (chunks), read / pushed: 540.0, 540.4 / 536.7, 546.3. */
 template <int KV, int HD>
 static cudaError_t launch_one_token(const float *q, float *out, const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets,
-                                    const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
+                                    const int32_t *n_keys, int n_head, float scale, out_copies copies, cudaStream_t s) {
     static const bool slices = tm_env_int("TM_ATTENTION_SLICES", 1) != 0, push = tm_env_int("TM_ATTENTION_PUSH", 1) != 0;
     static const bool async_push = tm_env_int("TM_ATTENTION_ASYNC_PUSH", 1) != 0;
     auto launch = push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_PUSH> : launch_whole_c<KV, HD, 1, 8, false, 0>;
@@ -1233,9 +1246,9 @@ static cudaError_t launch_one_token(const float *q, float *out, const kv_address
 #ifdef TM_BLOCK_STAMPS
     /* a measuring aid of stamp builds: the same launch twice (it is idempotent), the second on warm caches */
     static const bool twice = tm_env_int("TM_STAMPS_TWICE", 0) != 0;
-    if (twice) TM_CUDA_CHECK(launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s));
+    if (twice) TM_CUDA_CHECK(launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s));
 #endif
-    return launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+    return launch(1, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s);
 }
 
 /* The one-token blocks of 2 query heads (whole_block_heads: groups of 4 and 8 at head dim 128, the
@@ -1262,30 +1275,30 @@ static int group_split() {
  * 2.3 %), else the scalar chunks. */
 template <int KV, int HD, int G>
 static cudaError_t launch_whole(int n_tokens, int longest_keys, const float *q, float *out, const kv_addressing &a, const int32_t *pages,
-                                const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, q8_out q8, cudaStream_t s) {
+                                const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale, out_copies copies, cudaStream_t s) {
     if constexpr (G == 1) {
-        if (one_token_clusters(n_tokens)) return launch_one_token<KV, HD>(q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+        if (one_token_clusters(n_tokens)) return launch_one_token<KV, HD>(q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s);
         if constexpr (KV == KV_F16)
             if (longest_keys > TM_CUDA_DECODE_MMA_KEYS)
-                return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+                return launch_whole_c<KV, HD, G, 1, true>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s);
     } else if (group_tensor_cores()) { /* the whole-context kernel reads an f16 or 8-bit cache */
         auto launch = launch_whole_c<KV, HD, G, 1, true>;
         if constexpr (G == 2)
             if (n_tokens == 1 && group_split() > 1 && tm_cluster_launch_available())
                 launch = group_split() == 2 ? launch_whole_c<KV, HD, G, 2, true, WHOLE_PUSH | WHOLE_ASYNC>
                                             : launch_whole_c<KV, HD, G, 4, true, WHOLE_PUSH | WHOLE_ASYNC>;
-        return launch(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+        return launch(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s);
     }
-    return launch_whole_c<KV, HD, G, 1, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+    return launch_whole_c<KV, HD, G, 1, false>(n_tokens, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s);
 }
 
 /* launch_whole for the padded group G (1, 4 or 8). */
 template <int KV, int HD>
 static cudaError_t launch_whole_group(int G, int n_tokens, int longest_keys, const float *q, float *out, const kv_addressing &a,
                                       const int32_t *pages, const int64_t *page_offsets, const int32_t *n_keys, int n_head, float scale,
-                                      q8_out q8, cudaStream_t s) {
+                                      out_copies copies, cudaStream_t s) {
     const auto launch = G == 1 ? launch_whole<KV, HD, 1> : G == 2 ? launch_whole<KV, HD, 2> : G == 4 ? launch_whole<KV, HD, 4> : launch_whole<KV, HD, 8>;
-    return launch(n_tokens, longest_keys, q, out, a, pages, page_offsets, n_keys, n_head, scale, q8, s);
+    return launch(n_tokens, longest_keys, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s);
 }
 
 /* The padded group (1, 4 or 8) a block of the whole-context kernel takes for a layout, or 0 where
@@ -1366,11 +1379,11 @@ extern "C" int tm_cuda_decode_attention_whole_supported(int n_head, int n_head_k
 
 extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                               const tm_cuda_kv *kv, const int32_t *pages, const int64_t *page_offsets,
-                                              const int32_t *n_keys, int longest_keys, void *q8, void *stream) {
+                                              const int32_t *n_keys, int longest_keys, void *q8, void *out16, void *stream) {
     if (!kv || !tm_cuda_kv_valid(kv, head_dim)) return cudaErrorInvalidValue;
     const int group_padded = whole_group(n_head, n_head_kv, head_dim, kv->type);
     if (!group_padded) return cudaErrorNotSupported;
-    if (q8 && (int64_t)n_head * head_dim % 256) return cudaErrorInvalidValue;
+    if ((q8 && (int64_t)n_head * head_dim % 256) || (uintptr_t)out16 % 16) return cudaErrorInvalidValue;
     const int G = whole_block_heads(n_tokens, n_head, n_head_kv, head_dim, group_padded);
     if (n_tokens == 0) return cudaSuccess;
     const kv_addressing a = make_addressing(*kv, n_head_kv, head_dim);
@@ -1378,10 +1391,10 @@ extern "C" int tm_cuda_decode_attention_whole(const float *q, float *out, int n_
     cudaStream_t s = (cudaStream_t)stream;
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
     const bool in_kernel = q8 && n_head / n_head_kv % G == 0; /* else quantized after, by its own launch */
-    const q8_out x = in_kernel ? q8_out_at(q8, n_tokens, n_out / n_tokens) : q8_out_at(NULL, 0, 0);
+    const out_copies copies = {in_kernel ? q8_out_at(q8, n_tokens, n_out / n_tokens) : q8_out_at(NULL, 0, 0), (__half *)out16};
     const auto launch = kv->type == KV_Q8 ? (head_dim == 64 ? launch_whole_group<KV_Q8, 64> : launch_whole_group<KV_Q8, 128>)
                                           : (head_dim == 64 ? launch_whole_group<KV_F16, 64> : launch_whole_group<KV_F16, 128>);
-    TM_CUDA_CHECK(launch(G, n_tokens, longest_keys, q, out, a, pages, page_offsets, n_keys, n_head, scale, x, s));
+    TM_CUDA_CHECK(launch(G, n_tokens, longest_keys, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies, s));
     if (q8 && !in_kernel) return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
     return cudaSuccess;
 }
@@ -1502,20 +1515,20 @@ __global__ void __launch_bounds__(32 * WARPS) paged_attention_kernel(const float
 
 /* out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m) for each (token, head) row of head_dim
  * values; block b takes values 256b .. 256b + 255 of the n_values (rows back to back), a warp 32
- * of one row (head_dim % 32 == 0); with q8.qs also out as q8_1 (quant.cuh's layout, n_values %
- * 256 == 0: a block is one 256-value q8 block).
+ * of one row (head_dim % 32 == 0); with copies.q8.qs also out as q8_1 (quant.cuh's layout,
+ * n_values % 256 == 0: a block is one 256-value q8 block), with copies.f16 as f16.
  * Splits are taken 32 at a time, a lane per split: each warp loads the (max, sum) pairs of 32 splits
  * of its row in one trip, reduces them with shuffles, and each thread then adds its dimension's 32
  * values with every load in flight (weights e^(m_s - m) shuffled from the split's lane). A loop over
  * the splits one after another, each iteration's loads waiting for the last, measured 4.5-5 us at 9
  * splits (H200, 7B decode). Empty splits (sum 0) add nothing. */
 __global__ void __launch_bounds__(256) combine_kernel(const float *partials, float *out, int64_t n_values, int n_splits, int head_dim,
-                                                      q8_out q8) {
+                                                      out_copies copies) {
     tm_grid_dependency();
     const int64_t stride = head_dim + 2;
     const int lane = threadIdx.x % 32;
     const int64_t base = (int64_t)blockIdx.x * 256 + threadIdx.x - lane; /* the warp's first value */
-    if (base >= n_values) return; /* a last block's idle warps: never with q8 */
+    if (base >= n_values) return; /* a last block's idle warps: never with copies.q8 */
     const float *first = partials + base / head_dim * n_splits * stride;
     const int d = (int)(base % head_dim) + lane;
     float global_max = -INFINITY;
@@ -1543,15 +1556,16 @@ __global__ void __launch_bounds__(256) combine_kernel(const float *partials, flo
         }
     }
     out[base + lane] = value / total;
-    if (q8.qs) quantize_q8_1_block(value / total, base + lane, q8);
+    if (copies.f16) copies.f16[base + lane] = __float2half_rn(value / total);
+    if (copies.q8.qs) quantize_q8_1_block(value / total, base + lane, copies.q8);
 }
 
 extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                        const tm_cuda_kv *kv, const int32_t *pages, const int64_t *page_offsets,
                                        const int32_t *n_keys, int n_splits, int min_keys_per_split, float *partials, void *q8,
-                                       void *stream) {
+                                       void *out16, void *stream) {
     if (!kv || !tm_cuda_kv_valid(kv, head_dim) || head_dim > MAX_HEAD_DIM || head_dim % 32 || n_head % n_head_kv || n_splits < 1 || n_splits > 65535 || min_keys_per_split < 1 ||
-        (n_splits > 1 && !partials) || (q8 && (int64_t)n_head * head_dim % 256))
+        (n_splits > 1 && !partials) || (q8 && (int64_t)n_head * head_dim % 256) || (uintptr_t)out16 % 16)
         return cudaErrorInvalidValue;
     if (n_tokens == 0) return cudaSuccess;
     kv_addressing a = make_addressing(*kv, n_head_kv, head_dim);
@@ -1572,9 +1586,11 @@ extern "C" int tm_cuda_paged_attention(const float *q, float *out, int n_tokens,
     const int64_t n_out = (int64_t)n_tokens * n_head * head_dim;
     if (n_splits > 1)
         TM_LAUNCH_DEPENDENT(combine_kernel, dim3((unsigned)((n_out + 255) / 256)), dim3(256), 0, s, partials, out, n_out, n_splits,
-                            head_dim, q8_out_at(q8, n_tokens, n_out / n_tokens));
-    else if (q8)
-        return tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream);
+                            head_dim, out_copies{q8_out_at(q8, n_tokens, n_out / n_tokens), (__half *)out16});
+    else { /* one split: out is final, its copies made by launches of their own */
+        if (q8) TM_CUDA_CHECK((cudaError_t)tm_cuda_quantize_q8_1(out, n_tokens, n_out / n_tokens, q8, stream));
+        if (out16) TM_CUDA_CHECK((cudaError_t)tm_cuda_float_to_half(out, n_out, out16, stream));
+    }
     return cudaSuccess;
 }
 

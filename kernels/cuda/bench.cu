@@ -374,10 +374,10 @@ static int launch(tm_cuda_bench *b, int link) {
                                            (const int32_t *)buf[1], (const int64_t *)buf[2], ints, ints + 2 * queries, b->n_tiles, st);
         if (s->whole)
             return tm_cuda_decode_attention_whole((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, &kv,
-                                                  (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, s->context, NULL, st);
+                                                  (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, s->context, NULL, NULL, st);
         return tm_cuda_paged_attention((const float *)buf[4], (float *)buf[5], queries, s->heads, s->kv_heads, s->head_dim, &kv,
                                        (const int32_t *)buf[1], (const int64_t *)buf[2], ints + queries, b->n_splits, b->keys_per_split,
-                                       (float *)buf[6], NULL, st);
+                                       (float *)buf[6], NULL, NULL, st);
     }
     case TM_BENCH_RMSNORM:
         return tm_cuda_add_rmsnorm((float *)buf[1], NULL, (float *)buf[0], NULL, (const float *)buf[2], (int)s->rows, (int)s->cols, 1e-5f, NULL, st);

@@ -144,6 +144,9 @@ int tm_cuda_swiglu_half(float *gate, const float *up, int64_t n, void *out16, vo
 /* The same over n_rows rows of n_per_row values, also writing the result as q8_1
  * (n_per_row % 256 == 0), as tm_cuda_quantize_q8_1 would. */
 int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, int64_t n_per_row, void *q8, void *stream);
+/* out16[i] = x[i] rounded to f16 (nearest even, as the f16 products round float input; n halves,
+ * 16-byte aligned): for producers that cannot write the copy themselves. */
+int tm_cuda_float_to_half(const float *x, int64_t n, void *out16, void *stream);
 /* x[i] += delta[i]. */
 int tm_cuda_add(float *x, const float *delta, int64_t n, void *stream);
 
@@ -178,18 +181,22 @@ int tm_cuda_kv_valid(const tm_cuda_kv *kv, int head_dim);
  * reads each kv head's keys once for its whole group of query heads). q8 (optional, else NULL):
  * out is also written there as tm_cuda_quantize_q8_1 would (n_tokens * n_head * head_dim values;
  * n_head * head_dim % 256 == 0, else cudaErrorInvalidValue),
- * by the split-combine when there is one, so the output product needs no quantizing launch. */
+ * by the split-combine when there is one, so the output product needs no quantizing launch.
+ * out16 (optional, else NULL; 16-byte aligned): out is also written there as f16, each value
+ * rounded as tm_cuda_float_to_half rounds it (what tm_cuda_gemv_f16_tokens_parts_half_x takes), by
+ * the split-combine when there is one, else by that conversion's launch. */
 int tm_cuda_paged_attention(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                             const tm_cuda_kv *kv, const int32_t *pages,
                             const int64_t *page_offsets, const int32_t *n_keys, int n_splits, int min_keys_per_split,
-                            float *partials, void *q8, void *stream);
+                            float *partials, void *q8, void *out16, void *stream);
 
 /* Decode attention as tm_cuda_paged_attention, without key splits: one block per token and kv head
  * (two or four kv heads where a group of 1 leaves a head's outputs short of a 256-value q8_1
  * block; at one token, a block per two query heads of a group of 4 or 8 at head dim 128), its 8
  * or 16 warps taking the token's keys 32 at a time in turn and merging in the block; so no
  * partials and no combine launch, and q8 (optional, as in tm_cuda_paged_attention) is written by
- * the same kernel where the group is 1, 4 or 8 (else by a quantize launch after it). At one token
+ * the same kernel where the group is 1, 4 or 8 (else by a quantize launch after it), out16
+ * (optional, as in tm_cuda_paged_attention) by the same kernel always. At one token
  * of a group of 1 on sm_90 the blocks of a kv-head pair run as a cluster of 8 sharing its keys,
  * merged through distributed shared memory. Exact at any context; meant for steps whose every
  * context is short (a chunk or two a warp), or, for a group of 1, steps that fill most of a wave
@@ -210,7 +217,7 @@ int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int n_head_kv,
  * (exact at any context whichever). */
 int tm_cuda_decode_attention_whole(const float *q, float *out, int n_tokens, int n_head, int n_head_kv, int head_dim,
                                    const tm_cuda_kv *kv, const int32_t *pages, const int64_t *page_offsets,
-                                   const int32_t *n_keys, int longest_keys, void *q8, void *stream);
+                                   const int32_t *n_keys, int longest_keys, void *q8, void *out16, void *stream);
 
 /* Prefill (flash) attention, causal: tiles[2 i] is the first batch token of tile i and
  * tiles[2 i + 1] its token count (at most tm_cuda_flash_tile_tokens), tokens of one stream;

@@ -492,6 +492,20 @@ extern "C" int tm_cuda_swiglu_q8(float *gate, const float *up, int64_t n_rows, i
     return cudaSuccess;
 }
 
+__global__ void float_to_half_kernel(const float *x, int64_t n, __half *out16) {
+    tm_grid_dependency();
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out16[i] = __float2half_rn(x[i]); /* as the f16 products round their float input */
+}
+
+extern "C" int tm_cuda_float_to_half(const float *x, int64_t n, void *out16, void *stream) {
+    if (!out16 || (uintptr_t)out16 % 16 || n < 0) return cudaErrorInvalidValue;
+    if (n == 0) return cudaSuccess;
+    TM_LAUNCH_DEPENDENT(float_to_half_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, (cudaStream_t)stream, x, n,
+                        (__half *)out16);
+    return cudaSuccess;
+}
+
 __global__ void add_kernel(float *x, const float *delta, int64_t n) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += delta[i];

@@ -17,7 +17,9 @@
  * are: the kernels read each vector's scale from the same slot), head dims 32..256, grouped-query ratios 1..4, 8 and 12. Outputs poisoned with NaN first; each
  * element within 2e-5 absolute (values in [-1, 1], float32 sums in another order). The decode's
  * q8_1 copy of its output equals tm_cuda_quantize_q8_1 of the output bit for bit; where a token's
- * n_head * head_dim outputs are not whole 256-value q8 blocks, asking for it is refused.
+ * n_head * head_dim outputs are not whole 256-value q8 blocks, asking for it is refused. Its f16
+ * copy (asked for in every decode launch, with the q8_1 copy and without it) is each output value
+ * rounded to nearest even (the host's tm_f32_to_f16), bit for bit; a misaligned one is refused.
  * Without a CUDA device it reports itself skipped (exit 77).
  */
 #include <cuda_runtime_api.h>
@@ -140,6 +142,18 @@ static bool q8_matches_quantizer(const float *d_out, int n_rows, int64_t n_value
     return !memcmp(q8, q8_reference, q8_bytes);
 }
 
+/* Whether the f16 copy of n output values at d_out16 is each float output at d_out rounded to
+ * nearest even (tm_f32_to_f16), bit for bit. */
+static bool f16_matches_output(const float *d_out, const void *d_out16, int64_t n) {
+    float *out = malloc((size_t)n * 4);
+    tm_f16_t *got16 = malloc((size_t)n * 2);
+    cudaMemcpy(out, d_out, (size_t)n * 4, cudaMemcpyDeviceToHost), cudaMemcpy(got16, d_out16, (size_t)n * 2, cudaMemcpyDeviceToHost);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += got16[i] != tm_f32_to_f16(out[i]);
+    free(out), free(got16);
+    return bad == 0;
+}
+
 static void run_case(const layout_case *lc, tm_rng_t *rng) {
     const int lengths[3] = {1, 37, 900}, n_seq = 3, layer = 1;
     const int n_head = lc->n_head_kv * lc->group;
@@ -212,7 +226,8 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
      * a split takes 32-key splits, each warp its own heads (the 1-key stream always, 37 keys at 2+
      * splits, 900 at 32 and 40 where all are kept); the rest, splits whose warps share the keys. */
     const int split_cases[5][2] = {{1, 1}, {4, 225}, {8, 128}, {32, 1}, {40, 1}};
-    void *d_partials, *d_q8, *d_q8_reference;
+    void *d_partials, *d_q8, *d_q8_reference, *d_out16;
+    cudaMalloc(&d_out16, (size_t)q_floats * 2);
     const size_t q8_bytes = (size_t)tm_cuda_q8_1_bytes((int64_t)q_floats);
     uint8_t *q8 = malloc(q8_bytes), *q8_reference = malloc(q8_bytes);
     cudaMalloc(&d_partials, (size_t)n_seq * n_head * 40 * (lc->head_dim + 2) * 4);
@@ -220,18 +235,25 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
     /* q8_1 comes in 256-value blocks: a token's n_head * head_dim outputs must be whole blocks */
     const bool whole_q8_blocks = (int64_t)n_head * lc->head_dim % 256 == 0;
     for (int c = 0; c < 5; c++) {
-        cudaMemset(d_out, 0xff, q_floats * 4);
+        /* the f16 copy with the q8_1 copy in even cases, alone in odd ones */
+        const bool with_q8 = whole_q8_blocks && c % 2 == 0;
+        cudaMemset(d_out, 0xff, q_floats * 4), cudaMemset(d_out16, 0xff, (size_t)q_floats * 2);
         cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes); /* pair order: one row only */
         if (!whole_q8_blocks)
             CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, dkv, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
-                                          d_partials, d_q8, NULL) == cudaErrorInvalidValue,
+                                          d_partials, d_q8, NULL, NULL) == cudaErrorInvalidValue,
                   "decode, %d x %d outputs a token: q8 output refused (not whole 256-value blocks)", n_head, lc->head_dim);
         CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, dkv, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
-                                      d_partials, whole_q8_blocks ? d_q8 : NULL, NULL) == 0,
+                                      d_partials, NULL, (char *)d_out16 + 2, NULL) == cudaErrorInvalidValue,
+              "decode: a misaligned f16 copy refused");
+        CHECK(tm_cuda_paged_attention(d_q, d_out, n_seq, n_head, lc->n_head_kv, lc->head_dim, dkv, d_tables, d_offsets, d_keys, split_cases[c][0], split_cases[c][1],
+                                      d_partials, with_q8 ? d_q8 : NULL, d_out16, NULL) == 0,
               "launch");
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "kernel");
         cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
-        if (whole_q8_blocks) /* the q8_1 copy written alongside (by the combine, or after one split) */
+        CHECK(f16_matches_output(d_out, d_out16, q_floats), "decode, %d splits, head_dim %d%s: the f16 output is out rounded to nearest even",
+              split_cases[c][0], lc->head_dim, with_q8 ? ", with q8_1" : "");
+        if (with_q8) /* the q8_1 copy written alongside (by the combine, or after one split) */
             CHECK(q8_matches_quantizer(d_out, n_seq, q_floats, d_q8, d_q8_reference, q8, q8_reference, q8_bytes),
                   "decode, %d splits, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out", split_cases[c][0], lc->head_dim);
         double worst;
@@ -260,12 +282,14 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         for (int s = 0; s < n_seq; s++) longest = lengths[s] > longest ? lengths[s] : longest;
         for (int form = 0; form < 2; form++) {
             const int longest_keys = form ? longest : 0;
-            cudaMemset(d_out, 0xff, q_floats * 4);
+            cudaMemset(d_out, 0xff, q_floats * 4), cudaMemset(d_out16, 0xff, (size_t)q_floats * 2);
             cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
             CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, dkv, d_tables, d_offsets, d_keys,
-                                                 longest_keys, whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
+                                                 longest_keys, whole_q8_blocks ? d_q8 : NULL, d_out16, NULL) == 0 &&
                       cudaDeviceSynchronize() == cudaSuccess,
                   "decode without splits: launch");
+            CHECK(f16_matches_output(d_out, d_out16, q_floats), "decode without splits, told %d keys, group %d, head_dim %d: the f16 output is out rounded",
+                  longest_keys, lc->group, head_dim);
             cudaMemcpy(got, d_out, q_floats * 4, cudaMemcpyDeviceToHost);
             double worst;
             int bad = count_differences(got, expected, q_floats, 2e-5, &worst);
@@ -283,30 +307,34 @@ static void run_case(const layout_case *lc, tm_rng_t *rng) {
         const size_t token_q8_bytes = (size_t)tm_cuda_q8_1_bytes(token_floats);
         for (int s = 0; s < n_seq; s++) {
             float *d_out_s = (float *)d_out + s * token_floats;
-            cudaMemset(d_out, 0xff, q_floats * 4);
+            /* the f16 copy alone in the first stream's launch, with the q8_1 copy after it */
+            const bool with_q8 = whole_q8_blocks && s > 0;
+            cudaMemset(d_out, 0xff, q_floats * 4), cudaMemset(d_out16, 0xff, (size_t)q_floats * 2);
             cudaMemset(d_q8, 0x55, q8_bytes), cudaMemset(d_q8_reference, 0x55, q8_bytes);
             CHECK(tm_cuda_decode_attention_whole((const float *)d_q + s * token_floats, d_out_s, 1, n_head, n_head_kv, head_dim, dkv,
                                                  d_tables, (const int64_t *)d_offsets + s, (const int32_t *)d_keys + s, lengths[s],
-                                                 whole_q8_blocks ? d_q8 : NULL, NULL) == 0 &&
+                                                 with_q8 ? d_q8 : NULL, d_out16, NULL) == 0 &&
                       cudaDeviceSynchronize() == cudaSuccess,
                   "decode without splits, one token: launch");
+            CHECK(f16_matches_output(d_out_s, d_out16, token_floats), "decode without splits, one token, group %d, head_dim %d%s: the f16 output is out rounded",
+                  lc->group, head_dim, with_q8 ? ", with q8_1" : "");
             cudaMemcpy(got, d_out_s, token_floats * 4, cudaMemcpyDeviceToHost);
             double worst;
             int bad = count_differences(got, expected + s * token_floats, token_floats, 2e-5, &worst);
             CHECK(bad == 0, "decode without splits, one token of %d keys: kv heads %d x group %d, head_dim %d: %d of %lld values differ (worst %.3g)",
                   lengths[s], n_head_kv, lc->group, head_dim, bad, (long long)token_floats, worst);
-            if (whole_q8_blocks)
+            if (with_q8)
                 CHECK(q8_matches_quantizer(d_out_s, 1, token_floats, d_q8, d_q8_reference, q8, q8_reference, token_q8_bytes),
                       "decode without splits, one token, group %d, head_dim %d: the q8_1 output equals tm_cuda_quantize_q8_1 of out",
                       lc->group, head_dim);
         }
     } else {
         CHECK(tm_cuda_decode_attention_whole(d_q, d_out, n_seq, n_head, n_head_kv, head_dim, dkv, d_tables,
-                                             d_offsets, d_keys, 0, NULL, NULL) == cudaErrorNotSupported,
+                                             d_offsets, d_keys, 0, NULL, NULL, NULL) == cudaErrorNotSupported,
               "decode without splits: kv heads %d x group %d, head_dim %d, %s: not supported, nothing launched", n_head_kv, lc->group,
               head_dim, kv_name);
     }
-    cudaFree(d_partials), cudaFree(d_q8), cudaFree(d_q8_reference);
+    cudaFree(d_partials), cudaFree(d_q8), cudaFree(d_q8_reference), cudaFree(d_out16);
     free(q8), free(q8_reference);
 
     for (int variant = 0; variant < 3; variant++)

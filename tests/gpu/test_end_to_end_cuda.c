@@ -9,7 +9,10 @@
  * GEMM and flash attention; SmolLM2-135M f16 also with prompts of 8 and 12 tokens, which take
  * the decode products, for f16 the 16-bit tensor-core kernel), then 8 decode steps (GEMV; decode attention split, or for
  * the 7B's group of 1 at these short contexts without splits; a CUDA graph
- * from the second step) feed both backends the CPU's greedy tokens. At every step the GPU's
+ * from the second step) feed both backends the CPU's greedy tokens. Four streams of 8-token
+ * prompts decoded together (tiny q4_k_m, SmolLM2-135M f16, and at fast precision Llama-3-8B f16:
+ * steps of 4 tokens, whose output products read the attention's q8_1 or f16 copy) are held to the
+ * same bounds. At every step the GPU's
  * logits are finite and within 1e-2 of the CPU's relative to the largest |logit| (the issue's
  * bound; measured values printed); where the greedy tokens differ, the CPU's two candidates must
  * be within that bound of each other (a near tie on random weights, not an error).
@@ -53,12 +56,16 @@
 typedef struct run_spec {
     const int32_t *prompt;
     int n_prompt, steps;
-    const int32_t *forced; /* decode inputs (NULL: the run's own greedy tokens) */
+    const int32_t *forced; /* decode inputs, laid out as run_result's tokens (NULL: the run's own greedy tokens) */
+    int streams;           /* 0 or 1: one sequence; S > 1: S sequences, stream s's prompt the prompt with (prompt[0] + s)
+                            * first, each prefilled alone, then decoded together (a batch of S tokens a step) */
 } run_spec;
 
+#define MAX_STREAMS 4
+
 typedef struct run_result {
-    float *logits;         /* (n_prompt + steps) rows: every prompt position, then each decode step */
-    int32_t tokens[64];    /* greedy token after the prompt and after each step */
+    float *logits;      /* a stream's (n_prompt + steps) rows after another's: every prompt position, then each decode step */
+    int32_t tokens[64]; /* each stream's greedy token after the prompt and after each step, (steps + 1) a stream */
 } run_result;
 
 static int argmax(const float *x, int n) {
@@ -83,11 +90,15 @@ static const char *precision_name(void) {
 
 static bool run(const tm_model *model, bool cuda, tm_threadpool *pool, const run_spec *spec, run_result *out) {
     const tm_model_config *c = &model->config;
-    const int total = spec->n_prompt + spec->steps;
+    const int total = spec->n_prompt + spec->steps, streams = spec->streams > 1 ? spec->streams : 1;
+    if (streams > MAX_STREAMS || streams * (spec->steps + 1) > 64 || spec->n_prompt > MAX_ROWS) {
+        CHECK(0, "run: %d streams of %d + %d tokens do not fit the test's arrays", streams, spec->n_prompt, spec->steps);
+        return false;
+    }
     tm_kv_layout layout = {c->n_layer, c->n_head_kv, c->head_dim, kv_type, TM_KV_DEFAULT_PAGE_SIZE};
     tm_kv_cache *kv;
     tm_error_t error = {0};
-    if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, total) * c->n_layer, 1, !cuda, &kv, &error)) {
+    if (tm_kv_create(&layout, tm_kv_pages_for_tokens(&layout, total) * c->n_layer * streams, streams, !cuda, &kv, &error)) {
         CHECK(0, "%s", error.message);
         return false;
     }
@@ -102,25 +113,39 @@ static bool run(const tm_model *model, bool cuda, tm_threadpool *pool, const run
         tm_kv_free(kv);
         return false;
     }
-    int seq = tm_kv_seq_new(kv);
-    tm_kv_reserve(kv, seq, total);
-    out->logits = malloc((size_t)total * c->n_vocab * sizeof(float));
-    int32_t positions[MAX_ROWS], seqs[MAX_ROWS];
+    out->logits = malloc((size_t)streams * total * c->n_vocab * sizeof(float));
+    float *step_logits = malloc((size_t)streams * c->n_vocab * sizeof(float));
+    int32_t positions[MAX_ROWS], seqs[MAX_ROWS], prompt[MAX_ROWS], next[MAX_STREAMS], seq[MAX_STREAMS];
     uint8_t want[MAX_ROWS];
-    for (int i = 0; i < spec->n_prompt; i++) positions[i] = i, seqs[i] = seq, want[i] = 1;
-    tm_batch prefill = {spec->n_prompt, spec->prompt, positions, seqs, want};
-    s = backend->forward(backend, &prefill, kv, out->logits, &error);
-    int32_t next = argmax(out->logits + (size_t)(spec->n_prompt - 1) * c->n_vocab, c->n_vocab);
-    for (int step = 0; !s && step < spec->steps; step++) {
-        out->tokens[step] = next;
-        int32_t input = spec->forced ? spec->forced[step] : next, position = spec->n_prompt + step;
-        uint8_t one = 1;
-        tm_batch decode = {1, &input, &position, &seq, &one};
-        float *row = out->logits + (size_t)position * c->n_vocab;
-        s = backend->forward(backend, &decode, kv, row, &error);
-        next = argmax(row, c->n_vocab);
+    for (int t = 0; !s && t < streams; t++) { /* each stream's prompt alone */
+        seq[t] = tm_kv_seq_new(kv);
+        tm_kv_reserve(kv, seq[t], total);
+        memcpy(prompt, spec->prompt, (size_t)spec->n_prompt * sizeof(int32_t));
+        prompt[0] = (prompt[0] + t) % c->n_vocab;
+        for (int i = 0; i < spec->n_prompt; i++) positions[i] = i, seqs[i] = seq[t], want[i] = 1;
+        tm_batch prefill = {spec->n_prompt, prompt, positions, seqs, want};
+        float *rows = out->logits + (size_t)t * total * c->n_vocab;
+        s = backend->forward(backend, &prefill, kv, rows, &error);
+        next[t] = argmax(rows + (size_t)(spec->n_prompt - 1) * c->n_vocab, c->n_vocab);
     }
-    out->tokens[spec->steps] = next;
+    for (int step = 0; !s && step < spec->steps; step++) { /* then a token of every stream a step */
+        int32_t inputs[MAX_STREAMS];
+        for (int t = 0; t < streams; t++) {
+            const int at = t * (spec->steps + 1) + step;
+            out->tokens[at] = next[t];
+            inputs[t] = spec->forced ? spec->forced[at] : next[t];
+            positions[t] = spec->n_prompt + step, seqs[t] = seq[t], want[t] = 1;
+        }
+        tm_batch decode = {streams, inputs, positions, seqs, want};
+        s = backend->forward(backend, &decode, kv, step_logits, &error);
+        for (int t = 0; !s && t < streams; t++) {
+            float *row = out->logits + ((size_t)t * total + spec->n_prompt + step) * c->n_vocab;
+            memcpy(row, step_logits + (size_t)t * c->n_vocab, (size_t)c->n_vocab * sizeof(float));
+            next[t] = argmax(row, c->n_vocab);
+        }
+    }
+    for (int t = 0; t < streams; t++) out->tokens[t * (spec->steps + 1) + spec->steps] = next[t];
+    free(step_logits);
     CHECK(!s, "%s forward: %s", cuda ? "cuda" : "cpu", error.message);
     backend->free(backend);
     tm_kv_free(kv);
@@ -145,7 +170,9 @@ static double logit_difference(const float *cpu, const float *gpu, int rows, int
 
 static float llama3_factors[64];
 
-static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_factors, int prompt_tokens) {
+/* The synthetic model `spec` on the GPU against the CPU: a prompt of prompt_tokens tokens, then 8
+ * decode steps, in `streams` streams (1: one sequence; more: run_spec's streams, decoded together). */
+static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_factors, int prompt_tokens, int streams) {
     tm_synth_options options = {.seed = 3, .pool = pool};
     tm_error_t error = {0};
     tm_gguf *g = NULL;
@@ -162,34 +189,37 @@ static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_f
     const int n_vocab = model->config.n_vocab;
     int32_t prompt[24];
     for (int i = 0; i < prompt_tokens; i++) prompt[i] = (i * 7919 + 13) % n_vocab;
-    run_spec cpu_spec = {prompt, prompt_tokens, 8, NULL};
+    run_spec cpu_spec = {prompt, prompt_tokens, 8, NULL, streams};
     run_result cpu = {0}, gpu = {0}, unrounded = {0};
     if (run(model, false, pool, &cpu_spec, &cpu)) {
-        run_spec gpu_spec = {prompt, prompt_tokens, 8, cpu.tokens}; /* teacher forcing: the CPU's tokens */
+        run_spec gpu_spec = {prompt, prompt_tokens, 8, cpu.tokens, streams}; /* teacher forcing: the CPU's tokens */
         double limit = bound(), rounding_effect = 0;
         if (kv_type == TM_KV_Q8) { /* the 8-bit rounding's own effect: the CPU's f32 cache on the same tokens */
             kv_type = TM_KV_F32;
             const bool ran = run(model, false, pool, &gpu_spec, &unrounded);
             kv_type = TM_KV_Q8;
             int ignored = 0;
-            if (ran) rounding_effect = logit_difference(unrounded.logits, cpu.logits, prompt_tokens + 8, n_vocab, &ignored);
+            if (ran) rounding_effect = logit_difference(unrounded.logits, cpu.logits, streams * (prompt_tokens + 8), n_vocab, &ignored);
             limit += rounding_effect;
             printf("%s, 8-bit KV: the CPU's 8-bit logits against its f32 ones: %.2e (GPU bound %.3g)\n", spec, rounding_effect, limit);
         }
         if (run(model, true, pool, &gpu_spec, &gpu)) {
-            int non_finite = 0, rows = prompt_tokens + 8;
+            int non_finite = 0, rows = streams * (prompt_tokens + 8);
             double worst = logit_difference(cpu.logits, gpu.logits, rows, n_vocab, &non_finite);
             int disagreements = 0, unexplained = 0;
-            for (int step = 0; step <= 8; step++) {
-                const float *a = cpu.logits + (size_t)(prompt_tokens - 1 + step) * n_vocab;
-                double largest = 0;
-                for (int i = 0; i < n_vocab; i++) largest = fmax(largest, fabs(a[i]));
-                if (gpu.tokens[step] == cpu.tokens[step]) continue;
-                disagreements++;
-                if (fabs(a[cpu.tokens[step]] - a[gpu.tokens[step]]) > limit * largest) unexplained++;
-            }
-            printf("%s%s, %d-token prompt, GPU %s: max relative logit difference GPU vs CPU %.2e over %d rows; greedy tokens agree at %d of 9 steps\n",
-                   spec, rope_factors ? " (rope_freqs)" : "", prompt_tokens, precision_name(), worst, rows, 9 - disagreements);
+            for (int t = 0; t < streams; t++)
+                for (int step = 0; step <= 8; step++) {
+                    const int at = t * 9 + step;
+                    const float *a = cpu.logits + ((size_t)t * (prompt_tokens + 8) + prompt_tokens - 1 + step) * n_vocab;
+                    double largest = 0;
+                    for (int i = 0; i < n_vocab; i++) largest = fmax(largest, fabs(a[i]));
+                    if (gpu.tokens[at] == cpu.tokens[at]) continue;
+                    disagreements++;
+                    if (fabs(a[cpu.tokens[at]] - a[gpu.tokens[at]]) > limit * largest) unexplained++;
+                }
+            printf("%s%s, %d-token prompt%s, GPU %s: max relative logit difference GPU vs CPU %.2e over %d rows; greedy tokens agree at %d of %d steps\n",
+                   spec, rope_factors ? " (rope_freqs)" : "", prompt_tokens, streams > 1 ? ", streams decoded together" : "", precision_name(),
+                   worst, rows, 9 * streams - disagreements, 9 * streams);
             CHECK(non_finite == 0, "%s: %d non-finite GPU logits", spec, non_finite);
             CHECK(worst <= limit, "%s (%s): logits differ by %.3g (bound %g)", spec, precision_name(), worst, limit);
             CHECK(unexplained == 0, "%s: %d greedy tokens differ without a near tie", spec, unexplained);
@@ -252,15 +282,21 @@ int main(void) {
     const bool all = !limit || strcmp(limit, "tiny");
     for (int p = 0; p < 2; p++) {
         gpu_precision = p == 0 ? TM_PRECISION_EXACT : TM_PRECISION_FAST;
-        compare_synthetic("tiny:q4_k_m", pool, false, 24);
-        compare_synthetic("smollm2-135m:q8_0", pool, false, 24);
+        compare_synthetic("tiny:q4_k_m", pool, false, 24, 1);
+        compare_synthetic("smollm2-135m:q8_0", pool, false, 24, 1);
         /* prompts of at most 16 tokens take the decode products: for f16 weights the 16-bit tensor
          * cores (one group of 8 tokens, two groups) */
-        compare_synthetic("smollm2-135m:f16", pool, false, 8);
-        compare_synthetic("smollm2-135m:f16", pool, false, 12);
+        compare_synthetic("smollm2-135m:f16", pool, false, 8, 1);
+        compare_synthetic("smollm2-135m:f16", pool, false, 12, 1);
+        /* four streams decoded together: the several-token decode products after the decode
+         * attention (fast: the 8-bit products' q8_1 input, the 16-bit products' f16 input, each
+         * written by the attention itself) */
+        compare_synthetic("tiny:q4_k_m", pool, false, 8, 4);
+        compare_synthetic("smollm2-135m:f16", pool, false, 8, 4);
         if (all) {
-            compare_synthetic("llama2-7b:q4_k_m", pool, false, 24);
-            compare_synthetic("llama3-8b:f16", pool, true, 24);
+            compare_synthetic("llama2-7b:q4_k_m", pool, false, 24, 1);
+            compare_synthetic("llama3-8b:f16", pool, true, 24, 1);
+            if (p == 1) compare_synthetic("llama3-8b:f16", pool, true, 8, 4);
         }
         if (smollm2 && *smollm2) compare_real_smollm2(smollm2, pool);
         else printf("real SmolLM2 comparison skipped: TM_SMOLLM2 is not set\n");
@@ -268,9 +304,11 @@ int main(void) {
     kv_type = TM_KV_Q8;
     for (int p = 0; p < 2; p++) {
         gpu_precision = p == 0 ? TM_PRECISION_EXACT : TM_PRECISION_FAST;
-        compare_synthetic("tiny:q4_k_m", pool, false, 24);
-        compare_synthetic("smollm2-135m:q8_0", pool, false, 24);
-        if (all && p == 0) compare_synthetic("llama2-7b:q4_k_m", pool, false, 24);
+        compare_synthetic("tiny:q4_k_m", pool, false, 24, 1);
+        compare_synthetic("smollm2-135m:q8_0", pool, false, 24, 1);
+        /* the 8-bit cache's several-token steps take the attention without splits (its f16 copy) */
+        compare_synthetic("smollm2-135m:f16", pool, false, 8, 4);
+        if (all && p == 0) compare_synthetic("llama2-7b:q4_k_m", pool, false, 24, 1);
     }
     tm_threadpool_free(pool);
     return check_report("test_end_to_end_cuda");
