@@ -132,8 +132,9 @@ int tm_cuda_rope(float *vec, int n_tokens, int n_heads, int head_dim, int n_rot,
 int tm_cuda_add_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n, float eps,
                         void *q8, void *stream);
 /* tm_cuda_add_rmsnorm without q8, also writing out rounded to f16 into out16 (n_rows x n halves, 16-byte
- * aligned; what tm_cuda_gemv_f16_tokens_parts_half_x takes): only for the few-row, out-of-place norm
- * of a decode step (the sliced kernel; cudaErrorNotSupported otherwise, nothing written). */
+ * aligned; what tm_cuda_gemv_f16_tokens_parts_half_x takes): only for the out-of-place norm of a
+ * decode step of up to TM_CUDA_GEMV_MAX_TOKENS rows (the sliced kernel; cudaErrorNotSupported
+ * otherwise, nothing written). */
 int tm_cuda_add_rmsnorm_half(float *out, void *out16, float *x_out, const float *x, const float *delta, const float *weight,
                              int n_rows, int n, float eps, void *stream);
 /* gate[i] = silu(gate[i]) * up[i]. */

@@ -365,11 +365,15 @@ static bool norm_early_max(void) {
 /* Launch the norm of n_rows rows: out of place (x_out != x, or no delta) for a few rows, the sliced
  * kernel (in clusters where norm_clusters says so); else the register kernel up to 8192 elements a
  * row (threads: n / its elements a thread, rounded up to whole warps, with q8 to multiples of 256,
- * at least 4 warps), the looping one beyond (1024 threads there). */
+ * at least 4 warps), the looping one beyond (1024 threads there). With out16 the sliced kernels
+ * take up to TM_CUDA_GEMV_MAX_TOKENS rows (the 16-bit products' decode steps), the only ones that
+ * write the copy (H200, 8B decode 128 x16, their f16 Q/K/V and gate/up inputs against float:
+ * see perf-notes session 50). */
 static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
                                   float eps, q8_out q8, cudaStream_t stream, __half *out16 = nullptr) {
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */
-    if ((x_out != x || !delta) && n_rows <= norm_sliced_rows() && norm_clusters(n)) {
+    const int sliced_rows = out16 ? TM_CUDA_GEMV_MAX_TOKENS : norm_sliced_rows();
+    if ((x_out != x || !delta) && n_rows <= sliced_rows && norm_clusters(n)) {
         const dim3 grid((unsigned)(n / NORM_SLICE), (unsigned)n_rows);
         const auto kernel = norm_early_max() ? rmsnorm_cluster_kernel<true> : rmsnorm_cluster_kernel<false>;
 #ifdef TM_BLOCK_STAMPS
@@ -382,7 +386,7 @@ static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, cons
                                                   eps, q8, out16));
         return cudaSuccess;
     }
-    if ((x_out != x || !delta) && aligned && n_rows <= norm_sliced_rows() && n % 32 == 0) {
+    if ((x_out != x || !delta) && aligned && n_rows <= sliced_rows && n % 32 == 0) {
         const dim3 grid((unsigned)n_rows, (unsigned)((n + NORM_SLICE - 1) / NORM_SLICE));
         const auto kernel = norm_early_max() ? rmsnorm_sliced_kernel<true> : rmsnorm_sliced_kernel<false>;
 #ifdef TM_BLOCK_STAMPS
