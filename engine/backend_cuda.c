@@ -675,11 +675,16 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
      * launch between them (two launches a step) */
     const bool every_row = n_out == T && !gather_before_head();
     bool xo_q8 = every_row && takes_q8(b, &b->output, T);
-    CHECK_KERNEL(tm_cuda_add_rmsnorm(b->xb, residual_next, residual, pending_delta, b->output_norm.data, T, D, c->rms_norm_eps,
-                                     xo_q8 ? b->q8 : NULL, stream));
+    const void *xo16 = NULL; /* the norm's f16 copy, where a 16-bit head reads every row (half_activations) */
+    if ((s = norm_for_products(b, residual_next, residual, pending_delta, b->output_norm.data, T, xo_q8,
+                               every_row && half_activations(b, &b->output, T), &xo16, error)))
+        return s;
     if (n_out) {
+        const device_weight *head = &b->output;
         if (!every_row) CHECK_KERNEL(tm_cuda_gather_rows(b->xb, in->logit_rows, n_out, D, b->xo, stream));
-        if ((s = matmul(b, &b->output, every_row ? b->xb : b->xo, n_out, b->logits, &xo_q8, error))) return s;
+        if ((s = xo16 ? matmul_parts(b, &head, &b->logits, 1, b->xb, n_out, &xo_q8, xo16, error)
+                      : matmul(b, head, every_row ? b->xb : b->xo, n_out, b->logits, &xo_q8, error)))
+            return s;
     }
     TM_DETAIL_END();
     return TM_OK;
