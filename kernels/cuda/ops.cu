@@ -338,10 +338,12 @@ static int norm_elements_per_thread(int n, bool quantize) {
  * 1116 / 1121, eight 2143-2156 / 2166-2174 when q8 had a scale a 32-value block (a warp's own);
  * since the 256-value blocks (8 warps meet at a barrier; the register kernel, a block of 1024
  * threads a row, profiled 8.75 us a launch in a 70B x8 step, its dependent-launch wait included):
- * eight rows 461.0 -> 473.0 (70B x8) and 2557 -> 2624 (7B x8), one call each. More than eight not
- * measured. */
+ * eight rows 461.0 -> 473.0 (70B x8) and 2557 -> 2624 (7B x8), one call each. Session 50, up to
+ * 16 rows against 8 (in clusters, the 9-16-token steps that had taken the register kernel), H200,
+ * one binary, two rounds, throughput-batched: 70B x12 595.5, 595.6 -> 605.8, 607.3, x16 708.4, 709.6
+ * -> 718.7, 719.5; 7B x12 3595, 3591 -> 3630, 3635, x16 4293, 4313 -> 4304, 4304; x8 unchanged. */
 static int norm_sliced_rows(void) {
-    static const int rows = tm_env_int("TM_NORM_SLICED_ROWS", 8);
+    static const int rows = tm_env_int("TM_NORM_SLICED_ROWS", TM_CUDA_GEMV_MAX_TOKENS);
     return rows;
 }
 
@@ -366,9 +368,9 @@ static bool norm_early_max(void) {
  * kernel (in clusters where norm_clusters says so); else the register kernel up to 8192 elements a
  * row (threads: n / its elements a thread, rounded up to whole warps, with q8 to multiples of 256,
  * at least 4 warps), the looping one beyond (1024 threads there). With out16 the sliced kernels
- * take up to TM_CUDA_GEMV_MAX_TOKENS rows (the 16-bit products' decode steps), the only ones that
- * write the copy (H200, 8B decode 128 x16, their f16 Q/K/V and gate/up inputs against float:
- * see perf-notes session 50). */
+ * take up to TM_CUDA_GEMV_MAX_TOKENS rows whatever TM_NORM_SLICED_ROWS says: they alone write the
+ * copy (H200, 8B decode 128 x16 with the f16 Q/K/V and gate/up inputs of 9-16 tokens against
+ * float ones: 3113, 3135 -> 3329, 3326 tokens/s). */
 static cudaError_t launch_rmsnorm(float *out, float *x_out, const float *x, const float *delta, const float *weight, int n_rows, int n,
                                   float eps, q8_out q8, cudaStream_t stream, __half *out16 = nullptr) {
     const bool aligned = (uintptr_t)x % 16 == 0 && (uintptr_t)delta % 16 == 0; /* the sliced kernel reads float4 */

@@ -171,7 +171,7 @@ static int differing_bytes(const void *a, const void *b, size_t n) {
     return count;
 }
 
-/* Residual add + norm + quantize, as the decode path calls it: 1, 2 and 8 rows out of place (the
+/* Residual add + norm + quantize, as the decode path calls it: 1, 2, 8 and 16 rows out of place (the
  * sliced kernel) and 2 in place (the register kernel), 20 rows both ways (the register kernel), n = 4096;
  * 8 rows of 8192 out of place (the sliced kernel at the 70B's decode, 32 slices a row; on sm_90 in clusters); and rows of 5120 (the register kernel's 640 threads rounded up to 768 for the q8 blocks of 8
  * warps; 20 slices) and 16384 (the looping kernel). Checked against the CPU (out), bit for bit: the
@@ -326,7 +326,7 @@ static void test_fused(tm_rng_t *rng) {
     test_add_rmsnorm(rng, 1, 0, 4096); /* one row: the q8_1 pair order written too */
     for (int c = 0; c < 4; c++) test_add_rmsnorm(rng, c < 2 ? 2 : 20, c % 2, 4096);
     test_add_rmsnorm(rng, 8, 0, 4096); /* the sliced kernel's most rows */
-    test_add_rmsnorm(rng, 16, 0, 4096); /* the register kernel; its f16 copy the sliced kernel's most rows */
+    test_add_rmsnorm(rng, 16, 0, 4096); /* the sliced kernel's most rows (TM_NORM_SLICED_ROWS unset), its f16 copy's always */
     test_add_rmsnorm(rng, 8, 0, 8192);
     test_add_rmsnorm(rng, 1, 0, 5120);
     test_add_rmsnorm(rng, 20, 1, 5120);
