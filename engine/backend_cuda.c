@@ -620,9 +620,11 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         else {
             /* the attention also writes the output product's input as that product reads it: q8_1
              * for the 8-bit products, f16 for the 16-bit ones of 2..16 tokens (into b->xb16, which
-             * the Q/K/V products have read by then) */
+             * the Q/K/V products have read by then) where its own kernel writes it (no split path of
+             * one split, whose copy would take a launch of its own) */
             att_q8 = takes_q8(b, &w[4], T);
-            const bool half = !att_q8 && attention_half() && half_activations(b, &w[4], T);
+            const bool in_kernel = b->attention_form != ATTENTION_SPLIT || b->n_splits > 1;
+            const bool half = !att_q8 && in_kernel && attention_half() && half_activations(b, &w[4], T);
             att16 = half && w[4].cols <= TM_MAX(c->n_embd, c->n_ff) ? b->xb16 : NULL;
             if (b->attention_form != ATTENTION_SPLIT)
                 CHECK_KERNEL(tm_cuda_decode_attention_whole(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages,
