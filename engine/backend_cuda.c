@@ -452,6 +452,13 @@ static tm_status matmul_parts(cuda_backend *b, const device_weight *const *w, fl
     return TM_OK;
 }
 
+/* y = W x for n tokens, reading x16 (x's f16 copy from its producer, where half_activations said
+ * the product takes it) or else x itself. */
+static tm_status matmul_from(cuda_backend *b, const device_weight *w, const float *x, const void *x16, int n, float *y, bool *x_q8,
+                             tm_error_t *error) {
+    return x16 ? matmul_parts(b, &w, &y, 1, x, n, x_q8, x16, error) : matmul(b, w, x, n, y, x_q8, error);
+}
+
 /* Whether environment variable `name` is set to exactly `value`: the measuring aids' switches
  * (callers read it once, into a function-local static). */
 static bool env_is(const char *name, const char *value) {
@@ -512,14 +519,16 @@ static bool flash_on_tensor_cores(const cuda_backend *b, tm_kv_type kv_type) {
 }
 
 /* Whether the products of `w` at T tokens take f16 activations, which their producer (a norm, the
- * decode attention, the SwiGLU) then also writes (tm_cuda_gemv_f16_tokens_parts_half_x: the same rounding, half the
- * activation bytes those products read, no conversions in their loop): f16 weights at 2..16 tokens,
- * fast precision. TM_MMA16_HALF_X=0 (a measuring aid) keeps the float activations. */
+ * decode attention, the SwiGLU) then also writes into b->xb16 (tm_cuda_gemv_f16_tokens_parts_half_x:
+ * the same rounding, half the activation bytes those products read, no conversions in their loop):
+ * f16 weights at 2..16 tokens, fast precision, rows that fit xb16's. TM_MMA16_HALF_X=0 (a measuring
+ * aid) keeps the float activations. */
 static bool half_activations(const cuda_backend *b, const device_weight *w, int T) {
     static int enabled = -1;
     if (enabled < 0) enabled = !env_is("TM_MMA16_HALF_X", "0");
+    const tm_model_config *c = &b->model->config;
     return enabled && w->type == TM_TYPE_F16 && T >= 2 && T <= TM_CUDA_GEMV_MAX_TOKENS && b->options.precision == TM_PRECISION_FAST &&
-           w->cols % 32 == 0;
+           w->cols % 32 == 0 && w->cols <= TM_MAX(c->n_embd, c->n_ff);
 }
 
 /* Whether the decode attention writes the f16 copy the output product takes (half_activations):
@@ -624,8 +633,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
              * one split, whose copy would take a launch of its own) */
             att_q8 = takes_q8(b, &w[4], T);
             const bool in_kernel = b->attention_form != ATTENTION_SPLIT || b->n_splits > 1;
-            const bool half = !att_q8 && in_kernel && attention_half() && half_activations(b, &w[4], T);
-            att16 = half && w[4].cols <= TM_MAX(c->n_embd, c->n_ff) ? b->xb16 : NULL;
+            att16 = !att_q8 && in_kernel && attention_half() && half_activations(b, &w[4], T) ? b->xb16 : NULL;
             if (b->attention_form != ATTENTION_SPLIT)
                 CHECK_KERNEL(tm_cuda_decode_attention_whole(b->q, b->att, T, c->n_head, c->n_head_kv, c->head_dim, &b->kv, pages,
                                                             in->page_offsets, in->n_keys, b->longest_keys, att_q8 ? b->q8 : NULL,
@@ -637,10 +645,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         }
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("attention output");
-        const device_weight *output = &w[4];
-        if ((s = att16 ? matmul_parts(b, &output, &b->delta, 1, b->att, T, &att_q8, att16, error)
-                       : matmul(b, output, b->att, T, b->delta, &att_q8, error)))
-            return s;
+        if ((s = matmul_from(b, &w[4], b->att, att16, T, b->delta, &att_q8, error))) return s;
         TM_DETAIL_END();
         /* feed-forward block */
         TM_DETAIL_BEGIN("ffn norm");
@@ -662,10 +667,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
         else CHECK_KERNEL(tm_cuda_swiglu(b->gate, b->up, (int64_t)T * c->n_ff, stream));
         TM_DETAIL_END();
         TM_DETAIL_BEGIN("down");
-        const device_weight *down = &w[8];
-        if ((s = gate16 ? matmul_parts(b, &down, &b->delta, 1, b->gate, T, &gate_q8, b->xb16, error)
-                        : matmul(b, down, b->gate, T, b->delta, &gate_q8, error)))
-            return s;
+        if ((s = matmul_from(b, &w[8], b->gate, gate16 ? b->xb16 : NULL, T, b->delta, &gate_q8, error))) return s;
         TM_DETAIL_END();
         TM_DETAIL_END(); /* the layer */
         pending_delta = b->delta;
@@ -682,11 +684,8 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
                                every_row && half_activations(b, &b->output, T), &xo16, error)))
         return s;
     if (n_out) {
-        const device_weight *head = &b->output;
         if (!every_row) CHECK_KERNEL(tm_cuda_gather_rows(b->xb, in->logit_rows, n_out, D, b->xo, stream));
-        if ((s = xo16 ? matmul_parts(b, &head, &b->logits, 1, b->xb, n_out, &xo_q8, xo16, error)
-                      : matmul(b, head, every_row ? b->xb : b->xo, n_out, b->logits, &xo_q8, error)))
-            return s;
+        if ((s = matmul_from(b, &b->output, every_row ? b->xb : b->xo, xo16, n_out, b->logits, &xo_q8, error))) return s;
     }
     TM_DETAIL_END();
     return TM_OK;

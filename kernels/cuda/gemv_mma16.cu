@@ -180,7 +180,7 @@ static bool mma16_enabled(void) {
  * tokens 17.11, 17.10 -> 16.43, 16.47 us, 28672 x 4096 61.15, 60.91 -> 60.09; at 16 tokens (float
  * activations) 21.27, 21.07 -> 16.57, 16.59 and 88.51, 87.91 -> 69.99, but the 4096-row products
  * there, 256 tiles against 132, lose: 4096 x 4096 14.92, 14.88 -> 15.24, 4096 x 14336 39.36, 39.41
- * -> 43.32 (the engine's down reads f16 activations and keeps 8; its output product takes 4).
+ * -> 43.32 (the engine's down and, since session 50, output products read f16 activations and keep 8).
  * 8B decode tokens/s: 128 x8 1797, 1817 -> 1809, 1819; 128 x16 2654, 2660 -> 3039, 3031; 512 x4
  * 895.2, 899.9 -> 904.2, 899.5; 2048 x8 1555, 1571 -> 1580, 1573. */
 static int mma16_warps(const void *eight_warps, int tiles) {
