@@ -12,7 +12,7 @@
  * takes no splits: a block per kv head (two or four for a group of 1; at one token, one per two
  * query heads of a group of 4 or 8), 8 or 16 warps sharing the keys, merged in the block, q8_1
  * written there; no partials, no combine launch (at one token of a group of 1, on sm_90, a
- * cluster of 8 blocks a unit, each warp an 8-key slice of an f16 cache, the blocks' results pushed
+ * cluster of 8 blocks a unit, each warp an 8-key slice of an f16 or 8-bit cache, the blocks' results pushed
  * into one through distributed shared memory; past 256 keys, a group
  * of 1 of an f16 cache scores and adds its chunks on tensor cores, and a group of 2 or more of an
  * f16 or 8-bit cache always does, the query and the weights split into two halves each so the products
@@ -781,76 +781,110 @@ static int launch_decode_any(int head_dim, dim3 block_grid_xy, int group, const 
 
 /* ---- decode, one token, a short context: 8-key slices a warp (decode_whole_kernel's SLICES) ---- */
 
-/* decode_whole_kernel's FORM bits: 8-key slices a warp (a group of 1 of an f16 cache) instead of
- * 32-key chunks; in clusters, the blocks' results pushed into block 0 instead of read by it; and
- * pushed by st.async counted on block 0's mbarrier instead of by plain stores behind a release
- * cluster barrier. */
+/* decode_whole_kernel's FORM bits: 8-key slices a warp (a group of 1 of an f16 or 8-bit cache)
+ * instead of 32-key chunks; in clusters, the blocks' results pushed into block 0 instead of read by
+ * it; and pushed by st.async counted on block 0's mbarrier instead of by plain stores behind a
+ * release cluster barrier. */
 enum { WHOLE_SLICES = 1, WHOLE_PUSH = 2, WHOLE_ASYNC = 4 };
 
-/* A lane's registers of one 8-key slice of an f16 cache: lanes 4k..4k+3 hold key k's HD / 4 dims
- * in 16-byte pieces, lane 4k + j pieces j, j + 4, ... (so each load instruction reads 64 whole
- * bytes of each key), every lane dims lane HD/32 .. + HD/32 of each of the 8 values (so the
- * weighted sum needs no transpose). */
-template <int HD> struct slice_regs {
-    uint4 key[HD / 32];
-    uint32_t value[8][HD / 64];
+/* How a lane reads one 8-key slice of a cache of type KV (f16 or 8-bit): lanes 4k..4k+3 hold key
+ * k's HD / 4 dims in pieces of 8 dims (16 bytes of f16, 8 of int8), lane 4k + j pieces j, j + 4, ...
+ * (so each load instruction reads whole runs of each key: 64 bytes of f16, 32 of int8), and every
+ * lane dims lane HD/32 .. + HD/32 of each of the 8 values (so the weighted sum needs no
+ * transpose). An 8-bit cache's lane also holds its key's scale and that key's value's scale. */
+template <int KV, int HD> struct slice_shape {
+    static_assert(KV == KV_F16 || KV == KV_Q8, "slices: an f16 or 8-bit cache");
+    static_assert(HD == 64 || HD == 128, "slices: head dim 64 or 128");
+    static constexpr int piece_bytes = 8 * kv_element_bytes(KV);             /* a key piece: 8 dims */
+    static constexpr int value_bytes = HD / 32 * kv_element_bytes(KV);       /* a lane's part of a value: 2..8 bytes */
+    static constexpr int value_words = value_bytes < 4 ? 1 : value_bytes / 4; /* its 32-bit words (an 8-bit cache's 2 bytes in one) */
 };
 
-/* Where a lane's pieces of one slice lie: its key's and the 8 values'. */
+template <int KV, int HD> struct slice_regs {
+    uint32_t key[HD / 32][slice_shape<KV, HD>::piece_bytes / 4];
+    uint32_t value[8][slice_shape<KV, HD>::value_words];
+    float key_scale, value_scale; /* an 8-bit cache's: the lane's key's and its value's */
+};
+
+/* Where a lane's pieces of one slice lie: its key's and the 8 values'; an 8-bit cache's two scales. */
 struct slice_places {
     const uint8_t *key, *value[8];
+    const float *key_scale, *value_scale;
 };
 
 /* The places of slice `first` (keys first..first+7) of kv head kv_head for a context of n keys
  * (first < n): positions past n take the last key's (finite, masked by slice_attend). Nine page
- * table entries, read without a branch between them so their loads go out together: the page
- * tables are the step's inputs, written before the graph runs, so the decode kernel reads them
- * before its wait. (Read one value at a time under `position < n`, each entry's load waited for
- * before the next was asked: ~2.9 us from the wait to the slice in the 7B x1 step, H200 stamps.) */
-template <int HD>
+ * table entries (an 8-bit cache's lane one more: its key's value, for the scale), read without a
+ * branch between them so their loads go out together: the page tables are the step's inputs,
+ * written before the graph runs, so the decode kernel reads them before its wait. (Read one value
+ * at a time under `position < n`, each entry's load waited for before the next was asked: ~2.9 us
+ * from the wait to the slice in the 7B x1 step, H200 stamps.) */
+template <int KV, int HD>
 __device__ __forceinline__ slice_places slice_find(const kv_addressing &a, const int32_t *table, int kv_head, int first, int n) {
-    static_assert(HD == 64 || HD == 128, "slices: head dim 64 or 128");
-    const int lane = threadIdx.x & 31, last = n - 1;
+    using shape = slice_shape<KV, HD>;
+    const int lane = threadIdx.x & 31, last = n - 1, mine = min(first + (lane >> 2), last);
     slice_places s;
-    s.key = kv_address32(a, table, min(first + (lane >> 2), last), kv_head, false) + 16 * (lane & 3);
+    const uint8_t *key = kv_address32(a, table, mine, kv_head, false);
+    s.key = key + shape::piece_bytes * (lane & 3);
 #pragma unroll
-    for (int j = 0; j < 8; j++) s.value[j] = kv_address32(a, table, min(first + j, last), kv_head, true) + lane * (HD / 32) * 2;
+    for (int j = 0; j < 8; j++) s.value[j] = kv_address32(a, table, min(first + j, last), kv_head, true) + lane * shape::value_bytes;
+    if constexpr (KV == KV_Q8) {
+        s.key_scale = kv_scale_slot(a, key);
+        s.value_scale = kv_scale_slot(a, kv_address32(a, table, mine, kv_head, true));
+    } else {
+        s.key_scale = s.value_scale = nullptr;
+    }
     return s;
 }
 
 /* Loads a slice's pieces from its places, every load unconditional. */
-template <int HD> __device__ __forceinline__ void slice_load(const slice_places &s, slice_regs<HD> &r) {
+template <int KV, int HD> __device__ __forceinline__ void slice_load(const slice_places &s, slice_regs<KV, HD> &r) {
+    using shape = slice_shape<KV, HD>;
 #pragma unroll
-    for (int c = 0; c < HD / 32; c++) r.key[c] = ldg_line16(s.key + 64 * c);
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        if constexpr (HD == 128) {
-            const uint2 v = ldg_line8(s.value[j]);
-            r.value[j][0] = v.x, r.value[j][1] = v.y;
+    for (int c = 0; c < HD / 32; c++) {
+        if constexpr (shape::piece_bytes == 16) {
+            const uint4 v = ldg_line16(s.key + 64 * c);
+            r.key[c][0] = v.x, r.key[c][1] = v.y, r.key[c][2] = v.z, r.key[c][3] = v.w;
         } else {
-            r.value[j][0] = __ldg(reinterpret_cast<const unsigned int *>(s.value[j]));
+            const uint2 v = ldg_line8(s.key + 32 * c);
+            r.key[c][0] = v.x, r.key[c][1] = v.y;
         }
     }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        if constexpr (shape::value_bytes == 8) {
+            const uint2 v = ldg_line8(s.value[j]);
+            r.value[j][0] = v.x, r.value[j][1] = v.y;
+        } else if constexpr (shape::value_bytes == 4) {
+            r.value[j][0] = __ldg(reinterpret_cast<const unsigned int *>(s.value[j]));
+        } else {
+            r.value[j][0] = __ldg(reinterpret_cast<const unsigned short *>(s.value[j]));
+        }
+    }
+    if constexpr (KV == KV_Q8) r.key_scale = __ldg(s.key_scale), r.value_scale = __ldg(s.value_scale);
 }
 
 /* Slice `first`'s keys scored against the lane's dims of the (pre-scaled) query (query[8c + e]:
- * dim 8 (4c + lane % 4) + e), added to the
- * warp's online softmax and to acc, the lane's HD / 32 dims of the weighted values. Positions past
- * n are masked (first < n; their pieces are finite: slice_find). */
-template <int HD>
-__device__ __forceinline__ void slice_attend(const slice_regs<HD> &r, const float (&query)[HD / 4], int first, int n, float &running_max,
+ * dim 8 (4c + lane % 4) + e), added to the warp's online softmax and to acc, the lane's HD / 32
+ * dims of the weighted values. Positions past n are masked (first < n; their pieces are finite:
+ * slice_find). An 8-bit cache: a key's score is its int8 dot product times its scale; its value
+ * is added with its weight times the value's scale (the softmax's total takes the weight alone). */
+template <int KV, int HD>
+__device__ __forceinline__ void slice_attend(const slice_regs<KV, HD> &r, const float (&query)[HD / 4], int first, int n, float &running_max,
                                              float &running_sum, float (&acc)[HD / 32]) {
     const int lane = threadIdx.x & 31;
     float score = 0;
 #pragma unroll
     for (int c = 0; c < HD / 32; c++) {
         float x[8];
-        unpack_piece<KV_F16, 8>(r.key[c], x);
+        if constexpr (KV == KV_Q8) int8x4_to_float(r.key[c][0], x), int8x4_to_float(r.key[c][1], x + 4);
+        else unpack_piece<KV_F16, 8>(make_uint4(r.key[c][0], r.key[c][1], r.key[c][2], r.key[c][3]), x);
 #pragma unroll
         for (int e = 0; e < 8; e++) score = fmaf(x[e], query[8 * c + e], score);
     }
     score += __shfl_xor_sync(0xffffffffu, score, 1);
     score += __shfl_xor_sync(0xffffffffu, score, 2);
+    if constexpr (KV == KV_Q8) score *= r.key_scale;
     const bool valid = first + (lane >> 2) < n;
     const float s = valid ? score : -INFINITY;
     float slice_max = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, 4));
@@ -862,15 +896,23 @@ __device__ __forceinline__ void slice_attend(const slice_regs<HD> &r, const floa
     total += __shfl_xor_sync(0xffffffffu, total, 8);
     total += __shfl_xor_sync(0xffffffffu, total, 16);
     running_sum = running_sum * correction + total, running_max = new_max;
+    const float value_weight = KV == KV_Q8 ? weight * r.value_scale : weight;
 #pragma unroll
     for (int e = 0; e < HD / 32; e++) acc[e] *= correction;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-        const float w = __shfl_sync(0xffffffffu, weight, 4 * j);
+        const float w = __shfl_sync(0xffffffffu, value_weight, 4 * j);
+        if constexpr (KV == KV_Q8) {
+            float v[4];
+            int8x4_to_float(r.value[j][0], v); /* HD 64: the low 2 bytes are the lane's */
 #pragma unroll
-        for (int h = 0; h < HD / 64; h++) {
-            const float2 v = __half22float2(*reinterpret_cast<const __half2 *>(&r.value[j][h]));
-            acc[2 * h] = fmaf(w, v.x, acc[2 * h]), acc[2 * h + 1] = fmaf(w, v.y, acc[2 * h + 1]);
+            for (int e = 0; e < HD / 32; e++) acc[e] = fmaf(w, v[e], acc[e]);
+        } else {
+#pragma unroll
+            for (int h = 0; h < HD / 64; h++) {
+                const float2 v = __half22float2(*reinterpret_cast<const __half2 *>(&r.value[j][h]));
+                acc[2 * h] = fmaf(w, v.x, acc[2 * h]), acc[2 * h + 1] = fmaf(w, v.y, acc[2 * h + 1]);
+            }
         }
     }
 }
@@ -924,7 +966,7 @@ __host__ __device__ constexpr int whole_head_batches(int group, int G) { return 
  * chunks (warp j of block r takes chunks j C + r, ...), each merges its warps, and block 0 merges
  * the blocks through distributed shared memory and writes the unit: it reads the others' results
  * (FORM without WHOLE_PUSH), or they store them into its shared memory and leave (WHOLE_PUSH).
- * FORM with WHOLE_SLICES (a group of 1 of an f16 cache): 8-key slices instead of 32-key chunks, 4
+ * FORM with WHOLE_SLICES (a group of 1 of an f16 or 8-bit cache): 8-key slices instead of 32-key chunks, 4
  * lanes a key (slice_attend). MMA (no clusters): the chunks
  * scored and added on tensor cores, for a group of 1 of an f16 cache by attend_chunks_mma, for
  * blocks of 2..8 heads of an f16 or 8-bit cache by attend_group_mma. */
@@ -951,7 +993,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     const int32_t *table = pages + page_offsets[token];
     constexpr bool SLICES = FORM & WHOLE_SLICES, PUSH = C > 1 && (FORM & WHOLE_PUSH), ASYNC = PUSH && (FORM & WHOLE_ASYNC);
     (void)PUSH, (void)ASYNC; /* read by sm_90's code only */
-    static_assert(!SLICES || (KV == KV_F16 && G == 1 && !MMA), "slices: one head a kv head of an f16 cache");
+    static_assert(!SLICES || ((KV == KV_F16 || KV == KV_Q8) && G == 1 && !MMA), "slices: one head a kv head of an f16 or 8-bit cache");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if constexpr (ASYNC)
         if (rank == 0 && threadIdx.x == 0) mbarrier_init(push_barrier(), 1), fence_mbarrier_init();
@@ -975,7 +1017,7 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
     /* slices: the first slice's places before the wait (page tables are the step's inputs) */
     slice_places first_places = {};
     if constexpr (SLICES)
-        if (first_chunk < n) first_places = slice_find<HD>(a, table, kv_head, first_chunk, n);
+        if (first_chunk < n) first_places = slice_find<KV, HD>(a, table, kv_head, first_chunk, n);
     tm_grid_dependency();
     tm_stamp(TM_STAMP_WAITED);
 
@@ -995,8 +1037,8 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
          * query's (the query's scaling multiplies wait for its loads, so with the query first the
          * slice's loads left a whole trip later; 7B x1 step, H200 block stamps: the slice arrived
          * 3.0 us after the wait, the query's trip and nine page-table entries read one by one) */
-        slice_regs<HD> r;
-        if (first_chunk < n) slice_load<HD>(first_places, r);
+        slice_regs<KV, HD> r;
+        if (first_chunk < n) slice_load<KV, HD>(first_places, r);
         /* the lane's dims of its key's query (a group of 1: query head = kv head), pre-scaled */
         float query_part[HD / 4];
         const float *from = q + ((int64_t)token * n_head + kv_head) * HD + 8 * (lane & 3);
@@ -1016,12 +1058,12 @@ __global__ void __launch_bounds__(32 * W) decode_whole_kernel(const float *q, fl
          * registers before the wait, only this step's key after, measured slower: 7B x1 572 -> 558
          * tokens/s; the L2 prefetch above gains.) */
         for (int slice = first_chunk; slice < n; slice += chunk_step) {
-            if (slice != first_chunk) slice_load<HD>(slice_find<HD>(a, table, kv_head, slice, n), r);
+            if (slice != first_chunk) slice_load<KV, HD>(slice_find<KV, HD>(a, table, kv_head, slice, n), r);
             if (slice == first_chunk) {
                 tm_stamp_after(TM_STAMP_A, __float_as_uint(query_part[HD / 4 - 1])); /* warp 0's query arrived */
-                tm_stamp_after(TM_STAMP_B, r.value[7][HD / 64 - 1] ^ r.key[HD / 32 - 1].w); /* ... its slice */
+                tm_stamp_after(TM_STAMP_B, r.value[7][0] ^ r.key[HD / 32 - 1][0]); /* ... its slice */
             }
-            slice_attend<HD>(r, query_part, slice, n, running_max, running_sum, acc);
+            slice_attend<KV, HD>(r, query_part, slice, n, running_max, running_sum, acc);
         }
         tm_stamp_after(TM_STAMP_C, __float_as_uint(acc[0])); /* warp 0's slices attended */
         merge_slices(merge, acc, running_max, running_sum);
@@ -1221,9 +1263,16 @@ static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, cons
     return tm_launch_dependent_cluster(kernel, grid, dim3(32 * W), 0, s, C, q, out, a, pages, page_offsets, n_keys, n_head, scale, copies);
 }
 
-/* A one-token step of a group of 1 in clusters of 8 (one_token_clusters): an f16 cache in 8-key
- * slices a warp, every cache's blocks pushing their results into block 0, an f16 cache's by
- * st.async on block 0's mbarrier (decode_whole_kernel's FORM; TM_ATTENTION_SLICES=0,
+/* Whether a one-token step in clusters (launch_one_token) takes 8-key slices: unless
+ * TM_ATTENTION_SLICES=0 (a measuring aid: the 32-key chunks). */
+static bool one_token_slices() {
+    static const bool slices = tm_env_int("TM_ATTENTION_SLICES", 1) != 0;
+    return slices;
+}
+
+/* A one-token step of a group of 1 in clusters of 8 (one_token_clusters): an f16 or 8-bit cache in
+ * 8-key slices a warp (one_token_slices), the blocks pushing their results into block 0 by st.async
+ * on block 0's mbarrier (decode_whole_kernel's FORM; TM_ATTENTION_SLICES=0,
  * TM_ATTENTION_PUSH=0 and TM_ATTENTION_ASYNC_PUSH=0, measuring aids, take the 32-key chunks, block 0
  * reading the others, and the plain stores behind a cluster barrier). Up to 256 keys each slice is one warp's, so the
  * chain a warp runs is ~4x shorter than a chunk's. H200, 7B decode x1 at 128 / 192-key prompts,
@@ -1231,15 +1280,17 @@ static cudaError_t launch_whole_c(int n_tokens, const float *q, float *out, cons
  * slices, pushed 573.4, 581.1, 576.2 / 570.2, 576.8, 572.4; the launch's exposed time in a step
  * 6.87 -> 6.05 us. A build of this form that spilled 8 bytes measured in between: chunks pushed
  * 575.5, 578.3 against 572.2, 572.8 read; slices in clusters of 4 560.8, 564.2, of 1 (16 warps a
- * block) 556.6, 556.8. The 8-bit cache (chunks), read / pushed: 540.0, 540.4 / 536.7, 546.3. */
+ * block) 556.6, 556.8. The 8-bit cache (chunks), read / pushed: 540.0, 540.4 / 536.7, 546.3; its
+ * slices (session 51; pushed by st.async, head dim 128 only: at 64 they spilled) against the chunks
+ * pushed by plain stores, 7B x1 after a 512-key prompt, two binaries, two rounds: 529.9, 530.6 ->
+ * 538.4, 538.2 (past 768 keys the split path stays the faster: tm_cuda_decode_attention_whole_keys). */
 template <int KV, int HD>
 static cudaError_t launch_one_token(const float *q, float *out, const kv_addressing &a, const int32_t *pages, const int64_t *page_offsets,
                                     const int32_t *n_keys, int n_head, float scale, out_copies copies, cudaStream_t s) {
-    static const bool slices = tm_env_int("TM_ATTENTION_SLICES", 1) != 0, push = tm_env_int("TM_ATTENTION_PUSH", 1) != 0;
-    static const bool async_push = tm_env_int("TM_ATTENTION_ASYNC_PUSH", 1) != 0;
+    static const bool push = tm_env_int("TM_ATTENTION_PUSH", 1) != 0, async_push = tm_env_int("TM_ATTENTION_ASYNC_PUSH", 1) != 0;
     auto launch = push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_PUSH> : launch_whole_c<KV, HD, 1, 8, false, 0>;
-    if constexpr (KV == KV_F16)
-        if (slices)
+    if constexpr (KV == KV_F16 || HD == 128) /* an 8-bit cache's slices at head dim 64 spilled (8-12 bytes): chunks there */
+        if (one_token_slices())
             launch = push ? async_push ? launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES | WHOLE_PUSH | WHOLE_ASYNC>
                                        : launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES | WHOLE_PUSH>
                           : launch_whole_c<KV, HD, 1, 8, false, WHOLE_SLICES>;
@@ -1364,7 +1415,11 @@ extern "C" int tm_cuda_decode_attention_whole_keys(int n_tokens, int n_head, int
      * 1522 / 1583, 1579; after 1024 x1 480.2, 483.3 / 483.5, 484.7, x4 1425, 1426 / 1360, 1364; 1536 x1
      * 448.8, 452.6 / 463.0, 461.0, x4 1320, 1320 / 1224, 1217; 2048 x1 443.1, 439.7 / 430.1, 429.3, x4
      * 1238, 1236 / 1122, 1114. 768 lies between the measured gain (576) and loss (1024 at x4); the x1
-     * steps from 1024 to 1536 keys, even or a little faster without splits, stay split. Two tokens
+     * steps from 1024 to 1536 keys, even or a little faster without splits, stay split. Session 51:
+     * the one-token steps in 8-key slices (launch_one_token) at every context against this rule
+     * (chunks up to 768 keys, split past), H200, two binaries, two rounds: after 512 keys 529.9, 530.6
+     * -> 538.4, 538.2; after 2048 444.9, 445.4 -> 431.9, 431.3 (the f16 cache's slices there 457.8,
+     * 457.6): so the slices take the one-token steps up to 768 keys and the split path the rest. Two tokens
      * lose without splits (after 512: 868.4, 866.4 -> 836.6, 833.2; why was not measured), three were
      * not measured: both keep 256. This rule against the old, after 512: x1 507.8, 507.7 -> 528.3,
      * 530.6, x4 1511.7, 1512.8 -> 1585.7, 1580.0. (The f16 cache's 4-token steps without splits: 512 -2.2 %, 1024

@@ -277,8 +277,9 @@ static void run_case(const layout_case *lc, bool with_flash, tm_rng_t *rng) {
      * keys by default). For a group of
      * 1 of an f16 cache the several-token launch told the true longest context (900 keys) takes the
      * tensor-core chunks (the query and weights split into two halves, held to the same 2e-5), and
-     * on sm_90 the one-token launches below run in clusters of 8 blocks merged through distributed
-     * shared memory (1, 37 and 900 keys: most blocks of a cluster see no key) */
+     * on sm_90 the one-token launches below of a group of 1 (f16 and, at head dim 128, 8-bit: 8-key
+     * slices a warp) run in clusters of 8 blocks merged through distributed shared memory (1, 37 and
+     * 900 keys: most blocks of a cluster see no key) */
     const int n_head_kv = lc->n_head_kv, head_dim = lc->head_dim;
     if (tm_cuda_decode_attention_whole_supported(n_head, n_head_kv, head_dim, (int)lc->type)) {
         /* the several-token launch told a longest context of 0 (the scalar chunks) and the true one
@@ -367,7 +368,7 @@ int main(int argc, char **argv) {
         {8, 4, 128, TM_KV_Q8, 4096},  /* llama 70B's layout: two rows a page */
         {8, 4, 128, TM_KV_Q8, 1024},  /* a row spans two pages */
         {32, 1, 128, TM_KV_Q8, 4096}, /* llama 7B's: K on one page, V on the next */
-        {2, 1, 128, TM_KV_Q8, 4096},  /* a group of 1: two kv heads make one q8 block */
+        {2, 1, 128, TM_KV_Q8, 4096},  /* a group of 1: two kv heads make one q8 block (one token: 8-key slices in clusters) */
         {3, 3, 64, TM_KV_Q8, 4096},   /* SmolLM2's group of 3 */
         {1, 8, 128, TM_KV_Q8, 4096},  /* a group of 8 */
         {2, 2, 256, TM_KV_Q8, 4096},  /* head dim 256 */
