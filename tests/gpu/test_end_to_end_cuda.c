@@ -171,8 +171,11 @@ static double logit_difference(const float *cpu, const float *gpu, int rows, int
 
 static float llama3_factors[64];
 
-/* The synthetic model `spec` on the GPU against the CPU: a prompt of prompt_tokens tokens, then 8
- * decode steps, in `streams` streams (1: one sequence; more: run_spec's streams, decoded together). */
+#define COMPARE_STEPS 8 /* decode steps after the prompt in compare_synthetic */
+
+/* The synthetic model `spec` on the GPU against the CPU: a prompt of prompt_tokens tokens, then
+ * COMPARE_STEPS decode steps, in `streams` streams (1: one sequence; more: run_spec's streams,
+ * decoded together). */
 static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_factors, int prompt_tokens, int streams) {
     tm_synth_options options = {.seed = 3, .pool = pool};
     tm_error_t error = {0};
@@ -187,31 +190,31 @@ static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_f
         for (int i = 0; i < model->config.n_rot / 2 && i < 64; i++) llama3_factors[i] = 1.0f + 7.0f * i / (model->config.n_rot / 2 - 1);
         model->rope_freqs = llama3_factors;
     }
-    const int n_vocab = model->config.n_vocab;
+    const int n_vocab = model->config.n_vocab, steps = COMPARE_STEPS, rows_a_stream = prompt_tokens + steps;
     int32_t prompt[24];
     for (int i = 0; i < prompt_tokens; i++) prompt[i] = (i * 7919 + 13) % n_vocab;
-    run_spec cpu_spec = {prompt, prompt_tokens, 8, NULL, streams};
+    run_spec cpu_spec = {prompt, prompt_tokens, steps, NULL, streams};
     run_result cpu = {0}, gpu = {0}, unrounded = {0};
     if (run(model, false, pool, &cpu_spec, &cpu)) {
-        run_spec gpu_spec = {prompt, prompt_tokens, 8, cpu.tokens, streams}; /* teacher forcing: the CPU's tokens */
+        run_spec gpu_spec = {prompt, prompt_tokens, steps, cpu.tokens, streams}; /* teacher forcing: the CPU's tokens */
         double limit = bound(), rounding_effect = 0;
         if (kv_type == TM_KV_Q8) { /* the 8-bit rounding's own effect: the CPU's f32 cache on the same tokens */
             kv_type = TM_KV_F32;
             const bool ran = run(model, false, pool, &gpu_spec, &unrounded);
             kv_type = TM_KV_Q8;
             int ignored = 0;
-            if (ran) rounding_effect = logit_difference(unrounded.logits, cpu.logits, streams * (prompt_tokens + 8), n_vocab, &ignored);
+            if (ran) rounding_effect = logit_difference(unrounded.logits, cpu.logits, streams * rows_a_stream, n_vocab, &ignored);
             limit += rounding_effect;
             printf("%s, 8-bit KV: the CPU's 8-bit logits against its f32 ones: %.2e (GPU bound %.3g)\n", spec, rounding_effect, limit);
         }
         if (run(model, true, pool, &gpu_spec, &gpu)) {
-            int non_finite = 0, rows = streams * (prompt_tokens + 8);
+            int non_finite = 0, rows = streams * rows_a_stream;
             double worst = logit_difference(cpu.logits, gpu.logits, rows, n_vocab, &non_finite);
             int disagreements = 0, unexplained = 0;
             for (int t = 0; t < streams; t++)
-                for (int step = 0; step <= 8; step++) {
-                    const int at = t * 9 + step;
-                    const float *a = cpu.logits + ((size_t)t * (prompt_tokens + 8) + prompt_tokens - 1 + step) * n_vocab;
+                for (int step = 0; step <= steps; step++) {
+                    const int at = t * (steps + 1) + step; /* run_result's tokens: steps + 1 a stream */
+                    const float *a = cpu.logits + ((size_t)t * rows_a_stream + prompt_tokens - 1 + step) * n_vocab;
                     double largest = 0;
                     for (int i = 0; i < n_vocab; i++) largest = fmax(largest, fabs(a[i]));
                     if (gpu.tokens[at] == cpu.tokens[at]) continue;
@@ -220,7 +223,7 @@ static void compare_synthetic(const char *spec, tm_threadpool *pool, bool rope_f
                 }
             printf("%s%s, %d-token prompt%s, GPU %s: max relative logit difference GPU vs CPU %.2e over %d rows; greedy tokens agree at %d of %d steps\n",
                    spec, rope_factors ? " (rope_freqs)" : "", prompt_tokens, streams > 1 ? ", streams decoded together" : "", precision_name(),
-                   worst, rows, 9 * streams - disagreements, 9 * streams);
+                   worst, rows, (steps + 1) * streams - disagreements, (steps + 1) * streams);
             CHECK(non_finite == 0, "%s: %d non-finite GPU logits", spec, non_finite);
             CHECK(worst <= limit, "%s (%s): logits differ by %.3g (bound %g)", spec, precision_name(), worst, limit);
             CHECK(unexplained == 0, "%s: %d greedy tokens differ without a near tie", spec, unexplained);
