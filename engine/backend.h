@@ -51,6 +51,15 @@ typedef struct tm_sample_row {
     int penalized_start;    /* the caller's bookkeeping; ignored by backends */
 } tm_sample_row;
 
+/* Decode steps timed on the device by a backend that can (the CUDA backend's time_steps): each step
+ * replayed as a graph right after another timed one; the device idle before it (the previous step's
+ * sampled tokens copied back -> this step's graph launched: the host's turnaround) and busy in it
+ * (graph launched -> its sampled tokens copied back), summed. */
+typedef struct tm_backend_step_timing {
+    int64_t steps;
+    double idle_seconds, busy_seconds;
+} tm_backend_step_timing;
+
 typedef struct tm_backend tm_backend;
 struct tm_backend {
     const char *name;
@@ -63,6 +72,8 @@ struct tm_backend {
      * tm_sample_row; rows with temperature > 0 need 1 <= top_k <= sample_max_top_k. */
     tm_status (*sample)(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error);
     int sample_max_top_k;
+    /* optional: the decode steps it has timed (zeros where it times none) */
+    void (*step_timing)(const tm_backend *backend, tm_backend_step_timing *timing);
 };
 
 typedef struct tm_backend_cpu_options {
@@ -81,6 +92,7 @@ typedef struct tm_backend_cuda_options {
     bool graphs;          /* capture decode steps as CUDA graphs, one per batch size (default on) */
     tm_precision precision; /* FAST (default): 8-bit activations for k-quant decode products and
                              * 16-bit for f16/bf16 weights, as llama.cpp; EXACT: float activations */
+    bool time_steps;      /* time replayed decode steps with events (step_timing); off by default */
 } tm_backend_cuda_options;
 void tm_backend_cuda_options_default(tm_backend_cuda_options *options);
 

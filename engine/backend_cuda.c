@@ -40,6 +40,9 @@
  *   everything that changes per step from the staging buffer and the page mirror, whose addresses
  *   are fixed until a buffer grows (which drops the graphs).
  * - Logits go back to the host, or stay on the device for `sample` (GPU sampling).
+ * - With options.time_steps, events around each replayed decode step (before its graph launch,
+ *   after its sampled tokens' copy) time the device's idle between steps and busy in them
+ *   (step_timing); the events cost a step 5-11 us (H200: 7B decode 0.3-0.7 %), so they are off by default.
  * Guarantees: see backend.h; every CUDA call is checked and a failure becomes a status whose
  * message names the call, file and line.
  */
@@ -142,6 +145,12 @@ typedef struct cuda_backend {
     int attention_form;        /* this step's decode attention (ATTENTION_*): the decode graphs are keyed by it */
     int longest_keys;          /* this step's longest context */
     cudaGraphExec_t graphs[ATTENTION_FORMS][TM_CUDA_GEMV_MAX_TOKENS + 1]; /* [attention_form][tokens] */
+    /* options.time_steps: events in the stream around replayed decode steps, two steps' in turn */
+    cudaEvent_t launched[2], copied[2]; /* before a step's graph launch; after its sampled tokens' copy */
+    int event_pair;                     /* the pair this step records */
+    bool launch_recorded;               /* this step's launched event is in the stream */
+    bool previous_copied;               /* the step before recorded its copied event (the other pair's) */
+    tm_backend_step_timing timing;
 } cuda_backend;
 
 void tm_backend_cuda_options_default(tm_backend_cuda_options *options) {
@@ -149,6 +158,7 @@ void tm_backend_cuda_options_default(tm_backend_cuda_options *options) {
     options->max_context = 0;
     options->graphs = true;
     options->precision = TM_PRECISION_FAST;
+    options->time_steps = false;
 }
 
 /* ---- memory -------------------------------------------------------------------------------- */
@@ -208,6 +218,10 @@ static void release(cuda_backend *b) {
     cudaFree(b->cublas_workspace);
     if (b->cublas) cublasDestroy(b->cublas);
     if (b->stream) cudaStreamDestroy(b->stream);
+    for (int i = 0; i < 2; i++) {
+        if (b->launched[i]) cudaEventDestroy(b->launched[i]);
+        if (b->copied[i]) cudaEventDestroy(b->copied[i]);
+    }
     free(b->layers), free(b->seen_step);
     free(b);
 }
@@ -777,6 +791,14 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)((uint8_t *)(in->tiles + 2 * n_tiles) - (uint8_t *)b->host_staging),
                                cudaMemcpyHostToDevice, b->stream));
     const bool graph = b->options.graphs && !prefill && n_out == T && T <= TM_CUDA_GEMV_MAX_TOKENS;
+    /* a timed step: its launch event, right before the graph (a step not copied back by sample,
+     * or not replayed, breaks the chain of timed steps) */
+    if (b->launch_recorded || !graph) b->previous_copied = false;
+    b->launch_recorded = false;
+    if (graph && b->options.time_steps) {
+        CHECK_CUDA(cudaEventRecord(b->launched[b->event_pair], b->stream));
+        b->launch_recorded = true;
+    }
     if (graph) s = run_graph(b, T, error);
     else s = launch_forward(b, T, prefill ? n_tiles : 0, n_out, error);
     if (s) return s;
@@ -790,6 +812,26 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
 }
 
 /* ---- sampling ------------------------------------------------------------------------------ */
+
+/* A timed step's events have completed (sample synchronized): its busy time, and the idle before
+ * it where the step before was timed too; then the pairs swap. */
+static void time_step(cuda_backend *b) {
+    const int pair = b->event_pair;
+    float busy_ms = 0, idle_ms = 0;
+    if (cudaEventElapsedTime(&busy_ms, b->launched[pair], b->copied[pair]) == cudaSuccess && b->previous_copied &&
+        cudaEventElapsedTime(&idle_ms, b->copied[!pair], b->launched[pair]) == cudaSuccess) {
+        b->timing.steps++;
+        b->timing.idle_seconds += idle_ms * 1e-3;
+        b->timing.busy_seconds += busy_ms * 1e-3;
+    }
+    cudaGetLastError(); /* an event that could not be timed leaves no error behind */
+    b->previous_copied = true, b->launch_recorded = false;
+    b->event_pair = !pair;
+}
+
+static void step_timing(const tm_backend *backend, tm_backend_step_timing *timing) {
+    *timing = ((const cuda_backend *)backend->context)->timing;
+}
 
 static tm_status sample(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error) {
     cuda_backend *b = backend->context;
@@ -825,8 +867,10 @@ static tm_status sample(tm_backend *backend, int n_rows, const tm_sample_row *ro
     if (offset) CHECK_CUDA(cudaMemcpyAsync(b->penalized, b->host_penalized, (size_t)offset * 4, cudaMemcpyHostToDevice, b->stream));
     CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, b->sample_rows, b->penalized, b->sampled, b->stream));
     CHECK_CUDA(cudaMemcpyAsync(tokens, b->sampled, (size_t)n_rows * 4, cudaMemcpyDeviceToHost, b->stream));
+    if (b->launch_recorded) CHECK_CUDA(cudaEventRecord(b->copied[b->event_pair], b->stream));
     CHECK_CUDA(cudaStreamSynchronize(b->stream));
     b->n_out = 0; /* penalties changed the rows: sample each forward once */
+    if (b->launch_recorded) time_step(b);
     return TM_OK;
 }
 
@@ -871,6 +915,9 @@ tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_op
     if (!s) s = device_alloc(b, &b->cublas_workspace, CUBLAS_WORKSPACE_BYTES, &b->memory.workspace, "cuBLAS workspace", error);
     if (!s && (blas = cublasSetWorkspace(b->cublas, b->cublas_workspace, CUBLAS_WORKSPACE_BYTES)) != CUBLAS_STATUS_SUCCESS)
         s = tm_error_set(error, TM_ERR_INTERNAL, "cuBLAS: cublasSetWorkspace failed: %s", cublasGetStatusString(blas));
+    for (int i = 0; i < 2 && !s && options->time_steps; i++)
+        if ((status = cudaEventCreate(&b->launched[i])) != cudaSuccess || (status = cudaEventCreate(&b->copied[i])) != cudaSuccess)
+            s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaEventCreate failed: %s", cudaGetErrorString(status));
     /* the arena: every tensor, 256-byte aligned, then the rope frequency factors */
     uint64_t total = 0;
     const tm_weight *top[3] = {&model->token_embd, &model->output_norm, &model->output};
@@ -907,6 +954,7 @@ tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_op
     backend->memory = memory;
     backend->sample = sample;
     backend->sample_max_top_k = TM_CUDA_SAMPLE_MAX_TOP_K;
+    backend->step_timing = step_timing;
     *out = backend;
     return TM_OK;
 }

@@ -207,6 +207,7 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
         cuda.graphs = !o->no_cuda_graphs;
         cuda.precision = o->precision == 1 ? TM_PRECISION_EXACT : TM_PRECISION_FAST;
         cuda.graphs = cuda.graphs && !o->nvtx_detail; /* per-op ranges need the kernels launched inside them */
+        cuda.time_steps = o->time_device_steps;
         tm_trace_push("weight upload");
         s = tm_backend_cuda_create(e->model, &cuda, &e->backend, error);
         tm_trace_pop();
@@ -702,6 +703,13 @@ void tm_engine_get_stats(const tm_engine *e, tm_engine_stats *stats) {
         stats->device_kv_bytes = memory.kv;
         stats->device_activation_bytes = memory.activations;
         stats->device_workspace_bytes = memory.workspace;
+    }
+    if (e->backend->step_timing) {
+        tm_backend_step_timing timing;
+        e->backend->step_timing(e->backend, &timing);
+        stats->device_timed_steps = timing.steps;
+        stats->device_idle_seconds = timing.idle_seconds;
+        stats->device_busy_seconds = timing.busy_seconds;
     }
     stats->requests_queued = stats->requests_running = 0;
     for (int i = 0; i < e->n_requests; i++) {

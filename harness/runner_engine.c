@@ -16,6 +16,10 @@
  * readable). The counter advances in steps (every 100 ms on the H200), so a short phase measured
  * by it alone (the 7B's 64 tokens: ~120 ms) is a noisy sample; the noise column says how noisy.
  * TM_ENERGY_COMPARE=1 (a measuring aid) prints each repetition's samples' and counter's joules.
+ * With the param step_events: 1 (a measuring aid; CUDA: events around each replayed decode step,
+ * 5-11 us a step) also device_idle_us_per_step: the device's idle before a decode step
+ * (the previous step's sampled tokens copied back -> this step's graph launched: the host's
+ * turnaround), averaged over the repetition's timed steps; not stored where no step was timed.
  * The roofline: the device's bandwidth ceiling is measured once per device and thread count, right
  * after the first engine on it is made (ceilings.h: the GPU's device-to-device copy, the figure
  * ../shared/docs/TARGETS.md's rooflines use; the host's memory read with the engine's threads on
@@ -62,7 +66,7 @@ static struct {
 } measured_ceilings[8];
 static int n_measured_ceilings;
 
-enum { DECODE_TOKENS_PER_S = 0, DECODE_GB_PER_S = 6, DECODE_JOULES_PER_TOKEN = 7 }; /* places the runner names */
+enum { DECODE_TOKENS_PER_S = 0, DECODE_GB_PER_S = 6, DECODE_JOULES_PER_TOKEN = 7, DEVICE_IDLE_US_PER_STEP = 8 }; /* places the runner names */
 static const tm_metric_spec throughput_metrics[] = {
     [DECODE_TOKENS_PER_S] = {"decode_tokens_per_s", "tokens/s", TM_BETTER_HIGHER},
     {"prompt_tokens_per_s", "tokens/s", TM_BETTER_HIGHER},
@@ -72,6 +76,7 @@ static const tm_metric_spec throughput_metrics[] = {
     {"time_to_first_token_ms", "ms", TM_BETTER_LOWER},
     [DECODE_GB_PER_S] = {"decode_gb_per_s", "GB/s", TM_BETTER_HIGHER},
     [DECODE_JOULES_PER_TOKEN] = {"decode_joules_per_token", "J/token", TM_BETTER_LOWER},
+    [DEVICE_IDLE_US_PER_STEP] = {"device_idle_us_per_step", "us", TM_BETTER_LOWER},
 };
 static const tm_metric_spec memory_metrics[] = {
     {"total_bytes", "bytes", TM_BETTER_LOWER},
@@ -160,8 +165,10 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: kv_type '%s' (f16, f32 or q8)", c->name, kv_type);
     const char *model = tm_case_param(c, "model", suite->model); /* a case's model (an axis) overrides the suite's */
     if (!model) return tm_error_set(error, TM_ERR_INVALID_ARG, "%s: a %s suite needs a 'model'", suite->path, suite->kind);
-    long long kv_bytes;
-    if (!parse_int_param(c, "kv_bytes", 0, 0, (long long)1 << 50, &kv_bytes, error)) return TM_ERR_INVALID_ARG;
+    long long kv_bytes, step_events;
+    if (!parse_int_param(c, "kv_bytes", 0, 0, (long long)1 << 50, &kv_bytes, error) ||
+        !parse_int_param(c, "step_events", 0, 0, 1, &step_events, error))
+        return TM_ERR_INVALID_ARG;
     tm_engine_options options;
     tm_engine_options_default(&options);
     options.n_threads = (int)threads;
@@ -174,11 +181,13 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     options.n_ctx = ctx ? (int)ctx : (int)(prompt + gen + 1);
     options.device = device;
     options.kv_bytes = (uint64_t)kv_bytes;
+    options.time_device_steps = step_events != 0;
     tm_runner_state *s = *state;
     bool reuse = s && !strcmp(s->model, model) && s->options.kv_bytes == options.kv_bytes && s->options.n_threads == options.n_threads &&
                  s->options.precision == options.precision && s->options.kv_type == options.kv_type &&
                  s->options.max_sequences == options.max_sequences && s->options.n_ctx == options.n_ctx &&
-                 s->options.max_batch_tokens == options.max_batch_tokens && !strcmp(s->options.device, device);
+                 s->options.max_batch_tokens == options.max_batch_tokens && !strcmp(s->options.device, device) &&
+                 s->options.time_device_steps == options.time_device_steps;
     if (!reuse) {
         release(s);
         *state = s = calloc(1, sizeof *s);
@@ -350,6 +359,8 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         values[5] = tm_percentile_sorted(ttft, (size_t)n_ttft, 0.5);
         values[DECODE_GB_PER_S] = values[DECODE_TOKENS_PER_S] / s->batch * s->bytes_per_step / 1e9;
         values[DECODE_JOULES_PER_TOKEN] = phase_tokens > 0 && phase_joules >= 0 ? phase_joules / (double)phase_tokens : NAN;
+        const int64_t timed = after.device_timed_steps - before.device_timed_steps;
+        values[DEVICE_IDLE_US_PER_STEP] = timed > 0 ? (after.device_idle_seconds - before.device_idle_seconds) * 1e6 / (double)timed : NAN;
     }
     free(prompt), free(ids), free(latencies);
     return status;

@@ -61,6 +61,8 @@ typedef struct tm_engine_options {
                               * whenever every row's top_k is 1..1024 or the row is greedy) */
     bool nvtx_detail;        /* NVTX ranges per layer and operation too (for Nsight; CUDA decode steps then run
                               * without graphs) */
+    bool time_device_steps;  /* CUDA: time each decode step's graph and the device's idle before it with events
+                              * (tm_engine_stats.device_idle_seconds; a measuring aid: they cost a step 5-11 us) */
 } tm_engine_options;
 
 typedef struct tm_sampling {
@@ -134,6 +136,12 @@ typedef struct tm_engine_stats {
     int64_t device_sampled_tokens; /* tokens sampled on the GPU */
     /* device memory of the backend (0 on the CPU) */
     uint64_t device_weight_bytes, device_kv_bytes, device_activation_bytes, device_workspace_bytes;
+    /* with time_device_steps (CUDA): decode steps timed by device events, each replayed as a graph right after
+     * another timed one; the device idle before each (from the previous step's sampled tokens copied back to
+     * this step's graph launch: the host's turnaround between steps) and busy in it (from the graph launch to
+     * its sampled tokens copied back), summed */
+    int64_t device_timed_steps;
+    double device_idle_seconds, device_busy_seconds;
 } tm_engine_stats;
 
 void tm_engine_options_default(tm_engine_options *options);

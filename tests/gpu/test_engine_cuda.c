@@ -9,6 +9,9 @@
  * (same kernels, same order), and GPU sampling follows the CPU sampler exactly, so every
  * request's tokens must be identical; A must have sampled on the GPU and B not, and the device
  * memory accounting must be filled in (weights = the model's bytes, KV, activations, workspace).
+ * Run A again with time_device_steps (events around each replayed decode step) must give the
+ * same tokens and time its decode steps: some timed, none more than the steps taken, the device's
+ * idle between steps and busy in them both positive, the idle the smaller.
  * The same pair of runs again with the 8-bit KV cache (half the pages: the same tokens fit, so
  * requests are still preempted): identical tokens, and the device's KV bytes hold the scales. Last, a KV pool twice the device's memory (in 4 KiB
  * pages) must fail the first step with TM_ERR_NO_MEMORY naming the KV pages and the bytes, not crash.
@@ -34,6 +37,8 @@ typedef struct run_output {
     tm_engine_stats stats;
 } run_output;
 
+static bool time_device_steps; /* the next run() times its decode steps */
+
 /* kv_type 0: f16 in 1400 pages; 2: the 8-bit cache in 700 (rows of half the bytes). */
 static bool run(bool device_sampling_and_graphs, int kv_type, run_output *out) {
     tm_engine_options options;
@@ -49,6 +54,7 @@ static bool run(bool device_sampling_and_graphs, int kv_type, run_output *out) {
     options.kv_type = kv_type;
     options.host_sampling = !device_sampling_and_graphs;
     options.no_cuda_graphs = !device_sampling_and_graphs;
+    options.time_device_steps = time_device_steps;
     tm_engine *engine = NULL;
     tm_error_t error = {0};
     if (tm_engine_create(&options, &engine, &error)) {
@@ -122,6 +128,26 @@ int main(void) {
               (unsigned long long)a.stats.device_weight_bytes, (unsigned long long)a.stats.weight_bytes);
         CHECK(a.stats.device_kv_bytes >= (uint64_t)1400 * 4096, "KV accounted");
         CHECK(a.stats.device_activation_bytes > 0 && a.stats.device_workspace_bytes > 0, "activations and workspace accounted");
+        CHECK(a.stats.device_timed_steps == 0 && a.stats.device_idle_seconds == 0, "untimed unless asked");
+        static run_output timed;
+        time_device_steps = true;
+        const bool ran = run(true, 0, &timed);
+        time_device_steps = false;
+        if (ran) {
+            for (int i = 0; i < REQUESTS; i++) {
+                int same = 0;
+                while (same < MAX_TOKENS && same < timed.counts[i] && timed.tokens[i][same] == a.tokens[i][same]) same++;
+                CHECK(same == MAX_TOKENS, "timed steps, request %d: departs from the untimed run at token %d", i, same);
+            }
+            const tm_engine_stats *t = &timed.stats;
+            printf("timed decode steps: %lld of %lld steps; device idle %.1f us, busy %.1f us a step\n", (long long)t->device_timed_steps,
+                   (long long)t->steps, t->device_timed_steps ? t->device_idle_seconds * 1e6 / (double)t->device_timed_steps : 0.0,
+                   t->device_timed_steps ? t->device_busy_seconds * 1e6 / (double)t->device_timed_steps : 0.0);
+            CHECK(t->device_timed_steps > 0 && t->device_timed_steps < t->steps, "some decode steps timed (%lld of %lld)",
+                  (long long)t->device_timed_steps, (long long)t->steps);
+            CHECK(t->device_idle_seconds > 0 && t->device_busy_seconds > t->device_idle_seconds,
+                  "idle (%g s) and busy (%g s) positive, the idle the smaller", t->device_idle_seconds, t->device_busy_seconds);
+        }
     }
     if (run(true, 2, &a) && run(false, 2, &b)) { /* the 8-bit KV cache */
         for (int i = 0; i < REQUESTS; i++) {

@@ -158,6 +158,26 @@ def test_interrupt_marks_run_interrupted(tmbench, tmp_path):
     connection.close()
 
 
+def test_step_events_param_is_taken_and_times_nothing_on_the_cpu(tmbench, tmp_path):
+    """step_events: 1 reaches the engine (a case that takes it runs) and a backend that times no
+    step stores no device_idle_us_per_step (NaN is not a sample); a value outside 0..1 is refused."""
+    suite = tmp_path / "events.yaml"
+    suite.write_text("name: events\nkind: throughput\nmodel: synthetic:tiny:q8_0\n"
+                     "params: {threads: 1, gen_tokens: 4, prompt_tokens: 8, device: cpu}\n"
+                     "axes: {step_events: [0, 1]}\nwarmup: 0\nstop: {min_repetitions: 2, timeout_seconds: 30}\n")
+    db = tmp_path / "events.db"
+    result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with sqlite3.connect(db) as connection:
+        statuses = [row[0] for row in connection.execute("SELECT status FROM cases")]
+        metrics = {row[0] for row in connection.execute("SELECT DISTINCT metric FROM metrics")}
+    assert statuses == ["complete", "complete"]
+    assert "decode_tokens_per_s" in metrics and "device_idle_us_per_step" not in metrics
+    suite.write_text(suite.read_text().replace("[0, 1]", "[2]"))
+    result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(tmp_path / "bad.db")], capture_output=True, text=True)
+    assert result.returncode != 0 and "step_events" in result.stdout + result.stderr
+
+
 def test_bad_database_is_refused_and_untouched(tmbench, tmp_path):
     db = tmp_path / "other.db"
     connection = sqlite3.connect(db)
