@@ -400,7 +400,8 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
      * columns the batch did not grow are copied as they are: the host mirror holds what the device's
      * already does there (each entry is written to the device from the host mirror, and the host
      * mirror only changes at a sync), and entries past a sequence's pages are never read. Else,
-     * as after a long prefill beside short sequences, a copy for each grown sequence. */
+     * as after a long prefill beside short sequences, or sequences of far apart lengths (their
+     * columns spread the rectangle), a copy for each grown sequence. */
     const int64_t rows = (last_seq - first_seq + 1) * n_layer, width = (end_column - first_column) * 4;
     if (rows * width <= TM_MAX(64 << 10, 4 * grown_bytes)) {
         const int64_t at = first_seq * n_layer * b->max_pages + first_column;
