@@ -24,6 +24,9 @@ typedef struct tm_batch {
     const int32_t *positions;   /* (n_tokens) position of each token in its sequence */
     const int32_t *seq;         /* (n_tokens) KV cache sequence slot of each token */
     const uint8_t *want_logits; /* (n_tokens) 1: return this token's logits */
+    const int32_t *fed;         /* NULL, or (n_tokens): -1 takes tokens[i]; r >= 0 takes the token the last sampling
+                                 * started (sample_start) drew for its row r, which stays on the backend's device:
+                                 * a step launched before the host has seen the tokens it decodes */
 } tm_batch;
 
 /* How activations meet quantized weights on the CPU. */
@@ -72,6 +75,13 @@ struct tm_backend {
      * tm_sample_row; rows with temperature > 0 need 1 <= top_k <= sample_max_top_k. */
     tm_status (*sample)(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error);
     int sample_max_top_k;
+    /* optional, both or neither: `sample` in two halves, so the host can launch the next step (its
+     * tokens fed from this sampling: tm_batch.fed) before it waits for these tokens. sample_start
+     * queues the sampling of the rows the last forward kept and returns without waiting;
+     * sample_finish waits for the oldest sampling started and not finished and writes its tokens
+     * (in row order, n_rows of them). At most two started and not finished. */
+    tm_status (*sample_start)(tm_backend *backend, int n_rows, const tm_sample_row *rows, tm_error_t *error);
+    tm_status (*sample_finish)(tm_backend *backend, int32_t *tokens, tm_error_t *error);
     /* optional: the decode steps it has timed (zeros where it times none) */
     void (*step_timing)(const tm_backend *backend, tm_backend_step_timing *timing);
 };

@@ -6,14 +6,20 @@
  * top to bottom in forward(); the batch is a flat list of tokens from any number of sequences,
  * so prefill chunks and decode steps of several sequences share every weight read. Run state
  * (activations for the batch) grows to the largest batch seen and is reused.
+ * Sampling in the backend (sample, sample_start/sample_finish: the engine's overlapped steps take
+ * the same path on every backend): a forward given no logits buffer keeps its rows here, and the
+ * sampler (sampler.c, with the engine's draw and penalty ids) picks their tokens at once; a later
+ * forward's fed tokens read them. The tokens are the host sampler's.
  * Guarantees: see backend.h. Attention reads keys/values only through tm_kv_key/tm_kv_value.
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 #include "gemv.h"
 #include "ops_cpu.h"
+#include "sampler.h"
 #include "trace.h"
 
 typedef struct run_state {
@@ -39,6 +45,15 @@ typedef struct cpu_backend {
     tm_threadpool *pool;
     tm_precision precision;
     run_state state;
+    /* sampling in the backend: the last forward's kept logits rows, and two samplings' tokens */
+    float *kept;                 /* (kept_capacity, n_vocab) */
+    int kept_rows, kept_capacity;
+    int32_t *tokens;             /* (T) a forward's tokens with fed ones filled in */
+    int tokens_capacity;
+    int32_t *slot_tokens[2];     /* (kept_capacity) each */
+    int slot_rows[2];
+    int64_t samples_started, samples_finished;
+    tm_sampler_candidate *candidates; /* (n_vocab) */
 } cpu_backend;
 
 /* ---- small blocks ------------------------------------------------------------------------ */
@@ -141,10 +156,26 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     const tm_kv_type kv_type = tm_kv_get_layout(kv)->type;
     const tm_rope_params rope = {c->head_dim, c->n_rot, c->rope_freq_base, c->rope_freq_scale, m->rope_freqs};
     tm_status status;
+    const int32_t *tokens = batch->tokens;
+    if (batch->fed) { /* fed tokens: the last sampling's (already drawn: sample_start samples at once) */
+        if (T > b->tokens_capacity) {
+            int32_t *grown = realloc(b->tokens, (size_t)T * sizeof *grown);
+            if (!grown) return tm_error_set(error, TM_ERR_NO_MEMORY, "cpu backend: out of memory");
+            b->tokens = grown, b->tokens_capacity = T;
+        }
+        const int last = (int)((b->samples_started + 1) % 2);
+        for (int t = 0; t < T; t++) {
+            const int row = batch->fed[t];
+            if (row >= 0 && (b->samples_started == 0 || row >= b->slot_rows[last]))
+                return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token %d is fed from row %d of a sampling of %d rows", t, row,
+                                    b->samples_started ? b->slot_rows[last] : 0);
+            b->tokens[t] = row >= 0 ? b->slot_tokens[last][row] : batch->tokens[t];
+        }
+        tokens = b->tokens;
+    }
     for (int t = 0; t < T; t++) {
-        if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab)
-            return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token id %d out of range [0, %d)", batch->tokens[t],
-                                c->n_vocab);
+        if (tokens[t] < 0 || tokens[t] >= c->n_vocab)
+            return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token id %d out of range [0, %d)", tokens[t], c->n_vocab);
         if (!tm_kv_seq_active(kv, batch->seq[t]) || batch->positions[t] < 0 ||
             batch->positions[t] >= tm_kv_seq_capacity(kv, batch->seq[t]))
             return tm_error_set(error, TM_ERR_INTERNAL, "forward: position %d of sequence %d has no KV room", batch->positions[t],
@@ -157,7 +188,7 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     tm_type_row_bytes(m->token_embd.type, (uint64_t)D, &embd_row_bytes);
     const tm_type_traits *embd = tm_type_traits_get(m->token_embd.type);
     for (int t = 0; t < T; t++)
-        embd->dequantize_row((const uint8_t *)m->token_embd.data + (uint64_t)batch->tokens[t] * embd_row_bytes,
+        embd->dequantize_row((const uint8_t *)m->token_embd.data + (uint64_t)tokens[t] * embd_row_bytes,
                              s->x + (int64_t)t * D, D);
 
     const bool detail = tm_trace_detail();
@@ -217,15 +248,63 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
         TM_DETAIL_END(); /* the layer */
     }
 
-    /* final norm and LM head, only for the tokens that want logits */
+    /* final norm and LM head, only for the tokens that want logits (kept here for `sample` when
+     * the caller gives no buffer) */
     int n_out = 0;
     TM_DETAIL_BEGIN("lm head");
     for (int t = 0; t < T; t++)
         if (batch->want_logits[t])
             tm_cpu_rmsnorm(s->logits_in + (int64_t)n_out++ * D, s->x + (int64_t)t * D, m->output_norm.data, D, c->rms_norm_eps);
-    status = n_out ? matmul(b, &m->output, s->logits_in, n_out, logits, error) : TM_OK;
+    b->kept_rows = 0;
+    if (!logits && n_out > b->kept_capacity) {
+        if (b->samples_started != b->samples_finished)
+            return tm_error_set(error, TM_ERR_INVALID_ARG, "cpu backend: a forward keeps %d rows while a sampling is not finished", n_out);
+        free(b->kept), free(b->slot_tokens[0]), free(b->slot_tokens[1]);
+        b->kept = malloc((size_t)n_out * (size_t)c->n_vocab * sizeof(float));
+        b->slot_tokens[0] = malloc((size_t)n_out * sizeof(int32_t)), b->slot_tokens[1] = malloc((size_t)n_out * sizeof(int32_t));
+        b->kept_capacity = b->kept && b->slot_tokens[0] && b->slot_tokens[1] ? n_out : 0;
+        if (!b->kept_capacity) return tm_error_set(error, TM_ERR_NO_MEMORY, "cpu backend: out of memory for %d logits rows", n_out);
+    }
+    status = n_out ? matmul(b, &m->output, s->logits_in, n_out, logits ? logits : b->kept, error) : TM_OK;
+    if (!logits && !status) b->kept_rows = n_out;
     TM_DETAIL_END();
     return status;
+}
+
+/* ---- sampling (backend.h): at once, on this thread --------------------------------------- */
+
+static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_row *rows, tm_error_t *error) {
+    cpu_backend *b = backend->context;
+    const int n_vocab = b->model->config.n_vocab;
+    if (n_rows != b->kept_rows)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cpu backend: %d rows to sample but the last forward kept %d", n_rows, b->kept_rows);
+    if (b->samples_started - b->samples_finished >= 2)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cpu backend: a third sampling started before the first finished");
+    if (!b->candidates && !(b->candidates = malloc((size_t)n_vocab * sizeof *b->candidates)))
+        return tm_error_set(error, TM_ERR_NO_MEMORY, "cpu backend: out of memory");
+    const int slot = (int)(b->samples_started % 2);
+    for (int r = 0; r < n_rows; r++)
+        b->slot_tokens[slot][r] = tm_sample_drawn(rows[r].params, b->kept + (size_t)r * n_vocab, n_vocab, rows[r].penalized,
+                                                  rows[r].n_penalized, rows[r].uniform, b->candidates);
+    b->slot_rows[slot] = n_rows;
+    b->samples_started++;
+    b->kept_rows = 0; /* penalties changed the rows: sample each forward once */
+    return TM_OK;
+}
+
+static tm_status sample_finish(tm_backend *backend, int32_t *tokens, tm_error_t *error) {
+    cpu_backend *b = backend->context;
+    if (b->samples_finished == b->samples_started)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cpu backend: sample_finish without a sampling started");
+    const int slot = (int)(b->samples_finished % 2);
+    memcpy(tokens, b->slot_tokens[slot], (size_t)b->slot_rows[slot] * sizeof *tokens);
+    b->samples_finished++;
+    return TM_OK;
+}
+
+static tm_status sample(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error) {
+    tm_status s = sample_start(backend, n_rows, rows, error);
+    return s ? s : sample_finish(backend, tokens, error);
 }
 
 static void backend_free(tm_backend *backend) {
@@ -234,6 +313,7 @@ static void backend_free(tm_backend *backend) {
     if (b) {
         free_token_buffers(&b->state);
         free(b->state.scores);
+        free(b->kept), free(b->tokens), free(b->slot_tokens[0]), free(b->slot_tokens[1]), free(b->candidates);
     }
     free(b);
     free(backend);
@@ -256,6 +336,10 @@ tm_status tm_backend_cpu_create(const tm_model *model, const tm_backend_cpu_opti
     backend->context = b;
     backend->forward = forward;
     backend->free = backend_free;
+    backend->sample = sample;
+    backend->sample_start = sample_start;
+    backend->sample_finish = sample_finish;
+    backend->sample_max_top_k = model->config.n_vocab;
     *out = backend;
     return TM_OK;
 }

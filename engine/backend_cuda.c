@@ -14,7 +14,8 @@
  * - One stream per backend. Each forward writes its inputs (tokens, positions, key counts, page
  *   offsets, logits rows, attention tiles) into one pinned staging buffer and copies it with one
  *   transfer; page tables are mirrored incrementally (tm_kv_seq_take_unchanged: only entries
- *   that changed are copied, one 2-D copy per sequence).
+ *   that changed): a decode step's few grown entries ride in the staging buffer and the step's
+ *   first kernel writes them, larger growth (a prefill) goes by 2-D copies.
  * - Matrix products, fast precision (the default): q4_k/q6_k weights with 1..16 tokens use the
  *   8-bit integer kernels (activations quantized to q8_1 once per input, one scale a 256 values
  *   as the CPU's q8_K, where they are made: by the norms, the SwiGLU and the attention's
@@ -39,7 +40,12 @@
  *   past TM_CUDA_DECODE_MMA_KEYS keys) and replayed; the graph reads
  *   everything that changes per step from the staging buffer and the page mirror, whose addresses
  *   are fixed until a buffer grows (which drops the graphs).
- * - Logits go back to the host, or stay on the device for `sample` (GPU sampling).
+ * - Logits go back to the host, or stay on the device for `sample` (GPU sampling). A sampling's
+ *   parameters and tokens pass through one of two pinned host slots, so `sample_start` can queue
+ *   the next step's sampling while the host has not read this one's (sample_finish), and that next
+ *   step's tokens are read on the device from the sampled ones (tm_batch.fed: the embedding
+ *   lookup's feed map). A forward waits only for the previous forward's input copies
+ *   (inputs_copied), not for the step in flight.
  * - With options.time_steps, events around each replayed decode step (before its graph launch,
  *   after its sampled tokens' copy) time the device's idle between steps and busy in them
  *   (step_timing); the events cost a step 5-11 us (H200: 7B decode 0.3-0.7 %), so they are off by default.
@@ -100,8 +106,16 @@ typedef struct device_weight {
 typedef struct step_inputs {
     int64_t *page_offsets;  /* (capacity) start of each token's page table in the mirror (layer 0) */
     int32_t *tokens, *positions, *n_keys, *logit_rows; /* (capacity) each */
+    int32_t *fed;           /* (capacity) -1, or the row of the last sampling started whose token this one is (tm_batch.fed) */
     int32_t *tiles;         /* (2 x capacity) flash-attention tiles */
+    int32_t *update_count;  /* (1) page-table entries in updates, written by the step's first kernel (0: copied apart) */
+    uint32_t *updates;      /* (2 x TABLE_UPDATES) (mirror index, page) pairs */
 } step_inputs;
+
+/* Page-table entries a step's inputs carry (sync_page_tables): a decode step grows each sequence by a
+ * page a layer at most (the 7B's 4 pages a token: 8 sequences x 32 layers x 4 = 1024), so its growth
+ * travels in the one staging copy and the step's first kernel writes it into the mirror. */
+#define TABLE_UPDATES 4096
 
 typedef struct cuda_backend {
     const tm_model *model;
@@ -135,9 +149,18 @@ typedef struct cuda_backend {
     void *q8;                  /* activations as q8_1 for the fast decode products */
     void *xb16;                /* a norm's or the SwiGLU's output as f16 for the f16 products of 2..16 tokens (half_activations) */
     float *partials;
-    tm_cuda_sampling *sample_rows, *host_sample_rows;
-    int32_t *sampled, *penalized, *host_penalized;
+    /* sampling: device buffers (one: the stream orders their uses) and pinned host ones in two
+     * slots, so a sampling can be queued while the one before it is still in flight (sample_start) */
+    tm_cuda_sampling *sample_rows, *host_sample_rows; /* host: 2 slots of capacity rows */
+    int32_t *sampled, *penalized, *host_penalized;    /* host_penalized: 2 slots of penalized_capacity ids */
+    int32_t *host_tokens;                             /* 2 slots of capacity tokens, the samplings' copies back */
     int penalized_capacity;
+    cudaEvent_t tokens_copied[2];  /* a slot's tokens are in host_tokens */
+    int slot_rows[2];              /* rows of the sampling in each slot */
+    int64_t samples_started, samples_finished; /* samplings queued / collected so far (slot: count % 2) */
+    int last_started_rows;         /* rows of the last sampling started: the feed map's range */
+    cudaEvent_t inputs_copied;     /* after the last forward's copies from the staging buffer and the page mirror */
+    bool inputs_pending;           /* inputs_copied recorded since the host last waited for it */
     /* per forward */
     int n_out;                 /* logits rows kept on the device by the last forward */
     uint64_t *seen_step;       /* (max_sequences) step stamp: sequence already synced this step */
@@ -146,11 +169,13 @@ typedef struct cuda_backend {
     int attention_form;        /* this step's decode attention (ATTENTION_*): the decode graphs are keyed by it */
     int longest_keys;          /* this step's longest context */
     cudaGraphExec_t graphs[ATTENTION_FORMS][TM_CUDA_GEMV_MAX_TOKENS + 1]; /* [attention_form][tokens] */
-    /* options.time_steps: events in the stream around replayed decode steps, two steps' in turn */
-    cudaEvent_t launched[2], copied[2]; /* before a step's graph launch; after its sampled tokens' copy */
-    int event_pair;                     /* the pair this step records */
-    bool launch_recorded;               /* this step's launched event is in the stream */
-    bool previous_copied;               /* the step before recorded its copied event (the other pair's) */
+    /* options.time_steps: events in the stream around replayed decode steps, sampling k's in pair
+     * k % 3 (two samplings may be in flight while the one before them is read) */
+    cudaEvent_t launched[3], copied[3]; /* before a step's graph launch; after its sampled tokens' copy */
+    int64_t forwards;                   /* forward calls so far */
+    int64_t launch_for[3];              /* the sampling whose step recorded launched[i] (-1: none) */
+    int64_t timed[3];                   /* the sampling that recorded both of pair i's events (-1: none) */
+    int64_t forward_of[3];              /* the forward count when pair i's sampling was started */
     tm_backend_step_timing timing;
 } cuda_backend;
 
@@ -193,14 +218,14 @@ static void free_activations(cuda_backend *b) {
     cudaFree(b->activation_block), cudaFree(b->device_staging), cudaFreeHost(b->host_staging);
     cudaFree(b->gemm_workspace), cudaFree(b->partials), cudaFree(b->sample_rows), cudaFree(b->sampled), cudaFree(b->q8);
     cudaFree(b->xb16);
-    free(b->host_sample_rows);
+    cudaFreeHost(b->host_sample_rows), cudaFreeHost(b->host_tokens);
     b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = b->q8 = b->xb16 = NULL;
-    b->partials = NULL, b->sample_rows = b->host_sample_rows = NULL, b->sampled = NULL;
+    b->partials = NULL, b->sample_rows = b->host_sample_rows = NULL, b->sampled = b->host_tokens = NULL;
     b->memory.activations = 0;
     b->memory.workspace = b->cublas_workspace ? CUBLAS_WORKSPACE_BYTES : 0; /* it lives as long as the backend */
     b->capacity = 0;
     /* the penalized-id buffers are workspace too */
-    cudaFree(b->penalized), free(b->host_penalized);
+    cudaFree(b->penalized), cudaFreeHost(b->host_penalized);
     b->penalized = b->host_penalized = NULL, b->penalized_capacity = 0;
 }
 
@@ -213,16 +238,20 @@ static void release(cuda_backend *b) {
         if (status == cudaErrorNotSupported) fprintf(stderr, "TM_BLOCK_STAMPS_FILE: this build has no block stamps (cmake -DTM_BLOCK_STAMPS=ON)\n");
         else if (status != cudaSuccess) fprintf(stderr, "TM_BLOCK_STAMPS_FILE: writing %s failed (CUDA error %d)\n", stamps, status);
     }
+    if (b->stream) cudaStreamSynchronize(b->stream); /* a sampling in flight copies into the host slots freed below */
     free_activations(b);
     cudaFree(b->arena), cudaFree(b->kv.pool), cudaFree(b->kv.scales), cudaFree(b->page_mirror), cudaFreeHost(b->host_page_mirror), cudaFree(b->rope_angles);
     cudaFree(b->rope_targets);
     cudaFree(b->cublas_workspace);
     if (b->cublas) cublasDestroy(b->cublas);
     if (b->stream) cudaStreamDestroy(b->stream);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         if (b->launched[i]) cudaEventDestroy(b->launched[i]);
         if (b->copied[i]) cudaEventDestroy(b->copied[i]);
     }
+    for (int i = 0; i < 2; i++)
+        if (b->tokens_copied[i]) cudaEventDestroy(b->tokens_copied[i]);
+    if (b->inputs_copied) cudaEventDestroy(b->inputs_copied);
     free(b->layers), free(b->seen_step), free(b->grown_from);
     free(b);
 }
@@ -308,6 +337,11 @@ static void swap_buffers(float **a, float **b) {
 static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *error) {
     if (n_tokens <= b->capacity) return TM_OK;
     const tm_model_config *c = &b->model->config;
+    if (b->samples_started != b->samples_finished) /* their tokens' host slots would go */
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: a forward of %d tokens grows the step buffers while %lld "
+                            "sampling(s) are not finished", n_tokens, (long long)(b->samples_started - b->samples_finished));
+    CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* nothing in flight reads the buffers freed below */
+    b->inputs_pending = false;
     free_activations(b);
     const uint64_t T = (uint64_t)n_tokens, q_dim = (uint64_t)c->n_head * c->head_dim,
                    kv_dim = (uint64_t)c->n_head_kv * c->head_dim;
@@ -323,8 +357,9 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
         *buffers[i] = (float *)((uint8_t *)b->activation_block + offset);
         offset += aligned(T * widths[i] * sizeof(float));
     }
-    /* step inputs: page offsets (8 bytes), four int32 arrays and the tile pairs */
-    uint64_t staging = T * 8 + 4 * T * 4 + 2 * T * 4;
+    /* step inputs: page offsets (8 bytes), five int32 arrays, the tile pairs, the page-table updates' count (8
+     * bytes, aligned) and pairs */
+    uint64_t staging = T * 8 + 5 * T * 4 + 2 * T * 4 + 8 + 2 * TABLE_UPDATES * 4;
     if ((s = device_alloc(b, &b->device_staging, staging, &b->memory.activations, "step inputs", error))) return s;
     CHECK_CUDA(cudaMallocHost(&b->host_staging, staging));
     step_inputs *ins[2] = {&b->host_in, &b->device_in};
@@ -335,7 +370,10 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
         ins[i]->positions = ins[i]->tokens + T;
         ins[i]->n_keys = ins[i]->positions + T;
         ins[i]->logit_rows = ins[i]->n_keys + T;
-        ins[i]->tiles = ins[i]->logit_rows + T;
+        ins[i]->fed = ins[i]->logit_rows + T;
+        ins[i]->tiles = ins[i]->fed + T;
+        ins[i]->update_count = ins[i]->tiles + 2 * T;
+        ins[i]->updates = (uint32_t *)(ins[i]->update_count + 2);
     }
     /* workspace */
     /* GEMM: the activations as 16-bit for any batch (cuBLAS), plus a dequantized weight tile
@@ -354,8 +392,8 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     if ((s = device_alloc(b, (void **)&b->sample_rows, T * sizeof(tm_cuda_sampling), &b->memory.workspace, "sampling", error)) ||
         (s = device_alloc(b, (void **)&b->sampled, T * sizeof(int32_t), &b->memory.workspace, "sampling", error)))
         return s;
-    if (!(b->host_sample_rows = malloc(T * sizeof(tm_cuda_sampling))))
-        return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
+    CHECK_CUDA(cudaMallocHost((void **)&b->host_sample_rows, 2 * T * sizeof(tm_cuda_sampling)));
+    CHECK_CUDA(cudaMallocHost((void **)&b->host_tokens, 2 * T * sizeof(int32_t)));
     b->capacity = n_tokens;
     return TM_OK;
 }
@@ -391,7 +429,34 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
         first_column = TM_MIN(first_column, unchanged), end_column = TM_MAX(end_column, n_pages);
         grown_bytes += (n_pages - unchanged) * 4 * n_layer;
     }
+    *b->host_in.update_count = 0;
     if (last_seq < 0) return TM_OK;
+    /* Where they fit the step's inputs (a decode step's growth), the grown entries travel with the
+     * other inputs in their one copy and the step's first kernel writes them (tm_cuda_embed): no
+     * transfer of their own. H200 (session 53), the 7B's page tables grow every step: with the
+     * steps overlapped, the GPU's idle between steps 31.7-36.1 us with the 2-D copy below against
+     * ~10 us where nothing grows (the 8B's). */
+    const int64_t mirror_entries = (int64_t)b->max_sequences * n_layer * b->max_pages;
+    if (grown_bytes / 4 <= TABLE_UPDATES && mirror_entries <= (int64_t)UINT32_MAX) {
+        uint32_t *pairs = b->host_in.updates;
+        int n = 0;
+        for (int t = 0; t < batch->n_tokens; t++) {
+            const int seq = batch->seq[t];
+            const int64_t unchanged = b->grown_from[seq];
+            if (unchanged < 0) continue;
+            b->grown_from[seq] = -1; /* once a sequence */
+            int64_t n_pages = 0;
+            tm_kv_page_table(kv, seq, 0, &n_pages);
+            for (int l = 0; l < n_layer; l++)
+                for (int64_t column = unchanged; column < n_pages; column++) {
+                    const int64_t at = ((int64_t)seq * n_layer + l) * b->max_pages + column;
+                    pairs[2 * n] = (uint32_t)at, pairs[2 * n + 1] = (uint32_t)b->host_page_mirror[at];
+                    n++;
+                }
+        }
+        *b->host_in.update_count = n;
+        return TM_OK;
+    }
     /* One copy of the whole rectangle where it is small (a decode step: a few pages a sequence, so
      * a few KiB for every sequence at once) or not much larger than the grown entries themselves:
      * every copy's host time is GPU idle between steps. H200 step_events, a copy a sequence -> one
@@ -633,7 +698,8 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     cudaStream_t stream = b->stream;
     tm_status s;
     const bool detail = tm_trace_detail(); /* ranges around the launches (host side; graphs are off with detail) */
-    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, in->tokens, T, b->x, stream));
+    const tm_cuda_table_updates updates = {in->update_count, in->updates, b->page_mirror};
+    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, in->tokens, in->fed, b->sampled, T, b->x, updates, stream));
     const float *pending_delta = NULL; /* the down product's output, added by the next norm */
     /* The residual stream: each norm that adds a delta writes the sum to the other buffer
      * (tm_cuda_add_rmsnorm out of place, so a few rows can be normalized by many blocks). */
@@ -785,13 +851,22 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     tm_status s;
     b->n_out = 0;
     if (T <= 0) return TM_OK;
-    for (int t = 0; t < T; t++)
-        if (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab || batch->positions[t] < 0 ||
+    for (int t = 0; t < T; t++) {
+        const bool fed = batch->fed && batch->fed[t] >= 0;
+        if (fed && (b->samples_started == 0 || batch->fed[t] >= b->last_started_rows))
+            return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token %d is fed from row %d of a sampling of %d rows", t,
+                                batch->fed[t], b->samples_started ? b->last_started_rows : 0);
+        if ((!fed && (batch->tokens[t] < 0 || batch->tokens[t] >= c->n_vocab)) || batch->positions[t] < 0 ||
             batch->positions[t] >= tm_kv_seq_capacity(kv, batch->seq[t]))
             return tm_error_set(error, TM_ERR_INVALID_ARG, "forward: token %d (id %d, position %d) is out of range", t,
-                                batch->tokens[t], batch->positions[t]);
+                                fed ? -1 : batch->tokens[t], batch->positions[t]);
+    }
     CHECK_CUDA(cudaSetDevice(b->options.device));
-    CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* the previous step's copies have left the staging buffers */
+    /* the previous forward's copies have left the staging buffer and the page mirror (a step in
+     * flight may still be computing: its inputs are on the device) */
+    if (b->inputs_pending) CHECK_CUDA(cudaEventSynchronize(b->inputs_copied));
+    b->inputs_pending = false;
+    b->forwards++;
     if ((s = ensure_kv(b, kv, error)) || (s = ensure_activations(b, T, error))) return s;
     for (int t = 0; t < T; t++)
         if (batch->seq[t] < 0 || batch->seq[t] >= b->max_sequences)
@@ -806,7 +881,8 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     int n_tiles = 0, n_out = 0, most_keys = 0;
     bool prefill = false;
     for (int t = 0; t < T; t++) {
-        in->tokens[t] = batch->tokens[t];
+        in->fed[t] = batch->fed && batch->fed[t] >= 0 ? batch->fed[t] : -1;
+        in->tokens[t] = in->fed[t] >= 0 ? 0 : batch->tokens[t];
         in->positions[t] = batch->positions[t];
         in->n_keys[t] = batch->positions[t] + 1;
         most_keys = TM_MAX(most_keys, in->n_keys[t]);
@@ -824,16 +900,19 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     const bool whole = !prefill && T <= TM_CUDA_GEMV_MAX_TOKENS && whole_attention(b, T, most_keys, layout->type);
     b->attention_form = !whole ? ATTENTION_SPLIT : most_keys > TM_CUDA_DECODE_MMA_KEYS ? ATTENTION_WHOLE_LONG : ATTENTION_WHOLE;
     b->longest_keys = most_keys;
-    CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)((uint8_t *)(in->tiles + 2 * n_tiles) - (uint8_t *)b->host_staging),
-                               cudaMemcpyHostToDevice, b->stream));
+    const uint8_t *inputs_end = (const uint8_t *)(in->updates + 2 * *in->update_count); /* the tiles' region whole, the count, the pairs */
+    CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)(inputs_end - (uint8_t *)b->host_staging), cudaMemcpyHostToDevice,
+                               b->stream));
+    CHECK_CUDA(cudaEventRecord(b->inputs_copied, b->stream));
+    b->inputs_pending = true;
     const bool graph = b->options.graphs && !prefill && n_out == T && T <= TM_CUDA_GEMV_MAX_TOKENS;
-    /* a timed step: its launch event, right before the graph (a step not copied back by sample,
-     * or not replayed, breaks the chain of timed steps) */
-    if (b->launch_recorded || !graph) b->previous_copied = false;
-    b->launch_recorded = false;
+    /* a timed step: its launch event, right before the graph, in the pair of the sampling that
+     * will follow it (time_step: a forward not followed by its sampling breaks the chain) */
+    const int pair = (int)(b->samples_started % 3);
+    b->launch_for[pair] = -1;
     if (graph && b->options.time_steps) {
-        CHECK_CUDA(cudaEventRecord(b->launched[b->event_pair], b->stream));
-        b->launch_recorded = true;
+        CHECK_CUDA(cudaEventRecord(b->launched[pair], b->stream));
+        b->launch_for[pair] = b->samples_started;
     }
     if (graph) s = run_graph(b, T, error);
     else s = launch_forward(b, T, prefill ? n_tiles : 0, n_out, error);
@@ -849,30 +928,36 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
 
 /* ---- sampling ------------------------------------------------------------------------------ */
 
-/* A timed step's events have completed (sample synchronized): its busy time, and the idle before
- * it where the step before was timed too; then the pairs swap. */
-static void time_step(cuda_backend *b) {
-    const int pair = b->event_pair;
+/* Sampling k has finished (its tokens copied back): where its step was timed, its busy time, and
+ * the idle before it where sampling k - 1's step was timed too and its forward came right after
+ * k - 1's sampling (no untimed forward between). Pair k - 1's events are still k - 1's: at most
+ * two samplings are in flight, k and k + 1. */
+static void time_step(cuda_backend *b, int64_t k) {
+    const int pair = (int)(k % 3), before = (int)((k + 2) % 3);
     float busy_ms = 0, idle_ms = 0;
-    if (cudaEventElapsedTime(&busy_ms, b->launched[pair], b->copied[pair]) == cudaSuccess && b->previous_copied &&
-        cudaEventElapsedTime(&idle_ms, b->copied[!pair], b->launched[pair]) == cudaSuccess) {
+    if (b->timed[pair] == k && cudaEventElapsedTime(&busy_ms, b->launched[pair], b->copied[pair]) == cudaSuccess && k > 0 &&
+        b->timed[before] == k - 1 && b->forward_of[pair] == b->forward_of[before] + 1 &&
+        cudaEventElapsedTime(&idle_ms, b->copied[before], b->launched[pair]) == cudaSuccess) {
         b->timing.steps++;
         b->timing.idle_seconds += idle_ms * 1e-3;
         b->timing.busy_seconds += busy_ms * 1e-3;
     }
     cudaGetLastError(); /* an event that could not be timed leaves no error behind */
-    b->previous_copied = true, b->launch_recorded = false;
-    b->event_pair = !pair;
 }
 
 static void step_timing(const tm_backend *backend, tm_backend_step_timing *timing) {
     *timing = ((const cuda_backend *)backend->context)->timing;
 }
 
-static tm_status sample(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error) {
+/* Queue the sampling of the rows the last forward kept: the rows' parameters and penalized ids
+ * from this sampling's host slot, the kernel, the tokens back into the slot; no wait. The tokens
+ * also stay in b->sampled, where the next forward's fed tokens read them. */
+static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_row *rows, tm_error_t *error) {
     cuda_backend *b = backend->context;
     if (n_rows != b->n_out)
         return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: %d rows to sample but the last forward kept %d", n_rows, b->n_out);
+    if (b->samples_started - b->samples_finished >= 2)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: a third sampling started before the first finished");
     int n_penalized = 0;
     for (int r = 0; r < n_rows; r++) {
         const tm_sampling *p = rows[r].params;
@@ -882,32 +967,64 @@ static tm_status sample(tm_backend *backend, int n_rows, const tm_sample_row *ro
         n_penalized += rows[r].n_penalized;
     }
     if (n_penalized > b->penalized_capacity) {
-        cudaFree(b->penalized), free(b->host_penalized);
+        CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* no copy in flight reads the slots freed here */
+        cudaFree(b->penalized), cudaFreeHost(b->host_penalized);
         b->memory.workspace -= (uint64_t)b->penalized_capacity * 4;
         b->penalized = b->host_penalized = NULL, b->penalized_capacity = 0;
         tm_status s = device_alloc(b, (void **)&b->penalized, (uint64_t)n_penalized * 4, &b->memory.workspace, "sampling", error);
         if (s) return s;
-        if (!(b->host_penalized = malloc((size_t)n_penalized * 4))) return tm_error_set(error, TM_ERR_NO_MEMORY, "cuda backend: out of memory");
+        CHECK_CUDA(cudaMallocHost((void **)&b->host_penalized, (size_t)n_penalized * 2 * 4));
         b->penalized_capacity = n_penalized;
     }
+    const int slot = (int)(b->samples_started % 2), pair = (int)(b->samples_started % 3);
+    tm_cuda_sampling *host_rows = b->host_sample_rows + (size_t)slot * b->capacity;
+    int32_t *host_penalized = b->host_penalized ? b->host_penalized + (size_t)slot * b->penalized_capacity : NULL;
     int offset = 0;
     for (int r = 0; r < n_rows; r++) {
         const tm_sampling *p = rows[r].params;
-        b->host_sample_rows[r] = (tm_cuda_sampling){p->temperature, p->top_p, p->min_p, p->repetition_penalty, p->top_k,
-                                                    rows[r].n_penalized, offset, 0, rows[r].uniform};
-        memcpy(b->host_penalized + offset, rows[r].penalized, (size_t)rows[r].n_penalized * 4);
+        host_rows[r] = (tm_cuda_sampling){p->temperature, p->top_p, p->min_p, p->repetition_penalty, p->top_k, rows[r].n_penalized, offset, 0,
+                                          rows[r].uniform};
+        if (rows[r].n_penalized) memcpy(host_penalized + offset, rows[r].penalized, (size_t)rows[r].n_penalized * 4);
         offset += rows[r].n_penalized;
     }
-    CHECK_CUDA(cudaMemcpyAsync(b->sample_rows, b->host_sample_rows, (size_t)n_rows * sizeof(tm_cuda_sampling), cudaMemcpyHostToDevice,
-                               b->stream));
-    if (offset) CHECK_CUDA(cudaMemcpyAsync(b->penalized, b->host_penalized, (size_t)offset * 4, cudaMemcpyHostToDevice, b->stream));
+    CHECK_CUDA(cudaMemcpyAsync(b->sample_rows, host_rows, (size_t)n_rows * sizeof(tm_cuda_sampling), cudaMemcpyHostToDevice, b->stream));
+    if (offset) CHECK_CUDA(cudaMemcpyAsync(b->penalized, host_penalized, (size_t)offset * 4, cudaMemcpyHostToDevice, b->stream));
     CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, b->sample_rows, b->penalized, b->sampled, b->stream));
-    CHECK_CUDA(cudaMemcpyAsync(tokens, b->sampled, (size_t)n_rows * 4, cudaMemcpyDeviceToHost, b->stream));
-    if (b->launch_recorded) CHECK_CUDA(cudaEventRecord(b->copied[b->event_pair], b->stream));
-    CHECK_CUDA(cudaStreamSynchronize(b->stream));
+    CHECK_CUDA(cudaMemcpyAsync(b->host_tokens + (size_t)slot * b->capacity, b->sampled, (size_t)n_rows * 4, cudaMemcpyDeviceToHost,
+                               b->stream));
+    b->timed[pair] = -1;
+    if (b->launch_for[pair] == b->samples_started) {
+        CHECK_CUDA(cudaEventRecord(b->copied[pair], b->stream));
+        b->timed[pair] = b->samples_started;
+        b->forward_of[pair] = b->forwards;
+    }
+    CHECK_CUDA(cudaEventRecord(b->tokens_copied[slot], b->stream));
+    b->slot_rows[slot] = n_rows;
+    b->last_started_rows = n_rows;
+    b->samples_started++;
     b->n_out = 0; /* penalties changed the rows: sample each forward once */
-    if (b->launch_recorded) time_step(b);
     return TM_OK;
+}
+
+/* The tokens of the oldest sampling started and not finished (waits for its copy back). */
+static tm_status sample_finish(tm_backend *backend, int32_t *tokens, tm_error_t *error) {
+    cuda_backend *b = backend->context;
+    if (b->samples_finished == b->samples_started)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: sample_finish without a sampling started");
+    const int slot = (int)(b->samples_finished % 2);
+    CHECK_CUDA(cudaEventSynchronize(b->tokens_copied[slot]));
+    memcpy(tokens, b->host_tokens + (size_t)slot * b->capacity, (size_t)b->slot_rows[slot] * 4);
+    if (b->options.time_steps) time_step(b, b->samples_finished);
+    b->samples_finished++;
+    return TM_OK;
+}
+
+static tm_status sample(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error) {
+    cuda_backend *b = backend->context;
+    if (b->samples_started != b->samples_finished)
+        return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: sample while a sampling started is not finished");
+    tm_status s = sample_start(backend, n_rows, rows, error);
+    return s ? s : sample_finish(backend, tokens, error);
 }
 
 static void memory(const tm_backend *backend, tm_backend_memory *out) { *out = ((const cuda_backend *)backend->context)->memory; }
@@ -951,9 +1068,15 @@ tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_op
     if (!s) s = device_alloc(b, &b->cublas_workspace, CUBLAS_WORKSPACE_BYTES, &b->memory.workspace, "cuBLAS workspace", error);
     if (!s && (blas = cublasSetWorkspace(b->cublas, b->cublas_workspace, CUBLAS_WORKSPACE_BYTES)) != CUBLAS_STATUS_SUCCESS)
         s = tm_error_set(error, TM_ERR_INTERNAL, "cuBLAS: cublasSetWorkspace failed: %s", cublasGetStatusString(blas));
-    for (int i = 0; i < 2 && !s && options->time_steps; i++)
+    for (int i = 0; i < 3; i++) b->launch_for[i] = b->timed[i] = -1;
+    for (int i = 0; i < 3 && !s && options->time_steps; i++)
         if ((status = cudaEventCreate(&b->launched[i])) != cudaSuccess || (status = cudaEventCreate(&b->copied[i])) != cudaSuccess)
             s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaEventCreate failed: %s", cudaGetErrorString(status));
+    for (int i = 0; i < 2 && !s; i++)
+        if ((status = cudaEventCreateWithFlags(&b->tokens_copied[i], cudaEventDisableTiming)) != cudaSuccess)
+            s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaEventCreate failed: %s", cudaGetErrorString(status));
+    if (!s && (status = cudaEventCreateWithFlags(&b->inputs_copied, cudaEventDisableTiming)) != cudaSuccess)
+        s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaEventCreate failed: %s", cudaGetErrorString(status));
     /* the arena: every tensor, 256-byte aligned, then the rope frequency factors */
     uint64_t total = 0;
     const tm_weight *top[3] = {&model->token_embd, &model->output_norm, &model->output};
@@ -989,6 +1112,8 @@ tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_op
     backend->free = backend_free;
     backend->memory = memory;
     backend->sample = sample;
+    backend->sample_start = sample_start;
+    backend->sample_finish = sample_finish;
     backend->sample_max_top_k = TM_CUDA_SAMPLE_MAX_TOP_K;
     backend->step_timing = step_timing;
     *out = backend;

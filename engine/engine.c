@@ -52,6 +52,19 @@ typedef struct request {
     int preemptions;
 } request;
 
+/* A step whose sampling was started on the backend (sample_start) and whose tokens the host has not
+ * read yet; with overlapped steps the next one is launched before they are read, its tokens fed on
+ * the device from these rows (tm_batch.fed). What each sampled row stood for when launched: */
+typedef struct flight {
+    int n_rows;
+    int *request;            /* (max_sequences) the row's request */
+    int64_t *submit_order;   /* (max_sequences) that request's submit_order then: a row whose request has since
+                              * finished, been cancelled or released is dropped when the tokens come */
+    int32_t *position;       /* (max_sequences) the position whose logits the row sampled */
+    int prompt_tokens;       /* prompt tokens the step processed */
+    double t0;               /* when the host started it */
+} flight;
+
 struct tm_engine {
     tm_engine_options options;
     char device[32];         /* options.device resolved ("cpu", "cuda", "cuda:N"), owned here */
@@ -75,6 +88,11 @@ struct tm_engine {
     int32_t *penalized;           /* distinct ids of every row's penalty window */
     int penalized_capacity;
     uint8_t *penalty_mark;        /* (n_vocab) */
+    /* overlapped steps: up to two steps started and not read, flights[oldest] the older */
+    int32_t *batch_fed;           /* (batch capacity) the fed rows of a step launched after one in flight */
+    flight flights[2];
+    int in_flight, oldest;
+    double last_read;             /* when the host last read a step's tokens: an overlapped step's time starts there */
     tm_engine_stats stats;
 };
 
@@ -130,6 +148,8 @@ void tm_engine_free(tm_engine *e) {
     free(e->batch_tokens), free(e->batch_positions), free(e->batch_seq), free(e->batch_want), free(e->batch_request);
     free(e->logits);
     free(e->sample_rows), free(e->sampled), free(e->penalized), free(e->penalty_mark);
+    free(e->batch_fed);
+    for (int i = 0; i < 2; i++) free(e->flights[i].request), free(e->flights[i].submit_order), free(e->flights[i].position);
     free(e->candidates);
     free(e);
 }
@@ -228,8 +248,17 @@ tm_status tm_engine_create(const tm_engine_options *options, tm_engine **out, tm
     e->sample_rows = malloc((size_t)o->max_sequences * sizeof *e->sample_rows);
     e->sampled = malloc((size_t)o->max_sequences * sizeof *e->sampled);
     e->penalty_mark = calloc((size_t)c->n_vocab, 1);
+    e->batch_fed = malloc((size_t)batch_capacity * sizeof(int32_t));
+    bool flights = true;
+    for (int i = 0; i < 2; i++) {
+        flight *f = &e->flights[i];
+        f->request = malloc((size_t)o->max_sequences * sizeof *f->request);
+        f->submit_order = malloc((size_t)o->max_sequences * sizeof *f->submit_order);
+        f->position = malloc((size_t)o->max_sequences * sizeof *f->position);
+        flights = flights && f->request && f->submit_order && f->position;
+    }
     if (!e->batch_tokens || !e->batch_positions || !e->batch_seq || !e->batch_want || !e->batch_request || !e->logits ||
-        !e->candidates || !e->sample_rows || !e->sampled || !e->penalty_mark) {
+        !e->candidates || !e->sample_rows || !e->sampled || !e->penalty_mark || !e->batch_fed || !flights) {
         s = tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory for batch buffers");
         goto fail;
     }
@@ -560,8 +589,174 @@ static bool collect_penalized(tm_engine *e, const request *r, int *used, int *co
 
 static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool on_device, int prompt_tokens, double t0,
                               tm_error_t *error);
+static tm_status step_start(tm_engine *e, tm_error_t *error);
+static tm_status launch_following(tm_engine *e, bool *launched, tm_error_t *error);
+static tm_status read_flight(tm_engine *e, tm_error_t *error);
+static bool flight_alive(const tm_engine *e, const flight *f);
 
+/* Whether steps may overlap: the backend can start a sampling without waiting for it, and the
+ * caller did not ask each step's tokens to be read before the next is launched. */
+static bool overlap_enabled(const tm_engine *e) {
+    return e->backend->sample_start && e->backend->sample_finish && !e->options.no_step_overlap;
+}
+
+/* The sampled rows of the step just launched (the batch scratch) into a flight record. */
+static void record_flight(tm_engine *e, flight *f, const tm_batch *batch, int prompt_tokens, double t0) {
+    f->n_rows = 0;
+    for (int k = 0; k < batch->n_tokens; k++) {
+        if (!batch->want_logits[k]) continue;
+        f->request[f->n_rows] = e->batch_request[k];
+        f->submit_order[f->n_rows] = e->requests[e->batch_request[k]].submit_order;
+        f->position[f->n_rows++] = batch->positions[k];
+    }
+    f->prompt_tokens = prompt_tokens;
+    f->t0 = t0;
+}
+
+/* The rows of a device-sampled step (want rows, batch order) for the backend's sampler; a
+ * request's uniform draw is taken here, one per step, as the CPU sampler takes it. */
+static tm_status device_sample_rows(tm_engine *e, const tm_batch *batch, int *n_rows, tm_error_t *error) {
+    int rows = 0, penalized_used = 0;
+    for (int k = 0; k < batch->n_tokens; k++) {
+        if (!batch->want_logits[k]) continue;
+        request *r = &e->requests[e->batch_request[k]];
+        tm_sample_row *row = &e->sample_rows[rows++];
+        row->params = &r->sampling;
+        row->uniform = r->sampling.temperature > 0 ? tm_rng_uniform(&r->rng) : 0; /* the CPU sampler's one draw */
+        int start = penalized_used;
+        if (!collect_penalized(e, r, &penalized_used, &row->n_penalized)) return tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory");
+        row->penalized = NULL;
+        row->penalized_start = start;
+    }
+    for (int i = 0; i < rows; i++) e->sample_rows[i].penalized = e->penalized + e->sample_rows[i].penalized_start;
+    *n_rows = rows;
+    return TM_OK;
+}
+
+/* A step's time: from when the host started it, or, for a step launched while the one before it was
+ * in flight, from when that one was read: overlapped steps add up to the wall clock between reads
+ * (the caller's own time between calls included, during which the device keeps working). Steps
+ * read one at a time count from their start, after the scheduling, as before. */
+static void account_step(tm_engine *e, int prompt_tokens, double t0, double sampling_started, double done) {
+    const double start = TM_MAX(t0, e->last_read);
+    e->stats.sample_seconds += done - sampling_started;
+    e->stats.steps++;
+    e->stats.prompt_tokens += prompt_tokens;
+    if (prompt_tokens) e->stats.prefill_seconds += done - start;
+    else e->stats.decode_seconds += done - start;
+    e->last_read = done;
+}
+
+/* One range a call: the step it reads ("prefill step" or "decode step"). */
 tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
+    const int depth = tm_trace_depth();
+    tm_status s = TM_OK;
+    if (!e->in_flight) s = step_start(e, error); /* its range stays open while it is read below */
+    else tm_trace_push("decode step");          /* launched by the call before, after the one it read */
+    /* a step in flight: launch the one after it where its batch is already known, then read it */
+    bool launched = false;
+    if (!s && e->in_flight) s = launch_following(e, &launched, error);
+    if (!s && e->in_flight) s = read_flight(e, error);
+    if (!s && launched && !flight_alive(e, &e->flights[e->oldest])) s = read_flight(e, error); /* every row's request ended */
+    tm_trace_unwind(depth); /* closes whatever an error left open inside */
+    return s;
+}
+
+/* The batch of the step that follows `f` when it can be built before f's tokens are read: f is a
+ * decode step (after a step with prompt tokens the next one starts when it has been read: a
+ * caller's work at the end of prefill, such as tmbench's energy reading, then does not hide a
+ * decode step's time), every running request has its last sampled row in f (nothing queued that
+ * could be admitted), none applies a repetition penalty (its window would need f's tokens), and
+ * each grows its KV by one token without preempting. A request whose row in f ends it by length
+ * or context is left out; rows whose requests end otherwise (an end token, a stop string) are
+ * computed and dropped when their tokens come. Its tokens are fed from f's rows. Returns the
+ * batch's tokens (0: not possible now). */
+static int build_following(tm_engine *e, const flight *f) {
+    if (f->prompt_tokens) return 0;
+    int active = 0;
+    for (int i = 0; i < e->n_requests; i++) {
+        const request *r = &e->requests[i];
+        if (!r->in_use) continue;
+        if (r->state == TM_REQUEST_QUEUED) return 0;
+        active += r->state == TM_REQUEST_PREFILL || r->state == TM_REQUEST_DECODING;
+    }
+    int n = 0, alive = 0;
+    for (int row = 0; row < f->n_rows; row++) {
+        request *r = &e->requests[f->request[row]];
+        if (!r->in_use || r->submit_order != f->submit_order[row] || (r->state != TM_REQUEST_PREFILL && r->state != TM_REQUEST_DECODING))
+            continue;
+        alive++;
+        const int position = f->position[row] + 1; /* the token f samples, processed by the next step */
+        if (r->n_tokens != position || r->n_processed != position) return 0; /* f's token is not its next */
+        if (r->sampling.repetition_penalty != 1.0f && r->sampling.repetition_penalty > 0) return 0;
+        if (position + 1 - r->n_prompt >= r->max_tokens || position + 1 >= e->options.n_ctx) continue; /* ends with f's token */
+        if (tm_kv_reserve(e->kv, r->seq, position + 1) != TM_OK) return 0;
+        e->batch_tokens[n] = 0;
+        e->batch_fed[n] = row;
+        e->batch_positions[n] = position;
+        e->batch_seq[n] = r->seq;
+        e->batch_want[n] = 1;
+        e->batch_request[n++] = f->request[row];
+    }
+    return alive == active ? n : 0;
+}
+
+/* Whether any row of f still belongs to a running request. */
+static bool flight_alive(const tm_engine *e, const flight *f) {
+    for (int row = 0; row < f->n_rows; row++) {
+        const request *r = &e->requests[f->request[row]];
+        if (r->in_use && r->submit_order == f->submit_order[row] && (r->state == TM_REQUEST_PREFILL || r->state == TM_REQUEST_DECODING))
+            return true;
+    }
+    return false;
+}
+
+/* Launch the step after the one in flight where build_following allows: forward with its tokens
+ * fed on the device, then its sampling started; it becomes the newer flight. */
+static tm_status launch_following(tm_engine *e, bool *launched, tm_error_t *error) {
+    *launched = false;
+    if (e->in_flight != 1) return TM_OK;
+    const double t0 = tm_time_seconds();
+    const int n = build_following(e, &e->flights[e->oldest]);
+    if (n == 0) return TM_OK;
+    tm_batch batch = {n, e->batch_tokens, e->batch_positions, e->batch_seq, e->batch_want, e->batch_fed};
+    tm_status s = e->backend->forward(e->backend, &batch, e->kv, NULL, error);
+    if (s) return s;
+    for (int k = 0; k < n; k++) e->requests[e->batch_request[k]].n_processed = e->batch_positions[k] + 1;
+    int rows = 0;
+    if ((s = device_sample_rows(e, &batch, &rows, error)) || (s = e->backend->sample_start(e->backend, rows, e->sample_rows, error))) return s;
+    record_flight(e, &e->flights[!e->oldest], &batch, 0, t0);
+    e->in_flight = 2;
+    e->stats.overlapped_steps++;
+    *launched = true;
+    return TM_OK;
+}
+
+/* Read the oldest step in flight: its tokens, accepted for the rows whose requests still run. */
+static tm_status read_flight(tm_engine *e, tm_error_t *error) {
+    flight *f = &e->flights[e->oldest];
+    const double sampling_started = tm_time_seconds();
+    tm_trace_push("sampling");
+    tm_status s = e->backend->sample_finish(e->backend, e->sampled, error);
+    e->in_flight--;
+    e->oldest = !e->oldest;
+    if (s) return s;
+    e->stats.device_sampled_tokens += f->n_rows;
+    for (int row = 0; row < f->n_rows; row++) {
+        request *r = &e->requests[f->request[row]];
+        if (!r->in_use || r->submit_order != f->submit_order[row] || (r->state != TM_REQUEST_PREFILL && r->state != TM_REQUEST_DECODING))
+            continue; /* ended while this step was in flight: its token is dropped */
+        if ((s = accept_token(e, r, e->sampled[row], error))) return s;
+    }
+    tm_trace_pop();
+    account_step(e, f->prompt_tokens, f->t0, sampling_started, tm_time_seconds());
+    return TM_OK;
+}
+
+/* Schedule a step (tm_engine_step's first half when nothing is in flight): admit, build the
+ * batch, then run it: read to the end here, or, with overlapped steps on a device-sampled batch,
+ * left in flight after its sampling started. */
+static tm_status step_start(tm_engine *e, tm_error_t *error) {
     /* requests that want nothing generated finish without a forward pass */
     for (int i = 0; i < e->n_requests; i++)
         if (e->requests[i].in_use && e->requests[i].state == TM_REQUEST_QUEUED && e->requests[i].max_tokens == 0)
@@ -621,17 +816,14 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
     }
     if (n == 0) return TM_OK;
 
-    tm_batch batch = {n, e->batch_tokens, e->batch_positions, e->batch_seq, e->batch_want};
+    tm_batch batch = {n, e->batch_tokens, e->batch_positions, e->batch_seq, e->batch_want, NULL};
     const bool on_device = device_sampling_possible(e, n);
     double t0 = tm_time_seconds();
-    const int depth = tm_trace_depth();
     tm_trace_push(prompt_tokens ? "prefill step" : "decode step");
-    tm_status s = step_compute(e, &batch, n, on_device, prompt_tokens, t0, error);
-    tm_trace_unwind(depth); /* closes whatever an error left open inside */
-    return s;
+    return step_compute(e, &batch, n, on_device, prompt_tokens, t0, error);
 }
 
-/* The forward pass and sampling of one step's batch (tm_engine_step's second half). */
+/* The forward pass and sampling of one step's batch (step_start's second half). */
 static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool on_device, int prompt_tokens, double t0,
                               tm_error_t *error) {
     tm_status s = e->backend->forward(e->backend, batch, e->kv, on_device ? NULL : e->logits, error);
@@ -640,24 +832,20 @@ static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool o
         request *r = &e->requests[e->batch_request[k]];
         r->n_processed = TM_MAX(r->n_processed, e->batch_positions[k] + 1);
     }
-    /* sample every row that wants it: on the device (one call) or here */
-    int rows = 0, penalized_used = 0;
+    /* sample every row that wants it: on the device (one call, or started and left in flight) or here */
+    int rows = 0;
+    if (on_device) {
+        if ((s = device_sample_rows(e, batch, &rows, error))) return s;
+        if (overlap_enabled(e)) {
+            if ((s = e->backend->sample_start(e->backend, rows, e->sample_rows, error))) return s;
+            record_flight(e, &e->flights[e->oldest], batch, prompt_tokens, t0);
+            e->in_flight = 1;
+            return TM_OK;
+        }
+    }
     double t1 = tm_time_seconds();
     tm_trace_push("sampling");
     if (on_device) {
-        for (int k = 0; k < n; k++) {
-            if (!e->batch_want[k]) continue;
-            request *r = &e->requests[e->batch_request[k]];
-            tm_sample_row *row = &e->sample_rows[rows++];
-            row->params = &r->sampling;
-            row->uniform = r->sampling.temperature > 0 ? tm_rng_uniform(&r->rng) : 0; /* the CPU sampler's one draw */
-            int start = penalized_used;
-            if (!collect_penalized(e, r, &penalized_used, &row->n_penalized))
-                return tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory");
-            row->penalized = NULL;
-            row->penalized_start = start;
-        }
-        for (int i = 0; i < rows; i++) e->sample_rows[i].penalized = e->penalized + e->sample_rows[i].penalized_start;
         if ((s = e->backend->sample(e->backend, rows, e->sample_rows, e->sampled, error))) return s;
         e->stats.device_sampled_tokens += rows;
     }
@@ -675,12 +863,7 @@ static tm_status step_compute(tm_engine *e, const tm_batch *batch, int n, bool o
     tm_trace_pop();
     /* the step's time: the forward pass and sampling (a device forward may return before the
      * device is done; sampling waits for it) */
-    double done = tm_time_seconds();
-    e->stats.sample_seconds += done - t1;
-    e->stats.steps++;
-    e->stats.prompt_tokens += prompt_tokens;
-    if (prompt_tokens) e->stats.prefill_seconds += done - t0;
-    else e->stats.decode_seconds += done - t0;
+    account_step(e, prompt_tokens, t0, t1, tm_time_seconds());
     return TM_OK;
 }
 

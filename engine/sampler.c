@@ -49,20 +49,12 @@ static int top_k(tm_sampler_candidate *c, int n, int k) {
     return k;
 }
 
-int32_t tm_sample(const tm_sampling *p, float *logits, int n_vocab, const int32_t *history, int n_history, tm_rng_t *rng,
-                  tm_sampler_candidate *c) {
-    /* repetition penalty over the last penalty_last_n tokens (each token once) */
-    if (p->repetition_penalty != 1.0f && p->repetition_penalty > 0) {
-        int start = p->penalty_last_n > 0 && n_history > p->penalty_last_n ? n_history - p->penalty_last_n : 0;
-        for (int i = start; i < n_history; i++) {
-            int32_t id = history[i];
-            if (id < 0 || id >= n_vocab) continue;
-            bool seen = false;
-            for (int j = start; j < i && !seen; j++) seen = history[j] == id;
-            if (seen) continue;
-            logits[id] = logits[id] > 0 ? logits[id] / p->repetition_penalty : logits[id] * p->repetition_penalty;
-        }
-    }
+static void penalize(const tm_sampling *p, float *logits, int32_t id) {
+    logits[id] = logits[id] > 0 ? logits[id] / p->repetition_penalty : logits[id] * p->repetition_penalty;
+}
+
+/* The token after penalties: greedy, or the filters and the draw at `uniform` (in [0, 1)). */
+static int32_t choose(const tm_sampling *p, float *logits, int n_vocab, double uniform, tm_sampler_candidate *c) {
     if (p->temperature <= 0) {
         int32_t best = 0;
         for (int i = 1; i < n_vocab; i++)
@@ -99,10 +91,34 @@ int32_t tm_sample(const tm_sampling *p, float *logits, int n_vocab, const int32_
         c[i].logit = (float)exp(((double)c[i].logit - best) / p->temperature);
         total += c[i].logit;
     }
-    double draw = tm_rng_uniform(rng) * total, acc = 0;
+    double draw = uniform * total, acc = 0;
     for (int i = 0; i < n; i++) {
         acc += c[i].logit;
         if (draw < acc) return c[i].id;
     }
     return c[n - 1].id;
+}
+
+int32_t tm_sample(const tm_sampling *p, float *logits, int n_vocab, const int32_t *history, int n_history, tm_rng_t *rng,
+                  tm_sampler_candidate *c) {
+    /* repetition penalty over the last penalty_last_n tokens (each token once) */
+    if (p->repetition_penalty != 1.0f && p->repetition_penalty > 0) {
+        int start = p->penalty_last_n > 0 && n_history > p->penalty_last_n ? n_history - p->penalty_last_n : 0;
+        for (int i = start; i < n_history; i++) {
+            int32_t id = history[i];
+            if (id < 0 || id >= n_vocab) continue;
+            bool seen = false;
+            for (int j = start; j < i && !seen; j++) seen = history[j] == id;
+            if (!seen) penalize(p, logits, id);
+        }
+    }
+    return choose(p, logits, n_vocab, p->temperature > 0 ? tm_rng_uniform(rng) : 0, c);
+}
+
+int32_t tm_sample_drawn(const tm_sampling *p, float *logits, int n_vocab, const int32_t *penalized, int n_penalized, double uniform,
+                        tm_sampler_candidate *c) {
+    if (p->repetition_penalty != 1.0f && p->repetition_penalty > 0)
+        for (int i = 0; i < n_penalized; i++)
+            if (penalized[i] >= 0 && penalized[i] < n_vocab) penalize(p, logits, penalized[i]);
+    return choose(p, logits, n_vocab, uniform, c);
 }

@@ -20,5 +20,10 @@ typedef struct tm_sampler_candidate {
 /* candidates: scratch of n_vocab entries. */
 int32_t tm_sample(const tm_sampling *params, float *logits, int n_vocab, const int32_t *history, int n_history,
                   tm_rng_t *rng, tm_sampler_candidate *candidates);
+/* The same with the penalty window given as its distinct ids (penalized) and the draw taken
+ * already (uniform: the generator's next number where temperature > 0, else unused): the same
+ * token as tm_sample for the same logits and generator state. */
+int32_t tm_sample_drawn(const tm_sampling *params, float *logits, int n_vocab, const int32_t *penalized, int n_penalized,
+                        double uniform, tm_sampler_candidate *candidates);
 
 #endif /* TM_SAMPLER_H */

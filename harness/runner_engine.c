@@ -20,6 +20,8 @@
  * 5-11 us a step) also device_idle_us_per_step: the device's idle before a decode step
  * (the previous step's sampled tokens copied back -> this step's graph launched: the host's
  * turnaround), averaged over the repetition's timed steps; not stored where no step was timed.
+ * The param overlap (default 1) is the engine's overlapped steps (tm_engine_options.no_step_overlap
+ * when 0: each step's tokens read before the next is launched), for A/B runs (suites/overlap.yaml).
  * The roofline: the device's bandwidth ceiling is measured once per device and thread count, right
  * after the first engine on it is made (ceilings.h: the GPU's device-to-device copy, the figure
  * ../shared/docs/TARGETS.md's rooflines use; the host's memory read with the engine's threads on
@@ -165,9 +167,9 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
         return tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: kv_type '%s' (f16, f32 or q8)", c->name, kv_type);
     const char *model = tm_case_param(c, "model", suite->model); /* a case's model (an axis) overrides the suite's */
     if (!model) return tm_error_set(error, TM_ERR_INVALID_ARG, "%s: a %s suite needs a 'model'", suite->path, suite->kind);
-    long long kv_bytes, step_events;
+    long long kv_bytes, step_events, overlap;
     if (!parse_int_param(c, "kv_bytes", 0, 0, (long long)1 << 50, &kv_bytes, error) ||
-        !parse_int_param(c, "step_events", 0, 0, 1, &step_events, error))
+        !parse_int_param(c, "step_events", 0, 0, 1, &step_events, error) || !parse_int_param(c, "overlap", 1, 0, 1, &overlap, error))
         return TM_ERR_INVALID_ARG;
     tm_engine_options options;
     tm_engine_options_default(&options);
@@ -182,12 +184,13 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     options.device = device;
     options.kv_bytes = (uint64_t)kv_bytes;
     options.time_device_steps = step_events != 0;
+    options.no_step_overlap = overlap == 0;
     tm_runner_state *s = *state;
     bool reuse = s && !strcmp(s->model, model) && s->options.kv_bytes == options.kv_bytes && s->options.n_threads == options.n_threads &&
                  s->options.precision == options.precision && s->options.kv_type == options.kv_type &&
                  s->options.max_sequences == options.max_sequences && s->options.n_ctx == options.n_ctx &&
                  s->options.max_batch_tokens == options.max_batch_tokens && !strcmp(s->options.device, device) &&
-                 s->options.time_device_steps == options.time_device_steps;
+                 s->options.time_device_steps == options.time_device_steps && s->options.no_step_overlap == options.no_step_overlap;
     if (!reuse) {
         release(s);
         *state = s = calloc(1, sizeof *s);

@@ -34,7 +34,10 @@ static void usage(FILE *out) {
             "                         head vector, about half the f16 bytes; CPU and GPU)\n"
             "  --exact                float activations against quantized weights (slow, the reference)\n"
             "  --device D             auto (default: the GPU when CUDA finds one), cpu, cuda or cuda:N\n"
-            "  --host-sampling        CUDA: sample on the CPU (default: on the GPU when top-k is 1..1024 or greedy)\n"
+            "  --host-sampling        sample in the engine from logits copied back (default: in the backend,\n"
+            "                         on the GPU when top-k is 1..1024 or greedy; the same tokens)\n"
+            "  --no-step-overlap      read each step's tokens before launching the next (default: a decode\n"
+            "                         step is launched before the one before it is read; the same tokens)\n"
             "  --no-cuda-graphs       CUDA: launch decode steps kernel by kernel instead of replaying graphs\n"
             "  --nvtx-detail          NVTX ranges per layer and operation too, for Nsight (CUDA: no graphs then)\n"
             "  -v, --verbose          print the device memory in use at the end\n");
@@ -83,7 +86,7 @@ int tm_cli_generate(int argc, char **argv) {
         }
         bool flag_only = !strcmp(a, "--chat") || !strcmp(a, "--ignore-eos") || !strcmp(a, "--exact") ||
                          !strcmp(a, "--host-sampling") || !strcmp(a, "--no-cuda-graphs") || !strcmp(a, "-v") ||
-                         !strcmp(a, "--verbose") || !strcmp(a, "--nvtx-detail");
+                         !strcmp(a, "--verbose") || !strcmp(a, "--nvtx-detail") || !strcmp(a, "--no-step-overlap");
         if (!flag_only && !(v = tm_cli_flag_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--chat")) chat = true;
         else if (!strcmp(a, "--ignore-eos")) request.ignore_eos = true;
@@ -125,6 +128,8 @@ int tm_cli_generate(int argc, char **argv) {
             stops[request.n_stop++] = v;
         } else if (!strcmp(a, "--host-sampling")) {
             options.host_sampling = true;
+        } else if (!strcmp(a, "--no-step-overlap")) {
+            options.no_step_overlap = true;
         } else if (!strcmp(a, "--no-cuda-graphs")) {
             options.no_cuda_graphs = true;
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {

@@ -63,6 +63,11 @@ typedef struct tm_engine_options {
                               * without graphs) */
     bool time_device_steps;  /* CUDA: time each decode step's graph and the device's idle before it with events
                               * (tm_engine_stats.device_idle_seconds; a measuring aid: they cost a step 5-11 us) */
+    bool no_step_overlap;    /* CUDA: read each step's sampled tokens before the next step is launched. By default
+                              * a decode step whose batch is already known (every running request decoding, none
+                              * queued, no repetition penalty) is launched before the host reads the tokens of
+                              * the step before it, which it reads on the device: the host's turnaround between
+                              * steps overlaps the device's work. The tokens are the same either way. */
 } tm_engine_options;
 
 typedef struct tm_sampling {
@@ -142,6 +147,7 @@ typedef struct tm_engine_stats {
      * its sampled tokens copied back), summed */
     int64_t device_timed_steps;
     double device_idle_seconds, device_busy_seconds;
+    int64_t overlapped_steps;  /* steps launched before the host read the tokens of the step before them */
 } tm_engine_stats;
 
 void tm_engine_options_default(tm_engine_options *options);
@@ -156,7 +162,9 @@ void tm_engine_free(tm_engine *engine);
 /* Queue a request; *request_id identifies it until tm_engine_release. */
 tm_status tm_engine_submit(tm_engine *engine, const tm_request_params *params, int *request_id, tm_error_t *error);
 /* One scheduler step: admit queued requests (first come, first served, while KV pages last),
- * run one forward pass over a batch of prefill chunks and decode tokens, sample. */
+ * run one forward pass over a batch of prefill chunks and decode tokens, sample. Each call reads
+ * one step's tokens; with overlapped steps (the default, see no_step_overlap) it may also launch
+ * the decode step after it first, which the next call reads. */
 tm_status tm_engine_step(tm_engine *engine, tm_error_t *error);
 /* True while any request is queued or running. */
 bool tm_engine_busy(const tm_engine *engine);

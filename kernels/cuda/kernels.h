@@ -115,8 +115,22 @@ int tm_cuda_gemv_16bit_tokens_parts(const tm_cuda_gemv_part *parts, int n_parts,
 int tm_cuda_gemv_f16_tokens_parts_half_x(const tm_cuda_gemv_part *parts, int n_parts, int64_t cols, const void *x16, int n_tokens,
                                          void *stream);
 
-/* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats. */
-int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out, void *stream);
+/* Entries to write into a device table (the page-table mirror) before a step reads it: *count
+ * (device) pairs of (index, value), entries[2i] the index; count NULL: none. */
+typedef struct tm_cuda_table_updates {
+    const int32_t *count;
+    const uint32_t *entries;
+    int32_t *table;
+} tm_cuda_table_updates;
+
+/* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats; with a
+ * feed map (fed: n_tokens ints, device, or NULL) a token t with fed[t] >= 0 takes row sampled[fed[t]]
+ * instead (sampled: tokens drawn on the device, which the host has not seen yet). The same launch
+ * writes `updates` (a step's first kernel: its page-table growth, copied with its other inputs in
+ * one transfer instead of a 2-D copy of its own). A plain launch, so every later kernel of the step
+ * sees them. */
+int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
+                  int n_tokens, float *out, tm_cuda_table_updates updates, void *stream);
 /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for n_rows rows of n floats (out may be x). */
 int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream);
 /* Rope (llama.cpp's "normal", as engine/ops_cpu.c) in place on n_tokens x n_heads x head_dim floats;

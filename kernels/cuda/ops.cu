@@ -12,27 +12,36 @@
 
 TM_STAMPS_RING(ops, 1u << 18)
 
-/* One block per token row: out[t] = dequantized row tokens[t] of the table. */
+/* One block per token row: out[t] = dequantized row token(t) of the table, token(t) = tokens[t], or
+ * with a feed map (fed != NULL, fed[t] >= 0) the token a sampling on the device drew for row fed[t]
+ * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. */
 template <int TYPE>
-__global__ void embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, float *out) {
+__global__ void embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
+                             float *out, tm_cuda_table_updates updates) {
+    if (updates.count) /* the step's table entries, spread over every thread of the launch */
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x, n = *updates.count; i < n; i += gridDim.x * blockDim.x)
+            updates.table[updates.entries[2 * i]] = (int32_t)updates.entries[2 * i + 1];
     const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::stride;
-    const uint8_t *row = table + (int64_t)tokens[blockIdx.x] * row_bytes;
+    const int from = fed ? fed[blockIdx.x] : -1;
+    const uint8_t *row = table + (int64_t)(from >= 0 ? sampled[from] : tokens[blockIdx.x]) * row_bytes;
     for (int i = threadIdx.x; i < n_embd; i += blockDim.x)
         out[(int64_t)blockIdx.x * n_embd + i] = row_value<TYPE>(row, n_embd, i);
 }
 
 template <int TYPE>
-static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out, cudaStream_t s) {
-    if (n_embd % traits<TYPE>::block) return cudaErrorInvalidValue;
-    embed_kernel<TYPE><<<n_tokens, 256, 0, s>>>((const uint8_t *)table, n_embd, tokens, out);
+static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
+                                int n_tokens, float *out, tm_cuda_table_updates updates, cudaStream_t s) {
+    if (n_embd % traits<TYPE>::block || (fed && !sampled) || (updates.count && (!updates.entries || !updates.table)))
+        return cudaErrorInvalidValue;
+    embed_kernel<TYPE><<<n_tokens, 256, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, updates);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
 
-extern "C" int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, int n_tokens, float *out,
-                             void *stream) {
+extern "C" int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
+                             int n_tokens, float *out, tm_cuda_table_updates updates, void *stream) {
     return dispatch_weight_type(type, [&](auto t) {
-        return launch_embed<decltype(t)::value>(table, n_embd, tokens, n_tokens, out, (cudaStream_t)stream);
+        return launch_embed<decltype(t)::value>(table, n_embd, tokens, fed, sampled, n_tokens, out, updates, (cudaStream_t)stream);
     });
 }
 

@@ -9,6 +9,9 @@
  * (same kernels, same order), and GPU sampling follows the CPU sampler exactly, so every
  * request's tokens must be identical; A must have sampled on the GPU and B not, and the device
  * memory accounting must be filled in (weights = the model's bytes, KV, activations, workspace).
+ * Run A overlaps its steps (each decode step launched before the host reads the tokens of the one
+ * before it, where the batch allows: the default); run A again with no_step_overlap must give the
+ * same tokens, and only A may have overlapped.
  * Run A again with time_device_steps (events around each replayed decode step) must give the
  * same tokens and time its decode steps: some timed, none more than the steps taken, the device's
  * idle between steps and busy in them both positive, the idle the smaller.
@@ -38,6 +41,7 @@ typedef struct run_output {
 } run_output;
 
 static bool time_device_steps; /* the next run() times its decode steps */
+static bool no_step_overlap;   /* the next run() reads each step's tokens before launching the next */
 
 /* kv_type 0: f16 in 1400 pages; 2: the 8-bit cache in 700 (rows of half the bytes). */
 static bool run(bool device_sampling_and_graphs, int kv_type, run_output *out) {
@@ -55,6 +59,7 @@ static bool run(bool device_sampling_and_graphs, int kv_type, run_output *out) {
     options.host_sampling = !device_sampling_and_graphs;
     options.no_cuda_graphs = !device_sampling_and_graphs;
     options.time_device_steps = time_device_steps;
+    options.no_step_overlap = no_step_overlap;
     tm_engine *engine = NULL;
     tm_error_t error = {0};
     if (tm_engine_create(&options, &engine, &error)) {
@@ -129,6 +134,20 @@ int main(void) {
         CHECK(a.stats.device_kv_bytes >= (uint64_t)1400 * 4096, "KV accounted");
         CHECK(a.stats.device_activation_bytes > 0 && a.stats.device_workspace_bytes > 0, "activations and workspace accounted");
         CHECK(a.stats.device_timed_steps == 0 && a.stats.device_idle_seconds == 0, "untimed unless asked");
+        static run_output serial;
+        no_step_overlap = true;
+        const bool ran_serial = run(true, 0, &serial);
+        no_step_overlap = false;
+        if (ran_serial) {
+            for (int i = 0; i < REQUESTS; i++) {
+                int same = 0;
+                while (same < MAX_TOKENS && same < serial.counts[i] && serial.tokens[i][same] == a.tokens[i][same]) same++;
+                CHECK(same == MAX_TOKENS, "steps one at a time, request %d: departs from the overlapped run at token %d", i, same);
+            }
+            printf("overlapped steps: %lld of %lld (one at a time: %lld of %lld)\n", (long long)a.stats.overlapped_steps, (long long)a.stats.steps,
+                   (long long)serial.stats.overlapped_steps, (long long)serial.stats.steps);
+            CHECK(a.stats.overlapped_steps > 0 && serial.stats.overlapped_steps == 0, "only the default run overlapped");
+        }
         static run_output timed;
         time_device_steps = true;
         const bool ran = run(true, 0, &timed);

@@ -73,17 +73,46 @@ static void test_embed(tm_rng_t *rng) {
         void *d_table = weights_to_device(types[k], table, vocab, n_embd), *d_tokens = to_device(tokens, sizeof tokens);
         CHECK(d_table != NULL, "%s table upload", traits->name);
         float *d_out = to_device(NULL, (size_t)n_tokens * n_embd * sizeof(float));
-        CHECK(tm_cuda_embed((int)types[k], d_table, n_embd, d_tokens, n_tokens, d_out, NULL) == 0, "%s embed", traits->name);
-        from_device(got, d_out, (size_t)n_tokens * n_embd * sizeof(float));
-        int bad = 0;
-        for (int t = 0; t < n_tokens; t++) {
-            traits->dequantize_row(table + (uint64_t)tokens[t] * row_bytes, expected, n_embd);
-            float largest = 0;
-            for (int i = 0; i < n_embd; i++) largest = fmaxf(largest, fabsf(expected[i]));
-            for (int i = 0; i < n_embd; i++) bad += !(fabsf(got[t * n_embd + i] - expected[i]) <= 1e-6f * largest);
+        /* the same rows again through a feed map: tokens 1, 4 and 6 from a sampling's rows, the
+         * others (whose tokens[] are spoiled with -1 where fed) from tokens[]; that launch also
+         * writes 2500 entries (a random index each, the last write of an index wins: indices
+         * drawn without repeats) of a 6000-entry table, which must hold them and nothing else */
+        int32_t fed[7] = {-1, 2, -1, -1, 0, -1, 1}, sampled[3] = {tokens[4], tokens[6], tokens[1]}, spoiled[7];
+        for (int t = 0; t < n_tokens; t++) spoiled[t] = fed[t] >= 0 ? -1 : tokens[t];
+        void *d_fed = to_device(fed, sizeof fed), *d_sampled = to_device(sampled, sizeof sampled), *d_spoiled = to_device(spoiled, sizeof spoiled);
+        enum { TABLE = 6000, UPDATES = 2500 };
+        static int32_t table_host[TABLE], table_got[TABLE], order[TABLE];
+        static uint32_t entries[2 * UPDATES];
+        for (int i = 0; i < TABLE; i++) table_host[i] = -7 - i, order[i] = i;
+        for (int i = 0; i < UPDATES; i++) { /* a partial Fisher-Yates shuffle: distinct indices */
+            int j = i + (int)(tm_rng_next(rng) % (uint64_t)(TABLE - i)), swap = order[i];
+            order[i] = order[j], order[j] = swap;
+            entries[2 * i] = (uint32_t)order[i], entries[2 * i + 1] = (uint32_t)(tm_rng_next(rng) % 100000);
         }
-        CHECK(bad == 0, "%s embedding: %d values differ", traits->name, bad);
-        cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out);
+        const int32_t count = UPDATES;
+        void *d_table_entries = to_device(table_host, sizeof table_host), *d_entries = to_device(entries, sizeof entries),
+             *d_count = to_device(&count, sizeof count);
+        for (int form = 0; form < 2; form++) {
+            const tm_cuda_table_updates updates = {form ? d_count : NULL, form ? d_entries : NULL, form ? d_table_entries : NULL};
+            CHECK(tm_cuda_embed((int)types[k], d_table, n_embd, form ? d_spoiled : d_tokens, form ? d_fed : NULL, form ? d_sampled : NULL,
+                                n_tokens, d_out, updates, NULL) == 0,
+                  "%s embed%s", traits->name, form ? " (fed)" : "");
+            from_device(got, d_out, (size_t)n_tokens * n_embd * sizeof(float));
+            int bad = 0;
+            for (int t = 0; t < n_tokens; t++) {
+                traits->dequantize_row(table + (uint64_t)tokens[t] * row_bytes, expected, n_embd);
+                float largest = 0;
+                for (int i = 0; i < n_embd; i++) largest = fmaxf(largest, fabsf(expected[i]));
+                for (int i = 0; i < n_embd; i++) bad += !(fabsf(got[t * n_embd + i] - expected[i]) <= 1e-6f * largest);
+            }
+            CHECK(bad == 0, "%s embedding%s: %d values differ", traits->name, form ? " (fed)" : "", bad);
+        }
+        from_device(table_got, d_table_entries, sizeof table_got);
+        for (int i = 0; i < UPDATES; i++) table_host[entries[2 * i]] = (int32_t)entries[2 * i + 1];
+        CHECK(!memcmp(table_got, table_host, sizeof table_got), "%s embed: the table holds its %d updates and nothing else", traits->name,
+              UPDATES);
+        cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out), cudaFree(d_fed), cudaFree(d_sampled), cudaFree(d_spoiled);
+        cudaFree(d_table_entries), cudaFree(d_entries), cudaFree(d_count);
         free(table);
     }
     free(expected), free(got);

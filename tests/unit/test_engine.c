@@ -5,6 +5,11 @@
  *    tokens are still exactly the solo ones; the pool ends empty;
  *  - chunked prefill (3 tokens a step) gives the same tokens as whole prefill;
  *  - stop strings cut the text before them; max_tokens; cancel; bad prompts are refused;
+ *  - overlapped steps (each decode step launched before the host reads the tokens of the one
+ *    before it, its tokens fed on the backend) give every request the tokens, text and finish
+ *    reason of steps read one at a time and of host sampling, through sampled and greedy rows, a
+ *    queued request, a repetition penalty, a stop string, different lengths, a cancel and a
+ *    release with a new request in its slot; and they did overlap;
  *  - sampler: greedy = argmax; top_k 1 = greedy; the same seed repeats, another seed differs;
  *    temperature sampling follows softmax (chi-square over 20000 draws); top-p and min-p keep
  *    only the allowed tokens; repetition penalty lowers repeated tokens;
@@ -296,7 +301,130 @@ static void test_stats_count_what_a_step_reads(void) {
     tm_model_free(model);
 }
 
+
+/* One run of the overlap scenario: 5 requests on 4 sequences (one waits in the queue), sampled
+ * and greedy, one with a repetition penalty (no overlap while it runs), one ending on a stop
+ * string (a step after it is in flight then: its row is dropped); after call 6 request 1 is
+ * cancelled, after call 9 request 4 released and a new one submitted (it may take its slot). */
+#define OVERLAP_REQUESTS 6
+typedef struct overlap_run {
+    int32_t tokens[OVERLAP_REQUESTS][40];
+    int counts[OVERLAP_REQUESTS];
+    tm_finish_reason reasons[OVERLAP_REQUESTS];
+    char text[OVERLAP_REQUESTS][512];
+    tm_engine_stats stats;
+} overlap_run;
+
+static void run_overlap_scenario(int mode, const char *stop, overlap_run *out) {
+    tm_engine_options options;
+    tm_engine_options_default(&options);
+    options.synthetic = "tiny:q4_k_m";
+    options.n_threads = 2;
+    options.max_sequences = 4;
+    options.max_batch_tokens = 512;
+    options.no_step_overlap = mode == 1;
+    options.host_sampling = mode == 2;
+    tm_engine *engine = NULL;
+    tm_error_t error = {0};
+    memset(out, 0, sizeof *out);
+    if (tm_engine_create(&options, &engine, &error)) {
+        CHECK(0, "engine: %s", error.message);
+        return;
+    }
+    int ids[OVERLAP_REQUESTS];
+    const int max_tokens[OVERLAP_REQUESTS] = {12, 30, 24, 8, 25, 18};
+    for (int i = 0; i < 5; i++) {
+        tm_request_params params;
+        tm_request_params_default(&params);
+        params.prompt = prompts[i];
+        params.max_tokens = max_tokens[i];
+        params.ignore_eos = true;
+        params.sampling.seed = 7 + i;
+        if (i == 1 || i == 2 || i == 4) {
+            params.sampling.temperature = 0.7f + 0.1f * i;
+            params.sampling.top_k = 20 + 10 * i;
+            params.sampling.top_p = i == 2 ? 0.9f : 1.0f;
+        }
+        if (i == 3) params.sampling.repetition_penalty = 1.3f;
+        const char *stops[1] = {stop};
+        if (i == 2 && stop) params.stop = stops, params.n_stop = 1;
+        CHECK(!tm_engine_submit(engine, &params, &ids[i], &error), "submit: %s", error.message);
+    }
+    for (int call = 1; tm_engine_busy(engine) && call < 1000; call++) {
+        CHECK(!tm_engine_step(engine, &error), "step: %s", error.message);
+        for (int i = 0; i < 5; i++) { /* the tokens so far, before a release forgets them */
+            const int32_t *tokens;
+            int count = tm_engine_request_tokens(engine, ids[i], &tokens);
+            if (count <= 0 || (i == 4 && call > 9)) continue;
+            out->counts[i] = TM_MIN(count, 40);
+            memcpy(out->tokens[i], tokens, (size_t)out->counts[i] * sizeof(int32_t));
+            tm_request_info info;
+            tm_engine_request_info(engine, ids[i], &info);
+            out->reasons[i] = info.finish_reason;
+            const char *text;
+            size_t length;
+            if (!tm_engine_request_text(engine, ids[i], &text, &length))
+                snprintf(out->text[i], sizeof out->text[i], "%.*s", (int)TM_MIN(length, 500), text);
+        }
+        if (call == 6) tm_engine_cancel(engine, ids[1]);
+        if (call == 9) {
+            tm_engine_release(engine, ids[4]);
+            tm_request_params params;
+            tm_request_params_default(&params);
+            params.prompt = prompts[5];
+            params.max_tokens = max_tokens[5];
+            params.ignore_eos = true;
+            params.sampling.temperature = 0.9f, params.sampling.top_k = 30, params.sampling.seed = 99;
+            CHECK(!tm_engine_submit(engine, &params, &ids[5], &error), "submit: %s", error.message);
+        }
+    }
+    CHECK(!tm_engine_busy(engine), "the scenario ran to its end");
+    const int32_t *tokens;
+    out->counts[5] = TM_MIN(tm_engine_request_tokens(engine, ids[5], &tokens), 40);
+    if (out->counts[5] > 0) memcpy(out->tokens[5], tokens, (size_t)out->counts[5] * sizeof(int32_t));
+    tm_request_info info;
+    tm_engine_request_info(engine, ids[5], &info);
+    out->reasons[5] = info.finish_reason;
+    tm_engine_get_stats(engine, &out->stats);
+    tm_engine_free(engine);
+}
+
+static void test_overlapped_steps(void) {
+    static overlap_run first, runs[3];
+    run_overlap_scenario(1, NULL, &first);
+    /* request 2's stop string: 3 bytes from the middle of its text, not found earlier in it */
+    char stop[4] = {0};
+    const char *text = first.text[2];
+    const size_t length = strlen(text);
+    for (size_t at = length / 2; at + 3 <= length && !stop[0]; at++) {
+        memcpy(stop, text + at, 3);
+        if (strstr(text, stop) != text + at) stop[0] = 0;
+    }
+    CHECK(stop[0] != 0, "a stop string from request 2's text (%zu bytes)", length);
+    const char *names[3] = {"overlapped", "one at a time", "host sampling"};
+    for (int mode = 0; mode < 3; mode++) run_overlap_scenario(mode, stop, &runs[mode]);
+    CHECK(runs[0].reasons[2] == TM_FINISH_STOP && runs[0].counts[2] < 24, "request 2 stopped on '%s' (reason %d, %d tokens)", stop,
+          runs[0].reasons[2], runs[0].counts[2]);
+    CHECK(runs[0].reasons[1] == TM_FINISH_CANCELLED && runs[0].reasons[0] == TM_FINISH_LENGTH && runs[0].counts[5] == 18,
+          "cancelled, finished by length, the late request complete");
+    for (int mode = 1; mode < 3; mode++)
+        for (int i = 0; i < OVERLAP_REQUESTS; i++)
+            CHECK(runs[0].counts[i] == runs[mode].counts[i] && !memcmp(runs[0].tokens[i], runs[mode].tokens[i], (size_t)runs[0].counts[i] * 4) &&
+                      runs[0].reasons[i] == runs[mode].reasons[i] && !strcmp(runs[0].text[i], runs[mode].text[i]),
+                  "request %d: overlapped steps (%d tokens, reason %d) against %s (%d, %d)", i, runs[0].counts[i], runs[0].reasons[i],
+                  names[mode], runs[mode].counts[i], runs[mode].reasons[i]);
+    CHECK(runs[0].stats.overlapped_steps > 0 && runs[1].stats.overlapped_steps == 0 && runs[2].stats.overlapped_steps == 0,
+          "steps overlapped only where allowed: %lld / %lld / %lld", (long long)runs[0].stats.overlapped_steps,
+          (long long)runs[1].stats.overlapped_steps, (long long)runs[2].stats.overlapped_steps);
+    /* a request submitted while a step is in flight joins one step later (that step was already
+     * launched), so the step counts may differ; the tokens may not */
+    CHECK(runs[0].stats.generated_tokens == runs[1].stats.generated_tokens, "the same tokens generated (%lld, %lld)",
+          (long long)runs[0].stats.generated_tokens, (long long)runs[1].stats.generated_tokens);
+    CHECK(runs[0].stats.device_sampled_tokens > 0 && runs[2].stats.device_sampled_tokens == 0, "backend sampling / host sampling");
+}
+
 int main(void) {
+    test_overlapped_steps();
     test_stats_count_what_a_step_reads();
     test_sampler();
     test_batched_equals_solo();
