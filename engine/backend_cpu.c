@@ -297,7 +297,7 @@ static tm_status sample_finish(tm_backend *backend, int32_t *tokens, tm_error_t 
     if (b->samples_finished == b->samples_started)
         return tm_error_set(error, TM_ERR_INVALID_ARG, "cpu backend: sample_finish without a sampling started");
     const int slot = (int)(b->samples_finished % 2);
-    memcpy(tokens, b->slot_tokens[slot], (size_t)b->slot_rows[slot] * sizeof *tokens);
+    if (b->slot_rows[slot]) memcpy(tokens, b->slot_tokens[slot], (size_t)b->slot_rows[slot] * sizeof *tokens); /* a prefill chunk samples none */
     b->samples_finished++;
     return TM_OK;
 }
