@@ -398,6 +398,21 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     return TM_OK;
 }
 
+/* The batch's sequences that grew this step, each once, from batch token *t on: its first grown
+ * column (*unchanged) and its pages now (sync_page_tables' second half). */
+static bool next_grown(cuda_backend *b, const tm_batch *batch, tm_kv_cache *kv, int *t, int *seq, int64_t *unchanged, int64_t *n_pages) {
+    for (; *t < batch->n_tokens; (*t)++) {
+        *seq = batch->seq[*t];
+        *unchanged = b->grown_from[*seq];
+        if (*unchanged < 0) continue;
+        b->grown_from[*seq] = -1; /* once a sequence */
+        tm_kv_page_table(kv, *seq, 0, n_pages);
+        (*t)++;
+        return true;
+    }
+    return false;
+}
+
 /* Bring the device mirror of every batch sequence's page tables up to date (changed entries only). */
 static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_cache *kv, tm_error_t *error) {
     const int n_layer = b->model->config.n_layer;
@@ -439,21 +454,15 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
     const int64_t mirror_entries = (int64_t)b->max_sequences * n_layer * b->max_pages;
     if (grown_bytes / 4 <= TABLE_UPDATES && mirror_entries <= (int64_t)UINT32_MAX) {
         uint32_t *pairs = b->host_in.updates;
-        int n = 0;
-        for (int t = 0; t < batch->n_tokens; t++) {
-            const int seq = batch->seq[t];
-            const int64_t unchanged = b->grown_from[seq];
-            if (unchanged < 0) continue;
-            b->grown_from[seq] = -1; /* once a sequence */
-            int64_t n_pages = 0;
-            tm_kv_page_table(kv, seq, 0, &n_pages);
+        int n = 0, t = 0, seq;
+        int64_t unchanged, n_pages;
+        while (next_grown(b, batch, kv, &t, &seq, &unchanged, &n_pages))
             for (int l = 0; l < n_layer; l++)
                 for (int64_t column = unchanged; column < n_pages; column++) {
                     const int64_t at = ((int64_t)seq * n_layer + l) * b->max_pages + column;
                     pairs[2 * n] = (uint32_t)at, pairs[2 * n + 1] = (uint32_t)b->host_page_mirror[at];
                     n++;
                 }
-        }
         *b->host_in.update_count = n;
         return TM_OK;
     }
@@ -474,13 +483,9 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
                                      cudaMemcpyHostToDevice, b->stream));
         return TM_OK;
     }
-    for (int t = 0; t < batch->n_tokens; t++) {
-        const int seq = batch->seq[t];
-        const int64_t unchanged = b->grown_from[seq];
-        if (unchanged < 0) continue;
-        b->grown_from[seq] = -1; /* once a sequence */
-        int64_t n_pages = 0;
-        tm_kv_page_table(kv, seq, 0, &n_pages);
+    int t = 0, seq;
+    int64_t unchanged, n_pages;
+    while (next_grown(b, batch, kv, &t, &seq, &unchanged, &n_pages)) {
         const int64_t at = (int64_t)seq * n_layer * b->max_pages + unchanged;
         CHECK_CUDA(cudaMemcpy2DAsync(b->page_mirror + at, pitch, b->host_page_mirror + at, pitch, (size_t)(n_pages - unchanged) * 4,
                                      (size_t)n_layer, cudaMemcpyHostToDevice, b->stream));

@@ -12,6 +12,13 @@
  *      queued again at the front and recomputed later: nothing is lost);
  *   3. one forward pass; sample for every request whose last prompt token or decode token was in
  *      the batch; append text; check end-of-generation, stop strings, max_tokens, n_ctx.
+ * Overlapped steps (backends with sample_start/sample_finish, unless no_step_overlap): step 3's
+ * sampling is started and left in flight; the next call first launches the decode step after
+ * it where that batch is already known (build_following: every running request decoding, none
+ * queued, no repetition penalty), its tokens read on the device from the sampling in flight, and
+ * then reads the earlier step. Each call reads exactly one step, so the tokens, and the order of
+ * each request's random draws, are those of steps read one at a time; a row whose request ended
+ * while its step was in flight is dropped.
  * Text shown to callers is held back while it could still become a stop string or ends inside
  * a UTF-8 sequence.
  */
