@@ -15,8 +15,8 @@
  * Overlapped steps (backends with sample_start/sample_finish, unless no_step_overlap): step 3's
  * sampling is started and left in flight; the next call first launches the decode step after
  * it where that batch is already known (build_following: every running request decoding, none
- * queued, no repetition penalty), its tokens read on the device from the sampling in flight, and
- * then reads the earlier step. Each call reads exactly one step, so the tokens, and the order of
+ * queued that a free slot could admit, no repetition penalty), its tokens read on the device
+ * from the sampling in flight, and then reads the earlier step. Each call reads exactly one step, so the tokens, and the order of
  * each request's random draws, are those of steps read one at a time; a row whose request ended
  * while its step was in flight is dropped.
  * Text shown to callers is held back while it could still become a stop string or ends inside
@@ -672,20 +672,27 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
 /* The batch of the step that follows `f` when it can be built before f's tokens are read: f is a
  * decode step (after a step with prompt tokens the next one starts when it has been read: a
  * caller's work at the end of prefill, such as tmbench's energy reading, then does not hide a
- * decode step's time), every running request has its last sampled row in f (nothing queued that
- * could be admitted), none applies a repetition penalty (its window would need f's tokens), and
- * each grows its KV by one token without preempting. A request whose row in f ends it by length
+ * decode step's time), every running request has its last sampled row in f, nothing queued could
+ * be admitted (none queued, or every sequence slot taken: a saturated server keeps overlapping;
+ * a slot freed by f's tokens admits at the step after the next), none applies a repetition
+ * penalty (its window would need f's tokens), and each grows its KV by one token without
+ * preempting. A request whose row in f ends it by length
  * or context is left out; rows whose requests end otherwise (an end token, a stop string) are
  * computed and dropped when their tokens come. Its tokens are fed from f's rows. Returns the
  * batch's tokens (0: not possible now). */
 static int build_following(tm_engine *e, const flight *f) {
     if (f->prompt_tokens) return 0;
-    int active = 0;
+    int active = 0, queued = 0;
     for (int i = 0; i < e->n_requests; i++) {
         const request *r = &e->requests[i];
         if (!r->in_use) continue;
-        if (r->state == TM_REQUEST_QUEUED) return 0;
+        queued += r->state == TM_REQUEST_QUEUED;
         active += r->state == TM_REQUEST_PREFILL || r->state == TM_REQUEST_DECODING;
+    }
+    if (queued) {
+        tm_kv_stats kv;
+        tm_kv_get_stats(e->kv, &kv);
+        if (kv.sequences_active < kv.max_sequences) return 0; /* admission could take a free slot now */
     }
     int n = 0, alive = 0;
     for (int row = 0; row < f->n_rows; row++) {

@@ -63,11 +63,13 @@ typedef struct tm_engine_options {
                               * without graphs) */
     bool time_device_steps;  /* CUDA: time each decode step's graph and the device's idle before it with events
                               * (tm_engine_stats.device_idle_seconds; a measuring aid: they cost a step 5-11 us) */
-    bool no_step_overlap;    /* CUDA: read each step's sampled tokens before the next step is launched. By default
-                              * a decode step whose batch is already known (every running request decoding, none
-                              * queued, no repetition penalty) is launched before the host reads the tokens of
-                              * the step before it, which it reads on the device: the host's turnaround between
-                              * steps overlaps the device's work. The tokens are the same either way. */
+    bool no_step_overlap;    /* Read each step's sampled tokens before the next step is launched. By default a
+                              * decode step whose batch is already known (every running request decoding, none
+                              * queued that a free sequence slot could admit, no repetition penalty) is launched
+                              * before the host reads the tokens of the step before it, which it reads on the
+                              * device: the host's turnaround between steps overlaps the device's work. The
+                              * tokens are the same either way; a queued request that a slot freed by a step's
+                              * tokens admits starts one step later. */
 } tm_engine_options;
 
 typedef struct tm_sampling {

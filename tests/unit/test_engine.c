@@ -302,10 +302,11 @@ static void test_stats_count_what_a_step_reads(void) {
 }
 
 
-/* One run of the overlap scenario: 5 requests on 4 sequences (one waits in the queue), sampled
- * and greedy, one with a repetition penalty (no overlap while it runs), one ending on a stop
- * string (a step after it is in flight then: its row is dropped); after call 6 request 1 is
- * cancelled, after call 9 request 4 released and a new one submitted (it may take its slot). */
+/* One run of the overlap scenario: 5 requests on 4 sequences (one waits in the queue while every
+ * slot is taken: steps overlap then), sampled and greedy, the queued one with a repetition penalty
+ * (no overlap while it runs), one ending on a stop string (a step after it is in flight then: its
+ * row is dropped); after call 6 request 1 is cancelled, after call 9 request 4 released and a new
+ * one submitted (it may take its slot). */
 #define OVERLAP_REQUESTS 6
 typedef struct overlap_run {
     int32_t tokens[OVERLAP_REQUESTS][40];
@@ -345,7 +346,7 @@ static void run_overlap_scenario(int mode, const char *stop, overlap_run *out) {
             params.sampling.top_k = 20 + 10 * i;
             params.sampling.top_p = i == 2 ? 0.9f : 1.0f;
         }
-        if (i == 3) params.sampling.repetition_penalty = 1.3f;
+        if (i == 4) params.sampling.repetition_penalty = 1.3f; /* the queued one: none while it waits */
         const char *stops[1] = {stop};
         if (i == 2 && stop) params.stop = stops, params.n_stop = 1;
         CHECK(!tm_engine_submit(engine, &params, &ids[i], &error), "submit: %s", error.message);
@@ -407,19 +408,23 @@ static void test_overlapped_steps(void) {
           runs[0].reasons[2], runs[0].counts[2]);
     CHECK(runs[0].reasons[1] == TM_FINISH_CANCELLED && runs[0].reasons[0] == TM_FINISH_LENGTH && runs[0].counts[5] == 18,
           "cancelled, finished by length, the late request complete");
+    /* Request 4 waits for a slot; with overlapped steps a slot freed by a step's tokens admits at the
+     * step after the next (the next was already launched), so at its release (after call 9) it may
+     * have one token fewer: its tokens must agree as far as both went. Every other request's must
+     * agree whole. */
     for (int mode = 1; mode < 3; mode++)
-        for (int i = 0; i < OVERLAP_REQUESTS; i++)
-            CHECK(runs[0].counts[i] == runs[mode].counts[i] && !memcmp(runs[0].tokens[i], runs[mode].tokens[i], (size_t)runs[0].counts[i] * 4) &&
-                      runs[0].reasons[i] == runs[mode].reasons[i] && !strcmp(runs[0].text[i], runs[mode].text[i]),
+        for (int i = 0; i < OVERLAP_REQUESTS; i++) {
+            const int common = TM_MIN(runs[0].counts[i], runs[mode].counts[i]);
+            const bool whole = i == 4 || (runs[0].counts[i] == runs[mode].counts[i] && runs[0].reasons[i] == runs[mode].reasons[i] &&
+                                          !strcmp(runs[0].text[i], runs[mode].text[i]));
+            CHECK(whole && common > 0 && !memcmp(runs[0].tokens[i], runs[mode].tokens[i], (size_t)common * 4),
                   "request %d: overlapped steps (%d tokens, reason %d) against %s (%d, %d)", i, runs[0].counts[i], runs[0].reasons[i],
                   names[mode], runs[mode].counts[i], runs[mode].reasons[i]);
+        }
+    printf("overlapped steps: %lld of %lld (stop string '%s')\n", (long long)runs[0].stats.overlapped_steps, (long long)runs[0].stats.steps, stop);
     CHECK(runs[0].stats.overlapped_steps > 0 && runs[1].stats.overlapped_steps == 0 && runs[2].stats.overlapped_steps == 0,
           "steps overlapped only where allowed: %lld / %lld / %lld", (long long)runs[0].stats.overlapped_steps,
           (long long)runs[1].stats.overlapped_steps, (long long)runs[2].stats.overlapped_steps);
-    /* a request submitted while a step is in flight joins one step later (that step was already
-     * launched), so the step counts may differ; the tokens may not */
-    CHECK(runs[0].stats.generated_tokens == runs[1].stats.generated_tokens, "the same tokens generated (%lld, %lld)",
-          (long long)runs[0].stats.generated_tokens, (long long)runs[1].stats.generated_tokens);
     CHECK(runs[0].stats.device_sampled_tokens > 0 && runs[2].stats.device_sampled_tokens == 0, "backend sampling / host sampling");
 }
 
