@@ -16,9 +16,9 @@
  * sampling is started and left in flight; the next call first launches the decode step after
  * it where that batch is already known (build_following: every running request decoding, none
  * queued that a free slot could admit, no repetition penalty), its tokens read on the device
- * from the sampling in flight, and then reads the earlier step. Each call reads exactly one step, so the tokens, and the order of
- * each request's random draws, are those of steps read one at a time; a row whose request ended
- * while its step was in flight is dropped.
+ * from the sampling in flight, and then reads the earlier step. Each call reads exactly one step,
+ * so the tokens, and the order of each request's random draws, are those of steps read one at a
+ * time; a row whose request ended while its step was in flight is dropped.
  * Text shown to callers is held back while it could still become a stop string or ends inside
  * a UTF-8 sequence.
  */
