@@ -601,6 +601,13 @@ static tm_status launch_following(tm_engine *e, bool *launched, tm_error_t *erro
 static tm_status read_flight(tm_engine *e, tm_error_t *error);
 static bool flight_alive(const tm_engine *e, const flight *f);
 
+/* Whether row `row` of f still belongs to the request it was launched for, and that request runs
+ * (not finished, cancelled, released or its slot taken by a newer request). */
+static bool row_alive(const tm_engine *e, const flight *f, int row) {
+    const request *r = &e->requests[f->request[row]];
+    return r->in_use && r->submit_order == f->submit_order[row] && (r->state == TM_REQUEST_PREFILL || r->state == TM_REQUEST_DECODING);
+}
+
 /* Whether steps may overlap: the backend can start a sampling without waiting for it, and the
  * caller did not ask each step's tokens to be read before the next is launched. */
 static bool overlap_enabled(const tm_engine *e) {
@@ -696,9 +703,8 @@ static int build_following(tm_engine *e, const flight *f) {
     }
     int n = 0, alive = 0;
     for (int row = 0; row < f->n_rows; row++) {
+        if (!row_alive(e, f, row)) continue;
         request *r = &e->requests[f->request[row]];
-        if (!r->in_use || r->submit_order != f->submit_order[row] || (r->state != TM_REQUEST_PREFILL && r->state != TM_REQUEST_DECODING))
-            continue;
         alive++;
         const int position = f->position[row] + 1; /* the token f samples, processed by the next step */
         if (r->n_tokens != position || r->n_processed != position) return 0; /* f's token is not its next */
@@ -717,11 +723,8 @@ static int build_following(tm_engine *e, const flight *f) {
 
 /* Whether any row of f still belongs to a running request. */
 static bool flight_alive(const tm_engine *e, const flight *f) {
-    for (int row = 0; row < f->n_rows; row++) {
-        const request *r = &e->requests[f->request[row]];
-        if (r->in_use && r->submit_order == f->submit_order[row] && (r->state == TM_REQUEST_PREFILL || r->state == TM_REQUEST_DECODING))
-            return true;
-    }
+    for (int row = 0; row < f->n_rows; row++)
+        if (row_alive(e, f, row)) return true;
     return false;
 }
 
@@ -757,9 +760,8 @@ static tm_status read_flight(tm_engine *e, tm_error_t *error) {
     if (s) return s;
     e->stats.device_sampled_tokens += f->n_rows;
     for (int row = 0; row < f->n_rows; row++) {
+        if (!row_alive(e, f, row)) continue; /* ended while this step was in flight: its token is dropped */
         request *r = &e->requests[f->request[row]];
-        if (!r->in_use || r->submit_order != f->submit_order[row] || (r->state != TM_REQUEST_PREFILL && r->state != TM_REQUEST_DECODING))
-            continue; /* ended while this step was in flight: its token is dropped */
         if ((s = accept_token(e, r, e->sampled[row], error))) return s;
     }
     tm_trace_pop();
