@@ -56,8 +56,8 @@ typedef struct tm_sample_row {
 
 /* Decode steps timed on the device by a backend that can (the CUDA backend's time_steps): each step
  * replayed as a graph right after another timed one; the device idle before it (the previous step's
- * sampled tokens copied back -> this step's graph launched: the host's turnaround) and busy in it
- * (graph launched -> its sampled tokens copied back), summed. */
+ * sampled tokens in host memory -> this step's graph launched: the host's turnaround) and busy in it
+ * (graph launched -> its sampled tokens in host memory), summed. */
 typedef struct tm_backend_step_timing {
     int64_t steps;
     double idle_seconds, busy_seconds;

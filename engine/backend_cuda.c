@@ -12,10 +12,13 @@
  *   attention partials, sampling). A failed allocation is TM_ERR_NO_MEMORY naming the purpose,
  *   the bytes and the device's free memory.
  * - One stream per backend. Each forward writes its inputs (tokens, positions, key counts, page
- *   offsets, logits rows, attention tiles) into one pinned staging buffer and copies it with one
- *   transfer; page tables are mirrored incrementally (tm_kv_seq_take_unchanged: only entries
- *   that changed): a decode step's few grown entries ride in the staging buffer and the step's
- *   first kernel writes them, larger growth (a prefill) goes by 2-D copies.
+ *   offsets, logits rows, attention tiles) into one of two pinned, mapped staging slots (forward k:
+ *   slot k % 2), and the step's first kernel, the embedding launch, reads them there over the bus
+ *   and copies what later kernels read to the device: no transfer of their own (the copy ops
+ *   between two steps kept the GPU idle ~8 us, now ~1.3: mapped_alloc). Page tables are mirrored
+ *   incrementally (tm_kv_seq_take_unchanged: only entries that changed): a decode step's few grown
+ *   entries ride in the staging slot and the same kernel writes them, larger growth (a prefill)
+ *   goes by 2-D copies.
  * - Matrix products, fast precision (the default): q4_k/q6_k weights with 1..16 tokens use the
  *   8-bit integer kernels (activations quantized to q8_1 once per input, one scale a 256 values
  *   as the CPU's q8_K, where they are made: by the norms, the SwiGLU and the attention's
@@ -36,18 +39,19 @@
  *   otherwise. An 8-bit cache's keys and values are quantized by the separate rope +
  *   append kernel (never the Q/K/V products' epilogue: a tile holds part of a head vector).
  * - CUDA graphs: a decode batch of n <= 16 tokens (one per sequence, every one wanting logits)
- *   is captured once per n and attention form (ATTENTION_*: split, without splits, without splits
- *   past TM_CUDA_DECODE_MMA_KEYS keys) and replayed; the graph reads
- *   everything that changes per step from the staging buffer and the page mirror, whose addresses
+ *   is captured once per n, attention form (ATTENTION_*: split, without splits, without splits
+ *   past TM_CUDA_DECODE_MMA_KEYS keys) and staging slot, and replayed; the graph reads
+ *   everything that changes per step from its staging slot and the page mirror, whose addresses
  *   are fixed until a buffer grows (which drops the graphs).
  * - Logits go back to the host, or stay on the device for `sample` (GPU sampling). A sampling's
- *   parameters and tokens pass through one of two pinned host slots, so `sample_start` can queue
- *   the next step's sampling while the host has not read this one's (sample_finish), and that next
- *   step's tokens are read on the device from the sampled ones (tm_batch.fed: the embedding
- *   lookup's feed map). A forward waits only for the previous forward's input copies
- *   (inputs_copied), not for the step in flight.
+ *   parameters and tokens live in one of two pinned, mapped host slots (the kernel reads the one and
+ *   writes the other there), so `sample_start` can queue the next step's sampling while the host has
+ *   not read this one's (sample_finish), and that next step's tokens are read on the device from
+ *   the sampled ones (tm_batch.fed: the embedding lookup's feed map). A forward waits only for the
+ *   forward before the last to have read its staging slot (inputs_read) and for the last one's
+ *   2-D page-table copies (mirror_copied), not for the step in flight.
  * - With options.time_steps, events around each replayed decode step (before its graph launch,
- *   after its sampled tokens' copy) time the device's idle between steps and busy in them
+ *   after its sampling kernel) time the device's idle between steps and busy in them
  *   (step_timing); the events cost a step 5-11 us (H200: 7B decode 0.3-0.7 %), so they are off by default.
  * Guarantees: see backend.h; every CUDA call is checked and a failure becomes a status whose
  * message names the call, file and line.
@@ -102,13 +106,14 @@ typedef struct device_weight {
     int64_t rows, cols;
 } device_weight;
 
-/* The step's inputs, at fixed offsets of the staging buffers (host pinned and device). */
+/* The step's inputs, at fixed offsets of the staging buffers (each host slot, pinned and mapped,
+ * and the device's). */
 typedef struct step_inputs {
     int64_t *page_offsets;  /* (capacity) start of each token's page table in the mirror (layer 0) */
     int32_t *tokens, *positions, *n_keys, *logit_rows; /* (capacity) each */
     int32_t *fed;           /* (capacity) -1, or the row of the last sampling started whose token this one is (tm_batch.fed) */
     int32_t *tiles;         /* (2 x capacity) flash-attention tiles */
-    int32_t *update_count;  /* (1) page-table entries in updates, written by the step's first kernel (0: copied apart) */
+    int32_t *update_count;  /* (1, 8-byte aligned) page-table entries in updates, written by the step's first kernel (0: copied apart) */
     uint32_t *updates;      /* (2 x TABLE_UPDATES) (mirror index, page) pairs */
 } step_inputs;
 
@@ -141,26 +146,31 @@ typedef struct cuda_backend {
     int capacity;
     void *activation_block;
     float *x, *x_next, *xb, *q, *k, *v, *att, *delta, *gate, *up, *logits, *xo; /* residual stream: x, x_next in turn */
-    void *host_staging, *device_staging;
-    step_inputs host_in, device_in;
+    void *host_staging, *device_staging; /* host: two slots (forward k writes slot k % 2), pinned and mapped */
+    uint64_t staging_bytes;              /* a slot's */
+    step_inputs host_in[2], device_in;
+    int input_slot;                      /* the slot of the forward being launched */
     /* workspace */
     void *gemm_workspace, *cublas_workspace;
     uint64_t gemm_workspace_bytes;
     void *q8;                  /* activations as q8_1 for the fast decode products */
     void *xb16;                /* a norm's or the SwiGLU's output as f16 for the f16 products of 2..16 tokens (half_activations) */
     float *partials;
-    /* sampling: device buffers (one: the stream orders their uses) and pinned host ones in two
-     * slots, so a sampling can be queued while the one before it is still in flight (sample_start) */
-    tm_cuda_sampling *sample_rows, *host_sample_rows; /* host: 2 slots of capacity rows */
-    int32_t *sampled, *penalized, *host_penalized;    /* host_penalized: 2 slots of penalized_capacity ids */
-    int32_t *host_tokens;                             /* 2 slots of capacity tokens, the samplings' copies back */
+    /* sampling: the tokens on the device (one buffer: the stream orders its uses) and pinned mapped
+     * host slots, two, so a sampling can be queued while the one before it is still in flight
+     * (sample_start); the kernel reads its parameters from its slot and writes its tokens there */
+    tm_cuda_sampling *host_sample_rows; /* 2 slots of capacity rows */
+    int32_t *sampled, *host_penalized;  /* host_penalized: 2 slots of penalized_capacity ids */
+    int32_t *host_tokens;               /* 2 slots of capacity tokens, written by the sampling kernel */
     int penalized_capacity;
-    cudaEvent_t tokens_copied[2];  /* a slot's tokens are in host_tokens */
+    cudaEvent_t tokens_copied[2];  /* a slot's tokens are in host_tokens (its sampling kernel has finished) */
     int slot_rows[2];              /* rows of the sampling in each slot */
     int64_t samples_started, samples_finished; /* samplings queued / collected so far (slot: count % 2) */
     int last_started_rows;         /* rows of the last sampling started: the feed map's range */
-    cudaEvent_t inputs_copied;     /* after the last forward's copies from the staging buffer and the page mirror */
-    bool inputs_pending;           /* inputs_copied recorded since the host last waited for it */
+    cudaEvent_t inputs_read[2];    /* after the launches of the last forward that read staging slot i */
+    bool inputs_pending[2];        /* inputs_read[i] recorded since the host last waited for it */
+    cudaEvent_t mirror_copied;     /* after the last forward's 2-D copies from the host page mirror */
+    bool mirror_pending;           /* mirror_copied recorded since the host last waited for it */
     /* per forward */
     int n_out;                 /* logits rows kept on the device by the last forward */
     uint64_t *seen_step;       /* (max_sequences) step stamp: sequence already synced this step */
@@ -168,10 +178,10 @@ typedef struct cuda_backend {
     uint64_t step;
     int attention_form;        /* this step's decode attention (ATTENTION_*): the decode graphs are keyed by it */
     int longest_keys;          /* this step's longest context */
-    cudaGraphExec_t graphs[ATTENTION_FORMS][TM_CUDA_GEMV_MAX_TOKENS + 1]; /* [attention_form][tokens] */
+    cudaGraphExec_t graphs[ATTENTION_FORMS][TM_CUDA_GEMV_MAX_TOKENS + 1][2]; /* [attention_form][tokens][staging slot] */
     /* options.time_steps: events in the stream around replayed decode steps, sampling k's in pair
      * k % 3 (two samplings may be in flight while the one before them is read) */
-    cudaEvent_t launched[3], copied[3]; /* before a step's graph launch; after its sampled tokens' copy */
+    cudaEvent_t launched[3], copied[3]; /* before a step's graph launch; after its sampling kernel (its tokens in the host slot) */
     int64_t forwards;                   /* forward calls so far */
     int64_t launch_for[3];              /* the sampling whose step recorded launched[i] (-1: none) */
     int64_t timed[3];                   /* the sampling that recorded both of pair i's events (-1: none) */
@@ -207,26 +217,55 @@ static tm_status device_alloc(cuda_backend *b, void **out, uint64_t bytes, uint6
     return TM_OK;
 }
 
+/* Pinned host memory that kernels read and write at the host's own address (mapped; under unified
+ * addressing, which every 64-bit platform CUDA runs on has, both addresses are one): the step's
+ * inputs and the samplings' slots, read and written by the step's kernels over the bus instead of
+ * by copy ops of their own. H200, session 54, overlapped decode steps: the GPU's idle between two
+ * steps (the sampled tokens' copy back, the next step's input copy) 7.5-8.4 -> 1.29-1.31 us, 7B x1
+ * 615.4 -> 621.5 tokens/s, x8 3565 -> 3590, 8B x1 246.2 -> 246.9, x8 1866 -> 1873 (two rounds). */
+static tm_status mapped_alloc(cuda_backend *b, void **out, uint64_t bytes, const char *purpose, tm_error_t *error) {
+    *out = NULL;
+    cudaError_t status = cudaHostAlloc(out, bytes, cudaHostAllocMapped);
+    if (status != cudaSuccess) {
+        cudaGetLastError();
+        *out = NULL;
+        return tm_error_set(error, status == cudaErrorMemoryAllocation ? TM_ERR_NO_MEMORY : TM_ERR_INTERNAL,
+                            "cuda backend: cannot allocate %llu bytes of pinned host memory for %s: %s", (unsigned long long)bytes, purpose,
+                            cudaGetErrorString(status));
+    }
+    void *device = NULL;
+    status = cudaHostGetDevicePointer(&device, *out, 0);
+    if (status != cudaSuccess || device != *out) {
+        cudaGetLastError();
+        cudaFreeHost(*out);
+        *out = NULL;
+        return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: device %d does not see the pinned host memory for %s at its host "
+                            "address (%s): unified addressing is needed", b->options.device, purpose,
+                            status != cudaSuccess ? cudaGetErrorString(status) : "another address");
+    }
+    return TM_OK;
+}
+
 static void drop_graphs(cuda_backend *b) {
     for (int w = 0; w < ATTENTION_FORMS; w++)
         for (int i = 0; i <= TM_CUDA_GEMV_MAX_TOKENS; i++)
-            if (b->graphs[w][i]) cudaGraphExecDestroy(b->graphs[w][i]), b->graphs[w][i] = NULL;
+            for (int slot = 0; slot < 2; slot++)
+                if (b->graphs[w][i][slot]) cudaGraphExecDestroy(b->graphs[w][i][slot]), b->graphs[w][i][slot] = NULL;
 }
 
 static void free_activations(cuda_backend *b) {
     drop_graphs(b);
     cudaFree(b->activation_block), cudaFree(b->device_staging), cudaFreeHost(b->host_staging);
-    cudaFree(b->gemm_workspace), cudaFree(b->partials), cudaFree(b->sample_rows), cudaFree(b->sampled), cudaFree(b->q8);
+    cudaFree(b->gemm_workspace), cudaFree(b->partials), cudaFree(b->sampled), cudaFree(b->q8);
     cudaFree(b->xb16);
     cudaFreeHost(b->host_sample_rows), cudaFreeHost(b->host_tokens);
     b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = b->q8 = b->xb16 = NULL;
-    b->partials = NULL, b->sample_rows = b->host_sample_rows = NULL, b->sampled = b->host_tokens = NULL;
+    b->partials = NULL, b->host_sample_rows = NULL, b->sampled = b->host_tokens = NULL;
     b->memory.activations = 0;
     b->memory.workspace = b->cublas_workspace ? CUBLAS_WORKSPACE_BYTES : 0; /* it lives as long as the backend */
     b->capacity = 0;
-    /* the penalized-id buffers are workspace too */
-    cudaFree(b->penalized), cudaFreeHost(b->host_penalized);
-    b->penalized = b->host_penalized = NULL, b->penalized_capacity = 0;
+    cudaFreeHost(b->host_penalized);
+    b->host_penalized = NULL, b->penalized_capacity = 0;
 }
 
 static void release(cuda_backend *b) {
@@ -251,7 +290,9 @@ static void release(cuda_backend *b) {
     }
     for (int i = 0; i < 2; i++)
         if (b->tokens_copied[i]) cudaEventDestroy(b->tokens_copied[i]);
-    if (b->inputs_copied) cudaEventDestroy(b->inputs_copied);
+    for (int i = 0; i < 2; i++)
+        if (b->inputs_read[i]) cudaEventDestroy(b->inputs_read[i]);
+    if (b->mirror_copied) cudaEventDestroy(b->mirror_copied);
     free(b->layers), free(b->seen_step), free(b->grown_from);
     free(b);
 }
@@ -341,7 +382,7 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
         return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: a forward of %d tokens grows the step buffers while %lld "
                             "sampling(s) are not finished", n_tokens, (long long)(b->samples_started - b->samples_finished));
     CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* nothing in flight reads the buffers freed below */
-    b->inputs_pending = false;
+    b->inputs_pending[0] = b->inputs_pending[1] = b->mirror_pending = false;
     free_activations(b);
     const uint64_t T = (uint64_t)n_tokens, q_dim = (uint64_t)c->n_head * c->head_dim,
                    kv_dim = (uint64_t)c->n_head_kv * c->head_dim;
@@ -358,13 +399,15 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
         offset += aligned(T * widths[i] * sizeof(float));
     }
     /* step inputs: page offsets (8 bytes), five int32 arrays, the tile pairs, the page-table updates' count (8
-     * bytes, aligned) and pairs */
-    uint64_t staging = T * 8 + 5 * T * 4 + 2 * T * 4 + 8 + 2 * TABLE_UPDATES * 4;
-    if ((s = device_alloc(b, &b->device_staging, staging, &b->memory.activations, "step inputs", error))) return s;
-    CHECK_CUDA(cudaMallocHost(&b->host_staging, staging));
-    step_inputs *ins[2] = {&b->host_in, &b->device_in};
-    uint8_t *bases[2] = {b->host_staging, b->device_staging};
-    for (int i = 0; i < 2; i++) {
+     * bytes, 8-byte aligned: the pairs after it are read 8 bytes at a time) and pairs */
+    const uint64_t count_at = (T * 8 + 7 * T * 4 + 7) / 8 * 8, staging = count_at + 8 + 2 * TABLE_UPDATES * 4;
+    if ((s = device_alloc(b, &b->device_staging, staging, &b->memory.activations, "step inputs", error)) ||
+        (s = mapped_alloc(b, &b->host_staging, 2 * staging, "step inputs", error)))
+        return s;
+    b->staging_bytes = staging;
+    step_inputs *ins[3] = {&b->host_in[0], &b->host_in[1], &b->device_in};
+    uint8_t *bases[3] = {b->host_staging, (uint8_t *)b->host_staging + staging, b->device_staging};
+    for (int i = 0; i < 3; i++) {
         ins[i]->page_offsets = (int64_t *)bases[i];
         ins[i]->tokens = (int32_t *)(bases[i] + T * 8);
         ins[i]->positions = ins[i]->tokens + T;
@@ -372,7 +415,7 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
         ins[i]->logit_rows = ins[i]->n_keys + T;
         ins[i]->fed = ins[i]->logit_rows + T;
         ins[i]->tiles = ins[i]->fed + T;
-        ins[i]->update_count = ins[i]->tiles + 2 * T;
+        ins[i]->update_count = (int32_t *)(bases[i] + count_at);
         ins[i]->updates = (uint32_t *)(ins[i]->update_count + 2);
     }
     /* workspace */
@@ -389,11 +432,10 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     uint64_t decode_tokens = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS);
     uint64_t partial_bytes = decode_tokens * c->n_head * b->n_splits * (c->head_dim + 2) * sizeof(float);
     if ((s = device_alloc(b, (void **)&b->partials, partial_bytes, &b->memory.workspace, "attention partials", error))) return s;
-    if ((s = device_alloc(b, (void **)&b->sample_rows, T * sizeof(tm_cuda_sampling), &b->memory.workspace, "sampling", error)) ||
-        (s = device_alloc(b, (void **)&b->sampled, T * sizeof(int32_t), &b->memory.workspace, "sampling", error)))
+    if ((s = device_alloc(b, (void **)&b->sampled, T * sizeof(int32_t), &b->memory.workspace, "sampling", error)) ||
+        (s = mapped_alloc(b, (void **)&b->host_sample_rows, 2 * T * sizeof(tm_cuda_sampling), "sampling", error)) ||
+        (s = mapped_alloc(b, (void **)&b->host_tokens, 2 * T * sizeof(int32_t), "sampling", error)))
         return s;
-    CHECK_CUDA(cudaMallocHost((void **)&b->host_sample_rows, 2 * T * sizeof(tm_cuda_sampling)));
-    CHECK_CUDA(cudaMallocHost((void **)&b->host_tokens, 2 * T * sizeof(int32_t)));
     b->capacity = n_tokens;
     return TM_OK;
 }
@@ -411,6 +453,14 @@ static bool next_grown(cuda_backend *b, const tm_batch *batch, tm_kv_cache *kv, 
         return true;
     }
     return false;
+}
+
+/* After sync_page_tables' 2-D copies from the host mirror: the next forward waits for them before it
+ * changes the mirror (a copy of a rectangle takes entries it did not grow as they are). */
+static tm_status mirror_copies_queued(cuda_backend *b, tm_error_t *error) {
+    CHECK_CUDA(cudaEventRecord(b->mirror_copied, b->stream));
+    b->mirror_pending = true;
+    return TM_OK;
 }
 
 /* Bring the device mirror of every batch sequence's page tables up to date (changed entries only). */
@@ -444,7 +494,8 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
         first_column = TM_MIN(first_column, unchanged), end_column = TM_MAX(end_column, n_pages);
         grown_bytes += (n_pages - unchanged) * 4 * n_layer;
     }
-    *b->host_in.update_count = 0;
+    step_inputs *in = &b->host_in[b->input_slot];
+    *in->update_count = 0;
     if (last_seq < 0) return TM_OK;
     /* Where they fit the step's inputs (a decode step's growth), the grown entries travel with the
      * other inputs in their one copy and the step's first kernel writes them (tm_cuda_embed): no
@@ -453,7 +504,7 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
      * ~10 us where nothing grows (the 8B's). */
     const int64_t mirror_entries = (int64_t)b->max_sequences * n_layer * b->max_pages;
     if (grown_bytes / 4 <= TABLE_UPDATES && mirror_entries <= (int64_t)UINT32_MAX) {
-        uint32_t *pairs = b->host_in.updates;
+        uint32_t *pairs = in->updates;
         int n = 0, t = 0, seq;
         int64_t unchanged, n_pages;
         while (next_grown(b, batch, kv, &t, &seq, &unchanged, &n_pages))
@@ -463,7 +514,7 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
                     pairs[2 * n] = (uint32_t)at, pairs[2 * n + 1] = (uint32_t)b->host_page_mirror[at];
                     n++;
                 }
-        *b->host_in.update_count = n;
+        *in->update_count = n;
         return TM_OK;
     }
     /* One copy of the whole rectangle where it is small (a decode step: a few pages a sequence, so
@@ -481,7 +532,7 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
         const int64_t at = first_seq * n_layer * b->max_pages + first_column;
         CHECK_CUDA(cudaMemcpy2DAsync(b->page_mirror + at, pitch, b->host_page_mirror + at, pitch, (size_t)width, (size_t)rows,
                                      cudaMemcpyHostToDevice, b->stream));
-        return TM_OK;
+        return mirror_copies_queued(b, error);
     }
     int t = 0, seq;
     int64_t unchanged, n_pages;
@@ -490,7 +541,7 @@ static tm_status sync_page_tables(cuda_backend *b, const tm_batch *batch, tm_kv_
         CHECK_CUDA(cudaMemcpy2DAsync(b->page_mirror + at, pitch, b->host_page_mirror + at, pitch, (size_t)(n_pages - unchanged) * 4,
                                      (size_t)n_layer, cudaMemcpyHostToDevice, b->stream));
     }
-    return TM_OK;
+    return mirror_copies_queued(b, error);
 }
 
 /* ---- the forward pass ------------------------------------------------------------------------ */
@@ -703,8 +754,16 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     cudaStream_t stream = b->stream;
     tm_status s;
     const bool detail = tm_trace_detail(); /* ranges around the launches (host side; graphs are off with detail) */
-    const tm_cuda_table_updates updates = {in->update_count, in->updates, b->page_mirror};
-    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, in->tokens, in->fed, b->sampled, T, b->x, updates, stream));
+    /* the embedding launch reads the tokens, the feed map and the page-table growth where the host
+     * wrote them (the forward's staging slot) and copies the rest of the inputs to the device */
+    const step_inputs *host = &b->host_in[b->input_slot];
+    const tm_cuda_table_updates updates = {host->update_count, host->updates, b->page_mirror};
+    const int32_t *runs[] = {(const int32_t *)host->page_offsets, host->positions, host->n_keys, host->logit_rows, host->tiles};
+    const int run_words[] = {2 * T, T, T, T, 2 * n_tiles};
+    tm_cuda_inputs_copy copy = {.from = (const uint32_t *)host->page_offsets, .to = b->device_staging, .n = 5};
+    for (int r = 0; r < 5; r++) copy.at[r] = (int)(runs[r] - (const int32_t *)host->page_offsets), copy.words[r] = run_words[r];
+    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, host->tokens, host->fed, b->sampled, T, b->x, updates, copy,
+                               stream));
     const float *pending_delta = NULL; /* the down product's output, added by the next norm */
     /* The residual stream: each norm that adds a delta writes the sum to the other buffer
      * (tm_cuda_add_rmsnorm out of place, so a few rows can be normalized by many blocks). */
@@ -829,7 +888,7 @@ static bool whole_attention(const cuda_backend *b, int T, int most_keys, tm_kv_t
 
 /* Replay the decode graph for T tokens (and b->attention_form), capturing it first if needed. */
 static tm_status run_graph(cuda_backend *b, int T, tm_error_t *error) {
-    cudaGraphExec_t *exec = &b->graphs[b->attention_form][T];
+    cudaGraphExec_t *exec = &b->graphs[b->attention_form][T][b->input_slot];
     if (!*exec) {
         cudaGraph_t graph = NULL;
         CHECK_CUDA(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
@@ -867,10 +926,16 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
                                 fed ? -1 : batch->tokens[t], batch->positions[t]);
     }
     CHECK_CUDA(cudaSetDevice(b->options.device));
-    /* the previous forward's copies have left the staging buffer and the page mirror (a step in
-     * flight may still be computing: its inputs are on the device) */
-    if (b->inputs_pending) CHECK_CUDA(cudaEventSynchronize(b->inputs_copied));
-    b->inputs_pending = false;
+    /* forward k writes staging slot k % 2, which forward k - 2's launches read (the engine's
+     * overlapped steps read that step's tokens before launching this one, so this does not wait),
+     * and forward k - 1's 2-D copies from the host page mirror have run (a step in flight may still
+     * be computing) */
+    const int slot = (int)(b->forwards % 2);
+    if (b->inputs_pending[slot]) CHECK_CUDA(cudaEventSynchronize(b->inputs_read[slot]));
+    b->inputs_pending[slot] = false;
+    if (b->mirror_pending) CHECK_CUDA(cudaEventSynchronize(b->mirror_copied));
+    b->mirror_pending = false;
+    b->input_slot = slot;
     b->forwards++;
     if ((s = ensure_kv(b, kv, error)) || (s = ensure_activations(b, T, error))) return s;
     for (int t = 0; t < T; t++)
@@ -879,7 +944,7 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     if ((s = sync_page_tables(b, batch, kv, error))) return s;
 
     /* the step's inputs; tiles: runs of consecutive tokens of one sequence */
-    step_inputs *in = &b->host_in;
+    step_inputs *in = &b->host_in[slot];
     const int tile_tokens = flash_on_tensor_cores(b, layout->type)
                                 ? tm_cuda_flash_mma_tile_tokens(c->head_dim, c->n_head, c->n_head_kv)
                                 : tm_cuda_flash_tile_tokens(c->head_dim, c->n_head, c->n_head_kv);
@@ -905,11 +970,6 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     const bool whole = !prefill && T <= TM_CUDA_GEMV_MAX_TOKENS && whole_attention(b, T, most_keys, layout->type);
     b->attention_form = !whole ? ATTENTION_SPLIT : most_keys > TM_CUDA_DECODE_MMA_KEYS ? ATTENTION_WHOLE_LONG : ATTENTION_WHOLE;
     b->longest_keys = most_keys;
-    const uint8_t *inputs_end = (const uint8_t *)(in->updates + 2 * *in->update_count); /* the tiles' region whole, the count, the pairs */
-    CHECK_CUDA(cudaMemcpyAsync(b->device_staging, b->host_staging, (size_t)(inputs_end - (uint8_t *)b->host_staging), cudaMemcpyHostToDevice,
-                               b->stream));
-    CHECK_CUDA(cudaEventRecord(b->inputs_copied, b->stream));
-    b->inputs_pending = true;
     const bool graph = b->options.graphs && !prefill && n_out == T && T <= TM_CUDA_GEMV_MAX_TOKENS;
     /* a timed step: its launch event, right before the graph, in the pair of the sampling that
      * will follow it (time_step: a forward not followed by its sampling breaks the chain) */
@@ -921,7 +981,11 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     }
     if (graph) s = run_graph(b, T, error);
     else s = launch_forward(b, T, prefill ? n_tiles : 0, n_out, error);
+    /* recorded whatever came of the launches: whatever of them was queued reads the slot */
+    cudaError_t recorded = cudaEventRecord(b->inputs_read[slot], b->stream);
+    b->inputs_pending[slot] = recorded == cudaSuccess;
     if (s) return s;
+    CHECK_CUDA(recorded);
     b->n_out = n_out;
     if (logits) {
         if (n_out)
@@ -933,7 +997,7 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
 
 /* ---- sampling ------------------------------------------------------------------------------ */
 
-/* Sampling k has finished (its tokens copied back): where its step was timed, its busy time, and
+/* Sampling k has finished (its tokens in the host slot): where its step was timed, its busy time, and
  * the idle before it where sampling k - 1's step was timed too and its forward came right after
  * k - 1's sampling (no untimed forward between). Pair k - 1's events are still k - 1's: at most
  * two samplings are in flight, k and k + 1. */
@@ -955,8 +1019,8 @@ static void step_timing(const tm_backend *backend, tm_backend_step_timing *timin
 }
 
 /* Queue the sampling of the rows the last forward kept: the rows' parameters and penalized ids
- * from this sampling's host slot, the kernel, the tokens back into the slot; no wait. The tokens
- * also stay in b->sampled, where the next forward's fed tokens read them. */
+ * into this sampling's host slot, and the kernel, which reads them there and writes the tokens into
+ * the slot; no wait. The tokens also stay in b->sampled, where the next forward's fed tokens read them. */
 static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_row *rows, tm_error_t *error) {
     cuda_backend *b = backend->context;
     if (n_rows != b->n_out)
@@ -972,13 +1036,11 @@ static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_r
         n_penalized += rows[r].n_penalized;
     }
     if (n_penalized > b->penalized_capacity) {
-        CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* no copy in flight reads the slots freed here */
-        cudaFree(b->penalized), cudaFreeHost(b->host_penalized);
-        b->memory.workspace -= (uint64_t)b->penalized_capacity * 4;
-        b->penalized = b->host_penalized = NULL, b->penalized_capacity = 0;
-        tm_status s = device_alloc(b, (void **)&b->penalized, (uint64_t)n_penalized * 4, &b->memory.workspace, "sampling", error);
+        CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* no sampling in flight reads the slots freed here */
+        cudaFreeHost(b->host_penalized);
+        b->host_penalized = NULL, b->penalized_capacity = 0;
+        tm_status s = mapped_alloc(b, (void **)&b->host_penalized, (uint64_t)n_penalized * 2 * 4, "sampling", error);
         if (s) return s;
-        CHECK_CUDA(cudaMallocHost((void **)&b->host_penalized, (size_t)n_penalized * 2 * 4));
         b->penalized_capacity = n_penalized;
     }
     const int slot = (int)(b->samples_started % 2), pair = (int)(b->samples_started % 3);
@@ -992,11 +1054,8 @@ static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_r
         if (rows[r].n_penalized) memcpy(host_penalized + offset, rows[r].penalized, (size_t)rows[r].n_penalized * 4);
         offset += rows[r].n_penalized;
     }
-    CHECK_CUDA(cudaMemcpyAsync(b->sample_rows, host_rows, (size_t)n_rows * sizeof(tm_cuda_sampling), cudaMemcpyHostToDevice, b->stream));
-    if (offset) CHECK_CUDA(cudaMemcpyAsync(b->penalized, host_penalized, (size_t)offset * 4, cudaMemcpyHostToDevice, b->stream));
-    CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, b->sample_rows, b->penalized, b->sampled, b->stream));
-    CHECK_CUDA(cudaMemcpyAsync(b->host_tokens + (size_t)slot * b->capacity, b->sampled, (size_t)n_rows * 4, cudaMemcpyDeviceToHost,
-                               b->stream));
+    CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, host_rows, host_penalized, b->sampled,
+                                b->host_tokens + (size_t)slot * b->capacity, b->stream));
     b->timed[pair] = -1;
     if (b->launch_for[pair] == b->samples_started) {
         CHECK_CUDA(cudaEventRecord(b->copied[pair], b->stream));
@@ -1011,7 +1070,7 @@ static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_r
     return TM_OK;
 }
 
-/* The tokens of the oldest sampling started and not finished (waits for its copy back). */
+/* The tokens of the oldest sampling started and not finished (waits for its kernel). */
 static tm_status sample_finish(tm_backend *backend, int32_t *tokens, tm_error_t *error) {
     cuda_backend *b = backend->context;
     if (b->samples_finished == b->samples_started)
@@ -1080,8 +1139,9 @@ tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_op
     for (int i = 0; i < 2 && !s; i++)
         if ((status = cudaEventCreateWithFlags(&b->tokens_copied[i], cudaEventDisableTiming)) != cudaSuccess)
             s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaEventCreate failed: %s", cudaGetErrorString(status));
-    if (!s && (status = cudaEventCreateWithFlags(&b->inputs_copied, cudaEventDisableTiming)) != cudaSuccess)
-        s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaEventCreate failed: %s", cudaGetErrorString(status));
+    for (int i = 0; i < 3 && !s; i++)
+        if ((status = cudaEventCreateWithFlags(i < 2 ? &b->inputs_read[i] : &b->mirror_copied, cudaEventDisableTiming)) != cudaSuccess)
+            s = tm_error_set(error, TM_ERR_INTERNAL, "CUDA: cudaEventCreate failed: %s", cudaGetErrorString(status));
     /* the arena: every tensor, 256-byte aligned, then the rope frequency factors */
     uint64_t total = 0;
     const tm_weight *top[3] = {&model->token_embd, &model->output_norm, &model->output};

@@ -116,21 +116,34 @@ int tm_cuda_gemv_f16_tokens_parts_half_x(const tm_cuda_gemv_part *parts, int n_p
                                          void *stream);
 
 /* Entries to write into a device table (the page-table mirror) before a step reads it: *count
- * (device) pairs of (index, value), entries[2i] the index; count NULL: none. */
+ * pairs of (index, value), entries[2i] the index (8-byte aligned); count NULL: none. count and entries may be in
+ * mapped pinned host memory (the launch reads them over the bus) or on the device. */
 typedef struct tm_cuda_table_updates {
     const int32_t *count;
     const uint32_t *entries;
     int32_t *table;
 } tm_cuda_table_updates;
 
+/* Runs of 4-byte words the step's first kernel copies from the host's staging buffer (pinned and
+ * mapped) into the device's before any later kernel of the step reads them: run i is words[i] words
+ * at word offset at[i] of both; n runs, n 0: none. */
+#define TM_CUDA_INPUT_RUNS 6
+typedef struct tm_cuda_inputs_copy {
+    const uint32_t *from;
+    uint32_t *to;
+    int n;
+    int at[TM_CUDA_INPUT_RUNS], words[TM_CUDA_INPUT_RUNS];
+} tm_cuda_inputs_copy;
+
 /* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats; with a
- * feed map (fed: n_tokens ints, device, or NULL) a token t with fed[t] >= 0 takes row sampled[fed[t]]
+ * feed map (fed: n_tokens ints, or NULL) a token t with fed[t] >= 0 takes row sampled[fed[t]]
  * instead (sampled: tokens drawn on the device, which the host has not seen yet). The same launch
- * writes `updates` (a step's first kernel: its page-table growth, copied with its other inputs in
- * one transfer instead of a 2-D copy of its own). A plain launch, so every later kernel of the step
- * sees them. */
+ * writes `updates` and `copy` (a step's first kernel: its page-table growth and its other inputs,
+ * read where the host wrote them instead of by transfers of their own). tokens and fed may be in
+ * mapped pinned host memory or on the device. A plain launch, so every later kernel of the step
+ * sees what it wrote. */
 int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                  int n_tokens, float *out, tm_cuda_table_updates updates, void *stream);
+                  int n_tokens, float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy, void *stream);
 /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for n_rows rows of n floats (out may be x). */
 int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream);
 /* Rope (llama.cpp's "normal", as engine/ops_cpu.c) in place on n_tokens x n_heads x head_dim floats;
@@ -272,10 +285,12 @@ typedef struct tm_cuda_sampling {
 } tm_cuda_sampling;
 #define TM_CUDA_SAMPLE_MAX_TOP_K 1024
 /* tokens[r] = the token sampled from row r of logits (n_rows x n_vocab, device; penalties are
- * applied in place), -1 for a row whose top_k is outside 1..1024 with temperature > 0.
- * rows, penalized and tokens are device pointers. */
+ * applied in place), -1 for a row whose top_k is outside 1..1024 with temperature > 0; the same
+ * into host_tokens[r] too where host_tokens is not NULL (mapped pinned host memory: the host reads
+ * them once the launch has finished, with no copy of their own). tokens is a device pointer; rows
+ * and penalized may be in mapped pinned host memory or on the device. */
 int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, const int32_t *penalized,
-                   int32_t *tokens, void *stream);
+                   int32_t *tokens, int32_t *host_tokens, void *stream);
 
 /* Gather: out[i] = x[index[i]] for rows of n floats. */
 int tm_cuda_gather_rows(const float *x, const int32_t *index, int n_out, int n, float *out, void *stream);

@@ -12,36 +12,66 @@
 
 TM_STAMPS_RING(ops, 1u << 18)
 
+/* The step's inputs as the host wrote them (copy, updates: up to TM_CUDA_INPUT_RUNS runs and a
+ * table's entries), spread over every thread of the launch. Each thread issues all its loads before
+ * its first store: read from mapped host memory, every load is a trip over the bus (~1-2 us), which
+ * a load-store-load loop would pay one after another. A decode step gives each thread at most one
+ * word of the runs and one or two entries; the entries' loop takes UNROLL pairs of pairs a pass. */
+__device__ __forceinline__ void copy_step_inputs(const tm_cuda_inputs_copy &copy, const tm_cuda_table_updates &updates) {
+    const int thread = blockIdx.x * blockDim.x + threadIdx.x, threads = gridDim.x * blockDim.x;
+    int total = 0;
+#pragma unroll
+    for (int r = 0; r < TM_CUDA_INPUT_RUNS; r++) total += r < copy.n ? copy.words[r] : 0;
+    const int n_entries = updates.count ? *updates.count : 0; /* issued with the runs' loads below */
+    for (int w = thread; w < total; w += threads) {
+        int run = 0, at = w;
+        while (at >= copy.words[run]) at -= copy.words[run], run++;
+        copy.to[copy.at[run] + at] = copy.from[copy.at[run] + at];
+    }
+    constexpr int UNROLL = 4;
+    for (int base = thread; base < n_entries; base += UNROLL * threads) {
+        uint2 entry[UNROLL];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++)
+            if (base + u * threads < n_entries) entry[u] = reinterpret_cast<const uint2 *>(updates.entries)[base + u * threads];
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++)
+            if (base + u * threads < n_entries) updates.table[entry[u].x] = (int32_t)entry[u].y;
+    }
+}
+
 /* One block per token row: out[t] = dequantized row token(t) of the table, token(t) = tokens[t], or
  * with a feed map (fed != NULL, fed[t] >= 0) the token a sampling on the device drew for row fed[t]
- * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. */
+ * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. tokens[t] and
+ * fed[t] are loaded together (one trip where they are in host memory). */
 template <int TYPE>
 __global__ void embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                             float *out, tm_cuda_table_updates updates) {
-    if (updates.count) /* the step's table entries, spread over every thread of the launch */
-        for (int i = blockIdx.x * blockDim.x + threadIdx.x, n = *updates.count; i < n; i += gridDim.x * blockDim.x)
-            updates.table[updates.entries[2 * i]] = (int32_t)updates.entries[2 * i + 1];
+                             float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy) {
+    const int token = tokens[blockIdx.x], from = fed ? fed[blockIdx.x] : -1;
+    copy_step_inputs(copy, updates);
     const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::stride;
-    const int from = fed ? fed[blockIdx.x] : -1;
-    const uint8_t *row = table + (int64_t)(from >= 0 ? sampled[from] : tokens[blockIdx.x]) * row_bytes;
+    const uint8_t *row = table + (int64_t)(from >= 0 ? sampled[from] : token) * row_bytes;
     for (int i = threadIdx.x; i < n_embd; i += blockDim.x)
         out[(int64_t)blockIdx.x * n_embd + i] = row_value<TYPE>(row, n_embd, i);
 }
 
 template <int TYPE>
 static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                                int n_tokens, float *out, tm_cuda_table_updates updates, cudaStream_t s) {
-    if (n_embd % traits<TYPE>::block || (fed && !sampled) || (updates.count && (!updates.entries || !updates.table)))
+                                int n_tokens, float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy, cudaStream_t s) {
+    if (n_embd % traits<TYPE>::block || (fed && !sampled) || (updates.count && (!updates.entries || !updates.table || (uintptr_t)updates.entries % 8)) ||
+        copy.n < 0 || copy.n > TM_CUDA_INPUT_RUNS || (copy.n && (!copy.from || !copy.to)))
         return cudaErrorInvalidValue;
-    embed_kernel<TYPE><<<n_tokens, 256, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, updates);
+    for (int r = 0; r < copy.n; r++)
+        if (copy.words[r] < 0 || copy.at[r] < 0) return cudaErrorInvalidValue;
+    embed_kernel<TYPE><<<n_tokens, 256, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, updates, copy);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
 
 extern "C" int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                             int n_tokens, float *out, tm_cuda_table_updates updates, void *stream) {
+                             int n_tokens, float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy, void *stream) {
     return dispatch_weight_type(type, [&](auto t) {
-        return launch_embed<decltype(t)::value>(table, n_embd, tokens, fed, sampled, n_tokens, out, updates, (cudaStream_t)stream);
+        return launch_embed<decltype(t)::value>(table, n_embd, tokens, fed, sampled, n_tokens, out, updates, copy, (cudaStream_t)stream);
     });
 }
 

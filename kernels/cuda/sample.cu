@@ -8,6 +8,8 @@
  * thread then runs the CPU's cumulative loops over them in float64. Hence the same logits,
  * parameters and uniform give the CPU's token, except where a float64 sum lands within rounding
  * of a top-p or draw boundary. One block of 1024 threads per row; top_k must be in 1..1024.
+ * The engine's parameters and tokens live in mapped pinned host memory (engine/backend_cuda.c):
+ * a row's parameters are loaded once a block, the tokens written there as well as on the device.
  */
 #include "kernels.h"
 #include "common.cuh"
@@ -32,14 +34,24 @@ __device__ int block_count(int value, int *scratch) {
     return total;
 }
 
+/* This block's row's token, on the device and (where host_tokens is not NULL) in host memory. */
+__device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens, int token) {
+    tokens[blockIdx.x] = token;
+    if (host_tokens) host_tokens[blockIdx.x] = token;
+}
+
 __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows,
-                                                         const int32_t *penalized, int32_t *tokens) {
+                                                         const int32_t *penalized, int32_t *tokens, int32_t *host_tokens) {
     __shared__ uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
     __shared__ double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
     __shared__ int scratch[THREADS / 32];
     __shared__ float best_value[THREADS / 32];
     __shared__ int best_id[THREADS / 32], n_selected;
-    const tm_cuda_sampling p = rows[blockIdx.x];
+    __shared__ tm_cuda_sampling row;
+    /* one load of the row's parameters for the block: rows may be in host memory, a trip over the bus a load */
+    if (threadIdx.x == 0) row = rows[blockIdx.x];
+    __syncthreads();
+    const tm_cuda_sampling p = row;
     float *logits = logits_all + (int64_t)blockIdx.x * n_vocab;
     const int tid = threadIdx.x;
     /* repetition penalty: the host lists each id of the window once */
@@ -64,12 +76,12 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         if (tid == 0) {
             for (int w = 1; w < THREADS / 32; w++)
                 if (best_value[w] > value || (best_value[w] == value && best_id[w] < id)) value = best_value[w], id = best_id[w];
-            tokens[blockIdx.x] = id < n_vocab ? id : 0;
+            put_token(tokens, host_tokens, id < n_vocab ? id : 0);
         }
         return;
     }
     if (p.top_k < 1 || p.top_k > TM_CUDA_SAMPLE_MAX_TOP_K) {
-        if (tid == 0) tokens[blockIdx.x] = -1; /* the host samples such rows itself */
+        if (tid == 0) put_token(tokens, host_tokens, -1); /* the host samples such rows itself */
         return;
     }
     const int k = min(p.top_k, n_vocab);
@@ -141,14 +153,14 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
             break;
         }
     }
-    tokens[blockIdx.x] = chosen;
+    put_token(tokens, host_tokens, chosen);
 }
 
 extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, const int32_t *penalized,
-                              int32_t *tokens, void *stream) {
+                              int32_t *tokens, int32_t *host_tokens, void *stream) {
     if (n_rows == 0) return cudaSuccess;
     if (n_vocab < 1) return cudaErrorInvalidValue;
-    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, penalized, tokens);
+    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, penalized, tokens, host_tokens);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }

@@ -73,13 +73,32 @@ static void test_embed(tm_rng_t *rng) {
         void *d_table = weights_to_device(types[k], table, vocab, n_embd), *d_tokens = to_device(tokens, sizeof tokens);
         CHECK(d_table != NULL, "%s table upload", traits->name);
         float *d_out = to_device(NULL, (size_t)n_tokens * n_embd * sizeof(float));
-        /* the same rows again through a feed map: tokens 1, 4 and 6 from a sampling's rows, the
-         * others (whose tokens[] are spoiled with -1 where fed) from tokens[]; that launch also
-         * writes 2500 entries (a random index each, the last write of an index wins: indices
-         * drawn without repeats) of a 6000-entry table, which must hold them and nothing else */
+        /* the same rows again as the engine's step launches it: through a feed map (tokens 1, 4 and
+         * 6 from a sampling's rows, the others, whose tokens[] are spoiled with -1 where fed, from
+         * tokens[]), the tokens, feed map and table entries read from mapped pinned host memory;
+         * that launch also writes 2500 entries (a random index each, the last write of an index
+         * wins: indices drawn without repeats) of a 6000-entry table, which must hold them and
+         * nothing else, and copies four runs of random words (one empty) from host to device memory,
+         * around which the device words must stay as they were */
         int32_t fed[7] = {-1, 2, -1, -1, 0, -1, 1}, sampled[3] = {tokens[4], tokens[6], tokens[1]}, spoiled[7];
         for (int t = 0; t < n_tokens; t++) spoiled[t] = fed[t] >= 0 ? -1 : tokens[t];
-        void *d_fed = to_device(fed, sizeof fed), *d_sampled = to_device(sampled, sizeof sampled), *d_spoiled = to_device(spoiled, sizeof spoiled);
+        void *d_sampled = to_device(sampled, sizeof sampled);
+        int32_t *h_fed = NULL, *h_spoiled = NULL, *h_count = NULL;
+        uint32_t *h_entries = NULL, *h_words = NULL;
+        enum { WORDS = 80 };
+        CHECK(cudaHostAlloc((void **)&h_fed, sizeof fed, cudaHostAllocMapped) == cudaSuccess &&
+                  cudaHostAlloc((void **)&h_spoiled, sizeof spoiled, cudaHostAllocMapped) == cudaSuccess &&
+                  cudaHostAlloc((void **)&h_count, 8, cudaHostAllocMapped) == cudaSuccess &&
+                  cudaHostAlloc((void **)&h_words, WORDS * 4, cudaHostAllocMapped) == cudaSuccess,
+              "mapped host memory");
+        memcpy(h_fed, fed, sizeof fed), memcpy(h_spoiled, spoiled, sizeof spoiled);
+        uint32_t words_before[WORDS], words_expected[WORDS], words_got[WORDS];
+        for (int i = 0; i < WORDS; i++) h_words[i] = (uint32_t)tm_rng_next(rng), words_before[i] = (uint32_t)tm_rng_next(rng);
+        uint32_t *d_words = to_device(words_before, sizeof words_before);
+        const tm_cuda_inputs_copy no_copy = {0}, copy = {h_words, d_words, 4, {0, 9, 9, 41}, {5, 0, 30, 39}};
+        memcpy(words_expected, words_before, sizeof words_before);
+        for (int r = 0; r < copy.n; r++)
+            for (int i = 0; i < copy.words[r]; i++) words_expected[copy.at[r] + i] = h_words[copy.at[r] + i];
         enum { TABLE = 6000, UPDATES = 2500 };
         static int32_t table_host[TABLE], table_got[TABLE], order[TABLE];
         static uint32_t entries[2 * UPDATES];
@@ -90,12 +109,13 @@ static void test_embed(tm_rng_t *rng) {
             entries[2 * i] = (uint32_t)order[i], entries[2 * i + 1] = (uint32_t)(tm_rng_next(rng) % 100000);
         }
         const int32_t count = UPDATES;
-        void *d_table_entries = to_device(table_host, sizeof table_host), *d_entries = to_device(entries, sizeof entries),
-             *d_count = to_device(&count, sizeof count);
+        void *d_table_entries = to_device(table_host, sizeof table_host);
+        CHECK(cudaHostAlloc((void **)&h_entries, sizeof entries, cudaHostAllocMapped) == cudaSuccess, "mapped host memory");
+        *h_count = count, memcpy(h_entries, entries, sizeof entries);
         for (int form = 0; form < 2; form++) {
-            const tm_cuda_table_updates updates = {form ? d_count : NULL, form ? d_entries : NULL, form ? d_table_entries : NULL};
-            CHECK(tm_cuda_embed((int)types[k], d_table, n_embd, form ? d_spoiled : d_tokens, form ? d_fed : NULL, form ? d_sampled : NULL,
-                                n_tokens, d_out, updates, NULL) == 0,
+            const tm_cuda_table_updates updates = {form ? h_count : NULL, form ? h_entries : NULL, form ? d_table_entries : NULL};
+            CHECK(tm_cuda_embed((int)types[k], d_table, n_embd, form ? h_spoiled : d_tokens, form ? h_fed : NULL, form ? d_sampled : NULL,
+                                n_tokens, d_out, updates, form ? copy : no_copy, NULL) == 0,
                   "%s embed%s", traits->name, form ? " (fed)" : "");
             from_device(got, d_out, (size_t)n_tokens * n_embd * sizeof(float));
             int bad = 0;
@@ -111,8 +131,10 @@ static void test_embed(tm_rng_t *rng) {
         for (int i = 0; i < UPDATES; i++) table_host[entries[2 * i]] = (int32_t)entries[2 * i + 1];
         CHECK(!memcmp(table_got, table_host, sizeof table_got), "%s embed: the table holds its %d updates and nothing else", traits->name,
               UPDATES);
-        cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out), cudaFree(d_fed), cudaFree(d_sampled), cudaFree(d_spoiled);
-        cudaFree(d_table_entries), cudaFree(d_entries), cudaFree(d_count);
+        from_device(words_got, d_words, sizeof words_got);
+        CHECK(!memcmp(words_got, words_expected, sizeof words_got), "%s embed: the copied runs and nothing else", traits->name);
+        cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out), cudaFree(d_sampled), cudaFree(d_words), cudaFree(d_table_entries);
+        cudaFreeHost(h_fed), cudaFreeHost(h_spoiled), cudaFreeHost(h_count), cudaFreeHost(h_entries), cudaFreeHost(h_words);
         free(table);
     }
     free(expected), free(got);

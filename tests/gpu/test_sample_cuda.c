@@ -89,7 +89,7 @@ int main(void) {
         cudaMemcpy(d_rows, rows, sizeof rows, cudaMemcpyHostToDevice);
         cudaMemcpy(d_distinct, distinct, sizeof distinct, cudaMemcpyHostToDevice);
         cudaMemset(d_tokens, 0xff, sizeof got);
-        CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, d_distinct, d_tokens, NULL) == 0, "%s: launch", sc->name);
+        CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, d_distinct, d_tokens, NULL, NULL) == 0, "%s: launch", sc->name);
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s: kernel", sc->name);
         cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
         int differ = 0, first = -1;
@@ -104,6 +104,25 @@ int main(void) {
             distinct_tokens += !seen;
         }
         printf("%-34s %d rows identical to the CPU sampler (%d distinct tokens)\n", sc->name, ROWS - differ, distinct_tokens);
+        /* the engine's form: parameters and penalized ids read from mapped pinned host memory, the
+         * tokens written there as well as on the device (fresh logits: the penalty applies in place) */
+        tm_cuda_sampling *h_rows = NULL;
+        int32_t *h_distinct = NULL, *h_tokens = NULL;
+        CHECK(cudaHostAlloc((void **)&h_rows, sizeof rows, cudaHostAllocMapped) == cudaSuccess &&
+                  cudaHostAlloc((void **)&h_distinct, sizeof distinct, cudaHostAllocMapped) == cudaSuccess &&
+                  cudaHostAlloc((void **)&h_tokens, sizeof got, cudaHostAllocMapped) == cudaSuccess,
+              "%s: mapped host memory", sc->name);
+        memcpy(h_rows, rows, sizeof rows), memcpy(h_distinct, distinct, sizeof distinct), memset(h_tokens, 0xff, sizeof got);
+        cudaMemcpy(d_logits, logits, (size_t)ROWS * V * 4, cudaMemcpyHostToDevice);
+        cudaMemset(d_tokens, 0xff, sizeof got);
+        CHECK(tm_cuda_sample(d_logits, ROWS, V, h_rows, h_distinct, d_tokens, h_tokens, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess,
+              "%s: launch from host memory", sc->name);
+        cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
+        int differ_device = 0, differ_host = 0;
+        for (int r = 0; r < ROWS; r++) differ_device += got[r] != expected[r], differ_host += h_tokens[r] != expected[r];
+        CHECK(differ_device == 0 && differ_host == 0, "%s, parameters in host memory: %d rows differ on the device, %d in host memory",
+              sc->name, differ_device, differ_host);
+        cudaFreeHost(h_rows), cudaFreeHost(h_distinct), cudaFreeHost(h_tokens);
         cudaFree(d_logits), cudaFree(d_rows), cudaFree(d_distinct), cudaFree(d_tokens);
         free(logits), free(scratch), free(candidates);
     }
@@ -114,7 +133,7 @@ int main(void) {
     cudaMalloc(&d_logits, 400), cudaMalloc(&d_row, sizeof unsupported), cudaMalloc(&d_token, 4);
     cudaMemset(d_logits, 0, 400);
     cudaMemcpy(d_row, &unsupported, sizeof unsupported, cudaMemcpyHostToDevice);
-    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, NULL, d_token, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess, "launch");
+    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, NULL, d_token, NULL, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess, "launch");
     cudaMemcpy(&token, d_token, 4, cudaMemcpyDeviceToHost);
     CHECK(token == -1, "top_k 0 with temperature > 0 gives -1 (got %d)", token);
     cudaFree(d_logits), cudaFree(d_row), cudaFree(d_token);
