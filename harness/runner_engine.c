@@ -18,7 +18,7 @@
  * TM_ENERGY_COMPARE=1 (a measuring aid) prints each repetition's samples' and counter's joules.
  * With the param step_events: 1 (a measuring aid; CUDA: events around each replayed decode step,
  * 5-11 us a step) also device_idle_us_per_step: the device's idle before a decode step
- * (the previous step's sampled tokens copied back -> this step's graph launched: the host's
+ * (the previous step's sampling kernel ended -> this step's graph launched: the host's
  * turnaround), averaged over the repetition's timed steps; not stored where no step was timed.
  * The param overlap (default 1) is the engine's overlapped steps (tm_engine_options.no_step_overlap
  * when 0: each step's tokens read before the next is launched), for A/B runs (suites/overlap.yaml).

@@ -7,7 +7,10 @@
  * the same total order and run the same float64 loops, so they could differ only where a draw
  * or the top-p threshold falls within a few ulps of a cumulative boundary (probability ~1e-15
  * per row here). One set quantizes logits to steps of 0.5, so ties are many and the id
- * tie-break is exercised. Skipped without a CUDA device (exit 77).
+ * tie-break is exercised. Each set runs twice: parameters and tokens on the device; then as the
+ * engine launches it (parameters read from and tokens also written to mapped host memory). Greedy
+ * rows at vocabularies of 100, 32000, 49152 and 128256, and mixed with top-k rows in one launch.
+ * Skipped without a CUDA device (exit 77).
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -27,6 +30,7 @@ typedef struct sample_case {
     tm_sampling params;
     bool ties;
     int history; /* tokens of history (penalty) */
+    bool mixed;  /* odd rows take top-k 40 at temperature 1 instead */
 } sample_case;
 
 int main(void) {
@@ -47,8 +51,13 @@ int main(void) {
         {"top-k 200 min-p 0.05 t 1.5", 32000, {1.5f, 200, 1, 0.05f, 1, 0, 0}, false, 0},
         {"top-k 50 top-p 0.95 penalty 1.3", 32000, {0.8f, 50, 0.95f, 0, 1.3f, 0, 0}, false, 64},
         {"greedy penalty 1.3", 32000, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64},
+        {"greedy, ties, 128256", 128256, {0, 0, 1, 0, 1, 0, 0}, true, 0},
+        {"greedy penalty 1.3, 49152", 49152, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64},
+        {"greedy, ties, 100", 100, {0, 0, 1, 0, 1, 0, 0}, true, 0},
+        {"greedy mixed with top-k 40", 128256, {0, 0, 1, 0, 1, 0, 0}, false, 0, true},
         {"top-k above vocabulary", 100, {1.0f, 1024, 0.8f, 0, 1, 0, 0}, false, 0},
     };
+    const tm_sampling mixed_top_k = {1.0f, 40, 1, 0, 1, 0, 0};
     tm_rng_t rng;
     tm_rng_seed(&rng, 33);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -73,13 +82,14 @@ int main(void) {
                 for (int k = offset; k < n_distinct && !seen; k++) seen = distinct[k] == histories[r][h];
                 if (!seen) distinct[n_distinct++] = histories[r][h];
             }
+            const tm_sampling *params = sc->mixed && r % 2 ? &mixed_top_k : &sc->params;
             tm_rng_t draw = rng; /* the CPU sampler's one draw, taken from a copy */
-            double uniform = sc->params.temperature > 0 ? tm_rng_uniform(&draw) : 0;
+            double uniform = params->temperature > 0 ? tm_rng_uniform(&draw) : 0;
             memcpy(scratch, logits + (size_t)r * V, (size_t)V * 4);
             tm_rng_t cpu_rng = rng;
-            expected[r] = tm_sample(&sc->params, scratch, V, histories[r], sc->history, &cpu_rng, candidates);
-            rows[r] = (tm_cuda_sampling){sc->params.temperature, sc->params.top_p, sc->params.min_p, sc->params.repetition_penalty,
-                                         sc->params.top_k, n_distinct - offset, offset, 0, uniform};
+            expected[r] = tm_sample(params, scratch, V, histories[r], sc->history, &cpu_rng, candidates);
+            rows[r] = (tm_cuda_sampling){params->temperature, params->top_p, params->min_p, params->repetition_penalty,
+                                         params->top_k, n_distinct - offset, offset, 0, uniform};
             tm_rng_next(&rng);
         }
         void *d_logits, *d_rows, *d_distinct, *d_tokens;
