@@ -757,7 +757,7 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     /* the embedding launch reads the tokens, the feed map and the page-table growth where the host
      * wrote them (the forward's staging slot) and copies the rest of the inputs to the device */
     const step_inputs *host = &b->host_in[b->input_slot];
-    const tm_cuda_table_updates updates = {host->update_count, host->updates, b->page_mirror};
+    const tm_cuda_table_updates updates = {host->update_count, host->updates, b->page_mirror, TABLE_UPDATES};
     const int32_t *runs[] = {(const int32_t *)host->page_offsets, host->positions, host->n_keys, host->logit_rows, host->tiles};
     const int run_words[] = {2 * T, T, T, T, 2 * n_tiles};
     tm_cuda_inputs_copy copy = {.from = (const uint32_t *)host->page_offsets, .to = b->device_staging, .n = 5};
@@ -1054,7 +1054,7 @@ static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_r
         if (rows[r].n_penalized) memcpy(host_penalized + offset, rows[r].penalized, (size_t)rows[r].n_penalized * 4);
         offset += rows[r].n_penalized;
     }
-    CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, host_rows, host_penalized, b->sampled,
+    CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, host_rows, 1, host_penalized, b->sampled,
                                 b->host_tokens + (size_t)slot * b->capacity, b->stream));
     b->timed[pair] = -1;
     if (b->launch_for[pair] == b->samples_started) {

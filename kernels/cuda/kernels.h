@@ -116,12 +116,14 @@ int tm_cuda_gemv_f16_tokens_parts_half_x(const tm_cuda_gemv_part *parts, int n_p
                                          void *stream);
 
 /* Entries to write into a device table (the page-table mirror) before a step reads it: *count
- * pairs of (index, value), entries[2i] the index (8-byte aligned); count NULL: none. count and entries may be in
- * mapped pinned host memory (the launch reads them over the bus) or on the device. */
+ * pairs of (index, value), entries[2i] the index (8-byte aligned; the buffer holds `capacity`
+ * pairs, *count <= capacity, all of which a launch may read); count NULL: none. count and entries
+ * may be in mapped pinned host memory (the launch reads them over the bus) or on the device. */
 typedef struct tm_cuda_table_updates {
     const int32_t *count;
     const uint32_t *entries;
     int32_t *table;
+    int capacity;
 } tm_cuda_table_updates;
 
 /* Runs of 4-byte words the step's first kernel copies from the host's staging buffer (pinned and
@@ -287,9 +289,13 @@ typedef struct tm_cuda_sampling {
 /* tokens[r] = the token sampled from row r of logits (n_rows x n_vocab, device; penalties are
  * applied in place), -1 for a row whose top_k is outside 1..1024 with temperature > 0; the same
  * into host_tokens[r] too where host_tokens is not NULL (mapped pinned host memory: the host reads
- * them once the launch has finished, with no copy of their own). tokens is a device pointer; rows
- * and penalized may be in mapped pinned host memory or on the device. */
-int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, const int32_t *penalized,
+ * them once the launch has finished, with no copy of their own). tokens is a device pointer;
+ * penalized may be in mapped pinned host memory or on the device. rows_on_host: rows is host memory
+ * that the launcher reads, and up to TM_CUDA_SAMPLE_ARG_ROWS rows travel in the launch's arguments
+ * (no trip to memory for them); else, or for more rows, the kernel reads rows where it points
+ * (device or mapped pinned host memory). */
+#define TM_CUDA_SAMPLE_ARG_ROWS 16
+int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host, const int32_t *penalized,
                    int32_t *tokens, int32_t *host_tokens, void *stream);
 
 /* Gather: out[i] = x[index[i]] for rows of n floats. */

@@ -13,57 +13,74 @@
 TM_STAMPS_RING(ops, 1u << 18)
 
 /* The step's inputs as the host wrote them (copy, updates: up to TM_CUDA_INPUT_RUNS runs and a
- * table's entries), spread over every thread of the launch. Each thread issues all its loads before
- * its first store: read from mapped host memory, every load is a trip over the bus (~1-2 us), which
- * a load-store-load loop would pay one after another. A decode step gives each thread at most one
- * word of the runs and one or two entries; the entries' loop takes UNROLL pairs of pairs a pass. */
+ * table's entries), spread over every thread of the launch. Read from mapped host memory, every load
+ * is a trip over the bus, so each thread issues its loads before its first store, and its first
+ * entry is loaded with the count rather than after it (where the buffer holds that entry; unused
+ * when the count is smaller): one trip for a decode step, which gives each thread at most one word of
+ * the runs and one entry. Entries past the launch's threads take a loop of UNROLL pairs a thread a pass. */
 __device__ __forceinline__ void copy_step_inputs(const tm_cuda_inputs_copy &copy, const tm_cuda_table_updates &updates) {
-    const int thread = blockIdx.x * blockDim.x + threadIdx.x, threads = gridDim.x * blockDim.x;
+    const int thread = (blockIdx.y * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x, threads = gridDim.x * gridDim.y * blockDim.x;
+    const uint2 *entries = reinterpret_cast<const uint2 *>(updates.entries);
+    const bool early = updates.count && thread < updates.capacity;
+    const uint2 first = early ? entries[thread] : make_uint2(0, 0);
+    const int n_entries = updates.count ? *updates.count : 0;
     int total = 0;
 #pragma unroll
     for (int r = 0; r < TM_CUDA_INPUT_RUNS; r++) total += r < copy.n ? copy.words[r] : 0;
-    const int n_entries = updates.count ? *updates.count : 0; /* issued with the runs' loads below */
     for (int w = thread; w < total; w += threads) {
         int run = 0, at = w;
         while (at >= copy.words[run]) at -= copy.words[run], run++;
         copy.to[copy.at[run] + at] = copy.from[copy.at[run] + at];
     }
+    if (early && thread < n_entries) updates.table[first.x] = (int32_t)first.y;
     constexpr int UNROLL = 4;
-    for (int base = thread; base < n_entries; base += UNROLL * threads) {
+    for (int base = thread + threads; base < n_entries; base += UNROLL * threads) {
         uint2 entry[UNROLL];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++)
-            if (base + u * threads < n_entries) entry[u] = reinterpret_cast<const uint2 *>(updates.entries)[base + u * threads];
+            if (base + u * threads < n_entries) entry[u] = entries[base + u * threads];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++)
             if (base + u * threads < n_entries) updates.table[entry[u].x] = (int32_t)entry[u].y;
     }
 }
 
-/* One block per token row: out[t] = dequantized row token(t) of the table, token(t) = tokens[t], or
- * with a feed map (fed != NULL, fed[t] >= 0) the token a sampling on the device drew for row fed[t]
- * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. tokens[t] and
- * fed[t] are loaded together (one trip where they are in host memory). */
+/* Blocks of EMBED_THREADS values of a token row, EMBED_THREADS threads: a thread a value, so a
+ * decode step's row is one trip to memory (a block a row, each thread looping over its 16 values of
+ * a 4096-wide row, paid its trips one after another). H200 (session 54), a launch in a plain-launch
+ * profile: 7B x1 9.6 -> 7.2 us, 8B x1 10.1 -> 6.7; at 8 tokens 12.0 -> 16.7 and 11.1 -> 18.3, where
+ * all 128 blocks load the host's words and the speculative entries (the whole 4096-pair buffer)
+ * over the bus; decode 7B x1 +0.35 %, x8 +0.1 %, 8B within noise (one call, two rounds). Loading the
+ * token once a block and copying from blocks (t, 0) only is the next form to measure. */
+#define EMBED_THREADS 256
+
+/* out[t] = dequantized row token(t) of the table, token(t) = tokens[t], or with a feed map
+ * (fed != NULL, fed[t] >= 0) the token a sampling on the device drew for row fed[t]
+ * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. Block (t, y)
+ * takes values y * EMBED_THREADS.. of row t; tokens[t] and fed[t] are loaded together (one trip
+ * where they are in host memory). */
 template <int TYPE>
-__global__ void embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                             float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy) {
+__global__ void __launch_bounds__(EMBED_THREADS) embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, const int32_t *fed,
+                                                              const int32_t *sampled, float *out, tm_cuda_table_updates updates,
+                                                              tm_cuda_inputs_copy copy) {
     const int token = tokens[blockIdx.x], from = fed ? fed[blockIdx.x] : -1;
     copy_step_inputs(copy, updates);
     const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::stride;
     const uint8_t *row = table + (int64_t)(from >= 0 ? sampled[from] : token) * row_bytes;
-    for (int i = threadIdx.x; i < n_embd; i += blockDim.x)
-        out[(int64_t)blockIdx.x * n_embd + i] = row_value<TYPE>(row, n_embd, i);
+    const int i = blockIdx.y * EMBED_THREADS + threadIdx.x;
+    if (i < n_embd) out[(int64_t)blockIdx.x * n_embd + i] = row_value<TYPE>(row, n_embd, i);
 }
 
 template <int TYPE>
 static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
                                 int n_tokens, float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy, cudaStream_t s) {
-    if (n_embd % traits<TYPE>::block || (fed && !sampled) || (updates.count && (!updates.entries || !updates.table || (uintptr_t)updates.entries % 8)) ||
+    if (n_embd % traits<TYPE>::block || (fed && !sampled) || (updates.count && (!updates.entries || !updates.table || (uintptr_t)updates.entries % 8 || updates.capacity < 0)) ||
         copy.n < 0 || copy.n > TM_CUDA_INPUT_RUNS || (copy.n && (!copy.from || !copy.to)))
         return cudaErrorInvalidValue;
     for (int r = 0; r < copy.n; r++)
         if (copy.words[r] < 0 || copy.at[r] < 0) return cudaErrorInvalidValue;
-    embed_kernel<TYPE><<<n_tokens, 256, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, updates, copy);
+    const dim3 grid((unsigned)n_tokens, (unsigned)((n_embd + EMBED_THREADS - 1) / EMBED_THREADS));
+    embed_kernel<TYPE><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, updates, copy);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }

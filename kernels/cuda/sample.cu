@@ -40,7 +40,13 @@ __device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens,
     if (host_tokens) host_tokens[blockIdx.x] = token;
 }
 
-__global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows,
+/* Up to TM_CUDA_SAMPLE_ARG_ROWS rows' parameters by value in the launch's arguments (n 0: none). */
+struct sample_rows_arg {
+    int n;
+    tm_cuda_sampling rows[TM_CUDA_SAMPLE_ARG_ROWS];
+};
+
+__global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows, sample_rows_arg in_args,
                                                          const int32_t *penalized, int32_t *tokens, int32_t *host_tokens) {
     __shared__ uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
     __shared__ double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
@@ -48,8 +54,9 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     __shared__ float best_value[THREADS / 32];
     __shared__ int best_id[THREADS / 32], n_selected;
     __shared__ tm_cuda_sampling row;
-    /* one load of the row's parameters for the block: rows may be in host memory, a trip over the bus a load */
-    if (threadIdx.x == 0) row = rows[blockIdx.x];
+    /* the row's parameters from the launch's arguments, or one load for the block (rows may be in
+     * host memory: a trip over the bus a load) */
+    if (threadIdx.x == 0) row = in_args.n ? in_args.rows[blockIdx.x] : rows[blockIdx.x];
     __syncthreads();
     const tm_cuda_sampling p = row;
     float *logits = logits_all + (int64_t)blockIdx.x * n_vocab;
@@ -156,11 +163,14 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     put_token(tokens, host_tokens, chosen);
 }
 
-extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, const int32_t *penalized,
-                              int32_t *tokens, int32_t *host_tokens, void *stream) {
+extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host,
+                              const int32_t *penalized, int32_t *tokens, int32_t *host_tokens, void *stream) {
     if (n_rows == 0) return cudaSuccess;
     if (n_vocab < 1) return cudaErrorInvalidValue;
-    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, penalized, tokens, host_tokens);
+    sample_rows_arg in_args;
+    in_args.n = rows_on_host && n_rows <= TM_CUDA_SAMPLE_ARG_ROWS ? n_rows : 0;
+    for (int r = 0; r < in_args.n; r++) in_args.rows[r] = rows[r];
+    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, in_args, penalized, tokens, host_tokens);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }

@@ -76,9 +76,10 @@ static void test_embed(tm_rng_t *rng) {
         /* the same rows again as the engine's step launches it: through a feed map (tokens 1, 4 and
          * 6 from a sampling's rows, the others, whose tokens[] are spoiled with -1 where fed, from
          * tokens[]), the tokens, feed map and table entries read from mapped pinned host memory;
-         * that launch also writes 2500 entries (a random index each, the last write of an index
-         * wins: indices drawn without repeats) of a 6000-entry table, which must hold them and
-         * nothing else, and copies four runs of random words (one empty) from host to device memory,
+         * that launch also writes the 4500 entries counted of a buffer of 5000 (a random index
+         * each, drawn without repeats; 3584 threads, so some take a second pass) into a
+         * 12000-entry table, which must hold them and nothing else (the 500 uncounted may be read,
+         * never written), and copies four runs of random words (one empty) from host to device memory,
          * around which the device words must stay as they were */
         int32_t fed[7] = {-1, 2, -1, -1, 0, -1, 1}, sampled[3] = {tokens[4], tokens[6], tokens[1]}, spoiled[7];
         for (int t = 0; t < n_tokens; t++) spoiled[t] = fed[t] >= 0 ? -1 : tokens[t];
@@ -99,7 +100,7 @@ static void test_embed(tm_rng_t *rng) {
         memcpy(words_expected, words_before, sizeof words_before);
         for (int r = 0; r < copy.n; r++)
             for (int i = 0; i < copy.words[r]; i++) words_expected[copy.at[r] + i] = h_words[copy.at[r] + i];
-        enum { TABLE = 6000, UPDATES = 2500 };
+        enum { TABLE = 12000, UPDATES = 5000 };
         static int32_t table_host[TABLE], table_got[TABLE], order[TABLE];
         static uint32_t entries[2 * UPDATES];
         for (int i = 0; i < TABLE; i++) table_host[i] = -7 - i, order[i] = i;
@@ -108,12 +109,13 @@ static void test_embed(tm_rng_t *rng) {
             order[i] = order[j], order[j] = swap;
             entries[2 * i] = (uint32_t)order[i], entries[2 * i + 1] = (uint32_t)(tm_rng_next(rng) % 100000);
         }
-        const int32_t count = UPDATES;
+        const int32_t count = UPDATES - 500; /* the last 500 pairs are in the buffer but not counted: never written */
+        CHECK(count > n_tokens * (n_embd / 256) * 256, "the launch's threads take some entries in a second pass");
         void *d_table_entries = to_device(table_host, sizeof table_host);
         CHECK(cudaHostAlloc((void **)&h_entries, sizeof entries, cudaHostAllocMapped) == cudaSuccess, "mapped host memory");
         *h_count = count, memcpy(h_entries, entries, sizeof entries);
         for (int form = 0; form < 2; form++) {
-            const tm_cuda_table_updates updates = {form ? h_count : NULL, form ? h_entries : NULL, form ? d_table_entries : NULL};
+            const tm_cuda_table_updates updates = {form ? h_count : NULL, form ? h_entries : NULL, form ? d_table_entries : NULL, UPDATES};
             CHECK(tm_cuda_embed((int)types[k], d_table, n_embd, form ? h_spoiled : d_tokens, form ? h_fed : NULL, form ? d_sampled : NULL,
                                 n_tokens, d_out, updates, form ? copy : no_copy, NULL) == 0,
                   "%s embed%s", traits->name, form ? " (fed)" : "");
@@ -128,9 +130,9 @@ static void test_embed(tm_rng_t *rng) {
             CHECK(bad == 0, "%s embedding%s: %d values differ", traits->name, form ? " (fed)" : "", bad);
         }
         from_device(table_got, d_table_entries, sizeof table_got);
-        for (int i = 0; i < UPDATES; i++) table_host[entries[2 * i]] = (int32_t)entries[2 * i + 1];
+        for (int i = 0; i < count; i++) table_host[entries[2 * i]] = (int32_t)entries[2 * i + 1];
         CHECK(!memcmp(table_got, table_host, sizeof table_got), "%s embed: the table holds its %d updates and nothing else", traits->name,
-              UPDATES);
+              (int)count);
         from_device(words_got, d_words, sizeof words_got);
         CHECK(!memcmp(words_got, words_expected, sizeof words_got), "%s embed: the copied runs and nothing else", traits->name);
         cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out), cudaFree(d_sampled), cudaFree(d_words), cudaFree(d_table_entries);

@@ -8,7 +8,8 @@
  * or the top-p threshold falls within a few ulps of a cumulative boundary (probability ~1e-15
  * per row here). One set quantizes logits to steps of 0.5, so ties are many and the id
  * tie-break is exercised. Each set runs twice: parameters and tokens on the device; then as the
- * engine launches it (parameters read from and tokens also written to mapped host memory). Greedy
+ * engine launches it (parameters in the launch's arguments for 16 rows, read from mapped host memory
+ * for the other 48, tokens also written to mapped host memory). Greedy
  * rows at vocabularies of 100, 32000, 49152 and 128256, and mixed with top-k rows in one launch.
  * Skipped without a CUDA device (exit 77).
  */
@@ -99,7 +100,7 @@ int main(void) {
         cudaMemcpy(d_rows, rows, sizeof rows, cudaMemcpyHostToDevice);
         cudaMemcpy(d_distinct, distinct, sizeof distinct, cudaMemcpyHostToDevice);
         cudaMemset(d_tokens, 0xff, sizeof got);
-        CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, d_distinct, d_tokens, NULL, NULL) == 0, "%s: launch", sc->name);
+        CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, 0, d_distinct, d_tokens, NULL, NULL) == 0, "%s: launch", sc->name);
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s: kernel", sc->name);
         cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
         int differ = 0, first = -1;
@@ -125,7 +126,12 @@ int main(void) {
         memcpy(h_rows, rows, sizeof rows), memcpy(h_distinct, distinct, sizeof distinct), memset(h_tokens, 0xff, sizeof got);
         cudaMemcpy(d_logits, logits, (size_t)ROWS * V * 4, cudaMemcpyHostToDevice);
         cudaMemset(d_tokens, 0xff, sizeof got);
-        CHECK(tm_cuda_sample(d_logits, ROWS, V, h_rows, h_distinct, d_tokens, h_tokens, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess,
+        /* rows 0..15 in the launch's arguments, the other 48 read by the kernel in host memory */
+        const int in_args = TM_CUDA_SAMPLE_ARG_ROWS;
+        CHECK(tm_cuda_sample(d_logits, in_args, V, h_rows, 1, h_distinct, d_tokens, h_tokens, NULL) == 0 &&
+                  tm_cuda_sample((float *)d_logits + (size_t)in_args * V, ROWS - in_args, V, h_rows + in_args, 1, h_distinct,
+                                 (int32_t *)d_tokens + in_args, h_tokens + in_args, NULL) == 0 &&
+                  cudaDeviceSynchronize() == cudaSuccess,
               "%s: launch from host memory", sc->name);
         cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
         int differ_device = 0, differ_host = 0;
@@ -143,7 +149,7 @@ int main(void) {
     cudaMalloc(&d_logits, 400), cudaMalloc(&d_row, sizeof unsupported), cudaMalloc(&d_token, 4);
     cudaMemset(d_logits, 0, 400);
     cudaMemcpy(d_row, &unsupported, sizeof unsupported, cudaMemcpyHostToDevice);
-    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, NULL, d_token, NULL, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess, "launch");
+    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, 0, NULL, d_token, NULL, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess, "launch");
     cudaMemcpy(&token, d_token, 4, cudaMemcpyDeviceToHost);
     CHECK(token == -1, "top_k 0 with temperature > 0 gives -1 (got %d)", token);
     cudaFree(d_logits), cudaFree(d_row), cudaFree(d_token);
