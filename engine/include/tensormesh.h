@@ -144,9 +144,9 @@ typedef struct tm_engine_stats {
     /* device memory of the backend (0 on the CPU) */
     uint64_t device_weight_bytes, device_kv_bytes, device_activation_bytes, device_workspace_bytes;
     /* with time_device_steps (CUDA): decode steps timed by device events, each replayed as a graph right after
-     * another timed one; the device idle before each (from the previous step's sampled tokens copied back to
-     * this step's graph launch: the host's turnaround between steps) and busy in it (from the graph launch to
-     * its sampled tokens copied back), summed */
+     * another timed one; the device idle before each (from the end of the previous step's sampling kernel,
+     * which writes its tokens into host memory, to this step's graph launch: the host's turnaround between
+     * steps) and busy in it (from the graph launch to the end of its sampling kernel), summed */
     int64_t device_timed_steps;
     double device_idle_seconds, device_busy_seconds;
     int64_t overlapped_steps;  /* steps launched before the host read the tokens of the step before them */
