@@ -147,7 +147,6 @@ typedef struct cuda_backend {
     void *activation_block;
     float *x, *x_next, *xb, *q, *k, *v, *att, *delta, *gate, *up, *logits, *xo; /* residual stream: x, x_next in turn */
     void *host_staging, *device_staging; /* host: two slots (forward k writes slot k % 2), pinned and mapped */
-    uint64_t staging_bytes;              /* a slot's */
     step_inputs host_in[2], device_in;
     int input_slot;                      /* the slot of the forward being launched */
     /* workspace */
@@ -404,7 +403,6 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     if ((s = device_alloc(b, &b->device_staging, staging, &b->memory.activations, "step inputs", error)) ||
         (s = mapped_alloc(b, &b->host_staging, 2 * staging, "step inputs", error)))
         return s;
-    b->staging_bytes = staging;
     step_inputs *ins[3] = {&b->host_in[0], &b->host_in[1], &b->device_in};
     uint8_t *bases[3] = {b->host_staging, (uint8_t *)b->host_staging + staging, b->device_staging};
     for (int i = 0; i < 3; i++) {
