@@ -45,12 +45,15 @@ typedef struct tm_backend_memory {
 
 /* One logits row to sample on the device: the CPU sampler's parameters, the uniform draw the
  * host took from the request's generator (temperature > 0 only), the distinct token ids of the
- * repetition-penalty window. */
+ * repetition-penalty window. With window_fed, the window also ends with the token the last forward
+ * processed for this row, a token fed on the device (tm_batch.fed) that the host has not seen and
+ * `penalized` does not hold: the backend penalizes it too, once (not where penalized lists it). */
 typedef struct tm_sample_row {
     const tm_sampling *params;
     double uniform;
     const int32_t *penalized;
     int n_penalized;
+    bool window_fed;
     int penalized_start;    /* the caller's bookkeeping; ignored by backends */
 } tm_sample_row;
 

@@ -50,6 +50,7 @@ typedef struct cpu_backend {
     int kept_rows, kept_capacity;
     int32_t *tokens;             /* (T) a forward's tokens with fed ones filled in */
     int tokens_capacity;
+    int32_t *kept_tokens;        /* (kept_capacity) the token each kept row's forward processed (a fed one filled in) */
     int32_t *slot_tokens[2];     /* (kept_capacity) each */
     int slot_rows[2];
     int64_t samples_started, samples_finished;
@@ -259,12 +260,16 @@ static tm_status forward(tm_backend *backend, const tm_batch *batch, tm_kv_cache
     if (!logits && n_out > b->kept_capacity) {
         if (b->samples_started != b->samples_finished)
             return tm_error_set(error, TM_ERR_INVALID_ARG, "cpu backend: a forward keeps %d rows while a sampling is not finished", n_out);
-        free(b->kept), free(b->slot_tokens[0]), free(b->slot_tokens[1]);
+        free(b->kept), free(b->kept_tokens), free(b->slot_tokens[0]), free(b->slot_tokens[1]);
         b->kept = malloc((size_t)n_out * (size_t)c->n_vocab * sizeof(float));
+        b->kept_tokens = malloc((size_t)n_out * sizeof(int32_t));
         b->slot_tokens[0] = malloc((size_t)n_out * sizeof(int32_t)), b->slot_tokens[1] = malloc((size_t)n_out * sizeof(int32_t));
-        b->kept_capacity = b->kept && b->slot_tokens[0] && b->slot_tokens[1] ? n_out : 0;
+        b->kept_capacity = b->kept && b->kept_tokens && b->slot_tokens[0] && b->slot_tokens[1] ? n_out : 0;
         if (!b->kept_capacity) return tm_error_set(error, TM_ERR_NO_MEMORY, "cpu backend: out of memory for %d logits rows", n_out);
     }
+    if (!logits)
+        for (int t = 0, row = 0; t < T; t++)
+            if (batch->want_logits[t]) b->kept_tokens[row++] = tokens[t];
     status = n_out ? matmul(b, &m->output, s->logits_in, n_out, logits ? logits : b->kept, error) : TM_OK;
     if (!logits && !status) b->kept_rows = n_out;
     TM_DETAIL_END();
@@ -285,7 +290,8 @@ static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_r
     const int slot = (int)(b->samples_started % 2);
     for (int r = 0; r < n_rows; r++)
         b->slot_tokens[slot][r] = tm_sample_drawn(rows[r].params, b->kept + (size_t)r * n_vocab, n_vocab, rows[r].penalized,
-                                                  rows[r].n_penalized, rows[r].uniform, b->candidates);
+                                                  rows[r].n_penalized, rows[r].window_fed ? b->kept_tokens[r] : -1, rows[r].uniform,
+                                                  b->candidates);
     b->slot_rows[slot] = n_rows;
     b->samples_started++;
     b->kept_rows = 0; /* penalties changed the rows: sample each forward once */
@@ -313,7 +319,7 @@ static void backend_free(tm_backend *backend) {
     if (b) {
         free_token_buffers(&b->state);
         free(b->state.scores);
-        free(b->kept), free(b->tokens), free(b->slot_tokens[0]), free(b->slot_tokens[1]), free(b->candidates);
+        free(b->kept), free(b->kept_tokens), free(b->tokens), free(b->slot_tokens[0]), free(b->slot_tokens[1]), free(b->candidates);
     }
     free(b);
     free(backend);

@@ -160,6 +160,8 @@ typedef struct cuda_backend {
      * (sample_start); the kernel reads its parameters from its slot and writes its tokens there */
     tm_cuda_sampling *host_sample_rows; /* 2 slots of capacity rows */
     int32_t *sampled, *host_penalized;  /* host_penalized: 2 slots of penalized_capacity ids */
+    int32_t *step_tokens;               /* (capacity, after sampled's in its allocation) the last forward's tokens as
+                                         * embedded, fed ones filled in: a penalty window's unseen last token (fed_at) */
     int32_t *host_tokens;               /* 2 slots of capacity tokens, written by the sampling kernel */
     int penalized_capacity;
     cudaEvent_t tokens_copied[2];  /* a slot's tokens are in host_tokens (its sampling kernel has finished) */
@@ -259,7 +261,7 @@ static void free_activations(cuda_backend *b) {
     cudaFree(b->xb16);
     cudaFreeHost(b->host_sample_rows), cudaFreeHost(b->host_tokens);
     b->activation_block = b->device_staging = b->host_staging = b->gemm_workspace = b->q8 = b->xb16 = NULL;
-    b->partials = NULL, b->host_sample_rows = NULL, b->sampled = b->host_tokens = NULL;
+    b->partials = NULL, b->host_sample_rows = NULL, b->sampled = b->step_tokens = b->host_tokens = NULL;
     b->memory.activations = 0;
     b->memory.workspace = b->cublas_workspace ? CUBLAS_WORKSPACE_BYTES : 0; /* it lives as long as the backend */
     b->capacity = 0;
@@ -430,10 +432,11 @@ static tm_status ensure_activations(cuda_backend *b, int n_tokens, tm_error_t *e
     uint64_t decode_tokens = (uint64_t)TM_MIN(n_tokens, TM_CUDA_GEMV_MAX_TOKENS);
     uint64_t partial_bytes = decode_tokens * c->n_head * b->n_splits * (c->head_dim + 2) * sizeof(float);
     if ((s = device_alloc(b, (void **)&b->partials, partial_bytes, &b->memory.workspace, "attention partials", error))) return s;
-    if ((s = device_alloc(b, (void **)&b->sampled, T * sizeof(int32_t), &b->memory.workspace, "sampling", error)) ||
+    if ((s = device_alloc(b, (void **)&b->sampled, 2 * T * sizeof(int32_t), &b->memory.workspace, "sampling", error)) ||
         (s = mapped_alloc(b, (void **)&b->host_sample_rows, 2 * T * sizeof(tm_cuda_sampling), "sampling", error)) ||
         (s = mapped_alloc(b, (void **)&b->host_tokens, 2 * T * sizeof(int32_t), "sampling", error)))
         return s;
+    b->step_tokens = b->sampled + T;
     b->capacity = n_tokens;
     return TM_OK;
 }
@@ -760,8 +763,8 @@ static tm_status launch_forward(cuda_backend *b, int T, int n_tiles, int n_out, 
     const int run_words[] = {2 * T, T, T, T, 2 * n_tiles};
     tm_cuda_inputs_copy copy = {.from = (const uint32_t *)host->page_offsets, .to = b->device_staging, .n = 5};
     for (int r = 0; r < 5; r++) copy.at[r] = (int)(runs[r] - (const int32_t *)host->page_offsets), copy.words[r] = run_words[r];
-    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, host->tokens, host->fed, b->sampled, T, b->x, updates, copy,
-                               stream));
+    CHECK_KERNEL(tm_cuda_embed(b->token_embd.type, b->token_embd.data, D, host->tokens, host->fed, b->sampled, T, b->x, b->step_tokens,
+                               updates, copy, stream));
     const float *pending_delta = NULL; /* the down product's output, added by the next norm */
     /* The residual stream: each norm that adds a delta writes the sum to the other buffer
      * (tm_cuda_add_rmsnorm out of place, so a few rows can be normalized by many blocks). */
@@ -1044,15 +1047,16 @@ static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_r
     const int slot = (int)(b->samples_started % 2), pair = (int)(b->samples_started % 3);
     tm_cuda_sampling *host_rows = b->host_sample_rows + (size_t)slot * b->capacity;
     int32_t *host_penalized = b->host_penalized ? b->host_penalized + (size_t)slot * b->penalized_capacity : NULL;
+    const int32_t *logit_rows = b->host_in[b->input_slot].logit_rows; /* the last forward's: row r is its token logit_rows[r] */
     int offset = 0;
     for (int r = 0; r < n_rows; r++) {
         const tm_sampling *p = rows[r].params;
-        host_rows[r] = (tm_cuda_sampling){p->temperature, p->top_p, p->min_p, p->repetition_penalty, p->top_k, rows[r].n_penalized, offset, 0,
-                                          rows[r].uniform};
+        host_rows[r] = (tm_cuda_sampling){p->temperature, p->top_p, p->min_p, p->repetition_penalty, p->top_k, rows[r].n_penalized, offset,
+                                          rows[r].window_fed ? logit_rows[r] : -1, rows[r].uniform};
         if (rows[r].n_penalized) memcpy(host_penalized + offset, rows[r].penalized, (size_t)rows[r].n_penalized * 4);
         offset += rows[r].n_penalized;
     }
-    CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, host_rows, 1, host_penalized, b->sampled,
+    CHECK_KERNEL(tm_cuda_sample(b->logits, n_rows, b->model->config.n_vocab, host_rows, 1, host_penalized, b->step_tokens, b->sampled,
                                 b->host_tokens + (size_t)slot * b->capacity, b->stream));
     b->timed[pair] = -1;
     if (b->launch_for[pair] == b->samples_started) {

@@ -15,8 +15,9 @@
  * Overlapped steps (backends with sample_start/sample_finish, unless no_step_overlap): step 3's
  * sampling is started and left in flight; the next call first launches the decode step after
  * it where that batch is already known (build_following: every running request decoding, none
- * queued that a free slot could admit, no repetition penalty), its tokens read on the device
- * from the sampling in flight, and then reads the earlier step. Each call reads exactly one step,
+ * queued that a free slot could admit), its tokens read on the device from the sampling in
+ * flight (a repetition penalty's window ends with such a token: the backend adds it to the ids
+ * the host lists), and then reads the earlier step. Each call reads exactly one step,
  * so the tokens, and the order of each request's random draws, are those of steps read one at a
  * time; a row whose request ended while its step was in flight is dropped.
  * Text shown to callers is held back while it could still become a stop string or ends inside
@@ -569,12 +570,15 @@ static bool device_sampling_possible(const tm_engine *e, int n) {
     return true;
 }
 
-/* The distinct ids of r's repetition-penalty window (sampler.c's window), appended at *used. */
-static bool collect_penalized(tm_engine *e, const request *r, int *used, int *count) {
+/* The distinct ids of r's repetition-penalty window (sampler.c's window), appended at *used. With
+ * `unseen`, the window ends one token past r's tokens, with the token a step in flight samples (fed
+ * to the step being sampled on the device, where the backend adds it: tm_sample_row.window_fed). */
+static bool collect_penalized(tm_engine *e, const request *r, bool unseen, int *used, int *count) {
     *count = 0;
     const tm_sampling *p = &r->sampling;
     if (p->repetition_penalty == 1.0f || p->repetition_penalty <= 0) return true;
-    int start = p->penalty_last_n > 0 && r->n_tokens > p->penalty_last_n ? r->n_tokens - p->penalty_last_n : 0;
+    const int history = r->n_tokens + unseen;
+    int start = p->penalty_last_n > 0 && history > p->penalty_last_n ? history - p->penalty_last_n : 0;
     int need = *used + (r->n_tokens - start);
     if (need > e->penalized_capacity) {
         int32_t *grown = realloc(e->penalized, (size_t)need * 2 * sizeof *grown);
@@ -628,7 +632,9 @@ static void record_flight(tm_engine *e, flight *f, const tm_batch *batch, int pr
 }
 
 /* The rows of a device-sampled step (want rows, batch order) for the backend's sampler; a
- * request's uniform draw is taken here, one per step, as the CPU sampler takes it. */
+ * request's uniform draw is taken here, one per step, as the CPU sampler takes it. A row whose
+ * token was fed on the device (batch->fed) has a penalty window ending with that token, which the
+ * host has not seen: the backend adds it (window_fed). */
 static tm_status device_sample_rows(tm_engine *e, const tm_batch *batch, int *n_rows, tm_error_t *error) {
     int rows = 0, penalized_used = 0;
     for (int k = 0; k < batch->n_tokens; k++) {
@@ -638,7 +644,9 @@ static tm_status device_sample_rows(tm_engine *e, const tm_batch *batch, int *n_
         row->params = &r->sampling;
         row->uniform = r->sampling.temperature > 0 ? tm_rng_uniform(&r->rng) : 0; /* the CPU sampler's one draw */
         int start = penalized_used;
-        if (!collect_penalized(e, r, &penalized_used, &row->n_penalized)) return tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory");
+        row->window_fed = batch->fed && batch->fed[k] >= 0;
+        if (!collect_penalized(e, r, row->window_fed, &penalized_used, &row->n_penalized))
+            return tm_error_set(error, TM_ERR_NO_MEMORY, "engine: out of memory");
         row->penalized = NULL;
         row->penalized_start = start;
     }
@@ -681,9 +689,9 @@ tm_status tm_engine_step(tm_engine *e, tm_error_t *error) {
  * caller's work at the end of prefill, such as tmbench's energy reading, then does not hide a
  * decode step's time), every running request has its last sampled row in f, nothing queued could
  * be admitted (none queued, or every sequence slot taken: a saturated server keeps overlapping;
- * a slot freed by f's tokens admits at the step after the next), none applies a repetition
- * penalty (its window would need f's tokens), and each grows its KV by one token without
- * preempting. A request whose row in f ends it by length
+ * a slot freed by f's tokens admits at the step after the next), and each grows its KV by one
+ * token without preempting (a repetition penalty's window ends with f's token: the backend adds
+ * it, device_sample_rows). A request whose row in f ends it by length
  * or context is left out; rows whose requests end otherwise (an end token, a stop string) are
  * computed and dropped when their tokens come. Its tokens are fed from f's rows. Returns the
  * batch's tokens (0: not possible now). */
@@ -708,7 +716,6 @@ static int build_following(tm_engine *e, const flight *f) {
         alive++;
         const int position = f->position[row] + 1; /* the token f samples, processed by the next step */
         if (r->n_tokens != position || r->n_processed != position) return 0; /* f's token is not its next */
-        if (r->sampling.repetition_penalty != 1.0f && r->sampling.repetition_penalty > 0) return 0;
         if (position + 1 - r->n_prompt >= r->max_tokens || position + 1 >= e->options.n_ctx) continue; /* ends with f's token */
         if (tm_kv_reserve(e->kv, r->seq, position + 1) != TM_OK) return 0;
         e->batch_tokens[n] = 0;

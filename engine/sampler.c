@@ -115,10 +115,15 @@ int32_t tm_sample(const tm_sampling *p, float *logits, int n_vocab, const int32_
     return choose(p, logits, n_vocab, p->temperature > 0 ? tm_rng_uniform(rng) : 0, c);
 }
 
-int32_t tm_sample_drawn(const tm_sampling *p, float *logits, int n_vocab, const int32_t *penalized, int n_penalized, double uniform,
-                        tm_sampler_candidate *c) {
-    if (p->repetition_penalty != 1.0f && p->repetition_penalty > 0)
-        for (int i = 0; i < n_penalized; i++)
+int32_t tm_sample_drawn(const tm_sampling *p, float *logits, int n_vocab, const int32_t *penalized, int n_penalized, int32_t last,
+                        double uniform, tm_sampler_candidate *c) {
+    if (p->repetition_penalty != 1.0f && p->repetition_penalty > 0) {
+        bool listed = false;
+        for (int i = 0; i < n_penalized; i++) {
+            listed |= penalized[i] == last;
             if (penalized[i] >= 0 && penalized[i] < n_vocab) penalize(p, logits, penalized[i]);
+        }
+        if (!listed && last >= 0 && last < n_vocab) penalize(p, logits, last);
+    }
     return choose(p, logits, n_vocab, uniform, c);
 }

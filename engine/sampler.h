@@ -20,10 +20,12 @@ typedef struct tm_sampler_candidate {
 /* candidates: scratch of n_vocab entries. */
 int32_t tm_sample(const tm_sampling *params, float *logits, int n_vocab, const int32_t *history, int n_history,
                   tm_rng_t *rng, tm_sampler_candidate *candidates);
-/* The same with the penalty window given as its distinct ids (penalized) and the draw taken
- * already (uniform: the generator's next number where temperature > 0, else unused): the same
- * token as tm_sample for the same logits and generator state. */
+/* The same with the penalty window given as its distinct ids (penalized), plus `last` (-1: none),
+ * a token that ends the window and is penalized unless penalized lists it (a token the caller has
+ * not seen: the engine's overlapped steps), and the draw taken already (uniform: the generator's
+ * next number where temperature > 0, else unused): the same token as tm_sample for the same
+ * logits and generator state. */
 int32_t tm_sample_drawn(const tm_sampling *params, float *logits, int n_vocab, const int32_t *penalized, int n_penalized,
-                        double uniform, tm_sampler_candidate *candidates);
+                        int32_t last, double uniform, tm_sampler_candidate *candidates);
 
 #endif /* TM_SAMPLER_H */

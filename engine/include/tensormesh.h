@@ -65,9 +65,10 @@ typedef struct tm_engine_options {
                               * (tm_engine_stats.device_idle_seconds; a measuring aid: they cost a step 5-11 us) */
     bool no_step_overlap;    /* Read each step's sampled tokens before the next step is launched. By default a
                               * decode step whose batch is already known (every running request decoding, none
-                              * queued that a free sequence slot could admit, no repetition penalty) is launched
-                              * before the host reads the tokens of the step before it, which it reads on the
-                              * device: the host's turnaround between steps overlaps the device's work. The
+                              * queued that a free sequence slot could admit) is launched before the host reads
+                              * the tokens of the step before it, which it reads on the device (and adds to a
+                              * repetition penalty's window there): the host's turnaround between steps overlaps
+                              * the device's work. The
                               * tokens are the same either way; a queued request that a slot freed by a step's
                               * tokens admits starts one step later. */
 } tm_engine_options;

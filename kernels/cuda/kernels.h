@@ -139,13 +139,15 @@ typedef struct tm_cuda_inputs_copy {
 
 /* out[t] = row tokens[t] of an embedding table (n_embd columns of ggml type `type`), as floats; with a
  * feed map (fed: n_tokens ints, or NULL) a token t with fed[t] >= 0 takes row sampled[fed[t]]
- * instead (sampled: tokens drawn on the device, which the host has not seen yet). The same launch
- * writes `updates` and `copy` (a step's first kernel: its page-table growth and its other inputs,
- * read where the host wrote them instead of by transfers of their own). tokens and fed may be in
- * mapped pinned host memory or on the device. A plain launch, so every later kernel of the step
- * sees what it wrote. */
+ * instead (sampled: tokens drawn on the device, which the host has not seen yet); step_tokens
+ * (device, n_tokens ints, or NULL) gets each row's token as embedded (tm_cuda_sample's fed_at reads
+ * it). The same launch writes `updates` and `copy` (a step's first kernel: its page-table growth and
+ * its other inputs, read where the host wrote them instead of by transfers of their own). tokens and
+ * fed may be in mapped pinned host memory or on the device. A plain launch, so every later kernel of
+ * the step sees what it wrote. */
 int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                  int n_tokens, float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy, void *stream);
+                  int n_tokens, float *out, int32_t *step_tokens, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy,
+                  void *stream);
 /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight, for n_rows rows of n floats (out may be x). */
 int tm_cuda_rmsnorm(float *out, const float *x, const float *weight, int n_rows, int n, float eps, void *stream);
 /* Rope (llama.cpp's "normal", as engine/ops_cpu.c) in place on n_tokens x n_heads x head_dim floats;
@@ -282,7 +284,9 @@ typedef struct tm_cuda_sampling {
     float temperature, top_p, min_p, repetition_penalty;
     int top_k;                          /* 1..TM_CUDA_SAMPLE_MAX_TOP_K when temperature > 0 */
     int n_penalized, penalized_offset;  /* the window's distinct ids: penalized[offset...] */
-    int reserved;
+    int fed_at;                         /* -1, or t: the window also ends with step_tokens[t] (tm_cuda_embed's:
+                                         * a token fed on the device, unseen by the host), penalized once
+                                         * like the others (not again where penalized lists it) */
     double uniform;
 } tm_cuda_sampling;
 #define TM_CUDA_SAMPLE_MAX_TOP_K 1024
@@ -290,13 +294,14 @@ typedef struct tm_cuda_sampling {
  * applied in place), -1 for a row whose top_k is outside 1..1024 with temperature > 0; the same
  * into host_tokens[r] too where host_tokens is not NULL (mapped pinned host memory: the host reads
  * them once the launch has finished, with no copy of their own). tokens is a device pointer;
- * penalized may be in mapped pinned host memory or on the device. rows_on_host: rows is host memory
+ * penalized may be in mapped pinned host memory or on the device; step_tokens (device) is read only
+ * for rows with fed_at >= 0 and a penalty. rows_on_host: rows is host memory
  * that the launcher reads, and up to TM_CUDA_SAMPLE_ARG_ROWS rows travel in the launch's arguments
  * (no trip to memory for them); else, or for more rows, the kernel reads rows where it points
  * (device or mapped pinned host memory). */
 #define TM_CUDA_SAMPLE_ARG_ROWS 16
 int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host, const int32_t *penalized,
-                   int32_t *tokens, int32_t *host_tokens, void *stream);
+                   const int32_t *step_tokens, int32_t *tokens, int32_t *host_tokens, void *stream);
 
 /* Gather: out[i] = x[index[i]] for rows of n floats. */
 int tm_cuda_gather_rows(const float *x, const int32_t *index, int n_out, int n, float *out, void *stream);

@@ -58,37 +58,44 @@ __device__ __forceinline__ void copy_step_inputs(const tm_cuda_inputs_copy &copy
  * (fed != NULL, fed[t] >= 0) the token a sampling on the device drew for row fed[t]
  * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. Block (t, y)
  * takes values y * EMBED_THREADS.. of row t; tokens[t] and fed[t] are loaded together (one trip
- * where they are in host memory). */
+ * where they are in host memory). Where step_tokens is not NULL, block (t, 0) writes token(t) there
+ * (the step's tokens as embedded: the sampling reads a fed token's id there, for its penalty). */
 template <int TYPE>
 __global__ void __launch_bounds__(EMBED_THREADS) embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, const int32_t *fed,
-                                                              const int32_t *sampled, float *out, tm_cuda_table_updates updates,
-                                                              tm_cuda_inputs_copy copy) {
+                                                              const int32_t *sampled, float *out, int32_t *step_tokens,
+                                                              tm_cuda_table_updates updates, tm_cuda_inputs_copy copy) {
     const int token = tokens[blockIdx.x], from = fed ? fed[blockIdx.x] : -1;
     copy_step_inputs(copy, updates);
     const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::stride;
-    const uint8_t *row = table + (int64_t)(from >= 0 ? sampled[from] : token) * row_bytes;
+    const int embedded = from >= 0 ? sampled[from] : token;
+    if (step_tokens && blockIdx.y == 0 && threadIdx.x == 0) step_tokens[blockIdx.x] = embedded;
+    const uint8_t *row = table + (int64_t)embedded * row_bytes;
     const int i = blockIdx.y * EMBED_THREADS + threadIdx.x;
     if (i < n_embd) out[(int64_t)blockIdx.x * n_embd + i] = row_value<TYPE>(row, n_embd, i);
 }
 
 template <int TYPE>
 static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                                int n_tokens, float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy, cudaStream_t s) {
+                                int n_tokens, float *out, int32_t *step_tokens, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy,
+                                cudaStream_t s) {
     if (n_embd % traits<TYPE>::block || (fed && !sampled) || (updates.count && (!updates.entries || !updates.table || (uintptr_t)updates.entries % 8 || updates.capacity < 0)) ||
         copy.n < 0 || copy.n > TM_CUDA_INPUT_RUNS || (copy.n && (!copy.from || !copy.to)))
         return cudaErrorInvalidValue;
     for (int r = 0; r < copy.n; r++)
         if (copy.words[r] < 0 || copy.at[r] < 0) return cudaErrorInvalidValue;
     const dim3 grid((unsigned)n_tokens, (unsigned)((n_embd + EMBED_THREADS - 1) / EMBED_THREADS));
-    embed_kernel<TYPE><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, updates, copy);
+    embed_kernel<TYPE><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, step_tokens, updates,
+                                                      copy);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
 
 extern "C" int tm_cuda_embed(int type, const void *table, int n_embd, const int32_t *tokens, const int32_t *fed, const int32_t *sampled,
-                             int n_tokens, float *out, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy, void *stream) {
+                             int n_tokens, float *out, int32_t *step_tokens, tm_cuda_table_updates updates, tm_cuda_inputs_copy copy,
+                             void *stream) {
     return dispatch_weight_type(type, [&](auto t) {
-        return launch_embed<decltype(t)::value>(table, n_embd, tokens, fed, sampled, n_tokens, out, updates, copy, (cudaStream_t)stream);
+        return launch_embed<decltype(t)::value>(table, n_embd, tokens, fed, sampled, n_tokens, out, step_tokens, updates, copy,
+                                                (cudaStream_t)stream);
     });
 }
 

@@ -1,11 +1,12 @@
 /*
  * sample.cu - token sampling on the GPU with the CPU sampler's exact semantics (engine/sampler.c):
- * repetition penalty, then greedy (temperature <= 0: argmax, lowest id on ties) or top-k, top-p,
- * min-p, temperature and a draw with the host's uniform number, in the CPU's order and
- * arithmetic. Candidates are ranked by the total order (logit descending, id ascending) encoded
- * as one 64-bit key, so "the k best" is exact: the k-th largest key is found by bisection over
- * block-wide counts, the k survivors are compacted and bitonic-sorted in shared memory, and one
- * thread then runs the CPU's cumulative loops over them in float64. Hence the same logits,
+ * repetition penalty (the window's last token may be one fed on the device that the host has not
+ * seen: fed_at), then greedy (temperature <= 0: argmax, lowest id on ties) or top-k, top-p, min-p,
+ * temperature and a draw with the host's uniform number, in the CPU's order and arithmetic.
+ * Candidates are ranked by the total order (logit descending, id ascending) encoded as one 64-bit
+ * key, so "the k best" is exact: the k-th largest key is found by bisection over block-wide
+ * counts, the k survivors are compacted and bitonic-sorted in shared memory, and one thread then
+ * runs the CPU's cumulative loops over them in float64. Hence the same logits,
  * parameters and uniform give the CPU's token, except where a float64 sum lands within rounding
  * of a top-p or draw boundary. One block of 1024 threads per row; top_k must be in 1..1024.
  * The engine's parameters and tokens live in mapped pinned host memory (engine/backend_cuda.c):
@@ -47,7 +48,8 @@ struct sample_rows_arg {
 };
 
 __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows, sample_rows_arg in_args,
-                                                         const int32_t *penalized, int32_t *tokens, int32_t *host_tokens) {
+                                                         const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens,
+                                                         int32_t *host_tokens) {
     __shared__ uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
     __shared__ double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
     __shared__ int scratch[THREADS / 32];
@@ -61,12 +63,19 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     const tm_cuda_sampling p = row;
     float *logits = logits_all + (int64_t)blockIdx.x * n_vocab;
     const int tid = threadIdx.x;
-    /* repetition penalty: the host lists each id of the window once */
-    if (p.repetition_penalty != 1.0f && p.repetition_penalty > 0)
+    /* repetition penalty: the host lists each id of the window once; a fed token that ends the
+     * window (fed_at, unseen by the host) is penalized after them unless they list it */
+    if (p.repetition_penalty != 1.0f && p.repetition_penalty > 0) {
+        const int fed = p.fed_at >= 0 ? step_tokens[p.fed_at] : -1;
+        bool listed = false;
         for (int i = tid; i < p.n_penalized; i += THREADS) {
             int id = penalized[p.penalized_offset + i];
+            listed |= id == fed;
             if (id >= 0 && id < n_vocab) logits[id] = logits[id] > 0 ? logits[id] / p.repetition_penalty : logits[id] * p.repetition_penalty;
         }
+        if (p.fed_at >= 0 && !__syncthreads_or(listed) && tid == 0 && fed >= 0 && fed < n_vocab)
+            logits[fed] = logits[fed] > 0 ? logits[fed] / p.repetition_penalty : logits[fed] * p.repetition_penalty;
+    }
     __syncthreads();
     if (p.temperature <= 0) { /* argmax, lowest id on ties */
         float value = -INFINITY;
@@ -164,13 +173,14 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
 }
 
 extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host,
-                              const int32_t *penalized, int32_t *tokens, int32_t *host_tokens, void *stream) {
+                              const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens, int32_t *host_tokens, void *stream) {
     if (n_rows == 0) return cudaSuccess;
     if (n_vocab < 1) return cudaErrorInvalidValue;
     sample_rows_arg in_args;
     in_args.n = rows_on_host && n_rows <= TM_CUDA_SAMPLE_ARG_ROWS ? n_rows : 0;
     for (int r = 0; r < in_args.n; r++) in_args.rows[r] = rows[r];
-    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, in_args, penalized, tokens, host_tokens);
+    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, in_args, penalized, step_tokens, tokens,
+                                                                 host_tokens);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }

@@ -1,7 +1,7 @@
 /*
  * test_engine_cuda.c - the engine on the GPU, end to end through its public API, on the
  * synthetic SmolLM2-135M shape (q8_0 weights, f16 KV): six requests with different prompts,
- * seeds and sampling (temperature, top-k, top-p, min-p, repetition penalty; one greedy) run
+ * seeds and sampling (temperature, top-k, top-p, min-p, repetition penalties; one greedy) run
  * with continuous batching: at most 4 sequences, prefill chunks of 48 tokens mixed with decode
  * tokens, and a KV pool small enough that requests are preempted and recomputed.
  * Run A samples on the GPU and replays decode steps as CUDA graphs; run B copies logits back,
@@ -9,8 +9,10 @@
  * (same kernels, same order), and GPU sampling follows the CPU sampler exactly, so every
  * request's tokens must be identical; A must have sampled on the GPU and B not, and the device
  * memory accounting must be filled in (weights = the model's bytes, KV, activations, workspace).
+ * Every request applies a repetition penalty (windows of 3, 16, 64 tokens and the whole history).
  * Run A overlaps its steps (each decode step launched before the host reads the tokens of the one
- * before it, where the batch allows: the default); run A again with no_step_overlap must give the
+ * before it, where the batch allows: the default; a penalty's window then ends with the token fed
+ * on the GPU, which the sampling kernel adds); run A again with no_step_overlap must give the
  * same tokens, and only A may have overlapped.
  * Run A again with time_device_steps (events around each replayed decode step) must give the
  * same tokens and time its decode steps: some timed, none more than the steps taken, the device's
@@ -84,8 +86,13 @@ static bool run(bool device_sampling_and_graphs, int kv_type, run_output *out) {
             params.sampling.top_k = i == 5 ? 1024 : 20 + 10 * i;
             params.sampling.top_p = i % 2 ? 0.9f : 1.0f;
             params.sampling.min_p = i == 4 ? 0.05f : 0;
-            params.sampling.repetition_penalty = i == 3 ? 1.3f : 1.0f;
         }
+        /* every request with a repetition penalty (windows of 3, 16, 64 and the whole history): every
+         * overlapped step samples penalized rows whose window ends with the token fed on the GPU */
+        const float penalties[REQUESTS] = {1.5f, 1.1f, 1.2f, 1.3f, 1.15f, 1.25f};
+        const int windows[REQUESTS] = {3, 0, 64, 64, 16, 64};
+        params.sampling.repetition_penalty = penalties[i];
+        params.sampling.penalty_last_n = windows[i];
         CHECK(!tm_engine_submit(engine, &params, &ids[i], &error), "submit: %s", error.message);
     }
     int steps = 0;

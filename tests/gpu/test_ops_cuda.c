@@ -114,11 +114,18 @@ static void test_embed(tm_rng_t *rng) {
         void *d_table_entries = to_device(table_host, sizeof table_host);
         CHECK(cudaHostAlloc((void **)&h_entries, sizeof entries, cudaHostAllocMapped) == cudaSuccess, "mapped host memory");
         *h_count = count, memcpy(h_entries, entries, sizeof entries);
+        int32_t step_spoiled[7], step_got[7];
+        for (int t = 0; t < n_tokens; t++) step_spoiled[t] = -100 - t;
+        int32_t *d_step_tokens = to_device(step_spoiled, sizeof step_spoiled);
         for (int form = 0; form < 2; form++) {
             const tm_cuda_table_updates updates = {form ? h_count : NULL, form ? h_entries : NULL, form ? d_table_entries : NULL, UPDATES};
+            /* the fed launch also writes the step's tokens as embedded (fed ones filled in) */
             CHECK(tm_cuda_embed((int)types[k], d_table, n_embd, form ? h_spoiled : d_tokens, form ? h_fed : NULL, form ? d_sampled : NULL,
-                                n_tokens, d_out, updates, form ? copy : no_copy, NULL) == 0,
+                                n_tokens, d_out, form ? d_step_tokens : NULL, updates, form ? copy : no_copy, NULL) == 0,
                   "%s embed%s", traits->name, form ? " (fed)" : "");
+            from_device(step_got, d_step_tokens, sizeof step_got);
+            CHECK(!memcmp(step_got, form ? tokens : step_spoiled, sizeof step_got), "%s embed%s: the step's tokens %s", traits->name,
+                  form ? " (fed)" : "", form ? "written, fed ones filled in" : "not written without a buffer");
             from_device(got, d_out, (size_t)n_tokens * n_embd * sizeof(float));
             int bad = 0;
             for (int t = 0; t < n_tokens; t++) {
@@ -136,6 +143,7 @@ static void test_embed(tm_rng_t *rng) {
         from_device(words_got, d_words, sizeof words_got);
         CHECK(!memcmp(words_got, words_expected, sizeof words_got), "%s embed: the copied runs and nothing else", traits->name);
         cudaFree(d_table), cudaFree(d_tokens), cudaFree(d_out), cudaFree(d_sampled), cudaFree(d_words), cudaFree(d_table_entries);
+        cudaFree(d_step_tokens);
         cudaFreeHost(h_fed), cudaFreeHost(h_spoiled), cudaFreeHost(h_count), cudaFreeHost(h_entries), cudaFreeHost(h_words);
         free(table);
     }

@@ -11,6 +11,8 @@
  * engine launches it (parameters in the launch's arguments for 16 rows, read from mapped host memory
  * for the other 48, tokens also written to mapped host memory). Greedy
  * rows at vocabularies of 100, 32000, 49152 and 128256, and mixed with top-k rows in one launch.
+ * Penalty windows whose last token is fed on the device (fed_at: the engine's overlapped steps):
+ * that token is each row's best, penalized once whether or not the host's list also holds it.
  * Skipped without a CUDA device (exit 77).
  */
 #include <cuda_runtime_api.h>
@@ -32,6 +34,9 @@ typedef struct sample_case {
     bool ties;
     int history; /* tokens of history (penalty) */
     bool mixed;  /* odd rows take top-k 40 at temperature 1 instead */
+    bool fed;    /* the history's last token is fed (fed_at): not in the host's list; the row's best token,
+                  * on odd rows also earlier in the history (listed: penalized once) and raised to 1.5x
+                  * the second best, so that it stays the best under one penalty of 1.3, not under two */
 } sample_case;
 
 int main(void) {
@@ -57,6 +62,8 @@ int main(void) {
         {"greedy, ties, 100", 100, {0, 0, 1, 0, 1, 0, 0}, true, 0},
         {"greedy mixed with top-k 40", 128256, {0, 0, 1, 0, 1, 0, 0}, false, 0, true},
         {"top-k above vocabulary", 100, {1.0f, 1024, 0.8f, 0, 1, 0, 0}, false, 0},
+        {"greedy penalty 1.3, last token fed", 32000, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64, false, true},
+        {"top-k 40 penalty 1.2, last token fed", 49152, {1.0f, 40, 1, 0, 1.2f, 0, 0}, false, 64, false, true},
     };
     const tm_sampling mixed_top_k = {1.0f, 40, 1, 0, 1, 0, 0};
     tm_rng_t rng;
@@ -67,18 +74,27 @@ int main(void) {
         float *logits = malloc((size_t)ROWS * V * 4), *scratch = malloc((size_t)V * 4);
         tm_sampler_candidate *candidates = malloc((size_t)V * sizeof *candidates);
         tm_cuda_sampling rows[ROWS];
-        int32_t histories[ROWS][64], distinct[ROWS * 64], expected[ROWS], got[ROWS];
+        int32_t histories[ROWS][64], distinct[ROWS * 64], expected[ROWS], got[ROWS], step_tokens[ROWS];
         int n_distinct = 0;
         for (int r = 0; r < ROWS; r++) {
+            float *row = logits + (size_t)r * V;
+            int best = 0, second = -1;
             for (int i = 0; i < V; i++) {
                 /* a sum of uniforms: roughly normal, spread like real logits */
                 float value = 4.0f * (tm_rng_uniform(&rng) + tm_rng_uniform(&rng) + tm_rng_uniform(&rng) - 1.5f);
-                logits[(size_t)r * V + i] = sc->ties ? roundf(value * 2) / 2 : value;
+                row[i] = sc->ties ? roundf(value * 2) / 2 : value;
+                if (row[i] > row[best]) second = best, best = i;
+                else if (i > 0 && (second < 0 || row[i] > row[second])) second = i;
             }
-            int offset = n_distinct;
-            for (int h = 0; h < sc->history; h++) {
-                /* history: often the row's best tokens, with repeats */
+            for (int h = 0; h < sc->history; h++) /* history: often the row's best tokens, with repeats */
                 histories[r][h] = (int32_t)(tm_rng_next(&rng) % (uint64_t)(h % 3 == 0 ? 8 : V));
+            if (sc->fed) {
+                histories[r][sc->history - 1] = best;
+                if (r % 2) histories[r][1] = best, row[best] = 1.5f * row[second];
+            }
+            step_tokens[r] = sc->fed ? histories[r][sc->history - 1] : -1;
+            int offset = n_distinct;
+            for (int h = 0; h < sc->history - sc->fed; h++) { /* a fed last token is not the host's to list */
                 bool seen = false;
                 for (int k = offset; k < n_distinct && !seen; k++) seen = distinct[k] == histories[r][h];
                 if (!seen) distinct[n_distinct++] = histories[r][h];
@@ -90,17 +106,18 @@ int main(void) {
             tm_rng_t cpu_rng = rng;
             expected[r] = tm_sample(params, scratch, V, histories[r], sc->history, &cpu_rng, candidates);
             rows[r] = (tm_cuda_sampling){params->temperature, params->top_p, params->min_p, params->repetition_penalty,
-                                         params->top_k, n_distinct - offset, offset, 0, uniform};
+                                         params->top_k, n_distinct - offset, offset, sc->fed ? r : -1, uniform};
             tm_rng_next(&rng);
         }
-        void *d_logits, *d_rows, *d_distinct, *d_tokens;
+        void *d_logits, *d_rows, *d_distinct, *d_tokens, *d_step_tokens;
         cudaMalloc(&d_logits, (size_t)ROWS * V * 4), cudaMalloc(&d_rows, sizeof rows), cudaMalloc(&d_distinct, sizeof distinct);
-        cudaMalloc(&d_tokens, sizeof got);
+        cudaMalloc(&d_tokens, sizeof got), cudaMalloc(&d_step_tokens, sizeof step_tokens);
+        cudaMemcpy(d_step_tokens, step_tokens, sizeof step_tokens, cudaMemcpyHostToDevice);
         cudaMemcpy(d_logits, logits, (size_t)ROWS * V * 4, cudaMemcpyHostToDevice);
         cudaMemcpy(d_rows, rows, sizeof rows, cudaMemcpyHostToDevice);
         cudaMemcpy(d_distinct, distinct, sizeof distinct, cudaMemcpyHostToDevice);
         cudaMemset(d_tokens, 0xff, sizeof got);
-        CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, 0, d_distinct, d_tokens, NULL, NULL) == 0, "%s: launch", sc->name);
+        CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, 0, d_distinct, d_step_tokens, d_tokens, NULL, NULL) == 0, "%s: launch", sc->name);
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s: kernel", sc->name);
         cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
         int differ = 0, first = -1;
@@ -128,9 +145,9 @@ int main(void) {
         cudaMemset(d_tokens, 0xff, sizeof got);
         /* rows 0..15 in the launch's arguments, the other 48 read by the kernel in host memory */
         const int in_args = TM_CUDA_SAMPLE_ARG_ROWS;
-        CHECK(tm_cuda_sample(d_logits, in_args, V, h_rows, 1, h_distinct, d_tokens, h_tokens, NULL) == 0 &&
+        CHECK(tm_cuda_sample(d_logits, in_args, V, h_rows, 1, h_distinct, d_step_tokens, d_tokens, h_tokens, NULL) == 0 &&
                   tm_cuda_sample((float *)d_logits + (size_t)in_args * V, ROWS - in_args, V, h_rows + in_args, 1, h_distinct,
-                                 (int32_t *)d_tokens + in_args, h_tokens + in_args, NULL) == 0 &&
+                                 d_step_tokens, (int32_t *)d_tokens + in_args, h_tokens + in_args, NULL) == 0 &&
                   cudaDeviceSynchronize() == cudaSuccess,
               "%s: launch from host memory", sc->name);
         cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
@@ -139,17 +156,18 @@ int main(void) {
         CHECK(differ_device == 0 && differ_host == 0, "%s, parameters in host memory: %d rows differ on the device, %d in host memory",
               sc->name, differ_device, differ_host);
         cudaFreeHost(h_rows), cudaFreeHost(h_distinct), cudaFreeHost(h_tokens);
-        cudaFree(d_logits), cudaFree(d_rows), cudaFree(d_distinct), cudaFree(d_tokens);
+        cudaFree(d_logits), cudaFree(d_rows), cudaFree(d_distinct), cudaFree(d_tokens), cudaFree(d_step_tokens);
         free(logits), free(scratch), free(candidates);
     }
     /* a row whose top_k the kernel cannot take is reported, not guessed */
-    tm_cuda_sampling unsupported = {1.0f, 1, 0, 1, 0, 0, 0, 0, 0.5};
+    tm_cuda_sampling unsupported = {1.0f, 1, 0, 1, 0, 0, 0, -1, 0.5};
     void *d_logits, *d_row, *d_token;
     int32_t token = 0;
     cudaMalloc(&d_logits, 400), cudaMalloc(&d_row, sizeof unsupported), cudaMalloc(&d_token, 4);
     cudaMemset(d_logits, 0, 400);
     cudaMemcpy(d_row, &unsupported, sizeof unsupported, cudaMemcpyHostToDevice);
-    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, 0, NULL, d_token, NULL, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess, "launch");
+    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, 0, NULL, NULL, d_token, NULL, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess,
+          "launch");
     cudaMemcpy(&token, d_token, 4, cudaMemcpyDeviceToHost);
     CHECK(token == -1, "top_k 0 with temperature > 0 gives -1 (got %d)", token);
     cudaFree(d_logits), cudaFree(d_row), cudaFree(d_token);

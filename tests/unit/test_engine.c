@@ -8,8 +8,9 @@
  *  - overlapped steps (each decode step launched before the host reads the tokens of the one
  *    before it, its tokens fed on the backend) give every request the tokens, text and finish
  *    reason of steps read one at a time and of host sampling, through sampled and greedy rows, a
- *    queued request, a repetition penalty, a stop string, different lengths, a cancel and a
- *    release with a new request in its slot; and they did overlap;
+ *    queued request, repetition penalties (the window's last token fed on the backend), a stop
+ *    string, different lengths, a cancel and a release with a new request in its slot; and they
+ *    did overlap, penalized rows too;
  *  - sampler: greedy = argmax; top_k 1 = greedy; the same seed repeats, another seed differs;
  *    temperature sampling follows softmax (chi-square over 20000 draws); top-p and min-p keep
  *    only the allowed tokens; repetition penalty lowers repeated tokens;
@@ -253,6 +254,21 @@ static void test_sampler(void) {
     CHECK(tm_sample(&p, logits, V, history, 1, &rng, scratch) == 5, "penalised token 1 loses to 5");
     memcpy(logits, base, sizeof logits);
     CHECK(tm_sample(&p, logits, V, history, 2, &rng, scratch) == 2, "penalised 1 and 5 lose to 2");
+    /* the window as ids plus a last token the caller has not seen (tm_sample_drawn's `last`):
+     * penalized once, whether or not the ids list it (penalty 1.1: token 1's 3 -> 2.73 still beats
+     * token 2's 2.6, twice 2.48 would not) */
+    const float close[V] = {1.0f, 3.0f, 2.6f, -1.0f, 0.5f, 2.0f, 0.0f, 2.0f};
+    p.repetition_penalty = 1.1f;
+    const int32_t listed[2] = {7, 1};
+    memcpy(logits, close, sizeof logits);
+    CHECK(tm_sample_drawn(&p, logits, V, NULL, 0, 1, 0, scratch) == 1 && fabsf(logits[1] - 3.0f / 1.1f) < 1e-6f,
+          "an unseen last token is penalized once");
+    memcpy(logits, close, sizeof logits);
+    CHECK(tm_sample_drawn(&p, logits, V, listed, 2, 1, 0, scratch) == 1 && fabsf(logits[1] - 3.0f / 1.1f) < 1e-6f,
+          "a last token the ids list is not penalized again");
+    p.repetition_penalty = 1.3f;
+    memcpy(logits, close, sizeof logits);
+    CHECK(tm_sample_drawn(&p, logits, V, listed, 1, 1, 0, scratch) == 2, "the unseen last token 1 penalized loses to 2");
 }
 
 static uint64_t tensor_bytes(const tm_weight *w) {
@@ -303,10 +319,11 @@ static void test_stats_count_what_a_step_reads(void) {
 
 
 /* One run of the overlap scenario: 5 requests on 4 sequences (one waits in the queue while every
- * slot is taken: steps overlap then), sampled and greedy, the queued one with a repetition penalty
- * (no overlap while it runs), one ending on a stop string (a step after it is in flight then: its
- * row is dropped); after call 6 request 1 is cancelled, after call 9 request 4 released and a new
- * one submitted (it may take its slot). */
+ * slot is taken: steps overlap then), sampled and greedy, all but one with a repetition penalty
+ * (windows of 3 tokens, of the whole history and of 64; an overlapped step's window ends with the
+ * token fed on the backend, which the host has not seen), one ending on a stop string (a step
+ * after it is in flight then: its row is dropped); after call 6 request 1 is cancelled, after
+ * call 9 request 4 released and a new one submitted (it may take its slot). */
 #define OVERLAP_REQUESTS 6
 typedef struct overlap_run {
     int32_t tokens[OVERLAP_REQUESTS][40];
@@ -346,7 +363,10 @@ static void run_overlap_scenario(int mode, const char *stop, overlap_run *out) {
             params.sampling.top_k = 20 + 10 * i;
             params.sampling.top_p = i == 2 ? 0.9f : 1.0f;
         }
-        if (i == 4) params.sampling.repetition_penalty = 1.3f; /* the queued one: none while it waits */
+        const float penalties[5] = {1.5f, 1.2f, 1.3f, 1.0f, 1.3f};
+        const int windows[5] = {3, 0, 64, 64, 64}; /* 0: the whole history */
+        params.sampling.repetition_penalty = penalties[i];
+        params.sampling.penalty_last_n = windows[i];
         const char *stops[1] = {stop};
         if (i == 2 && stop) params.stop = stops, params.n_stop = 1;
         CHECK(!tm_engine_submit(engine, &params, &ids[i], &error), "submit: %s", error.message);
@@ -376,6 +396,7 @@ static void run_overlap_scenario(int mode, const char *stop, overlap_run *out) {
             params.max_tokens = max_tokens[5];
             params.ignore_eos = true;
             params.sampling.temperature = 0.9f, params.sampling.top_k = 30, params.sampling.seed = 99;
+            params.sampling.repetition_penalty = 1.4f, params.sampling.penalty_last_n = 5;
             CHECK(!tm_engine_submit(engine, &params, &ids[5], &error), "submit: %s", error.message);
         }
     }
@@ -422,9 +443,12 @@ static void test_overlapped_steps(void) {
                   names[mode], runs[mode].counts[i], runs[mode].reasons[i]);
         }
     printf("overlapped steps: %lld of %lld (stop string '%s')\n", (long long)runs[0].stats.overlapped_steps, (long long)runs[0].stats.steps, stop);
-    CHECK(runs[0].stats.overlapped_steps > 0 && runs[1].stats.overlapped_steps == 0 && runs[2].stats.overlapped_steps == 0,
-          "steps overlapped only where allowed: %lld / %lld / %lld", (long long)runs[0].stats.overlapped_steps,
-          (long long)runs[1].stats.overlapped_steps, (long long)runs[2].stats.overlapped_steps);
+    /* every request but one applies a penalty from the first step to the last: at least half the
+     * steps overlap only if penalized rows do (before session 55 none did) */
+    CHECK(2 * runs[0].stats.overlapped_steps >= runs[0].stats.steps && runs[1].stats.overlapped_steps == 0 &&
+              runs[2].stats.overlapped_steps == 0,
+          "steps overlapped only where allowed, penalized rows too: %lld of %lld / %lld / %lld", (long long)runs[0].stats.overlapped_steps,
+          (long long)runs[0].stats.steps, (long long)runs[1].stats.overlapped_steps, (long long)runs[2].stats.overlapped_steps);
     CHECK(runs[0].stats.device_sampled_tokens > 0 && runs[2].stats.device_sampled_tokens == 0, "backend sampling / host sampling");
 }
 
