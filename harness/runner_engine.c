@@ -22,6 +22,9 @@
  * turnaround), averaged over the repetition's timed steps; not stored where no step was timed.
  * The param overlap (default 1) is the engine's overlapped steps (tm_engine_options.no_step_overlap
  * when 0: each step's tokens read before the next is launched), for A/B runs (suites/overlap.yaml).
+ * The requests sample greedily unless the params say otherwise: temperature, top_k, top_p, min_p,
+ * repetition_penalty, penalty_last_n (tm_sampling's meaning; each request seeded from the case's
+ * generator; suites/sampling.yaml).
  * The roofline: the device's bandwidth ceiling is measured once per device and thread count, right
  * after the first engine on it is made (ceilings.h: the GPU's device-to-device copy, the figure
  * ../shared/docs/TARGETS.md's rooflines use; the host's memory read with the engine's threads on
@@ -54,6 +57,7 @@ struct tm_runner_state {
     int batch, prompt_tokens, gen_tokens;
     const char *name; /* the case being run (for errors) */
     bool memory_kind;
+    tm_sampling sampling;    /* every request's, but the seed (parse_sampling) */
     uint64_t seed;
     double bytes_per_step;   /* what a decode step of this case reads (see above) */
     double ceiling_gb_per_s; /* the engine's device's bandwidth ceiling; 0: not measured */
@@ -108,6 +112,39 @@ static bool parse_int_param(const tm_suite_case *c, const char *name, long long 
         return false;
     }
     *out = value;
+    return true;
+}
+
+static bool parse_float_param(const tm_suite_case *c, const char *name, double fallback, double min, double max, double *out,
+                              tm_error_t *error) {
+    const char *text = tm_case_param(c, name, NULL);
+    if (!text) {
+        *out = fallback;
+        return true;
+    }
+    char *end;
+    double value = strtod(text, &end);
+    if (end == text || *end || !(value >= min && value <= max)) {
+        tm_error_set(error, TM_ERR_INVALID_ARG, "case %s: parameter %s = '%s' is not a number in [%g, %g]", c->name, name, text, min, max);
+        return false;
+    }
+    *out = value;
+    return true;
+}
+
+/* The requests' sampling from the case's params (tm_sampling's meaning; default greedy, no
+ * penalty): temperature, top_k, top_p, min_p, repetition_penalty, penalty_last_n. */
+static bool parse_sampling(const tm_suite_case *c, tm_sampling *sampling, tm_error_t *error) {
+    double temperature, top_p, min_p, penalty;
+    long long top_k, last_n;
+    tm_sampling_default(sampling);
+    if (!parse_float_param(c, "temperature", 0, 0, 100, &temperature, error) || !parse_int_param(c, "top_k", 0, 0, 1 << 20, &top_k, error) ||
+        !parse_float_param(c, "top_p", 1, 0, 1, &top_p, error) || !parse_float_param(c, "min_p", 0, 0, 1, &min_p, error) ||
+        !parse_float_param(c, "repetition_penalty", 1, 1e-3, 100, &penalty, error) ||
+        !parse_int_param(c, "penalty_last_n", sampling->penalty_last_n, 0, 1 << 20, &last_n, error))
+        return false;
+    sampling->temperature = (float)temperature, sampling->top_k = (int)top_k, sampling->top_p = (float)top_p;
+    sampling->min_p = (float)min_p, sampling->repetition_penalty = (float)penalty, sampling->penalty_last_n = (int)last_n;
     return true;
 }
 
@@ -217,6 +254,7 @@ static tm_status prepare(tm_runner_state **state, const tm_suite *suite, const t
     s->prompt_tokens = (int)prompt;
     s->gen_tokens = (int)gen;
     s->memory_kind = memory_kind;
+    if (!parse_sampling(c, &s->sampling, error)) return TM_ERR_INVALID_ARG;
     s->seed = 1;
     tm_engine_stats stats;
     tm_engine_get_stats(s->engine, &stats);
@@ -288,6 +326,8 @@ static tm_status repeat(tm_runner_state *s, double *values, tm_error_t *error) {
         params.n_prompt_tokens = s->prompt_tokens;
         params.max_tokens = s->gen_tokens;
         params.ignore_eos = true;
+        params.sampling = s->sampling;
+        params.sampling.seed = s->seed * 1000003u + (uint64_t)r; /* s->seed: the repetition's, already advanced */
         status = tm_engine_submit(s->engine, &params, &ids[r], error);
     }
     int n_latencies = 0, waiting = -1; /* requests still queued after the first step (admission) */

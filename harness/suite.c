@@ -24,7 +24,8 @@ static const char *const kinds[] = {"throughput", "memory", "kernels", "ipc", "s
 /* parameters each kind understands (axes and params share them) */
 static const char *const throughput_params[] = {"batch", "prompt_tokens", "gen_tokens", "threads", "precision", "kv_type",
                                                 "max_batch_tokens", "ctx", "device", "max_sequences", "model",
-                                                "kv_bytes", "step_events", "overlap", NULL};
+                                                "kv_bytes", "step_events", "overlap", "temperature", "top_k", "top_p",
+                                                "min_p", "repetition_penalty", "penalty_last_n", NULL};
 static const char *const kernels_params[] = {"op", "type", "rows", "cols", "threads", "head_dim", "tokens", "batch",
                                               "context", "causal", "exact", "whole", "heads", "kv_heads", "chain", "words", "power_seconds", "device", NULL};
 static const char *const ipc_params[] = {"payload_bytes", "mode", NULL};

@@ -178,6 +178,29 @@ def test_step_events_param_is_taken_and_times_nothing_on_the_cpu(tmbench, tmp_pa
     assert result.returncode != 0 and "step_events" in result.stdout + result.stderr
 
 
+def test_sampling_params_are_taken_and_checked(tmbench, tmp_path):
+    """A throughput case samples as its params say (top-k at a temperature, a repetition penalty,
+    overlapped or not: each case runs to the end), and a value out of range is refused naming it."""
+    suite = tmp_path / "sampling.yaml"
+    suite.write_text("name: sampling\nkind: throughput\nmodel: synthetic:tiny:q8_0\n"
+                     "params: {threads: 1, gen_tokens: 6, prompt_tokens: 8, batch: 2, device: cpu, temperature: 0.8, top_k: 40,\n"
+                     "         top_p: 0.95, min_p: 0.05, penalty_last_n: 4}\n"
+                     "axes: {overlap: [0, 1], repetition_penalty: [1, 1.3]}\nwarmup: 0\n"
+                     "stop: {min_repetitions: 2, min_seconds: 0, max_relative_noise: 1, timeout_seconds: 30}\n")
+    db = tmp_path / "sampling.db"
+    result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with sqlite3.connect(db) as connection:
+        statuses = [row[0] for row in connection.execute("SELECT status FROM cases")]
+    assert statuses == ["complete"] * 4
+    for name, bad in (("top_p", "1.5"), ("repetition_penalty", "0"), ("temperature", "hot"), ("top_k", "-1")):
+        suite.write_text("name: bad\nkind: throughput\nmodel: synthetic:tiny:q8_0\n"
+                         f"params: {{threads: 1, gen_tokens: 2, prompt_tokens: 4, device: cpu, {name}: {bad}}}\n"
+                         "warmup: 0\nstop: {min_repetitions: 1, min_seconds: 0, timeout_seconds: 30}\n")
+        result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(tmp_path / f"bad-{name}.db")], capture_output=True, text=True)
+        assert result.returncode != 0 and f"parameter {name} = '{bad}'" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
 def test_bad_database_is_refused_and_untouched(tmbench, tmp_path):
     db = tmp_path / "other.db"
     connection = sqlite3.connect(db)
