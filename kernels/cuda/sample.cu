@@ -4,11 +4,13 @@
  * seen: fed_at), then greedy (temperature <= 0: argmax, lowest id on ties) or top-k, top-p, min-p,
  * temperature and a draw with the host's uniform number, in the CPU's order and arithmetic.
  * Candidates are ranked by the total order (logit descending, id ascending) encoded as one 64-bit
- * key, so "the k best" is exact: the k-th largest key is found by bisection over block-wide
- * counts, the k survivors are compacted and bitonic-sorted in shared memory, and one thread then
- * runs the CPU's cumulative loops over them in float64. Hence the same logits,
- * parameters and uniform give the CPU's token, except where a float64 sum lands within rounding
- * of a top-p or draw boundary. One block of 1024 threads per row; top_k must be in 1..1024.
+ * key, so "the k best" is exact: the keys at or above a bound (the k-th of the threads' own
+ * largest keys) are compacted, or, where they are too many, the k-th largest key is found by
+ * bisection over block-wide counts and the k survivors compacted; they are bitonic-sorted in
+ * shared memory, and one thread then runs the CPU's cumulative loops over them in float64. Hence
+ * the same logits, parameters and uniform give the CPU's token, except where a float64 sum lands
+ * within rounding of a top-p or draw boundary. One block of 1024 threads per row; top_k must be
+ * in 1..1024.
  * The engine's parameters and tokens live in mapped pinned host memory (engine/backend_cuda.c):
  * a row's parameters are loaded once a block, the tokens written there as well as on the device.
  */
@@ -16,6 +18,7 @@
 #include "common.cuh"
 
 #define THREADS 1024
+static_assert(THREADS == TM_CUDA_SAMPLE_MAX_TOP_K, "a key a thread: keys[] holds a block's threads' keys");
 
 __device__ __forceinline__ uint64_t rank_key(float logit, int id) {
     uint32_t bits = __float_as_uint(logit);
@@ -33,6 +36,21 @@ __device__ int block_count(int value, int *scratch) {
     int total = 0;
     for (int w = 0; w < THREADS / 32; w++) total += scratch[w];
     return total;
+}
+
+/* keys[0..THREADS) sorted descending in place, bitonic (all threads call; one key a thread). */
+__device__ void sort_keys_descending(uint64_t *keys) {
+    const int tid = threadIdx.x;
+    for (int size = 2; size <= THREADS; size *= 2)
+        for (int stride = size / 2; stride > 0; stride /= 2) {
+            int partner = tid ^ stride;
+            if (partner > tid) {
+                bool descending = (tid & size) == 0;
+                uint64_t a = keys[tid], b = keys[partner];
+                if ((a < b) == descending) keys[tid] = b, keys[partner] = a;
+            }
+            __syncthreads();
+        }
 }
 
 /* This block's row's token, on the device and (where host_tokens is not NULL) in host memory. */
@@ -101,34 +119,53 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         return;
     }
     const int k = min(p.top_k, n_vocab);
-    /* the k-th largest key: the largest threshold with at least k keys at or above it */
-    uint64_t low = 0, high = ~0ull;
-    while (low < high) {
-        uint64_t middle = low + (high - low) / 2 + 1;
-        int count = 0;
-        for (int i = tid; i < n_vocab; i += THREADS) count += rank_key(logits[i], i) >= middle;
-        if (block_count(count, scratch) >= k) low = middle;
-        else high = middle - 1;
-    }
+    /* The k best keys into keys[0..k), descending. First a bound: every thread's largest key
+     * (sorted, the k-th of them: k real keys are at or above it, so every one of the k best is),
+     * then the keys at or above it compacted, which for k up to a few hundred are far fewer than
+     * the 1024 keys[] holds (128256 random logits, k 40: ~50); two passes over the row. Where they
+     * are more, the k-th largest key is found by bisection from that bound (a pass over the row a
+     * step, up to 64) and exactly the k keys at or above it are compacted. The bisection alone,
+     * as before session 55, cost 8B decode x1 at top-k 40 a sixth of its speed; H200, top-k 40 /
+     * top-p 0.95 at temperature 0.8, bisection -> bound: 8B x1 208.3 -> 244.5 tokens/s (greedy
+     * 246.7), x8 1591 -> 1852; 7B x1 561.0 -> 612.9, x8 3315 -> 3547. */
+    uint64_t largest = 0; /* padding sorts last: every real key is above 0 */
+    for (int i = tid; i < n_vocab; i += THREADS) largest = max(largest, rank_key(logits[i], i));
+    keys[tid] = largest;
+    __syncthreads();
+    sort_keys_descending(keys);
+    uint64_t low = keys[k - 1];
+    __syncthreads();
     if (tid == 0) n_selected = 0;
-    keys[tid] = 0; /* padding sorts last: every real key is above 0 */
+    keys[tid] = 0;
     __syncthreads();
     for (int i = tid; i < n_vocab; i += THREADS) {
-        uint64_t key = rank_key(logits[i], i);
-        if (key >= low) keys[atomicAdd(&n_selected, 1)] = key;
+        const uint64_t key = rank_key(logits[i], i);
+        if (key >= low) {
+            const int at = atomicAdd(&n_selected, 1);
+            if (at < TM_CUDA_SAMPLE_MAX_TOP_K) keys[at] = key;
+        }
     }
     __syncthreads();
-    /* bitonic sort, descending */
-    for (int size = 2; size <= TM_CUDA_SAMPLE_MAX_TOP_K; size *= 2)
-        for (int stride = size / 2; stride > 0; stride /= 2) {
-            int partner = tid ^ stride;
-            if (partner > tid) {
-                bool descending = (tid & size) == 0;
-                uint64_t a = keys[tid], b = keys[partner];
-                if ((a < b) == descending) keys[tid] = b, keys[partner] = a;
-            }
-            __syncthreads();
+    if (n_selected > TM_CUDA_SAMPLE_MAX_TOP_K) {
+        /* the k-th largest key: the largest threshold with at least k keys at or above it */
+        uint64_t high = ~0ull;
+        while (low < high) {
+            uint64_t middle = low + (high - low) / 2 + 1;
+            int count = 0;
+            for (int i = tid; i < n_vocab; i += THREADS) count += rank_key(logits[i], i) >= middle;
+            if (block_count(count, scratch) >= k) low = middle;
+            else high = middle - 1;
         }
+        if (tid == 0) n_selected = 0;
+        keys[tid] = 0;
+        __syncthreads();
+        for (int i = tid; i < n_vocab; i += THREADS) {
+            uint64_t key = rank_key(logits[i], i);
+            if (key >= low) keys[atomicAdd(&n_selected, 1)] = key;
+        }
+        __syncthreads();
+    }
+    sort_keys_descending(keys);
     const int n = k;
     const double best = logits[key_id(keys[0])];
     if (tid < n) weights[tid] = exp((double)logits[key_id(keys[tid])] - best);

@@ -11,6 +11,9 @@
  * engine launches it (parameters in the launch's arguments for 16 rows, read from mapped host memory
  * for the other 48, tokens also written to mapped host memory). Greedy
  * rows at vocabularies of 100, 32000, 49152 and 128256, and mixed with top-k rows in one launch.
+ * Top-k rows whose best tokens all lie in one thread's stride of the row (ids multiple of 1024 or
+ * 256 raised by 10), where the threads' own largest keys bound the k-th loosely (the kernel's
+ * bound-then-compact path and its bisection fallback: k 1024 at 128256 takes the fallback).
  * Penalty windows whose last token is fed on the device (fed_at: the engine's overlapped steps):
  * that token is each row's best, penalized once whether or not the host's list also holds it.
  * Skipped without a CUDA device (exit 77).
@@ -34,6 +37,7 @@ typedef struct sample_case {
     bool ties;
     int history; /* tokens of history (penalty) */
     bool mixed;  /* odd rows take top-k 40 at temperature 1 instead */
+    int boost_every; /* > 0: ids that are multiples of it get +10 (the best tokens all in one thread's stride) */
     bool fed;    /* the history's last token is fed (fed_at): not in the host's list; the row's best token,
                   * on odd rows also earlier in the history (listed: penalized once) and raised to 1.5x
                   * the second best, so that it stays the best under one penalty of 1.3, not under two */
@@ -61,9 +65,11 @@ int main(void) {
         {"greedy penalty 1.3, 49152", 49152, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64},
         {"greedy, ties, 100", 100, {0, 0, 1, 0, 1, 0, 0}, true, 0},
         {"greedy mixed with top-k 40", 128256, {0, 0, 1, 0, 1, 0, 0}, false, 0, true},
+        {"top-k 40, the best in one stride", 32000, {1.0f, 40, 1, 0, 1, 0, 0}, false, 0, false, 1024},
+        {"top-k 300, the best in one stride", 128256, {1.0f, 300, 1, 0, 1, 0, 0}, false, 0, false, 256},
         {"top-k above vocabulary", 100, {1.0f, 1024, 0.8f, 0, 1, 0, 0}, false, 0},
-        {"greedy penalty 1.3, last token fed", 32000, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64, false, true},
-        {"top-k 40 penalty 1.2, last token fed", 49152, {1.0f, 40, 1, 0, 1.2f, 0, 0}, false, 64, false, true},
+        {"greedy penalty 1.3, last token fed", 32000, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64, false, 0, true},
+        {"top-k 40 penalty 1.2, last token fed", 49152, {1.0f, 40, 1, 0, 1.2f, 0, 0}, false, 64, false, 0, true},
     };
     const tm_sampling mixed_top_k = {1.0f, 40, 1, 0, 1, 0, 0};
     tm_rng_t rng;
@@ -82,7 +88,7 @@ int main(void) {
             for (int i = 0; i < V; i++) {
                 /* a sum of uniforms: roughly normal, spread like real logits */
                 float value = 4.0f * (tm_rng_uniform(&rng) + tm_rng_uniform(&rng) + tm_rng_uniform(&rng) - 1.5f);
-                row[i] = sc->ties ? roundf(value * 2) / 2 : value;
+                row[i] = (sc->ties ? roundf(value * 2) / 2 : value) + (sc->boost_every && i % sc->boost_every == 0 ? 10.0f : 0.0f);
                 if (row[i] > row[best]) second = best, best = i;
                 else if (i > 0 && (second < 0 || row[i] > row[second])) second = i;
             }
