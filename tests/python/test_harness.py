@@ -158,46 +158,44 @@ def test_interrupt_marks_run_interrupted(tmbench, tmp_path):
     connection.close()
 
 
+def _run_tiny_throughput(tmbench, tmp_path, name, params, axes="", stop="min_repetitions: 2, timeout_seconds: 30"):
+    """Run a throughput suite on the tiny synthetic model on the CPU; returns the finished process
+    and the database path."""
+    suite = tmp_path / f"{name}.yaml"
+    suite.write_text(f"name: {name}\nkind: throughput\nmodel: synthetic:tiny:q8_0\n"
+                     f"params: {{threads: 1, device: cpu, {params}}}\n" + (f"axes: {{{axes}}}\n" if axes else "") +
+                     f"warmup: 0\nstop: {{{stop}}}\n")
+    db = tmp_path / f"{name}.db"
+    return subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True), db
+
+
 def test_step_events_param_is_taken_and_times_nothing_on_the_cpu(tmbench, tmp_path):
     """step_events: 1 reaches the engine (a case that takes it runs) and a backend that times no
     step stores no device_idle_us_per_step (NaN is not a sample); a value outside 0..1 is refused."""
-    suite = tmp_path / "events.yaml"
-    suite.write_text("name: events\nkind: throughput\nmodel: synthetic:tiny:q8_0\n"
-                     "params: {threads: 1, gen_tokens: 4, prompt_tokens: 8, device: cpu}\n"
-                     "axes: {step_events: [0, 1]}\nwarmup: 0\nstop: {min_repetitions: 2, timeout_seconds: 30}\n")
-    db = tmp_path / "events.db"
-    result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
+    result, db = _run_tiny_throughput(tmbench, tmp_path, "events", "gen_tokens: 4, prompt_tokens: 8", "step_events: [0, 1]")
     assert result.returncode == 0, result.stdout + result.stderr
     with sqlite3.connect(db) as connection:
         statuses = [row[0] for row in connection.execute("SELECT status FROM cases")]
         metrics = {row[0] for row in connection.execute("SELECT DISTINCT metric FROM metrics")}
     assert statuses == ["complete", "complete"]
     assert "decode_tokens_per_s" in metrics and "device_idle_us_per_step" not in metrics
-    suite.write_text(suite.read_text().replace("[0, 1]", "[2]"))
-    result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(tmp_path / "bad.db")], capture_output=True, text=True)
+    result, _ = _run_tiny_throughput(tmbench, tmp_path, "bad", "gen_tokens: 4, prompt_tokens: 8", "step_events: [2]")
     assert result.returncode != 0 and "step_events" in result.stdout + result.stderr
 
 
 def test_sampling_params_are_taken_and_checked(tmbench, tmp_path):
     """A throughput case samples as its params say (top-k at a temperature, a repetition penalty,
     overlapped or not: each case runs to the end), and a value out of range is refused naming it."""
-    suite = tmp_path / "sampling.yaml"
-    suite.write_text("name: sampling\nkind: throughput\nmodel: synthetic:tiny:q8_0\n"
-                     "params: {threads: 1, gen_tokens: 6, prompt_tokens: 8, batch: 2, device: cpu, temperature: 0.8, top_k: 40,\n"
-                     "         top_p: 0.95, min_p: 0.05, penalty_last_n: 4}\n"
-                     "axes: {overlap: [0, 1], repetition_penalty: [1, 1.3]}\nwarmup: 0\n"
-                     "stop: {min_repetitions: 2, min_seconds: 0, max_relative_noise: 1, timeout_seconds: 30}\n")
-    db = tmp_path / "sampling.db"
-    result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(db)], capture_output=True, text=True)
+    quick = "min_repetitions: 2, min_seconds: 0, max_relative_noise: 1, timeout_seconds: 30"
+    result, db = _run_tiny_throughput(tmbench, tmp_path, "sampling", "gen_tokens: 6, prompt_tokens: 8, batch: 2, temperature: 0.8, "
+                                      "top_k: 40, top_p: 0.95, min_p: 0.05, penalty_last_n: 4",
+                                      "overlap: [0, 1], repetition_penalty: [1, 1.3]", quick)
     assert result.returncode == 0, result.stdout + result.stderr
     with sqlite3.connect(db) as connection:
         statuses = [row[0] for row in connection.execute("SELECT status FROM cases")]
     assert statuses == ["complete"] * 4
     for name, bad in (("top_p", "1.5"), ("repetition_penalty", "0"), ("temperature", "hot"), ("top_k", "-1")):
-        suite.write_text("name: bad\nkind: throughput\nmodel: synthetic:tiny:q8_0\n"
-                         f"params: {{threads: 1, gen_tokens: 2, prompt_tokens: 4, device: cpu, {name}: {bad}}}\n"
-                         "warmup: 0\nstop: {min_repetitions: 1, min_seconds: 0, timeout_seconds: 30}\n")
-        result = subprocess.run([str(tmbench), "run", str(suite), "--db", str(tmp_path / f"bad-{name}.db")], capture_output=True, text=True)
+        result, _ = _run_tiny_throughput(tmbench, tmp_path, f"bad-{name}", f"gen_tokens: 2, prompt_tokens: 4, {name}: {bad}", "", quick)
         assert result.returncode != 0 and f"parameter {name} = '{bad}'" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
