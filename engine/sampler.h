@@ -4,7 +4,10 @@
  *
  * Guarantees: the same logits, history, parameters and generator state give the same token on
  * every platform; the returned id is in [0, n_vocab); the logits array is used as scratch.
- * Cost: O(n_vocab) plus O(n_vocab log k) with top-k, O(n_vocab log n_vocab) for top-p without it.
+ * Cost: O(n_vocab) plus O(n_vocab log k) with top-k; without it O(n_vocab) plus O(m log n_vocab)
+ * for the m best candidates top-p and the draw look at (a heap over all, popped as needed; past
+ * n_vocab / 8 of them the rest is sorted at once). Without top-k the softmax's sum and, where no
+ * filter cuts the candidates, the draw's total are taken in id order (with top-k, best first).
  */
 #ifndef TM_SAMPLER_H
 #define TM_SAMPLER_H

@@ -179,6 +179,69 @@ static void test_requests(void) {
     tm_engine_free(engine);
 }
 
+/* The filters without top-k as the sampler defines them, by a full sort (the sampler takes the
+ * candidates from a heap as far as it needs them): the reference for the test below. */
+static int by_logit_then_id(const void *a, const void *b) {
+    const tm_sampler_candidate *x = a, *y = b;
+    if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+static int32_t reference_unbounded(const tm_sampling *p, const float *logits, int n, double uniform, tm_sampler_candidate *c) {
+    for (int i = 0; i < n; i++) c[i] = (tm_sampler_candidate){i, logits[i]};
+    qsort(c, (size_t)n, sizeof *c, by_logit_then_id);
+    int keep = n;
+    double sum = 0, best = c[0].logit;
+    for (int i = 0; i < n; i++) sum += exp((double)c[i].logit - best);
+    if (p->top_p > 0 && p->top_p < 1) {
+        double cumulative = 0;
+        for (int i = 0; i < n; i++)
+            if ((cumulative += exp((double)c[i].logit - best) / sum) >= p->top_p) {
+                keep = i + 1;
+                break;
+            }
+    }
+    if (p->min_p > 0) {
+        int kept = 1;
+        while (kept < keep && c[kept].logit >= c[0].logit + logf(p->min_p)) kept++;
+        keep = kept;
+    }
+    double total = 0, acc = 0;
+    for (int i = 0; i < keep; i++) total += (float)exp(((double)c[i].logit - best) / p->temperature);
+    for (int i = 0; i < keep; i++)
+        if (uniform * total < (acc += (float)exp(((double)c[i].logit - best) / p->temperature))) return c[i].id;
+    return c[keep - 1].id;
+}
+
+/* Without top-k (the heap taken as far as needed, the rest sorted past an eighth): the token of a
+ * full sort for every draw, on peaked and flat logits of 50 and 5000 ids with ties, under top-p,
+ * min-p, both and neither. */
+static void test_sampler_without_top_k(void) {
+    enum { N = 5000 };
+    static float logits[N], scratch_logits[N];
+    static tm_sampler_candidate c[N], reference[N];
+    tm_rng_t rng;
+    tm_rng_seed(&rng, 77);
+    const float top_ps[4] = {1.0f, 0.9f, 0.5f, 1.0f}, min_ps[4] = {0, 0, 0.05f, 0.2f};
+    int differ = 0, trials = 0;
+    for (int shape = 0; shape < 4; shape++) {
+        const int n = shape % 2 ? 50 : N;
+        const float spread = shape < 2 ? 12.0f : 1.0f; /* peaked / flat */
+        for (int i = 0; i < n; i++) logits[i] = roundf(spread * (tm_rng_uniform(&rng) + tm_rng_uniform(&rng) - 1.0f) * 4) / 4;
+        for (int f = 0; f < 4; f++)
+            for (int d = 0; d < 50; d++) {
+                tm_sampling p;
+                tm_sampling_default(&p);
+                p.temperature = 0.5f + 0.25f * (float)(d % 4);
+                p.top_p = top_ps[f], p.min_p = min_ps[f];
+                const double uniform = tm_rng_uniform(&rng);
+                memcpy(scratch_logits, logits, (size_t)n * sizeof *logits);
+                differ += tm_sample_drawn(&p, scratch_logits, n, NULL, 0, -1, uniform, c) != reference_unbounded(&p, logits, n, uniform, reference);
+                trials++;
+            }
+    }
+    CHECK(differ == 0, "sampling without top-k: %d of %d draws differ from a full sort's", differ, trials);
+}
+
 static void test_sampler(void) {
     enum { V = 8 };
     const float base[V] = {1.0f, 3.0f, 2.5f, -1.0f, 0.5f, 3.0f, 0.0f, 2.0f};
@@ -456,6 +519,7 @@ int main(void) {
     test_overlapped_steps();
     test_stats_count_what_a_step_reads();
     test_sampler();
+    test_sampler_without_top_k();
     test_batched_equals_solo();
     test_requests();
     return check_report("test_engine");
