@@ -80,6 +80,15 @@ static void ranked_init(ranked *r, tm_sampler_candidate *c, int n) {
     for (int j = n / 2 - 1; j >= 0; j--) sift_down(c, n, j);
 }
 
+/* c[0..n), sorted best first, as a ranking with nothing left to rank (reversed into ranked_at's layout). */
+static void ranked_sorted(ranked *r, tm_sampler_candidate *c, int n) {
+    for (int i = 0, j = n - 1; i < j; i++, j--) {
+        tm_sampler_candidate t = c[i];
+        c[i] = c[j], c[j] = t;
+    }
+    r->c = c, r->n = n, r->heap = 0, r->popped = n;
+}
+
 static int by_rank_reversed(const void *a, const void *b) { return compare_candidates(b, a); }
 
 /* The i-th best candidate (i < n). */
@@ -98,51 +107,54 @@ static const tm_sampler_candidate *ranked_at(ranked *r, int i) {
     return &r->c[r->n - 1 - i];
 }
 
-/* choose() without top-k: the same filters and draw over the candidates in best-first order, taken
- * as far as they are needed (the softmax's sum and, without top-p, the draw's total over every
- * candidate in id order instead of best-first: the same up to float64 rounding). */
-static int32_t choose_unbounded(const tm_sampling *p, const float *logits, int n, double uniform, tm_sampler_candidate *c) {
-    int best_id = 0;
-    for (int i = 1; i < n; i++)
-        if (logits[i] > logits[best_id]) best_id = i;
-    const double best = logits[best_id];
-    for (int i = 0; i < n; i++) c[i] = (tm_sampler_candidate){i, logits[i]};
-    ranked r;
-    ranked_init(&r, c, n);
+/* The weight the draw gives a candidate: its probability at the temperature, unnormalized. */
+static float draw_weight(float logit, double best, float temperature) { return (float)exp(((double)logit - best) / temperature); }
+
+/* Top-p, min-p and the draw at `uniform` over n candidates in best-first order (ranked_at). With
+ * `all` (the candidates are every id, their logits there) the sums over all of them are taken in id
+ * order and min-p counts instead of walking the order, so that only the candidates top-p and the
+ * draw reach are ranked. */
+static int32_t filter_and_draw(const tm_sampling *p, ranked *r, int n, const float *all, double uniform) {
+    const double best = ranked_at(r, 0)->logit;
     int keep = n;
-    if (p->top_p > 0 && p->top_p < 1) {
+    if (p->top_p > 0 && p->top_p < 1) { /* softmax at temperature 1 for the filters */
         double sum = 0, cumulative = 0;
-        for (int i = 0; i < n; i++) sum += exp((double)logits[i] - best);
+        for (int i = 0; i < n; i++) sum += exp((double)(all ? all[i] : ranked_at(r, i)->logit) - best);
         for (int i = 0; i < n; i++) {
-            cumulative += exp((double)ranked_at(&r, i)->logit - best) / sum;
+            cumulative += exp((double)ranked_at(r, i)->logit - best) / sum;
             if (cumulative >= p->top_p) {
                 keep = i + 1;
                 break;
             }
         }
     }
-    if (p->min_p > 0) { /* the best candidates at or above the threshold: a prefix of the order */
+    if (p->min_p > 0) { /* tokens whose probability is at least min_p times the best one's: a prefix of the order */
         const float threshold = (float)best + logf(p->min_p);
-        int above = 0;
-        for (int i = 0; i < n; i++) above += logits[i] >= threshold;
+        int above = 1;
+        if (all) {
+            above = 0;
+            for (int i = 0; i < n; i++) above += all[i] >= threshold;
+        } else {
+            while (above < keep && ranked_at(r, above)->logit >= threshold) above++;
+        }
         keep = TM_MAX(1, TM_MIN(keep, above));
     }
-    /* the draw's weights: over the kept prefix in order where it was cut, else over all in id order */
     double total = 0;
-    if (keep < n)
-        for (int i = 0; i < keep; i++) total += (float)exp(((double)ranked_at(&r, i)->logit - best) / p->temperature);
+    if (all && keep == n)
+        for (int i = 0; i < n; i++) total += draw_weight(all[i], best, p->temperature);
     else
-        for (int i = 0; i < n; i++) total += (float)exp(((double)logits[i] - best) / p->temperature);
+        for (int i = 0; i < keep; i++) total += draw_weight(ranked_at(r, i)->logit, best, p->temperature);
     double draw = uniform * total, acc = 0;
     for (int i = 0; i < keep; i++) {
-        const tm_sampler_candidate *candidate = ranked_at(&r, i);
-        acc += (float)exp(((double)candidate->logit - best) / p->temperature);
+        const tm_sampler_candidate *candidate = ranked_at(r, i);
+        acc += draw_weight(candidate->logit, best, p->temperature);
         if (draw < acc) return candidate->id;
     }
-    return ranked_at(&r, keep - 1)->id;
+    return ranked_at(r, keep - 1)->id;
 }
 
-/* The token after penalties: greedy, or the filters and the draw at `uniform` (in [0, 1)). */
+/* The token after penalties: greedy, or the filters and the draw at `uniform` (in [0, 1)). With
+ * top-k its survivors, sorted; without, every id, ranked as far as the filters and the draw need. */
 static int32_t choose(const tm_sampling *p, float *logits, int n_vocab, double uniform, tm_sampler_candidate *c) {
     if (p->temperature <= 0) {
         int32_t best = 0;
@@ -150,43 +162,15 @@ static int32_t choose(const tm_sampling *p, float *logits, int n_vocab, double u
             if (logits[i] > logits[best]) best = i;
         return best;
     }
-    if (p->top_k <= 0 || p->top_k >= n_vocab) return choose_unbounded(p, logits, n_vocab, uniform, c);
-    int n = n_vocab;
-    for (int i = 0; i < n; i++) c[i] = (tm_sampler_candidate){i, logits[i]};
-    n = top_k(c, n, p->top_k > 0 ? p->top_k : n);
-    /* softmax over the survivors (sorted best first), at temperature 1 for the filters */
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += exp((double)c[i].logit - c[0].logit);
-    if (p->top_p > 0 && p->top_p < 1) {
-        double cumulative = 0;
-        int keep = n;
-        for (int i = 0; i < n; i++) {
-            cumulative += exp((double)c[i].logit - c[0].logit) / sum;
-            if (cumulative >= p->top_p) {
-                keep = i + 1;
-                break;
-            }
-        }
-        n = keep;
+    for (int i = 0; i < n_vocab; i++) c[i] = (tm_sampler_candidate){i, logits[i]};
+    ranked r;
+    if (p->top_k <= 0 || p->top_k >= n_vocab) {
+        ranked_init(&r, c, n_vocab);
+        return filter_and_draw(p, &r, n_vocab, logits, uniform);
     }
-    if (p->min_p > 0) {
-        /* keep tokens whose probability is at least min_p times the best one's */
-        float threshold = c[0].logit + logf(p->min_p);
-        int keep = 1;
-        while (keep < n && c[keep].logit >= threshold) keep++;
-        n = keep;
-    }
-    double total = 0, best = c[0].logit;
-    for (int i = 0; i < n; i++) {
-        c[i].logit = (float)exp(((double)c[i].logit - best) / p->temperature);
-        total += c[i].logit;
-    }
-    double draw = uniform * total, acc = 0;
-    for (int i = 0; i < n; i++) {
-        acc += c[i].logit;
-        if (draw < acc) return c[i].id;
-    }
-    return c[n - 1].id;
+    const int n = top_k(c, n_vocab, p->top_k);
+    ranked_sorted(&r, c, n);
+    return filter_and_draw(p, &r, n, NULL, uniform);
 }
 
 int32_t tm_sample(const tm_sampling *p, float *logits, int n_vocab, const int32_t *history, int n_history, tm_rng_t *rng,

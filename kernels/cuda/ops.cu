@@ -51,7 +51,8 @@ __device__ __forceinline__ void copy_step_inputs(const tm_cuda_inputs_copy &copy
  * profile: 7B x1 9.6 -> 7.2 us, 8B x1 10.1 -> 6.7; at 8 tokens 12.0 -> 16.7 and 11.1 -> 18.3, where
  * all 128 blocks load the host's words and the speculative entries (the whole 4096-pair buffer)
  * over the bus; decode 7B x1 +0.35 %, x8 +0.1 %, 8B within noise (one call, two rounds). Loading the
- * token once a block and copying from blocks (t, 0) only is the next form to measure. */
+ * token once a block and copying from blocks (t, 0) only measured no faster end to end (session 55:
+ * 7B x1 622.7 against 623.2 tokens/s, three rounds; the rest within noise). */
 #define EMBED_THREADS 256
 
 /* out[t] = dequantized row token(t) of the table, token(t) = tokens[t], or with a feed map

@@ -53,6 +53,27 @@ __device__ void sort_keys_descending(uint64_t *keys) {
         }
 }
 
+/* The repetition penalty on one logit (engine/sampler.c's penalize). */
+__device__ __forceinline__ float penalize_logit(float logit, float penalty) { return logit > 0 ? logit / penalty : logit * penalty; }
+
+/* keys[0..n_selected) = the row's keys at or above `low`, in no order, at most THREADS of them
+ * (n_selected counts them all), the rest of keys[] 0, which sorts last: every real key is above
+ * 0 (all threads call). */
+__device__ void compact_keys(const float *logits, int n_vocab, uint64_t low, uint64_t *keys, int *n_selected) {
+    const int tid = threadIdx.x;
+    if (tid == 0) *n_selected = 0;
+    keys[tid] = 0;
+    __syncthreads();
+    for (int i = tid; i < n_vocab; i += THREADS) {
+        const uint64_t key = rank_key(logits[i], i);
+        if (key >= low) {
+            const int at = atomicAdd(n_selected, 1);
+            if (at < THREADS) keys[at] = key;
+        }
+    }
+    __syncthreads();
+}
+
 /* This block's row's token, on the device and (where host_tokens is not NULL) in host memory. */
 __device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens, int token) {
     tokens[blockIdx.x] = token;
@@ -89,10 +110,10 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         for (int i = tid; i < p.n_penalized; i += THREADS) {
             int id = penalized[p.penalized_offset + i];
             listed |= id == fed;
-            if (id >= 0 && id < n_vocab) logits[id] = logits[id] > 0 ? logits[id] / p.repetition_penalty : logits[id] * p.repetition_penalty;
+            if (id >= 0 && id < n_vocab) logits[id] = penalize_logit(logits[id], p.repetition_penalty);
         }
         if (p.fed_at >= 0 && !__syncthreads_or(listed) && tid == 0 && fed >= 0 && fed < n_vocab)
-            logits[fed] = logits[fed] > 0 ? logits[fed] / p.repetition_penalty : logits[fed] * p.repetition_penalty;
+            logits[fed] = penalize_logit(logits[fed], p.repetition_penalty);
     }
     __syncthreads();
     if (p.temperature <= 0) { /* argmax, lowest id on ties */
@@ -128,25 +149,15 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
      * as before session 55, cost 8B decode x1 at top-k 40 a sixth of its speed; H200, top-k 40 /
      * top-p 0.95 at temperature 0.8, bisection -> bound: 8B x1 208.3 -> 244.5 tokens/s (greedy
      * 246.7), x8 1591 -> 1852; 7B x1 561.0 -> 612.9, x8 3315 -> 3547. */
-    uint64_t largest = 0; /* padding sorts last: every real key is above 0 */
+    uint64_t largest = 0; /* a thread without ids: 0, which sorts last */
     for (int i = tid; i < n_vocab; i += THREADS) largest = max(largest, rank_key(logits[i], i));
     keys[tid] = largest;
     __syncthreads();
     sort_keys_descending(keys);
     uint64_t low = keys[k - 1];
     __syncthreads();
-    if (tid == 0) n_selected = 0;
-    keys[tid] = 0;
-    __syncthreads();
-    for (int i = tid; i < n_vocab; i += THREADS) {
-        const uint64_t key = rank_key(logits[i], i);
-        if (key >= low) {
-            const int at = atomicAdd(&n_selected, 1);
-            if (at < TM_CUDA_SAMPLE_MAX_TOP_K) keys[at] = key;
-        }
-    }
-    __syncthreads();
-    if (n_selected > TM_CUDA_SAMPLE_MAX_TOP_K) {
+    compact_keys(logits, n_vocab, low, keys, &n_selected);
+    if (n_selected > THREADS) {
         /* the k-th largest key: the largest threshold with at least k keys at or above it */
         uint64_t high = ~0ull;
         while (low < high) {
@@ -156,14 +167,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
             if (block_count(count, scratch) >= k) low = middle;
             else high = middle - 1;
         }
-        if (tid == 0) n_selected = 0;
-        keys[tid] = 0;
-        __syncthreads();
-        for (int i = tid; i < n_vocab; i += THREADS) {
-            uint64_t key = rank_key(logits[i], i);
-            if (key >= low) keys[atomicAdd(&n_selected, 1)] = key;
-        }
-        __syncthreads();
+        compact_keys(logits, n_vocab, low, keys, &n_selected); /* exactly k */
     }
     sort_keys_descending(keys);
     const int n = k;
