@@ -75,9 +75,8 @@ struct tm_backend {
     /* optional: device memory in use */
     void (*memory)(const tm_backend *backend, tm_backend_memory *memory);
     /* optional: sample the logits rows kept by the last forward (logits == NULL), one row per
-     * tm_sample_row; rows with temperature > 0 need 1 <= top_k <= sample_max_top_k. */
+     * tm_sample_row, any sampling parameters (engine/sampler.c's meaning). */
     tm_status (*sample)(tm_backend *backend, int n_rows, const tm_sample_row *rows, int32_t *tokens, tm_error_t *error);
-    int sample_max_top_k;
     /* optional, both or neither: `sample` in two halves, so the host can launch the next step (its
      * tokens fed from this sampling: tm_batch.fed) before it waits for these tokens. sample_start
      * queues the sampling of the rows the last forward kept and returns without waiting;

@@ -345,7 +345,6 @@ tm_status tm_backend_cpu_create(const tm_model *model, const tm_backend_cpu_opti
     backend->sample = sample;
     backend->sample_start = sample_start;
     backend->sample_finish = sample_finish;
-    backend->sample_max_top_k = model->config.n_vocab;
     *out = backend;
     return TM_OK;
 }

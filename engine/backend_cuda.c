@@ -1029,13 +1029,7 @@ static tm_status sample_start(tm_backend *backend, int n_rows, const tm_sample_r
     if (b->samples_started - b->samples_finished >= 2)
         return tm_error_set(error, TM_ERR_INVALID_ARG, "cuda backend: a third sampling started before the first finished");
     int n_penalized = 0;
-    for (int r = 0; r < n_rows; r++) {
-        const tm_sampling *p = rows[r].params;
-        if (p->temperature > 0 && (p->top_k < 1 || p->top_k > TM_CUDA_SAMPLE_MAX_TOP_K))
-            return tm_error_set(error, TM_ERR_UNSUPPORTED, "cuda backend: GPU sampling needs top_k in 1..%d (row %d has %d)",
-                                TM_CUDA_SAMPLE_MAX_TOP_K, r, p->top_k);
-        n_penalized += rows[r].n_penalized;
-    }
+    for (int r = 0; r < n_rows; r++) n_penalized += rows[r].n_penalized;
     if (n_penalized > b->penalized_capacity) {
         CHECK_CUDA(cudaStreamSynchronize(b->stream)); /* no sampling in flight reads the slots freed here */
         cudaFreeHost(b->host_penalized);
@@ -1178,10 +1172,11 @@ tm_status tm_backend_cuda_create(const tm_model *model, const tm_backend_cuda_op
     backend->forward = forward;
     backend->free = backend_free;
     backend->memory = memory;
-    backend->sample = sample;
-    backend->sample_start = sample_start;
-    backend->sample_finish = sample_finish;
-    backend->sample_max_top_k = TM_CUDA_SAMPLE_MAX_TOP_K;
+    if (model->config.n_vocab <= TM_CUDA_SAMPLE_MAX_VOCAB) { /* else the engine samples on the host */
+        backend->sample = sample;
+        backend->sample_start = sample_start;
+        backend->sample_finish = sample_finish;
+    }
     backend->step_timing = step_timing;
     *out = backend;
     return TM_OK;

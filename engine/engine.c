@@ -559,16 +559,8 @@ static tm_status accept_token(tm_engine *e, request *r, int32_t token, tm_error_
     return TM_OK;
 }
 
-/* Whether every row of this step can be sampled on the backend's device. */
-static bool device_sampling_possible(const tm_engine *e, int n) {
-    if (!e->backend->sample || e->options.host_sampling) return false;
-    for (int k = 0; k < n; k++) {
-        if (!e->batch_want[k]) continue;
-        const tm_sampling *p = &e->requests[e->batch_request[k]].sampling;
-        if (p->temperature > 0 && (p->top_k < 1 || p->top_k > e->backend->sample_max_top_k)) return false;
-    }
-    return true;
-}
+/* Whether this step's rows are sampled on the backend's device (any parameters can be). */
+static bool device_sampling_possible(const tm_engine *e) { return e->backend->sample && !e->options.host_sampling; }
 
 /* The distinct ids of r's repetition-penalty window (sampler.c's window), appended at *used. With
  * `unseen`, the window ends one token past r's tokens, with the token a step in flight samples (fed
@@ -840,7 +832,7 @@ static tm_status step_start(tm_engine *e, tm_error_t *error) {
     if (n == 0) return TM_OK;
 
     tm_batch batch = {n, e->batch_tokens, e->batch_positions, e->batch_seq, e->batch_want, NULL};
-    const bool on_device = device_sampling_possible(e, n);
+    const bool on_device = device_sampling_possible(e);
     double t0 = tm_time_seconds();
     tm_trace_push(prompt_tokens ? "prefill step" : "decode step");
     return step_compute(e, &batch, n, on_device, prompt_tokens, t0, error);

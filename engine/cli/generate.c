@@ -35,7 +35,7 @@ static void usage(FILE *out) {
             "  --exact                float activations against quantized weights (slow, the reference)\n"
             "  --device D             auto (default: the GPU when CUDA finds one), cpu, cuda or cuda:N\n"
             "  --host-sampling        sample in the engine from logits copied back (default: in the backend,\n"
-            "                         on the GPU when top-k is 1..1024 or greedy; the same tokens)\n"
+            "                         on the GPU for any settings; the same tokens)\n"
             "  --no-step-overlap      read each step's tokens before launching the next (default: a decode\n"
             "                         step is launched before the one before it is read; the same tokens)\n"
             "  --no-cuda-graphs       CUDA: launch decode steps kernel by kernel instead of replaying graphs\n"

@@ -57,8 +57,8 @@ typedef struct tm_engine_options {
     int precision;           /* 0 fast (quantized activations), 1 exact (float activations) */
     int max_batch_tokens;    /* tokens per forward step: prefill chunk budget (default 512) */
     bool no_cuda_graphs;     /* CUDA: launch decode steps kernel by kernel instead of replaying graphs */
-    bool host_sampling;      /* CUDA: copy logits back and sample on the CPU (default: on the GPU
-                              * whenever every row's top_k is 1..1024 or the row is greedy) */
+    bool host_sampling;      /* CUDA: copy logits back and sample on the CPU (default: on the GPU,
+                              * any sampling settings) */
     bool nvtx_detail;        /* NVTX ranges per layer and operation too (for Nsight; CUDA decode steps then run
                               * without graphs) */
     bool time_device_steps;  /* CUDA: time each decode step's graph and the device's idle before it with events

@@ -282,16 +282,17 @@ int tm_cuda_kv_append(const float *k, const float *v, int n_tokens, int n_head_k
  * the host took from the request's generator (used only when temperature > 0). */
 typedef struct tm_cuda_sampling {
     float temperature, top_p, min_p, repetition_penalty;
-    int top_k;                          /* 1..TM_CUDA_SAMPLE_MAX_TOP_K when temperature > 0 */
+    int top_k;                          /* <= 0 or >= the vocabulary: none */
     int n_penalized, penalized_offset;  /* the window's distinct ids: penalized[offset...] */
     int fed_at;                         /* -1, or t: the window also ends with step_tokens[t] (tm_cuda_embed's:
                                          * a token fed on the device, unseen by the host), penalized once
                                          * like the others (not again where penalized lists it) */
     double uniform;
 } tm_cuda_sampling;
-#define TM_CUDA_SAMPLE_MAX_TOP_K 1024
-/* tokens[r] = the token sampled from row r of logits (n_rows x n_vocab, device; penalties are
- * applied in place), -1 for a row whose top_k is outside 1..1024 with temperature > 0; the same
+#define TM_CUDA_SAMPLE_MAX_TOP_K 1024   /* top-k up to this selects in one block's shared memory; above, by histograms */
+#define TM_CUDA_SAMPLE_MAX_VOCAB (1 << 23)
+/* tokens[r] = the token sampled from row r of logits (n_rows x n_vocab, n_vocab at most
+ * TM_CUDA_SAMPLE_MAX_VOCAB, device; penalties are applied in place); the same
  * into host_tokens[r] too where host_tokens is not NULL (mapped pinned host memory: the host reads
  * them once the launch has finished, with no copy of their own). tokens is a device pointer;
  * penalized may be in mapped pinned host memory or on the device; step_tokens (device) is read only

@@ -19,13 +19,22 @@
 
 #define THREADS 1024
 static_assert(THREADS == TM_CUDA_SAMPLE_MAX_TOP_K, "a key a thread: keys[] holds a block's threads' keys");
+static_assert(TM_CUDA_SAMPLE_MAX_VOCAB <= (1 << 23), "fixed-point weights: a row's sum below 2^63");
 
 __device__ __forceinline__ uint64_t rank_key(float logit, int id) {
-    uint32_t bits = __float_as_uint(logit);
+    uint32_t bits = __float_as_uint(__fadd_rn(logit, 0.0f)); /* -0 as +0: equal logits, ranked by id */
     bits ^= (bits >> 31) ? 0xFFFFFFFFu : 0x80000000u; /* order-preserving float -> unsigned */
     return (uint64_t)bits << 32 | (uint32_t)(0xFFFFFFFFu - (uint32_t)id);
 }
 __device__ __forceinline__ int key_id(uint64_t key) { return (int)(0xFFFFFFFFu - (uint32_t)key); }
+
+/* visit(logit, id) for each of the row's logits that this thread takes, ids rising. The passes
+ * over a row are bound by the instructions a logit takes on the block's one SM, not by its loads:
+ * four float4 loads in flight a thread instead of one float made the selection path 8 % slower
+ * and top-k 40 2 % (H200, 128256 logits; greedy with them: 4.4 us a row). */
+template <typename Visit> __device__ __forceinline__ void for_each_logit(const float *logits, int n_vocab, Visit visit) {
+    for (int i = threadIdx.x; i < n_vocab; i += THREADS) visit(logits[i], i);
+}
 
 /* Sum of one int per thread over the block (all threads must call). */
 __device__ int block_count(int value, int *scratch) {
@@ -64,13 +73,13 @@ __device__ void compact_keys(const float *logits, int n_vocab, uint64_t low, uin
     if (tid == 0) *n_selected = 0;
     keys[tid] = 0;
     __syncthreads();
-    for (int i = tid; i < n_vocab; i += THREADS) {
-        const uint64_t key = rank_key(logits[i], i);
+    for_each_logit(logits, n_vocab, [&](float logit, int i) {
+        const uint64_t key = rank_key(logit, i);
         if (key >= low) {
             const int at = atomicAdd(n_selected, 1);
             if (at < THREADS) keys[at] = key;
         }
-    }
+    });
     __syncthreads();
 }
 
@@ -78,6 +87,237 @@ __device__ void compact_keys(const float *logits, int n_vocab, uint64_t low, uin
 __device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens, int token) {
     tokens[blockIdx.x] = token;
     if (host_tokens) host_tokens[blockIdx.x] = token;
+}
+
+/* ---- Sampling with no top-k the block can hold (top_k 0, or above 1024): every id stays a
+ * candidate, so nothing is sorted whole. Each filter and the draw is one question, "where in the
+ * ranking does the running sum of a weight cross a target": top-k (a count of 1 each, target k),
+ * top-p (exp(logit - best), target top_p times their sum), the draw (exp((logit - best) / T),
+ * target uniform times their sum); each asked of the candidates at or above a floor key, which
+ * the filter before it raised (min-p raises it by arithmetic: logit >= threshold is a key bound).
+ * An answer takes a histogram of the weight over 2048 bins of logit value (monotone in the
+ * ranking, so a bin is a run of it), finds the bin where the sum crosses, compacts that bin's
+ * keys (random logits: ~60 of 128256) and sorts them; a bin of more than 1024 keys (ties, or a
+ * few heavy bins) is split again by key range until it fits. Weights are summed in fixed point
+ * (2^-40; exact, in any order); they are float exponentials of the difference taken exactly
+ * (hi + lo), within ~2e-7 of the CPU's float64 ones, so a draw or a top-p threshold within that
+ * of a boundary may take the neighbouring candidate (tests/gpu/test_sample_cuda.c bounds it). */
+
+#define BINS (2 * THREADS)
+#define FIXED_ONE 0x1p40f /* a weight of 1: sums of up to 2^23 ids stay below 2^63 */
+
+enum weight_kind { BY_COUNT, BY_MASS, BY_DRAW };
+
+struct weighing {
+    int kind;
+    float best, inverse_temperature, temperature;
+};
+
+/* x - y = hi + lo exactly (two-sum) */
+__device__ __forceinline__ void exact_difference(float x, float y, float *hi, float *lo) {
+    const float s = __fsub_rn(x, y);
+    const float x_part = __fadd_rn(s, y), y_part = __fsub_rn(s, x_part);
+    *hi = s;
+    *lo = __fadd_rn(__fsub_rn(x, x_part), __fsub_rn(-y, y_part));
+}
+
+/* A candidate's weight in units of 1 / FIXED_ONE (a count: 1). */
+__device__ __forceinline__ uint64_t weight_of(const weighing &w, float logit) {
+    if (w.kind == BY_COUNT) return 1;
+    float hi, lo;
+    exact_difference(logit, w.best, &hi, &lo);
+    if (w.kind == BY_DRAW) { /* (hi + lo) / T as hi + lo: the quotient's residual taken exactly by an FMA */
+        const float q = __fmul_rn(hi, w.inverse_temperature);
+        lo = __fmul_rn(__fadd_rn(fmaf(-q, w.temperature, hi), lo), w.inverse_temperature);
+        hi = q;
+    }
+    const float e = expf(hi);
+    const float weight = fmaf(e, lo, e); /* exp(hi + lo) = exp(hi) (1 + lo) to float precision */
+    return weight > 0 ? __float2ull_rn(__fmul_rn(weight, FIXED_ONE)) : 0; /* -inf, NaN, underflow: 0 */
+}
+
+/* The histogram's bin of a logit: 0 for the best, rising as the logit falls (a -inf or NaN one in
+ * the last); a bin holds a run of the ranking, since the map is monotone. */
+__device__ __forceinline__ int logit_bin(float logit, float best, float scale) {
+    return (int)fminf(__fmul_rn(__fsub_rn(best, logit), scale), (float)(BINS - 1));
+}
+
+struct selection_shared {
+    unsigned long long weights[BINS]; /* a histogram's bins, or the compacted keys' weights */
+    uint64_t keys[THREADS];
+    unsigned long long partial[32];
+    uint64_t low[32], high[32];
+    int n_members, index;
+    unsigned long long before;
+};
+
+__device__ __forceinline__ bool crosses(uint64_t sum, double target, bool strict) {
+    return strict ? (double)sum > target : (double)sum >= target;
+}
+
+/* The first i of s.weights[0..BINS) (two a thread, in order) where base plus the running sum
+ * crosses *target (first scaled by base plus the sum of all, where of_total); -1 if none.
+ * *before: base plus the sum before it. All threads call; all get the same answer. */
+__device__ int first_crossing(selection_shared &s, uint64_t base, double *target, bool of_total, bool strict, uint64_t *before) {
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const uint64_t a = s.weights[2 * tid], b = s.weights[2 * tid + 1];
+    uint64_t inclusive = a + b;
+    for (int offset = 1; offset < 32; offset *= 2) {
+        const uint64_t up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += up;
+    }
+    if (lane == 31) s.partial[warp] = inclusive;
+    if (tid == 0) s.index = -1;
+    __syncthreads();
+    if (warp == 0) {
+        uint64_t sum = s.partial[lane];
+        for (int offset = 1; offset < 32; offset *= 2) {
+            const uint64_t up = __shfl_up_sync(0xffffffffu, sum, offset);
+            if (lane >= offset) sum += up;
+        }
+        s.partial[lane] = sum;
+    }
+    __syncthreads();
+    if (of_total) *target *= (double)(base + s.partial[31]);
+    const double goal = *target;
+    const uint64_t exclusive = base + (warp ? s.partial[warp - 1] : 0) + inclusive - (a + b);
+    if (!crosses(exclusive, goal, strict) && crosses(exclusive + a, goal, strict)) s.index = 2 * tid, s.before = exclusive;
+    else if (!crosses(exclusive + a, goal, strict) && crosses(exclusive + a + b, goal, strict))
+        s.index = 2 * tid + 1, s.before = exclusive + a;
+    __syncthreads();
+    const int index = s.index;
+    *before = s.before;
+    __syncthreads();
+    return index;
+}
+
+__device__ uint64_t block_min_key(uint64_t key, selection_shared &s) {
+    for (int offset = 16; offset > 0; offset /= 2) key = min(key, __shfl_xor_sync(0xffffffffu, key, offset));
+    if (threadIdx.x % 32 == 0) s.low[threadIdx.x / 32] = key;
+    __syncthreads();
+    key = s.low[0];
+    for (int w = 1; w < THREADS / 32; w++) key = min(key, s.low[w]);
+    __syncthreads();
+    return key;
+}
+
+__device__ uint64_t block_max_key(uint64_t key, selection_shared &s) {
+    for (int offset = 16; offset > 0; offset /= 2) key = max(key, __shfl_xor_sync(0xffffffffu, key, offset));
+    if (threadIdx.x % 32 == 0) s.high[threadIdx.x / 32] = key;
+    __syncthreads();
+    key = s.high[0];
+    for (int w = 1; w < THREADS / 32; w++) key = max(key, s.high[w]);
+    __syncthreads();
+    return key;
+}
+
+/* The key of the first candidate, in ranking order among the keys at or above `floor`, at which
+ * the running sum of w's weight crosses target (times the sum of them all, where of_total):
+ * reaches it, or passes it where strict. 0 if none does. All threads call. */
+__device__ uint64_t select_crossing(const float *logits, int n_vocab, const weighing &w, uint64_t floor, double target, bool of_total,
+                                    bool strict, float scale, selection_shared &s) {
+    const int tid = threadIdx.x;
+    for (int b = tid; b < BINS; b += THREADS) s.weights[b] = 0;
+    __syncthreads();
+    for_each_logit(logits, n_vocab, [&](float logit, int i) {
+        if (rank_key(logit, i) < floor) return;
+        const uint64_t weight = weight_of(w, logit);
+        if (weight) atomicAdd(&s.weights[logit_bin(logit, w.best, scale)], (unsigned long long)weight);
+    });
+    __syncthreads();
+    uint64_t above;
+    int bin = first_crossing(s, 0, &target, of_total, strict, &above); /* target now a sum */
+    if (bin < 0) return 0;
+    /* the crossing bin's members: first those of a logit bin, then of a key range [low, high] */
+    bool by_logit = true;
+    uint64_t low = 0, high = ~0ull;
+    for (;;) {
+        if (tid == 0) s.n_members = 0;
+        s.keys[tid] = 0; /* 0 sorts last: every real key is above it */
+        __syncthreads();
+        uint64_t least = ~0ull, most = 0;
+        for_each_logit(logits, n_vocab, [&](float logit, int i) {
+            const uint64_t key = rank_key(logit, i);
+            if (key < floor || (by_logit ? logit_bin(logit, w.best, scale) != bin : key < low || key > high)) return;
+            const int at = atomicAdd(&s.n_members, 1);
+            if (at < THREADS) s.keys[at] = key;
+            least = min(least, key), most = max(most, key);
+        });
+        __syncthreads();
+        const int n_members = s.n_members;
+        if (n_members <= THREADS) break;
+        /* too many to sort: split their key range into BINS bins and find the crossing one */
+        low = block_min_key(least, s), high = block_max_key(most, s);
+        by_logit = false;
+        const uint64_t width = (high - low) / BINS + 1;
+        for (int b = tid; b < BINS; b += THREADS) s.weights[b] = 0;
+        __syncthreads();
+        for_each_logit(logits, n_vocab, [&](float logit, int i) {
+            const uint64_t key = rank_key(logit, i);
+            if (key < floor || key < low || key > high) return;
+            const uint64_t weight = weight_of(w, logit);
+            if (weight) atomicAdd(&s.weights[(high - key) / width], (unsigned long long)weight);
+        });
+        __syncthreads();
+        bin = first_crossing(s, above, &target, false, strict, &above);
+        if (bin < 0) return 0;
+        const uint64_t top = high - (uint64_t)bin * width; /* the bin's keys: (top - width, top] within [low, high] */
+        high = top, low = top - low >= width ? top - width + 1 : low;
+    }
+    /* the members, ranked; their weights; the crossing among them */
+    sort_keys_descending(s.keys);
+    const int n_members = s.n_members;
+    s.weights[tid] = tid < n_members ? weight_of(w, logits[key_id(s.keys[tid])]) : 0;
+    s.weights[THREADS + tid] = 0;
+    __syncthreads();
+    uint64_t before;
+    const int index = first_crossing(s, above, &target, false, strict, &before);
+    return index >= 0 && index < n_members ? s.keys[index] : 0;
+}
+
+/* The token of one row with no top-k the block can hold (engine/sampler.c's choose without
+ * top-k, or with a top-k above 1024 and below the vocabulary). All threads call. */
+__device__ int sample_by_selection(const float *logits, int n_vocab, const tm_cuda_sampling &p, selection_shared &s) {
+    /* the best key (its logit the best), and the least above -inf: the histograms' range */
+    uint64_t best_key = 0, worst_key = ~0ull;
+    for_each_logit(logits, n_vocab, [&](float logit, int i) {
+        if (logit != logit) return; /* NaN */
+        const uint64_t key = rank_key(logit, i);
+        best_key = max(best_key, key);
+        if (logit > -INFINITY) worst_key = min(worst_key, key);
+    });
+    best_key = block_max_key(best_key, s), worst_key = block_min_key(worst_key, s);
+    if (best_key == 0) return 0; /* every logit NaN */
+    const float best = logits[key_id(best_key)];
+    if (worst_key == ~0ull) return key_id(best_key); /* every logit -inf */
+    const float worst = logits[key_id(worst_key)];
+    float scale = worst < best ? (float)BINS / __fsub_rn(best, worst) : 0.0f;
+    if (!isfinite(scale)) scale = 0;
+    weighing w = {BY_COUNT, best, 1.0f / p.temperature, p.temperature};
+    uint64_t floor = 0;
+    if (p.top_k > THREADS && p.top_k < n_vocab) { /* the k best: the k-th key */
+        const uint64_t kth = select_crossing(logits, n_vocab, w, 0, (double)p.top_k, false, false, scale, s);
+        if (kth) floor = kth;
+    }
+    if (p.top_p > 0 && p.top_p < 1) { /* the fewest best whose probability reaches top_p */
+        w.kind = BY_MASS;
+        const uint64_t last = select_crossing(logits, n_vocab, w, floor, (double)p.top_p, true, false, scale, s);
+        if (last) floor = last;
+    }
+    if (p.min_p > 0) /* the logits at or above best + log(min_p): keys at or above its bits, any id */
+        floor = max(floor, rank_key(__fadd_rn(best, logf(p.min_p)), 0) & (uint64_t)0xFFFFFFFF00000000ull);
+    floor = min(floor, best_key); /* at least the best */
+    w.kind = BY_DRAW;
+    uint64_t chosen = select_crossing(logits, n_vocab, w, floor, p.uniform, true, true, scale, s);
+    if (!chosen) { /* the draw past the total by rounding: the last kept, as the CPU's loop ends */
+        uint64_t least = ~0ull;
+        for_each_logit(logits, n_vocab, [&](float logit, int i) {
+            const uint64_t key = rank_key(logit, i);
+            if (key >= floor) least = min(least, key);
+        });
+        chosen = block_min_key(least, s);
+    }
+    return key_id(chosen);
 }
 
 /* Up to TM_CUDA_SAMPLE_ARG_ROWS rows' parameters by value in the launch's arguments (n 0: none). */
@@ -89,8 +329,15 @@ struct sample_rows_arg {
 __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows, sample_rows_arg in_args,
                                                          const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens,
                                                          int32_t *host_tokens) {
-    __shared__ uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
-    __shared__ double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
+    __shared__ union {
+        struct {
+            uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
+            double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
+        } top_k;
+        selection_shared selection;
+    } shared;
+    uint64_t *keys = shared.top_k.keys;
+    double *weights = shared.top_k.weights;
     __shared__ int scratch[THREADS / 32];
     __shared__ float best_value[THREADS / 32];
     __shared__ int best_id[THREADS / 32], n_selected;
@@ -119,8 +366,9 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     if (p.temperature <= 0) { /* argmax, lowest id on ties */
         float value = -INFINITY;
         int id = n_vocab;
-        for (int i = tid; i < n_vocab; i += THREADS)
-            if (logits[i] > value || id == n_vocab) value = logits[i], id = i;
+        for_each_logit(logits, n_vocab, [&](float logit, int i) {
+            if (logit > value || id == n_vocab) value = logit, id = i;
+        });
         for (int offset = 16; offset > 0; offset /= 2) {
             float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
             int other_id = __shfl_xor_sync(0xffffffffu, id, offset);
@@ -136,7 +384,8 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         return;
     }
     if (p.top_k < 1 || p.top_k > TM_CUDA_SAMPLE_MAX_TOP_K) {
-        if (tid == 0) put_token(tokens, host_tokens, -1); /* the host samples such rows itself */
+        const int token = sample_by_selection(logits, n_vocab, p, shared.selection);
+        if (tid == 0) put_token(tokens, host_tokens, token);
         return;
     }
     const int k = min(p.top_k, n_vocab);
@@ -150,7 +399,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
      * top-p 0.95 at temperature 0.8, bisection -> bound: 8B x1 208.3 -> 244.5 tokens/s (greedy
      * 246.7), x8 1591 -> 1852; 7B x1 561.0 -> 612.9, x8 3315 -> 3547. */
     uint64_t largest = 0; /* a thread without ids: 0, which sorts last */
-    for (int i = tid; i < n_vocab; i += THREADS) largest = max(largest, rank_key(logits[i], i));
+    for_each_logit(logits, n_vocab, [&](float logit, int i) { largest = max(largest, rank_key(logit, i)); });
     keys[tid] = largest;
     __syncthreads();
     sort_keys_descending(keys);
@@ -163,7 +412,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         while (low < high) {
             uint64_t middle = low + (high - low) / 2 + 1;
             int count = 0;
-            for (int i = tid; i < n_vocab; i += THREADS) count += rank_key(logits[i], i) >= middle;
+            for_each_logit(logits, n_vocab, [&](float logit, int i) { count += rank_key(logit, i) >= middle; });
             if (block_count(count, scratch) >= k) low = middle;
             else high = middle - 1;
         }
@@ -216,7 +465,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
 extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host,
                               const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens, int32_t *host_tokens, void *stream) {
     if (n_rows == 0) return cudaSuccess;
-    if (n_vocab < 1) return cudaErrorInvalidValue;
+    if (n_vocab < 1 || n_vocab > TM_CUDA_SAMPLE_MAX_VOCAB) return cudaErrorInvalidValue;
     sample_rows_arg in_args;
     in_args.n = rows_on_host && n_rows <= TM_CUDA_SAMPLE_ARG_ROWS ? n_rows : 0;
     for (int r = 0; r < in_args.n; r++) in_args.rows[r] = rows[r];

@@ -1,7 +1,7 @@
 /*
  * test_engine_cuda.c - the engine on the GPU, end to end through its public API, on the
  * synthetic SmolLM2-135M shape (q8_0 weights, f16 KV): six requests with different prompts,
- * seeds and sampling (temperature, top-k, top-p, min-p, repetition penalties; one greedy) run
+ * seeds and sampling (temperature, top-k, none, top-p, min-p, repetition penalties; one greedy) run
  * with continuous batching: at most 4 sequences, prefill chunks of 48 tokens mixed with decode
  * tokens, and a KV pool small enough that requests are preempted and recomputed.
  * Run A samples on the GPU and replays decode steps as CUDA graphs; run B copies logits back,
@@ -83,7 +83,7 @@ static bool run(bool device_sampling_and_graphs, int kv_type, run_output *out) {
         params.sampling.seed = 100 + i;
         if (i > 0) {
             params.sampling.temperature = 0.6f + 0.2f * i;
-            params.sampling.top_k = i == 5 ? 1024 : 20 + 10 * i;
+            params.sampling.top_k = i == 5 ? 0 : 20 + 10 * i; /* 5: no top-k (the kernel's histogram selection) */
             params.sampling.top_p = i % 2 ? 0.9f : 1.0f;
             params.sampling.min_p = i == 4 ? 0.05f : 0;
         }

@@ -16,6 +16,13 @@
  * bound-then-compact path and its bisection fallback: k 1024 at 128256 takes the fallback).
  * Penalty windows whose last token is fed on the device (fed_at: the engine's overlapped steps):
  * that token is each row's best, penalized once whether or not the host's list also holds it.
+ * Rows with no top-k (0) or one above 1024 (the kernel's histogram selection: top-p, min-p and the
+ * draw over every id): flat and peaked logits, ties (bins of thousands of equal logits, split by
+ * key range), top-k 2000 and 5000. There the weights are float exponentials (~2e-7 from the CPU's
+ * float64), so a draw or top-p threshold that close to a cumulative boundary takes the
+ * neighbouring candidate: at most 2 of the 64 rows of such a set may differ, and each only by
+ * one place in the CPU's ranking (expected: ~1e-4 of rows). A vocabulary above
+ * TM_CUDA_SAMPLE_MAX_VOCAB is refused at launch.
  * Skipped without a CUDA device (exit 77).
  */
 #include <cuda_runtime_api.h>
@@ -42,6 +49,36 @@ typedef struct sample_case {
                   * on odd rows also earlier in the history (listed: penalized once) and raised to 1.5x
                   * the second best, so that it stays the best under one penalty of 1.3, not under two */
 } sample_case;
+
+/* The kernel's histogram selection samples the row (no top-k the block can hold). */
+static bool by_selection(const tm_sampling *p, int n_vocab) {
+    return p->temperature > 0 && (p->top_k < 1 || (p->top_k > TM_CUDA_SAMPLE_MAX_TOP_K && p->top_k < n_vocab));
+}
+
+/* token's place in the ranking of row (logit descending, id ascending) */
+static int rank_of(const float *row, int n_vocab, int token) {
+    int rank = 0;
+    for (int i = 0; i < n_vocab; i++) rank += row[i] > row[token] || (row[i] == row[token] && i < token);
+    return rank;
+}
+
+/* Rows of got that differ from expected: 0 if none; else, where the set samples by selection and
+ * at most 2 differ, each by one place in the CPU's ranking (penalized: the rows the CPU ranked),
+ * their count as a tolerated rounding; else -1 (and *first the first differing row). */
+static int compare_rows(const sample_case *sc, const int32_t *got, const int32_t *expected, const float *penalized, int *first) {
+    int differ = 0;
+    bool neighbours = true;
+    *first = -1;
+    for (int r = 0; r < ROWS; r++) {
+        if (got[r] == expected[r]) continue;
+        differ++, *first = *first < 0 ? r : *first;
+        const float *row = penalized + (size_t)r * sc->n_vocab;
+        neighbours &= got[r] >= 0 && got[r] < sc->n_vocab &&
+                      abs(rank_of(row, sc->n_vocab, got[r]) - rank_of(row, sc->n_vocab, expected[r])) == 1;
+    }
+    if (differ == 0) return 0;
+    return by_selection(&sc->params, sc->n_vocab) && !sc->mixed && differ <= 2 && neighbours ? differ : -1;
+}
 
 int main(void) {
     char device[256];
@@ -70,6 +107,15 @@ int main(void) {
         {"top-k above vocabulary", 100, {1.0f, 1024, 0.8f, 0, 1, 0, 0}, false, 0},
         {"greedy penalty 1.3, last token fed", 32000, {0, 0, 1, 0, 1.3f, 0, 0}, false, 64, false, 0, true},
         {"top-k 40 penalty 1.2, last token fed", 49152, {1.0f, 40, 1, 0, 1.2f, 0, 0}, false, 64, false, 0, true},
+        {"no top-k, top-p 0.95 t 0.8", 128256, {0.8f, 0, 0.95f, 0, 1, 0, 0}, false, 0},
+        {"no top-k, t 1", 32000, {1.0f, 0, 1, 0, 1, 0, 0}, false, 0},
+        {"no top-k, min-p 0.05 t 1.2", 49152, {1.2f, 0, 1, 0.05f, 1, 0, 0}, false, 0},
+        {"no top-k, top-p 0.9 min-p 0.01, ties", 49152, {0.9f, 0, 0.9f, 0.01f, 1, 0, 0}, true, 0},
+        {"no top-k, top-p 0.9, peaked", 128256, {1.0f, 0, 0.9f, 0, 1, 0, 0}, false, 0, false, 1024},
+        {"no top-k, t 0.5, penalty 1.3, fed", 32000, {0.5f, 0, 0.95f, 0, 1.3f, 0, 0}, false, 64, false, 0, true},
+        {"top-k 2000 top-p 0.9 t 0.7", 128256, {0.7f, 2000, 0.9f, 0, 1, 0, 0}, false, 0},
+        {"top-k 5000, ties", 32000, {1.0f, 5000, 1, 0, 1, 0, 0}, true, 0},
+        {"top-k 100000 (above vocabulary)", 32000, {1.0f, 100000, 0.8f, 0, 1, 0, 0}, false, 0},
     };
     const tm_sampling mixed_top_k = {1.0f, 40, 1, 0, 1, 0, 0};
     tm_rng_t rng;
@@ -77,7 +123,7 @@ int main(void) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const sample_case *sc = &cases[c];
         const int V = sc->n_vocab;
-        float *logits = malloc((size_t)ROWS * V * 4), *scratch = malloc((size_t)V * 4);
+        float *logits = malloc((size_t)ROWS * V * 4), *penalized = malloc((size_t)ROWS * V * 4);
         tm_sampler_candidate *candidates = malloc((size_t)V * sizeof *candidates);
         tm_cuda_sampling rows[ROWS];
         int32_t histories[ROWS][64], distinct[ROWS * 64], expected[ROWS], got[ROWS], step_tokens[ROWS];
@@ -108,6 +154,7 @@ int main(void) {
             const tm_sampling *params = sc->mixed && r % 2 ? &mixed_top_k : &sc->params;
             tm_rng_t draw = rng; /* the CPU sampler's one draw, taken from a copy */
             double uniform = params->temperature > 0 ? tm_rng_uniform(&draw) : 0;
+            float *scratch = penalized + (size_t)r * V; /* the CPU penalizes it in place: the row it ranks */
             memcpy(scratch, logits + (size_t)r * V, (size_t)V * 4);
             tm_rng_t cpu_rng = rng;
             expected[r] = tm_sample(params, scratch, V, histories[r], sc->history, &cpu_rng, candidates);
@@ -126,10 +173,9 @@ int main(void) {
         CHECK(tm_cuda_sample(d_logits, ROWS, V, d_rows, 0, d_distinct, d_step_tokens, d_tokens, NULL, NULL) == 0, "%s: launch", sc->name);
         CHECK(cudaDeviceSynchronize() == cudaSuccess, "%s: kernel", sc->name);
         cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
-        int differ = 0, first = -1;
-        for (int r = 0; r < ROWS; r++)
-            if (got[r] != expected[r]) differ++, first = first < 0 ? r : first;
-        CHECK(differ == 0, "%s: %d of %d rows differ (row %d: GPU %d, CPU %d)", sc->name, differ, ROWS, first, first >= 0 ? got[first] : 0,
+        int first;
+        const int differ = compare_rows(sc, got, expected, penalized, &first);
+        CHECK(differ >= 0, "%s: rows differ beyond rounding (row %d: GPU %d, CPU %d)", sc->name, first, first >= 0 ? got[first] : 0,
               first >= 0 ? expected[first] : 0);
         int distinct_tokens = 0;
         for (int r = 0; r < ROWS; r++) {
@@ -137,7 +183,8 @@ int main(void) {
             for (int k = 0; k < r && !seen; k++) seen = expected[k] == expected[r];
             distinct_tokens += !seen;
         }
-        printf("%-34s %d rows identical to the CPU sampler (%d distinct tokens)\n", sc->name, ROWS - differ, distinct_tokens);
+        printf("%-36s %d rows identical to the CPU sampler, %d its neighbour by rounding (%d distinct tokens)\n", sc->name,
+               ROWS - (differ > 0 ? differ : 0), differ > 0 ? differ : 0, distinct_tokens);
         /* the engine's form: parameters and penalized ids read from mapped pinned host memory, the
          * tokens written there as well as on the device (fresh logits: the penalty applies in place) */
         tm_cuda_sampling *h_rows = NULL;
@@ -157,25 +204,18 @@ int main(void) {
                   cudaDeviceSynchronize() == cudaSuccess,
               "%s: launch from host memory", sc->name);
         cudaMemcpy(got, d_tokens, sizeof got, cudaMemcpyDeviceToHost);
-        int differ_device = 0, differ_host = 0;
-        for (int r = 0; r < ROWS; r++) differ_device += got[r] != expected[r], differ_host += h_tokens[r] != expected[r];
-        CHECK(differ_device == 0 && differ_host == 0, "%s, parameters in host memory: %d rows differ on the device, %d in host memory",
-              sc->name, differ_device, differ_host);
+        int first_device, first_host;
+        const int differ_device = compare_rows(sc, got, expected, penalized, &first_device);
+        const int differ_host = compare_rows(sc, h_tokens, expected, penalized, &first_host);
+        CHECK(differ_device >= 0 && differ_host >= 0, "%s, parameters in host memory: rows differ beyond rounding (first: %d on the device, %d in host memory)",
+              sc->name, first_device, first_host);
         cudaFreeHost(h_rows), cudaFreeHost(h_distinct), cudaFreeHost(h_tokens);
         cudaFree(d_logits), cudaFree(d_rows), cudaFree(d_distinct), cudaFree(d_tokens), cudaFree(d_step_tokens);
-        free(logits), free(scratch), free(candidates);
+        free(logits), free(penalized), free(candidates);
     }
-    /* a row whose top_k the kernel cannot take is reported, not guessed */
-    tm_cuda_sampling unsupported = {1.0f, 1, 0, 1, 0, 0, 0, -1, 0.5};
-    void *d_logits, *d_row, *d_token;
-    int32_t token = 0;
-    cudaMalloc(&d_logits, 400), cudaMalloc(&d_row, sizeof unsupported), cudaMalloc(&d_token, 4);
-    cudaMemset(d_logits, 0, 400);
-    cudaMemcpy(d_row, &unsupported, sizeof unsupported, cudaMemcpyHostToDevice);
-    CHECK(tm_cuda_sample(d_logits, 1, 100, d_row, 0, NULL, NULL, d_token, NULL, NULL) == 0 && cudaDeviceSynchronize() == cudaSuccess,
-          "launch");
-    cudaMemcpy(&token, d_token, 4, cudaMemcpyDeviceToHost);
-    CHECK(token == -1, "top_k 0 with temperature > 0 gives -1 (got %d)", token);
-    cudaFree(d_logits), cudaFree(d_row), cudaFree(d_token);
+    /* a vocabulary too large for the fixed-point sums is refused before any launch */
+    tm_cuda_sampling one = {1.0f, 0, 1, 0, 1, 0, 0, -1, 0.5};
+    CHECK(tm_cuda_sample(NULL, 1, TM_CUDA_SAMPLE_MAX_VOCAB + 1, &one, 1, NULL, NULL, NULL, NULL, NULL) != 0,
+          "a vocabulary of %d is refused", TM_CUDA_SAMPLE_MAX_VOCAB + 1);
     return check_report("test_sample_cuda");
 }
