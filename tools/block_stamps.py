@@ -13,7 +13,8 @@ import sys
 
 import numpy as np
 
-KINDS = {1: "pairs", 2: "pairs+rope", 3: "attention", 4: "norm", 5: "swiglu", 6: "attention-chunks"}
+KINDS = {1: "pairs", 2: "pairs+rope", 3: "attention", 4: "norm", 5: "swiglu", 6: "attention-chunks", 7: "sample-greedy",
+         8: "sample-top-k", 9: "sample-selection"}
 POINTS = ["start", "waited", "a", "b", "c", "d", "e", "end"]
 RECORD = np.dtype([("kind", "<u4"), ("block", "<u4"), ("smid", "<u4"), ("tag", "<u4"), ("t", "<u8", (8,))])
 END = 7
@@ -135,6 +136,12 @@ PHASES = {
     "swiglu": [("start", "waited", 0, 1), ("waited", "loads arrived", 1, 2), ("loads", "end", 2, 7)],
     "pairs": [("start", "waited", 0, 1), ("waited", "row summed", 1, 2), ("summed", "end", 2, 7)],
     "pairs+rope": [("start", "waited", 0, 1), ("waited", "row summed", 1, 2), ("summed", "end", 2, 7)],
+    "sample-greedy": [("start", "end", 0, 7)],
+    "sample-top-k": [("start", "penalized", 0, 1), ("penalized", "threads' largest", 1, 2), ("largest", "bound sorted", 2, 3),
+                     ("bound", "compacted", 3, 4), ("compacted", "sorted, weighed", 4, 5), ("weighed", "drawn", 5, 6), ("drawn", "end", 6, 7)],
+    "sample-selection": [("start", "penalized, grouped", 0, 1), ("grouped", "range", 1, 2), ("range", "top-p histogram", 2, 3),
+                         ("top-p histogram", "top-p cut", 3, 4), ("cut", "draw histogram", 4, 5), ("draw histogram", "drawn", 5, 6),
+                         ("drawn", "end", 6, 7)],
 }
 
 

@@ -180,6 +180,7 @@ int tm_env_int(const char *name, int fallback) {
 extern "C" int tm_stamps_dump_gemv_q8(FILE *f);
 extern "C" int tm_stamps_dump_attention(FILE *f);
 extern "C" int tm_stamps_dump_ops(FILE *f);
+extern "C" int tm_stamps_dump_sample(FILE *f);
 #endif
 
 extern "C" int tm_cuda_stamps_dump(const char *path) {
@@ -192,6 +193,7 @@ extern "C" int tm_cuda_stamps_dump(const char *path) {
     int status = tm_stamps_dump_gemv_q8(f);
     if (status == cudaSuccess) status = tm_stamps_dump_attention(f);
     if (status == cudaSuccess) status = tm_stamps_dump_ops(f);
+    if (status == cudaSuccess) status = tm_stamps_dump_sample(f);
     if (fclose(f) != 0 && status == cudaSuccess) status = cudaErrorUnknown;
     return status;
 #else

@@ -1,21 +1,29 @@
 /*
- * sample.cu - token sampling on the GPU with the CPU sampler's exact semantics (engine/sampler.c):
+ * sample.cu - token sampling on the GPU with the CPU sampler's semantics (engine/sampler.c):
  * repetition penalty (the window's last token may be one fed on the device that the host has not
  * seen: fed_at), then greedy (temperature <= 0: argmax, lowest id on ties) or top-k, top-p, min-p,
- * temperature and a draw with the host's uniform number, in the CPU's order and arithmetic.
+ * temperature and a draw with the host's uniform number, in the CPU's order.
  * Candidates are ranked by the total order (logit descending, id ascending) encoded as one 64-bit
- * key, so "the k best" is exact: the keys at or above a bound (the k-th of the threads' own
- * largest keys) are compacted, or, where they are too many, the k-th largest key is found by
- * bisection over block-wide counts and the k survivors compacted; they are bitonic-sorted in
- * shared memory, and one thread then runs the CPU's cumulative loops over them in float64. Hence
- * the same logits, parameters and uniform give the CPU's token, except where a float64 sum lands
- * within rounding of a top-p or draw boundary. One block of 1024 threads per row; top_k must be
- * in 1..1024.
+ * key, so "the k best" is exact. Top-k 1..1024 (one block a row): the keys at or above a bound
+ * (the k-th of the threads' own largest keys) are compacted, or, where they are too many, the k-th
+ * largest key is found by bisection over block-wide counts and the k survivors compacted; they are
+ * bitonic-sorted in shared memory, and the CPU's cumulative loops run over them in float64 with
+ * its arithmetic: the CPU's token, except where a float64 sum lands within rounding of a top-p or
+ * draw boundary. No top-k, or one above 1024: every id stays a candidate and each filter and the
+ * draw is found by weighted histograms (see "Sampling with no top-k" below; a row's ids shared by
+ * a cluster of 8 blocks on sm_90, one block elsewhere): the CPU's token up to float rounding of a
+ * weight (~2e-7) at a boundary.
  * The engine's parameters and tokens live in mapped pinned host memory (engine/backend_cuda.c):
  * a row's parameters are loaded once a block, the tokens written there as well as on the device.
  */
+#include <cooperative_groups.h>
+
 #include "kernels.h"
 #include "common.cuh"
+#include "launch.cuh"
+#include "stamps.cuh"
+
+TM_STAMPS_RING(sample, 1u << 16)
 
 #define THREADS 1024
 static_assert(THREADS == TM_CUDA_SAMPLE_MAX_TOP_K, "a key a thread: keys[] holds a block's threads' keys");
@@ -28,12 +36,42 @@ __device__ __forceinline__ uint64_t rank_key(float logit, int id) {
 }
 __device__ __forceinline__ int key_id(uint64_t key) { return (int)(0xFFFFFFFFu - (uint32_t)key); }
 
-/* visit(logit, id) for each of the row's logits that this thread takes, ids rising. The passes
- * over a row are bound by the instructions a logit takes on the block's one SM, not by its loads:
- * four float4 loads in flight a thread instead of one float made the selection path 8 % slower
- * and top-k 40 2 % (H200, 128256 logits; greedy with them: 4.4 us a row). */
-template <typename Visit> __device__ __forceinline__ void for_each_logit(const float *logits, int n_vocab, Visit visit) {
-    for (int i = threadIdx.x; i < n_vocab; i += THREADS) visit(logits[i], i);
+/* visit(logit, id) for each of the row's logits that this thread takes, ids rising: block `rank`
+ * of `blocks` sharing the row takes every blocks-th stretch of THREADS ids. The passes over a row
+ * are bound by the instructions a logit takes on its SMs, not by their loads: four float4 loads in
+ * flight a thread instead of one float made the one-block selection path 8 % slower and top-k 40
+ * 2 % (H200, a 7B's 32000 logits), greedy 1 us faster (4.4 against 5.45 us a row). */
+template <typename Visit>
+__device__ __forceinline__ void for_each_logit(const float *logits, int n_vocab, Visit visit, int rank = 0, int blocks = 1) {
+    for (int i = rank * THREADS + threadIdx.x; i < n_vocab; i += blocks * THREADS) visit(logits[i], i);
+}
+
+/* for_each_logit for a visit of a few instructions (greedy's), where the loads' latency bounds a
+ * pass: four float4 a thread in flight where the row is 16-byte aligned (ids still rising). */
+template <typename Visit> __device__ __forceinline__ void for_each_logit_vectorized(const float *logits, int n_vocab, Visit visit) {
+    const int tid = threadIdx.x;
+    int tail = 0;
+    if (((uintptr_t)logits & 15) == 0) {
+        const float4 *quads = (const float4 *)logits;
+        const int n_quads = n_vocab / 4;
+        int q = tid;
+        for (; q + 3 * THREADS < n_quads; q += 4 * THREADS) {
+            float4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) v[u] = quads[q + u * THREADS];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int id = 4 * (q + u * THREADS);
+                visit(v[u].x, id), visit(v[u].y, id + 1), visit(v[u].z, id + 2), visit(v[u].w, id + 3);
+            }
+        }
+        for (; q < n_quads; q += THREADS) {
+            const float4 v = quads[q];
+            visit(v.x, 4 * q), visit(v.y, 4 * q + 1), visit(v.z, 4 * q + 2), visit(v.w, 4 * q + 3);
+        }
+        tail = 4 * n_quads;
+    }
+    for (int i = tail + tid; i < n_vocab; i += THREADS) visit(logits[i], i);
 }
 
 /* Sum of one int per thread over the block (all threads must call). */
@@ -47,13 +85,14 @@ __device__ int block_count(int value, int *scratch) {
     return total;
 }
 
-/* keys[0..THREADS) sorted descending in place, bitonic (all threads call; one key a thread). */
-__device__ void sort_keys_descending(uint64_t *keys) {
+/* keys[0..n) sorted descending in place, bitonic; n a power of 2 up to THREADS (all threads call;
+ * one key a thread). */
+__device__ void sort_keys_descending(uint64_t *keys, int n = THREADS) {
     const int tid = threadIdx.x;
-    for (int size = 2; size <= THREADS; size *= 2)
+    for (int size = 2; size <= n; size *= 2)
         for (int stride = size / 2; stride > 0; stride /= 2) {
             int partner = tid ^ stride;
-            if (partner > tid) {
+            if (tid < n && partner > tid) {
                 bool descending = (tid & size) == 0;
                 uint64_t a = keys[tid], b = keys[partner];
                 if ((a < b) == descending) keys[tid] = b, keys[partner] = a;
@@ -83,10 +122,13 @@ __device__ void compact_keys(const float *logits, int n_vocab, uint64_t low, uin
     __syncthreads();
 }
 
-/* This block's row's token, on the device and (where host_tokens is not NULL) in host memory. */
-__device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens, int token) {
-    tokens[blockIdx.x] = token;
-    if (host_tokens) host_tokens[blockIdx.x] = token;
+/* The smallest power of 2 at or above n (n >= 1). */
+__device__ __forceinline__ int power_of_2_above(int n) { return n <= 1 ? 1 : 1 << (32 - __clz(n - 1)); }
+
+/* Row `row`'s token, on the device and (where host_tokens is not NULL) in host memory. */
+__device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens, int row, int token) {
+    tokens[row] = token;
+    if (host_tokens) host_tokens[row] = token;
 }
 
 /* ---- Sampling with no top-k the block can hold (top_k 0, or above 1024): every id stays a
@@ -101,10 +143,39 @@ __device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens,
  * few heavy bins) is split again by key range until it fits. Weights are summed in fixed point
  * (2^-40; exact, in any order); they are float exponentials of the difference taken exactly
  * (hi + lo), within ~2e-7 of the CPU's float64 ones, so a draw or a top-p threshold within that
- * of a boundary may take the neighbouring candidate (tests/gpu/test_sample_cuda.c bounds it). */
+ * of a boundary may take the neighbouring candidate (tests/gpu/test_sample_cuda.c bounds it).
+ * On sm_90 a row's ids are shared by a cluster of 8 blocks: each builds the histogram of its
+ * share, each sums the eight through distributed shared memory (so all find the same bin), and
+ * the crossing bin's members are gathered from all eight. H200, top-p 0.95 at t 0.8 without
+ * top-k, the kernel a row (7B, 32000 ids; CUPTI): one block 73.7 us, clusters of 8 52.3 (greedy
+ * 5.3); its block stamps (-DTM_BLOCK_STAMPS) put ~70 % of that in the phases' barriers and
+ * distributed-shared-memory round trips, not in the passes (docs/perf-notes.md, session 56). The
+ * host sampled these rows before: 8B x1 38.6 tokens/s, now 242.7 (greedy 247.0). */
 
 #define BINS (2 * THREADS)
 #define FIXED_ONE 0x1p40f /* a weight of 1: sums of up to 2^23 ids stay below 2^63 */
+#define SAMPLE_CLUSTER 8  /* blocks sharing a row on sm_90 (a cluster); 1 elsewhere */
+
+/* The blocks of a row's group (C > 1: a thread-block cluster, sm_90) wait for each other, their
+ * shared and global memory writes then visible to all; with C 1, the block's barrier. */
+template <int C> __device__ __forceinline__ void group_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (C > 1) {
+        cooperative_groups::this_cluster().sync();
+        return;
+    }
+#endif
+    __syncthreads();
+}
+
+/* The address of `local` (this block's shared memory) in block `rank` of the group. */
+template <int C, typename T> __device__ __forceinline__ T *in_block(T *local, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (C > 1) return cooperative_groups::this_cluster().map_shared_rank(local, rank);
+#endif
+    (void)rank;
+    return local;
+}
 
 enum weight_kind { BY_COUNT, BY_MASS, BY_DRAW };
 
@@ -142,11 +213,18 @@ __device__ __forceinline__ int logit_bin(float logit, float best, float scale) {
     return (int)fminf(__fmul_rn(__fsub_rn(best, logit), scale), (float)(BINS - 1));
 }
 
+/* A block's shared memory for the selection. The group's blocks read each other's `weights` (a
+ * histogram of their ids), `keys`, `n_members` and `low`/`high` (after a group_sync, and each
+ * rewrites them only after the next one). */
 struct selection_shared {
-    unsigned long long weights[BINS]; /* a histogram's bins, or the compacted keys' weights */
-    uint64_t keys[THREADS];
+    union {
+        unsigned long long weights[BINS]; /* this block's histogram */
+        uint64_t gathered[THREADS];       /* the crossing bin's members from every block of the group */
+    };
+    unsigned long long merged[BINS]; /* the group's histogram; then the gathered members' weights */
+    uint64_t keys[THREADS];          /* this block's members of the crossing bin */
     unsigned long long partial[32];
-    uint64_t low[32], high[32];
+    uint64_t warp_low[32], warp_high[32], low, high;
     int n_members, index;
     unsigned long long before;
 };
@@ -155,12 +233,12 @@ __device__ __forceinline__ bool crosses(uint64_t sum, double target, bool strict
     return strict ? (double)sum > target : (double)sum >= target;
 }
 
-/* The first i of s.weights[0..BINS) (two a thread, in order) where base plus the running sum
+/* The first i of s.merged[0..BINS) (two a thread, in order) where base plus the running sum
  * crosses *target (first scaled by base plus the sum of all, where of_total); -1 if none.
  * *before: base plus the sum before it. All threads call; all get the same answer. */
 __device__ int first_crossing(selection_shared &s, uint64_t base, double *target, bool of_total, bool strict, uint64_t *before) {
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const uint64_t a = s.weights[2 * tid], b = s.weights[2 * tid + 1];
+    const uint64_t a = s.merged[2 * tid], b = s.merged[2 * tid + 1];
     uint64_t inclusive = a + b;
     for (int offset = 1; offset < 32; offset *= 2) {
         const uint64_t up = __shfl_up_sync(0xffffffffu, inclusive, offset);
@@ -193,130 +271,196 @@ __device__ int first_crossing(selection_shared &s, uint64_t base, double *target
 
 __device__ uint64_t block_min_key(uint64_t key, selection_shared &s) {
     for (int offset = 16; offset > 0; offset /= 2) key = min(key, __shfl_xor_sync(0xffffffffu, key, offset));
-    if (threadIdx.x % 32 == 0) s.low[threadIdx.x / 32] = key;
+    if (threadIdx.x % 32 == 0) s.warp_low[threadIdx.x / 32] = key;
     __syncthreads();
-    key = s.low[0];
-    for (int w = 1; w < THREADS / 32; w++) key = min(key, s.low[w]);
+    key = s.warp_low[0];
+    for (int w = 1; w < THREADS / 32; w++) key = min(key, s.warp_low[w]);
     __syncthreads();
     return key;
 }
 
 __device__ uint64_t block_max_key(uint64_t key, selection_shared &s) {
     for (int offset = 16; offset > 0; offset /= 2) key = max(key, __shfl_xor_sync(0xffffffffu, key, offset));
-    if (threadIdx.x % 32 == 0) s.high[threadIdx.x / 32] = key;
+    if (threadIdx.x % 32 == 0) s.warp_high[threadIdx.x / 32] = key;
     __syncthreads();
-    key = s.high[0];
-    for (int w = 1; w < THREADS / 32; w++) key = max(key, s.high[w]);
+    key = s.warp_high[0];
+    for (int w = 1; w < THREADS / 32; w++) key = max(key, s.warp_high[w]);
     __syncthreads();
     return key;
 }
 
+/* The least of the group's threads' `least` keys and the most of their `most` (through s.low and
+ * s.high: a group_sync after their last readers' before the next call). */
+template <int C> __device__ void group_min_max(uint64_t *least, uint64_t *most, selection_shared &s) {
+    const uint64_t block_least = block_min_key(*least, s), block_most = block_max_key(*most, s);
+    if (C == 1) {
+        *least = block_least, *most = block_most;
+        return;
+    }
+    if (threadIdx.x == 0) s.low = block_least, s.high = block_most;
+    group_sync<C>();
+    *least = ~0ull, *most = 0;
+#pragma unroll
+    for (int r = 0; r < C; r++) *least = min(*least, *in_block<C>(&s.low, r)), *most = max(*most, *in_block<C>(&s.high, r));
+}
+
+/* s.merged = the sum of the group's blocks' histograms (s.weights, complete: all threads call after
+ * this block's last atomic). */
+template <int C> __device__ void merge_histograms(selection_shared &s) {
+    group_sync<C>();
+#pragma unroll 1
+    for (int b = threadIdx.x; b < BINS; b += THREADS) { /* a bin's C loads in flight at once, not the two bins' (spills) */
+        unsigned long long sum = 0;
+#pragma unroll
+        for (int r = 0; r < C; r++) sum += *in_block<C>(&s.weights[b], r);
+        s.merged[b] = sum;
+    }
+    __syncthreads();
+}
+
 /* The key of the first candidate, in ranking order among the keys at or above `floor`, at which
  * the running sum of w's weight crosses target (times the sum of them all, where of_total):
- * reaches it, or passes it where strict. 0 if none does. All threads call. */
-__device__ uint64_t select_crossing(const float *logits, int n_vocab, const weighing &w, uint64_t floor, double target, bool of_total,
-                                    bool strict, float scale, selection_shared &s) {
+ * reaches it, or passes it where strict. 0 if none does. All threads of the group's C blocks call
+ * (block `rank` takes its share of the ids); all get the same answer. */
+template <int C>
+__device__ uint64_t select_crossing(const float *logits, int n_vocab, int rank, const weighing &w, uint64_t floor, double target,
+                                    bool of_total, bool strict, float scale, selection_shared &s, int stamp = TM_STAMP_POINTS) {
     const int tid = threadIdx.x;
     for (int b = tid; b < BINS; b += THREADS) s.weights[b] = 0;
     __syncthreads();
-    for_each_logit(logits, n_vocab, [&](float logit, int i) {
-        if (rank_key(logit, i) < floor) return;
-        const uint64_t weight = weight_of(w, logit);
-        if (weight) atomicAdd(&s.weights[logit_bin(logit, w.best, scale)], (unsigned long long)weight);
-    });
+    for_each_logit(
+        logits, n_vocab,
+        [&](float logit, int i) {
+            if (rank_key(logit, i) < floor) return;
+            const uint64_t weight = weight_of(w, logit);
+            if (weight) atomicAdd(&s.weights[logit_bin(logit, w.best, scale)], (unsigned long long)weight);
+        },
+        rank, C);
     __syncthreads();
+    merge_histograms<C>(s);
+    if (stamp < TM_STAMP_POINTS) tm_stamp(stamp);
     uint64_t above;
     int bin = first_crossing(s, 0, &target, of_total, strict, &above); /* target now a sum */
     if (bin < 0) return 0;
     /* the crossing bin's members: first those of a logit bin, then of a key range [low, high] */
     bool by_logit = true;
     uint64_t low = 0, high = ~0ull;
+    int n_members;
     for (;;) {
         if (tid == 0) s.n_members = 0;
         s.keys[tid] = 0; /* 0 sorts last: every real key is above it */
         __syncthreads();
         uint64_t least = ~0ull, most = 0;
-        for_each_logit(logits, n_vocab, [&](float logit, int i) {
-            const uint64_t key = rank_key(logit, i);
-            if (key < floor || (by_logit ? logit_bin(logit, w.best, scale) != bin : key < low || key > high)) return;
-            const int at = atomicAdd(&s.n_members, 1);
-            if (at < THREADS) s.keys[at] = key;
-            least = min(least, key), most = max(most, key);
-        });
-        __syncthreads();
-        const int n_members = s.n_members;
+        for_each_logit(
+            logits, n_vocab,
+            [&](float logit, int i) {
+                const uint64_t key = rank_key(logit, i);
+                if (key < floor || (by_logit ? logit_bin(logit, w.best, scale) != bin : key < low || key > high)) return;
+                const int at = atomicAdd(&s.n_members, 1);
+                if (at < THREADS) s.keys[at] = key;
+                least = min(least, key), most = max(most, key);
+            },
+            rank, C);
+        group_min_max<C>(&least, &most, s); /* a group_sync (C > 1) or a block barrier: every count complete */
+        n_members = 0;
+#pragma unroll
+        for (int r = 0; r < C; r++) n_members += *in_block<C>(&s.n_members, r);
         if (n_members <= THREADS) break;
         /* too many to sort: split their key range into BINS bins and find the crossing one */
-        low = block_min_key(least, s), high = block_max_key(most, s);
-        by_logit = false;
+        low = least, high = most, by_logit = false;
         const uint64_t width = (high - low) / BINS + 1;
         for (int b = tid; b < BINS; b += THREADS) s.weights[b] = 0;
         __syncthreads();
-        for_each_logit(logits, n_vocab, [&](float logit, int i) {
-            const uint64_t key = rank_key(logit, i);
-            if (key < floor || key < low || key > high) return;
-            const uint64_t weight = weight_of(w, logit);
-            if (weight) atomicAdd(&s.weights[(high - key) / width], (unsigned long long)weight);
-        });
+        for_each_logit(
+            logits, n_vocab,
+            [&](float logit, int i) {
+                const uint64_t key = rank_key(logit, i);
+                if (key < floor || key < low || key > high) return;
+                const uint64_t weight = weight_of(w, logit);
+                if (weight) atomicAdd(&s.weights[(high - key) / width], (unsigned long long)weight);
+            },
+            rank, C);
         __syncthreads();
+        merge_histograms<C>(s);
         bin = first_crossing(s, above, &target, false, strict, &above);
         if (bin < 0) return 0;
         const uint64_t top = high - (uint64_t)bin * width; /* the bin's keys: (top - width, top] within [low, high] */
         high = top, low = top - low >= width ? top - width + 1 : low;
     }
-    /* the members, ranked; their weights; the crossing among them */
-    sort_keys_descending(s.keys);
-    const int n_members = s.n_members;
-    s.weights[tid] = tid < n_members ? weight_of(w, logits[key_id(s.keys[tid])]) : 0;
-    s.weights[THREADS + tid] = 0;
+    /* the members of every block gathered, ranked; their weights; the crossing among them */
+    const int n_sorted = power_of_2_above(n_members);
+#pragma unroll 1
+    for (int r = 0, offset = 0; r < C; r++) {
+        const int n = *in_block<C>(&s.n_members, r);
+        const uint64_t *keys = in_block<C>(s.keys, r);
+        for (int j = tid; j < n; j += THREADS) s.gathered[offset + j] = keys[j];
+        offset += n;
+    }
+    for (int j = n_members + tid; j < n_sorted; j += THREADS) s.gathered[j] = 0;
+    group_sync<C>(); /* every block's members read: they may be rewritten */
+    sort_keys_descending(s.gathered, n_sorted);
+    for (int b = tid; b < BINS; b += THREADS) s.merged[b] = b < n_members ? weight_of(w, logits[key_id(s.gathered[b])]) : 0;
     __syncthreads();
     uint64_t before;
     const int index = first_crossing(s, above, &target, false, strict, &before);
-    return index >= 0 && index < n_members ? s.keys[index] : 0;
+    if (stamp < TM_STAMP_POINTS) tm_stamp(stamp + 1);
+    return index >= 0 && index < n_members ? s.gathered[index] : 0;
 }
 
-/* The token of one row with no top-k the block can hold (engine/sampler.c's choose without
- * top-k, or with a top-k above 1024 and below the vocabulary). All threads call. */
-__device__ int sample_by_selection(const float *logits, int n_vocab, const tm_cuda_sampling &p, selection_shared &s) {
+/* The token of one row with no top-k a block can hold (engine/sampler.c's choose without top-k,
+ * or with a top-k above 1024 and below the vocabulary), by the C blocks of the row's group (this
+ * one `rank`). All their threads call; all get the same token. */
+template <int C> __device__ int sample_by_selection(const float *logits, int n_vocab, int rank, const tm_cuda_sampling &p, selection_shared &s) {
     /* the best key (its logit the best), and the least above -inf: the histograms' range */
     uint64_t best_key = 0, worst_key = ~0ull;
-    for_each_logit(logits, n_vocab, [&](float logit, int i) {
-        if (logit != logit) return; /* NaN */
-        const uint64_t key = rank_key(logit, i);
-        best_key = max(best_key, key);
-        if (logit > -INFINITY) worst_key = min(worst_key, key);
-    });
-    best_key = block_max_key(best_key, s), worst_key = block_min_key(worst_key, s);
-    if (best_key == 0) return 0; /* every logit NaN */
+    for_each_logit(
+        logits, n_vocab,
+        [&](float logit, int i) {
+            if (logit != logit) return; /* NaN */
+            const uint64_t key = rank_key(logit, i);
+            best_key = max(best_key, key);
+            if (logit > -INFINITY) worst_key = min(worst_key, key);
+        },
+        rank, C);
+    group_min_max<C>(&worst_key, &best_key, s);
+    tm_stamp(TM_STAMP_A);
+    if (best_key == 0 || worst_key == ~0ull) { /* every logit NaN, or -inf (or NaN) */
+        group_sync<C>();
+        return best_key ? key_id(best_key) : 0;
+    }
     const float best = logits[key_id(best_key)];
-    if (worst_key == ~0ull) return key_id(best_key); /* every logit -inf */
     const float worst = logits[key_id(worst_key)];
     float scale = worst < best ? (float)BINS / __fsub_rn(best, worst) : 0.0f;
     if (!isfinite(scale)) scale = 0;
     weighing w = {BY_COUNT, best, 1.0f / p.temperature, p.temperature};
     uint64_t floor = 0;
     if (p.top_k > THREADS && p.top_k < n_vocab) { /* the k best: the k-th key */
-        const uint64_t kth = select_crossing(logits, n_vocab, w, 0, (double)p.top_k, false, false, scale, s);
+        const uint64_t kth = select_crossing<C>(logits, n_vocab, rank, w, 0, (double)p.top_k, false, false, scale, s);
         if (kth) floor = kth;
     }
     if (p.top_p > 0 && p.top_p < 1) { /* the fewest best whose probability reaches top_p */
         w.kind = BY_MASS;
-        const uint64_t last = select_crossing(logits, n_vocab, w, floor, (double)p.top_p, true, false, scale, s);
+        const uint64_t last = select_crossing<C>(logits, n_vocab, rank, w, floor, (double)p.top_p, true, false, scale, s, TM_STAMP_B);
         if (last) floor = last;
     }
     if (p.min_p > 0) /* the logits at or above best + log(min_p): keys at or above its bits, any id */
         floor = max(floor, rank_key(__fadd_rn(best, logf(p.min_p)), 0) & (uint64_t)0xFFFFFFFF00000000ull);
     floor = min(floor, best_key); /* at least the best */
     w.kind = BY_DRAW;
-    uint64_t chosen = select_crossing(logits, n_vocab, w, floor, p.uniform, true, true, scale, s);
+    uint64_t chosen = select_crossing<C>(logits, n_vocab, rank, w, floor, p.uniform, true, true, scale, s, TM_STAMP_D);
     if (!chosen) { /* the draw past the total by rounding: the last kept, as the CPU's loop ends */
-        uint64_t least = ~0ull;
-        for_each_logit(logits, n_vocab, [&](float logit, int i) {
-            const uint64_t key = rank_key(logit, i);
-            if (key >= floor) least = min(least, key);
-        });
-        chosen = block_min_key(least, s);
+        uint64_t least = ~0ull, most = 0;
+        for_each_logit(
+            logits, n_vocab,
+            [&](float logit, int i) {
+                const uint64_t key = rank_key(logit, i);
+                if (key >= floor) least = min(least, key);
+            },
+            rank, C);
+        group_min_max<C>(&least, &most, s);
+        chosen = least;
     }
+    group_sync<C>(); /* no block leaves while another may read its shared memory */
     return key_id(chosen);
 }
 
@@ -326,32 +470,51 @@ struct sample_rows_arg {
     tm_cuda_sampling rows[TM_CUDA_SAMPLE_ARG_ROWS];
 };
 
+/* Whether a row samples by selection (sample_by_selection) rather than greedy or top-k in a block. */
+__host__ __device__ __forceinline__ bool samples_by_selection(const tm_cuda_sampling &p) {
+    return p.temperature > 0 && (p.top_k < 1 || p.top_k > TM_CUDA_SAMPLE_MAX_TOP_K);
+}
+
+/* One row a group of C blocks (C > 1: a cluster, sm_90): all C take a row that samples by
+ * selection, only the first the others. */
+template <int C>
 __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows, sample_rows_arg in_args,
                                                          const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens,
                                                          int32_t *host_tokens) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if (C > 1) __trap(); /* clusters need sm_90; the host never launches C > 1 there */
+#endif
+    const tm_stamper stamper = tm_stamp_begin(); /* -DTM_BLOCK_STAMPS only (stamps.cuh) */
+    const int row_index = blockIdx.x / C, rank = blockIdx.x % C;
     __shared__ union {
         struct {
             uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
             double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
+            float draw_weights[TM_CUDA_SAMPLE_MAX_TOP_K], logits[TM_CUDA_SAMPLE_MAX_TOP_K];
         } top_k;
         selection_shared selection;
     } shared;
     uint64_t *keys = shared.top_k.keys;
     double *weights = shared.top_k.weights;
+    float *draw_weights = shared.top_k.draw_weights, *kept_logits = shared.top_k.logits;
     __shared__ int scratch[THREADS / 32];
     __shared__ float best_value[THREADS / 32];
     __shared__ int best_id[THREADS / 32], n_selected;
+    __shared__ double softmax_sum;
     __shared__ tm_cuda_sampling row;
     /* the row's parameters from the launch's arguments, or one load for the block (rows may be in
      * host memory: a trip over the bus a load) */
-    if (threadIdx.x == 0) row = in_args.n ? in_args.rows[blockIdx.x] : rows[blockIdx.x];
+    if (threadIdx.x == 0) row = in_args.n ? in_args.rows[row_index] : rows[row_index];
     __syncthreads();
     const tm_cuda_sampling p = row;
-    float *logits = logits_all + (int64_t)blockIdx.x * n_vocab;
+    const bool by_selection = samples_by_selection(p);
+    if (rank > 0 && !by_selection) return;
+    float *logits = logits_all + (int64_t)row_index * n_vocab;
     const int tid = threadIdx.x;
     /* repetition penalty: the host lists each id of the window once; a fed token that ends the
-     * window (fed_at, unseen by the host) is penalized after them unless they list it */
-    if (p.repetition_penalty != 1.0f && p.repetition_penalty > 0) {
+     * window (fed_at, unseen by the host) is penalized after them unless they list it (by the
+     * group's first block; the group's barrier then shows the others) */
+    if (rank == 0 && p.repetition_penalty != 1.0f && p.repetition_penalty > 0) {
         const int fed = p.fed_at >= 0 ? step_tokens[p.fed_at] : -1;
         bool listed = false;
         for (int i = tid; i < p.n_penalized; i += THREADS) {
@@ -362,11 +525,20 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         if (p.fed_at >= 0 && !__syncthreads_or(listed) && tid == 0 && fed >= 0 && fed < n_vocab)
             logits[fed] = penalize_logit(logits[fed], p.repetition_penalty);
     }
+    if (by_selection) {
+        group_sync<C>();
+        tm_stamp(TM_STAMP_WAITED);
+        const int token = sample_by_selection<C>(logits, n_vocab, rank, p, shared.selection);
+        if (rank == 0 && tid == 0) put_token(tokens, host_tokens, row_index, token);
+        tm_stamp_end(stamper, TM_STAMP_SAMPLE_SELECTION, logits_all);
+        return;
+    }
     __syncthreads();
+    tm_stamp(TM_STAMP_WAITED);
     if (p.temperature <= 0) { /* argmax, lowest id on ties */
         float value = -INFINITY;
         int id = n_vocab;
-        for_each_logit(logits, n_vocab, [&](float logit, int i) {
+        for_each_logit_vectorized(logits, n_vocab, [&](float logit, int i) {
             if (logit > value || id == n_vocab) value = logit, id = i;
         });
         for (int offset = 16; offset > 0; offset /= 2) {
@@ -379,13 +551,9 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         if (tid == 0) {
             for (int w = 1; w < THREADS / 32; w++)
                 if (best_value[w] > value || (best_value[w] == value && best_id[w] < id)) value = best_value[w], id = best_id[w];
-            put_token(tokens, host_tokens, id < n_vocab ? id : 0);
+            put_token(tokens, host_tokens, row_index, id < n_vocab ? id : 0);
         }
-        return;
-    }
-    if (p.top_k < 1 || p.top_k > TM_CUDA_SAMPLE_MAX_TOP_K) {
-        const int token = sample_by_selection(logits, n_vocab, p, shared.selection);
-        if (tid == 0) put_token(tokens, host_tokens, token);
+        tm_stamp_end(stamper, TM_STAMP_SAMPLE_GREEDY, logits_all);
         return;
     }
     const int k = min(p.top_k, n_vocab);
@@ -401,8 +569,10 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     uint64_t largest = 0; /* a thread without ids: 0, which sorts last */
     for_each_logit(logits, n_vocab, [&](float logit, int i) { largest = max(largest, rank_key(logit, i)); });
     keys[tid] = largest;
+    tm_stamp(TM_STAMP_A);
     __syncthreads();
     sort_keys_descending(keys);
+    tm_stamp(TM_STAMP_B);
     uint64_t low = keys[k - 1];
     __syncthreads();
     compact_keys(logits, n_vocab, low, keys, &n_selected);
@@ -418,20 +588,38 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         }
         compact_keys(logits, n_vocab, low, keys, &n_selected); /* exactly k */
     }
-    sort_keys_descending(keys);
+    tm_stamp(TM_STAMP_C);
+    sort_keys_descending(keys, power_of_2_above(min(n_selected, THREADS)));
     const int n = k;
     const double best = logits[key_id(keys[0])];
-    if (tid < n) weights[tid] = exp((double)logits[key_id(keys[tid])] - best);
+    if (tid < n) { /* each candidate's logit and weights, for thread 0's loops (each a load from L2 and an exp) */
+        const float logit = logits[key_id(keys[tid])];
+        kept_logits[tid] = logit;
+        weights[tid] = exp((double)logit - best);
+        draw_weights[tid] = (float)exp(((double)logit - best) / p.temperature);
+    }
     __syncthreads();
+    /* the CPU's loops, in its order (its weights): the softmax's sum by thread 0, each term's
+     * quotient by its own thread (a float64 division each: serial, k 1024 took ~100 us), the
+     * running sums by thread 0 */
+    const bool top_p = p.top_p > 0 && p.top_p < 1;
+    if (top_p) {
+        if (tid == 0) {
+            double sum = 0;
+            for (int i = 0; i < n; i++) sum += weights[i];
+            softmax_sum = sum;
+        }
+        __syncthreads();
+        if (tid < n) weights[tid] /= softmax_sum;
+        __syncthreads();
+    }
+    tm_stamp(TM_STAMP_D);
     if (tid != 0) return;
-    /* the CPU's loops, in its order */
     int keep = n;
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += weights[i];
-    if (p.top_p > 0 && p.top_p < 1) {
+    if (top_p) {
         double cumulative = 0;
         for (int i = 0; i < n; i++) {
-            cumulative += weights[i] / sum;
+            cumulative += weights[i];
             if (cumulative >= p.top_p) {
                 keep = i + 1;
                 break;
@@ -441,25 +629,33 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     if (p.min_p > 0) {
         float threshold = (float)best + logf(p.min_p);
         int kept = 1;
-        while (kept < keep && logits[key_id(keys[kept])] >= threshold) kept++;
+        while (kept < keep && kept_logits[kept] >= threshold) kept++;
         keep = kept;
     }
     double total = 0;
-    for (int i = 0; i < keep; i++) {
-        float w = (float)exp(((double)logits[key_id(keys[i])] - best) / p.temperature);
-        weights[i] = w;
-        total += w;
-    }
+    for (int i = 0; i < keep; i++) total += draw_weights[i];
     double draw = p.uniform * total, acc = 0;
     int chosen = key_id(keys[keep - 1]);
     for (int i = 0; i < keep; i++) {
-        acc += weights[i];
+        acc += draw_weights[i];
         if (draw < acc) {
             chosen = key_id(keys[i]);
             break;
         }
     }
-    put_token(tokens, host_tokens, chosen);
+    tm_stamp(TM_STAMP_E);
+    put_token(tokens, host_tokens, row_index, chosen);
+    tm_stamp_end(stamper, TM_STAMP_SAMPLE_TOP_K, logits_all);
+}
+
+/* Whether this launch runs rows in clusters of SAMPLE_CLUSTER blocks: on sm_90 devices, where
+ * some row samples by selection (or the rows are on the device, unseen here). */
+static bool cluster_launch(const tm_cuda_sampling *rows, int rows_on_host, int n_rows) {
+    if (!tm_cluster_launch_available()) return false;
+    if (!rows_on_host) return true;
+    for (int r = 0; r < n_rows; r++)
+        if (samples_by_selection(rows[r])) return true;
+    return false;
 }
 
 extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host,
@@ -469,8 +665,22 @@ extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_c
     sample_rows_arg in_args;
     in_args.n = rows_on_host && n_rows <= TM_CUDA_SAMPLE_ARG_ROWS ? n_rows : 0;
     for (int r = 0; r < in_args.n; r++) in_args.rows[r] = rows[r];
-    sample_kernel<<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, in_args, penalized, step_tokens, tokens,
-                                                                 host_tokens);
+    if (cluster_launch(rows, rows_on_host, n_rows)) {
+        cudaLaunchAttribute attribute;
+        attribute.id = cudaLaunchAttributeClusterDimension;
+        attribute.val.clusterDim.x = SAMPLE_CLUSTER, attribute.val.clusterDim.y = 1, attribute.val.clusterDim.z = 1;
+        cudaLaunchConfig_t config = {};
+        config.gridDim = dim3(n_rows * SAMPLE_CLUSTER);
+        config.blockDim = dim3(THREADS);
+        config.stream = (cudaStream_t)stream;
+        config.attrs = &attribute;
+        config.numAttrs = 1;
+        TM_CUDA_CHECK(cudaLaunchKernelEx(&config, sample_kernel<SAMPLE_CLUSTER>, logits, n_vocab, rows, in_args, penalized, step_tokens, tokens,
+                                         host_tokens));
+        return cudaSuccess;
+    }
+    sample_kernel<1><<<n_rows, THREADS, 0, (cudaStream_t)stream>>>(logits, n_vocab, rows, in_args, penalized, step_tokens, tokens,
+                                                                    host_tokens);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }

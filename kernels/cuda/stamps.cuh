@@ -4,7 +4,7 @@
  * here compiles to nothing, so the kernels' code is the production code.
  *
  * With it, thread 0 of every block of an instrumented kernel (pairs_kernel, decode_whole_kernel,
- * the sliced norm and its cluster form, the SwiGLU) keeps the global timer (%globaltimer, ns, one clock for all SMs)
+ * the sliced norm and its cluster form, the SwiGLU, the sampling kernel) keeps the global timer (%globaltimer, ns, one clock for all SMs)
  * at its start, right after its wait for the previous kernel, at up to three points of the
  * kernel's own and at its end, and writes them with its SM into a ring of records in its
  * translation unit (TM_STAMPS_RING, the slot taken by an atomic at the start whose result is
@@ -24,7 +24,8 @@
 /* A record's times: the first two and the last for every kernel, A..E the kernel's own. */
 enum { TM_STAMP_START, TM_STAMP_WAITED, TM_STAMP_A, TM_STAMP_B, TM_STAMP_C, TM_STAMP_D, TM_STAMP_E, TM_STAMP_END, TM_STAMP_POINTS };
 /* The instrumented kernels (decode_whole_kernel: ATTENTION its one-token slices, ATTENTION_CHUNKS its other forms). */
-enum { TM_STAMP_PAIRS = 1, TM_STAMP_PAIRS_ROPE = 2, TM_STAMP_ATTENTION = 3, TM_STAMP_NORM = 4, TM_STAMP_SWIGLU = 5, TM_STAMP_ATTENTION_CHUNKS = 6 };
+enum { TM_STAMP_PAIRS = 1, TM_STAMP_PAIRS_ROPE = 2, TM_STAMP_ATTENTION = 3, TM_STAMP_NORM = 4, TM_STAMP_SWIGLU = 5, TM_STAMP_ATTENTION_CHUNKS = 6,
+       TM_STAMP_SAMPLE_GREEDY = 7, TM_STAMP_SAMPLE_TOP_K = 8, TM_STAMP_SAMPLE_SELECTION = 9 };
 
 /* One block's record: 80 bytes (the dump's layout, read by tools/block_stamps.py). */
 struct tm_block_stamp {
