@@ -8,6 +8,7 @@
  * are drawn when gnuplot is installed, as SVG and PNG, and linked from the markdown.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <sqlite3.h>
@@ -104,12 +105,39 @@ typedef struct chart_lines {
     int n;
 } chart_lines;
 
+/* Into `expression` (size bytes): SQL over `c` (a case) that labels it by the params in which the
+ * run's throughput cases differ, the table's own columns (model, prompt, batch, KV type) aside:
+ * "key=value, ..." of those it sets, '' where none (or no param differs). So cases of one shape
+ * measured under several settings (suites/sampling.yaml's sampling params, suites/overlap.yaml's
+ * overlap) get rows and chart lines told apart. Keys are suite parameter names; one with a
+ * character other than [A-Za-z0-9_] is left out rather than quoted. */
+static void settings_label_sql(sqlite3 *db, int64_t run, char *expression, size_t size) {
+    const char *sql = "SELECT j.key FROM cases c, json_each(c.params) j WHERE c.run_id = ?1 AND c.kind = 'throughput' AND "
+                      "j.key NOT IN ('prompt_tokens', 'batch', 'kv_type', 'model') GROUP BY j.key HAVING count(DISTINCT j.value) > 1 "
+                      "OR count(*) < (SELECT count(*) FROM cases WHERE run_id = ?1 AND kind = 'throughput') ORDER BY j.key";
+    sqlite3_stmt *s = statement_for_run(db, sql, run);
+    size_t used = (size_t)snprintf(expression, size, "ltrim(''");
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        const char *key = (const char *)sqlite3_column_text(s, 0);
+        bool plain = key && *key;
+        for (const char *k = key; plain && *k; k++) plain = isalnum((unsigned char)*k) || *k == '_';
+        if (!plain) continue;
+        const int n = snprintf(expression + used, size - used, " || coalesce(', %s=' || json_extract(c.params, '$.%s'), '')", key, key);
+        if (n < 0 || (size_t)n >= size - used - 16) break; /* room for the closing below */
+        used += (size_t)n;
+    }
+    sqlite3_finalize(s);
+    snprintf(expression + used, size - used, ", ', ')");
+}
+
 /* Section 1: throughput cases, each with its KV cache type (a run may measure the same model and
  * shape with several: suites/gpu-kv8.yaml); writes the chart data when charts_dir is set (a block per line of
  * `lines`; cases past CHART_LINES lines stay in the table only). Returns rows. */
 static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, chart_lines *lines) {
     lines->n = 0;
-    const char *sql =
+    char label[3072], sql[6144];
+    settings_label_sql(db, run, label, sizeof label);
+    snprintf(sql, sizeof sql,
         "SELECT c.suite, coalesce(c.model, '-'), json_extract(c.params, '$.prompt_tokens'), json_extract(c.params, '$.batch'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'decode_tokens_per_s'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'step_latency_p50_ms'), "
@@ -122,8 +150,8 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
         "coalesce(json_extract(c.params, '$.kv_type'), 'f16'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'decode_gb_per_s'), "
         "(SELECT median FROM metrics WHERE case_id = c.id AND metric = 'decode_joules_per_token'), "
-        "(SELECT relative_noise FROM metrics WHERE case_id = c.id AND metric = 'decode_joules_per_token') "
-        "FROM cases c WHERE c.run_id = ? AND c.kind = 'throughput' ORDER BY c.model, 14, 3, 4, c.id";
+        "(SELECT relative_noise FROM metrics WHERE case_id = c.id AND metric = 'decode_joules_per_token'), %s "
+        "FROM cases c WHERE c.run_id = ? AND c.kind = 'throughput' ORDER BY c.model, 14, 18, 3, 4, c.id", label);
     sqlite3_stmt *s = statement_for_run(db, sql, run);
     FILE *data = NULL;
     if (charts_dir) {
@@ -133,18 +161,20 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
     }
     int rows = 0;
     long long last_prompt = -1;
-    char last_model[128] = "", last_kv[16] = "";
+    char last_model[128] = "", last_kv[16] = "", last_settings[256] = "";
     bool charted = false; /* this case's line has a block */
     while (sqlite3_step(s) == SQLITE_ROW) {
         if (rows++ == 0)
             fprintf(md, "| model | seq_len (prompt) | batch | KV | decode tokens/s (all sequences) | roofline tokens/s (share) "
                         "| decode GB/s | J per decode token | step latency p50 / p90 / p99 (ms) | time to first token (ms) "
                         "| prompt tokens/s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-        const char *kv = text_or(s, 13, "f16");
+        const char *kv = text_or(s, 13, "f16"), *settings = text_or(s, 17, "");
+        char model_cell[512]; /* the model, with the settings that tell this case from others of its shape */
+        snprintf(model_cell, sizeof model_cell, *settings ? "%s (%s)" : "%s%s", text_or(s, 1, "-"), settings);
         if (sqlite3_column_type(s, 4) == SQLITE_NULL) {
             fprintf(md, "| %s | %s | %s | %s | not measured (%s) | not measured | not measured | not measured | not measured "
                         "| not measured | not measured |\n",
-                    text_or(s, 1, "-"), text_or(s, 2, "-"), text_or(s, 3, "-"), kv, text_or(s, 12, "?"));
+                    model_cell, text_or(s, 2, "-"), text_or(s, 3, "-"), kv, text_or(s, 12, "?"));
             continue;
         }
         char roofline[64] = "not measured", rate[48] = "not measured", energy[48] = "not measured";
@@ -154,7 +184,7 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
         if (sqlite3_column_type(s, 14) != SQLITE_NULL) snprintf(rate, sizeof rate, "%s", significant(sqlite3_column_double(s, 14), 4).text);
         if (sqlite3_column_type(s, 15) != SQLITE_NULL)
             snprintf(energy, sizeof energy, "%.3g ± %.1f %%", sqlite3_column_double(s, 15), 100 * sqlite3_column_double(s, 16));
-        fprintf(md, "| %s | %s | %s | %s | %s ± %.1f %% | %s | %s | %s | %s / %s / %s | %s | %s |\n", text_or(s, 1, "-"),
+        fprintf(md, "| %s | %s | %s | %s | %s ± %.1f %% | %s | %s | %s | %s / %s / %s | %s | %s |\n", model_cell,
                 text_or(s, 2, "-"), text_or(s, 3, "-"), kv, significant(sqlite3_column_double(s, 4), 4).text,
                 100 * sqlite3_column_double(s, 10), roofline, rate, energy, significant(sqlite3_column_double(s, 5), 3).text,
                 significant(sqlite3_column_double(s, 6), 3).text, significant(sqlite3_column_double(s, 7), 3).text,
@@ -162,17 +192,19 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
         if (data) { /* gnuplot data: one block per (model, KV type, prompt length), two blank lines between blocks */
             const long long prompt = sqlite3_column_int64(s, 2);
             const char *model = text_or(s, 1, "-");
-            if (prompt != last_prompt || strcmp(model, last_model) != 0 || strcmp(kv, last_kv) != 0) {
+            if (prompt != last_prompt || strcmp(model, last_model) != 0 || strcmp(kv, last_kv) != 0 || strcmp(settings, last_settings) != 0) {
                 charted = lines->n < CHART_LINES;
                 if (charted) {
                     const bool f16 = strcmp(kv, "f16") == 0;
-                    fprintf(data, "%s# %s kv_type=%s prompt_tokens=%lld\n", lines->n ? "\n\n" : "", model, kv, prompt);
-                    snprintf(lines->titles[lines->n++], sizeof lines->titles[0], "%s, prompt %lld%s%s", model, prompt, f16 ? "" : ", KV ",
-                             f16 ? "" : kv);
+                    fprintf(data, "%s# %s kv_type=%s prompt_tokens=%lld%s%s\n", lines->n ? "\n\n" : "", model, kv, prompt,
+                            *settings ? " " : "", settings);
+                    snprintf(lines->titles[lines->n++], sizeof lines->titles[0], "%s, prompt %lld%s%s%s%s", model, prompt, f16 ? "" : ", KV ",
+                             f16 ? "" : kv, *settings ? ", " : "", settings);
                 }
                 last_prompt = prompt;
                 snprintf(last_model, sizeof last_model, "%s", model);
                 snprintf(last_kv, sizeof last_kv, "%s", kv);
+                snprintf(last_settings, sizeof last_settings, "%s", settings);
             }
             if (charted)
                 fprintf(data, "%lld %.6g %.6g %.6g %.6g\n", sqlite3_column_int64(s, 3), sqlite3_column_double(s, 4),
@@ -186,20 +218,23 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
 }
 
 /* Decode at each longer prompt against the shortest prompt measured in the same suite with the same
- * model, batch and KV type (the speed issue bounds 2048 x8 against 128 x8 at 15 %): nothing when no
- * pair was measured. */
+ * model, batch, KV type and settings (settings_label_sql; the speed issue bounds 2048 x8 against
+ * 128 x8 at 15 %): nothing when no pair was measured. */
 static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
-    const char *sql =
+    char label[3072], sql[6144];
+    settings_label_sql(db, run, label, sizeof label);
+    snprintf(sql, sizeof sql,
         "WITH d AS (SELECT c.id, c.suite AS suite, coalesce(c.model, '-') AS model, json_extract(c.params, '$.batch') AS batch, "
+        "%s AS settings, "
         "coalesce(json_extract(c.params, '$.kv_type'), 'f16') AS kv, "
         "json_extract(c.params, '$.prompt_tokens') AS prompt, m.median AS rate, m.ceiling AS roof FROM cases c JOIN metrics m ON m.case_id = c.id "
         "AND m.metric = 'decode_tokens_per_s' WHERE c.run_id = ? AND c.kind = 'throughput' AND c.status = 'complete' AND "
         "json_extract(c.params, '$.batch') IS NOT NULL AND json_extract(c.params, '$.prompt_tokens') IS NOT NULL), "
-        "shortest AS (SELECT suite, model, batch, kv, min(prompt) AS prompt FROM d GROUP BY suite, model, batch, kv) "
-        "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate, l.suite, l.kv, l.roof, s.roof FROM d l JOIN shortest k ON k.suite = l.suite AND "
-        "k.model = l.model AND k.batch = l.batch AND k.kv = l.kv JOIN d s ON s.suite = k.suite AND s.model = k.model AND "
-        "s.batch = k.batch AND s.kv = k.kv AND s.prompt = k.prompt "
-        "WHERE l.prompt > k.prompt ORDER BY l.suite, l.model, l.kv, l.batch, l.prompt";
+        "shortest AS (SELECT suite, model, batch, kv, settings, min(prompt) AS prompt FROM d GROUP BY suite, model, batch, kv, settings) "
+        "SELECT l.model, l.batch, l.prompt, l.rate, s.prompt, s.rate, l.suite, l.kv, l.roof, s.roof, l.settings FROM d l JOIN shortest k "
+        "ON k.suite = l.suite AND k.model = l.model AND k.batch = l.batch AND k.kv = l.kv AND k.settings = l.settings JOIN d s ON "
+        "s.suite = k.suite AND s.model = k.model AND s.batch = k.batch AND s.kv = k.kv AND s.settings = k.settings AND s.prompt = k.prompt "
+        "WHERE l.prompt > k.prompt ORDER BY l.suite, l.model, l.kv, l.settings, l.batch, l.prompt", label);
     sqlite3_stmt *s = statement_for_run(db, sql, run);
     if (!s) return;
     int rows = 0;
@@ -212,7 +247,10 @@ static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
         const double roof = sqlite3_column_double(s, 8), base_roof = sqlite3_column_double(s, 9);
         char roof_change[32] = "not measured"; /* what the longer context's KV reads cost at the ceiling alone */
         if (roof > 0 && base_roof > 0) snprintf(roof_change, sizeof roof_change, "%+.1f %%", 100 * (roof / base_roof - 1));
-        fprintf(md, "| %s | %s | %s | %lld | %lld | %s | %lld | %s | %+.1f %% | %s |\n", text_or(s, 6, "-"), text_or(s, 0, "-"),
+        const char *settings = text_or(s, 10, "");
+        char model_cell[512];
+        snprintf(model_cell, sizeof model_cell, *settings ? "%s (%s)" : "%s%s", text_or(s, 0, "-"), settings);
+        fprintf(md, "| %s | %s | %s | %lld | %lld | %s | %lld | %s | %+.1f %% | %s |\n", text_or(s, 6, "-"), model_cell,
                 text_or(s, 7, "f16"), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2), significant(rate, 4).text,
                 sqlite3_column_int64(s, 4), significant(base, 4).text, base > 0 ? 100 * (rate / base - 1) : 0.0, roof_change);
     }

@@ -43,6 +43,9 @@ def fixed_database(path):
          "complete"),
         (11, "throughput", "guide/prompt_tokens=512,batch=4,kv_type=q8", '{"prompt_tokens": 512, "batch": 4, "kv_type": "q8"}',
          "complete"),
+        # case 1's shape sampled (a param the other throughput cases do not set): its own row and chart line, labelled
+        (12, "throughput", "guide/prompt_tokens=128,batch=1,temperature=0.8,top_k=40",
+         '{"prompt_tokens": 128, "batch": 1, "temperature": 0.8, "top_k": 40}', "complete"),
     ]
     for case_id, kind, name, params, status in cases:
         connection.execute("INSERT INTO cases (id, run_id, suite, kind, name, params, model, status, started_at) "
@@ -80,6 +83,9 @@ def fixed_database(path):
         11: {"decode_tokens_per_s": (251.5, 0.02, None), "step_latency_p50_ms": (15.9, 0, None),
              "step_latency_p90_ms": (16.4, 0, None), "step_latency_p99_ms": (17.5, 0, None),
              "time_to_first_token_ms": (826.0, 0, None), "prompt_tokens_per_s": (2488.0, 0, None)},
+        12: {"decode_tokens_per_s": (60.4, 0.01, 72.0), "step_latency_p50_ms": (16.5, 0, None),
+             "step_latency_p90_ms": (17.0, 0, None), "step_latency_p99_ms": (17.6, 0, None),
+             "time_to_first_token_ms": (51.2, 0, None), "prompt_tokens_per_s": (2505.0, 0, None)},
         9: {"weight_bytes": (41.38e9, 0, None), "kv_bytes_allocated": (5.55e9, 0, None),
             "kv_bytes_used": (5.54e9, 0, None), "total_bytes": (46.92e9, 0, None),
             "process_peak_rss_bytes": (1.2e9, 0, None)},
@@ -140,6 +146,11 @@ def test_report_matches_golden(tmp_path):
     assert "| `rmsnorm_kernel` | 1,1,1 | 128,1,1 | 2.0 | 1.50 us | 0.50 us | 3.0 us |" in text  # its exposed part
     assert "| `sample_kernel` | 1,1,1 | 128,1,1 | 1.0 | 4.00 us | 4.00 us |" in text
     assert "| 3420 | 12490 |" in text  # large figures at their significant digits, not "3.42e+03 | 1.249e+04"
+    # a case of case 1's shape with sampling params the others do not set: a row and a chart line of its own, labelled
+    assert "| synthetic:llama2-70b:q4_k_m (temperature=0.8, top_k=40) | 128 | 1 | f16 | 60.4 ± 1.0 % |" in text
+    data = out / "charts" / "throughput.dat"
+    if data.exists():
+        assert "# synthetic:llama2-70b:q4_k_m kv_type=f16 prompt_tokens=128 temperature=0.8, top_k=40\n1 60.4 " in data.read_text()
     # decode at a longer prompt against the shortest of the same batch (512 x4 against 128 x4; the failed
     # 2048 x8 has no row, and batch 1 has one prompt only)
     assert "| guide | synthetic:llama2-70b:q4_k_m | f16 | 4 | 512 | 230.5 | 128 | 250 | -7.8 % |" in text
