@@ -7,7 +7,8 @@
  *  - stop strings cut the text before them; max_tokens; cancel; bad prompts are refused;
  *  - overlapped steps (each decode step launched before the host reads the tokens of the one
  *    before it, its tokens fed on the backend) give every request the tokens, text and finish
- *    reason of steps read one at a time and of host sampling, through sampled and greedy rows, a
+ *    reason of steps read one at a time and of host sampling, through sampled (top-k, and one
+ *    without top-k: the backend samples every row now) and greedy rows, a
  *    queued request, repetition penalties (the window's last token fed on the backend), a stop
  *    string, different lengths, a cancel and a release with a new request in its slot; and they
  *    did overlap, penalized rows too;
@@ -423,8 +424,8 @@ static void run_overlap_scenario(int mode, const char *stop, overlap_run *out) {
         params.sampling.seed = 7 + i;
         if (i == 1 || i == 2 || i == 4) {
             params.sampling.temperature = 0.7f + 0.1f * i;
-            params.sampling.top_k = 20 + 10 * i;
-            params.sampling.top_p = i == 2 ? 0.9f : 1.0f;
+            params.sampling.top_k = i == 4 ? 0 : 20 + 10 * i; /* 4: no top-k (every id a candidate) */
+            params.sampling.top_p = i == 2 ? 0.9f : i == 4 ? 0.95f : 1.0f;
         }
         const float penalties[5] = {1.5f, 1.2f, 1.3f, 1.0f, 1.3f};
         const int windows[5] = {3, 0, 64, 64, 64}; /* 0: the whole history */
