@@ -130,8 +130,14 @@ static void settings_label_sql(sqlite3 *db, int64_t run, char *expression, size_
     snprintf(expression + used, size - used, ", ', ')");
 }
 
+/* out = "MODEL (SETTINGS)", or MODEL where settings is empty (settings_label_sql's label). */
+static void model_with_settings(char *out, size_t size, const char *model, const char *settings) {
+    snprintf(out, size, *settings ? "%s (%s)" : "%s%s", model, settings);
+}
+
 /* Section 1: throughput cases, each with its KV cache type (a run may measure the same model and
- * shape with several: suites/gpu-kv8.yaml); writes the chart data when charts_dir is set (a block per line of
+ * shape with several: suites/gpu-kv8.yaml), labelled with its settings where the run's cases differ
+ * in them (settings_label_sql); writes the chart data when charts_dir is set (a block per line of
  * `lines`; cases past CHART_LINES lines stay in the table only). Returns rows. */
 static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *charts_dir, chart_lines *lines) {
     lines->n = 0;
@@ -170,7 +176,7 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
                         "| prompt tokens/s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         const char *kv = text_or(s, 13, "f16"), *settings = text_or(s, 17, "");
         char model_cell[512]; /* the model, with the settings that tell this case from others of its shape */
-        snprintf(model_cell, sizeof model_cell, *settings ? "%s (%s)" : "%s%s", text_or(s, 1, "-"), settings);
+        model_with_settings(model_cell, sizeof model_cell, text_or(s, 1, "-"), settings);
         if (sqlite3_column_type(s, 4) == SQLITE_NULL) {
             fprintf(md, "| %s | %s | %s | %s | not measured (%s) | not measured | not measured | not measured | not measured "
                         "| not measured | not measured |\n",
@@ -189,7 +195,7 @@ static int throughput_section(FILE *md, sqlite3 *db, int64_t run, const char *ch
                 100 * sqlite3_column_double(s, 10), roofline, rate, energy, significant(sqlite3_column_double(s, 5), 3).text,
                 significant(sqlite3_column_double(s, 6), 3).text, significant(sqlite3_column_double(s, 7), 3).text,
                 significant(sqlite3_column_double(s, 8), 3).text, significant(sqlite3_column_double(s, 9), 4).text);
-        if (data) { /* gnuplot data: one block per (model, KV type, prompt length), two blank lines between blocks */
+        if (data) { /* gnuplot data: one block per (model, KV type, settings, prompt length), two blank lines between blocks */
             const long long prompt = sqlite3_column_int64(s, 2);
             const char *model = text_or(s, 1, "-");
             if (prompt != last_prompt || strcmp(model, last_model) != 0 || strcmp(kv, last_kv) != 0 || strcmp(settings, last_settings) != 0) {
@@ -247,9 +253,8 @@ static void long_prompt_section(FILE *md, sqlite3 *db, int64_t run) {
         const double roof = sqlite3_column_double(s, 8), base_roof = sqlite3_column_double(s, 9);
         char roof_change[32] = "not measured"; /* what the longer context's KV reads cost at the ceiling alone */
         if (roof > 0 && base_roof > 0) snprintf(roof_change, sizeof roof_change, "%+.1f %%", 100 * (roof / base_roof - 1));
-        const char *settings = text_or(s, 10, "");
         char model_cell[512];
-        snprintf(model_cell, sizeof model_cell, *settings ? "%s (%s)" : "%s%s", text_or(s, 0, "-"), settings);
+        model_with_settings(model_cell, sizeof model_cell, text_or(s, 0, "-"), text_or(s, 10, ""));
         fprintf(md, "| %s | %s | %s | %lld | %lld | %s | %lld | %s | %+.1f %% | %s |\n", text_or(s, 6, "-"), model_cell,
                 text_or(s, 7, "f16"), sqlite3_column_int64(s, 1), sqlite3_column_int64(s, 2), significant(rate, 4).text,
                 sqlite3_column_int64(s, 4), significant(base, 4).text, base > 0 ? 100 * (rate / base - 1) : 0.0, roof_change);

@@ -269,25 +269,21 @@ __device__ int first_crossing(selection_shared &s, uint64_t base, double *target
     return index;
 }
 
-__device__ uint64_t block_min_key(uint64_t key, selection_shared &s) {
-    for (int offset = 16; offset > 0; offset /= 2) key = min(key, __shfl_xor_sync(0xffffffffu, key, offset));
-    if (threadIdx.x % 32 == 0) s.warp_low[threadIdx.x / 32] = key;
+/* The least (or, with MOST, the most) of one key a thread over the block (all threads call). */
+template <bool MOST> __device__ uint64_t block_extreme_key(uint64_t key, uint64_t *per_warp) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const uint64_t other = __shfl_xor_sync(0xffffffffu, key, offset);
+        key = MOST ? max(key, other) : min(key, other);
+    }
+    if (threadIdx.x % 32 == 0) per_warp[threadIdx.x / 32] = key;
     __syncthreads();
-    key = s.warp_low[0];
-    for (int w = 1; w < THREADS / 32; w++) key = min(key, s.warp_low[w]);
-    __syncthreads();
-    return key;
-}
-
-__device__ uint64_t block_max_key(uint64_t key, selection_shared &s) {
-    for (int offset = 16; offset > 0; offset /= 2) key = max(key, __shfl_xor_sync(0xffffffffu, key, offset));
-    if (threadIdx.x % 32 == 0) s.warp_high[threadIdx.x / 32] = key;
-    __syncthreads();
-    key = s.warp_high[0];
-    for (int w = 1; w < THREADS / 32; w++) key = max(key, s.warp_high[w]);
+    key = per_warp[0];
+    for (int w = 1; w < THREADS / 32; w++) key = MOST ? max(key, per_warp[w]) : min(key, per_warp[w]);
     __syncthreads();
     return key;
 }
+__device__ uint64_t block_min_key(uint64_t key, selection_shared &s) { return block_extreme_key<false>(key, s.warp_low); }
+__device__ uint64_t block_max_key(uint64_t key, selection_shared &s) { return block_extreme_key<true>(key, s.warp_high); }
 
 /* The least of the group's threads' `least` keys and the most of their `most` (through s.low and
  * s.high: a group_sync after their last readers' before the next call). */
