@@ -85,20 +85,33 @@ __device__ int block_count(int value, int *scratch) {
     return total;
 }
 
-/* keys[0..n) sorted descending in place, bitonic; n a power of 2 up to THREADS (all threads call;
- * one key a thread). */
-__device__ void sort_keys_descending(uint64_t *keys, int n = THREADS) {
+/* keys[0..n) sorted descending in place, bitonic; n a power of 2 up to THREADS (all threads call,
+ * keys[] complete; one key a thread, in a register). A step of stride under 32 exchanges within
+ * the warp by shuffles; a wider one through shared memory, keys[] and spare[] (THREADS keys) in
+ * turn, one barrier a step: 15 barriers for 1024 keys instead of 55 (those 55 cost the top-k
+ * kernel 7.1 us of its 24.5, H200 block stamps). */
+__device__ void sort_keys_descending(uint64_t *keys, uint64_t *spare, int n = THREADS) {
     const int tid = threadIdx.x;
+    uint64_t key = keys[tid];
+    bool in_spare = false;
     for (int size = 2; size <= n; size *= 2)
         for (int stride = size / 2; stride > 0; stride /= 2) {
-            int partner = tid ^ stride;
-            if (tid < n && partner > tid) {
-                bool descending = (tid & size) == 0;
-                uint64_t a = keys[tid], b = keys[partner];
-                if ((a < b) == descending) keys[tid] = b, keys[partner] = a;
+            uint64_t other;
+            if (stride >= 32) { /* a buffer is rewritten two wide steps later, after a barrier all passed reading it */
+                uint64_t *exchange = in_spare ? spare : keys;
+                in_spare = !in_spare;
+                exchange[tid] = key;
+                __syncthreads();
+                other = exchange[tid ^ stride];
+            } else {
+                other = __shfl_xor_sync(0xffffffffu, key, stride);
             }
-            __syncthreads();
+            /* the pair's lower place keeps the larger key where this run descends */
+            key = ((tid & stride) == 0) == ((tid & size) == 0) ? max(key, other) : min(key, other);
         }
+    __syncthreads(); /* the last wide step's reads done */
+    keys[tid] = key;
+    __syncthreads();
 }
 
 /* The repetition penalty on one logit (engine/sampler.c's penalize). */
@@ -357,12 +370,13 @@ __device__ uint64_t select_crossing(const float *logits, int n_vocab, int rank, 
                 least = min(least, key), most = max(most, key);
             },
             rank, C);
-        group_min_max<C>(&least, &most, s); /* a group_sync (C > 1) or a block barrier: every count complete */
+        group_sync<C>(); /* every block's members and count complete */
         n_members = 0;
 #pragma unroll
         for (int r = 0; r < C; r++) n_members += *in_block<C>(&s.n_members, r);
         if (n_members <= THREADS) break;
         /* too many to sort: split their key range into BINS bins and find the crossing one */
+        group_min_max<C>(&least, &most, s);
         low = least, high = most, by_logit = false;
         const uint64_t width = (high - low) / BINS + 1;
         for (int b = tid; b < BINS; b += THREADS) s.weights[b] = 0;
@@ -383,18 +397,23 @@ __device__ uint64_t select_crossing(const float *logits, int n_vocab, int rank, 
         const uint64_t top = high - (uint64_t)bin * width; /* the bin's keys: (top - width, top] within [low, high] */
         high = top, low = top - low >= width ? top - width + 1 : low;
     }
-    /* the members of every block gathered, ranked; their weights; the crossing among them */
+    /* the members of every block gathered (a member a thread: one round trip), ranked; their
+     * weights; the crossing among them */
     const int n_sorted = power_of_2_above(n_members);
-#pragma unroll 1
-    for (int r = 0, offset = 0; r < C; r++) {
-        const int n = *in_block<C>(&s.n_members, r);
-        const uint64_t *keys = in_block<C>(s.keys, r);
-        for (int j = tid; j < n; j += THREADS) s.gathered[offset + j] = keys[j];
-        offset += n;
+    int ends[C]; /* members of blocks 0..r */
+#pragma unroll
+    for (int r = 0; r < C; r++) ends[r] = *in_block<C>(&s.n_members, r) + (r ? ends[r - 1] : 0);
+    uint64_t member = 0;
+    if (tid < n_members) {
+        int r = 0;
+#pragma unroll
+        for (int q = 0; q < C - 1; q++) r += tid >= ends[q];
+        member = *in_block<C>(&s.keys[tid - (r ? ends[r - 1] : 0)], r);
     }
-    for (int j = n_members + tid; j < n_sorted; j += THREADS) s.gathered[j] = 0;
-    group_sync<C>(); /* every block's members read: they may be rewritten */
-    sort_keys_descending(s.gathered, n_sorted);
+    group_sync<C>(); /* every block's members read: s.keys may be rewritten (the sort's spare) */
+    s.gathered[tid] = member;
+    __syncthreads();
+    sort_keys_descending(s.gathered, s.keys, n_sorted);
     for (int b = tid; b < BINS; b += THREADS) s.merged[b] = b < n_members ? weight_of(w, logits[key_id(s.gathered[b])]) : 0;
     __syncthreads();
     uint64_t before;
@@ -487,6 +506,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
             uint64_t keys[TM_CUDA_SAMPLE_MAX_TOP_K];
             double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
             float draw_weights[TM_CUDA_SAMPLE_MAX_TOP_K], logits[TM_CUDA_SAMPLE_MAX_TOP_K];
+            uint64_t spare[TM_CUDA_SAMPLE_MAX_TOP_K]; /* the sort's second buffer */
         } top_k;
         selection_shared selection;
     } shared;
@@ -522,7 +542,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
             logits[fed] = penalize_logit(logits[fed], p.repetition_penalty);
     }
     if (by_selection) {
-        group_sync<C>();
+        if (p.repetition_penalty != 1.0f && p.repetition_penalty > 0) group_sync<C>(); /* the first block's penalties seen */
         tm_stamp(TM_STAMP_WAITED);
         const int token = sample_by_selection<C>(logits, n_vocab, rank, p, shared.selection);
         if (rank == 0 && tid == 0) put_token(tokens, host_tokens, row_index, token);
@@ -567,7 +587,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     keys[tid] = largest;
     tm_stamp(TM_STAMP_A);
     __syncthreads();
-    sort_keys_descending(keys);
+    sort_keys_descending(keys, shared.top_k.spare);
     tm_stamp(TM_STAMP_B);
     uint64_t low = keys[k - 1];
     __syncthreads();
@@ -585,7 +605,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         compact_keys(logits, n_vocab, low, keys, &n_selected); /* exactly k */
     }
     tm_stamp(TM_STAMP_C);
-    sort_keys_descending(keys, power_of_2_above(min(n_selected, THREADS)));
+    sort_keys_descending(keys, shared.top_k.spare, power_of_2_above(min(n_selected, THREADS)));
     const int n = k;
     const double best = logits[key_id(keys[0])];
     if (tid < n) { /* each candidate's logit and weights, for thread 0's loops (each a load from L2 and an exp) */
