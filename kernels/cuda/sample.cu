@@ -220,6 +220,18 @@ __device__ __forceinline__ uint64_t weight_of(const weighing &w, float logit) {
     return weight > 0 ? __float2ull_rn(__fmul_rn(weight, FIXED_ONE)) : 0; /* -inf, NaN, underflow: 0 */
 }
 
+/* *sum += weight, exactly, in 32-bit shared-memory atomics: the low word's add, then the high word's
+ * (the weight's high bits plus the low word's carry) only where not zero. A 64-bit shared atomic add
+ * is a compare-and-swap loop in SASS; most weights (below 2^32, a 2^-8 share of the best's) take
+ * one 32-bit add. The words are the u64's (little-endian), so a reader after the block's barrier
+ * sees the exact sum. */
+__device__ __forceinline__ void add_weight(unsigned long long *sum, uint64_t weight) {
+    unsigned *words = reinterpret_cast<unsigned *>(sum);
+    const unsigned low = (unsigned)weight, old = atomicAdd(&words[0], low);
+    const unsigned high = (unsigned)(weight >> 32) + (old + low < old); /* the carry out of the low word */
+    if (high) atomicAdd(&words[1], high);
+}
+
 /* The histogram's bin of a logit: 0 for the best, rising as the logit falls (a -inf or NaN one in
  * the last); a bin holds a run of the ranking, since the map is monotone. */
 __device__ __forceinline__ int logit_bin(float logit, float best, float scale) {
@@ -342,7 +354,7 @@ __device__ uint64_t select_crossing(const float *logits, int n_vocab, int rank, 
         [&](float logit, int i) {
             if (rank_key(logit, i) < floor) return;
             const uint64_t weight = weight_of(w, logit);
-            if (weight) atomicAdd(&s.weights[logit_bin(logit, w.best, scale)], (unsigned long long)weight);
+            if (weight) add_weight(&s.weights[logit_bin(logit, w.best, scale)], weight);
         },
         rank, C);
     __syncthreads();
@@ -387,7 +399,7 @@ __device__ uint64_t select_crossing(const float *logits, int n_vocab, int rank, 
                 const uint64_t key = rank_key(logit, i);
                 if (key < floor || key < low || key > high) return;
                 const uint64_t weight = weight_of(w, logit);
-                if (weight) atomicAdd(&s.weights[(high - key) / width], (unsigned long long)weight);
+                if (weight) add_weight(&s.weights[(high - key) / width], weight);
             },
             rank, C);
         __syncthreads();
