@@ -161,10 +161,10 @@ __device__ __forceinline__ void put_token(int32_t *tokens, int32_t *host_tokens,
  * On sm_90 a row's ids are shared by a cluster of 8 blocks: each builds the histogram of its
  * share, each sums the eight through distributed shared memory (so all find the same bin), and
  * the crossing bin's members are gathered from all eight. H200, top-p 0.95 at t 0.8 without
- * top-k, the kernel a row (7B, 32000 ids; CUPTI): one block 73.7 us, clusters of 8 52.3 (greedy
- * 5.3); its block stamps (-DTM_BLOCK_STAMPS) put ~70 % of that in the phases' barriers and
- * distributed-shared-memory round trips, not in the passes (docs/perf-notes.md, session 56). The
- * host sampled these rows before: 8B x1 38.6 tokens/s, now 242.7 (greedy 247.0). */
+ * top-k, the kernel a row (CUPTI): 7B (32000 ids) one block 73.7 us, clusters of 8 52.3, with
+ * fewer barriers (shuffle sorts, a one-trip gather) 42.5, with 32-bit shared atomics 39.5 (greedy
+ * 5.5); 8B (128256 ids) 67.7 -> 58.4 by the atomics (docs/perf-notes.md, sessions 56 and 57).
+ * The host sampled these rows before: 8B x1 38.6 tokens/s, now 243.2 (greedy 247.0). */
 
 #define BINS (2 * THREADS)
 #define FIXED_ONE 0x1p40f /* a weight of 1: sums of up to 2^23 ids stay below 2^63 */
