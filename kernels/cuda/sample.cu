@@ -118,21 +118,24 @@ __device__ void sort_keys_descending(uint64_t *keys, uint64_t *spare, int n = TH
 /* The repetition penalty on one logit (engine/sampler.c's penalize). */
 __device__ __forceinline__ float penalize_logit(float logit, float penalty) { return logit > 0 ? logit / penalty : logit * penalty; }
 
-/* keys[0..n_selected) = the row's keys at or above `low`, in no order, at most THREADS of them
- * (n_selected counts them all), the rest of keys[] 0, which sorts last: every real key is above
- * 0 (all threads call). */
-__device__ void compact_keys(const float *logits, int n_vocab, uint64_t low, uint64_t *keys, int *n_selected) {
+/* keys[0..n_selected) = the keys at or above `low` of this block's share of the row (block `rank`
+ * of `blocks`, for_each_logit's), in no order, at most THREADS of them (n_selected counts them
+ * all), the rest of keys[] 0, which sorts last: every real key is above 0 (all threads call). */
+__device__ void compact_keys(const float *logits, int n_vocab, uint64_t low, uint64_t *keys, int *n_selected, int rank = 0, int blocks = 1) {
     const int tid = threadIdx.x;
     if (tid == 0) *n_selected = 0;
     keys[tid] = 0;
     __syncthreads();
-    for_each_logit(logits, n_vocab, [&](float logit, int i) {
-        const uint64_t key = rank_key(logit, i);
-        if (key >= low) {
-            const int at = atomicAdd(n_selected, 1);
-            if (at < THREADS) keys[at] = key;
-        }
-    });
+    for_each_logit(
+        logits, n_vocab,
+        [&](float logit, int i) {
+            const uint64_t key = rank_key(logit, i);
+            if (key >= low) {
+                const int at = atomicAdd(n_selected, 1);
+                if (at < THREADS) keys[at] = key;
+            }
+        },
+        rank, blocks);
     __syncthreads();
 }
 
@@ -492,6 +495,65 @@ template <int C> __device__ int sample_by_selection(const float *logits, int n_v
     return key_id(chosen);
 }
 
+/* ---- Top-k by a group of blocks ------------------------------------------------------------------ */
+
+/* The sum over the group's C blocks of one int a block (`value` in this block's shared memory,
+ * complete: all threads call after the block's barrier). A caller rewrites `value` only after
+ * the group's next barrier. */
+template <int C> __device__ int group_total(const int *value) {
+    if constexpr (C == 1) return *value;
+    group_sync<C>();
+    int total = 0;
+#pragma unroll
+    for (int r = 0; r < C; r++) total += *in_block<C>(value, r);
+    return total;
+}
+
+/* The k-th largest key of the row (the largest threshold with at least k keys at or above it) by
+ * bisection from `low` (at least k keys at or above it), a pass over the group's shares and a
+ * count a step (up to 64): where the bound's keys are too many to compact (ties, a large k).
+ * counts: two ints of this block's shared memory, a step's count in one while the group may
+ * still read the other's. All threads of the group call. */
+template <int C> __device__ uint64_t kth_key_by_bisection(const float *logits, int n_vocab, int rank, int k, uint64_t low, int *scratch,
+                                                          int *counts) {
+    uint64_t high = ~0ull;
+    for (int step = 0; low < high; step++) {
+        const uint64_t middle = low + (high - low) / 2 + 1;
+        int count = 0;
+        for_each_logit(logits, n_vocab, [&](float logit, int i) { count += rank_key(logit, i) >= middle; }, rank, C);
+        count = block_count(count, scratch);
+        if (threadIdx.x == 0) counts[step & 1] = count;
+        __syncthreads();
+        if (group_total<C>(&counts[step & 1]) >= k) low = middle;
+        else high = middle - 1;
+    }
+    group_sync<C>(); /* every block's counts read */
+    return low;
+}
+
+/* The n members of the group's blocks' keys[] (counts[r] of block r, n at most THREADS) into block
+ * 0's keys[0..n) in block order, the rest of them 0; true in block 0, whose threads go on, and
+ * false in the others, which may leave: nothing reads their shared memory after. All threads of
+ * the group call. */
+template <int C> __device__ bool gather_keys(uint64_t *keys, const int *count, int n, int rank) {
+    const int tid = threadIdx.x;
+    int ends[C]; /* members of blocks 0..r */
+#pragma unroll
+    for (int r = 0; r < C; r++) ends[r] = min(*in_block<C>(count, r), THREADS) + (r ? ends[r - 1] : 0);
+    uint64_t member = 0;
+    if (tid < n) {
+        int r = 0;
+#pragma unroll
+        for (int q = 0; q < C - 1; q++) r += tid >= ends[q];
+        member = *in_block<C>(&keys[tid - (r ? ends[r - 1] : 0)], r);
+    }
+    group_sync<C>(); /* every block's keys read */
+    if (rank > 0) return false;
+    keys[tid] = member;
+    __syncthreads();
+    return true;
+}
+
 /* Up to TM_CUDA_SAMPLE_ARG_ROWS rows' parameters by value in the launch's arguments (n 0: none). */
 struct sample_rows_arg {
     int n;
@@ -503,8 +565,8 @@ __host__ __device__ __forceinline__ bool samples_by_selection(const tm_cuda_samp
     return p.temperature > 0 && (p.top_k < 1 || p.top_k > TM_CUDA_SAMPLE_MAX_TOP_K);
 }
 
-/* One row a group of C blocks (C > 1: a cluster, sm_90): all C take a row that samples by
- * selection, only the first the others. */
+/* One row a group of C blocks (C > 1: a cluster, sm_90): all C take a row that samples (by
+ * selection or top-k), only the first a greedy one. */
 template <int C>
 __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows, sample_rows_arg in_args,
                                                          const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens,
@@ -528,7 +590,8 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     float *draw_weights = shared.top_k.draw_weights, *kept_logits = shared.top_k.logits;
     __shared__ int scratch[THREADS / 32];
     __shared__ float best_value[THREADS / 32];
-    __shared__ int best_id[THREADS / 32], n_selected;
+    __shared__ int best_id[THREADS / 32], n_selected, bisection_counts[2];
+    __shared__ uint64_t block_bound;
     __shared__ double softmax_sum;
     __shared__ tm_cuda_sampling row;
     /* the row's parameters from the launch's arguments, or one load for the block (rows may be in
@@ -537,7 +600,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     __syncthreads();
     const tm_cuda_sampling p = row;
     const bool by_selection = samples_by_selection(p);
-    if (rank > 0 && !by_selection) return;
+    if (rank > 0 && p.temperature <= 0) return;
     float *logits = logits_all + (int64_t)row_index * n_vocab;
     const int tid = threadIdx.x;
     /* repetition penalty: the host lists each id of the window once; a fed token that ends the
@@ -554,8 +617,9 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         if (p.fed_at >= 0 && !__syncthreads_or(listed) && tid == 0 && fed >= 0 && fed < n_vocab)
             logits[fed] = penalize_logit(logits[fed], p.repetition_penalty);
     }
+    if (p.temperature > 0 && p.repetition_penalty != 1.0f && p.repetition_penalty > 0)
+        group_sync<C>(); /* the first block's penalties seen (C 1: the block's barrier) */
     if (by_selection) {
-        if (p.repetition_penalty != 1.0f && p.repetition_penalty > 0) group_sync<C>(); /* the first block's penalties seen */
         tm_stamp(TM_STAMP_WAITED);
         const int token = sample_by_selection<C>(logits, n_vocab, rank, p, shared.selection);
         if (rank == 0 && tid == 0) put_token(tokens, host_tokens, row_index, token);
@@ -587,38 +651,45 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     }
     const int k = min(p.top_k, n_vocab);
     /* The k best keys into keys[0..k), descending. First a bound: every thread's largest key
-     * (sorted, the k-th of them: k real keys are at or above it, so every one of the k best is),
+     * (sorted, the k-th of them: k real keys are at or above it, so every one of the k best is;
+     * in a group of C blocks, the least of the blocks' ceil(k / C)-th: C ceil(k / C) real keys are
+     * at or above it, and it is tighter than the most of their k-th: Gaussian logits, k 40,
+     * simulated, ~70 keys through against ~255; k 200, ~265 against ~1560, too many to compact),
      * then the keys at or above it compacted, which for k up to a few hundred are far fewer than
-     * the 1024 keys[] holds (128256 random logits, k 40: ~50); two passes over the row. Where they
-     * are more, the k-th largest key is found by bisection from that bound (a pass over the row a
-     * step, up to 64) and exactly the k keys at or above it are compacted. The bisection alone,
-     * as before session 55, cost 8B decode x1 at top-k 40 a sixth of its speed; H200, top-k 40 /
-     * top-p 0.95 at temperature 0.8, bisection -> bound: 8B x1 208.3 -> 244.5 tokens/s (greedy
-     * 246.7), x8 1591 -> 1852; 7B x1 561.0 -> 612.9, x8 3315 -> 3547. */
+     * the 1024 keys[] holds (128256 random logits, k 40, one block: ~40); two passes over the row,
+     * a group's blocks each over their share (on one block the 8B's 128256 ids took 42.1 us a row
+     * against the 7B's 32000 in 24.5, H200). Where they are more, the k-th largest key is found by
+     * bisection from that bound (a pass over the row a step, up to 64) and exactly the k keys at or
+     * above it are compacted. The bisection alone, as before session 55, cost 8B decode x1 at
+     * top-k 40 a sixth of its speed; H200, top-k 40 / top-p 0.95 at temperature 0.8, bisection ->
+     * bound: 8B x1 208.3 -> 244.5 tokens/s (greedy 246.7), x8 1591 -> 1852; 7B x1 561.0 -> 612.9,
+     * x8 3315 -> 3547. */
     uint64_t largest = 0; /* a thread without ids: 0, which sorts last */
-    for_each_logit(logits, n_vocab, [&](float logit, int i) { largest = max(largest, rank_key(logit, i)); });
+    for_each_logit(logits, n_vocab, [&](float logit, int i) { largest = max(largest, rank_key(logit, i)); }, rank, C);
     keys[tid] = largest;
     tm_stamp(TM_STAMP_A);
     __syncthreads();
     sort_keys_descending(keys, shared.top_k.spare);
     tm_stamp(TM_STAMP_B);
-    uint64_t low = keys[k - 1];
-    __syncthreads();
-    compact_keys(logits, n_vocab, low, keys, &n_selected);
-    if (n_selected > THREADS) {
-        /* the k-th largest key: the largest threshold with at least k keys at or above it */
-        uint64_t high = ~0ull;
-        while (low < high) {
-            uint64_t middle = low + (high - low) / 2 + 1;
-            int count = 0;
-            for_each_logit(logits, n_vocab, [&](float logit, int i) { count += rank_key(logit, i) >= middle; });
-            if (block_count(count, scratch) >= k) low = middle;
-            else high = middle - 1;
-        }
-        compact_keys(logits, n_vocab, low, keys, &n_selected); /* exactly k */
+    uint64_t low = keys[(k + C - 1) / C - 1];
+    if constexpr (C > 1) {
+        if (tid == 0) block_bound = low;
+        group_sync<C>();
+#pragma unroll
+        for (int r = 0; r < C; r++) low = min(low, *in_block<C>(&block_bound, r));
     }
+    __syncthreads();
+    compact_keys(logits, n_vocab, low, keys, &n_selected, rank, C);
+    int n_keys = group_total<C>(&n_selected);
+    if (n_keys > THREADS) {
+        low = kth_key_by_bisection<C>(logits, n_vocab, rank, k, low, scratch, bisection_counts);
+        compact_keys(logits, n_vocab, low, keys, &n_selected, rank, C); /* exactly k */
+        n_keys = group_total<C>(&n_selected);
+    }
+    if constexpr (C > 1)
+        if (!gather_keys<C>(keys, &n_selected, n_keys, rank)) return;
     tm_stamp(TM_STAMP_C);
-    sort_keys_descending(keys, shared.top_k.spare, power_of_2_above(min(n_selected, THREADS)));
+    sort_keys_descending(keys, shared.top_k.spare, power_of_2_above(n_keys));
     const int n = k;
     const double best = logits[key_id(keys[0])];
     if (tid < n) { /* each candidate's logit and weights, for thread 0's loops (each a load from L2 and an exp) */
@@ -678,12 +749,12 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
 }
 
 /* Whether this launch runs rows in clusters of SAMPLE_CLUSTER blocks: on sm_90 devices, where
- * some row samples by selection (or the rows are on the device, unseen here). */
+ * some row samples (greedy rows take one block; the rows may be on the device, unseen here). */
 static bool cluster_launch(const tm_cuda_sampling *rows, int rows_on_host, int n_rows) {
     if (!tm_cluster_launch_available()) return false;
     if (!rows_on_host) return true;
     for (int r = 0; r < n_rows; r++)
-        if (samples_by_selection(rows[r])) return true;
+        if (rows[r].temperature > 0) return true;
     return false;
 }
 
