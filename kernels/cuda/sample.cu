@@ -4,12 +4,12 @@
  * seen: fed_at), then greedy (temperature <= 0: argmax, lowest id on ties) or top-k, top-p, min-p,
  * temperature and a draw with the host's uniform number, in the CPU's order.
  * Candidates are ranked by the total order (logit descending, id ascending) encoded as one 64-bit
- * key, so "the k best" is exact. Top-k 1..1024 (one block a row): the keys at or above a bound
- * (the k-th of the threads' own largest keys) are compacted, or, where they are too many, the k-th
- * largest key is found by bisection over block-wide counts and the k survivors compacted; they are
- * bitonic-sorted in shared memory, and the CPU's cumulative loops run over them in float64 with
- * its arithmetic: the CPU's token, except where a float64 sum lands within rounding of a top-p or
- * draw boundary. No top-k, or one above 1024: every id stays a candidate and each filter and the
+ * key, so "the k best" is exact. Top-k 1..1024 (a cluster of 8 blocks a row on sm_90, one block
+ * elsewhere): the keys at or above a bound (from the threads' own largest keys) are compacted, or,
+ * where they are too many, the k-th largest key is found by bisection over the group's counts and
+ * the k survivors compacted; they are gathered into the first block and bitonic-sorted in shared
+ * memory, and the CPU's cumulative loops run over them in float64 with its arithmetic: the CPU's
+ * token, except where a float64 sum lands within rounding of a top-p or draw boundary. No top-k, or one above 1024: every id stays a candidate and each filter and the
  * draw is found by weighted histograms (see "Sampling with no top-k" below; a row's ids shared by
  * a cluster of 8 blocks on sm_90, one block elsewhere): the CPU's token up to float rounding of a
  * weight (~2e-7) at a boundary.
