@@ -314,6 +314,21 @@ template <bool MOST> __device__ uint64_t block_extreme_key(uint64_t key, uint64_
 __device__ uint64_t block_min_key(uint64_t key, selection_shared &s) { return block_extreme_key<false>(key, s.warp_low); }
 __device__ uint64_t block_max_key(uint64_t key, selection_shared &s) { return block_extreme_key<true>(key, s.warp_high); }
 
+/* This thread's member of the group's blocks' keys[] taken block after block (count[r] of them in
+ * block r, n in all, at most THREADS): a member a thread, one round trip; 0 for a thread past n.
+ * The caller keeps the blocks' keys[] and counts until a group_sync after this. */
+template <int C> __device__ uint64_t group_member(const uint64_t *keys, const int *count, int n) {
+    const int tid = threadIdx.x;
+    int ends[C]; /* members of blocks 0..r (the C counts read at once, not one after another) */
+#pragma unroll
+    for (int r = 0; r < C; r++) ends[r] = *in_block<C>(count, r) + (r ? ends[r - 1] : 0);
+    if (tid >= n) return 0;
+    int r = 0;
+#pragma unroll
+    for (int q = 0; q < C - 1; q++) r += tid >= ends[q];
+    return *in_block<C>(&keys[tid - (r ? ends[r - 1] : 0)], r);
+}
+
 /* The least of the group's threads' `least` keys and the most of their `most` (through s.low and
  * s.high: a group_sync after their last readers' before the next call). */
 template <int C> __device__ void group_min_max(uint64_t *least, uint64_t *most, selection_shared &s) {
@@ -416,16 +431,7 @@ __device__ uint64_t select_crossing(const float *logits, int n_vocab, int rank, 
     /* the members of every block gathered (a member a thread: one round trip), ranked; their
      * weights; the crossing among them */
     const int n_sorted = power_of_2_above(n_members);
-    int ends[C]; /* members of blocks 0..r */
-#pragma unroll
-    for (int r = 0; r < C; r++) ends[r] = *in_block<C>(&s.n_members, r) + (r ? ends[r - 1] : 0);
-    uint64_t member = 0;
-    if (tid < n_members) {
-        int r = 0;
-#pragma unroll
-        for (int q = 0; q < C - 1; q++) r += tid >= ends[q];
-        member = *in_block<C>(&s.keys[tid - (r ? ends[r - 1] : 0)], r);
-    }
+    const uint64_t member = group_member<C>(s.keys, &s.n_members, n_members);
     group_sync<C>(); /* every block's members read: s.keys may be rewritten (the sort's spare) */
     s.gathered[tid] = member;
     __syncthreads();
@@ -536,20 +542,10 @@ template <int C> __device__ uint64_t kth_key_by_bisection(const float *logits, i
  * false in the others, which may leave: nothing reads their shared memory after. All threads of
  * the group call. */
 template <int C> __device__ bool gather_keys(uint64_t *keys, const int *count, int n, int rank) {
-    const int tid = threadIdx.x;
-    int ends[C]; /* members of blocks 0..r */
-#pragma unroll
-    for (int r = 0; r < C; r++) ends[r] = min(*in_block<C>(count, r), THREADS) + (r ? ends[r - 1] : 0);
-    uint64_t member = 0;
-    if (tid < n) {
-        int r = 0;
-#pragma unroll
-        for (int q = 0; q < C - 1; q++) r += tid >= ends[q];
-        member = *in_block<C>(&keys[tid - (r ? ends[r - 1] : 0)], r);
-    }
+    const uint64_t member = group_member<C>(keys, count, n);
     group_sync<C>(); /* every block's keys read */
     if (rank > 0) return false;
-    keys[tid] = member;
+    keys[threadIdx.x] = member;
     __syncthreads();
     return true;
 }
