@@ -115,6 +115,34 @@ __device__ void sort_keys_descending(uint64_t *keys, uint64_t *spare, int n = TH
     __syncthreads();
 }
 
+/* The m-th largest (m 1..32) of one key a thread over the block, without sorting all 1024: each
+ * warp sorts its 32 by shuffles (no barrier) and writes its m best to lists (33 a warp); warp 0
+ * merges the 32 lists, a lane a list, taking the largest head m times. Keys other than 0 must be
+ * distinct (rank_key's are). *result: this block's shared scratch (all threads call). */
+__device__ uint64_t block_mth_largest(uint64_t key, int m, uint64_t *lists, uint64_t *result) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int size = 2; size <= 32; size *= 2)
+        for (int stride = size / 2; stride > 0; stride /= 2) {
+            const uint64_t other = __shfl_xor_sync(0xffffffffu, key, stride);
+            key = ((lane & stride) == 0) == ((lane & size) == 0) ? max(key, other) : min(key, other);
+        }
+    if (lane < m) lists[33 * warp + lane] = key; /* the warp's m best, descending */
+    __syncthreads();
+    if (warp == 0) {
+        int head = 0; /* lane j's place in warp j's list */
+        uint64_t taken = 0;
+        for (int round = 0; round < m; round++) {
+            const uint64_t mine = head < m ? lists[33 * lane + head] : 0;
+            taken = mine;
+            for (int offset = 16; offset > 0; offset /= 2) taken = max(taken, __shfl_xor_sync(0xffffffffu, taken, offset));
+            head += mine == taken && head < m; /* the one list it came from (a 0 ends every list) */
+        }
+        if (lane == 0) *result = taken;
+    }
+    __syncthreads();
+    return *result;
+}
+
 /* The repetition penalty on one logit (engine/sampler.c's penalize). */
 __device__ __forceinline__ float penalize_logit(float logit, float penalty) { return logit > 0 ? logit / penalty : logit * penalty; }
 
@@ -578,6 +606,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
             double weights[TM_CUDA_SAMPLE_MAX_TOP_K];
             float draw_weights[TM_CUDA_SAMPLE_MAX_TOP_K], logits[TM_CUDA_SAMPLE_MAX_TOP_K];
             uint64_t spare[TM_CUDA_SAMPLE_MAX_TOP_K]; /* the sort's second buffer */
+            uint64_t lists[32 * 33];                  /* block_mth_largest's, 33 a warp: no bank conflicts */
         } top_k;
         selection_shared selection;
     } shared;
@@ -662,12 +691,18 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
      * x8 3315 -> 3547. */
     uint64_t largest = 0; /* a thread without ids: 0, which sorts last */
     for_each_logit(logits, n_vocab, [&](float logit, int i) { largest = max(largest, rank_key(logit, i)); }, rank, C);
-    keys[tid] = largest;
     tm_stamp(TM_STAMP_A);
-    __syncthreads();
-    sort_keys_descending(keys, shared.top_k.spare);
+    const int m = (k + C - 1) / C; /* the bound: this block's m-th largest thread maximum */
+    uint64_t low;
+    if (C > 1 && m <= 32) {
+        low = block_mth_largest(largest, m, shared.top_k.lists, &block_bound);
+    } else {
+        keys[tid] = largest;
+        __syncthreads();
+        sort_keys_descending(keys, shared.top_k.spare);
+        low = keys[m - 1];
+    }
     tm_stamp(TM_STAMP_B);
-    uint64_t low = keys[(k + C - 1) / C - 1];
     if constexpr (C > 1) {
         if (tid == 0) block_bound = low;
         group_sync<C>();
