@@ -9,10 +9,11 @@
  * where they are too many, the k-th largest key is found by bisection over the group's counts and
  * the k survivors compacted; they are gathered into the first block and bitonic-sorted in shared
  * memory, and the CPU's cumulative loops run over them in float64 with its arithmetic: the CPU's
- * token, except where a float64 sum lands within rounding of a top-p or draw boundary. No top-k, or one above 1024: every id stays a candidate and each filter and the
- * draw is found by weighted histograms (see "Sampling with no top-k" below; a row's ids shared by
- * a cluster of 8 blocks on sm_90, one block elsewhere): the CPU's token up to float rounding of a
- * weight (~2e-7) at a boundary.
+ * token, except where a float64 sum lands within rounding of a top-p or draw boundary. No top-k,
+ * or one above 1024: every id stays a candidate and each filter and the draw is found by weighted
+ * histograms (see "Sampling with no top-k" below; a row's ids shared by a cluster of 8 blocks on
+ * sm_90, one block elsewhere): the CPU's token up to float rounding of a weight (~2e-7) at a
+ * boundary.
  * The engine's parameters and tokens live in mapped pinned host memory (engine/backend_cuda.c):
  * a row's parameters are loaded once a block, the tokens written there as well as on the device.
  */
@@ -676,20 +677,20 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     }
     const int k = min(p.top_k, n_vocab);
     /* The k best keys into keys[0..k), descending. First a bound: every thread's largest key
-     * (sorted, the k-th of them: k real keys are at or above it, so every one of the k best is;
-     * in a group of C blocks, the least of the blocks' ceil(k / C)-th: C ceil(k / C) real keys are
-     * at or above it, and it is tighter than the most of their k-th: Gaussian logits, k 40,
-     * simulated, ~70 keys through against ~255; k 200, ~265 against ~1560, too many to compact;
-     * where ceil(k / C) <= 32 found without sorting the 1024: block_mth_largest, top-k 40 a row
-     * 7B 23.2 -> 20.2 us, 8B 25.6 -> 22.3, H200), then the keys at or above it compacted, which for k up to a few hundred are far fewer than
-     * the 1024 keys[] holds (128256 random logits, k 40, one block: ~40); two passes over the row,
-     * a group's blocks each over their share (on one block the 8B's 128256 ids took 42.1 us a row
-     * against the 7B's 32000 in 24.5, H200). Where they are more, the k-th largest key is found by
-     * bisection from that bound (a pass over the row a step, up to 64) and exactly the k keys at or
-     * above it are compacted. The bisection alone, as before session 55, cost 8B decode x1 at
-     * top-k 40 a sixth of its speed; H200, top-k 40 / top-p 0.95 at temperature 0.8, bisection ->
-     * bound: 8B x1 208.3 -> 244.5 tokens/s (greedy 246.7), x8 1591 -> 1852; 7B x1 561.0 -> 612.9,
-     * x8 3315 -> 3547. */
+     * (sorted, the k-th of them: k real keys are at or above it, so every one of the k best is; in
+     * a group of C blocks, the least of the blocks' ceil(k/C)-th: C ceil(k/C) real keys are at or
+     * above it, and it is tighter than the most of their k-th: Gaussian logits, k 40, simulated,
+     * ~70 keys through against ~255; k 200, ~265 against ~1560, too many to compact; where
+     * ceil(k/C) <= 32 found without sorting the 1024: block_mth_largest, top-k 40 a row 7B 23.2 ->
+     * 20.2 us, 8B 25.6 -> 22.3, H200), then the keys at or above it compacted, which for k up to a
+     * few hundred are far fewer than the 1024 keys[] holds (128256 random logits, k 40, one block:
+     * ~40); two passes over the row, a group's blocks each over their share (on one block the 8B's
+     * 128256 ids took 42.1 us a row against the 7B's 32000 in 24.5, H200). Where they are more, the
+     * k-th largest key is found by bisection from that bound (a pass over the row a step, up to 64)
+     * and exactly the k keys at or above it are compacted. The bisection alone, as before session
+     * 55, cost 8B decode x1 at top-k 40 a sixth of its speed; H200, top-k 40 / top-p 0.95 at
+     * temperature 0.8, bisection -> bound: 8B x1 208.3 -> 244.5 tokens/s (greedy 246.7), x8 1591 ->
+     * 1852; 7B x1 561.0 -> 612.9, x8 3315 -> 3547. */
     uint64_t largest = 0; /* a thread without ids: 0, which sorts last */
     for_each_logit(logits, n_vocab, [&](float logit, int i) { largest = max(largest, rank_key(logit, i)); }, rank, C);
     tm_stamp(TM_STAMP_A);
