@@ -86,6 +86,12 @@ __device__ int block_count(int value, int *scratch) {
     return total;
 }
 
+/* A bitonic step's key for place `place` (a thread, or a lane within its warp): the pair (place,
+ * place ^ stride) keeps the larger key in its lower place where this run of `size` descends. */
+__device__ __forceinline__ uint64_t bitonic_keep(uint64_t key, uint64_t other, int place, int stride, int size) {
+    return ((place & stride) == 0) == ((place & size) == 0) ? max(key, other) : min(key, other);
+}
+
 /* keys[0..n) sorted descending in place, bitonic; n a power of 2 up to THREADS (all threads call,
  * keys[] complete; one key a thread, in a register). A step of stride under 32 exchanges within
  * the warp by shuffles; a wider one through shared memory, keys[] and spare[] (THREADS keys) in
@@ -108,8 +114,7 @@ __device__ void sort_keys_descending(uint64_t *keys, uint64_t *spare, int n = TH
             } else {
                 other = __shfl_xor_sync(0xffffffffu, key, stride);
             }
-            /* the pair's lower place keeps the larger key where this run descends */
-            key = ((tid & stride) == 0) == ((tid & size) == 0) ? max(key, other) : min(key, other);
+            key = bitonic_keep(key, other, tid, stride, size);
         }
     __syncthreads(); /* the last wide step's reads done */
     keys[tid] = key;
@@ -125,7 +130,7 @@ __device__ uint64_t block_mth_largest(uint64_t key, int m, uint64_t *lists, uint
     for (int size = 2; size <= 32; size *= 2)
         for (int stride = size / 2; stride > 0; stride /= 2) {
             const uint64_t other = __shfl_xor_sync(0xffffffffu, key, stride);
-            key = ((lane & stride) == 0) == ((lane & size) == 0) ? max(key, other) : min(key, other);
+            key = bitonic_keep(key, other, lane, stride, size); /* lane < 32: every warp descends */
         }
     if (lane < m) lists[33 * warp + lane] = key; /* the warp's m best, descending */
     __syncthreads();
@@ -358,6 +363,17 @@ template <int C> __device__ uint64_t group_member(const uint64_t *keys, const in
     return *in_block<C>(&keys[tid - (r ? ends[r - 1] : 0)], r);
 }
 
+/* The sum over the group's C blocks of one int a block (`value` in this block's shared memory; all
+ * threads call after their last write of it: the group's barrier comes first). A caller rewrites
+ * `value` only after the group's next barrier. */
+template <int C> __device__ int group_total(const int *value) {
+    group_sync<C>();
+    int total = 0;
+#pragma unroll
+    for (int r = 0; r < C; r++) total += *in_block<C>(value, r);
+    return total;
+}
+
 /* The least of the group's threads' `least` keys and the most of their `most` (through s.low and
  * s.high: a group_sync after their last readers' before the next call). */
 template <int C> __device__ void group_min_max(uint64_t *least, uint64_t *most, selection_shared &s) {
@@ -430,10 +446,7 @@ __device__ uint64_t select_crossing(const float *logits, int n_vocab, int rank, 
                 least = min(least, key), most = max(most, key);
             },
             rank, C);
-        group_sync<C>(); /* every block's members and count complete */
-        n_members = 0;
-#pragma unroll
-        for (int r = 0; r < C; r++) n_members += *in_block<C>(&s.n_members, r);
+        n_members = group_total<C>(&s.n_members); /* every block's members and count complete */
         if (n_members <= THREADS) break;
         /* too many to sort: split their key range into BINS bins and find the crossing one */
         group_min_max<C>(&least, &most, s);
@@ -532,18 +545,6 @@ template <int C> __device__ int sample_by_selection(const float *logits, int n_v
 
 /* ---- Top-k by a group of blocks ------------------------------------------------------------------ */
 
-/* The sum over the group's C blocks of one int a block (`value` in this block's shared memory,
- * complete: all threads call after the block's barrier). A caller rewrites `value` only after
- * the group's next barrier. */
-template <int C> __device__ int group_total(const int *value) {
-    if constexpr (C == 1) return *value;
-    group_sync<C>();
-    int total = 0;
-#pragma unroll
-    for (int r = 0; r < C; r++) total += *in_block<C>(value, r);
-    return total;
-}
-
 /* The k-th largest key of the row (the largest threshold with at least k keys at or above it) by
  * bisection from `low` (at least k keys at or above it), a pass over the group's shares and a
  * count a step (up to 64): where the bound's keys are too many to compact (ties, a large k).
@@ -558,7 +559,6 @@ template <int C> __device__ uint64_t kth_key_by_bisection(const float *logits, i
         for_each_logit(logits, n_vocab, [&](float logit, int i) { count += rank_key(logit, i) >= middle; }, rank, C);
         count = block_count(count, scratch);
         if (threadIdx.x == 0) counts[step & 1] = count;
-        __syncthreads();
         if (group_total<C>(&counts[step & 1]) >= k) low = middle;
         else high = middle - 1;
     }
