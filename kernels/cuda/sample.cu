@@ -4,8 +4,9 @@
  * seen: fed_at), then greedy (temperature <= 0: argmax, lowest id on ties) or top-k, top-p, min-p,
  * temperature and a draw with the host's uniform number, in the CPU's order.
  * Candidates are ranked by the total order (logit descending, id ascending) encoded as one 64-bit
- * key, so "the k best" is exact. Top-k 1..1024 (a cluster of 8 blocks a row on sm_90, one block
- * elsewhere): the keys at or above a bound (from the threads' own largest keys) are compacted, or,
+ * key, so "the k best" is exact. A row takes a cluster of 8 blocks on sm_90, one block elsewhere.
+ * Greedy: each block's argmax of its share of the ids, then block 0's of the blocks'. Top-k
+ * 1..1024: the keys at or above a bound (from the threads' own largest keys) are compacted, or,
  * where they are too many, the k-th largest key is found by bisection over the group's counts and
  * the k survivors compacted; they are gathered into the first block and bitonic-sorted in shared
  * memory, and the CPU's cumulative loops run over them in float64 with its arithmetic: the CPU's
@@ -48,31 +49,33 @@ __device__ __forceinline__ void for_each_logit(const float *logits, int n_vocab,
 }
 
 /* for_each_logit for a visit of a few instructions (greedy's), where the loads' latency bounds a
- * pass: four float4 a thread in flight where the row is 16-byte aligned (ids still rising). */
-template <typename Visit> __device__ __forceinline__ void for_each_logit_vectorized(const float *logits, int n_vocab, Visit visit) {
-    const int tid = threadIdx.x;
+ * pass: four float4 a thread in flight where the row is 16-byte aligned (ids still rising); block
+ * `rank` of `blocks` takes every blocks-th stretch of THREADS quads. */
+template <typename Visit>
+__device__ __forceinline__ void for_each_logit_vectorized(const float *logits, int n_vocab, Visit visit, int rank = 0, int blocks = 1) {
+    const int tid = threadIdx.x, stride = blocks * THREADS;
     int tail = 0;
     if (((uintptr_t)logits & 15) == 0) {
         const float4 *quads = (const float4 *)logits;
         const int n_quads = n_vocab / 4;
-        int q = tid;
-        for (; q + 3 * THREADS < n_quads; q += 4 * THREADS) {
+        int q = rank * THREADS + tid;
+        for (; q + 3 * stride < n_quads; q += 4 * stride) {
             float4 v[4];
 #pragma unroll
-            for (int u = 0; u < 4; u++) v[u] = quads[q + u * THREADS];
+            for (int u = 0; u < 4; u++) v[u] = quads[q + u * stride];
 #pragma unroll
             for (int u = 0; u < 4; u++) {
-                const int id = 4 * (q + u * THREADS);
+                const int id = 4 * (q + u * stride);
                 visit(v[u].x, id), visit(v[u].y, id + 1), visit(v[u].z, id + 2), visit(v[u].w, id + 3);
             }
         }
-        for (; q < n_quads; q += THREADS) {
+        for (; q < n_quads; q += stride) {
             const float4 v = quads[q];
             visit(v.x, 4 * q), visit(v.y, 4 * q + 1), visit(v.z, 4 * q + 2), visit(v.w, 4 * q + 3);
         }
         tail = 4 * n_quads;
     }
-    for (int i = tail + tid; i < n_vocab; i += THREADS) visit(logits[i], i);
+    for (int i = tail + rank * THREADS + tid; i < n_vocab; i += stride) visit(logits[i], i);
 }
 
 /* Sum of one int per thread over the block (all threads must call). */
@@ -579,6 +582,42 @@ template <int C> __device__ bool gather_keys(uint64_t *keys, const int *count, i
     return true;
 }
 
+/* The greedy token of row `row_index` (argmax, lowest id on ties) by the C blocks of its group,
+ * this one `rank`: each block over its share of the ids, block 0 over the blocks' bests (in its
+ * shared memory, written there by each block before the group's barrier). best_value and best_id:
+ * the block's THREADS / 32 slots. Out of line: inlined, it took sample_kernel<8> on sm_90a from 44
+ * to 56 bytes of spill stores (its 64 registers, 1024 threads), on the other rows' paths too. */
+template <int C>
+__device__ __forceinline__ void greedy_row(const float *logits, int n_vocab, int rank, int row_index, int32_t *tokens, int32_t *host_tokens,
+                                        float *best_value, int *best_id) {
+    __shared__ float group_value[C];
+    __shared__ int group_id[C];
+    const int tid = threadIdx.x;
+    float value = -INFINITY;
+    int id = n_vocab; /* no id yet: loses every tie */
+    const auto take = [&](float other_value, int other_id) {
+        if (other_value > value || (other_value == value && other_id < id)) value = other_value, id = other_id;
+    };
+    for_each_logit_vectorized(
+        logits, n_vocab, [&](float logit, int i) {
+            if (logit > value || id == n_vocab) value = logit, id = i;
+        },
+        rank, C);
+    for (int offset = 16; offset > 0; offset /= 2) take(__shfl_xor_sync(0xffffffffu, value, offset), __shfl_xor_sync(0xffffffffu, id, offset));
+    if (tid % 32 == 0) best_value[tid / 32] = value, best_id[tid / 32] = id;
+    __syncthreads();
+    if (tid == 0) {
+        for (int w = 1; w < THREADS / 32; w++) take(best_value[w], best_id[w]);
+        if constexpr (C > 1) *in_block<C>(&group_value[rank], 0) = value, *in_block<C>(&group_id[rank], 0) = id;
+    }
+    if constexpr (C > 1) {
+        group_sync<C>(); /* every block's best in block 0's shared memory */
+        if (rank == 0 && tid == 0)
+            for (int r = 1; r < C; r++) take(group_value[r], group_id[r]);
+    }
+    if (rank == 0 && tid == 0) put_token(tokens, host_tokens, row_index, id < n_vocab ? id : 0);
+}
+
 /* Up to TM_CUDA_SAMPLE_ARG_ROWS rows' parameters by value in the launch's arguments (n 0: none). */
 struct sample_rows_arg {
     int n;
@@ -590,8 +629,8 @@ __host__ __device__ __forceinline__ bool samples_by_selection(const tm_cuda_samp
     return p.temperature > 0 && (p.top_k < 1 || p.top_k > TM_CUDA_SAMPLE_MAX_TOP_K);
 }
 
-/* One row a group of C blocks (C > 1: a cluster, sm_90): all C take a row that samples (by
- * selection or top-k), only the first a greedy one. */
+/* One row a group of C blocks (C > 1: a cluster, sm_90), all C taking their share of its ids:
+ * greedy, top-k or the selection. */
 template <int C>
 __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int n_vocab, const tm_cuda_sampling *rows, sample_rows_arg in_args,
                                                          const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens,
@@ -626,7 +665,6 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     __syncthreads();
     const tm_cuda_sampling p = row;
     const bool by_selection = samples_by_selection(p);
-    if (rank > 0 && p.temperature <= 0) return;
     float *logits = logits_all + (int64_t)row_index * n_vocab;
     const int tid = threadIdx.x;
     /* repetition penalty: the host lists each id of the window once; a fed token that ends the
@@ -643,8 +681,7 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
         if (p.fed_at >= 0 && !__syncthreads_or(listed) && tid == 0 && fed >= 0 && fed < n_vocab)
             logits[fed] = penalize_logit(logits[fed], p.repetition_penalty);
     }
-    if (p.temperature > 0 && p.repetition_penalty != 1.0f && p.repetition_penalty > 0)
-        group_sync<C>(); /* the first block's penalties seen (C 1: the block's barrier) */
+    if (p.repetition_penalty != 1.0f && p.repetition_penalty > 0) group_sync<C>(); /* the first block's penalties seen (C 1: the block's barrier) */
     if (by_selection) {
         tm_stamp(TM_STAMP_WAITED);
         const int token = sample_by_selection<C>(logits, n_vocab, rank, p, shared.selection);
@@ -654,24 +691,8 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     }
     __syncthreads();
     tm_stamp(TM_STAMP_WAITED);
-    if (p.temperature <= 0) { /* argmax, lowest id on ties */
-        float value = -INFINITY;
-        int id = n_vocab;
-        for_each_logit_vectorized(logits, n_vocab, [&](float logit, int i) {
-            if (logit > value || id == n_vocab) value = logit, id = i;
-        });
-        for (int offset = 16; offset > 0; offset /= 2) {
-            float other_value = __shfl_xor_sync(0xffffffffu, value, offset);
-            int other_id = __shfl_xor_sync(0xffffffffu, id, offset);
-            if (other_value > value || (other_value == value && other_id < id)) value = other_value, id = other_id;
-        }
-        if (tid % 32 == 0) best_value[tid / 32] = value, best_id[tid / 32] = id;
-        __syncthreads();
-        if (tid == 0) {
-            for (int w = 1; w < THREADS / 32; w++)
-                if (best_value[w] > value || (best_value[w] == value && best_id[w] < id)) value = best_value[w], id = best_id[w];
-            put_token(tokens, host_tokens, row_index, id < n_vocab ? id : 0);
-        }
+    if (p.temperature <= 0) {
+        greedy_row<C>(logits, n_vocab, rank, row_index, tokens, host_tokens, best_value, best_id);
         tm_stamp_end(stamper, TM_STAMP_SAMPLE_GREEDY, logits_all);
         return;
     }
@@ -781,15 +802,13 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     tm_stamp_end(stamper, TM_STAMP_SAMPLE_TOP_K, logits_all);
 }
 
-/* Whether this launch runs rows in clusters of SAMPLE_CLUSTER blocks: on sm_90 devices, where
- * some row samples (greedy rows take one block; the rows may be on the device, unseen here). */
-static bool cluster_launch(const tm_cuda_sampling *rows, int rows_on_host, int n_rows) {
-    if (!tm_cluster_launch_available()) return false;
-    if (!rows_on_host) return true;
-    for (int r = 0; r < n_rows; r++)
-        if (rows[r].temperature > 0) return true;
-    return false;
-}
+/* Whether this launch runs rows in clusters of SAMPLE_CLUSTER blocks: on sm_90 devices, every row.
+ * Greedy rows took one block until session 58; in clusters (H200, CUPTI, plain-launch profile,
+ * the kernel's mean a step) the 8B's 128256 ids 8.64 -> 5.47 us at one row, 8.85 -> 5.51 at 8; the
+ * 7B's 32000 5.70 -> 5.67 and 5.66 -> 5.30 (its one block's pass was already one round trip: the
+ * rest is the launch, the barriers and the token's store); decode tokens/s, one call, two rounds:
+ * 8B x1 250.1, 250.1 -> 250.3, 250.3, x8 1892, 1894 -> 1896, 1895, the 7B within its noise. */
+static bool cluster_launch(void) { return tm_cluster_launch_available(); }
 
 extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host,
                               const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens, int32_t *host_tokens, void *stream) {
@@ -798,7 +817,7 @@ extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_c
     sample_rows_arg in_args;
     in_args.n = rows_on_host && n_rows <= TM_CUDA_SAMPLE_ARG_ROWS ? n_rows : 0;
     for (int r = 0; r < in_args.n; r++) in_args.rows[r] = rows[r];
-    if (cluster_launch(rows, rows_on_host, n_rows)) {
+    if (cluster_launch()) {
         cudaLaunchAttribute attribute;
         attribute.id = cudaLaunchAttributeClusterDimension;
         attribute.val.clusterDim.x = SAMPLE_CLUSTER, attribute.val.clusterDim.y = 1, attribute.val.clusterDim.z = 1;
