@@ -12,27 +12,69 @@
 
 TM_STAMPS_RING(ops, 1u << 18)
 
+/* Where the host wrote a step's inputs (mapped pinned memory), every load is a trip over the bus,
+ * and each warp that loads a word, even one every lane shares, is a request of its own: a decode
+ * step's embedding launch at 8 tokens is 128 blocks of 8 warps. So the words a whole block needs
+ * (its token, feed and the table's entry count) are loaded by its thread 0 alone, and of the
+ * table's entries only the first EMBED_EARLY_ENTRIES before the count is known (a decode step adds
+ * at most a page a sequence); each thread issues its loads before its first store, one trip for a
+ * decode step. Until session 58 every warp loaded the three words and the first 4096 threads an
+ * entry each (the whole buffer). H200, the launch's median in a plain-launch profile (CUPTI), two
+ * runs each, one call: a one-token decode step 5.25, 5.01 -> 4.67, 4.51 us (7B), 6.53, 6.24 ->
+ * 5.54, 4.72 (8B); at 8 tokens (7B 14.0, 16.8 -> 14.4, 14.9; 8B 20.5, 21.4 -> 18.2, 12.8, min
+ * ~7 either way) and the prompts' launches within their spread; decode and prompt tokens/s
+ * unchanged (7B x1 622.3, 622.4 -> 622.5, 622.6). What makes the 8-token launch 3x the one-token
+ * one is not known. */
+#define EMBED_EARLY_ENTRIES 256
+
 /* The step's inputs as the host wrote them (copy, updates: up to TM_CUDA_INPUT_RUNS runs and a
- * table's entries), spread over every thread of the launch. Read from mapped host memory, every load
- * is a trip over the bus, so each thread issues its loads before its first store, and its first
- * entry is loaded with the count rather than after it (where the buffer holds that entry; unused
- * when the count is smaller): one trip for a decode step, which gives each thread at most one word of
- * the runs and one entry. Entries past the launch's threads take a loop of UNROLL pairs a thread a pass. */
-__device__ __forceinline__ void copy_step_inputs(const tm_cuda_inputs_copy &copy, const tm_cuda_table_updates &updates) {
-    const int thread = (blockIdx.y * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x, threads = gridDim.x * gridDim.y * blockDim.x;
-    const uint2 *entries = reinterpret_cast<const uint2 *>(updates.entries);
-    const bool early = updates.count && thread < updates.capacity;
-    const uint2 first = early ? entries[thread] : make_uint2(0, 0);
-    const int n_entries = updates.count ? *updates.count : 0;
+ * table's entries), spread over every thread of the launch; block_words[2]: the entries' count,
+ * loaded by the block's thread 0 (embed_kernel; `count_loaded` is called after the barrier that
+ * publishes it). A thread's first word of the runs and (among the first EMBED_EARLY_ENTRIES) its
+ * entry are loaded before that barrier; later ones, in a loop of UNROLL entries a thread a pass. */
+struct step_inputs {
+    uint2 entry;
+    uint32_t word;
+    int word_run, word_at;
+    bool has_word, early;
+};
+
+__device__ __forceinline__ int step_input_words(const tm_cuda_inputs_copy &copy) {
     int total = 0;
 #pragma unroll
     for (int r = 0; r < TM_CUDA_INPUT_RUNS; r++) total += r < copy.n ? copy.words[r] : 0;
-    for (int w = thread; w < total; w += threads) {
+    return total;
+}
+
+__device__ __forceinline__ step_inputs load_step_inputs(const tm_cuda_inputs_copy &copy, const tm_cuda_table_updates &updates, int thread) {
+    step_inputs in = {};
+    const uint2 *entries = reinterpret_cast<const uint2 *>(updates.entries);
+    in.early = updates.count && thread < min(updates.capacity, EMBED_EARLY_ENTRIES);
+    if (in.early) in.entry = entries[thread];
+    in.has_word = thread < step_input_words(copy);
+    if (in.has_word) {
+        int run = 0, at = thread;
+        while (at >= copy.words[run]) at -= copy.words[run], run++;
+        in.word_run = run, in.word_at = at;
+        in.word = copy.from[copy.at[run] + at];
+    }
+    return in;
+}
+
+__device__ __forceinline__ void store_step_inputs(const step_inputs &in, const tm_cuda_inputs_copy &copy, const tm_cuda_table_updates &updates,
+                                                  int thread, int threads, int n_entries) {
+    if (in.has_word) copy.to[copy.at[in.word_run] + in.word_at] = in.word;
+    const int total = step_input_words(copy);
+    for (int w = thread + threads; w < total; w += threads) {
         int run = 0, at = w;
         while (at >= copy.words[run]) at -= copy.words[run], run++;
         copy.to[copy.at[run] + at] = copy.from[copy.at[run] + at];
     }
-    if (early && thread < n_entries) updates.table[first.x] = (int32_t)first.y;
+    const uint2 *entries = reinterpret_cast<const uint2 *>(updates.entries);
+    if (thread < n_entries) {
+        const uint2 entry = in.early ? in.entry : entries[thread];
+        updates.table[entry.x] = (int32_t)entry.y;
+    }
     constexpr int UNROLL = 4;
     for (int base = thread + threads; base < n_entries; base += UNROLL * threads) {
         uint2 entry[UNROLL];
@@ -50,23 +92,30 @@ __device__ __forceinline__ void copy_step_inputs(const tm_cuda_inputs_copy &copy
  * a 4096-wide row, paid its trips one after another). H200 (session 54), a launch in a plain-launch
  * profile: 7B x1 9.6 -> 7.2 us, 8B x1 10.1 -> 6.7; at 8 tokens 12.0 -> 16.7 and 11.1 -> 18.3, where
  * all 128 blocks load the host's words and the speculative entries (the whole 4096-pair buffer)
- * over the bus; decode 7B x1 +0.35 %, x8 +0.1 %, 8B within noise (one call, two rounds). Loading the
- * token once a block and copying from blocks (t, 0) only measured no faster end to end (session 55:
- * 7B x1 622.7 against 623.2 tokens/s, three rounds; the rest within noise). */
+ * over the bus (see step_inputs above for what followed). */
 #define EMBED_THREADS 256
 
 /* out[t] = dequantized row token(t) of the table, token(t) = tokens[t], or with a feed map
  * (fed != NULL, fed[t] >= 0) the token a sampling on the device drew for row fed[t]
  * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. Block (t, y)
- * takes values y * EMBED_THREADS.. of row t; tokens[t] and fed[t] are loaded together (one trip
- * where they are in host memory). Where step_tokens is not NULL, block (t, 0) writes token(t) there
- * (the step's tokens as embedded: the sampling reads a fed token's id there, for its penalty). */
+ * takes values y * EMBED_THREADS.. of row t; its thread 0 loads tokens[t], fed[t] and the table
+ * updates' count together (one trip where they are in host memory). Where step_tokens is not NULL,
+ * block (t, 0) writes token(t) there (the step's tokens as embedded: the sampling reads a fed
+ * token's id there, for its penalty). */
 template <int TYPE>
 __global__ void __launch_bounds__(EMBED_THREADS) embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, const int32_t *fed,
                                                               const int32_t *sampled, float *out, int32_t *step_tokens,
                                                               tm_cuda_table_updates updates, tm_cuda_inputs_copy copy) {
-    const int token = tokens[blockIdx.x], from = fed ? fed[blockIdx.x] : -1;
-    copy_step_inputs(copy, updates);
+    __shared__ int block_words[3]; /* token, fed, the entries' count */
+    const int thread = (blockIdx.y * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x, threads = gridDim.x * gridDim.y * blockDim.x;
+    const step_inputs in = load_step_inputs(copy, updates, thread);
+    if (threadIdx.x == 0) {
+        const int token = tokens[blockIdx.x], from = fed ? fed[blockIdx.x] : -1, count = updates.count ? *updates.count : 0;
+        block_words[0] = token, block_words[1] = from, block_words[2] = count;
+    }
+    __syncthreads();
+    const int token = block_words[0], from = block_words[1];
+    store_step_inputs(in, copy, updates, thread, threads, block_words[2]);
     const int64_t row_bytes = (int64_t)n_embd / traits<TYPE>::block * traits<TYPE>::stride;
     const int embedded = from >= 0 ? sampled[from] : token;
     if (step_tokens && blockIdx.y == 0 && threadIdx.x == 0) step_tokens[blockIdx.x] = embedded;
