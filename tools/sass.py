@@ -64,8 +64,13 @@ def kernels_of(path, arch):
     run = subprocess.run([cuobjdump, "-sass", "-arch", arch, path], capture_output=True, text=True, env=env)
     if run.returncode:
         sys.exit(f"sass.py: cuobjdump failed on {path}: {run.stderr.strip()}")
+    return parse_sass(run.stdout)
+
+
+def parse_sass(text):
+    """{mangled name: [(address, opcode, text)]} of cuobjdump -sass output."""
     kernels, current = {}, None
-    for line in run.stdout.splitlines():
+    for line in text.splitlines():
         m = FUNCTION.match(line)
         if m:
             current = kernels.setdefault(m.group(1), [])
