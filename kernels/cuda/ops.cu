@@ -16,16 +16,18 @@ TM_STAMPS_RING(ops, 1u << 18)
  * and each warp that loads a word, even one every lane shares, is a request of its own: a decode
  * step's embedding launch at 8 tokens is 128 blocks of 8 warps. So the words a whole block needs
  * (its token, feed and the table's entry count) are loaded by its thread 0 alone, and of the
- * table's entries only the first EMBED_EARLY_ENTRIES before the count is known (a decode step adds
- * at most a page a sequence); each thread issues its loads before its first store, one trip for a
- * decode step. Until session 58 every warp loaded the three words and the first 4096 threads an
- * entry each (the whole buffer). H200, the launch's median in a plain-launch profile (CUPTI), two
- * runs each, one call: a one-token decode step 5.25, 5.01 -> 4.67, 4.51 us (7B), 6.53, 6.24 ->
- * 5.54, 4.72 (8B); at 8 tokens (7B 14.0, 16.8 -> 14.4, 14.9; 8B 20.5, 21.4 -> 18.2, 12.8, min
- * ~7 either way) and the prompts' launches within their spread; decode and prompt tokens/s
- * unchanged (7B x1 622.3, 622.4 -> 622.5, 622.6). What makes the 8-token launch 3x the one-token
- * one is not known. */
-#define EMBED_EARLY_ENTRIES 256
+ * table's entries only the first EMBED_EARLY_ENTRIES before the count is known: a decode step's
+ * growth at 8 sequences (the 7B's K and V take 16 KiB a token a layer, 4 pages: 8 x 32 x 4 = 1024
+ * entries every step; the 8B's 256), beyond which entries cost a second trip; each thread issues its
+ * loads before its first store, one trip for such a step. Until session 58 every warp loaded the
+ * three words and the first 4096 threads an entry each (the whole buffer). H200, the launch's median
+ * in a plain-launch profile (CUPTI), two runs each, one call: a one-token decode step 5.25, 5.01 ->
+ * 4.67, 4.51 us (7B), 6.53, 6.24 -> 5.54, 4.72 (8B); at 8 tokens (7B 14.0, 16.8 -> 14.4, 14.9; 8B
+ * 20.5, 21.4 -> 18.2, 12.8, min ~7 either way) and the prompts' launches within their spread (256
+ * early entries; 1024 in another call: 7B x8 13.5, 12.1 -> 7.7, 13.6, 8B 18.8, 14.9 -> 14.0, 13.4,
+ * one token unchanged); decode and prompt tokens/s unchanged (7B x1 622.3, 622.4 -> 622.5, 622.6).
+ * What makes the 8-token launch 2-3x the one-token one (bimodal: min ~7 us, p90 15-21) is not known. */
+#define EMBED_EARLY_ENTRIES 1024
 
 /* The step's inputs as the host wrote them (copy, updates: up to TM_CUDA_INPUT_RUNS runs and a
  * table's entries), spread over every thread of the launch; block_words[2]: the entries' count,
