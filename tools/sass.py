@@ -103,21 +103,25 @@ def loops(code):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("objects", nargs="*")
-    parser.add_argument("-k", "--kernel", default="")
-    parser.add_argument("--arch", default="sm_90a")
-    parser.add_argument("--mix", action="store_true")
-    parser.add_argument("--loops", action="store_true")
-    parser.add_argument("--dump", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("objects", nargs="*", help="object files or binaries with device code (default: the newest "
+                        "build*/CMakeFiles/tmkernels.dir/kernels/cuda/*.o)")
+    parser.add_argument("-k", "--kernel", default="", metavar="REGEX", help="only kernels whose mangled or demangled name matches")
+    parser.add_argument("--arch", default="sm_90a", help="the code to read (default sm_90a; sm_89 for the RTX 4090's)")
+    parser.add_argument("--mix", action="store_true", help="each kernel's opcode mix (opcodes without modifiers)")
+    parser.add_argument("--loops", action="store_true", help="each backward branch: its target, itself, the instructions between")
+    parser.add_argument("--dump", action="store_true", help="the kernel's SASS as cuobjdump prints it")
     args = parser.parse_args()
     pattern = re.compile(args.kernel)
-    for path in args.objects or default_objects():
+    objects, shown = args.objects or default_objects(), 0
+    for path in objects:
         kernels = kernels_of(path, args.arch)
         names = demangle(list(kernels))
         for mangled, code in kernels.items():
             if not code or not (pattern.search(mangled) or pattern.search(names[mangled])):
                 continue
+            shown += 1
             spills = sum(1 for _, op, text in code if op in ("STL", "LDL"))
             print(f"{os.path.basename(path)}  {names[mangled]}\n  {len(code)} instructions, {spills} local-memory (spill) accesses")
             if args.mix:
@@ -129,6 +133,9 @@ def main():
             if args.dump:
                 for _, _, text in code:
                     print("    " + text)
+    if not shown:
+        sys.exit(f"sass.py: no kernel matching '{args.kernel}' in the {args.arch} code of {len(objects)} object(s) "
+                 "(was the build made for that architecture?)")
 
 
 if __name__ == "__main__":
