@@ -30,22 +30,25 @@ TM_STAMPS_RING(ops, 1u << 18)
 #define EMBED_EARLY_ENTRIES 1024
 
 /* The step's inputs as the host wrote them (copy, updates: up to TM_CUDA_INPUT_RUNS runs and a
- * table's entries), spread over every thread of the launch; block_words[2]: the entries' count,
- * loaded by the block's thread 0 (embed_kernel; `count_loaded` is called after the barrier that
- * publishes it). A thread's first word of the runs and (among the first EMBED_EARLY_ENTRIES) its
- * entry are loaded before that barrier; later ones, in a loop of UNROLL entries a thread a pass. */
+ * table's entries), spread over every thread of the launch: load_step_inputs loads a thread's first
+ * word of the runs and (among the first EMBED_EARLY_ENTRIES) its entry before the barrier that
+ * publishes the entries' count (embed_kernel: its block's thread 0 loads the count);
+ * store_step_inputs stores them after it, and the words and entries past the launch's threads, the
+ * entries in a loop of UNROLL a thread a pass. */
 struct step_inputs {
     uint2 entry;
     uint32_t word;
-    int word_run, word_at;
-    bool has_word, early;
+    int word_offset; /* -1: no word for this thread */
+    bool early;
 };
 
-__device__ __forceinline__ int step_input_words(const tm_cuda_inputs_copy &copy) {
-    int total = 0;
-#pragma unroll
-    for (int r = 0; r < TM_CUDA_INPUT_RUNS; r++) total += r < copy.n ? copy.words[r] : 0;
-    return total;
+/* The word offset (in copy.from and copy.to) of the runs' w-th word, or -1 past their end. */
+__device__ __forceinline__ int step_input_word(const tm_cuda_inputs_copy &copy, int w) {
+    for (int run = 0; run < copy.n; run++) {
+        if (w < copy.words[run]) return copy.at[run] + w;
+        w -= copy.words[run];
+    }
+    return -1;
 }
 
 __device__ __forceinline__ step_inputs load_step_inputs(const tm_cuda_inputs_copy &copy, const tm_cuda_table_updates &updates, int thread) {
@@ -53,24 +56,16 @@ __device__ __forceinline__ step_inputs load_step_inputs(const tm_cuda_inputs_cop
     const uint2 *entries = reinterpret_cast<const uint2 *>(updates.entries);
     in.early = updates.count && thread < min(updates.capacity, EMBED_EARLY_ENTRIES);
     if (in.early) in.entry = entries[thread];
-    in.has_word = thread < step_input_words(copy);
-    if (in.has_word) {
-        int run = 0, at = thread;
-        while (at >= copy.words[run]) at -= copy.words[run], run++;
-        in.word_run = run, in.word_at = at;
-        in.word = copy.from[copy.at[run] + at];
-    }
+    in.word_offset = step_input_word(copy, thread);
+    if (in.word_offset >= 0) in.word = copy.from[in.word_offset];
     return in;
 }
 
 __device__ __forceinline__ void store_step_inputs(const step_inputs &in, const tm_cuda_inputs_copy &copy, const tm_cuda_table_updates &updates,
                                                   int thread, int threads, int n_entries) {
-    if (in.has_word) copy.to[copy.at[in.word_run] + in.word_at] = in.word;
-    const int total = step_input_words(copy);
-    for (int w = thread + threads; w < total; w += threads) {
-        int run = 0, at = w;
-        while (at >= copy.words[run]) at -= copy.words[run], run++;
-        copy.to[copy.at[run] + at] = copy.from[copy.at[run] + at];
+    if (in.word_offset >= 0) {
+        copy.to[in.word_offset] = in.word;
+        for (int w = thread + threads, at; (at = step_input_word(copy, w)) >= 0; w += threads) copy.to[at] = copy.from[at];
     }
     const uint2 *entries = reinterpret_cast<const uint2 *>(updates.entries);
     if (thread < n_entries) {

@@ -802,13 +802,12 @@ __global__ void __launch_bounds__(THREADS) sample_kernel(float *logits_all, int 
     tm_stamp_end(stamper, TM_STAMP_SAMPLE_TOP_K, logits_all);
 }
 
-/* Whether this launch runs rows in clusters of SAMPLE_CLUSTER blocks: on sm_90 devices, every row.
- * Greedy rows took one block until session 58; in clusters (H200, CUPTI, plain-launch profile,
+/* Rows run in clusters of SAMPLE_CLUSTER blocks wherever the device launches clusters (sm_90),
+ * every row. Greedy rows took one block until session 58; in clusters (H200, CUPTI, plain-launch profile,
  * the kernel's mean a step) the 8B's 128256 ids 8.64 -> 5.47 us at one row, 8.85 -> 5.51 at 8; the
  * 7B's 32000 5.70 -> 5.67 and 5.66 -> 5.30 (its one block's pass was already one round trip: the
  * rest is the launch, the barriers and the token's store); decode tokens/s, one call, two rounds:
  * 8B x1 250.1, 250.1 -> 250.3, 250.3, x8 1892, 1894 -> 1896, 1895, the 7B within its noise. */
-static bool cluster_launch(void) { return tm_cluster_launch_available(); }
 
 extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_cuda_sampling *rows, int rows_on_host,
                               const int32_t *penalized, const int32_t *step_tokens, int32_t *tokens, int32_t *host_tokens, void *stream) {
@@ -817,7 +816,7 @@ extern "C" int tm_cuda_sample(float *logits, int n_rows, int n_vocab, const tm_c
     sample_rows_arg in_args;
     in_args.n = rows_on_host && n_rows <= TM_CUDA_SAMPLE_ARG_ROWS ? n_rows : 0;
     for (int r = 0; r < in_args.n; r++) in_args.rows[r] = rows[r];
-    if (cluster_launch()) {
+    if (tm_cluster_launch_available()) {
         cudaLaunchAttribute attribute;
         attribute.id = cudaLaunchAttributeClusterDimension;
         attribute.val.clusterDim.x = SAMPLE_CLUSTER, attribute.val.clusterDim.y = 1, attribute.val.clusterDim.z = 1;
