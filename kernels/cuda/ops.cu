@@ -84,22 +84,27 @@ __device__ __forceinline__ void store_step_inputs(const step_inputs &in, const t
     }
 }
 
-/* Blocks of EMBED_THREADS values of a token row, EMBED_THREADS threads: a thread a value, so a
- * decode step's row is one trip to memory (a block a row, each thread looping over its 16 values of
- * a 4096-wide row, paid its trips one after another). H200 (session 54), a launch in a plain-launch
- * profile: 7B x1 9.6 -> 7.2 us, 8B x1 10.1 -> 6.7; at 8 tokens 12.0 -> 16.7 and 11.1 -> 18.3, where
- * all 128 blocks load the host's words and the speculative entries (the whole 4096-pair buffer)
- * over the bus (see step_inputs above for what followed). */
+/* Threads of an embedding launch's block. A thread takes a run of EMBED_RUN consecutive values of
+ * its token's row (row_run16: the run's loads issued together, one trip), so a 4096-wide row is one
+ * block; where the row's width is not a multiple of EMBED_RUN (or TM_EMBED_RUN=1, a measuring aid) a
+ * thread takes one value. Why one block a row: every block loads the step's host words (token, feed,
+ * count) over the bus, and the loads of one host line queue behind each other. H200 (session 59,
+ * CUPTI medians a launch, a value a thread -> a run a thread): 8 tokens 9.9-12.3 -> 5.0 us (7B,
+ * q4_k rows), 13.6-19.7 -> 5.3-5.4 (8B, f16), a 128-token prompt ~31 -> 19-21, one token unchanged
+ * (4.7-4.9). A thread's 16 values read strided a value at a time (the first try) took 10.7 us for
+ * the 7B's one q4_k row. */
 #define EMBED_THREADS 256
+#define EMBED_RUN 16
 
 /* out[t] = dequantized row token(t) of the table, token(t) = tokens[t], or with a feed map
  * (fed != NULL, fed[t] >= 0) the token a sampling on the device drew for row fed[t]
  * (sampled[fed[t]]): a decode step launched before the host has seen its tokens. Block (t, y)
- * takes values y * EMBED_THREADS.. of row t; its thread 0 loads tokens[t], fed[t] and the table
- * updates' count together (one trip where they are in host memory). Where step_tokens is not NULL,
- * block (t, 0) writes token(t) there (the step's tokens as embedded: the sampling reads a fed
- * token's id there, for its penalty). */
-template <int TYPE>
+ * takes values y * EMBED_THREADS * RUN.. of row t (RUN consecutive values a thread: 1 or
+ * EMBED_RUN); its thread 0 loads tokens[t], fed[t] and the table updates' count together (one trip
+ * where they are in host memory). Where step_tokens is not NULL, block (t, 0) writes token(t)
+ * there (the step's tokens as embedded: the sampling reads a fed token's id there, for its
+ * penalty). */
+template <int TYPE, int RUN>
 __global__ void __launch_bounds__(EMBED_THREADS) embed_kernel(const uint8_t *table, int n_embd, const int32_t *tokens, const int32_t *fed,
                                                               const int32_t *sampled, float *out, int32_t *step_tokens,
                                                               tm_cuda_table_updates updates, tm_cuda_inputs_copy copy) {
@@ -117,8 +122,17 @@ __global__ void __launch_bounds__(EMBED_THREADS) embed_kernel(const uint8_t *tab
     const int embedded = from >= 0 ? sampled[from] : token;
     if (step_tokens && blockIdx.y == 0 && threadIdx.x == 0) step_tokens[blockIdx.x] = embedded;
     const uint8_t *row = table + (int64_t)embedded * row_bytes;
-    const int i = blockIdx.y * EMBED_THREADS + threadIdx.x;
-    if (i < n_embd) out[(int64_t)blockIdx.x * n_embd + i] = row_value<TYPE>(row, n_embd, i);
+    const int first = (blockIdx.y * EMBED_THREADS + threadIdx.x) * RUN;
+    if (first >= n_embd) return;
+    float *to = out + (int64_t)blockIdx.x * n_embd + first;
+    if constexpr (RUN == 1) {
+        *to = row_value<TYPE>(row, n_embd, first);
+    } else {
+        float v[RUN];
+        row_run16<TYPE>(row, n_embd, first, v);
+#pragma unroll
+        for (int k = 0; k < RUN; k += 4) *reinterpret_cast<float4 *>(to + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
+    }
 }
 
 template <int TYPE>
@@ -130,9 +144,16 @@ static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *to
         return cudaErrorInvalidValue;
     for (int r = 0; r < copy.n; r++)
         if (copy.words[r] < 0 || copy.at[r] < 0) return cudaErrorInvalidValue;
-    const dim3 grid((unsigned)n_tokens, (unsigned)((n_embd + EMBED_THREADS - 1) / EMBED_THREADS));
-    embed_kernel<TYPE><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, step_tokens, updates,
-                                                      copy);
+    static const bool runs_allowed = tm_env_int("TM_EMBED_RUN", EMBED_RUN) != 1;
+    const bool runs = runs_allowed && n_embd % EMBED_RUN == 0 && (uintptr_t)out % 16 == 0;
+    const int per_block = EMBED_THREADS * (runs ? EMBED_RUN : 1);
+    const dim3 grid((unsigned)n_tokens, (unsigned)((n_embd + per_block - 1) / per_block));
+    if (runs)
+        embed_kernel<TYPE, EMBED_RUN><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, step_tokens,
+                                                                     updates, copy);
+    else
+        embed_kernel<TYPE, 1><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, step_tokens, updates,
+                                                             copy);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }

@@ -132,6 +132,73 @@ template <int TYPE> __device__ __forceinline__ float row_value(const uint8_t *ro
     else return decode<TYPE>(row + (i / traits<TYPE>::block) * traits<TYPE>::stride, (int)(i % traits<TYPE>::block));
 }
 
+/* The 16 bytes at p as four little-endian words: one 16-byte load where p is 16-byte aligned (every
+ * field of a padded k-quant block, a 2- or 4-byte type's run of a row whose width is a multiple of
+ * 16), else sixteen byte loads (a q8_0 row of a width that is not a multiple of 256). */
+__device__ __forceinline__ uint4 bytes16_at(const uint8_t *p) {
+    if (((uintptr_t)p & 15) == 0) return *reinterpret_cast<const uint4 *>(p);
+    return make_uint4(u32_at(p), u32_at(p + 4), u32_at(p + 8), u32_at(p + 12));
+}
+/* Byte k (0..15) of sixteen bytes as loaded by bytes16_at. */
+__device__ __forceinline__ uint32_t byte_of(const uint4 &v, int k) {
+    const uint32_t word = k < 4 ? v.x : k < 8 ? v.y : k < 12 ? v.z : v.w;
+    return (word >> (8 * (k % 4))) & 0xFF;
+}
+
+/* Elements first..first+15 of a device-layout row of `cols` elements into v (first % 16 == 0; the
+ * same values as row_value's, in as few loads as the layout allows: a run of 16 lies in one block
+ * of every type and shares its scales, so a thread's loads are issued together and its run is one
+ * trip to memory). */
+template <int TYPE> __device__ __forceinline__ void row_run16(const uint8_t *row, int64_t cols, int64_t first, float *v) {
+    if constexpr (TYPE == F32) {
+        uint4 words[4];
+#pragma unroll
+        for (int w = 0; w < 4; w++) words[w] = bytes16_at(row + 4 * first + 16 * w);
+#pragma unroll
+        for (int w = 0; w < 4; w++) v[4 * w] = __uint_as_float(words[w].x), v[4 * w + 1] = __uint_as_float(words[w].y),
+                                    v[4 * w + 2] = __uint_as_float(words[w].z), v[4 * w + 3] = __uint_as_float(words[w].w);
+    } else if constexpr (TYPE == F16 || TYPE == BF16) {
+        const uint4 lo = bytes16_at(row + 2 * first), hi = bytes16_at(row + 2 * first + 16);
+        const uint32_t words[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            const uint32_t bits = (words[k / 2] >> (16 * (k % 2))) & 0xFFFF;
+            v[k] = TYPE == F16 ? __half2float(__ushort_as_half((unsigned short)bits)) : __uint_as_float(bits << 16);
+        }
+    } else if constexpr (TYPE == Q8_0) {
+        const uint4 q = bytes16_at(row + first);
+        const float d = half_at(row + cols + 2 * (first / 32));
+#pragma unroll
+        for (int k = 0; k < 16; k++) v[k] = (float)(int8_t)byte_of(q, k) * d;
+    } else if constexpr (TYPE == Q4_K) {
+        const uint8_t *b = row + (first / 256) * traits<Q4_K>::stride;
+        const int j = (int)(first % 256), sub = j / 32;
+        const uint4 q = bytes16_at(b + 16 + 32 * (sub / 2) + (j % 32));
+        int scale, min;
+        k_scale_min(sub, b + 4, &scale, &min);
+        const float d = half_at(b) * scale, m = half_at(b + 2) * min;
+        const int shift = 4 * (sub & 1);
+#pragma unroll
+        for (int k = 0; k < 16; k++) v[k] = d * (float)((byte_of(q, k) >> shift) & 0xF) - m;
+    } else if constexpr (TYPE == Q6_K) {
+        const uint8_t *b = row + (first / 256) * traits<Q6_K>::stride;
+        const int j = (int)(first % 256), half = j / 128, group = (j % 128) / 32, at = j % 32;
+        const uint4 low = bytes16_at(b + 64 * half + 32 * (group & 1) + at), high = bytes16_at(b + 128 + 32 * half + at);
+        const float d = half_at(b + 208) * (float)(int8_t)b[192 + j / 16];
+        const int low_shift = group >= 2 ? 4 : 0, high_shift = 2 * group;
+#pragma unroll
+        for (int k = 0; k < 16; k++) {
+            const int q = (int)(((byte_of(low, k) >> low_shift) & 0xF) | ((byte_of(high, k) >> high_shift) & 3) << 4) - 32;
+            v[k] = d * q;
+        }
+    } else { /* 32-value blocks of 18-24 bytes (no alignment to use) and q5_k: a block's values, its scales loaded once */
+        const uint8_t *b = row + (first / traits<TYPE>::block) * traits<TYPE>::stride;
+        const int j = (int)(first % traits<TYPE>::block);
+#pragma unroll
+        for (int k = 0; k < 16; k++) v[k] = decode<TYPE>(b, j + k);
+    }
+}
+
 /* Call launch(std::integral_constant<int, TYPE>{}) for a runtime type id: one switch for every
  * launcher that is templated on the weight type; an unknown id is cudaErrorInvalidValue. */
 template <typename Launch> static cudaError_t dispatch_weight_type(int type, Launch &&launch) {
