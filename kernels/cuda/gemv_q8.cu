@@ -822,7 +822,7 @@ template <int NG, bool Q6K, typename XS> __device__ __forceinline__ mmq_x<NG> mm
  * 41.9 / 36.2 -> 53.7 / 48.3, q6_k 32.5 / 28.7 -> 39.3 / 37.2, 14336 x 4096 q4_k 30.7 / 27.9 ->
  * 40.5 / 37.6; decode 128 x16 7B 3529 -> 4055, 70B 497.9 -> 624.8 tokens/s (x8 unchanged: the same
  * instructions). */
-template <int TYPE, int NG, typename XS>
+template <int TYPE, int NG, bool HIGH_MASKED = false, typename XS>
 __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const uint8_t *row_g8, const XS &xs, int t, float (&acc)[NG][4]) {
     constexpr int quants_at = TYPE == Q5_K ? 48 : 16;
     const uint8_t *rows[2] = {row_g, row_g8};
@@ -865,11 +865,40 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
             mma_16808(low[G], a[0], a[1], __byte_perm(x.pairs[G].x, x.pairs[G].y, 0x7632));
         }
     }
+    /* HIGH_MASKED (q4_k only): the odd sub-blocks (high nibbles) go to the mma in place, masked, not
+     * shifted: 16 x their value as unsigned bytes, so their sums are 16 x the true ones, kept apart
+     * in high[] and divided back exactly (16 divides every term) once a block: one LOP3 a quant word
+     * instead of a shift and a LOP3, the same sums bit for bit. sm_90a: 8 fewer instructions a
+     * block in the one-group persistent kernel, 16 in its rope form. H200 (session 59, one call,
+     * two rounds, main / this): 7B decode 128 x8 3590, 3588 -> 3622, 3617 tokens/s, 512 x4 1657,
+     * 1656 -> 1667, 1668, 2048 x8 1953, 1951 -> 1958, 1960; chained 14336 x 4096 q4_k at 8 tokens
+     * 59.4, 59.7 -> 60.1, 60.2 % of the copy rate. Only mmq_persistent_kernel's one-group forms
+     * take it: in mmq_kernel (the 70B's 2-8-token products) the chained 28672 x 8192 q4_k lost
+     * 79.8, 79.7 -> 79.0, 79.1 % at 8 tokens (its code otherwise scheduled), and the two-group
+     * persistent kernels gained nothing at 12 and 16 tokens (chained, within 0.5 %) while their
+     * rope forms spilled 4-8 bytes. */
+    int high[NG][4];
+#pragma unroll
+    for (int G = 0; G < NG; G++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) high[G][i] = 0;
 #pragma unroll
     for (int s = 0; s < 8; s++) {
         int scale[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) scale[r] = (int)__byte_perm(scales[r][s / 4], 0, 0x4440 | (s % 4)); /* byte s % 4, one PRMT */
+        if (HIGH_MASKED && TYPE == Q4_K && (s & 1)) {
+            const int a0 = (int)(quants[0][s / 2].x & 0xF0F0F0F0u), a2 = (int)(quants[0][s / 2].y & 0xF0F0F0F0u);
+            const int a1 = (int)(quants[1][s / 2].x & 0xF0F0F0F0u), a3 = (int)(quants[1][s / 2].y & 0xF0F0F0F0u);
+#pragma unroll
+            for (int G = 0; G < NG; G++) {
+                int c[4] = {0, 0, 0, 0};
+                mma_u8s8_k32(c, a0, a1, a2, a3, (int)x.values[G][s].x, (int)x.values[G][s].y);
+#pragma unroll
+                for (int i = 0; i < 4; i++) high[G][i] += c[i] * scale[i / 2];
+            }
+            continue;
+        }
         const int shift = (s & 1) * 4;
         const int a0 = (int)(((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[0].x >> s) & 0x01010101u) << 4);
         const int a2 = (int)(((quants[0][s / 2].y >> shift) & 0x0F0F0F0Fu) | ((fifth[0].y >> s) & 0x01010101u) << 4);
@@ -883,6 +912,11 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
             for (int i = 0; i < 4; i++) whole[G][i] += c[i] * scale[i / 2];
         }
     }
+    if (HIGH_MASKED && TYPE == Q4_K)
+#pragma unroll
+        for (int G = 0; G < NG; G++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) whole[G][i] += high[G][i] >> 4; /* exact: 16 divides every term */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float2 d_dmin = __half22float2(*reinterpret_cast<const half2 *>(&header[r].x));
@@ -1393,7 +1427,7 @@ __global__ void __launch_bounds__(32 * WARPS, (mmq_persistent_min_warps<NG, INPU
                        : mmq_inputs_at<NG>(xq, xds, cols, warp + (int64_t)b * WARPS, n_tokens, g, t);
             const uint8_t *staged_g = here + g * stride;
             auto block = [&](const auto &xs) {
-                if (part.type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
+                if (part.type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG, NG == 1>(staged_g, staged_g + 8 * stride, xs, t, acc);
                 else if (part.type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
                 else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, xs, t, acc);
             };

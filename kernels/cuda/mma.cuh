@@ -94,6 +94,14 @@ __device__ __forceinline__ void mma_s8_k32(int (&c)[4], int a0, int a1, int a2, 
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/* The same with A's bytes unsigned (0..255): a q4_k sub-block's high nibbles fed in place, as 16 x
+ * their value (mmq_block_q4k_q5k). */
+__device__ __forceinline__ void mma_u8s8_k32(int (&c)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 /* The same with k = 16: a0 = A[g][4t..4t+3], a1 = A[g + 8][4t..], b0 = B[4t..4t+3][g]. */
 __device__ __forceinline__ void mma_s8_k16(int (&c)[4], int a0, int a1, int b0) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
