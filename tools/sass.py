@@ -5,13 +5,18 @@ instructions from its target to it, one pass of the loop as laid out, every path
 Static counts, not a measurement: they say what a change did to the code (a cut of N instructions
 a block, a new spill), the harness says what it did to the time (docs/perf-notes.md, session 58).
 
-usage: sass.py [OBJECT ...] [-k REGEX] [--arch sm_90a] [--mix] [--loops] [--dump]
+usage: sass.py [OBJECT ...] [-k REGEX] [--arch sm_90a] [--mix] [--loops] [--dump] [--against OLD]
   OBJECT   object files or binaries with device code (default: build*/CMakeFiles/tmkernels.dir/
            kernels/cuda/*.o, the newest build directory's)
   -k       only kernels whose mangled or demangled name matches REGEX (re.search)
   --mix    the opcode mix of each kernel (opcode without modifiers: IMMA, LDS, LOP3, ...)
   --loops  each backward branch of each kernel: its target, itself and the instructions between
   --dump   the kernel's SASS as cuobjdump prints it
+  --against OLD
+           each kernel against the one of the same name in OLD (another build's object): the same
+           code instruction for instruction, or its count and opcode mix changed by how much, or
+           found on one side only. What says a measured build's figures hold for another one: a
+           kernel whose code is the same runs the same (session 59 merged a change that way).
 
 Needs cuobjdump and nvdisasm: on PATH, in /usr/local/cuda/bin, or installed here on first use from
 PyPI (nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm) into ~/.cache/tensormesh/cuda-tools; nvcc's
@@ -102,6 +107,32 @@ def loops(code):
     return found
 
 
+def same_code(old, new):
+    """Whether two kernels' code is the same instruction for instruction (addresses aside)."""
+    return [text.split("*/", 1)[-1].strip() for _, _, text in old] == [text.split("*/", 1)[-1].strip() for _, _, text in new]
+
+
+def mix_change(old, new):
+    """{opcode: count in new - count in old} for the opcodes whose counts differ."""
+    before, after = collections.Counter(op for _, op, _ in old), collections.Counter(op for _, op, _ in new)
+    return {op: after[op] - before[op] for op in sorted(set(before) | set(after)) if after[op] != before[op]}
+
+
+def compare(old_kernels, new_kernels):
+    """(name, state, old count, new count, mix change) for every kernel of either side, state one of
+    'same', 'changed', 'new only', 'old only'; names in the new side's order, then the old side's rest."""
+    rows = []
+    for name, code in new_kernels.items():
+        if name not in old_kernels:
+            rows.append((name, "new only", 0, len(code), {}))
+        elif same_code(old_kernels[name], code):
+            rows.append((name, "same", len(code), len(code), {}))
+        else:
+            rows.append((name, "changed", len(old_kernels[name]), len(code), mix_change(old_kernels[name], code)))
+    rows += [(name, "old only", len(code), 0, {}) for name, code in old_kernels.items() if name not in new_kernels]
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,9 +143,30 @@ def main():
     parser.add_argument("--mix", action="store_true", help="each kernel's opcode mix (opcodes without modifiers)")
     parser.add_argument("--loops", action="store_true", help="each backward branch: its target, itself, the instructions between")
     parser.add_argument("--dump", action="store_true", help="the kernel's SASS as cuobjdump prints it")
+    parser.add_argument("--against", metavar="OLD", help="compare each kernel with the one of the same name in OLD, another "
+                        "build's object: the same code, or its instruction count and opcode mix changed by how much")
     args = parser.parse_args()
     pattern = re.compile(args.kernel)
     objects, shown = args.objects or default_objects(), 0
+    if args.against:
+        old = kernels_of(args.against, args.arch)
+        new = {}
+        for path in objects:
+            new.update(kernels_of(path, args.arch))
+        names = demangle(sorted(set(old) | set(new)))
+        states = collections.Counter()
+        for name, state, before, after, change in compare(old, new):
+            if not (pattern.search(name) or pattern.search(names[name])):
+                continue
+            states[state] += 1
+            line = f"{state:8}  {names[name]}: {before} -> {after} instructions ({after - before:+d})"
+            if change and args.mix:
+                line += "; " + ", ".join(f"{op} {n:+d}" for op, n in change.items())
+            print(line)
+        if not states:
+            sys.exit(f"sass.py: no kernel matching '{args.kernel}' in the {args.arch} code of either side")
+        print(", ".join(f"{n} {state}" for state, n in sorted(states.items())))
+        return
     for path in objects:
         kernels = kernels_of(path, args.arch)
         names = demangle(list(kernels))

@@ -2,7 +2,8 @@
 format): the kernels are split at their headers, each instruction's opcode is read past its guard
 predicate and modifiers, spills are counted from local-memory accesses, and a loop is each backward
 branch with the instructions from its target to it (a forward branch, or one to an address outside
-the kernel, is not a loop).
+the kernel, is not a loop); two builds' kernels are compared name by name (the same code, a changed
+count and mix, or one side only).
 """
 import importlib.util
 
@@ -47,3 +48,20 @@ def test_loops_are_backward_branches():
     kernels = sass.parse_sass(LISTING)
     assert sass.loops(kernels["_Z6first_kernelPf"]) == [(0x40, 0x70, 4)]  # LDS, IMMA, STL, BRA
     assert sass.loops(kernels["_Z6second_kernelv"]) == [(0x10, 0x10, 1)]  # a branch to itself
+
+
+def test_compare_tells_same_changed_and_one_sided_kernels():
+    old = sass.parse_sass(LISTING)
+    # the second kernel loses its spill load, a third appears, the first is unchanged
+    changed = LISTING.replace("LDL R3, [R1] ;", "MOV R3, RZ ;").replace("Function : _Z6second_kernelv",
+                                                                        "Function : _Z6third_kernelv\n        /*0000*/  EXIT ;\n\t\tFunction : _Z6second_kernelv")
+    new = sass.parse_sass(changed)
+    rows = {name: (state, before, after, change) for name, state, before, after, change in sass.compare(old, new)}
+    assert rows["_Z6first_kernelPf"] == ("same", 9, 9, {})
+    assert rows["_Z6second_kernelv"] == ("changed", 2, 2, {"LDL": -1, "MOV": 1})
+    assert rows["_Z6third_kernelv"] == ("new only", 0, 1, {})
+    assert sass.compare(new, old)[-1] == ("_Z6third_kernelv", "old only", 1, 0, {})
+    # addresses alone do not make a change
+    shifted = [(address + 0x100, op, text.replace(f"/*{address:04x}*/", f"/*{address + 0x100:04x}*/")) for address, op, text in
+               old["_Z6first_kernelPf"]]
+    assert sass.same_code(old["_Z6first_kernelPf"], shifted)
