@@ -887,29 +887,22 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
         int scale[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) scale[r] = (int)__byte_perm(scales[r][s / 4], 0, 0x4440 | (s % 4)); /* byte s % 4, one PRMT */
-        if (HIGH_MASKED && TYPE == Q4_K && (s & 1)) {
-            const int a0 = (int)(quants[0][s / 2].x & 0xF0F0F0F0u), a2 = (int)(quants[0][s / 2].y & 0xF0F0F0F0u);
-            const int a1 = (int)(quants[1][s / 2].x & 0xF0F0F0F0u), a3 = (int)(quants[1][s / 2].y & 0xF0F0F0F0u);
-#pragma unroll
-            for (int G = 0; G < NG; G++) {
-                int c[4] = {0, 0, 0, 0};
-                mma_u8s8_k32(c, a0, a1, a2, a3, (int)x.values[G][s].x, (int)x.values[G][s].y);
-#pragma unroll
-                for (int i = 0; i < 4; i++) high[G][i] += c[i] * scale[i / 2];
-            }
-            continue;
-        }
+        /* a sub-block's quant bytes: the nibble (and q5_k's fifth bit), or HIGH_MASKED's 16 x nibble */
+        const bool masked = HIGH_MASKED && TYPE == Q4_K && (s & 1);
         const int shift = (s & 1) * 4;
-        const int a0 = (int)(((quants[0][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[0].x >> s) & 0x01010101u) << 4);
-        const int a2 = (int)(((quants[0][s / 2].y >> shift) & 0x0F0F0F0Fu) | ((fifth[0].y >> s) & 0x01010101u) << 4);
-        const int a1 = (int)(((quants[1][s / 2].x >> shift) & 0x0F0F0F0Fu) | ((fifth[1].x >> s) & 0x01010101u) << 4);
-        const int a3 = (int)(((quants[1][s / 2].y >> shift) & 0x0F0F0F0Fu) | ((fifth[1].y >> s) & 0x01010101u) << 4);
+        const auto quant_bytes = [&](uint32_t quants_word, uint32_t fifth_word) {
+            return masked ? (int)(quants_word & 0xF0F0F0F0u) : (int)(((quants_word >> shift) & 0x0F0F0F0Fu) | ((fifth_word >> s) & 0x01010101u) << 4);
+        };
+        const int a0 = quant_bytes(quants[0][s / 2].x, fifth[0].x), a2 = quant_bytes(quants[0][s / 2].y, fifth[0].y);
+        const int a1 = quant_bytes(quants[1][s / 2].x, fifth[1].x), a3 = quant_bytes(quants[1][s / 2].y, fifth[1].y);
 #pragma unroll
         for (int G = 0; G < NG; G++) {
             int c[4] = {0, 0, 0, 0};
-            mma_s8_k32(c, a0, a1, a2, a3, (int)x.values[G][s].x, (int)x.values[G][s].y);
+            if (masked) mma_u8s8_k32(c, a0, a1, a2, a3, (int)x.values[G][s].x, (int)x.values[G][s].y);
+            else mma_s8_k32(c, a0, a1, a2, a3, (int)x.values[G][s].x, (int)x.values[G][s].y);
+            int(&sums)[4] = masked ? high[G] : whole[G];
 #pragma unroll
-            for (int i = 0; i < 4; i++) whole[G][i] += c[i] * scale[i / 2];
+            for (int i = 0; i < 4; i++) sums[i] += c[i] * scale[i / 2];
         }
     }
     if (HIGH_MASKED && TYPE == Q4_K)

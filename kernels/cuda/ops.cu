@@ -26,7 +26,8 @@ TM_STAMPS_RING(ops, 1u << 18)
  * 20.5, 21.4 -> 18.2, 12.8, min ~7 either way) and the prompts' launches within their spread (256
  * early entries; 1024 in another call: 7B x8 13.5, 12.1 -> 7.7, 13.6, 8B 18.8, 14.9 -> 14.0, 13.4,
  * one token unchanged); decode and prompt tokens/s unchanged (7B x1 622.3, 622.4 -> 622.5, 622.6).
- * What makes the 8-token launch 2-3x the one-token one (bimodal: min ~7 us, p90 15-21) is not known. */
+ * What made the 8-token launch 2-3x the one-token one (bimodal: min ~7 us, p90 15-21): its 128
+ * blocks' loads of the one host line queueing (session 59; a row one block now: EMBED_RUN below). */
 #define EMBED_EARLY_ENTRIES 1024
 
 /* The step's inputs as the host wrote them (copy, updates: up to TM_CUDA_INPUT_RUNS runs and a
@@ -148,12 +149,8 @@ static cudaError_t launch_embed(const void *table, int n_embd, const int32_t *to
     const bool runs = runs_allowed && n_embd % EMBED_RUN == 0 && (uintptr_t)out % 16 == 0;
     const int per_block = EMBED_THREADS * (runs ? EMBED_RUN : 1);
     const dim3 grid((unsigned)n_tokens, (unsigned)((n_embd + per_block - 1) / per_block));
-    if (runs)
-        embed_kernel<TYPE, EMBED_RUN><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, step_tokens,
-                                                                     updates, copy);
-    else
-        embed_kernel<TYPE, 1><<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, step_tokens, updates,
-                                                             copy);
+    const auto kernel = runs ? embed_kernel<TYPE, EMBED_RUN> : embed_kernel<TYPE, 1>;
+    kernel<<<grid, EMBED_THREADS, 0, s>>>((const uint8_t *)table, n_embd, tokens, fed, sampled, out, step_tokens, updates, copy);
     TM_CUDA_CHECK_LAUNCH();
     return cudaSuccess;
 }
