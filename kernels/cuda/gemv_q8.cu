@@ -938,7 +938,7 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
  * contracted into FFMA in mmq_kernel's rope instantiations and not in the plain ones (sm_90a SASS),
  * so a warp adding two or more q6_k blocks gave the rope launch and the separate launches different
  * last bits. */
-template <int NG, typename XS>
+template <int NG, bool UNSIGNED = false, typename XS>
 __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_t *row_g8, const XS &xs, int t, float (&acc)[NG][4]) {
     const uint8_t *rows[2] = {row_g, row_g8};
     uint32_t low[2][2][2][2], high[2][2][2]; /* [row][128-element half][32-byte offset][16-byte half]; [row][half][16-byte half] */
@@ -960,30 +960,52 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
         scale_bytes[r] = *reinterpret_cast<const uint4 *>(rows[r] + 192);
     }
     const mmq_x<NG> x = mmq_x_from<NG, true>(xs, t);
-    int whole[NG][4];
+    /* UNSIGNED (mmq_kernel's one token group): the quants go to the mma unsigned (0..63), without
+     * their -32 (three word operations each); the -32 is taken once a block: sum scale (q - 32) x =
+     * sum scale q x - 32 sum scale x, and sum scale x over the block is one m16n8k32 a sub-block
+     * accumulating in place, A the rows' two scales of the sub-block each repeated over its 16
+     * columns (a PRMT a register), B the tokens' values as fed to the products. Integer
+     * throughout: the same sums bit for bit (|sum scale x| <= 256 * 128 * 127). sm_90a: the
+     * block's 64 LOP3 and 32 adds of the -32 become 32 PRMT and 8 IMMA. H200, session 60, two
+     * rounds: chained 28672 x 8192 q6_k at 8 tokens 77.3, 77.1 -> 78.8, 78.7 % of copy, 70B
+     * 128 x8 decode 522.1 -> 526.1 tokens/s. The persistent kernel keeps q6k_minus_32: with it
+     * the 7B's 128 x8 decode lost 0.3 % (3631 -> 3621) and its 8-token chained q6_k product was
+     * flat; two groups keep it too (their 9-16-token kernels spilled 20-56 bytes with it). */
+    static_assert(!UNSIGNED || NG == 1, "the unsigned q6_k form is one token group's");
+    int whole[NG][4], offsets[NG][4];
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) whole[G][i] = 0;
+        for (int i = 0; i < 4; i++) whole[G][i] = 0, offsets[G][i] = 0;
 #pragma unroll
     for (int s = 0; s < 8; s++) {
         const int H = s / 4, group = s % 4, low_shift = group >= 2 ? 4 : 0;
-        int a[2][2], scale[2][2]; /* [16-element half][row] */
+        int a[2][2], scale[2][2], spread[2][2]; /* [16-element half][row] */
 #pragma unroll
         for (int r = 0; r < 2; r++)
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 /* the high bits (2 group..2 group + 1 of each byte) moved to bits 4-5 */
                 const uint32_t high_bits = group <= 2 ? high[r][H][h] << (4 - 2 * group) : high[r][H][h] >> 2;
-                a[h][r] = q6k_minus_32(((low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu) | (high_bits & 0x30303030u));
+                const uint32_t quants = ((low[r][H][group & 1][h] >> low_shift) & 0x0F0F0F0Fu) | (high_bits & 0x30303030u);
+                a[h][r] = UNSIGNED ? (int)quants : q6k_minus_32(quants);
                 const uint32_t word = (&scale_bytes[r].x)[s / 2]; /* scale 2s + h is byte 2(s % 2) + h of word s / 2 */
-                scale[h][r] = (int)(int8_t)(word >> (8 * (2 * (s % 2) + h)));
+                const int byte = 2 * (s % 2) + h;
+                scale[h][r] = (int)(int8_t)(word >> (8 * byte));
+                if (UNSIGNED) spread[h][r] = (int)__byte_perm(word, 0, 0x1111u * (uint32_t)byte); /* that byte in all four */
             }
 #pragma unroll
         for (int G = 0; G < NG; G++) {
             int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
-            mma_s8_k16(c0, a[0][0], a[0][1], (int)x.values[G][s].x);
-            mma_s8_k16(c1, a[1][0], a[1][1], (int)x.values[G][s].y);
+            if constexpr (UNSIGNED) {
+                mma_u8s8_k16(c0, a[0][0], a[0][1], (int)x.values[G][s].x);
+                mma_u8s8_k16(c1, a[1][0], a[1][1], (int)x.values[G][s].y);
+                mma_s8_k32(offsets[G], spread[0][0], spread[0][1], spread[1][0], spread[1][1], (int)x.values[G][s].x,
+                           (int)x.values[G][s].y);
+            } else {
+                mma_s8_k16(c0, a[0][0], a[0][1], (int)x.values[G][s].x);
+                mma_s8_k16(c1, a[1][0], a[1][1], (int)x.values[G][s].y);
+            }
 #pragma unroll
             for (int i = 0; i < 4; i++) whole[G][i] += c0[i] * scale[0][i / 2] + c1[i] * scale[1][i / 2];
         }
@@ -991,7 +1013,10 @@ __device__ __forceinline__ void mmq_block_q6k(const uint8_t *row_g, const uint8_
 #pragma unroll
     for (int G = 0; G < NG; G++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[G][i] = __fmaf_rn(d[i / 2], __fmul_rn(x.block_d[G][i % 2], (float)whole[G][i]), acc[G][i]);
+        for (int i = 0; i < 4; i++) {
+            const int sum = UNSIGNED ? whole[G][i] - 32 * offsets[G][i] : whole[G][i];
+            acc[G][i] = __fmaf_rn(d[i / 2], __fmul_rn(x.block_d[G][i % 2], (float)sum), acc[G][i]);
+        }
 }
 
 /* Warps an SM the tensor-core kernel's registers must allow: 16 on sm_90 (228 KiB of shared memory
@@ -1215,7 +1240,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
             const uint8_t *staged_g = here + g * stride;
             if (type == Q4_K) mmq_block_q4k_q5k<Q4_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
             else if (!INPUTS || type == Q5_K) mmq_block_q4k_q5k<Q5_K, NG>(staged_g, staged_g + 8 * stride, in, t, acc);
-            else mmq_block_q6k<NG>(staged_g, staged_g + 8 * stride, in, t, acc);
+            else mmq_block_q6k<NG, NG == 1>(staged_g, staged_g + 8 * stride, in, t, acc);
             __syncwarp(); /* every lane is done with the stage before it is fetched into again */
             if constexpr (INPUTS) {
                 fetch_stage_weights(block + S * WARPS, stage);
@@ -1234,7 +1259,7 @@ __global__ void __launch_bounds__(32 * WARPS, MMQ_MIN_WARPS / WARPS) mmq_kernel(
                 mmq_block_q4k_q5k<Q4_K, NG>(row_g + block * traits<Q4_K>::stride, row_g8 + block * traits<Q4_K>::stride, in, t, acc);
             else if (type == Q5_K)
                 mmq_block_q4k_q5k<Q5_K, NG>(row_g + block * traits<Q5_K>::stride, row_g8 + block * traits<Q5_K>::stride, in, t, acc);
-            else mmq_block_q6k<NG>(row_g + block * traits<Q6_K>::stride, row_g8 + block * traits<Q6_K>::stride, in, t, acc);
+            else mmq_block_q6k<NG, NG == 1>(row_g + block * traits<Q6_K>::stride, row_g8 + block * traits<Q6_K>::stride, in, t, acc);
         }
     }
     __syncthreads(); /* the stages are free: the partial sums reuse them */

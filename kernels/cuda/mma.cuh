@@ -109,4 +109,11 @@ __device__ __forceinline__ void mma_s8_k16(int (&c)[4], int a0, int a1, int b0) 
                  : "r"(a0), "r"(a1), "r"(b0));
 }
 
+/* The same with A's bytes unsigned (0..255): q6_k's quants without their -32 (mmq_block_q6k). */
+__device__ __forceinline__ void mma_u8s8_k16(int (&c)[4], int a0, int a1, int b0) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a0), "r"(a1), "r"(b0));
+}
+
 #endif /* TM_CUDA_MMA_CUH */
