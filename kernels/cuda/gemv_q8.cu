@@ -926,7 +926,8 @@ __device__ __forceinline__ void mmq_block_q4k_q5k(const uint8_t *row_g, const ui
 /* The same for a q6_k block (224 bytes in device memory, 16-byte aligned): per sub-block two
  * m16n8k16, one per 16-element scale; thread t feeds elements 4t..4t+3 of each half (4-byte
  * loads of its quants and high bits, one 16-byte load of a row's 16 scales). q - 32 is taken
- * four bytes at a time with each byte's top bit set first, so no borrow crosses a byte. In each
+ * four bytes at a time with each byte's top bit set first, so no borrow crosses a byte (in
+ * mmq_kernel's one token group, UNSIGNED below, once a block by one more mma instead). In each
  * token group a sub-block's two integer sums times their integer scales are added as integers
  * (|c| <= 16 * 32 * 127, |scale| <= 128: the sum stays below 2^24, exact as a float), so each output
  * takes one conversion and one FFMA a sub-block and the row's d is applied once a block (sm_90a,
