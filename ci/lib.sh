@@ -32,24 +32,47 @@ tm_build_tools() {
   pkg-config --exists sqlite3 yaml-0.1 || tm_install_packages libsqlite3-dev libyaml-dev
 }
 
-# A virtual environment with the test dependencies, cached outside the repository.
+# A virtual environment with the test dependencies, cached outside the repository. Runs that share
+# the cache fill it one at a time (flock), and a venv that cannot be filled (a pip left half
+# upgraded by a run killed meanwhile, seen in session 61) is made again from nothing, once.
 tm_python_env() {
   tm_need_packages python3:python3
-  local venv=$TM_CACHE/venv requirements=$TM_ROOT/tests/python/requirements.txt
+  local venv=$TM_CACHE/venv requirements=$TM_ROOT/tests/python/requirements.txt status=0
+  mkdir -p "$TM_CACHE"
+  local locked=0
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$TM_CACHE/venv.lock" && flock 9 && locked=1
+  fi
   # reinstall whenever requirements.txt changed since the venv was filled
   if ! cmp -s "$requirements" "$venv/.requirements" || ! "$venv/bin/python" -c 'import gguf' >/dev/null 2>&1; then
-    if ! "$venv/bin/python" -c 'pass' >/dev/null 2>&1 && ! python3 -m venv "$venv" >/dev/null 2>&1; then
-      local minor
-      minor=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-      tm_install_packages "python${minor}-venv"
-      python3 -m venv "$venv"
+    if ! tm_fill_venv "$venv" "$requirements"; then
+      tm_log "filling $venv failed: making it again from nothing"
+      rm -rf "$venv"
+      tm_fill_venv "$venv" "$requirements" || status=1
     fi
-    tm_log "installing Python test packages into $venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$venv/bin/python" -m pip install -q -r "$requirements"
-    cp "$requirements" "$venv/.requirements"
+  fi
+  if [ "$locked" = 1 ]; then
+    flock -u 9
+    exec 9>&-
   fi
   TM_PYTHON=$venv/bin/python
+  return $status
+}
+
+# tm_fill_venv VENV REQUIREMENTS: create VENV where it does not run and install REQUIREMENTS into it
+# (non-zero when a step failed).
+tm_fill_venv() {
+  local venv=$1 requirements=$2
+  if ! "$venv/bin/python" -c 'pass' >/dev/null 2>&1 && ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    local minor
+    minor=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    tm_install_packages "python${minor}-venv"
+    python3 -m venv "$venv" || return 1
+  fi
+  tm_log "installing Python test packages into $venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null || return 1
+  "$venv/bin/python" -m pip install -q -r "$requirements" || return 1
+  cp "$requirements" "$venv/.requirements"
 }
 
 # tm_configure_build DIR [cmake args...]
