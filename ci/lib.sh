@@ -39,10 +39,8 @@ tm_python_env() {
   tm_need_packages python3:python3
   local venv=$TM_CACHE/venv requirements=$TM_ROOT/tests/python/requirements.txt status=0
   mkdir -p "$TM_CACHE"
-  local locked=0
-  if command -v flock >/dev/null 2>&1; then
-    exec 9>"$TM_CACHE/venv.lock" && flock 9 && locked=1
-  fi
+  exec 9>"$TM_CACHE/venv.lock"
+  if command -v flock >/dev/null 2>&1; then flock 9; fi
   # reinstall whenever requirements.txt changed since the venv was filled
   if ! cmp -s "$requirements" "$venv/.requirements" || ! "$venv/bin/python" -c 'import gguf' >/dev/null 2>&1; then
     if ! tm_fill_venv "$venv" "$requirements"; then
@@ -51,10 +49,7 @@ tm_python_env() {
       tm_fill_venv "$venv" "$requirements" || status=1
     fi
   fi
-  if [ "$locked" = 1 ]; then
-    flock -u 9
-    exec 9>&-
-  fi
+  exec 9>&- # closing the lock file releases the lock
   TM_PYTHON=$venv/bin/python
   return $status
 }
